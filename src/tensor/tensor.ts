@@ -1,0 +1,100 @@
+/**
+ * The Tensor + Backend API every algorithm is written against (DESIGN.md "Layers").
+ *
+ * Ops are synchronous and return new device-resident tensors; the only way back to the host is
+ * the explicit, asynchronous `read`. This maps directly onto WebGPU (encode now, read later) and
+ * onto the CPU backend (work happens at once, `read` resolves immediately).
+ *
+ * Shapes: activations are 2-D [rows, features] with rows = batch x sequence; linear weights use the
+ * Hugging Face nn.Linear layout [out, in].
+ */
+import type { FormatSpec } from '../formats/spec.ts';
+
+export type DType = 'f32' | 'f16' | 'bf16' | 'i32' | 'i8' | 'u8';
+
+export interface Tensor {
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly backend: Backend;
+  /** Frees device memory now (WebGPU); a no-op where the garbage collector suffices. */
+  dispose(): void;
+}
+
+export type HostArray = Float32Array | Uint16Array | Int32Array | Int8Array | Uint8Array;
+
+export interface AttentionShape {
+  /** Independent sequences in the batch; rows = batch x seqLen. */
+  batch: number;
+  seqLen: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+}
+
+export interface RopeTable {
+  /** inverse frequencies, headDim / 2 of them, already adjusted for rope_scaling */
+  invFreq: Float32Array;
+  /** multiplies cos and sin (YaRN-style attention scaling; 1 otherwise) */
+  attentionScaling: number;
+}
+
+export interface ColumnStats {
+  /** per column max |x| */
+  absMax: Float32Array;
+  /** per column mean |x| */
+  absMean: Float32Array;
+}
+
+export interface Backend {
+  readonly name: 'cpu' | 'webgpu';
+
+  /** Copies host data to the device. bf16/f16 data is given as raw Uint16Array bits. */
+  upload(data: HostArray, shape: readonly number[], dtype: DType): Tensor;
+  /** Explicit host read, converted to f32 (integer dtypes keep their values). */
+  read(t: Tensor): Promise<Float32Array>;
+
+  /** y[M,N] = x[M,K] w[N,K]^T (+ bias[N]); x f32, w f32/bf16/f16, result f32. */
+  linear(x: Tensor, w: Tensor, bias?: Tensor): Tensor;
+  /** table[V,D] rows gathered by ids -> [ids.length, D] f32. */
+  embedding(table: Tensor, ids: Int32Array): Tensor;
+  /** x / rms(x) * weight, per row. */
+  rmsnorm(x: Tensor, weight: Tensor, eps: number): Tensor;
+  /** Rotate-half RoPE on x [rows, heads * headDim]; positions are per row. */
+  rope(x: Tensor, positions: Int32Array, headDim: number, table: RopeTable): Tensor;
+  /** Causal grouped-query attention of q [rows, H*Dh], k/v [rows, Hkv*Dh] -> [rows, H*Dh]. */
+  attention(q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape): Tensor;
+  /** silu(gate) * up, elementwise. */
+  siluMul(gate: Tensor, up: Tensor): Tensor;
+  add(a: Tensor, b: Tensor): Tensor;
+  sub(a: Tensor, b: Tensor): Tensor;
+  /** x[:, j] * s[j] for every row. */
+  scaleColumns(x: Tensor, s: Tensor): Tensor;
+  /** x[i, :] * s[i] for every column. */
+  scaleRows(x: Tensor, s: Tensor): Tensor;
+  /** Per-row negative log-likelihood of targets under softmax(logits) -> [rows] f32. */
+  nll(logits: Tensor, targets: Int32Array): Tensor;
+  /** Quantize-dequantize along rows (groups/blocks run along the last dimension). */
+  fakeQuant(x: Tensor, spec: FormatSpec): Tensor;
+  /** Per-column |x| max and mean (calibration statistics). */
+  columnStats(x: Tensor): Promise<ColumnStats>;
+  /** Rows [start, end) of a 2-D tensor. */
+  sliceRows(x: Tensor, start: number, end: number): Tensor;
+  /** Concatenates 2-D tensors along rows. */
+  concatRows(parts: readonly Tensor[]): Tensor;
+  /** 2-D transpose. */
+  transpose(x: Tensor): Tensor;
+  /** Converts to f32 (no-op copy for f32). */
+  toF32(x: Tensor): Tensor;
+  /** Sum of squared differences, read to the host. */
+  sumSquaredDiff(a: Tensor, b: Tensor): Promise<number>;
+}
+
+export function numel(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+export function shapeString(shape: readonly number[]): string {
+  return `[${shape.join(', ')}]`;
+}
