@@ -1,0 +1,62 @@
+/**
+ * CPU benchmarks: f32 matmul GFLOP/s against numpy in the same run, and llama-small forward tokens/s.
+ *   npm run bench            (appends to BENCHMARKS.md; --no-write to only print)
+ */
+import { execFileSync } from 'node:child_process';
+import { LlamaModel } from '../src/model/llama.ts';
+import { CpuBackend } from '../src/tensor/cpu/backend.ts';
+import { threadCount } from '../src/tensor/cpu/pool.ts';
+import { publish, type Row, table } from './report.ts';
+
+const cpu = new CpuBackend();
+const SHAPES: [number, number, number][] = [
+  [512, 1024, 384],
+  [512, 384, 1024],
+  [2048, 8192, 384],
+  [2048, 2048, 2048],
+];
+
+function timeBest(fn: () => void, minSeconds = 1): number {
+  let best = Number.POSITIVE_INFINITY;
+  const end = performance.now() + minSeconds * 1000;
+  do {
+    const t = performance.now();
+    fn();
+    best = Math.min(best, performance.now() - t);
+  } while (performance.now() < end);
+  return best / 1000;
+}
+
+function numpyGflops(M: number, N: number, K: number): number {
+  const script = `
+import numpy as np, time
+a = np.random.rand(${M}, ${K}).astype(np.float32); b = np.random.rand(${N}, ${K}).astype(np.float32)
+best = 1e9; end = time.perf_counter() + 1
+while True:
+    t = time.perf_counter(); a @ b.T; best = min(best, time.perf_counter() - t)
+    if time.perf_counter() > end: break
+print(2 * ${M} * ${N} * ${K} / best / 1e9)`;
+  return Number(execFileSync('python3', ['-c', script]).toString().trim());
+}
+
+const rows: Row[] = [];
+for (const [M, N, K] of SHAPES) {
+  const x = cpu.upload(Float32Array.from({ length: M * K }, Math.random), [M, K], 'f32');
+  const w = cpu.upload(Float32Array.from({ length: N * K }, Math.random), [N, K], 'f32');
+  const ours = (2 * M * N * K) / timeBest(() => cpu.linear(x, w)) / 1e9;
+  const numpy = numpyGflops(M, N, K);
+  rows.push({ 'M x N x K': `${M}x${N}x${K}`, 'llmq GFLOP/s': ours, 'numpy GFLOP/s': numpy, ratio: ours / numpy });
+}
+
+const model = LlamaModel.load(new URL('../../shared/models/llama-small', import.meta.url).pathname, cpu);
+const ids = Int32Array.from({ length: 512 }, (_, i) => (i * 7919) % 8192);
+const seconds = timeBest(() => model.forward(ids, { batch: 1, seqLen: 512 }), 3);
+const fwd = `llama-small forward, 1 x 512 tokens: ${(512 / seconds).toFixed(0)} tokens/s (${seconds.toFixed(3)} s per window)`;
+
+publish(
+  'CPU matmul and forward',
+  'npm run bench',
+  `${table(rows)}\n\n${fwd}; ${threadCount()} threads.`,
+  'numpy uses OpenBLAS (AVX2/FMA, hand-written assembly); llmq runs 4x4 register-blocked TypeScript loops in V8 ' +
+    '(scalar f64 FMAs, no SIMD), one worker per core.',
+);

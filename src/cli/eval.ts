@@ -1,0 +1,56 @@
+import { perplexity, readEvalText, windowCount } from '../eval/perplexity.ts';
+import { loadTokenizer } from '../io/tokenizer.ts';
+import { loadModel } from '../model/load.ts';
+import { createBackend, type DeviceName } from '../tensor/index.ts';
+import { intFlag, onePositional, optionalIntFlag, parse, printJson } from './args.ts';
+import { Progress } from './progress.ts';
+import { fail } from '../errors.ts';
+
+export const EVAL_HELP = `llmq eval <model-dir> --ppl <text-file> [--seqlen N] [--max-windows K] [--recipe R] [--device cpu|webgpu|auto] [--json]
+  Perplexity with the standard WikiText-2 protocol (rows joined by "\\n\\n", one BOS, non-overlapping
+  windows of --seqlen tokens, default 2048). Quantized llmq checkpoints are evaluated as saved;
+  --recipe quantizes a full-precision model on the fly first.`;
+
+export async function evalCommand(argv: string[]): Promise<void> {
+  const { values, positionals } = parse('eval', argv, {
+    ppl: { type: 'string' },
+    seqlen: { type: 'string' },
+    'max-windows': { type: 'string' },
+    recipe: { type: 'string' },
+    calib: { type: 'string' },
+    device: { type: 'string', default: 'cpu' },
+    json: { type: 'boolean', default: false },
+  });
+  const dir = onePositional('eval', positionals, 'model directory');
+  if (!values.ppl) fail('eval: --ppl <text-file> is required');
+  const seqLen = intFlag('seqlen', values.seqlen, 2048, 2);
+  const maxWindows = optionalIntFlag('max-windows', values['max-windows']);
+  const backend = await createBackend(values.device as DeviceName);
+  const tokenizer = loadTokenizer(dir);
+  const text = readEvalText(values.ppl);
+  const tokens = tokenizer.encode(text);
+  if (tokens.length < seqLen)
+    fail(`--seqlen ${seqLen} is larger than ${values.ppl} (${tokens.length} tokens)`);
+  const start = performance.now();
+  const model = await loadModel(dir, backend, { recipe: values.recipe, calib: values.calib, quiet: values.json });
+  const progress = new Progress('perplexity', 'windows', values.json);
+  progress.update(0, windowCount(tokens.length, seqLen, maxWindows));
+  const result = await perplexity(model, tokens, { seqLen, maxWindows, onWindow: (d, t) => progress.update(d, t) });
+  const seconds = (performance.now() - start) / 1000;
+  const out = {
+    model: dir,
+    ppl: result.ppl,
+    windows: result.windows,
+    tokens: result.tokens,
+    seqlen: result.seqlen,
+    seconds,
+    device: backend.name,
+    recipe: model.quantization?.recipe ?? values.recipe ?? null,
+    window_mean_nll: result.windowMeanNll,
+  };
+  if (values.json) return printJson(out);
+  console.log(
+    `${dir}: perplexity ${result.ppl.toFixed(4)} over ${result.windows} windows of ${seqLen} tokens ` +
+      `(${result.tokens} tokens in the text, ${backend.name}, ${seconds.toFixed(1)} s)`,
+  );
+}

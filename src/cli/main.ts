@@ -1,0 +1,51 @@
+#!/usr/bin/env node
+import { UserError } from '../errors.ts';
+import { EVAL_HELP, evalCommand } from './eval.ts';
+import { INSPECT_HELP, inspectCommand } from './inspect.ts';
+
+const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: string }> = {
+  eval: { run: evalCommand, help: EVAL_HELP },
+  inspect: { run: inspectCommand, help: INSPECT_HELP },
+};
+
+function usage(): string {
+  return `llmq: post-training quantization of LLMs (CPU and WebGPU)\n\n${Object.values(COMMANDS)
+    .map((c) => c.help)
+    .join('\n\n')}\n`;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (!command || command === '--help' || command === '-h' || command === 'help') {
+    process.stdout.write(usage());
+    return command ? 0 : 2;
+  }
+  const entry = COMMANDS[command];
+  if (!entry) {
+    process.stderr.write(`llmq: unknown command "${command}" (commands: ${Object.keys(COMMANDS).join(', ')})\n`);
+    return 2;
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(`${entry.help}\n`);
+    return 0;
+  }
+  await entry.run(rest);
+  return 0;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    if (e instanceof UserError) {
+      process.stderr.write(`llmq: ${e.message}\n`);
+      process.exitCode = 2;
+      return;
+    }
+    const err = e as Error;
+    process.stderr.write(`llmq: internal error: ${err?.message ?? String(e)}\n`);
+    if (process.env.LLMQ_DEBUG) process.stderr.write(`${err?.stack}\n`);
+    process.exitCode = 1;
+  },
+);

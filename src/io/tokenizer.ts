@@ -1,0 +1,43 @@
+/** tokenizer.json (HF fast tokenizer) through @huggingface/tokenizers, which reproduces HF's ids. */
+import fs from 'node:fs';
+import path from 'node:path';
+import { Tokenizer } from '@huggingface/tokenizers';
+import { fail } from '../errors.ts';
+
+export interface TextTokenizer {
+  encode(text: string): Int32Array;
+  decode(ids: ArrayLike<number>): string;
+  vocabSize: number;
+  summary: string;
+}
+
+function readJson(file: string): Record<string, unknown> {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    return fail(`${file}: not valid JSON (${(e as Error).message})`);
+  }
+}
+
+export function loadTokenizer(dir: string): TextTokenizer {
+  const file = path.join(dir, 'tokenizer.json');
+  if (!fs.existsSync(file)) fail(`${dir}: tokenizer.json is missing (llmq needs the HF fast tokenizer file)`);
+  const json = readJson(file);
+  const cfgFile = path.join(dir, 'tokenizer_config.json');
+  const cfg = fs.existsSync(cfgFile) ? readJson(cfgFile) : {};
+  let tok: Tokenizer;
+  try {
+    tok = new Tokenizer(json as never, cfg as never);
+  } catch (e) {
+    return fail(`${file}: cannot build the tokenizer (${(e as Error).message})`);
+  }
+  const model = (json.model ?? {}) as { type?: string; vocab?: Record<string, number> };
+  const added = Array.isArray(json.added_tokens) ? json.added_tokens.length : 0;
+  const vocabSize = Object.keys(model.vocab ?? {}).length + added;
+  return {
+    encode: (text) => Int32Array.from(tok.encode(text).ids),
+    decode: (ids) => tok.decode(Array.from(ids)),
+    vocabSize,
+    summary: `${model.type ?? 'unknown'} tokenizer, ${vocabSize} tokens (${added} added), bos ${String(cfg.bos_token ?? 'none')}, eos ${String(cfg.eos_token ?? 'none')}`,
+  };
+}

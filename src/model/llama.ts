@@ -1,0 +1,229 @@
+/**
+ * Llama-family decoder (Llama 2/3, Mistral, Qwen2): weights, a forward pass over a batch of
+ * windows, and hooks that let quantization see and replace the input of every linear layer.
+ */
+import { fail } from '../errors.ts';
+import type { FormatSpec } from '../formats/spec.ts';
+import { type ModelConfig, loadModelConfig } from '../io/config.ts';
+import { ropeTable } from '../io/rope.ts';
+import { type Checkpoint, openCheckpoint } from '../io/safetensors.ts';
+import type { Backend, DType, RopeTable, Tensor } from '../tensor/tensor.ts';
+
+export const ATTENTION_LINEARS = ['q_proj', 'k_proj', 'v_proj', 'o_proj'] as const;
+export const MLP_LINEARS = ['gate_proj', 'up_proj', 'down_proj'] as const;
+export const LINEARS = [...ATTENTION_LINEARS, ...MLP_LINEARS] as const;
+export type LinearName = (typeof LINEARS)[number];
+
+export interface Linear {
+  weight: Tensor;
+  bias?: Tensor;
+  /** fake quantization of the activations entering this linear (per token or static) */
+  inputQuant?: InputQuant;
+}
+
+export interface InputQuant {
+  spec: FormatSpec;
+}
+
+export interface DecoderLayer {
+  inputNorm: Tensor;
+  postNorm: Tensor;
+  linears: Record<LinearName, Linear>;
+}
+
+export interface ForwardHooks {
+  /** Sees the input of each linear (after any activation quantization); may return a replacement. */
+  linearInput?(layer: number, name: LinearName, x: Tensor): Tensor | undefined;
+  /** Sees each decoder layer's output. */
+  layerOutput?(layer: number, h: Tensor): void;
+}
+
+export interface BatchShape {
+  batch: number;
+  seqLen: number;
+}
+
+export function linearTensorName(layer: number, name: LinearName, part: 'weight' | 'bias' = 'weight'): string {
+  const block = (ATTENTION_LINEARS as readonly string[]).includes(name) ? 'self_attn' : 'mlp';
+  return `model.layers.${layer}.${block}.${name}.${part}`;
+}
+
+export class LlamaModel {
+  readonly rope: RopeTable;
+  /** set when the weights/activations are quantized (recipe name and settings) */
+  quantization?: { recipe: string; [key: string]: unknown };
+
+  constructor(
+    readonly config: ModelConfig,
+    readonly backend: Backend,
+    public embedTokens: Tensor,
+    readonly layers: DecoderLayer[],
+    public finalNorm: Tensor,
+    public lmHead: Tensor,
+    /** the directory the model was loaded from */
+    readonly dir: string,
+  ) {
+    this.rope = ropeTable(config);
+  }
+
+  static load(dir: string, backend: Backend): LlamaModel {
+    const config = loadModelConfig(dir);
+    const ckpt = openCheckpoint(dir);
+    try {
+      return LlamaModel.fromCheckpoint(dir, config, ckpt, backend);
+    } finally {
+      ckpt.close();
+    }
+  }
+
+  static fromCheckpoint(dir: string, config: ModelConfig, ckpt: Checkpoint, backend: Backend): LlamaModel {
+    const loader = new WeightLoader(dir, config, ckpt, backend);
+    const { hiddenSize: d, intermediateSize: ff, headDim, numHeads, numKvHeads, vocabSize } = config;
+    const shapes: Record<LinearName, [number, number]> = {
+      q_proj: [numHeads * headDim, d],
+      k_proj: [numKvHeads * headDim, d],
+      v_proj: [numKvHeads * headDim, d],
+      o_proj: [d, numHeads * headDim],
+      gate_proj: [ff, d],
+      up_proj: [ff, d],
+      down_proj: [d, ff],
+    };
+    const layers: DecoderLayer[] = [];
+    for (let i = 0; i < config.numLayers; i++) {
+      const linears = {} as Record<LinearName, Linear>;
+      for (const name of LINEARS) {
+        const hasBias = name === 'o_proj' ? config.oBias : ATTENTION_LINEARS.includes(name as 'q_proj') ? config.qkvBias : config.mlpBias;
+        linears[name] = {
+          weight: loader.get(linearTensorName(i, name), shapes[name]),
+          bias: hasBias ? loader.get(linearTensorName(i, name, 'bias'), [shapes[name][0]]) : undefined,
+        };
+      }
+      layers.push({
+        inputNorm: loader.get(`model.layers.${i}.input_layernorm.weight`, [d]),
+        postNorm: loader.get(`model.layers.${i}.post_attention_layernorm.weight`, [d]),
+        linears,
+      });
+    }
+    const embed = loader.get('model.embed_tokens.weight', [vocabSize, d]);
+    const lmHead =
+      config.tieWordEmbeddings && !ckpt.has('lm_head.weight') ? embed : loader.get('lm_head.weight', [vocabSize, d]);
+    return new LlamaModel(config, backend, embed, layers, loader.get('model.norm.weight', [d]), lmHead, dir);
+  }
+
+  embed(ids: Int32Array): Tensor {
+    return this.backend.embedding(this.embedTokens, ids);
+  }
+
+  positions(shape: BatchShape): Int32Array {
+    const pos = new Int32Array(shape.batch * shape.seqLen);
+    for (let i = 0; i < pos.length; i++) pos[i] = i % shape.seqLen;
+    return pos;
+  }
+
+  applyLinear(layer: number, name: LinearName, x: Tensor, hooks?: ForwardHooks): Tensor {
+    const lin = this.layers[layer].linears[name];
+    let input = lin.inputQuant ? quantizeInput(this.backend, x, lin.inputQuant) : x;
+    input = hooks?.linearInput?.(layer, name, input) ?? input;
+    return this.backend.linear(input, lin.weight, lin.bias);
+  }
+
+  /** Self-attention block output (before the residual add) for normed input x. */
+  attentionBlock(layer: number, x: Tensor, shape: BatchShape, hooks?: ForwardHooks): Tensor {
+    const b = this.backend;
+    const { numHeads, numKvHeads, headDim } = this.config;
+    const pos = this.positions(shape);
+    const q = b.rope(this.applyLinear(layer, 'q_proj', x, hooks), pos, headDim, this.rope);
+    const k = b.rope(this.applyLinear(layer, 'k_proj', x, hooks), pos, headDim, this.rope);
+    const v = this.applyLinear(layer, 'v_proj', x, hooks);
+    const att = b.attention(q, k, v, { ...shape, numHeads, numKvHeads, headDim });
+    for (const t of [q, k, v]) t.dispose();
+    const out = this.applyLinear(layer, 'o_proj', att, hooks);
+    att.dispose();
+    return out;
+  }
+
+  /** MLP block output for normed input x. */
+  mlpBlock(layer: number, x: Tensor, hooks?: ForwardHooks): Tensor {
+    const gate = this.applyLinear(layer, 'gate_proj', x, hooks);
+    const up = this.applyLinear(layer, 'up_proj', x, hooks);
+    const act = this.backend.siluMul(gate, up);
+    gate.dispose();
+    up.dispose();
+    const out = this.applyLinear(layer, 'down_proj', act, hooks);
+    act.dispose();
+    return out;
+  }
+
+  layerForward(layer: number, h: Tensor, shape: BatchShape, hooks?: ForwardHooks): Tensor {
+    const b = this.backend;
+    const { rmsNormEps } = this.config;
+    const L = this.layers[layer];
+    const x1 = b.rmsnorm(h, L.inputNorm, rmsNormEps);
+    const att = this.attentionBlock(layer, x1, shape, hooks);
+    x1.dispose();
+    const h1 = b.add(h, att);
+    att.dispose();
+    const x2 = b.rmsnorm(h1, L.postNorm, rmsNormEps);
+    const mlp = this.mlpBlock(layer, x2, hooks);
+    x2.dispose();
+    const out = b.add(h1, mlp);
+    h1.dispose();
+    mlp.dispose();
+    hooks?.layerOutput?.(layer, out);
+    return out;
+  }
+
+  /** Final norm (returned for inspection) and logits. */
+  head(h: Tensor): { normed: Tensor; logits: Tensor } {
+    const normed = this.backend.rmsnorm(h, this.finalNorm, this.config.rmsNormEps);
+    return { normed, logits: this.backend.linear(normed, this.lmHead) };
+  }
+
+  forward(ids: Int32Array, shape: BatchShape, hooks?: ForwardHooks): Tensor {
+    let h = this.embed(ids);
+    for (let i = 0; i < this.layers.length; i++) {
+      const next = this.layerForward(i, h, shape, hooks);
+      h.dispose();
+      h = next;
+    }
+    const { normed, logits } = this.head(h);
+    h.dispose();
+    normed.dispose();
+    return logits;
+  }
+}
+
+export function quantizeInput(b: Backend, x: Tensor, q: InputQuant): Tensor {
+  return b.fakeQuant(x, q.spec);
+}
+
+class WeightLoader {
+  constructor(
+    readonly dir: string,
+    readonly config: ModelConfig,
+    readonly ckpt: Checkpoint,
+    readonly backend: Backend,
+  ) {}
+
+  get(name: string, shape: number[]): Tensor {
+    if (!this.ckpt.has(name))
+      fail(`${this.dir}: tensor "${name}" required by config.json (${this.config.modelType}, ${this.config.numLayers} layers) is missing`);
+    const t = this.ckpt.read(name);
+    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
+      fail(`${this.dir}: tensor "${name}" has shape [${t.shape.join(', ')}], config.json implies [${shape.join(', ')}]`);
+    return this.backend.upload(t.data as never, t.shape, storageDType(name, t.dtype));
+  }
+}
+
+function storageDType(name: string, dtype: string): DType {
+  switch (dtype) {
+    case 'F32':
+      return 'f32';
+    case 'BF16':
+      return 'bf16';
+    case 'F16':
+      return 'f16';
+    default:
+      return fail(`tensor "${name}": dtype ${dtype} is not a float weight dtype (F32, F16, BF16)`);
+  }
+}

@@ -1,0 +1,250 @@
+/**
+ * Recipes: target formats for weights and activations plus an ordered list of method steps.
+ * Built-in names expand to recipes; a JSON or YAML file with the same fields is accepted too.
+ */
+import fs from 'node:fs';
+import yaml from 'js-yaml';
+import { fail } from '../errors.ts';
+import { describeFormat, parseFormat } from '../formats/index.ts';
+import type { FormatSpec } from '../formats/spec.ts';
+import { LINEARS, type LinearName } from '../model/llama.ts';
+
+export interface ActivationQuant {
+  format: FormatSpec;
+  /** one per-tensor scale per linear input from calibration instead of dynamic scales */
+  static: boolean;
+}
+
+export interface SmoothQuantStep {
+  method: 'smoothquant';
+  alpha: number;
+}
+export interface SqPlusStep {
+  method: 'sqplus';
+  /** alpha grid step over [0, 1] */
+  step: number;
+}
+export interface AwqStep {
+  method: 'awq';
+  grid: number;
+  clip: boolean;
+  /** AutoAWQ's duo scaling (x_mean^a / w_mean^(1-a)) instead of llm-awq's x_mean^a */
+  duo: boolean;
+  /** include activation quantization in the search loss (AWQ for W4A4) */
+  withActivations: boolean;
+}
+export interface GptqStep {
+  method: 'gptq';
+  damp: number;
+  blockSize: number;
+  actOrder: boolean;
+  staticGroups: boolean;
+}
+export interface MixedStep {
+  method: 'mixed';
+  /** percentage of input channels (by calibration activation magnitude) kept in full precision */
+  salientPercent: number;
+}
+export type Step = SmoothQuantStep | SqPlusStep | AwqStep | GptqStep | MixedStep;
+
+export interface Recipe {
+  name: string;
+  description: string;
+  /** weight format; undefined keeps weights in full precision */
+  weights?: FormatSpec;
+  activations?: ActivationQuant;
+  steps: Step[];
+  /** linears whose weights (and inputs) are quantized */
+  targets: LinearName[];
+  calib: { samples: number; seqLen: number };
+}
+
+const STEP_DEFAULTS: { [M in Step['method']]: Extract<Step, { method: M }> } = {
+  smoothquant: { method: 'smoothquant', alpha: 0.5 },
+  sqplus: { method: 'sqplus', step: 0.05 },
+  awq: { method: 'awq', grid: 20, clip: true, duo: false, withActivations: false },
+  gptq: { method: 'gptq', damp: 0.01, blockSize: 128, actOrder: false, staticGroups: false },
+  mixed: { method: 'mixed', salientPercent: 1 },
+};
+
+const DEFAULT_CALIB = { samples: 128, seqLen: 512 };
+
+interface RecipeText {
+  description: string;
+  weights?: string;
+  activations?: string;
+  static?: boolean;
+  steps?: Partial<Step>[];
+  calib?: { samples: number; seqLen: number };
+}
+
+const BUILTINS: Record<string, RecipeText> = {
+  'rtn-w4g128': { description: 'round-to-nearest INT4 weights, asymmetric, groups of 128', weights: 'int4-g128' },
+  'rtn-w3g128': { description: 'round-to-nearest INT3 weights, asymmetric, groups of 128', weights: 'int3-g128' },
+  'rtn-w4': { description: 'round-to-nearest INT4 weights, asymmetric, per output channel', weights: 'int4-row' },
+  'rtn-w8': { description: 'round-to-nearest INT8 weights, symmetric per output channel', weights: 'int8-row-sym' },
+  'rtn-w8a8': {
+    description: 'INT8 weights symmetric per output channel; INT8 activations symmetric, dynamic per token',
+    weights: 'int8-row-sym',
+    activations: 'int8-row-sym',
+  },
+  'rtn-w8a8-static': {
+    description: 'INT8 weights symmetric per output channel; INT8 activations symmetric, static per tensor (calibrated)',
+    weights: 'int8-row-sym',
+    activations: 'int8-tensor-sym',
+    static: true,
+  },
+  'rtn-w4a8': {
+    description: 'INT4 weights asymmetric g128; INT8 activations symmetric, dynamic per token',
+    weights: 'int4-g128',
+    activations: 'int8-row-sym',
+  },
+  'rtn-w4a4': {
+    description: 'INT4 weights asymmetric g128; INT4 activations symmetric, dynamic per token',
+    weights: 'int4-g128',
+    activations: 'int4-row-sym',
+  },
+  'mxint4-128': { description: 'MXINT4 weights, blocks of 128 (E8M0 scales)', weights: 'mxint4-128' },
+  'mxint8-128-a-mxint8-128': {
+    description: 'MXINT8 weights and activations, blocks of 128 along the input dimension',
+    weights: 'mxint8-128',
+    activations: 'mxint8-128',
+  },
+  mxfp4: { description: 'MXFP4 (E2M1) weights, blocks of 32 (E8M0 scales)', weights: 'mxfp4' },
+  nvfp4: { description: 'NVFP4 weights: E2M1, blocks of 16 with FP8 E4M3 scales and an f32 tensor scale', weights: 'nvfp4' },
+};
+
+export function builtinRecipeNames(): string[] {
+  return Object.keys(BUILTINS);
+}
+
+/** Adds built-in recipes (used by method modules to register their named recipes). */
+export function registerRecipes(recipes: Record<string, RecipeText>): void {
+  Object.assign(BUILTINS, recipes);
+}
+
+export function resolveRecipe(nameOrFile: string): Recipe {
+  if (BUILTINS[nameOrFile]) return buildRecipe(nameOrFile, BUILTINS[nameOrFile], 'built-in');
+  if (fs.existsSync(nameOrFile)) return loadRecipeFile(nameOrFile);
+  return fail(`--recipe "${nameOrFile}" is neither a built-in recipe (see \`llmq recipes\`) nor a file`);
+}
+
+function loadRecipeFile(file: string): Recipe {
+  let parsed: unknown;
+  try {
+    parsed = yaml.load(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    return fail(`${file}: not valid JSON/YAML (${(e as Error).message.split('\n')[0]})`);
+  }
+  if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) fail(`${file}: a recipe must be an object`);
+  const obj = parsed as Record<string, unknown>;
+  checkKeys(file, obj, ['name', 'description', 'weights', 'activations', 'static', 'steps', 'targets', 'calib', 'base']);
+  const base = obj.base === undefined ? undefined : resolveRecipe(String(obj.base));
+  const text: RecipeText = {
+    description: String(obj.description ?? base?.description ?? `recipe from ${file}`),
+    weights: obj.weights === undefined ? undefined : String(obj.weights),
+    activations: obj.activations === undefined ? undefined : String(obj.activations),
+    static: obj.static === undefined ? undefined : Boolean(obj.static),
+    steps: obj.steps === undefined ? undefined : parseSteps(file, obj.steps),
+    calib: obj.calib === undefined ? undefined : parseCalib(file, obj.calib),
+  };
+  const recipe = buildRecipe(String(obj.name ?? file), text, file, base);
+  if (obj.targets !== undefined) recipe.targets = parseTargets(file, obj.targets);
+  return recipe;
+}
+
+function checkKeys(where: string, obj: Record<string, unknown>, allowed: string[]): void {
+  for (const key of Object.keys(obj))
+    if (!allowed.includes(key)) fail(`${where}: unknown key "${key}" (allowed: ${allowed.join(', ')})`);
+}
+
+function parseSteps(file: string, steps: unknown): Partial<Step>[] {
+  if (!Array.isArray(steps)) return fail(`${file}: "steps" must be a list`);
+  return steps.map((raw, i) => {
+    // `- awq: { grid: 20 }` or `- { method: awq, grid: 20 }`
+    const entry = typeof raw === 'string' ? { method: raw } : (raw as Record<string, unknown>);
+    const keys = Object.keys(entry ?? {});
+    const step =
+      'method' in entry ? { ...entry } : keys.length === 1 ? { method: keys[0], ...(entry[keys[0]] as object) } : undefined;
+    if (!step) return fail(`${file}: steps[${i}] must name one method`);
+    const method = String(step.method);
+    if (!(method in STEP_DEFAULTS))
+      fail(`${file}: steps[${i}]: unknown method "${method}" (known: ${Object.keys(STEP_DEFAULTS).join(', ')})`);
+    checkKeys(`${file}: steps[${i}] (${method})`, step, Object.keys(STEP_DEFAULTS[method as Step['method']]));
+    return step as Partial<Step>;
+  });
+}
+
+function parseCalib(file: string, calib: unknown): { samples: number; seqLen: number } {
+  const c = calib as Record<string, unknown>;
+  checkKeys(`${file}: calib`, c, ['samples', 'seqLen']);
+  const samples = Number(c.samples ?? DEFAULT_CALIB.samples);
+  const seqLen = Number(c.seqLen ?? DEFAULT_CALIB.seqLen);
+  if (!Number.isInteger(samples) || samples < 1 || !Number.isInteger(seqLen) || seqLen < 2)
+    fail(`${file}: calib needs integer samples >= 1 and seqLen >= 2`);
+  return { samples, seqLen };
+}
+
+function parseTargets(file: string, targets: unknown): LinearName[] {
+  if (!Array.isArray(targets)) return fail(`${file}: "targets" must be a list of linear names`);
+  for (const t of targets)
+    if (!LINEARS.includes(t)) fail(`${file}: unknown target "${t}" (linears: ${LINEARS.join(', ')})`);
+  return targets as LinearName[];
+}
+
+function buildRecipe(name: string, text: RecipeText, where: string, base?: Recipe): Recipe {
+  const steps = text.steps
+    ? text.steps.map((s) => ({ ...STEP_DEFAULTS[s.method as Step['method']], ...s }) as Step)
+    : (base?.steps ?? []);
+  const weights = text.weights ? parseFormat(text.weights) : base?.weights;
+  const activations = text.activations
+    ? { format: parseFormat(text.activations), static: text.static ?? false }
+    : base?.activations;
+  const recipe: Recipe = {
+    name,
+    description: text.description,
+    weights,
+    activations,
+    steps,
+    targets: base?.targets ?? [...LINEARS],
+    calib: text.calib ?? base?.calib ?? calibFor(steps),
+  };
+  validateRecipe(where, recipe);
+  return recipe;
+}
+
+/** Calibration defaults of the reference tools: 128 x 2048 for GPTQ, 128 x 512 otherwise (AWQ). */
+function calibFor(steps: Step[]): { samples: number; seqLen: number } {
+  return steps.some((s) => s.method === 'gptq') ? { samples: 128, seqLen: 2048 } : DEFAULT_CALIB;
+}
+
+function validateRecipe(where: string, r: Recipe): void {
+  if (!r.weights && !r.activations) fail(`${where}: recipe quantizes nothing (set weights and/or activations)`);
+  if (r.activations?.static && r.activations.format.kind === 'int' && r.activations.format.granularity !== 'tensor')
+    fail(`${where}: static activation scales need a per-tensor format (e.g. int8-tensor-sym)`);
+  for (const s of r.steps) {
+    if ((s.method === 'awq' || s.method === 'gptq') && !r.weights)
+      fail(`${where}: step ${s.method} needs a weight format`);
+    if (s.method === 'smoothquant' && !(s.alpha >= 0 && s.alpha <= 1))
+      fail(`${where}: smoothquant alpha must be in [0, 1], got ${s.alpha}`);
+    if (s.method === 'mixed' && !(s.salientPercent >= 0 && s.salientPercent < 100))
+      fail(`${where}: mixed salientPercent must be in [0, 100), got ${s.salientPercent}`);
+    if (s.method === 'gptq' && !(s.damp > 0)) fail(`${where}: gptq damp must be > 0, got ${s.damp}`);
+  }
+}
+
+export function recipeNeedsCalibration(r: Recipe): boolean {
+  return r.steps.length > 0 || Boolean(r.activations?.static);
+}
+
+/** Exact meaning of a recipe, for `llmq recipes --verbose` and the checkpoint manifest. */
+export function explainRecipe(r: Recipe): string {
+  const lines = [
+    `${r.name}: ${r.description}`,
+    `  weights      ${r.weights ? describeFormat(r.weights) : 'full precision'} on ${r.targets.join(', ')}; lm_head and embeddings full precision`,
+    `  activations  ${r.activations ? `${describeFormat(r.activations.format)}${r.activations.static ? ', static scale from calibration' : ', dynamic'}` : 'full precision'}`,
+    `  steps        ${r.steps.length ? r.steps.map((s) => JSON.stringify(s)).join(' -> ') : 'none (round to nearest)'}`,
+  ];
+  if (recipeNeedsCalibration(r)) lines.push(`  calibration  ${r.calib.samples} x ${r.calib.seqLen} tokens`);
+  return lines.join('\n');
+}

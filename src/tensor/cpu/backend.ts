@@ -1,0 +1,276 @@
+/** The CPU reference backend: TypeScript over shared typed arrays, matmul/attention on all cores. */
+import { fail } from '../../errors.ts';
+import { fakeQuantRows } from '../../formats/index.ts';
+import type { FormatSpec } from '../../formats/spec.ts';
+import {
+  type AttentionShape,
+  type Backend,
+  type ColumnStats,
+  type DType,
+  type HostArray,
+  numel,
+  type RopeTable,
+  shapeString,
+  type Tensor,
+} from '../tensor.ts';
+import { parallelFor, sharedF32 } from './pool.ts';
+
+export class CpuTensor implements Tensor {
+  constructor(
+    readonly backend: CpuBackend,
+    readonly shape: readonly number[],
+    readonly dtype: DType,
+    readonly data: HostArray,
+  ) {}
+  dispose(): void {}
+}
+
+const BYTES: Record<DType, number> = { f32: 4, f16: 2, bf16: 2, i32: 4, i8: 1, u8: 1 };
+
+function isShared(a: HostArray): boolean {
+  return a.buffer instanceof SharedArrayBuffer;
+}
+
+/** Minimum multiply-adds per thread before splitting a matmul across threads. */
+const MIN_MACS_PER_THREAD = 1 << 20;
+
+export class CpuBackend implements Backend {
+  readonly name = 'cpu' as const;
+
+  upload(data: HostArray, shape: readonly number[], dtype: DType): Tensor {
+    if (data.length !== numel(shape)) fail(`upload: ${data.length} values do not fill shape ${shapeString(shape)}`);
+    if (isShared(data)) return new CpuTensor(this, [...shape], dtype, data);
+    const Ctor = data.constructor as new (b: SharedArrayBuffer) => HostArray;
+    const copy = new Ctor(new SharedArrayBuffer(data.length * BYTES[dtype]));
+    copy.set(data as never);
+    return new CpuTensor(this, [...shape], dtype, copy);
+  }
+
+  fromF32(data: Float32Array, shape: readonly number[]): CpuTensor {
+    return this.upload(data, shape, 'f32') as CpuTensor;
+  }
+
+  async read(t: Tensor): Promise<Float32Array> {
+    return this.f32(t);
+  }
+
+  /** The f32 host view of a tensor (widened from 16-bit storage where needed). */
+  f32(t: Tensor): Float32Array {
+    const c = t as CpuTensor;
+    if (c.dtype === 'f32') return c.data as Float32Array;
+    if (c.dtype === 'bf16' || c.dtype === 'f16') {
+      const out = sharedF32(c.data.length);
+      parallelFor('widen16', [c.data as Uint16Array, out, c.dtype === 'bf16' ? 1 : 0], out.length, 1 << 18);
+      return out;
+    }
+    return Float32Array.from(c.data as ArrayLike<number>);
+  }
+
+  linear(x: Tensor, w: Tensor, bias?: Tensor): Tensor {
+    const [M, K] = x.shape;
+    const [N, Kw] = w.shape;
+    if (K !== Kw) fail(`linear: input ${shapeString(x.shape)} does not match weight ${shapeString(w.shape)}`);
+    const out = sharedF32(M * N);
+    const splitB = N >= M ? 1 : 0;
+    const units = splitB ? N : M;
+    const minUnits = Math.max(4, Math.ceil(MIN_MACS_PER_THREAD / ((splitB ? M : N) * K)));
+    parallelFor(
+      'matmulNT',
+      [this.f32(x), this.f32(w), out, bias ? this.f32(bias) : null, M, N, K, splitB],
+      units,
+      minUnits,
+    );
+    return this.fromF32(out, [M, N]);
+  }
+
+  embedding(table: Tensor, ids: Int32Array): Tensor {
+    const [V, D] = table.shape;
+    const out = sharedF32(ids.length * D);
+    const src = (table as CpuTensor).data;
+    const widen = table.dtype === 'bf16' || table.dtype === 'f16';
+    ids.forEach((id, r) => {
+      if (id < 0 || id >= V) fail(`embedding: token id ${id} outside the vocabulary (${V})`);
+      if (!widen) {
+        out.set((src as Float32Array).subarray(id * D, (id + 1) * D), r * D);
+        return;
+      }
+      const row = this.f32(this.upload((src as Uint16Array).slice(id * D, (id + 1) * D), [D], table.dtype));
+      out.set(row, r * D);
+    });
+    return this.fromF32(out, [ids.length, D]);
+  }
+
+  rmsnorm(x: Tensor, weight: Tensor, eps: number): Tensor {
+    const [M, D] = x.shape;
+    const src = this.f32(x);
+    const w = this.f32(weight);
+    const out = sharedF32(M * D);
+    for (let r = 0; r < M; r++) {
+      const o = r * D;
+      let ss = 0;
+      for (let i = 0; i < D; i++) ss += src[o + i] * src[o + i];
+      const inv = Math.fround(1 / Math.sqrt(Math.fround(ss / D) + eps));
+      for (let i = 0; i < D; i++) out[o + i] = w[i] * Math.fround(src[o + i] * inv);
+    }
+    return this.fromF32(out, [M, D]);
+  }
+
+  rope(x: Tensor, positions: Int32Array, headDim: number, table: RopeTable): Tensor {
+    const [M, width] = x.shape;
+    if (positions.length !== M) fail(`rope: ${positions.length} positions for ${M} rows`);
+    const src = this.f32(x);
+    const out = sharedF32(M * width);
+    const half = headDim / 2;
+    const cos = new Float32Array(half);
+    const sin = new Float32Array(half);
+    for (let r = 0; r < M; r++) {
+      for (let i = 0; i < half; i++) {
+        // PyTorch forms the angle as an f32 product, then cos/sin in f32.
+        const angle = Math.fround(positions[r] * table.invFreq[i]);
+        cos[i] = Math.fround(Math.cos(angle)) * table.attentionScaling;
+        sin[i] = Math.fround(Math.sin(angle)) * table.attentionScaling;
+      }
+      for (let h = 0; h < width; h += headDim) {
+        const o = r * width + h;
+        for (let i = 0; i < half; i++) {
+          const a = src[o + i];
+          const b = src[o + i + half];
+          out[o + i] = a * cos[i] - b * sin[i];
+          out[o + i + half] = b * cos[i] + a * sin[i];
+        }
+      }
+    }
+    return this.fromF32(out, [M, width]);
+  }
+
+  attention(q: Tensor, k: Tensor, v: Tensor, s: AttentionShape): Tensor {
+    const rows = s.batch * s.seqLen;
+    if (q.shape[0] !== rows || q.shape[1] !== s.numHeads * s.headDim)
+      fail(`attention: q ${shapeString(q.shape)} does not match ${JSON.stringify(s)}`);
+    if (s.numHeads % s.numKvHeads !== 0) fail(`attention: ${s.numHeads} heads over ${s.numKvHeads} kv heads`);
+    const out = sharedF32(rows * s.numHeads * s.headDim);
+    parallelFor(
+      'attentionHeads',
+      [this.f32(q), this.f32(k), this.f32(v), out, s.seqLen, s.numHeads, s.numKvHeads, s.headDim],
+      s.batch * s.numHeads,
+    );
+    return this.fromF32(out, q.shape);
+  }
+
+  private map2(a: Tensor, b: Tensor, op: string, fn: (x: number, y: number) => number): Tensor {
+    if (numel(a.shape) !== numel(b.shape))
+      fail(`${op}: shapes ${shapeString(a.shape)} and ${shapeString(b.shape)} differ`);
+    const x = this.f32(a);
+    const y = this.f32(b);
+    const out = sharedF32(x.length);
+    for (let i = 0; i < x.length; i++) out[i] = fn(x[i], y[i]);
+    return this.fromF32(out, a.shape);
+  }
+
+  siluMul(gate: Tensor, up: Tensor): Tensor {
+    return this.map2(gate, up, 'siluMul', (g, u) => Math.fround(g / (1 + Math.exp(-g))) * u);
+  }
+
+  add(a: Tensor, b: Tensor): Tensor {
+    return this.map2(a, b, 'add', (x, y) => x + y);
+  }
+
+  sub(a: Tensor, b: Tensor): Tensor {
+    return this.map2(a, b, 'sub', (x, y) => x - y);
+  }
+
+  scaleColumns(x: Tensor, s: Tensor): Tensor {
+    const [M, N] = x.shape;
+    const src = this.f32(x);
+    const scale = this.f32(s);
+    if (scale.length !== N) fail(`scaleColumns: ${scale.length} scales for ${N} columns`);
+    const out = sharedF32(M * N);
+    for (let r = 0; r < M; r++) for (let j = 0; j < N; j++) out[r * N + j] = src[r * N + j] * scale[j];
+    return this.fromF32(out, [M, N]);
+  }
+
+  scaleRows(x: Tensor, s: Tensor): Tensor {
+    const [M, N] = x.shape;
+    const src = this.f32(x);
+    const scale = this.f32(s);
+    if (scale.length !== M) fail(`scaleRows: ${scale.length} scales for ${M} rows`);
+    const out = sharedF32(M * N);
+    for (let r = 0; r < M; r++) for (let j = 0; j < N; j++) out[r * N + j] = src[r * N + j] * scale[r];
+    return this.fromF32(out, [M, N]);
+  }
+
+  nll(logits: Tensor, targets: Int32Array): Tensor {
+    const [M, V] = logits.shape;
+    if (targets.length !== M) fail(`nll: ${targets.length} targets for ${M} rows`);
+    const out = sharedF32(M);
+    const sharedTargets = new Int32Array(new SharedArrayBuffer(M * 4));
+    sharedTargets.set(targets);
+    parallelFor('nllRows', [this.f32(logits), sharedTargets, out, V], M, 16);
+    return this.fromF32(out, [M]);
+  }
+
+  fakeQuant(x: Tensor, spec: FormatSpec): Tensor {
+    const cols = x.shape[x.shape.length - 1];
+    const rows = numel(x.shape) / cols;
+    return this.fromF32(fakeQuantRows(this.f32(x), rows, cols, spec), x.shape);
+  }
+
+  async columnStats(x: Tensor): Promise<ColumnStats> {
+    const [M, N] = x.shape;
+    const src = this.f32(x);
+    const absMax = new Float32Array(N);
+    const sum = new Float64Array(N);
+    for (let r = 0; r < M; r++) {
+      for (let j = 0; j < N; j++) {
+        const a = Math.abs(src[r * N + j]);
+        if (a > absMax[j]) absMax[j] = a;
+        sum[j] += a;
+      }
+    }
+    return { absMax, absMean: Float32Array.from(sum, (s) => s / M) };
+  }
+
+  sliceRows(x: Tensor, start: number, end: number): Tensor {
+    const cols = numel(x.shape) / x.shape[0];
+    const src = this.f32(x);
+    const out = sharedF32((end - start) * cols);
+    out.set(src.subarray(start * cols, end * cols));
+    return this.fromF32(out, [end - start, ...x.shape.slice(1)]);
+  }
+
+  concatRows(parts: readonly Tensor[]): Tensor {
+    const cols = numel(parts[0].shape) / parts[0].shape[0];
+    const rows = parts.reduce((n, p) => n + p.shape[0], 0);
+    const out = sharedF32(rows * cols);
+    let offset = 0;
+    for (const p of parts) {
+      const src = this.f32(p);
+      out.set(src, offset);
+      offset += src.length;
+    }
+    return this.fromF32(out, [rows, ...parts[0].shape.slice(1)]);
+  }
+
+  transpose(x: Tensor): Tensor {
+    const [M, N] = x.shape;
+    const src = this.f32(x);
+    const out = sharedF32(M * N);
+    for (let r = 0; r < M; r++) for (let c = 0; c < N; c++) out[c * M + r] = src[r * N + c];
+    return this.fromF32(out, [N, M]);
+  }
+
+  toF32(x: Tensor): Tensor {
+    const src = this.f32(x);
+    const out = sharedF32(src.length);
+    out.set(src);
+    return this.fromF32(out, x.shape);
+  }
+
+  async sumSquaredDiff(a: Tensor, b: Tensor): Promise<number> {
+    const x = this.f32(a);
+    const y = this.f32(b);
+    let s = 0;
+    for (let i = 0; i < x.length; i++) s += (x[i] - y[i]) ** 2;
+    return s;
+  }
+}

@@ -1,0 +1,85 @@
+/**
+ * A pool of worker threads that run the CPU kernels over shared memory. Calls are synchronous:
+ * the main thread takes its own share of the work, then blocks on an Atomics flag per worker
+ * (allowed in Node's main thread), which keeps the Backend API synchronous like WebGPU encoding.
+ */
+import os from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { KERNELS, type KernelName } from './kernels.ts';
+
+const WORKER_SOURCE = `
+const __name = (f) => f;
+const { parentPort } = require('node:worker_threads');
+const K = { ${Object.entries(KERNELS)
+  .map(([name, fn]) => `${name}: ${fn.toString()}`)
+  .join(',\n')} };
+parentPort.on('message', ({ kernel, args, start, end, flag }) => {
+  try { K[kernel](...args, start, end); Atomics.store(flag, 0, 1); }
+  catch (e) { console.error(e); Atomics.store(flag, 0, 2); }
+  Atomics.notify(flag, 0);
+});
+`;
+
+interface PoolWorker {
+  worker: Worker;
+  flag: Int32Array;
+}
+
+let workers: PoolWorker[] | undefined;
+
+export function threadCount(): number {
+  const env = Number(process.env.LLMQ_THREADS);
+  if (Number.isInteger(env) && env > 0) return env;
+  return Math.max(1, os.availableParallelism());
+}
+
+function pool(): PoolWorker[] {
+  if (!workers) {
+    workers = [];
+    for (let i = 1; i < threadCount(); i++) {
+      const worker = new Worker(WORKER_SOURCE, { eval: true, execArgv: [] });
+      worker.unref();
+      workers.push({ worker, flag: new Int32Array(new SharedArrayBuffer(4)) });
+    }
+  }
+  return workers;
+}
+
+type KernelArgs<N extends KernelName> = Parameters<(typeof KERNELS)[N]> extends [...infer A, number, number]
+  ? A
+  : never;
+
+/**
+ * Runs kernel(...args, start, end) over [0, units) split into contiguous chunks, one per thread.
+ * Every array written by the kernel must live in a SharedArrayBuffer.
+ */
+export function parallelFor<N extends KernelName>(
+  kernel: N,
+  args: KernelArgs<N>,
+  units: number,
+  minUnitsPerThread = 1,
+): void {
+  const fn = KERNELS[kernel] as (...a: unknown[]) => void;
+  const threads = Math.min(threadCount(), Math.max(1, Math.floor(units / minUnitsPerThread)));
+  if (threads <= 1) {
+    fn(...args, 0, units);
+    return;
+  }
+  const active = pool().slice(0, threads - 1);
+  const chunk = Math.ceil(units / threads);
+  active.forEach((w, i) => {
+    Atomics.store(w.flag, 0, 0);
+    const start = Math.min(units, (i + 1) * chunk);
+    const end = Math.min(units, start + chunk);
+    w.worker.postMessage({ kernel, args, start, end, flag: w.flag });
+  });
+  fn(...args, 0, Math.min(units, chunk));
+  for (const w of active) {
+    while (Atomics.load(w.flag, 0) === 0) Atomics.wait(w.flag, 0, 0, 1000);
+    if (Atomics.load(w.flag, 0) === 2) throw new Error(`CPU worker failed in kernel ${kernel}`);
+  }
+}
+
+export function sharedF32(n: number): Float32Array {
+  return new Float32Array(new SharedArrayBuffer(n * 4));
+}
