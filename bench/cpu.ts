@@ -45,7 +45,12 @@ for (const [M, N, K] of SHAPES) {
   const w = cpu.upload(Float32Array.from({ length: N * K }, Math.random), [N, K], 'f32');
   const ours = (2 * M * N * K) / timeBest(() => cpu.linear(x, w)) / 1e9;
   const numpy = numpyGflops(M, N, K);
-  rows.push({ 'M x N x K': `${M}x${N}x${K}`, 'llmq GFLOP/s': ours, 'numpy GFLOP/s': numpy, ratio: ours / numpy });
+  rows.push({
+    'M x N x K': `${M}x${N}x${K}`,
+    'llmq GFLOP/s': ours,
+    'numpy GFLOP/s': numpy,
+    ratio: ours / numpy,
+  });
 }
 
 const model = LlamaModel.load(new URL('../../shared/models/llama-small', import.meta.url).pathname, cpu);

@@ -27,7 +27,9 @@ export function machine(): string {
 
 export function commitId(): string {
   try {
-    return execSync('git rev-parse --short HEAD', { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
+    return execSync('git rev-parse --short HEAD', { stdio: ['ignore', 'pipe', 'ignore'] })
+      .toString()
+      .trim();
   } catch {
     return 'unknown';
   }
@@ -38,5 +40,6 @@ export function publish(title: string, command: string, body: string, notes = ''
   const date = new Date().toISOString().slice(0, 10);
   const section = `\n## ${title} (${date})\n\nMachine: ${machine()}; commit ${commitId()}.\nCommand: \`${command}\`\n\n${body}\n${notes ? `\n${notes}\n` : ''}`;
   console.log(section);
-  if (!process.argv.includes('--no-write')) fs.appendFileSync(new URL('../BENCHMARKS.md', import.meta.url), section);
+  if (!process.argv.includes('--no-write'))
+    fs.appendFileSync(new URL('../BENCHMARKS.md', import.meta.url), section);
 }

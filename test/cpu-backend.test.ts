@@ -38,7 +38,9 @@ test('linear matches a naive matmul on odd shapes, in one thread and split acros
     const x = r.normal(M * K);
     const w = r.normal(N * K);
     const bias = r.normal(N);
-    const got = await cpu.read(cpu.linear(cpu.upload(x, [M, K], 'f32'), cpu.upload(w, [N, K], 'f32'), cpu.upload(bias, [N], 'f32')));
+    const got = await cpu.read(
+      cpu.linear(cpu.upload(x, [M, K], 'f32'), cpu.upload(w, [N, K], 'f32'), cpu.upload(bias, [N], 'f32')),
+    );
     assert.ok(maxRelErr(got, naiveLinear(x, w, M, N, K, bias)) < 1e-6, `${M}x${N}x${K}`);
   }
 });
@@ -60,13 +62,18 @@ test('attention equals a naive causal GQA softmax(QK^T/sqrt(d))V', async () => {
   const k = r.normal(rows * Hkv * D);
   const v = r.normal(rows * Hkv * D);
   const got = await cpu.read(
-    cpu.attention(cpu.upload(q, [rows, H * D], 'f32'), cpu.upload(k, [rows, Hkv * D], 'f32'), cpu.upload(v, [rows, Hkv * D], 'f32'), {
-      batch,
-      seqLen,
-      numHeads: H,
-      numKvHeads: Hkv,
-      headDim: D,
-    }),
+    cpu.attention(
+      cpu.upload(q, [rows, H * D], 'f32'),
+      cpu.upload(k, [rows, Hkv * D], 'f32'),
+      cpu.upload(v, [rows, Hkv * D], 'f32'),
+      {
+        batch,
+        seqLen,
+        numHeads: H,
+        numKvHeads: Hkv,
+        headDim: D,
+      },
+    ),
   );
   const want = new Float64Array(rows * H * D);
   for (let b = 0; b < batch; b++)
@@ -76,7 +83,8 @@ test('attention equals a naive causal GQA softmax(QK^T/sqrt(d))V', async () => {
         const logits: number[] = [];
         for (let j = 0; j <= i; j++) {
           let s = 0;
-          for (let d = 0; d < D; d++) s += q[((b * seqLen + i) * H + h) * D + d] * k[((b * seqLen + j) * Hkv + g) * D + d];
+          for (let d = 0; d < D; d++)
+            s += q[((b * seqLen + i) * H + h) * D + d] * k[((b * seqLen + j) * Hkv + g) * D + d];
           logits.push(s / Math.sqrt(D));
         }
         const m = Math.max(...logits);
@@ -106,9 +114,16 @@ test('rmsnorm, rope, siluMul and nll against hand formulas', async () => {
   );
   const want = [Math.cos(1), Math.cos(0.5), Math.sin(1), Math.sin(0.5)];
   rq.forEach((v, i) => assert.ok(Math.abs(v - want[i]) < 1e-6));
-  const s = await cpu.read(cpu.siluMul(cpu.upload(new Float32Array([0, 2]), [2], 'f32'), cpu.upload(new Float32Array([5, 3]), [2], 'f32')));
+  const s = await cpu.read(
+    cpu.siluMul(
+      cpu.upload(new Float32Array([0, 2]), [2], 'f32'),
+      cpu.upload(new Float32Array([5, 3]), [2], 'f32'),
+    ),
+  );
   assert.ok(Math.abs(s[0]) < 1e-7 && Math.abs(s[1] - (3 * 2) / (1 + Math.exp(-2))) < 1e-5);
   // NLL of target 1 under logits [0, ln 3]: -log(3/4)
-  const nll = await cpu.read(cpu.nll(cpu.upload(new Float32Array([0, Math.log(3)]), [1, 2], 'f32'), new Int32Array([1])));
+  const nll = await cpu.read(
+    cpu.nll(cpu.upload(new Float32Array([0, Math.log(3)]), [1, 2], 'f32'), new Int32Array([1])),
+  );
   assert.ok(Math.abs(nll[0] + Math.log(0.75)) < 1e-6);
 });

@@ -1,10 +1,10 @@
+import { fail } from '../errors.ts';
 import { perplexity, readEvalText, windowCount } from '../eval/perplexity.ts';
 import { loadTokenizer } from '../io/tokenizer.ts';
 import { loadModel } from '../model/load.ts';
 import { createBackend, type DeviceName } from '../tensor/index.ts';
 import { intFlag, onePositional, optionalIntFlag, parse, printJson } from './args.ts';
 import { Progress } from './progress.ts';
-import { fail } from '../errors.ts';
 
 export const EVAL_HELP = `llmq eval <model-dir> --ppl <text-file> [--seqlen N] [--max-windows K] [--recipe R] [--device cpu|webgpu|auto] [--json]
   Perplexity with the standard WikiText-2 protocol (rows joined by "\\n\\n", one BOS, non-overlapping
@@ -32,10 +32,18 @@ export async function evalCommand(argv: string[]): Promise<void> {
   if (tokens.length < seqLen)
     fail(`--seqlen ${seqLen} is larger than ${values.ppl} (${tokens.length} tokens)`);
   const start = performance.now();
-  const model = await loadModel(dir, backend, { recipe: values.recipe, calib: values.calib, quiet: values.json });
+  const model = await loadModel(dir, backend, {
+    recipe: values.recipe,
+    calib: values.calib,
+    quiet: values.json,
+  });
   const progress = new Progress('perplexity', 'windows', values.json);
   progress.update(0, windowCount(tokens.length, seqLen, maxWindows));
-  const result = await perplexity(model, tokens, { seqLen, maxWindows, onWindow: (d, t) => progress.update(d, t) });
+  const result = await perplexity(model, tokens, {
+    seqLen,
+    maxWindows,
+    onWindow: (d, t) => progress.update(d, t),
+  });
   const seconds = (performance.now() - start) / 1000;
   const out = {
     model: dir,

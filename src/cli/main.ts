@@ -22,7 +22,9 @@ async function main(argv: string[]): Promise<number> {
   }
   const entry = COMMANDS[command];
   if (!entry) {
-    process.stderr.write(`llmq: unknown command "${command}" (commands: ${Object.keys(COMMANDS).join(', ')})\n`);
+    process.stderr.write(
+      `llmq: unknown command "${command}" (commands: ${Object.keys(COMMANDS).join(', ')})\n`,
+    );
     return 2;
   }
   if (rest.includes('--help') || rest.includes('-h')) {

@@ -60,7 +60,9 @@ export async function perplexity(
   const windowMeanNll: number[] = [];
   for (let w = 0; w < total; w += batch) {
     const n = Math.min(batch, total - w);
-    windowMeanNll.push(...(await windowNlls(model, tokens.subarray(w * seqLen, (w + n) * seqLen), n, seqLen)));
+    windowMeanNll.push(
+      ...(await windowNlls(model, tokens.subarray(w * seqLen, (w + n) * seqLen), n, seqLen)),
+    );
     opts.onWindow?.(w + n, total);
   }
   const mean = windowMeanNll.reduce((a, b) => a + b, 0) / total;
@@ -68,7 +70,12 @@ export async function perplexity(
 }
 
 /** Mean next-token NLL of each of n windows laid end to end in ids. */
-export async function windowNlls(model: LlamaModel, ids: Int32Array, n: number, seqLen: number): Promise<number[]> {
+export async function windowNlls(
+  model: LlamaModel,
+  ids: Int32Array,
+  n: number,
+  seqLen: number,
+): Promise<number[]> {
   const logits = model.forward(ids, { batch: n, seqLen });
   const targets = new Int32Array(ids.length);
   for (let i = 0; i < ids.length; i++) targets[i] = i % seqLen === seqLen - 1 ? 0 : ids[i + 1];

@@ -4,7 +4,7 @@
  */
 import { fail } from '../errors.ts';
 import type { FormatSpec } from '../formats/spec.ts';
-import { type ModelConfig, loadModelConfig } from '../io/config.ts';
+import { loadModelConfig, type ModelConfig } from '../io/config.ts';
 import { ropeTable } from '../io/rope.ts';
 import { type Checkpoint, openCheckpoint } from '../io/safetensors.ts';
 import type { Backend, DType, RopeTable, Tensor } from '../tensor/tensor.ts';
@@ -43,7 +43,11 @@ export interface BatchShape {
   seqLen: number;
 }
 
-export function linearTensorName(layer: number, name: LinearName, part: 'weight' | 'bias' = 'weight'): string {
+export function linearTensorName(
+  layer: number,
+  name: LinearName,
+  part: 'weight' | 'bias' = 'weight',
+): string {
   const block = (ATTENTION_LINEARS as readonly string[]).includes(name) ? 'self_attn' : 'mlp';
   return `model.layers.${layer}.${block}.${name}.${part}`;
 }
@@ -92,7 +96,12 @@ export class LlamaModel {
     for (let i = 0; i < config.numLayers; i++) {
       const linears = {} as Record<LinearName, Linear>;
       for (const name of LINEARS) {
-        const hasBias = name === 'o_proj' ? config.oBias : ATTENTION_LINEARS.includes(name as 'q_proj') ? config.qkvBias : config.mlpBias;
+        const hasBias =
+          name === 'o_proj'
+            ? config.oBias
+            : ATTENTION_LINEARS.includes(name as 'q_proj')
+              ? config.qkvBias
+              : config.mlpBias;
         linears[name] = {
           weight: loader.get(linearTensorName(i, name), shapes[name]),
           bias: hasBias ? loader.get(linearTensorName(i, name, 'bias'), [shapes[name][0]]) : undefined,
@@ -106,7 +115,9 @@ export class LlamaModel {
     }
     const embed = loader.get('model.embed_tokens.weight', [vocabSize, d]);
     const lmHead =
-      config.tieWordEmbeddings && !ckpt.has('lm_head.weight') ? embed : loader.get('lm_head.weight', [vocabSize, d]);
+      config.tieWordEmbeddings && !ckpt.has('lm_head.weight')
+        ? embed
+        : loader.get('lm_head.weight', [vocabSize, d]);
     return new LlamaModel(config, backend, embed, layers, loader.get('model.norm.weight', [d]), lmHead, dir);
   }
 
@@ -207,10 +218,14 @@ class WeightLoader {
 
   get(name: string, shape: number[]): Tensor {
     if (!this.ckpt.has(name))
-      fail(`${this.dir}: tensor "${name}" required by config.json (${this.config.modelType}, ${this.config.numLayers} layers) is missing`);
+      fail(
+        `${this.dir}: tensor "${name}" required by config.json (${this.config.modelType}, ${this.config.numLayers} layers) is missing`,
+      );
     const t = this.ckpt.read(name);
     if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
-      fail(`${this.dir}: tensor "${name}" has shape [${t.shape.join(', ')}], config.json implies [${shape.join(', ')}]`);
+      fail(
+        `${this.dir}: tensor "${name}" has shape [${t.shape.join(', ')}], config.json implies [${shape.join(', ')}]`,
+      );
     return this.backend.upload(t.data as never, t.shape, storageDType(name, t.dtype));
   }
 }

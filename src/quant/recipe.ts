@@ -79,17 +79,30 @@ interface RecipeText {
 }
 
 const BUILTINS: Record<string, RecipeText> = {
-  'rtn-w4g128': { description: 'round-to-nearest INT4 weights, asymmetric, groups of 128', weights: 'int4-g128' },
-  'rtn-w3g128': { description: 'round-to-nearest INT3 weights, asymmetric, groups of 128', weights: 'int3-g128' },
-  'rtn-w4': { description: 'round-to-nearest INT4 weights, asymmetric, per output channel', weights: 'int4-row' },
-  'rtn-w8': { description: 'round-to-nearest INT8 weights, symmetric per output channel', weights: 'int8-row-sym' },
+  'rtn-w4g128': {
+    description: 'round-to-nearest INT4 weights, asymmetric, groups of 128',
+    weights: 'int4-g128',
+  },
+  'rtn-w3g128': {
+    description: 'round-to-nearest INT3 weights, asymmetric, groups of 128',
+    weights: 'int3-g128',
+  },
+  'rtn-w4': {
+    description: 'round-to-nearest INT4 weights, asymmetric, per output channel',
+    weights: 'int4-row',
+  },
+  'rtn-w8': {
+    description: 'round-to-nearest INT8 weights, symmetric per output channel',
+    weights: 'int8-row-sym',
+  },
   'rtn-w8a8': {
     description: 'INT8 weights symmetric per output channel; INT8 activations symmetric, dynamic per token',
     weights: 'int8-row-sym',
     activations: 'int8-row-sym',
   },
   'rtn-w8a8-static': {
-    description: 'INT8 weights symmetric per output channel; INT8 activations symmetric, static per tensor (calibrated)',
+    description:
+      'INT8 weights symmetric per output channel; INT8 activations symmetric, static per tensor (calibrated)',
     weights: 'int8-row-sym',
     activations: 'int8-tensor-sym',
     static: true,
@@ -111,7 +124,10 @@ const BUILTINS: Record<string, RecipeText> = {
     activations: 'mxint8-128',
   },
   mxfp4: { description: 'MXFP4 (E2M1) weights, blocks of 32 (E8M0 scales)', weights: 'mxfp4' },
-  nvfp4: { description: 'NVFP4 weights: E2M1, blocks of 16 with FP8 E4M3 scales and an f32 tensor scale', weights: 'nvfp4' },
+  nvfp4: {
+    description: 'NVFP4 weights: E2M1, blocks of 16 with FP8 E4M3 scales and an f32 tensor scale',
+    weights: 'nvfp4',
+  },
 };
 
 export function builtinRecipeNames(): string[] {
@@ -136,9 +152,20 @@ function loadRecipeFile(file: string): Recipe {
   } catch (e) {
     return fail(`${file}: not valid JSON/YAML (${(e as Error).message.split('\n')[0]})`);
   }
-  if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) fail(`${file}: a recipe must be an object`);
+  if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed))
+    fail(`${file}: a recipe must be an object`);
   const obj = parsed as Record<string, unknown>;
-  checkKeys(file, obj, ['name', 'description', 'weights', 'activations', 'static', 'steps', 'targets', 'calib', 'base']);
+  checkKeys(file, obj, [
+    'name',
+    'description',
+    'weights',
+    'activations',
+    'static',
+    'steps',
+    'targets',
+    'calib',
+    'base',
+  ]);
   const base = obj.base === undefined ? undefined : resolveRecipe(String(obj.base));
   const text: RecipeText = {
     description: String(obj.description ?? base?.description ?? `recipe from ${file}`),
@@ -165,11 +192,17 @@ function parseSteps(file: string, steps: unknown): Partial<Step>[] {
     const entry = typeof raw === 'string' ? { method: raw } : (raw as Record<string, unknown>);
     const keys = Object.keys(entry ?? {});
     const step =
-      'method' in entry ? { ...entry } : keys.length === 1 ? { method: keys[0], ...(entry[keys[0]] as object) } : undefined;
+      'method' in entry
+        ? { ...entry }
+        : keys.length === 1
+          ? { method: keys[0], ...(entry[keys[0]] as object) }
+          : undefined;
     if (!step) return fail(`${file}: steps[${i}] must name one method`);
     const method = String(step.method);
     if (!(method in STEP_DEFAULTS))
-      fail(`${file}: steps[${i}]: unknown method "${method}" (known: ${Object.keys(STEP_DEFAULTS).join(', ')})`);
+      fail(
+        `${file}: steps[${i}]: unknown method "${method}" (known: ${Object.keys(STEP_DEFAULTS).join(', ')})`,
+      );
     checkKeys(`${file}: steps[${i}] (${method})`, step, Object.keys(STEP_DEFAULTS[method as Step['method']]));
     return step as Partial<Step>;
   });
@@ -219,8 +252,13 @@ function calibFor(steps: Step[]): { samples: number; seqLen: number } {
 }
 
 function validateRecipe(where: string, r: Recipe): void {
-  if (!r.weights && !r.activations) fail(`${where}: recipe quantizes nothing (set weights and/or activations)`);
-  if (r.activations?.static && r.activations.format.kind === 'int' && r.activations.format.granularity !== 'tensor')
+  if (!r.weights && !r.activations)
+    fail(`${where}: recipe quantizes nothing (set weights and/or activations)`);
+  if (
+    r.activations?.static &&
+    r.activations.format.kind === 'int' &&
+    r.activations.format.granularity !== 'tensor'
+  )
     fail(`${where}: static activation scales need a per-tensor format (e.g. int8-tensor-sym)`);
   for (const s of r.steps) {
     if ((s.method === 'awq' || s.method === 'gptq') && !r.weights)

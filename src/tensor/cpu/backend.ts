@@ -38,7 +38,8 @@ export class CpuBackend implements Backend {
   readonly name = 'cpu' as const;
 
   upload(data: HostArray, shape: readonly number[], dtype: DType): Tensor {
-    if (data.length !== numel(shape)) fail(`upload: ${data.length} values do not fill shape ${shapeString(shape)}`);
+    if (data.length !== numel(shape))
+      fail(`upload: ${data.length} values do not fill shape ${shapeString(shape)}`);
     if (isShared(data)) return new CpuTensor(this, [...shape], dtype, data);
     const Ctor = data.constructor as new (b: SharedArrayBuffer) => HostArray;
     const copy = new Ctor(new SharedArrayBuffer(data.length * BYTES[dtype]));

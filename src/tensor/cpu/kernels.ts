@@ -39,37 +39,91 @@ export function matmulNT(
         const rb1 = rb0 + K;
         const rb2 = rb1 + K;
         const rb3 = rb2 + K;
-        let c00 = 0, c01 = 0, c02 = 0, c03 = 0, c10 = 0, c11 = 0, c12 = 0, c13 = 0;
-        let c20 = 0, c21 = 0, c22 = 0, c23 = 0, c30 = 0, c31 = 0, c32 = 0, c33 = 0;
+        let c00 = 0,
+          c01 = 0,
+          c02 = 0,
+          c03 = 0,
+          c10 = 0,
+          c11 = 0,
+          c12 = 0,
+          c13 = 0;
+        let c20 = 0,
+          c21 = 0,
+          c22 = 0,
+          c23 = 0,
+          c30 = 0,
+          c31 = 0,
+          c32 = 0,
+          c33 = 0;
         for (let k = 0; k < K; k++) {
-          const x0 = a[ra0 + k], x1 = a[ra1 + k], x2 = a[ra2 + k], x3 = a[ra3 + k];
-          const y0 = b[rb0 + k], y1 = b[rb1 + k], y2 = b[rb2 + k], y3 = b[rb3 + k];
-          c00 += x0 * y0; c01 += x0 * y1; c02 += x0 * y2; c03 += x0 * y3;
-          c10 += x1 * y0; c11 += x1 * y1; c12 += x1 * y2; c13 += x1 * y3;
-          c20 += x2 * y0; c21 += x2 * y1; c22 += x2 * y2; c23 += x2 * y3;
-          c30 += x3 * y0; c31 += x3 * y1; c32 += x3 * y2; c33 += x3 * y3;
+          const x0 = a[ra0 + k],
+            x1 = a[ra1 + k],
+            x2 = a[ra2 + k],
+            x3 = a[ra3 + k];
+          const y0 = b[rb0 + k],
+            y1 = b[rb1 + k],
+            y2 = b[rb2 + k],
+            y3 = b[rb3 + k];
+          c00 += x0 * y0;
+          c01 += x0 * y1;
+          c02 += x0 * y2;
+          c03 += x0 * y3;
+          c10 += x1 * y0;
+          c11 += x1 * y1;
+          c12 += x1 * y2;
+          c13 += x1 * y3;
+          c20 += x2 * y0;
+          c21 += x2 * y1;
+          c22 += x2 * y2;
+          c23 += x2 * y3;
+          c30 += x3 * y0;
+          c31 += x3 * y1;
+          c32 += x3 * y2;
+          c33 += x3 * y3;
         }
-        const d0 = bias ? bias[j] : 0, d1 = bias ? bias[j + 1] : 0;
-        const d2 = bias ? bias[j + 2] : 0, d3 = bias ? bias[j + 3] : 0;
+        const d0 = bias ? bias[j] : 0,
+          d1 = bias ? bias[j + 1] : 0;
+        const d2 = bias ? bias[j + 2] : 0,
+          d3 = bias ? bias[j + 3] : 0;
         let o = i * N + j;
-        c[o] = c00 + d0; c[o + 1] = c01 + d1; c[o + 2] = c02 + d2; c[o + 3] = c03 + d3;
+        c[o] = c00 + d0;
+        c[o + 1] = c01 + d1;
+        c[o + 2] = c02 + d2;
+        c[o + 3] = c03 + d3;
         o += N;
-        c[o] = c10 + d0; c[o + 1] = c11 + d1; c[o + 2] = c12 + d2; c[o + 3] = c13 + d3;
+        c[o] = c10 + d0;
+        c[o + 1] = c11 + d1;
+        c[o + 2] = c12 + d2;
+        c[o + 3] = c13 + d3;
         o += N;
-        c[o] = c20 + d0; c[o + 1] = c21 + d1; c[o + 2] = c22 + d2; c[o + 3] = c23 + d3;
+        c[o] = c20 + d0;
+        c[o + 1] = c21 + d1;
+        c[o + 2] = c22 + d2;
+        c[o + 3] = c23 + d3;
         o += N;
-        c[o] = c30 + d0; c[o + 1] = c31 + d1; c[o + 2] = c32 + d2; c[o + 3] = c33 + d3;
+        c[o] = c30 + d0;
+        c[o + 1] = c31 + d1;
+        c[o + 2] = c32 + d2;
+        c[o + 3] = c33 + d3;
       }
       for (; j < jpEnd; j++) {
         const rb = j * K;
-        let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        let s0 = 0,
+          s1 = 0,
+          s2 = 0,
+          s3 = 0;
         for (let k = 0; k < K; k++) {
           const y = b[rb + k];
-          s0 += a[ra0 + k] * y; s1 += a[ra1 + k] * y; s2 += a[ra2 + k] * y; s3 += a[ra3 + k] * y;
+          s0 += a[ra0 + k] * y;
+          s1 += a[ra1 + k] * y;
+          s2 += a[ra2 + k] * y;
+          s3 += a[ra3 + k] * y;
         }
         const d = bias ? bias[j] : 0;
-        c[i * N + j] = s0 + d; c[(i + 1) * N + j] = s1 + d;
-        c[(i + 2) * N + j] = s2 + d; c[(i + 3) * N + j] = s3 + d;
+        c[i * N + j] = s0 + d;
+        c[(i + 1) * N + j] = s1 + d;
+        c[(i + 2) * N + j] = s2 + d;
+        c[(i + 3) * N + j] = s3 + d;
       }
     }
     for (; i < i1; i++) {
@@ -85,7 +139,13 @@ export function matmulNT(
 }
 
 /** Widens 16-bit float bits (bf16 when isBf16, else IEEE f16) in [start, end) to f32. */
-export function widen16(src: Uint16Array, dst: Float32Array, isBf16: number, start: number, end: number): void {
+export function widen16(
+  src: Uint16Array,
+  dst: Float32Array,
+  isBf16: number,
+  start: number,
+  end: number,
+): void {
   if (isBf16) {
     const dstBits = new Uint32Array(dst.buffer, dst.byteOffset, dst.length);
     for (let i = start; i < end; i++) dstBits[i] = src[i] << 16;

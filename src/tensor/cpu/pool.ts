@@ -45,9 +45,8 @@ function pool(): PoolWorker[] {
   return workers;
 }
 
-type KernelArgs<N extends KernelName> = Parameters<(typeof KERNELS)[N]> extends [...infer A, number, number]
-  ? A
-  : never;
+type KernelArgs<N extends KernelName> =
+  Parameters<(typeof KERNELS)[N]> extends [...infer A, number, number] ? A : never;
 
 /**
  * Runs kernel(...args, start, end) over [0, units) split into contiguous chunks, one per thread.

@@ -1,0 +1,400 @@
+/**
+ * Number formats: fake quantization, encoding to integer codes + scales, decoding, bit packing,
+ * short names. One file per family: int.ts, mx.ts, fp8.ts, nvfp4.ts (element casts in
+ * minifloat.ts, rounding in rounding.ts); this file dispatches on FormatSpec.kind.
+ *
+ * Matrices are row-major rows x cols Float32Arrays; scales / blocks / groups run along the last
+ * dimension (cols). Rows are independent except where a scale spans the tensor (INT 'tensor',
+ * FP8 'tensor', the NVFP4 global scale).
+ *
+ * Behaviour shared by every format:
+ * - NaN inputs give NaN outputs for that element only; scales ignore NaN and +-Infinity;
+ *   +-Infinity saturates to the largest magnitude of its group/block grid (with its sign).
+ * - encode() refuses NaN with a one-line error (integer codes cannot hold it); everything else,
+ *   Infinity included, round-trips: decode(encode(x)) is bit-identical to fakeQuantRows(x).
+ * - Zeros: INT and MXINT results are +0; FP element formats (MXFP, FP8, NVFP4) keep the sign of
+ *   zero (a tiny negative value becomes -0, as a hardware cast does).
+ */
+import { fail } from '../errors.ts';
+import { decodeFp8, encodeFp8, fakeQuantFp8 } from './fp8.ts';
+import { checkIntBits, decodeInt, encodeInt, fakeQuantInt, intLayout } from './int.ts';
+import { checkMxSpec, decodeMx, encodeMx, fakeQuantMx, mxElementInfo } from './mx.ts';
+import { decodeNvfp4, encodeNvfp4, fakeQuantNvfp4, NVFP4_BLOCK } from './nvfp4.ts';
+import { pow2 } from './rounding.ts';
+import type { FormatSpec, IntSpec, MxElement, MxSpec } from './spec.ts';
+
+export * from './fp8.ts';
+export * from './int.ts';
+export * from './minifloat.ts';
+export * from './mx.ts';
+export * from './nvfp4.ts';
+export * from './rounding.ts';
+export type { FormatSpec, Fp8Spec, Granularity, IntSpec, MxElement, MxSpec, Nvfp4Spec } from './spec.ts';
+
+function checkShape(x: ArrayLike<number>, rows: number, cols: number, where: string): void {
+  if (!Number.isInteger(rows) || !Number.isInteger(cols) || rows < 0 || cols < 0) {
+    fail(`${where}: rows and cols must be non-negative integers, got ${rows} x ${cols}`);
+  }
+  if (x.length !== rows * cols) fail(`${where}: got ${x.length} values for a ${rows} x ${cols} matrix`);
+}
+
+/**
+ * Quantize then dequantize a rows x cols row-major matrix with `spec`; returns a new array.
+ * For INT formats, spec.clip shrinks the range (AWQ clip search); GPTQ's include-zero range is
+ * available through fakeQuantInt(..., { includeZero: true }).
+ */
+export function fakeQuantRows(
+  x: ArrayLike<number>,
+  rows: number,
+  cols: number,
+  spec: FormatSpec,
+): Float32Array {
+  checkShape(x, rows, cols, 'fakeQuantRows');
+  switch (spec.kind) {
+    case 'int':
+      return fakeQuantInt(x, rows, cols, spec);
+    case 'mx':
+      return fakeQuantMx(x, rows, cols, spec);
+    case 'fp8':
+      return fakeQuantFp8(x, rows, cols, spec);
+    case 'nvfp4':
+      return fakeQuantNvfp4(x, rows, cols);
+    default:
+      return fail(`unknown format kind '${(spec as { kind: string }).kind}'`);
+  }
+}
+
+/** Bits of one element code. */
+export function codeBits(spec: FormatSpec): number {
+  switch (spec.kind) {
+    case 'int':
+      return spec.bits;
+    case 'mx':
+      return mxElementInfo(spec.element).bits;
+    case 'fp8':
+      return 8;
+    case 'nvfp4':
+      return 4;
+  }
+}
+
+/**
+ * Storage form of a quantized matrix. `codes` holds one code per element (row-major), `bits` wide:
+ * - int: asymmetric q in [0, 2^b-1] with `zeros`; symmetric offset binary q + 2^(b-1);
+ * - mx: MXINT d-bit two's complement / MXFP OCP bit patterns, with `exponents` (E8M0 = e + 127);
+ * - fp8: E4M3 / E5M2 bit patterns;
+ * - nvfp4: E2M1 patterns, `scaleCodes` (E4M3 per 16 elements) and `globalScale`.
+ * `scales` has one f32 per group/block/row/tensor, row-major: the INT / FP8 scale, 2^e for MX,
+ * the decoded E4M3 block scale for NVFP4 (without the global factor).
+ */
+export interface Encoded {
+  spec: FormatSpec;
+  rows: number;
+  cols: number;
+  /** width of one element code in bits (for packCodes) */
+  bits: number;
+  codes: Uint8Array;
+  /** consecutive elements sharing one scale (rows * cols for per-tensor scales) */
+  block: number;
+  scales: Float32Array;
+  /** INT asymmetric zero points, one per scale */
+  zeros?: Uint8Array;
+  /** MX unbiased shared exponents, one per block */
+  exponents?: Int16Array;
+  /** NVFP4 E4M3 block-scale patterns */
+  scaleCodes?: Uint8Array;
+  /** NVFP4 f32 per-tensor scale */
+  globalScale?: number;
+}
+
+/** Integer codes + scales of x (see Encoded). NaN inputs are refused. */
+export function encode(x: ArrayLike<number>, rows: number, cols: number, spec: FormatSpec): Encoded {
+  checkShape(x, rows, cols, 'encode');
+  const base = { spec, rows, cols, bits: codeBits(spec) };
+  switch (spec.kind) {
+    case 'int': {
+      const e = encodeInt(x, rows, cols, spec);
+      return {
+        ...base,
+        codes: e.codes,
+        block: e.block,
+        scales: e.scales,
+        ...(e.zeros ? { zeros: e.zeros } : {}),
+      };
+    }
+    case 'mx': {
+      const e = encodeMx(x, rows, cols, spec);
+      const scales = new Float32Array(e.exponents.length);
+      for (let b = 0; b < scales.length; b++) scales[b] = pow2(e.exponents[b]);
+      return { ...base, codes: e.codes, block: spec.block, scales, exponents: e.exponents };
+    }
+    case 'fp8': {
+      const e = encodeFp8(x, rows, cols, spec);
+      const block = spec.granularity === 'tensor' ? rows * cols : cols;
+      return { ...base, codes: e.codes, block, scales: e.scales };
+    }
+    case 'nvfp4': {
+      const e = encodeNvfp4(x, rows, cols);
+      return {
+        ...base,
+        codes: e.codes,
+        block: NVFP4_BLOCK,
+        scales: e.scales,
+        scaleCodes: e.scaleCodes,
+        globalScale: e.globalScale,
+      };
+    }
+    default:
+      return fail(`unknown format kind '${(spec as { kind: string }).kind}'`);
+  }
+}
+
+/** Values of encoded data; bit-identical to fakeQuantRows of the encoded input. */
+export function decode(enc: Encoded): Float32Array {
+  const { spec, rows, cols } = enc;
+  if (enc.codes.length !== rows * cols)
+    fail(`decode: ${enc.codes.length} codes for a ${rows} x ${cols} matrix`);
+  switch (spec.kind) {
+    case 'int': {
+      const { block } = intLayout(rows, cols, spec);
+      if (!spec.symmetric && !enc.zeros) fail('decode: asymmetric INT data without zero points');
+      return decodeInt(
+        { codes: enc.codes, scales: enc.scales, zeros: enc.zeros, block },
+        spec.bits,
+        spec.symmetric,
+      );
+    }
+    case 'mx':
+      checkMxSpec(cols, spec);
+      if (!enc.exponents) fail('decode: MX data without shared exponents');
+      return decodeMx({ codes: enc.codes, exponents: enc.exponents }, spec);
+    case 'fp8':
+      return decodeFp8({ codes: enc.codes, scales: enc.scales }, rows, cols, spec);
+    case 'nvfp4':
+      if (!enc.scaleCodes || enc.globalScale === undefined)
+        fail('decode: NVFP4 data without block/global scales');
+      return decodeNvfp4({
+        codes: enc.codes,
+        scaleCodes: enc.scaleCodes,
+        scales: enc.scales,
+        globalScale: enc.globalScale,
+      });
+    default:
+      return fail(`unknown format kind '${(spec as { kind: string }).kind}'`);
+  }
+}
+
+function checkPackBits(bits: number): void {
+  if (!Number.isInteger(bits) || bits < 1 || bits > 8)
+    fail(`packCodes: bits must be an integer 1..8, got ${bits}`);
+}
+
+/**
+ * Dense little-endian bit packing: code i occupies stream bits [i*bits, (i+1)*bits), stream bit k
+ * being bit k % 8 of byte k / 8. So 4-bit codes go two per byte, low nibble first; 3-bit codes
+ * straddle bytes. Output length ceil(n * bits / 8); unused high bits of the last byte are 0.
+ */
+export function packCodes(codes: ArrayLike<number>, bits: number): Uint8Array {
+  checkPackBits(bits);
+  const n = codes.length;
+  const out = new Uint8Array(Math.ceil((n * bits) / 8));
+  const max = (1 << bits) - 1;
+  let acc = 0;
+  let nacc = 0;
+  let o = 0;
+  for (let i = 0; i < n; i++) {
+    const c = codes[i];
+    if (!(c >= 0 && c <= max) || c !== (c | 0))
+      fail(`packCodes: code ${c} at index ${i} does not fit in ${bits} bits`);
+    acc |= c << nacc;
+    nacc += bits;
+    while (nacc >= 8) {
+      out[o++] = acc & 0xff;
+      acc >>>= 8;
+      nacc -= 8;
+    }
+  }
+  if (nacc > 0) out[o] = acc & 0xff;
+  return out;
+}
+
+/** Inverse of packCodes: the first `count` codes of `bytes`. */
+export function unpackCodes(bytes: Uint8Array, bits: number, count: number): Uint8Array {
+  checkPackBits(bits);
+  const need = Math.ceil((count * bits) / 8);
+  if (bytes.length < need)
+    fail(`unpackCodes: ${count} codes of ${bits} bits need ${need} bytes, got ${bytes.length}`);
+  const out = new Uint8Array(count);
+  const mask = (1 << bits) - 1;
+  let acc = 0;
+  let nacc = 0;
+  let p = 0;
+  for (let i = 0; i < count; i++) {
+    while (nacc < bits) {
+      acc |= bytes[p++] << nacc;
+      nacc += 8;
+    }
+    out[i] = acc & mask;
+    acc >>>= bits;
+    nacc -= bits;
+  }
+  return out;
+}
+
+const VALID_FORMS =
+  'int<2-8>-g<group>[-sym|-asym][-clip<c>], int<2-8>-row[-sym], int<2-8>-tensor[-sym], ' +
+  'mxint<2-8>[-<block>][-even|-nearest], mxfp4 | mxfp6-e3m2 | mxfp6-e2m3 | mxfp8[-e4m3|-e5m2] [-<block>][-even|-nearest], ' +
+  'fp8[-e4m3|-e5m2][-row|-tensor], nvfp4';
+
+/**
+ * Spec for a short format name. INT defaults to asymmetric; MX blocks default to 32 and rounding
+ * to 'nearest' (half away from zero, microxcaling); FP8 defaults to e4m3 with a per-tensor scale.
+ * Examples: int4-g128, int4-g128-sym, int8-row-sym, int4-row, int8-tensor-sym, mxint4-32,
+ * mxint8-128, mxfp4, mxfp4-even, mxfp8-e4m3, mxfp6-e3m2, fp8-e4m3-row, nvfp4.
+ */
+export function parseFormat(name: string): FormatSpec {
+  const s = name.trim().toLowerCase();
+  const bad = (why?: string): never =>
+    fail(`unknown format '${name}'${why ? ` (${why})` : ''}; valid forms: ${VALID_FORMS}`);
+  let m = /^int(\d+)-(?:g(\d+)|(row|tensor))(?:-(sym|asym))?(?:-clip(\d*\.?\d+))?$/.exec(s);
+  if (m) {
+    const bits = Number(m[1]);
+    if (bits < 2 || bits > 8) bad('INT bits must be 2..8');
+    const spec: IntSpec = m[2]
+      ? { kind: 'int', bits, symmetric: m[4] === 'sym', granularity: 'group', group: Number(m[2]) }
+      : { kind: 'int', bits, symmetric: m[4] === 'sym', granularity: m[3] as 'row' | 'tensor' };
+    if (spec.group !== undefined && spec.group < 1) bad('group size must be positive');
+    if (m[5] !== undefined) {
+      const clip = Number(m[5]);
+      if (!(clip > 0 && clip <= 1)) bad('clip must be in (0, 1]');
+      if (clip !== 1) spec.clip = clip;
+    }
+    return spec;
+  }
+  m = /^mx(int\d+|fp4|fp6|fp8)(?:-(e\dm\d))?(?:-(\d+))?(?:-(nearest|even))?$/.exec(s);
+  if (m) {
+    let element: MxElement;
+    if (m[1].startsWith('int')) {
+      if (m[2]) bad('MXINT takes no exponent/mantissa variant');
+      const d = Number(m[1].slice(3));
+      if (d < 2 || d > 8) bad('MXINT bits must be 2..8');
+      element = `int${d}` as MxElement;
+    } else if (m[1] === 'fp4') {
+      if (m[2] && m[2] !== 'e2m1') bad('MXFP4 is e2m1');
+      element = 'fp4_e2m1';
+    } else if (m[1] === 'fp6') {
+      if (m[2] !== 'e3m2' && m[2] !== 'e2m3') bad('MXFP6 needs -e3m2 or -e2m3');
+      element = `fp6_${m[2]}` as MxElement;
+    } else {
+      const v = m[2] ?? 'e4m3';
+      if (v !== 'e4m3' && v !== 'e5m2') bad('MXFP8 is e4m3 or e5m2');
+      element = `fp8_${v}` as MxElement;
+    }
+    const block = m[3] === undefined ? 32 : Number(m[3]);
+    if (block < 1) bad('block size must be positive');
+    return { kind: 'mx', element, block, rounding: m[4] === 'even' ? 'even' : 'nearest' };
+  }
+  m = /^fp8(?:-(e4m3|e5m2))?(?:-(row|tensor))?$/.exec(s);
+  if (m)
+    return {
+      kind: 'fp8',
+      element: (m[1] ?? 'e4m3') as 'e4m3' | 'e5m2',
+      granularity: (m[2] ?? 'tensor') as 'row' | 'tensor',
+    };
+  if (s === 'nvfp4') return { kind: 'nvfp4' };
+  return bad();
+}
+
+function mxName(spec: MxSpec): string {
+  const el = spec.element;
+  const base = el.startsWith('int')
+    ? `mx${el}`
+    : el === 'fp4_e2m1'
+      ? 'mxfp4'
+      : `mx${el.slice(0, 3)}-${el.slice(4)}`;
+  return `${base}${spec.block !== 32 ? `-${spec.block}` : ''}${spec.rounding === 'even' ? '-even' : ''}`;
+}
+
+/** Canonical short name of a spec (parseFormat(formatName(s)) equals s). */
+export function formatName(spec: FormatSpec): string {
+  switch (spec.kind) {
+    case 'int': {
+      const g = spec.granularity === 'group' ? `g${spec.group}` : spec.granularity;
+      const clip = spec.clip !== undefined && spec.clip !== 1 ? `-clip${spec.clip}` : '';
+      return `int${spec.bits}-${g}${spec.symmetric ? '-sym' : ''}${clip}`;
+    }
+    case 'mx':
+      return mxName(spec);
+    case 'fp8':
+      return `fp8-${spec.element}-${spec.granularity}`;
+    case 'nvfp4':
+      return 'nvfp4';
+  }
+}
+
+const MX_TITLES: Record<string, string> = {
+  fp8_e4m3: 'MXFP8 E4M3 elements (max 448)',
+  fp8_e5m2: 'MXFP8 E5M2 elements (max 57344)',
+  fp6_e3m2: 'MXFP6 E3M2 elements (max 28)',
+  fp6_e2m3: 'MXFP6 E2M3 elements (max 7.5)',
+  fp4_e2m1: 'MXFP4 E2M1 elements (max 6)',
+};
+
+/** One-line human description. */
+export function describeFormat(spec: FormatSpec): string {
+  switch (spec.kind) {
+    case 'int': {
+      const kind = spec.symmetric ? 'symmetric' : 'asymmetric (zero point)';
+      const where =
+        spec.granularity === 'group'
+          ? `one scale per group of ${spec.group} along the row`
+          : spec.granularity === 'row'
+            ? 'one scale per row (output channel / token)'
+            : 'one scale for the whole tensor';
+      const clip = spec.clip !== undefined && spec.clip !== 1 ? `, range clipped to ${spec.clip}x` : '';
+      return `INT${spec.bits} ${kind}, ${where}${clip}, round half to even`;
+    }
+    case 'mx': {
+      const info = mxElementInfo(spec.element);
+      const el =
+        info.kind === 'int'
+          ? `MXINT${info.bits} sign-magnitude elements (max ${info.maxNorm})`
+          : (MX_TITLES[spec.element] ?? spec.element);
+      const r = spec.rounding === 'even' ? 'round half to even' : 'round half away from zero';
+      return `${el}, blocks of ${spec.block} along the row sharing an E8M0 scale (OCP MX v1.0), ${r}, saturating`;
+    }
+    case 'fp8': {
+      const max = spec.element === 'e4m3' ? 448 : 57344;
+      const where = spec.granularity === 'row' ? 'one f32 scale per row' : 'one f32 scale for the tensor';
+      return `FP8 ${spec.element.toUpperCase()} (max ${max}), ${where}, round half to even, saturating`;
+    }
+    case 'nvfp4':
+      return 'NVFP4: E2M1 elements, blocks of 16 with FP8 E4M3 scales, one f32 tensor scale, round half to even';
+  }
+}
+
+/**
+ * Average storage bits per element, scales and zero points included, for size reporting. INT
+ * scales count 16 bits (checkpoints store them as fp16: AutoAWQ, GPTQ, compressed-tensors) and zero
+ * points `bits` bits; MX shared exponents 8 bits per block; FP8 and the NVFP4 tensor scale 32 bits;
+ * NVFP4 block scales 8 bits. Per-tensor scales are counted only when `rows` is given.
+ */
+export function bitsPerElement(spec: FormatSpec, cols: number, rows?: number): number {
+  const perTensor = (b: number) => (rows !== undefined && rows * cols > 0 ? b / (rows * cols) : 0);
+  switch (spec.kind) {
+    case 'int': {
+      checkIntBits(spec.bits);
+      const side = 16 + (spec.symmetric ? 0 : spec.bits);
+      if (spec.granularity === 'group')
+        return spec.bits + side / (spec.group ?? fail('int group size missing'));
+      if (spec.granularity === 'row') return spec.bits + side / cols;
+      return spec.bits + perTensor(side);
+    }
+    case 'mx':
+      return mxElementInfo(spec.element).bits + 8 / spec.block;
+    case 'fp8':
+      return 8 + (spec.granularity === 'row' ? 32 / cols : perTensor(32));
+    case 'nvfp4':
+      return 4 + 8 / NVFP4_BLOCK + perTensor(32);
+  }
+}

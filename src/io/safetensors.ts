@@ -1,0 +1,672 @@
+/**
+ * safetensors reading and writing (https://github.com/huggingface/safetensors, format section).
+ *
+ * Layout: u64 little-endian header length N, N bytes of JSON header
+ * `{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__"?: {string: string}}`, then the
+ * data section; offsets are relative to the start of the data section, and the tensors must cover it
+ * exactly (no gaps, no overlaps, nothing after the last tensor), as the reference implementation
+ * requires.
+ *
+ * Reading touches only the header on open; tensors are read on demand with positional reads, so files
+ * larger than a Node Buffer work. Tensor data lands in a SharedArrayBuffer (the CPU backend shares
+ * weights with its worker threads). Pickle checkpoints are refused and never executed.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as nodePath from 'node:path';
+import { fail } from '../errors.ts';
+
+export { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../tensor/dtype.ts';
+
+/**
+ * Supported element types. F16/BF16 are carried as raw Uint16Array bits; BOOL and the 8-bit float
+ * formats (F8_E4M3, F8_E5M2, F8_E8M0) as raw Uint8Array bytes.
+ */
+export type SafetensorsDType =
+  | 'F64'
+  | 'F32'
+  | 'F16'
+  | 'BF16'
+  | 'I64'
+  | 'I32'
+  | 'I16'
+  | 'I8'
+  | 'U64'
+  | 'U32'
+  | 'U16'
+  | 'U8'
+  | 'BOOL'
+  | 'F8_E4M3'
+  | 'F8_E5M2'
+  | 'F8_E8M0';
+
+export type SafetensorsArray =
+  | Float64Array
+  | Float32Array
+  | Uint16Array
+  | BigInt64Array
+  | BigUint64Array
+  | Int32Array
+  | Uint32Array
+  | Int16Array
+  | Int8Array
+  | Uint8Array;
+
+const DTYPE_BYTES: Record<SafetensorsDType, number> = {
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U64: 8,
+  U32: 4,
+  U16: 2,
+  U8: 1,
+  BOOL: 1,
+  F8_E4M3: 1,
+  F8_E5M2: 1,
+  F8_E8M0: 1,
+};
+
+export const SAFETENSORS_DTYPES: readonly SafetensorsDType[] = Object.keys(DTYPE_BYTES) as SafetensorsDType[];
+
+export function isSafetensorsDType(s: unknown): s is SafetensorsDType {
+  return typeof s === 'string' && Object.hasOwn(DTYPE_BYTES, s);
+}
+
+/** Bytes per element of a dtype. */
+export function dtypeBytes(dtype: SafetensorsDType): number {
+  return DTYPE_BYTES[dtype];
+}
+
+/** Wraps raw bytes (offset 0, aligned) in the typed array that carries `dtype`. */
+export function typedArrayFor(
+  dtype: SafetensorsDType,
+  buffer: ArrayBufferLike,
+  byteOffset: number,
+  byteLength: number,
+): SafetensorsArray {
+  const n = byteLength / DTYPE_BYTES[dtype];
+  switch (dtype) {
+    case 'F64':
+      return new Float64Array(buffer, byteOffset, n);
+    case 'F32':
+      return new Float32Array(buffer, byteOffset, n);
+    case 'F16':
+    case 'BF16':
+    case 'U16':
+      return new Uint16Array(buffer, byteOffset, n);
+    case 'I64':
+      return new BigInt64Array(buffer, byteOffset, n);
+    case 'U64':
+      return new BigUint64Array(buffer, byteOffset, n);
+    case 'I32':
+      return new Int32Array(buffer, byteOffset, n);
+    case 'U32':
+      return new Uint32Array(buffer, byteOffset, n);
+    case 'I16':
+      return new Int16Array(buffer, byteOffset, n);
+    case 'I8':
+      return new Int8Array(buffer, byteOffset, n);
+    default:
+      return new Uint8Array(buffer, byteOffset, n);
+  }
+}
+
+export interface TensorInfo {
+  name: string;
+  dtype: SafetensorsDType;
+  shape: number[];
+  /** absolute position of the first byte in the file */
+  byteOffset: number;
+  byteLength: number;
+  /** the file that holds it */
+  file: string;
+}
+
+export interface TensorData {
+  dtype: SafetensorsDType;
+  shape: number[];
+  /** backed by a SharedArrayBuffer of exactly byteLength bytes */
+  data: SafetensorsArray;
+}
+
+export interface SafetensorsFile {
+  readonly path: string;
+  readonly metadata: Record<string, string>;
+  readonly tensors: Map<string, TensorInfo>;
+  read(name: string): TensorData;
+  close(): void;
+}
+
+/** The reference implementation refuses headers above 100 MB; so do we (a corrupt length is likelier). */
+const MAX_HEADER_BYTES = 100_000_000;
+/** Largest single read/write; Node refuses more than 2 GiB - 1 per call. */
+const IO_CHUNK_BYTES = 1 << 30;
+
+function describe(v: unknown): string {
+  if (v === undefined) return 'nothing';
+  const s = JSON.stringify(v);
+  return s.length > 60 ? `${s.slice(0, 57)}...` : s;
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function isNonNegInt(v: unknown): v is number {
+  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+}
+
+/**
+ * Reads exactly target.byteLength bytes at `position` into `target`, in chunks of at most `chunk`
+ * bytes (readSync may also return short counts). Fails if the file ends first.
+ * Exported for tests (chunking is exercised with a small chunk).
+ */
+export function readFully(
+  fd: number,
+  target: Uint8Array,
+  position: number,
+  what: string,
+  chunk = IO_CHUNK_BYTES,
+): void {
+  let done = 0;
+  while (done < target.byteLength) {
+    const want = Math.min(chunk, target.byteLength - done);
+    const got = fs.readSync(fd, target, done, want, position + done);
+    if (got === 0) {
+      fail(`${what}: file ended after ${done} of ${target.byteLength} bytes (was it truncated or modified?)`);
+    }
+    done += got;
+  }
+}
+
+/** Writes all of `src` at the file's current position, in chunks of at most `chunk` bytes. */
+function writeFully(fd: number, src: Uint8Array, chunk = IO_CHUNK_BYTES): void {
+  let done = 0;
+  while (done < src.byteLength) {
+    const n = Math.min(chunk, src.byteLength - done);
+    done += fs.writeSync(fd, src, done, n);
+  }
+}
+
+interface ParsedHeader {
+  metadata: Record<string, string>;
+  tensors: Map<string, TensorInfo>;
+}
+
+function parseHeader(path: string, fd: number, fileSize: number): ParsedHeader {
+  if (fileSize < 8) {
+    fail(
+      `${path}: file is ${fileSize} bytes, too short for a safetensors file (the header length alone is 8)`,
+    );
+  }
+  const lenBuf = Buffer.alloc(8);
+  readFully(fd, lenBuf, 0, path);
+  const headerLen = lenBuf.readBigUInt64LE(0);
+  if (headerLen > BigInt(fileSize - 8)) {
+    fail(
+      `${path}: header length ${headerLen} runs past the end of the file (${fileSize - 8} bytes after the length field); truncated or not a safetensors file`,
+    );
+  }
+  const n = Number(headerLen);
+  if (n > MAX_HEADER_BYTES) fail(`${path}: header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
+  const headerBuf = Buffer.alloc(n);
+  readFully(fd, headerBuf, 8, path);
+  let header: unknown;
+  try {
+    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(headerBuf));
+  } catch (e) {
+    fail(`${path}: header is not valid JSON (${(e as Error).message.split('\n')[0]})`);
+  }
+  if (!isPlainObject(header)) {
+    fail(
+      `${path}: header must be a JSON object, found ${Array.isArray(header) ? 'an array' : describe(header)}`,
+    );
+  }
+
+  const dataStart = 8 + n;
+  const dataSize = fileSize - dataStart;
+  const metadata: Record<string, string> = {};
+  const tensors = new Map<string, TensorInfo>();
+  const spans: { name: string; begin: number; end: number }[] = [];
+
+  for (const [name, entry] of Object.entries(header)) {
+    if (name === '__metadata__') {
+      if (!isPlainObject(entry))
+        fail(`${path}: "__metadata__" must be an object of strings, found ${describe(entry)}`);
+      for (const [k, v] of Object.entries(entry)) {
+        if (typeof v !== 'string')
+          fail(`${path}: "__metadata__" entry "${k}" must be a string, found ${describe(v)}`);
+        metadata[k] = v;
+      }
+      continue;
+    }
+    const where = `${path}: tensor "${name}"`;
+    if (!isPlainObject(entry))
+      fail(`${where} must be an object {dtype, shape, data_offsets}, found ${describe(entry)}`);
+    const { dtype, shape, data_offsets: offsets } = entry;
+    if (!isSafetensorsDType(dtype)) {
+      fail(`${where} has unsupported dtype ${describe(dtype)} (supported: ${SAFETENSORS_DTYPES.join(', ')})`);
+    }
+    if (!Array.isArray(shape) || !shape.every(isNonNegInt)) {
+      fail(`${where} shape must be an array of non-negative integers, found ${describe(shape)}`);
+    }
+    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isNonNegInt)) {
+      fail(`${where} data_offsets must be [begin, end] non-negative integers, found ${describe(offsets)}`);
+    }
+    const [begin, end] = offsets as [number, number];
+    if (end < begin) fail(`${where} data_offsets [${begin}, ${end}] end before they begin`);
+    let expected = DTYPE_BYTES[dtype];
+    for (const d of shape as number[]) expected *= d;
+    if (!Number.isSafeInteger(expected)) fail(`${where} shape ${describe(shape)} is too large`);
+    if (end - begin !== expected) {
+      fail(
+        `${where} is ${end - begin} bytes (data_offsets [${begin}, ${end}]) but dtype ${dtype} x shape [${(shape as number[]).join(', ')}] needs ${expected}`,
+      );
+    }
+    if (end > dataSize) {
+      fail(`${where} data_offsets [${begin}, ${end}] exceed the data section (${dataSize} bytes)`);
+    }
+    tensors.set(name, {
+      name,
+      dtype,
+      shape: [...(shape as number[])],
+      byteOffset: dataStart + begin,
+      byteLength: end - begin,
+      file: path,
+    });
+    spans.push({ name, begin, end });
+  }
+
+  // The tensors must tile the data section exactly: sorted by offset, each starts where the previous ended.
+  spans.sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let pos = 0;
+  let prev: (typeof spans)[number] | undefined;
+  for (const s of spans) {
+    if (s.begin < pos && prev !== undefined) {
+      fail(
+        `${path}: tensor "${s.name}" data_offsets [${s.begin}, ${s.end}] overlap tensor "${prev.name}" [${prev.begin}, ${prev.end}]`,
+      );
+    }
+    if (s.begin > pos) {
+      const after =
+        prev === undefined ? 'the start of the data section' : `tensor "${prev.name}" (ends at ${pos})`;
+      fail(
+        `${path}: ${s.begin - pos} unused bytes between ${after} and tensor "${s.name}" (starts at ${s.begin})`,
+      );
+    }
+    pos = s.end;
+    prev = s;
+  }
+  if (pos !== dataSize) {
+    fail(
+      `${path}: data section is ${dataSize} bytes but the tensors cover ${pos}; ${dataSize - pos} trailing bytes (corrupt or mis-written file)`,
+    );
+  }
+  return { metadata, tensors };
+}
+
+class SafetensorsReader implements SafetensorsFile {
+  readonly path: string;
+  readonly metadata: Record<string, string>;
+  readonly tensors: Map<string, TensorInfo>;
+  private fd: number | undefined;
+
+  constructor(path: string, fd: number, header: ParsedHeader) {
+    this.path = path;
+    this.fd = fd;
+    this.metadata = header.metadata;
+    this.tensors = header.tensors;
+  }
+
+  read(name: string): TensorData {
+    const info = this.tensors.get(name);
+    if (info === undefined) fail(`${this.path}: no tensor named "${name}"`);
+    if (this.fd === undefined) throw new Error(`${this.path}: read("${name}") after close()`);
+    if (os.endianness() !== 'LE') fail('safetensors data is little-endian; this machine is big-endian');
+    let buffer: SharedArrayBuffer;
+    try {
+      buffer = new SharedArrayBuffer(info.byteLength);
+    } catch {
+      fail(`${this.path}: tensor "${name}" (${info.byteLength} bytes) is too large to allocate`);
+    }
+    readFully(this.fd, new Uint8Array(buffer), info.byteOffset, `${this.path}: tensor "${name}"`);
+    return {
+      dtype: info.dtype,
+      shape: [...info.shape],
+      data: typedArrayFor(info.dtype, buffer, 0, info.byteLength),
+    };
+  }
+
+  close(): void {
+    if (this.fd !== undefined) {
+      fs.closeSync(this.fd);
+      this.fd = undefined;
+    }
+  }
+}
+
+/** Opens a .safetensors file and validates its header; tensor data is read on demand. */
+export function openSafetensors(path: string): SafetensorsFile {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, 'r');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    fail(`${path}: cannot open (${code === 'ENOENT' ? 'no such file' : (code ?? (e as Error).message)})`);
+  }
+  try {
+    const stat = fs.fstatSync(fd);
+    if (!stat.isFile()) fail(`${path}: not a regular file`);
+    return new SafetensorsReader(path, fd, parseHeader(path, fd, stat.size));
+  } catch (e) {
+    fs.closeSync(fd);
+    throw e;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Checkpoints (a model directory: one file or shards + index)
+
+export interface Checkpoint {
+  readonly dir: string;
+  /** the safetensors files opened, full paths */
+  readonly files: string[];
+  /** sum of the byte lengths of all tensors */
+  readonly totalBytes: number;
+  /** tensor names: weight_map order for sharded checkpoints, header order otherwise */
+  names(): string[];
+  has(name: string): boolean;
+  info(name: string): TensorInfo;
+  read(name: string): TensorData;
+  close(): void;
+}
+
+const INDEX_FILE = 'model.safetensors.index.json';
+const SINGLE_FILE = 'model.safetensors';
+
+class CheckpointImpl implements Checkpoint {
+  readonly files: string[];
+  readonly totalBytes: number;
+  constructor(
+    readonly dir: string,
+    private readonly shards: SafetensorsFile[],
+    private readonly where: Map<string, SafetensorsFile>,
+  ) {
+    this.files = shards.map((s) => s.path);
+    let total = 0;
+    for (const name of where.keys()) total += this.info(name).byteLength;
+    this.totalBytes = total;
+  }
+  names(): string[] {
+    return [...this.where.keys()];
+  }
+  has(name: string): boolean {
+    return this.where.has(name);
+  }
+  private shardOf(name: string): SafetensorsFile {
+    const f = this.where.get(name);
+    if (f === undefined) fail(`${this.dir}: checkpoint has no tensor named "${name}"`);
+    return f;
+  }
+  info(name: string): TensorInfo {
+    return this.shardOf(name).tensors.get(name)!;
+  }
+  read(name: string): TensorData {
+    return this.shardOf(name).read(name);
+  }
+  close(): void {
+    for (const s of this.shards) s.close();
+  }
+}
+
+function openAll(paths: string[]): SafetensorsFile[] {
+  const opened: SafetensorsFile[] = [];
+  try {
+    for (const p of paths) opened.push(openSafetensors(p));
+  } catch (e) {
+    for (const f of opened) f.close();
+    throw e;
+  }
+  return opened;
+}
+
+function openIndexed(dir: string, indexPath: string): Checkpoint {
+  let index: unknown;
+  try {
+    index = JSON.parse(fs.readFileSync(indexPath, 'utf8'));
+  } catch (e) {
+    fail(`${indexPath}: cannot read index (${(e as Error).message.split('\n')[0]})`);
+  }
+  const weightMap = isPlainObject(index) ? index.weight_map : undefined;
+  if (!isPlainObject(weightMap))
+    fail(`${indexPath}: "weight_map" must be an object {tensor name: shard file}`);
+  const shardNames: string[] = [];
+  for (const [name, file] of Object.entries(weightMap)) {
+    if (
+      typeof file !== 'string' ||
+      file === '' ||
+      file !== nodePath.basename(file) ||
+      file === '..' ||
+      file === '.'
+    ) {
+      fail(
+        `${indexPath}: weight_map entry "${name}" must name a file in the same directory, found ${describe(file)}`,
+      );
+    }
+    if (!shardNames.includes(file)) shardNames.push(file);
+  }
+  if (shardNames.length === 0) fail(`${indexPath}: weight_map is empty`);
+  for (const file of shardNames) {
+    const p = nodePath.join(dir, file);
+    if (!fs.existsSync(p))
+      fail(`${indexPath}: shard ${file} is listed in weight_map but ${p} does not exist`);
+  }
+  const shards = openAll(shardNames.map((f) => nodePath.join(dir, f)));
+  const byName = new Map(shardNames.map((f, i) => [f, shards[i]]));
+  const where = new Map<string, SafetensorsFile>();
+  for (const [name, file] of Object.entries(weightMap)) {
+    const shard = byName.get(file as string)!;
+    if (!shard.tensors.has(name)) {
+      for (const s of shards) s.close();
+      fail(`${indexPath}: tensor "${name}" is mapped to ${file} but ${shard.path} does not contain it`);
+    }
+    where.set(name, shard);
+  }
+  return new CheckpointImpl(dir, shards, where);
+}
+
+const PICKLE_RE = /\.(bin|pt|pth|ckpt|pkl)$/i;
+
+/**
+ * Opens the weights of a model directory: model.safetensors.index.json + shards if present, else
+ * model.safetensors. A path to a single .safetensors file is accepted too. Pickle checkpoints are
+ * refused (never unpickled).
+ */
+export function openCheckpoint(dir: string): Checkpoint {
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(dir);
+  } catch {
+    fail(`${dir}: no such directory`);
+  }
+  if (stat.isFile()) {
+    if (dir.endsWith('.safetensors')) {
+      const f = openSafetensors(dir);
+      return new CheckpointImpl(
+        nodePath.dirname(dir),
+        [f],
+        new Map([...f.tensors.keys()].map((n) => [n, f])),
+      );
+    }
+    if (PICKLE_RE.test(dir)) {
+      fail(`${dir}: pickle checkpoint; llmq reads safetensors only (pickle is never executed)`);
+    }
+    fail(`${dir}: expected a model directory or a .safetensors file`);
+  }
+  const indexPath = nodePath.join(dir, INDEX_FILE);
+  if (fs.existsSync(indexPath)) return openIndexed(dir, indexPath);
+  const single = nodePath.join(dir, SINGLE_FILE);
+  if (fs.existsSync(single)) {
+    const f = openSafetensors(single);
+    return new CheckpointImpl(dir, [f], new Map([...f.tensors.keys()].map((n) => [n, f])));
+  }
+  const entries = fs.readdirSync(dir).sort();
+  const pickles = entries.filter((e) => PICKLE_RE.test(e) || e === 'pytorch_model.bin.index.json');
+  const others = entries.filter((e) => e.endsWith('.safetensors'));
+  if (others.length > 0) {
+    fail(
+      `${dir}: no ${SINGLE_FILE} or ${INDEX_FILE} (found other safetensors files: ${others.slice(0, 4).join(', ')}${others.length > 4 ? ', ...' : ''})`,
+    );
+  }
+  if (pickles.length > 0) {
+    fail(
+      `${dir}: only pickle checkpoints (${pickles.slice(0, 4).join(', ')}${pickles.length > 4 ? ', ...' : ''}) found; llmq reads safetensors only (pickle is never executed)`,
+    );
+  }
+  fail(`${dir}: no model weights found (expected ${SINGLE_FILE} or ${INDEX_FILE})`);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Writing
+
+export interface TensorToWrite {
+  name: string;
+  dtype: SafetensorsDType;
+  shape: readonly number[];
+  data: ArrayBufferView;
+}
+
+function checkTensorToWrite(path: string, t: TensorToWrite, seen: Set<string>): number {
+  const where = `${path}: tensor "${t.name}"`;
+  if (typeof t.name !== 'string' || t.name === '' || t.name === '__metadata__') {
+    fail(`${path}: invalid tensor name ${describe(t.name)}`);
+  }
+  if (seen.has(t.name)) fail(`${where} is given twice`);
+  seen.add(t.name);
+  if (!isSafetensorsDType(t.dtype)) {
+    fail(`${where} has unsupported dtype ${describe(t.dtype)} (supported: ${SAFETENSORS_DTYPES.join(', ')})`);
+  }
+  if (!Array.isArray(t.shape) || !t.shape.every(isNonNegInt)) {
+    fail(`${where} shape must be an array of non-negative integers, found ${describe(t.shape)}`);
+  }
+  let expected = DTYPE_BYTES[t.dtype];
+  for (const d of t.shape) expected *= d;
+  if (t.data.byteLength !== expected) {
+    fail(
+      `${where}: dtype ${t.dtype} x shape [${t.shape.join(', ')}] needs ${expected} bytes, data has ${t.data.byteLength}`,
+    );
+  }
+  return expected;
+}
+
+/**
+ * Writes a safetensors file atomically (to `path.tmp-<pid>`, fsync, rename). Tensors are stored in the
+ * given order, contiguously, streamed one by one. The header is padded with spaces to a multiple of 8.
+ * `metadata` defaults to {format: 'pt'}, which transformers requires to load a file; pass {} for none.
+ * An existing file at `path` is replaced: refusing to overwrite outputs is the caller's policy.
+ */
+export function writeSafetensors(
+  path: string,
+  tensors: readonly TensorToWrite[],
+  metadata: Record<string, string> = { format: 'pt' },
+): void {
+  if (os.endianness() !== 'LE') fail('safetensors data is little-endian; this machine is big-endian');
+  const header: Record<string, unknown> = {};
+  if (Object.keys(metadata).length > 0) {
+    for (const [k, v] of Object.entries(metadata)) {
+      if (typeof v !== 'string') fail(`${path}: metadata "${k}" must be a string, found ${describe(v)}`);
+    }
+    header.__metadata__ = metadata;
+  }
+  const seen = new Set<string>();
+  let offset = 0;
+  for (const t of tensors) {
+    const size = checkTensorToWrite(path, t, seen);
+    header[t.name] = { dtype: t.dtype, shape: [...t.shape], data_offsets: [offset, offset + size] };
+    offset += size;
+  }
+  const json = Buffer.from(JSON.stringify(header), 'utf8');
+  const padded = Math.ceil(json.byteLength / 8) * 8;
+  const head = Buffer.alloc(8 + padded, 0x20);
+  head.writeBigUInt64LE(BigInt(padded), 0);
+  json.copy(head, 8);
+
+  const tmp = `${path}.tmp-${process.pid}`;
+  const fd = fs.openSync(tmp, 'w');
+  try {
+    writeFully(fd, head);
+    for (const t of tensors)
+      writeFully(fd, new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+  } catch (e) {
+    fs.closeSync(fd);
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+  try {
+    fs.renameSync(tmp, path);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+}
+
+function writeJsonAtomic(path: string, value: unknown): void {
+  const tmp = `${path}.tmp-${process.pid}`;
+  fs.writeFileSync(tmp, `${JSON.stringify(value, null, 2)}\n`);
+  fs.renameSync(tmp, path);
+}
+
+/**
+ * Writes tensors as model-0000i-of-0000n.safetensors shards of at most `maxShardBytes` of tensor data
+ * (a tensor larger than that gets a shard of its own), then model.safetensors.index.json
+ * ({metadata: {total_size}, weight_map}) last, as transformers' save_pretrained does. Always writes an
+ * index, even for one shard. Creates `dir` if needed. Returns the shard file names.
+ */
+export function writeShardedCheckpoint(
+  dir: string,
+  tensors: readonly TensorToWrite[],
+  maxShardBytes: number,
+  metadata: Record<string, string> = { format: 'pt' },
+): string[] {
+  if (!(maxShardBytes > 0)) fail(`${dir}: max shard size must be positive, got ${maxShardBytes}`);
+  const names = new Set<string>();
+  for (const t of tensors) {
+    if (names.has(t.name)) fail(`${dir}: tensor "${t.name}" is given twice`);
+    names.add(t.name);
+  }
+  const groups: TensorToWrite[][] = [];
+  let current: TensorToWrite[] = [];
+  let size = 0;
+  for (const t of tensors) {
+    if (current.length > 0 && size + t.data.byteLength > maxShardBytes) {
+      groups.push(current);
+      current = [];
+      size = 0;
+    }
+    current.push(t);
+    size += t.data.byteLength;
+  }
+  if (current.length > 0 || groups.length === 0) groups.push(current);
+
+  fs.mkdirSync(dir, { recursive: true });
+  const pad = (i: number) => String(i).padStart(5, '0');
+  const files = groups.map((_, i) => `model-${pad(i + 1)}-of-${pad(groups.length)}.safetensors`);
+  const weightMap: Record<string, string> = {};
+  let total = 0;
+  groups.forEach((g, i) => {
+    writeSafetensors(nodePath.join(dir, files[i]), g, metadata);
+    for (const t of g) {
+      weightMap[t.name] = files[i];
+      total += t.data.byteLength;
+    }
+  });
+  writeJsonAtomic(nodePath.join(dir, INDEX_FILE), { metadata: { total_size: total }, weight_map: weightMap });
+  return files;
+}
