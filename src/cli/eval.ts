@@ -1,12 +1,14 @@
 import { fail } from '../errors.ts';
 import { perplexity, readEvalText, windowCount } from '../eval/perplexity.ts';
 import { loadTokenizer } from '../io/tokenizer.ts';
-import { loadModel } from '../model/load.ts';
+import { loadModel } from '../quant/load.ts';
+import { resolveRecipe } from '../quant/recipe.ts';
 import { createBackend, type DeviceName } from '../tensor/index.ts';
 import { intFlag, onePositional, optionalIntFlag, parse, printJson } from './args.ts';
+import { CALIB_FLAGS, CALIB_HELP, calibFlags } from './calib-flags.ts';
 import { Progress } from './progress.ts';
 
-export const EVAL_HELP = `llmq eval <model-dir> --ppl <text-file> [--seqlen N] [--max-windows K] [--recipe R] [--device cpu|webgpu|auto] [--json]
+export const EVAL_HELP = `llmq eval <model-dir> --ppl <text-file> [--seqlen N] [--max-windows K] [--recipe R ${CALIB_HELP}] [--device cpu|webgpu|auto] [--json]
   Perplexity with the standard WikiText-2 protocol (rows joined by "\\n\\n", one BOS, non-overlapping
   windows of --seqlen tokens, default 2048). Quantized llmq checkpoints are evaluated as saved;
   --recipe quantizes a full-precision model on the fly first.`;
@@ -17,7 +19,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
     seqlen: { type: 'string' },
     'max-windows': { type: 'string' },
     recipe: { type: 'string' },
-    calib: { type: 'string' },
+    ...CALIB_FLAGS,
     device: { type: 'string', default: 'cpu' },
     json: { type: 'boolean', default: false },
   });
@@ -32,10 +34,12 @@ export async function evalCommand(argv: string[]): Promise<void> {
   if (tokens.length < seqLen)
     fail(`--seqlen ${seqLen} is larger than ${values.ppl} (${tokens.length} tokens)`);
   const start = performance.now();
-  const model = await loadModel(dir, backend, {
-    recipe: values.recipe,
-    calib: values.calib,
-    quiet: values.json,
+  const recipe = values.recipe === undefined ? undefined : resolveRecipe(values.recipe);
+  const layers = new Progress('quantize', 'layers', values.json);
+  const { model, report } = await loadModel(dir, backend, {
+    recipe,
+    calib: calibFlags(values),
+    onLayer: (d, t) => layers.update(d, t),
   });
   const progress = new Progress('perplexity', 'windows', values.json);
   progress.update(0, windowCount(tokens.length, seqLen, maxWindows));
@@ -53,7 +57,8 @@ export async function evalCommand(argv: string[]): Promise<void> {
     seqlen: result.seqlen,
     seconds,
     device: backend.name,
-    recipe: model.quantization?.recipe ?? values.recipe ?? null,
+    recipe: model.quantization?.recipe ?? null,
+    quantize_seconds: report?.seconds ?? null,
     window_mean_nll: result.windowMeanNll,
   };
   if (values.json) return printJson(out);

@@ -2,10 +2,14 @@
 import { UserError } from '../errors.ts';
 import { EVAL_HELP, evalCommand } from './eval.ts';
 import { INSPECT_HELP, inspectCommand } from './inspect.ts';
+import { QUANTIZE_HELP, quantizeCommand } from './quantize.ts';
+import { RECIPES_HELP, recipesCommand } from './recipes.ts';
 
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: string }> = {
   eval: { run: evalCommand, help: EVAL_HELP },
   inspect: { run: inspectCommand, help: INSPECT_HELP },
+  quantize: { run: quantizeCommand, help: QUANTIZE_HELP },
+  recipes: { run: recipesCommand, help: RECIPES_HELP },
 };
 
 function usage(): string {

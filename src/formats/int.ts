@@ -43,6 +43,8 @@ export interface IntOptions {
   clip?: number;
   /** force the range to contain 0 (GPTQ quantizer: min(x, 0), max(x, 0)); asymmetric only matters */
   includeZero?: boolean;
+  /** a fixed scale (static activation quantization) instead of one from the data */
+  staticScale?: number;
 }
 
 export interface IntParams {
@@ -225,7 +227,10 @@ function quantSegment(
   paramIndex: number,
   cols: number,
 ): void {
-  const { scale, zero } = intParams(x, bits, symmetric, opts, start, len, 1);
+  const { scale, zero } =
+    opts.staticScale === undefined
+      ? intParams(x, bits, symmetric, opts, start, len, 1)
+      : { scale: opts.staticScale, zero: 0 };
   if (sink.scales) sink.scales[paramIndex] = scale;
   if (sink.zeros) sink.zeros[paramIndex] = zero;
   const out = sink.out;
@@ -279,7 +284,11 @@ function runInt(
   sink: Sink,
 ): void {
   const { block } = intLayout(rows, cols, spec);
-  const o: IntOptions = { clip: opts.clip ?? spec.clip, includeZero: opts.includeZero };
+  const o: IntOptions = {
+    clip: opts.clip ?? spec.clip,
+    includeZero: opts.includeZero,
+    staticScale: opts.staticScale ?? spec.staticScale,
+  };
   checkClip(o.clip);
   const n = rows * cols;
   for (let s = 0, p = 0; s < n; s += block, p++)

@@ -12,6 +12,8 @@ export interface IntSpec {
   group?: number;
   /** shrink factor applied to the range before computing scales (1 = no clipping) */
   clip?: number;
+  /** static scale from calibration, used instead of the data's range (symmetric, per tensor) */
+  staticScale?: number;
 }
 
 export type MxElement =

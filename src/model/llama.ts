@@ -3,6 +3,7 @@
  * windows, and hooks that let quantization see and replace the input of every linear layer.
  */
 import { fail } from '../errors.ts';
+import type { Encoded } from '../formats/index.ts';
 import type { FormatSpec } from '../formats/spec.ts';
 import { loadModelConfig, type ModelConfig } from '../io/config.ts';
 import { ropeTable } from '../io/rope.ts';
@@ -15,14 +16,31 @@ export const LINEARS = [...ATTENTION_LINEARS, ...MLP_LINEARS] as const;
 export type LinearName = (typeof LINEARS)[number];
 
 export interface Linear {
+  /** the weight the forward pass uses (dequantized values once quantized) */
   weight: Tensor;
   bias?: Tensor;
+  /** the stored (encoded) form of the weight, once quantized */
+  quantized?: QuantizedWeight;
   /** fake quantization of the activations entering this linear (per token or static) */
   inputQuant?: InputQuant;
 }
 
+export interface QuantizedWeight {
+  encoded: Encoded;
+  /** input channels kept in full precision (mixed precision): their weight columns, [out, n] */
+  salient?: SalientColumns;
+}
+
+export interface SalientColumns {
+  columns: Int32Array;
+  /** row-major [out, columns.length] full-precision weight values */
+  values: Float32Array;
+}
+
 export interface InputQuant {
   spec: FormatSpec;
+  /** input channels left unquantized (mixed precision), as 0/1 column masks */
+  keep?: { columns: Int32Array; keepMask: Tensor; quantMask: Tensor };
 }
 
 export interface DecoderLayer {
@@ -37,6 +55,12 @@ export interface ForwardHooks {
   /** Sees each decoder layer's output. */
   layerOutput?(layer: number, h: Tensor): void;
 }
+
+export type StoredLinearReader = (
+  layer: number,
+  name: LinearName,
+  shape: [number, number],
+) => Partial<Pick<Linear, 'weight' | 'quantized' | 'inputQuant'>> | undefined;
 
 export interface BatchShape {
   batch: number;
@@ -80,7 +104,17 @@ export class LlamaModel {
     }
   }
 
-  static fromCheckpoint(dir: string, config: ModelConfig, ckpt: Checkpoint, backend: Backend): LlamaModel {
+  /**
+   * `storedLinear` lets a quantized checkpoint supply a linear's weight from its stored form;
+   * linears it returns undefined for are read as plain tensors.
+   */
+  static fromCheckpoint(
+    dir: string,
+    config: ModelConfig,
+    ckpt: Checkpoint,
+    backend: Backend,
+    storedLinear?: StoredLinearReader,
+  ): LlamaModel {
     const loader = new WeightLoader(dir, config, ckpt, backend);
     const { hiddenSize: d, intermediateSize: ff, headDim, numHeads, numKvHeads, vocabSize } = config;
     const shapes: Record<LinearName, [number, number]> = {
@@ -102,8 +136,11 @@ export class LlamaModel {
             : ATTENTION_LINEARS.includes(name as 'q_proj')
               ? config.qkvBias
               : config.mlpBias;
+        const stored = storedLinear?.(i, name, shapes[name]);
         linears[name] = {
-          weight: loader.get(linearTensorName(i, name), shapes[name]),
+          weight: stored?.weight ?? loader.get(linearTensorName(i, name), shapes[name]),
+          quantized: stored?.quantized,
+          inputQuant: stored?.inputQuant,
           bias: hasBias ? loader.get(linearTensorName(i, name, 'bias'), [shapes[name][0]]) : undefined,
         };
       }
@@ -204,8 +241,18 @@ export class LlamaModel {
   }
 }
 
+/**
+ * Fake-quantizes a linear's input. Kept (salient) channels are zeroed before quantizing and added
+ * back after, so with symmetric formats they neither get quantized nor move the scales.
+ */
 export function quantizeInput(b: Backend, x: Tensor, q: InputQuant): Tensor {
-  return b.fakeQuant(x, q.spec);
+  if (!q.keep) return b.fakeQuant(x, q.spec);
+  const rest = b.scaleColumns(x, q.keep.quantMask);
+  const quantized = b.fakeQuant(rest, q.spec);
+  const kept = b.scaleColumns(x, q.keep.keepMask);
+  const out = b.add(quantized, kept);
+  for (const t of [rest, quantized, kept]) t.dispose();
+  return out;
 }
 
 class WeightLoader {

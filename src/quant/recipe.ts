@@ -57,6 +57,11 @@ export interface Recipe {
   /** linears whose weights (and inputs) are quantized */
   targets: LinearName[];
   calib: { samples: number; seqLen: number };
+  /**
+   * Where the next layer's calibration inputs come from: the full-precision layer (llm-awq, AutoAWQ,
+   * SmoothQuant) or the quantized one (GPTQ). Default: 'quantized' when the recipe runs GPTQ.
+   */
+  propagate: 'fp' | 'quantized';
 }
 
 const STEP_DEFAULTS: { [M in Step['method']]: Extract<Step, { method: M }> } = {
@@ -76,6 +81,7 @@ interface RecipeText {
   static?: boolean;
   steps?: Partial<Step>[];
   calib?: { samples: number; seqLen: number };
+  propagate?: 'fp' | 'quantized';
 }
 
 const BUILTINS: Record<string, RecipeText> = {
@@ -165,7 +171,10 @@ function loadRecipeFile(file: string): Recipe {
     'targets',
     'calib',
     'base',
+    'propagate',
   ]);
+  if (obj.propagate !== undefined && obj.propagate !== 'fp' && obj.propagate !== 'quantized')
+    fail(`${file}: "propagate" must be "fp" or "quantized", got ${JSON.stringify(obj.propagate)}`);
   const base = obj.base === undefined ? undefined : resolveRecipe(String(obj.base));
   const text: RecipeText = {
     description: String(obj.description ?? base?.description ?? `recipe from ${file}`),
@@ -174,6 +183,7 @@ function loadRecipeFile(file: string): Recipe {
     static: obj.static === undefined ? undefined : Boolean(obj.static),
     steps: obj.steps === undefined ? undefined : parseSteps(file, obj.steps),
     calib: obj.calib === undefined ? undefined : parseCalib(file, obj.calib),
+    propagate: obj.propagate as RecipeText['propagate'],
   };
   const recipe = buildRecipe(String(obj.name ?? file), text, file, base);
   if (obj.targets !== undefined) recipe.targets = parseTargets(file, obj.targets);
@@ -241,6 +251,8 @@ function buildRecipe(name: string, text: RecipeText, where: string, base?: Recip
     steps,
     targets: base?.targets ?? [...LINEARS],
     calib: text.calib ?? base?.calib ?? calibFor(steps),
+    propagate:
+      text.propagate ?? base?.propagate ?? (steps.some((s) => s.method === 'gptq') ? 'quantized' : 'fp'),
   };
   validateRecipe(where, recipe);
   return recipe;
@@ -283,6 +295,9 @@ export function explainRecipe(r: Recipe): string {
     `  activations  ${r.activations ? `${describeFormat(r.activations.format)}${r.activations.static ? ', static scale from calibration' : ', dynamic'}` : 'full precision'}`,
     `  steps        ${r.steps.length ? r.steps.map((s) => JSON.stringify(s)).join(' -> ') : 'none (round to nearest)'}`,
   ];
-  if (recipeNeedsCalibration(r)) lines.push(`  calibration  ${r.calib.samples} x ${r.calib.seqLen} tokens`);
+  if (recipeNeedsCalibration(r))
+    lines.push(
+      `  calibration  ${r.calib.samples} x ${r.calib.seqLen} tokens; next layer's inputs from the ${r.propagate === 'fp' ? 'full-precision' : 'quantized'} layer`,
+    );
   return lines.join('\n');
 }

@@ -1,0 +1,94 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { fail } from '../errors.ts';
+import { openCheckpoint } from '../io/safetensors.ts';
+import { hashCheckpointFiles, saveQuantized, TOOL_VERSION } from '../quant/checkpoint.ts';
+import { loadModel } from '../quant/load.ts';
+import { resolveRecipe } from '../quant/recipe.ts';
+import { createBackend, type DeviceName } from '../tensor/index.ts';
+import { onePositional, parse, printJson } from './args.ts';
+import { CALIB_FLAGS, CALIB_HELP, calibFlags } from './calib-flags.ts';
+import { Progress } from './progress.ts';
+
+export const QUANTIZE_HELP = `llmq quantize <model-dir> --recipe <name|file> --out <dir> [--force] ${CALIB_HELP} [--device cpu|webgpu|auto] [--json]
+  Quantizes a full-precision checkpoint with a recipe (see \`llmq recipes\`) and writes an llmq
+  checkpoint (packed codes + scales, recipe and manifest in config.json). Refuses to overwrite an
+  existing --out unless --force.`;
+
+function dirBytes(dir: string): number {
+  return fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.safetensors'))
+    .reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
+}
+
+export async function quantizeCommand(argv: string[]): Promise<void> {
+  const { values, positionals } = parse('quantize', argv, {
+    recipe: { type: 'string' },
+    out: { type: 'string' },
+    force: { type: 'boolean', default: false },
+    device: { type: 'string', default: 'cpu' },
+    json: { type: 'boolean', default: false },
+    ...CALIB_FLAGS,
+  });
+  const dir = onePositional('quantize', positionals, 'model directory');
+  if (!values.recipe) fail('quantize: --recipe <name|file> is required (see `llmq recipes`)');
+  if (!values.out) fail('quantize: --out <dir> is required');
+  if (fs.existsSync(values.out) && !values.force)
+    fail(`${values.out} already exists (pass --force to replace it)`);
+  const recipe = resolveRecipe(values.recipe);
+  const backend = await createBackend(values.device as DeviceName);
+  const ckpt = openCheckpoint(dir);
+  const sourceSha = hashCheckpointFiles(ckpt);
+  ckpt.close();
+  const progress = new Progress('quantize', 'layers', values.json);
+  const { model, report, calibration } = await loadModel(dir, backend, {
+    recipe,
+    calib: calibFlags(values),
+    onLayer: (d, t) => progress.update(d, t),
+  });
+  if (!report) return fail('quantize: nothing was quantized');
+  const saveStart = performance.now();
+  await saveQuantized(
+    model,
+    recipe,
+    {
+      tool: 'llmq',
+      tool_version: TOOL_VERSION,
+      created: new Date().toISOString(),
+      source_model: path.resolve(dir),
+      source_sha256: sourceSha,
+      calibration,
+      timings: { ...report.timings, total: report.seconds },
+      notes: report.layers.some((l) => Object.keys(l).length > 1)
+        ? { layers: report.layers, model: report.model }
+        : undefined,
+    },
+    values.out,
+    values.force,
+  );
+  const saveSeconds = (performance.now() - saveStart) / 1000;
+  const sourceBytes = dirBytes(dir);
+  const outBytes = dirBytes(values.out);
+  const out = {
+    model: dir,
+    out: values.out,
+    recipe: recipe.name,
+    seconds: report.seconds + saveSeconds,
+    quantize_seconds: report.seconds,
+    save_seconds: saveSeconds,
+    timings: report.timings,
+    source_bytes: sourceBytes,
+    out_bytes: outBytes,
+    compression: sourceBytes / outBytes,
+    calibration: calibration ?? null,
+    peak_activation_mib: (report.peakActivationValues * 4) / 2 ** 20,
+  };
+  if (values.json) return printJson(out);
+  console.log(
+    `${values.out}: ${recipe.name}, ${(outBytes / 2 ** 20).toFixed(1)} MiB (source ${(sourceBytes / 2 ** 20).toFixed(1)} MiB, ` +
+      `compression ${out.compression.toFixed(2)}x) in ${out.seconds.toFixed(1)} s`,
+  );
+  if (report.peakActivationValues)
+    console.log(`  calibration activations held per layer: ${out.peak_activation_mib.toFixed(0)} MiB`);
+}

@@ -1,0 +1,288 @@
+/**
+ * The llmq quantized checkpoint: a Hugging Face model directory whose quantized linears are stored
+ * as packed integer codes + scales (+ zero points / shared exponents), with the recipe and a
+ * manifest in config.json's `quantization_config` (quant_method "llmq").
+ *
+ * Per quantized linear `<p>` = model.layers.i.{self_attn|mlp}.<name>:
+ *   <p>.qweight          U8   codes packed `bits` wide, little-endian bit stream (4-bit: 2 per byte)
+ *   <p>.scales           F32  one per group / block / row / tensor (MX: 2^e; NVFP4: E4M3 block scale)
+ *   <p>.qzeros           U8   asymmetric INT zero points, packed `bits` wide
+ *   <p>.exponents        I16  MX shared exponents (unbiased)
+ *   <p>.scale_codes      U8   NVFP4 E4M3 block-scale bit patterns; <p>.global_scale F32 [1]
+ *   <p>.salient_columns  I32  mixed precision: input channels kept in full precision,
+ *   <p>.salient_values   F32  [out, n] their weights
+ *   <p>.input_scale      F32  [1] static activation scale
+ * Everything else is stored as found (bf16 when its values are exactly bf16, else f32).
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fail } from '../errors.ts';
+import { codeBits, type Encoded, formatName, packCodes, parseFormat, unpackCodes } from '../formats/index.ts';
+import type { FormatSpec } from '../formats/spec.ts';
+import { loadModelConfig } from '../io/config.ts';
+import { type Checkpoint, openCheckpoint, type TensorToWrite, writeSafetensors } from '../io/safetensors.ts';
+import {
+  LINEARS,
+  type Linear,
+  type LinearName,
+  LlamaModel,
+  linearTensorName,
+  type QuantizedWeight,
+} from '../model/llama.ts';
+import { f32ToBf16 } from '../tensor/dtype.ts';
+import type { Backend, Tensor } from '../tensor/tensor.ts';
+import type { Recipe } from './recipe.ts';
+import { dequantizeWeight, keepMasks } from './weights.ts';
+
+export const TOOL_VERSION = '0.1.0';
+const COPIED_FILES = [
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'special_tokens_map.json',
+  'generation_config.json',
+];
+
+export interface Manifest {
+  tool: string;
+  tool_version: string;
+  created: string;
+  source_model: string;
+  source_sha256: string;
+  calibration?: Record<string, unknown>;
+  timings: Record<string, number>;
+  notes?: unknown;
+}
+
+export interface QuantizationConfig {
+  quant_method: 'llmq';
+  recipe: Recipe;
+  weight_format: string | null;
+  activation_format: string | null;
+  activation_static: boolean;
+  manifest: Manifest;
+}
+
+/** sha256 over the source checkpoint's safetensors files (in name order). */
+export function hashCheckpointFiles(ckpt: Checkpoint): string {
+  const h = crypto.createHash('sha256');
+  for (const file of [...ckpt.files].sort()) {
+    const fd = fs.openSync(file, 'r');
+    const buf = Buffer.alloc(1 << 22);
+    try {
+      for (let n = fs.readSync(fd, buf); n > 0; n = fs.readSync(fd, buf)) h.update(buf.subarray(0, n));
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+  return h.digest('hex');
+}
+
+async function plainTensor(b: Backend, name: string, t: Tensor): Promise<TensorToWrite> {
+  const values = await b.read(t);
+  const bf16 = f32ToBf16(values);
+  const exact =
+    t.dtype === 'bf16' ||
+    bf16.every((bits, i) => new Float32Array(new Uint32Array([bits << 16]).buffer)[0] === values[i]);
+  return exact
+    ? { name, dtype: 'BF16', shape: t.shape, data: bf16 }
+    : { name, dtype: 'F32', shape: t.shape, data: values };
+}
+
+function encodedTensors(prefix: string, q: QuantizedWeight): TensorToWrite[] {
+  const e = q.encoded;
+  const out: TensorToWrite[] = [];
+  const packed = packCodes(e.codes, e.bits);
+  out.push({ name: `${prefix}.qweight`, dtype: 'U8', shape: [packed.length], data: packed });
+  out.push({ name: `${prefix}.scales`, dtype: 'F32', shape: [e.scales.length], data: e.scales });
+  if (e.zeros) {
+    const z = packCodes(e.zeros, e.bits);
+    out.push({ name: `${prefix}.qzeros`, dtype: 'U8', shape: [z.length], data: z });
+  }
+  if (e.exponents)
+    out.push({ name: `${prefix}.exponents`, dtype: 'I16', shape: [e.exponents.length], data: e.exponents });
+  if (e.scaleCodes)
+    out.push({
+      name: `${prefix}.scale_codes`,
+      dtype: 'U8',
+      shape: [e.scaleCodes.length],
+      data: e.scaleCodes,
+    });
+  if (e.globalScale !== undefined)
+    out.push({
+      name: `${prefix}.global_scale`,
+      dtype: 'F32',
+      shape: [1],
+      data: new Float32Array([e.globalScale]),
+    });
+  if (q.salient) {
+    const n = q.salient.columns.length;
+    out.push({ name: `${prefix}.salient_columns`, dtype: 'I32', shape: [n], data: q.salient.columns });
+    out.push({ name: `${prefix}.salient_values`, dtype: 'F32', shape: [e.rows, n], data: q.salient.values });
+  }
+  return out;
+}
+
+async function linearTensors(
+  b: Backend,
+  layer: number,
+  name: LinearName,
+  lin: Linear,
+): Promise<TensorToWrite[]> {
+  const prefix = linearTensorName(layer, name).replace(/\.weight$/, '');
+  const out = lin.quantized
+    ? encodedTensors(prefix, lin.quantized)
+    : [await plainTensor(b, `${prefix}.weight`, lin.weight)];
+  if (lin.bias) out.push(await plainTensor(b, `${prefix}.bias`, lin.bias));
+  const s = lin.inputQuant?.spec;
+  if (s?.kind === 'int' && s.staticScale !== undefined)
+    out.push({
+      name: `${prefix}.input_scale`,
+      dtype: 'F32',
+      shape: [1],
+      data: new Float32Array([s.staticScale]),
+    });
+  return out;
+}
+
+async function modelTensors(model: LlamaModel): Promise<TensorToWrite[]> {
+  const b = model.backend;
+  const out = [await plainTensor(b, 'model.embed_tokens.weight', model.embedTokens)];
+  for (let i = 0; i < model.layers.length; i++) {
+    const L = model.layers[i];
+    out.push(await plainTensor(b, `model.layers.${i}.input_layernorm.weight`, L.inputNorm));
+    out.push(await plainTensor(b, `model.layers.${i}.post_attention_layernorm.weight`, L.postNorm));
+    for (const name of LINEARS) out.push(...(await linearTensors(b, i, name, L.linears[name])));
+  }
+  out.push(await plainTensor(b, 'model.norm.weight', model.finalNorm));
+  if (model.lmHead !== model.embedTokens) out.push(await plainTensor(b, 'lm_head.weight', model.lmHead));
+  return out;
+}
+
+/** Refuses an existing output unless `force`; the caller writes into the returned temp dir. */
+export function prepareOutputDir(out: string, force: boolean): string {
+  if (fs.existsSync(out) && !force) fail(`${out} already exists (pass --force to replace it)`);
+  const tmp = `${out.replace(/\/+$/, '')}.tmp-${process.pid}`;
+  fs.rmSync(tmp, { recursive: true, force: true });
+  fs.mkdirSync(tmp, { recursive: true });
+  return tmp;
+}
+
+/** Moves the finished temp dir into place, replacing an existing output only now. */
+export function commitOutputDir(tmp: string, out: string): void {
+  if (fs.existsSync(out)) {
+    const old = `${out.replace(/\/+$/, '')}.old-${process.pid}`;
+    fs.renameSync(out, old);
+    fs.renameSync(tmp, out);
+    fs.rmSync(old, { recursive: true, force: true });
+  } else fs.renameSync(tmp, out);
+}
+
+export async function saveQuantized(
+  model: LlamaModel,
+  recipe: Recipe,
+  manifest: Manifest,
+  out: string,
+  force: boolean,
+): Promise<void> {
+  const tmp = prepareOutputDir(out, force);
+  try {
+    writeSafetensors(path.join(tmp, 'model.safetensors'), await modelTensors(model), { format: 'pt' });
+    const quantization: QuantizationConfig = {
+      quant_method: 'llmq',
+      recipe,
+      weight_format: recipe.weights ? formatName(recipe.weights) : null,
+      activation_format: recipe.activations ? formatName(recipe.activations.format) : null,
+      activation_static: recipe.activations?.static ?? false,
+      manifest,
+    };
+    const config = { ...model.config.raw, quantization_config: quantization };
+    fs.writeFileSync(path.join(tmp, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
+    for (const f of COPIED_FILES) {
+      const src = path.join(model.dir, f);
+      if (fs.existsSync(src)) fs.copyFileSync(src, path.join(tmp, f));
+    }
+    commitOutputDir(tmp, out);
+  } catch (e) {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
+}
+
+export function readQuantizationConfig(dir: string): QuantizationConfig | undefined {
+  const q = loadModelConfig(dir).raw.quantization_config as Record<string, unknown> | undefined;
+  if (!q) return undefined;
+  if (q.quant_method !== 'llmq')
+    fail(
+      `${dir}/config.json: quantization_config.quant_method "${String(q.quant_method)}" is not an llmq checkpoint`,
+    );
+  return q as unknown as QuantizationConfig;
+}
+
+function readEncoded(
+  ckpt: Checkpoint,
+  prefix: string,
+  spec: FormatSpec,
+  rows: number,
+  cols: number,
+): Encoded {
+  const get = (suffix: string) =>
+    ckpt.has(`${prefix}.${suffix}`) ? ckpt.read(`${prefix}.${suffix}`).data : undefined;
+  const width = codeBits(spec);
+  const qweight = get('qweight') as Uint8Array;
+  const scales = get('scales') as Float32Array | undefined;
+  if (!scales) return fail(`${ckpt.dir}: tensor "${prefix}.scales" is missing`);
+  const zeros = get('qzeros') as Uint8Array | undefined;
+  const global = get('global_scale') as Float32Array | undefined;
+  return {
+    spec,
+    rows,
+    cols,
+    bits: width,
+    codes: unpackCodes(qweight, width, rows * cols),
+    block: (rows * cols) / scales.length,
+    scales,
+    ...(zeros ? { zeros: unpackCodes(zeros, width, scales.length) } : {}),
+    ...(get('exponents') ? { exponents: get('exponents') as Int16Array } : {}),
+    ...(get('scale_codes') ? { scaleCodes: get('scale_codes') as Uint8Array } : {}),
+    ...(global ? { globalScale: global[0] } : {}),
+  };
+}
+
+/** Loads an llmq quantized checkpoint: decoded weights, recorded activation quantization. */
+export function loadQuantized(dir: string, backend: Backend, q: QuantizationConfig): LlamaModel {
+  const config = loadModelConfig(dir);
+  const ckpt = openCheckpoint(dir);
+  const weightSpec = q.weight_format ? parseFormat(q.weight_format) : undefined;
+  const actSpec = q.activation_format ? parseFormat(q.activation_format) : undefined;
+  try {
+    const model = LlamaModel.fromCheckpoint(dir, config, ckpt, backend, (layer, name, [rows, cols]) => {
+      const prefix = linearTensorName(layer, name).replace(/\.weight$/, '');
+      const stored: Partial<Linear> = {};
+      if (weightSpec && ckpt.has(`${prefix}.qweight`)) {
+        const encoded = readEncoded(ckpt, prefix, weightSpec, rows, cols);
+        const salient = ckpt.has(`${prefix}.salient_columns`)
+          ? {
+              columns: ckpt.read(`${prefix}.salient_columns`).data as Int32Array,
+              values: ckpt.read(`${prefix}.salient_values`).data as Float32Array,
+            }
+          : undefined;
+        stored.quantized = { encoded, salient };
+        stored.weight = backend.upload(dequantizeWeight(stored.quantized), [rows, cols], 'f32');
+      }
+      if (actSpec && q.recipe.targets.includes(name)) {
+        const scale = ckpt.has(`${prefix}.input_scale`)
+          ? (ckpt.read(`${prefix}.input_scale`).data as Float32Array)[0]
+          : undefined;
+        const spec =
+          scale !== undefined && actSpec.kind === 'int' ? { ...actSpec, staticScale: scale } : actSpec;
+        stored.inputQuant = { spec, keep: keepMasks(backend, cols, stored.quantized?.salient?.columns) };
+      }
+      return stored;
+    });
+    model.quantization = { recipe: q.recipe.name };
+    return model;
+  } finally {
+    ckpt.close();
+  }
+}

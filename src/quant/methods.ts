@@ -1,0 +1,2 @@
+/** Registers every method's pipeline step (one method per file in this folder). */
+import './awq.ts';

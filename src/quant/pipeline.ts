@@ -1,0 +1,290 @@
+/**
+ * The layer-by-layer quantization pipeline (DESIGN.md "The quantization pipeline"):
+ * embed the calibration samples; for each decoder layer run it in full precision capturing what the
+ * recipe's steps need, run the steps (scale folding, clipping, GPTQ), quantize the remaining
+ * weights, set the activation quantizers, then produce the next layer's inputs (from the
+ * full-precision layer as llm-awq/AutoAWQ do, or from the quantized layer as GPTQ does).
+ * Peak memory: one layer's calibration activations (plus what a step keeps) and the weights.
+ */
+import type { CalibSet } from '../calib/data.ts';
+import type { FormatSpec } from '../formats/spec.ts';
+import type { BatchShape, ForwardHooks, LinearName, LlamaModel } from '../model/llama.ts';
+import type { ColumnStats, Tensor } from '../tensor/tensor.ts';
+import type { Recipe, Step } from './recipe.ts';
+import { keepMasks, roundToNearest } from './weights.ts';
+
+/** Rows of calibration tokens per forward chunk (bounds transient memory). */
+const CHUNK_TOKENS = 4096;
+
+export interface LayerContext {
+  model: LlamaModel;
+  layer: number;
+  recipe: Recipe;
+  /** this layer's calibration inputs, one tensor per chunk of samples */
+  inputs: Tensor[];
+  shapes: BatchShape[];
+  /** per-channel |x| statistics of every linear's input in the full-precision layer */
+  stats: Map<LinearName, ColumnStats>;
+  /** input channels a step asked to keep in full precision (mixed precision) */
+  salient: Map<LinearName, Int32Array>;
+  /** static activation quantization: max |x| of each linear's input after the steps */
+  staticAbsMax: Map<LinearName, number>;
+  /** seconds spent per phase, summed over layers */
+  timings: Record<string, number>;
+  /** what steps report (chosen ratios, losses...) keyed by step */
+  notes: Record<string, unknown>;
+}
+
+export type StepRunner = (ctx: LayerContext, step: Step) => Promise<void>;
+
+/** Whole-model steps (SmoothQuant+): run before the layer loop, may rewrite the model. */
+export type ModelStepRunner = (
+  model: LlamaModel,
+  recipe: Recipe,
+  calib: CalibSet,
+  report: QuantReport,
+) => Promise<void>;
+
+const LAYER_STEPS = new Map<Step['method'], StepRunner>();
+const MODEL_STEPS = new Map<Step['method'], ModelStepRunner>();
+
+export function registerLayerStep(method: Step['method'], run: StepRunner): void {
+  LAYER_STEPS.set(method, run);
+}
+
+export function registerModelStep(method: Step['method'], run: ModelStepRunner): void {
+  MODEL_STEPS.set(method, run);
+}
+
+export interface QuantReport {
+  recipe: string;
+  seconds: number;
+  timings: Record<string, number>;
+  layers: Record<string, unknown>[];
+  model: Record<string, unknown>;
+  /** largest number of calibration activation values held at once (f32) */
+  peakActivationValues: number;
+}
+
+export interface PipelineOptions {
+  onLayer?: (done: number, total: number) => void;
+}
+
+/** Runs `fn`, adding its wall time to timings[phase]. */
+export async function timed<T>(
+  timings: Record<string, number>,
+  phase: string,
+  fn: () => Promise<T> | T,
+): Promise<T> {
+  const start = performance.now();
+  try {
+    return await fn();
+  } finally {
+    timings[phase] = (timings[phase] ?? 0) + (performance.now() - start) / 1000;
+  }
+}
+
+export async function quantizeModel(
+  model: LlamaModel,
+  recipe: Recipe,
+  calib: CalibSet | undefined,
+  opts: PipelineOptions = {},
+): Promise<QuantReport> {
+  const start = performance.now();
+  const report: QuantReport = {
+    recipe: recipe.name,
+    seconds: 0,
+    timings: {},
+    layers: [],
+    model: {},
+    peakActivationValues: 0,
+  };
+  const needsCalib = recipe.steps.length > 0 || Boolean(recipe.activations?.static);
+  if (!needsCalib) {
+    for (let i = 0; i < model.layers.length; i++) {
+      await timed(report.timings, 'quantize', () => finishLayer(model, i, recipe, new Map()));
+      opts.onLayer?.(i + 1, model.layers.length);
+    }
+  } else {
+    if (!calib) throw new Error(`recipe ${recipe.name} needs calibration data`);
+    for (const step of recipe.steps) {
+      const run = MODEL_STEPS.get(step.method);
+      if (run) await run(model, recipe, calib, report);
+    }
+    await layerByLayer(model, recipe, calib, report, opts);
+  }
+  model.quantization = { recipe: recipe.name };
+  report.seconds = (performance.now() - start) / 1000;
+  return report;
+}
+
+/** Embeds the calibration samples in chunks of whole samples. */
+export function embedCalibration(
+  model: LlamaModel,
+  calib: CalibSet,
+): { inputs: Tensor[]; shapes: BatchShape[] } {
+  const perChunk = Math.max(1, Math.floor(CHUNK_TOKENS / calib.seqLen));
+  const inputs: Tensor[] = [];
+  const shapes: BatchShape[] = [];
+  for (let s = 0; s < calib.samples; s += perChunk) {
+    const batch = Math.min(perChunk, calib.samples - s);
+    inputs.push(model.embed(calib.ids.subarray(s * calib.seqLen, (s + batch) * calib.seqLen)));
+    shapes.push({ batch, seqLen: calib.seqLen });
+  }
+  return { inputs, shapes };
+}
+
+async function layerByLayer(
+  model: LlamaModel,
+  recipe: Recipe,
+  calib: CalibSet,
+  report: QuantReport,
+  opts: PipelineOptions,
+): Promise<void> {
+  const embedded = embedCalibration(model, calib);
+  let inputs = embedded.inputs;
+  const shapes = embedded.shapes;
+  const width = model.config.hiddenSize;
+  for (let layer = 0; layer < model.layers.length; layer++) {
+    const ctx: LayerContext = {
+      model,
+      layer,
+      recipe,
+      inputs,
+      shapes,
+      stats: new Map(),
+      salient: new Map(),
+      staticAbsMax: new Map(),
+      timings: report.timings,
+      notes: {},
+    };
+    const fpOutputs = await timed(report.timings, 'capture', () => captureStats(ctx));
+    report.peakActivationValues = Math.max(
+      report.peakActivationValues,
+      calib.samples * calib.seqLen * (2 * width + model.config.intermediateSize),
+    );
+    for (const step of recipe.steps) {
+      const run = LAYER_STEPS.get(step.method);
+      if (run) await run(ctx, step);
+    }
+    if (recipe.activations?.static) await timed(report.timings, 'static scales', () => staticScales(ctx));
+    await timed(report.timings, 'quantize', () =>
+      finishLayer(model, layer, recipe, ctx.salient, ctx.staticAbsMax),
+    );
+    let next = fpOutputs;
+    if (recipe.propagate === 'quantized') {
+      for (const t of fpOutputs) t.dispose();
+      next = await timed(report.timings, 'propagate', () => runLayer(ctx, {}, true));
+    }
+    for (const t of inputs) t.dispose();
+    inputs = next;
+    report.layers.push({ layer, ...ctx.notes });
+    opts.onLayer?.(layer + 1, model.layers.length);
+  }
+  for (const t of inputs) t.dispose();
+}
+
+/** Runs the layer over every calibration chunk with hooks; returns the outputs when asked. */
+export async function runLayer(
+  ctx: LayerContext,
+  hooks: ForwardHooks,
+  keepOutputs: boolean,
+): Promise<Tensor[]> {
+  const outputs: Tensor[] = [];
+  for (let c = 0; c < ctx.inputs.length; c++) {
+    const out = ctx.model.layerForward(ctx.layer, ctx.inputs[c], ctx.shapes[c], hooks);
+    if (keepOutputs) outputs.push(out);
+    else out.dispose();
+  }
+  return outputs;
+}
+
+/** Runs the full-precision layer, recording every linear's input statistics; returns its outputs. */
+async function captureStats(ctx: LayerContext): Promise<Tensor[]> {
+  const parts = new Map<LinearName, ColumnStats[]>();
+  const rows = new Map<LinearName, number[]>();
+  const pending: Promise<void>[] = [];
+  const outputs = await runLayer(
+    ctx,
+    {
+      linearInput: (_layer, name, x) => {
+        pending.push(
+          ctx.model.backend.columnStats(x).then((s) => {
+            parts.set(name, [...(parts.get(name) ?? []), s]);
+            rows.set(name, [...(rows.get(name) ?? []), x.shape[0]]);
+          }),
+        );
+        return undefined;
+      },
+    },
+    true,
+  );
+  await Promise.all(pending);
+  for (const [name, list] of parts) ctx.stats.set(name, mergeStats(list, rows.get(name) ?? []));
+  return outputs;
+}
+
+function mergeStats(parts: ColumnStats[], rows: number[]): ColumnStats {
+  const n = parts[0].absMax.length;
+  const absMax = new Float32Array(n);
+  const sum = new Float64Array(n);
+  const total = rows.reduce((a, b) => a + b, 0);
+  parts.forEach((p, i) => {
+    for (let j = 0; j < n; j++) {
+      if (p.absMax[j] > absMax[j]) absMax[j] = p.absMax[j];
+      sum[j] += p.absMean[j] * rows[i];
+    }
+  });
+  return { absMax, absMean: Float32Array.from(sum, (s) => s / total) };
+}
+
+/**
+ * Static per-tensor activation scales: max |x| of each linear's input over the calibration set,
+ * measured through the layer as transformed by the steps (smoothing), before weight rounding.
+ */
+async function staticScales(ctx: LayerContext): Promise<void> {
+  const absMax = new Map<LinearName, number>();
+  const pending: Promise<void>[] = [];
+  await runLayer(
+    ctx,
+    {
+      linearInput: (_layer, name, x) => {
+        pending.push(
+          ctx.model.backend.columnStats(x).then((s) => {
+            const m = s.absMax.reduce((a, b) => Math.max(a, b), 0);
+            absMax.set(name, Math.max(absMax.get(name) ?? 0, m));
+          }),
+        );
+        return undefined;
+      },
+    },
+    false,
+  );
+  await Promise.all(pending);
+  for (const [name, m] of absMax) ctx.staticAbsMax.set(name, m);
+}
+
+/** Rounds the weights no step quantized and installs the activation quantizers. */
+async function finishLayer(
+  model: LlamaModel,
+  layer: number,
+  recipe: Recipe,
+  salient: Map<LinearName, Int32Array>,
+  staticAbsMax?: Map<LinearName, number>,
+): Promise<void> {
+  for (const name of recipe.targets) {
+    const lin = model.layers[layer].linears[name];
+    if (recipe.weights && !lin.quantized)
+      await roundToNearest(model, layer, name, recipe.weights, salient.get(name));
+    if (recipe.activations) {
+      const spec = activationSpec(recipe.activations.format, staticAbsMax?.get(name));
+      lin.inputQuant = { spec, keep: keepMasks(model.backend, lin.weight.shape[1], salient.get(name)) };
+    }
+  }
+}
+
+function activationSpec(format: FormatSpec, absMax: number | undefined): FormatSpec {
+  if (absMax === undefined || format.kind !== 'int') return format;
+  const levels = 2 ** (format.bits - 1) - 1;
+  return { ...format, staticScale: Math.fround(Math.max(absMax, 1e-5) / levels) };
+}

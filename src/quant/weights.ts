@@ -1,0 +1,81 @@
+/**
+ * Putting quantized weights into a model: the encoded (stored) form is the source of truth and the
+ * forward pass uses its decoded values, so a saved and reloaded checkpoint computes exactly the same.
+ */
+import { decode, type Encoded, encode } from '../formats/index.ts';
+import type { FormatSpec } from '../formats/spec.ts';
+import type { InputQuant, LinearName, LlamaModel, QuantizedWeight, SalientColumns } from '../model/llama.ts';
+import type { Backend } from '../tensor/tensor.ts';
+
+/** Decoded weight values, with full-precision salient columns put back. */
+export function dequantizeWeight(q: QuantizedWeight): Float32Array {
+  const values = decode(q.encoded);
+  if (q.salient) restoreColumns(values, q.encoded.cols, q.salient);
+  return values;
+}
+
+function restoreColumns(w: Float32Array, cols: number, salient: SalientColumns): void {
+  const n = salient.columns.length;
+  const rows = w.length / cols;
+  for (let r = 0; r < rows; r++)
+    for (let j = 0; j < n; j++) w[r * cols + salient.columns[j]] = salient.values[r * n + j];
+}
+
+/** The weight's columns `columns` as a row-major [rows, n] block. */
+export function takeColumns(w: Float32Array, cols: number, columns: Int32Array): Float32Array {
+  const rows = w.length / cols;
+  const n = columns.length;
+  const out = new Float32Array(rows * n);
+  for (let r = 0; r < rows; r++) for (let j = 0; j < n; j++) out[r * n + j] = w[r * cols + columns[j]];
+  return out;
+}
+
+/** Installs a quantized weight: records its stored form and uploads its values for the forward pass. */
+export function setQuantizedWeight(
+  model: LlamaModel,
+  layer: number,
+  name: LinearName,
+  q: QuantizedWeight,
+): void {
+  const lin = model.layers[layer].linears[name];
+  const [rows, cols] = lin.weight.shape;
+  lin.weight.dispose();
+  lin.weight = model.backend.upload(dequantizeWeight(q), [rows, cols], 'f32');
+  lin.quantized = q;
+}
+
+/** Round-to-nearest: encodes the linear's current weight (host copy) with `spec`. */
+export async function roundToNearest(
+  model: LlamaModel,
+  layer: number,
+  name: LinearName,
+  spec: FormatSpec,
+  salientColumns?: Int32Array,
+): Promise<void> {
+  const w = model.layers[layer].linears[name].weight;
+  const [rows, cols] = w.shape;
+  const values = await model.backend.read(w);
+  const encoded: Encoded = encode(values, rows, cols, spec);
+  const salient = salientColumns?.length
+    ? { columns: salientColumns, values: takeColumns(values, cols, salientColumns) }
+    : undefined;
+  setQuantizedWeight(model, layer, name, { encoded, salient });
+}
+
+/** Replaces a linear's weight with new full-precision values (scale folding, clipping). */
+export function setWeight(model: LlamaModel, layer: number, name: LinearName, values: Float32Array): void {
+  const lin = model.layers[layer].linears[name];
+  const shape = lin.weight.shape;
+  lin.weight.dispose();
+  lin.weight = model.backend.upload(values, shape, 'f32');
+  lin.quantized = undefined;
+}
+
+/** 0/1 column masks for an input quantizer that leaves `columns` unquantized. */
+export function keepMasks(b: Backend, cols: number, columns?: Int32Array): InputQuant['keep'] {
+  if (!columns?.length) return undefined;
+  const keep = new Float32Array(cols);
+  for (const c of columns) keep[c] = 1;
+  const quant = keep.map((k) => 1 - k);
+  return { columns, keepMask: b.upload(keep, [cols], 'f32'), quantMask: b.upload(quant, [cols], 'f32') };
+}
