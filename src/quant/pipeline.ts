@@ -100,18 +100,20 @@ export async function quantizeModel(
     peakActivationValues: 0,
   };
   const needsCalib = recipe.steps.length > 0 || Boolean(recipe.activations?.static);
-  if (!needsCalib) {
-    for (let i = 0; i < model.layers.length; i++) {
-      await timed(report.timings, 'quantize', () => finishLayer(model, i, recipe, new Map()));
-      opts.onLayer?.(i + 1, model.layers.length);
-    }
-  } else {
+  if (needsCalib) {
     if (!calib) throw new Error(`recipe ${recipe.name} needs calibration data`);
     for (const step of recipe.steps) {
       const run = MODEL_STEPS.get(step.method);
       if (run) await run(model, recipe, calib, report);
     }
-    await layerByLayer(model, recipe, calib, report, opts);
+  }
+  const layerSteps = recipe.steps.some((s) => LAYER_STEPS.has(s.method));
+  if (calib && (layerSteps || recipe.activations?.static)) await layerByLayer(model, recipe, calib, report, opts);
+  else {
+    for (let i = 0; i < model.layers.length; i++) {
+      await timed(report.timings, 'quantize', () => finishLayer(model, i, recipe, new Map()));
+      opts.onLayer?.(i + 1, model.layers.length);
+    }
   }
   model.quantization = { recipe: recipe.name };
   report.seconds = (performance.now() - start) / 1000;

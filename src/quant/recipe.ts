@@ -23,6 +23,8 @@ export interface SqPlusStep {
   method: 'sqplus';
   /** alpha grid step over [0, 1] */
   step: number;
+  /** calibration samples the whole-model loss is measured on */
+  lossSamples: number;
 }
 export interface AwqStep {
   method: 'awq';
@@ -66,7 +68,7 @@ export interface Recipe {
 
 const STEP_DEFAULTS: { [M in Step['method']]: Extract<Step, { method: M }> } = {
   smoothquant: { method: 'smoothquant', alpha: 0.5 },
-  sqplus: { method: 'sqplus', step: 0.05 },
+  sqplus: { method: 'sqplus', step: 0.05, lossSamples: 8 },
   awq: { method: 'awq', grid: 20, clip: true, duo: false, withActivations: false },
   gptq: { method: 'gptq', damp: 0.01, blockSize: 128, actOrder: false, staticGroups: false },
   mixed: { method: 'mixed', salientPercent: 1 },
@@ -133,6 +135,52 @@ const BUILTINS: Record<string, RecipeText> = {
   nvfp4: {
     description: 'NVFP4 weights: E2M1, blocks of 16 with FP8 E4M3 scales and an f32 tensor scale',
     weights: 'nvfp4',
+  },
+  'awq-w4g128': {
+    description: 'AWQ (llm-awq defaults: 20-point scale grid, clip search) then INT4 asymmetric g128 weights',
+    weights: 'int4-g128',
+    steps: [{ method: 'awq' }],
+  },
+  'awq-w3g128': {
+    description: 'AWQ (llm-awq defaults: 20-point scale grid, clip search) then INT3 asymmetric g128 weights',
+    weights: 'int3-g128',
+    steps: [{ method: 'awq' }],
+  },
+  'awq-w4a4': {
+    description:
+      'AWQ whose scale search also quantizes the activations (INT4 symmetric per token); INT4 asymmetric g128 weights',
+    weights: 'int4-g128',
+    activations: 'int4-row-sym',
+    steps: [{ method: 'awq', withActivations: true }],
+  },
+  'smoothquant-w8a8': {
+    description:
+      'SmoothQuant (alpha 0.5) then INT8 weights symmetric per channel, INT8 activations symmetric dynamic per token',
+    weights: 'int8-row-sym',
+    activations: 'int8-row-sym',
+    steps: [{ method: 'smoothquant' }],
+  },
+  'smoothquant-w8a8-static': {
+    description:
+      'SmoothQuant (alpha 0.5) then INT8 weights symmetric per channel, INT8 activations symmetric static per tensor',
+    weights: 'int8-row-sym',
+    activations: 'int8-tensor-sym',
+    static: true,
+    steps: [{ method: 'smoothquant' }],
+  },
+  'sqplus-w4g128': {
+    description:
+      'SmoothQuant+: smoothing with the alpha (grid step 0.05) minimising the calibration NLL of the whole W4 model, then INT4 asymmetric g128 RTN',
+    weights: 'int4-g128',
+    steps: [{ method: 'sqplus' }],
+    calib: { samples: 32, seqLen: 512 },
+  },
+  'mixed-w4a4': {
+    description:
+      'Mixed precision (AWQ Table 1): the 1% input channels with the largest mean |x| kept in full precision; the rest INT4 g128 weights, INT4 per-token activations',
+    weights: 'int4-g128',
+    activations: 'int4-row-sym',
+    steps: [{ method: 'mixed' }],
   },
 };
 

@@ -1,0 +1,127 @@
+/**
+ * SmoothQuant+ (Pan et al., 2023): SmoothQuant smoothing before W4 group-wise RTN, with one alpha
+ * for the whole model chosen on a grid (step 0.05 over [0, 1]) by the loss of the whole quantized
+ * model: here the mean next-token NLL on `lossSamples` calibration samples (the paper minimises the
+ * model's output error; we use the calibration NLL so the choice tracks perplexity directly).
+ * Activation maxima come from one full-precision pass over the calibration set.
+ */
+import type { CalibSet } from '../calib/data.ts';
+import type { FormatSpec } from '../formats/spec.ts';
+import { type LinearName, LINEARS, type LlamaModel } from '../model/llama.ts';
+import type { Tensor } from '../tensor/tensor.ts';
+import { registerModelStep, timed } from './pipeline.ts';
+import type { Recipe, SqPlusStep } from './recipe.ts';
+import { SMOOTH_GROUPS, smoothLayer } from './smoothquant.ts';
+
+type ActMax = Map<string, Float32Array>;
+
+const key = (layer: number, name: LinearName) => `${layer}.${name}`;
+
+/** Per-channel max |x| of every smoothed linear's input, full-precision model. */
+async function activationMaxima(model: LlamaModel, calib: CalibSet): Promise<ActMax> {
+  const maxima: ActMax = new Map();
+  const pending: Promise<void>[] = [];
+  const smoothed = new Set<LinearName>(SMOOTH_GROUPS.map((g) => g.linears[0]));
+  for (let s = 0; s < calib.samples; s++) {
+    const ids = calib.ids.subarray(s * calib.seqLen, (s + 1) * calib.seqLen);
+    const logits = model.forward(
+      ids,
+      { batch: 1, seqLen: calib.seqLen },
+      {
+        linearInput: (layer, name, x) => {
+          if (!smoothed.has(name)) return undefined;
+          pending.push(
+            model.backend.columnStats(x).then((st) => {
+              const prev = maxima.get(key(layer, name));
+              maxima.set(key(layer, name), prev ? prev.map((v, j) => Math.max(v, st.absMax[j])) : st.absMax);
+            }),
+          );
+          return undefined;
+        },
+      },
+    );
+    logits.dispose();
+  }
+  await Promise.all(pending);
+  return maxima;
+}
+
+interface Snapshot {
+  norms: Float32Array[][];
+  weights: Float32Array[][];
+}
+
+async function snapshot(model: LlamaModel): Promise<Snapshot> {
+  const b = model.backend;
+  const norms: Float32Array[][] = [];
+  const weights: Float32Array[][] = [];
+  for (const L of model.layers) {
+    norms.push([await b.read(L.inputNorm), await b.read(L.postNorm)]);
+    weights.push(await Promise.all(LINEARS.map((n) => b.read(L.linears[n].weight))));
+  }
+  return { norms, weights };
+}
+
+function restore(model: LlamaModel, snap: Snapshot): void {
+  const b = model.backend;
+  model.layers.forEach((L, i) => {
+    L.inputNorm = b.upload(snap.norms[i][0], L.inputNorm.shape, 'f32');
+    L.postNorm = b.upload(snap.norms[i][1], L.postNorm.shape, 'f32');
+    LINEARS.forEach((n, k) => {
+      const lin = L.linears[n];
+      lin.weight = b.upload(snap.weights[i][k], lin.weight.shape, 'f32');
+      lin.quantized = undefined;
+    });
+  });
+}
+
+/** Fake-quantizes the target weights in place (values only; the pipeline encodes them later). */
+function roundWeights(model: LlamaModel, recipe: Recipe): void {
+  for (const L of model.layers)
+    for (const n of recipe.targets) {
+      const lin = L.linears[n];
+      const q: Tensor = model.backend.fakeQuant(lin.weight, recipe.weights as FormatSpec);
+      lin.weight.dispose();
+      lin.weight = q;
+    }
+}
+
+async function calibrationNll(model: LlamaModel, calib: CalibSet, samples: number): Promise<number> {
+  let total = 0;
+  let count = 0;
+  for (let s = 0; s < samples; s++) {
+    const ids = calib.ids.subarray(s * calib.seqLen, (s + 1) * calib.seqLen);
+    const logits = model.forward(ids, { batch: 1, seqLen: calib.seqLen });
+    const targets = new Int32Array(ids.length);
+    targets.set(ids.subarray(1));
+    const nll = await model.backend.read(model.backend.nll(logits, targets));
+    logits.dispose();
+    for (let t = 0; t < ids.length - 1; t++) total += nll[t];
+    count += ids.length - 1;
+  }
+  return total / count;
+}
+
+async function sqplus(model: LlamaModel, recipe: Recipe, calib: CalibSet, step: SqPlusStep, timings: Record<string, number>) {
+  const maxima = await timed(timings, 'sqplus capture', () => activationMaxima(model, calib));
+  const snap = await snapshot(model);
+  const lossSamples = Math.min(step.lossSamples, calib.samples);
+  const losses: { alpha: number; nll: number }[] = [];
+  for (let i = 0; Math.round(i * step.step * 1e6) <= 1e6; i++) {
+    const alpha = Math.min(1, Math.round(i * step.step * 1e6) / 1e6);
+    await timed(timings, 'sqplus search', async () => {
+      for (let l = 0; l < model.layers.length; l++) await smoothLayer(model, l, (n) => maxima.get(key(l, n)), alpha);
+      roundWeights(model, recipe);
+      losses.push({ alpha, nll: await calibrationNll(model, calib, lossSamples) });
+      restore(model, snap);
+    });
+  }
+  const best = losses.reduce((a, b) => (b.nll < a.nll ? b : a));
+  for (let l = 0; l < model.layers.length; l++) await smoothLayer(model, l, (n) => maxima.get(key(l, n)), best.alpha);
+  return { alpha: best.alpha, lossSamples, losses };
+}
+
+registerModelStep('sqplus', async (model, recipe, calib, report) => {
+  const step = recipe.steps.find((s) => s.method === 'sqplus') as SqPlusStep;
+  report.model.sqplus = await sqplus(model, recipe, calib, step, report.timings);
+});
