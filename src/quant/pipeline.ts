@@ -108,7 +108,8 @@ export async function quantizeModel(
     }
   }
   const layerSteps = recipe.steps.some((s) => LAYER_STEPS.has(s.method));
-  if (calib && (layerSteps || recipe.activations?.static)) await layerByLayer(model, recipe, calib, report, opts);
+  if (calib && (layerSteps || recipe.activations?.static))
+    await layerByLayer(model, recipe, calib, report, opts);
   else {
     for (let i = 0; i < model.layers.length; i++) {
       await timed(report.timings, 'quantize', () => finishLayer(model, i, recipe, new Map()));

@@ -42,7 +42,12 @@ export function smoothingScales(actMax: Float32Array, weightMax: Float32Array, a
 }
 
 /** Divides the group's norm by s and multiplies its linears' input columns by s. */
-export async function foldSmoothing(model: LlamaModel, layer: number, group: SmoothGroup, s: Float32Array): Promise<void> {
+export async function foldSmoothing(
+  model: LlamaModel,
+  layer: number,
+  group: SmoothGroup,
+  s: Float32Array,
+): Promise<void> {
   const b = model.backend;
   const L = model.layers[layer];
   const norm = await b.read(L[group.norm]);

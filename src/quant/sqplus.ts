@@ -7,7 +7,7 @@
  */
 import type { CalibSet } from '../calib/data.ts';
 import type { FormatSpec } from '../formats/spec.ts';
-import { type LinearName, LINEARS, type LlamaModel } from '../model/llama.ts';
+import { LINEARS, type LinearName, type LlamaModel } from '../model/llama.ts';
 import type { Tensor } from '../tensor/tensor.ts';
 import { registerModelStep, timed } from './pipeline.ts';
 import type { Recipe, SqPlusStep } from './recipe.ts';
@@ -102,7 +102,13 @@ async function calibrationNll(model: LlamaModel, calib: CalibSet, samples: numbe
   return total / count;
 }
 
-async function sqplus(model: LlamaModel, recipe: Recipe, calib: CalibSet, step: SqPlusStep, timings: Record<string, number>) {
+async function sqplus(
+  model: LlamaModel,
+  recipe: Recipe,
+  calib: CalibSet,
+  step: SqPlusStep,
+  timings: Record<string, number>,
+) {
   const maxima = await timed(timings, 'sqplus capture', () => activationMaxima(model, calib));
   const snap = await snapshot(model);
   const lossSamples = Math.min(step.lossSamples, calib.samples);
@@ -110,14 +116,16 @@ async function sqplus(model: LlamaModel, recipe: Recipe, calib: CalibSet, step: 
   for (let i = 0; Math.round(i * step.step * 1e6) <= 1e6; i++) {
     const alpha = Math.min(1, Math.round(i * step.step * 1e6) / 1e6);
     await timed(timings, 'sqplus search', async () => {
-      for (let l = 0; l < model.layers.length; l++) await smoothLayer(model, l, (n) => maxima.get(key(l, n)), alpha);
+      for (let l = 0; l < model.layers.length; l++)
+        await smoothLayer(model, l, (n) => maxima.get(key(l, n)), alpha);
       roundWeights(model, recipe);
       losses.push({ alpha, nll: await calibrationNll(model, calib, lossSamples) });
       restore(model, snap);
     });
   }
   const best = losses.reduce((a, b) => (b.nll < a.nll ? b : a));
-  for (let l = 0; l < model.layers.length; l++) await smoothLayer(model, l, (n) => maxima.get(key(l, n)), best.alpha);
+  for (let l = 0; l < model.layers.length; l++)
+    await smoothLayer(model, l, (n) => maxima.get(key(l, n)), best.alpha);
   return { alpha: best.alpha, lossSamples, losses };
 }
 
