@@ -33,6 +33,8 @@ test('linear matches a naive matmul on odd shapes, in one thread and split acros
     [5, 7, 3],
     [37, 130, 65],
     [300, 9, 64],
+    [37, 130, 64],
+    [3, 5, 8],
     [64, 1024, 384],
   ]) {
     const x = r.normal(M * K);

@@ -31,13 +31,32 @@ export function loadTokenizer(dir: string): TextTokenizer {
   } catch (e) {
     return fail(`${file}: cannot build the tokenizer (${(e as Error).message})`);
   }
-  const model = (json.model ?? {}) as { type?: string; vocab?: Record<string, number> };
-  const added = Array.isArray(json.added_tokens) ? json.added_tokens.length : 0;
-  const vocabSize = Object.keys(model.vocab ?? {}).length + added;
+  const model = (json.model ?? {}) as { type?: string; vocab?: Record<string, number> | unknown[] };
+  const { size: vocabSize, added, addedInModel } = countTokens(model.vocab, json.added_tokens);
+  const overlap = addedInModel > 0 ? `, ${addedInModel} of them in the ${model.type ?? 'model'} vocab` : '';
   return {
     encode: (text) => Int32Array.from(tok.encode(text).ids),
     decode: (ids) => tok.decode(Array.from(ids)),
     vocabSize,
-    summary: `${model.type ?? 'unknown'} tokenizer, ${vocabSize} tokens (${added} added), bos ${String(cfg.bos_token ?? 'none')}, eos ${String(cfg.eos_token ?? 'none')}`,
+    summary: `${model.type ?? 'unknown'} tokenizer, ${vocabSize} tokens (${added} added${overlap}), bos ${String(cfg.bos_token ?? 'none')}, eos ${String(cfg.eos_token ?? 'none')}`,
   };
+}
+
+/**
+ * Distinct token ids: the model vocab (an object token -> id, or Unigram's array of [piece, score]
+ * where the index is the id) united with the added tokens, which often reuse ids of the vocab.
+ */
+function countTokens(
+  vocab: Record<string, number> | unknown[] | undefined,
+  addedTokens: unknown,
+): { size: number; added: number; addedInModel: number } {
+  const ids = new Set<number>(Array.isArray(vocab) ? vocab.keys() : Object.values(vocab ?? {}));
+  const added = Array.isArray(addedTokens) ? (addedTokens as { id?: unknown }[]) : [];
+  let addedInModel = 0;
+  for (const t of added) {
+    if (typeof t?.id !== 'number') continue;
+    if (ids.has(t.id)) addedInModel++;
+    else ids.add(t.id);
+  }
+  return { size: ids.size, added: added.length, addedInModel };
 }

@@ -14,6 +14,7 @@ import {
   type Tensor,
 } from '../tensor.ts';
 import { parallelFor, sharedF32 } from './pool.ts';
+import { ensureWasmBytes, type WasmMatmul, wasmMatmul } from './wasm.ts';
 
 export class CpuTensor implements Tensor {
   constructor(
@@ -59,28 +60,64 @@ export class CpuBackend implements Backend {
   f32(t: Tensor): Float32Array {
     const c = t as CpuTensor;
     if (c.dtype === 'f32') return c.data as Float32Array;
-    if (c.dtype === 'bf16' || c.dtype === 'f16') {
-      const out = sharedF32(c.data.length);
-      parallelFor('widen16', [c.data as Uint16Array, out, c.dtype === 'bf16' ? 1 : 0], out.length, 1 << 18);
-      return out;
-    }
+    if (c.dtype === 'bf16' || c.dtype === 'f16') return this.f32Into(t, sharedF32(c.data.length));
     return Float32Array.from(c.data as ArrayLike<number>);
+  }
+
+  /** Writes the f32 values of t into dst (shared memory), widening 16-bit storage in parallel. */
+  private f32Into(t: Tensor, dst: Float32Array): Float32Array {
+    const c = t as CpuTensor;
+    if (c.dtype === 'bf16' || c.dtype === 'f16')
+      parallelFor('widen16', [c.data as Uint16Array, dst, c.dtype === 'bf16' ? 1 : 0], dst.length, 1 << 18);
+    else dst.set(this.f32(t));
+    return dst;
   }
 
   linear(x: Tensor, w: Tensor, bias?: Tensor): Tensor {
     const [M, K] = x.shape;
     const [N, Kw] = w.shape;
     if (K !== Kw) fail(`linear: input ${shapeString(x.shape)} does not match weight ${shapeString(w.shape)}`);
-    const out = sharedF32(M * N);
     const splitB = N >= M ? 1 : 0;
     const units = splitB ? N : M;
     const minUnits = Math.max(4, Math.ceil(MIN_MACS_PER_THREAD / ((splitB ? M : N) * K)));
+    const wasm = K % 4 === 0 ? wasmMatmul() : null;
+    if (wasm) {
+      const out = this.linearWasm(wasm, x, w, bias, [M, N, K, splitB, units, minUnits]);
+      if (out) return out;
+    }
+    const out = sharedF32(M * N);
     parallelFor(
       'matmulNT',
       [this.f32(x), this.f32(w), out, bias ? this.f32(bias) : null, M, N, K, splitB],
       units,
       minUnits,
     );
+    return this.fromF32(out, [M, N]);
+  }
+
+  /**
+   * linear through the WebAssembly SIMD tiles: x, w (widened) and bias are copied into the shared
+   * wasm memory as [x | w | bias | out], the result copied out. Undefined when it does not fit.
+   */
+  private linearWasm(
+    wasm: WasmMatmul,
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | undefined,
+    [M, N, K, splitB, units, minUnits]: number[],
+  ): Tensor | undefined {
+    const wOff = M * K * 4;
+    const biasOff = wOff + N * K * 4;
+    const outOff = biasOff + N * 4;
+    if (!ensureWasmBytes(wasm, outOff + M * N * 4)) return undefined;
+    const view = (offset: number, n: number) => new Float32Array(wasm.memory.buffer, offset, n);
+    view(0, M * K).set(this.f32(x));
+    this.f32Into(w, view(wOff, N * K));
+    if (bias) view(biasOff, N).set(this.f32(bias));
+    else view(biasOff, N).fill(0);
+    parallelFor('matmulWasm', [0, wOff, outOff, biasOff, M, N, K, splitB], units, minUnits);
+    const out = sharedF32(M * N);
+    out.set(view(outOff, M * N));
     return this.fromF32(out, [M, N]);
   }
 

@@ -138,6 +138,41 @@ export function matmulNT(
   }
 }
 
+/**
+ * matmulNT on the WebAssembly SIMD tiles of wasm.ts (installed as the global `llmqWasm`): operands
+ * are byte addresses in its shared memory, K a multiple of 4, bias always present (zeros for none).
+ * B is walked in panels of rows that stay in L2 while every row of A passes over them.
+ */
+export function matmulWasm(
+  a: number,
+  b: number,
+  c: number,
+  bias: number,
+  M: number,
+  N: number,
+  K: number,
+  splitB: number,
+  start: number,
+  end: number,
+): void {
+  type Tile = (...args: number[]) => void;
+  const w = (globalThis as unknown as { llmqWasm: Record<string, Tile> }).llmqWasm;
+  const i0 = splitB ? 0 : start;
+  const i1 = splitB ? M : end;
+  const j0 = splitB ? start : 0;
+  const j1 = splitB ? end : N;
+  const iMid = i0 + ((i1 - i0) & ~1);
+  const panel = Math.max(4, (Math.floor(262144 / (K * 4)) >> 2) << 2);
+  for (let jp = j0; jp < j1; jp += panel) {
+    const jpEnd = Math.min(j1, jp + panel);
+    const jMid = jp + ((jpEnd - jp) & ~3);
+    w.t2x4(a, b, c, bias, N, K, i0, iMid, jp, jMid);
+    w.t2x1(a, b, c, bias, N, K, i0, iMid, jMid, jpEnd);
+    w.t1x4(a, b, c, bias, N, K, iMid, i1, jp, jMid);
+    w.t1x1(a, b, c, bias, N, K, iMid, i1, jMid, jpEnd);
+  }
+}
+
 /** Widens 16-bit float bits (bf16 when isBf16, else IEEE f16) in [start, end) to f32. */
 export function widen16(
   src: Uint16Array,
@@ -194,9 +229,14 @@ export function attentionHeads(
       let max = Number.NEGATIVE_INFINITY;
       for (let j = 0; j <= i; j++) {
         const ko = (rowBase + j) * kvStride + kvh * headDim;
-        let s = 0;
-        for (let d = 0; d < headDim; d++) s += q[qo + d] * k[ko + d];
-        s *= scale;
+        // two independent sums: one chain would wait on the add latency every step
+        let s0 = 0;
+        let s1 = 0;
+        for (let d = 0; d < headDim; d += 2) {
+          s0 += q[qo + d] * k[ko + d];
+          s1 += q[qo + d + 1] * k[ko + d + 1];
+        }
+        const s = (s0 + s1) * scale;
         scores[j] = s;
         if (s > max) max = s;
       }
@@ -207,7 +247,16 @@ export function attentionHeads(
         sum += e;
       }
       acc.fill(0);
-      for (let j = 0; j <= i; j++) {
+      // two rows of v per pass halve the loads and stores of acc
+      let j = 0;
+      for (; j + 1 <= i; j += 2) {
+        const p0 = scores[j];
+        const p1 = scores[j + 1];
+        const v0 = (rowBase + j) * kvStride + kvh * headDim;
+        const v1 = v0 + kvStride;
+        for (let d = 0; d < headDim; d++) acc[d] += p0 * v[v0 + d] + p1 * v[v1 + d];
+      }
+      if (j === i) {
         const p = scores[j];
         const vo = (rowBase + j) * kvStride + kvh * headDim;
         for (let d = 0; d < headDim; d++) acc[d] += p * v[vo + d];
@@ -237,5 +286,5 @@ export function nllRows(
   }
 }
 
-export const KERNELS = { matmulNT, widen16, attentionHeads, nllRows };
+export const KERNELS = { matmulNT, matmulWasm, widen16, attentionHeads, nllRows };
 export type KernelName = keyof typeof KERNELS;

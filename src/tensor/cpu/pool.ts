@@ -6,6 +6,7 @@
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { KERNELS, type KernelName } from './kernels.ts';
+import { wasmMatmul } from './wasm.ts';
 
 const WORKER_SOURCE = `
 const __name = (f) => f;
@@ -13,7 +14,11 @@ const { parentPort } = require('node:worker_threads');
 const K = { ${Object.entries(KERNELS)
   .map(([name, fn]) => `${name}: ${fn.toString()}`)
   .join(',\n')} };
-parentPort.on('message', ({ kernel, args, start, end, flag }) => {
+parentPort.on('message', ({ wasm, kernel, args, start, end, flag }) => {
+  if (wasm) {
+    globalThis.llmqWasm = new WebAssembly.Instance(wasm.module, { env: { memory: wasm.memory } }).exports;
+    return;
+  }
   try { K[kernel](...args, start, end); Atomics.store(flag, 0, 1); }
   catch (e) { console.error(e); Atomics.store(flag, 0, 2); }
   Atomics.notify(flag, 0);
@@ -39,6 +44,9 @@ function pool(): PoolWorker[] {
     for (let i = 1; i < threadCount(); i++) {
       const worker = new Worker(WORKER_SOURCE, { eval: true, execArgv: [] });
       worker.unref();
+      // messages are handled in order, so the instance exists before the first matmulWasm call
+      const wasm = wasmMatmul();
+      if (wasm) worker.postMessage({ wasm });
       workers.push({ worker, flag: new Int32Array(new SharedArrayBuffer(4)) });
     }
   }
