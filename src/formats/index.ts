@@ -149,15 +149,25 @@ export function encode(x: ArrayLike<number>, rows: number, cols: number, spec: F
   }
 }
 
+function checkCount(what: string, found: number, blocks: number, block: number): void {
+  const need = block > 0 ? blocks / block : 0;
+  if (found !== need)
+    fail(`decode: ${found} ${what} for ${blocks} values in blocks of ${block}, expected ${need}`);
+}
+
 /** Values of encoded data; bit-identical to fakeQuantRows of the encoded input. */
 export function decode(enc: Encoded): Float32Array {
   const { spec, rows, cols } = enc;
-  if (enc.codes.length !== rows * cols)
-    fail(`decode: ${enc.codes.length} codes for a ${rows} x ${cols} matrix`);
+  const n = rows * cols;
+  if (enc.codes.length !== n) fail(`decode: ${enc.codes.length} codes for a ${rows} x ${cols} matrix`);
   switch (spec.kind) {
     case 'int': {
       const { block } = intLayout(rows, cols, spec);
-      if (!spec.symmetric && !enc.zeros) fail('decode: asymmetric INT data without zero points');
+      checkCount('scales', enc.scales.length, n, block);
+      if (!spec.symmetric) {
+        if (!enc.zeros) fail('decode: asymmetric INT data without zero points');
+        checkCount('zero points', enc.zeros.length, n, block);
+      }
       return decodeInt(
         { codes: enc.codes, scales: enc.scales, zeros: enc.zeros, block },
         spec.bits,
@@ -167,12 +177,16 @@ export function decode(enc: Encoded): Float32Array {
     case 'mx':
       checkMxSpec(cols, spec);
       if (!enc.exponents) fail('decode: MX data without shared exponents');
+      checkCount('shared exponents', enc.exponents.length, n, spec.block);
       return decodeMx({ codes: enc.codes, exponents: enc.exponents }, spec);
     case 'fp8':
+      if (enc.scales.length !== (spec.granularity === 'tensor' ? 1 : rows))
+        fail(`decode: ${enc.scales.length} FP8 scales for ${spec.granularity} scaling of ${rows} rows`);
       return decodeFp8({ codes: enc.codes, scales: enc.scales }, rows, cols, spec);
     case 'nvfp4':
       if (!enc.scaleCodes || enc.globalScale === undefined)
         fail('decode: NVFP4 data without block/global scales');
+      checkCount('block scales', enc.scaleCodes.length, n, NVFP4_BLOCK);
       return decodeNvfp4({
         codes: enc.codes,
         scaleCodes: enc.scaleCodes,
@@ -256,7 +270,7 @@ export function parseFormat(name: string): FormatSpec {
   const s = name.trim().toLowerCase();
   const bad = (why?: string): never =>
     fail(`unknown format '${name}'${why ? ` (${why})` : ''}; valid forms: ${VALID_FORMS}`);
-  let m = /^int(\d+)-(?:g(\d+)|(row|tensor))(?:-(sym|asym))?(?:-clip(\d*\.?\d+))?$/.exec(s);
+  let m = /^int(\d+)-(?:g(\d+)|(row|tensor))(?:-(sym|asym))?(?:-clip(\d*\.?\d+(?:e-?\d+)?))?$/.exec(s);
   if (m) {
     const bits = Number(m[1]);
     if (bits < 2 || bits > 8) bad('INT bits must be 2..8');

@@ -7,23 +7,32 @@
  * would hold in an f32 tensor is rounded to f32 (Math.fround), rounding is half to even
  * (torch.round), so results are bit-identical to AutoAWQ / GPTQ run in fp32.
  *
- * Asymmetric (AutoAWQ `pseudo_quantize_tensor`, GPTQ `Quantizer` with includeZero):
+ * Asymmetric (AutoAWQ / llm-awq `pseudo_quantize_tensor`; GPTQ `Quantizer` with includeZero):
  *   min, max      over the finite elements of the group (0, 0 if there are none)
- *   includeZero:  min = min(min, 0), max = max(max, 0)            (GPTQ; AutoAWQ does not)
- *   clip c:       min *= c, max *= c                                (AWQ clip / GPTQ mse grid)
+ *   includeZero:  min = min(min, 0), max = max(max, 0); an all-zero group gets [-1, 1]   (GPTQ)
+ *   clip c:       min *= c, max *= c                                 (GPTQ's mse grid search)
  *   scale = max(max - min, 1e-5) / (2^b - 1)
  *   zero  = clamp(-round(min / scale), 0, 2^b - 1)
  *   q     = clamp(round(x / scale) + zero, 0, 2^b - 1),  x' = (q - zero) * scale
- * Symmetric (AutoAWQ zero_point=False, SmoothQuant per-channel / per-token absmax):
+ * Symmetric (AutoAWQ zero_point=False; SmoothQuant per-channel / per-token absmax):
  *   amax = max |x| (finite) * c;  scale = max(amax, 1e-5) / (2^(b-1) - 1)
  *   q = clamp(round(x / scale), -2^(b-1), 2^(b-1) - 1),  x' = q * scale
+ * SmoothQuant (int8: scale = amax / 127, then round, no clamp) gives the same values: without
+ * clipping |x / scale| <= 2^(b-1) - 1, so the clamp never acts and q stays in [-127, 127]. With
+ * clip < 1 the clamp is AutoAWQ's, asymmetric by one step: -2^(b-1) (e.g. -128) is reachable.
+ * AWQ's clip search is not `clip`: it clamps the weights to [-c * amax, c * amax] (amax of |x|
+ * over the group) and quantizes the clamped weights with c = 1. For symmetric formats the two
+ * agree; for asymmetric ones they differ whenever min != -max.
  *
  * Consequences kept on purpose (they are what AutoAWQ does):
  * - the 1e-5 floor: a group whose range (or amax) is below 1e-5 is quantized as if it were 1e-5
- *   (an all-zero group gives zeros and scale 1e-5 / (2^b - 1));
+ *   (an all-zero group gives zeros and scale 1e-5 / (2^b - 1)). GPTQ has no floor: with
+ *   includeZero, llmq and GPTQ differ only for ranges in (0, 1e-5). GPTQ's sym=True (a fixed
+ *   zero point 2^(b-1) on the asymmetric grid) is not the symmetric format here;
  * - without includeZero, a group of one repeated non-zero value v gets range 1e-5 and comes back
- *   as +-1e-5, and a negative-only group has its zero clamped at 2^b - 1, so values below
- *   min + ... are clipped (see the tests). includeZero avoids both.
+ *   as +-1e-5 (sign of v); a negative-only group has its zero clamped at 2^b - 1, so its grid is
+ *   [-(max - min), 0] and values below -(max - min) saturate there; likewise a positive-only
+ *   group's grid is [0, max - min]. includeZero avoids all three.
  * Non-finite inputs: NaN -> NaN (encode refuses it); +-Infinity does not enter the range and
  * saturates to the ends of the group's grid. Zero results are +0.
  *
@@ -84,6 +93,10 @@ export function intParamsFromRange(
   if (opts.includeZero) {
     if (min > 0) min = 0;
     if (max < 0) max = 0;
+    if (min === 0 && max === 0 && !symmetric) {
+      min = -1; // GPTQ Quantizer.find_params: an all-zero row gets the range [-1, 1]
+      max = 1;
+    }
   }
   if (symmetric) {
     let amax = Math.max(-min, max);

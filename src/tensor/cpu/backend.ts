@@ -13,17 +13,26 @@ import {
   shapeString,
   type Tensor,
 } from '../tensor.ts';
-import { parallelFor, sharedF32 } from './pool.ts';
+import { parallelFor, releaseShared, sharedF32 } from './pool.ts';
 import { ensureWasmBytes, type WasmMatmul, wasmMatmul } from './wasm.ts';
+
+const EMPTY = new Float32Array(0);
 
 export class CpuTensor implements Tensor {
   constructor(
     readonly backend: CpuBackend,
     readonly shape: readonly number[],
     readonly dtype: DType,
-    readonly data: HostArray,
+    public data: HostArray,
+    /** the buffer was made for this tensor: dispose() may recycle it */
+    private readonly owned = false,
   ) {}
-  dispose(): void {}
+
+  /** Recycles an owned buffer; the tensor is empty afterwards, so a later use fails loudly. */
+  dispose(): void {
+    if (this.owned && this.data.buffer instanceof SharedArrayBuffer) releaseShared(this.data.buffer);
+    this.data = EMPTY;
+  }
 }
 
 const BYTES: Record<DType, number> = { f32: 4, f16: 2, bf16: 2, i32: 4, i8: 1, u8: 1 };
@@ -48,12 +57,19 @@ export class CpuBackend implements Backend {
     return new CpuTensor(this, [...shape], dtype, copy);
   }
 
+  /** Wraps a freshly computed result; the tensor owns (and may recycle) its buffer. */
   fromF32(data: Float32Array, shape: readonly number[]): CpuTensor {
-    return this.upload(data, shape, 'f32') as CpuTensor;
+    if (data.length !== numel(shape))
+      fail(`result of ${data.length} values does not fill ${shapeString(shape)}`);
+    const shared = isShared(data) ? data : sharedF32(data.length);
+    if (shared !== data) shared.set(data);
+    return new CpuTensor(this, [...shape], 'f32', shared, true);
   }
 
+  /** A host copy: the tensor's own buffer may be recycled once it is disposed. */
   async read(t: Tensor): Promise<Float32Array> {
-    return this.f32(t);
+    const c = t as CpuTensor;
+    return c.dtype === 'f32' ? (c.data as Float32Array).slice() : this.f32(t);
   }
 
   /** The f32 host view of a tensor (widened from 16-bit storage where needed). */

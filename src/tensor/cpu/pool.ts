@@ -87,6 +87,28 @@ export function parallelFor<N extends KernelName>(
   }
 }
 
+/**
+ * Freed tensor buffers by byte length. V8 counts SharedArrayBuffers as external memory and
+ * collects them late, so a quantization loop that drops large temporaries can grow to many GB;
+ * disposed CPU tensors hand their buffers back here for reuse instead.
+ */
+const freeBuffers = new Map<number, SharedArrayBuffer[]>();
+let pooledBytes = 0;
+const MAX_POOLED_BYTES = Math.min(2 ** 31, os.totalmem() / 8);
+
+/** A zeroed f32 array in shared memory (reused from disposed tensors when one of that size is free). */
 export function sharedF32(n: number): Float32Array {
-  return new Float32Array(new SharedArrayBuffer(n * 4));
+  const list = freeBuffers.get(n * 4);
+  const reused = list?.pop();
+  if (!reused) return new Float32Array(new SharedArrayBuffer(n * 4));
+  pooledBytes -= reused.byteLength;
+  return new Float32Array(reused).fill(0);
+}
+
+export function releaseShared(buffer: SharedArrayBuffer): void {
+  if (buffer.byteLength === 0 || pooledBytes + buffer.byteLength > MAX_POOLED_BYTES) return;
+  const list = freeBuffers.get(buffer.byteLength) ?? [];
+  list.push(buffer);
+  freeBuffers.set(buffer.byteLength, list);
+  pooledBytes += buffer.byteLength;
 }
