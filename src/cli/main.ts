@@ -4,12 +4,14 @@ import { EVAL_HELP, evalCommand } from './eval.ts';
 import { INSPECT_HELP, inspectCommand } from './inspect.ts';
 import { QUANTIZE_HELP, quantizeCommand } from './quantize.ts';
 import { RECIPES_HELP, recipesCommand } from './recipes.ts';
+import { SYNTH_HELP, synthCommand } from './synth.ts';
 
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: string }> = {
   eval: { run: evalCommand, help: EVAL_HELP },
   inspect: { run: inspectCommand, help: INSPECT_HELP },
   quantize: { run: quantizeCommand, help: QUANTIZE_HELP },
   recipes: { run: recipesCommand, help: RECIPES_HELP },
+  synth: { run: synthCommand, help: SYNTH_HELP },
 };
 
 function usage(): string {

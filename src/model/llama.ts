@@ -29,6 +29,8 @@ export interface QuantizedWeight {
   encoded: Encoded;
   /** input channels kept in full precision (mixed precision): their weight columns, [out, n] */
   salient?: SalientColumns;
+  /** GPTQ act_order groups: the scale group of each input column, when not column / group */
+  gIdx?: Int32Array;
 }
 
 export interface SalientColumns {

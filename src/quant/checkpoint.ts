@@ -11,6 +11,7 @@
  *   <p>.scale_codes      U8   NVFP4 E4M3 block-scale bit patterns; <p>.global_scale F32 [1]
  *   <p>.salient_columns  I32  mixed precision: input channels kept in full precision,
  *   <p>.salient_values   F32  [out, n] their weights
+ *   <p>.g_idx            I32  GPTQ act_order: scale group of each input column
  *   <p>.input_scale      F32  [1] static activation scale
  * Everything else is stored as found (bf16 when its values are exactly bf16, else f32).
  */
@@ -115,6 +116,7 @@ function encodedTensors(prefix: string, q: QuantizedWeight): TensorToWrite[] {
       shape: [1],
       data: new Float32Array([e.globalScale]),
     });
+  if (q.gIdx) out.push({ name: `${prefix}.g_idx`, dtype: 'I32', shape: [q.gIdx.length], data: q.gIdx });
   if (q.salient) {
     const n = q.salient.columns.length;
     out.push({ name: `${prefix}.salient_columns`, dtype: 'I32', shape: [n], data: q.salient.columns });
@@ -267,7 +269,8 @@ export function loadQuantized(dir: string, backend: Backend, q: QuantizationConf
               values: ckpt.read(`${prefix}.salient_values`).data as Float32Array,
             }
           : undefined;
-        stored.quantized = { encoded, salient };
+        const gIdx = ckpt.has(`${prefix}.g_idx`) ? (ckpt.read(`${prefix}.g_idx`).data as Int32Array) : undefined;
+        stored.quantized = { encoded, salient, gIdx };
         stored.weight = backend.upload(dequantizeWeight(stored.quantized), [rows, cols], 'f32');
       }
       if (actSpec && q.recipe.targets.includes(name)) {

@@ -6,7 +6,7 @@
  *
  * Runs on the host in float64 (W, H and its inverse factor); the result is f32 fake-quantized
  * weights plus the format's codes/scales. Per call: O(rows cols^2) flops for the column updates and
- * O(cols^3) for the inverse; memory two cols x cols float64 buffers plus two copies of W.
+ * O(cols^3) for the inverse; memory: two cols x cols float64 buffers and a float64 copy of W.
  *
  * Algorithm (IST-DASLab reference behaviour, reimplemented from the math):
  * 1. dead inputs (H[d, d] = 0): H[d, d] = 1 and W[:, d] = 0;
@@ -16,11 +16,12 @@
  * 4. damping: H += damp * mean(diag H) * I; Hinv = upper Cholesky factor of H^-1 (hessian.ts);
  * 5. columns left to right in lazy blocks of `blockSize`: for column i, q = Q(w_i),
  *    err = (w_i - q) / Hinv[i, i], w_j -= err * Hinv[i, j] for the later columns of the block;
- *    after the block, W[:, end:] -= Err Hinv[block, end:] (one matmul);
+ *    after the block, W[:, end:] -= Err Hinv[block, end:] (one matmul). Inside a block the same
+ *    is done again on sub-blocks of 16 columns, so that nearly all flops are cache-blocked matmuls;
  * 6. dynamic groups (INT granularity 'group' without staticGroups): the (scale, zero) of each row
  *    is fitted when the group starts (position % group == 0 in processing order), on the current,
- *    error-updated weights of the group's columns. MX (MX-aware GPTQ, Algorithm 1 of the MX-GPTQ
- *    paper): each block's shared exponent is fixed the same way when its first column comes, then
+ *    error-updated weights of the group's columns. MX (MX-aware GPTQ, Algorithm 1 of seed paper
+ *    "004"): each block's shared exponent is fixed the same way when its first column comes, then
  *    its columns are quantized one by one with error feedback.
  *
  * Group membership (gIdx). With actOrder and dynamic groups, a group is `group` consecutive columns
@@ -31,7 +32,7 @@
  *
  * Where llmq differs from the reference tools, on purpose:
  * - float64 on the CPU instead of fp32 on the GPU (the Cholesky of a damped fp32 Hessian is where
- *   fp32 runs fail; f64 never needs the retries GPTQModel adds);
+ *   fp32 runs fail and GPTQModel retries with more damping; f64 makes that far rarer);
  * - dynamic group parameters come from the fully updated weights, so the result does not depend on
  *   blockSize (lazy batching is then a pure speed-up, as in the paper). IST-DASLab gptq, AutoGPTQ
  *   and GPTQModel fit a group that starts inside a lazy block on the weights as they were when the
@@ -463,6 +464,42 @@ function permuteColumns(W: Float64Array, rows: number, cols: number, order: Int3
   }
 }
 
+/**
+ * Columns quantized one by one inside a lazy block before their errors reach the rest of the block
+ * through a matmul (a second level of lazy batching); B itself when groups would straddle sub-blocks.
+ */
+function subBlockSize(B: number, span: number, stale: boolean): number {
+  const S = SUB_BLOCK;
+  const aligned = stale || !span || span % S === 0 || S % span === 0;
+  return B % S === 0 && aligned ? S : B;
+}
+
+const SUB_BLOCK = 16;
+
+/** W[:, c0:c1] -= err[:, k0:k0+K] Hinv[h0:h0+K, c0:c1] (err has ldErr columns), via a transposed slab */
+function propagate(
+  W: Float64Array,
+  rows: number,
+  cols: number,
+  Hinv: Float64Array,
+  err: Float64Array,
+  ldErr: number,
+  k0: number,
+  h0: number,
+  K: number,
+  c0: number,
+  c1: number,
+  slab: Float64Array,
+): void {
+  const m = c1 - c0;
+  if (m <= 0) return;
+  for (let k = 0; k < K; k++) {
+    const ho = (h0 + k) * cols + c0;
+    for (let j = 0; j < m; j++) slab[j * K + k] = Hinv[ho + j];
+  }
+  addMatmulNT(-1, W, c0, cols, err, k0, ldErr, slab, 0, K, rows, m, K);
+}
+
 /** Steps 5 and 6 of the header; returns the loss. W is in processing order and is consumed. */
 function walkColumns(
   W: Float64Array,
@@ -478,49 +515,46 @@ function walkColumns(
   const span = grid.span;
   const stale = opts.staleGroupParams;
   const B = Math.min(cols, lazyBlockSize(opts.blockSize, span, stale));
+  const S = subBlockSize(B, span, stale);
   const err = new Float64Array(rows * B);
-  const slab = new Float64Array(Math.max(0, cols - B) * B);
-  const snap = new Float64Array(B);
+  const slab = new Float64Array(Math.max(0, cols - S) * B);
+  const snap = new Float64Array(stale ? rows * B : 0);
   const groupVals = new Float64Array(span);
   let loss = 0;
   for (let b0 = 0; b0 < cols; b0 += B) {
     const b1 = Math.min(cols, b0 + B);
     const bc = b1 - b0;
     const tc = now();
-    for (let r = 0; r < rows; r++) {
-      const ro = r * cols;
-      if (stale) snap.set(W.subarray(ro + b0, ro + b1));
-      const eo = r * bc - b0;
-      for (let p = b0; p < b1; p++) {
-        if (span && p % span === 0) {
-          if (stale) {
-            // the reference fits on W, whose columns of the current block lag behind its copy
-            for (let t = 0; t < span; t++) groupVals[t] = p + t < b1 ? snap[p + t - b0] : W[ro + p + t];
-            grid.fit(r, p, groupVals, 0, span);
-          } else grid.fit(r, p, W, ro + p, span - 1);
+    if (stale) for (let r = 0; r < rows; r++) snap.set(W.subarray(r * cols + b0, r * cols + b1), r * bc);
+    for (let s0 = b0; s0 < b1; s0 += S) {
+      const s1 = Math.min(b1, s0 + S);
+      for (let r = 0; r < rows; r++) {
+        const ro = r * cols;
+        const eo = r * bc - b0;
+        for (let p = s0; p < s1; p++) {
+          if (span && p % span === 0) {
+            if (stale) {
+              // the reference fits on W, whose columns of the current block lag behind its copy
+              for (let t = 0; t < span; t++) groupVals[t] = p + t < b1 ? snap[eo + p + t] : W[ro + p + t];
+              grid.fit(r, p, groupVals, 0, span);
+            } else grid.fit(r, p, W, ro + p, span);
+          }
+          const w = W[ro + p];
+          const c = order ? order[p] : p;
+          const q = grid.quantize(r, c, p, w);
+          dequant[r * cols + c] = q;
+          const ho = p * cols;
+          const e = (w - q) / Hinv[ho + p];
+          loss += e * e;
+          err[eo + p] = e;
+          for (let j = p + 1; j < s1; j++) W[ro + j] -= e * Hinv[ho + j];
         }
-        const w = W[ro + p];
-        const c = order ? order[p] : p;
-        const q = grid.quantize(r, c, p, w);
-        dequant[r * cols + c] = q;
-        const ho = p * cols;
-        const e = (w - q) / Hinv[ho + p];
-        loss += e * e;
-        err[eo + p] = e;
-        for (let j = p + 1; j < b1; j++) W[ro + j] -= e * Hinv[ho + j];
       }
+      propagate(W, rows, cols, Hinv, err, bc, s0 - b0, s0, s1 - s0, s1, b1, slab);
     }
     const tu = now();
     timings.columns += tu - tc;
-    if (b1 < cols) {
-      // W[:, b1:] -= Err Hinv[b0:b1, b1:], with the Hinv slab transposed so both operands run along k
-      const m = cols - b1;
-      for (let k = 0; k < bc; k++) {
-        const ho = (b0 + k) * cols + b1;
-        for (let j = 0; j < m; j++) slab[j * bc + k] = Hinv[ho + j];
-      }
-      addMatmulNT(-1, W, b1, cols, err, 0, bc, slab, 0, bc, rows, m, bc);
-    }
+    propagate(W, rows, cols, Hinv, err, bc, 0, b0, bc, b1, cols, slab);
     timings.updates += now() - tu;
   }
   return loss / 2;

@@ -3,3 +3,4 @@ import './awq.ts';
 import './smoothquant.ts';
 import './mixed.ts';
 import './sqplus.ts';
+import './gptq-layer.ts';

@@ -175,6 +175,43 @@ const BUILTINS: Record<string, RecipeText> = {
     steps: [{ method: 'sqplus' }],
     calib: { samples: 32, seqLen: 512 },
   },
+  'gptq-w4g128': {
+    description: 'GPTQ (damp 0.01, blocks of 128, true sequential) INT4 asymmetric g128 weights',
+    weights: 'int4-g128',
+    steps: [{ method: 'gptq' }],
+  },
+  'gptq-w3g128': {
+    description: 'GPTQ (damp 0.01, blocks of 128, true sequential) INT3 asymmetric g128 weights',
+    weights: 'int3-g128',
+    steps: [{ method: 'gptq' }],
+  },
+  'gptq-w4g128-actorder': {
+    description: 'GPTQ with act_order (columns by decreasing Hessian diagonal), INT4 asymmetric g128 weights',
+    weights: 'int4-g128',
+    steps: [{ method: 'gptq', actOrder: true }],
+  },
+  'gptq-w3g128-actorder': {
+    description: 'GPTQ with act_order (columns by decreasing Hessian diagonal), INT3 asymmetric g128 weights',
+    weights: 'int3-g128',
+    steps: [{ method: 'gptq', actOrder: true }],
+  },
+  'smoothquant-gptq-w8a8': {
+    description: 'SmoothQuant (alpha 0.5) then GPTQ INT8 symmetric per-channel weights; INT8 per-token activations',
+    weights: 'int8-row-sym',
+    activations: 'int8-row-sym',
+    steps: [{ method: 'smoothquant' }, { method: 'gptq' }],
+  },
+  'awq-gptq-w4g128': {
+    description: 'AWQ scales (no clip search) then GPTQ instead of RTN, INT4 asymmetric g128 weights',
+    weights: 'int4-g128',
+    steps: [{ method: 'awq', clip: false }, { method: 'gptq' }],
+  },
+  'mxint4-awq-gptq': {
+    description: 'AWQ scales then MX-aware GPTQ, MXINT4 weights in blocks of 128; MXINT8-128 activations',
+    weights: 'mxint4-128',
+    activations: 'mxint8-128',
+    steps: [{ method: 'awq', clip: false }, { method: 'gptq' }],
+  },
   'mixed-w4a4': {
     description:
       'Mixed precision (AWQ Table 1): the 1% input channels with the largest mean |x| kept in full precision; the rest INT4 g128 weights, INT4 per-token activations',

@@ -6,10 +6,11 @@ import { decode, type Encoded, encode } from '../formats/index.ts';
 import type { FormatSpec } from '../formats/spec.ts';
 import type { InputQuant, LinearName, LlamaModel, QuantizedWeight, SalientColumns } from '../model/llama.ts';
 import type { Backend } from '../tensor/tensor.ts';
+import { dequantizeGptq } from './gptq.ts';
 
 /** Decoded weight values, with full-precision salient columns put back. */
 export function dequantizeWeight(q: QuantizedWeight): Float32Array {
-  const values = decode(q.encoded);
+  const values = q.gIdx ? dequantizeGptq(q.encoded, q.gIdx) : decode(q.encoded);
   if (q.salient) restoreColumns(values, q.encoded.cols, q.salient);
   return values;
 }

@@ -1,12 +1,22 @@
 import { fail } from '../errors.ts';
 import { CpuBackend } from './cpu/backend.ts';
 import type { Backend } from './tensor.ts';
+import { openDevice, WebGpuBackend } from './webgpu/backend.ts';
 
 export type DeviceName = 'cpu' | 'webgpu' | 'auto';
 
+/**
+ * The backend for `--device`: cpu, webgpu (fails when no adapter exists), or auto (webgpu when an
+ * adapter can be created, else cpu). Dawn toggles come from $LLMQ_WEBGPU_FLAGS.
+ */
 export async function createBackend(device: DeviceName = 'cpu'): Promise<Backend> {
-  if (device === 'cpu' || device === 'auto') return new CpuBackend();
-  if (device === 'webgpu')
-    return fail('--device webgpu: the WebGPU backend is not built yet (issue 6); use --device cpu');
+  if (device === 'cpu') return new CpuBackend();
+  if (device === 'webgpu') return WebGpuBackend.create();
+  if (device === 'auto') {
+    const probe = await openDevice();
+    if (!probe) return new CpuBackend();
+    probe.device.destroy();
+    return WebGpuBackend.create();
+  }
   return fail(`--device must be cpu, webgpu or auto, got "${device}"`);
 }

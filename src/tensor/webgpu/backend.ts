@@ -1,0 +1,354 @@
+/**
+ * The WebGPU backend: Dawn through the `webgpu` npm package in Node, `navigator.gpu` in a browser.
+ * Ops record dispatches into a shared command encoder (submitted every few dozen dispatches or at a
+ * read); `read` is the only host synchronization. Every result is f32, as on the CPU backend.
+ */
+import { fail } from '../../errors.ts';
+import type { FormatSpec } from '../../formats/spec.ts';
+import { bf16ToF32, f16ToF32 } from '../dtype.ts';
+import {
+  type AttentionShape,
+  type Backend,
+  type ColumnStats,
+  type DType,
+  type HostArray,
+  numel,
+  type RopeTable,
+  shapeString,
+  type Tensor,
+} from '../tensor.ts';
+import { attention } from './attention.ts';
+import { type ContextOptions, ELEM_BYTES, GpuContext, layoutOf, type Storage } from './context.ts';
+import { binary, rope, scaleColumns, scaleRows, toF32 } from './elementwise.ts';
+import { concatRows, sliceRows, transpose } from './layout.ts';
+import { DEFAULT_TILE, embedding, type GemmTile, linear } from './matmul.ts';
+import { nll, rmsnorm } from './norm.ts';
+import { fakeQuant } from './quant.ts';
+import { columnStats, sumSquaredDiff } from './reduce.ts';
+
+export class WebGpuTensor implements Tensor {
+  constructor(
+    readonly backend: WebGpuBackend,
+    readonly shape: readonly number[],
+    readonly dtype: DType,
+    readonly storage: Storage,
+  ) {}
+  dispose(): void {
+    this.backend.ctx.releaseStorage(this.storage);
+  }
+}
+
+export interface WebGpuOptions extends ContextOptions {
+  /** Dawn toggles, e.g. ['enable-dawn-features=allow_unsafe_apis'] (default: $LLMQ_WEBGPU_FLAGS) */
+  flags?: string[];
+  gemmTile?: GemmTile;
+}
+
+interface GpuModule {
+  create(flags: string[]): GPU;
+}
+
+/** Dawn toggles from $LLMQ_WEBGPU_FLAGS (whitespace separated). */
+export function envFlags(): string[] {
+  return (process.env.LLMQ_WEBGPU_FLAGS ?? '').split(/\s+/).filter((f) => f !== '');
+}
+
+async function gpuEntry(flags: string[]): Promise<GPU | undefined> {
+  const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
+  if (nav?.gpu) return nav.gpu;
+  let mod: GpuModule;
+  try {
+    mod = (await import('webgpu')) as unknown as GpuModule;
+  } catch {
+    return undefined;
+  }
+  try {
+    return mod.create(flags);
+  } catch {
+    return undefined;
+  }
+}
+
+const WANTED_LIMITS = [
+  'maxStorageBufferBindingSize',
+  'maxBufferSize',
+  'maxComputeWorkgroupStorageSize',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupSizeY',
+  'maxStorageBuffersPerShaderStage',
+] as const;
+
+const WANTED_FEATURES = ['subgroups', 'chromium-experimental-subgroup-matrix', 'timestamp-query'];
+
+interface Opened {
+  /** the object from create(): Dawn is torn down when it is garbage collected, so keep it */
+  gpu: GPU;
+  adapter: GPUAdapter;
+  device: GPUDevice;
+}
+
+async function deviceFrom(gpu: GPU): Promise<Opened | undefined> {
+  const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' }).catch(() => null);
+  if (!adapter) return undefined;
+  const requiredLimits: Record<string, number> = {};
+  for (const name of WANTED_LIMITS) requiredLimits[name] = adapter.limits[name];
+  const requiredFeatures = WANTED_FEATURES.filter((f) => adapter.features.has(f)) as GPUFeatureName[];
+  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures }).catch(() => null);
+  return device ? { gpu, adapter, device } : undefined;
+}
+
+/**
+ * A device with the given Dawn toggles, retried without them when the adapter refuses them.
+ * Undefined when no WebGPU adapter exists (no package, no Vulkan driver, no GPU).
+ */
+export async function openDevice(
+  flags: string[] = envFlags(),
+): Promise<(Opened & { flags: string[] }) | undefined> {
+  const attempts = flags.length > 0 ? [flags, []] : [[]];
+  for (const f of attempts) {
+    const gpu = await gpuEntry(f);
+    if (!gpu) continue;
+    const got = await deviceFrom(gpu);
+    if (got) return { ...got, flags: f };
+  }
+  return undefined;
+}
+
+/** Whether a WebGPU adapter can be created here. */
+export async function webgpuAvailable(): Promise<boolean> {
+  const got = await openDevice();
+  got?.device.destroy();
+  return got !== undefined;
+}
+
+export class WebGpuBackend implements Backend {
+  readonly name = 'webgpu' as const;
+  readonly ctx: GpuContext;
+  /** tile shape of the linear kernel (benchmarks try several) */
+  gemmTile: GemmTile;
+
+  private constructor(
+    readonly gpu: GPU,
+    readonly device: GPUDevice,
+    readonly adapterInfo: GPUAdapterInfo | undefined,
+    opts: WebGpuOptions,
+  ) {
+    this.ctx = new GpuContext(
+      device,
+      new Set(device.features as unknown as Iterable<string>),
+      adapterInfo,
+      opts,
+    );
+    this.gemmTile = opts.gemmTile ?? DEFAULT_TILE;
+  }
+
+  /** Opens the default adapter; fails with a one-line error when there is none. */
+  static async create(opts: WebGpuOptions = {}): Promise<WebGpuBackend> {
+    const got = await openDevice(opts.flags);
+    if (!got)
+      return fail(
+        'no WebGPU adapter: install the `webgpu` package and a Vulkan driver (on a machine without a GPU: Mesa lavapipe, package mesa-vulkan-drivers), or use --device cpu',
+      );
+    return new WebGpuBackend(got.gpu, got.device, got.adapter.info, opts);
+  }
+
+  /** A one-line description of the adapter. */
+  describe(): string {
+    const i = this.adapterInfo;
+    return i ? [i.vendor, i.architecture, i.device, i.description].filter((s) => s).join(' ') : 'WebGPU';
+  }
+
+  /** Frees every buffer and the device. */
+  destroy(): void {
+    this.ctx.trim();
+    this.device.destroy();
+  }
+
+  /** Waits for all submitted work (for timing). */
+  sync(): Promise<void> {
+    return this.ctx.sync();
+  }
+
+  private st(t: Tensor, op: string): Storage {
+    if (!(t instanceof WebGpuTensor) || t.backend !== this)
+      fail(`${op}: tensor is not on this WebGPU device`);
+    return (t as WebGpuTensor).storage;
+  }
+
+  private wrap(s: Storage, shape: readonly number[]): Tensor {
+    return new WebGpuTensor(this, [...shape], s.dtype, s);
+  }
+
+  upload(data: HostArray, shape: readonly number[], dtype: DType): Tensor {
+    if (data.length !== numel(shape))
+      fail(`upload: ${data.length} values do not fill shape ${shapeString(shape)}`);
+    if (data.BYTES_PER_ELEMENT !== ELEM_BYTES[dtype])
+      fail(`upload: ${data.constructor.name} does not hold ${dtype} data`);
+    const { rows, cols } = layoutOf(shape);
+    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    return this.wrap(this.ctx.uploadStorage(rows, cols, dtype, bytes), shape);
+  }
+
+  async read(t: Tensor): Promise<Float32Array> {
+    const s = this.st(t, 'read');
+    const rowBytes = s.cols * ELEM_BYTES[s.dtype];
+    const ranges: { buffer: GPUBuffer; offset: number; size: number }[] = [];
+    const used: number[] = [];
+    s.chunks.forEach((buffer, c) => {
+      const bytes = Math.min(s.rowsPerChunk, s.rows - c * s.rowsPerChunk) * rowBytes;
+      used.push(bytes);
+      ranges.push({ buffer, offset: 0, size: Math.ceil(bytes / 4) * 4 });
+    });
+    const total = numel(t.shape);
+    if (total === 0) return new Float32Array(0);
+    const padded = await this.ctx.readBytes(ranges);
+    const bytes = new Uint8Array(total * ELEM_BYTES[s.dtype]);
+    let from = 0;
+    let to = 0;
+    used.forEach((n, c) => {
+      bytes.set(padded.subarray(from, from + n), to);
+      from += ranges[c].size;
+      to += n;
+    });
+    return hostF32(bytes, s.dtype);
+  }
+
+  linear(x: Tensor, w: Tensor, bias?: Tensor): Tensor {
+    const [M, K] = x.shape;
+    const [N, Kw] = w.shape;
+    if (K !== Kw || x.shape.length !== 2 || w.shape.length !== 2)
+      fail(`linear: input ${shapeString(x.shape)} does not match weight ${shapeString(w.shape)}`);
+    const b = bias ? this.st(bias, 'linear') : undefined;
+    return this.wrap(linear(this.ctx, this.st(x, 'linear'), this.st(w, 'linear'), b, this.gemmTile), [M, N]);
+  }
+
+  embedding(table: Tensor, ids: Int32Array): Tensor {
+    const out = embedding(this.ctx, this.st(table, 'embedding'), ids);
+    return this.wrap(out, [ids.length, table.shape[1]]);
+  }
+
+  rmsnorm(x: Tensor, weight: Tensor, eps: number): Tensor {
+    return this.wrap(rmsnorm(this.ctx, this.st(x, 'rmsnorm'), this.st(weight, 'rmsnorm'), eps), x.shape);
+  }
+
+  rope(x: Tensor, positions: Int32Array, headDim: number, table: RopeTable): Tensor {
+    if (positions.length !== x.shape[0]) fail(`rope: ${positions.length} positions for ${x.shape[0]} rows`);
+    return this.wrap(rope(this.ctx, this.st(x, 'rope'), positions, headDim, table), x.shape);
+  }
+
+  attention(q: Tensor, k: Tensor, v: Tensor, s: AttentionShape): Tensor {
+    const out = attention(
+      this.ctx,
+      this.st(q, 'attention'),
+      this.st(k, 'attention'),
+      this.st(v, 'attention'),
+      s,
+    );
+    return this.wrap(out, q.shape);
+  }
+
+  /** b viewed with a's row layout (same number of values). */
+  private like(a: Tensor, b: Tensor, op: string): [Storage, Storage] {
+    const sa = this.st(a, op);
+    const sb = this.st(b, op);
+    if (numel(a.shape) !== numel(b.shape))
+      fail(`${op}: shapes ${shapeString(a.shape)} and ${shapeString(b.shape)} differ`);
+    if (sa.rows === sb.rows) return [sa, sb];
+    if (sb.chunks.length !== 1)
+      fail(`${op}: shapes ${shapeString(a.shape)} and ${shapeString(b.shape)} differ`);
+    return [sa, { ...sb, rows: sa.rows, cols: sa.cols, rowsPerChunk: Math.max(sa.rows, 1) }];
+  }
+
+  siluMul(gate: Tensor, up: Tensor): Tensor {
+    const [a, b] = this.like(gate, up, 'siluMul');
+    return this.wrap(binary(this.ctx, 'siluMul', a, b), gate.shape);
+  }
+
+  add(a: Tensor, b: Tensor): Tensor {
+    const [sa, sb] = this.like(a, b, 'add');
+    return this.wrap(binary(this.ctx, 'add', sa, sb), a.shape);
+  }
+
+  sub(a: Tensor, b: Tensor): Tensor {
+    const [sa, sb] = this.like(a, b, 'sub');
+    return this.wrap(binary(this.ctx, 'sub', sa, sb), a.shape);
+  }
+
+  scaleColumns(x: Tensor, s: Tensor): Tensor {
+    const sx = this.st(x, 'scaleColumns');
+    if (numel(s.shape) !== sx.cols) fail(`scaleColumns: ${numel(s.shape)} scales for ${sx.cols} columns`);
+    return this.wrap(scaleColumns(this.ctx, sx, this.st(s, 'scaleColumns')), x.shape);
+  }
+
+  scaleRows(x: Tensor, s: Tensor): Tensor {
+    const sx = this.st(x, 'scaleRows');
+    const ss = this.st(s, 'scaleRows');
+    if (ss.rows * ss.cols !== sx.rows) fail(`scaleRows: ${ss.rows * ss.cols} scales for ${sx.rows} rows`);
+    const vec =
+      ss.rows === sx.rows ? ss : { ...ss, rows: sx.rows, cols: 1, rowsPerChunk: Math.max(sx.rows, 1) };
+    return this.wrap(scaleRows(this.ctx, sx, vec), x.shape);
+  }
+
+  nll(logits: Tensor, targets: Int32Array): Tensor {
+    const s = this.st(logits, 'nll');
+    if (targets.length !== s.rows) fail(`nll: ${targets.length} targets for ${s.rows} rows`);
+    return this.wrap(nll(this.ctx, s, targets), [s.rows]);
+  }
+
+  fakeQuant(x: Tensor, spec: FormatSpec): Tensor {
+    const lastDim = x.shape.length === 0 ? 1 : x.shape[x.shape.length - 1];
+    return this.wrap(fakeQuant(this.ctx, this.st(x, 'fakeQuant'), lastDim, spec), x.shape);
+  }
+
+  columnStats(x: Tensor): Promise<ColumnStats> {
+    return columnStats(this.ctx, this.st(x, 'columnStats'));
+  }
+
+  sliceRows(x: Tensor, start: number, end: number): Tensor {
+    return this.wrap(sliceRows(this.ctx, this.st(x, 'sliceRows'), start, end), [
+      end - start,
+      ...x.shape.slice(1),
+    ]);
+  }
+
+  concatRows(parts: readonly Tensor[]): Tensor {
+    const out = concatRows(
+      this.ctx,
+      parts.map((p) => this.st(p, 'concatRows')),
+    );
+    return this.wrap(out, [out.rows, ...parts[0].shape.slice(1)]);
+  }
+
+  transpose(x: Tensor): Tensor {
+    if (x.shape.length !== 2) fail(`transpose: expected a 2-D tensor, got ${shapeString(x.shape)}`);
+    return this.wrap(transpose(this.ctx, this.st(x, 'transpose')), [x.shape[1], x.shape[0]]);
+  }
+
+  toF32(x: Tensor): Tensor {
+    return this.wrap(toF32(this.ctx, this.st(x, 'toF32')), x.shape);
+  }
+
+  sumSquaredDiff(a: Tensor, b: Tensor): Promise<number> {
+    const [sa, sb] = this.like(a, b, 'sumSquaredDiff');
+    return sumSquaredDiff(this.ctx, sa, sb);
+  }
+}
+
+function hostF32(bytes: Uint8Array, dtype: DType): Float32Array {
+  const buf = bytes.buffer;
+  switch (dtype) {
+    case 'f32':
+      return new Float32Array(buf, bytes.byteOffset, bytes.byteLength / 4);
+    case 'bf16':
+      return bf16ToF32(new Uint16Array(buf, bytes.byteOffset, bytes.byteLength / 2));
+    case 'f16':
+      return f16ToF32(new Uint16Array(buf, bytes.byteOffset, bytes.byteLength / 2));
+    case 'i32':
+      return Float32Array.from(new Int32Array(buf, bytes.byteOffset, bytes.byteLength / 4));
+    case 'i8':
+      return Float32Array.from(new Int8Array(buf, bytes.byteOffset, bytes.byteLength));
+    case 'u8':
+      return Float32Array.from(bytes);
+  }
+}

@@ -1,0 +1,526 @@
+/**
+ * The WebGPU plumbing under the backend: device limits, a buffer pool, a pipeline cache, lazily
+ * submitted command encoders, uniform parameters, and the row "segments" that let every op work on
+ * tensors larger than one storage binding (or one buffer).
+ *
+ * Tensor storage: a tensor is viewed as `rows x cols` (rows = shape[0], cols = the rest; a 1-D tensor
+ * is `n x 1`) and stored as one or more GPUBuffers ("chunks") of whole rows, each at most
+ * `maxBufferBytes`. A kernel never binds more than `maxBindingBytes` of one buffer: ops walk the rows
+ * in segments, each binding a window (aligned to minStorageBufferOffsetAlignment) of every tensor
+ * involved and passing the element offset of the segment's first row inside that window.
+ */
+import { fail } from '../../errors.ts';
+import type { DType } from '../tensor.ts';
+
+export const ELEM_BYTES: Record<DType, number> = { f32: 4, i32: 4, f16: 2, bf16: 2, i8: 1, u8: 1 };
+
+export interface ContextOptions {
+  /** largest window of one buffer a kernel binds (default: the device limit) */
+  maxBindingBytes?: number;
+  /** largest single buffer (default: the device limit) */
+  maxBufferBytes?: number;
+  /** bytes of freed buffers kept for reuse (default 1 GiB) */
+  poolBytes?: number;
+  /** dispatches recorded before the encoder is submitted (default 64) */
+  dispatchesPerSubmit?: number;
+}
+
+const STORAGE_USAGE = 0x80 | 0x04 | 0x08; // STORAGE | COPY_SRC | COPY_DST
+const UNIFORM_USAGE = 0x40; // UNIFORM
+const MAP_READ_COPY_DST = 0x01 | 0x08; // MAP_READ | COPY_DST
+const ARENA_BYTES = 1 << 16;
+
+/** Size classes: powers of two below 64 KiB, then steps of 1/8 of the power of two (<= 12.5% waste). */
+export function sizeClass(bytes: number): number {
+  const b = Math.max(256, Math.ceil(bytes / 4) * 4);
+  if (b <= 65536) return 2 ** Math.ceil(Math.log2(b));
+  const p = 2 ** Math.floor(Math.log2(b));
+  const step = p / 8;
+  return Math.ceil(b / step) * step;
+}
+
+function classFloor(bytes: number): number {
+  if (bytes <= 65536) return 2 ** Math.floor(Math.log2(bytes));
+  const p = 2 ** Math.floor(Math.log2(bytes));
+  const step = p / 8;
+  return Math.floor(bytes / step) * step;
+}
+
+export type BindingKind = 'uniform' | 'read' | 'write';
+
+/** A compute kernel: WGSL text, entry point `main`, bindings 0.. of group 0 in the given order. */
+export interface Kernel {
+  key: string;
+  code: () => string;
+  bindings: readonly BindingKind[];
+}
+
+/** Builder for a uniform struct of 4-byte scalar fields, in declaration order. */
+export class Params {
+  private readonly words: number[] = [];
+  private readonly kinds: ('u' | 'i' | 'f')[] = [];
+  u(x: number): this {
+    this.words.push(x >>> 0);
+    this.kinds.push('u');
+    return this;
+  }
+  i(x: number): this {
+    this.words.push(x | 0);
+    this.kinds.push('i');
+    return this;
+  }
+  f(x: number): this {
+    this.words.push(x);
+    this.kinds.push('f');
+    return this;
+  }
+  get byteLength(): number {
+    return Math.max(16, Math.ceil((this.words.length * 4) / 16) * 16);
+  }
+  writeTo(view: DataView, offset: number): void {
+    this.words.forEach((w, k) => {
+      const kind = this.kinds[k];
+      if (kind === 'f') view.setFloat32(offset + 4 * k, w, true);
+      else if (kind === 'i') view.setInt32(offset + 4 * k, w, true);
+      else view.setUint32(offset + 4 * k, w, true);
+    });
+  }
+}
+
+/** Storage of one tensor: whole rows in one or more buffers. */
+export interface Storage {
+  readonly rows: number;
+  readonly cols: number;
+  readonly dtype: DType;
+  readonly rowsPerChunk: number;
+  readonly chunks: GPUBuffer[];
+}
+
+export function layoutOf(shape: readonly number[]): { rows: number; cols: number } {
+  if (shape.length === 0) return { rows: 1, cols: 1 };
+  const rows = shape[0];
+  let cols = 1;
+  for (let i = 1; i < shape.length; i++) cols *= shape[i];
+  return { rows, cols };
+}
+
+/** A bound window of one tensor for one segment. */
+export interface Window {
+  binding: GPUBufferBinding;
+  /** element offset, inside the binding, of the segment's first row */
+  off: number;
+}
+
+export interface Segment {
+  /** first row of the segment, relative to the walk's start */
+  r0: number;
+  n: number;
+  w: Window[];
+}
+
+export interface SegmentPart {
+  s: Storage;
+  /** row of `s` that corresponds to row 0 of the walk */
+  row0: number;
+}
+
+export class GpuContext {
+  readonly maxBindingBytes: number;
+  readonly maxBufferBytes: number;
+  readonly align: number;
+  readonly uniformAlign: number;
+  readonly maxWorkgroupStorage: number;
+  readonly maxInvocations: number;
+  readonly maxGroups: number;
+  private readonly poolLimit: number;
+  private readonly perSubmit: number;
+
+  private readonly free = new Map<number, GPUBuffer[]>();
+  private pooledBytes = 0;
+  private readonly pipelines = new Map<
+    string,
+    { pipeline: GPUComputePipeline; layout: GPUBindGroupLayout }
+  >();
+
+  private encoder: GPUCommandEncoder | undefined;
+  private pass: GPUComputePassEncoder | undefined;
+  private dispatches = 0;
+  private arenas: GPUBuffer[] = [];
+  private arenaView: DataView | undefined;
+  private arenaUsed = ARENA_BYTES;
+  /** bytes allocated through this context and not destroyed */
+  liveBytes = 0;
+
+  constructor(
+    readonly device: GPUDevice,
+    readonly features: ReadonlySet<string>,
+    readonly adapterInfo: GPUAdapterInfo | undefined,
+    opts: ContextOptions = {},
+  ) {
+    const lim = device.limits;
+    const bindLimit = Math.floor(lim.maxStorageBufferBindingSize / 4) * 4;
+    this.maxBindingBytes = Math.min(bindLimit, Math.floor((opts.maxBindingBytes ?? bindLimit) / 4) * 4);
+    const bufLimit = Math.floor(lim.maxBufferSize / 4) * 4;
+    this.maxBufferBytes = Math.min(bufLimit, Math.floor((opts.maxBufferBytes ?? bufLimit) / 4) * 4);
+    this.align = lim.minStorageBufferOffsetAlignment;
+    this.uniformAlign = Math.max(16, lim.minUniformBufferOffsetAlignment);
+    this.maxWorkgroupStorage = lim.maxComputeWorkgroupStorageSize;
+    this.maxInvocations = lim.maxComputeInvocationsPerWorkgroup;
+    this.maxGroups = lim.maxComputeWorkgroupsPerDimension;
+    this.poolLimit = opts.poolBytes ?? 1 << 30;
+    this.perSubmit = opts.dispatchesPerSubmit ?? 64;
+    if (this.maxBindingBytes < 1024) fail(`WebGPU: binding limit ${this.maxBindingBytes} bytes is too small`);
+    // dawn.node aborts the process when an uncapturederror listener is installed (lavapipe,
+    // webgpu 0.6), so errors are collected by an error scope kept open between host reads.
+    this.openScopes();
+  }
+
+  private dummyBuffer: GPUBuffer | undefined;
+
+  /** A small zero buffer bound where a kernel's optional input is absent. */
+  dummy(): GPUBufferBinding {
+    this.dummyBuffer ??= this.createWith(new Uint8Array(16));
+    return { buffer: this.dummyBuffer, offset: 0, size: 16 };
+  }
+
+  private openScopes(): void {
+    this.device.pushErrorScope('out-of-memory');
+    this.device.pushErrorScope('validation');
+  }
+
+  /** Throws the first device error (validation, out of memory) since the last check. */
+  async checkError(): Promise<void> {
+    const validation = await this.device.popErrorScope();
+    const oom = await this.device.popErrorScope();
+    this.openScopes();
+    const err = validation ?? oom;
+    if (err) throw new Error(`WebGPU error: ${err.message.split('\n')[0]}`);
+  }
+
+  // ---------------------------------------------------------------- buffers
+
+  /** A storage buffer of at least `bytes` bytes (from the pool when possible). */
+  alloc(bytes: number): GPUBuffer {
+    if (bytes > this.maxBufferBytes)
+      fail(`WebGPU: ${bytes} bytes exceed the buffer limit ${this.maxBufferBytes}`);
+    let size = sizeClass(bytes);
+    if (size > this.maxBufferBytes) size = Math.ceil(bytes / 4) * 4;
+    const list = this.free.get(size);
+    const reused = list?.pop();
+    if (reused) {
+      this.pooledBytes -= reused.size;
+      return reused;
+    }
+    return this.create(size, STORAGE_USAGE);
+  }
+
+  private create(size: number, usage: number, mappedAtCreation = false): GPUBuffer {
+    let buf: GPUBuffer;
+    try {
+      buf = this.device.createBuffer({ size, usage, mappedAtCreation });
+    } catch (e) {
+      return fail(`WebGPU: could not allocate ${size} bytes: ${(e as Error).message}`);
+    }
+    if (usage === STORAGE_USAGE) this.liveBytes += size;
+    return buf;
+  }
+
+  /** A new storage buffer holding `bytes` (padded to 4 bytes), written through a mapping (no queue write). */
+  createWith(bytes: Uint8Array): GPUBuffer {
+    const size = Math.max(4, Math.ceil(bytes.byteLength / 4) * 4);
+    const buf = this.create(size, STORAGE_USAGE, true);
+    new Uint8Array(buf.getMappedRange()).set(bytes);
+    buf.unmap();
+    return buf;
+  }
+
+  /** Returns a buffer to the pool (or destroys it when the pool is full). Safe with pending work. */
+  release(buf: GPUBuffer): void {
+    const key = classFloor(buf.size);
+    if (this.pooledBytes + buf.size > this.poolLimit) {
+      this.flush();
+      this.liveBytes -= buf.size;
+      buf.destroy();
+      return;
+    }
+    let list = this.free.get(key);
+    if (!list) this.free.set(key, (list = []));
+    list.push(buf);
+    this.pooledBytes += buf.size;
+  }
+
+  /** Destroys every pooled buffer. */
+  trim(): void {
+    this.flush();
+    for (const list of this.free.values())
+      for (const b of list) {
+        this.liveBytes -= b.size;
+        b.destroy();
+      }
+    this.free.clear();
+    this.pooledBytes = 0;
+  }
+
+  // -------------------------------------------------------------- storage
+
+  allocStorage(rows: number, cols: number, dtype: DType): Storage {
+    const rowBytes = cols * ELEM_BYTES[dtype];
+    if (rowBytes > this.maxBufferBytes) fail(`WebGPU: a row of ${rowBytes} bytes exceeds the buffer limit`);
+    const rowsPerChunk =
+      rowBytes === 0 ? Math.max(rows, 1) : Math.max(1, Math.floor(this.maxBufferBytes / rowBytes));
+    const chunks: GPUBuffer[] = [];
+    for (let r = 0; r < Math.max(rows, 1); r += rowsPerChunk) {
+      const n = Math.min(rowsPerChunk, rows - r);
+      chunks.push(this.alloc(Math.max(4, n * rowBytes)));
+    }
+    return { rows, cols, dtype, rowsPerChunk, chunks };
+  }
+
+  /** Storage filled with host bytes (row-major), each chunk created mapped. */
+  uploadStorage(rows: number, cols: number, dtype: DType, bytes: Uint8Array): Storage {
+    const rowBytes = cols * ELEM_BYTES[dtype];
+    if (rowBytes > this.maxBufferBytes) fail(`WebGPU: a row of ${rowBytes} bytes exceeds the buffer limit`);
+    const rowsPerChunk =
+      rowBytes === 0 ? Math.max(rows, 1) : Math.max(1, Math.floor(this.maxBufferBytes / rowBytes));
+    const chunks: GPUBuffer[] = [];
+    for (let r = 0; r < Math.max(rows, 1); r += rowsPerChunk) {
+      const n = Math.min(rowsPerChunk, rows - r);
+      chunks.push(this.createWith(bytes.subarray(r * rowBytes, (r + n) * rowBytes)));
+    }
+    return { rows, cols, dtype, rowsPerChunk, chunks };
+  }
+
+  releaseStorage(s: Storage): void {
+    for (const b of s.chunks) this.release(b);
+    s.chunks.length = 0;
+  }
+
+  /** Rows from `part.row0` on that fit one window of one chunk (at least 1). */
+  private fit(s: Storage, row: number): { chunk: number; local: number; n: number } {
+    const chunk = Math.floor(row / s.rowsPerChunk);
+    const local = row - chunk * s.rowsPerChunk;
+    const chunkRows = Math.min(s.rowsPerChunk, s.rows - chunk * s.rowsPerChunk);
+    const rowBytes = s.cols * ELEM_BYTES[s.dtype];
+    if (rowBytes === 0) return { chunk, local, n: chunkRows - local };
+    const start = Math.floor((local * rowBytes) / this.align) * this.align;
+    // rows r with roundUp4((local + r) * rowBytes) - start <= maxBinding
+    const n = Math.floor((start + this.maxBindingBytes - 3) / rowBytes) - local;
+    if (n < 1) fail(`WebGPU: a row of ${rowBytes} bytes exceeds the binding limit ${this.maxBindingBytes}`);
+    return { chunk, local, n: Math.min(n, chunkRows - local) };
+  }
+
+  window(s: Storage, chunk: number, local: number, n: number): Window {
+    const eb = ELEM_BYTES[s.dtype];
+    const rowBytes = s.cols * eb;
+    const buffer = s.chunks[chunk];
+    if (!buffer) fail('WebGPU: tensor used after dispose');
+    const startByte = local * rowBytes;
+    const start = Math.floor(startByte / this.align) * this.align;
+    const end = Math.min(buffer.size, Math.max(start + 4, Math.ceil(((local + n) * rowBytes) / 4) * 4));
+    return { binding: { buffer, offset: start, size: end - start }, off: (startByte - start) / eb };
+  }
+
+  /**
+   * Splits `n` rows, walked in step by every part, into segments in which each part lies in one
+   * window; segment lengths are multiples of `multiple` (except where the walk ends).
+   */
+  segments(n: number, parts: readonly SegmentPart[], multiple = 1, what = 'op'): Segment[] {
+    const out: Segment[] = [];
+    let r = 0;
+    while (r < n || (n === 0 && out.length === 0)) {
+      let step = Math.max(n - r, 0);
+      const fits = parts.map((p) => this.fit(p.s, p.row0 + r));
+      for (const f of fits) step = Math.min(step, f.n);
+      if (step < n - r && multiple > 1) {
+        step = Math.floor(step / multiple) * multiple;
+        if (step === 0)
+          fail(
+            `WebGPU ${what}: ${multiple} rows of one unit do not fit the binding limit ${this.maxBindingBytes}`,
+          );
+      }
+      out.push({
+        r0: r,
+        n: step,
+        w: parts.map((p, k) => this.window(p.s, fits[k].chunk, fits[k].local, Math.max(step, 1))),
+      });
+      if (n === 0) break;
+      r += step;
+    }
+    return out;
+  }
+
+  /** The whole tensor as one window (vectors, small tables); fails when it does not fit one. */
+  whole(s: Storage, what: string): Window {
+    const segs = this.segments(s.rows, [{ s, row0: 0 }]);
+    if (segs.length !== 1) fail(`WebGPU ${what}: a ${s.rows}x${s.cols} tensor does not fit one binding`);
+    return segs[0].w[0];
+  }
+
+  // ------------------------------------------------------------ pipelines
+
+  pipeline(k: Kernel): { pipeline: GPUComputePipeline; layout: GPUBindGroupLayout } {
+    let p = this.pipelines.get(k.key);
+    if (!p) {
+      const layout = this.device.createBindGroupLayout({
+        entries: k.bindings.map((kind, binding) => ({
+          binding,
+          visibility: 4, // COMPUTE
+          buffer: {
+            type: kind === 'uniform' ? 'uniform' : kind === 'read' ? 'read-only-storage' : 'storage',
+          },
+        })),
+      });
+      const module = this.device.createShaderModule({ code: k.code(), label: k.key });
+      const pipeline = this.device.createComputePipeline({
+        label: k.key,
+        layout: this.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+        compute: { module, entryPoint: 'main' },
+      });
+      p = { pipeline, layout };
+      this.pipelines.set(k.key, p);
+    }
+    return p;
+  }
+
+  /** Compiles a kernel asynchronously; resolves to an error message or undefined. */
+  async tryCompile(k: Kernel): Promise<string | undefined> {
+    try {
+      this.device.pushErrorScope('validation');
+      const module = this.device.createShaderModule({ code: k.code(), label: k.key });
+      const info = await module.getCompilationInfo();
+      const errors = info.messages.filter((m) => m.type === 'error');
+      const scopeErr = await this.device.popErrorScope();
+      if (errors.length > 0) return errors.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join('; ');
+      if (scopeErr) return scopeErr.message;
+      const layout = this.device.createBindGroupLayout({
+        entries: k.bindings.map((kind, binding) => ({
+          binding,
+          visibility: 4,
+          buffer: {
+            type: kind === 'uniform' ? 'uniform' : kind === 'read' ? 'read-only-storage' : 'storage',
+          },
+        })),
+      });
+      const pipeline = await this.device.createComputePipelineAsync({
+        label: k.key,
+        layout: this.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+        compute: { module, entryPoint: 'main' },
+      });
+      this.pipelines.set(k.key, { pipeline, layout });
+      return undefined;
+    } catch (e) {
+      return (e as Error).message;
+    }
+  }
+
+  // ------------------------------------------------------------- encoding
+
+  private enc(): GPUCommandEncoder {
+    this.encoder ??= this.device.createCommandEncoder();
+    return this.encoder;
+  }
+
+  private params(p: Params): GPUBufferBinding {
+    const size = p.byteLength;
+    if (this.arenaUsed + size > ARENA_BYTES || !this.arenaView) {
+      const buf = this.create(ARENA_BYTES, UNIFORM_USAGE, true);
+      this.arenas.push(buf);
+      this.arenaView = new DataView(buf.getMappedRange());
+      this.arenaUsed = 0;
+    }
+    const offset = this.arenaUsed;
+    p.writeTo(this.arenaView, offset);
+    this.arenaUsed = Math.ceil((offset + size) / this.uniformAlign) * this.uniformAlign;
+    return { buffer: this.arenas[this.arenas.length - 1], offset, size };
+  }
+
+  /** Records one dispatch. `bindings` follow the kernel's order (the uniform, if any, is `params`). */
+  dispatch(
+    k: Kernel,
+    params: Params | undefined,
+    bindings: GPUBufferBinding[],
+    grid: readonly number[],
+  ): void {
+    const [x, y = 1, z = 1] = grid;
+    if (x === 0 || y === 0 || z === 0) return;
+    if (x > this.maxGroups || y > this.maxGroups || z > this.maxGroups)
+      fail(`WebGPU ${k.key}: grid ${x}x${y}x${z} exceeds ${this.maxGroups} workgroups per dimension`);
+    const { pipeline, layout } = this.pipeline(k);
+    const all = params ? [this.params(params), ...bindings] : bindings;
+    if (all.length !== k.bindings.length)
+      throw new Error(`${k.key}: ${all.length} bindings for ${k.bindings.length}`);
+    const group = this.device.createBindGroup({
+      layout,
+      entries: all.map((resource, binding) => ({ binding, resource })),
+    });
+    this.pass ??= this.enc().beginComputePass();
+    this.pass.setPipeline(pipeline);
+    this.pass.setBindGroup(0, group);
+    this.pass.dispatchWorkgroups(x, y, z);
+    if (++this.dispatches >= this.perSubmit) this.flush();
+  }
+
+  /** Records a buffer-to-buffer copy (sizes and offsets multiples of 4). */
+  copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, size: number): void {
+    if (size === 0) return;
+    this.pass?.end();
+    this.pass = undefined;
+    this.enc().copyBufferToBuffer(src, srcOffset, dst, dstOffset, size);
+  }
+
+  /** Submits everything recorded so far. */
+  flush(): void {
+    if (!this.encoder && this.arenas.length === 0) return;
+    this.pass?.end();
+    this.pass = undefined;
+    for (const a of this.arenas) a.unmap();
+    const cmd = this.encoder?.finish();
+    this.encoder = undefined;
+    if (cmd) this.device.queue.submit([cmd]);
+    for (const a of this.arenas) a.destroy();
+    this.arenas = [];
+    this.arenaView = undefined;
+    this.arenaUsed = ARENA_BYTES;
+    this.dispatches = 0;
+  }
+
+  /** Copies ranges of buffers to the host: one staging buffer, one submit, one mapAsync. */
+  async readBytes(
+    ranges: readonly { buffer: GPUBuffer; offset: number; size: number }[],
+  ): Promise<Uint8Array> {
+    const total = ranges.reduce((n, r) => n + r.size, 0);
+    const staging = this.create(Math.max(4, Math.ceil(total / 4) * 4), MAP_READ_COPY_DST);
+    let at = 0;
+    for (const r of ranges) {
+      this.copy(r.buffer, r.offset, staging, at, r.size);
+      at += r.size;
+    }
+    this.flush();
+    try {
+      await staging.mapAsync(1 /* READ */);
+    } catch (e) {
+      await this.checkError();
+      throw new Error(`WebGPU: reading back failed: ${(e as Error).message}`);
+    }
+    const out = new Uint8Array(total);
+    out.set(new Uint8Array(staging.getMappedRange(), 0, total));
+    staging.unmap();
+    staging.destroy();
+    await this.checkError();
+    return out;
+  }
+
+  /** Resolves when all submitted work has finished. */
+  async sync(): Promise<void> {
+    this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+    await this.checkError();
+  }
+}
+
+/** Splits `count` workgroups into a 2-D grid within the per-dimension limit. */
+export function grid2(count: number, max = 65535): [number, number] {
+  if (count <= max) return [Math.max(count, 0), 1];
+  const y = Math.ceil(count / max);
+  return [Math.ceil(count / y), y];
+}

@@ -1,0 +1,192 @@
+/**
+ * linear (y = x w^T + b) as a tiled f32 GEMM, and the embedding gather.
+ *
+ * The GEMM: a 16x16 workgroup computes a BM x BN tile of y, each thread a TM x TN block of it
+ * (read from shared memory as vec4s), K walked in steps of BK through shared memory.
+ * 16-bit weights stay packed two per u32 and are widened while the tile is loaded. A weight (or
+ * embedding table) larger than one storage binding is walked in row windows: each window of weight
+ * rows produces its own columns of y.
+ */
+import { fail } from '../../errors.ts';
+import type { DType } from '../tensor.ts';
+import { type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
+import { arrayType, FLAT_WG, loadFn } from './wgsl.ts';
+
+export interface GemmTile {
+  /** outputs per thread along M and N (tile = 16 * tm x 16 * tn) */
+  tm: number;
+  tn: number;
+  bk: number;
+}
+
+export const DEFAULT_TILE: GemmTile = { tm: 8, tn: 8, bk: 8 };
+
+function gemmKernel(dx: DType, dw: DType, db: DType, t: GemmTile): Kernel {
+  const BM = 16 * t.tm;
+  const BN = 16 * t.tn;
+  const { bk: BK } = t;
+  const VM = t.tm / 4;
+  const VN = t.tn / 4;
+  const loadsA = (BM * BK) / 256;
+  const loadsB = (BN * BK) / 256;
+  return {
+    key: `gemm:${dx}:${dw}:${db}:${t.tm}x${t.tn}x${t.bk}`,
+    bindings: ['uniform', 'read', 'read', 'read', 'write'],
+    code: () => `
+struct P { M: u32, N: u32, K: u32, xOff: u32, wOff: u32, yOff: u32, ldy: u32, n0: u32, bOff: u32, hasBias: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> X: array<${arrayType(dx)}>;
+@group(0) @binding(2) var<storage, read> W: array<${arrayType(dw)}>;
+@group(0) @binding(3) var<storage, read> B: array<${arrayType(db)}>;
+@group(0) @binding(4) var<storage, read_write> Y: array<f32>;
+// k-major tiles: As[kk][row], Bs[kk][col], four consecutive rows/cols per vec4
+var<workgroup> As: array<vec4<f32>, ${(BK * BM) / 4}>;
+var<workgroup> Bs: array<vec4<f32>, ${(BK * BN) / 4}>;
+${loadFn('ldX', 'X', dx)}
+${loadFn('ldW', 'W', dw)}
+${loadFn('ldB', 'B', db)}
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
+  let t = l.y * 16u + l.x;
+  let m0 = wid.y * ${BM}u;
+  let nb = wid.x * ${BN}u;
+  var acc: array<vec4<f32>, ${t.tm * VN}>;
+  for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
+    for (var r = 0u; r < ${loadsA}u; r++) {
+      let idx = t + r * 256u;
+      let row = idx / ${BK}u;
+      let kk = idx % ${BK}u;
+      var v = 0.0;
+      if (m0 + row < p.M && k0 + kk < p.K) { v = ldX(p.xOff + (m0 + row) * p.K + k0 + kk); }
+      As[(kk * ${BM}u + row) / 4u][row % 4u] = v;
+    }
+    for (var r = 0u; r < ${loadsB}u; r++) {
+      let idx = t + r * 256u;
+      let col = idx / ${BK}u;
+      let kk = idx % ${BK}u;
+      var v = 0.0;
+      if (nb + col < p.N && k0 + kk < p.K) { v = ldW(p.wOff + (nb + col) * p.K + k0 + kk); }
+      Bs[(kk * ${BN}u + col) / 4u][col % 4u] = v;
+    }
+    workgroupBarrier();
+    for (var kk = 0u; kk < ${BK}u; kk++) {
+      var a: array<vec4<f32>, ${VM}>;
+      var b: array<vec4<f32>, ${VN}>;
+      for (var i = 0u; i < ${VM}u; i++) { a[i] = As[kk * ${BM / 4}u + l.y * ${VM}u + i]; }
+      for (var j = 0u; j < ${VN}u; j++) { b[j] = Bs[kk * ${BN / 4}u + l.x * ${VN}u + j]; }
+      for (var i = 0u; i < ${t.tm}u; i++) {
+        let ai = a[i / 4u][i % 4u];
+        for (var j = 0u; j < ${VN}u; j++) { acc[i * ${VN}u + j] += ai * b[j]; }
+      }
+    }
+    workgroupBarrier();
+  }
+  for (var i = 0u; i < ${t.tm}u; i++) {
+    let m = m0 + l.y * ${t.tm}u + i;
+    if (m >= p.M) { continue; }
+    for (var j = 0u; j < ${t.tn}u; j++) {
+      let n = nb + l.x * ${t.tn}u + j;
+      if (n >= p.N) { continue; }
+      var v = acc[i * ${VN}u + j / 4u][j % 4u];
+      if (p.hasBias != 0u) { v += ldB(p.bOff + n); }
+      Y[p.yOff + m * p.ldy + p.n0 + n] = v;
+    }
+  }
+}`,
+  };
+}
+
+/** y[M, N] = x[M, K] w[N, K]^T (+ bias[N]). */
+export function linear(
+  ctx: GpuContext,
+  x: Storage,
+  w: Storage,
+  bias: Storage | undefined,
+  tile: GemmTile = DEFAULT_TILE,
+): Storage {
+  const M = x.rows;
+  const K = x.cols;
+  const N = w.rows;
+  if (bias && bias.rows * bias.cols !== N)
+    fail(`linear: bias of ${bias.rows * bias.cols} values for ${N} outputs`);
+  const y = ctx.allocStorage(M, N, 'f32');
+  if (M === 0 || N === 0) return y;
+  const k = gemmKernel(x.dtype, w.dtype, bias?.dtype ?? 'f32', tile);
+  const BM = 16 * tile.tm;
+  const BN = 16 * tile.tn;
+  const xParts = [x, y].map((s) => ({ s, row0: 0 }));
+  const wParts = (bias ? [w, bias] : [w]).map((s) => ({ s, row0: 0 }));
+  const wSegs = ctx.segments(N, wParts, 1, 'linear');
+  for (const xs of ctx.segments(M, xParts, 1, 'linear')) {
+    const [wx, wy] = xs.w;
+    for (const ws of wSegs) {
+      const [ww, wb] = ws.w;
+      const params = new Params()
+        .u(xs.n)
+        .u(ws.n)
+        .u(K)
+        .u(wx.off)
+        .u(ww.off)
+        .u(wy.off)
+        .u(N)
+        .u(ws.r0)
+        .u(wb ? wb.off : 0)
+        .u(bias ? 1 : 0);
+      const grid = [Math.ceil(ws.n / BN), Math.ceil(xs.n / BM)];
+      ctx.dispatch(k, params, [wx.binding, ww.binding, wb ? wb.binding : ctx.dummy(), wy.binding], grid);
+    }
+  }
+  return y;
+}
+
+function gatherKernel(dt: DType): Kernel {
+  return {
+    key: `gather:${dt}`,
+    bindings: ['uniform', 'read', 'read', 'write'],
+    code: () => `
+struct P { n: u32, d: u32, tOff: u32, t0: u32, tRows: u32, oOff: u32, idOff: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> T: array<${arrayType(dt)}>;
+@group(0) @binding(2) var<storage, read> IDS: array<i32>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+${loadFn('ldT', 'T', dt)}
+${FLAT_WG}
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let e = flatWg(wid, nwg) * 256u + lid;
+  if (e >= p.n * p.d) { return; }
+  let r = e / p.d;
+  let id = u32(IDS[p.idOff + r]) - p.t0;
+  if (id >= p.tRows) { return; }
+  O[p.oOff + e] = ldT(p.tOff + id * p.d + e % p.d);
+}`,
+  };
+}
+
+/** table[V, D] rows gathered by ids; each window of table rows fills the ids it holds. */
+export function embedding(ctx: GpuContext, table: Storage, ids: Int32Array): Storage {
+  const V = table.rows;
+  const D = table.cols;
+  for (const id of ids)
+    if (id < 0 || id >= V) fail(`embedding: token id ${id} outside the vocabulary (${V})`);
+  const out = ctx.allocStorage(ids.length, D, 'f32');
+  if (ids.length === 0 || D === 0) return out;
+  const idBuf = ctx.createWith(new Uint8Array(ids.buffer, ids.byteOffset, ids.byteLength));
+  const idBinding = { buffer: idBuf, offset: 0, size: idBuf.size };
+  const k = gatherKernel(table.dtype);
+  const tSegs = ctx.segments(V, [{ s: table, row0: 0 }], 1, 'embedding');
+  for (const os of ctx.segments(ids.length, [{ s: out, row0: 0 }], 1, 'embedding')) {
+    for (const ts of tSegs) {
+      const params = new Params().u(os.n).u(D).u(ts.w[0].off).u(ts.r0).u(ts.n).u(os.w[0].off).u(os.r0);
+      ctx.dispatch(
+        k,
+        params,
+        [ts.w[0].binding, idBinding, os.w[0].binding],
+        grid2(Math.ceil((os.n * D) / 256)),
+      );
+    }
+  }
+  ctx.release(idBuf);
+  return out;
+}

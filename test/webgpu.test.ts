@@ -1,0 +1,344 @@
+/**
+ * The WebGPU backend against the CPU reference: every op on random inputs, fakeQuant bit for bit,
+ * and llama-tiny perplexity. CI runs this on Mesa lavapipe (Vulkan on the CPU); the tests skip only
+ * when no WebGPU adapter can be created at all.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { synthConfig, writeSynthCheckpoint } from '../src/cli/synth.ts';
+import { perplexity, readEvalText } from '../src/eval/perplexity.ts';
+import { parseFormat } from '../src/formats/index.ts';
+import { ropeTable } from '../src/io/rope.ts';
+import { openCheckpoint } from '../src/io/safetensors.ts';
+import { loadTokenizer } from '../src/io/tokenizer.ts';
+import { LlamaModel } from '../src/model/llama.ts';
+import { CpuBackend } from '../src/tensor/cpu/backend.ts';
+import { bf16ToF32, f32ToBf16, f32ToF16 } from '../src/tensor/dtype.ts';
+import { createBackend } from '../src/tensor/index.ts';
+import type { Backend, DType, HostArray, Tensor } from '../src/tensor/tensor.ts';
+import { openDevice, WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
+import { MODELS, rng, WIKITEXT } from './helpers.ts';
+
+const cpu = new CpuBackend();
+const probe = await openDevice();
+probe?.device.destroy();
+const skip = probe ? false : 'no WebGPU adapter (install Mesa lavapipe: apt-get install mesa-vulkan-drivers)';
+const gpu = probe ? await WebGpuBackend.create() : undefined;
+/** A second device whose kernels may bind at most 4 KiB of a buffer: exercises the row windows. */
+const tiny = probe ? await WebGpuBackend.create({ maxBindingBytes: 4096, maxBufferBytes: 16384 }) : undefined;
+
+function onBoth(data: Float32Array, shape: number[], dtype: DType = 'f32'): [Tensor, Tensor, Tensor] {
+  const host: HostArray = dtype === 'bf16' ? f32ToBf16(data) : dtype === 'f16' ? f32ToF16(data) : data;
+  return [cpu.upload(host, shape, dtype), gpu!.upload(host, shape, dtype), tiny!.upload(host, shape, dtype)];
+}
+
+/** max |a - b| / max |b| */
+function relErr(a: Float32Array, b: Float32Array): number {
+  assert.equal(a.length, b.length);
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num = Math.max(num, Math.abs(a[i] - b[i]));
+    den = Math.max(den, Math.abs(b[i]));
+  }
+  return den === 0 ? num : num / den;
+}
+
+async function expectClose(got: Tensor, want: Tensor, tol: number, what: string): Promise<void> {
+  assert.deepEqual(got.shape, want.shape, `${what}: shape`);
+  const g = await got.backend.read(got);
+  const w = await want.backend.read(want);
+  const err = relErr(g, w);
+  assert.ok(err < tol, `${what}: relative error ${err} >= ${tol}`);
+}
+
+test('upload and read round-trip every dtype', { skip }, async () => {
+  const r = rng(1);
+  const x = r.normal(37 * 5);
+  for (const dtype of ['f32', 'bf16', 'f16'] as const) {
+    const [c, g, t] = onBoth(x, [37, 5], dtype);
+    const want = await cpu.read(c);
+    assert.deepEqual(await gpu!.read(g), want, dtype);
+    assert.deepEqual(await tiny!.read(t), want, `${dtype} (windows)`);
+  }
+  const ints = Int32Array.from({ length: 21 }, (_, i) => i * 7 - 60);
+  assert.deepEqual(await gpu!.read(gpu!.upload(ints, [3, 7], 'i32')), Float32Array.from(ints));
+  const bytes = Int8Array.from({ length: 7 }, (_, i) => i * 30 - 100);
+  assert.deepEqual(await gpu!.read(gpu!.upload(bytes, [7], 'i8')), Float32Array.from(bytes));
+});
+
+test('linear matches the CPU within 1e-5 for f32/bf16/f16 weights, odd shapes, bias, windows', {
+  skip,
+}, async () => {
+  const r = rng(2);
+  for (const [M, N, K] of [
+    [1, 1, 1],
+    [5, 7, 3],
+    [37, 130, 65],
+    [70, 33, 256],
+    [128, 96, 128],
+  ]) {
+    const [xc, xg, xt] = onBoth(r.normal(M * K), [M, K]);
+    const [bc, bg, bt] = onBoth(r.normal(N), [N]);
+    for (const dtype of ['f32', 'bf16', 'f16'] as const) {
+      const [wc, wg, wt] = onBoth(r.normal(N * K, 0.5), [N, K], dtype);
+      const want = cpu.linear(xc, wc, bc);
+      await expectClose(gpu!.linear(xg, wg, bg), want, 1e-5, `${M}x${N}x${K} ${dtype}`);
+      await expectClose(tiny!.linear(xt, wt, bt), want, 1e-5, `${M}x${N}x${K} ${dtype} windows`);
+      await expectClose(gpu!.linear(xg, wg), cpu.linear(xc, wc), 1e-5, `${M}x${N}x${K} ${dtype} no bias`);
+    }
+  }
+});
+
+test('embedding gathers f32 and bf16 rows, across windows', { skip }, async () => {
+  const r = rng(3);
+  const ids = Int32Array.from([0, 5, 99, 5, 63, 1, 98]);
+  for (const dtype of ['f32', 'bf16'] as const) {
+    const [c, g, t] = onBoth(r.normal(100 * 24), [100, 24], dtype);
+    const want = await cpu.read(cpu.embedding(c, ids));
+    assert.deepEqual(await gpu!.read(gpu!.embedding(g, ids)), want);
+    assert.deepEqual(await tiny!.read(tiny!.embedding(t, ids)), want);
+  }
+  assert.throws(
+    () => gpu!.embedding(gpu!.upload(new Float32Array(4), [2, 2], 'f32'), Int32Array.from([2])),
+    /vocabulary/,
+  );
+});
+
+test('rmsnorm, rope, siluMul, add, sub, scaleColumns, scaleRows match the CPU', { skip }, async () => {
+  const r = rng(4);
+  const [M, D] = [67, 192];
+  const [xc, xg, xt] = onBoth(r.normal(M * D, 3), [M, D]);
+  const [yc, yg, yt] = onBoth(r.normal(M * D), [M, D]);
+  const [wc, wg] = onBoth(r.normal(D), [D], 'bf16');
+  await expectClose(gpu!.rmsnorm(xg, wg, 1e-5), cpu.rmsnorm(xc, wc, 1e-5), 1e-6, 'rmsnorm');
+  const table = ropeTable({
+    headDim: 64,
+    maxPositionEmbeddings: 4096,
+    rope: { type: 'default', theta: 500000 },
+  });
+  const pos = Int32Array.from({ length: M }, (_, i) => (i * 37) % 2100);
+  await expectClose(gpu!.rope(xg, pos, 64, table), cpu.rope(xc, pos, 64, table), 1e-6, 'rope');
+  await expectClose(gpu!.siluMul(xg, yg), cpu.siluMul(xc, yc), 1e-6, 'siluMul');
+  await expectClose(gpu!.add(xg, yg), cpu.add(xc, yc), 1e-7, 'add');
+  await expectClose(tiny!.sub(xt, yt), cpu.sub(xc, yc), 1e-7, 'sub windows');
+  const [sc, sg] = onBoth(r.normal(D), [D]);
+  await expectClose(gpu!.scaleColumns(xg, sg), cpu.scaleColumns(xc, sc), 1e-7, 'scaleColumns');
+  const [rc, rg, rt] = onBoth(r.normal(M), [M]);
+  await expectClose(gpu!.scaleRows(xg, rg), cpu.scaleRows(xc, rc), 1e-7, 'scaleRows');
+  await expectClose(tiny!.scaleRows(xt, rt), cpu.scaleRows(xc, rc), 1e-7, 'scaleRows windows');
+});
+
+test('causal GQA attention matches the CPU (head_dim 64 and 128, batch 2)', { skip }, async () => {
+  const r = rng(5);
+  for (const [batch, seqLen, H, Hkv, Dh] of [
+    [2, 77, 4, 2, 64],
+    [1, 40, 2, 1, 128],
+    [3, 5, 3, 3, 32],
+  ]) {
+    const rows = batch * seqLen;
+    const [qc, qg, qt] = onBoth(r.normal(rows * H * Dh, 2), [rows, H * Dh]);
+    const [kc, kg, kt] = onBoth(r.normal(rows * Hkv * Dh, 2), [rows, Hkv * Dh]);
+    const [vc, vg, vt] = onBoth(r.normal(rows * Hkv * Dh), [rows, Hkv * Dh]);
+    const s = { batch, seqLen, numHeads: H, numKvHeads: Hkv, headDim: Dh };
+    const want = cpu.attention(qc, kc, vc, s);
+    await expectClose(gpu!.attention(qg, kg, vg, s), want, 1e-5, `attention ${JSON.stringify(s)}`);
+    if (seqLen * H * Dh * 4 < 2048)
+      await expectClose(tiny!.attention(qt, kt, vt, s), want, 1e-5, 'attention windows');
+  }
+});
+
+test('nll, columnStats, sumSquaredDiff match the CPU', { skip }, async () => {
+  const r = rng(6);
+  const [M, V] = [33, 1000];
+  const targets = Int32Array.from({ length: M }, (_, i) => (i * 131) % V);
+  const [lc, lg] = onBoth(r.normal(M * V, 4), [M, V]);
+  await expectClose(gpu!.nll(lg, targets), cpu.nll(lc, targets), 1e-6, 'nll');
+  const small = targets.map((t) => t % 300);
+  const [sc, , st] = onBoth(r.normal(M * 300, 4), [M, 300]);
+  await expectClose(tiny!.nll(st, small), cpu.nll(sc, small), 1e-6, 'nll windows');
+  const [xc, xg, xt] = onBoth(r.normal(600 * 70), [600, 70]);
+  const want = await cpu.columnStats(xc);
+  for (const got of [await gpu!.columnStats(xg), await tiny!.columnStats(xt)]) {
+    assert.deepEqual(got.absMax, want.absMax);
+    assert.ok(relErr(got.absMean, want.absMean) < 1e-6);
+  }
+  const [yc, yg, yt] = onBoth(r.normal(600 * 70), [600, 70]);
+  const ssd = await cpu.sumSquaredDiff(xc, yc);
+  for (const got of [await gpu!.sumSquaredDiff(xg, yg), await tiny!.sumSquaredDiff(xt, yt)])
+    assert.ok(Math.abs(got / ssd - 1) < 1e-6, `sumSquaredDiff ${got} vs ${ssd}`);
+});
+
+test('sliceRows, concatRows, transpose, toF32 match the CPU exactly', { skip }, async () => {
+  const r = rng(7);
+  for (const dtype of ['f32', 'bf16', 'f16'] as const) {
+    const [xc, xg, xt] = onBoth(r.normal(90 * 13), [90, 13], dtype);
+    const [yc, yg, yt] = onBoth(r.normal(7 * 13), [7, 13], dtype);
+    const cases: [string, (b: Backend, x: Tensor, y: Tensor) => Tensor][] = [
+      ['slice', (b, x) => b.sliceRows(x, 3, 77)],
+      ['concat', (b, x, y) => b.concatRows([y, x, y])],
+      ['transpose', (b, x) => b.transpose(x)],
+      ['toF32', (b, x) => b.toF32(x)],
+    ];
+    for (const [what, op] of cases) {
+      const want = op(cpu, xc, yc);
+      for (const [b, x, y] of [
+        [gpu!, xg, yg],
+        [tiny!, xt, yt],
+      ] as const) {
+        const got = op(b, x, y);
+        assert.deepEqual(got.shape, want.shape, `${what} ${dtype}`);
+        assert.deepEqual(await b.read(got), await cpu.read(want), `${what} ${dtype}`);
+      }
+    }
+  }
+});
+
+/** Inputs that hit every path: magnitudes spread per row, exact ties, zeros, -0, NaN, +-Inf. */
+function quantInputs(rows: number, cols: number, seed: number): Float32Array {
+  const r = rng(seed);
+  const x = r.normal(rows * cols);
+  for (let i = 0; i < rows; i++) {
+    const scale = 10 ** Math.floor(r.uniform() * 8 - 4);
+    const kind = i % 5;
+    for (let j = 0; j < cols; j++) {
+      const k = i * cols + j;
+      // kind 1: few mantissa bits, so x / scale lands on .5 ties often
+      x[k] = kind === 1 ? Math.round(x[k] * 8) / 4 : x[k] * scale;
+      if (kind === 3 && j % 4 === 0) x[k] = 0;
+    }
+  }
+  const specials = [Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, -0, 0, 1e-20, -3.5];
+  specials.forEach((v, i) => {
+    x[(2 * cols + 5 * i + 1) % x.length] = v;
+  });
+  if (rows > 4) x.fill(0, 4 * cols, 5 * cols); // an all-zero row
+  if (rows > 6) x.fill(Number.NEGATIVE_INFINITY, 6 * cols, 7 * cols); // a row with no finite value
+  return x;
+}
+
+function sameBits(got: Float32Array, want: Float32Array, what: string): void {
+  const g = new Uint32Array(got.buffer, got.byteOffset, got.length);
+  const w = new Uint32Array(want.buffer, want.byteOffset, want.length);
+  for (let i = 0; i < g.length; i++) {
+    if (Number.isNaN(got[i]) && Number.isNaN(want[i])) continue;
+    if (g[i] !== w[i])
+      assert.fail(`${what}: element ${i}: got ${got[i]} (0x${g[i].toString(16)}), want ${want[i]}`);
+  }
+}
+
+const FORMATS = [
+  'int4-g32',
+  'int4-g32-sym',
+  'int3-g64-clip0.85',
+  'int8-g128-sym-clip0.9',
+  'int8-row-sym',
+  'int4-row',
+  'int8-tensor-sym',
+  'int6-tensor',
+  'int2-g16',
+  ...[
+    'mxint8',
+    'mxint6',
+    'mxint4',
+    'mxint2',
+    'mxfp8-e4m3',
+    'mxfp8-e5m2',
+    'mxfp6-e3m2',
+    'mxfp6-e2m3',
+    'mxfp4',
+  ].flatMap((n) => [n, `${n}-even`]),
+  'mxint8-16',
+  'mxfp4-64-even',
+  'fp8-e4m3-tensor',
+  'fp8-e4m3-row',
+  'fp8-e5m2-tensor',
+  'fp8-e5m2-row',
+  'nvfp4',
+];
+
+test('fakeQuant is bit-exact against src/formats for every format kind', { skip }, async () => {
+  const [rows, cols] = [24, 256];
+  const x = quantInputs(rows, cols, 8);
+  const [xc, xg, xt] = onBoth(x, [rows, cols]);
+  const [bc, bg] = onBoth(quantInputs(rows, cols, 9), [rows, cols], 'bf16');
+  for (const name of FORMATS) {
+    const spec = parseFormat(name);
+    const want = await cpu.read(cpu.fakeQuant(xc, spec));
+    sameBits(await gpu!.read(gpu!.fakeQuant(xg, spec)), want, name);
+    sameBits(await tiny!.read(tiny!.fakeQuant(xt, spec)), want, `${name} windows`);
+    sameBits(
+      await gpu!.read(gpu!.fakeQuant(bg, spec)),
+      await cpu.read(cpu.fakeQuant(bc, spec)),
+      `${name} bf16`,
+    );
+  }
+  // a 3-D tensor quantizes along its last dimension
+  const [c3, g3] = onBoth(quantInputs(6, 64, 10), [2, 3, 64]);
+  for (const name of ['int4-g32', 'int8-tensor-sym', 'mxfp4', 'nvfp4'])
+    sameBits(
+      await gpu!.read(gpu!.fakeQuant(g3, parseFormat(name))),
+      await cpu.read(cpu.fakeQuant(c3, parseFormat(name))),
+      `${name} 3-D`,
+    );
+  assert.throws(() => gpu!.fakeQuant(xg, parseFormat('int4-g100')), /does not divide/);
+});
+
+test('llama-tiny perplexity on 2 windows of 512 is within 0.01% of the CPU backend', { skip }, async () => {
+  const text = readEvalText(WIKITEXT).slice(0, 12000);
+  const tokens = loadTokenizer(`${MODELS}llama-tiny`).encode(text);
+  const opts = { seqLen: 512, maxWindows: 2, batch: 2 };
+  const want = await perplexity(LlamaModel.load(`${MODELS}llama-tiny`, cpu), tokens, opts);
+  const model = LlamaModel.load(`${MODELS}llama-tiny`, gpu!);
+  const got = await perplexity(model, tokens, opts);
+  assert.equal(got.windows, 2);
+  assert.ok(Math.abs(got.ppl / want.ppl - 1) < 1e-4, `ppl ${got.ppl} vs CPU ${want.ppl}`);
+  got.windowMeanNll.forEach((v, i) => assert.ok(Math.abs(v - want.windowMeanNll[i]) < 1e-4, `window ${i}`));
+});
+
+test('createBackend: cpu, webgpu and auto', { skip }, async () => {
+  assert.equal((await createBackend('cpu')).name, 'cpu');
+  const b = await createBackend('auto');
+  assert.equal(b.name, 'webgpu');
+  (b as WebGpuBackend).destroy();
+  await assert.rejects(createBackend('tpu' as never), /--device must be/);
+});
+
+test('synth writes a loadable random checkpoint with the architecture, sane values, same on both backends', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-synth-'));
+  try {
+    // qwen2-7b's layout (q/k/v biases, GQA 7:1) at toy sizes
+    const config = {
+      ...synthConfig('qwen2-7b', 2),
+      hidden_size: 224,
+      intermediate_size: 96,
+      num_attention_heads: 7,
+      num_key_value_heads: 1,
+      vocab_size: 300,
+    };
+    const files = writeSynthCheckpoint(dir, config, 3);
+    assert.equal(files.length, 4); // embeddings, layer 0, layer 1, norm + head
+    const ckpt = openCheckpoint(dir);
+    assert.deepEqual(ckpt.info('model.layers.1.self_attn.k_proj.bias').shape, [32]);
+    assert.deepEqual(ckpt.info('model.layers.0.mlp.down_proj.weight').shape, [224, 96]);
+    assert.equal(ckpt.info('lm_head.weight').dtype, 'BF16');
+    const w = bf16ToF32(ckpt.read('model.layers.0.mlp.up_proj.weight').data as Uint16Array);
+    const std = Math.sqrt(w.reduce((s, v) => s + v * v, 0) / w.length);
+    assert.ok(Math.abs(std - 0.02) < 0.002, `weight std ${std}`);
+    assert.ok(bf16ToF32(ckpt.read('model.norm.weight').data as Uint16Array).every((v) => v === 1));
+    ckpt.close();
+    const ids = Int32Array.from({ length: 40 }, (_, i) => (i * 17) % 300);
+    const want = await cpu.read(LlamaModel.load(dir, cpu).forward(ids, { batch: 1, seqLen: 40 }));
+    assert.ok(want.every(Number.isFinite) && want.some((v) => v !== 0));
+    if (gpu) {
+      const got = await gpu.read(LlamaModel.load(dir, gpu).forward(ids, { batch: 1, seqLen: 40 }));
+      assert.ok(relErr(got, want) < 1e-5);
+    }
+    assert.throws(() => synthConfig('gpt-5'), /unknown --like/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
