@@ -269,7 +269,9 @@ export function loadQuantized(dir: string, backend: Backend, q: QuantizationConf
               values: ckpt.read(`${prefix}.salient_values`).data as Float32Array,
             }
           : undefined;
-        const gIdx = ckpt.has(`${prefix}.g_idx`) ? (ckpt.read(`${prefix}.g_idx`).data as Int32Array) : undefined;
+        const gIdx = ckpt.has(`${prefix}.g_idx`)
+          ? (ckpt.read(`${prefix}.g_idx`).data as Int32Array)
+          : undefined;
         stored.quantized = { encoded, salient, gIdx };
         stored.weight = backend.upload(dequantizeWeight(stored.quantized), [rows, cols], 'f32');
       }

@@ -11,18 +11,23 @@
 import type { FormatSpec } from '../formats/spec.ts';
 import type { LinearName } from '../model/llama.ts';
 import { gptq } from './gptq.ts';
+import { HessianAccumulator } from './hessian.ts';
 import { type LayerContext, registerLayerStep, runLayer, timed } from './pipeline.ts';
 import type { GptqStep } from './recipe.ts';
 import { setQuantizedWeight } from './weights.ts';
 
-const SEQUENTIAL: LinearName[][] = [['q_proj', 'k_proj', 'v_proj'], ['o_proj'], ['gate_proj', 'up_proj'], ['down_proj']];
+const SEQUENTIAL: LinearName[][] = [
+  ['q_proj', 'k_proj', 'v_proj'],
+  ['o_proj'],
+  ['gate_proj', 'up_proj'],
+  ['down_proj'],
+];
 
 /** H = 2/N sum over calibration tokens of x x^T for the input of `name`, float64 [cols, cols]. */
 async function hessian(ctx: LayerContext, name: LinearName): Promise<Float64Array> {
   const b = ctx.model.backend;
   const cols = ctx.model.layers[ctx.layer].linears[name].weight.shape[1];
-  const sum = new Float64Array(cols * cols);
-  let tokens = 0;
+  const acc = new HessianAccumulator(cols);
   const pending: Promise<void>[] = [];
   await runLayer(
     ctx,
@@ -32,11 +37,11 @@ async function hessian(ctx: LayerContext, name: LinearName): Promise<Float64Arra
         const xT = b.transpose(x);
         const xtx = b.linear(xT, xT);
         xT.dispose();
-        tokens += x.shape[0];
+        const tokens = x.shape[0];
         pending.push(
-          b.read(xtx).then((v) => {
+          b.read(xtx).then((gram) => {
             xtx.dispose();
-            for (let i = 0; i < v.length; i++) sum[i] += v[i];
+            acc.addGram(gram, tokens);
           }),
         );
         return undefined;
@@ -45,12 +50,17 @@ async function hessian(ctx: LayerContext, name: LinearName): Promise<Float64Arra
     false,
   );
   await Promise.all(pending);
-  for (let i = 0; i < sum.length; i++) sum[i] *= 2 / tokens;
-  return sum;
+  return acc.finish();
 }
 
 /** tr(D H D^T) / 2 for D = W - Q (rows x cols). */
-function reconstructionLoss(w: Float32Array, q: Float32Array, rows: number, cols: number, H: Float64Array): number {
+function reconstructionLoss(
+  w: Float32Array,
+  q: Float32Array,
+  rows: number,
+  cols: number,
+  H: Float64Array,
+): number {
   const d = new Float64Array(cols);
   let total = 0;
   for (let r = 0; r < rows; r++) {

@@ -196,7 +196,8 @@ const BUILTINS: Record<string, RecipeText> = {
     steps: [{ method: 'gptq', actOrder: true }],
   },
   'smoothquant-gptq-w8a8': {
-    description: 'SmoothQuant (alpha 0.5) then GPTQ INT8 symmetric per-channel weights; INT8 per-token activations',
+    description:
+      'SmoothQuant (alpha 0.5) then GPTQ INT8 symmetric per-channel weights; INT8 per-token activations',
     weights: 'int8-row-sym',
     activations: 'int8-row-sym',
     steps: [{ method: 'smoothquant' }, { method: 'gptq' }],

@@ -1,0 +1,448 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { UserError } from '../src/errors.ts';
+import {
+  decode,
+  type FormatSpec,
+  fakeQuantInt,
+  fakeQuantMx,
+  type IntSpec,
+  intParams,
+  intQuantizeValue,
+  type MxSpec,
+  mxElementInfo,
+  mxQuantizeValue,
+  mxSharedExponent,
+  parseFormat,
+} from '../src/formats/index.ts';
+import { dequantizeGptq, type GptqOptions, gptq } from '../src/quant/gptq.ts';
+import { choleskyInverseUpper, HessianAccumulator } from '../src/quant/hessian.ts';
+import { rng } from './helpers.ts';
+
+const ROWS = 64;
+const COLS = 128;
+const TOKENS = 256;
+
+// ---------------------------------------------------------------------------------------------
+// Independent float64 reference: textbook linear algebra and the plain GPTQ column loop.
+// ---------------------------------------------------------------------------------------------
+
+function naiveCholesky(a: Float64Array, n: number): Float64Array {
+  const l = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j <= i; j++) {
+      let s = a[i * n + j];
+      for (let k = 0; k < j; k++) s -= l[i * n + k] * l[j * n + k];
+      l[i * n + j] = i === j ? Math.sqrt(s) : s / l[j * n + j];
+    }
+  }
+  return l;
+}
+
+/** A^-1 from A = L L^T: solve L y = e_c, then L^T x = y, column by column. */
+function naiveInverse(a: Float64Array, n: number): Float64Array {
+  const l = naiveCholesky(a, n);
+  const inv = new Float64Array(n * n);
+  const y = new Float64Array(n);
+  for (let c = 0; c < n; c++) {
+    for (let i = 0; i < n; i++) {
+      let s = i === c ? 1 : 0;
+      for (let k = 0; k < i; k++) s -= l[i * n + k] * y[k];
+      y[i] = s / l[i * n + i];
+    }
+    for (let i = n - 1; i >= 0; i--) {
+      let s = y[i];
+      for (let k = i + 1; k < n; k++) s -= l[k * n + i] * inv[k * n + c];
+      inv[i * n + c] = s / l[i * n + i];
+    }
+  }
+  return inv;
+}
+
+/** Reference Hinv: cholesky(H), cholesky_inverse, cholesky(upper=True) = transpose of the lower factor. */
+function naiveHinvUpper(h: Float64Array, n: number): Float64Array {
+  const l = naiveCholesky(naiveInverse(h, n), n);
+  const u = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = i; j < n; j++) u[i * n + j] = l[j * n + i];
+  return u;
+}
+
+interface RefOptions {
+  damp: number;
+  actOrder: boolean;
+  staticGroups: boolean;
+  includeZero: boolean;
+  /** emulate the reference tools: groups fitted on W as of the start of their lazy block of this size */
+  staleBlock?: number;
+}
+
+/** Textbook GPTQ: every column's error goes to all later columns immediately, no lazy blocks. */
+function textbookGptq(
+  w0: Float32Array,
+  rows: number,
+  cols: number,
+  H0: Float64Array,
+  spec: FormatSpec,
+  o: RefOptions,
+) {
+  const W = Float64Array.from(w0);
+  const H = Float64Array.from(H0);
+  for (let d = 0; d < cols; d++) {
+    if (H[d * cols + d] !== 0) continue;
+    H[d * cols + d] = 1;
+    for (let r = 0; r < rows; r++) W[r * cols + d] = 0;
+  }
+  const order = Array.from({ length: cols }, (_, i) => i);
+  if (o.actOrder) order.sort((a, b) => H[b * cols + b] - H[a * cols + a] || a - b);
+  const hp = new Float64Array(cols * cols);
+  let mean = 0;
+  for (let i = 0; i < cols; i++) mean += H[i * cols + i] / cols;
+  for (let a = 0; a < cols; a++)
+    for (let b = 0; b < cols; b++)
+      hp[a * cols + b] = H[order[a] * cols + order[b]] + (a === b ? o.damp * mean : 0);
+  const U = naiveHinvUpper(hp, cols);
+  const wp = new Float64Array(rows * cols);
+  for (let r = 0; r < rows; r++) for (let p = 0; p < cols; p++) wp[r * cols + p] = W[r * cols + order[p]];
+
+  // quantizer: a function of (row, position) given by parameters fitted here
+  const isInt = spec.kind === 'int';
+  const ispec = spec as IntSpec;
+  const mspec = spec as MxSpec;
+  const size = isInt ? (ispec.granularity === 'group' ? ispec.group! : cols) : mspec.block;
+  const dynamic = !o.staticGroups && (spec.kind === 'mx' || ispec.granularity === 'group');
+  const iopts = { includeZero: o.includeZero, clip: isInt ? ispec.clip : undefined };
+  const info = spec.kind === 'mx' ? mxElementInfo(mspec.element) : null;
+  const fit = (vals: ArrayLike<number>) => {
+    if (isInt) return intParams(vals, ispec.bits, ispec.symmetric, iopts);
+    let amax = 0;
+    for (let i = 0; i < vals.length; i++) amax = Math.max(amax, Math.abs(vals[i]));
+    return { e: mxSharedExponent(amax, info!.emax) };
+  };
+  type P = ReturnType<typeof fit>;
+  const quant = (v: number, p: P) =>
+    'e' in p
+      ? mxQuantizeValue(v, p.e, info!, mspec.rounding)
+      : intQuantizeValue(v, p.scale, p.zero, ispec.bits, ispec.symmetric);
+  const tensorParams = isInt && ispec.granularity === 'tensor' ? fit(W) : null;
+  const staticParams = (r: number, c: number) =>
+    tensorParams ??
+    fit(W.subarray(r * cols + Math.floor(c / size) * size, r * cols + Math.floor(c / size) * size + size));
+
+  const out = new Float32Array(rows * cols);
+  const current: P[] = new Array(rows);
+  let snapshot = wp.slice();
+  for (let i = 0; i < cols; i++) {
+    if (o.staleBlock && i % o.staleBlock === 0) snapshot = wp.slice();
+    for (let r = 0; r < rows; r++) {
+      const row = r * cols;
+      if (dynamic && i % size === 0) {
+        const src = o.staleBlock ? snapshot : wp;
+        current[r] = fit(src.subarray(row + i, row + i + size));
+      }
+      const params = dynamic ? current[r] : staticParams(r, order[i]);
+      const w = wp[row + i];
+      const q = quant(w, params);
+      out[row + order[i]] = q;
+      const e = (w - q) / U[i * cols + i];
+      for (let j = i + 1; j < cols; j++) wp[row + j] -= e * U[i * cols + j];
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data: a 64 x 128 layer, 256 calibration tokens with correlated channels and a few outliers.
+// ---------------------------------------------------------------------------------------------
+
+function makeLayer(seed: number, dead: number[] = []) {
+  const r = rng(seed);
+  const weight = r.normal(ROWS * COLS, 0.05);
+  for (let i = 0; i < weight.length; i += 7) weight[i] += 0.03; // some asymmetry
+  const z = r.normal(TOKENS * COLS);
+  const mix = r.normal(COLS * COLS, 0.15);
+  const x = new Float32Array(TOKENS * COLS);
+  for (let t = 0; t < TOKENS; t++) {
+    for (let j = 0; j < COLS; j++) {
+      let s = z[t * COLS + j];
+      for (let k = 0; k < COLS; k += 8) s += z[t * COLS + k] * mix[k * COLS + j];
+      x[t * COLS + j] = s;
+    }
+  }
+  for (const ch of [3, 50, 77, 100]) for (let t = 0; t < TOKENS; t++) x[t * COLS + ch] *= 8;
+  for (const ch of dead) for (let t = 0; t < TOKENS; t++) x[t * COLS + ch] = 0;
+  const acc = new HessianAccumulator(COLS);
+  acc.add(x, TOKENS);
+  return { weight, x, H: acc.finish() };
+}
+
+const layer = makeLayer(1);
+
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+/** sum over tokens of ||(W - Q) x||^2 */
+function outputError(w: ArrayLike<number>, q: ArrayLike<number>, x: Float32Array, tokens: number): number {
+  let total = 0;
+  for (let t = 0; t < tokens; t++) {
+    for (let r = 0; r < ROWS; r++) {
+      let s = 0;
+      for (let c = 0; c < COLS; c++) s += (w[r * COLS + c] - q[r * COLS + c]) * x[t * COLS + c];
+      total += s * s;
+    }
+  }
+  return total;
+}
+
+/** bit-identical arrays; reports the first mismatch (assert.deepEqual's diff of 8192 values is very slow) */
+function assertSame(a: ArrayLike<number>, b: ArrayLike<number>, what: string): void {
+  assert.equal(a.length, b.length, `${what}: lengths`);
+  for (let i = 0; i < a.length; i++)
+    if (!Object.is(a[i], b[i])) assert.fail(`${what}: index ${i}: ${a[i]} !== ${b[i]}`);
+}
+
+function throwsUser(fn: () => unknown, fragment: string): void {
+  assert.throws(fn, (e: unknown) => e instanceof UserError && e.message.includes(fragment));
+}
+
+const BASE: RefOptions = { damp: 0.01, actOrder: false, staticGroups: false, includeZero: true };
+
+// ---------------------------------------------------------------------------------------------
+
+describe('HessianAccumulator', () => {
+  test('H = 2/N sum x x^T over batches, equal to the naive sum', () => {
+    const { x } = layer;
+    const acc = new HessianAccumulator(COLS);
+    acc.add(x.subarray(0, 100 * COLS), 100);
+    acc.add(x.subarray(100 * COLS), TOKENS - 100);
+    assert.equal(acc.count, TOKENS);
+    const h = acc.finish();
+    let worst = 0;
+    for (let i = 0; i < COLS; i++) {
+      for (let j = 0; j < COLS; j++) {
+        let s = 0;
+        for (let t = 0; t < TOKENS; t++) s += x[t * COLS + i] * x[t * COLS + j];
+        const want = (2 * s) / TOKENS;
+        worst = Math.max(worst, Math.abs(h[i * COLS + j] - want) / (1 + Math.abs(want)));
+      }
+    }
+    assert.ok(worst < 1e-12, `relative error ${worst}`);
+  });
+
+  test('addGram accumulates X^T X computed elsewhere', () => {
+    const x = Float32Array.from([1, 2, 3, -1, 0.5, 4]); // 2 tokens x 3 channels
+    const gram = new Float64Array(9);
+    for (let i = 0; i < 3; i++)
+      for (let j = 0; j < 3; j++) gram[i * 3 + j] = x[i] * x[j] + x[3 + i] * x[3 + j];
+    const a = new HessianAccumulator(3);
+    a.addGram(gram, 2);
+    const b = new HessianAccumulator(3);
+    b.add(x, 2);
+    assert.deepEqual(Array.from(a.finish()), Array.from(b.finish()));
+    // hand-computed: H[0, 2] = 2/2 * (1*3 + -1*4) = -1, H[1, 1] = 4 + 0.25
+    assert.equal(a.finish()[2], -1);
+    assert.equal(a.finish()[4], 4.25);
+  });
+
+  test('refuses NaN inputs and an empty finish', () => {
+    const acc = new HessianAccumulator(2);
+    throwsUser(() => acc.add(Float32Array.from([1, Number.NaN]), 1), 'channel 1');
+    throwsUser(() => new HessianAccumulator(2).finish(), 'no calibration inputs');
+  });
+});
+
+test('choleskyInverseUpper: U upper with U^T U = H^-1, equal to the three-step reference', () => {
+  const n = 150; // not a multiple of the 64-wide blocks
+  const r = rng(7);
+  const a = r.normal(n * n);
+  const h = new Float64Array(n * n);
+  for (let i = 0; i < n; i++)
+    for (let j = 0; j < n; j++) {
+      let s = i === j ? 0.5 : 0;
+      for (let k = 0; k < n; k++) s += a[i * n + k] * a[j * n + k];
+      h[i * n + j] = s / n;
+    }
+  const u = choleskyInverseUpper(h.slice(), n);
+  for (let i = 0; i < n; i++) for (let j = 0; j < i; j++) assert.equal(u[i * n + j], 0);
+  const ref = naiveHinvUpper(h, n);
+  assert.ok(maxAbsDiff(u, ref) < 1e-9, `vs reference ${maxAbsDiff(u, ref)}`);
+  // (U^T U) H = I
+  let worst = 0;
+  for (let i = 0; i < n; i++)
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let k = 0; k < n; k++) {
+        let inv = 0; // (U^T U)[i, k]
+        for (let m = 0; m <= Math.min(i, k); m++) inv += u[m * n + i] * u[m * n + k];
+        s += inv * h[k * n + j];
+      }
+      worst = Math.max(worst, Math.abs(s - (i === j ? 1 : 0)));
+    }
+  assert.ok(worst < 1e-9, `identity error ${worst}`);
+  throwsUser(() => choleskyInverseUpper(Float64Array.from([1, 2, 2, 1]), 2), 'not positive definite');
+});
+
+describe('gptq equals the textbook float64 column loop', () => {
+  const cases: [string, string, Partial<GptqOptions>][] = [
+    ['int4 per row, asymmetric', 'int4-row', {}],
+    ['int4 per row, symmetric', 'int4-row-sym', {}],
+    ['int4 g32, asymmetric', 'int4-g32', {}],
+    ['int3 g32, symmetric', 'int3-g32-sym', {}],
+    ['int4 g32 without includeZero', 'int4-g32', { includeZero: false }],
+    ['int4 g32, act_order', 'int4-g32', { actOrder: true }],
+    ['int4 g32 sym, act_order + static groups', 'int4-g32-sym', { actOrder: true, staticGroups: true }],
+    ['int4 g32, static groups', 'int4-g32', { staticGroups: true }],
+    ['int3 per row, act_order', 'int3-row', { actOrder: true }],
+    ['int4 per tensor', 'int4-tensor', {}],
+    ['int4 g32, blockSize 48 (aligned to groups)', 'int4-g32', { blockSize: 48 }],
+    ['int4 g64, blockSize 16 (block grows to the group)', 'int4-g64', { blockSize: 16 }],
+    ['int4 row, blockSize 40 (ragged last block)', 'int4-row', { blockSize: 40, damp: 0.1 }],
+    ['mxint4 block 32', 'mxint4', {}],
+    ['mxint4 block 32, blockSize 96', 'mxint4-even', { blockSize: 96 }],
+    ['mxfp4 block 32', 'mxfp4', {}],
+    ['mxint4 block 32, act_order + static exponents', 'mxint4', { actOrder: true, staticGroups: true }],
+  ];
+  for (const [name, format, options] of cases) {
+    test(name, () => {
+      const spec = parseFormat(format);
+      const { weight, H } = layer;
+      const ref = textbookGptq(weight, ROWS, COLS, H, spec, { ...BASE, ...options });
+      // the layer has 128 columns: blocks of 32 make the lazy updates between blocks run too
+      for (const blockSize of options.blockSize ? [options.blockSize] : [128, 32]) {
+        const res = gptq(weight, ROWS, COLS, H, spec, { ...options, blockSize });
+        const diff = maxAbsDiff(res.dequant, ref);
+        assert.ok(diff < 1e-6, `blockSize ${blockSize}: max |gptq - textbook| = ${diff}`);
+        assert.ok(maxAbsDiff(res.dequant, weight) > 1e-3, 'weights were quantized');
+        assertSame(dequantizeGptq(res.encoded, res.gIdx), res.dequant, 'dequantizeGptq(encoded)');
+        if (!res.gIdx) assertSame(decode(res.encoded), res.dequant, 'decode(encoded)');
+      }
+    });
+  }
+
+  test('act_order with dynamic groups records gIdx by processing position', () => {
+    const res = gptq(layer.weight, ROWS, COLS, layer.H, parseFormat('int4-g32'), { actOrder: true });
+    assert.ok(res.gIdx && res.perm, 'gIdx and perm are returned');
+    const diag = Array.from({ length: COLS }, (_, c) => layer.H[c * COLS + c]);
+    for (let p = 1; p < COLS; p++) assert.ok(diag[res.perm[p - 1]] >= diag[res.perm[p]], `order at ${p}`);
+    for (let p = 0; p < COLS; p++) assert.equal(res.gIdx[res.perm[p]], Math.floor(p / 32));
+    assert.equal(res.encoded.scales.length, ROWS * 4);
+    // the outlier channels (largest diag) come first, so they are in group 0
+    for (const ch of [3, 50, 77, 100]) assert.equal(res.gIdx[ch], 0);
+  });
+
+  test('staleGroupParams reproduces the reference tools (groups fitted at lazy-block start)', () => {
+    const spec = parseFormat('int4-g32');
+    const { weight, H } = layer;
+    const stale = gptq(weight, ROWS, COLS, H, spec, { staleGroupParams: true });
+    const ref = textbookGptq(weight, ROWS, COLS, H, spec, { ...BASE, staleBlock: 128 });
+    assert.ok(maxAbsDiff(stale.dequant, ref) < 1e-6, `stale: ${maxAbsDiff(stale.dequant, ref)}`);
+    const stale64 = gptq(weight, ROWS, COLS, H, spec, { staleGroupParams: true, blockSize: 64 });
+    const ref64 = textbookGptq(weight, ROWS, COLS, H, spec, { ...BASE, staleBlock: 64 });
+    assert.ok(maxAbsDiff(stale64.dequant, ref64) < 1e-6, `stale64: ${maxAbsDiff(stale64.dequant, ref64)}`);
+    const exact = gptq(weight, ROWS, COLS, H, spec);
+    assert.ok(maxAbsDiff(stale.dequant, exact.dequant) > 1e-3, 'the quirk changes g32 results');
+    // groups that start at block starts are fitted on the same weights
+    const g128 = parseFormat('int4-g128');
+    const a = gptq(weight, ROWS, COLS, H, g128, { staleGroupParams: true });
+    const b = gptq(weight, ROWS, COLS, H, g128);
+    assertSame(a.dequant, b.dequant, 'g128 stale vs exact');
+  });
+
+  test('loss = tr((W - Q)(H + damp I)(W - Q)^T) / 2', () => {
+    const { weight, H } = layer;
+    const res = gptq(weight, ROWS, COLS, H, parseFormat('int4-g32'), { actOrder: true });
+    let mean = 0;
+    for (let i = 0; i < COLS; i++) mean += H[i * COLS + i] / COLS;
+    let want = 0;
+    for (let r = 0; r < ROWS; r++)
+      for (let i = 0; i < COLS; i++)
+        for (let j = 0; j < COLS; j++) {
+          const hij = H[i * COLS + j] + (i === j ? 0.01 * mean : 0);
+          want +=
+            (weight[r * COLS + i] - res.dequant[r * COLS + i]) *
+            hij *
+            (weight[r * COLS + j] - res.dequant[r * COLS + j]);
+        }
+    want /= 2;
+    assert.ok(Math.abs(res.loss - want) / want < 1e-6, `loss ${res.loss} vs ${want}`);
+  });
+});
+
+describe('gptq beats round-to-nearest on the calibration batch', () => {
+  const { weight, x, H } = layer;
+  const cases: [string, (w: Float32Array) => Float32Array][] = [
+    [
+      'int4-g32',
+      (w) => fakeQuantInt(w, ROWS, COLS, parseFormat('int4-g32') as IntSpec, { includeZero: true }),
+    ],
+    [
+      'int3-row',
+      (w) => fakeQuantInt(w, ROWS, COLS, parseFormat('int3-row') as IntSpec, { includeZero: true }),
+    ],
+    ['int4-g32-sym', (w) => fakeQuantInt(w, ROWS, COLS, parseFormat('int4-g32-sym') as IntSpec)],
+    ['mxint4', (w) => fakeQuantMx(w, ROWS, COLS, parseFormat('mxint4') as MxSpec)],
+    ['mxfp4', (w) => fakeQuantMx(w, ROWS, COLS, parseFormat('mxfp4') as MxSpec)],
+  ];
+  for (const [format, rtn] of cases) {
+    test(format, () => {
+      const spec = parseFormat(format);
+      const e0 = outputError(weight, rtn(weight), x, TOKENS);
+      const e1 = outputError(weight, gptq(weight, ROWS, COLS, H, spec).dequant, x, TOKENS);
+      const e2 = outputError(
+        weight,
+        gptq(weight, ROWS, COLS, H, spec, { actOrder: true, staticGroups: true }).dequant,
+        x,
+        TOKENS,
+      );
+      assert.ok(e1 < 0.8 * e0, `gptq ${e1} vs rtn ${e0}`);
+      assert.ok(e2 < 0.8 * e0, `gptq act_order ${e2} vs rtn ${e0}`);
+    });
+  }
+});
+
+describe('dead inputs', () => {
+  const dead = [5, 17, 64];
+  const { weight, H } = makeLayer(2, dead);
+  for (const [format, options] of [
+    ['int4-g32', {}],
+    ['int4-row', { actOrder: true }],
+    ['mxint4', {}],
+  ] as [string, Partial<GptqOptions>][]) {
+    test(`${format} ${JSON.stringify(options)}: weights zeroed, rest equals the textbook loop`, () => {
+      const spec = parseFormat(format);
+      const res = gptq(weight, ROWS, COLS, H, spec, options);
+      assert.equal(res.deadColumns, 3);
+      for (const d of dead) for (let r = 0; r < ROWS; r++) assert.equal(res.dequant[r * COLS + d], 0);
+      const ref = textbookGptq(weight, ROWS, COLS, H, spec, { ...BASE, ...options });
+      assert.ok(maxAbsDiff(res.dequant, ref) < 1e-6, `dead: ${maxAbsDiff(res.dequant, ref)}`);
+    });
+  }
+});
+
+describe('gptq input errors', () => {
+  const { weight, H } = layer;
+  test('formats and option combinations it cannot do', () => {
+    throwsUser(
+      () => gptq(weight, ROWS, COLS, H, parseFormat('mxint4'), { actOrder: true }),
+      'needs staticGroups',
+    );
+    throwsUser(() => gptq(weight, ROWS, COLS, H, parseFormat('fp8-e4m3')), 'INT and MX formats');
+    throwsUser(() => gptq(weight, ROWS, COLS, H, parseFormat('int4-g48')), 'does not divide');
+    throwsUser(() => gptq(weight, ROWS, COLS, H, parseFormat('int4-g32'), { blockSize: 0 }), 'blockSize');
+    throwsUser(() => gptq(weight, ROWS, COLS, H, parseFormat('int4-g32'), { damp: -1 }), 'damp');
+  });
+  test('bad shapes and values', () => {
+    throwsUser(() => gptq(weight, ROWS, COLS, H.subarray(1), parseFormat('int4-g32')), 'Hessian must be');
+    const bad = weight.slice();
+    bad[3 * COLS + 9] = Number.NaN;
+    throwsUser(() => gptq(bad, ROWS, COLS, H, parseFormat('int4-g32')), 'row 3, column 9');
+    const indefinite = Float64Array.from([1, 2, 2, 1]);
+    throwsUser(
+      () => gptq(Float32Array.from([1, 2]), 1, 2, indefinite, parseFormat('int4-row'), { damp: 0 }),
+      'not positive definite at input channel',
+    );
+  });
+});
