@@ -276,6 +276,9 @@ test('fakeQuant is bit-exact against src/formats for every format kind', { skip 
       `${name} bf16`,
     );
   }
+  // static activation scale (calibrated, per tensor): values saturate at +-128 * scale
+  const fixed = { ...parseFormat('int8-tensor-sym'), staticScale: 0.01 };
+  sameBits(await gpu!.read(gpu!.fakeQuant(xg, fixed)), await cpu.read(cpu.fakeQuant(xc, fixed)), 'static');
   // a 3-D tensor quantizes along its last dimension
   const [c3, g3] = onBoth(quantInputs(6, 64, 10), [2, 3, 64]);
   for (const name of ['int4-g32', 'int8-tensor-sym', 'mxfp4', 'nvfp4'])

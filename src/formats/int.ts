@@ -243,7 +243,7 @@ function quantSegment(
   const { scale, zero } =
     opts.staticScale === undefined
       ? intParams(x, bits, symmetric, opts, start, len, 1)
-      : { scale: opts.staticScale, zero: 0 };
+      : { scale: fround(opts.staticScale), zero: 0 };
   if (sink.scales) sink.scales[paramIndex] = scale;
   if (sink.zeros) sink.zeros[paramIndex] = zero;
   const out = sink.out;

@@ -76,7 +76,7 @@ const STEP_DEFAULTS: { [M in Step['method']]: Extract<Step, { method: M }> } = {
 
 const DEFAULT_CALIB = { samples: 128, seqLen: 512 };
 
-interface RecipeText {
+export interface RecipeText {
   description: string;
   weights?: string;
   activations?: string;
@@ -229,6 +229,11 @@ export function builtinRecipeNames(): string[] {
 /** Adds built-in recipes (used by method modules to register their named recipes). */
 export function registerRecipes(recipes: Record<string, RecipeText>): void {
   Object.assign(BUILTINS, recipes);
+}
+
+/** A recipe from its text form (formats by name, steps with defaults filled in), validated. */
+export function defineRecipe(name: string, text: RecipeText): Recipe {
+  return buildRecipe(name, text, `recipe ${name}`);
 }
 
 export function resolveRecipe(nameOrFile: string): Recipe {

@@ -197,13 +197,18 @@ function intPlan(spec: Extract<FormatSpec, { kind: 'int' }>, cols: number): Plan
   const clipMul = (v: string) => (clip === undefined ? '' : `${v} = ${v} * ${lit(clip)};`);
   const qlo = symmetric ? -(2 ** (bits - 1)) : 0;
   const qhi = symmetric ? 2 ** (bits - 1) - 1 : 2 ** bits - 1;
-  const params = symmetric
-    ? `
+  const fixed = spec.staticScale;
+  const params =
+    fixed !== undefined
+      ? `
+  return vec2<u32>(${new Uint32Array(new Float32Array([fixed]).buffer)[0]}u, 0u);`
+      : symmetric
+        ? `
   var amax = max(-r.x, r.y);
   ${clipMul('amax')}
   if (!(amax >= ${floor})) { amax = ${floor}; }
   return vec2<u32>(divRn(fbits(amax), ${qhi}.0), 0u);`
-    : `
+        : `
   var mn = r.x;
   var mx = r.y;
   ${clipMul('mn')}
@@ -214,7 +219,7 @@ function intPlan(spec: Extract<FormatSpec, { kind: 'int' }>, cols: number): Plan
   let z = clamp(0.0 - rne(divF(mn, scale)), 0.0, ${qhi}.0);
   return vec2<u32>(fbits(scale), fbits(z));`;
   return {
-    key: `int${bits}:${symmetric}:${clip ?? 1}`,
+    key: `int${bits}:${symmetric}:${clip ?? 1}:${fixed ?? 'dynamic'}`,
     segLen,
     paramLen: perTensor ? 0 : segLen,
     global: perTensor,
