@@ -4,6 +4,7 @@ import { EVAL_HELP, evalCommand } from './eval.ts';
 import { INSPECT_HELP, inspectCommand } from './inspect.ts';
 import { QUANTIZE_HELP, quantizeCommand } from './quantize.ts';
 import { RECIPES_HELP, recipesCommand } from './recipes.ts';
+import { SWEEP_HELP, sweepCommand } from './sweep.ts';
 import { SYNTH_HELP, synthCommand } from './synth.ts';
 
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: string }> = {
@@ -11,6 +12,7 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: s
   inspect: { run: inspectCommand, help: INSPECT_HELP },
   quantize: { run: quantizeCommand, help: QUANTIZE_HELP },
   recipes: { run: recipesCommand, help: RECIPES_HELP },
+  sweep: { run: sweepCommand, help: SWEEP_HELP },
   synth: { run: synthCommand, help: SYNTH_HELP },
 };
 

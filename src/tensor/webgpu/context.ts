@@ -190,10 +190,12 @@ export class GpuContext {
 
   /** Throws the first device error (validation, out of memory) since the last check. */
   async checkError(): Promise<void> {
-    const validation = await this.device.popErrorScope();
-    const oom = await this.device.popErrorScope();
+    // pop both scopes and reopen them before awaiting: concurrent host reads each check errors,
+    // and interleaved pops would otherwise pop scopes that are not there
+    const validation = this.device.popErrorScope();
+    const oom = this.device.popErrorScope();
     this.openScopes();
-    const err = validation ?? oom;
+    const err = (await validation) ?? (await oom);
     if (err) throw new Error(`WebGPU error: ${err.message.split('\n')[0]}`);
   }
 

@@ -1,0 +1,197 @@
+/**
+ * The quantization results of RESULTS.md: perplexity of each recipe on a model, with the
+ * calibration and evaluation settings the issues name. Meant for the GPU machine (WebGPU):
+ *   node bench/results.ts --set issue4 --model <dir> --calib brown.txt --eval wiki.test.raw \
+ *     [--device webgpu] [--out dir] [--dump-awq dir] [--quick]
+ * Writes <out>/results-<set>-<model>.json and .md; --dump-awq writes the calibration/evaluation
+ * ids for bench/reference/awq_reference.py; --quick shrinks every setting (smoke test).
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { loadCalibration } from '../src/calib/data.ts';
+import { perplexity, readEvalText } from '../src/eval/perplexity.ts';
+import { loadTokenizer } from '../src/io/tokenizer.ts';
+import { LlamaModel } from '../src/model/llama.ts';
+import '../src/quant/methods.ts';
+import { quantizeModel } from '../src/quant/pipeline.ts';
+import { type Recipe, resolveRecipe } from '../src/quant/recipe.ts';
+import { createBackend, type DeviceName } from '../src/tensor/index.ts';
+
+interface Job {
+  label: string;
+  /** built-in name, or a recipe object (written to a temp file and resolved like a user's file) */
+  recipe?: string | Record<string, unknown>;
+  calib?: { samples: number; seqLen: number };
+}
+
+const AWQ_CALIB = { samples: 128, seqLen: 512 };
+const GPTQ_CALIB = { samples: 128, seqLen: 2048 };
+const W4A8_MX = { weights: 'mxint4-128', activations: 'mxint8-128' };
+
+const SETS: Record<string, Job[]> = {
+  issue4: [
+    { label: 'fp' },
+    { label: 'RTN W4 g128', recipe: 'rtn-w4g128' },
+    { label: 'AWQ W4 g128', recipe: 'awq-w4g128', calib: AWQ_CALIB },
+    { label: 'SmoothQuant+ W4 g128', recipe: 'sqplus-w4g128' },
+    { label: 'RTN W8A8 (per-tensor static acts)', recipe: 'rtn-w8a8-static', calib: AWQ_CALIB },
+    {
+      label: 'SmoothQuant W8A8 (per-tensor static acts)',
+      recipe: 'smoothquant-w8a8-static',
+      calib: AWQ_CALIB,
+    },
+    { label: 'RTN W8A8 (per-token acts)', recipe: 'rtn-w8a8' },
+    { label: 'SmoothQuant W8A8 (per-token acts)', recipe: 'smoothquant-w8a8', calib: AWQ_CALIB },
+    { label: 'RTN W4A4', recipe: 'rtn-w4a4' },
+    { label: 'AWQ W4A4 (acts in the search)', recipe: 'awq-w4a4', calib: AWQ_CALIB },
+    ...[0, 1, 2, 4, 8, 16, 32, 64].map((p) => ({
+      label: `mixed W4A4, ${p}% salient`,
+      recipe: { base: 'mixed-w4a4', steps: [{ mixed: { salientPercent: p } }] },
+      calib: AWQ_CALIB,
+    })),
+  ],
+  gptq: [
+    { label: 'fp' },
+    { label: 'RTN W4 g128', recipe: 'rtn-w4g128' },
+    { label: 'GPTQ W4 g128', recipe: 'gptq-w4g128', calib: GPTQ_CALIB },
+    { label: 'GPTQ W4 g128 act_order', recipe: 'gptq-w4g128-actorder', calib: GPTQ_CALIB },
+    { label: 'RTN W3 g128', recipe: 'rtn-w3g128' },
+    { label: 'GPTQ W3 g128', recipe: 'gptq-w3g128', calib: GPTQ_CALIB },
+    { label: 'GPTQ W3 g128 act_order', recipe: 'gptq-w3g128-actorder', calib: GPTQ_CALIB },
+  ],
+  'awq-gptq': [
+    { label: 'fp' },
+    { label: 'RTN W4A8 MXINT4-128', recipe: { name: 'rtn-mx', ...W4A8_MX } },
+    {
+      label: 'GPTQ W4A8 MXINT4-128',
+      recipe: { name: 'gptq-mx', ...W4A8_MX, steps: ['gptq'] },
+      calib: GPTQ_CALIB,
+    },
+    {
+      label: 'AWQ W4A8 MXINT4-128',
+      recipe: { name: 'awq-mx', ...W4A8_MX, steps: ['awq'] },
+      calib: AWQ_CALIB,
+    },
+    { label: 'AWQ+GPTQ W4A8 MXINT4-128', recipe: 'mxint4-awq-gptq', calib: GPTQ_CALIB },
+    {
+      label: 'SmoothQuant+GPTQ W4A8 MXINT4-128',
+      recipe: { name: 'sq-gptq-mx', ...W4A8_MX, steps: ['smoothquant', 'gptq'] },
+      calib: GPTQ_CALIB,
+    },
+  ],
+};
+
+function resolve(job: Job, quick: boolean): Recipe | undefined {
+  if (!job.recipe) return undefined;
+  let recipe: Recipe;
+  if (typeof job.recipe === 'string') recipe = resolveRecipe(job.recipe);
+  else {
+    const file = path.join(os.tmpdir(), `llmq-results-${process.pid}.json`);
+    fs.writeFileSync(file, JSON.stringify(job.recipe));
+    recipe = resolveRecipe(file);
+    fs.rmSync(file);
+  }
+  if (job.calib) recipe.calib = { ...job.calib };
+  if (quick) recipe.calib = { samples: 2, seqLen: 256 };
+  return recipe;
+}
+
+const { values } = parseArgs({
+  options: {
+    set: { type: 'string', default: 'issue4' },
+    model: { type: 'string' },
+    calib: { type: 'string' },
+    eval: { type: 'string' },
+    device: { type: 'string', default: 'webgpu' },
+    out: { type: 'string', default: '.' },
+    'dump-awq': { type: 'string' },
+    only: { type: 'string' },
+    quick: { type: 'boolean', default: false },
+    windows: { type: 'string', default: '16' },
+    seqlen: { type: 'string', default: '512' },
+  },
+});
+const dir = values.model as string;
+const jobs = (SETS[values.set as string] ?? []).filter((j) => !values.only || j.label.includes(values.only));
+const backend = await createBackend(values.device as DeviceName);
+const tokenizer = loadTokenizer(dir);
+const evalIds = tokenizer.encode(readEvalText(values.eval as string));
+const windows = values.quick ? 1 : Number(values.windows);
+const seqLen = Number(values.seqlen);
+const rows: Record<string, unknown>[] = [];
+const name = path.basename(path.resolve(dir));
+const outBase = path.join(values.out as string, `results-${values.set}-${name}`);
+for (const job of jobs) {
+  const start = performance.now();
+  const recipe = resolve(job, values.quick);
+  const model = LlamaModel.load(dir, backend);
+  let report: Awaited<ReturnType<typeof quantizeModel>> | undefined;
+  let calibInfo: Record<string, unknown> | undefined;
+  if (recipe) {
+    const needs = recipe.steps.length > 0 || recipe.activations?.static;
+    const calib = needs
+      ? await loadCalibration(tokenizer, { file: values.calib, ...recipe.calib, seed: 0 })
+      : undefined;
+    if (calib) calibInfo = { samples: calib.samples, seqLen: calib.seqLen, sha256: calib.sha256 };
+    if (calib && values['dump-awq'] && recipe.name === 'awq-w4g128')
+      dumpAwq(values['dump-awq'], calib.ids, recipe);
+    report = await quantizeModel(model, recipe, calib);
+  }
+  const r = await perplexity(model, evalIds, { seqLen, maxWindows: windows });
+  const row = {
+    model: name,
+    label: job.label,
+    recipe: recipe?.name ?? 'fp',
+    ppl: r.ppl,
+    windows: r.windows,
+    seqlen: seqLen,
+    calibration: calibInfo ?? null,
+    seconds: (performance.now() - start) / 1000,
+    timings: report?.timings ?? {},
+    notes: report ? { model: report.model, layers: report.layers.map(trimNotes) } : null,
+  };
+  rows.push(row);
+  console.log(`${job.label.padEnd(44)} ppl ${r.ppl.toFixed(2).padStart(10)}   ${row.seconds.toFixed(1)} s`);
+  fs.writeFileSync(`${outBase}.json`, JSON.stringify(rows, null, 1));
+}
+const fp = rows.find((r) => r.recipe === 'fp')?.ppl as number | undefined;
+const md = [
+  `| ${name} | ppl | vs fp | seconds |`,
+  '|---|---|---|---|',
+  ...rows.map(
+    (r) =>
+      `| ${r.label} | ${(r.ppl as number).toFixed(2)} | ${fp ? `${(((r.ppl as number) / fp - 1) * 100).toFixed(2)}%` : ''} | ${(r.seconds as number).toFixed(1)} |`,
+  ),
+].join('\n');
+fs.writeFileSync(`${outBase}.md`, `${md}\n`);
+console.log(md);
+
+function dumpAwq(out: string, calibIds: Int32Array, recipe: Recipe): void {
+  fs.mkdirSync(out, { recursive: true });
+  fs.writeFileSync(path.join(out, 'calib.bin'), calibIds);
+  fs.writeFileSync(path.join(out, 'eval.bin'), evalIds.subarray(0, windows * seqLen));
+  const meta = {
+    w_bit: recipe.weights?.kind === 'int' ? recipe.weights.bits : 4,
+    group: 128,
+    calib_samples: recipe.calib.samples,
+    calib_seqlen: recipe.calib.seqLen,
+    eval_windows: windows,
+    eval_seqlen: seqLen,
+  };
+  fs.writeFileSync(path.join(out, 'meta.json'), JSON.stringify(meta));
+}
+
+/** Keeps per-layer notes small: AWQ scale vectors are summarised, not listed. */
+function trimNotes(layer: Record<string, unknown>): Record<string, unknown> {
+  const awq = layer.awq as Record<string, { ratio: number; scales: number[] }> | undefined;
+  if (!awq) return layer;
+  const summary = Object.fromEntries(
+    Object.entries(awq).map(([k, v]) => [
+      k,
+      { ratio: v.ratio, minScale: Math.min(...v.scales), maxScale: Math.max(...v.scales) },
+    ]),
+  );
+  return { ...layer, awq: summary };
+}
