@@ -114,7 +114,14 @@ const { values } = parseArgs({
   },
 });
 const dir = values.model as string;
-const jobs = (SETS[values.set as string] ?? []).filter((j) => !values.only || j.label.includes(values.only));
+const jobs = (SETS[values.set as string] ?? []).filter(
+  (j) =>
+    !values.only ||
+    values.only
+      .split(',')
+      .filter(Boolean)
+      .some((o) => (o.startsWith('=') ? j.label === o.slice(1) : j.label.includes(o))),
+);
 const backend = await createBackend(values.device as DeviceName);
 const tokenizer = loadTokenizer(dir);
 const evalIds = tokenizer.encode(readEvalText(values.eval as string));

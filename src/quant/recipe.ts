@@ -68,7 +68,7 @@ export interface Recipe {
 
 const STEP_DEFAULTS: { [M in Step['method']]: Extract<Step, { method: M }> } = {
   smoothquant: { method: 'smoothquant', alpha: 0.5 },
-  sqplus: { method: 'sqplus', step: 0.05, lossSamples: 8 },
+  sqplus: { method: 'sqplus', step: 0.05, lossSamples: 16 },
   awq: { method: 'awq', grid: 20, clip: true, duo: false, withActivations: false },
   gptq: { method: 'gptq', damp: 0.01, blockSize: 128, actOrder: false, staticGroups: false },
   mixed: { method: 'mixed', salientPercent: 1 },

@@ -3,6 +3,8 @@
  * for the whole model chosen on a grid (step 0.05 over [0, 1]) by the loss of the whole quantized
  * model: here the mean next-token NLL on `lossSamples` calibration samples (the paper minimises the
  * model's output error; we use the calibration NLL so the choice tracks perplexity directly).
+ * "No smoothing" (plain RTN) is a candidate too, reported as alpha null, so smoothing is only
+ * applied when it lowers the calibration loss.
  * Activation maxima come from one full-precision pass over the calibration set.
  */
 import type { CalibSet } from '../calib/data.ts';
@@ -112,21 +114,25 @@ async function sqplus(
   const maxima = await timed(timings, 'sqplus capture', () => activationMaxima(model, calib));
   const snap = await snapshot(model);
   const lossSamples = Math.min(step.lossSamples, calib.samples);
-  const losses: { alpha: number; nll: number }[] = [];
-  for (let i = 0; Math.round(i * step.step * 1e6) <= 1e6; i++) {
-    const alpha = Math.min(1, Math.round(i * step.step * 1e6) / 1e6);
+  const losses: { alpha: number | null; nll: number }[] = [];
+  const candidates: (number | null)[] = [null];
+  for (let i = 0; Math.round(i * step.step * 1e6) <= 1e6; i++)
+    candidates.push(Math.min(1, Math.round(i * step.step * 1e6) / 1e6));
+  for (const alpha of candidates)
     await timed(timings, 'sqplus search', async () => {
-      for (let l = 0; l < model.layers.length; l++)
-        await smoothLayer(model, l, (n) => maxima.get(key(l, n)), alpha);
+      if (alpha !== null) await smoothModel(model, maxima, alpha);
       roundWeights(model, recipe);
       losses.push({ alpha, nll: await calibrationNll(model, calib, lossSamples) });
       restore(model, snap);
     });
-  }
-  const best = losses.reduce((a, b) => (b.nll < a.nll ? b : a));
-  for (let l = 0; l < model.layers.length; l++)
-    await smoothLayer(model, l, (n) => maxima.get(key(l, n)), best.alpha);
+  const best = losses.reduce((x, y) => (y.nll < x.nll ? y : x));
+  if (best.alpha !== null) await smoothModel(model, maxima, best.alpha);
   return { alpha: best.alpha, lossSamples, losses };
+}
+
+async function smoothModel(model: LlamaModel, maxima: ActMax, alpha: number): Promise<void> {
+  for (let l = 0; l < model.layers.length; l++)
+    await smoothLayer(model, l, (n) => maxima.get(key(l, n)), alpha);
 }
 
 registerModelStep('sqplus', async (model, recipe, calib, report) => {
