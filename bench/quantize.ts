@@ -72,6 +72,6 @@ publish(
   `node --import tsx bench/quantize.ts --samples ${samples}`,
   `${table(rows)}\n\nLoad average at the end: ${os.loadavg()[0].toFixed(1)}.`,
   'AWQ time is the scale search (20 ratios x 4 groups, each a forward of the inspected block over all calibration ' +
-    'tokens): it scales linearly with calibration tokens, so 128 x 512 costs 8x the row above. On the H100 through WebGPU ' +
+    `tokens): it scales linearly with calibration tokens, so 128 x 512 costs ${128 / samples}x the row above. On the H100 through WebGPU ` +
     'the full 128 x 512 AWQ run of RESULTS.md takes about 70-95 s.',
 );

@@ -69,7 +69,7 @@ function naiveMxfp4(v: number[]): number[] {
 
 type RowQuant = (v: number[]) => number[];
 
-function quantRows(values: Float32Array, cols: number, group: number, q: RowQuant): Float32Array {
+function quantRows(values: Float32Array, group: number, q: RowQuant): Float32Array {
   const out = new Float32Array(values.length);
   for (let s = 0; s < values.length; s += group) out.set(q(Array.from(values.subarray(s, s + group))), s);
   return out;
@@ -82,20 +82,20 @@ interface Case {
 }
 
 const CASES: Case[] = [
-  { recipe: 'rtn-w4g128', weights: (w, c) => quantRows(w, c, 128, (v) => naiveAsym(v, 4)) },
-  { recipe: 'rtn-w4', weights: (w, c) => quantRows(w, c, c, (v) => naiveAsym(v, 4)) },
-  { recipe: 'rtn-w3g128', weights: (w, c) => quantRows(w, c, 128, (v) => naiveAsym(v, 3)) },
+  { recipe: 'rtn-w4g128', weights: (w, c) => quantRows(w, 128, (v) => naiveAsym(v, 4)) },
+  { recipe: 'rtn-w4', weights: (w, c) => quantRows(w, c, (v) => naiveAsym(v, 4)) },
+  { recipe: 'rtn-w3g128', weights: (w, c) => quantRows(w, 128, (v) => naiveAsym(v, 3)) },
   {
     recipe: 'rtn-w8a8',
-    weights: (w, c) => quantRows(w, c, c, (v) => naiveSym(v, 8)),
-    acts: (x, c) => quantRows(x, c, c, (v) => naiveSym(v, 8)),
+    weights: (w, c) => quantRows(w, c, (v) => naiveSym(v, 8)),
+    acts: (x, c) => quantRows(x, c, (v) => naiveSym(v, 8)),
   },
   {
     recipe: 'rtn-w4a4',
-    weights: (w, c) => quantRows(w, c, 128, (v) => naiveAsym(v, 4)),
-    acts: (x, c) => quantRows(x, c, c, (v) => naiveSym(v, 4)),
+    weights: (w, c) => quantRows(w, 128, (v) => naiveAsym(v, 4)),
+    acts: (x, c) => quantRows(x, c, (v) => naiveSym(v, 4)),
   },
-  { recipe: 'mxfp4', weights: (w, c) => quantRows(w, c, 32, naiveMxfp4) },
+  { recipe: 'mxfp4', weights: (w, c) => quantRows(w, 32, naiveMxfp4) },
 ];
 
 /** The naive model: weights replaced by the naive quantizer, activations quantized in a hook. */
