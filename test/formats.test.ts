@@ -210,17 +210,20 @@ describe('INT asymmetric (AutoAWQ pseudo_quantize_tensor)', () => {
     // int2, [-5, -2]: range 3, scale 1, zero = clamp(5, 0, 3) = 3, q = [-5+3 -> 0, -2+3 = 1]
     //   -> (q - 3) * 1 = [-3, -2]: everything below -(max - min) = -3 saturates there
     same(fq([1, 4, -5, -2], int(2, false, 2)), [1, 3, -3, -2]);
-    // GPTQ's include-zero range instead: [0, 4] -> scale f32(4/3), zero 0, q = [round(0.75)=1, 3]
-    // -> [f32(4/3), f32(3 * f32(4/3)) = 4]; [-5, 0] -> scale f32(5/3), zero = -round(-3) = 3,
-    // q = [0, round(-1.2) + 3 = 2] -> [-3 * f32(5/3) = -5, -1 * f32(5/3)]
+    // GPTQ's include-zero range instead: [0, 4] -> scale s4 = f32(4 * f32(1/3)) (scales are range
+    // times the f32 reciprocal of qmax, as PyTorch on CUDA), zero 0, q = [round(0.75) = 1, 3]
+    // -> [s4, f32(3 * s4)]; [-5, 0] -> scale s5 = f32(5 * f32(1/3)), zero = -round(-3) = 3,
+    // q = [0, round(-1.2) + 3 = 2] -> [f32(-3 * s5), -s5]
+    const s4 = f32(4 * f32(1 / 3));
+    const s5 = f32(5 * f32(1 / 3));
     const out = fakeQuantInt(new Float32Array([1, 4, -5, -2]), 2, 2, int(2, false, 2), { includeZero: true });
-    same(out, [f32(4 / 3), 4, -5, -f32(5 / 3)], 'includeZero');
+    same(out, [s4, f32(3 * s4), f32(-3 * s5), -s5], 'includeZero');
   });
 
   test('all-equal, all-zero and single-valued groups use the 1e-5 range floor', () => {
-    // [0.3 x4] int4: range 0 -> f32(1e-5), scale = f32(f32(1e-5) / 15), zero = clamp(-big, 0, 15) = 0,
-    // q = clamp(big, 0, 15) = 15 -> 15 * scale (~1e-5); negative: zero 15, q 0 -> -15 * scale
-    const s = f32(f32(1e-5) / 15);
+    // [0.3 x4] int4: range 0 -> f32(1e-5), scale = f32(f32(1e-5) * f32(1/15)), zero = clamp(-big, 0, 15)
+    // = 0, q = clamp(big, 0, 15) = 15 -> 15 * scale (~1e-5); negative: zero 15, q 0 -> -15 * scale
+    const s = f32(f32(1e-5) * f32(1 / 15));
     const v = f32(15 * s);
     assert.ok(Math.abs(v - 1e-5) < 1e-12, 'comes back as ~1e-5');
     const x = [0.3, 0.3, 0.3, 0.3, -2, -2, -2, -2, 0, 0, 0, 0];
@@ -676,13 +679,13 @@ function naiveInt(x: Float32Array, cols: number, spec: IntSpec): Float32Array {
       qhi = 2 ** (spec.bits - 1) - 1;
       qlo = -qhi - 1;
       const amax = Math.max(floor, f32(Math.max(Math.abs(lo), Math.abs(hi)) * c));
-      scale = f32(amax / qhi);
+      scale = f32(amax * f32(1 / qhi)); // PyTorch on CUDA: division by a number = times its f32 reciprocal
     } else {
       qlo = 0;
       qhi = 2 ** spec.bits - 1;
       lo = f32(lo * c);
       hi = f32(hi * c);
-      scale = f32(Math.max(floor, f32(hi - lo)) / qhi);
+      scale = f32(Math.max(floor, f32(hi - lo)) * f32(1 / qhi));
       zero = Math.min(qhi, Math.max(0, -rne(f32(lo / scale))));
     }
     for (let i = 0; i < g; i++) {

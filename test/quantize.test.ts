@@ -35,7 +35,8 @@ function naiveAsym(v: number[], bits: number): number[] {
   const max = Math.max(...v);
   const min = Math.min(...v);
   const qmax = 2 ** bits - 1;
-  const scale = Math.fround(Math.max(Math.fround(max - min), Math.fround(1e-5)) / qmax);
+  // PyTorch on CUDA: division by a Python number is multiplication by its f32 reciprocal
+  const scale = Math.fround(Math.max(Math.fround(max - min), Math.fround(1e-5)) * Math.fround(1 / qmax));
   const zero = Math.min(qmax, Math.max(0, -rne(Math.fround(min / scale))));
   return v.map((x) =>
     Math.fround((Math.min(qmax, Math.max(0, rne(Math.fround(x / scale)) + zero)) - zero) * scale),
@@ -46,7 +47,7 @@ function naiveAsym(v: number[], bits: number): number[] {
 function naiveSym(v: number[], bits: number): number[] {
   const lim = 2 ** (bits - 1);
   const amax = Math.max(...v.map(Math.abs), Math.fround(1e-5));
-  const scale = Math.fround(amax / (lim - 1));
+  const scale = Math.fround(amax * Math.fround(1 / (lim - 1)));
   return v.map((x) => Math.fround(Math.min(lim - 1, Math.max(-lim, rne(Math.fround(x / scale)))) * scale));
 }
 

@@ -109,6 +109,53 @@ fn divRn(ab: u32, b: f32) -> u32 {
   return sign | (u32(e + 127) << 23u) | (mant & 0x7fffffu);
 }
 fn divF(a: f32, b: f32) -> f32 { return bitcast<f32>(divRn(bitcast<u32>(a), b)); }
+/**
+ * correctly rounded a * b (bits) for b > 0 normal, in integer arithmetic so that no compiler can
+ * fuse or reassociate it with a neighbouring constant multiply; subnormal results flush to zero
+ */
+fn mulRn(ab: u32, b: f32) -> u32 {
+  let sign = ab & 0x80000000u;
+  let field = (ab >> 23u) & 0xffu;
+  var am = ab & 0x7fffffu;
+  if (field == 0xffu) { return ab; }
+  var ea: i32;
+  if (field == 0u) {
+    if (am == 0u) { return sign; }
+    let lead = firstLeadingBit(am);
+    am = am << (23u - lead);
+    ea = i32(lead) - 149;
+  } else {
+    am = am | 0x800000u;
+    ea = i32(field) - 127;
+  }
+  let bb = bitcast<u32>(b);
+  let bm = (bb & 0x7fffffu) | 0x800000u;
+  var e = ea + i32((bb >> 23u) & 0xffu) - 127;
+  let a0 = am & 0xffffu;
+  let a1 = am >> 16u;
+  let b0 = bm & 0xffffu;
+  let b1 = bm >> 16u;
+  let p00 = a0 * b0;
+  let mid = a0 * b1 + a1 * b0;
+  let lo = p00 + ((mid & 0xffffu) << 16u);
+  let hi = a1 * b1 + (mid >> 16u) + select(0u, 1u, lo < p00);
+  var shift = 23u;
+  if (hi >= 0x8000u) {
+    shift = 24u;
+    e = e + 1;
+  }
+  var mant = (hi << (32u - shift)) | (lo >> shift);
+  let rem = lo & ((1u << shift) - 1u);
+  let half = 1u << (shift - 1u);
+  if (rem > half || (rem == half && (mant & 1u) == 1u)) { mant = mant + 1u; }
+  if (mant == 0x1000000u) {
+    mant = mant >> 1u;
+    e = e + 1;
+  }
+  if (e > 127) { return sign | 0x7f800000u; }
+  if (e < -126) { return sign; }
+  return sign | (u32(e + 127) << 23u) | (mant & 0x7fffffu);
+}
 fn rne(t: f32) -> f32 {
   let f = floor(t);
   let d = t - f;
@@ -207,7 +254,7 @@ function intPlan(spec: Extract<FormatSpec, { kind: 'int' }>, cols: number): Plan
   var amax = max(-r.x, r.y);
   ${clipMul('amax')}
   if (!(amax >= ${floor})) { amax = ${floor}; }
-  return vec2<u32>(divRn(fbits(amax), ${qhi}.0), 0u);`
+  return vec2<u32>(mulRn(fbits(amax), ${lit(Math.fround(1 / qhi))}), 0u);`
         : `
   var mn = r.x;
   var mx = r.y;
@@ -215,7 +262,7 @@ function intPlan(spec: Extract<FormatSpec, { kind: 'int' }>, cols: number): Plan
   ${clipMul('mx')}
   var rg = mx - mn;
   if (!(rg >= ${floor})) { rg = ${floor}; }
-  let scale = divF(rg, ${qhi}.0);
+  let scale = fv(mulRn(fbits(rg), ${lit(Math.fround(1 / qhi))}));
   let z = clamp(0.0 - rne(divF(mn, scale)), 0.0, ${qhi}.0);
   return vec2<u32>(fbits(scale), fbits(z));`;
   return {
