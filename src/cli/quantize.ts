@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fail } from '../errors.ts';
 import { openCheckpoint } from '../io/safetensors.ts';
+import type { LlamaModel } from '../model/llama.ts';
 import { hashCheckpointFiles, saveQuantized, TOOL_VERSION } from '../quant/checkpoint.ts';
 import { loadModel } from '../quant/load.ts';
 import { resolveRecipe } from '../quant/recipe.ts';
@@ -20,6 +21,23 @@ function dirBytes(dir: string): number {
     .readdirSync(dir)
     .filter((f) => f.endsWith('.safetensors'))
     .reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
+}
+
+/** Stored bits per weight of the quantized linears: codes, scales, zero points, exponents, salient columns. */
+function linearBitsPerWeight(model: LlamaModel): number {
+  let bits = 0;
+  let weights = 0;
+  for (const L of model.layers)
+    for (const lin of Object.values(L.linears)) {
+      const q = lin.quantized;
+      if (!q) continue;
+      const e = q.encoded;
+      weights += e.rows * e.cols;
+      bits += e.codes.length * e.bits + e.scales.length * 32 + (e.zeros?.length ?? 0) * e.bits;
+      bits += (e.exponents?.length ?? 0) * 16 + (e.scaleCodes?.length ?? 0) * 8;
+      bits += (q.salient?.values.length ?? 0) * 32 + (q.gIdx?.length ?? 0) * 32;
+    }
+  return weights ? bits / weights : 16;
 }
 
 export async function quantizeCommand(argv: string[]): Promise<void> {
@@ -83,12 +101,19 @@ export async function quantizeCommand(argv: string[]): Promise<void> {
     compression: sourceBytes / outBytes,
     calibration: calibration ?? null,
     peak_activation_mib: (report.peakActivationValues * 4) / 2 ** 20,
+    peak_rss_mib: process.resourceUsage().maxRSS / 1024,
+    linear_bits_per_weight: linearBitsPerWeight(model),
   };
   if (values.json) return printJson(out);
   console.log(
     `${values.out}: ${recipe.name}, ${(outBytes / 2 ** 20).toFixed(1)} MiB (source ${(sourceBytes / 2 ** 20).toFixed(1)} MiB, ` +
       `compression ${out.compression.toFixed(2)}x) in ${out.seconds.toFixed(1)} s`,
   );
-  if (report.peakActivationValues)
-    console.log(`  calibration activations held per layer: ${out.peak_activation_mib.toFixed(0)} MiB`);
+  console.log(
+    `  quantized linears: ${out.linear_bits_per_weight.toFixed(2)} bits per weight with scales (16 in bf16); ` +
+      `peak memory ${out.peak_rss_mib.toFixed(0)} MiB` +
+      (report.peakActivationValues
+        ? `, calibration activations per layer ${out.peak_activation_mib.toFixed(0)} MiB`
+        : ''),
+  );
 }
