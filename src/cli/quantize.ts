@@ -100,7 +100,7 @@ export async function quantizeCommand(argv: string[]): Promise<void> {
     out_bytes: outBytes,
     compression: sourceBytes / outBytes,
     calibration: calibration ?? null,
-    peak_activation_mib: (report.peakActivationValues * 4) / 2 ** 20,
+    calibration_hidden_states_mib: (report.peakActivationValues * 4) / 2 ** 20,
     peak_rss_mib: process.resourceUsage().maxRSS / 1024,
     linear_bits_per_weight: linearBitsPerWeight(model),
   };
@@ -113,7 +113,7 @@ export async function quantizeCommand(argv: string[]): Promise<void> {
     `  quantized linears: ${out.linear_bits_per_weight.toFixed(2)} bits per weight with scales (16 in bf16); ` +
       `peak memory ${out.peak_rss_mib.toFixed(0)} MiB` +
       (report.peakActivationValues
-        ? `, calibration activations per layer ${out.peak_activation_mib.toFixed(0)} MiB`
+        ? `, of which calibration hidden states ${out.calibration_hidden_states_mib.toFixed(0)} MiB`
         : ''),
   );
 }

@@ -62,7 +62,10 @@ export interface QuantReport {
   timings: Record<string, number>;
   layers: Record<string, unknown>[];
   model: Record<string, unknown>;
-  /** largest number of calibration activation values held at once (f32) */
+  /**
+   * calibration hidden states held across a layer (its inputs and outputs, f32 values); steps add
+   * their own captures on top (AWQ: the four linear inputs), which the measured peak RSS includes
+   */
   peakActivationValues: number;
 }
 
@@ -162,10 +165,7 @@ async function layerByLayer(
       notes: {},
     };
     const fpOutputs = await timed(report.timings, 'capture', () => captureStats(ctx));
-    report.peakActivationValues = Math.max(
-      report.peakActivationValues,
-      calib.samples * calib.seqLen * (2 * width + model.config.intermediateSize),
-    );
+    report.peakActivationValues = calib.samples * calib.seqLen * 2 * width;
     for (const step of recipe.steps) {
       const run = LAYER_STEPS.get(step.method);
       if (run) await run(ctx, step);

@@ -65,26 +65,42 @@ fn pow2Mul(x: f32, k: i32) -> f32 {
   let k1 = k / 2;
   return x * pow2(k1) * pow2(k - k1);
 }
+struct MantExp {
+  m: u32,
+  e: i32,
+}
+/** |a| = m * 2^(e - 23) with m in [2^23, 2^24), for a finite nonzero f32 (bits) */
+fn mantExp(ab: u32) -> MantExp {
+  let field = (ab >> 23u) & 0xffu;
+  let am = ab & 0x7fffffu;
+  if (field == 0u) {
+    let lead = firstLeadingBit(am);
+    return MantExp(am << (23u - lead), i32(lead) - 149);
+  }
+  return MantExp(am | 0x800000u, i32(field) - 127);
+}
+/** sign | mant * 2^(e - 23) for a rounded mant in [2^23, 2^24]; overflow to inf, flush below normal */
+fn packRounded(sign: u32, rounded: u32, e0: i32) -> u32 {
+  var mant = rounded;
+  var e = e0;
+  if (mant == 0x1000000u) {
+    mant = mant >> 1u;
+    e = e + 1;
+  }
+  if (e > 127) { return sign | 0x7f800000u; }
+  if (e < -126) { return sign; }
+  return sign | (u32(e + 127) << 23u) | (mant & 0x7fffffu);
+}
 /** correctly rounded a / b (bits) for b > 0 normal; subnormal results flush to signed zero */
 fn divRn(ab: u32, b: f32) -> u32 {
   let sign = ab & 0x80000000u;
-  let field = (ab >> 23u) & 0xffu;
-  var am = ab & 0x7fffffu;
-  if (field == 0xffu) { return ab; }
-  var ea: i32;
-  if (field == 0u) {
-    if (am == 0u) { return sign; }
-    let lead = firstLeadingBit(am);
-    am = am << (23u - lead);
-    ea = i32(lead) - 149;
-  } else {
-    am = am | 0x800000u;
-    ea = i32(field) - 127;
-  }
+  if (((ab >> 23u) & 0xffu) == 0xffu) { return ab; }
+  if ((ab & 0x7fffffffu) == 0u) { return sign; }
+  let a = mantExp(ab);
   let bb = bitcast<u32>(b);
   let bm = (bb & 0x7fffffu) | 0x800000u;
-  var e = ea - (i32((bb >> 23u) & 0xffu) - 127);
-  var r = am;
+  var e = a.e - (i32((bb >> 23u) & 0xffu) - 127);
+  var r = a.m;
   if (r < bm) {
     r = r << 1u;
     e = e - 1;
@@ -100,13 +116,7 @@ fn divRn(ab: u32, b: f32) -> u32 {
   }
   var mant = q >> 1u;
   if ((q & 1u) == 1u && (r != 0u || (mant & 1u) == 1u)) { mant = mant + 1u; }
-  if (mant == 0x1000000u) {
-    mant = mant >> 1u;
-    e = e + 1;
-  }
-  if (e > 127) { return sign | 0x7f800000u; }
-  if (e < -126) { return sign; }
-  return sign | (u32(e + 127) << 23u) | (mant & 0x7fffffu);
+  return packRounded(sign, mant, e);
 }
 fn divF(a: f32, b: f32) -> f32 { return bitcast<f32>(divRn(bitcast<u32>(a), b)); }
 /**
@@ -115,24 +125,15 @@ fn divF(a: f32, b: f32) -> f32 { return bitcast<f32>(divRn(bitcast<u32>(a), b));
  */
 fn mulRn(ab: u32, b: f32) -> u32 {
   let sign = ab & 0x80000000u;
-  let field = (ab >> 23u) & 0xffu;
-  var am = ab & 0x7fffffu;
-  if (field == 0xffu) { return ab; }
-  var ea: i32;
-  if (field == 0u) {
-    if (am == 0u) { return sign; }
-    let lead = firstLeadingBit(am);
-    am = am << (23u - lead);
-    ea = i32(lead) - 149;
-  } else {
-    am = am | 0x800000u;
-    ea = i32(field) - 127;
-  }
+  if (((ab >> 23u) & 0xffu) == 0xffu) { return ab; }
+  if ((ab & 0x7fffffffu) == 0u) { return sign; }
+  let a = mantExp(ab);
   let bb = bitcast<u32>(b);
   let bm = (bb & 0x7fffffu) | 0x800000u;
-  var e = ea + i32((bb >> 23u) & 0xffu) - 127;
-  let a0 = am & 0xffffu;
-  let a1 = am >> 16u;
+  var e = a.e + i32((bb >> 23u) & 0xffu) - 127;
+  // the 48-bit product a.m * bm as hi:lo from 16-bit limbs
+  let a0 = a.m & 0xffffu;
+  let a1 = a.m >> 16u;
   let b0 = bm & 0xffffu;
   let b1 = bm >> 16u;
   let p00 = a0 * b0;
@@ -148,13 +149,7 @@ fn mulRn(ab: u32, b: f32) -> u32 {
   let rem = lo & ((1u << shift) - 1u);
   let half = 1u << (shift - 1u);
   if (rem > half || (rem == half && (mant & 1u) == 1u)) { mant = mant + 1u; }
-  if (mant == 0x1000000u) {
-    mant = mant >> 1u;
-    e = e + 1;
-  }
-  if (e > 127) { return sign | 0x7f800000u; }
-  if (e < -126) { return sign; }
-  return sign | (u32(e + 127) << 23u) | (mant & 0x7fffffu);
+  return packRounded(sign, mant, e);
 }
 fn rne(t: f32) -> f32 {
   let f = floor(t);
