@@ -16,7 +16,7 @@ import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { LlamaModel } from '../src/model/llama.ts';
 import '../src/quant/methods.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
-import { type Recipe, resolveRecipe } from '../src/quant/recipe.ts';
+import { type Recipe, recipeNeedsCalibration, resolveRecipe } from '../src/quant/recipe.ts';
 import { createBackend, type DeviceName } from '../src/tensor/index.ts';
 
 interface Job {
@@ -137,8 +137,7 @@ for (const job of jobs) {
   let report: Awaited<ReturnType<typeof quantizeModel>> | undefined;
   let calibInfo: Record<string, unknown> | undefined;
   if (recipe) {
-    const needs = recipe.steps.length > 0 || recipe.activations?.static;
-    const calib = needs
+    const calib = recipeNeedsCalibration(recipe)
       ? await loadCalibration(tokenizer, { file: values.calib, ...recipe.calib, seed: 0 })
       : undefined;
     if (calib) calibInfo = { samples: calib.samples, seqLen: calib.seqLen, sha256: calib.sha256 };

@@ -65,7 +65,7 @@ async function captureInputs(ctx: LayerContext): Promise<Captured> {
   return captured;
 }
 
-export function groupApplies(model: LlamaModel, group: ScaleGroup): boolean {
+function groupApplies(model: LlamaModel, group: ScaleGroup): boolean {
   if (group.prev !== 'v_proj') return true;
   const { numHeads, numKvHeads } = model.config;
   return numHeads === numKvHeads;

@@ -162,7 +162,7 @@ async function modelTensors(model: LlamaModel): Promise<TensorToWrite[]> {
 }
 
 /** Refuses an existing output unless `force`; the caller writes into the returned temp dir. */
-export function prepareOutputDir(out: string, force: boolean): string {
+function prepareOutputDir(out: string, force: boolean): string {
   if (fs.existsSync(out) && !force) fail(`${out} already exists (pass --force to replace it)`);
   const tmp = `${out.replace(/\/+$/, '')}.tmp-${process.pid}`;
   fs.rmSync(tmp, { recursive: true, force: true });
@@ -171,7 +171,7 @@ export function prepareOutputDir(out: string, force: boolean): string {
 }
 
 /** Moves the finished temp dir into place, replacing an existing output only now. */
-export function commitOutputDir(tmp: string, out: string): void {
+function commitOutputDir(tmp: string, out: string): void {
   if (fs.existsSync(out)) {
     const old = `${out.replace(/\/+$/, '')}.old-${process.pid}`;
     fs.renameSync(out, old);

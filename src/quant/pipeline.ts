@@ -10,7 +10,7 @@ import type { CalibSet } from '../calib/data.ts';
 import type { FormatSpec } from '../formats/spec.ts';
 import type { BatchShape, ForwardHooks, LinearName, LlamaModel } from '../model/llama.ts';
 import type { ColumnStats, Tensor } from '../tensor/tensor.ts';
-import type { Recipe, Step } from './recipe.ts';
+import { type Recipe, recipeNeedsCalibration, type Step } from './recipe.ts';
 import { keepMasks, roundToNearest } from './weights.ts';
 
 /** Rows of calibration tokens per forward chunk (bounds transient memory). */
@@ -102,8 +102,7 @@ export async function quantizeModel(
     model: {},
     peakActivationValues: 0,
   };
-  const needsCalib = recipe.steps.length > 0 || Boolean(recipe.activations?.static);
-  if (needsCalib) {
+  if (recipeNeedsCalibration(recipe)) {
     if (!calib) throw new Error(`recipe ${recipe.name} needs calibration data`);
     for (const step of recipe.steps) {
       const run = MODEL_STEPS.get(step.method);
@@ -125,10 +124,7 @@ export async function quantizeModel(
 }
 
 /** Embeds the calibration samples in chunks of whole samples. */
-export function embedCalibration(
-  model: LlamaModel,
-  calib: CalibSet,
-): { inputs: Tensor[]; shapes: BatchShape[] } {
+function embedCalibration(model: LlamaModel, calib: CalibSet): { inputs: Tensor[]; shapes: BatchShape[] } {
   const perChunk = Math.max(1, Math.floor(CHUNK_TOKENS / calib.seqLen));
   const inputs: Tensor[] = [];
   const shapes: BatchShape[] = [];

@@ -226,11 +226,6 @@ export function builtinRecipeNames(): string[] {
   return Object.keys(BUILTINS);
 }
 
-/** Adds built-in recipes (used by method modules to register their named recipes). */
-export function registerRecipes(recipes: Record<string, RecipeText>): void {
-  Object.assign(BUILTINS, recipes);
-}
-
 /** A recipe from its text form (formats by name, steps with defaults filled in), validated. */
 export function defineRecipe(name: string, text: RecipeText): Recipe {
   return buildRecipe(name, text, `recipe ${name}`);

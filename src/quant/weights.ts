@@ -23,7 +23,7 @@ function restoreColumns(w: Float32Array, cols: number, salient: SalientColumns):
 }
 
 /** The weight's columns `columns` as a row-major [rows, n] block. */
-export function takeColumns(w: Float32Array, cols: number, columns: Int32Array): Float32Array {
+function takeColumns(w: Float32Array, cols: number, columns: Int32Array): Float32Array {
   const rows = w.length / cols;
   const n = columns.length;
   const out = new Float32Array(rows * n);
