@@ -114,3 +114,31 @@ for (const [what, obj, check] of CASES) {
     fs.rmSync(path.dirname(out), { recursive: true });
   });
 }
+
+test('same seed, same checkpoint bytes: calibration and quantization are deterministic', async () => {
+  const recipe = recipeOf({ name: 'awq-g64', weights: 'int4-g64', steps: ['awq'] });
+  const bytes: Buffer[] = [];
+  for (let run = 0; run < 2; run++) {
+    const set = await loadCalibration(tokenizer, {
+      file: `${SHARED}data/text/brown.txt`,
+      samples: 2,
+      seqLen: 64,
+      seed: 7,
+    });
+    const model = LlamaModel.load(TINY, cpu);
+    await quantizeModel(model, recipe, set);
+    const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-d-')), 'q');
+    const manifest = {
+      tool: 'llmq',
+      tool_version: 'test',
+      created: '',
+      source_model: TINY,
+      source_sha256: '',
+      timings: {},
+    };
+    await saveQuantized(model, recipe, manifest, out, false);
+    bytes.push(fs.readFileSync(path.join(out, 'model.safetensors')));
+    fs.rmSync(path.dirname(out), { recursive: true });
+  }
+  assert.ok(bytes[0].equals(bytes[1]), 'the two runs wrote different model.safetensors');
+});
