@@ -352,12 +352,12 @@ function calibFor(steps: Step[]): { samples: number; seqLen: number } {
 function validateRecipe(where: string, r: Recipe): void {
   if (!r.weights && !r.activations)
     fail(`${where}: recipe quantizes nothing (set weights and/or activations)`);
+  const acts = r.activations;
   if (
-    r.activations?.static &&
-    r.activations.format.kind === 'int' &&
-    r.activations.format.granularity !== 'tensor'
+    acts?.static &&
+    !(acts.format.kind === 'int' && acts.format.granularity === 'tensor' && acts.format.symmetric)
   )
-    fail(`${where}: static activation scales need a per-tensor format (e.g. int8-tensor-sym)`);
+    fail(`${where}: static activation scales need a symmetric per-tensor INT format (e.g. int8-tensor-sym)`);
   for (const s of r.steps) {
     if ((s.method === 'awq' || s.method === 'gptq') && !r.weights)
       fail(`${where}: step ${s.method} needs a weight format`);
