@@ -36,10 +36,12 @@ export async function evalCommand(argv: string[]): Promise<void> {
   const start = performance.now();
   const recipe = values.recipe === undefined ? undefined : resolveRecipe(values.recipe);
   const layers = new Progress('quantize', 'layers', values.json);
+  const tokenizing = new Progress('calibration', 'tokens', values.json);
   const { model, report } = await loadModel(dir, backend, {
     recipe,
     calib: calibFlags(values),
     onLayer: (d, t) => layers.update(d, t),
+    onCalibration: (d, t) => tokenizing.update(d, t),
   });
   const progress = new Progress('perplexity', 'windows', values.json);
   progress.update(0, windowCount(tokens.length, seqLen, maxWindows));

@@ -60,10 +60,12 @@ export async function quantizeCommand(argv: string[]): Promise<void> {
   const sourceSha = hashCheckpointFiles(ckpt);
   ckpt.close();
   const progress = new Progress('quantize', 'layers', values.json);
+  const tokenizing = new Progress('calibration', 'tokens', values.json);
   const { model, report, calibration } = await loadModel(dir, backend, {
     recipe,
     calib: calibFlags(values),
     onLayer: (d, t) => progress.update(d, t),
+    onCalibration: (d, t) => tokenizing.update(d, t),
   });
   if (!report) return fail('quantize: nothing was quantized');
   const saveStart = performance.now();

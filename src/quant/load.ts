@@ -16,6 +16,8 @@ import { type Recipe, recipeNeedsCalibration } from './recipe.ts';
 export interface LoadOptions extends PipelineOptions {
   recipe?: Recipe;
   calib?: Partial<CalibOptions>;
+  /** tokenizing the calibration text: tokens so far of the pool's target */
+  onCalibration?: (tokens: number, target: number) => void;
 }
 
 export interface LoadedModel {
@@ -42,6 +44,7 @@ export async function loadModel(dir: string, backend: Backend, opts: LoadOptions
         seqLen: opts.calib?.seqLen ?? recipe.calib.seqLen,
         seed: opts.calib?.seed ?? 0,
         file: opts.calib?.file,
+        onProgress: opts.onCalibration,
       })
     : undefined;
   const report = await quantizeModel(model, recipe, calib, opts);
