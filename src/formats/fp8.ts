@@ -12,7 +12,14 @@
  * Inf saturates to +-fmax * scale; NaN -> NaN (encode refuses NaN).
  */
 import { fail } from '../errors.ts';
-import { E4M3, E5M2, type MiniFloat, miniFloatEncode, miniFloatQuantizeRange } from './minifloat.ts';
+import {
+  amaxFinite,
+  E4M3,
+  E5M2,
+  type MiniFloat,
+  miniFloatEncode,
+  miniFloatQuantizeRange,
+} from './minifloat.ts';
 import type { Fp8Spec } from './spec.ts';
 
 const fround = Math.fround;
@@ -64,15 +71,6 @@ function checkFp8(spec: Fp8Spec): MiniFloat {
     fail(`FP8 granularity must be 'tensor' or 'row', got '${spec.granularity}'`);
   }
   return f;
-}
-
-function amaxFinite(x: ArrayLike<number>, start: number, end: number): number {
-  let amax = 0;
-  for (let i = start; i < end; i++) {
-    const a = Math.abs(x[i]);
-    if (a > amax && a !== Number.POSITIVE_INFINITY) amax = a;
-  }
-  return amax;
 }
 
 function runFp8(

@@ -173,3 +173,13 @@ export function miniFloatQuantizeRange(
   }
   return -1;
 }
+
+/** max |x[i]| over [start, end), ignoring NaN and +-Infinity (0 when there is no finite value) */
+export function amaxFinite(x: ArrayLike<number>, start: number, end: number): number {
+  let amax = 0;
+  for (let i = start; i < end; i++) {
+    const a = Math.abs(x[i]);
+    if (a > amax && a !== Number.POSITIVE_INFINITY) amax = a;
+  }
+  return amax;
+}

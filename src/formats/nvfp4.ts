@@ -23,7 +23,7 @@
  */
 import { fail } from '../errors.ts';
 import { e4m3Code, e4m3Value } from './fp8.ts';
-import { E2M1, miniFloatQuantizeRange } from './minifloat.ts';
+import { amaxFinite, E2M1, miniFloatQuantizeRange } from './minifloat.ts';
 
 const fround = Math.fround;
 export const NVFP4_BLOCK = 16;
@@ -48,15 +48,6 @@ function checkCols(cols: number): void {
   if (cols % NVFP4_BLOCK !== 0) {
     fail(`nvfp4 block size ${NVFP4_BLOCK} does not divide the row length (last dimension) ${cols}`);
   }
-}
-
-function amaxFinite(x: ArrayLike<number>, start: number, end: number): number {
-  let amax = 0;
-  for (let i = start; i < end; i++) {
-    const a = Math.abs(x[i]);
-    if (a > amax && a !== Number.POSITIVE_INFINITY) amax = a;
-  }
-  return amax;
 }
 
 function runNvfp4(
