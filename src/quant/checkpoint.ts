@@ -31,7 +31,7 @@ import {
   linearTensorName,
   type QuantizedWeight,
 } from '../model/llama.ts';
-import { f32ToBf16 } from '../tensor/dtype.ts';
+import { bf16ToF32, f32ToBf16 } from '../tensor/dtype.ts';
 import type { Backend, Tensor } from '../tensor/tensor.ts';
 import type { Recipe } from './recipe.ts';
 import { dequantizeWeight, keepMasks } from './weights.ts';
@@ -82,9 +82,7 @@ export function hashCheckpointFiles(ckpt: Checkpoint): string {
 async function plainTensor(b: Backend, name: string, t: Tensor): Promise<TensorToWrite> {
   const values = await b.read(t);
   const bf16 = f32ToBf16(values);
-  const exact =
-    t.dtype === 'bf16' ||
-    bf16.every((bits, i) => new Float32Array(new Uint32Array([bits << 16]).buffer)[0] === values[i]);
+  const exact = t.dtype === 'bf16' || bf16ToF32(bf16).every((v, i) => v === values[i]);
   return exact
     ? { name, dtype: 'BF16', shape: t.shape, data: bf16 }
     : { name, dtype: 'F32', shape: t.shape, data: values };
