@@ -22,7 +22,7 @@ import type { BatchShape, LinearName, LlamaModel } from '../model/llama.ts';
 import type { Backend, Tensor } from '../tensor/tensor.ts';
 import { type LayerContext, registerLayerStep, runLayer, timed } from './pipeline.ts';
 import type { AwqStep } from './recipe.ts';
-import { setWeight } from './weights.ts';
+import { readOnce, setWeight } from './weights.ts';
 
 type Block = 'attention' | 'mlp' | 'o_proj' | 'down_proj';
 
@@ -208,11 +208,11 @@ async function applyScales(ctx: LayerContext, group: ScaleGroup, s: Float32Array
     L[group.prev] = await divideVector(b, L[group.prev], s);
   } else {
     const prev = L.linears[group.prev];
-    setWeight(model, layer, group.prev, await b.read(b.scaleRows(prev.weight, invT)));
+    setWeight(model, layer, group.prev, await readOnce(b, b.scaleRows(prev.weight, invT)));
     if (prev.bias) prev.bias = await divideVector(b, prev.bias, s);
   }
   for (const name of group.linears)
-    setWeight(model, layer, name, await b.read(b.scaleColumns(L.linears[name].weight, sT)));
+    setWeight(model, layer, name, await readOnce(b, b.scaleColumns(L.linears[name].weight, sT)));
   sT.dispose();
   invT.dispose();
 }
@@ -343,7 +343,9 @@ async function partialOutputs(
   cols: number,
   group: number,
 ): Promise<Float32Array[]> {
-  const wT = b.transpose(b.upload(w, [rows, cols], 'f32'));
+  const wt = b.upload(w, [rows, cols], 'f32');
+  const wT = b.transpose(wt);
+  wt.dispose();
   const outs: Float32Array[] = [];
   for (let g = 0; g < xg.length; g++) {
     const wg = columnSlice(b, wT, g * group, group);

@@ -14,7 +14,7 @@ import { gptq } from './gptq.ts';
 import { HessianAccumulator } from './hessian.ts';
 import { type LayerContext, registerLayerStep, runLayer, timed } from './pipeline.ts';
 import type { GptqStep } from './recipe.ts';
-import { setQuantizedWeight } from './weights.ts';
+import { readOnce, setQuantizedWeight } from './weights.ts';
 
 const SEQUENTIAL: LinearName[][] = [
   ['q_proj', 'k_proj', 'v_proj'],
@@ -89,7 +89,7 @@ async function gptqLayer(ctx: LayerContext, step: GptqStep): Promise<void> {
       const w = await b.read(model.layers[layer].linears[name].weight);
       const [rows, cols] = model.layers[layer].linears[name].weight.shape;
       const result = await timed(ctx.timings, 'gptq solve', () => gptq(w, rows, cols, H, spec, step));
-      const rtn = await b.read(b.fakeQuant(model.layers[layer].linears[name].weight, spec));
+      const rtn = await readOnce(b, b.fakeQuant(model.layers[layer].linears[name].weight, spec));
       losses[name] = {
         gptq: reconstructionLoss(w, result.dequant, rows, cols, H),
         rtn: reconstructionLoss(w, rtn, rows, cols, H),

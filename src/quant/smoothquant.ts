@@ -10,7 +10,7 @@ import type { LinearName, LlamaModel } from '../model/llama.ts';
 import type { Backend, Tensor } from '../tensor/tensor.ts';
 import { type LayerContext, registerLayerStep, timed } from './pipeline.ts';
 import type { SmoothQuantStep } from './recipe.ts';
-import { setWeight } from './weights.ts';
+import { readOnce, setWeight } from './weights.ts';
 
 export interface SmoothGroup {
   norm: 'inputNorm' | 'postNorm';
@@ -59,9 +59,7 @@ export async function foldSmoothing(
   );
   const sT = b.upload(s, [s.length], 'f32');
   for (const name of group.linears) {
-    const scaled = b.scaleColumns(L.linears[name].weight, sT);
-    setWeight(model, layer, name, await b.read(scaled));
-    scaled.dispose();
+    setWeight(model, layer, name, await readOnce(b, b.scaleColumns(L.linears[name].weight, sT)));
   }
   sT.dispose();
 }

@@ -5,7 +5,7 @@
 import { decode, type Encoded, encode } from '../formats/index.ts';
 import type { FormatSpec } from '../formats/spec.ts';
 import type { InputQuant, LinearName, LlamaModel, QuantizedWeight, SalientColumns } from '../model/llama.ts';
-import type { Backend } from '../tensor/tensor.ts';
+import type { Backend, Tensor } from '../tensor/tensor.ts';
 import { dequantizeGptq } from './gptq.ts';
 
 /** Decoded weight values, with full-precision salient columns put back. */
@@ -79,4 +79,11 @@ export function keepMasks(b: Backend, cols: number, columns?: Int32Array): Input
   for (const c of columns) keep[c] = 1;
   const quant = keep.map((k) => 1 - k);
   return { columns, keepMask: b.upload(keep, [cols], 'f32'), quantMask: b.upload(quant, [cols], 'f32') };
+}
+
+/** Host values of a temporary tensor, which is freed after the read. */
+export async function readOnce(b: Backend, t: Tensor): Promise<Float32Array> {
+  const values = await b.read(t);
+  t.dispose();
+  return values;
 }
