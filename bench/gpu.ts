@@ -2,11 +2,13 @@
  * WebGPU benchmarks (meant for a machine with a GPU; see BENCHMARKS.md for how it is run there):
  *  - f32 GEMM 4096^3 and Llama-3-8B linear shapes at 2048 tokens (f32 and packed-bf16 weights), per
  *    GEMM tile configuration, TFLOP/s;
+ *  - int8 x int8 -> int32 GEMM 4096^3 and Llama-3-8B shapes (TOPS), subgroup-matrix tiles and dot4,
+ *    each checked exactly against the CPU on a small shape first;
  *  - llama-small WikiText-2 perplexity wall time (windows of 2048) from pre-tokenized ids;
  *  - synthetic Llama-3-8B prefill of 2048 tokens (random bf16 weights, one layer's weights shared by
  *    all 32 layers: same work and memory traffic per layer, 2 GB of uploads instead of 16 GB).
  *
- *   node --import tsx bench/gpu.ts [--model DIR] [--tokens FILE.i32] [--out FILE.json] [--skip gemm,ppl,8b]
+ *   node --import tsx bench/gpu.ts [--model DIR] [--tokens FILE.i32] [--out FILE.json] [--skip gemm,int8,ppl,8b]
  * Prints JSON lines and writes them all to --out.
  */
 import fs from 'node:fs';
@@ -22,8 +24,10 @@ import {
   LlamaModel,
   linearTensorName,
 } from '../src/model/llama.ts';
+import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import type { DType, Tensor } from '../src/tensor/tensor.ts';
-import { WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
+import { WebGpuBackend, WebGpuTensor } from '../src/tensor/webgpu/backend.ts';
+import { Int8Gemm, type SubgroupMatrixTile } from '../src/tensor/webgpu/int8.ts';
 import type { GemmTile } from '../src/tensor/webgpu/matmul.ts';
 
 const { values } = parseArgs({
@@ -127,6 +131,79 @@ if (!skip.has('gemm')) {
   ];
   for (const [label, N, K] of shapes) await gemm(2048, N, K, 'bf16', best, `llama-3-8b ${label}`);
   gpu.gemmTile = best;
+}
+
+function randomInt8(rows: number, cols: number): Tensor {
+  const a = new Int8Array(rows * cols);
+  for (let i = 0; i < a.length; i++) a[i] = Math.floor(Math.random() * 256) - 128;
+  return gpu.upload(a, [rows, cols], 'i8');
+}
+
+/** Whether the kernel equals the CPU's exact int8 GEMM on a 256 x 192 x 512 problem. */
+async function int8Exact(g: Int8Gemm): Promise<boolean> {
+  const [M, N, K] = [256, 192, 512];
+  const a = randomInt8(M, K);
+  const b = randomInt8(N, K);
+  const cpu = new CpuBackend();
+  const host = async (t: Tensor) => Int8Array.from(await gpu.read(t));
+  const want = await cpu.read(
+    cpu.matmulInt8(cpu.upload(await host(a), [M, K], 'i8'), cpu.upload(await host(b), [N, K], 'i8')),
+  );
+  const st = (t: Tensor) => (t as WebGpuTensor).storage;
+  const c = g.run(st(a), st(b));
+  const got = await gpu.read(new WebGpuTensor(gpu, [M, N], 'i32', c));
+  gpu.ctx.releaseStorage(c);
+  return got.every((v, i) => v === want[i]);
+}
+
+async function int8Gemm(g: Int8Gemm, M: number, N: number, K: number, label: string): Promise<void> {
+  const a = randomInt8(M, K);
+  const b = randomInt8(N, K);
+  const st = (t: Tensor) => (t as WebGpuTensor).storage;
+  const s = await timeIt(() => {
+    const c = g.run(st(a), st(b));
+    return { dispose: () => gpu.ctx.releaseStorage(c) } as Tensor;
+  });
+  a.dispose();
+  b.dispose();
+  const tile = g.path === 'dot4' ? 'dot4' : `sgm ${g.sgmTile.tm}x${g.sgmTile.tn}`;
+  report({ what: 'int8gemm', label, M, N, K, kernel: tile, ms: s * 1e3, tops: (2 * M * N * K) / s / 1e12 });
+}
+
+if (!skip.has('int8')) {
+  const tiles: SubgroupMatrixTile[] = [
+    { tm: 2, tn: 2 },
+    { tm: 4, tn: 2 },
+    { tm: 2, tn: 4 },
+    { tm: 4, tn: 4 },
+  ];
+  const kernels: Int8Gemm[] = [];
+  for (const tile of tiles) {
+    const g = new Int8Gemm(gpu.ctx, tile);
+    await g.probe('auto');
+    if (g.path === 'subgroup-matrix') kernels.push(g);
+    else report({ what: 'int8gemm', kernel: `sgm ${tile.tm}x${tile.tn}`, unavailable: g.reason });
+  }
+  const d4 = new Int8Gemm(gpu.ctx);
+  await d4.probe('dot4');
+  kernels.push(d4);
+  for (const g of kernels) {
+    const exact = await int8Exact(g);
+    report({
+      what: 'int8check',
+      kernel: g.path === 'dot4' ? 'dot4' : `sgm ${g.sgmTile.tm}x${g.sgmTile.tn}`,
+      exact,
+    });
+    if (exact) await int8Gemm(g, 4096, 4096, 4096, '4096^3');
+  }
+  const best = kernels[0];
+  const shapes: [string, number, number][] = [
+    ['q/o_proj', 4096, 4096],
+    ['k/v_proj', 1024, 4096],
+    ['gate/up_proj', 14336, 4096],
+    ['down_proj', 4096, 14336],
+  ];
+  for (const [label, N, K] of shapes) await int8Gemm(best, 2048, N, K, `llama-3-8b ${label}`);
 }
 
 if (!skip.has('ppl') && values.model && values.tokens) {

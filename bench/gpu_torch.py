@@ -35,6 +35,12 @@ if 'gemm' not in skip:
         x = torch.randn(4096, 4096, device=dev, dtype=dt); w = torch.randn(4096, 4096, device=dev, dtype=dt)
         s = timeit(lambda: x @ w.T)
         report({'what': 'gemm', 'label': '4096^3', 'dtype': str(dt), 'ms': s * 1e3, 'tflops': 2 * 4096**3 / s / 1e12})
+    for M, N, K, label in ((4096, 4096, 4096, '4096^3'), (2048, 4096, 4096, 'llama-3-8b q/o_proj'),
+                           (2048, 14336, 4096, 'llama-3-8b gate/up_proj'), (2048, 4096, 14336, 'llama-3-8b down_proj')):
+        x = torch.randint(-128, 128, (M, K), device=dev, dtype=torch.int8)
+        w = torch.randint(-128, 128, (N, K), device=dev, dtype=torch.int8)
+        s = timeit(lambda: torch._int_mm(x, w.T))
+        report({'what': 'int8gemm', 'label': label, 'ms': s * 1e3, 'tops': 2 * M * N * K / s / 1e12})
 
 if 'ppl' not in skip and a.model and a.tokens:
     ids = torch.from_numpy(np.fromfile(a.tokens, dtype=np.int32).astype(np.int64))

@@ -55,6 +55,8 @@ export interface Backend {
 
   /** y[M,N] = x[M,K] w[N,K]^T (+ bias[N]); x f32, w f32/bf16/f16, result f32. */
   linear(x: Tensor, w: Tensor, bias?: Tensor): Tensor;
+  /** c[M,N] = a[M,K] b[N,K]^T for i8 a and b, exact, as i32 (K a multiple of 4). */
+  matmulInt8(a: Tensor, b: Tensor): Tensor;
   /** table[V,D] rows gathered by ids -> [ids.length, D] f32. */
   embedding(table: Tensor, ids: Int32Array): Tensor;
   /** x / rms(x) * weight, per row. */

@@ -137,6 +137,26 @@ export class CpuBackend implements Backend {
     return this.fromF32(out, [M, N]);
   }
 
+  matmulInt8(a: Tensor, b: Tensor): Tensor {
+    const [M, K] = a.shape;
+    const [N, Kb] = b.shape;
+    if (a.dtype !== 'i8' || b.dtype !== 'i8')
+      fail(`matmulInt8: expected i8 operands, got ${a.dtype} and ${b.dtype}`);
+    if (K !== Kb || a.shape.length !== 2 || b.shape.length !== 2)
+      fail(`matmulInt8: a ${shapeString(a.shape)} does not match b ${shapeString(b.shape)}`);
+    if (K % 4 !== 0) fail(`matmulInt8: K = ${K} must be a multiple of 4`);
+    const x = (a as CpuTensor).data as Int8Array;
+    const w = (b as CpuTensor).data as Int8Array;
+    const out = new Int32Array(new SharedArrayBuffer(M * N * 4));
+    for (let m = 0; m < M; m++)
+      for (let n = 0; n < N; n++) {
+        let acc = 0;
+        for (let k = 0, xo = m * K, wo = n * K; k < K; k++) acc += x[xo + k] * w[wo + k];
+        out[m * N + n] = acc;
+      }
+    return new CpuTensor(this, [M, N], 'i32', out);
+  }
+
   embedding(table: Tensor, ids: Int32Array): Tensor {
     const [V, D] = table.shape;
     const out = sharedF32(ids.length * D);

@@ -20,6 +20,7 @@ import {
 import { attention } from './attention.ts';
 import { type ContextOptions, ELEM_BYTES, GpuContext, layoutOf, type Storage } from './context.ts';
 import { binary, rope, scaleColumns, scaleRows, toF32 } from './elementwise.ts';
+import { Int8Gemm, type Int8Path } from './int8.ts';
 import { concatRows, sliceRows, transpose } from './layout.ts';
 import { DEFAULT_TILE, embedding, type GemmTile, linear } from './matmul.ts';
 import { nll, rmsnorm } from './norm.ts';
@@ -42,6 +43,8 @@ export interface WebGpuOptions extends ContextOptions {
   /** Dawn toggles, e.g. ['enable-dawn-features=allow_unsafe_apis'] (default: $LLMQ_WEBGPU_FLAGS) */
   flags?: string[];
   gemmTile?: GemmTile;
+  /** int8 GEMM kernel: 'auto' (default) uses subgroup matrices when the adapter has them */
+  int8?: Int8Path | 'auto';
 }
 
 interface GpuModule {
@@ -127,6 +130,8 @@ export class WebGpuBackend implements Backend {
   readonly ctx: GpuContext;
   /** tile shape of the linear kernel (benchmarks try several) */
   gemmTile: GemmTile;
+  /** the int8 GEMM and the kernel it picked */
+  readonly int8: Int8Gemm;
 
   private constructor(
     readonly gpu: GPU,
@@ -141,6 +146,7 @@ export class WebGpuBackend implements Backend {
       opts,
     );
     this.gemmTile = opts.gemmTile ?? DEFAULT_TILE;
+    this.int8 = new Int8Gemm(this.ctx);
   }
 
   /** Opens the default adapter; fails with a one-line error when there is none. */
@@ -150,7 +156,9 @@ export class WebGpuBackend implements Backend {
       return fail(
         'no WebGPU adapter: install the `webgpu` package and a Vulkan driver (on a machine without a GPU: Mesa lavapipe, package mesa-vulkan-drivers), or use --device cpu',
       );
-    return new WebGpuBackend(got.gpu, got.device, got.adapter.info, opts);
+    const backend = new WebGpuBackend(got.gpu, got.device, got.adapter.info, opts);
+    await backend.int8.probe(opts.int8 ?? 'auto');
+    return backend;
   }
 
   /** A one-line description of the adapter. */
@@ -221,6 +229,15 @@ export class WebGpuBackend implements Backend {
       fail(`linear: input ${shapeString(x.shape)} does not match weight ${shapeString(w.shape)}`);
     const b = bias ? this.st(bias, 'linear') : undefined;
     return this.wrap(linear(this.ctx, this.st(x, 'linear'), this.st(w, 'linear'), b, this.gemmTile), [M, N]);
+  }
+
+  matmulInt8(a: Tensor, b: Tensor): Tensor {
+    if (a.shape.length !== 2 || b.shape.length !== 2)
+      fail(`matmulInt8: expected 2-D operands, got ${shapeString(a.shape)} and ${shapeString(b.shape)}`);
+    return this.wrap(this.int8.run(this.st(a, 'matmulInt8'), this.st(b, 'matmulInt8')), [
+      a.shape[0],
+      b.shape[0],
+    ]);
   }
 
   embedding(table: Tensor, ids: Int32Array): Tensor {
