@@ -36,6 +36,10 @@ const SETS: Record<string, Job[]> = {
     { label: 'RTN W4 g128', recipe: 'rtn-w4g128' },
     { label: 'AWQ W4 g128', recipe: 'awq-w4g128', calib: AWQ_CALIB },
     { label: 'SmoothQuant+ W4 g128', recipe: 'sqplus-w4g128' },
+    {
+      label: 'SmoothQuant+ W4 g128 (loss: calibration NLL)',
+      recipe: { base: 'sqplus-w4g128', steps: [{ sqplus: { loss: 'nll' } }] },
+    },
     { label: 'RTN W8A8 (per-tensor static acts)', recipe: 'rtn-w8a8-static', calib: AWQ_CALIB },
     {
       label: 'SmoothQuant W8A8 (per-tensor static acts)',
@@ -60,6 +64,11 @@ const SETS: Record<string, Job[]> = {
     { label: 'RTN W3 g128', recipe: 'rtn-w3g128' },
     { label: 'GPTQ W3 g128', recipe: 'gptq-w3g128', calib: GPTQ_CALIB },
     { label: 'GPTQ W3 g128 act_order', recipe: 'gptq-w3g128-actorder', calib: GPTQ_CALIB },
+    {
+      label: 'GPTQ W3 g128 act_order static_groups',
+      recipe: { base: 'gptq-w3g128-actorder', steps: [{ gptq: { actOrder: true, staticGroups: true } }] },
+      calib: GPTQ_CALIB,
+    },
   ],
   'awq-gptq': [
     { label: 'fp' },
@@ -111,6 +120,7 @@ const { values } = parseArgs({
     quick: { type: 'boolean', default: false },
     windows: { type: 'string', default: '16' },
     seqlen: { type: 'string', default: '512' },
+    seed: { type: 'string', default: '0' },
   },
 });
 const dir = values.model as string;
@@ -129,7 +139,8 @@ const windows = values.quick ? 1 : Number(values.windows);
 const seqLen = Number(values.seqlen);
 const rows: Record<string, unknown>[] = [];
 const name = path.basename(path.resolve(dir));
-const outBase = path.join(values.out as string, `results-${values.set}-${name}`);
+const seed = Number(values.seed);
+const outBase = path.join(values.out as string, `results-${values.set}-${name}${seed ? `-seed${seed}` : ''}`);
 for (const job of jobs) {
   const start = performance.now();
   const recipe = resolve(job, values.quick);
@@ -138,9 +149,9 @@ for (const job of jobs) {
   let calibInfo: Record<string, unknown> | undefined;
   if (recipe) {
     const calib = recipeNeedsCalibration(recipe)
-      ? await loadCalibration(tokenizer, { file: values.calib, ...recipe.calib, seed: 0 })
+      ? await loadCalibration(tokenizer, { file: values.calib, ...recipe.calib, seed })
       : undefined;
-    if (calib) calibInfo = { samples: calib.samples, seqLen: calib.seqLen, sha256: calib.sha256 };
+    if (calib) calibInfo = { samples: calib.samples, seqLen: calib.seqLen, seed, sha256: calib.sha256 };
     if (calib && values['dump-awq'] && recipe.name === 'awq-w4g128')
       dumpAwq(values['dump-awq'], calib.ids, recipe);
     report = await quantizeModel(model, recipe, calib);

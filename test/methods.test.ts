@@ -142,3 +142,42 @@ test('same seed, same checkpoint bytes: calibration and quantization are determi
   }
   assert.ok(bytes[0].equals(bytes[1]), 'the two runs wrote different model.safetensors');
 });
+
+test('SmoothQuant+ scores every alpha by logit MSE against fp, "none" = plain RTN, and keeps the best', async () => {
+  const recipe = recipeOf({
+    name: 'sqp',
+    base: 'sqplus-w4g128',
+    weights: 'int4-g64',
+    steps: [{ sqplus: { step: 0.5, lossSamples: 2 } }],
+  });
+  const model = LlamaModel.load(TINY, cpu);
+  const report = await quantizeModel(model, recipe, calib);
+  const sq = report.model.sqplus as {
+    alpha: number | null;
+    loss: string;
+    losses: { alpha: number | null; loss: number }[];
+  };
+  assert.equal(sq.loss, 'logit-mse');
+  assert.deepEqual(
+    sq.losses.map((l) => l.alpha),
+    [null, 0, 0.5, 1],
+  );
+  const best = sq.losses.reduce((a, b) => (b.loss < a.loss ? b : a));
+  assert.equal(sq.alpha, best.alpha);
+  // the "none" candidate, recomputed here: RTN-rounded weights, squared logit error against fp
+  const fp = LlamaModel.load(TINY, cpu);
+  const rtn = LlamaModel.load(TINY, cpu);
+  for (const L of rtn.layers)
+    for (const n of recipe.targets) L.linears[n].weight = cpu.fakeQuant(L.linears[n].weight, recipe.weights!);
+  let sum = 0;
+  let count = 0;
+  for (let s = 0; s < 2; s++) {
+    const ids = calib.ids.subarray(s * calib.seqLen, (s + 1) * calib.seqLen);
+    const a = await cpu.read(fp.forward(ids, { batch: 1, seqLen: calib.seqLen }));
+    const b = await cpu.read(rtn.forward(ids, { batch: 1, seqLen: calib.seqLen }));
+    for (let i = 0; i < a.length; i++) sum += (a[i] - b[i]) ** 2;
+    count += a.length;
+  }
+  const none = sq.losses[0].loss;
+  assert.ok(Math.abs(none / (sum / count) - 1) < 1e-4, `none: ${none} vs ${sum / count}`);
+});

@@ -25,6 +25,11 @@ export interface SqPlusStep {
   step: number;
   /** calibration samples the whole-model loss is measured on */
   lossSamples: number;
+  /**
+   * 'logit-mse': mean squared error of the quantized model's logits against the full-precision
+   * model's (the paper's "output error"); 'nll': calibration next-token NLL of the quantized model
+   */
+  loss: 'logit-mse' | 'nll';
 }
 export interface AwqStep {
   method: 'awq';
@@ -68,7 +73,7 @@ export interface Recipe {
 
 const STEP_DEFAULTS: { [M in Step['method']]: Extract<Step, { method: M }> } = {
   smoothquant: { method: 'smoothquant', alpha: 0.5 },
-  sqplus: { method: 'sqplus', step: 0.05, lossSamples: 16 },
+  sqplus: { method: 'sqplus', step: 0.05, lossSamples: 16, loss: 'logit-mse' },
   awq: { method: 'awq', grid: 20, clip: true, duo: false, withActivations: false },
   gptq: { method: 'gptq', damp: 0.01, blockSize: 128, actOrder: false, staticGroups: false },
   mixed: { method: 'mixed', salientPercent: 1 },
@@ -170,7 +175,7 @@ const BUILTINS: Record<string, RecipeText> = {
   },
   'sqplus-w4g128': {
     description:
-      'SmoothQuant+: smoothing with the alpha (grid step 0.05) minimising the calibration NLL of the whole W4 model, then INT4 asymmetric g128 RTN',
+      'SmoothQuant+: smoothing with the alpha (grid step 0.05, or none) minimising the logit MSE of the whole W4 model against full precision on calibration text, then INT4 asymmetric g128 RTN',
     weights: 'int4-g128',
     steps: [{ method: 'sqplus' }],
     calib: { samples: 32, seqLen: 512 },
@@ -300,6 +305,9 @@ function parseSteps(file: string, steps: unknown): Partial<Step>[] {
         `${file}: steps[${i}]: unknown method "${method}" (known: ${Object.keys(STEP_DEFAULTS).join(', ')})`,
       );
     checkKeys(`${file}: steps[${i}] (${method})`, step, Object.keys(STEP_DEFAULTS[method as Step['method']]));
+    const loss = (step as { loss?: unknown }).loss;
+    if (method === 'sqplus' && loss !== undefined && loss !== 'logit-mse' && loss !== 'nll')
+      fail(`${file}: steps[${i}] (sqplus): loss must be "logit-mse" or "nll", got ${JSON.stringify(loss)}`);
     return step as Partial<Step>;
   });
 }

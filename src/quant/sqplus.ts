@@ -1,13 +1,16 @@
 /**
  * SmoothQuant+ (Pan et al., 2023): SmoothQuant smoothing before W4 group-wise RTN, with one alpha
  * for the whole model chosen on a grid (step 0.05 over [0, 1]) by the loss of the whole quantized
- * model: here the mean next-token NLL on `lossSamples` calibration samples (the paper minimises the
- * model's output error; we use the calibration NLL so the choice tracks perplexity directly).
+ * model on `lossSamples` calibration samples. Default loss 'logit-mse': the mean squared error of
+ * the quantized model's logits against the full-precision model's (the paper's output error; the
+ * fp logits are computed once and kept on the host, lossSamples x seqLen x vocab f32 values);
+ * 'nll': the calibration next-token NLL of the quantized model.
  * "No smoothing" (plain RTN) is a candidate too, reported as alpha null, so smoothing is only
  * applied when it lowers the calibration loss.
  * Activation maxima come from one full-precision pass over the calibration set.
  */
 import type { CalibSet } from '../calib/data.ts';
+import { fail } from '../errors.ts';
 import type { FormatSpec } from '../formats/spec.ts';
 import { LINEARS, type LinearName, type LlamaModel } from '../model/llama.ts';
 import type { Tensor } from '../tensor/tensor.ts';
@@ -88,11 +91,16 @@ function roundWeights(model: LlamaModel, recipe: Recipe): void {
     }
 }
 
+function sampleIds(calib: CalibSet, s: number): Int32Array {
+  return calib.ids.subarray(s * calib.seqLen, (s + 1) * calib.seqLen);
+}
+
+/** Mean next-token NLL of the model on the first `samples` calibration samples. */
 async function calibrationNll(model: LlamaModel, calib: CalibSet, samples: number): Promise<number> {
   let total = 0;
   let count = 0;
   for (let s = 0; s < samples; s++) {
-    const ids = calib.ids.subarray(s * calib.seqLen, (s + 1) * calib.seqLen);
+    const ids = sampleIds(calib, s);
     const logits = model.forward(ids, { batch: 1, seqLen: calib.seqLen });
     const targets = new Int32Array(ids.length);
     targets.set(ids.subarray(1));
@@ -100,6 +108,39 @@ async function calibrationNll(model: LlamaModel, calib: CalibSet, samples: numbe
     logits.dispose();
     for (let t = 0; t < ids.length - 1; t++) total += nll[t];
     count += ids.length - 1;
+  }
+  return total / count;
+}
+
+const MAX_REFERENCE_BYTES = 2 ** 31;
+
+/** The full-precision logits of the first `samples` calibration samples, kept on the host. */
+async function referenceLogits(model: LlamaModel, calib: CalibSet, samples: number): Promise<Float32Array[]> {
+  const bytes = samples * calib.seqLen * model.config.vocabSize * 4;
+  if (bytes > MAX_REFERENCE_BYTES)
+    fail(
+      `sqplus: the logit-mse loss would keep ${(bytes / 2 ** 30).toFixed(1)} GiB of reference logits; lower lossSamples or use loss "nll"`,
+    );
+  const out: Float32Array[] = [];
+  for (let s = 0; s < samples; s++) {
+    const logits = model.forward(sampleIds(calib, s), { batch: 1, seqLen: calib.seqLen });
+    out.push(await model.backend.read(logits));
+    logits.dispose();
+  }
+  return out;
+}
+
+/** Mean squared difference between the model's logits and the reference logits. */
+async function logitMse(model: LlamaModel, calib: CalibSet, reference: Float32Array[]): Promise<number> {
+  let total = 0;
+  let count = 0;
+  for (const [s, want] of reference.entries()) {
+    const logits = model.forward(sampleIds(calib, s), { batch: 1, seqLen: calib.seqLen });
+    const ref = model.backend.upload(want, logits.shape, 'f32');
+    total += await model.backend.sumSquaredDiff(logits, ref);
+    count += want.length;
+    logits.dispose();
+    ref.dispose();
   }
   return total / count;
 }
@@ -114,7 +155,10 @@ async function sqplus(
   const maxima = await timed(timings, 'sqplus capture', () => activationMaxima(model, calib));
   const snap = await snapshot(model);
   const lossSamples = Math.min(step.lossSamples, calib.samples);
-  const losses: { alpha: number | null; nll: number }[] = [];
+  const reference = step.loss === 'logit-mse' ? await referenceLogits(model, calib, lossSamples) : undefined;
+  const loss = () =>
+    reference ? logitMse(model, calib, reference) : calibrationNll(model, calib, lossSamples);
+  const losses: { alpha: number | null; loss: number }[] = [];
   const candidates: (number | null)[] = [null];
   for (let i = 0; Math.round(i * step.step * 1e6) <= 1e6; i++)
     candidates.push(Math.min(1, Math.round(i * step.step * 1e6) / 1e6));
@@ -122,12 +166,12 @@ async function sqplus(
     await timed(timings, 'sqplus search', async () => {
       if (alpha !== null) await smoothModel(model, maxima, alpha);
       roundWeights(model, recipe);
-      losses.push({ alpha, nll: await calibrationNll(model, calib, lossSamples) });
+      losses.push({ alpha, loss: await loss() });
       restore(model, snap);
     });
-  const best = losses.reduce((x, y) => (y.nll < x.nll ? y : x));
+  const best = losses.reduce((x, y) => (y.loss < x.loss ? y : x));
   if (best.alpha !== null) await smoothModel(model, maxima, best.alpha);
-  return { alpha: best.alpha, lossSamples, losses };
+  return { alpha: best.alpha, loss: step.loss, lossSamples, losses };
 }
 
 async function smoothModel(model: LlamaModel, maxima: ActMax, alpha: number): Promise<void> {
