@@ -65,12 +65,17 @@ publish(
   'CPU matmul and forward',
   'npm run bench',
   `${table(rows)}\n\n${fwd}; ${threadCount()} threads; load average ${loadBefore} before, ${loadAverage()} after (other processes on the cores skew both columns).`,
-  'numpy uses OpenBLAS (AVX-512/AVX2 FMA kernels). llmq runs WebAssembly SIMD tiles (src/tensor/cpu/wasm.ts: 2x4 ' +
-    'outputs, 4 f32 lanes, separate mul and add) on every core. What limits it: wasm SIMD is 128 bits wide and ' +
-    'Node 20 has no FMA in it (relaxed SIMD is behind a flag), so one core does at most a quarter to a half of ' +
-    "OpenBLAS's flops per cycle; V8 gives wasm 16 vector registers, which caps the tile at 2x4 plus operands; " +
-    'and every call copies x, the widened weight and the result through the wasm memory. The previous scalar ' +
-    'TypeScript kernel (4x4 tiles of f64 multiply-adds) ran these shapes at 5-9 GFLOP/s (ratio 0.03-0.045); V8 ' +
-    'cannot vectorize it and no tile shape beat ~4.5 GFLOP/s a core. In the forward pass attention (scalar f64 ' +
-    'TypeScript) now takes more time than the matmuls.',
+  'numpy uses OpenBLAS (AVX-512/AVX2 FMA kernels). llmq runs WebAssembly SIMD on every core ' +
+    '(src/tensor/cpu/wasm.ts): the threads copy x and w into the wasm memory and pack them (x in blocks of 4 ' +
+    'rows, w in panels of 8 rows, both k-major), then each 4x8 output tile is 8 vector accumulators fed by ' +
+    'broadcast loads of x and vector loads of w, with relaxed-SIMD fused multiply-adds (behind ' +
+    '--experimental-wasm-relaxed-simd in Node 20, set when the module is built; separate multiply and add ' +
+    'where it does not validate). What limits it: wasm SIMD is 128 bits wide, and V8 runs a loop of nothing ' +
+    'but independent FMAs on registers at ~59 GFLOP/s a core here, against ~100 for OpenBLAS, so the ceiling ' +
+    'is ~0.55-0.6 of numpy. The tile reaches ~52 GFLOP/s a core, what that loop does with only 8 ' +
+    'accumulators (just enough chains to hide the FMA latency); larger tiles spill, because TurboFan ' +
+    'schedules every load of the loop body ahead of the arithmetic. Copying and packing cost 2-10% a call. ' +
+    'The previous kernel (2x4 dot-product tiles, separate multiply and add) ran these shapes at 49-57 ' +
+    'GFLOP/s (ratio 0.26-0.29), the scalar TypeScript one before it at 5-9. In the forward pass the ' +
+    'matmuls now take ~0.2 s of the window; attention (scalar f64 TypeScript) takes most of the rest.',
 );

@@ -14,7 +14,7 @@ import {
   type Tensor,
 } from '../tensor.ts';
 import { parallelFor, releaseShared, sharedF32 } from './pool.ts';
-import { ensureWasmBytes, type WasmMatmul, wasmMatmul } from './wasm.ts';
+import { ensureWasmBytes, matmulUnits, packUnits, type WasmMatmul, wasmLayout, wasmMatmul } from './wasm.ts';
 
 const EMPTY = new Float32Array(0);
 
@@ -96,9 +96,9 @@ export class CpuBackend implements Backend {
     const splitB = N >= M ? 1 : 0;
     const units = splitB ? N : M;
     const minUnits = Math.max(4, Math.ceil(MIN_MACS_PER_THREAD / ((splitB ? M : N) * K)));
-    const wasm = K % 4 === 0 ? wasmMatmul() : null;
+    const wasm = K > 0 ? wasmMatmul() : null;
     if (wasm) {
-      const out = this.linearWasm(wasm, x, w, bias, [M, N, K, splitB, units, minUnits]);
+      const out = this.linearWasm(wasm, x, w, bias, M, N, K);
       if (out) return out;
     }
     const out = sharedF32(M * N);
@@ -112,28 +112,42 @@ export class CpuBackend implements Backend {
   }
 
   /**
-   * linear through the WebAssembly SIMD tiles: x, w (widened) and bias are copied into the shared
-   * wasm memory as [x | w | bias | out], the result copied out. Undefined when it does not fit.
+   * linear through the WebAssembly SIMD tiles: the threads copy x and w into the shared wasm memory,
+   * pack them there, multiply and copy the result out. Undefined when it does not fit.
    */
   private linearWasm(
     wasm: WasmMatmul,
     x: Tensor,
     w: Tensor,
     bias: Tensor | undefined,
-    [M, N, K, splitB, units, minUnits]: number[],
+    M: number,
+    N: number,
+    K: number,
   ): Tensor | undefined {
-    const wOff = M * K * 4;
-    const biasOff = wOff + N * K * 4;
-    const outOff = biasOff + N * 4;
-    if (!ensureWasmBytes(wasm, outOff + M * N * 4)) return undefined;
+    const at = wasmLayout(M, N, K);
+    if (!ensureWasmBytes(wasm, at.bytes)) return undefined;
     const view = (offset: number, n: number) => new Float32Array(wasm.memory.buffer, offset, n);
-    view(0, M * K).set(this.f32(x));
-    this.f32Into(w, view(wOff, N * K));
-    if (bias) view(biasOff, N).set(this.f32(bias));
-    else view(biasOff, N).fill(0);
-    parallelFor('matmulWasm', [0, wOff, outOff, biasOff, M, N, K, splitB], units, minUnits);
+    // f32 and bf16 weights are copied by the pack kernel; f16 ones are widened here first
+    const wSrc =
+      w.dtype === 'f32' || w.dtype === 'bf16' ? ((w as CpuTensor).data as Float32Array | Uint16Array) : null;
+    if (!wSrc) this.f32Into(w, view(at.wRaw, N * K));
+    view(at.bias, at.ldc).fill(0);
+    if (bias) view(at.bias, N).set(this.f32(bias));
+    parallelFor(
+      'packWasm',
+      [this.f32(x), wSrc, at.xRaw, at.x, at.wRaw, at.w, M, N, K],
+      packUnits(M, N),
+      Math.ceil(2 ** 16 / (4 * K)),
+    );
+    const splitB = N >= M ? 1 : 0;
+    const unitMacs = (splitB ? M * 8 : N * 4) * K;
     const out = sharedF32(M * N);
-    out.set(view(outOff, M * N));
+    parallelFor(
+      'matmulWasm',
+      [at.x, at.w, at.out, at.bias, out, M, N, K, splitB],
+      matmulUnits(M, N, splitB),
+      MIN_MACS_PER_THREAD / unitMacs,
+    );
     return this.fromF32(out, [M, N]);
   }
 

@@ -3,6 +3,7 @@
  * ships their source text to the workers, so each must be self-contained (no imports, no outer
  * variables, no nested functions) and work on a sub-range given by [start, end).
  */
+import { matmulWasm, packWasm } from './wasm.ts';
 
 /**
  * c[i, j] = sum_k a[i, k] * b[j, k] (+ bias[j]) for rows i in [start, end) of a, or for rows j of b
@@ -138,41 +139,6 @@ export function matmulNT(
   }
 }
 
-/**
- * matmulNT on the WebAssembly SIMD tiles of wasm.ts (installed as the global `llmqWasm`): operands
- * are byte addresses in its shared memory, K a multiple of 4, bias always present (zeros for none).
- * B is walked in panels of rows that stay in L2 while every row of A passes over them.
- */
-export function matmulWasm(
-  a: number,
-  b: number,
-  c: number,
-  bias: number,
-  M: number,
-  N: number,
-  K: number,
-  splitB: number,
-  start: number,
-  end: number,
-): void {
-  type Tile = (...args: number[]) => void;
-  const w = (globalThis as unknown as { llmqWasm: Record<string, Tile> }).llmqWasm;
-  const i0 = splitB ? 0 : start;
-  const i1 = splitB ? M : end;
-  const j0 = splitB ? start : 0;
-  const j1 = splitB ? end : N;
-  const iMid = i0 + ((i1 - i0) & ~1);
-  const panel = Math.max(4, (Math.floor(262144 / (K * 4)) >> 2) << 2);
-  for (let jp = j0; jp < j1; jp += panel) {
-    const jpEnd = Math.min(j1, jp + panel);
-    const jMid = jp + ((jpEnd - jp) & ~3);
-    w.t2x4(a, b, c, bias, N, K, i0, iMid, jp, jMid);
-    w.t2x1(a, b, c, bias, N, K, i0, iMid, jMid, jpEnd);
-    w.t1x4(a, b, c, bias, N, K, iMid, i1, jp, jMid);
-    w.t1x1(a, b, c, bias, N, K, iMid, i1, jMid, jpEnd);
-  }
-}
-
 /** Widens 16-bit float bits (bf16 when isBf16, else IEEE f16) in [start, end) to f32. */
 export function widen16(
   src: Uint16Array,
@@ -286,5 +252,5 @@ export function nllRows(
   }
 }
 
-export const KERNELS = { matmulNT, matmulWasm, widen16, attentionHeads, nllRows };
+export const KERNELS = { matmulNT, matmulWasm, packWasm, widen16, attentionHeads, nllRows };
 export type KernelName = keyof typeof KERNELS;
