@@ -139,6 +139,12 @@ function randomInt8(rows: number, cols: number): Tensor {
   return gpu.upload(a, [rows, cols], 'i8');
 }
 
+function kernelName(g: Int8Gemm): string {
+  if (g.path === 'dot4') return 'dot4';
+  const t = g.sgmTile;
+  return `sgm ${t.style} ${t.tm}x${t.tn}${t.style === 'shared' ? ` sg ${t.sgm}x${t.sgn} bk ${t.bk}` : ''}`;
+}
+
 /** Whether the kernel equals the CPU's exact int8 GEMM on a 256 x 192 x 512 problem. */
 async function int8Exact(g: Int8Gemm): Promise<boolean> {
   const [M, N, K] = [256, 192, 512];
@@ -156,7 +162,7 @@ async function int8Exact(g: Int8Gemm): Promise<boolean> {
   return got.every((v, i) => v === want[i]);
 }
 
-async function int8Gemm(g: Int8Gemm, M: number, N: number, K: number, label: string): Promise<void> {
+async function int8Gemm(g: Int8Gemm, M: number, N: number, K: number, label: string): Promise<number> {
   const a = randomInt8(M, K);
   const b = randomInt8(N, K);
   const st = (t: Tensor) => (t as WebGpuTensor).storage;
@@ -166,27 +172,51 @@ async function int8Gemm(g: Int8Gemm, M: number, N: number, K: number, label: str
   });
   a.dispose();
   b.dispose();
-  const tile = g.path === 'dot4' ? 'dot4' : `sgm ${g.sgmTile.tm}x${g.sgmTile.tn}`;
-  report({ what: 'int8gemm', label, M, N, K, kernel: tile, ms: s * 1e3, tops: (2 * M * N * K) / s / 1e12 });
+  const tops = (2 * M * N * K) / s / 1e12;
+  report({ what: 'int8gemm', label, M, N, K, kernel: kernelName(g), ms: s * 1e3, tops });
+  return tops;
 }
 
 if (!skip.has('int8')) {
+  const direct = (tm: number, tn: number): SubgroupMatrixTile => ({
+    style: 'direct',
+    tm,
+    tn,
+    sgm: 1,
+    sgn: 1,
+    bk: 32,
+  });
+  const shared = (tm: number, tn: number, sgm: number, sgn: number, bk: number): SubgroupMatrixTile => ({
+    style: 'shared',
+    tm,
+    tn,
+    sgm,
+    sgn,
+    bk,
+  });
   const tiles: SubgroupMatrixTile[] = [
-    { tm: 2, tn: 2 },
-    { tm: 4, tn: 2 },
-    { tm: 2, tn: 4 },
-    { tm: 4, tn: 4 },
+    shared(2, 2, 8, 4, 64),
+    shared(2, 2, 4, 8, 64),
+    shared(2, 4, 4, 4, 64),
+    shared(2, 2, 4, 4, 64),
+    shared(2, 2, 8, 4, 32),
+    shared(4, 2, 4, 4, 64),
+    direct(4, 2),
   ];
   const kernels: Int8Gemm[] = [];
+  const warm = new Int8Gemm(gpu.ctx);
+  await warm.probe('dot4');
+  await int8Gemm(warm, 4096, 4096, 4096, 'warm-up (GPU clocks)');
   for (const tile of tiles) {
     const g = new Int8Gemm(gpu.ctx, tile);
     await g.probe('auto');
     if (g.path === 'subgroup-matrix') kernels.push(g);
-    else report({ what: 'int8gemm', kernel: `sgm ${tile.tm}x${tile.tn}`, unavailable: g.reason });
+    report({ what: 'int8probe', tile, path: g.path, reason: g.reason });
   }
   const d4 = new Int8Gemm(gpu.ctx);
   await d4.probe('dot4');
   kernels.push(d4);
+  const tops = new Map<Int8Gemm, number>();
   for (const g of kernels) {
     const exact = await int8Exact(g);
     report({
@@ -194,9 +224,9 @@ if (!skip.has('int8')) {
       kernel: g.path === 'dot4' ? 'dot4' : `sgm ${g.sgmTile.tm}x${g.sgmTile.tn}`,
       exact,
     });
-    if (exact) await int8Gemm(g, 4096, 4096, 4096, '4096^3');
+    if (exact) tops.set(g, await int8Gemm(g, 4096, 4096, 4096, '4096^3'));
   }
-  const best = kernels[0];
+  const best = [...tops.entries()].reduce((x, y) => (y[1] > x[1] ? y : x))[0];
   const shapes: [string, number, number][] = [
     ['q/o_proj', 4096, 4096],
     ['k/v_proj', 1024, 4096],

@@ -17,15 +17,38 @@ import { Params } from './context.ts';
 
 export type Int8Path = 'subgroup-matrix' | 'dot4';
 
+/**
+ * Subgroup-matrix tiling. 'direct': one subgroup per workgroup, operands loaded from storage.
+ * 'shared': sgm x sgn subgroups per workgroup share A and B tiles of `bk` k staged in workgroup
+ * memory. Each subgroup computes tm x tn result tiles of 16x16.
+ */
 export interface SubgroupMatrixTile {
-  /** 16x16 result tiles per subgroup along M and N */
+  style: 'direct' | 'shared';
   tm: number;
   tn: number;
+  sgm: number;
+  sgn: number;
+  bk: number;
 }
 
-export const DEFAULT_SGM_TILE: SubgroupMatrixTile = { tm: 4, tn: 2 };
+export const DEFAULT_SGM_TILE: SubgroupMatrixTile = { style: 'shared', tm: 2, tn: 4, sgm: 4, sgn: 4, bk: 64 };
 
-type LoadSyntax = 'template' | 'argument';
+/**
+ * How this Dawn build spells and counts: the layout as a template or a bool argument; offsets and
+ * strides of an i8 matrix over an i32 array in i8 elements or in array words. The first variant
+ * that compiles and computes a test product exactly is used.
+ */
+export interface Dialect {
+  syntax: 'template' | 'argument';
+  offset: 'i8' | 'word';
+  stride: 'i8' | 'word';
+}
+
+const DIALECTS: Dialect[] = (['template', 'argument'] as const).flatMap((syntax) =>
+  (['word', 'i8'] as const).flatMap((offset) =>
+    (['word', 'i8'] as const).map((stride) => ({ syntax, offset, stride })),
+  ),
+);
 
 const DOT4_TILE = 64;
 const DOT4_BKW = 16; // words of K (64 int8) per shared-memory step
@@ -85,53 +108,180 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
   };
 }
 
-function sgmKernel(t: SubgroupMatrixTile, subgroupSize: number, syntax: LoadSyntax): Kernel {
-  const L = 'subgroup_matrix_left<i8, 32, 16>';
-  const R = 'subgroup_matrix_right<i8, 16, 32>';
-  const load = (type: string, colMajor: boolean, ptr: string, off: string, stride: string) =>
-    syntax === 'template'
-      ? `subgroupMatrixLoad<${type}, ${colMajor ? 'col_major' : 'row_major'}>(${ptr}, ${off}, ${stride})`
-      : `subgroupMatrixLoad<${type}>(${ptr}, ${off}, ${colMajor}, ${stride})`;
+/** WGSL snippets for one dialect: i8 matrix loads from i32 arrays, i32 result stores. */
+function dialectOps(d: Dialect) {
+  const units = (x: string, unit: 'i8' | 'word') => (unit === 'i8' ? x : `(${x}) / 4u`);
+  const load = (type: string, colMajor: boolean, ptr: string, off: string, stride: string) => {
+    const o = units(off, d.offset);
+    const st = units(stride, d.stride);
+    return d.syntax === 'template'
+      ? `subgroupMatrixLoad<${type}, ${colMajor ? 'col_major' : 'row_major'}>(${ptr}, ${o}, ${st})`
+      : `subgroupMatrixLoad<${type}>(${ptr}, ${o}, ${colMajor}, ${st})`;
+  };
   const store = (off: string, value: string) =>
-    syntax === 'template'
+    d.syntax === 'template'
       ? `subgroupMatrixStore<row_major>(&C, ${off}, ${value}, p.N)`
       : `subgroupMatrixStore(&C, ${off}, ${value}, false, p.N)`;
-  return {
-    key: `int8gemm:sgm:${t.tm}x${t.tn}:${subgroupSize}:${syntax}`,
-    bindings: ['uniform', 'read', 'read', 'write'],
-    code: () => `
+  return { load, store };
+}
+
+const LEFT = 'subgroup_matrix_left<i8, 32, 16>';
+const RIGHT = 'subgroup_matrix_right<i8, 16, 32>';
+
+function sgmHeader(operand: 'i32' | 'vec4<i32>'): string {
+  return `
 enable chromium_experimental_subgroup_matrix;
+diagnostic(off, chromium.subgroup_matrix_uniformity);
 struct P { M: u32, N: u32, K: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> A: array<i32>;
-@group(0) @binding(2) var<storage, read> B: array<i32>;
-@group(0) @binding(3) var<storage, read_write> C: array<i32>;
+@group(0) @binding(1) var<storage, read> A: array<${operand}>;
+@group(0) @binding(2) var<storage, read> B: array<${operand}>;
+@group(0) @binding(3) var<storage, read_write> C: array<i32>;`;
+}
+
+/** tm x tn index pairs, row-major. */
+function tilePairs(t: SubgroupMatrixTile): [number, number][] {
+  return Array.from({ length: t.tm * t.tn }, (_, q) => [Math.floor(q / t.tn), q % t.tn]);
+}
+
+/**
+ * One k step of 32 on the subgroup's tm x tn tiles, fully unrolled into named variables (arrays of
+ * subgroup matrices indexed in loops end up in local memory).
+ */
+function mmaStep(t: SubgroupMatrixTile, left: (i: number) => string, right: (j: number) => string): string {
+  const lines = [
+    ...Array.from({ length: t.tm }, (_, i) => `let a${i} = ${left(i)};`),
+    ...Array.from({ length: t.tn }, (_, j) => `let b${j} = ${right(j)};`),
+    ...tilePairs(t).map(
+      ([i, j]) => `acc${i}_${j} = subgroupMatrixMultiplyAccumulate(a${i}, b${j}, acc${i}_${j});`,
+    ),
+  ];
+  return `{\n      ${lines.join('\n      ')}\n    }`;
+}
+
+function accDeclarations(t: SubgroupMatrixTile): string {
+  return tilePairs(t)
+    .map(([i, j]) => `var acc${i}_${j}: subgroup_matrix_result<i32, 16, 16>;`)
+    .join('\n  ');
+}
+
+/**
+ * Stores the accumulators of the subgroup whose tile starts at (m0, n0); with `guard`, tiles past
+ * the matrix edge are skipped (only where the condition is uniform across the workgroup).
+ */
+function sgmStores(t: SubgroupMatrixTile, d: Dialect, guard: boolean): string {
+  const { store } = dialectOps(d);
+  return tilePairs(t)
+    .map(([i, j]) => {
+      const st = `${store(`(m0 + ${16 * i}u) * p.N + n0 + ${16 * j}u`, `acc${i}_${j}`)};`;
+      return guard ? `if (m0 + ${16 * i}u < p.M && n0 + ${16 * j}u < p.N) { ${st} }` : st;
+    })
+    .join('\n  ');
+}
+
+/** One subgroup per workgroup; operands straight from storage (rows clamped inside the matrix). */
+function sgmDirectKernel(t: SubgroupMatrixTile, subgroupSize: number, d: Dialect): Kernel {
+  const { load } = dialectOps(d);
+  const step = mmaStep(
+    t,
+    (i) => load(LEFT, false, '&A', `min(m0 + ${16 * i}u, p.M - 16u) * p.K + k0`, 'p.K'),
+    (j) => load(RIGHT, true, '&B', `min(n0 + ${16 * j}u, p.N - 16u) * p.K + k0`, 'p.K'),
+  );
+  return {
+    key: `int8gemm:sgm-direct:${t.tm}x${t.tn}:${subgroupSize}:${JSON.stringify(d)}`,
+    bindings: ['uniform', 'read', 'read', 'write'],
+    code: () => `${sgmHeader('i32')}
 @compute @workgroup_size(${subgroupSize})
 fn main(@builtin(workgroup_id) wid: vec3<u32>) {
   let m0 = wid.y * ${16 * t.tm}u;
   let n0 = wid.x * ${16 * t.tn}u;
-  var acc: array<subgroup_matrix_result<i32, 16, 16>, ${t.tm * t.tn}>;
-  for (var k0 = 0u; k0 < p.K; k0 += 32u) {
-    var a: array<${L}, ${t.tm}>;
-    for (var i = 0u; i < ${t.tm}u; i++) {
-      a[i] = ${load(L, false, '&A', `min(m0 + i * 16u, p.M - 16u) * p.K + k0`, 'p.K')};
-    }
-    for (var j = 0u; j < ${t.tn}u; j++) {
-      let b = ${load(R, true, '&B', `min(n0 + j * 16u, p.N - 16u) * p.K + k0`, 'p.K')};
-      for (var i = 0u; i < ${t.tm}u; i++) {
-        acc[i * ${t.tn}u + j] = subgroupMatrixMultiplyAccumulate(a[i], b, acc[i * ${t.tn}u + j]);
-      }
-    }
-  }
-  for (var i = 0u; i < ${t.tm}u; i++) {
-    for (var j = 0u; j < ${t.tn}u; j++) {
-      if (m0 + i * 16u < p.M && n0 + j * 16u < p.N) {
-        ${store('(m0 + i * 16u) * p.N + n0 + j * 16u', `acc[i * ${t.tn}u + j]`)};
-      }
-    }
-  }
+  ${accDeclarations(t)}
+  for (var k0 = 0u; k0 < p.K; k0 += 32u) ${step}
+  ${sgmStores(t, d, true)}
 }`,
   };
+}
+
+/** Padding of each staged row (bytes): keeps the rows of a tile off the same shared-memory banks. */
+const ROW_PAD = 16;
+
+/**
+ * sgm x sgn subgroups per workgroup; each k step stages the workgroup's bk-wide slices of A and B
+ * rows in workgroup memory (16-byte loads), then every subgroup multiplies its tiles from there.
+ * Needs M, N, K multiples of the workgroup tile (no edge handling: subgroup-matrix stores must
+ * stay in uniform control flow, and the subgroup index is not uniform across the workgroup).
+ */
+function sgmSharedKernel(t: SubgroupMatrixTile, subgroupSize: number, d: Dialect): Kernel {
+  const { load } = dialectOps(d);
+  const [BM, BN] = sharedTileShape(t);
+  const BKV = t.bk / 16; // vec4<i32> per staged row slice
+  const rowBytes = t.bk + ROW_PAD;
+  const rowWords = rowBytes / 4;
+  const threads = subgroupSize * t.sgm * t.sgn;
+  // each thread carries its share of the next k step in registers while the current one computes
+  const share = (rows: number) => Math.ceil((rows * BKV) / threads);
+  const fetch = (reg: string, src: string, rows: number, first: string) =>
+    Array.from({ length: share(rows) }, (_, r) => {
+      const idx = `li + ${r * threads}u`;
+      return `if (${idx} < ${rows * BKV}u) { ${reg}[${r}] = ${src}[(${first} + (${idx}) / ${BKV}u) * KV + next + (${idx}) % ${BKV}u]; }`;
+    }).join('\n      ');
+  const stash = (reg: string, dst: string, rows: number) =>
+    Array.from({ length: share(rows) }, (_, r) => {
+      const idx = `li + ${r * threads}u`;
+      const at = `(${idx}) / ${BKV}u * ${rowWords}u + (${idx}) % ${BKV}u * 4u`;
+      return `if (${idx} < ${rows * BKV}u) { let at = ${at}; let v = ${reg}[${r}]; ${dst}[at] = v.x; ${dst}[at + 1u] = v.y; ${dst}[at + 2u] = v.z; ${dst}[at + 3u] = v.w; }`;
+    }).join('\n    ');
+  const steps = Array.from({ length: t.bk / 32 }, (_, s) =>
+    mmaStep(
+      t,
+      (i) => load(LEFT, false, '&As', `(wm + ${16 * i}u) * ${rowBytes}u + ${32 * s}u`, `${rowBytes}u`),
+      (j) => load(RIGHT, true, '&Bs', `(wn + ${16 * j}u) * ${rowBytes}u + ${32 * s}u`, `${rowBytes}u`),
+    ),
+  ).join('\n    ');
+  return {
+    key: `int8gemm:sgm-shared:${t.tm}x${t.tn}:${t.sgm}x${t.sgn}:${t.bk}:${subgroupSize}:${JSON.stringify(d)}`,
+    bindings: ['uniform', 'read', 'read', 'write'],
+    code: () => `${sgmHeader('vec4<i32>')}
+var<workgroup> As: array<i32, ${BM * rowWords}>;
+var<workgroup> Bs: array<i32, ${BN * rowWords}>;
+@compute @workgroup_size(${threads})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let sg = li / ${subgroupSize}u;
+  let wm = (sg / ${t.sgn}u) * ${16 * t.tm}u;
+  let wn = (sg % ${t.sgn}u) * ${16 * t.tn}u;
+  let m0 = wid.y * ${BM}u + wm;
+  let n0 = wid.x * ${BN}u + wn;
+  let KV = p.K / 16u;
+  ${accDeclarations(t)}
+  var ra: array<vec4<i32>, ${share(BM)}>;
+  var rb: array<vec4<i32>, ${share(BN)}>;
+  var next = 0u;
+  ${fetch('ra', 'A', BM, `wid.y * ${BM}u`)}
+  ${fetch('rb', 'B', BN, `wid.x * ${BN}u`)}
+  for (var k0 = 0u; k0 < KV; k0 += ${BKV}u) {
+    ${stash('ra', 'As', BM)}
+    ${stash('rb', 'Bs', BN)}
+    workgroupBarrier();
+    next = k0 + ${BKV}u;
+    if (next < KV) {
+      ${fetch('ra', 'A', BM, `wid.y * ${BM}u`)}
+      ${fetch('rb', 'B', BN, `wid.x * ${BN}u`)}
+    }
+    ${steps}
+    workgroupBarrier();
+  }
+  ${sgmStores(t, d, false)}
+}`,
+  };
+}
+
+/** Rows of A and of B one workgroup covers. */
+function sharedTileShape(t: SubgroupMatrixTile): [number, number] {
+  return t.style === 'direct' ? [16 * t.tm, 16 * t.tn] : [16 * t.tm * t.sgm, 16 * t.tn * t.sgn];
+}
+
+export function sgmKernel(t: SubgroupMatrixTile, subgroupSize: number, d: Dialect): Kernel {
+  return t.style === 'direct' ? sgmDirectKernel(t, subgroupSize, d) : sgmSharedKernel(t, subgroupSize, d);
 }
 
 /** The adapter's subgroup-matrix configurations (Dawn's GPUAdapterInfo extension). */
@@ -143,11 +293,39 @@ interface SubgroupMatrixConfig {
   K: number;
 }
 
-/** Picks and compiles the int8 GEMM kernel this device can run. */
+/** A small random problem and its exact product, to check a kernel before trusting it. */
+function testProblem(t: SubgroupMatrixTile): {
+  M: number;
+  N: number;
+  K: number;
+  a: Int8Array;
+  b: Int8Array;
+  c: Int32Array;
+} {
+  const [bm, bn] = sharedTileShape(t);
+  const [M, N, K] = t.style === 'direct' ? [80, 96, 160] : [2 * bm, 3 * bn, 3 * Math.max(t.bk, 32)];
+  let state = 12345;
+  const next = () => {
+    state = (Math.imul(state, 1103515245) + 12345) >>> 0;
+    return ((state >>> 16) & 0xff) - 128;
+  };
+  const a = Int8Array.from({ length: M * K }, next);
+  const b = Int8Array.from({ length: N * K }, next);
+  const c = new Int32Array(M * N);
+  for (let m = 0; m < M; m++)
+    for (let n = 0; n < N; n++) {
+      let sum = 0;
+      for (let k = 0; k < K; k++) sum += a[m * K + k] * b[n * K + k];
+      c[m * N + n] = sum;
+    }
+  return { M, N, K, a, b, c };
+}
+
+/** Picks the int8 GEMM kernel this device runs correctly. */
 export class Int8Gemm {
   path: Int8Path = 'dot4';
   private sgm: Kernel | undefined;
-  /** why the subgroup-matrix kernel is not used (when it is not) */
+  /** the subgroup-matrix dialect in use, or why subgroup matrices are not used */
   reason = 'not probed';
 
   constructor(
@@ -155,9 +333,13 @@ export class Int8Gemm {
     readonly sgmTile: SubgroupMatrixTile = DEFAULT_SGM_TILE,
   ) {}
 
-  /** Tries the subgroup-matrix kernel (both WGSL syntaxes); keeps dot4 when none compiles. */
+  /**
+   * Compiles the subgroup-matrix kernel in each dialect and keeps the first that multiplies a test
+   * problem exactly; dot4 otherwise (or when asked for).
+   */
   async probe(want: Int8Path | 'auto' = 'auto'): Promise<void> {
     this.path = 'dot4';
+    this.sgm = undefined;
     if (want === 'dot4') {
       this.reason = 'dot4 requested';
       return;
@@ -165,61 +347,72 @@ export class Int8Gemm {
     const info = this.ctx.adapterInfo as
       | (GPUAdapterInfo & { subgroupMatrixConfigs?: SubgroupMatrixConfig[]; subgroupMaxSize?: number })
       | undefined;
-    const configs = info?.subgroupMatrixConfigs ?? [];
-    const fits = configs.some(
+    const fits = (info?.subgroupMatrixConfigs ?? []).some(
       (c) =>
         c.componentType === 'i8' && c.resultComponentType === 'i32' && c.M === 16 && c.N === 16 && c.K === 32,
     );
     if (!this.ctx.features.has('chromium-experimental-subgroup-matrix') || !fits) {
       this.reason = 'adapter offers no i8 16x16x32 subgroup matrices';
-      return;
-    }
-    const size = info?.subgroupMaxSize ?? 32;
-    const errors: string[] = [];
-    for (const syntax of ['template', 'argument'] as const) {
-      const k = sgmKernel(this.sgmTile, size, syntax);
-      const err = await this.ctx.tryCompile(k);
-      if (!err) {
-        this.sgm = k;
-        this.path = 'subgroup-matrix';
-        this.reason = '';
-        return;
+    } else {
+      const failures: string[] = [];
+      for (const dialect of DIALECTS) {
+        const k = sgmKernel(this.sgmTile, info?.subgroupMaxSize ?? 32, dialect);
+        const err = await this.ctx.tryCompile(k);
+        if (!err && (await this.exact(k))) {
+          this.sgm = k;
+          this.path = 'subgroup-matrix';
+          this.reason = JSON.stringify(dialect);
+          return;
+        }
+        failures.push(`${JSON.stringify(dialect)}: ${err ?? 'wrong results'}`);
       }
-      errors.push(`${syntax}: ${err}`);
+      this.reason = `no subgroup-matrix dialect worked (${failures.join(' | ')})`;
     }
-    this.reason = `subgroup-matrix kernel did not compile (${errors.join(' | ')})`;
     if (want === 'subgroup-matrix') fail(`WebGPU int8 GEMM: ${this.reason}`);
+  }
+
+  private async exact(k: Kernel): Promise<boolean> {
+    const t = testProblem(this.sgmTile);
+    const a = this.ctx.uploadStorage(t.M, t.K, 'i8', new Uint8Array(t.a.buffer));
+    const b = this.ctx.uploadStorage(t.N, t.K, 'i8', new Uint8Array(t.b.buffer));
+    const c = this.dispatch(k, a, b);
+    const bytes = await this.ctx.readBytes([{ buffer: c.chunks[0], offset: 0, size: t.M * t.N * 4 }]);
+    const got = new Int32Array(bytes.buffer, bytes.byteOffset, t.M * t.N);
+    for (const s of [a, b, c]) this.ctx.releaseStorage(s);
+    return got.every((v, i) => v === t.c[i]);
+  }
+
+  private dispatch(k: Kernel, a: Storage, b: Storage): Storage {
+    const [M, N, K] = [a.rows, b.rows, a.cols];
+    const out = this.ctx.allocStorage(M, N, 'i32');
+    const bindings = [a, b, out].map((s) => this.ctx.whole(s, 'matmulInt8').binding);
+    const params = new Params()
+      .u(M)
+      .u(N)
+      .u(k.key.startsWith('int8gemm:sgm') ? K : K / 4);
+    if (k.key.startsWith('int8gemm:sgm')) {
+      const [bm, bn] = sharedTileShape(this.sgmTile);
+      this.ctx.dispatch(k, params, bindings, [Math.ceil(N / bn), Math.ceil(M / bm)]);
+    } else {
+      this.ctx.dispatch(k, params, bindings, [Math.ceil(N / DOT4_TILE), Math.ceil(M / DOT4_TILE)]);
+    }
+    return out;
   }
 
   /** c[M,N] (i32) = a[M,K] b[N,K]^T for i8 a and b. */
   run(a: Storage, b: Storage): Storage {
-    const M = a.rows;
-    const N = b.rows;
-    const K = a.cols;
+    const [M, N, K] = [a.rows, b.rows, a.cols];
     if (a.dtype !== 'i8' || b.dtype !== 'i8')
       fail(`matmulInt8: expected i8 operands, got ${a.dtype} and ${b.dtype}`);
     if (b.cols !== K) fail(`matmulInt8: a is ${M}x${K} but b is ${N}x${b.cols}`);
     if (K % 4 !== 0) fail(`matmulInt8: K = ${K} must be a multiple of 4`);
-    const out = this.ctx.allocStorage(M, N, 'i32');
-    const wa = this.ctx.whole(a, 'matmulInt8');
-    const wb = this.ctx.whole(b, 'matmulInt8');
-    const wc = this.ctx.whole(out, 'matmulInt8');
-    if (this.sgm && M % 16 === 0 && N % 16 === 0 && K % 32 === 0) {
-      const { tm, tn } = this.sgmTile;
-      const grid = [Math.ceil(N / (16 * tn)), Math.ceil(M / (16 * tm))];
-      this.ctx.dispatch(this.sgm, new Params().u(M).u(N).u(K), [wa.binding, wb.binding, wc.binding], grid);
-    } else {
-      const grid = [Math.ceil(N / DOT4_TILE), Math.ceil(M / DOT4_TILE)];
-      this.ctx.dispatch(
-        dot4Kernel(),
-        new Params()
-          .u(M)
-          .u(N)
-          .u(K / 4),
-        [wa.binding, wb.binding, wc.binding],
-        grid,
-      );
-    }
-    return out;
+    const t = this.sgmTile;
+    const [bm, bn] = sharedTileShape(t);
+    const useSgm =
+      this.sgm &&
+      (t.style === 'direct'
+        ? M % 16 === 0 && N % 16 === 0 && K % 32 === 0
+        : M % bm === 0 && N % bn === 0 && K % t.bk === 0);
+    return this.dispatch(useSgm ? (this.sgm as Kernel) : dot4Kernel(), a, b);
   }
 }
