@@ -65,6 +65,11 @@ const SETS: Record<string, Job[]> = {
     { label: 'GPTQ W3 g128', recipe: 'gptq-w3g128', calib: GPTQ_CALIB },
     { label: 'GPTQ W3 g128 act_order', recipe: 'gptq-w3g128-actorder', calib: GPTQ_CALIB },
     {
+      label: 'GPTQ W4 g128 act_order static_groups',
+      recipe: { base: 'gptq-w4g128-actorder', steps: [{ gptq: { actOrder: true, staticGroups: true } }] },
+      calib: GPTQ_CALIB,
+    },
+    {
       label: 'GPTQ W3 g128 act_order static_groups',
       recipe: { base: 'gptq-w3g128-actorder', steps: [{ gptq: { actOrder: true, staticGroups: true } }] },
       calib: GPTQ_CALIB,
