@@ -3,13 +3,16 @@
  *
  * Two kernels:
  * - `subgroup-matrix`: the tensor cores through `chromium-experimental-subgroup-matrix` (Vulkan
- *   cooperative matrices). One subgroup per workgroup computes TM x TN result tiles of 16x16 from
- *   left tiles (16 rows x 32 k) and right tiles (32 k x 16 columns) loaded straight from storage:
- *   a is row-major [M,K]; b [N,K] row-major is the right operand in column-major order. Needs
- *   M, N multiples of 16, K a multiple of 32, and the adapter's i8 16x16x32 -> i32 configuration.
- *   Older Dawn takes the layout as a bool argument, newer as a template argument: both are tried.
+ *   cooperative matrices), i8 16x16x32 -> i32. Left tiles are 16 rows x 32 k of a (row-major
+ *   [M,K]); right tiles 32 k x 16 columns, i.e. b [N,K] read column-major. The default 'shared'
+ *   tiling stages slices of a and b in workgroup memory for 16 subgroups (see SubgroupMatrixTile;
+ *   BENCHMARKS.md has the sweep); it needs M, N, K multiples of the workgroup tile.
+ *   The WGSL of this feature changed between Dawn builds (layout as a template or a bool argument;
+ *   offsets and strides in i8 elements or array words): probe() compiles each spelling and keeps
+ *   the first that multiplies a test problem exactly.
  * - `dot4`: a portable shared-memory tiled GEMM over packed words with dot4I8Packed (one 4-way
- *   int8 dot product per instruction); any M, N; K a multiple of 4.
+ *   int8 dot product per instruction); any M, N; K a multiple of 4. Used for every other shape and
+ *   on adapters without subgroup matrices (lavapipe).
  */
 import { fail } from '../../errors.ts';
 import type { GpuContext, Kernel, Storage } from './context.ts';
