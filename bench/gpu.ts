@@ -8,7 +8,7 @@
  *  - synthetic Llama-3-8B prefill of 2048 tokens (random bf16 weights, one layer's weights shared by
  *    all 32 layers: same work and memory traffic per layer, 2 GB of uploads instead of 16 GB).
  *
- *   node --import tsx bench/gpu.ts [--model DIR] [--tokens FILE.i32] [--out FILE.json] [--skip gemm,int8,ppl,8b]
+ *   node --import tsx bench/gpu.ts [--model DIR] [--tokens FILE.i32] [--out FILE.json] [--skip gemm,int8,ppl,8b] [--ppl-batch 1,2,4]
  * Prints JSON lines and writes them all to --out.
  */
 import fs from 'node:fs';
@@ -37,6 +37,7 @@ const { values } = parseArgs({
     out: { type: 'string' },
     skip: { type: 'string', default: '' },
     windows: { type: 'string' },
+    'ppl-batch': { type: 'string', default: '1' },
   },
 });
 const skip = new Set(values.skip.split(',').filter((s) => s));
@@ -241,15 +242,18 @@ if (!skip.has('ppl') && values.model && values.tokens) {
   const tokens = new Int32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
   const model = LlamaModel.load(values.model, gpu);
   const maxWindows = values.windows ? Number(values.windows) : undefined;
-  const t0 = performance.now();
-  const r = await perplexity(model, tokens, { seqLen: 2048, maxWindows });
-  report({
-    what: 'ppl',
-    model: values.model,
-    windows: r.windows,
-    ppl: r.ppl,
-    seconds: (performance.now() - t0) / 1000,
-  });
+  for (const batch of values['ppl-batch'].split(',').map(Number)) {
+    const t0 = performance.now();
+    const r = await perplexity(model, tokens, { seqLen: 2048, maxWindows, batch });
+    report({
+      what: 'ppl',
+      model: values.model,
+      windows: r.windows,
+      batch,
+      ppl: r.ppl,
+      seconds: (performance.now() - t0) / 1000,
+    });
+  }
 }
 
 /** Llama-3-8B with random bf16 weights; every layer uses the same weight tensors. */

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { synthConfig, writeSynthCheckpoint } from '../src/cli/synth.ts';
-import { perplexity, readEvalText } from '../src/eval/perplexity.ts';
+import { defaultBatch, perplexity, readEvalText } from '../src/eval/perplexity.ts';
 import { parseFormat } from '../src/formats/index.ts';
 import { ropeTable } from '../src/io/rope.ts';
 import { openCheckpoint } from '../src/io/safetensors.ts';
@@ -300,6 +300,10 @@ test('llama-tiny perplexity on 2 windows of 512 is within 0.01% of the CPU backe
   assert.equal(got.windows, 2);
   assert.ok(Math.abs(got.ppl / want.ppl - 1) < 1e-4, `ppl ${got.ppl} vs CPU ${want.ppl}`);
   got.windowMeanNll.forEach((v, i) => assert.ok(Math.abs(v - want.windowMeanNll[i]) < 1e-4, `window ${i}`));
+  // one window per forward pass gives the same window NLLs as the batched (default) pass
+  const single = await perplexity(model, tokens, { ...opts, batch: 1 });
+  assert.equal(defaultBatch(model, 512) >= 2, true);
+  single.windowMeanNll.forEach((v, i) => assert.ok(Math.abs(v - got.windowMeanNll[i]) < 1e-5, `window ${i}`));
 });
 
 test('createBackend: cpu, webgpu and auto', { skip }, async () => {
