@@ -15,7 +15,7 @@ import {
   mxSharedExponent,
   parseFormat,
 } from '../src/formats/index.ts';
-import { dequantizeGptq, type GptqOptions, gptq } from '../src/quant/gptq.ts';
+import { dequantizeGptq, factorHessian, type GptqOptions, gptq } from '../src/quant/gptq.ts';
 import { choleskyInverseUpper, HessianAccumulator } from '../src/quant/hessian.ts';
 import { rng } from './helpers.ts';
 
@@ -420,6 +420,27 @@ describe('dead inputs', () => {
       assert.ok(maxAbsDiff(res.dequant, ref) < 1e-6, `dead: ${maxAbsDiff(res.dequant, ref)}`);
     });
   }
+});
+
+test('one Hessian factor serves several weights (q/k/v share H): same results as factoring each time', () => {
+  const dead = [9, 90];
+  const { weight, H } = makeLayer(3, dead);
+  const other = rng(4).normal(ROWS * COLS, 0.05);
+  for (const options of [{}, { actOrder: true }] as Partial<GptqOptions>[]) {
+    const factor = factorHessian(H, COLS, options);
+    assert.equal(factor.deadColumns, 2);
+    for (const w of [weight, other]) {
+      const shared = gptq(w, ROWS, COLS, H, parseFormat('int4-g32'), options, factor);
+      const alone = gptq(w, ROWS, COLS, H, parseFormat('int4-g32'), options);
+      assert.deepEqual(shared.dequant, alone.dequant);
+      assert.deepEqual(shared.encoded.codes, alone.encoded.codes);
+      assert.equal(shared.loss, alone.loss);
+    }
+  }
+  assert.throws(
+    () => gptq(weight, ROWS, COLS, H, parseFormat('int4-g32'), { damp: 0.1 }, factorHessian(H, COLS)),
+    /other options/,
+  );
 });
 
 describe('gptq input errors', () => {

@@ -10,7 +10,7 @@
  */
 import type { FormatSpec } from '../formats/spec.ts';
 import type { LinearName } from '../model/llama.ts';
-import { gptq } from './gptq.ts';
+import { factorHessian, gptq } from './gptq.ts';
 import { HessianAccumulator } from './hessian.ts';
 import { type LayerContext, registerLayerStep, runLayer, timed } from './pipeline.ts';
 import type { GptqStep } from './recipe.ts';
@@ -85,10 +85,15 @@ async function gptqLayer(ctx: LayerContext, step: GptqStep): Promise<void> {
     const names = group.filter((n) => recipe.targets.includes(n));
     if (!names.length) continue;
     const H = await timed(ctx.timings, 'gptq hessian', () => hessian(ctx, names[0]));
+    const cols = model.layers[layer].linears[names[0]].weight.shape[1];
+    // the linears of a group read the same input: one inverse for all of them
+    const factor = await timed(ctx.timings, 'gptq solve', async () => factorHessian(H, cols, step));
     for (const name of names) {
       const w = await b.read(model.layers[layer].linears[name].weight);
-      const [rows, cols] = model.layers[layer].linears[name].weight.shape;
-      const result = await timed(ctx.timings, 'gptq solve', () => gptq(w, rows, cols, H, spec, step));
+      const rows = model.layers[layer].linears[name].weight.shape[0];
+      const result = await timed(ctx.timings, 'gptq solve', async () =>
+        gptq(w, rows, cols, H, spec, step, factor),
+      );
       const rtn = await readOnce(b, b.fakeQuant(model.layers[layer].linears[name].weight, spec));
       losses[name] = {
         gptq: reconstructionLoss(w, result.dequant, rows, cols, H),

@@ -406,19 +406,31 @@ function lazyBlockSize(blockSize: number, span: number, stale: boolean): number 
  * GPTQ-quantize a rows x cols (out x in, row-major) weight to `spec` given the layer Hessian H
  * (cols x cols, e.g. HessianAccumulator.finish()). Neither input is modified.
  */
-export function gptq(
-  weight: ArrayLike<number>,
-  rows: number,
-  cols: number,
-  H: ArrayLike<number>,
-  spec: FormatSpec,
-  options: Partial<GptqOptions> = {},
-): GptqResult {
-  const opts = resolveOptions(options);
-  checkInputs(weight, rows, cols, H);
-  const t0 = now();
+/** What GPTQ derives from H alone: shared by every linear that reads the same input. */
+export interface HessianFactor {
+  cols: number;
+  /** diag(H) with dead inputs (H[d, d] = 0) set to 1 */
+  diag: Float64Array;
+  deadColumns: number;
+  /** processing order with actOrder, else null */
+  order: Int32Array | null;
+  /** upper Cholesky factor of the damped H^-1, in processing order */
+  Hinv: Float64Array;
+  /** options it was made with (damp, actOrder) */
+  damp: number;
+  actOrder: boolean;
+  /** milliseconds it took */
+  ms: number;
+}
 
-  const W = Float64Array.from(weight);
+/** Dead columns, ordering, damping and the inverse factor of H (O(cols^3)). */
+export function factorHessian(
+  H: ArrayLike<number>,
+  cols: number,
+  options: Partial<GptqOptions> = {},
+): HessianFactor {
+  const opts = resolveOptions(options);
+  const t0 = now();
   const diag = new Float64Array(cols);
   let deadColumns = 0;
   for (let c = 0; c < cols; c++) {
@@ -426,20 +438,46 @@ export function gptq(
     if (diag[c] !== 0) continue;
     diag[c] = 1;
     deadColumns++;
-    for (let r = 0; r < rows; r++) W[r * cols + c] = 0;
   }
   const order = opts.actOrder ? orderByDecreasing(diag) : null;
-  const grid = makeGrid(spec, rows, cols, order, opts);
-  grid.fitStatic(W);
-  if (order) permuteColumns(W, rows, cols, order);
-
   const Hinv = choleskyInverseUpper(dampedHessian(H, cols, order, diag, opts.damp), cols, (p) =>
     fail(
       `GPTQ: the damped Hessian is not positive definite at input channel ${order ? order[p] : p}; ` +
         `raise damp (now ${opts.damp})`,
     ),
   );
-  const timings: GptqTimings = { inverse: now() - t0, columns: 0, updates: 0 };
+  return { cols, diag, deadColumns, order, Hinv, damp: opts.damp, actOrder: opts.actOrder, ms: now() - t0 };
+}
+
+/**
+ * Quantizes W [rows, cols] against H [cols, cols]. `factor` (from factorHessian on the same H with
+ * the same damp and actOrder) skips the O(cols^3) part, e.g. for q/k/v, which share their input.
+ */
+export function gptq(
+  weight: ArrayLike<number>,
+  rows: number,
+  cols: number,
+  H: ArrayLike<number>,
+  spec: FormatSpec,
+  options: Partial<GptqOptions> = {},
+  factor?: HessianFactor,
+): GptqResult {
+  const opts = resolveOptions(options);
+  checkInputs(weight, rows, cols, H);
+  if (factor && (factor.cols !== cols || factor.damp !== opts.damp || factor.actOrder !== opts.actOrder))
+    throw new Error('gptq: the Hessian factor was made for other options');
+  const f = factor ?? factorHessian(H, cols, opts);
+  const t0 = now();
+  const W = Float64Array.from(weight);
+  for (let c = 0; c < cols; c++) {
+    if (H[c * cols + c] !== 0) continue;
+    for (let r = 0; r < rows; r++) W[r * cols + c] = 0;
+  }
+  const { order, Hinv } = f;
+  const grid = makeGrid(spec, rows, cols, order, opts);
+  grid.fitStatic(W);
+  if (order) permuteColumns(W, rows, cols, order);
+  const timings: GptqTimings = { inverse: (factor ? 0 : f.ms) + now() - t0, columns: 0, updates: 0 };
 
   const dequant = new Float32Array(rows * cols);
   const loss = walkColumns(W, rows, cols, Hinv, grid, order, dequant, opts, timings);
@@ -450,7 +488,7 @@ export function gptq(
     ...(gIdx ? { gIdx } : {}),
     ...(order ? { perm: order } : {}),
     loss,
-    deadColumns,
+    deadColumns: f.deadColumns,
     timings,
   };
 }
