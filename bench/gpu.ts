@@ -102,7 +102,7 @@ async function gemm(
     N,
     K,
     weights: dtype,
-    tile: `${tile.tm}x${tile.tn}x${tile.bk}`,
+    tile: `${tile.tm}x${tile.tn}x${tile.bk}${tile.prefetch ? ' prefetch' : ''}`,
     ms: s * 1e3,
     tflops,
   });
@@ -112,9 +112,11 @@ async function gemm(
 if (!skip.has('gemm')) {
   const tiles: GemmTile[] = [
     { tm: 8, tn: 8, bk: 8 },
+    { tm: 8, tn: 8, bk: 8, prefetch: true },
+    { tm: 8, tn: 8, bk: 16, prefetch: true },
     { tm: 8, tn: 8, bk: 16 },
-    { tm: 4, tn: 8, bk: 16 },
-    { tm: 4, tn: 4, bk: 16 },
+    { tm: 8, tn: 8, bk: 8, prefetch: true },
+    { tm: 8, tn: 8, bk: 8 },
   ];
   let best = tiles[0];
   let bestTflops = 0;

@@ -89,6 +89,10 @@ test('linear matches the CPU within 1e-5 for f32/bf16/f16 weights, odd shapes, b
       await expectClose(gpu!.linear(xg, wg, bg), want, 1e-5, `${M}x${N}x${K} ${dtype}`);
       await expectClose(tiny!.linear(xt, wt, bt), want, 1e-5, `${M}x${N}x${K} ${dtype} windows`);
       await expectClose(gpu!.linear(xg, wg), cpu.linear(xc, wc), 1e-5, `${M}x${N}x${K} ${dtype} no bias`);
+      const tile = gpu!.gemmTile;
+      gpu!.gemmTile = { tm: 4, tn: 8, bk: 16, prefetch: !tile.prefetch };
+      await expectClose(gpu!.linear(xg, wg, bg), want, 1e-5, `${M}x${N}x${K} ${dtype} other tile`);
+      gpu!.gemmTile = tile;
     }
   }
 });
