@@ -299,5 +299,26 @@ if (!skip.has('8b')) {
     seconds: s,
     tokensPerSecond: seqLen / s,
   });
+  // W8A8: INT8 per-channel weights, INT8 per-token activations, every linear through the int8 GEMM
+  const layer = model.layers[0];
+  for (const name of LINEARS) {
+    const lin = layer.linears[name];
+    const [rows, cols] = lin.weight.shape;
+    lin.int8 = {
+      codes: randomInt8(rows, cols),
+      scales: gpu.upload(new Float32Array(rows).fill(0.01), [rows], 'f32'),
+    };
+    lin.inputQuant = { spec: { kind: 'int', bits: 8, symmetric: true, granularity: 'row' } };
+  }
+  const s8 = await timeIt(() => model.forward(ids, { batch: 1, seqLen }), 1);
+  report({
+    what: 'prefill',
+    model: 'llama-3-8b synthetic W8A8 (int8 GEMM)',
+    int8Kernel: gpu.int8.path,
+    seqLen,
+    seconds: s8,
+    tokensPerSecond: seqLen / s8,
+    speedupVsBf16: s / s8,
+  });
 }
 gpu.destroy();

@@ -1,6 +1,7 @@
 import { fail } from '../errors.ts';
 import { perplexity, readEvalText, windowCount } from '../eval/perplexity.ts';
 import { loadTokenizer } from '../io/tokenizer.ts';
+import { useInt8Matmuls } from '../model/int8.ts';
 import { loadModel } from '../quant/load.ts';
 import { resolveRecipe } from '../quant/recipe.ts';
 import { createBackend, type DeviceName } from '../tensor/index.ts';
@@ -8,10 +9,11 @@ import { intFlag, onePositional, optionalIntFlag, parse, printJson } from './arg
 import { CALIB_FLAGS, CALIB_HELP, calibFlags } from './calib-flags.ts';
 import { Progress } from './progress.ts';
 
-export const EVAL_HELP = `llmq eval <model-dir> --ppl <text-file> [--seqlen N] [--max-windows K] [--recipe R ${CALIB_HELP}] [--device cpu|webgpu|auto] [--json]
+export const EVAL_HELP = `llmq eval <model-dir> --ppl <text-file> [--seqlen N] [--max-windows K] [--recipe R ${CALIB_HELP}] [--device cpu|webgpu|auto] [--int8 auto|off] [--json]
   Perplexity with the standard WikiText-2 protocol (rows joined by "\\n\\n", one BOS, non-overlapping
   windows of --seqlen tokens, default 2048). Quantized llmq checkpoints are evaluated as saved;
-  --recipe quantizes a full-precision model on the fly first.`;
+  --recipe quantizes a full-precision model on the fly first. On WebGPU, W8A8 linears (INT8 per
+  channel weights, INT8 per token activations) run as int8 GEMMs unless --int8 off.`;
 
 export async function evalCommand(argv: string[]): Promise<void> {
   const { values, positionals } = parse('eval', argv, {
@@ -21,8 +23,11 @@ export async function evalCommand(argv: string[]): Promise<void> {
     recipe: { type: 'string' },
     ...CALIB_FLAGS,
     device: { type: 'string', default: 'cpu' },
+    int8: { type: 'string', default: 'auto' },
     json: { type: 'boolean', default: false },
   });
+  if (values.int8 !== 'auto' && values.int8 !== 'off')
+    fail(`eval: --int8 must be auto or off, got ${values.int8}`);
   const dir = onePositional('eval', positionals, 'model directory');
   if (!values.ppl) fail('eval: --ppl <text-file> is required');
   const seqLen = intFlag('seqlen', values.seqlen, 2048, 2);
@@ -43,6 +48,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
     onLayer: (d, t) => layers.update(d, t),
     onCalibration: (d, t) => tokenizing.update(d, t),
   });
+  const int8Linears = backend.name === 'webgpu' && values.int8 === 'auto' ? useInt8Matmuls(model) : 0;
   const progress = new Progress('perplexity', 'windows', values.json);
   progress.update(0, windowCount(tokens.length, seqLen, maxWindows));
   const result = await perplexity(model, tokens, {
@@ -61,6 +67,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
     device: backend.name,
     recipe: model.quantization?.recipe ?? null,
     quantize_seconds: report?.seconds ?? null,
+    int8_linears: int8Linears,
     window_mean_nll: result.windowMeanNll,
   };
   if (values.json) return printJson(out);

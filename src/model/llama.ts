@@ -2,6 +2,7 @@
  * Llama-family decoder (Llama 2/3, Mistral, Qwen2): weights, a forward pass over a batch of
  * windows, and hooks that let quantization see and replace the input of every linear layer.
  */
+
 import { fail } from '../errors.ts';
 import type { Encoded } from '../formats/index.ts';
 import type { FormatSpec } from '../formats/spec.ts';
@@ -9,6 +10,7 @@ import { loadModelConfig, type ModelConfig } from '../io/config.ts';
 import { ropeTable } from '../io/rope.ts';
 import { type Checkpoint, openCheckpoint } from '../io/safetensors.ts';
 import type { Backend, DType, RopeTable, Tensor } from '../tensor/tensor.ts';
+import { type Int8Weight, int8Linear } from './int8.ts';
 
 export const ATTENTION_LINEARS = ['q_proj', 'k_proj', 'v_proj', 'o_proj'] as const;
 export const MLP_LINEARS = ['gate_proj', 'up_proj', 'down_proj'] as const;
@@ -23,6 +25,8 @@ export interface Linear {
   quantized?: QuantizedWeight;
   /** fake quantization of the activations entering this linear (per token or static) */
   inputQuant?: InputQuant;
+  /** INT8 codes for the integer GEMM path (W8A8 per channel / per token; see model/int8.ts) */
+  int8?: Int8Weight;
 }
 
 export interface QuantizedWeight {
@@ -172,6 +176,8 @@ export class LlamaModel {
 
   applyLinear(layer: number, name: LinearName, x: Tensor, hooks?: ForwardHooks): Tensor {
     const lin = this.layers[layer].linears[name];
+    // hooks see (and may replace) the quantized input, which the integer path never materializes
+    if (lin.int8 && !hooks?.linearInput) return int8Linear(this.backend, x, lin.int8, lin.bias);
     let input = lin.inputQuant ? quantizeInput(this.backend, x, lin.inputQuant) : x;
     input = hooks?.linearInput?.(layer, name, input) ?? input;
     return this.backend.linear(input, lin.weight, lin.bias);

@@ -57,6 +57,13 @@ export interface Backend {
   linear(x: Tensor, w: Tensor, bias?: Tensor): Tensor;
   /** c[M,N] = a[M,K] b[N,K]^T for i8 a and b, exact, as i32 (K a multiple of 4). */
   matmulInt8(a: Tensor, b: Tensor): Tensor;
+  /**
+   * Symmetric per-row INT8 of x [M,K]: i8 codes [M,K] and f32 scales [M], the grid of fakeQuant
+   * with int8-row-sym (its values are code x scale). K a multiple of 4.
+   */
+  quantizeRowsInt8(x: Tensor): { codes: Tensor; scales: Tensor };
+  /** f32(acc[m,n]) * rowScales[m] * colScales[n] (+ bias[n]) for an i32 acc [M,N]. */
+  scaleInt32(acc: Tensor, rowScales: Tensor, colScales: Tensor, bias?: Tensor): Tensor;
   /** table[V,D] rows gathered by ids -> [ids.length, D] f32. */
   embedding(table: Tensor, ids: Int32Array): Tensor;
   /** x / rms(x) * weight, per row. */

@@ -1,6 +1,6 @@
 /** The CPU reference backend: TypeScript over shared typed arrays, matmul/attention on all cores. */
 import { fail } from '../../errors.ts';
-import { fakeQuantRows } from '../../formats/index.ts';
+import { encode, fakeQuantRows } from '../../formats/index.ts';
 import type { FormatSpec } from '../../formats/spec.ts';
 import {
   type AttentionShape,
@@ -169,6 +169,33 @@ export class CpuBackend implements Backend {
         out[m * N + n] = acc;
       }
     return new CpuTensor(this, [M, N], 'i32', out);
+  }
+
+  quantizeRowsInt8(x: Tensor): { codes: Tensor; scales: Tensor } {
+    const [M, K] = x.shape;
+    if (x.shape.length !== 2) fail(`quantizeRowsInt8: expected a 2-D tensor, got ${shapeString(x.shape)}`);
+    if (K % 4 !== 0) fail(`quantizeRowsInt8: the row length ${K} must be a multiple of 4`);
+    const enc = encode(this.f32(x), M, K, { kind: 'int', bits: 8, symmetric: true, granularity: 'row' });
+    const codes = new Int8Array(new SharedArrayBuffer(M * K));
+    for (let i = 0; i < codes.length; i++) codes[i] = enc.codes[i] - 128; // offset-binary -> two's complement
+    return { codes: new CpuTensor(this, [M, K], 'i8', codes), scales: this.fromF32(enc.scales, [M]) };
+  }
+
+  scaleInt32(acc: Tensor, rowScales: Tensor, colScales: Tensor, bias?: Tensor): Tensor {
+    const [M, N] = acc.shape;
+    const a = (acc as CpuTensor).data as Int32Array;
+    const rs = this.f32(rowScales);
+    const cs = this.f32(colScales);
+    if (rs.length !== M || cs.length !== N)
+      fail(`scaleInt32: ${rs.length} row and ${cs.length} column scales for ${M}x${N}`);
+    const b = bias ? this.f32(bias) : undefined;
+    const out = sharedF32(M * N);
+    for (let m = 0; m < M; m++)
+      for (let n = 0; n < N; n++) {
+        const y = Math.fround(Math.fround(a[m * N + n] * rs[m]) * cs[n]);
+        out[m * N + n] = b ? Math.fround(y + b[n]) : y;
+      }
+    return this.fromF32(out, [M, N]);
   }
 
   embedding(table: Tensor, ids: Int32Array): Tensor {

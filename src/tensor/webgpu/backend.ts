@@ -20,11 +20,11 @@ import {
 import { attention } from './attention.ts';
 import { type ContextOptions, ELEM_BYTES, GpuContext, layoutOf, type Storage } from './context.ts';
 import { binary, rope, scaleColumns, scaleRows, toF32 } from './elementwise.ts';
-import { Int8Gemm, type Int8Path } from './int8.ts';
+import { Int8Gemm, type Int8Path, scaleInt32 as scaleInt32Kernel } from './int8.ts';
 import { concatRows, sliceRows, transpose } from './layout.ts';
 import { DEFAULT_TILE, embedding, type GemmTile, linear } from './matmul.ts';
 import { nll, rmsnorm } from './norm.ts';
-import { fakeQuant } from './quant.ts';
+import { fakeQuant, quantizeRowsInt8 } from './quant.ts';
 import { columnStats, sumSquaredDiff } from './reduce.ts';
 
 export class WebGpuTensor implements Tensor {
@@ -238,6 +238,24 @@ export class WebGpuBackend implements Backend {
       a.shape[0],
       b.shape[0],
     ]);
+  }
+
+  quantizeRowsInt8(x: Tensor): { codes: Tensor; scales: Tensor } {
+    if (x.shape.length !== 2) fail(`quantizeRowsInt8: expected a 2-D tensor, got ${shapeString(x.shape)}`);
+    const { codes, scales } = quantizeRowsInt8(this.ctx, this.st(x, 'quantizeRowsInt8'));
+    return { codes: this.wrap(codes, x.shape), scales: this.wrap(scales, [x.shape[0]]) };
+  }
+
+  scaleInt32(acc: Tensor, rowScales: Tensor, colScales: Tensor, bias?: Tensor): Tensor {
+    const b = bias ? this.st(bias, 'scaleInt32') : undefined;
+    const out = scaleInt32Kernel(
+      this.ctx,
+      this.st(acc, 'scaleInt32'),
+      this.st(rowScales, 'scaleInt32'),
+      this.st(colScales, 'scaleInt32'),
+      b,
+    );
+    return this.wrap(out, acc.shape);
   }
 
   embedding(table: Tensor, ids: Int32Array): Tensor {

@@ -16,7 +16,8 @@
  */
 import { fail } from '../../errors.ts';
 import type { GpuContext, Kernel, Storage } from './context.ts';
-import { Params } from './context.ts';
+import { grid2, Params } from './context.ts';
+import { FLAT_WG } from './wgsl.ts';
 
 export type Int8Path = 'subgroup-matrix' | 'dot4';
 
@@ -418,4 +419,59 @@ export class Int8Gemm {
         : M % bm === 0 && N % bn === 0 && K % t.bk === 0);
     return this.dispatch(useSgm ? (this.sgm as Kernel) : dot4Kernel(), a, b);
   }
+}
+
+const EPILOGUE_WG = 256;
+
+const epilogueKernel: Kernel = {
+  key: 'int8-epilogue',
+  bindings: ['uniform', 'read', 'read', 'read', 'read', 'write'],
+  code: () => `
+struct P { n: u32, N: u32, hasBias: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> C: array<i32>;
+@group(0) @binding(2) var<storage, read> RS: array<f32>;
+@group(0) @binding(3) var<storage, read> CS: array<f32>;
+@group(0) @binding(4) var<storage, read> B: array<f32>;
+@group(0) @binding(5) var<storage, read_write> Y: array<f32>;
+${FLAT_WG}
+@compute @workgroup_size(${EPILOGUE_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = flatWg(wid, nwg) * ${EPILOGUE_WG}u + lid;
+  if (i >= p.n) { return; }
+  let m = i / p.N;
+  let n = i % p.N;
+  var y = f32(C[i]) * RS[m] * CS[n];
+  if (p.hasBias != 0u) { y += B[n]; }
+  Y[i] = y;
+}`,
+};
+
+/** y[m, n] = f32(acc[m, n]) * rowScales[m] * colScales[n] (+ bias[n]), f32 [M, N]. */
+export function scaleInt32(
+  ctx: GpuContext,
+  acc: Storage,
+  rowScales: Storage,
+  colScales: Storage,
+  bias: Storage | undefined,
+): Storage {
+  const [M, N] = [acc.rows, acc.cols];
+  if (rowScales.rows * rowScales.cols !== M || colScales.rows * colScales.cols !== N)
+    fail(
+      `scaleInt32: ${rowScales.rows * rowScales.cols} row and ${colScales.rows * colScales.cols} column scales for ${M}x${N}`,
+    );
+  const out = ctx.allocStorage(M, N, 'f32');
+  if (M * N === 0) return out;
+  const w = (s: Storage) => ctx.whole(s, 'scaleInt32').binding;
+  ctx.dispatch(
+    epilogueKernel,
+    new Params()
+      .u(M * N)
+      .u(N)
+      .u(bias ? 1 : 0),
+    [w(acc), w(rowScales), w(colScales), bias ? w(bias) : ctx.dummy(), w(out)],
+    grid2(Math.ceil((M * N) / EPILOGUE_WG)),
+  );
+  return out;
 }

@@ -622,3 +622,91 @@ export function fakeQuant(ctx: GpuContext, x: Storage, lastDim: number, spec: Fo
   for (const b of [stats, glob, params]) ctx.release(b);
   return out;
 }
+
+/** The INT8 symmetric per-row format the int8 GEMM path quantizes activations to. */
+const INT8_ROW: FormatSpec = { kind: 'int', bits: 8, symmetric: true, granularity: 'row' };
+
+/** Writes each row's int8 codes, four per word, and its scale (the fakeQuant int8-row-sym grid). */
+function int8CodesKernel(dtype: DType): Kernel {
+  return {
+    key: `int8-codes:${dtype}`,
+    bindings: ['uniform', 'read', 'read', 'write', 'write'],
+    code: () => `
+struct P { words: u32, colWords: u32, xOff: u32, row0: u32, oOff: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> X: array<u32>;
+@group(0) @binding(2) var<storage, read> Q: array<vec2<u32>>;
+@group(0) @binding(3) var<storage, read_write> O: array<u32>;
+@group(0) @binding(4) var<storage, read_write> S: array<f32>;
+${COMMON}
+${loadBitsFn(dtype)}
+${FLAT_WG}
+fn code(xb: u32, scale: f32) -> u32 {
+  var q = 0.0;
+  if (isInf(xb)) { q = select(127.0, -128.0, (xb >> 31u) == 1u); }
+  else if (!isNan(xb)) { q = clamp(rne(fv(divRn(xb, scale))), -128.0, 127.0); }
+  return u32(i32(q)) & 0xffu;
+}
+@compute @workgroup_size(${EW_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let w = flatWg(wid, nwg) * ${EW_WG}u + lid;
+  if (w >= p.words) { return; }
+  let row = w / p.colWords;
+  let scale = fv(Q[p.row0 + row].x);
+  var packed = 0u;
+  for (var e = 0u; e < 4u; e++) { packed |= code(ldBits(p.xOff + w * 4u + e), scale) << (8u * e); }
+  O[p.oOff + w] = packed;
+  if (w % p.colWords == 0u) { S[p.row0 + row] = scale; }
+}`,
+  };
+}
+
+/**
+ * x [M, K] -> int8 codes [M, K] and f32 scales [M]: symmetric per-row INT8, the same scales and
+ * codes as fakeQuant(x, int8-row-sym) (whose values are codes x scale). K must be a multiple of 4.
+ */
+export function quantizeRowsInt8(ctx: GpuContext, x: Storage): { codes: Storage; scales: Storage } {
+  const cols = x.cols;
+  if (cols % 4 !== 0) fail(`quantizeRowsInt8: the row length ${cols} must be a multiple of 4`);
+  const codes = ctx.allocStorage(x.rows, cols, 'i8');
+  const scales = ctx.allocStorage(x.rows, 1, 'f32');
+  if (x.rows === 0) return { codes, scales };
+  const plan = planFor(INT8_ROW, cols);
+  const stats = ctx.alloc(x.rows * 8);
+  const lanes = lanesFor(cols);
+  const parts = [x, codes].map((s) => ({ s, row0: 0 }));
+  const segs = ctx.segments(x.rows, parts);
+  for (const seg of segs)
+    ctx.dispatch(
+      statsKernel(x.dtype, lanes),
+      new Params().u(seg.n).u(cols).u(seg.w[0].off).u(seg.r0),
+      [seg.w[0].binding, whole(stats, x.rows * 8)],
+      grid2(Math.ceil(seg.n / (WG / lanes))),
+    );
+  const params = ctx.alloc(x.rows * 8);
+  ctx.dispatch(
+    paramsKernel(plan),
+    new Params().u(x.rows),
+    [whole(stats, x.rows * 8), ctx.dummy(), whole(params, x.rows * 8)],
+    grid2(Math.ceil(x.rows / EW_WG)),
+  );
+  const sw = ctx.whole(scales, 'quantizeRowsInt8');
+  for (const seg of segs) {
+    const words = (seg.n * cols) / 4;
+    ctx.dispatch(
+      int8CodesKernel(x.dtype),
+      new Params()
+        .u(words)
+        .u(cols / 4)
+        .u(seg.w[0].off)
+        .u(seg.r0)
+        .u(seg.w[1].off / 4),
+      [seg.w[0].binding, whole(params, x.rows * 8), seg.w[1].binding, sw.binding],
+      grid2(Math.ceil(words / EW_WG)),
+    );
+  }
+  ctx.release(stats);
+  ctx.release(params);
+  return { codes, scales };
+}
