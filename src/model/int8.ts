@@ -60,8 +60,36 @@ export function useInt8Matmuls(model: LlamaModel): number {
   return count;
 }
 
+/**
+ * Rows of x per int8 GEMM: its i32 result stays under 64 MiB, so every operand fits one storage
+ * binding even where the limit is WebGPU's default 128 MiB. A multiple of 128 (the GEMM tile).
+ */
+export function int8ChunkRows(outFeatures: number): number {
+  return Math.max(128, Math.floor(2 ** 26 / (4 * outFeatures) / 128) * 128);
+}
+
 /** y = x W^T (+ b) through the int8 GEMM: x quantized per row to INT8, W given as INT8 codes. */
-export function int8Linear(b: Backend, x: Tensor, w: Int8Weight, bias?: Tensor): Tensor {
+export function int8Linear(
+  b: Backend,
+  x: Tensor,
+  w: Int8Weight,
+  bias?: Tensor,
+  chunk = int8ChunkRows(w.codes.shape[0]),
+): Tensor {
+  const rows = x.shape[0];
+  if (rows <= chunk) return int8LinearRows(b, x, w, bias);
+  const parts: Tensor[] = [];
+  for (let r = 0; r < rows; r += chunk) {
+    const xs = b.sliceRows(x, r, Math.min(rows, r + chunk));
+    parts.push(int8LinearRows(b, xs, w, bias));
+    xs.dispose();
+  }
+  const y = b.concatRows(parts);
+  for (const t of parts) t.dispose();
+  return y;
+}
+
+function int8LinearRows(b: Backend, x: Tensor, w: Int8Weight, bias?: Tensor): Tensor {
   const { codes, scales } = b.quantizeRowsInt8(x);
   const acc = b.matmulInt8(codes, w.codes);
   const y = b.scaleInt32(acc, scales, w.scales, bias);
