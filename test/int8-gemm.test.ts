@@ -24,6 +24,7 @@ probe?.device.destroy();
 const skip = probe ? false : 'no WebGPU adapter';
 const gpu = probe ? await WebGpuBackend.create() : undefined;
 const dot4 = probe ? await WebGpuBackend.create({ int8: 'dot4' }) : undefined;
+const dot4Big = probe ? await WebGpuBackend.create({ int8: 'dot4', dot4Tile: { t: 8, bkw: 8 } }) : undefined;
 
 function randomInt8(n: number, seed: number): Int8Array {
   const r = rng(seed);
@@ -83,6 +84,7 @@ test('CPU matmulInt8 equals the naive loop', async () => {
 test('WebGPU dot4 int8 GEMM is exact on odd shapes', { skip }, async () => {
   assert.equal(dot4!.int8.path, 'dot4');
   for (const [i, [M, N, K]] of SHAPES.entries()) await check(dot4!, M, N, K, 20 + i);
+  for (const [i, [M, N, K]] of SHAPES.entries()) await check(dot4Big!, M, N, K, 40 + i);
 });
 
 test('WebGPU default int8 GEMM is exact (subgroup matrices where offered)', { skip }, async (t) => {

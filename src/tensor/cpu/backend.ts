@@ -13,7 +13,8 @@ import {
   shapeString,
   type Tensor,
 } from '../tensor.ts';
-import { parallelFor, releaseShared, sharedF32 } from './pool.ts';
+import { prepareAttention, wasmAttention } from './attention-wasm.ts';
+import { parallelFor, releaseShared, sharedF32, threadCount } from './pool.ts';
 import { ensureWasmBytes, matmulUnits, packUnits, type WasmMatmul, wasmLayout, wasmMatmul } from './wasm.ts';
 
 const EMPTY = new Float32Array(0);
@@ -264,6 +265,13 @@ export class CpuBackend implements Backend {
       fail(`attention: q ${shapeString(q.shape)} does not match ${JSON.stringify(s)}`);
     if (s.numHeads % s.numKvHeads !== 0) fail(`attention: ${s.numHeads} heads over ${s.numKvHeads} kv heads`);
     const out = sharedF32(rows * s.numHeads * s.headDim);
+    const wasm = wasmAttention();
+    const job = wasm && prepareAttention(wasm, this.f32(q), this.f32(k), this.f32(v), s, threadCount());
+    if (job) {
+      parallelFor('attentionBlocks', [...job.args], job.units);
+      out.set(job.out);
+      return this.fromF32(out, q.shape);
+    }
     parallelFor(
       'attentionHeads',
       [this.f32(q), this.f32(k), this.f32(v), out, s.seqLen, s.numHeads, s.numKvHeads, s.headDim],

@@ -3,6 +3,7 @@
  * ships their source text to the workers, so each must be self-contained (no imports, no outer
  * variables, no nested functions) and work on a sub-range given by [start, end).
  */
+import { attentionBlocks } from './attention-wasm.ts';
 import { matmulWasm, packWasm } from './wasm.ts';
 
 /**
@@ -252,5 +253,5 @@ export function nllRows(
   }
 }
 
-export const KERNELS = { matmulNT, matmulWasm, packWasm, widen16, attentionHeads, nllRows };
+export const KERNELS = { matmulNT, matmulWasm, packWasm, widen16, attentionHeads, attentionBlocks, nllRows };
 export type KernelName = keyof typeof KERNELS;

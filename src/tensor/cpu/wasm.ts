@@ -15,10 +15,10 @@
  */
 import v8 from 'node:v8';
 
-const I32 = 0x7f;
-const V128 = 0x7b;
+export const I32 = 0x7f;
+export const V128 = 0x7b;
 
-function uleb(n: number): number[] {
+export function uleb(n: number): number[] {
   const out: number[] = [];
   do {
     let byte = n & 0x7f;
@@ -39,12 +39,12 @@ function sleb(n: number): number[] {
   }
 }
 
-const vec = (items: number[][]): number[] => [...uleb(items.length), ...items.flat()];
-const section = (id: number, body: number[]): number[] => [id, ...uleb(body.length), ...body];
-const name = (s: string): number[] => vec([...Buffer.from(s)].map((x) => [x]));
-const simd = (code: number, ...imm: number[]): number[] => [0xfd, ...uleb(code), ...imm];
+export const vec = (items: number[][]): number[] => [...uleb(items.length), ...items.flat()];
+export const section = (id: number, body: number[]): number[] => [id, ...uleb(body.length), ...body];
+export const name = (s: string): number[] => vec([...Buffer.from(s)].map((x) => [x]));
+export const simd = (code: number, ...imm: number[]): number[] => [0xfd, ...uleb(code), ...imm];
 
-const op = {
+export const op = {
   get: (i: number) => [0x20, ...uleb(i)],
   set: (i: number) => [0x21, ...uleb(i)],
   i32: (n: number) => [0x41, ...sleb(n)],
@@ -80,16 +80,16 @@ export const ROWS = 4;
 export const COLS = 8;
 const VECS = COLS / 4;
 
-type Emit = (...parts: number[][]) => void;
+export type Emit = (...parts: number[][]) => void;
 
 /** for (v = lo; v < hi; v += step) body(): v is a local, lo and hi push an i32. */
-function countedLoop(emit: Emit, [v, lo, hi, step]: [number, number[], number[], number], body: () => void) {
+export function countedLoop(emit: Emit, [v, lo, hi, step]: [number, number[], number[], number], body: () => void) {
   emit(lo, op.set(v), op.block, op.loop, op.get(v), hi, op.geU, op.brIf(1));
   body();
   emit(op.get(v), op.i32(step), op.add, op.set(v), op.br(0), op.end, op.end);
 }
 
-function functionBody(i32Locals: number, v128Locals: number, code: number[]): number[] {
+export function functionBody(i32Locals: number, v128Locals: number, code: number[]): number[] {
   const locals = vec([
     [...uleb(i32Locals), I32],
     [...uleb(v128Locals), V128],
@@ -190,7 +190,7 @@ const Q = Object.fromEntries(PACK_PARAMS.map((p, i) => [p, i])) as Record<
 >;
 
 /** i8x16.shuffle picking f32 lanes (0-3 from a, 4-7 from b). */
-const shuffle32 = (lanes: number[]) =>
+export const shuffle32 = (lanes: number[]) =>
   simd(0x0d, ...lanes.flatMap((l) => [0, 1, 2, 3].map((b) => l * 4 + b)));
 const TRANSPOSE = {
   unpackLo: shuffle32([0, 4, 1, 5]),
@@ -293,7 +293,7 @@ function packFunction(W: number, pad: boolean, source: keyof typeof SOURCES): nu
 
 const PAGE = 65536;
 /** 2 GiB: byte addresses stay below 2^31. */
-const MAX_PAGES = 32768;
+export const MAX_PAGES = 32768;
 
 /** Exports t1..t4 (tiles of 1..4 rows), pack4 (a), pack8 and pack8bf16 (b), and the memory. */
 function moduleBytes(fma: boolean): Uint8Array {
@@ -350,7 +350,7 @@ interface WasmApi {
   Memory: new (desc: { initial: number; maximum: number; shared: boolean }) => WasmMemory;
   Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
 }
-const WASM = (globalThis as unknown as { WebAssembly?: WasmApi }).WebAssembly;
+export const WASM = (globalThis as unknown as { WebAssembly?: WasmApi }).WebAssembly;
 
 export interface WasmMatmul {
   module: object;

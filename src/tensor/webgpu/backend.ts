@@ -20,7 +20,7 @@ import {
 import { attention } from './attention.ts';
 import { type ContextOptions, ELEM_BYTES, GpuContext, layoutOf, type Storage } from './context.ts';
 import { binary, rope, scaleColumns, scaleRows, toF32 } from './elementwise.ts';
-import { Int8Gemm, type Int8Path, scaleInt32 as scaleInt32Kernel } from './int8.ts';
+import { type Dot4Tile, Int8Gemm, type Int8Path, scaleInt32 as scaleInt32Kernel } from './int8.ts';
 import { concatRows, sliceRows, transpose } from './layout.ts';
 import { DEFAULT_TILE, embedding, type GemmTile, linear } from './matmul.ts';
 import { nll, rmsnorm } from './norm.ts';
@@ -45,6 +45,8 @@ export interface WebGpuOptions extends ContextOptions {
   gemmTile?: GemmTile;
   /** int8 GEMM kernel: 'auto' (default) uses subgroup matrices when the adapter has them */
   int8?: Int8Path | 'auto';
+  /** tiling of the portable dot4 int8 kernel */
+  dot4Tile?: Dot4Tile;
 }
 
 interface GpuModule {
@@ -146,7 +148,7 @@ export class WebGpuBackend implements Backend {
       opts,
     );
     this.gemmTile = opts.gemmTile ?? DEFAULT_TILE;
-    this.int8 = new Int8Gemm(this.ctx);
+    this.int8 = new Int8Gemm(this.ctx, undefined, opts.dot4Tile);
   }
 
   /** Opens the default adapter; fails with a one-line error when there is none. */

@@ -54,12 +54,18 @@ const DIALECTS: Dialect[] = (['template', 'argument'] as const).flatMap((syntax)
   ),
 );
 
-const DOT4_TILE = 64;
-const DOT4_BKW = 16; // words of K (64 int8) per shared-memory step
+/** dot4 tiling: a 16x16 workgroup, each thread t x t outputs; bkw words (4 int8 each) of k per step. */
+export interface Dot4Tile {
+  t: number;
+  bkw: number;
+}
 
-function dot4Kernel(): Kernel {
+export const DEFAULT_DOT4_TILE: Dot4Tile = { t: 8, bkw: 8 };
+
+function dot4Kernel({ t, bkw }: Dot4Tile): Kernel {
+  const tile = 16 * t;
   return {
-    key: 'int8gemm:dot4',
+    key: `int8gemm:dot4:${t}:${bkw}`,
     bindings: ['uniform', 'read', 'read', 'write'],
     code: () => `
 struct P { M: u32, N: u32, KW: u32 }
@@ -67,45 +73,45 @@ struct P { M: u32, N: u32, KW: u32 }
 @group(0) @binding(1) var<storage, read> A: array<u32>;
 @group(0) @binding(2) var<storage, read> B: array<u32>;
 @group(0) @binding(3) var<storage, read_write> C: array<i32>;
-var<workgroup> As: array<u32, ${DOT4_TILE * DOT4_BKW}>;
-var<workgroup> Bs: array<u32, ${DOT4_TILE * DOT4_BKW}>;
+var<workgroup> As: array<u32, ${tile * bkw}>;
+var<workgroup> Bs: array<u32, ${tile * bkw}>;
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
   let t = l.y * 16u + l.x;
-  let m0 = wid.y * ${DOT4_TILE}u;
-  let n0 = wid.x * ${DOT4_TILE}u;
-  var acc: array<i32, 16>;
-  for (var k0 = 0u; k0 < p.KW; k0 += ${DOT4_BKW}u) {
-    for (var r = 0u; r < ${(DOT4_TILE * DOT4_BKW) / 256}u; r++) {
+  let m0 = wid.y * ${tile}u;
+  let n0 = wid.x * ${tile}u;
+  var acc: array<i32, ${t * t}>;
+  for (var k0 = 0u; k0 < p.KW; k0 += ${bkw}u) {
+    for (var r = 0u; r < ${(tile * bkw) / 256}u; r++) {
       let idx = t + r * 256u;
-      let row = idx / ${DOT4_BKW}u;
-      let kw = idx % ${DOT4_BKW}u;
+      let row = idx / ${bkw}u;
+      let kw = idx % ${bkw}u;
       var a = 0u;
       var b = 0u;
       if (m0 + row < p.M && k0 + kw < p.KW) { a = A[(m0 + row) * p.KW + k0 + kw]; }
       if (n0 + row < p.N && k0 + kw < p.KW) { b = B[(n0 + row) * p.KW + k0 + kw]; }
-      As[kw * ${DOT4_TILE}u + row] = a;
-      Bs[kw * ${DOT4_TILE}u + row] = b;
+      As[kw * ${tile}u + row] = a;
+      Bs[kw * ${tile}u + row] = b;
     }
     workgroupBarrier();
-    for (var kw = 0u; kw < ${DOT4_BKW}u; kw++) {
-      var a: array<u32, 4>;
-      var b: array<u32, 4>;
-      for (var i = 0u; i < 4u; i++) {
-        a[i] = As[kw * ${DOT4_TILE}u + l.y * 4u + i];
-        b[i] = Bs[kw * ${DOT4_TILE}u + l.x * 4u + i];
+    for (var kw = 0u; kw < ${bkw}u; kw++) {
+      var a: array<u32, ${t}>;
+      var b: array<u32, ${t}>;
+      for (var i = 0u; i < ${t}u; i++) {
+        a[i] = As[kw * ${tile}u + l.y * ${t}u + i];
+        b[i] = Bs[kw * ${tile}u + l.x * ${t}u + i];
       }
-      for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) { acc[i * 4u + j] += dot4I8Packed(a[i], b[j]); }
+      for (var i = 0u; i < ${t}u; i++) {
+        for (var j = 0u; j < ${t}u; j++) { acc[i * ${t}u + j] += dot4I8Packed(a[i], b[j]); }
       }
     }
     workgroupBarrier();
   }
-  for (var i = 0u; i < 4u; i++) {
-    let m = m0 + l.y * 4u + i;
-    for (var j = 0u; j < 4u; j++) {
-      let n = n0 + l.x * 4u + j;
-      if (m < p.M && n < p.N) { C[m * p.N + n] = acc[i * 4u + j]; }
+  for (var i = 0u; i < ${t}u; i++) {
+    let m = m0 + l.y * ${t}u + i;
+    for (var j = 0u; j < ${t}u; j++) {
+      let n = n0 + l.x * ${t}u + j;
+      if (m < p.M && n < p.N) { C[m * p.N + n] = acc[i * ${t}u + j]; }
     }
   }
 }`,
@@ -335,6 +341,7 @@ export class Int8Gemm {
   constructor(
     private readonly ctx: GpuContext,
     readonly sgmTile: SubgroupMatrixTile = DEFAULT_SGM_TILE,
+    readonly dot4Tile: Dot4Tile = DEFAULT_DOT4_TILE,
   ) {}
 
   /**
@@ -398,7 +405,8 @@ export class Int8Gemm {
       const [bm, bn] = sharedTileShape(this.sgmTile);
       this.ctx.dispatch(k, params, bindings, [Math.ceil(N / bn), Math.ceil(M / bm)]);
     } else {
-      this.ctx.dispatch(k, params, bindings, [Math.ceil(N / DOT4_TILE), Math.ceil(M / DOT4_TILE)]);
+      const tile = 16 * this.dot4Tile.t;
+      this.ctx.dispatch(k, params, bindings, [Math.ceil(N / tile), Math.ceil(M / tile)]);
     }
     return out;
   }
@@ -417,7 +425,7 @@ export class Int8Gemm {
       (t.style === 'direct'
         ? M % 16 === 0 && N % 16 === 0 && K % 32 === 0
         : M % bm === 0 && N % bn === 0 && K % t.bk === 0);
-    return this.dispatch(useSgm ? (this.sgm as Kernel) : dot4Kernel(), a, b);
+    return this.dispatch(useSgm ? (this.sgm as Kernel) : dot4Kernel(this.dot4Tile), a, b);
   }
 }
 
