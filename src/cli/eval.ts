@@ -2,6 +2,7 @@ import { fail } from '../errors.ts';
 import { perplexity, readEvalText, windowCount } from '../eval/perplexity.ts';
 import { loadTokenizer } from '../io/tokenizer.ts';
 import { useInt8Matmuls } from '../model/int8.ts';
+import { usePackedWeights } from '../model/packed.ts';
 import { loadModel } from '../quant/load.ts';
 import { resolveRecipe } from '../quant/recipe.ts';
 import { createBackend, type DeviceName } from '../tensor/index.ts';
@@ -9,11 +10,12 @@ import { intFlag, onePositional, optionalIntFlag, parse, printJson } from './arg
 import { CALIB_FLAGS, CALIB_HELP, calibFlags } from './calib-flags.ts';
 import { Progress } from './progress.ts';
 
-export const EVAL_HELP = `llmq eval <model-dir> --ppl <text-file> [--seqlen N] [--max-windows K] [--recipe R ${CALIB_HELP}] [--device cpu|webgpu|auto] [--int8 auto|off] [--json]
+export const EVAL_HELP = `llmq eval <model-dir> --ppl <text-file> [--seqlen N] [--max-windows K] [--recipe R ${CALIB_HELP}] [--device cpu|webgpu|auto] [--int8 auto|off] [--packed auto|off] [--json]
   Perplexity with the standard WikiText-2 protocol (rows joined by "\\n\\n", one BOS, non-overlapping
   windows of --seqlen tokens, default 2048). Quantized llmq checkpoints are evaluated as saved;
   --recipe quantizes a full-precision model on the fly first. On WebGPU, W8A8 linears (INT8 per
-  channel weights, INT8 per token activations) run as int8 GEMMs unless --int8 off.`;
+  channel weights, INT8 per token activations) run as int8 GEMMs unless --int8 off, and other INT
+  weights (RTN/AWQ/GPTQ) stay as packed codes decoded inside the GEMM unless --packed off.`;
 
 export async function evalCommand(argv: string[]): Promise<void> {
   const { values, positionals } = parse('eval', argv, {
@@ -24,6 +26,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
     ...CALIB_FLAGS,
     device: { type: 'string', default: 'cpu' },
     int8: { type: 'string', default: 'auto' },
+    packed: { type: 'string', default: 'auto' },
     json: { type: 'boolean', default: false },
   });
   if (values.int8 !== 'auto' && values.int8 !== 'off')
@@ -48,7 +51,9 @@ export async function evalCommand(argv: string[]): Promise<void> {
     onLayer: (d, t) => layers.update(d, t),
     onCalibration: (d, t) => tokenizing.update(d, t),
   });
-  const int8Linears = backend.name === 'webgpu' && values.int8 === 'auto' ? useInt8Matmuls(model) : 0;
+  const gpu = backend.name === 'webgpu';
+  const int8Linears = gpu && values.int8 === 'auto' ? useInt8Matmuls(model) : 0;
+  const packedLinears = gpu && values.packed === 'auto' ? usePackedWeights(model, true) : 0;
   const progress = new Progress('perplexity', 'windows', values.json);
   progress.update(0, windowCount(tokens.length, seqLen, maxWindows));
   const result = await perplexity(model, tokens, {
@@ -68,6 +73,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
     recipe: model.quantization?.recipe ?? null,
     quantize_seconds: report?.seconds ?? null,
     int8_linears: int8Linears,
+    packed_linears: packedLinears,
     window_mean_nll: result.windowMeanNll,
   };
   if (values.json) return printJson(out);

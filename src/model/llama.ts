@@ -9,7 +9,7 @@ import type { FormatSpec } from '../formats/spec.ts';
 import { loadModelConfig, type ModelConfig } from '../io/config.ts';
 import { ropeTable } from '../io/rope.ts';
 import { type Checkpoint, openCheckpoint } from '../io/safetensors.ts';
-import type { Backend, DType, RopeTable, Tensor } from '../tensor/tensor.ts';
+import type { Backend, DType, PackedWeight, RopeTable, Tensor } from '../tensor/tensor.ts';
 import { type Int8Weight, int8Linear } from './int8.ts';
 
 export const ATTENTION_LINEARS = ['q_proj', 'k_proj', 'v_proj', 'o_proj'] as const;
@@ -27,6 +27,8 @@ export interface Linear {
   inputQuant?: InputQuant;
   /** INT8 codes for the integer GEMM path (W8A8 per channel / per token; see model/int8.ts) */
   int8?: Int8Weight;
+  /** integer codes decoded inside the GEMM (weight-only formats; see model/packed.ts) */
+  packed?: PackedWeight;
 }
 
 export interface QuantizedWeight {
@@ -180,7 +182,9 @@ export class LlamaModel {
     if (lin.int8 && !hooks?.linearInput) return int8Linear(this.backend, x, lin.int8, lin.bias);
     let input = lin.inputQuant ? quantizeInput(this.backend, x, lin.inputQuant) : x;
     input = hooks?.linearInput?.(layer, name, input) ?? input;
-    return this.backend.linear(input, lin.weight, lin.bias);
+    return lin.packed
+      ? this.backend.linearPacked(input, lin.packed, lin.bias)
+      : this.backend.linear(input, lin.weight, lin.bias);
   }
 
   /** Self-attention block output (before the residual add) for normed input x. */

@@ -45,6 +45,25 @@ export interface ColumnStats {
   absMean: Float32Array;
 }
 
+/**
+ * Integer weight codes packed in 32-bit words, decoded inside the GEMM:
+ * w[n, k] = (code[n, k] - zeros[g]) * scales[g] with g = n * (cols / group) + k / group.
+ */
+export interface PackedWeight {
+  /** i32 tensor [rows, cols * codeBits / 32]: code k of a row sits at bits (k % per) * codeBits of word k / per */
+  codes: Tensor;
+  /** f32 [rows * cols / group] */
+  scales: Tensor;
+  /** f32 [rows * cols / group] (symmetric formats: the code offset 2^(bits - 1)) */
+  zeros: Tensor;
+  rows: number;
+  cols: number;
+  /** bits per stored code: 4 (formats of 2-4 bits) or 8 */
+  codeBits: 4 | 8;
+  /** columns sharing one scale (cols for per-row scales) */
+  group: number;
+}
+
 export interface Backend {
   readonly name: 'cpu' | 'webgpu';
 
@@ -55,6 +74,8 @@ export interface Backend {
 
   /** y[M,N] = x[M,K] w[N,K]^T (+ bias[N]); x f32, w f32/bf16/f16, result f32. */
   linear(x: Tensor, w: Tensor, bias?: Tensor): Tensor;
+  /** y[M,N] = x[M,K] w^T (+ bias) for integer-coded weights decoded in the GEMM (equal to linear over the decoded values). */
+  linearPacked(x: Tensor, w: PackedWeight, bias?: Tensor): Tensor;
   /** c[M,N] = a[M,K] b[N,K]^T for i8 a and b, exact, as i32 (K a multiple of 4). */
   matmulInt8(a: Tensor, b: Tensor): Tensor;
   /**

@@ -9,6 +9,7 @@ import {
   type DType,
   type HostArray,
   numel,
+  type PackedWeight,
   type RopeTable,
   shapeString,
   type Tensor,
@@ -150,6 +151,28 @@ export class CpuBackend implements Backend {
       MIN_MACS_PER_THREAD / unitMacs,
     );
     return this.fromF32(out, [M, N]);
+  }
+
+  linearPacked(x: Tensor, w: PackedWeight, bias?: Tensor): Tensor {
+    const { rows, cols, codeBits, group } = w;
+    const data = (w.codes as CpuTensor).data;
+    const words = new Uint32Array(data.buffer, data.byteOffset, data.length);
+    const scales = this.f32(w.scales);
+    const zeros = this.f32(w.zeros);
+    const per = 32 / codeBits;
+    const mask = (1 << codeBits) - 1;
+    const values = sharedF32(rows * cols);
+    for (let n = 0; n < rows; n++)
+      for (let k = 0; k < cols; k++) {
+        const i = n * cols + k;
+        const code = (words[Math.floor(i / per)] >>> ((i % per) * codeBits)) & mask;
+        const g = n * (cols / group) + Math.floor(k / group);
+        values[i] = Math.fround((code - zeros[g]) * scales[g]);
+      }
+    const weight = this.fromF32(values, [rows, cols]);
+    const y = this.linear(x, weight, bias);
+    weight.dispose();
+    return y;
   }
 
   matmulInt8(a: Tensor, b: Tensor): Tensor {

@@ -13,6 +13,7 @@ import {
   type DType,
   type HostArray,
   numel,
+  type PackedWeight,
   type RopeTable,
   shapeString,
   type Tensor,
@@ -231,6 +232,27 @@ export class WebGpuBackend implements Backend {
       fail(`linear: input ${shapeString(x.shape)} does not match weight ${shapeString(w.shape)}`);
     const b = bias ? this.st(bias, 'linear') : undefined;
     return this.wrap(linear(this.ctx, this.st(x, 'linear'), this.st(w, 'linear'), b, this.gemmTile), [M, N]);
+  }
+
+  linearPacked(x: Tensor, w: PackedWeight, bias?: Tensor): Tensor {
+    if (x.shape.length !== 2 || x.shape[1] !== w.cols)
+      fail(`linearPacked: input ${shapeString(x.shape)} does not match a ${w.rows}x${w.cols} weight`);
+    const b = bias ? this.st(bias, 'linearPacked') : undefined;
+    const out = linear(
+      this.ctx,
+      this.st(x, 'linearPacked'),
+      this.st(w.codes, 'linearPacked'),
+      b,
+      this.gemmTile,
+      {
+        codeBits: w.codeBits,
+        group: w.group,
+        scales: this.st(w.scales, 'linearPacked'),
+        zeros: this.st(w.zeros, 'linearPacked'),
+        rows: w.rows,
+      },
+    );
+    return this.wrap(out, [x.shape[0], w.rows]);
   }
 
   matmulInt8(a: Tensor, b: Tensor): Tensor {

@@ -55,7 +55,24 @@ function tileLoads(t: GemmTile) {
   };
 }
 
-function gemmKernel(dx: DType, dw: DType, db: DType, t: GemmTile): Kernel {
+/** Packed integer weights: codes of `codeBits` in u32 words, scales/zeros per group of `group`. */
+interface PackedLayout {
+  codeBits: 4 | 8;
+  group: number;
+}
+
+/** ldW for packed codes: element i = n * K + k of the (whole, unwindowed) weight, decoded. */
+function packedLoadFn(pk: PackedLayout): string {
+  const per = 32 / pk.codeBits;
+  return `fn ldW(i: u32) -> f32 {
+  let n = i / p.K;
+  let code = (bitcast<u32>(W[i / ${per}u]) >> ((i % ${per}u) * ${pk.codeBits}u)) & ${(1 << pk.codeBits) - 1}u;
+  let g = n * (p.K / ${pk.group}u) + (i - n * p.K) / ${pk.group}u;
+  return (f32(code) - Z[g]) * S[g];
+}`;
+}
+
+function gemmKernel(dx: DType, dw: DType, db: DType, t: GemmTile, pk?: PackedLayout): Kernel {
   const BM = 16 * t.tm;
   const BN = 16 * t.tn;
   const { bk: BK } = t;
@@ -99,8 +116,10 @@ function gemmKernel(dx: DType, dw: DType, db: DType, t: GemmTile): Kernel {
     workgroupBarrier();
   }`;
   return {
-    key: `gemm:${dx}:${dw}:${db}:${t.tm}x${t.tn}x${t.bk}${t.prefetch ? ':prefetch' : ''}`,
-    bindings: ['uniform', 'read', 'read', 'read', 'write'],
+    key: `gemm:${dx}:${pk ? `packed${pk.codeBits}g${pk.group}` : dw}:${db}:${t.tm}x${t.tn}x${t.bk}${t.prefetch ? ':prefetch' : ''}`,
+    bindings: pk
+      ? ['uniform', 'read', 'read', 'read', 'write', 'read', 'read']
+      : ['uniform', 'read', 'read', 'read', 'write'],
     code: () => `
 struct P { M: u32, N: u32, K: u32, xOff: u32, wOff: u32, yOff: u32, ldy: u32, n0: u32, bOff: u32, hasBias: u32 }
 @group(0) @binding(0) var<uniform> p: P;
@@ -108,11 +127,12 @@ struct P { M: u32, N: u32, K: u32, xOff: u32, wOff: u32, yOff: u32, ldy: u32, n0
 @group(0) @binding(2) var<storage, read> W: array<${arrayType(dw)}>;
 @group(0) @binding(3) var<storage, read> B: array<${arrayType(db)}>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
+${pk ? '@group(0) @binding(5) var<storage, read> S: array<f32>;\n@group(0) @binding(6) var<storage, read> Z: array<f32>;' : ''}
 // k-major tiles: As[stage][kk][row], Bs[stage][kk][col], four consecutive rows/cols per vec4
 var<workgroup> As: array<vec4<f32>, ${(stages * BK * BM) / 4}>;
 var<workgroup> Bs: array<vec4<f32>, ${(stages * BK * BN) / 4}>;
 ${loadFn('ldX', 'X', dx)}
-${loadFn('ldW', 'W', dw)}
+${pk ? packedLoadFn(pk) : loadFn('ldW', 'W', dw)}
 ${loadFn('ldB', 'B', db)}
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
@@ -136,27 +156,47 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
   };
 }
 
-/** y[M, N] = x[M, K] w[N, K]^T (+ bias[N]). */
+/** Packed weight storages for `linear` (see PackedWeight in tensor.ts). */
+export interface PackedStorages extends PackedLayout {
+  scales: Storage;
+  zeros: Storage;
+  rows: number;
+}
+
+/**
+ * y[M, N] = x[M, K] w[N, K]^T (+ bias[N]). With `packed`, w holds integer codes in u32 words that
+ * the kernel decodes with packed.scales / zeros; the packed weight must fit one binding.
+ */
 export function linear(
   ctx: GpuContext,
   x: Storage,
   w: Storage,
   bias: Storage | undefined,
   tile: GemmTile = DEFAULT_TILE,
+  packed?: PackedStorages,
 ): Storage {
   const M = x.rows;
   const K = x.cols;
-  const N = w.rows;
+  const N = packed ? packed.rows : w.rows;
   if (bias && bias.rows * bias.cols !== N)
     fail(`linear: bias of ${bias.rows * bias.cols} values for ${N} outputs`);
   const y = ctx.allocStorage(M, N, 'f32');
   if (M === 0 || N === 0) return y;
-  const k = gemmKernel(x.dtype, w.dtype, bias?.dtype ?? 'f32', tile);
+  const k = gemmKernel(x.dtype, w.dtype, bias?.dtype ?? 'f32', tile, packed);
   const BM = 16 * tile.tm;
   const BN = 16 * tile.tn;
   const xParts = [x, y].map((s) => ({ s, row0: 0 }));
-  const wParts = (bias ? [w, bias] : [w]).map((s) => ({ s, row0: 0 }));
-  const wSegs = ctx.segments(N, wParts, 1, 'linear');
+  const wSegs = packed
+    ? [{ r0: 0, n: N, w: [ctx.whole(w, 'packed linear'), ...(bias ? [ctx.whole(bias, 'linear bias')] : [])] }]
+    : ctx.segments(
+        N,
+        (bias ? [w, bias] : [w]).map((s) => ({ s, row0: 0 })),
+        1,
+        'linear',
+      );
+  const extra = packed
+    ? [ctx.whole(packed.scales, 'packed scales').binding, ctx.whole(packed.zeros, 'packed zeros').binding]
+    : [];
   for (const xs of ctx.segments(M, xParts, 1, 'linear')) {
     const [wx, wy] = xs.w;
     for (const ws of wSegs) {
@@ -173,7 +213,12 @@ export function linear(
         .u(wb ? wb.off : 0)
         .u(bias ? 1 : 0);
       const grid = [Math.ceil(ws.n / BN), Math.ceil(xs.n / BM)];
-      ctx.dispatch(k, params, [wx.binding, ww.binding, wb ? wb.binding : ctx.dummy(), wy.binding], grid);
+      ctx.dispatch(
+        k,
+        params,
+        [wx.binding, ww.binding, wb ? wb.binding : ctx.dummy(), wy.binding, ...extra],
+        grid,
+      );
     }
   }
   return y;

@@ -1,0 +1,65 @@
+/**
+ * Weight-only integer formats (RTN, AWQ, GPTQ without act_order groups) executed from their codes:
+ * the GEMM decodes (code - zero) * scale while it loads the weight tile, so the device holds 4-bit
+ * (formats of 2-4 bits) or 8-bit codes plus the scales instead of f32 values: 1/8 or 1/4 of the
+ * memory, and bit-identical results (the decoded values are exactly the fake-quantized ones).
+ */
+import type { Encoded } from '../formats/index.ts';
+import type { PackedWeight } from '../tensor/tensor.ts';
+import { LINEARS, type Linear, type LlamaModel } from './llama.ts';
+
+/** Whether a linear's stored weight can be packed: INT per group or row, no g_idx, no salient columns. */
+export function packable(lin: Linear): boolean {
+  const q = lin.quantized;
+  if (!q || q.gIdx || q.salient || q.encoded.spec.kind !== 'int') return false;
+  const spec = q.encoded.spec;
+  if (spec.granularity === 'tensor' || spec.bits > 8) return false;
+  const per = 32 / (spec.bits <= 4 ? 4 : 8);
+  return q.encoded.cols % per === 0;
+}
+
+/** Codes of an INT Encoded packed into 32-bit words, 8 (4-bit) or 4 (8-bit) per word, row-major. */
+export function packCodes(enc: Encoded, codeBits: 4 | 8): Int32Array {
+  const per = 32 / codeBits;
+  const words = new Uint32Array(enc.codes.length / per);
+  for (let i = 0; i < enc.codes.length; i++)
+    words[Math.floor(i / per)] |= enc.codes[i] << ((i % per) * codeBits);
+  return new Int32Array(words.buffer);
+}
+
+function packOne(model: LlamaModel, enc: Encoded): PackedWeight {
+  const b = model.backend;
+  const spec = enc.spec as Extract<Encoded['spec'], { kind: 'int' }>;
+  const codeBits = spec.bits <= 4 ? 4 : 8;
+  const groups = enc.scales.length;
+  const zeros = spec.symmetric
+    ? new Float32Array(groups).fill(2 ** (spec.bits - 1))
+    : Float32Array.from(enc.zeros as Uint8Array);
+  return {
+    codes: b.upload(packCodes(enc, codeBits), [enc.rows, (enc.cols * codeBits) / 32], 'i32'),
+    scales: b.upload(enc.scales, [groups], 'f32'),
+    zeros: b.upload(zeros, [groups], 'f32'),
+    rows: enc.rows,
+    cols: enc.cols,
+    codeBits,
+    group: (enc.rows * enc.cols) / groups,
+  };
+}
+
+/**
+ * Packs every packable linear that is not already on the int8 path; with `dropDense` the f32 weights
+ * are freed (then only the forward pass without hooks may use the model). Returns how many.
+ */
+export function usePackedWeights(model: LlamaModel, dropDense: boolean): number {
+  let count = 0;
+  for (const layer of model.layers)
+    for (const name of LINEARS) {
+      const lin = layer.linears[name];
+      if (!lin.packed && !lin.int8 && packable(lin)) {
+        lin.packed = packOne(model, lin.quantized!.encoded);
+        count++;
+      }
+      if (dropDense && (lin.packed || lin.int8)) lin.weight.dispose();
+    }
+  return count;
+}
