@@ -6,11 +6,12 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { perplexity, readEvalText } from '../src/eval/perplexity.ts';
-import { decode, encode, parseFormat } from '../src/formats/index.ts';
+import { encode, parseFormat } from '../src/formats/index.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { LlamaModel } from '../src/model/llama.ts';
 import { usePackedWeights } from '../src/model/packed.ts';
 import '../src/quant/methods.ts';
+import { dequantizeGptq } from '../src/quant/gptq.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
 import { resolveRecipe } from '../src/quant/recipe.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
@@ -29,20 +30,28 @@ const BACKENDS: [string, Backend | undefined][] = [
 for (const [name, backend] of BACKENDS) {
   const skip = backend ? false : 'no WebGPU adapter';
 
-  test(`${name} linearPacked equals linear over the decoded weights (4/3/8-bit, group/row, bias)`, {
+  test(`${name} linearPacked equals linear over the decoded weights (4/3/8-bit, group/row, g_idx, bias)`, {
     skip,
   }, async () => {
     const b = backend!;
     const model = { backend: b } as LlamaModel;
-    for (const [format, M, N, K] of [
-      ['int4-g32', 5, 24, 64],
-      ['int3-g64', 17, 40, 128],
-      ['int8-row-sym', 9, 33, 96],
-      ['int4-row', 3, 8, 256],
-    ] as [string, number, number, number][]) {
+    for (const [format, M, N, K, actOrder] of [
+      ['int4-g32', 5, 24, 64, false],
+      ['int3-g64', 17, 40, 128, false],
+      ['int8-row-sym', 9, 33, 96, false],
+      ['int4-row', 3, 8, 256, false],
+      ['int4-g32', 6, 16, 128, true],
+    ] as [string, number, number, number, boolean][]) {
       const spec = parseFormat(format);
       const enc = encode(rng(1).normal(N * K, 0.1), N, K, spec);
-      const lin = { weight: b.upload(decode(enc), [N, K], 'f32'), quantized: { encoded: enc } };
+      // act_order: column c belongs to group gIdx[c], groups of 32 consecutive columns of a permutation
+      const order = Array.from({ length: K }, (_, c) => (c * 37) % K);
+      const gIdx = actOrder ? new Int32Array(K) : undefined;
+      order.forEach((c, position) => {
+        if (gIdx) gIdx[c] = Math.floor(position / 32);
+      });
+      const values = dequantizeGptq(enc, gIdx);
+      const lin = { weight: b.upload(values, [N, K], 'f32'), quantized: { encoded: enc, gIdx } };
       const x = b.upload(rng(2).normal(M * K), [M, K], 'f32');
       const bias = b.upload(rng(3).normal(N), [N], 'f32');
       const fakeModel = { ...model, layers: [{ linears: { q_proj: lin } }] } as unknown as LlamaModel;

@@ -1,5 +1,5 @@
 /**
- * Weight-only integer formats (RTN, AWQ, GPTQ without act_order groups) executed from their codes:
+ * Weight-only integer formats (RTN, AWQ, GPTQ, with act_order's g_idx too) executed from their codes:
  * the GEMM decodes (code - zero) * scale while it loads the weight tile, so the device holds 4-bit
  * (formats of 2-4 bits) or 8-bit codes plus the scales instead of f32 values: 1/8 or 1/4 of the
  * memory, and bit-identical results (the decoded values are exactly the fake-quantized ones).
@@ -8,12 +8,13 @@ import type { Encoded } from '../formats/index.ts';
 import type { PackedWeight } from '../tensor/tensor.ts';
 import { LINEARS, type Linear, type LlamaModel } from './llama.ts';
 
-/** Whether a linear's stored weight can be packed: INT per group or row, no g_idx, no salient columns. */
+/** Whether a linear's stored weight can be packed: INT per group (g_idx too) or row, no salient columns. */
 export function packable(lin: Linear): boolean {
   const q = lin.quantized;
-  if (!q || q.gIdx || q.salient || q.encoded.spec.kind !== 'int') return false;
+  if (!q || q.salient || q.encoded.spec.kind !== 'int') return false;
   const spec = q.encoded.spec;
   if (spec.granularity === 'tensor' || spec.bits > 8) return false;
+  if (q.gIdx && spec.granularity !== 'group') return false;
   const per = 32 / (spec.bits <= 4 ? 4 : 8);
   return q.encoded.cols % per === 0;
 }
@@ -27,7 +28,7 @@ export function packCodes(enc: Encoded, codeBits: 4 | 8): Int32Array {
   return new Int32Array(words.buffer);
 }
 
-function packOne(model: LlamaModel, enc: Encoded): PackedWeight {
+function packOne(model: LlamaModel, enc: Encoded, gIdx: Int32Array | undefined): PackedWeight {
   const b = model.backend;
   const spec = enc.spec as Extract<Encoded['spec'], { kind: 'int' }>;
   const codeBits = spec.bits <= 4 ? 4 : 8;
@@ -43,6 +44,7 @@ function packOne(model: LlamaModel, enc: Encoded): PackedWeight {
     cols: enc.cols,
     codeBits,
     group: (enc.rows * enc.cols) / groups,
+    ...(gIdx ? { groupOf: b.upload(gIdx, [gIdx.length], 'i32') } : {}),
   };
 }
 
@@ -56,7 +58,7 @@ export function usePackedWeights(model: LlamaModel, dropDense: boolean): number 
     for (const name of LINEARS) {
       const lin = layer.linears[name];
       if (!lin.packed && !lin.int8 && packable(lin)) {
-        lin.packed = packOne(model, lin.quantized!.encoded);
+        lin.packed = packOne(model, lin.quantized!.encoded, lin.quantized!.gIdx);
         count++;
       }
       if (dropDense && (lin.packed || lin.int8)) lin.weight.dispose();

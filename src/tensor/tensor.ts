@@ -47,7 +47,7 @@ export interface ColumnStats {
 
 /**
  * Integer weight codes packed in 32-bit words, decoded inside the GEMM:
- * w[n, k] = (code[n, k] - zeros[g]) * scales[g] with g = n * (cols / group) + k / group.
+ * w[n, k] = (code[n, k] - zeros[g]) * scales[g] with g = n * (cols / group) + (groupOf[k] or k / group).
  */
 export interface PackedWeight {
   /** i32 tensor [rows, cols * codeBits / 32]: code k of a row sits at bits (k % per) * codeBits of word k / per */
@@ -62,6 +62,8 @@ export interface PackedWeight {
   codeBits: 4 | 8;
   /** columns sharing one scale (cols for per-row scales) */
   group: number;
+  /** i32 [cols]: the scale group of each column when it is not k / group (GPTQ act_order g_idx) */
+  groupOf?: Tensor;
 }
 
 export interface Backend {

@@ -161,12 +161,13 @@ export class CpuBackend implements Backend {
     const zeros = this.f32(w.zeros);
     const per = 32 / codeBits;
     const mask = (1 << codeBits) - 1;
+    const groupOf = w.groupOf ? this.f32(w.groupOf) : undefined;
     const values = sharedF32(rows * cols);
     for (let n = 0; n < rows; n++)
       for (let k = 0; k < cols; k++) {
         const i = n * cols + k;
         const code = (words[Math.floor(i / per)] >>> ((i % per) * codeBits)) & mask;
-        const g = n * (cols / group) + Math.floor(k / group);
+        const g = n * (cols / group) + (groupOf ? groupOf[k] : Math.floor(k / group));
         values[i] = Math.fround((code - zeros[g]) * scales[g]);
       }
     const weight = this.fromF32(values, [rows, cols]);

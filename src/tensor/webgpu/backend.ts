@@ -249,6 +249,8 @@ export class WebGpuBackend implements Backend {
         group: w.group,
         scales: this.st(w.scales, 'linearPacked'),
         zeros: this.st(w.zeros, 'linearPacked'),
+        groupOf: w.groupOf !== undefined,
+        groupIndex: w.groupOf ? this.st(w.groupOf, 'linearPacked') : undefined,
         rows: w.rows,
       },
     );

@@ -59,6 +59,8 @@ function tileLoads(t: GemmTile) {
 interface PackedLayout {
   codeBits: 4 | 8;
   group: number;
+  /** a per-column group index array is bound (GPTQ act_order) */
+  groupOf: boolean;
 }
 
 /** ldW for packed codes: element i = n * K + k of the (whole, unwindowed) weight, decoded. */
@@ -67,7 +69,8 @@ function packedLoadFn(pk: PackedLayout): string {
   return `fn ldW(i: u32) -> f32 {
   let n = i / p.K;
   let code = (bitcast<u32>(W[i / ${per}u]) >> ((i % ${per}u) * ${pk.codeBits}u)) & ${(1 << pk.codeBits) - 1}u;
-  let g = n * (p.K / ${pk.group}u) + (i - n * p.K) / ${pk.group}u;
+  let k = i - n * p.K;
+  let g = n * (p.K / ${pk.group}u) + ${pk.groupOf ? 'u32(GI[k])' : `k / ${pk.group}u`};
   return (f32(code) - Z[g]) * S[g];
 }`;
 }
@@ -116,10 +119,16 @@ function gemmKernel(dx: DType, dw: DType, db: DType, t: GemmTile, pk?: PackedLay
     workgroupBarrier();
   }`;
   return {
-    key: `gemm:${dx}:${pk ? `packed${pk.codeBits}g${pk.group}` : dw}:${db}:${t.tm}x${t.tn}x${t.bk}${t.prefetch ? ':prefetch' : ''}`,
-    bindings: pk
-      ? ['uniform', 'read', 'read', 'read', 'write', 'read', 'read']
-      : ['uniform', 'read', 'read', 'read', 'write'],
+    key: `gemm:${dx}:${pk ? `packed${pk.codeBits}g${pk.group}${pk.groupOf ? 'i' : ''}` : dw}:${db}:${t.tm}x${t.tn}x${t.bk}${t.prefetch ? ':prefetch' : ''}`,
+    bindings: [
+      'uniform',
+      'read',
+      'read',
+      'read',
+      'write',
+      ...(pk ? (['read', 'read'] as const) : []),
+      ...(pk?.groupOf ? (['read'] as const) : []),
+    ],
     code: () => `
 struct P { M: u32, N: u32, K: u32, xOff: u32, wOff: u32, yOff: u32, ldy: u32, n0: u32, bOff: u32, hasBias: u32 }
 @group(0) @binding(0) var<uniform> p: P;
@@ -128,6 +137,7 @@ struct P { M: u32, N: u32, K: u32, xOff: u32, wOff: u32, yOff: u32, ldy: u32, n0
 @group(0) @binding(3) var<storage, read> B: array<${arrayType(db)}>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
 ${pk ? '@group(0) @binding(5) var<storage, read> S: array<f32>;\n@group(0) @binding(6) var<storage, read> Z: array<f32>;' : ''}
+${pk?.groupOf ? '@group(0) @binding(7) var<storage, read> GI: array<i32>;' : ''}
 // k-major tiles: As[stage][kk][row], Bs[stage][kk][col], four consecutive rows/cols per vec4
 var<workgroup> As: array<vec4<f32>, ${(stages * BK * BM) / 4}>;
 var<workgroup> Bs: array<vec4<f32>, ${(stages * BK * BN) / 4}>;
@@ -160,6 +170,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
 export interface PackedStorages extends PackedLayout {
   scales: Storage;
   zeros: Storage;
+  groupIndex?: Storage;
   rows: number;
 }
 
@@ -195,7 +206,9 @@ export function linear(
         'linear',
       );
   const extra = packed
-    ? [ctx.whole(packed.scales, 'packed scales').binding, ctx.whole(packed.zeros, 'packed zeros').binding]
+    ? [packed.scales, packed.zeros, ...(packed.groupIndex ? [packed.groupIndex] : [])].map(
+        (s) => ctx.whole(s, 'packed linear').binding,
+      )
     : [];
   for (const xs of ctx.segments(M, xParts, 1, 'linear')) {
     const [wx, wy] = xs.w;
