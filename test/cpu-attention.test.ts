@@ -65,7 +65,10 @@ function check(s: AttentionShape, amp: number, tolerance = 2e-5): void {
     maxErr = Math.max(maxErr, Math.abs(got[i] - want[i]));
   }
   assert.ok(maxAbs > 0.05, `degenerate output (max |out| ${maxAbs})`);
-  assert.ok(maxErr < tolerance * maxAbs, `max error ${maxErr} against max |out| ${maxAbs} for ${JSON.stringify(s)}`);
+  assert.ok(
+    maxErr < tolerance * maxAbs,
+    `max error ${maxErr} against max |out| ${maxAbs} for ${JSON.stringify(s)}`,
+  );
 }
 
 test('the WebAssembly attention kernel is available here', () => {

@@ -24,7 +24,6 @@ import {
   shuffle32,
   simd,
   uleb,
-  V128,
   vec,
   WASM,
   type WasmMatmul,
@@ -44,14 +43,12 @@ const vop = {
   sub: simd(0xe5),
   div: simd(0xe7),
   max: simd(0xe9),
-  nearest: simd(0x6a),
-  truncSat: simd(0xf8),
   i32x4Add: simd(0xae),
   i32x4Shl: simd(0xab),
 };
 const gtU = [0x4b];
 
-/** Emits code into an array; `fma(x, a, b)` is x += a * b on v128 locals. */
+/** Emits code into an array; `madd(x, a, b)` is x += a * b on v128 locals. */
 function emitter(fma: boolean) {
   const code: number[] = [];
   const emit: Emit = (...parts) => {
@@ -104,15 +101,21 @@ function scoresFunction(fma: boolean): number[] {
 
 /** ln 2 split so that n * LN2_HI is exact for |n| < 2^8. */
 const LN2_HI = 0.693145751953125;
-const LN2_LO = 1.4286068203094172e-6;
+const LN2_LO = 1.4286068203094173e-6;
+/** 1.5 * 2^23: x + MAGIC rounds x to an integer, held in the low mantissa bits. */
+const MAGIC = 12582912;
+/** Vectors per pass of the exp loop: two independent chains through the polynomial. */
+const UNROLL = 2;
 /** Taylor coefficients 1/k! of exp on [-ln2/2, ln2/2], highest first (error ~5e-9 relative). */
 const EXP_POLY = [1 / 5040, 1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2, 1, 1];
 
 /**
  * softmax(s, ldS, len, scale, sums): for each of the 4 rows of s, s[j] = exp(scale * (s[j] - max))
- * over [0, len) (a multiple of 4) and sums[r] = the row's sum. exp splits x = n ln2 + t (Cody-Waite)
- * and builds 2^n in the exponent bits; x is clamped at -88, where n = -127 makes the result exactly 0,
- * so -inf scores (masked keys) weigh nothing.
+ * over [0, len) (a multiple of 8) and sums[r] = the row's sum. exp splits x = n ln2 + t (Cody-Waite),
+ * n rounded by adding 1.5 * 2^23 (n then sits in the low bits of the sum), and builds 2^n in the
+ * exponent bits; x is clamped at -88, where n = -127 makes the result exactly 0, so -inf scores
+ * (masked keys) weigh nothing. Constants live in locals: a v128.const in the loop is rebuilt from
+ * immediates on every pass.
  */
 function softmaxFunction(fma: boolean): number[] {
   const [s, ldS, len, scale, sums] = [0, 1, 2, 3, 4];
@@ -120,8 +123,23 @@ function softmaxFunction(fma: boolean): number[] {
   const local = () => next++;
   const [r, row, end, ptr] = Array.from({ length: 4 }, local);
   const firstVector = next;
-  const [m, total, x, n, t, poly, scaleV] = Array.from({ length: 7 }, local);
+  const [m, total, scaleV] = Array.from({ length: 3 }, local);
+  const temps = Array.from({ length: UNROLL }, () => Array.from({ length: 5 }, local));
   const { code, emit } = emitter(fma);
+  const constant = (bytes: number[]) => {
+    const at = local();
+    emit(bytes, op.set(at));
+    return at;
+  };
+  const [floor, log2e, magic, ln2Hi, ln2Lo, bias] = [
+    constant(f32x4Const(-88)),
+    constant(f32x4Const(Math.LOG2E)),
+    constant(f32x4Const(MAGIC)),
+    constant(f32x4Const(LN2_HI)),
+    constant(f32x4Const(LN2_LO)),
+    constant(i32x4Const(127)),
+  ];
+  const coefficient = new Map([...new Set(EXP_POLY)].map((c) => [c, constant(f32x4Const(c))]));
   const across = (v: number, combine: number[]) => {
     for (const lanes of [
       [2, 3, 0, 1],
@@ -129,10 +147,14 @@ function softmaxFunction(fma: boolean): number[] {
     ])
       emit(op.get(v), op.get(v), op.get(v), shuffle32(lanes), combine, op.set(v));
   };
-  const eachVector = (body: () => void) => {
+  const eachVector = (step: number, body: () => void) => {
     emit(op.get(row), op.set(ptr), op.block, op.loop, op.get(ptr), op.get(end), op.geU, op.brIf(1));
     body();
-    emit(op.get(ptr), op.i32(16), op.add, op.set(ptr), op.br(0), op.end, op.end);
+    emit(op.get(ptr), op.i32(16 * step), op.add, op.set(ptr), op.br(0), op.end, op.end);
+  };
+  const mulAdd = (a: number, b: number, c: number) => {
+    if (fma) emit(op.get(a), op.get(b), op.get(c), op.f32x4RelaxedMadd);
+    else emit(op.get(a), op.get(b), op.f32x4Mul, op.get(c), op.f32x4Add);
   };
 
   emit(op.get(scale), vop.splat, op.set(scaleV));
@@ -140,24 +162,30 @@ function softmaxFunction(fma: boolean): number[] {
     emit(op.get(s), op.get(r), op.get(ldS), op.mul, op.i32(4), op.mul, op.add, op.set(row));
     emit(op.get(row), op.get(len), op.i32(4), op.mul, op.add, op.set(end));
     emit(f32x4Const(Number.NEGATIVE_INFINITY), op.set(m));
-    eachVector(() => emit(op.get(m), op.get(ptr), op.v128Load(0), vop.max, op.set(m)));
+    eachVector(1, () => emit(op.get(m), op.get(ptr), op.v128Load(0), vop.max, op.set(m)));
     across(m, vop.max);
     emit(op.v128Zero, op.set(total));
-    eachVector(() => {
-      emit(op.get(ptr), op.v128Load(0), op.get(m), vop.sub, op.get(scaleV), op.f32x4Mul);
-      emit(f32x4Const(-88), vop.max, op.set(x));
-      emit(op.get(x), f32x4Const(Math.LOG2E), op.f32x4Mul, vop.nearest, op.set(n));
-      emit(op.get(x), op.get(n), f32x4Const(LN2_HI), op.f32x4Mul, vop.sub);
-      emit(op.get(n), f32x4Const(LN2_LO), op.f32x4Mul, vop.sub, op.set(t));
-      emit(f32x4Const(EXP_POLY[0]), op.set(poly));
-      for (const c of EXP_POLY.slice(1)) {
-        if (fma) emit(op.get(poly), op.get(t), f32x4Const(c), op.f32x4RelaxedMadd, op.set(poly));
-        else emit(op.get(poly), op.get(t), op.f32x4Mul, f32x4Const(c), op.f32x4Add, op.set(poly));
-      }
-      // 2^n: (n + 127) << 23 as f32 bits; n = -127 gives +0
-      emit(op.get(n), vop.truncSat, i32x4Const(127), vop.i32x4Add, op.i32(23), vop.i32x4Shl);
-      emit(op.get(poly), op.f32x4Mul, op.set(x), op.get(ptr), op.get(x), op.v128Store(0));
-      emit(op.get(total), op.get(x), op.f32x4Add, op.set(total));
+    eachVector(UNROLL, () => {
+      temps.forEach(([x, kf, n, t, poly], u) => {
+        emit(op.get(ptr), op.v128Load(16 * u), op.get(m), vop.sub, op.get(scaleV), op.f32x4Mul);
+        emit(op.get(floor), vop.max, op.set(x));
+        mulAdd(x, log2e, magic);
+        emit(op.set(kf), op.get(kf), op.get(magic), vop.sub, op.set(n));
+        emit(op.get(x), op.get(n), op.get(ln2Hi), op.f32x4Mul, vop.sub);
+        emit(op.get(n), op.get(ln2Lo), op.f32x4Mul, vop.sub, op.set(t));
+        emit(op.get(coefficient.get(EXP_POLY[0])!), op.set(poly));
+      });
+      for (const c of EXP_POLY.slice(1))
+        for (const [, , , t, poly] of temps) {
+          mulAdd(poly, t, coefficient.get(c)!);
+          emit(op.set(poly));
+        }
+      temps.forEach(([x, kf, , , poly], u) => {
+        // 2^n: (n + 127) << 23 as f32 bits (the high bits of kf shift out); n = -127 gives +0
+        emit(op.get(kf), op.get(bias), vop.i32x4Add, op.i32(23), vop.i32x4Shl);
+        emit(op.get(poly), op.f32x4Mul, op.set(x), op.get(ptr), op.get(x), op.v128Store(16 * u));
+        emit(op.get(total), op.get(x), op.f32x4Add, op.set(total));
+      });
     });
     across(total, op.f32x4Add);
     emit(op.get(sums), op.get(r), op.i32(4), op.mul, op.add, op.get(total), vop.lane0, op.f32Store);
@@ -183,7 +211,16 @@ function pvFunction(fma: boolean): number[] {
   const { code, emit, madd } = emitter(fma);
 
   for (let r = 1; r < ROWS; r++) emit(op.get(ldS), op.i32(4 * r), op.mul, op.set(rowOffset[r]));
-  emit(op.get(ldV), op.i32(4), op.mul, op.set(ldVBytes), op.get(ldOut), op.i32(4), op.mul, op.set(ldOutBytes));
+  emit(
+    op.get(ldV),
+    op.i32(4),
+    op.mul,
+    op.set(ldVBytes),
+    op.get(ldOut),
+    op.i32(4),
+    op.mul,
+    op.set(ldOutBytes),
+  );
   countedLoop(emit, [dp, op.i32(0), [...op.get(D), ...op.i32(4), ...op.mul], 32], () => {
     for (const x of acc) emit(op.v128Zero, op.set(x));
     emit(op.get(s), op.set(pp), op.get(s), op.get(keys), op.i32(4), op.mul, op.add, op.set(ppEnd));
@@ -370,7 +407,9 @@ export function attentionBlocks(
 ): void {
   const g = globalThis as unknown as {
     llmqAttention?: Record<string, (...a: number[]) => void>;
-    WebAssembly: { Instance: new (m: object, i: object) => { exports: Record<string, (...a: number[]) => void> } };
+    WebAssembly: {
+      Instance: new (m: object, i: object) => { exports: Record<string, (...a: number[]) => void> };
+    };
   };
   if (!g.llmqAttention) g.llmqAttention = new g.WebAssembly.Instance(module, { env: { memory } }).exports;
   const wasm = g.llmqAttention;
@@ -408,7 +447,11 @@ export function attentionBlocks(
       wasm.scores(qBlock, kAt + (b * numKvHeads + kvh) * panels * D * 32, scores, D, ldS, used);
       // causal mask: row r sees keys [0, i0 + r]
       for (let r = 0; r < 4; r++)
-        mem.fill(Number.NEGATIVE_INFINITY, scores / 4 + r * ldS + Math.min(i0 + r + 1, keys), scores / 4 + r * ldS + used * 8);
+        mem.fill(
+          Number.NEGATIVE_INFINITY,
+          scores / 4 + r * ldS + Math.min(i0 + r + 1, keys),
+          scores / 4 + r * ldS + used * 8,
+        );
       wasm.softmax(scores, ldS, used * 8, scale, sums);
       const vHead = vAt + (b * seqLen * kvStride + kvh * D) * 4;
       const outRow = outAt + ((b * seqLen + i0) * qStride + h * D) * 4;

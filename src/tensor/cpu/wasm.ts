@@ -16,7 +16,7 @@
 import v8 from 'node:v8';
 
 export const I32 = 0x7f;
-export const V128 = 0x7b;
+const V128 = 0x7b;
 
 export function uleb(n: number): number[] {
   const out: number[] = [];
@@ -83,7 +83,11 @@ const VECS = COLS / 4;
 export type Emit = (...parts: number[][]) => void;
 
 /** for (v = lo; v < hi; v += step) body(): v is a local, lo and hi push an i32. */
-export function countedLoop(emit: Emit, [v, lo, hi, step]: [number, number[], number[], number], body: () => void) {
+export function countedLoop(
+  emit: Emit,
+  [v, lo, hi, step]: [number, number[], number[], number],
+  body: () => void,
+) {
   emit(lo, op.set(v), op.block, op.loop, op.get(v), hi, op.geU, op.brIf(1));
   body();
   emit(op.get(v), op.i32(step), op.add, op.set(v), op.br(0), op.end, op.end);
