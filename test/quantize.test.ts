@@ -83,9 +83,9 @@ interface Case {
 }
 
 const CASES: Case[] = [
-  { recipe: 'rtn-w4g128', weights: (w, c) => quantRows(w, 128, (v) => naiveAsym(v, 4)) },
+  { recipe: 'rtn-w4g128', weights: (w, _c) => quantRows(w, 128, (v) => naiveAsym(v, 4)) },
   { recipe: 'rtn-w4', weights: (w, c) => quantRows(w, c, (v) => naiveAsym(v, 4)) },
-  { recipe: 'rtn-w3g128', weights: (w, c) => quantRows(w, 128, (v) => naiveAsym(v, 3)) },
+  { recipe: 'rtn-w3g128', weights: (w, _c) => quantRows(w, 128, (v) => naiveAsym(v, 3)) },
   {
     recipe: 'rtn-w8a8',
     weights: (w, c) => quantRows(w, c, (v) => naiveSym(v, 8)),
@@ -93,10 +93,10 @@ const CASES: Case[] = [
   },
   {
     recipe: 'rtn-w4a4',
-    weights: (w, c) => quantRows(w, 128, (v) => naiveAsym(v, 4)),
+    weights: (w, _c) => quantRows(w, 128, (v) => naiveAsym(v, 4)),
     acts: (x, c) => quantRows(x, c, (v) => naiveSym(v, 4)),
   },
-  { recipe: 'mxfp4', weights: (w, c) => quantRows(w, 32, naiveMxfp4) },
+  { recipe: 'mxfp4', weights: (w, _c) => quantRows(w, 32, naiveMxfp4) },
 ];
 
 /** The naive model: weights replaced by the naive quantizer, activations quantized in a hook. */
