@@ -304,26 +304,34 @@ export class CpuBackend implements Backend {
     return this.fromF32(out, q.shape);
   }
 
-  private map2(a: Tensor, b: Tensor, op: string, fn: (x: number, y: number) => number): Tensor {
+  /** One loop per op: a shared loop over a callback goes megamorphic in V8 (~25 ns an element). */
+  private map2(a: Tensor, b: Tensor, op: 'add' | 'sub' | 'siluMul'): Tensor {
     if (numel(a.shape) !== numel(b.shape))
       fail(`${op}: shapes ${shapeString(a.shape)} and ${shapeString(b.shape)} differ`);
     const x = this.f32(a);
     const y = this.f32(b);
     const out = sharedF32(x.length);
-    for (let i = 0; i < x.length; i++) out[i] = fn(x[i], y[i]);
+    const n = x.length;
+    if (op === 'add') for (let i = 0; i < n; i++) out[i] = x[i] + y[i];
+    else if (op === 'sub') for (let i = 0; i < n; i++) out[i] = x[i] - y[i];
+    else
+      for (let i = 0; i < n; i++) {
+        const g = x[i];
+        out[i] = Math.fround(g / (1 + Math.exp(-g))) * y[i];
+      }
     return this.fromF32(out, a.shape);
   }
 
   siluMul(gate: Tensor, up: Tensor): Tensor {
-    return this.map2(gate, up, 'siluMul', (g, u) => Math.fround(g / (1 + Math.exp(-g))) * u);
+    return this.map2(gate, up, 'siluMul');
   }
 
   add(a: Tensor, b: Tensor): Tensor {
-    return this.map2(a, b, 'add', (x, y) => x + y);
+    return this.map2(a, b, 'add');
   }
 
   sub(a: Tensor, b: Tensor): Tensor {
-    return this.map2(a, b, 'sub', (x, y) => x - y);
+    return this.map2(a, b, 'sub');
   }
 
   scaleColumns(x: Tensor, s: Tensor): Tensor {
