@@ -12,7 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fail } from '../errors.ts';
 import { parseModelConfig } from '../io/config.ts';
-import { type TensorToWrite, writeSafetensors } from '../io/safetensors.ts';
+import { writeJsonAtomic, writeShards } from '../io/safetensors.ts';
 import { f32ToBf16 } from '../tensor/dtype.ts';
 import { intFlag, parse } from './args.ts';
 
@@ -223,36 +223,11 @@ export function writeSynthCheckpoint(dir: string, config: Record<string, unknown
     if (i === 0 || layer !== all[i - 1].layer) groups.push([]);
     groups[groups.length - 1].push(tensor);
   });
-  fs.mkdirSync(dir, { recursive: true });
-  const pad = (i: number) => String(i).padStart(5, '0');
-  const files = groups.map((_, i) => `model-${pad(i + 1)}-of-${pad(groups.length)}.safetensors`);
-  const weightMap: Record<string, string> = {};
-  let total = 0;
-  groups.forEach((g, i) => {
-    const tensors: TensorToWrite[] = g.map((t) => ({
-      name: t.name,
-      dtype: 'BF16',
-      shape: t.shape,
-      data: t.make(),
-    }));
-    writeSafetensors(path.join(dir, files[i]), tensors);
-    for (const t of tensors) {
-      weightMap[t.name] = files[i];
-      total += t.data.byteLength;
-    }
-  });
-  writeAtomic(
-    path.join(dir, 'model.safetensors.index.json'),
-    JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2),
+  const files = writeShards(dir, groups.length, (i) =>
+    groups[i].map((t) => ({ name: t.name, dtype: 'BF16', shape: t.shape, data: t.make() })),
   );
-  writeAtomic(path.join(dir, 'config.json'), JSON.stringify(config, null, 2));
+  writeJsonAtomic(path.join(dir, 'config.json'), config);
   return files;
-}
-
-function writeAtomic(file: string, text: string): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, `${text}\n`);
-  fs.renameSync(tmp, file);
 }
 
 export async function synthCommand(argv: string[]): Promise<void> {

@@ -617,7 +617,8 @@ export function writeSafetensors(
   }
 }
 
-function writeJsonAtomic(path: string, value: unknown): void {
+/** value as 2-space JSON + newline, written to a temporary file and renamed over `path`. */
+export function writeJsonAtomic(path: string, value: unknown): void {
   const tmp = `${path}.tmp-${process.pid}`;
   fs.writeFileSync(tmp, `${JSON.stringify(value, null, 2)}\n`);
   fs.renameSync(tmp, path);
@@ -655,15 +656,30 @@ export function writeShardedCheckpoint(
   }
   if (current.length > 0 || groups.length === 0) groups.push(current);
 
+  return writeShards(dir, groups.length, (i) => groups[i], metadata);
+}
+
+/**
+ * Writes `count` shards model-0000i-of-0000n.safetensors, the tensors of shard i from shard(i)
+ * (called once per shard, so a caller can create each shard's data just before it is written),
+ * then model.safetensors.index.json. Creates `dir` if needed. Returns the shard file names.
+ */
+export function writeShards(
+  dir: string,
+  count: number,
+  shard: (i: number) => readonly TensorToWrite[],
+  metadata: Record<string, string> = { format: 'pt' },
+): string[] {
   fs.mkdirSync(dir, { recursive: true });
   const pad = (i: number) => String(i).padStart(5, '0');
-  const files = groups.map((_, i) => `model-${pad(i + 1)}-of-${pad(groups.length)}.safetensors`);
+  const files = Array.from({ length: count }, (_, i) => `model-${pad(i + 1)}-of-${pad(count)}.safetensors`);
   const weightMap: Record<string, string> = {};
   let total = 0;
-  groups.forEach((g, i) => {
-    writeSafetensors(nodePath.join(dir, files[i]), g, metadata);
-    for (const t of g) {
-      weightMap[t.name] = files[i];
+  files.forEach((file, i) => {
+    const tensors = shard(i);
+    writeSafetensors(nodePath.join(dir, file), tensors, metadata);
+    for (const t of tensors) {
+      weightMap[t.name] = file;
       total += t.data.byteLength;
     }
   });
