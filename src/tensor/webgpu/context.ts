@@ -266,29 +266,30 @@ export class GpuContext {
   // -------------------------------------------------------------- storage
 
   allocStorage(rows: number, cols: number, dtype: DType): Storage {
-    const rowBytes = cols * ELEM_BYTES[dtype];
-    if (rowBytes > this.maxBufferBytes) fail(`WebGPU: a row of ${rowBytes} bytes exceeds the buffer limit`);
-    const rowsPerChunk =
-      rowBytes === 0 ? Math.max(rows, 1) : Math.max(1, Math.floor(this.maxBufferBytes / rowBytes));
-    const chunks: GPUBuffer[] = [];
-    for (let r = 0; r < Math.max(rows, 1); r += rowsPerChunk) {
-      const n = Math.min(rowsPerChunk, rows - r);
-      chunks.push(this.alloc(Math.max(4, n * rowBytes)));
-    }
-    return { rows, cols, dtype, rowsPerChunk, chunks };
+    return this.chunked(rows, cols, dtype, (_r, n, rowBytes) => this.alloc(Math.max(4, n * rowBytes)));
   }
 
   /** Storage filled with host bytes (row-major), each chunk created mapped. */
   uploadStorage(rows: number, cols: number, dtype: DType, bytes: Uint8Array): Storage {
+    return this.chunked(rows, cols, dtype, (r, n, rowBytes) =>
+      this.createWith(bytes.subarray(r * rowBytes, (r + n) * rowBytes)),
+    );
+  }
+
+  /** Storage of whole rows in buffers of at most maxBufferBytes; chunk(first row, rows, row bytes) makes one. */
+  private chunked(
+    rows: number,
+    cols: number,
+    dtype: DType,
+    chunk: (r: number, n: number, rowBytes: number) => GPUBuffer,
+  ): Storage {
     const rowBytes = cols * ELEM_BYTES[dtype];
     if (rowBytes > this.maxBufferBytes) fail(`WebGPU: a row of ${rowBytes} bytes exceeds the buffer limit`);
     const rowsPerChunk =
       rowBytes === 0 ? Math.max(rows, 1) : Math.max(1, Math.floor(this.maxBufferBytes / rowBytes));
     const chunks: GPUBuffer[] = [];
-    for (let r = 0; r < Math.max(rows, 1); r += rowsPerChunk) {
-      const n = Math.min(rowsPerChunk, rows - r);
-      chunks.push(this.createWith(bytes.subarray(r * rowBytes, (r + n) * rowBytes)));
-    }
+    for (let r = 0; r < Math.max(rows, 1); r += rowsPerChunk)
+      chunks.push(chunk(r, Math.min(rowsPerChunk, rows - r), rowBytes));
     return { rows, cols, dtype, rowsPerChunk, chunks };
   }
 
