@@ -4,7 +4,7 @@
  * (formats of 2-4 bits) or 8-bit codes plus the scales instead of f32 values: 1/8 or 1/4 of the
  * memory, and bit-identical results (the decoded values are exactly the fake-quantized ones).
  */
-import type { Encoded } from '../formats/index.ts';
+import { type Encoded, packCodes } from '../formats/index.ts';
 import type { PackedWeight } from '../tensor/tensor.ts';
 import { LINEARS, type Linear, type LlamaModel } from './llama.ts';
 
@@ -19,15 +19,6 @@ export function packable(lin: Linear): boolean {
   return q.encoded.cols % per === 0;
 }
 
-/** Codes of an INT Encoded packed into 32-bit words, 8 (4-bit) or 4 (8-bit) per word, row-major. */
-export function packCodes(enc: Encoded, codeBits: 4 | 8): Int32Array {
-  const per = 32 / codeBits;
-  const words = new Uint32Array(enc.codes.length / per);
-  for (let i = 0; i < enc.codes.length; i++)
-    words[Math.floor(i / per)] |= enc.codes[i] << ((i % per) * codeBits);
-  return new Int32Array(words.buffer);
-}
-
 function packOne(model: LlamaModel, enc: Encoded, gIdx: Int32Array | undefined): PackedWeight {
   const b = model.backend;
   const spec = enc.spec as Extract<Encoded['spec'], { kind: 'int' }>;
@@ -37,7 +28,12 @@ function packOne(model: LlamaModel, enc: Encoded, gIdx: Int32Array | undefined):
     ? new Float32Array(groups).fill(2 ** (spec.bits - 1))
     : Float32Array.from(enc.zeros as Uint8Array);
   return {
-    codes: b.upload(packCodes(enc, codeBits), [enc.rows, (enc.cols * codeBits) / 32], 'i32'),
+    // the little-endian bit stream of packCodes, read as 32-bit words: code k at bits (k % per) * codeBits
+    codes: b.upload(
+      new Int32Array(packCodes(enc.codes, codeBits).buffer),
+      [enc.rows, (enc.cols * codeBits) / 32],
+      'i32',
+    ),
     scales: b.upload(enc.scales, [groups], 'f32'),
     zeros: b.upload(zeros, [groups], 'f32'),
     rows: enc.rows,
