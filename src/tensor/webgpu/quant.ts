@@ -576,12 +576,17 @@ function whole(buf: GPUBuffer, bytes: number): GPUBufferBinding {
   return { buffer: buf, offset: 0, size: Math.max(8, Math.ceil(bytes / 8) * 8) };
 }
 
-export function fakeQuant(ctx: GpuContext, x: Storage, lastDim: number, spec: FormatSpec): Storage {
+/**
+ * The stats, global and parameter passes: one vec2<u32> of parameters per `plan.paramLen` values
+ * (one for the tensor when 0), in a pooled buffer the caller releases.
+ */
+function quantParams(
+  ctx: GpuContext,
+  x: Storage,
+  plan: Plan,
+  walks: Walk[],
+): { buffer: GPUBuffer; bytes: number } {
   const total = x.rows * x.cols;
-  const plan = planFor(spec, lastDim);
-  const out = ctx.allocStorage(x.rows, x.cols, 'f32');
-  if (total === 0) return out;
-  const walks = walk(ctx, x, out, plan.segLen);
   const nSeg = total / plan.segLen;
   const stats = ctx.alloc(nSeg * 8);
   const lanes = lanesFor(plan.segLen);
@@ -610,16 +615,27 @@ export function fakeQuant(ctx: GpuContext, x: Storage, lastDim: number, spec: Fo
     [whole(stats, nSeg * 8), whole(glob, 8), whole(params, nParams * 8)],
     grid2(Math.ceil(nParams / EW_WG)),
   );
+  ctx.release(stats);
+  ctx.release(glob);
+  return { buffer: params, bytes: nParams * 8 };
+}
+
+export function fakeQuant(ctx: GpuContext, x: Storage, lastDim: number, spec: FormatSpec): Storage {
+  const plan = planFor(spec, lastDim);
+  const out = ctx.allocStorage(x.rows, x.cols, 'f32');
+  if (x.rows * x.cols === 0) return out;
+  const walks = walk(ctx, x, out, plan.segLen);
+  const params = quantParams(ctx, x, plan, walks);
   const qk = quantKernel(plan, x.dtype);
   for (const w of walks) {
     ctx.dispatch(
       qk,
       new Params().u(w.n).u(w.x.off).u(w.o.off).u(w.base).u(plan.paramLen),
-      [w.x.binding, whole(params, nParams * 8), w.o.binding],
+      [w.x.binding, whole(params.buffer, params.bytes), w.o.binding],
       grid2(Math.ceil(w.n / EW_WG)),
     );
   }
-  for (const b of [stats, glob, params]) ctx.release(b);
+  ctx.release(params.buffer);
   return out;
 }
 
@@ -673,40 +689,23 @@ export function quantizeRowsInt8(ctx: GpuContext, x: Storage): { codes: Storage;
   const scales = ctx.allocStorage(x.rows, 1, 'f32');
   if (x.rows === 0) return { codes, scales };
   const plan = planFor(INT8_ROW, cols);
-  const stats = ctx.alloc(x.rows * 8);
-  const lanes = lanesFor(cols);
-  const parts = [x, codes].map((s) => ({ s, row0: 0 }));
-  const segs = ctx.segments(x.rows, parts);
-  for (const seg of segs)
-    ctx.dispatch(
-      statsKernel(x.dtype, lanes),
-      new Params().u(seg.n).u(cols).u(seg.w[0].off).u(seg.r0),
-      [seg.w[0].binding, whole(stats, x.rows * 8)],
-      grid2(Math.ceil(seg.n / (WG / lanes))),
-    );
-  const params = ctx.alloc(x.rows * 8);
-  ctx.dispatch(
-    paramsKernel(plan),
-    new Params().u(x.rows),
-    [whole(stats, x.rows * 8), ctx.dummy(), whole(params, x.rows * 8)],
-    grid2(Math.ceil(x.rows / EW_WG)),
-  );
+  const walks = walk(ctx, x, codes, cols);
+  const params = quantParams(ctx, x, plan, walks);
   const sw = ctx.whole(scales, 'quantizeRowsInt8');
-  for (const seg of segs) {
-    const words = (seg.n * cols) / 4;
+  for (const w of walks) {
+    const words = w.n / 4;
     ctx.dispatch(
       int8CodesKernel(x.dtype),
       new Params()
         .u(words)
         .u(cols / 4)
-        .u(seg.w[0].off)
-        .u(seg.r0)
-        .u(seg.w[1].off / 4),
-      [seg.w[0].binding, whole(params, x.rows * 8), seg.w[1].binding, sw.binding],
+        .u(w.x.off)
+        .u(w.base / cols)
+        .u(w.o.off / 4),
+      [w.x.binding, whole(params.buffer, params.bytes), w.o.binding, sw.binding],
       grid2(Math.ceil(words / EW_WG)),
     );
   }
-  ctx.release(stats);
-  ctx.release(params);
+  ctx.release(params.buffer);
   return { codes, scales };
 }
