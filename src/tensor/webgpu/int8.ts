@@ -393,21 +393,21 @@ export class Int8Gemm {
     return got.every((v, i) => v === t.c[i]);
   }
 
-  private dispatch(k: Kernel, a: Storage, b: Storage): Storage {
+  /** Records c = a b^T with the given subgroup-matrix kernel, or the dot4 kernel when there is none. */
+  private dispatch(sgm: Kernel | undefined, a: Storage, b: Storage): Storage {
     const [M, N, K] = [a.rows, b.rows, a.cols];
     const out = this.ctx.allocStorage(M, N, 'i32');
     const bindings = [a, b, out].map((s) => this.ctx.whole(s, 'matmulInt8').binding);
+    // subgroup-matrix kernels count K in int8 values, dot4 in words of four
     const params = new Params()
       .u(M)
       .u(N)
-      .u(k.key.startsWith('int8gemm:sgm') ? K : K / 4);
-    if (k.key.startsWith('int8gemm:sgm')) {
-      const [bm, bn] = sharedTileShape(this.sgmTile);
-      this.ctx.dispatch(k, params, bindings, [Math.ceil(N / bn), Math.ceil(M / bm)]);
-    } else {
-      const tile = 16 * this.dot4Tile.t;
-      this.ctx.dispatch(k, params, bindings, [Math.ceil(N / tile), Math.ceil(M / tile)]);
-    }
+      .u(sgm ? K : K / 4);
+    const [bm, bn] = sgm ? sharedTileShape(this.sgmTile) : [16 * this.dot4Tile.t, 16 * this.dot4Tile.t];
+    this.ctx.dispatch(sgm ?? dot4Kernel(this.dot4Tile), params, bindings, [
+      Math.ceil(N / bn),
+      Math.ceil(M / bm),
+    ]);
     return out;
   }
 
@@ -425,7 +425,7 @@ export class Int8Gemm {
       (t.style === 'direct'
         ? M % 16 === 0 && N % 16 === 0 && K % 32 === 0
         : M % bm === 0 && N % bn === 0 && K % t.bk === 0);
-    return this.dispatch(useSgm ? (this.sgm as Kernel) : dot4Kernel(this.dot4Tile), a, b);
+    return this.dispatch(useSgm ? this.sgm : undefined, a, b);
   }
 }
 
