@@ -165,6 +165,8 @@ async function int8Exact(g: Int8Gemm): Promise<boolean> {
   return got.every((v, i) => v === want[i]);
 }
 
+const INT8_ROUNDS = 3;
+
 async function int8Gemm(g: Int8Gemm, M: number, N: number, K: number, label: string): Promise<number> {
   const a = randomInt8(M, K);
   const b = randomInt8(N, K);
@@ -223,7 +225,7 @@ if (!skip.has('int8')) {
     await d4.probe('dot4');
     kernels.push(d4);
   }
-  const tops = new Map<Int8Gemm, number>();
+  const exactKernels: Int8Gemm[] = [];
   for (const g of kernels) {
     const exact = await int8Exact(g);
     report({
@@ -231,9 +233,15 @@ if (!skip.has('int8')) {
       kernel: g.path === 'dot4' ? 'dot4' : `sgm ${g.sgmTile.tm}x${g.sgmTile.tn}`,
       exact,
     });
-    if (exact) tops.set(g, await int8Gemm(g, 4096, 4096, 4096, '4096^3'));
+    if (exact) exactKernels.push(g);
   }
-  const best = [...tops.entries()].reduce((x, y) => (y[1] > x[1] ? y : x))[0];
+  // rounds over all kernels, so that clock drift shows up as spread, not as one kernel's handicap
+  const tops = new Map<Int8Gemm, number[]>(exactKernels.map((g) => [g, []]));
+  for (let round = 1; round <= INT8_ROUNDS; round++)
+    for (const g of exactKernels)
+      tops.get(g)?.push(await int8Gemm(g, 4096, 4096, 4096, `4096^3 round ${round}`));
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
+  const best = [...tops.entries()].reduce((x, y) => (median(y[1]) > median(x[1]) ? y : x))[0];
   const shapes: [string, number, number][] = [
     ['q/o_proj', 4096, 4096],
     ['k/v_proj', 1024, 4096],

@@ -2,7 +2,7 @@
  * The quantization results of RESULTS.md: perplexity of each recipe on a model, with the
  * calibration and evaluation settings the issues name. Meant for the GPU machine (WebGPU):
  *   node bench/results.ts --set issue4 --model <dir> --calib brown.txt --eval wiki.test.raw \
- *     [--device webgpu] [--out dir] [--dump-awq dir] [--quick]
+ *     [--device webgpu] [--out dir] [--dump-awq dir] [--quick] [--seed S] [--sampler pool|gptq]
  * Writes <out>/results-<set>-<model>.json and .md; --dump-awq writes the calibration/evaluation
  * ids for bench/reference/awq_reference.py; --quick shrinks every setting (smoke test).
  */
@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { loadCalibration } from '../src/calib/data.ts';
+import { type CalibSampler, loadCalibration } from '../src/calib/data.ts';
 import { perplexity, readEvalText } from '../src/eval/perplexity.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { LlamaModel } from '../src/model/llama.ts';
@@ -126,6 +126,7 @@ const { values } = parseArgs({
     windows: { type: 'string', default: '16' },
     seqlen: { type: 'string', default: '512' },
     seed: { type: 'string', default: '0' },
+    sampler: { type: 'string', default: 'pool' },
   },
 });
 const dir = values.model as string;
@@ -145,7 +146,11 @@ const seqLen = Number(values.seqlen);
 const rows: Record<string, unknown>[] = [];
 const name = path.basename(path.resolve(dir));
 const seed = Number(values.seed);
-const outBase = path.join(values.out as string, `results-${values.set}-${name}${seed ? `-seed${seed}` : ''}`);
+const sampler = values.sampler as CalibSampler;
+const outBase = path.join(
+  values.out as string,
+  `results-${values.set}-${name}${seed ? `-seed${seed}` : ''}${sampler === 'pool' ? '' : `-${sampler}`}`,
+);
 for (const job of jobs) {
   const start = performance.now();
   const recipe = resolve(job, values.quick);
@@ -154,9 +159,10 @@ for (const job of jobs) {
   let calibInfo: Record<string, unknown> | undefined;
   if (recipe) {
     const calib = recipeNeedsCalibration(recipe)
-      ? await loadCalibration(tokenizer, { file: values.calib, ...recipe.calib, seed })
+      ? await loadCalibration(tokenizer, { file: values.calib, ...recipe.calib, seed, sampler })
       : undefined;
-    if (calib) calibInfo = { samples: calib.samples, seqLen: calib.seqLen, seed, sha256: calib.sha256 };
+    if (calib)
+      calibInfo = { samples: calib.samples, seqLen: calib.seqLen, seed, sampler, sha256: calib.sha256 };
     if (calib && values['dump-awq'] && recipe.name === 'awq-w4g128')
       dumpAwq(values['dump-awq'], calib.ids, recipe);
     report = await quantizeModel(model, recipe, calib);

@@ -15,6 +15,7 @@ import {
   randomBelow,
   shuffledOrder,
 } from '../src/calib/data.ts';
+import { PyRandom } from '../src/calib/pyrandom.ts';
 import { UserError } from '../src/errors.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { MODELS, rng, SHARED } from './helpers.ts';
@@ -102,6 +103,36 @@ describe('seeded PRNG', () => {
   });
 });
 
+describe('CPython-compatible random', () => {
+  // every expected value printed by CPython 3.11's random module
+  test("random.seed(s) then randint / getrandbits give CPython's values", () => {
+    const zero = new PyRandom(0);
+    assert.deepEqual(
+      Array.from({ length: 5 }, () => zero.randint(0, 1500000 - 2048 - 1)),
+      [807917, 882002, 84901, 542987, 1072220],
+    );
+    const one = new PyRandom(1);
+    assert.deepEqual(
+      Array.from({ length: 8 }, () => one.randint(0, 10)),
+      [2, 9, 1, 4, 1, 7, 7, 7],
+    );
+    assert.deepEqual([one.randint(0, 2 ** 40), one.randint(0, 2 ** 40)], [836022225947, 462949041686]);
+    const top = new PyRandom(0xffffffff);
+    assert.deepEqual(
+      Array.from({ length: 3 }, () => top.getrandbits(32)),
+      [2728839433, 2661025012, 872737089],
+    );
+    assert.deepEqual(
+      Array.from({ length: 3 }, () => top.getrandbits(7)),
+      [27, 77, 66],
+    );
+    assert.deepEqual([top.randint(5, 5), top.randint(-3, 3)], [5, 1]);
+    const long = new PyRandom(0);
+    const draws = Array.from({ length: 700 }, () => long.randint(0, 100)); // past one 624-word twist
+    assert.deepEqual(draws.slice(-3), [100, 24, 4]);
+  });
+});
+
 describe('block cutting', () => {
   test('cuts after a blank line, else a line end, else before a space, never inside a surrogate pair', () => {
     const paragraphs = `${'x'.repeat(998)}\n\n`.repeat(200); // 1000-char paragraphs
@@ -147,6 +178,24 @@ describe('loadCalibration', () => {
     assert.equal(set.sha256, createHash('sha256').update(Buffer.from(set.ids.buffer)).digest('hex'));
     assert.equal(set.source, file);
     assert.equal(set.textChars, text.length);
+  });
+
+  test("sampler 'gptq': the GPTQ reference's windows of the whole tokenized text, BOS and trailing line end kept", async () => {
+    const text = `${TEXTS.join('\n\n')}\n`;
+    const file = write('gptq-draw.txt', text);
+    const full = tokenizer.encode(text);
+    assert.equal(full.length, 209);
+    const seqLen = 20;
+    const set = await load(file, 6, seqLen, 7, { sampler: 'gptq' });
+    // CPython: random.seed(7); [random.randint(0, 209 - 20 - 1) for _ in range(6)]
+    const starts = [82, 38, 101, 166, 12, 18];
+    assert.deepEqual(
+      Array.from(set.ids),
+      starts.flatMap((s) => Array.from(full.subarray(s, s + seqLen))),
+    );
+    assert.equal(set.sampler, 'gptq');
+    assert.equal(set.poolTokens, 209);
+    await assert.rejects(load(file, 1, 209, 0, { sampler: 'gptq' }), /need at least seqLen \+ 1 = 210/);
   });
 
   test('same seed gives the same bytes, another seed other windows', async () => {

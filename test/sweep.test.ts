@@ -189,7 +189,7 @@ test('a sweep on llama-tiny: fp row and a cell equal the direct runs', async () 
   const direct = await perplexity(model, tokens, EVAL);
   assert.equal(awqCell.ppl, direct.ppl);
   assert.notEqual(awqCell.ppl, fp.ppl);
-  assert.deepEqual(awqCell.calibration, { ...CALIB, source: BROWN, sha256: calib.sha256 });
+  assert.deepEqual(awqCell.calibration, { ...CALIB, sampler: 'pool', source: BROWN, sha256: calib.sha256 });
   assert.deepEqual(awqCell.awq_ratios, awqRatios(report));
   assert.equal(awqCell.awq_ratios?.qkv.length, 4);
 

@@ -20,6 +20,11 @@
  * until the pool holds POOL_FACTOR x samples x seqLen tokens; the windows are drawn from that pool.
  * The result depends only on (text, tokenizer, samples, seqLen, seed): the PRNG is mulberry32 with
  * integer math, the same on every platform. Default seed 0, as the GPTQ reference.
+ *
+ * Sampler 'gptq' instead draws exactly the windows the GPTQ reference code draws from the same text:
+ * the whole text tokenized as HF's `tokenizer(text)` does (special tokens included, trailing line ends
+ * kept), then `random.seed(seed)` and `i = random.randint(0, tokens - seqLen - 1)` per sample with
+ * CPython's generator (`pyrandom.ts`). It tokenizes everything, so it is slower on big files.
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -29,6 +34,7 @@ import path from 'node:path';
 import { fail } from '../errors.ts';
 import type { TextTokenizer } from '../io/tokenizer.ts';
 import { readParquetStrings } from './parquet.ts';
+import { PyRandom } from './pyrandom.ts';
 
 export const DEFAULT_CALIB_SEED = 0;
 /** The token pool is this many times samples x seqLen (when the text has that much): few repeated tokens. */
@@ -37,6 +43,10 @@ export const BLOCK_CHARS = 1 << 16;
 /** V8 strings hold at most 2^29 - 24 characters. */
 const MAX_TEXT_CHARS = 2 ** 29 - 24;
 
+/** 'pool': shuffled blocks, a token pool, mulberry32 windows; 'gptq': the GPTQ reference's exact draw. */
+export type CalibSampler = 'pool' | 'gptq';
+export const CALIB_SAMPLERS: readonly CalibSampler[] = ['pool', 'gptq'];
+
 export interface CalibOptions {
   /** Text, .jsonl or .parquet file; undefined = the built-in Brown corpus. */
   file?: string;
@@ -44,6 +54,8 @@ export interface CalibOptions {
   seqLen: number;
   /** Unsigned 32-bit integer; DEFAULT_CALIB_SEED = 0. */
   seed: number;
+  /** Default 'pool'. */
+  sampler?: CalibSampler;
   /** Called after each tokenized block: tokens in the pool so far, tokens wanted. */
   onProgress?: (tokens: number, target: number) => void;
 }
@@ -53,6 +65,7 @@ export interface CalibSet {
   ids: Int32Array;
   samples: number;
   seqLen: number;
+  sampler: CalibSampler;
   /** The file path, or 'built-in: ...'. */
   source: string;
   /** Hex SHA-256 of the ids as little-endian int32 bytes, for the manifest. */
@@ -69,28 +82,59 @@ interface TextSource {
 
 export async function loadCalibration(tokenizer: TextTokenizer, opts: CalibOptions): Promise<CalibSet> {
   checkOptions(opts);
-  const source = opts.file === undefined ? builtinBrown() : await readTextFile(opts.file);
-  const rng = mulberry32(opts.seed);
-  const bounds = blockBounds(source.text);
-  const order = shuffledOrder(bounds.length - 1, rng);
-  const need = opts.samples * opts.seqLen;
-  const pool = tokenizePool(tokenizer, source.text, bounds, order, POOL_FACTOR * need, opts.onProgress);
-  if (pool.length < need) {
-    fail(
-      `${source.name}: too little text: ${pool.length} tokens (${source.text.length} characters), ` +
-        `need at least samples x seqLen = ${opts.samples} x ${opts.seqLen} = ${need} (use more text, or fewer or shorter samples)`,
-    );
-  }
-  const ids = drawWindows(pool, opts.samples, opts.seqLen, rng);
+  const gptq = opts.sampler === 'gptq';
+  const source = opts.file === undefined ? builtinBrown() : await readTextFile(opts.file, !gptq);
+  const { pool, ids } = gptq ? gptqDraw(tokenizer, source, opts) : poolDraw(tokenizer, source, opts);
   return {
     ids,
     samples: opts.samples,
     seqLen: opts.seqLen,
+    sampler: opts.sampler ?? 'pool',
     source: source.name,
     sha256: idsSha256(ids),
     textChars: source.text.length,
     poolTokens: pool.length,
   };
+}
+
+function poolDraw(
+  tokenizer: TextTokenizer,
+  source: TextSource,
+  opts: CalibOptions,
+): { pool: Int32Array; ids: Int32Array } {
+  const rng = mulberry32(opts.seed);
+  const bounds = blockBounds(source.text);
+  const order = shuffledOrder(bounds.length - 1, rng);
+  const need = opts.samples * opts.seqLen;
+  const pool = tokenizePool(tokenizer, source.text, bounds, order, POOL_FACTOR * need, opts.onProgress);
+  checkEnough(source, pool.length, need, `samples x seqLen = ${opts.samples} x ${opts.seqLen} = ${need}`);
+  return { pool, ids: drawWindows(pool, opts.samples, opts.seqLen, rng) };
+}
+
+/** The GPTQ reference's draw; windows start in [0, tokens - seqLen - 1], so the last token is never used. */
+function gptqDraw(
+  tokenizer: TextTokenizer,
+  source: TextSource,
+  opts: CalibOptions,
+): { pool: Int32Array; ids: Int32Array } {
+  const pool = tokenizer.encode(source.text);
+  opts.onProgress?.(pool.length, pool.length);
+  checkEnough(source, pool.length, opts.seqLen + 1, `seqLen + 1 = ${opts.seqLen + 1}`);
+  const random = new PyRandom(opts.seed);
+  const ids = new Int32Array(opts.samples * opts.seqLen);
+  for (let s = 0; s < opts.samples; s++) {
+    const start = random.randint(0, pool.length - opts.seqLen - 1);
+    ids.set(pool.subarray(start, start + opts.seqLen), s * opts.seqLen);
+  }
+  return { pool, ids };
+}
+
+function checkEnough(source: TextSource, tokens: number, need: number, what: string): void {
+  if (tokens >= need) return;
+  fail(
+    `${source.name}: too little text: ${tokens} tokens (${source.text.length} characters), ` +
+      `need at least ${what} (use more text, or fewer or shorter samples)`,
+  );
 }
 
 function checkOptions(opts: CalibOptions): void {
@@ -105,6 +149,8 @@ function checkOptions(opts: CalibOptions): void {
   if (!Number.isInteger(opts.seed) || opts.seed < 0 || opts.seed > 0xffffffff) {
     fail(`calibration seed must be an integer in 0..4294967295, got ${opts.seed}`);
   }
+  if (opts.sampler !== undefined && !CALIB_SAMPLERS.includes(opts.sampler))
+    fail(`calibration sampler must be one of ${CALIB_SAMPLERS.join(', ')}, got ${opts.sampler}`);
 }
 
 // ---- sources -------------------------------------------------------------------------------------
@@ -112,7 +158,8 @@ function checkOptions(opts: CalibOptions): void {
 const EXPECTED = 'expected UTF-8 text, .jsonl with a string field "text", or .parquet with a column "text"';
 const RECORD_SEPARATOR = '\n\n';
 
-async function readTextFile(file: string): Promise<TextSource> {
+/** `trimEnd`: drop trailing line ends (the pool sampler); the gptq sampler keeps the text as read. */
+async function readTextFile(file: string, trimEnd: boolean): Promise<TextSource> {
   if (!fs.existsSync(file)) fail(`${file}: calibration file not found`);
   const stat = fs.statSync(file);
   if (!stat.isFile()) fail(`${file}: not a file (${EXPECTED})`);
@@ -126,7 +173,9 @@ async function readTextFile(file: string): Promise<TextSource> {
       fail(`${file}: ${stat.size} bytes, more than llmq reads (${MAX_TEXT_CHARS})`);
     const raw = readUtf8(file);
     text =
-      ext === '.jsonl' || ext === '.ndjson' ? joinRecords(file, parseJsonl(file, raw)) : normalizeText(raw);
+      ext === '.jsonl' || ext === '.ndjson'
+        ? joinRecords(file, parseJsonl(file, raw))
+        : normalizeText(raw, trimEnd);
   }
   if (!hasText(text)) fail(`${file}: no usable text (${EXPECTED})`);
   return { name: file, text };
@@ -151,9 +200,10 @@ function readUtf8(file: string): string {
   return bytes.toString('utf8').replace(/^\uFEFF/, '');
 }
 
-/** \r\n and \r as \n, no trailing line ends. */
-export function normalizeText(text: string): string {
-  return text.replace(/\r\n?/g, '\n').replace(/\n+$/, '');
+/** \r\n and \r as \n (as Python's text mode reads them); without trailing line ends if `trimEnd`. */
+export function normalizeText(text: string, trimEnd = true): string {
+  const lines = text.replace(/\r\n?/g, '\n');
+  return trimEnd ? lines.replace(/\n+$/, '') : lines;
 }
 
 function parseJsonl(file: string, text: string): string[] {

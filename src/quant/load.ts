@@ -43,6 +43,7 @@ export async function loadModel(dir: string, backend: Backend, opts: LoadOptions
         samples: opts.calib?.samples ?? recipe.calib.samples,
         seqLen: opts.calib?.seqLen ?? recipe.calib.seqLen,
         seed: opts.calib?.seed ?? 0,
+        sampler: opts.calib?.sampler ?? recipe.calib.sampler,
         file: opts.calib?.file,
         onProgress: opts.onCalibration,
       })
@@ -52,6 +53,7 @@ export async function loadModel(dir: string, backend: Backend, opts: LoadOptions
     source: calib.source,
     samples: calib.samples,
     seqLen: calib.seqLen,
+    sampler: calib.sampler,
     sha256: calib.sha256,
   };
   return { model, report, calibration };

@@ -2,8 +2,10 @@
  * Recipes: target formats for weights and activations plus an ordered list of method steps.
  * Built-in names expand to recipes; a JSON or YAML file with the same fields is accepted too.
  */
+
 import fs from 'node:fs';
 import yaml from 'js-yaml';
+import { CALIB_SAMPLERS, type CalibSampler } from '../calib/data.ts';
 import { fail } from '../errors.ts';
 import { describeFormat, parseFormat } from '../formats/index.ts';
 import type { FormatSpec } from '../formats/spec.ts';
@@ -63,7 +65,7 @@ export interface Recipe {
   steps: Step[];
   /** linears whose weights (and inputs) are quantized */
   targets: LinearName[];
-  calib: { samples: number; seqLen: number };
+  calib: RecipeCalib;
   /**
    * Where the next layer's calibration inputs come from: the full-precision layer (llm-awq, AutoAWQ,
    * SmoothQuant) or the quantized one (GPTQ). Default: 'quantized' when the recipe runs GPTQ.
@@ -79,7 +81,14 @@ const STEP_DEFAULTS: { [M in Step['method']]: Extract<Step, { method: M }> } = {
   mixed: { method: 'mixed', salientPercent: 1 },
 };
 
-const DEFAULT_CALIB = { samples: 128, seqLen: 512 };
+/** Calibration size, and how the windows are drawn (`sampler`, see calib/data.ts; default 'pool'). */
+export interface RecipeCalib {
+  samples: number;
+  seqLen: number;
+  sampler?: CalibSampler;
+}
+
+const DEFAULT_CALIB: RecipeCalib = { samples: 128, seqLen: 512 };
 
 export interface RecipeText {
   description: string;
@@ -87,7 +96,7 @@ export interface RecipeText {
   activations?: string;
   static?: boolean;
   steps?: Partial<Step>[];
-  calib?: { samples: number; seqLen: number };
+  calib?: RecipeCalib;
   propagate?: 'fp' | 'quantized';
 }
 
@@ -312,14 +321,20 @@ function parseSteps(file: string, steps: unknown): Partial<Step>[] {
   });
 }
 
-function parseCalib(file: string, calib: unknown): { samples: number; seqLen: number } {
+function parseCalib(file: string, calib: unknown): RecipeCalib {
   const c = calib as Record<string, unknown>;
-  checkKeys(`${file}: calib`, c, ['samples', 'seqLen']);
+  checkKeys(`${file}: calib`, c, ['samples', 'seqLen', 'sampler']);
   const samples = Number(c.samples ?? DEFAULT_CALIB.samples);
   const seqLen = Number(c.seqLen ?? DEFAULT_CALIB.seqLen);
   if (!Number.isInteger(samples) || samples < 1 || !Number.isInteger(seqLen) || seqLen < 2)
     fail(`${file}: calib needs integer samples >= 1 and seqLen >= 2`);
-  return { samples, seqLen };
+  const sampler = c.sampler;
+  if (sampler === undefined) return { samples, seqLen };
+  if (!CALIB_SAMPLERS.includes(sampler as CalibSampler))
+    fail(
+      `${file}: calib.sampler must be one of ${CALIB_SAMPLERS.join(', ')}, got ${JSON.stringify(sampler)}`,
+    );
+  return { samples, seqLen, sampler: sampler as CalibSampler };
 }
 
 function parseTargets(file: string, targets: unknown): LinearName[] {
@@ -353,7 +368,7 @@ function buildRecipe(name: string, text: RecipeText, where: string, base?: Recip
 }
 
 /** Calibration defaults of the reference tools: 128 x 2048 for GPTQ, 128 x 512 otherwise (AWQ). */
-function calibFor(steps: Step[]): { samples: number; seqLen: number } {
+function calibFor(steps: Step[]): RecipeCalib {
   return steps.some((s) => s.method === 'gptq') ? { samples: 128, seqLen: 2048 } : DEFAULT_CALIB;
 }
 

@@ -6,7 +6,13 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { type CalibOptions, type CalibSet, DEFAULT_CALIB_SEED, loadCalibration } from '../calib/data.ts';
+import {
+  type CalibOptions,
+  type CalibSampler,
+  type CalibSet,
+  DEFAULT_CALIB_SEED,
+  loadCalibration,
+} from '../calib/data.ts';
 import { fail } from '../errors.ts';
 import { perplexity } from '../eval/perplexity.ts';
 import { loadTokenizer, type TextTokenizer } from '../io/tokenizer.ts';
@@ -278,6 +284,8 @@ export interface CalibRecord {
   samples: number;
   seqLen: number;
   seed: number;
+  /** absent in sweeps written before samplers existed: 'pool' */
+  sampler?: CalibSampler;
   sha256: string;
 }
 
@@ -468,12 +476,13 @@ class CalibCache {
       samples: this.flags.samples ?? recipe.calib.samples,
       seqLen: this.flags.seqLen ?? recipe.calib.seqLen,
       seed: this.flags.seed ?? DEFAULT_CALIB_SEED,
+      sampler: this.flags.sampler ?? recipe.calib.sampler,
     };
   }
 
   get(recipe: Recipe): Promise<CalibSet> {
     const o = this.options(recipe);
-    const key = `${o.samples}x${o.seqLen}`;
+    const key = `${o.samples}x${o.seqLen}:${o.sampler ?? 'pool'}`;
     let set = this.sets.get(key);
     if (!set) {
       this.tokenizer ??= loadTokenizer(this.dir);
@@ -493,6 +502,7 @@ class CalibCache {
       samples: o.samples,
       seqLen: o.seqLen,
       seed: o.seed,
+      sampler: o.sampler ?? 'pool',
       sha256: '',
     };
   }
@@ -508,7 +518,11 @@ function sameCell(cell: SweepCell, v: Variant, calib: CalibRecord | null): boole
   if (!calib || !cell.calibration) return calib === cell.calibration;
   const c = cell.calibration;
   return (
-    c.file === calib.file && c.samples === calib.samples && c.seqLen === calib.seqLen && c.seed === calib.seed
+    c.file === calib.file &&
+    c.samples === calib.samples &&
+    c.seqLen === calib.seqLen &&
+    c.seed === calib.seed &&
+    (c.sampler ?? 'pool') === calib.sampler
   );
 }
 
@@ -670,7 +684,7 @@ export function sweepMarkdown(result: SweepResult): string {
     '',
     `Model ${result.model} on ${result.device}. Perplexity of ${e.source}: ${e.windows} windows of ${e.seqlen} tokens.` +
       (calibs.size
-        ? ` Calibration: ${[...calibs.values()].map((c) => `${c.samples} x ${c.seqLen} tokens (seed ${c.seed})`).join(', ')} from ${[...calibs.values()][0].source}.`
+        ? ` Calibration: ${[...calibs.values()].map((c) => `${c.samples} x ${c.seqLen} tokens (seed ${c.seed}${c.sampler === 'gptq' ? ', GPTQ reference draw' : ''})`).join(', ')} from ${[...calibs.values()][0].source}.`
         : ''),
     '',
     pplTable(result),
