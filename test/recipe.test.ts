@@ -35,6 +35,10 @@ test('every built-in resolves; the issue names are there; rtn-w4g128 means asymm
   const gptq = resolveRecipe('gptq-w4g128');
   assert.deepEqual(gptq.calib, { samples: 128, seqLen: 2048 });
   assert.equal(gptq.propagate, 'quantized');
+  const drawn = resolveRecipe(
+    file('gptq-draw.json', '{"base": "gptq-w3g128", "calib": {"sampler": "gptq", "samples": 64}}'),
+  );
+  assert.deepEqual(drawn.calib, { samples: 64, seqLen: 2048, sampler: 'gptq' });
   assert.equal(resolveRecipe('awq-w4g128').propagate, 'fp');
 });
 
@@ -66,6 +70,11 @@ const BAD: [string, string, RegExp][] = [
     /alpha must be in/,
   ],
   ['propagate', '{"weights": "int4-g128", "propagate": "gpu"}', /"propagate" must be/],
+  [
+    'calib sampler',
+    '{"weights": "int4-g128", "steps": ["gptq"], "calib": {"sampler": "c4"}}',
+    /calib.sampler must be one of pool, gptq/,
+  ],
   ['not an object', '[1, 2]', /must be an object/],
 ];
 

@@ -96,7 +96,7 @@ export interface RecipeText {
   activations?: string;
   static?: boolean;
   steps?: Partial<Step>[];
-  calib?: RecipeCalib;
+  calib?: Partial<RecipeCalib>;
   propagate?: 'fp' | 'quantized';
 }
 
@@ -321,20 +321,28 @@ function parseSteps(file: string, steps: unknown): Partial<Step>[] {
   });
 }
 
-function parseCalib(file: string, calib: unknown): RecipeCalib {
+/** The keys a recipe file sets; the rest come from its base or the method's defaults. */
+function parseCalib(file: string, calib: unknown): Partial<RecipeCalib> {
   const c = calib as Record<string, unknown>;
   checkKeys(`${file}: calib`, c, ['samples', 'seqLen', 'sampler']);
-  const samples = Number(c.samples ?? DEFAULT_CALIB.samples);
-  const seqLen = Number(c.seqLen ?? DEFAULT_CALIB.seqLen);
-  if (!Number.isInteger(samples) || samples < 1 || !Number.isInteger(seqLen) || seqLen < 2)
-    fail(`${file}: calib needs integer samples >= 1 and seqLen >= 2`);
-  const sampler = c.sampler;
-  if (sampler === undefined) return { samples, seqLen };
-  if (!CALIB_SAMPLERS.includes(sampler as CalibSampler))
-    fail(
-      `${file}: calib.sampler must be one of ${CALIB_SAMPLERS.join(', ')}, got ${JSON.stringify(sampler)}`,
-    );
-  return { samples, seqLen, sampler: sampler as CalibSampler };
+  const out: Partial<RecipeCalib> = {};
+  for (const [key, min] of [
+    ['samples', 1],
+    ['seqLen', 2],
+  ] as const) {
+    if (c[key] === undefined) continue;
+    const value = Number(c[key]);
+    if (!Number.isInteger(value) || value < min) fail(`${file}: calib.${key} must be an integer >= ${min}`);
+    out[key] = value;
+  }
+  if (c.sampler !== undefined) {
+    if (!CALIB_SAMPLERS.includes(c.sampler as CalibSampler))
+      fail(
+        `${file}: calib.sampler must be one of ${CALIB_SAMPLERS.join(', ')}, got ${JSON.stringify(c.sampler)}`,
+      );
+    out.sampler = c.sampler as CalibSampler;
+  }
+  return out;
 }
 
 function parseTargets(file: string, targets: unknown): LinearName[] {
@@ -359,7 +367,7 @@ function buildRecipe(name: string, text: RecipeText, where: string, base?: Recip
     activations,
     steps,
     targets: base?.targets ?? [...LINEARS],
-    calib: text.calib ?? base?.calib ?? calibFor(steps),
+    calib: { ...(base?.calib ?? calibFor(steps)), ...text.calib },
     propagate:
       text.propagate ?? base?.propagate ?? (steps.some((s) => s.method === 'gptq') ? 'quantized' : 'fp'),
   };
