@@ -129,3 +129,18 @@ test('rmsnorm, rope, siluMul and nll against hand formulas', async () => {
   );
   assert.ok(Math.abs(nll[0] + Math.log(0.75)) < 1e-6);
 });
+
+test('klDiv: hand values, invariance to a shift, and agreement of the argmax', async () => {
+  // P = (1/2, 1/2), Q = (3/4, 1/4): KL = 1/2 ln(2/3) + 1/2 ln 2 = 1/2 ln(4/3); argmax 0 vs 0 (tie -> lowest)
+  // P = (1/4, 3/4) as logits [0, ln 3] + 7, Q = softmax([0, 0]): KL = 1/4 ln(1/2) + 3/4 ln(3/2); argmax 1 vs 0
+  const p = cpu.upload(new Float32Array([0, 0, 7, 7 + Math.log(3)]), [2, 2], 'f32');
+  const q = cpu.upload(new Float32Array([Math.log(3), 0, -5, -5]), [2, 2], 'f32');
+  const out = await cpu.read(cpu.klDiv(p, q));
+  assert.ok(Math.abs(out[0] - 0.5 * Math.log(4 / 3)) < 1e-7, `${out[0]}`);
+  assert.equal(out[1], 1);
+  assert.ok(Math.abs(out[2] - (0.25 * Math.log(0.5) + 0.75 * Math.log(1.5))) < 1e-7, `${out[2]}`);
+  assert.equal(out[3], 0);
+  const self = await cpu.read(cpu.klDiv(p, p));
+  assert.deepEqual(Array.from(self), [0, 1, 0, 1]);
+  assert.throws(() => cpu.klDiv(p, cpu.upload(new Float32Array(6), [2, 3], 'f32')), /one shape/);
+});

@@ -155,6 +155,35 @@ test('causal GQA attention matches the CPU (head_dim 64 and 128, batch 2)', { sk
   }
 });
 
+test('klDiv matches the CPU (f64) for small and large divergences', { skip }, async () => {
+  const r = rng(16);
+  const M = 37;
+  for (const [backend, V] of [
+    [gpu!, 1000],
+    [tiny!, 300], // rows in several binding windows
+  ] as const) {
+    const p = r.normal(M * V, 4);
+    const close = r.normal(M * V, 0.01); // KL ~ 5e-5: a difference of log-sum-exps would lose digits
+    const far = r.normal(M * V, 1.5);
+    for (const [what, noise, shift] of [
+      ['small', close, 0],
+      ['large, shifted', far, 30],
+    ] as const) {
+      const q = p.map((v, i) => v + noise[i] + shift);
+      const want = await cpu.read(cpu.klDiv(cpu.upload(p, [M, V], 'f32'), cpu.upload(q, [M, V], 'f32')));
+      const got = await backend.read(
+        backend.klDiv(backend.upload(p, [M, V], 'f32'), backend.upload(q, [M, V], 'f32')),
+      );
+      for (let i = 0; i < M; i++) {
+        const [g, w] = [got[2 * i], want[2 * i]];
+        assert.ok(Math.abs(g - w) <= 1e-5 * w + 1e-9, `${what} V=${V} row ${i}: ${g} vs ${w}`);
+        assert.equal(got[2 * i + 1], want[2 * i + 1], `${what} V=${V} row ${i}: argmax agreement`);
+      }
+      if (what === 'small') assert.ok(want[0] > 1e-5 && want[0] < 1e-4, `KL ${want[0]}`);
+    }
+  }
+});
+
 test('nll, columnStats, sumSquaredDiff match the CPU', { skip }, async () => {
   const r = rng(6);
   const [M, V] = [33, 1000];

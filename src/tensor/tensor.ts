@@ -8,6 +8,7 @@
  * Shapes: activations are 2-D [rows, features] with rows = batch x sequence; linear weights use the
  * Hugging Face nn.Linear layout [out, in].
  */
+import { fail } from '../errors.ts';
 import type { FormatSpec } from '../formats/spec.ts';
 
 export type DType = 'f32' | 'f16' | 'bf16' | 'i32' | 'i8' | 'u8';
@@ -105,6 +106,11 @@ export interface Backend {
   scaleRows(x: Tensor, s: Tensor): Tensor;
   /** Per-row negative log-likelihood of targets under softmax(logits) -> [rows] f32. */
   nll(logits: Tensor, targets: Int32Array): Tensor;
+  /**
+   * Per row of two [rows, vocab] logit tensors: [KL(softmax(p) || softmax(q)) in nats, 1 if the argmax
+   * of p equals that of q else 0] -> [rows, 2] f32.
+   */
+  klDiv(p: Tensor, q: Tensor): Tensor;
   /** Quantize-dequantize along rows (groups/blocks run along the last dimension). */
   fakeQuant(x: Tensor, spec: FormatSpec): Tensor;
   /** Per-column |x| max and mean (calibration statistics). */
@@ -119,6 +125,15 @@ export interface Backend {
   toF32(x: Tensor): Tensor;
   /** Sum of squared differences, read to the host. */
   sumSquaredDiff(a: Tensor, b: Tensor): Promise<number>;
+}
+
+/** [rows, vocab] of two same-shaped 2-D logit tensors, or one clear error. */
+export function checkKlShapes(p: Tensor, q: Tensor): [number, number] {
+  if (p.shape.length !== 2 || p.shape.join('x') !== q.shape.join('x'))
+    fail(
+      `klDiv: logits must be two 2-D tensors of one shape, got ${p.shape.join('x')} and ${q.shape.join('x')}`,
+    );
+  return [p.shape[0], p.shape[1]];
 }
 
 export function numel(shape: readonly number[]): number {

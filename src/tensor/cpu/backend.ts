@@ -6,6 +6,7 @@ import {
   type AttentionShape,
   type Backend,
   type ColumnStats,
+  checkKlShapes,
   type DType,
   type HostArray,
   numel,
@@ -362,6 +363,13 @@ export class CpuBackend implements Backend {
     sharedTargets.set(targets);
     parallelFor('nllRows', [this.f32(logits), sharedTargets, out, V], M, 16);
     return this.fromF32(out, [M]);
+  }
+
+  klDiv(p: Tensor, q: Tensor): Tensor {
+    const [M, V] = checkKlShapes(p, q);
+    const out = sharedF32(M * 2);
+    parallelFor('klRows', [this.f32(p), this.f32(q), out, V], M, 16);
+    return this.fromF32(out, [M, 2]);
   }
 
   fakeQuant(x: Tensor, spec: FormatSpec): Tensor {

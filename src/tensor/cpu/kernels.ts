@@ -253,5 +253,51 @@ export function nllRows(
   }
 }
 
-export const KERNELS = { matmulNT, matmulWasm, packWasm, widen16, attentionHeads, attentionBlocks, nllRows };
+/**
+ * Per row of [rows, vocab]: out[2r] = KL(softmax(p) || softmax(q)) in f64, out[2r + 1] = 1 when the
+ * argmaxes (lowest index on ties) are equal. Self-contained: workers receive it as source text.
+ */
+export function klRows(
+  p: Float32Array,
+  q: Float32Array,
+  out: Float32Array,
+  vocab: number,
+  start: number,
+  end: number,
+): void {
+  const argmax = (x: Float32Array, o: number): number => {
+    let best = 0;
+    for (let i = 1; i < vocab; i++) if (x[o + i] > x[o + best]) best = i;
+    return best;
+  };
+  const logSumExp = (x: Float32Array, o: number, max: number): number => {
+    let sum = 0;
+    for (let i = 0; i < vocab; i++) sum += Math.exp(x[o + i] - max);
+    return Math.log(sum) + max;
+  };
+  for (let r = start; r < end; r++) {
+    const o = r * vocab;
+    const [ip, iq] = [argmax(p, o), argmax(q, o)];
+    const lseP = logSumExp(p, o, p[o + ip]);
+    const lseQ = logSumExp(q, o, q[o + iq]);
+    let kl = 0;
+    for (let i = 0; i < vocab; i++) {
+      const lp = p[o + i] - lseP;
+      kl += Math.exp(lp) * (lp - (q[o + i] - lseQ));
+    }
+    out[2 * r] = Math.max(kl, 0);
+    out[2 * r + 1] = ip === iq ? 1 : 0;
+  }
+}
+
+export const KERNELS = {
+  matmulNT,
+  matmulWasm,
+  packWasm,
+  widen16,
+  attentionHeads,
+  attentionBlocks,
+  nllRows,
+  klRows,
+};
 export type KernelName = keyof typeof KERNELS;

@@ -10,6 +10,7 @@ import {
   type AttentionShape,
   type Backend,
   type ColumnStats,
+  checkKlShapes,
   type DType,
   type HostArray,
   numel,
@@ -24,7 +25,7 @@ import { binary, rope, scaleColumns, scaleRows, toF32 } from './elementwise.ts';
 import { type Dot4Tile, Int8Gemm, type Int8Path, scaleInt32 as scaleInt32Kernel } from './int8.ts';
 import { concatRows, sliceRows, transpose } from './layout.ts';
 import { DEFAULT_TILE, embedding, type GemmTile, linear } from './matmul.ts';
-import { nll, rmsnorm } from './norm.ts';
+import { klDiv, nll, rmsnorm } from './norm.ts';
 import { fakeQuant, quantizeRowsInt8 } from './quant.ts';
 import { columnStats, sumSquaredDiff } from './reduce.ts';
 
@@ -349,6 +350,11 @@ export class WebGpuBackend implements Backend {
     const vec =
       ss.rows === sx.rows ? ss : { ...ss, rows: sx.rows, cols: 1, rowsPerChunk: Math.max(sx.rows, 1) };
     return this.wrap(scaleRows(this.ctx, sx, vec), x.shape);
+  }
+
+  klDiv(p: Tensor, q: Tensor): Tensor {
+    const [M] = checkKlShapes(p, q);
+    return this.wrap(klDiv(this.ctx, this.st(p, 'klDiv'), this.st(q, 'klDiv')), [M, 2]);
   }
 
   nll(logits: Tensor, targets: Int32Array): Tensor {

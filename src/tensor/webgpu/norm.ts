@@ -1,4 +1,4 @@
-/** Row reductions: fused RMSNorm and the per-row NLL of log-softmax. One workgroup per row. */
+/** Row reductions: fused RMSNorm, the per-row NLL of log-softmax and KL divergence. One workgroup per row. */
 import { fail } from '../../errors.ts';
 import type { DType } from '../tensor.ts';
 import { type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
@@ -129,5 +129,130 @@ export function nll(ctx: GpuContext, logits: Storage, targets: Int32Array): Stor
     );
   }
   ctx.release(tb);
+  return out;
+}
+
+/**
+ * KL(softmax(p) || softmax(q)) per row and whether the two argmaxes agree. With t = exp(p - max p),
+ * S = sum t, d = (q - max q) - (p - max p), a = sum t d / S and u = sum t (expm1(d) - d) / S:
+ * KL = log1p(a + u) - a. For small divergences (good quantization) a dominates KL by orders of
+ * magnitude, so the kernel accumulates u itself (by series for |d| < 0.5) and expands log1p(a + u) - a
+ * = u - c^2/2 + c^3/3 - ... (c = a + u) instead of subtracting two nearly equal f32 numbers.
+ */
+function klKernel(dp: DType, dq: DType): Kernel {
+  return {
+    key: `kl:${dp}:${dq}`,
+    bindings: ['uniform', 'read', 'read', 'write'],
+    code: () => `
+struct P { rows: u32, v: u32, pOff: u32, qOff: u32, oOff: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> X: array<${arrayType(dp)}>;
+@group(0) @binding(2) var<storage, read> Y: array<${arrayType(dq)}>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+var<workgroup> rv: array<f32, ${WG}>;
+var<workgroup> ri: array<u32, ${WG}>;
+var<workgroup> r2: array<f32, ${WG}>;
+var<workgroup> r3: array<f32, ${WG}>;
+${loadFn('ldX', 'X', dp)}
+${loadFn('ldY', 'Y', dq)}
+${FLAT_WG}
+/** expm1(d) - d for |d| < 0.5 (relative error below 1e-7). */
+fn expm1MinusX(d: f32) -> f32 {
+  let tail = 1.0 / 720.0 + d * (1.0 / 5040.0 + d * (1.0 / 40320.0 + d / 362880.0));
+  return d * d * (0.5 + d * (1.0 / 6.0 + d * (1.0 / 24.0 + d * (1.0 / 120.0 + d * tail))));
+}
+/** log1p(a + u) - a = u + (log1p(c) - c), c = a + u; the bracket by series for |c| < 0.1. */
+fn klFrom(a: f32, u: f32) -> f32 {
+  let c = a + u;
+  if (abs(c) < 0.1) {
+    let tail = 1.0 / 5.0 + c * (-1.0 / 6.0 + c * (1.0 / 7.0 + c * (-1.0 / 8.0 + c / 9.0)));
+    return u + c * c * (-0.5 + c * (1.0 / 3.0 + c * (-0.25 + c * tail)));
+  }
+  return (log(1.0 + c) - c) + u;
+}
+/** rv/ri[0] <- the largest value of the workgroup's (value, index) pairs, lowest index on ties. */
+fn argmaxTree(lid: u32) {
+  for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
+    if (lid < s) {
+      let v = rv[lid + s];
+      let i = ri[lid + s];
+      if (v > rv[lid] || (v == rv[lid] && i < ri[lid])) { rv[lid] = v; ri[lid] = i; }
+    }
+    workgroupBarrier();
+  }
+}
+/** rv, r2, r3 [0] <- their workgroup sums. */
+fn sumTree(lid: u32) {
+  for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
+    if (lid < s) { rv[lid] += rv[lid + s]; r2[lid] += r2[lid + s]; r3[lid] += r3[lid + s]; }
+    workgroupBarrier();
+  }
+}
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let row = flatWg(wid, nwg);
+  if (row >= p.rows) { return; }
+  let bp = p.pOff + row * p.v;
+  let bq = p.qOff + row * p.v;
+  var m = -3.0e38;
+  var mi = 0xffffffffu;
+  for (var i = lid; i < p.v; i += ${WG}u) { let x = ldX(bp + i); if (x > m) { m = x; mi = i; } }
+  rv[lid] = m; ri[lid] = mi;
+  workgroupBarrier();
+  argmaxTree(lid);
+  let mp = rv[0];
+  let ip = ri[0];
+  workgroupBarrier();
+  m = -3.0e38;
+  mi = 0xffffffffu;
+  for (var i = lid; i < p.v; i += ${WG}u) { let y = ldY(bq + i); if (y > m) { m = y; mi = i; } }
+  rv[lid] = m; ri[lid] = mi;
+  workgroupBarrier();
+  argmaxTree(lid);
+  let mq = rv[0];
+  let iq = ri[0];
+  workgroupBarrier();
+  var sumT = 0.0;
+  var sumTD = 0.0;
+  var sumTU = 0.0;
+  for (var i = lid; i < p.v; i += ${WG}u) {
+    let a = ldX(bp + i) - mp;
+    let b = ldY(bq + i) - mq;
+    let t = exp(a);
+    let d = b - a;
+    sumT += t;
+    sumTD += t * d;
+    if (abs(d) < 0.5) { sumTU += t * expm1MinusX(d); } else { sumTU += (exp(b) - t) - t * d; }
+  }
+  rv[lid] = sumT; r2[lid] = sumTD; r3[lid] = sumTU;
+  workgroupBarrier();
+  sumTree(lid);
+  if (lid == 0u) {
+    let kl = klFrom(r2[0] / rv[0], r3[0] / rv[0]);
+    O[p.oOff + 2u * row] = max(kl, 0.0);
+    O[p.oOff + 2u * row + 1u] = select(0.0, 1.0, ip == iq);
+  }
+}`,
+  };
+}
+
+/** [rows, 2]: KL(softmax(p) || softmax(q)) per row in nats, and 1 where argmax p = argmax q. */
+export function klDiv(ctx: GpuContext, pLogits: Storage, qLogits: Storage): Storage {
+  const out = ctx.allocStorage(pLogits.rows, 2, 'f32');
+  if (pLogits.rows === 0) return out;
+  const k = klKernel(pLogits.dtype, qLogits.dtype);
+  for (const seg of ctx.segments(
+    pLogits.rows,
+    [pLogits, qLogits, out].map((s) => ({ s, row0: 0 })),
+  )) {
+    const [wp, wq, wo] = seg.w;
+    ctx.dispatch(
+      k,
+      new Params().u(seg.n).u(pLogits.cols).u(wp.off).u(wq.off).u(wo.off),
+      [wp.binding, wq.binding, wo.binding],
+      grid2(seg.n),
+    );
+  }
   return out;
 }
