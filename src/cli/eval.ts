@@ -1,8 +1,12 @@
+import fs from 'node:fs';
+import path from 'node:path';
 import { fail } from '../errors.ts';
 import { perplexity, readEvalText, windowCount } from '../eval/perplexity.ts';
 import { loadTokenizer } from '../io/tokenizer.ts';
 import { useInt8Matmuls } from '../model/int8.ts';
+import { LlamaModel } from '../model/llama.ts';
 import { usePackedWeights } from '../model/packed.ts';
+import { readQuantizationConfig } from '../quant/checkpoint.ts';
 import { loadModel } from '../quant/load.ts';
 import { resolveRecipe } from '../quant/recipe.ts';
 import { createBackend, type DeviceName } from '../tensor/index.ts';
@@ -10,12 +14,15 @@ import { intFlag, onePositional, optionalIntFlag, parse, printJson } from './arg
 import { CALIB_FLAGS, CALIB_HELP, calibFlags } from './calib-flags.ts';
 import { Progress } from './progress.ts';
 
-export const EVAL_HELP = `llmq eval <model-dir> --ppl <text-file> [--seqlen N] [--max-windows K] [--recipe R ${CALIB_HELP}] [--device cpu|webgpu|auto] [--int8 auto|off] [--packed auto|off] [--json]
+export const EVAL_HELP = `llmq eval <model-dir> --ppl <text-file> [--seqlen N] [--max-windows K] [--recipe R ${CALIB_HELP}] [--kl | --kl-base <fp-model-dir>] [--device cpu|webgpu|auto] [--int8 auto|off] [--packed auto|off] [--json]
   Perplexity with the standard WikiText-2 protocol (rows joined by "\\n\\n", one BOS, non-overlapping
   windows of --seqlen tokens, default 2048). Quantized llmq checkpoints are evaluated as saved;
   --recipe quantizes a full-precision model on the fly first. On WebGPU, W8A8 linears (INT8 per
   channel weights, INT8 per token activations) run as int8 GEMMs unless --int8 off, and other INT
-  weights (RTN/AWQ/GPTQ) stay as packed codes decoded inside the GEMM unless --packed off.`;
+  weights (RTN/AWQ/GPTQ) stay as packed codes decoded inside the GEMM unless --packed off.
+  --kl also measures KL(P_fp || P_quantized) per predicted token against the full-precision model
+  (with --recipe: <model-dir> itself; for a checkpoint: the source its manifest records, or --kl-base),
+  and how often both put the same token first.`;
 
 export async function evalCommand(argv: string[]): Promise<void> {
   const { values, positionals } = parse('eval', argv, {
@@ -23,6 +30,8 @@ export async function evalCommand(argv: string[]): Promise<void> {
     seqlen: { type: 'string' },
     'max-windows': { type: 'string' },
     recipe: { type: 'string' },
+    kl: { type: 'boolean', default: false },
+    'kl-base': { type: 'string' },
     ...CALIB_FLAGS,
     device: { type: 'string', default: 'cpu' },
     int8: { type: 'string', default: 'auto' },
@@ -54,11 +63,14 @@ export async function evalCommand(argv: string[]): Promise<void> {
   const gpu = backend.name === 'webgpu';
   const int8Linears = gpu && values.int8 === 'auto' ? useInt8Matmuls(model) : 0;
   const packedLinears = gpu && values.packed === 'auto' ? usePackedWeights(model, true) : 0;
+  const klBase = values.kl || values['kl-base'] ? klBaseDir(dir, values['kl-base'], model) : undefined;
+  const reference = klBase === undefined ? undefined : LlamaModel.load(klBase, backend);
   const progress = new Progress('perplexity', 'windows', values.json);
   progress.update(0, windowCount(tokens.length, seqLen, maxWindows));
   const result = await perplexity(model, tokens, {
     seqLen,
     maxWindows,
+    reference,
     onWindow: (d, t) => progress.update(d, t),
   });
   const seconds = (performance.now() - start) / 1000;
@@ -74,6 +86,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
     quantize_seconds: report?.seconds ?? null,
     int8_linears: int8Linears,
     packed_linears: packedLinears,
+    kl: result.kl ? { base: klBase, ...result.kl } : null,
     window_mean_nll: result.windowMeanNll,
   };
   if (values.json) return printJson(out);
@@ -81,4 +94,29 @@ export async function evalCommand(argv: string[]): Promise<void> {
     `${dir}: perplexity ${result.ppl.toFixed(4)} over ${result.windows} windows of ${seqLen} tokens ` +
       `(${result.tokens} tokens in the text, ${backend.name}, ${seconds.toFixed(1)} s)`,
   );
+  const kl = result.kl;
+  if (kl)
+    console.log(
+      `KL divergence from ${klBase} (perplexity ${kl.referencePpl.toFixed(4)}): mean ${kl.mean.toPrecision(4)} nats ` +
+        `per token, median ${kl.median.toPrecision(4)}, 99th percentile ${kl.p99.toPrecision(4)}, ` +
+        `max ${kl.max.toPrecision(4)}; same top token ${(kl.sameTop * 100).toFixed(2)}% of ${kl.tokens} tokens`,
+    );
+}
+
+/** The full-precision model --kl compares against: --kl-base, <dir> itself under --recipe, or the checkpoint's source. */
+function klBaseDir(dir: string, given: string | undefined, model: LlamaModel): string {
+  if (given !== undefined) return given;
+  const stored = readQuantizationConfig(dir);
+  if (!stored) {
+    if (model.quantization) return dir; // quantized on the fly by --recipe
+    return fail(
+      'eval: --kl compares a quantized model with full precision: add --recipe, or evaluate a quantized checkpoint',
+    );
+  }
+  const source = stored.manifest.source_model;
+  if (!fs.existsSync(path.join(source, 'config.json')))
+    fail(
+      `eval: --kl: ${dir} was quantized from ${source}, which is not there any more; pass --kl-base <fp-model-dir>`,
+    );
+  return source;
 }

@@ -16,6 +16,12 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: s
   synth: { run: synthCommand, help: SYNTH_HELP },
 };
 
+// `llmq recipes | head`: a reader that stops early is not an error
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(0);
+  throw e;
+});
+
 function usage(): string {
   return `llmq: post-training quantization of LLMs (CPU and WebGPU)\n\n${Object.values(COMMANDS)
     .map((c) => c.help)
