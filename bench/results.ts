@@ -2,9 +2,10 @@
  * The quantization results of RESULTS.md: perplexity of each recipe on a model, with the
  * calibration and evaluation settings the issues name. Meant for the GPU machine (WebGPU):
  *   node bench/results.ts --set issue4 --model <dir> --calib brown.txt --eval wiki.test.raw \
- *     [--device webgpu] [--out dir] [--dump-awq dir] [--quick] [--seed S] [--sampler pool|gptq]
+ *     [--device webgpu] [--out dir] [--dump-awq dir] [--quick] [--seed S] [--sampler pool|gptq] [--kl]
  * Writes <out>/results-<set>-<model>.json and .md; --dump-awq writes the calibration/evaluation
- * ids for bench/reference/awq_reference.py; --quick shrinks every setting (smoke test).
+ * ids for bench/reference/awq_reference.py; --quick shrinks every setting (smoke test); --kl adds each
+ * row's KL divergence from the full-precision model (mean nats per token, same top token).
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -127,6 +128,7 @@ const { values } = parseArgs({
     seqlen: { type: 'string', default: '512' },
     seed: { type: 'string', default: '0' },
     sampler: { type: 'string', default: 'pool' },
+    kl: { type: 'boolean', default: false },
   },
 });
 const dir = values.model as string;
@@ -147,6 +149,7 @@ const rows: Record<string, unknown>[] = [];
 const name = path.basename(path.resolve(dir));
 const seed = Number(values.seed);
 const sampler = values.sampler as CalibSampler;
+fs.mkdirSync(values.out as string, { recursive: true });
 const outBase = path.join(
   values.out as string,
   `results-${values.set}-${name}${seed ? `-seed${seed}` : ''}${sampler === 'pool' ? '' : `-${sampler}`}`,
@@ -167,7 +170,8 @@ for (const job of jobs) {
       dumpAwq(values['dump-awq'], calib.ids, recipe);
     report = await quantizeModel(model, recipe, calib);
   }
-  const r = await perplexity(model, evalIds, { seqLen, maxWindows: windows });
+  const reference = values.kl && recipe ? LlamaModel.load(dir, backend) : undefined;
+  const r = await perplexity(model, evalIds, { seqLen, maxWindows: windows, reference });
   const row = {
     model: name,
     label: job.label,
@@ -176,22 +180,28 @@ for (const job of jobs) {
     windows: r.windows,
     seqlen: seqLen,
     calibration: calibInfo ?? null,
+    kl: r.kl ?? null,
     seconds: (performance.now() - start) / 1000,
     timings: report?.timings ?? {},
     notes: report ? { model: report.model, layers: report.layers.map(trimNotes) } : null,
   };
   rows.push(row);
-  console.log(`${job.label.padEnd(44)} ppl ${r.ppl.toFixed(2).padStart(10)}   ${row.seconds.toFixed(1)} s`);
+  const klText = r.kl ? `   KL ${r.kl.mean.toFixed(4)} top ${(r.kl.sameTop * 100).toFixed(1)}%` : '';
+  console.log(
+    `${job.label.padEnd(44)} ppl ${r.ppl.toFixed(2).padStart(10)}${klText}   ${row.seconds.toFixed(1)} s`,
+  );
   fs.writeFileSync(`${outBase}.json`, JSON.stringify(rows, null, 1));
 }
 const fp = rows.find((r) => r.recipe === 'fp')?.ppl as number | undefined;
 const md = [
-  `| ${name} | ppl | vs fp | seconds |`,
-  '|---|---|---|---|',
-  ...rows.map(
-    (r) =>
-      `| ${r.label} | ${(r.ppl as number).toFixed(2)} | ${fp ? `${(((r.ppl as number) / fp - 1) * 100).toFixed(2)}%` : ''} | ${(r.seconds as number).toFixed(1)} |`,
-  ),
+  `| ${name} | ppl | vs fp | KL from fp (nats/token) | same top token | seconds |`,
+  '|---|---|---|---|---|---|',
+  ...rows.map((r) => {
+    const kl = r.kl as { mean: number; sameTop: number } | null;
+    const vsFp = fp ? `${(((r.ppl as number) / fp - 1) * 100).toFixed(2)}%` : '';
+    const klCells = kl ? `${kl.mean.toFixed(4)} | ${(kl.sameTop * 100).toFixed(1)}%` : ' | ';
+    return `| ${r.label} | ${(r.ppl as number).toFixed(2)} | ${vsFp} | ${klCells} | ${(r.seconds as number).toFixed(1)} |`;
+  }),
 ].join('\n');
 fs.writeFileSync(`${outBase}.md`, `${md}\n`);
 console.log(md);
