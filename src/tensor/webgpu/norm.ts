@@ -152,6 +152,7 @@ struct P { rows: u32, v: u32, pOff: u32, qOff: u32, oOff: u32 }
 var<workgroup> rv: array<f32, ${WG}>;
 var<workgroup> ri: array<u32, ${WG}>;
 var<workgroup> r2: array<f32, ${WG}>;
+var<workgroup> ri2: array<u32, ${WG}>;
 var<workgroup> r3: array<f32, ${WG}>;
 ${loadFn('ldX', 'X', dp)}
 ${loadFn('ldY', 'Y', dq)}
@@ -170,13 +171,15 @@ fn klFrom(a: f32, u: f32) -> f32 {
   }
   return (log(1.0 + c) - c) + u;
 }
-/** rv/ri[0] <- the largest value of the workgroup's (value, index) pairs, lowest index on ties. */
+fn better(v: f32, i: u32, than: f32, thanI: u32) -> bool {
+  return v > than || (v == than && i < thanI);
+}
+/** (rv, ri)[0] and (r2, ri2)[0] <- the workgroup's largest (value, index) pairs, lowest index on ties. */
 fn argmaxTree(lid: u32) {
   for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
     if (lid < s) {
-      let v = rv[lid + s];
-      let i = ri[lid + s];
-      if (v > rv[lid] || (v == rv[lid] && i < ri[lid])) { rv[lid] = v; ri[lid] = i; }
+      if (better(rv[lid + s], ri[lid + s], rv[lid], ri[lid])) { rv[lid] = rv[lid + s]; ri[lid] = ri[lid + s]; }
+      if (better(r2[lid + s], ri2[lid + s], r2[lid], ri2[lid])) { r2[lid] = r2[lid + s]; ri2[lid] = ri2[lid + s]; }
     }
     workgroupBarrier();
   }
@@ -195,23 +198,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (row >= p.rows) { return; }
   let bp = p.pOff + row * p.v;
   let bq = p.qOff + row * p.v;
-  var m = -3.0e38;
-  var mi = 0xffffffffu;
-  for (var i = lid; i < p.v; i += ${WG}u) { let x = ldX(bp + i); if (x > m) { m = x; mi = i; } }
-  rv[lid] = m; ri[lid] = mi;
+  var mx = -3.0e38;
+  var ix = 0xffffffffu;
+  var my = -3.0e38;
+  var iy = 0xffffffffu;
+  for (var i = lid; i < p.v; i += ${WG}u) {
+    let x = ldX(bp + i);
+    let y = ldY(bq + i);
+    if (x > mx) { mx = x; ix = i; }
+    if (y > my) { my = y; iy = i; }
+  }
+  rv[lid] = mx; ri[lid] = ix; r2[lid] = my; ri2[lid] = iy;
   workgroupBarrier();
   argmaxTree(lid);
   let mp = rv[0];
-  let ip = ri[0];
-  workgroupBarrier();
-  m = -3.0e38;
-  mi = 0xffffffffu;
-  for (var i = lid; i < p.v; i += ${WG}u) { let y = ldY(bq + i); if (y > m) { m = y; mi = i; } }
-  rv[lid] = m; ri[lid] = mi;
-  workgroupBarrier();
-  argmaxTree(lid);
-  let mq = rv[0];
-  let iq = ri[0];
+  let mq = r2[0];
+  let sameTop = ri[0] == ri2[0];
   workgroupBarrier();
   var sumT = 0.0;
   var sumTD = 0.0;
@@ -231,7 +233,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (lid == 0u) {
     let kl = klFrom(r2[0] / rv[0], r3[0] / rv[0]);
     O[p.oOff + 2u * row] = max(kl, 0.0);
-    O[p.oOff + 2u * row + 1u] = select(0.0, 1.0, ip == iq);
+    O[p.oOff + 2u * row + 1u] = select(0.0, 1.0, sameTop);
   }
 }`,
   };
