@@ -11,10 +11,12 @@ import { onePositional, parse, printJson } from './args.ts';
 import { CALIB_FLAGS, CALIB_HELP, calibFlags } from './calib-flags.ts';
 import { Progress } from './progress.ts';
 
-export const QUANTIZE_HELP = `llmq quantize <model-dir> --recipe <name|file> --out <dir> [--force] ${CALIB_HELP} [--device cpu|webgpu|auto] [--json]
+export const QUANTIZE_HELP = `llmq quantize <model-dir> --recipe <name|file> --out <dir> [--force] [--fresh] ${CALIB_HELP} [--device cpu|webgpu|auto] [--json]
   Quantizes a full-precision checkpoint with a recipe (see \`llmq recipes\`) and writes an llmq
   checkpoint (packed codes + scales, recipe and manifest in config.json). Refuses to overwrite an
-  existing --out unless --force.`;
+  existing --out unless --force. Calibrated recipes keep each finished layer in <out>.partial/; run
+  the same command again after an interruption and it goes on from the last finished layer (the
+  result is the same as an uninterrupted run); --fresh starts over.`;
 
 function dirBytes(dir: string): number {
   return fs
@@ -45,6 +47,7 @@ export async function quantizeCommand(argv: string[]): Promise<void> {
     recipe: { type: 'string' },
     out: { type: 'string' },
     force: { type: 'boolean', default: false },
+    fresh: { type: 'boolean', default: false },
     device: { type: 'string', default: 'cpu' },
     json: { type: 'boolean', default: false },
     ...CALIB_FLAGS,
@@ -61,9 +64,11 @@ export async function quantizeCommand(argv: string[]): Promise<void> {
   ckpt.close();
   const progress = new Progress('quantize', 'layers', values.json);
   const tokenizing = new Progress('calibration', 'tokens', values.json);
-  const { model, report, calibration } = await loadModel(dir, backend, {
+  const partial = `${path.resolve(values.out)}.partial`;
+  const { model, report, calibration, resume } = await loadModel(dir, backend, {
     recipe,
     calib: calibFlags(values),
+    resume: { dir: partial, source: sourceSha, fresh: values.fresh },
     onLayer: (d, t) => progress.update(d, t),
     onCalibration: (d, t) => tokenizing.update(d, t),
   });
@@ -87,6 +92,7 @@ export async function quantizeCommand(argv: string[]): Promise<void> {
     values.out,
     values.force,
   );
+  resume?.clear();
   const saveSeconds = (performance.now() - saveStart) / 1000;
   const sourceBytes = dirBytes(dir);
   const outBytes = dirBytes(values.out);
@@ -102,6 +108,7 @@ export async function quantizeCommand(argv: string[]): Promise<void> {
     out_bytes: outBytes,
     compression: sourceBytes / outBytes,
     calibration: calibration ?? null,
+    resumed_layers: report.resumedLayers,
     calibration_hidden_states_mib: (report.peakActivationValues * 4) / 2 ** 20,
     peak_rss_mib: process.resourceUsage().maxRSS / 1024,
     linear_bits_per_weight: linearBitsPerWeight(model),
@@ -109,7 +116,8 @@ export async function quantizeCommand(argv: string[]): Promise<void> {
   if (values.json) return printJson(out);
   console.log(
     `${values.out}: ${recipe.name}, ${(outBytes / 2 ** 20).toFixed(1)} MiB (source ${(sourceBytes / 2 ** 20).toFixed(1)} MiB, ` +
-      `compression ${out.compression.toFixed(2)}x) in ${out.seconds.toFixed(1)} s`,
+      `compression ${out.compression.toFixed(2)}x) in ${out.seconds.toFixed(1)} s` +
+      (report.resumedLayers ? ` (went on after layer ${report.resumedLayers} of an interrupted run)` : ''),
   );
   console.log(
     `  quantized linears: ${out.linear_bits_per_weight.toFixed(2)} bits per weight with scales (16 in bf16); ` +

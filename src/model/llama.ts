@@ -124,46 +124,32 @@ export class LlamaModel {
     storedLinear?: StoredLinearReader,
   ): LlamaModel {
     const loader = new WeightLoader(dir, config, ckpt, backend);
-    const { hiddenSize: d, intermediateSize: ff, headDim, numHeads, numKvHeads, vocabSize } = config;
-    const shapes: Record<LinearName, [number, number]> = {
-      q_proj: [numHeads * headDim, d],
-      k_proj: [numKvHeads * headDim, d],
-      v_proj: [numKvHeads * headDim, d],
-      o_proj: [d, numHeads * headDim],
-      gate_proj: [ff, d],
-      up_proj: [ff, d],
-      down_proj: [d, ff],
-    };
+    const { hiddenSize: d, vocabSize } = config;
     const layers: DecoderLayer[] = [];
-    for (let i = 0; i < config.numLayers; i++) {
-      const linears = {} as Record<LinearName, Linear>;
-      for (const name of LINEARS) {
-        const hasBias =
-          name === 'o_proj'
-            ? config.oBias
-            : ATTENTION_LINEARS.includes(name as 'q_proj')
-              ? config.qkvBias
-              : config.mlpBias;
-        const stored = storedLinear?.(i, name, shapes[name]);
-        linears[name] = {
-          weight: stored?.weight ?? loader.get(linearTensorName(i, name), shapes[name]),
-          quantized: stored?.quantized,
-          inputQuant: stored?.inputQuant,
-          bias: hasBias ? loader.get(linearTensorName(i, name, 'bias'), [shapes[name][0]]) : undefined,
-        };
-      }
-      layers.push({
-        inputNorm: loader.get(`model.layers.${i}.input_layernorm.weight`, [d]),
-        postNorm: loader.get(`model.layers.${i}.post_attention_layernorm.weight`, [d]),
-        linears,
-      });
-    }
+    for (let i = 0; i < config.numLayers; i++) layers.push(readDecoderLayer(loader, i, storedLinear));
     const embed = loader.get('model.embed_tokens.weight', [vocabSize, d]);
     const lmHead =
       config.tieWordEmbeddings && !ckpt.has('lm_head.weight')
         ? embed
         : loader.get('lm_head.weight', [vocabSize, d]);
     return new LlamaModel(config, backend, embed, layers, loader.get('model.norm.weight', [d]), lmHead, dir);
+  }
+
+  /** Frees every tensor the model holds (GPU memory on WebGPU). */
+  dispose(): void {
+    for (const layer of this.layers) disposeLayer(layer);
+    for (const t of new Set([this.embedTokens, this.finalNorm, this.lmHead])) t.dispose();
+  }
+
+  /** Replaces decoder layer i (freeing its tensors) with the one stored in ckpt. */
+  replaceLayer(i: number, ckpt: Checkpoint, storedLinear?: StoredLinearReader): void {
+    const fresh = readDecoderLayer(
+      new WeightLoader(ckpt.dir, this.config, ckpt, this.backend),
+      i,
+      storedLinear,
+    );
+    disposeLayer(this.layers[i]);
+    this.layers[i] = fresh;
   }
 
   embed(ids: Int32Array): Tensor {
@@ -265,6 +251,67 @@ export function quantizeInput(b: Backend, x: Tensor, q: InputQuant): Tensor {
   const out = b.add(quantized, kept);
   for (const t of [rest, quantized, kept]) t.dispose();
   return out;
+}
+
+function disposeLayer(layer: DecoderLayer): void {
+  const tensors = new Set<Tensor>([layer.inputNorm, layer.postNorm]);
+  for (const lin of Object.values(layer.linears)) {
+    tensors.add(lin.weight);
+    if (lin.bias) tensors.add(lin.bias);
+    if (lin.inputQuant?.keep) {
+      tensors.add(lin.inputQuant.keep.keepMask);
+      tensors.add(lin.inputQuant.keep.quantMask);
+    }
+    for (const extra of [
+      lin.int8?.codes,
+      lin.int8?.scales,
+      lin.packed?.codes,
+      lin.packed?.scales,
+      lin.packed?.zeros,
+    ])
+      if (extra) tensors.add(extra);
+  }
+  for (const t of tensors) t.dispose();
+}
+
+function linearShapes(config: ModelConfig): Record<LinearName, [number, number]> {
+  const { hiddenSize: d, intermediateSize: ff, headDim, numHeads, numKvHeads } = config;
+  return {
+    q_proj: [numHeads * headDim, d],
+    k_proj: [numKvHeads * headDim, d],
+    v_proj: [numKvHeads * headDim, d],
+    o_proj: [d, numHeads * headDim],
+    gate_proj: [ff, d],
+    up_proj: [ff, d],
+    down_proj: [d, ff],
+  };
+}
+
+function hasBias(config: ModelConfig, name: LinearName): boolean {
+  if (name === 'o_proj') return config.oBias;
+  return ATTENTION_LINEARS.includes(name as 'q_proj') ? config.qkvBias : config.mlpBias;
+}
+
+function readDecoderLayer(loader: WeightLoader, i: number, storedLinear?: StoredLinearReader): DecoderLayer {
+  const shapes = linearShapes(loader.config);
+  const linears = {} as Record<LinearName, Linear>;
+  for (const name of LINEARS) {
+    const stored = storedLinear?.(i, name, shapes[name]);
+    linears[name] = {
+      weight: stored?.weight ?? loader.get(linearTensorName(i, name), shapes[name]),
+      quantized: stored?.quantized,
+      inputQuant: stored?.inputQuant,
+      bias: hasBias(loader.config, name)
+        ? loader.get(linearTensorName(i, name, 'bias'), [shapes[name][0]])
+        : undefined,
+    };
+  }
+  const d = loader.config.hiddenSize;
+  return {
+    inputNorm: loader.get(`model.layers.${i}.input_layernorm.weight`, [d]),
+    postNorm: loader.get(`model.layers.${i}.post_attention_layernorm.weight`, [d]),
+    linears,
+  };
 }
 
 class WeightLoader {

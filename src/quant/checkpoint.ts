@@ -79,7 +79,7 @@ export function hashCheckpointFiles(ckpt: Checkpoint): string {
   return h.digest('hex');
 }
 
-async function plainTensor(b: Backend, name: string, t: Tensor): Promise<TensorToWrite> {
+export async function plainTensor(b: Backend, name: string, t: Tensor): Promise<TensorToWrite> {
   const values = await b.read(t);
   const bf16 = f32ToBf16(values);
   const exact = t.dtype === 'bf16' || bf16ToF32(bf16).every((v, i) => v === values[i]);
@@ -145,22 +145,29 @@ async function linearTensors(
   return out;
 }
 
+/** Decoder layer i as stored: its two norms and its linears (quantized ones encoded). */
+export async function layerTensors(model: LlamaModel, i: number): Promise<TensorToWrite[]> {
+  const b = model.backend;
+  const L = model.layers[i];
+  const out = [
+    await plainTensor(b, `model.layers.${i}.input_layernorm.weight`, L.inputNorm),
+    await plainTensor(b, `model.layers.${i}.post_attention_layernorm.weight`, L.postNorm),
+  ];
+  for (const name of LINEARS) out.push(...(await linearTensors(b, i, name, L.linears[name])));
+  return out;
+}
+
 async function modelTensors(model: LlamaModel): Promise<TensorToWrite[]> {
   const b = model.backend;
   const out = [await plainTensor(b, 'model.embed_tokens.weight', model.embedTokens)];
-  for (let i = 0; i < model.layers.length; i++) {
-    const L = model.layers[i];
-    out.push(await plainTensor(b, `model.layers.${i}.input_layernorm.weight`, L.inputNorm));
-    out.push(await plainTensor(b, `model.layers.${i}.post_attention_layernorm.weight`, L.postNorm));
-    for (const name of LINEARS) out.push(...(await linearTensors(b, i, name, L.linears[name])));
-  }
+  for (let i = 0; i < model.layers.length; i++) out.push(...(await layerTensors(model, i)));
   out.push(await plainTensor(b, 'model.norm.weight', model.finalNorm));
   if (model.lmHead !== model.embedTokens) out.push(await plainTensor(b, 'lm_head.weight', model.lmHead));
   return out;
 }
 
 /** Refuses an existing output unless `force`; the caller writes into the returned temp dir. */
-function prepareOutputDir(out: string, force: boolean): string {
+export function prepareOutputDir(out: string, force: boolean): string {
   if (fs.existsSync(out) && !force) fail(`${out} already exists (pass --force to replace it)`);
   const tmp = `${out.replace(/\/+$/, '')}.tmp-${process.pid}`;
   fs.rmSync(tmp, { recursive: true, force: true });
@@ -169,7 +176,7 @@ function prepareOutputDir(out: string, force: boolean): string {
 }
 
 /** Moves the finished temp dir into place, replacing an existing output only now. */
-function commitOutputDir(tmp: string, out: string): void {
+export function commitOutputDir(tmp: string, out: string): void {
   if (fs.existsSync(out)) {
     const old = `${out.replace(/\/+$/, '')}.old-${process.pid}`;
     fs.renameSync(out, old);
@@ -219,7 +226,7 @@ export function readQuantizationConfig(dir: string): QuantizationConfig | undefi
   return q as unknown as QuantizationConfig;
 }
 
-function readEncoded(
+export function readEncoded(
   ckpt: Checkpoint,
   prefix: string,
   spec: FormatSpec,
@@ -253,39 +260,51 @@ function readEncoded(
 export function loadQuantized(dir: string, backend: Backend, q: QuantizationConfig): LlamaModel {
   const config = loadModelConfig(dir);
   const ckpt = openCheckpoint(dir);
-  const weightSpec = q.weight_format ? parseFormat(q.weight_format) : undefined;
-  const actSpec = q.activation_format ? parseFormat(q.activation_format) : undefined;
   try {
-    const model = LlamaModel.fromCheckpoint(dir, config, ckpt, backend, (layer, name, [rows, cols]) => {
-      const prefix = linearTensorName(layer, name).replace(/\.weight$/, '');
-      const stored: Partial<Linear> = {};
-      if (weightSpec && ckpt.has(`${prefix}.qweight`)) {
-        const encoded = readEncoded(ckpt, prefix, weightSpec, rows, cols);
-        const salient = ckpt.has(`${prefix}.salient_columns`)
-          ? {
-              columns: ckpt.read(`${prefix}.salient_columns`).data as Int32Array,
-              values: ckpt.read(`${prefix}.salient_values`).data as Float32Array,
-            }
-          : undefined;
-        const gIdx = ckpt.has(`${prefix}.g_idx`)
-          ? (ckpt.read(`${prefix}.g_idx`).data as Int32Array)
-          : undefined;
-        stored.quantized = { encoded, salient, gIdx };
-        stored.weight = backend.upload(dequantizeWeight(stored.quantized), [rows, cols], 'f32');
-      }
-      if (actSpec && q.recipe.targets.includes(name)) {
-        const scale = ckpt.has(`${prefix}.input_scale`)
-          ? (ckpt.read(`${prefix}.input_scale`).data as Float32Array)[0]
-          : undefined;
-        const spec =
-          scale !== undefined && actSpec.kind === 'int' ? { ...actSpec, staticScale: scale } : actSpec;
-        stored.inputQuant = { spec, keep: keepMasks(backend, cols, stored.quantized?.salient?.columns) };
-      }
-      return stored;
-    });
+    const model = LlamaModel.fromCheckpoint(dir, config, ckpt, backend, (layer, name, shape) =>
+      readStoredLinear(ckpt, backend, q, layer, name, shape),
+    );
     model.quantization = { recipe: q.recipe.name };
     return model;
   } finally {
     ckpt.close();
   }
+}
+
+/**
+ * What a checkpoint stores for one linear beyond a plain weight: the encoded weight (decoded to f32 for
+ * the forward pass), salient columns, g_idx, and the activation quantizer with its static scale.
+ */
+export function readStoredLinear(
+  ckpt: Checkpoint,
+  backend: Backend,
+  q: Pick<QuantizationConfig, 'weight_format' | 'activation_format' | 'recipe'>,
+  layer: number,
+  name: LinearName,
+  [rows, cols]: readonly number[],
+): Partial<Linear> {
+  const weightSpec = q.weight_format ? parseFormat(q.weight_format) : undefined;
+  const actSpec = q.activation_format ? parseFormat(q.activation_format) : undefined;
+  const prefix = linearTensorName(layer, name).replace(/\.weight$/, '');
+  const stored: Partial<Linear> = {};
+  if (weightSpec && ckpt.has(`${prefix}.qweight`)) {
+    const encoded = readEncoded(ckpt, prefix, weightSpec, rows, cols);
+    const salient = ckpt.has(`${prefix}.salient_columns`)
+      ? {
+          columns: ckpt.read(`${prefix}.salient_columns`).data as Int32Array,
+          values: ckpt.read(`${prefix}.salient_values`).data as Float32Array,
+        }
+      : undefined;
+    const gIdx = ckpt.has(`${prefix}.g_idx`) ? (ckpt.read(`${prefix}.g_idx`).data as Int32Array) : undefined;
+    stored.quantized = { encoded, salient, gIdx };
+    stored.weight = backend.upload(dequantizeWeight(stored.quantized), [rows, cols], 'f32');
+  }
+  if (actSpec && q.recipe.targets.includes(name)) {
+    const scale = ckpt.has(`${prefix}.input_scale`)
+      ? (ckpt.read(`${prefix}.input_scale`).data as Float32Array)[0]
+      : undefined;
+    const spec = scale !== undefined && actSpec.kind === 'int' ? { ...actSpec, staticScale: scale } : actSpec;
+    stored.inputQuant = { spec, keep: keepMasks(backend, cols, stored.quantized?.salient?.columns) };
+  }
+  return stored;
 }

@@ -8,13 +8,19 @@ import { fail } from '../errors.ts';
 import { loadTokenizer } from '../io/tokenizer.ts';
 import { LlamaModel } from '../model/llama.ts';
 import type { Backend } from '../tensor/tensor.ts';
-import { loadQuantized, readQuantizationConfig } from './checkpoint.ts';
+import { loadQuantized, readQuantizationConfig, TOOL_VERSION } from './checkpoint.ts';
 import './methods.ts';
 import { type PipelineOptions, type QuantReport, quantizeModel } from './pipeline.ts';
 import { type Recipe, recipeNeedsCalibration } from './recipe.ts';
+import { ResumeStore } from './resume.ts';
 
-export interface LoadOptions extends PipelineOptions {
+export interface LoadOptions extends Omit<PipelineOptions, 'resume'> {
   recipe?: Recipe;
+  /**
+   * Keep finished layers in `dir` and go on from an earlier interrupted run's state there when it was
+   * made from the same source (`source`: its sha256), recipe, calibration and backend.
+   */
+  resume?: { dir: string; source: string; fresh?: boolean };
   calib?: Partial<CalibOptions>;
   /** tokenizing the calibration text: tokens so far of the pool's target */
   onCalibration?: (tokens: number, target: number) => void;
@@ -24,6 +30,8 @@ export interface LoadedModel {
   model: LlamaModel;
   report?: QuantReport;
   calibration?: Record<string, unknown>;
+  /** the resume state in use (quantize clears it once the checkpoint is written) */
+  resume?: ResumeStore;
 }
 
 export async function loadModel(dir: string, backend: Backend, opts: LoadOptions = {}): Promise<LoadedModel> {
@@ -48,7 +56,9 @@ export async function loadModel(dir: string, backend: Backend, opts: LoadOptions
         onProgress: opts.onCalibration,
       })
     : undefined;
-  const report = await quantizeModel(model, recipe, calib, opts);
+  const resume =
+    opts.resume && calib ? resumeStore(opts.resume, recipe, calib.sha256, backend.name) : undefined;
+  const report = await quantizeModel(model, recipe, calib, { ...opts, resume });
   const calibration = calib && {
     source: calib.source,
     samples: calib.samples,
@@ -56,5 +66,17 @@ export async function loadModel(dir: string, backend: Backend, opts: LoadOptions
     sampler: calib.sampler,
     sha256: calib.sha256,
   };
-  return { model, report, calibration };
+  return { model, report, calibration, resume };
+}
+
+function resumeStore(
+  where: NonNullable<LoadOptions['resume']>,
+  recipe: Recipe,
+  calibSha: string,
+  backend: string,
+): ResumeStore {
+  const key = ResumeStore.key({ tool: TOOL_VERSION, source: where.source, recipe, calibSha, backend });
+  const store = new ResumeStore(where.dir, key);
+  if (where.fresh) store.clear();
+  return store;
 }

@@ -11,6 +11,7 @@ import type { FormatSpec } from '../formats/spec.ts';
 import type { BatchShape, ForwardHooks, LinearName, LlamaModel } from '../model/llama.ts';
 import type { ColumnStats, Tensor } from '../tensor/tensor.ts';
 import { type Recipe, recipeNeedsCalibration, type Step } from './recipe.ts';
+import type { ResumeStore } from './resume.ts';
 import { keepMasks, roundToNearest } from './weights.ts';
 
 /** Rows of calibration tokens per forward chunk (bounds transient memory). */
@@ -67,10 +68,14 @@ export interface QuantReport {
    * their own captures on top (AWQ: the four linear inputs), which the measured peak RSS includes
    */
   peakActivationValues: number;
+  /** decoder layers taken over from an interrupted earlier run instead of quantized again */
+  resumedLayers: number;
 }
 
 export interface PipelineOptions {
   onLayer?: (done: number, total: number) => void;
+  /** where finished layers are kept so that an interrupted run can go on (see resume.ts) */
+  resume?: ResumeStore;
 }
 
 /** Runs `fn`, adding its wall time to timings[phase]. */
@@ -101,6 +106,7 @@ export async function quantizeModel(
     layers: [],
     model: {},
     peakActivationValues: 0,
+    resumedLayers: 0,
   };
   if (recipeNeedsCalibration(recipe)) {
     if (!calib) throw new Error(`recipe ${recipe.name} needs calibration data`);
@@ -123,17 +129,22 @@ export async function quantizeModel(
   return report;
 }
 
-/** Embeds the calibration samples in chunks of whole samples. */
-function embedCalibration(model: LlamaModel, calib: CalibSet): { inputs: Tensor[]; shapes: BatchShape[] } {
+/** The calibration samples in chunks of whole samples. */
+function chunkShapes(calib: CalibSet): BatchShape[] {
   const perChunk = Math.max(1, Math.floor(CHUNK_TOKENS / calib.seqLen));
-  const inputs: Tensor[] = [];
   const shapes: BatchShape[] = [];
-  for (let s = 0; s < calib.samples; s += perChunk) {
-    const batch = Math.min(perChunk, calib.samples - s);
-    inputs.push(model.embed(calib.ids.subarray(s * calib.seqLen, (s + batch) * calib.seqLen)));
-    shapes.push({ batch, seqLen: calib.seqLen });
-  }
-  return { inputs, shapes };
+  for (let s = 0; s < calib.samples; s += perChunk)
+    shapes.push({ batch: Math.min(perChunk, calib.samples - s), seqLen: calib.seqLen });
+  return shapes;
+}
+
+function embedCalibration(model: LlamaModel, calib: CalibSet, shapes: BatchShape[]): Tensor[] {
+  let sample = 0;
+  return shapes.map(({ batch, seqLen }) => {
+    const ids = calib.ids.subarray(sample * seqLen, (sample + batch) * seqLen);
+    sample += batch;
+    return model.embed(ids);
+  });
 }
 
 async function layerByLayer(
@@ -143,11 +154,17 @@ async function layerByLayer(
   report: QuantReport,
   opts: PipelineOptions,
 ): Promise<void> {
-  const embedded = embedCalibration(model, calib);
-  let inputs = embedded.inputs;
-  const shapes = embedded.shapes;
+  const shapes = chunkShapes(calib);
+  const resumed = opts.resume?.restore(model, recipe, shapes);
+  let inputs = resumed?.inputs ?? embedCalibration(model, calib, shapes);
+  if (resumed) {
+    report.resumedLayers = resumed.layers;
+    report.layers.push(...resumed.notes);
+    Object.assign(report.timings, resumed.timings);
+    opts.onLayer?.(resumed.layers, model.layers.length);
+  }
   const width = model.config.hiddenSize;
-  for (let layer = 0; layer < model.layers.length; layer++) {
+  for (let layer = resumed?.layers ?? 0; layer < model.layers.length; layer++) {
     const ctx: LayerContext = {
       model,
       layer,
@@ -178,6 +195,7 @@ async function layerByLayer(
     for (const t of inputs) t.dispose();
     inputs = next;
     report.layers.push({ layer, ...ctx.notes });
+    await opts.resume?.save(model, layer, inputs, report.layers, report.timings);
     opts.onLayer?.(layer + 1, model.layers.length);
   }
   for (const t of inputs) t.dispose();

@@ -27,7 +27,7 @@ import {
   resolveRecipe,
   type Step,
 } from '../quant/recipe.ts';
-import type { Backend, Tensor } from '../tensor/tensor.ts';
+import type { Backend } from '../tensor/tensor.ts';
 
 // ---- studies ---------------------------------------------------------------------------------------
 
@@ -407,7 +407,7 @@ async function fpPerplexity(
     const r = await perplexity(model, opts.tokens, { seqLen: opts.seqLen, maxWindows: opts.maxWindows });
     return { ppl: r.ppl, seconds: (performance.now() - start) / 1000 };
   } finally {
-    disposeModel(model);
+    model.dispose();
   }
 }
 
@@ -454,7 +454,7 @@ async function runVariant(
   } catch (e) {
     cell.error = (e as Error)?.message ?? String(e);
   } finally {
-    if (model) disposeModel(model);
+    if (model) model.dispose();
   }
   cell.seconds = (performance.now() - start) / 1000;
   return cell;
@@ -524,24 +524,6 @@ function sameCell(cell: SweepCell, v: Variant, calib: CalibRecord | null): boole
     c.seed === calib.seed &&
     (c.sampler ?? 'pool') === calib.sampler
   );
-}
-
-/** Frees every tensor the model holds (GPU memory on WebGPU; the sweep loads one model per variant). */
-function disposeModel(model: LlamaModel): void {
-  const tensors = new Set<Tensor>([model.embedTokens, model.finalNorm, model.lmHead]);
-  for (const layer of model.layers) {
-    tensors.add(layer.inputNorm);
-    tensors.add(layer.postNorm);
-    for (const lin of Object.values(layer.linears)) {
-      tensors.add(lin.weight);
-      if (lin.bias) tensors.add(lin.bias);
-      if (lin.inputQuant?.keep) {
-        tensors.add(lin.inputQuant.keep.keepMask);
-        tensors.add(lin.inputQuant.keep.quantMask);
-      }
-    }
-  }
-  for (const t of tensors) t.dispose();
 }
 
 // ---- AWQ scales and ratios -------------------------------------------------------------------------

@@ -36,7 +36,11 @@ export class WebGpuTensor implements Tensor {
     readonly dtype: DType,
     readonly storage: Storage,
   ) {}
+  private released = false;
+  /** Returns the buffer to the pool once; a second call does nothing. */
   dispose(): void {
+    if (this.released) return;
+    this.released = true;
     this.backend.ctx.releaseStorage(this.storage);
   }
 }
