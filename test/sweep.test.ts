@@ -20,6 +20,7 @@ import {
   buildStudy,
   filterStudy,
   gridStudy,
+  klTable,
   pplTable,
   runSweep,
   type SweepResult,
@@ -171,6 +172,7 @@ test('a sweep on llama-tiny: fp row and a cell equal the direct runs', async () 
     evalSource: 'wikitext',
     ...EVAL,
     calib: { file: BROWN, samples: 2, seqLen: 64 },
+    kl: true,
     onEvent: (e) => {
       if (e.kind === 'cell') seen.push(`${e.index + 1}/${e.total}`);
     },
@@ -186,8 +188,10 @@ test('a sweep on llama-tiny: fp row and a cell equal the direct runs', async () 
   const model = LlamaModel.load(TINY, cpu);
   const calib = await loadCalibration(loadTokenizer(TINY), CALIB);
   const report = await quantizeModel(model, awqCell.recipe, calib);
-  const direct = await perplexity(model, tokens, EVAL);
+  const direct = await perplexity(model, tokens, { ...EVAL, reference: fpModel });
   assert.equal(awqCell.ppl, direct.ppl);
+  assert.deepEqual(awqCell.kl, { mean: direct.kl?.mean, sameTop: direct.kl?.sameTop });
+  assert.ok((awqCell.kl?.mean ?? 0) > 0);
   assert.notEqual(awqCell.ppl, fp.ppl);
   assert.deepEqual(awqCell.calibration, { ...CALIB, sampler: 'pool', source: BROWN, sha256: calib.sha256 });
   assert.deepEqual(awqCell.awq_ratios, awqRatios(report));
@@ -203,6 +207,11 @@ test('a sweep on llama-tiny: fp row and a cell equal the direct runs', async () 
     `| RTN | ${rtnCell?.ppl?.toFixed(2)} |`,
     `| AWQ | ${direct.ppl.toFixed(2)} |`,
   ]);
+  const klLines = klTable(result)?.split('\n') ?? [];
+  assert.equal(
+    klLines[3],
+    `| AWQ | ${direct.kl?.mean.toFixed(4)} (${((direct.kl?.sameTop ?? 0) * 100).toFixed(1)}%) |`,
+  );
 });
 
 function llmq(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {

@@ -22,12 +22,13 @@ import { formatSeconds } from './progress.ts';
 
 export const SWEEP_HELP = `llmq sweep <model-dir> (--study <name> | --methods rtn,awq,gptq --w-bits 3,4 --group 32,128,row) --ppl <text-file>
            [--seqlen N] [--max-windows K] [--rows a,b] [--cols a,b] [--only text] ${CALIB_HELP}
-           [--device cpu|webgpu|auto] [--out results.json] [--md results.md] [--force | --resume] [--json]
+           [--kl] [--device cpu|webgpu|auto] [--out results.json] [--md results.md] [--force | --resume] [--json]
   Quantizes a fresh copy of a full-precision model with each recipe of a study and prints a table of
   perplexities (rows = methods, columns = formats; full precision first). Studies: ${studyNames().join(', ')}.
   --rows/--cols keep the named rows/columns (keys or labels), --only the variants whose "row/col"
   contains the text. --out (JSON: every recipe as built, ppl, seconds) and --md are rewritten after
-  each variant; --resume reuses the finished cells of an existing --out.`;
+  each variant; --resume reuses the finished cells of an existing --out. --kl adds a second table: each
+  cell's mean KL(P_fp || P_quantized) per token and how often the top token stays the same.`;
 
 export async function sweepCommand(argv: string[]): Promise<void> {
   const { values, positionals } = parse('sweep', argv, {
@@ -47,6 +48,7 @@ export async function sweepCommand(argv: string[]): Promise<void> {
     md: { type: 'string' },
     force: { type: 'boolean', default: false },
     resume: { type: 'boolean', default: false },
+    kl: { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
   });
   const dir = onePositional('sweep', positionals, 'model directory');
@@ -78,6 +80,7 @@ export async function sweepCommand(argv: string[]): Promise<void> {
     maxWindows,
     calib,
     previous,
+    kl: values.kl,
     onEvent: values.json ? undefined : progressPrinter(study),
     onUpdate: save,
   });

@@ -295,6 +295,8 @@ export interface SweepCell {
   /** the recipe as built (formats and steps with every default filled in) */
   recipe: Recipe;
   ppl: number | null;
+  /** with --kl: mean KL(P_fp || P_cell) per predicted token (nats) and the share of equal top tokens */
+  kl?: { mean: number; sameTop: number };
   /** load + quantize + evaluate */
   seconds: number;
   quantize_seconds: number;
@@ -343,6 +345,8 @@ export interface SweepOptions {
   calib?: Partial<CalibOptions>;
   /** an earlier result of the same sweep: its fp ppl and matching cells are reused (resume) */
   previous?: SweepResult;
+  /** also measure every cell's KL divergence from the full-precision model */
+  kl?: boolean;
   onEvent?: (e: SweepEvent) => void;
   /** called after the fp run and after each cell with the result so far (to save partial results) */
   onUpdate?: (partial: SweepResult) => void;
@@ -376,11 +380,15 @@ export async function runSweep(
   opts.onUpdate?.(result);
   const calib = new CalibCache(dir, opts.calib ?? {});
   const reports: QuantReport[] = [];
+  const reference = opts.kl ? LlamaModel.load(dir, backend) : undefined;
   for (const [index, variant] of study.variants.entries()) {
     const wanted = calib.record(variant.recipe);
     // the histogram needs the scales, which only a fresh run has
-    const old = study.awqHistogram ? undefined : previous?.cells.find((c) => sameCell(c, variant, wanted));
-    const cell = old ?? (await runVariant(dir, backend, variant, calib, opts, index, study, reports));
+    const old = study.awqHistogram
+      ? undefined
+      : previous?.cells.find((c) => sameCell(c, variant, wanted) && (!opts.kl || c.kl));
+    const cell =
+      old ?? (await runVariant(dir, backend, variant, calib, { ...opts, reference }, index, study, reports));
     result.cells.push(cell);
     opts.onEvent?.({
       kind: 'cell',
@@ -391,6 +399,7 @@ export async function runSweep(
     });
     opts.onUpdate?.(result);
   }
+  reference?.dispose();
   if (reports.length) result.awq_histogram = awqHistogram(reports);
   result.seconds = (performance.now() - start) / 1000;
   return result;
@@ -416,7 +425,7 @@ async function runVariant(
   backend: Backend,
   variant: Variant,
   calib: CalibCache,
-  opts: SweepOptions,
+  opts: SweepOptions & { reference?: LlamaModel },
   index: number,
   study: Study,
   reports: QuantReport[],
@@ -448,9 +457,14 @@ async function runVariant(
     if (Object.keys(ratios).length) cell.awq_ratios = ratios;
     if (study.awqHistogram) reports.push(report);
     const evalStart = performance.now();
-    const r = await perplexity(model, opts.tokens, { seqLen: opts.seqLen, maxWindows: opts.maxWindows });
+    const r = await perplexity(model, opts.tokens, {
+      seqLen: opts.seqLen,
+      maxWindows: opts.maxWindows,
+      reference: opts.reference,
+    });
     cell.eval_seconds = (performance.now() - evalStart) / 1000;
     cell.ppl = r.ppl;
+    if (r.kl) cell.kl = { mean: r.kl.mean, sameTop: r.kl.sameTop };
   } catch (e) {
     cell.error = (e as Error)?.message ?? String(e);
   } finally {
@@ -625,6 +639,19 @@ export function pplTable(result: SweepResult): string {
   return mdTable(['', ...result.cols.map((c) => c.label)], body);
 }
 
+/** KL from full precision per cell (mean nats per token, same top token %), when the sweep measured it. */
+export function klTable(result: SweepResult): string | undefined {
+  if (!result.cells.some((c) => c.kl)) return undefined;
+  const body = result.rows.map((row) => [
+    row.label,
+    ...result.cols.map((col) => {
+      const kl = result.cells.find((c) => c.row === row.key && c.col === col.key)?.kl;
+      return kl ? `${kl.mean.toFixed(4)} (${(kl.sameTop * 100).toFixed(1)}%)` : '-';
+    }),
+  ]);
+  return mdTable(['KL from fp (same top token)', ...result.cols.map((c) => c.label)], body);
+}
+
 function histogramTables(h: ScaleHistogram): string {
   const types = Object.keys(h.counts);
   const counts = mdTable(
@@ -671,6 +698,8 @@ export function sweepMarkdown(result: SweepResult): string {
     '',
     pplTable(result),
   ];
+  const kl = klTable(result);
+  if (kl) lines.push('', kl);
   const failed = result.cells.filter((c) => c.error);
   if (failed.length)
     lines.push('', ...failed.map((c) => `- error in ${c.row} / ${c.col}: ${c.error?.split('\n')[0]}`));
