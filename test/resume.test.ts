@@ -58,7 +58,7 @@ for (const [name, recipe] of Object.entries(RECIPES))
     const file = recipeFile(name, recipe);
     const whole = await quantizeTo(path.join(root, `${name}-whole`), file);
     const work = path.join(root, `${name}.partial`);
-    const resume = { dir: work, source: 'tiny' };
+    const resume = { dir: work, source: 'tiny', intervalMs: 0 };
     await assert.rejects(
       quantizeTo(path.join(root, `${name}-cut`), file, {
         resume,
@@ -91,7 +91,7 @@ test('a state made from another source or recipe is not used', async () => {
   const work = path.join(root, 'other.partial');
   await assert.rejects(
     quantizeTo(path.join(root, 'other-cut'), file, {
-      resume: { dir: work, source: 'first' },
+      resume: { dir: work, source: 'first', intervalMs: 0 },
       onLayer: (done) => {
         if (done === 1) throw new Error('interrupted');
       },
@@ -99,8 +99,25 @@ test('a state made from another source or recipe is not used', async () => {
   );
   const reports: number[] = [];
   await quantizeTo(path.join(root, 'other-new'), file, {
-    resume: { dir: work, source: 'second' },
+    resume: { dir: work, source: 'second', intervalMs: 0 },
     onLayer: (done) => reports.push(done),
   });
   assert.deepEqual(reports, [1, 2, 3, 4], 'started from layer 0');
+});
+
+test('hidden states are kept at most once per interval: a run cut early starts over', async () => {
+  const file = recipeFile('interval', RECIPES.gptq);
+  const resume = { dir: path.join(root, 'interval.partial'), source: 'tiny', intervalMs: 1e9 };
+  await assert.rejects(
+    quantizeTo(path.join(root, 'interval-cut'), file, {
+      resume,
+      onLayer: (done) => {
+        if (done === 2) throw new Error('interrupted');
+      },
+    }),
+  );
+  assert.deepEqual(fs.readdirSync(resume.dir).sort(), ['layer-00000.safetensors', 'layer-00001.safetensors']);
+  const reports: number[] = [];
+  await quantizeTo(path.join(root, 'interval-new'), file, { resume, onLayer: (done) => reports.push(done) });
+  assert.deepEqual(reports, [1, 2, 3, 4]);
 });

@@ -20,7 +20,7 @@ export interface LoadOptions extends Omit<PipelineOptions, 'resume'> {
    * Keep finished layers in `dir` and go on from an earlier interrupted run's state there when it was
    * made from the same source (`source`: its sha256), recipe, calibration and backend.
    */
-  resume?: { dir: string; source: string; fresh?: boolean };
+  resume?: { dir: string; source: string; fresh?: boolean; intervalMs?: number };
   calib?: Partial<CalibOptions>;
   /** tokenizing the calibration text: tokens so far of the pool's target */
   onCalibration?: (tokens: number, target: number) => void;
@@ -76,7 +76,7 @@ function resumeStore(
   backend: string,
 ): ResumeStore {
   const key = ResumeStore.key({ tool: TOOL_VERSION, source: where.source, recipe, calibSha, backend });
-  const store = new ResumeStore(where.dir, key);
+  const store = new ResumeStore(where.dir, key, where.intervalMs);
   if (where.fresh) store.clear();
   return store;
 }
