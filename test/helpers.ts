@@ -22,3 +22,15 @@ export function rng(seed: number) {
 export const SHARED = new URL('../../shared/', import.meta.url).pathname;
 export const MODELS = `${SHARED}models/`;
 export const WIKITEXT = `${SHARED}data/wikitext-2-raw/wiki.test.raw`;
+
+/** A manifest for checkpoints that tests write (no real source hash or timings). */
+export function testManifest(source: string) {
+  return {
+    tool: 'llmq',
+    tool_version: 'test',
+    created: '',
+    source_model: source,
+    source_sha256: '',
+    timings: {},
+  };
+}

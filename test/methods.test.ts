@@ -18,7 +18,7 @@ import { quantizeModel } from '../src/quant/pipeline.ts';
 import { resolveRecipe } from '../src/quant/recipe.ts';
 import { smoothLayer } from '../src/quant/smoothquant.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
-import { MODELS, SHARED, WIKITEXT } from './helpers.ts';
+import { MODELS, SHARED, testManifest, WIKITEXT } from './helpers.ts';
 
 const cpu = new CpuBackend();
 const TINY = `${MODELS}llama-tiny`;
@@ -99,14 +99,7 @@ for (const [what, obj, check] of CASES) {
     check(report.layers as Record<string, unknown>[]);
     const before = await ppl(model);
     const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-m-')), 'q');
-    const manifest = {
-      tool: 'llmq',
-      tool_version: 'test',
-      created: '',
-      source_model: TINY,
-      source_sha256: '',
-      timings: {},
-    };
+    const manifest = testManifest(TINY);
     await saveQuantized(model, recipe, manifest, out, false);
     const stored = readQuantizationConfig(out);
     const reloaded = loadQuantized(out, cpu, stored as NonNullable<typeof stored>);
@@ -128,14 +121,7 @@ test('same seed, same checkpoint bytes: calibration and quantization are determi
     const model = LlamaModel.load(TINY, cpu);
     await quantizeModel(model, recipe, set);
     const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-d-')), 'q');
-    const manifest = {
-      tool: 'llmq',
-      tool_version: 'test',
-      created: '',
-      source_model: TINY,
-      source_sha256: '',
-      timings: {},
-    };
+    const manifest = testManifest(TINY);
     await saveQuantized(model, recipe, manifest, out, false);
     bytes.push(fs.readFileSync(path.join(out, 'model.safetensors')));
     fs.rmSync(path.dirname(out), { recursive: true });

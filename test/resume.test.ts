@@ -11,21 +11,14 @@ import { saveQuantized } from '../src/quant/checkpoint.ts';
 import { type LoadOptions, loadModel } from '../src/quant/load.ts';
 import { resolveRecipe } from '../src/quant/recipe.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
-import { MODELS, SHARED } from './helpers.ts';
+import { MODELS, SHARED, testManifest } from './helpers.ts';
 
 const cpu = new CpuBackend();
 const TINY = `${MODELS}llama-tiny`;
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-resume-'));
 after(() => fs.rmSync(root, { recursive: true, force: true }));
 const CALIB = { file: `${SHARED}data/text/brown.txt`, samples: 4, seqLen: 64 };
-const MANIFEST = {
-  tool: 'llmq',
-  tool_version: 'test',
-  created: '',
-  source_model: TINY,
-  source_sha256: '',
-  timings: {},
-};
+const MANIFEST = testManifest(TINY);
 
 function recipeFile(name: string, recipe: unknown): string {
   const file = path.join(root, `${name}.json`);

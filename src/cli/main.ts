@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { UserError } from '../errors.ts';
 import { EVAL_HELP, evalCommand } from './eval.ts';
+import { EXPORT_HELP, exportCommand } from './export.ts';
 import { INSPECT_HELP, inspectCommand } from './inspect.ts';
 import { QUANTIZE_HELP, quantizeCommand } from './quantize.ts';
 import { RECIPES_HELP, recipesCommand } from './recipes.ts';
@@ -9,6 +10,7 @@ import { SYNTH_HELP, synthCommand } from './synth.ts';
 
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: string }> = {
   eval: { run: evalCommand, help: EVAL_HELP },
+  export: { run: exportCommand, help: EXPORT_HELP },
   inspect: { run: inspectCommand, help: INSPECT_HELP },
   quantize: { run: quantizeCommand, help: QUANTIZE_HELP },
   recipes: { run: recipesCommand, help: RECIPES_HELP },

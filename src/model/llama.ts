@@ -274,7 +274,8 @@ function disposeLayer(layer: DecoderLayer): void {
   for (const t of tensors) t.dispose();
 }
 
-function linearShapes(config: ModelConfig): Record<LinearName, [number, number]> {
+/** [out, in] of every linear of a decoder layer. */
+export function linearShapes(config: ModelConfig): Record<LinearName, [number, number]> {
   const { hiddenSize: d, intermediateSize: ff, headDim, numHeads, numKvHeads } = config;
   return {
     q_proj: [numHeads * headDim, d],

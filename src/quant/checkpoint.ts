@@ -37,7 +37,8 @@ import type { Recipe } from './recipe.ts';
 import { dequantizeWeight, keepMasks } from './weights.ts';
 
 export const TOOL_VERSION = '0.1.0';
-const COPIED_FILES = [
+/** Files besides weights and config.json that a derived checkpoint copies from its source. */
+export const COPIED_FILES = [
   'tokenizer.json',
   'tokenizer_config.json',
   'special_tokens_map.json',
