@@ -342,7 +342,7 @@ describe('INT4 asymmetric groups of 64', async () => {
     assert.equal(summary.quantized_linears, 28);
     await assert.rejects(
       exportCommand([src.dir, '--to', 'gguf', '--out', out]),
-      /--to "gguf" is not a layout/,
+      /--to "gguf" is not a target/,
     );
     await assert.rejects(exportCommand([src.dir, '--out', out]), /--to .* is required/);
   });

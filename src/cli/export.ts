@@ -1,26 +1,57 @@
 import { fail } from '../errors.ts';
+import { exportGguf, GGUF_EXPORT_TYPES, type GgufExportType } from '../io/export/gguf.ts';
 import { EXPORT_LAYOUTS, exportCheckpoint, isExportLayout } from '../io/export/index.ts';
 import { onePositional, parse, printJson } from './args.ts';
+import { Progress } from './progress.ts';
 
-export const EXPORT_HELP = `llmq export <llmq-quantized-dir> --to ${EXPORT_LAYOUTS.join('|')} --out <dir> [--force] [--json]
-  Rewrites an llmq INT weight-only checkpoint in a layout vLLM / transformers load: AutoAWQ GEMM
-  (INT4), GPTQ v1 (INT4/INT8, g_idx for act_order) or compressed-tensors pack-quantized (INT4/INT8).
-  Codes and zero points are kept; scales and all other tensors become fp16 (the summary reports the
-  largest relative change this makes to a weight). Refuses what a layout cannot hold (MX/FP8/NVFP4,
-  activation quantization, salient columns) and an existing --out unless --force.`;
+const GGUF_TARGETS = GGUF_EXPORT_TYPES.map((t) => `gguf-${t}`);
+const TARGETS = [...EXPORT_LAYOUTS, ...GGUF_TARGETS];
+
+export const EXPORT_HELP = `llmq export <model-dir> --to ${TARGETS.join('|')} --out <dir|file.gguf> [--q4-fma] [--force] [--json]
+  autoawq, gptq, compressed-tensors: rewrites an llmq INT weight-only checkpoint in a layout vLLM /
+  transformers load: AutoAWQ GEMM (INT4), GPTQ v1 (INT4/INT8, g_idx for act_order) or compressed-tensors
+  pack-quantized (INT4/INT8). Codes and zero points are kept; scales and all other tensors become fp16
+  (the summary reports the largest relative change this makes to a weight). Refuses what a layout cannot
+  hold (MX/FP8/NVFP4, activation quantization, salient columns).
+  gguf-q8_0, gguf-q4_0, gguf-f16: one GGUF file for llama.cpp / node-llama-cpp from a full-precision
+  model or an llmq weight-only checkpoint (its dequantized weights, e.g. with AWQ's scaling, are
+  quantized with llama.cpp's own Q8_0 / Q4_0 rules; norms stay F32; with q4_0 the output matrix is Q8_0).
+  --q4-fma rounds Q4_0 as llama.cpp builds with a fused multiply-add do (aarch64).
+  Refuses an existing --out unless --force.`;
 
 export async function exportCommand(argv: string[]): Promise<void> {
   const { values, positionals } = parse('export', argv, {
     to: { type: 'string' },
     out: { type: 'string' },
+    'q4-fma': { type: 'boolean', default: false },
     force: { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
   });
-  const dir = onePositional('export', positionals, 'llmq quantized checkpoint directory');
-  if (!values.to) fail(`export: --to ${EXPORT_LAYOUTS.join('|')} is required`);
+  const dir = onePositional('export', positionals, 'model directory');
+  if (!values.to) fail(`export: --to ${TARGETS.join('|')} is required`);
+  if (!values.out) fail('export: --out is required');
+  if (GGUF_TARGETS.includes(values.to)) {
+    const type = values.to.slice('gguf-'.length) as GgufExportType;
+    const progress = new Progress('export', 'tensors', values.json);
+    const summary = await exportGguf(dir, values.out, {
+      type,
+      force: values.force,
+      q4Fma: values['q4-fma'],
+      onProgress: (done, total) => progress.update(done, total),
+    });
+    if (values.json) return printJson(summary);
+    const types = Object.entries(summary.tensorTypes).map(([t, n]) => `${n} ${t}`);
+    console.log(
+      `${summary.out}: GGUF ${type} from ${summary.source}, ${summary.tensors} tensors (${types.join(', ')}), ` +
+        `${(summary.bytes / 2 ** 20).toFixed(1)} MiB`,
+    );
+    if (summary.fallbacks.length)
+      console.log(`  in F16 (rows not a multiple of 32): ${summary.fallbacks.join(', ')}`);
+    return;
+  }
   if (!isExportLayout(values.to))
-    fail(`export: --to "${values.to}" is not a layout (layouts: ${EXPORT_LAYOUTS.join(', ')})`);
-  if (!values.out) fail('export: --out <dir> is required');
+    fail(`export: --to "${values.to}" is not a target (targets: ${TARGETS.join(', ')})`);
+  if (values['q4-fma']) fail('export: --q4-fma applies to --to gguf-q4_0 only');
   const summary = exportCheckpoint(dir, values.to, values.out, { force: values.force });
   if (values.json) return printJson(summary);
   const group = summary.group_size === -1 ? 'per channel' : `group ${summary.group_size}`;
