@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fail } from '../errors.ts';
 import { perplexity, readEvalText, windowCount } from '../eval/perplexity.ts';
+import { readForeignQuantConfig } from '../io/import.ts';
 import { loadTokenizer } from '../io/tokenizer.ts';
 import { useInt8Matmuls } from '../model/int8.ts';
 import { LlamaModel } from '../model/llama.ts';
@@ -106,6 +107,19 @@ export async function evalCommand(argv: string[]): Promise<void> {
 /** The full-precision model --kl compares against: --kl-base, <dir> itself under --recipe, or the checkpoint's source. */
 function klBaseDir(dir: string, given: string | undefined, model: LlamaModel): string {
   if (given !== undefined) return given;
+  const foreign = readForeignQuantConfig(dir);
+  if (foreign) {
+    const source = foreign.sourceModel;
+    if (source === undefined)
+      fail(
+        `eval: --kl: ${dir} is a ${foreign.method} checkpoint with no record of its full-precision source; pass --kl-base <fp-model-dir>`,
+      );
+    if (!fs.existsSync(path.join(source, 'config.json')))
+      fail(
+        `eval: --kl: ${dir} was exported from ${source}, which is not there any more; pass --kl-base <fp-model-dir>`,
+      );
+    return source;
+  }
   const stored = readQuantizationConfig(dir);
   if (!stored) {
     if (model.quantization) return dir; // quantized on the fly by --recipe

@@ -222,7 +222,7 @@ export function readQuantizationConfig(dir: string): QuantizationConfig | undefi
   if (!q) return undefined;
   if (q.quant_method !== 'llmq')
     fail(
-      `${dir}/config.json: quantization_config.quant_method "${String(q.quant_method)}" is not an llmq checkpoint`,
+      `${dir}/config.json: quantization_config.quant_method "${String(q.quant_method)}": quantized by another tool, not an llmq checkpoint (llmq eval measures awq, gptq and compressed-tensors checkpoints; this needs a full-precision or llmq one)`,
     );
   return q as unknown as QuantizationConfig;
 }

@@ -1,10 +1,12 @@
 /**
  * Loading a model for evaluation or further work: a full-precision HF checkpoint, an llmq quantized
- * checkpoint (decoded, with its recorded activation quantization), or a full-precision checkpoint
+ * checkpoint (decoded, with its recorded activation quantization), a checkpoint another tool
+ * quantized (AutoAWQ, GPTQ, compressed-tensors: io/import.ts), or a full-precision checkpoint
  * quantized on the fly with a recipe.
  */
 import { type CalibOptions, loadCalibration } from '../calib/data.ts';
 import { fail } from '../errors.ts';
+import { loadForeignQuantized, readForeignQuantConfig } from '../io/import.ts';
 import { loadTokenizer } from '../io/tokenizer.ts';
 import { LlamaModel } from '../model/llama.ts';
 import type { Backend } from '../tensor/tensor.ts';
@@ -35,6 +37,14 @@ export interface LoadedModel {
 }
 
 export async function loadModel(dir: string, backend: Backend, opts: LoadOptions = {}): Promise<LoadedModel> {
+  const foreign = readForeignQuantConfig(dir);
+  if (foreign) {
+    if (opts.recipe)
+      fail(
+        `${dir} is already quantized (${foreign.method} checkpoint); --recipe needs a full-precision model`,
+      );
+    return { model: loadForeignQuantized(dir, backend, foreign) };
+  }
   const stored = readQuantizationConfig(dir);
   if (stored) {
     if (opts.recipe)

@@ -9,6 +9,10 @@
  * tensors and writes its quantization_config; what a layout cannot represent is refused up front
  * (non-INT formats, activation quantization, salient columns, act_order g_idx where the layout has
  * none, bits or shapes its packing does not cover).
+ *
+ * The same files read these layouts back (io/import.ts, `llmq eval` on another tool's checkpoint):
+ * a LayoutReader reads the quantization_config the way the tools that write it fill it, and unpacks
+ * one linear into the form IntLinear describes, the exact inverse of its packing.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -76,6 +80,85 @@ export interface LayoutWriter {
   check(s: ExportSettings, source: string): void;
   linearTensors(lin: IntLinear): TensorToWrite[];
   quantizationConfig(s: ExportSettings): Record<string, unknown>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reverse direction (io/import.ts): each layout file also unpacks what it packs and reads its
+// quantization_config, as the tools that write these layouts in the wild fill it.
+
+/** One linear unpacked from a layout: IntLinear with the stored scales widened to f32. */
+export interface UnpackedLinear extends Omit<IntLinear, 'scales'> {
+  /** [rows, cols / group] row-major */
+  scales: Float32Array;
+}
+
+/** How a quantization_config declares one linear. */
+export interface LinearSettings {
+  bits: number;
+  /** group size along the input dimension; -1 for one scale per output channel */
+  group: number;
+  symmetric: boolean;
+  /** GPTQ act_order / compressed-tensors actorder "group": g_idx may reorder the groups */
+  actOrder: boolean;
+  /** GPTQ: added to the stored zero points (1 for checkpoint_format gptq, 0 for gptq_v2) */
+  zeroOffset?: number;
+}
+
+/** A foreign checkpoint's quantization_config, read. */
+export interface ImportSettings {
+  layout: ExportLayout;
+  /** one line: layout, bits, group, symmetry and variant as the config states them */
+  describe: string;
+  /** settings of the linear `module` (model.layers.i.mlp.down_proj); undefined: left in full precision */
+  linear(module: string): LinearSettings | undefined;
+}
+
+/** A quantization_config object, read with checks that name the field on failure. */
+export interface ConfigFields {
+  /** "<file>: quantization_config" (nested: "...config_groups.group_0.weights") */
+  readonly where: string;
+  has(key: string): boolean;
+  /** the first of `keys` present (aliases must agree); `fallback` when none is */
+  int(keys: string | string[], fallback?: number): number;
+  bool(keys: string | string[], fallback?: boolean): boolean;
+  str(keys: string | string[]): string | undefined;
+  /** an array of strings; undefined when absent or null */
+  strings(key: string): string[] | undefined;
+  /** a nested object; undefined when absent or null */
+  sub(key: string): ConfigFields | undefined;
+  /** the keys of the object */
+  keys(): string[];
+  /** the raw value of a field */
+  value(key: string): unknown;
+  /** a Python `re` pattern found at `key`, as re.match applies it (anchored at the start) */
+  pattern(key: string, source: string): RegExp;
+  fail(key: string, message: string): never;
+}
+
+/** One linear's stored tensors (`<prefix>.<suffix>`), with checks that name the tensor on failure. */
+export interface StoredTensors {
+  readonly prefix: string;
+  readonly rows: number;
+  readonly cols: number;
+  has(suffix: string): boolean;
+  shape(suffix: string): number[];
+  /** int32 words; fails unless the tensor is I32 of `shape` */
+  words(suffix: string, shape: number[]): Int32Array;
+  /** integer values of any integer dtype; fails unless of `shape` */
+  ints(suffix: string, shape: number[]): Int32Array;
+  /** F16 / BF16 / F32 values widened to f32; fails unless of `shape` */
+  floats(suffix: string, shape: number[]): Float32Array;
+  /** fails with one line naming the tensor */
+  fail(suffix: string, message: string): never;
+}
+
+export interface LayoutReader {
+  readonly name: ExportLayout;
+  /** the tensor suffix whose presence marks a linear as stored quantized */
+  readonly packedSuffix: string;
+  /** Reads quantization_config; refuses (one line) the variants it cannot unpack. */
+  settings(c: ConfigFields): ImportSettings;
+  unpack(t: StoredTensors, s: LinearSettings): UnpackedLinear;
 }
 
 const WRITERS: Record<ExportLayout, LayoutWriter> = {
@@ -201,7 +284,7 @@ function settingsOf(
 }
 
 /** g_idx that only restates column / group carries no information. */
-function nonTrivialGIdx(gIdx: Int32Array | undefined, group: number): Int32Array | undefined {
+export function nonTrivialGIdx(gIdx: Int32Array | undefined, group: number): Int32Array | undefined {
   if (!gIdx) return undefined;
   for (let c = 0; c < gIdx.length; c++) if (gIdx[c] !== Math.floor(c / group)) return gIdx;
   return undefined;
