@@ -4,24 +4,32 @@
  * packed weights (dense copies freed) against the same model with f32 weights.
  */
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { test } from 'node:test';
 import { perplexity, readEvalText } from '../src/eval/perplexity.ts';
 import { encode, parseFormat } from '../src/formats/index.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
+import { int8Eligible, useInt8Matmuls } from '../src/model/int8.ts';
 import { LlamaModel } from '../src/model/llama.ts';
-import { usePackedWeights } from '../src/model/packed.ts';
+import { packable, usePackedWeights } from '../src/model/packed.ts';
+import { saveQuantized } from '../src/quant/checkpoint.ts';
+import { loadModel } from '../src/quant/load.ts';
 import '../src/quant/methods.ts';
 import { dequantizeGptq } from '../src/quant/gptq.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
 import { resolveRecipe } from '../src/quant/recipe.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import type { Backend } from '../src/tensor/tensor.ts';
-import { openDevice, WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
-import { MODELS, rng, WIKITEXT } from './helpers.ts';
+import { openDevice, WebGpuBackend, WebGpuTensor } from '../src/tensor/webgpu/backend.ts';
+import { MODELS, rng, testManifest, WIKITEXT } from './helpers.ts';
 
 const probe = await openDevice();
 probe?.device.destroy();
 const gpu = probe ? await WebGpuBackend.create() : undefined;
+const cpu = new CpuBackend();
+const TINY = `${MODELS}llama-tiny`;
 const BACKENDS: [string, Backend | undefined][] = [
   ['CPU', new CpuBackend()],
   ['WebGPU', gpu],
@@ -85,4 +93,43 @@ test("WebGPU llama-tiny W4 g64 with packed weights (f32 copies freed) gives the 
   assert.equal(usePackedWeights(model, true), 7 * model.layers.length);
   const packed = await perplexity(model, tokens, opts);
   assert.ok(Math.abs(packed.ppl / dense.ppl - 1) < 1e-6, `packed ${packed.ppl} vs dense ${dense.ppl}`);
+});
+
+test('WebGPU: a stored W4 g64 / W8A8 checkpoint loaded codes-only (no f32 weights) evaluates to the same perplexity', {
+  skip: gpu ? false : 'no WebGPU adapter',
+}, async () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-codes-'));
+  try {
+    const tokens = loadTokenizer(TINY).encode(readEvalText(WIKITEXT).slice(0, 4000));
+    const opts = { seqLen: 128, maxWindows: 2 };
+    for (const [name, recipe, run] of [
+      [
+        'w4g64',
+        { ...resolveRecipe('rtn-w4g128'), weights: parseFormat('int4-g64') },
+        (m: LlamaModel) => usePackedWeights(m, true),
+      ],
+      ['w8a8', resolveRecipe('rtn-w8a8'), (m: LlamaModel) => useInt8Matmuls(m)],
+    ] as const) {
+      const source = LlamaModel.load(TINY, cpu);
+      await quantizeModel(source, recipe, undefined);
+      const dir = path.join(root, name);
+      await saveQuantized(source, recipe, testManifest(TINY), dir, false);
+      const dense = (await loadModel(dir, gpu!)).model;
+      run(dense);
+      const want = await perplexity(dense, tokens, opts);
+      dense.dispose();
+      const lean = (await loadModel(dir, gpu!, { codesOnly: (l) => packable(l) || int8Eligible(l) })).model;
+      const linears = lean.layers.flatMap((l) => Object.values(l.linears));
+      assert.ok(
+        linears.every((l) => !(l.weight instanceof WebGpuTensor)),
+        `${name}: f32 weights on the device`,
+      );
+      assert.equal(run(lean), linears.length);
+      const got = await perplexity(lean, tokens, opts);
+      assert.equal(got.ppl, want.ppl, name);
+      lean.dispose();
+    }
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
 });

@@ -4,9 +4,9 @@ import { fail } from '../errors.ts';
 import { perplexity, readEvalText, windowCount } from '../eval/perplexity.ts';
 import { readForeignQuantConfig } from '../io/import.ts';
 import { loadTokenizer } from '../io/tokenizer.ts';
-import { useInt8Matmuls } from '../model/int8.ts';
+import { int8Eligible, useInt8Matmuls } from '../model/int8.ts';
 import { LlamaModel } from '../model/llama.ts';
-import { usePackedWeights } from '../model/packed.ts';
+import { packable, usePackedWeights } from '../model/packed.ts';
 import { readQuantizationConfig } from '../quant/checkpoint.ts';
 import { loadModel } from '../quant/load.ts';
 import { resolveRecipe } from '../quant/recipe.ts';
@@ -55,15 +55,19 @@ export async function evalCommand(argv: string[]): Promise<void> {
   const recipe = values.recipe === undefined ? undefined : resolveRecipe(values.recipe);
   const layers = new Progress('quantize', 'layers', values.json);
   const tokenizing = new Progress('calibration', 'tokens', values.json);
+  const gpu = backend.name === 'webgpu';
+  const int8 = gpu && values.int8 === 'auto';
+  const packed = gpu && values.packed === 'auto';
   const { model, report } = await loadModel(dir, backend, {
     recipe,
     calib: calibFlags(values),
     onLayer: (d, t) => layers.update(d, t),
     onCalibration: (d, t) => tokenizing.update(d, t),
+    // a stored checkpoint's linears that run from codes never get f32 copies on the GPU
+    codesOnly: (lin) => (int8 && int8Eligible(lin)) || (packed && packable(lin)),
   });
-  const gpu = backend.name === 'webgpu';
-  const int8Linears = gpu && values.int8 === 'auto' ? useInt8Matmuls(model) : 0;
-  const packedLinears = gpu && values.packed === 'auto' ? usePackedWeights(model, true) : 0;
+  const int8Linears = int8 ? useInt8Matmuls(model) : 0;
+  const packedLinears = packed ? usePackedWeights(model, true) : 0;
   const klBase = values.kl || values['kl-base'] ? klBaseDir(dir, values['kl-base'], model) : undefined;
   const reference = klBase === undefined ? undefined : LlamaModel.load(klBase, backend);
   const progress = new Progress('perplexity', 'windows', values.json);

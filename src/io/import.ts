@@ -20,6 +20,7 @@ import { fail } from '../errors.ts';
 import type { Encoded, IntSpec } from '../formats/index.ts';
 import { formatName } from '../formats/index.ts';
 import { type LinearName, LlamaModel, linearTensorName, type QuantizedWeight } from '../model/llama.ts';
+import { type CodesOnly, codesOnlyWeight } from '../model/packed.ts';
 import { dequantizeWeight } from '../quant/weights.ts';
 import { bf16ToF32, f16ToF32 } from '../tensor/dtype.ts';
 import type { Backend } from '../tensor/tensor.ts';
@@ -272,7 +273,12 @@ function checkQuantizedModules(ckpt: Checkpoint, fq: ForeignQuantization): void 
 }
 
 /** Loads a checkpoint another tool quantized (readForeignQuantConfig); weights decoded to f32. */
-export function loadForeignQuantized(dir: string, backend: Backend, fq: ForeignQuantization): LlamaModel {
+export function loadForeignQuantized(
+  dir: string,
+  backend: Backend,
+  fq: ForeignQuantization,
+  codesOnly?: CodesOnly,
+): LlamaModel {
   const config = loadModelConfig(dir);
   const ckpt = openCheckpoint(dir);
   try {
@@ -297,7 +303,10 @@ export function loadForeignQuantized(dir: string, backend: Backend, fq: ForeignQ
       const q = quantizedWeight(fq.reader.unpack(storedTensors(ckpt, module, shape), settings));
       formats.add(formatName(q.encoded.spec));
       quantized++;
-      return { quantized: q, weight: backend.upload(dequantizeWeight(q), shape, 'f32') };
+      const weight = codesOnly?.({ quantized: q })
+        ? codesOnlyWeight(backend, ...shape)
+        : backend.upload(dequantizeWeight(q), shape, 'f32');
+      return { quantized: q, weight };
     };
     const model = LlamaModel.fromCheckpoint(dir, config, ckpt, backend, readLinear);
     model.quantization = {

@@ -27,7 +27,7 @@ function isInt8RowSym(spec: FormatSpec | undefined): boolean {
 }
 
 /** Whether a linear's stored weight and input quantization fit the int8 GEMM path. */
-export function int8Eligible(lin: Linear): boolean {
+export function int8Eligible(lin: Pick<Linear, 'quantized' | 'inputQuant'>): boolean {
   const q = lin.quantized;
   return (
     q !== undefined &&

@@ -5,11 +5,11 @@
  * memory, and bit-identical results (the decoded values are exactly the fake-quantized ones).
  */
 import { type Encoded, packCodes } from '../formats/index.ts';
-import type { PackedWeight } from '../tensor/tensor.ts';
+import type { Backend, PackedWeight, Tensor } from '../tensor/tensor.ts';
 import { LINEARS, type Linear, type LlamaModel } from './llama.ts';
 
 /** Whether a linear's stored weight can be packed: INT per group (g_idx too) or row, no salient columns. */
-export function packable(lin: Linear): boolean {
+export function packable(lin: Pick<Linear, 'quantized'>): boolean {
   const q = lin.quantized;
   if (!q || q.salient || q.encoded.spec.kind !== 'int') return false;
   const spec = q.encoded.spec;
@@ -17,6 +17,21 @@ export function packable(lin: Linear): boolean {
   if (q.gIdx && spec.granularity !== 'group') return false;
   const per = 32 / (spec.bits <= 4 ? 4 : 8);
   return q.encoded.cols % per === 0;
+}
+
+/**
+ * Which stored linears may skip their f32 weight on the device because they will run from codes
+ * (int8 GEMM, packed GEMM); what `codesOnlyWeight` then stands in for.
+ */
+export type CodesOnly = (lin: Pick<Linear, 'quantized' | 'inputQuant'>) => boolean;
+
+/**
+ * A weight that exists only as codes: the shape, no data. Loading a quantized checkpoint this way never
+ * materializes f32 copies (an 8B W4 model: ~4.5 GB on the GPU instead of 32 GB); the model may then
+ * only run its forward pass from the codes (int8/packed paths), and any op on this tensor fails.
+ */
+export function codesOnlyWeight(backend: Backend, rows: number, cols: number): Tensor {
+  return { backend, shape: [rows, cols], dtype: 'f32', dispose: () => {} };
 }
 
 function packOne(model: LlamaModel, enc: Encoded, gIdx: Int32Array | undefined): PackedWeight {

@@ -31,6 +31,7 @@ import {
   linearTensorName,
   type QuantizedWeight,
 } from '../model/llama.ts';
+import { type CodesOnly, codesOnlyWeight } from '../model/packed.ts';
 import { bf16ToF32, f32ToBf16 } from '../tensor/dtype.ts';
 import type { Backend, Tensor } from '../tensor/tensor.ts';
 import type { Recipe } from './recipe.ts';
@@ -258,12 +259,17 @@ export function readEncoded(
 }
 
 /** Loads an llmq quantized checkpoint: decoded weights, recorded activation quantization. */
-export function loadQuantized(dir: string, backend: Backend, q: QuantizationConfig): LlamaModel {
+export function loadQuantized(
+  dir: string,
+  backend: Backend,
+  q: QuantizationConfig,
+  codesOnly?: CodesOnly,
+): LlamaModel {
   const config = loadModelConfig(dir);
   const ckpt = openCheckpoint(dir);
   try {
     const model = LlamaModel.fromCheckpoint(dir, config, ckpt, backend, (layer, name, shape) =>
-      readStoredLinear(ckpt, backend, q, layer, name, shape),
+      readStoredLinear(ckpt, backend, q, layer, name, shape, codesOnly),
     );
     model.quantization = { recipe: q.recipe.name };
     return model;
@@ -283,6 +289,7 @@ export function readStoredLinear(
   layer: number,
   name: LinearName,
   [rows, cols]: readonly number[],
+  codesOnly?: CodesOnly,
 ): Partial<Linear> {
   const weightSpec = q.weight_format ? parseFormat(q.weight_format) : undefined;
   const actSpec = q.activation_format ? parseFormat(q.activation_format) : undefined;
@@ -298,7 +305,6 @@ export function readStoredLinear(
       : undefined;
     const gIdx = ckpt.has(`${prefix}.g_idx`) ? (ckpt.read(`${prefix}.g_idx`).data as Int32Array) : undefined;
     stored.quantized = { encoded, salient, gIdx };
-    stored.weight = backend.upload(dequantizeWeight(stored.quantized), [rows, cols], 'f32');
   }
   if (actSpec && q.recipe.targets.includes(name)) {
     const scale = ckpt.has(`${prefix}.input_scale`)
@@ -307,5 +313,9 @@ export function readStoredLinear(
     const spec = scale !== undefined && actSpec.kind === 'int' ? { ...actSpec, staticScale: scale } : actSpec;
     stored.inputQuant = { spec, keep: keepMasks(backend, cols, stored.quantized?.salient?.columns) };
   }
+  if (stored.quantized)
+    stored.weight = codesOnly?.(stored)
+      ? codesOnlyWeight(backend, rows, cols)
+      : backend.upload(dequantizeWeight(stored.quantized), [rows, cols], 'f32');
   return stored;
 }

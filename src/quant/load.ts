@@ -9,6 +9,7 @@ import { fail } from '../errors.ts';
 import { loadForeignQuantized, readForeignQuantConfig } from '../io/import.ts';
 import { loadTokenizer } from '../io/tokenizer.ts';
 import { LlamaModel } from '../model/llama.ts';
+import type { CodesOnly } from '../model/packed.ts';
 import type { Backend } from '../tensor/tensor.ts';
 import { loadQuantized, readQuantizationConfig, TOOL_VERSION } from './checkpoint.ts';
 import './methods.ts';
@@ -26,6 +27,8 @@ export interface LoadOptions extends Omit<PipelineOptions, 'resume'> {
   calib?: Partial<CalibOptions>;
   /** tokenizing the calibration text: tokens so far of the pool's target */
   onCalibration?: (tokens: number, target: number) => void;
+  /** a stored quantized checkpoint: linears that will run from codes get no f32 weight (model/packed.ts) */
+  codesOnly?: CodesOnly;
 }
 
 export interface LoadedModel {
@@ -43,7 +46,7 @@ export async function loadModel(dir: string, backend: Backend, opts: LoadOptions
       fail(
         `${dir} is already quantized (${foreign.method} checkpoint); --recipe needs a full-precision model`,
       );
-    return { model: loadForeignQuantized(dir, backend, foreign) };
+    return { model: loadForeignQuantized(dir, backend, foreign, opts.codesOnly) };
   }
   const stored = readQuantizationConfig(dir);
   if (stored) {
@@ -51,7 +54,7 @@ export async function loadModel(dir: string, backend: Backend, opts: LoadOptions
       fail(
         `${dir} is already quantized (recipe ${stored.recipe.name}); --recipe needs a full-precision model`,
       );
-    return { model: loadQuantized(dir, backend, stored) };
+    return { model: loadQuantized(dir, backend, stored, opts.codesOnly) };
   }
   const model = LlamaModel.load(dir, backend);
   if (!opts.recipe) return { model };
