@@ -11,6 +11,7 @@ import { readQuantizationConfig } from '../quant/checkpoint.ts';
 import { loadModel } from '../quant/load.ts';
 import { resolveRecipe } from '../quant/recipe.ts';
 import { createBackend, type DeviceName } from '../tensor/index.ts';
+import { WebGpuBackend } from '../tensor/webgpu/backend.ts';
 import { intFlag, onePositional, optionalIntFlag, parse, printJson } from './args.ts';
 import { CALIB_FLAGS, CALIB_HELP, calibFlags } from './calib-flags.ts';
 import { Progress } from './progress.ts';
@@ -91,6 +92,8 @@ export async function evalCommand(argv: string[]): Promise<void> {
     quantize_seconds: report?.seconds ?? null,
     int8_linears: int8Linears,
     packed_linears: packedLinears,
+    /** storage buffers llmq held on the GPU at most (weights, activations, its buffer pool) */
+    device_peak_mib: backend instanceof WebGpuBackend ? backend.ctx.peakBytes / 2 ** 20 : null,
     kl: result.kl ? { base: klBase, ...result.kl } : null,
     window_mean_nll: result.windowMeanNll,
   };

@@ -148,8 +148,9 @@ export class GpuContext {
   private arenas: GPUBuffer[] = [];
   private arenaView: DataView | undefined;
   private arenaUsed = ARENA_BYTES;
-  /** bytes allocated through this context and not destroyed */
+  /** bytes allocated through this context and not destroyed (pooled buffers included), and their peak */
   liveBytes = 0;
+  peakBytes = 0;
 
   constructor(
     readonly device: GPUDevice,
@@ -223,7 +224,10 @@ export class GpuContext {
     } catch (e) {
       return fail(`WebGPU: could not allocate ${size} bytes: ${(e as Error).message}`);
     }
-    if (usage === STORAGE_USAGE) this.liveBytes += size;
+    if (usage === STORAGE_USAGE) {
+      this.liveBytes += size;
+      this.peakBytes = Math.max(this.peakBytes, this.liveBytes);
+    }
     return buf;
   }
 
