@@ -9,28 +9,23 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
-import { loadCalibration } from '../src/calib/data.ts';
 import { exportCommand } from '../src/cli/export.ts';
 import { UserError } from '../src/errors.ts';
 import { type ExportLayout, exportCheckpoint } from '../src/io/export/index.ts';
 import { type Checkpoint, openCheckpoint, writeSafetensors } from '../src/io/safetensors.ts';
-import { loadTokenizer } from '../src/io/tokenizer.ts';
-import { LINEARS, LlamaModel, linearTensorName, type QuantizedWeight } from '../src/model/llama.ts';
-import { saveQuantized } from '../src/quant/checkpoint.ts';
+import { LINEARS, type LlamaModel, linearTensorName, type QuantizedWeight } from '../src/model/llama.ts';
 import '../src/quant/methods.ts';
-import { quantizeModel } from '../src/quant/pipeline.ts';
 import { type Recipe, resolveRecipe } from '../src/quant/recipe.ts';
 import { dequantizeWeight } from '../src/quant/weights.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { bf16ToF32, f16ToF32, f32ToF16 } from '../src/tensor/dtype.ts';
-import { MODELS, SHARED, testManifest } from './helpers.ts';
+import { MODELS, savedTinyCheckpoint } from './helpers.ts';
 
 const cpu = new CpuBackend();
 const TINY = `${MODELS}llama-tiny`;
 const ROOT = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-export-'));
 after(() => fs.rmSync(ROOT, { recursive: true, force: true }));
 
-const MANIFEST = testManifest(TINY);
 let serial = 0;
 
 function recipeOf(obj: Record<string, unknown>): Recipe {
@@ -45,19 +40,8 @@ interface Quantized {
 }
 
 async function quantized(recipe: Recipe, withCalibration = false): Promise<Quantized> {
-  const model = LlamaModel.load(TINY, cpu);
-  const calib = withCalibration
-    ? await loadCalibration(loadTokenizer(TINY), {
-        file: `${SHARED}data/text/brown.txt`,
-        samples: 1,
-        seqLen: 64,
-        seed: 0,
-      })
-    : undefined;
-  await quantizeModel(model, recipe, calib);
   const dir = path.join(ROOT, `q-${serial++}`);
-  await saveQuantized(model, recipe, MANIFEST, dir, false);
-  return { dir, model };
+  return { dir, model: await savedTinyCheckpoint(cpu, recipe, dir, withCalibration) };
 }
 
 // ---------------------------------------------------------------------------------------------

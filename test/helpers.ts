@@ -1,3 +1,12 @@
+import { loadCalibration } from '../src/calib/data.ts';
+import { loadTokenizer } from '../src/io/tokenizer.ts';
+import { LlamaModel } from '../src/model/llama.ts';
+import { saveQuantized } from '../src/quant/checkpoint.ts';
+import '../src/quant/methods.ts';
+import { quantizeModel } from '../src/quant/pipeline.ts';
+import type { Recipe } from '../src/quant/recipe.ts';
+import type { Backend } from '../src/tensor/tensor.ts';
+
 /** Deterministic random numbers for tests (mulberry32 + Box-Muller). */
 export function rng(seed: number) {
   let s = seed >>> 0;
@@ -33,4 +42,29 @@ export function testManifest(source: string) {
     source_sha256: '',
     timings: {},
   };
+}
+
+/**
+ * llama-tiny quantized with `recipe` (calibrated on one 64-token Brown sample when asked) and saved as an
+ * llmq checkpoint in `dir`; returns the in-memory model.
+ */
+export async function savedTinyCheckpoint(
+  backend: Backend,
+  recipe: Recipe,
+  dir: string,
+  withCalibration = false,
+): Promise<LlamaModel> {
+  const tiny = `${MODELS}llama-tiny`;
+  const model = LlamaModel.load(tiny, backend);
+  const calib = withCalibration
+    ? await loadCalibration(loadTokenizer(tiny), {
+        file: `${SHARED}data/text/brown.txt`,
+        samples: 1,
+        seqLen: 64,
+        seed: 0,
+      })
+    : undefined;
+  await quantizeModel(model, recipe, calib);
+  await saveQuantized(model, recipe, testManifest(tiny), dir, false);
+  return model;
 }

@@ -12,7 +12,6 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
-import { loadCalibration } from '../src/calib/data.ts';
 import { evalCommand } from '../src/cli/eval.ts';
 import { inspectCommand } from '../src/cli/inspect.ts';
 import { UserError } from '../src/errors.ts';
@@ -27,17 +26,15 @@ import {
   writeShardedCheckpoint,
 } from '../src/io/safetensors.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
-import { LINEARS, LlamaModel, linearTensorName, type QuantizedWeight } from '../src/model/llama.ts';
-import { saveQuantized } from '../src/quant/checkpoint.ts';
+import { LINEARS, type LlamaModel, linearTensorName, type QuantizedWeight } from '../src/model/llama.ts';
 import { loadModel } from '../src/quant/load.ts';
 import '../src/quant/methods.ts';
-import { quantizeModel } from '../src/quant/pipeline.ts';
 import { type Recipe, resolveRecipe } from '../src/quant/recipe.ts';
 import { dequantizeWeight, setQuantizedWeight } from '../src/quant/weights.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../src/tensor/dtype.ts';
 import type { Tensor } from '../src/tensor/tensor.ts';
-import { MODELS, SHARED, testManifest, WIKITEXT } from './helpers.ts';
+import { MODELS, savedTinyCheckpoint, WIKITEXT } from './helpers.ts';
 
 const cpu = new CpuBackend();
 const TINY = `${MODELS}llama-tiny`;
@@ -64,19 +61,8 @@ interface Source {
 }
 
 async function quantized(recipe: Recipe, withCalibration = false): Promise<Source> {
-  const model = LlamaModel.load(TINY, cpu);
-  const calib = withCalibration
-    ? await loadCalibration(loadTokenizer(TINY), {
-        file: `${SHARED}data/text/brown.txt`,
-        samples: 1,
-        seqLen: 64,
-        seed: 0,
-      })
-    : undefined;
-  await quantizeModel(model, recipe, calib);
   const dir = path.join(ROOT, `q-${serial++}`);
-  await saveQuantized(model, recipe, testManifest(TINY), dir, false);
-  return { dir, model };
+  return { dir, model: await savedTinyCheckpoint(cpu, recipe, dir, withCalibration) };
 }
 
 const round16 = (x: Float32Array) => f16ToF32(f32ToF16(x));
