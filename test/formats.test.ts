@@ -999,6 +999,18 @@ describe('packCodes / unpackCodes', () => {
       }
   });
 
+  test('byte codes of 4 and 8 bits (the fast path) give the generic bit stream', () => {
+    const r = rng(5);
+    for (const bits of [4, 8])
+      for (const n of [0, 1, 2, 1001]) {
+        const codes = Uint8Array.from({ length: n }, () => Math.floor(r.uniform() * 2 ** bits));
+        const generic = packCodes(Array.from(codes), bits);
+        same(packCodes(codes, bits), generic, `bits ${bits} n ${n}`);
+        same(unpackCodes(generic, bits, n), codes, `bits ${bits} n ${n} unpacked`);
+      }
+    throwsUser(() => packCodes(Uint8Array.from([1, 2, 3, 17, 4]), 4), 'code 17 at index 3', '4 bits');
+  });
+
   test('errors', () => {
     throwsUser(() => packCodes([16], 4), 'code 16', '4 bits');
     throwsUser(() => packCodes([1.5], 4), 'code 1.5');

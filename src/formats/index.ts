@@ -210,6 +210,7 @@ function checkPackBits(bits: number): void {
  */
 export function packCodes(codes: ArrayLike<number>, bits: number): Uint8Array {
   checkPackBits(bits);
+  if (codes instanceof Uint8Array && (bits === 4 || bits === 8)) return packBytes(codes, bits);
   const n = codes.length;
   const out = new Uint8Array(Math.ceil((n * bits) / 8));
   const max = (1 << bits) - 1;
@@ -232,12 +233,38 @@ export function packCodes(codes: ArrayLike<number>, bits: number): Uint8Array {
   return out;
 }
 
+/** packCodes for byte codes of 4 or 8 bits: whole bytes at a time (checkpoints hold billions of codes). */
+function packBytes(codes: Uint8Array, bits: 4 | 8): Uint8Array {
+  if (bits === 8) return codes.slice();
+  const n = codes.length;
+  const out = new Uint8Array(Math.ceil(n / 2));
+  let seen = 0;
+  const pairs = n >> 1;
+  for (let i = 0; i < pairs; i++) {
+    const lo = codes[2 * i];
+    const hi = codes[2 * i + 1];
+    seen |= lo | hi;
+    out[i] = lo | (hi << 4);
+  }
+  if (n % 2) {
+    seen |= codes[n - 1];
+    out[pairs] = codes[n - 1];
+  }
+  if (seen > 15) {
+    const i = codes.findIndex((c) => c > 15);
+    fail(`packCodes: code ${codes[i]} at index ${i} does not fit in 4 bits`);
+  }
+  return out;
+}
+
 /** Inverse of packCodes: the first `count` codes of `bytes`. */
 export function unpackCodes(bytes: Uint8Array, bits: number, count: number): Uint8Array {
   checkPackBits(bits);
   const need = Math.ceil((count * bits) / 8);
   if (bytes.length < need)
     fail(`unpackCodes: ${count} codes of ${bits} bits need ${need} bytes, got ${bytes.length}`);
+  if (bits === 8) return bytes.slice(0, count);
+  if (bits === 4) return unpackNibbles(bytes, count);
   const out = new Uint8Array(count);
   const mask = (1 << bits) - 1;
   let acc = 0;
@@ -252,6 +279,18 @@ export function unpackCodes(bytes: Uint8Array, bits: number, count: number): Uin
     acc >>>= bits;
     nacc -= bits;
   }
+  return out;
+}
+
+function unpackNibbles(bytes: Uint8Array, count: number): Uint8Array {
+  const out = new Uint8Array(count);
+  const pairs = count >> 1;
+  for (let i = 0; i < pairs; i++) {
+    const b = bytes[i];
+    out[2 * i] = b & 15;
+    out[2 * i + 1] = b >> 4;
+  }
+  if (count % 2) out[count - 1] = bytes[pairs] & 15;
   return out;
 }
 
