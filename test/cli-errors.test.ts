@@ -145,6 +145,18 @@ test('unknown dtype', async () => {
   await expectUserError(dir, ['model.safetensors', NORM0, 'Q4_K']);
 });
 
+test('NaN or Inf in a weight', async () => {
+  for (const bits of [0x7fc0, 0xff80]) {
+    // bf16 NaN, then -Inf
+    const { header, data } = tinyWeights();
+    const copy = Buffer.from(data);
+    assert.equal(header[NORM0].dtype, 'BF16');
+    copy.writeUInt16LE(bits, header[NORM0].data_offsets[0] + 2 * 5); // element 5 of the norm
+    const dir = brokenModel({ 'model.safetensors': safetensorsBytes(header, copy) });
+    await expectUserError(dir, [NORM0, 'NaN or Inf', 'element 5']);
+  }
+});
+
 test('a tensor the config requires is missing', async () => {
   const { header, data } = tinyWeights();
   const gone = 'model.layers.2.mlp.up_proj.weight';

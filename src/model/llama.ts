@@ -333,8 +333,24 @@ class WeightLoader {
       fail(
         `${this.dir}: tensor "${name}" has shape [${t.shape.join(', ')}], config.json implies [${shape.join(', ')}]`,
       );
-    return this.backend.upload(t.data as never, t.shape, storageDType(name, t.dtype));
+    const dtype = storageDType(name, t.dtype);
+    const bad = firstNonFinite(t.data as Float32Array | Uint16Array, dtype);
+    if (bad >= 0)
+      fail(`${this.dir}: tensor "${name}" holds NaN or Inf (element ${bad}); the checkpoint is corrupt or overflowed`);
+    return this.backend.upload(t.data as never, t.shape, dtype);
   }
+}
+
+/** Index of the first NaN/Inf (exponent bits all ones) of f32, bf16 or f16 data, or -1. */
+function firstNonFinite(data: Float32Array | Uint16Array, dtype: DType): number {
+  if (dtype === 'f32') {
+    const bits = new Uint32Array(data.buffer, data.byteOffset, data.length);
+    for (let i = 0; i < bits.length; i++) if ((bits[i] & 0x7f800000) === 0x7f800000) return i;
+    return -1;
+  }
+  const exponent = dtype === 'bf16' ? 0x7f80 : 0x7c00;
+  for (let i = 0; i < data.length; i++) if ((data[i] & exponent) === exponent) return i;
+  return -1;
 }
 
 function storageDType(name: string, dtype: string): DType {
