@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fail } from '../errors.ts';
 import { perplexity, readEvalText, windowCount } from '../eval/perplexity.ts';
+import { isGgufPath, loadGgufTokenizer } from '../io/gguf-model.ts';
 import { readForeignQuantConfig } from '../io/import.ts';
 import { loadTokenizer } from '../io/tokenizer.ts';
 import { int8Eligible, useInt8Matmuls } from '../model/int8.ts';
@@ -16,19 +17,23 @@ import { intFlag, onePositional, optionalIntFlag, parse, printJson } from './arg
 import { CALIB_FLAGS, CALIB_HELP, calibFlags } from './calib-flags.ts';
 import { Progress } from './progress.ts';
 
-export const EVAL_HELP = `llmq eval <model-dir> --ppl <text-file> [--seqlen N] [--max-windows K] [--recipe R ${CALIB_HELP}] [--kl | --kl-base <fp-model-dir>] [--device cpu|webgpu|auto] [--int8 auto|off] [--packed auto|off] [--json]
+export const EVAL_HELP = `llmq eval <model-dir | model.gguf> --ppl <text-file> [--tokenizer <hf-model-dir>] [--seqlen N] [--max-windows K] [--recipe R ${CALIB_HELP}] [--kl | --kl-base <fp-model-dir>] [--device cpu|webgpu|auto] [--int8 auto|off] [--packed auto|off] [--json]
   Perplexity with the standard WikiText-2 protocol (rows joined by "\\n\\n", one BOS, non-overlapping
   windows of --seqlen tokens, default 2048). Quantized llmq checkpoints are evaluated as saved;
-  --recipe quantizes a full-precision model on the fly first. On WebGPU, W8A8 linears (INT8 per
-  channel weights, INT8 per token activations) run as int8 GEMMs unless --int8 off, and other INT
-  weights (RTN/AWQ/GPTQ) stay as packed codes decoded inside the GEMM unless --packed off.
+  --recipe quantizes a full-precision model on the fly first. A llama.cpp .gguf file (architecture
+  llama; F32/F16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K tensors) is evaluated with its weights
+  dequantized and its embedded byte-level BPE tokenizer; --tokenizer takes the tokenizer from an HF
+  model directory instead (for any model). On WebGPU, W8A8 linears (INT8 per channel weights, INT8
+  per token activations) run as int8 GEMMs unless --int8 off, and other INT weights (RTN/AWQ/GPTQ)
+  stay as packed codes decoded inside the GEMM unless --packed off.
   --kl also measures KL(P_fp || P_quantized) per predicted token against the full-precision model
-  (with --recipe: <model-dir> itself; for a checkpoint: the source its manifest records, or --kl-base),
-  and how often both put the same token first.`;
+  (with --recipe: <model-dir> itself; for a checkpoint: the source its manifest records, or --kl-base;
+  a .gguf file needs --kl-base), and how often both put the same token first.`;
 
 export async function evalCommand(argv: string[]): Promise<void> {
   const { values, positionals } = parse('eval', argv, {
     ppl: { type: 'string' },
+    tokenizer: { type: 'string' },
     seqlen: { type: 'string' },
     'max-windows': { type: 'string' },
     recipe: { type: 'string' },
@@ -42,12 +47,16 @@ export async function evalCommand(argv: string[]): Promise<void> {
   });
   if (values.int8 !== 'auto' && values.int8 !== 'off')
     fail(`eval: --int8 must be auto or off, got ${values.int8}`);
-  const dir = onePositional('eval', positionals, 'model directory');
+  const dir = onePositional('eval', positionals, 'model directory or .gguf file');
   if (!values.ppl) fail('eval: --ppl <text-file> is required');
   const seqLen = intFlag('seqlen', values.seqlen, 2048, 2);
   const maxWindows = optionalIntFlag('max-windows', values['max-windows']);
   const backend = await createBackend(values.device as DeviceName);
-  const tokenizer = loadTokenizer(dir);
+  const tokenizer = values.tokenizer
+    ? loadTokenizer(values.tokenizer)
+    : isGgufPath(dir)
+      ? loadGgufTokenizer(dir)
+      : loadTokenizer(dir);
   const text = readEvalText(values.ppl);
   const tokens = tokenizer.encode(text);
   if (tokens.length < seqLen)
@@ -114,6 +123,10 @@ export async function evalCommand(argv: string[]): Promise<void> {
 /** The full-precision model --kl compares against: --kl-base, <dir> itself under --recipe, or the checkpoint's source. */
 function klBaseDir(dir: string, given: string | undefined, model: LlamaModel): string {
   if (given !== undefined) return given;
+  if (isGgufPath(dir))
+    fail(
+      `eval: --kl: ${dir} is a GGUF file with no record of its full-precision source; pass --kl-base <fp-model-dir>`,
+    );
   const foreign = readForeignQuantConfig(dir);
   if (foreign) {
     const source = foreign.sourceModel;

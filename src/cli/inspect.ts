@@ -1,6 +1,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { fail } from '../errors.ts';
 import { loadModelConfig } from '../io/config.ts';
+import { isGgufPath } from '../io/gguf-model.ts';
 import { openCheckpoint } from '../io/safetensors.ts';
 import { loadTokenizer } from '../io/tokenizer.ts';
 import { onePositional, parse, printJson } from './args.ts';
@@ -11,6 +13,10 @@ export const INSPECT_HELP = `llmq inspect <model-dir> [--json]
 export async function inspectCommand(argv: string[]): Promise<void> {
   const { values, positionals } = parse('inspect', argv, { json: { type: 'boolean', default: false } });
   const dir = onePositional('inspect', positionals, 'model directory');
+  if (isGgufPath(dir))
+    fail(
+      `inspect: ${dir} is a GGUF file; inspect reads HF checkpoint directories (llmq eval ${dir} --ppl <text> evaluates it)`,
+    );
   const config = loadModelConfig(dir);
   const ckpt = openCheckpoint(dir);
   const dtypes: Record<string, number> = {};

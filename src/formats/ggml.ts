@@ -161,3 +161,162 @@ export function dequantizeF16(bytes: Uint8Array): Float32Array {
   for (let i = 0; i < y.length; i++) y[i] = readF16(bytes, 2 * i);
   return y;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Dequantization of the other block types found in GGUF files (llmq does not write them).
+//
+// Sources read (public): ggml/src/ggml-quants.c of ggml-org/llama.cpp (dequantize_row_q4_1, _q5_0,
+// _q5_1, _q4_K, _q5_K, _q6_K, get_scale_min_k4) and gguf-py/gguf/quants.py 0.19.0 (the numpy
+// dequantize_blocks of the same types), against which test/fixtures/ggml-quants.json checks these.
+// Products and sums are float32 in the order ggml evaluates them (Math.fround after each step).
+
+/** Bytes per block of the types below (blocks of 32 values, or 256 for the K-quants). */
+export const GGML_BLOCK = {
+  Q4_1: { values: 32, bytes: 20 },
+  Q5_0: { values: 32, bytes: 22 },
+  Q5_1: { values: 32, bytes: 24 },
+  Q4_K: { values: 256, bytes: 144 },
+  Q5_K: { values: 256, bytes: 176 },
+  Q6_K: { values: 256, bytes: 210 },
+} as const;
+
+function blockCount(bytes: Uint8Array, kind: keyof typeof GGML_BLOCK, n: number): number {
+  const { values, bytes: per } = GGML_BLOCK[kind];
+  if (n % values !== 0 || bytes.length < (n / values) * per)
+    throw new RangeError(`${bytes.length} bytes do not hold ${n} ${kind} values`);
+  return n / values;
+}
+
+function readU32(src: Uint8Array, at: number): number {
+  return (src[at] | (src[at + 1] << 8) | (src[at + 2] << 16) | (src[at + 3] << 24)) >>> 0;
+}
+
+/** Q4_1 (d, m, 16 bytes of nibbles): x = q * d + m. */
+export function dequantizeQ4_1(bytes: Uint8Array, n = (bytes.length / 20) * 32): Float32Array {
+  const y = new Float32Array(n);
+  for (let b = 0; b < blockCount(bytes, 'Q4_1', n); b++) {
+    const o = b * 20;
+    const d = readF16(bytes, o);
+    const m = readF16(bytes, o + 2);
+    for (let j = 0; j < 16; j++) {
+      const byte = bytes[o + 4 + j];
+      y[b * 32 + j] = fr((byte & 0x0f) * d) + m;
+      y[b * 32 + 16 + j] = fr((byte >>> 4) * d) + m;
+    }
+  }
+  return y;
+}
+
+/** The 5-bit codes of a Q5_0 / Q5_1 block: low nibbles in qs, the fifth bits in the u32 qh. */
+function fiveBitCodes(bytes: Uint8Array, qhAt: number, codes: Uint8Array): void {
+  const qh = readU32(bytes, qhAt);
+  for (let j = 0; j < 16; j++) {
+    const byte = bytes[qhAt + 4 + j];
+    codes[j] = (byte & 0x0f) | (((qh >>> j) & 1) << 4);
+    codes[j + 16] = (byte >>> 4) | (((qh >>> (j + 16)) & 1) << 4);
+  }
+}
+
+/** Q5_0 (d, qh, qs): x = (q - 16) * d. */
+export function dequantizeQ5_0(bytes: Uint8Array, n = (bytes.length / 22) * 32): Float32Array {
+  const y = new Float32Array(n);
+  const codes = new Uint8Array(32);
+  for (let b = 0; b < blockCount(bytes, 'Q5_0', n); b++) {
+    const d = readF16(bytes, b * 22);
+    fiveBitCodes(bytes, b * 22 + 2, codes);
+    for (let j = 0; j < 32; j++) y[b * 32 + j] = (codes[j] - 16) * d;
+  }
+  return y;
+}
+
+/** Q5_1 (d, m, qh, qs): x = q * d + m. */
+export function dequantizeQ5_1(bytes: Uint8Array, n = (bytes.length / 24) * 32): Float32Array {
+  const y = new Float32Array(n);
+  const codes = new Uint8Array(32);
+  for (let b = 0; b < blockCount(bytes, 'Q5_1', n); b++) {
+    const d = readF16(bytes, b * 24);
+    const m = readF16(bytes, b * 24 + 2);
+    fiveBitCodes(bytes, b * 24 + 4, codes);
+    for (let j = 0; j < 32; j++) y[b * 32 + j] = fr(codes[j] * d) + m;
+  }
+  return y;
+}
+
+/**
+ * get_scale_min_k4: the 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes at `at`.
+ * Sub-blocks 0-3 use the low 6 bits of bytes j and j+4; 4-7 take a nibble of byte j+4 and the top two
+ * bits of bytes j-4 (scale) and j (min).
+ */
+function scaleMinK4(src: Uint8Array, at: number, j: number): [number, number] {
+  if (j < 4) return [src[at + j] & 63, src[at + j + 4] & 63];
+  const sc = (src[at + j + 4] & 0x0f) | ((src[at + j - 4] >>> 6) << 4);
+  const m = (src[at + j + 4] >>> 4) | ((src[at + j] >>> 6) << 4);
+  return [sc, m];
+}
+
+/**
+ * Q4_K / Q5_K super-blocks of 256: fp16 d and dmin, 12 bytes of 6-bit scales/mins for 8 sub-blocks
+ * of 32, (Q5_K: 32 bytes of fifth bits), 128 bytes of nibbles. Each 32 bytes of nibbles hold two
+ * sub-blocks (low nibbles first); x = (d * sc) * q - (dmin * m).
+ */
+function dequantizeK4or5(bytes: Uint8Array, n: number, kind: 'Q4_K' | 'Q5_K'): Float32Array {
+  const y = new Float32Array(n);
+  const per = GGML_BLOCK[kind].bytes;
+  const high = kind === 'Q5_K';
+  for (let b = 0; b < blockCount(bytes, kind, n); b++) {
+    const o = b * per;
+    const d = readF16(bytes, o);
+    const dmin = readF16(bytes, o + 2);
+    const qh = o + 16;
+    const qs = high ? qh + 32 : qh;
+    for (let sub = 0; sub < 8; sub++) {
+      const [sc, m] = scaleMinK4(bytes, o + 4, sub);
+      const scale = fr(d * sc);
+      const min = fr(dmin * m);
+      const shift = (sub & 1) * 4;
+      const from = qs + (sub >> 1) * 32;
+      for (let l = 0; l < 32; l++) {
+        let q = (bytes[from + l] >>> shift) & 0x0f;
+        if (high) q |= ((bytes[qh + l] >>> sub) & 1) << 4;
+        y[b * 256 + sub * 32 + l] = fr(scale * q) - min;
+      }
+    }
+  }
+  return y;
+}
+
+export function dequantizeQ4_K(bytes: Uint8Array, n = (bytes.length / 144) * 256): Float32Array {
+  return dequantizeK4or5(bytes, n, 'Q4_K');
+}
+
+export function dequantizeQ5_K(bytes: Uint8Array, n = (bytes.length / 176) * 256): Float32Array {
+  return dequantizeK4or5(bytes, n, 'Q5_K');
+}
+
+/**
+ * Q6_K super-blocks of 256: 128 bytes of low nibbles, 64 bytes of 2-bit highs, 16 int8 scales (one per
+ * 16 values), fp16 d last. Each half of 128 values: value v < 32 + 32k takes the low (k = 0, 1) or
+ * high (k = 2, 3) nibble of ql[l + 32 (k & 1)] and bits 2k..2k+1 of qh[l]; x = (d * sc) * (q - 32).
+ */
+export function dequantizeQ6_K(bytes: Uint8Array, n = (bytes.length / 210) * 256): Float32Array {
+  const y = new Float32Array(n);
+  for (let b = 0; b < blockCount(bytes, 'Q6_K', n); b++) {
+    const o = b * 210;
+    const d = readF16(bytes, o + 208);
+    for (let half = 0; half < 2; half++) {
+      const ql = o + half * 64;
+      const qh = o + 128 + half * 32;
+      const base = b * 256 + half * 128;
+      for (let k = 0; k < 4; k++) {
+        for (let l = 0; l < 32; l++) {
+          const low = (bytes[ql + l + 32 * (k & 1)] >>> (k >> 1 ? 4 : 0)) & 0x0f;
+          const q = (low | (((bytes[qh + l] >>> (2 * k)) & 3) << 4)) - 32;
+          const v = k * 32 + l;
+          const sc = (bytes[o + 192 + half * 8 + (v >> 4)] << 24) >> 24;
+          y[base + v] = fr(d * sc) * q;
+        }
+      }
+    }
+  }
+  return y;
+}

@@ -2,10 +2,11 @@
  * Loading a model for evaluation or further work: a full-precision HF checkpoint, an llmq quantized
  * checkpoint (decoded, with its recorded activation quantization), a checkpoint another tool
  * quantized (AutoAWQ, GPTQ, compressed-tensors: io/import.ts), or a full-precision checkpoint
- * quantized on the fly with a recipe.
+ * quantized on the fly with a recipe, or a llama.cpp .gguf file (dequantized: io/gguf-model.ts).
  */
 import { type CalibOptions, loadCalibration } from '../calib/data.ts';
 import { fail } from '../errors.ts';
+import { isGgufPath, loadGgufModel } from '../io/gguf-model.ts';
 import { loadForeignQuantized, readForeignQuantConfig } from '../io/import.ts';
 import { loadTokenizer } from '../io/tokenizer.ts';
 import { LlamaModel } from '../model/llama.ts';
@@ -40,6 +41,10 @@ export interface LoadedModel {
 }
 
 export async function loadModel(dir: string, backend: Backend, opts: LoadOptions = {}): Promise<LoadedModel> {
+  if (isGgufPath(dir)) {
+    if (opts.recipe) fail(`${dir} is already quantized (GGUF file); --recipe needs a full-precision model`);
+    return { model: loadGgufModel(dir, backend) };
+  }
   const foreign = readForeignQuantConfig(dir);
   if (foreign) {
     if (opts.recipe)

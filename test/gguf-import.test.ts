@@ -1,0 +1,307 @@
+/**
+ * Importing llama.cpp GGUF files (io/gguf-model.ts): weights, tokenizer, perplexity, the ggml block
+ * dequantizers against gguf-py, and the refusals.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { UserError } from '../src/errors.ts';
+import { perplexity, readEvalText } from '../src/eval/perplexity.ts';
+import {
+  dequantizeF16,
+  dequantizeQ4_0,
+  dequantizeQ4_1,
+  dequantizeQ4_K,
+  dequantizeQ5_0,
+  dequantizeQ5_1,
+  dequantizeQ5_K,
+  dequantizeQ6_K,
+  dequantizeQ8_0,
+} from '../src/formats/ggml.ts';
+import { exportGguf, permuteRotaryRows } from '../src/io/export/gguf.ts';
+import { GGML_TYPE, type GgufFile, gguf, readGguf, readGgufTensor, writeGguf } from '../src/io/gguf.ts';
+import { loadGgufModel, loadGgufTokenizer, unpermuteRotaryRows } from '../src/io/gguf-model.ts';
+import { loadTokenizer } from '../src/io/tokenizer.ts';
+import { LINEARS, type LinearName, LlamaModel } from '../src/model/llama.ts';
+import { loadModel } from '../src/quant/load.ts';
+import { resolveRecipe } from '../src/quant/recipe.ts';
+import { CpuBackend } from '../src/tensor/cpu/backend.ts';
+import { f32ToF16 } from '../src/tensor/dtype.ts';
+import type { Tensor } from '../src/tensor/tensor.ts';
+
+const SOURCE = '/work/shared/models/llama-tiny';
+const WIKI = '/work/shared/data/wikitext-2-raw/wiki.test.raw';
+const backend = new CpuBackend();
+let tmp: string;
+const files: Record<'q8_0' | 'q4_0' | 'f16', string> = { q8_0: '', q4_0: '', f16: '' };
+let source: LlamaModel;
+
+before(async () => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-gguf-import-'));
+  for (const type of ['q8_0', 'q4_0', 'f16'] as const) {
+    files[type] = path.join(tmp, `tiny-${type}.gguf`);
+    await exportGguf(SOURCE, files[type], { type });
+  }
+  source = LlamaModel.load(SOURCE, backend);
+});
+
+after(() => {
+  source?.dispose();
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+const LINEAR_GGUF: Record<LinearName, string> = {
+  q_proj: 'attn_q',
+  k_proj: 'attn_k',
+  v_proj: 'attn_v',
+  o_proj: 'attn_output',
+  gate_proj: 'ffn_gate',
+  up_proj: 'ffn_up',
+  down_proj: 'ffn_down',
+};
+
+/** Every weight of a model with its GGUF tensor name and, for q/k, the head count of the permutation. */
+function weightsOf(model: LlamaModel): { gguf: string; tensor: Tensor; heads?: number }[] {
+  const { numHeads, numKvHeads } = model.config;
+  const out: { gguf: string; tensor: Tensor; heads?: number }[] = [
+    { gguf: 'token_embd.weight', tensor: model.embedTokens },
+    { gguf: 'output_norm.weight', tensor: model.finalNorm },
+    { gguf: 'output.weight', tensor: model.lmHead },
+  ];
+  model.layers.forEach((layer, i) => {
+    out.push({ gguf: `blk.${i}.attn_norm.weight`, tensor: layer.inputNorm });
+    out.push({ gguf: `blk.${i}.ffn_norm.weight`, tensor: layer.postNorm });
+    for (const name of LINEARS) {
+      const heads = name === 'q_proj' ? numHeads : name === 'k_proj' ? numKvHeads : undefined;
+      out.push({ gguf: `blk.${i}.${LINEAR_GGUF[name]}.weight`, tensor: layer.linears[name].weight, heads });
+    }
+  });
+  return out;
+}
+
+/** Naive inverse of the GGUF q/k permutation, element by element: GGUF row h*hd + 2i + j is HF row h*hd + j*hd/2 + i. */
+function naiveUnpermute(w: Float32Array, rows: number, cols: number, heads: number): Float32Array {
+  const hd = rows / heads;
+  const out = new Float32Array(w.length);
+  for (let r = 0; r < rows; r++) {
+    const h = Math.floor(r / hd);
+    const within = r % hd;
+    const hfRow = h * hd + (within % 2) * (hd / 2) + Math.floor(within / 2);
+    for (let c = 0; c < cols; c++) out[hfRow * cols + c] = w[r * cols + c];
+  }
+  return out;
+}
+
+function dequantizeStored(file: GgufFile, name: string): Float32Array {
+  const t = file.tensors.find((x) => x.name === name);
+  assert.ok(t, name);
+  const bytes = readGgufTensor(file, name);
+  if (t.type === GGML_TYPE.F32) return new Float32Array(bytes.slice().buffer);
+  if (t.type === GGML_TYPE.F16) return dequantizeF16(bytes);
+  if (t.type === GGML_TYPE.Q8_0) return dequantizeQ8_0(bytes);
+  if (t.type === GGML_TYPE.Q4_0) return dequantizeQ4_0(bytes);
+  throw new Error(`unexpected type ${t.type} of ${name}`);
+}
+
+function fp16Round(x: Float32Array): Float32Array {
+  const bits = f32ToF16(x);
+  return dequantizeF16(new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength));
+}
+
+function sameValues(got: Float32Array, want: Float32Array, what: string): void {
+  assert.equal(got.length, want.length, what);
+  for (let i = 0; i < want.length; i++)
+    if (!Object.is(got[i], want[i])) assert.fail(`${what}[${i}]: ${got[i]} != ${want[i]}`);
+}
+
+for (const type of ['q8_0', 'q4_0', 'f16'] as const) {
+  test(`${type} GGUF: every weight is the ggml dequantization of the stored data, in HF row order`, async () => {
+    const file = readGguf(files[type]);
+    const model = loadGgufModel(files[type], backend);
+    try {
+      assert.equal(model.quantization?.recipe, `gguf mostly_${type}`);
+      assert.equal(model.config.numLayers, source.config.numLayers);
+      assert.equal(model.config.headDim, source.config.headDim);
+      assert.equal(model.config.rope.theta, source.config.rope.theta);
+      assert.equal(model.config.tieWordEmbeddings, false);
+      const srcWeights = weightsOf(source);
+      for (const [k, w] of weightsOf(model).entries()) {
+        const [rows, cols] = w.tensor.shape.length === 2 ? w.tensor.shape : [w.tensor.shape[0], 1];
+        let want = dequantizeStored(file, w.gguf);
+        if (w.heads) want = naiveUnpermute(want, rows, cols, w.heads);
+        const got = await backend.read(w.tensor);
+        sameValues(got, want, w.gguf);
+        const src = await backend.read(srcWeights[k].tensor);
+        if (type === 'f16' || w.tensor.shape.length === 1)
+          sameValues(got, w.tensor.shape.length === 1 ? src : fp16Round(src), `${w.gguf} vs source`);
+        else {
+          // the right row order: the error is that of the format, not of a shuffled matrix
+          let err = 0;
+          let norm = 0;
+          for (let i = 0; i < src.length; i++) {
+            err += (got[i] - src[i]) ** 2;
+            norm += src[i] ** 2;
+          }
+          assert.ok(err / norm < (type === 'q8_0' ? 1e-3 : 0.05), `${w.gguf}: relative error ${err / norm}`);
+        }
+      }
+    } finally {
+      model.dispose();
+    }
+  });
+}
+
+test('unpermuteRotaryRows inverts permuteRotaryRows and matches the naive index map', () => {
+  const rows = 24;
+  const cols = 3;
+  const w = Float32Array.from({ length: rows * cols }, (_, i) => i * 0.5 - 7);
+  const permuted = permuteRotaryRows(w, rows, cols, 2);
+  sameValues(unpermuteRotaryRows(permuted, rows, cols, 2), w, 'round trip');
+  sameValues(unpermuteRotaryRows(permuted, rows, cols, 2), naiveUnpermute(permuted, rows, cols, 2), 'naive');
+  const halves = Uint16Array.from({ length: rows }, (_, i) => i);
+  assert.deepEqual(
+    Array.from(unpermuteRotaryRows(halves, rows, 1, 3)),
+    Array.from(naiveUnpermute(Float32Array.from(halves), rows, 1, 3)),
+  );
+});
+
+test('the GGUF tokenizer gives the HF tokenizer ids on 4 kB of wikitext', () => {
+  const text = fs.readFileSync(WIKI, 'utf8').slice(0, 4096);
+  const want = loadTokenizer(SOURCE).encode(text);
+  const tok = loadGgufTokenizer(files.q8_0);
+  const got = tok.encode(text);
+  assert.deepEqual(Array.from(got), Array.from(want));
+  assert.equal(got[0], 0, 'BOS first');
+  assert.equal(tok.decode(got.subarray(1)), text);
+});
+
+test('perplexity of the f16 GGUF equals that of the source with fp16-rounded weights', async () => {
+  const tokens = loadTokenizer(SOURCE).encode(readEvalText(WIKI).slice(0, 4000));
+  const rounded = LlamaModel.load(SOURCE, backend);
+  const imported = loadGgufModel(files.f16, backend);
+  try {
+    const round = async (t: Tensor) => {
+      const v = fp16Round(await backend.read(t));
+      t.dispose();
+      return backend.upload(v, t.shape, 'f32');
+    };
+    // the exporter writes the norms in F32, everything else in F16
+    rounded.embedTokens = await round(rounded.embedTokens);
+    rounded.lmHead = await round(rounded.lmHead);
+    for (const layer of rounded.layers)
+      for (const name of LINEARS) layer.linears[name].weight = await round(layer.linears[name].weight);
+    const want = await perplexity(rounded, tokens, { seqLen: 64, maxWindows: 2 });
+    const got = await perplexity(imported, tokens, { seqLen: 64, maxWindows: 2 });
+    assert.equal(got.windows, 2);
+    assert.ok(Math.abs(got.ppl - want.ppl) <= 1e-6 * want.ppl, `${got.ppl} vs ${want.ppl}`);
+    assert.ok(Number.isFinite(got.ppl) && got.ppl > 1);
+  } finally {
+    rounded.dispose();
+    imported.dispose();
+  }
+});
+
+test('Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K dequantize bit for bit as gguf-py 0.19.0', () => {
+  const fixture = JSON.parse(fs.readFileSync('test/fixtures/ggml-quants.json', 'utf8'));
+  const fns: Record<string, (b: Uint8Array) => Float32Array> = {
+    Q4_1: dequantizeQ4_1,
+    Q5_0: dequantizeQ5_0,
+    Q5_1: dequantizeQ5_1,
+    Q4_K: dequantizeQ4_K,
+    Q5_K: dequantizeQ5_K,
+    Q6_K: dequantizeQ6_K,
+  };
+  assert.deepEqual(fixture.cases.map((c: { type: string }) => c.type).sort(), Object.keys(fns).sort());
+  for (const c of fixture.cases) {
+    const bytes = new Uint8Array(Buffer.from(c.bytes, 'base64'));
+    const values = Buffer.from(c.values_f32le, 'base64');
+    const want = new Float32Array(values.buffer.slice(values.byteOffset, values.byteOffset + values.length));
+    sameValues(fns[c.type](bytes), want, c.type);
+  }
+  assert.throws(() => dequantizeQ6_K(new Uint8Array(209), 256), RangeError);
+});
+
+/** A copy of `from` with some metadata replaced and one tensor optionally swapped. */
+function rewrite(
+  from: string,
+  to: string,
+  meta: Record<string, ReturnType<typeof gguf.str>>,
+  swap?: { name: string; type: number; data: Uint8Array },
+): string {
+  const file = readGguf(from);
+  const metadata = new Map(file.metadata);
+  for (const [k, v] of Object.entries(meta)) metadata.set(k, v);
+  const tensors = file.tensors.map((t) =>
+    swap && t.name === swap.name
+      ? { name: t.name, dims: t.dims, type: swap.type, data: swap.data }
+      : { name: t.name, dims: t.dims, type: t.type, data: readGgufTensor(file, t.name) },
+  );
+  writeGguf(to, metadata, tensors);
+  return to;
+}
+
+test('refusals: other architectures, undequantizable tensors, unknown tokenizers, --recipe', async () => {
+  const qwen = rewrite(files.q8_0, path.join(tmp, 'qwen.gguf'), {
+    'general.architecture': gguf.str('qwen2'),
+  });
+  assert.throws(
+    () => loadGgufModel(qwen, backend),
+    (e: Error) => {
+      assert.ok(e instanceof UserError);
+      assert.match(e.message, /general\.architecture "qwen2" is not supported/);
+      return true;
+    },
+  );
+
+  // blk.0.attn_v.weight is [128 rows, 256 cols]: one Q2_K block of 84 bytes per row
+  const q2 = rewrite(
+    files.q8_0,
+    path.join(tmp, 'q2k.gguf'),
+    {},
+    {
+      name: 'blk.0.attn_v.weight',
+      type: GGML_TYPE.Q2_K,
+      data: new Uint8Array(128 * 84),
+    },
+  );
+  assert.throws(
+    () => loadGgufModel(q2, backend),
+    /blk\.0\.attn_v\.weight has type Q2_K, which llmq cannot dequantize/,
+  );
+
+  const spm = rewrite(files.q8_0, path.join(tmp, 'spm.gguf'), { 'tokenizer.ggml.model': gguf.str('llama') });
+  assert.throws(() => loadGgufTokenizer(spm), /tokenizer\.ggml\.model "llama" is not supported.*--tokenizer/);
+  const qwenPre = rewrite(files.q8_0, path.join(tmp, 'pre.gguf'), {
+    'tokenizer.ggml.pre': gguf.str('qwen2'),
+  });
+  assert.throws(
+    () => loadGgufTokenizer(qwenPre),
+    /tokenizer\.ggml\.pre "qwen2" is not supported.*--tokenizer/,
+  );
+
+  await assert.rejects(
+    () => loadModel(files.q8_0, backend, { recipe: resolveRecipe('rtn-w8') }),
+    /already quantized \(GGUF file\)/,
+  );
+
+  // the CLI: the unknown tokenizer is refused without --tokenizer, and evaluated with it
+  const cli = (args: string[]) =>
+    spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { encoding: 'utf8' });
+  const common = ['--ppl', WIKI, '--seqlen', '64', '--max-windows', '1', '--json'];
+  const refused = cli(['eval', spm, ...common]);
+  assert.equal(refused.status, 2, refused.stderr);
+  assert.match(refused.stderr, /--tokenizer <hf-model-dir>/);
+  const withTok = cli(['eval', spm, ...common, '--tokenizer', SOURCE]);
+  assert.equal(withTok.status, 0, withTok.stderr);
+  const plain = cli(['eval', files.q8_0, ...common]);
+  assert.equal(plain.status, 0, plain.stderr);
+  const [a, b] = [JSON.parse(withTok.stdout), JSON.parse(plain.stdout)];
+  assert.equal(a.ppl, b.ppl);
+  assert.equal(b.recipe, 'gguf mostly_q8_0');
+  const kl = cli(['eval', files.q8_0, ...common, '--kl']);
+  assert.equal(kl.status, 2);
+  assert.match(kl.stderr, /--kl-base/);
+});
