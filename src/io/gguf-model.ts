@@ -24,7 +24,7 @@ import {
   dequantizeQ6_K,
   dequantizeQ8_0,
 } from '../formats/ggml.ts';
-import { ATTENTION_LINEARS, LINEARS, type LinearName, LlamaModel } from '../model/llama.ts';
+import { ATTENTION_LINEARS, LINEARS, LlamaModel } from '../model/llama.ts';
 import type { Backend } from '../tensor/tensor.ts';
 import { type ModelConfig, parseModelConfig } from './config.ts';
 import { llama3RopeFactors } from './export/gguf.ts';
@@ -34,6 +34,7 @@ import {
   type GgufTensorInfo,
   ggmlTypeName,
   ggufMeta,
+  LINEAR_GGUF,
   readGguf,
   readGgufTensor,
 } from './gguf.ts';
@@ -208,16 +209,6 @@ export function ggufModelConfig(file: GgufFile): ModelConfig {
 
 // ---------------------------------------------------------------------------------------------
 // weights
-
-const LINEAR_GGUF: Record<LinearName, string> = {
-  q_proj: 'attn_q',
-  k_proj: 'attn_k',
-  v_proj: 'attn_v',
-  o_proj: 'attn_output',
-  gate_proj: 'ffn_gate',
-  up_proj: 'ffn_up',
-  down_proj: 'ffn_down',
-};
 
 type Dequantizer = (bytes: Uint8Array, n: number) => Float32Array;
 const DEQUANTIZERS: Record<number, Dequantizer> = {

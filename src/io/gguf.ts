@@ -15,6 +15,7 @@
 import fs from 'node:fs';
 import nodePath from 'node:path';
 import { fail } from '../errors.ts';
+import type { LinearName } from '../model/llama.ts';
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" read as a little-endian u32
 export const GGUF_VERSION = 3;
@@ -671,3 +672,14 @@ export function readGgufTensor(file: GgufFile, name: string): Uint8Array {
 export function ggufMeta(file: GgufFile, key: string): GgufPlain | undefined {
   return file.metadata.get(key)?.value;
 }
+
+/** llama.cpp's tensor names (blk.N.<name>.weight) for the HF Llama linears. */
+export const LINEAR_GGUF: Record<LinearName, string> = {
+  q_proj: 'attn_q',
+  k_proj: 'attn_k',
+  v_proj: 'attn_v',
+  o_proj: 'attn_output',
+  gate_proj: 'ffn_gate',
+  up_proj: 'ffn_up',
+  down_proj: 'ffn_down',
+};

@@ -336,7 +336,9 @@ class WeightLoader {
     const dtype = storageDType(name, t.dtype);
     const bad = firstNonFinite(t.data as Float32Array | Uint16Array, dtype);
     if (bad >= 0)
-      fail(`${this.dir}: tensor "${name}" holds NaN or Inf (element ${bad}); the checkpoint is corrupt or overflowed`);
+      fail(
+        `${this.dir}: tensor "${name}" holds NaN or Inf (element ${bad}); the checkpoint is corrupt or overflowed`,
+      );
     return this.backend.upload(t.data as never, t.shape, dtype);
   }
 }

@@ -36,7 +36,15 @@ import { loadModel } from '../../quant/load.ts';
 import { CpuBackend } from '../../tensor/cpu/backend.ts';
 import type { Tensor } from '../../tensor/tensor.ts';
 import { loadModelConfig, type ModelConfig } from '../config.ts';
-import { GGML_TYPE, type GgufTensorSpec, type GgufValue, GgufWriter, ggmlTypeName, gguf } from '../gguf.ts';
+import {
+  GGML_TYPE,
+  type GgufTensorSpec,
+  type GgufValue,
+  GgufWriter,
+  ggmlTypeName,
+  gguf,
+  LINEAR_GGUF,
+} from '../gguf.ts';
 
 export const GGUF_EXPORT_TYPES = ['q8_0', 'q4_0', 'f16'] as const;
 export type GgufExportType = (typeof GGUF_EXPORT_TYPES)[number];
@@ -72,16 +80,6 @@ const GGML_QUANT_VERSION = 2;
 
 /** GGUF token types (gguf.md): 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte */
 const TOKEN_TYPE = { normal: 1, control: 3, userDefined: 4, unused: 5 } as const;
-
-const LINEAR_GGUF: Record<LinearName, string> = {
-  q_proj: 'attn_q',
-  k_proj: 'attn_k',
-  v_proj: 'attn_v',
-  o_proj: 'attn_output',
-  gate_proj: 'ffn_gate',
-  up_proj: 'ffn_up',
-  down_proj: 'ffn_down',
-};
 
 /** The Split regex of Llama 3's tokenizer.json, which llama.cpp calls "llama-bpe". */
 const LLAMA3_SPLIT =
