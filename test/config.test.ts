@@ -6,6 +6,7 @@ import { after, describe, test } from 'node:test';
 import { UserError } from '../src/errors.ts';
 import { loadModelConfig, type ModelConfig, parseModelConfig } from '../src/io/config.ts';
 import { ropeTable } from '../src/io/rope.ts';
+import { MODELS } from './helpers.ts';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-cfg-'));
 after(() => fs.rmSync(root, { recursive: true, force: true }));
@@ -60,7 +61,7 @@ const base = {
 
 describe('loadModelConfig', () => {
   test('llama-small (transformers 4.x style, rope_theta)', () => {
-    const cfg = loadModelConfig('/work/shared/models/llama-small');
+    const cfg = loadModelConfig(`${MODELS}llama-small`);
     const { raw, ...rest } = cfg;
     assert.equal(raw.transformers_version, '4.46.0');
     assert.deepEqual(rest, {
@@ -92,7 +93,7 @@ describe('loadModelConfig', () => {
   });
 
   test('llama-tiny (transformers 5.x style, rope_parameters, dtype)', () => {
-    const cfg = loadModelConfig('/work/shared/models/llama-tiny');
+    const cfg = loadModelConfig(`${MODELS}llama-tiny`);
     assert.equal(cfg.modelType, 'llama');
     assert.equal(cfg.hiddenSize, 256);
     assert.equal(cfg.numHeads, 4);

@@ -31,9 +31,10 @@ import { resolveRecipe } from '../src/quant/recipe.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { f32ToF16 } from '../src/tensor/dtype.ts';
 import type { Tensor } from '../src/tensor/tensor.ts';
+import { MODELS, WIKITEXT } from './helpers.ts';
 
-const SOURCE = '/work/shared/models/llama-tiny';
-const WIKI = '/work/shared/data/wikitext-2-raw/wiki.test.raw';
+const SOURCE = `${MODELS}llama-tiny`;
+const WIKI = WIKITEXT;
 const backend = new CpuBackend();
 let tmp: string;
 const files: Record<'q8_0' | 'q4_0' | 'f16', string> = { q8_0: '', q4_0: '', f16: '' };

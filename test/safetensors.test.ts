@@ -18,6 +18,7 @@ import {
   writeShardedCheckpoint,
 } from '../src/io/safetensors.ts';
 import { bf16BitsToNumber, f16BitsToNumber, numberToBf16Bits, numberToF16Bits } from '../src/tensor/dtype.ts';
+import { MODELS } from './helpers.ts';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-st-'));
 after(() => fs.rmSync(root, { recursive: true, force: true }));
@@ -175,7 +176,7 @@ describe('safetensors write/read', () => {
   });
 
   test('reads the shared llama-tiny checkpoint', () => {
-    const dir = '/work/shared/models/llama-tiny';
+    const dir = `${MODELS}llama-tiny`;
     if (!fs.existsSync(dir)) return;
     const ck = openCheckpoint(dir);
     try {
