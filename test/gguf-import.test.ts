@@ -306,3 +306,38 @@ test('refusals: other architectures, undequantizable tensors, unknown tokenizers
   assert.equal(kl.status, 2);
   assert.match(kl.stderr, /--kl-base/);
 });
+
+test('a Llama-3-style tokenizer (llama-bpe pre-tokenizer) round-trips through GGUF to the same ids', async () => {
+  const dir = path.join(tmp, 'llama-bpe');
+  fs.mkdirSync(dir);
+  const tok = JSON.parse(fs.readFileSync(`${SOURCE}/tokenizer.json`, 'utf8'));
+  tok.pre_tokenizer = {
+    type: 'Sequence',
+    pretokenizers: [
+      {
+        type: 'Split',
+        pattern: {
+          Regex:
+            "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+        },
+        behavior: 'Isolated',
+        invert: false,
+      },
+      { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false },
+    ],
+  };
+  fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(tok));
+  for (const f of ['config.json', 'tokenizer_config.json', 'model.safetensors'])
+    fs.symlinkSync(path.join(SOURCE, f), path.join(dir, f));
+  const out = path.join(tmp, 'llama-bpe.gguf');
+  await exportGguf(dir, out, { type: 'f16' });
+  // digits in threes, contractions, punctuation runs and newlines: where the two pre-tokenizers differ
+  const text = `${fs.readFileSync(WIKI, 'utf8').slice(0, 4096)} 1234567 can't WE'LL ...!!\n\n  x`;
+  const want = loadTokenizer(dir).encode(text);
+  assert.notDeepEqual(
+    Array.from(want),
+    Array.from(loadTokenizer(SOURCE).encode(text)),
+    'the variant tokenizes differently',
+  );
+  assert.deepEqual(Array.from(loadGgufTokenizer(out).encode(text)), Array.from(want));
+});
