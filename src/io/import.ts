@@ -236,6 +236,12 @@ function storedTensors(ckpt: Checkpoint, prefix: string, [rows, cols]: [number, 
       if (t.dtype === 'F32') return t.data as Float32Array;
       return failAt(suffix, `has dtype ${t.dtype}, expected F16, BF16 or F32 scales`);
     },
+    groupIndex(suffix, nG) {
+      const gIdx = this.ints(suffix, [cols]);
+      const bad = gIdx.findIndex((g) => !(g >= 0 && g < nG));
+      if (bad >= 0) failAt(suffix, `entry ${bad} is ${gIdx[bad]}, not a group of 0..${nG - 1}`);
+      return gIdx;
+    },
     fail: failAt,
   };
 }

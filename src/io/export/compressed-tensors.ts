@@ -193,11 +193,7 @@ function checkShape(t: StoredTensors): void {
 }
 
 function groupIndex(t: StoredTensors, nG: number): Int32Array | undefined {
-  if (!t.has('weight_g_idx')) return undefined;
-  const gIdx = t.ints('weight_g_idx', [t.cols]);
-  const bad = gIdx.findIndex((g) => !(g >= 0 && g < nG));
-  if (bad >= 0) t.fail('weight_g_idx', `entry ${bad} is ${gIdx[bad]}, not a group of 0..${nG - 1}`);
-  return gIdx;
+  return t.has('weight_g_idx') ? t.groupIndex('weight_g_idx', nG) : undefined;
 }
 
 function unpack(t: StoredTensors, s: LinearSettings): UnpackedLinear {

@@ -186,10 +186,7 @@ function groupIndex(t: StoredTensors, s: LinearSettings, nG: number): Int32Array
     if (s.actOrder) t.fail('g_idx', 'is missing (desc_act is true)');
     return undefined;
   }
-  const gIdx = t.ints('g_idx', [t.cols]);
-  const bad = gIdx.findIndex((g) => !(g >= 0 && g < nG));
-  if (bad >= 0) t.fail('g_idx', `entry ${bad} is ${gIdx[bad]}, not a group of 0..${nG - 1}`);
-  return gIdx;
+  return t.groupIndex('g_idx', nG);
 }
 
 function unpack(t: StoredTensors, s: LinearSettings): UnpackedLinear {

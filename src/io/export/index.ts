@@ -148,6 +148,8 @@ export interface StoredTensors {
   ints(suffix: string, shape: number[]): Int32Array;
   /** F16 / BF16 / F32 values widened to f32; fails unless of `shape` */
   floats(suffix: string, shape: number[]): Float32Array;
+  /** a g_idx (the scale group of each input column), every entry checked to name one of nG groups */
+  groupIndex(suffix: string, nG: number): Int32Array;
   /** fails with one line naming the tensor */
   fail(suffix: string, message: string): never;
 }
