@@ -341,3 +341,31 @@ test('a Llama-3-style tokenizer (llama-bpe pre-tokenizer) round-trips through GG
   );
   assert.deepEqual(Array.from(loadGgufTokenizer(out).encode(text)), Array.from(want));
 });
+
+test('llmq inspect model.gguf: config, tensor types by parameter count, tokenizer', () => {
+  const r = spawnSync(
+    process.execPath,
+    ['--import', 'tsx', 'src/cli/main.ts', 'inspect', files.q4_0, '--json'],
+    {
+      encoding: 'utf8',
+    },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  const info = JSON.parse(r.stdout);
+  const config = JSON.parse(fs.readFileSync(`${SOURCE}/config.json`, 'utf8'));
+  assert.equal(info.architecture, 'llama');
+  assert.equal(info.file_type, 'mostly_q4_0');
+  assert.equal(info.layers, config.num_hidden_layers);
+  assert.equal(info.hidden_size, config.hidden_size);
+  assert.equal(info.kv_heads, config.num_key_value_heads);
+  const file = readGguf(files.q4_0);
+  const count = (type: number) =>
+    file.tensors.filter((t) => t.type === type).reduce((n, t) => n + t.dims.reduce((a, b) => a * b, 1), 0);
+  assert.deepEqual(info.tensor_types, {
+    Q4_0: count(GGML_TYPE.Q4_0),
+    Q8_0: count(GGML_TYPE.Q8_0),
+    F32: count(GGML_TYPE.F32),
+  });
+  assert.equal(info.disk_bytes, fs.statSync(files.q4_0).size);
+  assert.match(info.tokenizer, /8192 tokens/);
+});
