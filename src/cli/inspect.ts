@@ -1,6 +1,5 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { fail } from '../errors.ts';
 import { loadModelConfig } from '../io/config.ts';
 import { ggmlTypeName, readGguf } from '../io/gguf.ts';
 import { ggufFileTypeName, ggufModelConfig, isGgufPath, loadGgufTokenizer } from '../io/gguf-model.ts';
@@ -87,7 +86,10 @@ function inspectGguf(file: string, json: boolean): void {
     disk_bytes: gguf.fileSize,
     tokenizer,
   };
-  if (json) return printJson(out);
+  if (json) {
+    printJson(out);
+    return;
+  }
   console.log(`${file}
   architecture  ${config.modelType} (GGUF v${gguf.version}, ${out.file_type}): ${config.numLayers} layers x ${config.hiddenSize}, ${config.numHeads} heads / ${config.numKvHeads} kv heads (head_dim ${config.headDim}), ffn ${config.intermediateSize}, vocab ${config.vocabSize}${config.tieWordEmbeddings ? ', tied embeddings' : ''}
   parameters    ${(params / 1e6).toFixed(2)} M (${Object.entries(types)
