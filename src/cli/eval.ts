@@ -63,6 +63,8 @@ export async function evalCommand(argv: string[]): Promise<void> {
     fail(`--seqlen ${seqLen} is larger than ${values.ppl} (${tokens.length} tokens)`);
   const start = performance.now();
   const recipe = values.recipe === undefined ? undefined : resolveRecipe(values.recipe);
+  const klBase =
+    values.kl || values['kl-base'] ? klBaseDir(dir, values['kl-base'], recipe !== undefined) : undefined;
   const layers = new Progress('quantize', 'layers', values.json);
   const tokenizing = new Progress('calibration', 'tokens', values.json);
   const gpu = backend.name === 'webgpu';
@@ -78,7 +80,6 @@ export async function evalCommand(argv: string[]): Promise<void> {
   });
   const int8Linears = int8 ? useInt8Matmuls(model) : 0;
   const packedLinears = packed ? usePackedWeights(model, true) : 0;
-  const klBase = values.kl || values['kl-base'] ? klBaseDir(dir, values['kl-base'], model) : undefined;
   const reference = klBase === undefined ? undefined : LlamaModel.load(klBase, backend);
   const progress = new Progress('perplexity', 'windows', values.json);
   progress.update(0, windowCount(tokens.length, seqLen, maxWindows));
@@ -120,37 +121,30 @@ export async function evalCommand(argv: string[]): Promise<void> {
     );
 }
 
-/** The full-precision model --kl compares against: --kl-base, <dir> itself under --recipe, or the checkpoint's source. */
-function klBaseDir(dir: string, given: string | undefined, model: LlamaModel): string {
+/**
+ * The full-precision model --kl compares against: --kl-base, <dir> itself under --recipe, or the source
+ * a checkpoint records (llmq's manifest, or the llmq_export note of an exported one). Resolved before
+ * any model is loaded, so a missing base fails at once.
+ */
+function klBaseDir(dir: string, given: string | undefined, onTheFly: boolean): string {
   if (given !== undefined) return given;
-  if (isGgufPath(dir))
+  if (onTheFly) return dir;
+  const noRecord = (what: string): never =>
     fail(
-      `eval: --kl: ${dir} is a GGUF file with no record of its full-precision source; pass --kl-base <fp-model-dir>`,
+      `eval: --kl: ${dir} is ${what} with no record of its full-precision source; pass --kl-base <fp-model-dir>`,
     );
+  if (isGgufPath(dir)) return noRecord('a GGUF file');
   const foreign = readForeignQuantConfig(dir);
-  if (foreign) {
-    const source = foreign.sourceModel;
-    if (source === undefined)
-      fail(
-        `eval: --kl: ${dir} is a ${foreign.method} checkpoint with no record of its full-precision source; pass --kl-base <fp-model-dir>`,
-      );
-    if (!fs.existsSync(path.join(source, 'config.json')))
-      fail(
-        `eval: --kl: ${dir} was exported from ${source}, which is not there any more; pass --kl-base <fp-model-dir>`,
-      );
-    return source;
-  }
-  const stored = readQuantizationConfig(dir);
-  if (!stored) {
-    if (model.quantization) return dir; // quantized on the fly by --recipe
+  const source = foreign
+    ? (foreign.sourceModel ?? noRecord(`a ${foreign.method} checkpoint`))
+    : readQuantizationConfig(dir)?.manifest.source_model;
+  if (source === undefined)
     return fail(
       'eval: --kl compares a quantized model with full precision: add --recipe, or evaluate a quantized checkpoint',
     );
-  }
-  const source = stored.manifest.source_model;
   if (!fs.existsSync(path.join(source, 'config.json')))
     fail(
-      `eval: --kl: ${dir} was quantized from ${source}, which is not there any more; pass --kl-base <fp-model-dir>`,
+      `eval: --kl: ${dir} was made from ${source}, which is not there any more; pass --kl-base <fp-model-dir>`,
     );
   return source;
 }
