@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { loadModelConfig } from '../io/config.ts';
+import { loadModelConfig, type ModelConfig } from '../io/config.ts';
 import { ggmlTypeName, readGguf } from '../io/gguf.ts';
 import { ggufFileTypeName, ggufModelConfig, isGgufPath, loadGgufTokenizer } from '../io/gguf-model.ts';
 import { openCheckpoint } from '../io/safetensors.ts';
@@ -30,15 +30,7 @@ export async function inspectCommand(argv: string[]): Promise<void> {
   const qcfg = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')).quantization_config;
   const out = {
     model: dir,
-    architecture: config.modelType,
-    layers: config.numLayers,
-    hidden_size: config.hiddenSize,
-    intermediate_size: config.intermediateSize,
-    heads: config.numHeads,
-    kv_heads: config.numKvHeads,
-    head_dim: config.headDim,
-    vocab_size: config.vocabSize,
-    tied_embeddings: config.tieWordEmbeddings,
+    ...configFields(config),
     parameters: params,
     dtypes,
     files: ckpt.files.map((f) => path.basename(f)),
@@ -48,7 +40,7 @@ export async function inspectCommand(argv: string[]): Promise<void> {
   };
   if (values.json) return printJson(out);
   console.log(`${dir}
-  architecture  ${config.modelType}: ${config.numLayers} layers x ${config.hiddenSize}, ${config.numHeads} heads / ${config.numKvHeads} kv heads (head_dim ${config.headDim}), ffn ${config.intermediateSize}, vocab ${config.vocabSize}${config.tieWordEmbeddings ? ', tied embeddings' : ''}
+  architecture  ${config.modelType}: ${shapeLine(config)}
   parameters    ${(params / 1e6).toFixed(2)} M stored values (${Object.entries(dtypes)
     .map(([d, n]) => `${d} ${(n / 1e6).toFixed(2)} M`)
     .join(', ')})
@@ -71,16 +63,8 @@ function inspectGguf(file: string, json: boolean): void {
   const tokenizer = loadGgufTokenizer(file).summary;
   const out = {
     model: file,
-    architecture: config.modelType,
+    ...configFields(config),
     file_type: ggufFileTypeName(gguf),
-    layers: config.numLayers,
-    hidden_size: config.hiddenSize,
-    intermediate_size: config.intermediateSize,
-    heads: config.numHeads,
-    kv_heads: config.numKvHeads,
-    head_dim: config.headDim,
-    vocab_size: config.vocabSize,
-    tied_embeddings: config.tieWordEmbeddings,
     parameters: params,
     tensor_types: types,
     disk_bytes: gguf.fileSize,
@@ -91,10 +75,32 @@ function inspectGguf(file: string, json: boolean): void {
     return;
   }
   console.log(`${file}
-  architecture  ${config.modelType} (GGUF v${gguf.version}, ${out.file_type}): ${config.numLayers} layers x ${config.hiddenSize}, ${config.numHeads} heads / ${config.numKvHeads} kv heads (head_dim ${config.headDim}), ffn ${config.intermediateSize}, vocab ${config.vocabSize}${config.tieWordEmbeddings ? ', tied embeddings' : ''}
+  architecture  ${config.modelType} (GGUF v${gguf.version}, ${out.file_type}): ${shapeLine(config)}
   parameters    ${(params / 1e6).toFixed(2)} M (${Object.entries(types)
     .map(([t, n]) => `${t} ${(n / 1e6).toFixed(2)} M`)
     .join(', ')})
   on disk       ${(gguf.fileSize / 2 ** 20).toFixed(1)} MiB
   tokenizer     ${tokenizer}`);
+}
+
+function configFields(config: ModelConfig) {
+  return {
+    architecture: config.modelType,
+    layers: config.numLayers,
+    hidden_size: config.hiddenSize,
+    intermediate_size: config.intermediateSize,
+    heads: config.numHeads,
+    kv_heads: config.numKvHeads,
+    head_dim: config.headDim,
+    vocab_size: config.vocabSize,
+    tied_embeddings: config.tieWordEmbeddings,
+  };
+}
+
+function shapeLine(config: ModelConfig): string {
+  return (
+    `${config.numLayers} layers x ${config.hiddenSize}, ${config.numHeads} heads / ${config.numKvHeads} kv heads ` +
+    `(head_dim ${config.headDim}), ffn ${config.intermediateSize}, vocab ${config.vocabSize}` +
+    (config.tieWordEmbeddings ? ', tied embeddings' : '')
+  );
 }
