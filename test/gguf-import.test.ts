@@ -31,7 +31,7 @@ import { resolveRecipe } from '../src/quant/recipe.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { f32ToF16 } from '../src/tensor/dtype.ts';
 import type { Tensor } from '../src/tensor/tensor.ts';
-import { MODELS, WIKITEXT } from './helpers.ts';
+import { LLAMA3_PRE_TOKENIZER, MODELS, WIKITEXT } from './helpers.ts';
 
 const SOURCE = `${MODELS}llama-tiny`;
 const WIKI = WIKITEXT;
@@ -311,21 +311,8 @@ test('a Llama-3-style tokenizer (llama-bpe pre-tokenizer) round-trips through GG
   const dir = path.join(tmp, 'llama-bpe');
   fs.mkdirSync(dir);
   const tok = JSON.parse(fs.readFileSync(`${SOURCE}/tokenizer.json`, 'utf8'));
-  tok.pre_tokenizer = {
-    type: 'Sequence',
-    pretokenizers: [
-      {
-        type: 'Split',
-        pattern: {
-          Regex:
-            "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
-        },
-        behavior: 'Isolated',
-        invert: false,
-      },
-      { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false },
-    ],
-  };
+  tok.pre_tokenizer = LLAMA3_PRE_TOKENIZER;
+
   fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(tok));
   for (const f of ['config.json', 'tokenizer_config.json', 'model.safetensors'])
     fs.symlinkSync(path.join(SOURCE, f), path.join(dir, f));

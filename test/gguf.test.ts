@@ -30,7 +30,7 @@ import { saveQuantized } from '../src/quant/checkpoint.ts';
 import { loadModel } from '../src/quant/load.ts';
 import { resolveRecipe } from '../src/quant/recipe.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
-import { MODELS, rng, testManifest } from './helpers.ts';
+import { LLAMA3_PRE_TOKENIZER, MODELS, rng, testManifest } from './helpers.ts';
 
 const cpu = new CpuBackend();
 const TINY = `${MODELS}llama-tiny`;
@@ -534,22 +534,6 @@ describe('exportGguf on llama-tiny', () => {
 // ---------------------------------------------------------------------------------------------
 // variants: tied embeddings, attention biases, llama3 RoPE, the Llama 3 pre-tokenizer
 
-const LLAMA3_PRE = {
-  type: 'Sequence',
-  pretokenizers: [
-    {
-      type: 'Split',
-      pattern: {
-        Regex:
-          "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
-      },
-      behavior: 'Isolated',
-      invert: false,
-    },
-    { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false },
-  ],
-};
-
 /** llama-tiny with changed config.json / tokenizer.json; the weights linked unless given. */
 function variant(name: string, cfg: object, tok: object, tensors?: TensorToWrite[]): string {
   const dir = path.join(ROOT, name);
@@ -597,7 +581,7 @@ describe('model variants', () => {
     const dir = variant(
       'tied',
       { tie_word_embeddings: true, attention_bias: true, rope_parameters: rope },
-      { pre_tokenizer: LLAMA3_PRE },
+      { pre_tokenizer: LLAMA3_PRE_TOKENIZER },
       tensors,
     );
     const out = path.join(ROOT, 'tied.gguf');

@@ -68,3 +68,20 @@ export async function savedTinyCheckpoint(
   await saveQuantized(model, recipe, testManifest(tiny), dir, false);
   return model;
 }
+
+/** The pre-tokenizer of Llama 3's tokenizer.json (llama.cpp's "llama-bpe"), for tokenizer variants of llama-tiny. */
+export const LLAMA3_PRE_TOKENIZER = {
+  type: 'Sequence',
+  pretokenizers: [
+    {
+      type: 'Split',
+      pattern: {
+        Regex:
+          "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+      },
+      behavior: 'Isolated',
+      invert: false,
+    },
+    { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false },
+  ],
+};
