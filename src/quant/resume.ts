@@ -51,11 +51,6 @@ export class ResumeStore {
     return createHash('sha256').update(JSON.stringify(parts)).digest('hex');
   }
 
-  /** Layers done by an earlier run with the same key (0 when none). */
-  layersDone(): number {
-    return this.state()?.layers ?? 0;
-  }
-
   private state(): State | undefined {
     try {
       const state = JSON.parse(fs.readFileSync(path.join(this.dir, 'state.json'), 'utf8')) as State;
