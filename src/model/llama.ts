@@ -70,6 +70,17 @@ export type StoredLinearReader = (
   shape: [number, number],
 ) => Partial<Pick<Linear, 'weight' | 'quantized' | 'inputQuant'>> | undefined;
 
+/**
+ * Keys and values of earlier positions of one sequence (generation). A forward with a cache runs the
+ * new rows at positions past.. and stores their keys/values for the next call.
+ */
+export interface AttentionCache {
+  /** positions already cached */
+  readonly past: number;
+  /** stores layer `layer`'s new k/v rows at rows past.. and returns that layer's whole k/v caches */
+  append(layer: number, k: Tensor, v: Tensor): { k: Tensor; v: Tensor };
+}
+
 export interface BatchShape {
   batch: number;
   seqLen: number;
@@ -174,14 +185,27 @@ export class LlamaModel {
   }
 
   /** Self-attention block output (before the residual add) for normed input x. */
-  attentionBlock(layer: number, x: Tensor, shape: BatchShape, hooks?: ForwardHooks): Tensor {
+  attentionBlock(
+    layer: number,
+    x: Tensor,
+    shape: BatchShape,
+    hooks?: ForwardHooks,
+    cache?: AttentionCache,
+  ): Tensor {
     const b = this.backend;
     const { numHeads, numKvHeads, headDim } = this.config;
-    const pos = this.positions(shape);
+    const pos = cache ? positionsFrom(cache.past, shape.seqLen) : this.positions(shape);
     const q = b.rope(this.applyLinear(layer, 'q_proj', x, hooks), pos, headDim, this.rope);
     const k = b.rope(this.applyLinear(layer, 'k_proj', x, hooks), pos, headDim, this.rope);
     const v = this.applyLinear(layer, 'v_proj', x, hooks);
-    const att = b.attention(q, k, v, { ...shape, numHeads, numKvHeads, headDim });
+    const heads = { numHeads, numKvHeads, headDim };
+    const past = cache?.past ?? 0;
+    const cached = cache?.append(layer, k, v);
+    // with nothing cached before, the new rows attend only to themselves: the batched kernel does it
+    const att =
+      cached && past > 0
+        ? b.attentionCached(q, cached.k, cached.v, { queries: shape.seqLen, past, ...heads })
+        : b.attention(q, k, v, { ...shape, ...heads });
     for (const t of [q, k, v]) t.dispose();
     const out = this.applyLinear(layer, 'o_proj', att, hooks);
     att.dispose();
@@ -200,12 +224,18 @@ export class LlamaModel {
     return out;
   }
 
-  layerForward(layer: number, h: Tensor, shape: BatchShape, hooks?: ForwardHooks): Tensor {
+  layerForward(
+    layer: number,
+    h: Tensor,
+    shape: BatchShape,
+    hooks?: ForwardHooks,
+    cache?: AttentionCache,
+  ): Tensor {
     const b = this.backend;
     const { rmsNormEps } = this.config;
     const L = this.layers[layer];
     const x1 = b.rmsnorm(h, L.inputNorm, rmsNormEps);
-    const att = this.attentionBlock(layer, x1, shape, hooks);
+    const att = this.attentionBlock(layer, x1, shape, hooks, cache);
     x1.dispose();
     const h1 = b.add(h, att);
     att.dispose();
@@ -237,6 +267,32 @@ export class LlamaModel {
     normed.dispose();
     return logits;
   }
+
+  /**
+   * Runs new tokens of one sequence after the cached ones (the cache must have room for them) and
+   * returns the logits of the last one, [1, vocab].
+   */
+  forwardCached(ids: Int32Array, cache: AttentionCache): Tensor {
+    const shape = { batch: 1, seqLen: ids.length };
+    let h = this.embed(ids);
+    for (let i = 0; i < this.layers.length; i++) {
+      const next = this.layerForward(i, h, shape, undefined, cache);
+      h.dispose();
+      h = next;
+    }
+    const last = ids.length === 1 ? h : this.backend.sliceRows(h, ids.length - 1, ids.length);
+    if (last !== h) h.dispose();
+    const { normed, logits } = this.head(last);
+    last.dispose();
+    normed.dispose();
+    return logits;
+  }
+}
+
+function positionsFrom(start: number, n: number): Int32Array {
+  const pos = new Int32Array(n);
+  for (let i = 0; i < n; i++) pos[i] = start + i;
+  return pos;
 }
 
 /**

@@ -32,6 +32,17 @@ export interface AttentionShape {
   headDim: number;
 }
 
+/** Attention of new rows of one sequence against a KV cache (generation). */
+export interface CachedAttentionShape {
+  /** new rows of q, at positions past .. past + queries - 1 */
+  queries: number;
+  /** cache rows before them; keys [0, past + queries) are valid */
+  past: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+}
+
 export interface RopeTable {
   /** inverse frequencies, headDim / 2 of them, already adjusted for rope_scaling */
   invFreq: Float32Array;
@@ -96,6 +107,13 @@ export interface Backend {
   rope(x: Tensor, positions: Int32Array, headDim: number, table: RopeTable): Tensor;
   /** Causal grouped-query attention of q [rows, H*Dh], k/v [rows, Hkv*Dh] -> [rows, H*Dh]. */
   attention(q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape): Tensor;
+  /**
+   * Causal GQA attention of q [queries, H*Dh] (positions past ..) against rows [0, past + queries) of
+   * k/v caches [capacity, Hkv*Dh] -> [queries, H*Dh]: query i sees keys 0 .. past + i.
+   */
+  attentionCached(q: Tensor, k: Tensor, v: Tensor, shape: CachedAttentionShape): Tensor;
+  /** Copies src's rows into dst's rows [at, at + rows of src), in place (a KV cache append); f32 dst. */
+  writeRows(dst: Tensor, src: Tensor, at: number): void;
   /** silu(gate) * up, elementwise. */
   siluMul(gate: Tensor, up: Tensor): Tensor;
   add(a: Tensor, b: Tensor): Tensor;
@@ -134,6 +152,26 @@ export function checkKlShapes(p: Tensor, q: Tensor): [number, number] {
       `klDiv: logits must be two 2-D tensors of one shape, got ${p.shape.join('x')} and ${q.shape.join('x')}`,
     );
   return [p.shape[0], p.shape[1]];
+}
+
+/** Checks a cached attention's operands against its shape (both backends). */
+export function checkCachedAttention(q: Tensor, k: Tensor, v: Tensor, s: CachedAttentionShape): void {
+  const { queries, past, numHeads: H, numKvHeads: Hkv, headDim: Dh } = s;
+  const what = `attentionCached (${queries} queries after ${past})`;
+  if (q.shape[0] !== queries || q.shape[1] !== H * Dh)
+    fail(`${what}: q ${shapeString(q.shape)} is not [${queries}, ${H * Dh}]`);
+  for (const c of [k, v])
+    if (c.shape[1] !== Hkv * Dh || c.shape[0] < past + queries)
+      fail(`${what}: cache ${shapeString(c.shape)} lacks ${past + queries} rows of ${Hkv * Dh}`);
+  if (H % Hkv !== 0) fail(`${what}: ${H} heads over ${Hkv} kv heads`);
+}
+
+/** Checks a row write into a cache. */
+export function checkWriteRows(dst: Tensor, src: Tensor, at: number): void {
+  const cols = (t: Tensor) => numel(t.shape) / t.shape[0];
+  if (dst.dtype !== 'f32') fail(`writeRows: destination must be f32, got ${dst.dtype}`);
+  if (cols(dst) !== cols(src) || !Number.isInteger(at) || at < 0 || at + src.shape[0] > dst.shape[0])
+    fail(`writeRows: ${shapeString(src.shape)} does not fit ${shapeString(dst.shape)} at row ${at}`);
 }
 
 export function numel(shape: readonly number[]): number {

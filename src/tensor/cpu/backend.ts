@@ -5,8 +5,11 @@ import type { FormatSpec } from '../../formats/spec.ts';
 import {
   type AttentionShape,
   type Backend,
+  type CachedAttentionShape,
   type ColumnStats,
+  checkCachedAttention,
   checkKlShapes,
+  checkWriteRows,
   type DType,
   type HostArray,
   numel,
@@ -16,6 +19,7 @@ import {
   type Tensor,
 } from '../tensor.ts';
 import { prepareAttention, wasmAttention } from './attention-wasm.ts';
+import { attentionCachedRows } from './kernels.ts';
 import { parallelFor, releaseShared, sharedF32, threadCount } from './pool.ts';
 import { ensureWasmBytes, matmulUnits, packUnits, type WasmMatmul, wasmLayout, wasmMatmul } from './wasm.ts';
 
@@ -303,6 +307,19 @@ export class CpuBackend implements Backend {
       s.batch * s.numHeads,
     );
     return this.fromF32(out, q.shape);
+  }
+
+  attentionCached(q: Tensor, k: Tensor, v: Tensor, s: CachedAttentionShape): Tensor {
+    checkCachedAttention(q, k, v, s);
+    const out = sharedF32(numel(q.shape));
+    attentionCachedRows(this.f32(q), this.f32(k), this.f32(v), out, s);
+    return this.fromF32(out, q.shape);
+  }
+
+  writeRows(dst: Tensor, src: Tensor, at: number): void {
+    checkWriteRows(dst, src, at);
+    const cols = numel(src.shape) / src.shape[0];
+    (dst as CpuTensor).data.set(this.f32(src), at * cols);
   }
 
   /** One loop per op: a shared loop over a callback goes megamorphic in V8 (~25 ns an element). */

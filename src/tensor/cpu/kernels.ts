@@ -234,6 +234,49 @@ export function attentionHeads(
   }
 }
 
+/**
+ * Attention of `queries` new rows of one sequence at positions past.. against a KV cache (generation:
+ * usually one query), f64 softmax, on the calling thread.
+ */
+export function attentionCachedRows(
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  out: Float32Array,
+  s: { queries: number; past: number; numHeads: number; numKvHeads: number; headDim: number },
+): void {
+  const { queries, past, numHeads, numKvHeads, headDim } = s;
+  const kvStride = numKvHeads * headDim;
+  const group = numHeads / numKvHeads;
+  const scale = 1 / Math.sqrt(headDim);
+  const scores = new Float64Array(past + queries);
+  const acc = new Float64Array(headDim);
+  for (let i = 0; i < queries; i++) {
+    const visible = past + i + 1;
+    for (let h = 0; h < numHeads; h++) {
+      const qo = (i * numHeads + h) * headDim;
+      const kvo = Math.floor(h / group) * headDim;
+      let max = Number.NEGATIVE_INFINITY;
+      for (let j = 0; j < visible; j++) {
+        const ko = j * kvStride + kvo;
+        let dot = 0;
+        for (let d = 0; d < headDim; d++) dot += q[qo + d] * k[ko + d];
+        scores[j] = dot * scale;
+        if (scores[j] > max) max = scores[j];
+      }
+      acc.fill(0);
+      let sum = 0;
+      for (let j = 0; j < visible; j++) {
+        const e = Math.exp(scores[j] - max);
+        sum += e;
+        const vo = j * kvStride + kvo;
+        for (let d = 0; d < headDim; d++) acc[d] += e * v[vo + d];
+      }
+      for (let d = 0; d < headDim; d++) out[qo + d] = acc[d] / sum;
+    }
+  }
+}
+
 /** Per-row NLL of targets under log-softmax(logits) for rows [start, end), in f64. */
 export function nllRows(
   logits: Float32Array,

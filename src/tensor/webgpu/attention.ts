@@ -4,7 +4,7 @@
  * memory in tiles, keeping a running max / sum (online softmax) so scores never reach memory.
  */
 import { fail } from '../../errors.ts';
-import type { AttentionShape, DType } from '../tensor.ts';
+import type { AttentionShape, CachedAttentionShape, DType } from '../tensor.ts';
 import { type GpuContext, type Kernel, Params, type Storage } from './context.ts';
 import { arrayType, loadFn } from './wgsl.ts';
 
@@ -129,5 +129,125 @@ export function attention(ctx: GpuContext, q: Storage, k: Storage, v: Storage, s
       [Math.ceil(s.seqLen / BQ), H, batch],
     );
   }
+  return out;
+}
+
+const WG = 64;
+/** head dimensions summed across the workgroup per step of the final reduction */
+const CH = 16;
+
+/**
+ * Attention against a KV cache: a workgroup per (query, head); its threads split the visible keys,
+ * each keeping its own running max / sum / accumulator, merged through shared memory at the end.
+ * One query per workgroup suits decoding (one query over thousands of keys).
+ */
+function cachedAttentionKernel(dq: DType, dk: DType, dv: DType, headDim: number): Kernel {
+  const DH = headDim;
+  return {
+    key: `attentionCached:${dq}:${dk}:${dv}:${DH}`,
+    bindings: ['uniform', 'read', 'read', 'read', 'write'],
+    code: () => `
+struct P { past: u32, H: u32, Hkv: u32, qOff: u32, kOff: u32, vOff: u32, oOff: u32, scale: f32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> Q: array<${arrayType(dq)}>;
+@group(0) @binding(2) var<storage, read> K: array<${arrayType(dk)}>;
+@group(0) @binding(3) var<storage, read> V: array<${arrayType(dv)}>;
+@group(0) @binding(4) var<storage, read_write> O: array<f32>;
+var<workgroup> qs: array<f32, ${DH}>;
+var<workgroup> red: array<f32, ${WG}>;
+var<workgroup> part: array<f32, ${WG * CH}>;
+${loadFn('ldQ', 'Q', dq)}
+${loadFn('ldK', 'K', dk)}
+${loadFn('ldV', 'V', dv)}
+fn reduceMax(lid: u32) -> f32 {
+  for (var w = ${WG / 2}u; w > 0u; w = w >> 1u) {
+    workgroupBarrier();
+    if (lid < w) { red[lid] = max(red[lid], red[lid + w]); }
+  }
+  workgroupBarrier();
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}
+fn reduceSum(lid: u32) -> f32 {
+  for (var w = ${WG / 2}u; w > 0u; w = w >> 1u) {
+    workgroupBarrier();
+    if (lid < w) { red[lid] = red[lid] + red[lid + w]; }
+  }
+  workgroupBarrier();
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let qi = wid.x;
+  let h = wid.y;
+  let kvh = h / (p.H / p.Hkv);
+  let qRow = p.qOff + (qi * p.H + h) * ${DH}u;
+  for (var d = lid; d < ${DH}u; d += ${WG}u) { qs[d] = ldQ(qRow + d); }
+  workgroupBarrier();
+  let visible = p.past + qi + 1u;
+  let kvStride = p.Hkv * ${DH}u;
+  var acc: array<f32, ${DH}>;
+  for (var d = 0u; d < ${DH}u; d++) { acc[d] = 0.0; }
+  var m = -3.0e38;
+  var l = 0.0;
+  for (var j = lid; j < visible; j += ${WG}u) {
+    let o = j * kvStride + kvh * ${DH}u;
+    var dot = 0.0;
+    for (var d = 0u; d < ${DH}u; d++) { dot += qs[d] * ldK(p.kOff + o + d); }
+    let s = dot * p.scale;
+    let mNew = max(m, s);
+    let corr = exp(m - mNew);
+    let e = exp(s - mNew);
+    l = l * corr + e;
+    for (var d = 0u; d < ${DH}u; d++) { acc[d] = acc[d] * corr + e * ldV(p.vOff + o + d); }
+    m = mNew;
+  }
+  red[lid] = m;
+  let mAll = reduceMax(lid);
+  let f = exp(m - mAll);
+  red[lid] = l * f;
+  let lAll = reduceSum(lid);
+  let oRow = p.oOff + (qi * p.H + h) * ${DH}u;
+  for (var c0 = 0u; c0 < ${DH}u; c0 += ${CH}u) {
+    for (var d = 0u; d < ${CH}u; d++) {
+      part[lid * ${CH}u + d] = select(0.0, acc[min(c0 + d, ${DH - 1}u)] * f, c0 + d < ${DH}u);
+    }
+    workgroupBarrier();
+    if (lid < ${CH}u && c0 + lid < ${DH}u) {
+      var sum = 0.0;
+      for (var t = 0u; t < ${WG}u; t++) { sum += part[t * ${CH}u + lid]; }
+      O[oRow + c0 + lid] = sum / lAll;
+    }
+    workgroupBarrier();
+  }
+}`,
+  };
+}
+
+export function attentionCached(
+  ctx: GpuContext,
+  q: Storage,
+  k: Storage,
+  v: Storage,
+  s: CachedAttentionShape,
+): Storage {
+  const { queries, numHeads: H, numKvHeads: Hkv, headDim: DH } = s;
+  const out = ctx.allocStorage(queries, H * DH, 'f32');
+  if (queries === 0) return out;
+  const [wq, wk, wv, wo] = [q, k, v, out].map((t) => ctx.whole(t, 'attentionCached'));
+  const params = new Params()
+    .u(s.past)
+    .u(H)
+    .u(Hkv)
+    .u(wq.off)
+    .u(wk.off)
+    .u(wv.off)
+    .u(wo.off)
+    .f(1 / Math.sqrt(DH));
+  const kernel = cachedAttentionKernel(q.dtype, k.dtype, v.dtype, DH);
+  ctx.dispatch(kernel, params, [wq.binding, wk.binding, wv.binding, wo.binding], [queries, H]);
   return out;
 }

@@ -9,8 +9,11 @@ import { bf16ToF32, f16ToF32 } from '../dtype.ts';
 import {
   type AttentionShape,
   type Backend,
+  type CachedAttentionShape,
   type ColumnStats,
+  checkCachedAttention,
   checkKlShapes,
+  checkWriteRows,
   type DType,
   type HostArray,
   numel,
@@ -19,9 +22,9 @@ import {
   shapeString,
   type Tensor,
 } from '../tensor.ts';
-import { attention } from './attention.ts';
+import { attention, attentionCached } from './attention.ts';
 import { type ContextOptions, ELEM_BYTES, GpuContext, layoutOf, type Storage } from './context.ts';
-import { binary, rope, scaleColumns, scaleRows, toF32 } from './elementwise.ts';
+import { binary, copyRows, rope, scaleColumns, scaleRows, toF32 } from './elementwise.ts';
 import { type Dot4Tile, Int8Gemm, type Int8Path, scaleInt32 as scaleInt32Kernel } from './int8.ts';
 import { concatRows, sliceRows, transpose } from './layout.ts';
 import { DEFAULT_TILE, embedding, type GemmTile, linear } from './matmul.ts';
@@ -312,6 +315,17 @@ export class WebGpuBackend implements Backend {
       s,
     );
     return this.wrap(out, q.shape);
+  }
+
+  attentionCached(q: Tensor, k: Tensor, v: Tensor, s: CachedAttentionShape): Tensor {
+    checkCachedAttention(q, k, v, s);
+    const [sq, sk, sv] = [q, k, v].map((t) => this.st(t, 'attentionCached'));
+    return this.wrap(attentionCached(this.ctx, sq, sk, sv, s), q.shape);
+  }
+
+  writeRows(dst: Tensor, src: Tensor, at: number): void {
+    checkWriteRows(dst, src, at);
+    copyRows(this.ctx, this.st(src, 'writeRows'), 0, this.st(dst, 'writeRows'), at, src.shape[0]);
   }
 
   /** b viewed with a's row layout (same number of values). */

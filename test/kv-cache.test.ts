@@ -1,0 +1,126 @@
+/**
+ * Generation's incremental forward: cached attention against a naive loop, and logits of a sequence
+ * run in pieces through the KV cache against the logits of one full forward, on CPU and WebGPU.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { LlamaModel } from '../src/model/llama.ts';
+import { KvCache } from '../src/runtime/kv-cache.ts';
+import { CpuBackend } from '../src/tensor/cpu/backend.ts';
+import type { Backend } from '../src/tensor/tensor.ts';
+import { openDevice, WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
+import { MODELS, rng } from './helpers.ts';
+
+const cpu = new CpuBackend();
+const probe = await openDevice();
+probe?.device.destroy();
+const gpu = probe ? await WebGpuBackend.create() : undefined;
+const backends: [string, Backend | undefined][] = [
+  ['cpu', cpu],
+  ['webgpu', gpu],
+];
+
+/** Straight from the definition: softmax over keys 0..past+i of q.k / sqrt(Dh), times V. */
+function naiveCached(
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  queries: number,
+  past: number,
+  H: number,
+  Hkv: number,
+  Dh: number,
+): Float32Array {
+  const out = new Float32Array(queries * H * Dh);
+  for (let i = 0; i < queries; i++)
+    for (let h = 0; h < H; h++) {
+      const g = Math.floor(h / (H / Hkv));
+      const scores: number[] = [];
+      for (let j = 0; j <= past + i; j++) {
+        let dot = 0;
+        for (let d = 0; d < Dh; d++) dot += q[(i * H + h) * Dh + d] * k[(j * Hkv + g) * Dh + d];
+        scores.push(dot / Math.sqrt(Dh));
+      }
+      const max = Math.max(...scores);
+      const e = scores.map((s) => Math.exp(s - max));
+      const sum = e.reduce((a, b) => a + b, 0);
+      for (let d = 0; d < Dh; d++) {
+        let acc = 0;
+        for (let j = 0; j < e.length; j++) acc += e[j] * v[(j * Hkv + g) * Dh + d];
+        out[(i * H + h) * Dh + d] = acc / sum;
+      }
+    }
+  return out;
+}
+
+function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  assert.equal(a.length, b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+for (const [name, b] of backends) {
+  test(`attentionCached equals the definition (${name})`, { skip: !b && 'no WebGPU adapter' }, async () => {
+    const r = rng(7);
+    for (const [queries, past, H, Hkv, Dh, capacity] of [
+      [1, 0, 4, 2, 16, 8],
+      [1, 200, 6, 2, 64, 256],
+      [5, 37, 4, 1, 32, 50],
+      [3, 3, 2, 2, 24, 6],
+    ]) {
+      const q = r.normal(queries * H * Dh);
+      const k = r.normal(capacity * Hkv * Dh, 2);
+      const v = r.normal(capacity * Hkv * Dh);
+      const got = await b!.read(
+        b!.attentionCached(
+          b!.upload(q, [queries, H * Dh], 'f32'),
+          b!.upload(k, [capacity, Hkv * Dh], 'f32'),
+          b!.upload(v, [capacity, Hkv * Dh], 'f32'),
+          { queries, past, numHeads: H, numKvHeads: Hkv, headDim: Dh },
+        ),
+      );
+      assert.ok(maxAbsDiff(got, naiveCached(q, k, v, queries, past, H, Hkv, Dh)) < 2e-5);
+    }
+  });
+
+  test(`writeRows writes in place and checks bounds (${name})`, {
+    skip: !b && 'no WebGPU adapter',
+  }, async () => {
+    const dst = b!.upload(new Float32Array(12), [4, 3], 'f32');
+    b!.writeRows(dst, b!.upload(Float32Array.from([1, 2, 3, 4, 5, 6]), [2, 3], 'f32'), 1);
+    assert.deepEqual([...(await b!.read(dst))], [0, 0, 0, 1, 2, 3, 4, 5, 6, 0, 0, 0]);
+    assert.throws(
+      () => b!.writeRows(dst, b!.upload(new Float32Array(6), [2, 3], 'f32'), 3),
+      /writeRows: \[2, 3\] does not fit \[4, 3\] at row 3/,
+    );
+  });
+
+  test(`logits through the KV cache equal one full forward (${name}, llama-tiny)`, {
+    skip: !b && 'no WebGPU adapter',
+  }, async () => {
+    const model = LlamaModel.load(`${MODELS}llama-tiny`, b!);
+    const V = model.config.vocabSize;
+    const ids = Int32Array.from({ length: 300 }, (_, i) => (i * 7919 + 13) % V);
+    const full = await b!.read(model.forward(ids, { batch: 1, seqLen: ids.length }));
+    // a prompt, a second chunk after it (cached attention with several queries), then one token at a
+    // time across the first capacity growth (256)
+    const cache = new KvCache(model, 512);
+    const pieces = [[0, 40], [40, 47], ...Array.from({ length: 253 }, (_, i) => [47 + i, 48 + i])];
+    let worst = 0;
+    for (const [start, end] of pieces) {
+      cache.reserve(end - start);
+      const logits = await b!.read(model.forwardCached(ids.subarray(start, end), cache));
+      worst = Math.max(worst, maxAbsDiff(logits, full.subarray((end - 1) * V, end * V)));
+    }
+    assert.equal(cache.past, 300);
+    assert.ok(worst < 2e-4, `max |logit difference| ${worst}`);
+    // a later request sharing the first 47 tokens re-runs only the rest
+    cache.truncate(47);
+    cache.reserve(3);
+    const again = await b!.read(model.forwardCached(ids.subarray(47, 50), cache));
+    assert.ok(maxAbsDiff(again, full.subarray(49 * V, 50 * V)) < 2e-4);
+    assert.throws(() => cache.reserve(500), /context full: 550 tokens exceed the context length 512/);
+    cache.dispose();
+  });
+}
