@@ -2,19 +2,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fail } from '../errors.ts';
 import { perplexity, readEvalText, windowCount } from '../eval/perplexity.ts';
-import { isGgufPath, loadGgufTokenizer } from '../io/gguf-model.ts';
+import { isGgufPath } from '../io/gguf-model.ts';
 import { readForeignQuantConfig } from '../io/import.ts';
-import { loadTokenizer } from '../io/tokenizer.ts';
-import { int8Eligible, useInt8Matmuls } from '../model/int8.ts';
 import { LlamaModel } from '../model/llama.ts';
-import { packable, usePackedWeights } from '../model/packed.ts';
 import { readQuantizationConfig } from '../quant/checkpoint.ts';
-import { loadModel } from '../quant/load.ts';
-import { resolveRecipe } from '../quant/recipe.ts';
-import { createBackend, type DeviceName } from '../tensor/index.ts';
 import { WebGpuBackend } from '../tensor/webgpu/backend.ts';
 import { intFlag, onePositional, optionalIntFlag, parse, printJson } from './args.ts';
-import { CALIB_FLAGS, CALIB_HELP, calibFlags } from './calib-flags.ts';
+import { CALIB_HELP } from './calib-flags.ts';
+import { MODEL_FLAGS, openBackendAndTokenizer, openModel } from './open-model.ts';
 import { Progress } from './progress.ts';
 
 export const EVAL_HELP = `llmq eval <model-dir | model.gguf> --ppl <text-file> [--tokenizer <hf-model-dir>] [--seqlen N] [--max-windows K] [--recipe R ${CALIB_HELP}] [--kl | --kl-base <fp-model-dir>] [--device cpu|webgpu|auto] [--int8 auto|off] [--packed auto|off] [--json]
@@ -33,53 +28,32 @@ export const EVAL_HELP = `llmq eval <model-dir | model.gguf> --ppl <text-file> [
 export async function evalCommand(argv: string[]): Promise<void> {
   const { values, positionals } = parse('eval', argv, {
     ppl: { type: 'string' },
-    tokenizer: { type: 'string' },
     seqlen: { type: 'string' },
     'max-windows': { type: 'string' },
-    recipe: { type: 'string' },
     kl: { type: 'boolean', default: false },
     'kl-base': { type: 'string' },
-    ...CALIB_FLAGS,
-    device: { type: 'string', default: 'cpu' },
-    int8: { type: 'string', default: 'auto' },
-    packed: { type: 'string', default: 'auto' },
+    ...MODEL_FLAGS,
     json: { type: 'boolean', default: false },
   });
-  if (values.int8 !== 'auto' && values.int8 !== 'off')
-    fail(`eval: --int8 must be auto or off, got ${values.int8}`);
   const dir = onePositional('eval', positionals, 'model directory or .gguf file');
   if (!values.ppl) fail('eval: --ppl <text-file> is required');
   const seqLen = intFlag('seqlen', values.seqlen, 2048, 2);
   const maxWindows = optionalIntFlag('max-windows', values['max-windows']);
-  const backend = await createBackend(values.device as DeviceName);
-  const tokenizer = values.tokenizer
-    ? loadTokenizer(values.tokenizer)
-    : isGgufPath(dir)
-      ? loadGgufTokenizer(dir)
-      : loadTokenizer(dir);
+  const opened = await openBackendAndTokenizer('eval', dir, values);
+  const { backend, tokenizer, recipe } = opened;
   const text = readEvalText(values.ppl);
   const tokens = tokenizer.encode(text);
   if (tokens.length < seqLen)
     fail(`--seqlen ${seqLen} is larger than ${values.ppl} (${tokens.length} tokens)`);
   const start = performance.now();
-  const recipe = values.recipe === undefined ? undefined : resolveRecipe(values.recipe);
   const klBase =
     values.kl || values['kl-base'] ? klBaseDir(dir, values['kl-base'], recipe !== undefined) : undefined;
-  const layers = new Progress('quantize', 'layers', values.json);
-  const tokenizing = new Progress('calibration', 'tokens', values.json);
-  const gpu = backend.name === 'webgpu';
-  const int8 = gpu && values.int8 === 'auto';
-  const packed = gpu && values.packed === 'auto';
-  const { model, report } = await loadModel(dir, backend, {
-    recipe,
-    calib: calibFlags(values),
-    onLayer: (d, t) => layers.update(d, t),
-    onCalibration: (d, t) => tokenizing.update(d, t),
-    // a stored checkpoint's linears that run from codes never get f32 copies on the GPU
-    codesOnly: (lin) => (int8 && int8Eligible(lin)) || (packed && packable(lin)),
-  });
-  const int8Linears = int8 ? useInt8Matmuls(model) : 0;
-  const packedLinears = packed ? usePackedWeights(model, true) : 0;
+  const { model, quantizeSeconds, int8Linears, packedLinears } = await openModel(
+    dir,
+    values,
+    opened,
+    values.json,
+  );
   const reference = klBase === undefined ? undefined : LlamaModel.load(klBase, backend);
   const progress = new Progress('perplexity', 'windows', values.json);
   progress.update(0, windowCount(tokens.length, seqLen, maxWindows));
@@ -99,7 +73,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
     seconds,
     device: backend.name,
     recipe: model.quantization?.recipe ?? null,
-    quantize_seconds: report?.seconds ?? null,
+    quantize_seconds: quantizeSeconds,
     int8_linears: int8Linears,
     packed_linears: packedLinears,
     /** storage buffers llmq held on the GPU at most (weights, activations, its buffer pool) */

@@ -1,19 +1,25 @@
 #!/usr/bin/env node
 import { UserError } from '../errors.ts';
+import { CHAT_HELP, chatCommand } from './chat.ts';
 import { EVAL_HELP, evalCommand } from './eval.ts';
 import { EXPORT_HELP, exportCommand } from './export.ts';
+import { GENERATE_HELP, generateCommand } from './generate.ts';
 import { INSPECT_HELP, inspectCommand } from './inspect.ts';
 import { QUANTIZE_HELP, quantizeCommand } from './quantize.ts';
 import { RECIPES_HELP, recipesCommand } from './recipes.ts';
+import { SERVE_HELP, serveCommand } from './serve.ts';
 import { SWEEP_HELP, sweepCommand } from './sweep.ts';
 import { SYNTH_HELP, synthCommand } from './synth.ts';
 
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: string }> = {
+  chat: { run: chatCommand, help: CHAT_HELP },
   eval: { run: evalCommand, help: EVAL_HELP },
   export: { run: exportCommand, help: EXPORT_HELP },
+  generate: { run: generateCommand, help: GENERATE_HELP },
   inspect: { run: inspectCommand, help: INSPECT_HELP },
   quantize: { run: quantizeCommand, help: QUANTIZE_HELP },
   recipes: { run: recipesCommand, help: RECIPES_HELP },
+  serve: { run: serveCommand, help: SERVE_HELP },
   sweep: { run: sweepCommand, help: SWEEP_HELP },
   synth: { run: synthCommand, help: SYNTH_HELP },
 };

@@ -1,0 +1,181 @@
+/**
+ * Generation speed: prompt (prefill) and token-by-token (decode) throughput of the runtime.
+ *  - llama-small: greedy continuation of a WikiText prompt through ModelEngine (the ids are printed, so
+ *    bench/generate_torch.py can check that PyTorch picks the same tokens);
+ *  - synthetic Llama-3-8B (random weights, one layer's tensors shared by all 32 layers: the same work
+ *    and weight traffic per token) with bf16 weights, W4 g128 codes decoded in the GEMM, and W8A8 on
+ *    the int8 GEMM: decode tokens/s after a prompt.
+ * Prints JSON lines; --out writes them as one JSON array.
+ *   node --import tsx bench/generate.ts --model DIR --device webgpu [--prompt 128] [--new 256] [--skip 8b] [--out F]
+ */
+import fs from 'node:fs';
+import { parseArgs } from 'node:util';
+import { SYNTH_ARCHS, synthTensors } from '../src/cli/synth.ts';
+import { parseModelConfig } from '../src/io/config.ts';
+import { loadTokenizer } from '../src/io/tokenizer.ts';
+import {
+  type DecoderLayer,
+  LINEARS,
+  type Linear,
+  type LinearName,
+  LlamaModel,
+  linearTensorName,
+} from '../src/model/llama.ts';
+import { loadChatTemplate } from '../src/runtime/chat-template.ts';
+import { ModelEngine } from '../src/runtime/generate.ts';
+import { KvCache } from '../src/runtime/kv-cache.ts';
+import { createBackend, type DeviceName } from '../src/tensor/index.ts';
+import type { Backend, Tensor } from '../src/tensor/tensor.ts';
+
+const { values } = parseArgs({
+  options: {
+    model: { type: 'string' },
+    text: { type: 'string' },
+    device: { type: 'string', default: 'webgpu' },
+    prompt: { type: 'string', default: '128' },
+    new: { type: 'string', default: '256' },
+    skip: { type: 'string', default: '' },
+    out: { type: 'string' },
+  },
+});
+const skip = new Set(values.skip.split(','));
+const promptLen = Number(values.prompt);
+const newTokens = Number(values.new);
+const backend = await createBackend(values.device as DeviceName);
+const results: Record<string, unknown>[] = [];
+function report(r: Record<string, unknown>): void {
+  results.push(r);
+  console.log(JSON.stringify(r));
+  if (values.out) fs.writeFileSync(values.out, JSON.stringify(results, null, 1));
+}
+
+if (values.model && !skip.has('small')) {
+  const model = LlamaModel.load(values.model, backend);
+  const tokenizer = loadTokenizer(values.model);
+  const engine = new ModelEngine(model, tokenizer, {
+    modelName: 'small',
+    template: loadChatTemplate(values.model),
+  });
+  const text = values.text
+    ? fs.readFileSync(values.text, 'utf8')
+    : 'The history of the city begins '.repeat(40);
+  const prompt = tokenizer.encode(text).subarray(0, promptLen);
+  await engine.generate(prompt, { maxTokens: 8 }); // warm-up: pipelines compiled, buffers pooled
+  for (let rep = 0; rep < 2; rep++) {
+    engine.dispose(); // no prefix reuse between repetitions
+    const r = await engine.generate(prompt, { maxTokens: newTokens });
+    report({
+      what: 'generate',
+      model: values.model,
+      device: backend.name,
+      promptTokens: prompt.length,
+      newTokens: r.tokens.length,
+      prefillSeconds: r.prefillSeconds,
+      decodeTokensPerSecond: (r.tokens.length - 1) / r.decodeSeconds,
+      promptIds: rep === 0 ? [...prompt] : undefined,
+      ids: rep === 0 ? r.tokens : undefined,
+    });
+  }
+}
+
+/** Llama-3-8B with random bf16 weights; every layer uses the same weight tensors. */
+function synthLlama3(b: Backend): LlamaModel {
+  const raw = SYNTH_ARCHS['llama-3-8b'];
+  const config = parseModelConfig(raw);
+  const byName = new Map<string, Tensor>();
+  for (const { layer, tensor } of synthTensors({ ...raw, num_hidden_layers: 1 }, 1))
+    if (layer <= 0) byName.set(tensor.name, b.upload(tensor.make(), tensor.shape, 'bf16'));
+  const get = (n: string) => byName.get(n)!;
+  const linears = {} as Record<LinearName, Linear>;
+  for (const n of LINEARS) linears[n] = { weight: get(linearTensorName(0, n)) };
+  const layer: DecoderLayer = {
+    inputNorm: get('model.layers.0.input_layernorm.weight'),
+    postNorm: get('model.layers.0.post_attention_layernorm.weight'),
+    linears,
+  };
+  return new LlamaModel(
+    config,
+    b,
+    get('model.embed_tokens.weight'),
+    Array.from({ length: config.numLayers }, () => layer),
+    get('model.norm.weight'),
+    get('lm_head.weight'),
+    'synthetic',
+  );
+}
+
+function randomWords(n: number, seed: number): Int32Array {
+  const out = new Int32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s | 0;
+  }
+  return out;
+}
+
+/** W4 g128 asymmetric codes (random), decoded in the GEMM. */
+function usePackedW4(b: Backend, lin: Linear): void {
+  const [rows, cols] = lin.weight.shape;
+  const groups = (rows * cols) / 128;
+  lin.packed = {
+    codes: b.upload(randomWords((rows * cols) / 8, rows + cols), [rows, cols / 8], 'i32'),
+    scales: b.upload(new Float32Array(groups).fill(0.004), [groups], 'f32'),
+    zeros: b.upload(new Float32Array(groups).fill(8), [groups], 'f32'),
+    rows,
+    cols,
+    codeBits: 4,
+    group: 128,
+  };
+}
+
+/** W8A8: INT8 per-channel weights (random codes), INT8 per-token activations. */
+function useInt8(b: Backend, lin: Linear): void {
+  const [rows, cols] = lin.weight.shape;
+  const codes = new Int8Array(randomWords((rows * cols) / 4, rows * 3 + cols).buffer);
+  lin.int8 = {
+    codes: b.upload(codes, [rows, cols], 'i8'),
+    scales: b.upload(new Float32Array(rows).fill(0.0005), [rows], 'f32'),
+  };
+  lin.inputQuant = { spec: { kind: 'int', bits: 8, symmetric: true, granularity: 'row' } };
+}
+
+async function decodeRate(model: LlamaModel, variant: string): Promise<void> {
+  const cache = new KvCache(model, promptLen + newTokens + 1);
+  const prompt = Int32Array.from({ length: promptLen }, (_, i) => (i * 7919) % 128000);
+  const read = async (ids: Int32Array): Promise<number> => {
+    cache.reserve(ids.length);
+    const logits = await model.backend.read(model.forwardCached(ids, cache));
+    let best = 0;
+    for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
+    return best;
+  };
+  const t0 = performance.now();
+  let next = await read(prompt);
+  const t1 = performance.now();
+  for (let i = 0; i < newTokens; i++) next = await read(Int32Array.of(next));
+  const t2 = performance.now();
+  cache.dispose();
+  report({
+    what: 'generate',
+    model: `llama-3-8b synthetic ${variant}`,
+    device: model.backend.name,
+    promptTokens: promptLen,
+    newTokens,
+    prefillSeconds: (t1 - t0) / 1000,
+    decodeTokensPerSecond: newTokens / ((t2 - t1) / 1000),
+  });
+}
+
+if (!skip.has('8b')) {
+  const model = synthLlama3(backend);
+  await decodeRate(model, 'bf16');
+  const layer = model.layers[0];
+  for (const name of LINEARS) usePackedW4(backend, layer.linears[name]);
+  await decodeRate(model, 'W4 g128 (codes decoded in the GEMM)');
+  for (const name of LINEARS) {
+    layer.linears[name].packed = undefined;
+    useInt8(backend, layer.linears[name]);
+  }
+  await decodeRate(model, 'W8A8 (int8 GEMM)');
+}
