@@ -69,6 +69,10 @@ async function check(backend: Backend, M: number, N: number, K: number, seed: nu
 
 const SHAPES: [number, number, number][] = [
   [1, 1, 4],
+  // up to 4 rows: the matrix-vector kernel (decoding)
+  [1, 300, 1020],
+  [3, 17, 40],
+  [4, 129, 516],
   [5, 7, 12],
   [64, 64, 64],
   [70, 130, 100],

@@ -49,6 +49,11 @@ for (const [name, backend] of BACKENDS) {
       ['int8-row-sym', 9, 33, 96, false],
       ['int4-row', 3, 8, 256, false],
       ['int4-g32', 6, 16, 128, true],
+      // one to four rows: the matrix-vector kernel
+      ['int4-g32', 1, 24, 64, false],
+      ['int3-g64', 2, 40, 192, false],
+      ['int8-row-sym', 4, 33, 96, false],
+      ['int4-g32', 1, 16, 128, true],
     ] as [string, number, number, number, boolean][]) {
       const spec = parseFormat(format);
       const enc = encode(rng(1).normal(N * K, 0.1), N, K, spec);

@@ -70,12 +70,16 @@ test('upload and read round-trip every dtype', { skip }, async () => {
   assert.deepEqual(await gpu!.read(gpu!.upload(bytes, [7], 'i8')), Float32Array.from(bytes));
 });
 
-test('linear matches the CPU within 1e-5 for f32/bf16/f16 weights, odd shapes, bias, windows', {
+test('linear matches the CPU within 1e-5 for f32/bf16/f16 weights, odd shapes, bias, windows, GEMV', {
   skip,
 }, async () => {
   const r = rng(2);
   for (const [M, N, K] of [
     [1, 1, 1],
+    // up to 4 rows: the matrix-vector kernel (generation's decode step)
+    [1, 300, 900],
+    [3, 17, 40],
+    [4, 129, 513],
     [5, 7, 3],
     [37, 130, 65],
     [70, 33, 256],

@@ -17,6 +17,7 @@
 import { fail } from '../../errors.ts';
 import type { GpuContext, Kernel, Storage } from './context.ts';
 import { grid2, Params } from './context.ts';
+import { GEMV_COLS, GEMV_LANES, GEMV_MAX_M } from './matmul.ts';
 import { FLAT_WG } from './wgsl.ts';
 
 export type Int8Path = 'subgroup-matrix' | 'dot4';
@@ -332,6 +333,48 @@ function testProblem(t: SubgroupMatrixTile): {
 }
 
 /** Picks the int8 GEMM kernel this device runs correctly. */
+/** c = a b^T for a few rows of a: GEMV_COLS outputs per workgroup, each K split over GEMV_LANES threads. */
+function dot4GemvKernel(M: number): Kernel {
+  const L = GEMV_LANES;
+  return {
+    key: `int8gemv:dot4:${M}`,
+    bindings: ['uniform', 'read', 'read', 'write'],
+    code: () => `
+struct P { M: u32, N: u32, KW: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> A: array<u32>;
+@group(0) @binding(2) var<storage, read> B: array<u32>;
+@group(0) @binding(3) var<storage, read_write> C: array<i32>;
+var<workgroup> red: array<i32, ${GEMV_COLS * L * M}>;
+${FLAT_WG}
+@compute @workgroup_size(${GEMV_COLS * L})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let c = lid / ${L}u;
+  let lane = lid % ${L}u;
+  let n = flatWg(wid, nwg) * ${GEMV_COLS}u + c;
+  var acc: array<i32, ${M}>;
+  if (n < p.N) {
+    for (var kw = lane; kw < p.KW; kw += ${L}u) {
+      let b = B[n * p.KW + kw];
+      for (var m = 0u; m < ${M}u; m++) { acc[m] += dot4I8Packed(A[m * p.KW + kw], b); }
+    }
+  }
+  for (var m = 0u; m < ${M}u; m++) { red[(c * ${L}u + lane) * ${M}u + m] = acc[m]; }
+  for (var w = ${L / 2}u; w > 0u; w = w >> 1u) {
+    workgroupBarrier();
+    if (lane < w) {
+      for (var m = 0u; m < ${M}u; m++) {
+        red[(c * ${L}u + lane) * ${M}u + m] += red[(c * ${L}u + lane + w) * ${M}u + m];
+      }
+    }
+  }
+  workgroupBarrier();
+  if (lane < ${M}u && n < p.N) { C[lane * p.N + n] = red[c * ${L * M}u + lane]; }
+}`,
+  };
+}
+
 export class Int8Gemm {
   path: Int8Path = 'dot4';
   private sgm: Kernel | undefined;
@@ -411,6 +454,19 @@ export class Int8Gemm {
     return out;
   }
 
+  private gemv(a: Storage, b: Storage): Storage {
+    const [M, N, K] = [a.rows, b.rows, a.cols];
+    const out = this.ctx.allocStorage(M, N, 'i32');
+    if (M === 0 || N === 0) return out;
+    const bindings = [a, b, out].map((s) => this.ctx.whole(s, 'matmulInt8').binding);
+    const params = new Params()
+      .u(M)
+      .u(N)
+      .u(K / 4);
+    this.ctx.dispatch(dot4GemvKernel(M), params, bindings, grid2(Math.ceil(N / GEMV_COLS)));
+    return out;
+  }
+
   /** c[M,N] (i32) = a[M,K] b[N,K]^T for i8 a and b. */
   run(a: Storage, b: Storage): Storage {
     const [M, N, K] = [a.rows, b.rows, a.cols];
@@ -418,6 +474,7 @@ export class Int8Gemm {
       fail(`matmulInt8: expected i8 operands, got ${a.dtype} and ${b.dtype}`);
     if (b.cols !== K) fail(`matmulInt8: a is ${M}x${K} but b is ${N}x${b.cols}`);
     if (K % 4 !== 0) fail(`matmulInt8: K = ${K} must be a multiple of 4`);
+    if (M <= GEMV_MAX_M) return this.gemv(a, b);
     const t = this.sgmTile;
     const [bm, bn] = sharedTileShape(t);
     const useSgm =

@@ -75,6 +75,98 @@ function packedLoadFn(pk: PackedLayout): string {
 }`;
 }
 
+/** Bindings of both linear kernels: params, x, w, bias, y, then packed scales/zeros/group index. */
+function linearBindings(pk?: PackedLayout): Kernel['bindings'] {
+  return [
+    'uniform',
+    'read',
+    'read',
+    'read',
+    'write',
+    ...(pk ? (['read', 'read'] as const) : []),
+    ...(pk?.groupOf ? (['read'] as const) : []),
+  ];
+}
+
+/** The declarations both linear kernels share (their Params are filled by `linear`). */
+function linearHeader(dx: DType, dw: DType, db: DType, pk?: PackedLayout): string {
+  return `
+struct P { M: u32, N: u32, K: u32, xOff: u32, wOff: u32, yOff: u32, ldy: u32, n0: u32, bOff: u32, hasBias: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> X: array<${arrayType(dx)}>;
+@group(0) @binding(2) var<storage, read> W: array<${arrayType(dw)}>;
+@group(0) @binding(3) var<storage, read> B: array<${arrayType(db)}>;
+@group(0) @binding(4) var<storage, read_write> Y: array<f32>;
+${pk ? '@group(0) @binding(5) var<storage, read> S: array<f32>;\n@group(0) @binding(6) var<storage, read> Z: array<f32>;' : ''}
+${pk?.groupOf ? '@group(0) @binding(7) var<storage, read> GI: array<i32>;' : ''}
+${loadFn('ldX', 'X', dx)}
+${pk ? packedLoadFn(pk) : loadFn('ldW', 'W', dw)}
+${loadFn('ldB', 'B', db)}`;
+}
+
+function weightKey(dw: DType, pk?: PackedLayout): string {
+  return pk ? `packed${pk.codeBits}g${pk.group}${pk.groupOf ? 'i' : ''}` : dw;
+}
+
+/** Rows of x up to which `linear` runs the matrix-vector kernel (decoding: one token at a time). */
+export const GEMV_MAX_M = 4;
+/** threads sharing one output column's dot products, and output columns per workgroup */
+export const GEMV_LANES = 32;
+export const GEMV_COLS = 8;
+/** consecutive k a thread takes per step (8 weights: one word of 4-bit codes) */
+const GEMV_KV = 8;
+
+/**
+ * y = x w^T for a few rows of x: memory-bound on the weight, so each weight is read once, by many
+ * workgroups at once (GEMV_COLS outputs each), every output's K split over GEMV_LANES threads whose
+ * partial sums meet in shared memory. The tiled GEMM would give a 1-row x only N / 128 workgroups.
+ */
+function gemvKernel(dx: DType, dw: DType, db: DType, M: number, pk?: PackedLayout): Kernel {
+  const L = GEMV_LANES;
+  return {
+    key: `gemv:${dx}:${weightKey(dw, pk)}:${db}:${M}`,
+    bindings: linearBindings(pk),
+    code: () => `${linearHeader(dx, dw, db, pk)}
+${FLAT_WG}
+var<workgroup> red: array<f32, ${GEMV_COLS * L * M}>;
+@compute @workgroup_size(${GEMV_COLS * L})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let c = lid / ${L}u;
+  let lane = lid % ${L}u;
+  let n = flatWg(wid, nwg) * ${GEMV_COLS}u + c;
+  var acc: array<f32, ${M}>;
+  if (n < p.N) {
+    let wRow = p.wOff + n * p.K;
+    for (var k0 = lane * ${GEMV_KV}u; k0 < p.K; k0 += ${L * GEMV_KV}u) {
+      for (var e = 0u; e < ${GEMV_KV}u; e++) {
+        let k = k0 + e;
+        if (k < p.K) {
+          let w = ldW(wRow + k);
+          for (var m = 0u; m < ${M}u; m++) { acc[m] += w * ldX(p.xOff + m * p.K + k); }
+        }
+      }
+    }
+  }
+  for (var m = 0u; m < ${M}u; m++) { red[(c * ${L}u + lane) * ${M}u + m] = acc[m]; }
+  for (var w = ${L / 2}u; w > 0u; w = w >> 1u) {
+    workgroupBarrier();
+    if (lane < w) {
+      for (var m = 0u; m < ${M}u; m++) {
+        red[(c * ${L}u + lane) * ${M}u + m] += red[(c * ${L}u + lane + w) * ${M}u + m];
+      }
+    }
+  }
+  workgroupBarrier();
+  if (lane < ${M}u && n < p.N) {
+    var v = red[c * ${L * M}u + lane];
+    if (p.hasBias != 0u) { v += ldB(p.bOff + n); }
+    Y[p.yOff + lane * p.ldy + p.n0 + n] = v;
+  }
+}`,
+  };
+}
+
 function gemmKernel(dx: DType, dw: DType, db: DType, t: GemmTile, pk?: PackedLayout): Kernel {
   const BM = 16 * t.tm;
   const BN = 16 * t.tn;
@@ -119,31 +211,12 @@ function gemmKernel(dx: DType, dw: DType, db: DType, t: GemmTile, pk?: PackedLay
     workgroupBarrier();
   }`;
   return {
-    key: `gemm:${dx}:${pk ? `packed${pk.codeBits}g${pk.group}${pk.groupOf ? 'i' : ''}` : dw}:${db}:${t.tm}x${t.tn}x${t.bk}${t.prefetch ? ':prefetch' : ''}`,
-    bindings: [
-      'uniform',
-      'read',
-      'read',
-      'read',
-      'write',
-      ...(pk ? (['read', 'read'] as const) : []),
-      ...(pk?.groupOf ? (['read'] as const) : []),
-    ],
-    code: () => `
-struct P { M: u32, N: u32, K: u32, xOff: u32, wOff: u32, yOff: u32, ldy: u32, n0: u32, bOff: u32, hasBias: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> X: array<${arrayType(dx)}>;
-@group(0) @binding(2) var<storage, read> W: array<${arrayType(dw)}>;
-@group(0) @binding(3) var<storage, read> B: array<${arrayType(db)}>;
-@group(0) @binding(4) var<storage, read_write> Y: array<f32>;
-${pk ? '@group(0) @binding(5) var<storage, read> S: array<f32>;\n@group(0) @binding(6) var<storage, read> Z: array<f32>;' : ''}
-${pk?.groupOf ? '@group(0) @binding(7) var<storage, read> GI: array<i32>;' : ''}
+    key: `gemm:${dx}:${weightKey(dw, pk)}:${db}:${t.tm}x${t.tn}x${t.bk}${t.prefetch ? ':prefetch' : ''}`,
+    bindings: linearBindings(pk),
+    code: () => `${linearHeader(dx, dw, db, pk)}
 // k-major tiles: As[stage][kk][row], Bs[stage][kk][col], four consecutive rows/cols per vec4
 var<workgroup> As: array<vec4<f32>, ${(stages * BK * BM) / 4}>;
 var<workgroup> Bs: array<vec4<f32>, ${(stages * BK * BN) / 4}>;
-${loadFn('ldX', 'X', dx)}
-${pk ? packedLoadFn(pk) : loadFn('ldW', 'W', dw)}
-${loadFn('ldB', 'B', db)}
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
   let t = l.y * 16u + l.x;
@@ -193,7 +266,10 @@ export function linear(
     fail(`linear: bias of ${bias.rows * bias.cols} values for ${N} outputs`);
   const y = ctx.allocStorage(M, N, 'f32');
   if (M === 0 || N === 0) return y;
-  const k = gemmKernel(x.dtype, w.dtype, bias?.dtype ?? 'f32', tile, packed);
+  const gemv = M <= GEMV_MAX_M;
+  const db = bias?.dtype ?? 'f32';
+  const kernel = (rows: number) =>
+    gemv ? gemvKernel(x.dtype, w.dtype, db, rows, packed) : gemmKernel(x.dtype, w.dtype, db, tile, packed);
   const BM = 16 * tile.tm;
   const BN = 16 * tile.tn;
   const xParts = [x, y].map((s) => ({ s, row0: 0 }));
@@ -225,9 +301,9 @@ export function linear(
         .u(ws.r0)
         .u(wb ? wb.off : 0)
         .u(bias ? 1 : 0);
-      const grid = [Math.ceil(ws.n / BN), Math.ceil(xs.n / BM)];
+      const grid = gemv ? grid2(Math.ceil(ws.n / GEMV_COLS)) : [Math.ceil(ws.n / BN), Math.ceil(xs.n / BM)];
       ctx.dispatch(
-        k,
+        kernel(xs.n),
         params,
         [wx.binding, ww.binding, wb ? wb.binding : ctx.dummy(), wy.binding, ...extra],
         grid,
