@@ -355,9 +355,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let n = flatWg(wid, nwg) * ${GEMV_COLS}u + c;
   var acc: array<i32, ${M}>;
   if (n < p.N) {
-    for (var kw = lane; kw < p.KW; kw += ${L}u) {
-      let b = B[n * p.KW + kw];
-      for (var m = 0u; m < ${M}u; m++) { acc[m] += dot4I8Packed(A[m * p.KW + kw], b); }
+    // four consecutive words (16 int8) a thread per step
+    for (var w0 = lane * 4u; w0 < p.KW; w0 += ${L * 4}u) {
+      for (var j = 0u; j < 4u; j++) {
+        let kw = w0 + j;
+        if (kw >= p.KW) { break; }
+        let b = B[n * p.KW + kw];
+        for (var m = 0u; m < ${M}u; m++) { acc[m] += dot4I8Packed(A[m * p.KW + kw], b); }
+      }
     }
   }
   for (var m = 0u; m < ${M}u; m++) { red[(c * ${L}u + lane) * ${M}u + m] = acc[m]; }

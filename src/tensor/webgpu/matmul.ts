@@ -113,8 +113,64 @@ export const GEMV_MAX_M = 4;
 /** threads sharing one output column's dot products, and output columns per workgroup */
 export const GEMV_LANES = 32;
 export const GEMV_COLS = 8;
-/** consecutive k a thread takes per step (8 weights: one word of 4-bit codes) */
+/** consecutive k a thread takes per step (dense weights; packed ones: GEMV_WORDS words) */
 const GEMV_KV = 8;
+const GEMV_WORDS = 4;
+
+function gemvDenseLoop(M: number): string {
+  return `
+    let wRow = p.wOff + n * p.K;
+    for (var k0 = lane * ${GEMV_KV}u; k0 < p.K; k0 += ${GEMV_LANES * GEMV_KV}u) {
+      for (var e = 0u; e < ${GEMV_KV}u; e++) {
+        let k = k0 + e;
+        if (k < p.K) {
+          let w = ldW(wRow + k);
+          for (var m = 0u; m < ${M}u; m++) { acc[m] += w * ldX(p.xOff + m * p.K + k); }
+        }
+      }
+    }`;
+}
+
+/**
+ * Packed codes, a word at a time: one load, one scale/zero lookup per word (groups are whole words
+ * unless a g_idx maps each column), shifts instead of ldW's per-element divisions.
+ */
+function gemvPackedLoop(pk: PackedLayout, M: number): string {
+  const per = 32 / pk.codeBits;
+  const wordGroups = !pk.groupOf && pk.group % per === 0;
+  const group = (k: string) =>
+    `n * (p.K / ${pk.group}u) + ${pk.groupOf ? `u32(GI[${k}])` : `${k} / ${pk.group}u`}`;
+  return `
+    let words = p.K / ${per}u;
+    let wRow = p.wOff / ${per}u + n * words;
+    for (var w0 = lane * ${GEMV_WORDS}u; w0 < words; w0 += ${GEMV_LANES * GEMV_WORDS}u) {
+      for (var j = 0u; j < ${GEMV_WORDS}u; j++) {
+        let kw = w0 + j;
+        if (kw >= words) { break; }
+        let word = bitcast<u32>(W[wRow + kw]);
+        let k0 = kw * ${per}u;${
+          wordGroups
+            ? `
+        let g = ${group('k0')};
+        let s = S[g];
+        let z = Z[g];`
+            : ''
+        }
+        for (var e = 0u; e < ${per}u; e++) {
+          let k = k0 + e;${
+            wordGroups
+              ? ''
+              : `
+          let g = ${group('k')};
+          let s = S[g];
+          let z = Z[g];`
+          }
+          let w = (f32((word >> (e * ${pk.codeBits}u)) & ${(1 << pk.codeBits) - 1}u) - z) * s;
+          for (var m = 0u; m < ${M}u; m++) { acc[m] += w * ldX(p.xOff + m * p.K + k); }
+        }
+      }
+    }`;
+}
 
 /**
  * y = x w^T for a few rows of x: memory-bound on the weight, so each weight is read once, by many
@@ -136,17 +192,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let lane = lid % ${L}u;
   let n = flatWg(wid, nwg) * ${GEMV_COLS}u + c;
   var acc: array<f32, ${M}>;
-  if (n < p.N) {
-    let wRow = p.wOff + n * p.K;
-    for (var k0 = lane * ${GEMV_KV}u; k0 < p.K; k0 += ${L * GEMV_KV}u) {
-      for (var e = 0u; e < ${GEMV_KV}u; e++) {
-        let k = k0 + e;
-        if (k < p.K) {
-          let w = ldW(wRow + k);
-          for (var m = 0u; m < ${M}u; m++) { acc[m] += w * ldX(p.xOff + m * p.K + k); }
-        }
-      }
-    }
+  if (n < p.N) {${pk ? gemvPackedLoop(pk, M) : gemvDenseLoop(M)}
   }
   for (var m = 0u; m < ${M}u; m++) { red[(c * ${L}u + lane) * ${M}u + m] = acc[m]; }
   for (var w = ${L / 2}u; w > 0u; w = w >> 1u) {
