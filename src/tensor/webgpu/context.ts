@@ -29,6 +29,57 @@ const STORAGE_USAGE = 0x80 | 0x04 | 0x08; // STORAGE | COPY_SRC | COPY_DST
 const UNIFORM_USAGE = 0x40; // UNIFORM
 const MAP_READ_COPY_DST = 0x01 | 0x08; // MAP_READ | COPY_DST
 const ARENA_BYTES = 1 << 16;
+/** small host data (ids, positions) in mapped storage arenas; not counted as tensor storage */
+const DATA_ARENA_USAGE = 0x80 | 0x08; // STORAGE | COPY_DST
+
+/**
+ * Buffers mapped at creation that small host data is written into, sub-allocated in order; they are
+ * unmapped when the commands using them are submitted and destroyed after.
+ */
+class Arena {
+  private buffers: GPUBuffer[] = [];
+  private current: { buffer: GPUBuffer; view: DataView } | undefined;
+  private used = ARENA_BYTES;
+
+  constructor(
+    private readonly create: (size: number) => GPUBuffer,
+    private readonly align: number,
+  ) {}
+
+  get empty(): boolean {
+    return this.buffers.length === 0;
+  }
+
+  put(size: number, write: (view: DataView, offset: number) => void): GPUBufferBinding {
+    if (size > ARENA_BYTES) {
+      const own = this.create(size);
+      this.buffers.push(own);
+      write(new DataView(own.getMappedRange()), 0);
+      return { buffer: own, offset: 0, size };
+    }
+    if (!this.current || this.used + size > ARENA_BYTES) {
+      const buffer = this.create(ARENA_BYTES);
+      this.buffers.push(buffer);
+      this.current = { buffer, view: new DataView(buffer.getMappedRange()) };
+      this.used = 0;
+    }
+    const offset = this.used;
+    write(this.current.view, offset);
+    this.used = Math.ceil((offset + size) / this.align) * this.align;
+    return { buffer: this.current.buffer, offset, size };
+  }
+
+  unmap(): void {
+    for (const b of this.buffers) b.unmap();
+  }
+
+  destroy(): void {
+    for (const b of this.buffers) b.destroy();
+    this.buffers = [];
+    this.current = undefined;
+    this.used = ARENA_BYTES;
+  }
+}
 
 /** Size classes: powers of two below 64 KiB, then steps of 1/8 of the power of two (<= 12.5% waste). */
 export function sizeClass(bytes: number): number {
@@ -145,9 +196,8 @@ export class GpuContext {
   private encoder: GPUCommandEncoder | undefined;
   private pass: GPUComputePassEncoder | undefined;
   private dispatches = 0;
-  private arenas: GPUBuffer[] = [];
-  private arenaView: DataView | undefined;
-  private arenaUsed = ARENA_BYTES;
+  private uniforms!: Arena;
+  private hostArena!: Arena;
   /** bytes allocated through this context and not destroyed (pooled buffers included), and their peak */
   liveBytes = 0;
   peakBytes = 0;
@@ -170,6 +220,8 @@ export class GpuContext {
     this.maxGroups = lim.maxComputeWorkgroupsPerDimension;
     this.poolLimit = opts.poolBytes ?? 1 << 30;
     this.perSubmit = opts.dispatchesPerSubmit ?? 64;
+    this.uniforms = new Arena((size) => this.create(size, UNIFORM_USAGE, true), this.uniformAlign);
+    this.hostArena = new Arena((size) => this.create(size, DATA_ARENA_USAGE, true), this.align);
     if (this.maxBindingBytes < 1024) fail(`WebGPU: binding limit ${this.maxBindingBytes} bytes is too small`);
     // dawn.node aborts the process when an uncapturederror listener is installed (lavapipe,
     // webgpu 0.6), so errors are collected by an error scope kept open between host reads.
@@ -428,17 +480,19 @@ export class GpuContext {
   }
 
   private params(p: Params): GPUBufferBinding {
-    const size = p.byteLength;
-    if (this.arenaUsed + size > ARENA_BYTES || !this.arenaView) {
-      const buf = this.create(ARENA_BYTES, UNIFORM_USAGE, true);
-      this.arenas.push(buf);
-      this.arenaView = new DataView(buf.getMappedRange());
-      this.arenaUsed = 0;
-    }
-    const offset = this.arenaUsed;
-    p.writeTo(this.arenaView, offset);
-    this.arenaUsed = Math.ceil((offset + size) / this.uniformAlign) * this.uniformAlign;
-    return { buffer: this.arenas[this.arenas.length - 1], offset, size };
+    return this.uniforms.put(p.byteLength, (view, offset) => p.writeTo(view, offset));
+  }
+
+  /**
+   * Small host data a kernel reads (token ids, positions), valid for the work recorded before the next
+   * flush: written into a mapped arena, so no buffer is created per call and no queue write can race
+   * the commands already recorded.
+   */
+  hostData(bytes: Uint8Array): GPUBufferBinding {
+    const size = Math.max(4, Math.ceil(bytes.byteLength / 4) * 4);
+    return this.hostArena.put(size, (view, offset) =>
+      new Uint8Array(view.buffer, view.byteOffset + offset, bytes.byteLength).set(bytes),
+    );
   }
 
   /** Records one dispatch. `bindings` follow the kernel's order (the uniform, if any, is `params`). */
@@ -477,17 +531,16 @@ export class GpuContext {
 
   /** Submits everything recorded so far. */
   flush(): void {
-    if (!this.encoder && this.arenas.length === 0) return;
+    if (!this.encoder && this.uniforms.empty && this.hostArena.empty) return;
     this.pass?.end();
     this.pass = undefined;
-    for (const a of this.arenas) a.unmap();
+    this.uniforms.unmap();
+    this.hostArena.unmap();
     const cmd = this.encoder?.finish();
     this.encoder = undefined;
     if (cmd) this.device.queue.submit([cmd]);
-    for (const a of this.arenas) a.destroy();
-    this.arenas = [];
-    this.arenaView = undefined;
-    this.arenaUsed = ARENA_BYTES;
+    this.uniforms.destroy();
+    this.hostArena.destroy();
     this.dispatches = 0;
   }
 

@@ -288,7 +288,7 @@ export function rope(
   const out = ctx.allocStorage(x.rows, width, 'f32');
   if (x.rows === 0) return out;
   const cs = ropeTableBuffer(ctx, table, maxPos);
-  const pos = ctx.createWith(new Uint8Array(positions.buffer, positions.byteOffset, positions.byteLength));
+  const pos = ctx.hostData(new Uint8Array(positions.buffer, positions.byteOffset, positions.byteLength));
   const k = ropeKernel(x.dtype);
   const csBinding = { buffer: cs.buffer, offset: 0, size: cs.buffer.size };
   if (cs.buffer.size > ctx.maxBindingBytes)
@@ -302,10 +302,9 @@ export function rope(
     ctx.dispatch(
       k,
       new Params().u(n).u(width).u(headDim).u(wx.off).u(wo.off).u(seg.r0),
-      [wx.binding, { buffer: pos, offset: 0, size: pos.size }, csBinding, wo.binding],
+      [wx.binding, pos, csBinding, wo.binding],
       grid2(Math.ceil(n / WG)),
     );
   }
-  ctx.release(pos);
   return out;
 }

@@ -392,8 +392,7 @@ export function embedding(ctx: GpuContext, table: Storage, ids: Int32Array): Sto
     if (id < 0 || id >= V) fail(`embedding: token id ${id} outside the vocabulary (${V})`);
   const out = ctx.allocStorage(ids.length, D, 'f32');
   if (ids.length === 0 || D === 0) return out;
-  const idBuf = ctx.createWith(new Uint8Array(ids.buffer, ids.byteOffset, ids.byteLength));
-  const idBinding = { buffer: idBuf, offset: 0, size: idBuf.size };
+  const idBinding = ctx.hostData(new Uint8Array(ids.buffer, ids.byteOffset, ids.byteLength));
   const k = gatherKernel(table.dtype);
   const tSegs = ctx.segments(V, [{ s: table, row0: 0 }], 1, 'embedding');
   for (const os of ctx.segments(ids.length, [{ s: out, row0: 0 }], 1, 'embedding')) {
@@ -407,6 +406,5 @@ export function embedding(ctx: GpuContext, table: Storage, ids: Int32Array): Sto
       );
     }
   }
-  ctx.release(idBuf);
   return out;
 }
