@@ -36,9 +36,9 @@ export function commitId(): string {
 }
 
 /** Prints the section and appends it to BENCHMARKS.md unless --no-write is given. */
-export function publish(title: string, command: string, body: string, notes = ''): void {
+export function publish(title: string, command: string, body: string, notes = '', where = machine()): void {
   const date = new Date().toISOString().slice(0, 10);
-  const section = `\n## ${title} (${date})\n\nMachine: ${machine()}; commit ${commitId()}.\nCommand: \`${command}\`\n\n${body}\n${notes ? `\n${notes}\n` : ''}`;
+  const section = `\n## ${title} (${date})\n\nMachine: ${where}; commit ${commitId()}.\nCommand: \`${command}\`\n\n${body}\n${notes ? `\n${notes}\n` : ''}`;
   console.log(section);
   if (!process.argv.includes('--no-write'))
     fs.appendFileSync(new URL('../BENCHMARKS.md', import.meta.url), section);
