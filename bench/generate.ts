@@ -12,23 +12,15 @@
  */
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
-import { SYNTH_ARCHS, synthTensors } from '../src/cli/synth.ts';
-import { parseModelConfig } from '../src/io/config.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
-import {
-  type DecoderLayer,
-  LINEARS,
-  type Linear,
-  type LinearName,
-  LlamaModel,
-  linearTensorName,
-} from '../src/model/llama.ts';
+import { LINEARS, type Linear, LlamaModel } from '../src/model/llama.ts';
 import { loadChatTemplate } from '../src/runtime/chat-template.ts';
 import { ModelEngine } from '../src/runtime/generate.ts';
 import { KvCache } from '../src/runtime/kv-cache.ts';
 import { createBackend, type DeviceName } from '../src/tensor/index.ts';
-import type { Backend, Tensor } from '../src/tensor/tensor.ts';
+import type { Backend } from '../src/tensor/tensor.ts';
 import { publish, type Row, table } from './report.ts';
+import { synthLlama3 } from './synth-model.ts';
 
 const { values } = parseArgs({
   options: {
@@ -85,32 +77,6 @@ if (values.model && !skip.has('small')) {
       ids: rep === 0 ? r.tokens : undefined,
     });
   }
-}
-
-/** Llama-3-8B with random bf16 weights; every layer uses the same weight tensors. */
-function synthLlama3(b: Backend): LlamaModel {
-  const raw = SYNTH_ARCHS['llama-3-8b'];
-  const config = parseModelConfig(raw);
-  const byName = new Map<string, Tensor>();
-  for (const { layer, tensor } of synthTensors({ ...raw, num_hidden_layers: 1 }, 1))
-    if (layer <= 0) byName.set(tensor.name, b.upload(tensor.make(), tensor.shape, 'bf16'));
-  const get = (n: string) => byName.get(n)!;
-  const linears = {} as Record<LinearName, Linear>;
-  for (const n of LINEARS) linears[n] = { weight: get(linearTensorName(0, n)) };
-  const layer: DecoderLayer = {
-    inputNorm: get('model.layers.0.input_layernorm.weight'),
-    postNorm: get('model.layers.0.post_attention_layernorm.weight'),
-    linears,
-  };
-  return new LlamaModel(
-    config,
-    b,
-    get('model.embed_tokens.weight'),
-    Array.from({ length: config.numLayers }, () => layer),
-    get('model.norm.weight'),
-    get('lm_head.weight'),
-    'synthetic',
-  );
 }
 
 function randomWords(n: number, seed: number): Int32Array {

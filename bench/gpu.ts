@@ -13,22 +13,14 @@
  */
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
-import { SYNTH_ARCHS, synthTensors } from '../src/cli/synth.ts';
 import { perplexity } from '../src/eval/perplexity.ts';
-import { parseModelConfig } from '../src/io/config.ts';
-import {
-  type DecoderLayer,
-  LINEARS,
-  type Linear,
-  type LinearName,
-  LlamaModel,
-  linearTensorName,
-} from '../src/model/llama.ts';
+import { LINEARS, LlamaModel } from '../src/model/llama.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import type { DType, Tensor } from '../src/tensor/tensor.ts';
 import { WebGpuBackend, WebGpuTensor } from '../src/tensor/webgpu/backend.ts';
 import { Int8Gemm, type SubgroupMatrixTile } from '../src/tensor/webgpu/int8.ts';
 import type { GemmTile } from '../src/tensor/webgpu/matmul.ts';
+import { synthLlama3 } from './synth-model.ts';
 
 const { values } = parseArgs({
   options: {
@@ -270,37 +262,8 @@ if (!skip.has('ppl') && values.model && values.tokens) {
   }
 }
 
-/** Llama-3-8B with random bf16 weights; every layer uses the same weight tensors. */
-function synthLlama3(): LlamaModel {
-  const raw = SYNTH_ARCHS['llama-3-8b'];
-  const config = parseModelConfig(raw);
-  const byName = new Map<string, Tensor>();
-  for (const { layer, tensor } of synthTensors({ ...raw, num_hidden_layers: 1 }, 1)) {
-    if (layer > 0) continue;
-    byName.set(tensor.name, gpu.upload(tensor.make(), tensor.shape, 'bf16'));
-  }
-  const get = (n: string) => byName.get(n)!;
-  const linears = {} as Record<LinearName, Linear>;
-  for (const n of LINEARS) linears[n] = { weight: get(linearTensorName(0, n)) };
-  const layer: DecoderLayer = {
-    inputNorm: get('model.layers.0.input_layernorm.weight'),
-    postNorm: get('model.layers.0.post_attention_layernorm.weight'),
-    linears,
-  };
-  const layers = Array.from({ length: config.numLayers }, () => layer);
-  return new LlamaModel(
-    config,
-    gpu,
-    get('model.embed_tokens.weight'),
-    layers,
-    get('model.norm.weight'),
-    get('lm_head.weight'),
-    'synthetic',
-  );
-}
-
 if (!skip.has('8b')) {
-  const model = synthLlama3();
+  const model = synthLlama3(gpu);
   const seqLen = 2048;
   const ids = Int32Array.from({ length: seqLen }, (_, i) => (i * 7919) % 128000);
   const s = await timeIt(() => model.forward(ids, { batch: 1, seqLen }), 1);

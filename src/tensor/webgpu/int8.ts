@@ -17,7 +17,7 @@
 import { fail } from '../../errors.ts';
 import type { GpuContext, Kernel, Storage } from './context.ts';
 import { grid2, Params } from './context.ts';
-import { GEMV_COLS, GEMV_LANES, GEMV_MAX_M } from './matmul.ts';
+import { GEMV_COLS, GEMV_LANES, GEMV_MAX_M, gemvMain } from './matmul.ts';
 import { FLAT_WG } from './wgsl.ts';
 
 export type Int8Path = 'subgroup-matrix' | 'dot4';
@@ -345,16 +345,10 @@ struct P { M: u32, N: u32, KW: u32 }
 @group(0) @binding(1) var<storage, read> A: array<u32>;
 @group(0) @binding(2) var<storage, read> B: array<u32>;
 @group(0) @binding(3) var<storage, read_write> C: array<i32>;
-var<workgroup> red: array<i32, ${GEMV_COLS * L * M}>;
-${FLAT_WG}
-@compute @workgroup_size(${GEMV_COLS * L})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let c = lid / ${L}u;
-  let lane = lid % ${L}u;
-  let n = flatWg(wid, nwg) * ${GEMV_COLS}u + c;
-  var acc: array<i32, ${M}>;
-  if (n < p.N) {
+${gemvMain(
+  'i32',
+  M,
+  `
     // four consecutive words (16 int8) a thread per step
     for (var w0 = lane * 4u; w0 < p.KW; w0 += ${L * 4}u) {
       for (var j = 0u; j < 4u; j++) {
@@ -363,20 +357,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let b = B[n * p.KW + kw];
         for (var m = 0u; m < ${M}u; m++) { acc[m] += dot4I8Packed(A[m * p.KW + kw], b); }
       }
-    }
-  }
-  for (var m = 0u; m < ${M}u; m++) { red[(c * ${L}u + lane) * ${M}u + m] = acc[m]; }
-  for (var w = ${L / 2}u; w > 0u; w = w >> 1u) {
-    workgroupBarrier();
-    if (lane < w) {
-      for (var m = 0u; m < ${M}u; m++) {
-        red[(c * ${L}u + lane) * ${M}u + m] += red[(c * ${L}u + lane + w) * ${M}u + m];
-      }
-    }
-  }
-  workgroupBarrier();
-  if (lane < ${M}u && n < p.N) { C[lane * p.N + n] = red[c * ${L * M}u + lane]; }
-}`,
+    }`,
+  `C[lane * p.N + n] = red[c * ${L * M}u + lane];`,
+)}`,
   };
 }
 

@@ -117,6 +117,40 @@ export const GEMV_COLS = 8;
 const GEMV_KV = 8;
 const GEMV_WORDS = 4;
 
+/**
+ * The entry point of a matrix-vector kernel: thread (c, lane) accumulates `acc[m]` for output column n
+ * with `loop`, the lanes' partial sums are added in shared memory, and lane m < M runs `store` with the
+ * sum for row m in red[c * LANES * M + lane]. Needs FLAT_WG and p.N.
+ */
+export function gemvMain(acc: 'f32' | 'i32', M: number, loop: string, store: string): string {
+  const L = GEMV_LANES;
+  return `${FLAT_WG}
+var<workgroup> red: array<${acc}, ${GEMV_COLS * L * M}>;
+@compute @workgroup_size(${GEMV_COLS * L})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let c = lid / ${L}u;
+  let lane = lid % ${L}u;
+  let n = flatWg(wid, nwg) * ${GEMV_COLS}u + c;
+  var acc: array<${acc}, ${M}>;
+  if (n < p.N) {${loop}
+  }
+  for (var m = 0u; m < ${M}u; m++) { red[(c * ${L}u + lane) * ${M}u + m] = acc[m]; }
+  for (var w = ${L / 2}u; w > 0u; w = w >> 1u) {
+    workgroupBarrier();
+    if (lane < w) {
+      for (var m = 0u; m < ${M}u; m++) {
+        red[(c * ${L}u + lane) * ${M}u + m] += red[(c * ${L}u + lane + w) * ${M}u + m];
+      }
+    }
+  }
+  workgroupBarrier();
+  if (lane < ${M}u && n < p.N) {
+    ${store}
+  }
+}`;
+}
+
 function gemvDenseLoop(M: number): string {
   return `
     let wRow = p.wOff + n * p.K;
@@ -183,33 +217,14 @@ function gemvKernel(dx: DType, dw: DType, db: DType, M: number, pk?: PackedLayou
     key: `gemv:${dx}:${weightKey(dw, pk)}:${db}:${M}`,
     bindings: linearBindings(pk),
     code: () => `${linearHeader(dx, dw, db, pk)}
-${FLAT_WG}
-var<workgroup> red: array<f32, ${GEMV_COLS * L * M}>;
-@compute @workgroup_size(${GEMV_COLS * L})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let c = lid / ${L}u;
-  let lane = lid % ${L}u;
-  let n = flatWg(wid, nwg) * ${GEMV_COLS}u + c;
-  var acc: array<f32, ${M}>;
-  if (n < p.N) {${pk ? gemvPackedLoop(pk, M) : gemvDenseLoop(M)}
-  }
-  for (var m = 0u; m < ${M}u; m++) { red[(c * ${L}u + lane) * ${M}u + m] = acc[m]; }
-  for (var w = ${L / 2}u; w > 0u; w = w >> 1u) {
-    workgroupBarrier();
-    if (lane < w) {
-      for (var m = 0u; m < ${M}u; m++) {
-        red[(c * ${L}u + lane) * ${M}u + m] += red[(c * ${L}u + lane + w) * ${M}u + m];
-      }
-    }
-  }
-  workgroupBarrier();
-  if (lane < ${M}u && n < p.N) {
-    var v = red[c * ${L * M}u + lane];
+${gemvMain(
+  'f32',
+  M,
+  pk ? gemvPackedLoop(pk, M) : gemvDenseLoop(M),
+  `var v = red[c * ${L * M}u + lane];
     if (p.hasBias != 0u) { v += ldB(p.bOff + n); }
-    Y[p.yOff + lane * p.ldy + p.n0 + n] = v;
-  }
-}`,
+    Y[p.yOff + lane * p.ldy + p.n0 + n] = v;`,
+)}`,
   };
 }
 
