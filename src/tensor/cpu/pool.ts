@@ -32,10 +32,13 @@ interface PoolWorker {
 
 let workers: PoolWorker[] | undefined;
 
+/** os.availableParallelism() asks the OS each time: a decode step calls threadCount() hundreds of times */
+const CORES = Math.max(1, os.availableParallelism());
+
 export function threadCount(): number {
   const env = Number(process.env.LLMQ_THREADS);
   if (Number.isInteger(env) && env > 0) return env;
-  return Math.max(1, os.availableParallelism());
+  return CORES;
 }
 
 function pool(): PoolWorker[] {
