@@ -38,7 +38,7 @@ const BACKENDS: [string, Backend | undefined][] = [
 for (const [name, backend] of BACKENDS) {
   const skip = backend ? false : 'no WebGPU adapter';
 
-  test(`${name} linearPacked equals linear over the decoded weights (4/3/8-bit, group/row, g_idx, bias)`, {
+  test(`${name} linearPacked equals linear over the decoded weights (4/3/8-bit, group/row, g_idx, q4_0/q8_0, bias)`, {
     skip,
   }, async () => {
     const b = backend!;
@@ -54,6 +54,10 @@ for (const [name, backend] of BACKENDS) {
       ['int3-g64', 2, 40, 192, false],
       ['int8-row-sym', 4, 33, 96, false],
       ['int4-g32', 1, 16, 128, true],
+      // llama.cpp blocks: (code - 8) * d and (code - 128) * d per 32 columns, GEMM and GEMV
+      ['q4_0', 5, 24, 64, false],
+      ['q8_0', 3, 16, 96, false],
+      ['q4_0', 1, 40, 128, false],
     ] as [string, number, number, number, boolean][]) {
       const spec = parseFormat(format);
       const enc = encode(rng(1).normal(N * K, 0.1), N, K, spec);
@@ -73,7 +77,7 @@ for (const [name, backend] of BACKENDS) {
         (fakeModel.layers[0].linears as Record<string, unknown>)[k] = { weight: lin.weight };
       assert.equal(usePackedWeights(fakeModel, false), 1, format);
       const packed = fakeModel.layers[0].linears.q_proj.packed!;
-      assert.equal(packed.codeBits, spec.kind === 'int' && spec.bits <= 4 ? 4 : 8);
+      assert.equal(packed.codeBits, enc.bits <= 4 ? 4 : 8);
       const want = await b.read(b.linear(x, lin.weight, bias));
       const got = await b.read(b.linearPacked(x, packed, bias));
       let worst = 0;

@@ -21,7 +21,9 @@
  * the ISO C result; `{ fma: true }` gives the fused one. They differ only on values within an ulp of
  * a rounding boundary.
  */
+import { fail } from '../errors.ts';
 import { f16BitsToNumber, f32ToF16, numberToF16Bits } from '../tensor/dtype.ts';
+import type { GgmlSpec } from './spec.ts';
 
 export const QK = 32;
 export const Q8_0_BLOCK_BYTES = 2 + QK;
@@ -318,5 +320,60 @@ export function dequantizeQ6_K(bytes: Uint8Array, n = (bytes.length / 210) * 256
       }
     }
   }
+  return y;
+}
+
+/** Code offset of a GGML weight format: x = (code - offset) * d (q8_0 codes are int8 + 128). */
+export function ggmlCodeOffset(spec: GgmlSpec): number {
+  return spec.type === 'q4_0' ? 8 : 128;
+}
+
+function ggmlValues(x: ArrayLike<number>, cols: number, spec: GgmlSpec, where: string): Float32Array {
+  if (cols % QK !== 0)
+    fail(`${spec.type}: blocks of ${QK} do not divide the row length (last dimension) ${cols}`);
+  const values = x instanceof Float32Array ? x : Float32Array.from(x);
+  for (let i = 0; i < values.length; i++)
+    if (!Number.isFinite(values[i]))
+      fail(
+        `${where}: ${spec.type} takes finite values only (llama.cpp's quantizers), got ${values[i]} at element ${i}`,
+      );
+  return values;
+}
+
+/** Quantize-dequantize with llama.cpp's Q4_0 / Q8_0 reference quantizers (rows of a multiple of 32). */
+export function fakeQuantGgml(x: ArrayLike<number>, cols: number, spec: GgmlSpec): Float32Array {
+  const values = ggmlValues(x, cols, spec, 'fakeQuant');
+  return spec.type === 'q4_0' ? dequantizeQ4_0(quantizeQ4_0(values)) : dequantizeQ8_0(quantizeQ8_0(values));
+}
+
+/** One code per element (see ggmlCodeOffset) and the fp16-rounded scale of each block of 32. */
+export function encodeGgml(
+  x: ArrayLike<number>,
+  cols: number,
+  spec: GgmlSpec,
+): { codes: Uint8Array; scales: Float32Array } {
+  const values = ggmlValues(x, cols, spec, 'encode');
+  const blocks = values.length / QK;
+  const codes = new Uint8Array(values.length);
+  const scales = new Float32Array(blocks);
+  const q4 = spec.type === 'q4_0';
+  const bytes = q4 ? quantizeQ4_0(values) : quantizeQ8_0(values);
+  const blockBytes = q4 ? Q4_0_BLOCK_BYTES : Q8_0_BLOCK_BYTES;
+  for (let b = 0; b < blocks; b++) {
+    const o = b * blockBytes;
+    scales[b] = readF16(bytes, o);
+    for (let j = 0; j < QK; j++)
+      codes[b * QK + j] = q4
+        ? (bytes[o + 2 + (j % 16)] >> (j < 16 ? 0 : 4)) & 0x0f
+        : (bytes[o + 2 + j] + 128) & 0xff;
+  }
+  return { codes, scales };
+}
+
+/** Values of encodeGgml's codes: bit-identical to fakeQuantGgml of the encoded input. */
+export function decodeGgml(codes: Uint8Array, scales: Float32Array, spec: GgmlSpec): Float32Array {
+  const offset = ggmlCodeOffset(spec);
+  const y = new Float32Array(codes.length);
+  for (let i = 0; i < codes.length; i++) y[i] = (codes[i] - offset) * scales[Math.floor(i / QK)];
   return y;
 }

@@ -17,6 +17,7 @@
  */
 import { fail } from '../errors.ts';
 import { decodeFp8, encodeFp8, fakeQuantFp8 } from './fp8.ts';
+import { decodeGgml, encodeGgml, fakeQuantGgml, QK } from './ggml.ts';
 import { checkIntBits, decodeInt, encodeInt, fakeQuantInt, intLayout } from './int.ts';
 import { checkMxSpec, decodeMx, encodeMx, fakeQuantMx, mxElementInfo } from './mx.ts';
 import { decodeNvfp4, encodeNvfp4, fakeQuantNvfp4, NVFP4_BLOCK } from './nvfp4.ts';
@@ -29,7 +30,16 @@ export * from './minifloat.ts';
 export * from './mx.ts';
 export * from './nvfp4.ts';
 export * from './rounding.ts';
-export type { FormatSpec, Fp8Spec, Granularity, IntSpec, MxElement, MxSpec, Nvfp4Spec } from './spec.ts';
+export type {
+  FormatSpec,
+  Fp8Spec,
+  GgmlSpec,
+  Granularity,
+  IntSpec,
+  MxElement,
+  MxSpec,
+  Nvfp4Spec,
+} from './spec.ts';
 
 function checkShape(x: ArrayLike<number>, rows: number, cols: number, where: string): void {
   if (!Number.isInteger(rows) || !Number.isInteger(cols) || rows < 0 || cols < 0) {
@@ -59,6 +69,8 @@ export function fakeQuantRows(
       return fakeQuantFp8(x, rows, cols, spec);
     case 'nvfp4':
       return fakeQuantNvfp4(x, rows, cols);
+    case 'ggml':
+      return fakeQuantGgml(x, cols, spec);
     default:
       return fail(`unknown format kind '${(spec as { kind: string }).kind}'`);
   }
@@ -75,6 +87,8 @@ export function codeBits(spec: FormatSpec): number {
       return 8;
     case 'nvfp4':
       return 4;
+    case 'ggml':
+      return spec.type === 'q4_0' ? 4 : 8;
   }
 }
 
@@ -83,7 +97,8 @@ export function codeBits(spec: FormatSpec): number {
  * - int: asymmetric q in [0, 2^b-1] with `zeros`; symmetric offset binary q + 2^(b-1);
  * - mx: MXINT d-bit two's complement / MXFP OCP bit patterns, with `exponents` (E8M0 = e + 127);
  * - fp8: E4M3 / E5M2 bit patterns;
- * - nvfp4: E2M1 patterns, `scaleCodes` (E4M3 per 16 elements) and `globalScale`.
+ * - nvfp4: E2M1 patterns, `scaleCodes` (E4M3 per 16 elements) and `globalScale`;
+ * - ggml: q4_0 codes 0..15 (x = (q - 8) d), q8_0 int8 + 128, one fp16-valued d per 32 elements.
  * `scales` has one f32 per group/block/row/tensor, row-major: the INT / FP8 scale, 2^e for MX,
  * the decoded E4M3 block scale for NVFP4 (without the global factor).
  */
@@ -144,6 +159,10 @@ export function encode(x: ArrayLike<number>, rows: number, cols: number, spec: F
         globalScale: e.globalScale,
       };
     }
+    case 'ggml': {
+      const e = encodeGgml(x, cols, spec);
+      return { ...base, codes: e.codes, block: QK, scales: e.scales };
+    }
     default:
       return fail(`unknown format kind '${(spec as { kind: string }).kind}'`);
   }
@@ -193,6 +212,9 @@ export function decode(enc: Encoded): Float32Array {
         scales: enc.scales,
         globalScale: enc.globalScale,
       });
+    case 'ggml':
+      checkCount('block scales', enc.scales.length, n, QK);
+      return decodeGgml(enc.codes, enc.scales, spec);
     default:
       return fail(`unknown format kind '${(spec as { kind: string }).kind}'`);
   }
@@ -297,7 +319,7 @@ function unpackNibbles(bytes: Uint8Array, count: number): Uint8Array {
 const VALID_FORMS =
   'int<2-8>-g<group>[-sym|-asym][-clip<c>], int<2-8>-row[-sym], int<2-8>-tensor[-sym], ' +
   'mxint<2-8>[-<block>][-even|-nearest], mxfp4 | mxfp6-e3m2 | mxfp6-e2m3 | mxfp8[-e4m3|-e5m2] [-<block>][-even|-nearest], ' +
-  'fp8[-e4m3|-e5m2][-row|-tensor], nvfp4';
+  'fp8[-e4m3|-e5m2][-row|-tensor], nvfp4, q4_0, q8_0 (llama.cpp blocks, weights only)';
 
 /**
  * Spec for a short format name. INT defaults to asymmetric; MX blocks default to 32 and rounding
@@ -355,6 +377,7 @@ export function parseFormat(name: string): FormatSpec {
       granularity: (m[2] ?? 'tensor') as 'row' | 'tensor',
     };
   if (s === 'nvfp4') return { kind: 'nvfp4' };
+  if (s === 'q4_0' || s === 'q8_0') return { kind: 'ggml', type: s };
   return bad();
 }
 
@@ -382,6 +405,8 @@ export function formatName(spec: FormatSpec): string {
       return `fp8-${spec.element}-${spec.granularity}`;
     case 'nvfp4':
       return 'nvfp4';
+    case 'ggml':
+      return spec.type;
   }
 }
 
@@ -423,6 +448,10 @@ export function describeFormat(spec: FormatSpec): string {
     }
     case 'nvfp4':
       return 'NVFP4: E2M1 elements, blocks of 16 with FP8 E4M3 scales, one f32 tensor scale, round half to even';
+    case 'ggml':
+      return spec.type === 'q4_0'
+        ? "llama.cpp Q4_0: blocks of 32 along the row, fp16 d = (value of largest magnitude) / -8, x = (q - 8) d, q = min(15, trunc(x/d + 8.5)), exactly as llama.cpp's reference quantizer"
+        : "llama.cpp Q8_0: blocks of 32 along the row, fp16 d = amax / 127, x = q d, q = round(x/d) half away from zero, exactly as llama.cpp's reference quantizer";
   }
 }
 
@@ -449,5 +478,7 @@ export function bitsPerElement(spec: FormatSpec, cols: number, rows?: number): n
       return 8 + (spec.granularity === 'row' ? 32 / cols : perTensor(32));
     case 'nvfp4':
       return 4 + 8 / NVFP4_BLOCK + perTensor(32);
+    case 'ggml':
+      return (spec.type === 'q4_0' ? 4 : 8) + 16 / QK;
   }
 }

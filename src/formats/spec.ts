@@ -51,4 +51,14 @@ export interface Nvfp4Spec {
   kind: 'nvfp4';
 }
 
-export type FormatSpec = IntSpec | MxSpec | Fp8Spec | Nvfp4Spec;
+/**
+ * llama.cpp's GGML block formats as weight formats (formats/ggml.ts): blocks of 32 along the row
+ * with an fp16 scale, q4_0 = 4-bit codes x = (q - 8) d with d = (value of largest magnitude) / -8,
+ * q8_0 = int8 codes x = q d with d = amax / 127; rounding exactly as llama.cpp's reference quantizers.
+ */
+export interface GgmlSpec {
+  kind: 'ggml';
+  type: 'q4_0' | 'q8_0';
+}
+
+export type FormatSpec = IntSpec | MxSpec | Fp8Spec | Nvfp4Spec | GgmlSpec;

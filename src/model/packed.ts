@@ -4,15 +4,22 @@
  * (formats of 2-4 bits) or 8-bit codes plus the scales instead of f32 values: 1/8 or 1/4 of the
  * memory, and bit-identical results (the decoded values are exactly the fake-quantized ones).
  */
+import { fail } from '../errors.ts';
+import { ggmlCodeOffset } from '../formats/ggml.ts';
 import { type Encoded, packCodes } from '../formats/index.ts';
 import type { Backend, PackedWeight, Tensor } from '../tensor/tensor.ts';
 import { LINEARS, type Linear, type LlamaModel } from './llama.ts';
 
-/** Whether a linear's stored weight can be packed: INT per group (g_idx too) or row, no salient columns. */
+/**
+ * Whether a linear's stored weight can be packed: INT per group (g_idx too) or row, or llama.cpp
+ * Q4_0/Q8_0 (codes minus a fixed offset, times the block's scale); no salient columns.
+ */
 export function packable(lin: Pick<Linear, 'quantized'>): boolean {
   const q = lin.quantized;
-  if (!q || q.salient || q.encoded.spec.kind !== 'int') return false;
+  if (!q || q.salient) return false;
   const spec = q.encoded.spec;
+  if (spec.kind === 'ggml') return true;
+  if (spec.kind !== 'int') return false;
   if (spec.granularity === 'tensor' || spec.bits > 8) return false;
   if (q.gIdx && spec.granularity !== 'group') return false;
   const per = 32 / (spec.bits <= 4 ? 4 : 8);
@@ -34,14 +41,28 @@ export function codesOnlyWeight(backend: Backend, rows: number, cols: number): T
   return { backend, shape: [rows, cols], dtype: 'f32', dispose: () => {} };
 }
 
+/** The stored code bits and the zero point of every scale group of a packable weight. */
+function codeLayout(enc: Encoded): { codeBits: 4 | 8; zeros: Float32Array } {
+  const spec = enc.spec;
+  const groups = enc.scales.length;
+  if (spec.kind === 'ggml')
+    return {
+      codeBits: spec.type === 'q4_0' ? 4 : 8,
+      zeros: new Float32Array(groups).fill(ggmlCodeOffset(spec)),
+    };
+  if (spec.kind !== 'int') return fail(`packed weights: ${spec.kind} codes cannot be packed`);
+  return {
+    codeBits: spec.bits <= 4 ? 4 : 8,
+    zeros: spec.symmetric
+      ? new Float32Array(groups).fill(2 ** (spec.bits - 1))
+      : Float32Array.from(enc.zeros as Uint8Array),
+  };
+}
+
 function packOne(model: LlamaModel, enc: Encoded, gIdx: Int32Array | undefined): PackedWeight {
   const b = model.backend;
-  const spec = enc.spec as Extract<Encoded['spec'], { kind: 'int' }>;
-  const codeBits = spec.bits <= 4 ? 4 : 8;
   const groups = enc.scales.length;
-  const zeros = spec.symmetric
-    ? new Float32Array(groups).fill(2 ** (spec.bits - 1))
-    : Float32Array.from(enc.zeros as Uint8Array);
+  const { codeBits, zeros } = codeLayout(enc);
   return {
     // the little-endian bit stream of packCodes, read as 32-bit words: code k at bits (k % per) * codeBits
     codes: b.upload(

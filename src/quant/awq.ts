@@ -16,6 +16,7 @@
  * recipe's activation format, so the search trades activation error against weight error.
  */
 import { fail } from '../errors.ts';
+import { QK } from '../formats/ggml.ts';
 import { fakeQuantRows } from '../formats/index.ts';
 import type { FormatSpec } from '../formats/spec.ts';
 import type { BatchShape, LinearName, LlamaModel } from '../model/llama.ts';
@@ -103,7 +104,9 @@ async function weightMean(b: Backend, weights: Tensor[], spec: FormatSpec): Prom
       ? (spec.group ?? cols)
       : spec.kind === 'mx'
         ? spec.block
-        : cols;
+        : spec.kind === 'ggml'
+          ? QK
+          : cols;
   const sum = new Float64Array(cols);
   let rows = 0;
   for (const w of weights) {
@@ -246,6 +249,7 @@ function weightGroupSize(spec: FormatSpec, cols: number): number {
   if (spec.kind === 'int' && spec.granularity === 'group') return spec.group ?? cols;
   if (spec.kind === 'mx') return spec.block;
   if (spec.kind === 'nvfp4') return 16;
+  if (spec.kind === 'ggml') return QK;
   return cols;
 }
 

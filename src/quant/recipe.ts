@@ -150,6 +150,22 @@ const BUILTINS: Record<string, RecipeText> = {
     description: 'NVFP4 weights: E2M1, blocks of 16 with FP8 E4M3 scales and an f32 tensor scale',
     weights: 'nvfp4',
   },
+  'rtn-q4_0': {
+    description:
+      "llama.cpp Q4_0 weights (blocks of 32, fp16 scale), rounded exactly as llama.cpp's quantizer; exports to GGUF Q4_0 unchanged",
+    weights: 'q4_0',
+  },
+  'rtn-q8_0': {
+    description:
+      "llama.cpp Q8_0 weights (blocks of 32, fp16 scale), rounded exactly as llama.cpp's quantizer; exports to GGUF Q8_0 unchanged",
+    weights: 'q8_0',
+  },
+  'awq-q4_0': {
+    description:
+      'AWQ (llm-awq defaults, its search and clipping done with Q4_0 rounding) then llama.cpp Q4_0 weights: AWQ for llama.cpp',
+    weights: 'q4_0',
+    steps: [{ method: 'awq' }],
+  },
   'awq-w4g128': {
     description: 'AWQ (llm-awq defaults: 20-point scale grid, clip search) then INT4 asymmetric g128 weights',
     weights: 'int4-g128',
@@ -389,7 +405,15 @@ function validateRecipe(where: string, r: Recipe): void {
     !(acts.format.kind === 'int' && acts.format.granularity === 'tensor' && acts.format.symmetric)
   )
     fail(`${where}: static activation scales need a symmetric per-tensor INT format (e.g. int8-tensor-sym)`);
+  if (acts?.format.kind === 'ggml')
+    fail(
+      `${where}: ${acts.format.type} is a llama.cpp weight format; activations take INT, MX, FP8 or NVFP4`,
+    );
   for (const s of r.steps) {
+    if (s.method === 'gptq' && r.weights?.kind === 'ggml')
+      fail(
+        `${where}: gptq quantizes to INT and MX formats, not ${r.weights.type} (use rtn-${r.weights.type} or awq-${r.weights.type})`,
+      );
     if ((s.method === 'awq' || s.method === 'gptq') && !r.weights)
       fail(`${where}: step ${s.method} needs a weight format`);
     if (s.method === 'smoothquant' && !(s.alpha >= 0 && s.alpha <= 1))

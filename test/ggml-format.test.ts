@@ -1,0 +1,120 @@
+/**
+ * llama.cpp's Q4_0 / Q8_0 as recipe weight formats: fake quant, encode/decode, names and recipes, and a
+ * Q4_0 checkpoint exporting to exactly the GGUF blocks llama.cpp's quantizer gives the source weights.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { promisify } from 'node:util';
+import { dequantizeQ4_0, dequantizeQ8_0, quantizeQ4_0, quantizeQ8_0 } from '../src/formats/ggml.ts';
+import { decode, encode, fakeQuantRows, formatName, parseFormat } from '../src/formats/index.ts';
+import { readGguf, readGgufTensor } from '../src/io/gguf.ts';
+import { defineRecipe, resolveRecipe } from '../src/quant/recipe.ts';
+import { MODELS, rng } from './helpers.ts';
+
+const run = promisify(execFile);
+const Q4 = parseFormat('q4_0');
+const Q8 = parseFormat('q8_0');
+
+function bitsEqual(a: Float32Array, b: Float32Array): boolean {
+  return (
+    Buffer.compare(
+      Buffer.from(a.buffer, a.byteOffset, a.byteLength),
+      Buffer.from(b.buffer, b.byteOffset, b.byteLength),
+    ) === 0
+  );
+}
+
+test('q4_0 / q8_0 parse, print and describe', () => {
+  assert.deepEqual(Q4, { kind: 'ggml', type: 'q4_0' });
+  assert.deepEqual(Q8, { kind: 'ggml', type: 'q8_0' });
+  assert.equal(formatName(Q4), 'q4_0');
+  assert.equal(formatName(parseFormat(' Q8_0 ')), 'q8_0');
+});
+
+test('hand-computed Q4_0 and Q8_0 blocks (signed max, first of ties, fp16 scale, zeros)', () => {
+  // Q4_0: the largest magnitude is -4 -> d = 0.5, x = (q - 8) * 0.5 with q = min(15, trunc(x / 0.5 + 8.5))
+  const x = new Float32Array(32);
+  x.set([-4, 1, 0.74, 0.76, 3.9, -1.25]);
+  const q4 = fakeQuantRows(x, 1, 32, Q4);
+  assert.deepEqual([...q4.subarray(0, 6)], [-4, 1, 0.5, 1, 3.5, -1]);
+  // a tie between +2 and -2: the first one sets the sign of d (so +2 is exact and -2 clips to -1.75)
+  const tie = new Float32Array(32);
+  tie.set([2, -2]);
+  assert.deepEqual([...fakeQuantRows(tie, 1, 32, Q4).subarray(0, 2)], [2, -1.75]);
+  tie.set([-2, 2]);
+  assert.deepEqual([...fakeQuantRows(tie, 1, 32, Q4).subarray(0, 2)], [-2, 1.75]);
+  // Q8_0: d = 127 / 127 = 1 -> integers, halves away from zero
+  const y = new Float32Array(32);
+  y.set([127, 2.5, -2.5, 0.49]);
+  assert.deepEqual([...fakeQuantRows(y, 1, 32, Q8).subarray(0, 4)], [127, 3, -3, 0]);
+  // d is stored as fp16: amax 1e-3 -> d = fp16(1e-3 / 127)
+  const z = new Float32Array(32).fill(1e-3);
+  const d16 = new Float32Array(dequantizeQ8_0(quantizeQ8_0(z)))[0] / 127;
+  assert.equal(fakeQuantRows(z, 1, 32, Q8)[0], d16 * 127);
+  assert.notEqual(d16, Math.fround(1e-3 / 127));
+  // an all-zero Q4_0 block: d = -0, every value (8 - 8) * -0 = -0, as llama.cpp's dequantizer gives
+  assert.ok(Object.is(fakeQuantRows(new Float32Array(32), 1, 32, Q4)[0], -0));
+});
+
+test('fake quant equals llama.cpp reference blocks; encode/decode round-trip bit for bit', () => {
+  const r = rng(11);
+  for (const [rows, cols, std] of [
+    [3, 64, 1],
+    [5, 96, 0.02],
+    [2, 4096, 1e-4],
+  ] as const) {
+    const x = r.normal(rows * cols, std);
+    for (const [spec, want] of [
+      [Q4, dequantizeQ4_0(quantizeQ4_0(x))],
+      [Q8, dequantizeQ8_0(quantizeQ8_0(x))],
+    ] as const) {
+      const fake = fakeQuantRows(x, rows, cols, spec);
+      assert.ok(bitsEqual(fake, want), `${formatName(spec)} ${rows}x${cols}`);
+      const enc = encode(x, rows, cols, spec);
+      assert.equal(enc.scales.length, (rows * cols) / 32);
+      assert.ok(Math.max(...enc.codes) <= (spec === Q4 ? 15 : 255));
+      assert.ok(bitsEqual(decode(enc), fake), `decode ${formatName(spec)}`);
+    }
+  }
+});
+
+test('bad input: rows not a multiple of 32, non-finite values, activations, GPTQ', () => {
+  assert.throws(
+    () => fakeQuantRows(new Float32Array(48), 1, 48, Q4),
+    /q4_0: blocks of 32 do not divide the row length \(last dimension\) 48/,
+  );
+  const x = new Float32Array(32);
+  x[3] = Number.NaN;
+  assert.throws(
+    () => encode(x, 1, 32, Q8),
+    /encode: q8_0 takes finite values only \(llama.cpp's quantizers\), got NaN at element 3/,
+  );
+  assert.throws(
+    () => defineRecipe('t', { description: '', weights: 'q4_0', activations: 'q8_0' }),
+    /q8_0 is a llama.cpp weight format/,
+  );
+  assert.throws(
+    () => defineRecipe('t', { description: '', weights: 'q4_0', steps: [{ method: 'gptq' }] }),
+    /gptq quantizes to INT and MX formats, not q4_0/,
+  );
+  assert.equal(resolveRecipe('awq-q4_0').weights?.kind, 'ggml');
+});
+
+test('an rtn-q4_0 checkpoint exports to the same GGUF Q4_0 blocks as the full-precision model', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-q40-'));
+  const src = `${MODELS}llama-tiny`;
+  await run('./bin/llmq', ['quantize', src, '--recipe', 'rtn-q4_0', '--out', `${dir}/ckpt`]);
+  await run('./bin/llmq', ['export', `${dir}/ckpt`, '--to', 'gguf-q4_0', '--out', `${dir}/from-ckpt.gguf`]);
+  await run('./bin/llmq', ['export', src, '--to', 'gguf-q4_0', '--out', `${dir}/from-fp.gguf`]);
+  const a = readGguf(`${dir}/from-ckpt.gguf`);
+  const b = readGguf(`${dir}/from-fp.gguf`);
+  const names = a.tensors.filter((t) => t.name.startsWith('blk.')).map((t) => t.name);
+  assert.ok(names.length > 20);
+  for (const name of names)
+    assert.equal(Buffer.compare(readGgufTensor(a, name), readGgufTensor(b, name)), 0, name);
+  fs.rmSync(dir, { recursive: true });
+});
