@@ -54,7 +54,7 @@ function loadBitsFn(dtype: DType): string {
 }
 
 /** Shared WGSL: exact f32 division, round half even, power-of-two scaling, bit tests. */
-const COMMON = `
+export const COMMON = `
 const NAN_BITS = 0x7fc00000u;
 fn isNan(b: u32) -> bool { return (b & 0x7fffffffu) > 0x7f800000u; }
 fn isInf(b: u32) -> bool { return (b & 0x7fffffffu) == 0x7f800000u; }
