@@ -32,6 +32,15 @@ const GPTQ_CALIB = { samples: 128, seqLen: 2048 };
 const W4A8_MX = { weights: 'mxint4-128', activations: 'mxint8-128' };
 
 const SETS: Record<string, Job[]> = {
+  // llama.cpp's own block formats, RTN and AWQ (what `export --to gguf-q4_0` then writes unchanged)
+  ggml: [
+    { label: 'fp' },
+    { label: 'RTN Q4_0', recipe: 'rtn-q4_0' },
+    { label: 'AWQ Q4_0', recipe: 'awq-q4_0', calib: AWQ_CALIB },
+    { label: 'RTN Q8_0', recipe: 'rtn-q8_0' },
+    { label: 'RTN W4 g128 (for comparison)', recipe: 'rtn-w4g128' },
+    { label: 'AWQ W4 g128 (for comparison)', recipe: 'awq-w4g128', calib: AWQ_CALIB },
+  ],
   issue4: [
     { label: 'fp' },
     { label: 'RTN W4 g128', recipe: 'rtn-w4g128' },

@@ -30,6 +30,7 @@ import { concatRows, sliceRows, transpose } from './layout.ts';
 import { DEFAULT_TILE, embedding, type GemmTile, linear } from './matmul.ts';
 import { klDiv, nll, rmsnorm } from './norm.ts';
 import { fakeQuant, quantizeRowsInt8 } from './quant.ts';
+import { ggmlFakeQuant } from './quant-ggml.ts';
 import { columnStats, sumSquaredDiff } from './reduce.ts';
 
 export class WebGpuTensor implements Tensor {
@@ -383,7 +384,13 @@ export class WebGpuBackend implements Backend {
 
   fakeQuant(x: Tensor, spec: FormatSpec): Tensor {
     const lastDim = x.shape.length === 0 ? 1 : x.shape[x.shape.length - 1];
-    return this.wrap(fakeQuant(this.ctx, this.st(x, 'fakeQuant'), lastDim, spec), x.shape);
+    const storage = this.st(x, 'fakeQuant');
+    return this.wrap(
+      spec.kind === 'ggml'
+        ? ggmlFakeQuant(this.ctx, storage, lastDim, spec)
+        : fakeQuant(this.ctx, storage, lastDim, spec),
+      x.shape,
+    );
   }
 
   columnStats(x: Tensor): Promise<ColumnStats> {

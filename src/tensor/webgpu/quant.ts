@@ -25,7 +25,7 @@ const WG = 64;
 const EW_WG = 256;
 
 /** f32 bits of element i of an array `arr` holding `dtype` (16-bit floats widened exactly). */
-function loadBitsFn(dtype: DType): string {
+export function loadBitsFn(dtype: DType): string {
   switch (dtype) {
     case 'f32':
       return 'fn ldBits(i: u32) -> u32 { return X[i]; }';
