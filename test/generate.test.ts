@@ -5,11 +5,13 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { LlamaModel } from '../src/model/llama.ts';
-import { loadChatTemplate } from '../src/runtime/chat-template.ts';
+import { ggufChatTemplate, loadChatTemplate } from '../src/runtime/chat-template.ts';
 import { eosIdsOf, ModelEngine } from '../src/runtime/generate.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import type { Backend } from '../src/tensor/tensor.ts';
@@ -182,4 +184,47 @@ test('llmq serve: the OpenAI API over the real model gives the greedy reference 
   } finally {
     child.kill();
   }
+});
+
+test('a chat template that writes BOS gets one BOS; a GGUF export carries the template to generate --chat', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-chat-'));
+  for (const f of ['config.json', 'model.safetensors', 'tokenizer.json'])
+    fs.symlinkSync(path.resolve(`${TINY}/${f}`), `${dir}/${f}`);
+  const tokConfig = JSON.parse(fs.readFileSync(`${TINY}/tokenizer_config.json`, 'utf8'));
+  tokConfig.chat_template =
+    '{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}';
+  fs.writeFileSync(`${dir}/tokenizer_config.json`, JSON.stringify(tokConfig));
+  const messages = [{ role: 'user' as const, content: 'Hi there' }];
+  const engine = engineFor(dir);
+  const rendered = loadChatTemplate(dir).render(messages);
+  assert.equal(rendered, '<|begin_of_text|><|user|>Hi there\n<|assistant|>');
+  const ids = engine.encodeChat(messages);
+  // HF encodes a rendered chat without the post-processor's BOS: the template's own BOS is the only one
+  assert.deepEqual([...ids], [...loadTokenizer(dir).encode(rendered).subarray(1)]);
+  assert.equal(ids[0], 0);
+  assert.notEqual(ids[1], 0);
+  await run('./bin/llmq', ['export', dir, '--to', 'gguf-f16', '--out', `${dir}/m.gguf`]);
+  const fromGguf = ggufChatTemplate(`${dir}/m.gguf`);
+  assert.equal(fromGguf.source, 'gguf');
+  assert.equal(fromGguf.bosToken, '<|begin_of_text|>');
+  assert.equal(fromGguf.render(messages), rendered);
+  const chat = async (model: string) =>
+    JSON.parse(
+      (
+        await run('./bin/llmq', [
+          'generate',
+          model,
+          '--chat',
+          '--prompt',
+          'Hi there',
+          '--max-tokens',
+          '8',
+          '--json',
+        ])
+      ).stdout,
+    );
+  const [hf, gguf] = [await chat(dir), await chat(`${dir}/m.gguf`)];
+  assert.equal(hf.prompt_tokens, ids.length);
+  assert.equal(gguf.prompt_tokens, ids.length);
+  fs.rmSync(dir, { recursive: true });
 });

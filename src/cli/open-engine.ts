@@ -2,7 +2,7 @@
 import path from 'node:path';
 import { fail } from '../errors.ts';
 import { isGgufPath } from '../io/gguf-model.ts';
-import { loadChatTemplate } from '../runtime/chat-template.ts';
+import { ggufChatTemplate, loadChatTemplate } from '../runtime/chat-template.ts';
 import type { SamplingOptions } from '../runtime/engine.ts';
 import { ModelEngine } from '../runtime/generate.ts';
 import { optionalIntFlag } from './args.ts';
@@ -38,8 +38,12 @@ export async function openEngine(
   const flat = values as Record<string, string | boolean | undefined>;
   const opened = await openBackendAndTokenizer(command, dir, flat);
   const { model, tokenizer } = await openModel(dir, flat, opened, quiet);
-  const templateDir =
-    typeof values.tokenizer === 'string' ? values.tokenizer : isGgufPath(dir) ? undefined : dir;
+  const template =
+    typeof values.tokenizer === 'string'
+      ? loadChatTemplate(values.tokenizer)
+      : isGgufPath(dir)
+        ? ggufChatTemplate(dir)
+        : loadChatTemplate(dir);
   const contextLength = optionalIntFlag('context', values.context, 2);
   if (contextLength !== undefined && contextLength > model.config.maxPositionEmbeddings)
     fail(
@@ -48,7 +52,7 @@ export async function openEngine(
   return new ModelEngine(model, tokenizer, {
     modelName: path.basename(path.resolve(dir)),
     contextLength,
-    template: loadChatTemplate(templateDir ?? ''),
+    template,
   });
 }
 

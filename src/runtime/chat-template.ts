@@ -19,10 +19,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { fail } from '../errors.ts';
+import { ggufMeta, readGguf } from '../io/gguf.ts';
 import type { ChatMessage } from './engine.ts';
 
 export interface ChatTemplate {
-  readonly source: 'tokenizer_config' | 'chat_template.jinja' | 'fallback';
+  readonly source: 'tokenizer_config' | 'chat_template.jinja' | 'gguf' | 'fallback';
   /** the BOS text of tokenizer_config.json, if it names one */
   readonly bosToken: string | undefined;
   render(messages: readonly ChatMessage[]): string;
@@ -49,6 +50,22 @@ export function loadChatTemplate(modelDir: string): ChatTemplate {
   const source = configTemplate(configFile, config.chat_template);
   if (source !== undefined) return jinjaTemplate('tokenizer_config', configFile, source, bosToken, eosToken);
   return { source: 'fallback', bosToken, render: renderFallback };
+}
+
+/** The template a GGUF file embeds (`tokenizer.chat_template`), with its BOS/EOS token texts. */
+export function ggufChatTemplate(file: string): ChatTemplate {
+  const gguf = readGguf(file);
+  const tokens = ggufMeta(gguf, 'tokenizer.ggml.tokens');
+  const tokenText = (key: string): string | undefined => {
+    const id = ggufMeta(gguf, key);
+    return typeof id === 'number' && Array.isArray(tokens) && typeof tokens[id] === 'string'
+      ? tokens[id]
+      : undefined;
+  };
+  const bosToken = tokenText('tokenizer.ggml.bos_token_id');
+  const text = ggufMeta(gguf, 'tokenizer.chat_template');
+  if (typeof text !== 'string') return { source: 'fallback', bosToken, render: renderFallback };
+  return jinjaTemplate('gguf', file, text, bosToken, tokenText('tokenizer.ggml.eos_token_id'));
 }
 
 /** Whether `rendered` already begins with the BOS text, so that encoding it must not add another. */
@@ -95,7 +112,7 @@ function configTemplate(file: string, value: unknown): string | undefined {
 }
 
 function jinjaTemplate(
-  source: 'tokenizer_config' | 'chat_template.jinja',
+  source: 'tokenizer_config' | 'chat_template.jinja' | 'gguf',
   file: string,
   text: string,
   bosToken: string | undefined,

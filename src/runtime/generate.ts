@@ -22,8 +22,6 @@ export interface EngineOptions {
   template: ChatTemplate;
   /** ids that end generation (default: eos_token_id of config.json and generation_config.json) */
   eosIds?: readonly number[];
-  /** the BOS token's text, to avoid a second BOS when a chat template writes one itself */
-  bosToken?: string;
 }
 
 export class ModelEngine implements Engine {
@@ -55,7 +53,7 @@ export class ModelEngine implements Engine {
     // HF encodes a rendered chat without special tokens: a template that writes BOS gets only that one
     const bos = this.model.config.bosTokenId;
     const doubled = ids.length > 1 && ids[0] === bos && ids[1] === bos;
-    return doubled && startsWithBos(text, this.opts.bosToken) ? ids.subarray(1) : ids;
+    return doubled && startsWithBos(text, this.opts.template.bosToken) ? ids.subarray(1) : ids;
   }
 
   async generate(
