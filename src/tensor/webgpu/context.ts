@@ -352,6 +352,7 @@ export class GpuContext {
   releaseStorage(s: Storage): void {
     for (const b of s.chunks) this.release(b);
     s.chunks.length = 0;
+    this.wholeWindows.delete(s);
   }
 
   /** Rows from `part.row0` on that fit one window of one chunk (at least 1). */
@@ -410,10 +411,18 @@ export class GpuContext {
 
   /** The whole tensor as one window (vectors, small tables); fails when it does not fit one. */
   whole(s: Storage, what: string): Window {
-    const segs = this.segments(s.rows, [{ s, row0: 0 }]);
-    if (segs.length !== 1) fail(`WebGPU ${what}: a ${s.rows}x${s.cols} tensor does not fit one binding`);
-    return segs[0].w[0];
+    // weights are bound whole by every decode step's GEMVs: their window never changes
+    let w = this.wholeWindows.get(s);
+    if (!w || s.chunks.length === 0) {
+      const segs = this.segments(s.rows, [{ s, row0: 0 }]);
+      if (segs.length !== 1) fail(`WebGPU ${what}: a ${s.rows}x${s.cols} tensor does not fit one binding`);
+      w = segs[0].w[0];
+      this.wholeWindows.set(s, w);
+    }
+    return w;
   }
+
+  private readonly wholeWindows = new WeakMap<Storage, Window>();
 
   // ------------------------------------------------------------ pipelines
 
