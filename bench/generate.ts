@@ -182,7 +182,7 @@ function publishReport(files: string): void {
     const base = small ? baseline('llama-small torch.float32') : baseline('llama-3-8b random bf16');
     rows.push({
       model: small
-        ? 'llama-small (f32 weights)'
+        ? 'llama-small (bf16 weights, f32 math)'
         : model.replace('llama-3-8b synthetic', 'Llama-3-8B shapes,'),
       'llmq decode tokens/s': r.decodeTokensPerSecond,
       'llmq prompt (128 tokens) s': r.prefillSeconds,
@@ -192,7 +192,7 @@ function publishReport(files: string): void {
     });
   }
   const same = baseline('llama-small torch.float32')?.sameGreedyPrefixAsLlmq;
-  const notes = `Greedy decoding, 128-token prompt, 256 new tokens, one sequence. PyTorch: transformers ${device.transformers} \`model.generate\` (dynamic KV cache, sdpa), torch ${device.torch}, same GPU, same call. llmq's greedy ids on llama-small equal PyTorch fp32's for the first ${same} of 256 tokens. The 8B model has random weights, one layer's tensors shared by all 32 layers (same work and weight traffic per token). llmq rows: the better of two runs. PyTorch's own number moves a lot between calls (HF generate is host-bound; an earlier call measured 17.5 tokens/s for the 8B).
+  const notes = `Greedy decoding, 128-token prompt, 256 new tokens, one sequence. PyTorch: transformers ${device.transformers} \`model.generate\` (dynamic KV cache, sdpa), torch ${device.torch}, same GPU, same call. llmq's greedy ids on llama-small equal PyTorch fp32's for the first ${same} of 256 tokens. The 8B model has random weights, one layer's tensors shared by all 32 layers (same work and weight traffic per token). llmq rows: the better of two runs. Both sides move a lot between calls, PyTorch's more (HF generate is host-bound: its llama-small fp32 gave 89 and 140 tokens/s, its 8B bf16 9.2, 14.0 and 17.5 in different calls), so compare within one section.
 
 What limits llmq: the host, not the GPU. A decode step is one token through ~25 kernels a layer (~200 for llama-small, ~900 for the 8B), each encoded from JavaScript; a CPU profile of the llama-small loop puts ~45% of the host time in recording dispatches (bind groups) and ~17% in submits. The 8B bf16's weight traffic (16 GB a token, 3.3 ms at the H200's 4.8 TB/s) would allow ~300 tokens/s. So W4 and W8A8, which move 4x and 2x fewer bytes, are not faster than bf16 here: the packed GEMV also decodes codes on the ALUs, and W8A8 runs three kernels a linear (quantize x, int8 GEMV, scale). Matrix-vector kernels for decode (a weight spread over N/8 workgroups instead of N/128 GEMM tiles) took the 8B from 4.2 to ~32 tokens/s, and writing ids/positions into a per-submit arena instead of a new buffer each call took llama-small from ~80-117 to ~100-144.`;
   publish(
