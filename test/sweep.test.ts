@@ -12,6 +12,7 @@ import { loadCalibration } from '../src/calib/data.ts';
 import { perplexity, readEvalText } from '../src/eval/perplexity.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { LlamaModel } from '../src/model/llama.ts';
+import { sweepHtml } from '../src/report/html.ts';
 import '../src/quant/methods.ts';
 import { type QuantReport, quantizeModel } from '../src/quant/pipeline.ts';
 import {
@@ -227,6 +228,7 @@ test('CLI writes the JSON and Markdown, refuses to overwrite, resumes', async ()
   fs.writeFileSync(text, fs.readFileSync(WIKITEXT, 'utf8').slice(0, 3000));
   const out = path.join(root, 'r.json');
   const md = path.join(root, 'r.md');
+  const html = path.join(root, 'r.html');
   const args = [
     'sweep',
     TINY,
@@ -246,6 +248,8 @@ test('CLI writes the JSON and Markdown, refuses to overwrite, resumes', async ()
     out,
     '--md',
     md,
+    '--html',
+    html,
   ];
   const first = await llmq(args);
   assert.equal(first.code, 0, first.stderr);
@@ -264,9 +268,10 @@ test('CLI writes the JSON and Markdown, refuses to overwrite, resumes', async ()
   assert.ok(mdText.includes(pplTable(r)));
   assert.equal(first.stdout, mdText);
   assert.match(mdText, /\| RTN \| \d+\.\d\d \| \d+\.\d\d \|/);
+  assert.equal(fs.readFileSync(html, 'utf8'), sweepHtml(r));
   assert.deepEqual(
     fs.readdirSync(root).sort(),
-    ['r.json', 'r.md', 'text.raw'],
+    ['r.html', 'r.json', 'r.md', 'text.raw'],
     'no temporary files are left',
   );
 

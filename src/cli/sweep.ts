@@ -3,6 +3,7 @@ import path from 'node:path';
 import { fail } from '../errors.ts';
 import { readEvalText } from '../eval/perplexity.ts';
 import { loadTokenizer } from '../io/tokenizer.ts';
+import { sweepHtml } from '../report/html.ts';
 import {
   buildStudy,
   filterStudy,
@@ -22,12 +23,13 @@ import { formatSeconds } from './progress.ts';
 
 export const SWEEP_HELP = `llmq sweep <model-dir> (--study <name> | --methods rtn,awq,gptq --w-bits 3,4 --group 32,128,row) --ppl <text-file>
            [--seqlen N] [--max-windows K] [--rows a,b] [--cols a,b] [--only text] ${CALIB_HELP}
-           [--kl] [--device cpu|webgpu|auto] [--out results.json] [--md results.md] [--force | --resume] [--json]
+           [--kl] [--device cpu|webgpu|auto] [--out results.json] [--md results.md] [--html report.html] [--force | --resume] [--json]
   Quantizes a fresh copy of a full-precision model with each recipe of a study and prints a table of
   perplexities (rows = methods, columns = formats; full precision first). Studies: ${studyNames().join(', ')}.
   --rows/--cols keep the named rows/columns (keys or labels), --only the variants whose "row/col"
-  contains the text. --out (JSON: every recipe as built, ppl, seconds) and --md are rewritten after
-  each variant; --resume reuses the finished cells of an existing --out. --kl adds a second table: each
+  contains the text. --out (JSON: every recipe as built, ppl, seconds), --md and --html (one
+  self-contained page: an SVG chart of perplexity per column, log scale, and the tables) are rewritten
+  after each variant; --resume reuses the finished cells of an existing --out. --kl adds a second table: each
   cell's mean KL(P_fp || P_quantized) per token and how often the top token stays the same.`;
 
 export async function sweepCommand(argv: string[]): Promise<void> {
@@ -46,6 +48,7 @@ export async function sweepCommand(argv: string[]): Promise<void> {
     device: { type: 'string', default: 'cpu' },
     out: { type: 'string' },
     md: { type: 'string' },
+    html: { type: 'string' },
     force: { type: 'boolean', default: false },
     resume: { type: 'boolean', default: false },
     kl: { type: 'boolean', default: false },
@@ -62,7 +65,7 @@ export async function sweepCommand(argv: string[]): Promise<void> {
     only: values.only,
   });
   if (values.force && values.resume) fail('sweep: --force and --resume exclude each other');
-  for (const file of [values.out, values.md]) checkOutput(file, values.force || values.resume);
+  for (const file of [values.out, values.md, values.html]) checkOutput(file, values.force || values.resume);
   const previous = values.resume && values.out ? readPrevious(values.out) : undefined;
 
   const tokens = loadTokenizer(dir).encode(readEvalText(values.ppl));
@@ -72,6 +75,7 @@ export async function sweepCommand(argv: string[]): Promise<void> {
   const save = (r: SweepResult) => {
     if (values.out) writeAtomic(values.out, `${JSON.stringify(r, null, 1)}\n`);
     if (values.md) writeAtomic(values.md, sweepMarkdown(r));
+    if (values.html) writeAtomic(values.html, sweepHtml(r));
   };
   const result = await runSweep(dir, backend, study, {
     tokens,
