@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { fail } from '../errors.ts';
+import { readJsonObject } from './json.ts';
 
 export interface TextTokenizer {
   encode(text: string): Int32Array;
@@ -11,20 +12,12 @@ export interface TextTokenizer {
   summary: string;
 }
 
-function readJson(file: string): Record<string, unknown> {
-  try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    return fail(`${file}: not valid JSON (${(e as Error).message})`);
-  }
-}
-
 export function loadTokenizer(dir: string): TextTokenizer {
   const file = path.join(dir, 'tokenizer.json');
   if (!fs.existsSync(file)) fail(`${dir}: tokenizer.json is missing (llmq needs the HF fast tokenizer file)`);
-  const json = readJson(file);
+  const json = readJsonObject(file);
   const cfgFile = path.join(dir, 'tokenizer_config.json');
-  const cfg = fs.existsSync(cfgFile) ? readJson(cfgFile) : {};
+  const cfg = fs.existsSync(cfgFile) ? readJsonObject(cfgFile) : {};
   let tok: Tokenizer;
   try {
     tok = new Tokenizer(json as never, cfg as never);

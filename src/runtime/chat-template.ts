@@ -20,6 +20,7 @@ import path from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { fail } from '../errors.ts';
 import { ggufMeta, readGguf } from '../io/gguf.ts';
+import { readJsonObject } from '../io/json.ts';
 import type { ChatMessage } from './engine.ts';
 
 export interface ChatTemplate {
@@ -39,7 +40,7 @@ const FALLBACK_LABELS: Record<ChatMessage['role'], string> = {
 
 export function loadChatTemplate(modelDir: string): ChatTemplate {
   const configFile = path.join(modelDir, 'tokenizer_config.json');
-  const config = fs.existsSync(configFile) ? readJson(configFile) : {};
+  const config = fs.existsSync(configFile) ? readJsonObject(configFile) : {};
   const bosToken = specialToken(configFile, config, 'bos_token');
   const eosToken = specialToken(configFile, config, 'eos_token');
   const jinjaFile = path.join(modelDir, 'chat_template.jinja');
@@ -71,18 +72,6 @@ export function ggufChatTemplate(file: string): ChatTemplate {
 /** Whether `rendered` already begins with the BOS text, so that encoding it must not add another. */
 export function startsWithBos(rendered: string, bosToken: string | undefined): boolean {
   return bosToken !== undefined && bosToken !== '' && rendered.startsWith(bosToken);
-}
-
-function readJson(file: string): Json {
-  let value: unknown;
-  try {
-    value = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    return fail(`${file}: not valid JSON (${(e as Error).message})`);
-  }
-  if (typeof value !== 'object' || value === null || Array.isArray(value))
-    fail(`${file}: expected a JSON object`);
-  return value as Json;
 }
 
 /** tokenizer_config.json writes special tokens as a string or as an AddedToken object {content, ...}. */

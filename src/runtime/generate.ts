@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fail } from '../errors.ts';
+import { readJsonObject } from '../io/json.ts';
 import type { TextTokenizer } from '../io/tokenizer.ts';
 import type { LlamaModel } from '../model/llama.ts';
 import type { ChatTemplate } from './chat-template.ts';
@@ -139,13 +140,7 @@ export class ModelEngine implements Engine {
 export function eosIdsOf(model: LlamaModel): number[] {
   const ids = new Set<number>(asIds(model.config.eosTokenId));
   const file = path.join(model.dir, 'generation_config.json');
-  if (fs.existsSync(file)) {
-    try {
-      for (const id of asIds(JSON.parse(fs.readFileSync(file, 'utf8')).eos_token_id)) ids.add(id);
-    } catch (e) {
-      fail(`${file}: not valid JSON (${(e as Error).message})`);
-    }
-  }
+  if (fs.existsSync(file)) for (const id of asIds(readJsonObject(file).eos_token_id)) ids.add(id);
   return [...ids];
 }
 

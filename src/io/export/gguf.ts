@@ -45,6 +45,7 @@ import {
   gguf,
   LINEAR_GGUF,
 } from '../gguf.ts';
+import { readJsonObject } from '../json.ts';
 
 export const GGUF_EXPORT_TYPES = ['q8_0', 'q4_0', 'f16'] as const;
 export type GgufExportType = (typeof GGUF_EXPORT_TYPES)[number];
@@ -89,17 +90,6 @@ type Json = Record<string, unknown>;
 
 function isObj(v: unknown): v is Json {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-function readJson(file: string): Json {
-  let v: unknown;
-  try {
-    v = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    fail(`${file}: not valid JSON (${(e as Error).message.split('\n')[0]})`);
-  }
-  if (!isObj(v)) fail(`${file}: expected a JSON object`);
-  return v;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -280,11 +270,11 @@ function chatTemplate(dir: string, tokCfg: Json): string | undefined {
 function readVocab(dir: string, config: ModelConfig): Vocab {
   const file = path.join(dir, 'tokenizer.json');
   if (!fs.existsSync(file)) fail(`${dir}: tokenizer.json is missing (GGUF embeds the vocabulary)`);
-  const tok = readJson(file);
+  const tok = readJsonObject(file);
   const model = checkByteLevelBpe(file, tok);
   const pre = preTokenizerName(file, tok.pre_tokenizer);
   const cfgFile = path.join(dir, 'tokenizer_config.json');
-  const tokCfg = fs.existsSync(cfgFile) ? readJson(cfgFile) : {};
+  const tokCfg = fs.existsSync(cfgFile) ? readJsonObject(cfgFile) : {};
   const added = addedTokens(file, tok);
   return {
     pre,
