@@ -3,6 +3,7 @@
  * ships their source text to the workers, so each must be self-contained (no imports, no outer
  * variables, no nested functions) and work on a sub-range given by [start, end).
  */
+import type { CachedAttentionShape } from '../tensor.ts';
 import { attentionBlocks } from './attention-wasm.ts';
 import { matmulWasm, packWasm } from './wasm.ts';
 
@@ -243,7 +244,7 @@ export function attentionCachedRows(
   k: Float32Array,
   v: Float32Array,
   out: Float32Array,
-  s: { queries: number; past: number; numHeads: number; numKvHeads: number; headDim: number },
+  s: CachedAttentionShape,
 ): void {
   const { queries, past, numHeads, numKvHeads, headDim } = s;
   const kvStride = numKvHeads * headDim;

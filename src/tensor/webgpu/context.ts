@@ -196,8 +196,10 @@ export class GpuContext {
   private encoder: GPUCommandEncoder | undefined;
   private pass: GPUComputePassEncoder | undefined;
   private dispatches = 0;
-  private uniforms!: Arena;
-  private hostArena!: Arena;
+  private readonly uniforms: Arena;
+  private readonly hostArena: Arena;
+  /** the window `whole` computed for a storage (weights are bound whole by every decode GEMV) */
+  private readonly wholeWindows = new WeakMap<Storage, Window>();
   /** bytes allocated through this context and not destroyed (pooled buffers included), and their peak */
   liveBytes = 0;
   peakBytes = 0;
@@ -411,9 +413,8 @@ export class GpuContext {
 
   /** The whole tensor as one window (vectors, small tables); fails when it does not fit one. */
   whole(s: Storage, what: string): Window {
-    // weights are bound whole by every decode step's GEMVs: their window never changes
     let w = this.wholeWindows.get(s);
-    if (!w || s.chunks.length === 0) {
+    if (!w) {
       const segs = this.segments(s.rows, [{ s, row0: 0 }]);
       if (segs.length !== 1) fail(`WebGPU ${what}: a ${s.rows}x${s.cols} tensor does not fit one binding`);
       w = segs[0].w[0];
@@ -421,8 +422,6 @@ export class GpuContext {
     }
     return w;
   }
-
-  private readonly wholeWindows = new WeakMap<Storage, Window>();
 
   // ------------------------------------------------------------ pipelines
 

@@ -332,7 +332,6 @@ function testProblem(t: SubgroupMatrixTile): {
   return { M, N, K, a, b, c };
 }
 
-/** Picks the int8 GEMM kernel this device runs correctly. */
 /** c = a b^T for a few rows of a: GEMV_COLS outputs per workgroup, each K split over GEMV_LANES threads. */
 function dot4GemvKernel(M: number): Kernel {
   const L = GEMV_LANES;
@@ -363,6 +362,7 @@ ${gemvMain(
   };
 }
 
+/** Picks the int8 GEMM kernel this device runs correctly. */
 export class Int8Gemm {
   path: Int8Path = 'dot4';
   private sgm: Kernel | undefined;

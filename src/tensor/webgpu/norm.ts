@@ -114,7 +114,7 @@ export function nll(ctx: GpuContext, logits: Storage, targets: Int32Array): Stor
   for (const t of targets) if (t < 0 || t >= V) fail(`nll: target ${t} outside the vocabulary (${V})`);
   const out = ctx.allocStorage(logits.rows, 1, 'f32');
   if (logits.rows === 0) return out;
-  const tb = ctx.createWith(new Uint8Array(targets.buffer, targets.byteOffset, targets.byteLength));
+  const tb = ctx.hostData(new Uint8Array(targets.buffer, targets.byteOffset, targets.byteLength));
   const k = nllKernel(logits.dtype);
   for (const seg of ctx.segments(
     logits.rows,
@@ -124,11 +124,10 @@ export function nll(ctx: GpuContext, logits: Storage, targets: Int32Array): Stor
     ctx.dispatch(
       k,
       new Params().u(seg.n).u(V).u(wx.off).u(seg.r0).u(wo.off),
-      [wx.binding, { buffer: tb, offset: 0, size: tb.size }, wo.binding],
+      [wx.binding, tb, wo.binding],
       grid2(seg.n),
     );
   }
-  ctx.release(tb);
   return out;
 }
 

@@ -23,13 +23,13 @@
  * whole block into NaN.
  */
 import { fail } from '../../errors.ts';
+import { QK } from '../../formats/ggml.ts';
 import type { GgmlSpec } from '../../formats/spec.ts';
 import type { DType } from '../tensor.ts';
 import { type GpuContext, grid2, type Kernel, Params, type Storage, type Window } from './context.ts';
 import { COMMON, loadBitsFn } from './quant.ts';
 import { FLAT_WG } from './wgsl.ts';
 
-const QK = 32;
 const WG = 64;
 
 /** Scale, reciprocal and fp16 rounding shared by both types. */
