@@ -17,6 +17,7 @@ import { LINEARS, type Linear, LlamaModel } from '../src/model/llama.ts';
 import { loadChatTemplate } from '../src/runtime/chat-template.ts';
 import { ModelEngine } from '../src/runtime/generate.ts';
 import { KvCache } from '../src/runtime/kv-cache.ts';
+import { Sampler } from '../src/runtime/sampling.ts';
 import { createBackend, type DeviceName } from '../src/tensor/index.ts';
 import type { Backend } from '../src/tensor/tensor.ts';
 import { publish, type Row, table } from './report.ts';
@@ -118,12 +119,13 @@ function useInt8(b: Backend, lin: Linear): void {
 async function decodeRate(model: LlamaModel, variant: string): Promise<void> {
   const cache = new KvCache(model, promptLen + newTokens + 1);
   const prompt = Int32Array.from({ length: promptLen }, (_, i) => (i * 7919) % 128000);
+  const greedy = new Sampler({}, model.config.vocabSize);
   const read = async (ids: Int32Array): Promise<number> => {
     cache.reserve(ids.length);
-    const logits = await model.backend.read(model.forwardCached(ids, cache));
-    let best = 0;
-    for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
-    return best;
+    const logits = model.forwardCached(ids, cache);
+    const host = await model.backend.read(logits);
+    logits.dispose();
+    return greedy.next(host, []);
   };
   const t0 = performance.now();
   let next = await read(prompt);

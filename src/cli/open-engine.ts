@@ -6,7 +6,7 @@ import { ggufChatTemplate, loadChatTemplate } from '../runtime/chat-template.ts'
 import type { SamplingOptions } from '../runtime/engine.ts';
 import { ModelEngine } from '../runtime/generate.ts';
 import { optionalIntFlag } from './args.ts';
-import { MODEL_FLAGS, openBackendAndTokenizer, openModel } from './open-model.ts';
+import { MODEL_FLAGS, openBackendAndTokenizer, openModel, tokenizerSource } from './open-model.ts';
 
 export const ENGINE_FLAGS = {
   ...MODEL_FLAGS,
@@ -38,12 +38,8 @@ export async function openEngine(
   const flat = values as Record<string, string | boolean | undefined>;
   const opened = await openBackendAndTokenizer(command, dir, flat);
   const { model, tokenizer } = await openModel(dir, flat, opened, quiet);
-  const template =
-    typeof values.tokenizer === 'string'
-      ? loadChatTemplate(values.tokenizer)
-      : isGgufPath(dir)
-        ? ggufChatTemplate(dir)
-        : loadChatTemplate(dir);
+  const source = tokenizerSource(dir, flat);
+  const template = isGgufPath(source) ? ggufChatTemplate(source) : loadChatTemplate(source);
   const contextLength = optionalIntFlag('context', values.context, 2);
   if (contextLength !== undefined && contextLength > model.config.maxPositionEmbeddings)
     fail(

@@ -37,6 +37,11 @@ export interface OpenedModel {
   packedLinears: number;
 }
 
+/** Where the tokenizer (and a chat template) comes from: --tokenizer, else the model dir or .gguf file. */
+export function tokenizerSource(dir: string, values: ModelFlagValues): string {
+  return typeof values.tokenizer === 'string' ? values.tokenizer : dir;
+}
+
 /** The backend and tokenizer, before any weights are read (so a bad flag or text fails fast). */
 export async function openBackendAndTokenizer(
   command: string,
@@ -48,12 +53,8 @@ export async function openBackendAndTokenizer(
       fail(`${command}: --${flag} must be auto or off, got ${values[flag]}`);
   const recipe = typeof values.recipe === 'string' ? resolveRecipe(values.recipe) : undefined;
   const backend = await createBackend(values.device as DeviceName);
-  const tokenizer =
-    typeof values.tokenizer === 'string'
-      ? loadTokenizer(values.tokenizer)
-      : isGgufPath(dir)
-        ? loadGgufTokenizer(dir)
-        : loadTokenizer(dir);
+  const source = tokenizerSource(dir, values);
+  const tokenizer = isGgufPath(source) ? loadGgufTokenizer(source) : loadTokenizer(source);
   return { backend, tokenizer, recipe };
 }
 
