@@ -99,14 +99,8 @@ function candidateScales(xMean: Float32Array, wMean: Float32Array | undefined, r
 /** AutoAWQ's w_mean: per input channel mean over the group's rows of |w| / (its weight group's max |w|). */
 async function weightMean(b: Backend, weights: Tensor[], spec: FormatSpec): Promise<Float32Array> {
   const cols = weights[0].shape[1];
-  const group =
-    spec.kind === 'int' && spec.granularity === 'group'
-      ? (spec.group ?? cols)
-      : spec.kind === 'mx'
-        ? spec.block
-        : spec.kind === 'ggml'
-          ? QK
-          : cols;
+  // w_mean normalises NVFP4 weights per row; their 16-wide blocks bound only the clip search
+  const group = spec.kind === 'nvfp4' ? cols : weightGroupSize(spec, cols);
   const sum = new Float64Array(cols);
   let rows = 0;
   for (const w of weights) {
