@@ -479,6 +479,6 @@ export function bitsPerElement(spec: FormatSpec, cols: number, rows?: number): n
     case 'nvfp4':
       return 4 + 8 / NVFP4_BLOCK + perTensor(32);
     case 'ggml':
-      return (spec.type === 'q4_0' ? 4 : 8) + 16 / QK;
+      return codeBits(spec) + 16 / QK;
   }
 }

@@ -45,18 +45,13 @@ export function codesOnlyWeight(backend: Backend, rows: number, cols: number): T
 function codeLayout(enc: Encoded): { codeBits: 4 | 8; zeros: Float32Array } {
   const spec = enc.spec;
   const groups = enc.scales.length;
-  if (spec.kind === 'ggml')
-    return {
-      codeBits: spec.type === 'q4_0' ? 4 : 8,
-      zeros: new Float32Array(groups).fill(ggmlCodeOffset(spec)),
-    };
+  const codeBits = enc.bits <= 4 ? 4 : 8;
+  if (spec.kind === 'ggml') return { codeBits, zeros: new Float32Array(groups).fill(ggmlCodeOffset(spec)) };
   if (spec.kind !== 'int') return fail(`packed weights: ${spec.kind} codes cannot be packed`);
-  return {
-    codeBits: spec.bits <= 4 ? 4 : 8,
-    zeros: spec.symmetric
-      ? new Float32Array(groups).fill(2 ** (spec.bits - 1))
-      : Float32Array.from(enc.zeros as Uint8Array),
-  };
+  const zeros = spec.symmetric
+    ? new Float32Array(groups).fill(2 ** (spec.bits - 1))
+    : Float32Array.from(enc.zeros as Uint8Array);
+  return { codeBits, zeros };
 }
 
 function packOne(model: LlamaModel, enc: Encoded, gIdx: Int32Array | undefined): PackedWeight {

@@ -4,7 +4,7 @@
  * differences of a few tenths stay readable together, the full-precision perplexity as a dashed line,
  * then the tables of the Markdown report.
  */
-import { formatPpl, klTable, pplTable, type SweepResult } from './sweep.ts';
+import { cellAt, formatPpl, klTable, pplTable, type SweepResult } from './sweep.ts';
 
 export const CHART = { width: 720, height: 360, left: 70, right: 180, top: 20, bottom: 70 };
 const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b', '#e377c2', '#17becf'];
@@ -18,7 +18,7 @@ export function chartSeries(result: SweepResult): { label: string; points: [numb
   return result.rows.map((row) => ({
     label: row.label,
     points: result.cols.flatMap((col, i): [number, number][] => {
-      const ppl = result.cells.find((c) => c.row === row.key && c.col === col.key)?.ppl;
+      const ppl = cellAt(result, row, col)?.ppl;
       return typeof ppl === 'number' && Number.isFinite(ppl) && ppl > 0 ? [[i, ppl]] : [];
     }),
   }));

@@ -623,6 +623,11 @@ function mdTable(header: string[], body: string[][]): string {
   return [line(header), line(header.map(() => '---')), ...body.map(line)].join('\n');
 }
 
+/** The cell of a row and column of the study, if the sweep has it. */
+export function cellAt(result: SweepResult, row: Axis, col: Axis): SweepCell | undefined {
+  return result.cells.find((c) => c.row === row.key && c.col === col.key);
+}
+
 /** Rows x columns of perplexities, the full-precision row first. */
 export function pplTable(result: SweepResult): string {
   const fp = formatPpl(result.fp.ppl);
@@ -631,7 +636,7 @@ export function pplTable(result: SweepResult): string {
     ...result.rows.map((row) => [
       row.label,
       ...result.cols.map((col) => {
-        const cell = result.cells.find((c) => c.row === row.key && c.col === col.key);
+        const cell = cellAt(result, row, col);
         return !cell ? '-' : cell.error ? 'error' : formatPpl(cell.ppl);
       }),
     ]),
@@ -645,7 +650,7 @@ export function klTable(result: SweepResult): string | undefined {
   const body = result.rows.map((row) => [
     row.label,
     ...result.cols.map((col) => {
-      const kl = result.cells.find((c) => c.row === row.key && c.col === col.key)?.kl;
+      const kl = cellAt(result, row, col)?.kl;
       return kl ? `${kl.mean.toFixed(4)} (${(kl.sameTop * 100).toFixed(1)}%)` : '-';
     }),
   ]);
