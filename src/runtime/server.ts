@@ -514,8 +514,15 @@ function logGeneration(ctx: Context, result: GenerateResult): void {
   );
 }
 
-function newId(kind: Kind): string {
-  return `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${crypto.randomUUID().replaceAll('-', '')}`;
+/** The fields every response object starts with (a stream's chunks share one). */
+function responseHead(engine: Engine, kind: Kind, stream: boolean) {
+  const chatObject = stream ? 'chat.completion.chunk' : 'chat.completion';
+  return {
+    id: `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${crypto.randomUUID().replaceAll('-', '')}`,
+    object: kind === 'chat' ? chatObject : 'text_completion',
+    created: Math.floor(Date.now() / 1000),
+    model: engine.modelName,
+  };
 }
 
 function usage(result: GenerateResult) {
@@ -549,14 +556,7 @@ function answer(engine: Engine, kind: Kind, result: GenerateResult) {
     kind === 'chat'
       ? { index: 0, message: { role: 'assistant', content: result.text }, finish_reason, logprobs: null }
       : { index: 0, text: result.text, finish_reason, logprobs: null };
-  return {
-    id: newId(kind),
-    object: kind === 'chat' ? 'chat.completion' : 'text_completion',
-    created: Math.floor(Date.now() / 1000),
-    model: engine.modelName,
-    choices: [choice],
-    usage: usage(result),
-  };
+  return { ...responseHead(engine, kind, false), choices: [choice], usage: usage(result) };
 }
 
 async function streamAnswer(
@@ -565,12 +565,7 @@ async function streamAnswer(
   job: Job,
   options: GenerateOptions,
 ): Promise<GenerateResult> {
-  const head = {
-    id: newId(job.kind),
-    object: job.kind === 'chat' ? 'chat.completion.chunk' : 'text_completion',
-    created: Math.floor(Date.now() / 1000),
-    model: engine.modelName,
-  };
+  const head = responseHead(engine, job.kind, true);
   const send = (data: unknown) => {
     if (!res.destroyed) res.write(`data: ${JSON.stringify(data)}\n\n`);
   };
