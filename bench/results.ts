@@ -84,6 +84,13 @@ const SETS: Record<string, Job[]> = {
       recipe: { base: 'gptq-w3g128-actorder', steps: [{ gptq: { actOrder: true, staticGroups: true } }] },
       calib: GPTQ_CALIB,
     },
+    ...[4, 3].flatMap((bits) =>
+      [false, true].map((actOrder) => ({
+        label: `GPTQ W${bits} g128${actOrder ? ' act_order' : ''} mse`,
+        recipe: { base: `gptq-w${bits}g128`, steps: [{ gptq: { actOrder, mse: true } }] },
+        calib: GPTQ_CALIB,
+      })),
+    ),
   ],
   'awq-gptq': [
     { label: 'fp' },

@@ -72,6 +72,8 @@ interface RefOptions {
   actOrder: boolean;
   staticGroups: boolean;
   includeZero: boolean;
+  /** GPTQ quantizer mse=True: range shrunk by 1 - i/100 (i < 80), least sum |q - x|^2.4 */
+  mse?: boolean;
   /** emulate the reference tools: groups fitted on W as of the start of their lazy block of this size */
   staleBlock?: number;
 }
@@ -112,7 +114,24 @@ function textbookGptq(
   const dynamic = !o.staticGroups && (spec.kind === 'mx' || ispec.granularity === 'group');
   const iopts = { includeZero: o.includeZero, clip: isInt ? ispec.clip : undefined };
   const info = spec.kind === 'mx' ? mxElementInfo(mspec.element) : null;
+  const mseFit = (vals: ArrayLike<number>) => {
+    let best = intParams(vals, ispec.bits, ispec.symmetric, iopts);
+    let bestErr = Infinity;
+    for (let i = 0; i < 80; i++) {
+      const p = intParams(vals, ispec.bits, ispec.symmetric, { ...iopts, clip: 1 - i / 100 });
+      let err = 0;
+      for (let k = 0; k < vals.length; k++) {
+        const lo = ispec.symmetric ? -(2 ** (ispec.bits - 1)) : 0;
+        const hi = ispec.symmetric ? 2 ** (ispec.bits - 1) - 1 : 2 ** ispec.bits - 1;
+        const q = Math.min(hi, Math.max(lo, Math.round(Math.fround(vals[k] / p.scale)) + p.zero));
+        err += Math.abs(Math.fround((q - p.zero) * p.scale) - vals[k]) ** 2.4;
+      }
+      if (err < bestErr) [best, bestErr] = [p, err];
+    }
+    return best;
+  };
   const fit = (vals: ArrayLike<number>) => {
+    if (isInt && o.mse) return mseFit(vals);
     if (isInt) return intParams(vals, ispec.bits, ispec.symmetric, iopts);
     let amax = 0;
     for (let i = 0; i < vals.length; i++) amax = Math.max(amax, Math.abs(vals[i]));
@@ -295,6 +314,9 @@ describe('gptq equals the textbook float64 column loop', () => {
     ['int4 g32, act_order', 'int4-g32', { actOrder: true }],
     ['int4 g32 sym, act_order + static groups', 'int4-g32-sym', { actOrder: true, staticGroups: true }],
     ['int4 g32, static groups', 'int4-g32', { staticGroups: true }],
+    ['int3 g32, mse scale search', 'int3-g32', { mse: true }],
+    ['int4 g32 sym, act_order + mse', 'int4-g32-sym', { actOrder: true, mse: true }],
+    ['int3 per row, mse', 'int3-row', { mse: true }],
     ['int3 per row, act_order', 'int3-row', { actOrder: true }],
     ['int4 per tensor', 'int4-tensor', {}],
     ['int4 g32, blockSize 48 (aligned to groups)', 'int4-g32', { blockSize: 48 }],
@@ -321,6 +343,19 @@ describe('gptq equals the textbook float64 column loop', () => {
       }
     });
   }
+
+  test('mse moves the scales: fewer clipped ranges than min/max, lower reconstruction error', () => {
+    const spec = parseFormat('int3-g32');
+    const plain = gptq(layer.weight, ROWS, COLS, layer.H, spec);
+    const mse = gptq(layer.weight, ROWS, COLS, layer.H, spec, { mse: true });
+    let smaller = 0;
+    for (let i = 0; i < plain.encoded.scales.length; i++)
+      if (mse.encoded.scales[i] < plain.encoded.scales[i] * 0.995) smaller++;
+    assert.ok(smaller > plain.encoded.scales.length / 4, `${smaller} scales shrunk`);
+    const e0 = outputError(layer.weight, plain.dequant, layer.x, TOKENS);
+    const e1 = outputError(layer.weight, mse.dequant, layer.x, TOKENS);
+    assert.ok(e1 < e0, `mse ${e1} vs min/max ${e0}`);
+  });
 
   test('act_order with dynamic groups records gIdx by processing position', () => {
     const res = gptq(layer.weight, ROWS, COLS, layer.H, parseFormat('int4-g32'), { actOrder: true });

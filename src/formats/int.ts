@@ -141,6 +141,17 @@ export function intParams(
   length: number = x.length - offset,
   stride = 1,
 ): IntParams {
+  const { min, max } = finiteRange(x, offset, length, stride);
+  return intParamsFromRange(min, max, bits, symmetric, opts);
+}
+
+/** min and max of the finite values among x[offset + i * stride], i < length; 0, 0 if there are none. */
+export function finiteRange(
+  x: ArrayLike<number>,
+  offset = 0,
+  length: number = x.length - offset,
+  stride = 1,
+): { min: number; max: number } {
   let min = Number.POSITIVE_INFINITY;
   let max = Number.NEGATIVE_INFINITY;
   for (let i = 0, j = offset; i < length; i++, j += stride) {
@@ -148,8 +159,7 @@ export function intParams(
     if (v < min && v !== Number.NEGATIVE_INFINITY) min = v;
     if (v > max && v !== Number.POSITIVE_INFINITY) max = v;
   }
-  if (min > max) min = max = 0; // no finite value
-  return intParamsFromRange(min, max, bits, symmetric, opts);
+  return min > max ? { min: 0, max: 0 } : { min, max };
 }
 
 /**

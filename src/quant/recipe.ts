@@ -48,6 +48,8 @@ export interface GptqStep {
   blockSize: number;
   actOrder: boolean;
   staticGroups: boolean;
+  /** INT scales by the GPTQ quantizer's shrink grid search instead of min/max (gptq.ts) */
+  mse: boolean;
 }
 export interface MixedStep {
   method: 'mixed';
@@ -77,7 +79,7 @@ const STEP_DEFAULTS: { [M in Step['method']]: Extract<Step, { method: M }> } = {
   smoothquant: { method: 'smoothquant', alpha: 0.5 },
   sqplus: { method: 'sqplus', step: 0.05, lossSamples: 16, loss: 'logit-mse' },
   awq: { method: 'awq', grid: 20, clip: true, duo: false, withActivations: false },
-  gptq: { method: 'gptq', damp: 0.01, blockSize: 128, actOrder: false, staticGroups: false },
+  gptq: { method: 'gptq', damp: 0.01, blockSize: 128, actOrder: false, staticGroups: false, mse: false },
   mixed: { method: 'mixed', salientPercent: 1 },
 };
 
