@@ -12,12 +12,15 @@ import { promisify } from 'node:util';
 import { dequantizeQ4_0, dequantizeQ8_0, quantizeQ4_0, quantizeQ8_0 } from '../src/formats/ggml.ts';
 import { decode, encode, fakeQuantRows, formatName, parseFormat } from '../src/formats/index.ts';
 import { readGguf, readGgufTensor } from '../src/io/gguf.ts';
+import { LlamaModel } from '../src/model/llama.ts';
 import { defineRecipe, resolveRecipe } from '../src/quant/recipe.ts';
-import { MODELS, rng } from './helpers.ts';
+import { createBackend } from '../src/tensor/index.ts';
+import { MODELS, rng, savedTinyCheckpoint } from './helpers.ts';
 
 const run = promisify(execFile);
 const Q4 = parseFormat('q4_0');
 const Q8 = parseFormat('q8_0');
+const cpu = await createBackend('cpu');
 
 function bitsEqual(a: Float32Array, b: Float32Array): boolean {
   return (
@@ -98,10 +101,39 @@ test('bad input: rows not a multiple of 32, non-finite values, activations, GPTQ
     /q8_0 is a llama.cpp weight format/,
   );
   assert.throws(
-    () => defineRecipe('t', { description: '', weights: 'q4_0', steps: [{ method: 'gptq' }] }),
-    /gptq quantizes to INT and MX formats, not q4_0/,
+    () =>
+      defineRecipe('t', { description: '', weights: 'q4_0', steps: [{ method: 'gptq', actOrder: true }] }),
+    /gptq actOrder with q4_0 needs staticGroups: true/,
   );
+  assert.throws(
+    () => defineRecipe('t', { description: '', weights: 'fp8-e4m3', steps: [{ method: 'gptq' }] }),
+    /gptq quantizes to INT, MX and llama.cpp Q4_0\/Q8_0 formats, not fp8-e4m3/,
+  );
+  assert.equal(resolveRecipe('gptq-q4_0').weights?.kind, 'ggml');
   assert.equal(resolveRecipe('awq-q4_0').weights?.kind, 'ggml');
+});
+
+test('a gptq-q4_0 checkpoint exports to GGUF Q4_0 blocks that decode to its weights bit for bit', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-gptq-q40-'));
+  const model = await savedTinyCheckpoint(cpu, resolveRecipe('gptq-q4_0'), `${dir}/ckpt`, true);
+  await run('./bin/llmq', ['export', `${dir}/ckpt`, '--to', 'gguf-q4_0', '--out', `${dir}/m.gguf`]);
+  const gguf = readGguf(`${dir}/m.gguf`);
+  const src = LlamaModel.load(`${MODELS}llama-tiny`, cpu);
+  // q/k rows are permuted for llama.cpp's rope; these keep the checkpoint's row order
+  for (const [ggufName, name] of [
+    ['attn_v', 'v_proj'],
+    ['attn_output', 'o_proj'],
+    ['ffn_gate', 'gate_proj'],
+    ['ffn_down', 'down_proj'],
+  ] as const) {
+    const want = await cpu.read(model.layers[1].linears[name].weight);
+    const got = dequantizeQ4_0(readGgufTensor(gguf, `blk.1.${ggufName}.weight`), want.length);
+    assert.ok(bitsEqual(got, want), ggufName);
+    const [rows, cols] = model.layers[1].linears[name].weight.shape;
+    const rtn = fakeQuantRows(await cpu.read(src.layers[1].linears[name].weight), rows, cols, Q4);
+    assert.ok(!bitsEqual(got, rtn), `${ggufName}: GPTQ moved codes away from llama.cpp's RTN`);
+  }
+  fs.rmSync(dir, { recursive: true });
 });
 
 test('an rtn-q4_0 checkpoint exports to the same GGUF Q4_0 blocks as the full-precision model', async () => {

@@ -6,6 +6,8 @@ import {
   type FormatSpec,
   fakeQuantInt,
   fakeQuantMx,
+  fakeQuantRows,
+  type GgmlSpec,
   type IntSpec,
   intParams,
   intQuantizeValue,
@@ -17,6 +19,7 @@ import {
 } from '../src/formats/index.ts';
 import { dequantizeGptq, factorHessian, type GptqOptions, gptq } from '../src/quant/gptq.ts';
 import { choleskyInverseUpper, HessianAccumulator } from '../src/quant/hessian.ts';
+import { f16BitsToNumber, numberToF16Bits } from '../src/tensor/dtype.ts';
 import { rng } from './helpers.ts';
 
 const ROWS = 64;
@@ -110,8 +113,31 @@ function textbookGptq(
   const isInt = spec.kind === 'int';
   const ispec = spec as IntSpec;
   const mspec = spec as MxSpec;
-  const size = isInt ? (ispec.granularity === 'group' ? ispec.group! : cols) : mspec.block;
-  const dynamic = !o.staticGroups && (spec.kind === 'mx' || ispec.granularity === 'group');
+  const gspec = spec as GgmlSpec;
+  const size = isInt
+    ? ispec.granularity === 'group'
+      ? ispec.group!
+      : cols
+    : spec.kind === 'ggml'
+      ? 32
+      : mspec.block;
+  const dynamic = !o.staticGroups && (!isInt || ispec.granularity === 'group');
+  // llama.cpp: q4_0 d = (value of largest magnitude, first on ties) / -8, q8_0 d = amax / 127 (f32);
+  // codes from 1/d by its rounding, clamped; values use d rounded to fp16
+  const ggmlFit = (vals: ArrayLike<number>) => {
+    let m = 0;
+    for (let i = 0; i < vals.length; i++) if (Math.abs(vals[i]) > Math.abs(m)) m = vals[i];
+    const d = Math.fround(gspec.type === 'q4_0' ? m / -8 : Math.abs(m) / 127);
+    return { d, d16: f16BitsToNumber(numberToF16Bits(d)) };
+  };
+  const ggmlQuant = (v: number, p: { d: number; d16: number }) => {
+    const id = p.d === 0 ? 0 : Math.fround(1 / p.d);
+    const t = Math.fround(Math.fround(v) * id);
+    if (gspec.type === 'q4_0')
+      return (Math.min(15, Math.max(0, Math.trunc(Math.fround(t + 8.5)))) - 8) * p.d16;
+    const r = Math.sign(t) * Math.floor(Math.abs(t) + 0.5);
+    return Math.min(127, Math.max(-128, r)) * p.d16;
+  };
   const iopts = { includeZero: o.includeZero, clip: isInt ? ispec.clip : undefined };
   const info = spec.kind === 'mx' ? mxElementInfo(mspec.element) : null;
   const mseFit = (vals: ArrayLike<number>) => {
@@ -131,6 +157,7 @@ function textbookGptq(
     return best;
   };
   const fit = (vals: ArrayLike<number>) => {
+    if (spec.kind === 'ggml') return ggmlFit(vals);
     if (isInt && o.mse) return mseFit(vals);
     if (isInt) return intParams(vals, ispec.bits, ispec.symmetric, iopts);
     let amax = 0;
@@ -139,9 +166,11 @@ function textbookGptq(
   };
   type P = ReturnType<typeof fit>;
   const quant = (v: number, p: P) =>
-    'e' in p
-      ? mxQuantizeValue(v, p.e, info!, mspec.rounding)
-      : intQuantizeValue(v, p.scale, p.zero, ispec.bits, ispec.symmetric);
+    'd16' in p
+      ? ggmlQuant(v, p)
+      : 'e' in p
+        ? mxQuantizeValue(v, p.e, info!, mspec.rounding)
+        : intQuantizeValue(v, p.scale, p.zero, ispec.bits, ispec.symmetric);
   const tensorParams = isInt && ispec.granularity === 'tensor' ? fit(W) : null;
   const staticParams = (r: number, c: number) =>
     tensorParams ??
@@ -326,6 +355,9 @@ describe('gptq equals the textbook float64 column loop', () => {
     ['mxint4 block 32, blockSize 96', 'mxint4-even', { blockSize: 96 }],
     ['mxfp4 block 32', 'mxfp4', {}],
     ['mxint4 block 32, act_order + static exponents', 'mxint4', { actOrder: true, staticGroups: true }],
+    ['llama.cpp q4_0', 'q4_0', {}],
+    ['llama.cpp q8_0', 'q8_0', {}],
+    ['llama.cpp q4_0, act_order + static scales', 'q4_0', { actOrder: true, staticGroups: true }],
   ];
   for (const [name, format, options] of cases) {
     test(name, () => {
@@ -420,6 +452,7 @@ describe('gptq beats round-to-nearest on the calibration batch', () => {
     ['int4-g32-sym', (w) => fakeQuantInt(w, ROWS, COLS, parseFormat('int4-g32-sym') as IntSpec)],
     ['mxint4', (w) => fakeQuantMx(w, ROWS, COLS, parseFormat('mxint4') as MxSpec)],
     ['mxfp4', (w) => fakeQuantMx(w, ROWS, COLS, parseFormat('mxfp4') as MxSpec)],
+    ['q4_0', (w) => fakeQuantRows(w, ROWS, COLS, parseFormat('q4_0'))],
   ];
   for (const [format, rtn] of cases) {
     test(format, () => {
@@ -485,7 +518,11 @@ describe('gptq input errors', () => {
       () => gptq(weight, ROWS, COLS, H, parseFormat('mxint4'), { actOrder: true }),
       'needs staticGroups',
     );
-    throwsUser(() => gptq(weight, ROWS, COLS, H, parseFormat('fp8-e4m3')), 'INT and MX formats');
+    throwsUser(
+      () => gptq(weight, ROWS, COLS, H, parseFormat('q4_0'), { actOrder: true }),
+      'q4_0: actOrder needs staticGroups',
+    );
+    throwsUser(() => gptq(weight, ROWS, COLS, H, parseFormat('fp8-e4m3')), 'not fp8-e4m3');
     throwsUser(() => gptq(weight, ROWS, COLS, H, parseFormat('int4-g48')), 'does not divide');
     throwsUser(() => gptq(weight, ROWS, COLS, H, parseFormat('int4-g32'), { blockSize: 0 }), 'blockSize');
     throwsUser(() => gptq(weight, ROWS, COLS, H, parseFormat('int4-g32'), { damp: -1 }), 'damp');

@@ -15,7 +15,8 @@ export const EXPORT_HELP = `llmq export <model-dir> --to ${TARGETS.join('|')} --
   hold (MX/FP8/NVFP4, activation quantization, salient columns).
   gguf-q8_0, gguf-q4_0, gguf-f16: one GGUF file for llama.cpp / node-llama-cpp from a full-precision
   model or an llmq weight-only checkpoint (its dequantized weights, e.g. with AWQ's scaling, are
-  quantized with llama.cpp's own Q8_0 / Q4_0 rules; norms stay F32; with q4_0 the output matrix is Q8_0).
+  quantized with llama.cpp's own Q8_0 / Q4_0 rules; a Q4_0 / Q8_0 checkpoint's blocks are written as they
+  are; norms stay F32; with q4_0 the output matrix is Q8_0).
   --q4-fma rounds Q4_0 as llama.cpp builds with a fused multiply-add do (aarch64).
   Refuses an existing --out unless --force.`;
 

@@ -63,11 +63,16 @@ function checkBytes(bytes: Uint8Array, blockBytes: number, n: number): void {
   }
 }
 
-/** One Q8_0 block of x[at, at + 32) into out[o, o + 34). */
-function quantizeBlockQ8_0(x: Float32Array, at: number, out: Uint8Array, o: number): void {
+/** The float32 d llama.cpp's Q8_0 quantizer picks for x[at, at + 32): amax / 127. */
+function blockScaleQ8_0(x: ArrayLike<number>, at: number): number {
   let amax = 0;
   for (let j = 0; j < QK; j++) amax = Math.max(amax, Math.abs(x[at + j]));
-  const d = fr(amax / 127);
+  return fr(amax / 127);
+}
+
+/** One Q8_0 block of x[at, at + 32) into out[o, o + 34). */
+function quantizeBlockQ8_0(x: Float32Array, at: number, out: Uint8Array, o: number): void {
+  const d = blockScaleQ8_0(x, at);
   const id = d !== 0 ? fr(1 / d) : 0;
   writeF16(out, o, d);
   for (let j = 0; j < QK; j++) out[o + 2 + j] = roundHalfAway(fr(x[at + j] * id)) & 0xff;
@@ -100,7 +105,8 @@ function codeQ4_0(x: number, id: number, fma: boolean): number {
   return Math.min(15, Math.trunc(t));
 }
 
-function quantizeBlockQ4_0(x: Float32Array, at: number, out: Uint8Array, o: number, fma: boolean): void {
+/** The float32 d llama.cpp's Q4_0 quantizer picks for x[at, at + 32): the largest-magnitude value / -8. */
+function blockScaleQ4_0(x: ArrayLike<number>, at: number): number {
   let amax = 0;
   let max = 0;
   for (let j = 0; j < QK; j++) {
@@ -110,7 +116,11 @@ function quantizeBlockQ4_0(x: Float32Array, at: number, out: Uint8Array, o: numb
       max = v;
     }
   }
-  const d = fr(max / -8);
+  return fr(max / -8);
+}
+
+function quantizeBlockQ4_0(x: Float32Array, at: number, out: Uint8Array, o: number, fma: boolean): void {
+  const d = blockScaleQ4_0(x, at);
   const id = d !== 0 ? fr(1 / d) : 0;
   writeF16(out, o, d);
   for (let j = 0; j < QK / 2; j++) {
@@ -323,6 +333,24 @@ export function dequantizeQ6_K(bytes: Uint8Array, n = (bytes.length / 210) * 256
   return y;
 }
 
+/**
+ * For GPTQ, which fixes a block's scale and then quantizes values that its error updates have moved:
+ * the block's float32 d (as llama.cpp picks it; stored rounded to fp16), from x[at, at + 32).
+ */
+export function ggmlBlockScale(spec: GgmlSpec, x: ArrayLike<number>, at: number): number {
+  return spec.type === 'q4_0' ? blockScaleQ4_0(x, at) : blockScaleQ8_0(x, at);
+}
+
+/**
+ * The code (as encodeGgml: q4_0 0..15, q8_0 int8 + 128) of x in a block of float32 scale d, by
+ * llama.cpp's rounding, clamped to the code range (x may lie outside the range d was fitted on).
+ */
+export function ggmlCode(spec: GgmlSpec, x: number, d: number): number {
+  const id = d !== 0 ? fr(1 / d) : 0;
+  if (spec.type === 'q4_0') return Math.max(0, codeQ4_0(fr(x), id, false));
+  return Math.min(127, Math.max(-128, roundHalfAway(fr(fr(x) * id)))) + 128;
+}
+
 /** Code offset of a GGML weight format: x = (code - offset) * d (q8_0 codes are int8 + 128). */
 export function ggmlCodeOffset(spec: GgmlSpec): number {
   return spec.type === 'q4_0' ? 8 : 128;
@@ -368,6 +396,24 @@ export function encodeGgml(
         : (bytes[o + 2 + j] + 128) & 0xff;
   }
   return { codes, scales };
+}
+
+/**
+ * GGUF blocks from codes as encodeGgml gives them and one fp16-valued scale per 32 codes: what a Q4_0 /
+ * Q8_0 checkpoint (RTN, AWQ or GPTQ) holds, written without a second rounding.
+ */
+export function ggmlBlocks(codes: Uint8Array, scales: Float32Array, spec: GgmlSpec): Uint8Array {
+  const q4 = spec.type === 'q4_0';
+  const blockBytes = q4 ? Q4_0_BLOCK_BYTES : Q8_0_BLOCK_BYTES;
+  const out = new Uint8Array(scales.length * blockBytes);
+  for (let b = 0; b < scales.length; b++) {
+    const o = b * blockBytes;
+    const c = b * QK;
+    writeF16(out, o, scales[b]);
+    if (q4) for (let j = 0; j < QK / 2; j++) out[o + 2 + j] = codes[c + j] | (codes[c + QK / 2 + j] << 4);
+    else for (let j = 0; j < QK; j++) out[o + 2 + j] = (codes[c + j] - 128) & 0xff;
+  }
+  return out;
 }
 
 /** Values of encodeGgml's codes: bit-identical to fakeQuantGgml of the encoded input. */

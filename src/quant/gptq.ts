@@ -46,11 +46,14 @@
  *   (the reference maps an all-zero row to [-1, 1]; the values are 0 either way);
  * - `includeZero` (default true, the GPTQ quantizer) forces 0 into asymmetric ranges:
  *   min(x, 0), max(x, 0). AutoAWQ's RTN does not; set it false to quantize on that grid;
- * - MX with actOrder needs staticGroups (block exponents fixed on the original weights): an MX
+ * - llama.cpp Q4_0 / Q8_0 (GgmlGrid): a block's d is llama.cpp's choice on the weights when the block
+ *   is reached; codes follow llama.cpp's rounding, clamped since updated weights may leave the range;
+ * - MX (and Q4_0 / Q8_0) with actOrder needs staticGroups (block exponents fixed on the original weights): an MX
  *   block is `block` consecutive original input channels and its shared exponent has to be known
  *   before its first column is quantized, which a reordered walk cannot guarantee.
  */
 import { fail } from '../errors.ts';
+import { ggmlBlockScale, ggmlCode, ggmlCodeOffset, QK } from '../formats/ggml.ts';
 import {
   checkMxSpec,
   codeBits,
@@ -74,6 +77,8 @@ import {
   mxSharedExponent,
   pow2,
 } from '../formats/index.ts';
+import type { GgmlSpec } from '../formats/spec.ts';
+import { f16BitsToNumber, numberToF16Bits } from '../tensor/dtype.ts';
 import { addMatmulNT, choleskyInverseUpper } from './hessian.ts';
 
 export interface GptqOptions {
@@ -379,10 +384,81 @@ class MxGrid implements Grid {
   }
 }
 
+/**
+ * llama.cpp Q4_0 / Q8_0: each block of 32 input channels gets llama.cpp's float32 d when its first
+ * column comes (or up front with staticGroups); values are the codes times d rounded to fp16, so
+ * decode(encoded) equals dequant and the blocks export to GGUF unchanged.
+ */
+class GgmlGrid implements Grid {
+  readonly span: number;
+  private readonly perRow: number;
+  private readonly slot: Int32Array;
+  /** float32 d of each block: codes are rounded with it, values use its fp16 rounding */
+  private readonly d: Float32Array;
+  private readonly d16: Float32Array;
+  private readonly codes: Uint8Array;
+  private readonly offset: number;
+
+  constructor(
+    private readonly spec: GgmlSpec,
+    private readonly rows: number,
+    private readonly cols: number,
+    order: Int32Array | null,
+    opts: GptqOptions,
+  ) {
+    if (cols % QK !== 0) fail(`GPTQ with ${spec.type}: blocks of ${QK} do not divide the row length ${cols}`);
+    if (order && !opts.staticGroups)
+      fail(
+        `GPTQ with ${spec.type}: actOrder needs staticGroups (a block is ${QK} consecutive input channels, ` +
+          'so its scale must be fixed on the original weights before the columns are reordered)',
+      );
+    this.span = opts.staticGroups ? 0 : QK;
+    this.perRow = cols / QK;
+    this.slot = slotsByPosition(cols, order, QK, false);
+    this.d = new Float32Array(rows * this.perRow);
+    this.d16 = new Float32Array(rows * this.perRow);
+    this.codes = new Uint8Array(rows * cols);
+    this.offset = ggmlCodeOffset(spec);
+  }
+
+  private store(index: number, vals: ArrayLike<number>, off: number): void {
+    const d = ggmlBlockScale(this.spec, vals, off);
+    this.d[index] = d;
+    this.d16[index] = f16BitsToNumber(numberToF16Bits(d));
+  }
+
+  fit(r: number, p: number, vals: ArrayLike<number>, off: number): void {
+    this.store(r * this.perRow + this.slot[p], vals, off);
+  }
+
+  fitStatic(w: Float64Array): void {
+    if (this.span) return;
+    for (let r = 0; r < this.rows; r++)
+      for (let b = 0; b < this.perRow; b++) this.store(r * this.perRow + b, w, r * this.cols + b * QK);
+  }
+
+  quantize(r: number, c: number, p: number, w: number): number {
+    const i = r * this.perRow + this.slot[p];
+    const code = ggmlCode(this.spec, w, this.d[i]);
+    this.codes[r * this.cols + c] = code;
+    return (code - this.offset) * this.d16[i];
+  }
+
+  encoded(): Encoded {
+    const { spec, rows, cols } = this;
+    return { spec, rows, cols, bits: codeBits(spec), codes: this.codes, block: QK, scales: this.d16 };
+  }
+
+  gIdx(): undefined {
+    return undefined;
+  }
+}
+
 function makeGrid(spec: FormatSpec, rows: number, cols: number, order: Int32Array | null, opts: GptqOptions) {
   if (spec.kind === 'int') return new IntGrid(spec, rows, cols, order, opts);
   if (spec.kind === 'mx') return new MxGrid(spec, rows, cols, order, opts);
-  return fail(`GPTQ quantizes to INT and MX formats, not ${formatName(spec)}`);
+  if (spec.kind === 'ggml') return new GgmlGrid(spec, rows, cols, order, opts);
+  return fail(`GPTQ quantizes to INT, MX and llama.cpp Q4_0/Q8_0 formats, not ${formatName(spec)}`);
 }
 
 function resolveOptions(options: Partial<GptqOptions>): GptqOptions {

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import yaml from 'js-yaml';
 import { CALIB_SAMPLERS, type CalibSampler } from '../calib/data.ts';
 import { fail } from '../errors.ts';
-import { describeFormat, parseFormat } from '../formats/index.ts';
+import { describeFormat, formatName, parseFormat } from '../formats/index.ts';
 import type { FormatSpec } from '../formats/spec.ts';
 import { LINEARS, type LinearName } from '../model/llama.ts';
 
@@ -167,6 +167,12 @@ const BUILTINS: Record<string, RecipeText> = {
       'AWQ (llm-awq defaults, its search and clipping done with Q4_0 rounding) then llama.cpp Q4_0 weights: AWQ for llama.cpp',
     weights: 'q4_0',
     steps: [{ method: 'awq' }],
+  },
+  'gptq-q4_0': {
+    description:
+      "GPTQ (damp 0.01, blocks of 128, true sequential) to llama.cpp Q4_0 weights, each block's scale as llama.cpp's quantizer picks it; exports to GGUF Q4_0 unchanged",
+    weights: 'q4_0',
+    steps: [{ method: 'gptq' }],
   },
   'awq-w4g128': {
     description: 'AWQ (llm-awq defaults: 20-point scale grid, clip search) then INT4 asymmetric g128 weights',
@@ -412,9 +418,18 @@ function validateRecipe(where: string, r: Recipe): void {
       `${where}: ${acts.format.type} is a llama.cpp weight format; activations take INT, MX, FP8 or NVFP4`,
     );
   for (const s of r.steps) {
-    if (s.method === 'gptq' && r.weights?.kind === 'ggml')
+    if (
+      s.method === 'gptq' &&
+      s.actOrder &&
+      !s.staticGroups &&
+      (r.weights?.kind === 'mx' || r.weights?.kind === 'ggml')
+    )
       fail(
-        `${where}: gptq quantizes to INT and MX formats, not ${r.weights.type} (use rtn-${r.weights.type} or awq-${r.weights.type})`,
+        `${where}: gptq actOrder with ${formatName(r.weights)} needs staticGroups: true (its blocks are consecutive input channels whose scale must be fixed before the columns are reordered)`,
+      );
+    if (s.method === 'gptq' && r.weights && !['int', 'mx', 'ggml'].includes(r.weights.kind))
+      fail(
+        `${where}: gptq quantizes to INT, MX and llama.cpp Q4_0/Q8_0 formats, not ${formatName(r.weights)}`,
       );
     if ((s.method === 'awq' || s.method === 'gptq') && !r.weights)
       fail(`${where}: step ${s.method} needs a weight format`);

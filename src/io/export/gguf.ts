@@ -29,8 +29,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fail } from '../../errors.ts';
-import { quantizeF16, quantizeQ4_0, quantizeQ8_0 } from '../../formats/ggml.ts';
-import { LINEARS, type LinearName, type LlamaModel } from '../../model/llama.ts';
+import { ggmlBlocks, QK, quantizeF16, quantizeQ4_0, quantizeQ8_0 } from '../../formats/ggml.ts';
+import { LINEARS, type LinearName, type LlamaModel, type QuantizedWeight } from '../../model/llama.ts';
 import { readQuantizationConfig } from '../../quant/checkpoint.ts';
 import { loadModel } from '../../quant/load.ts';
 import { CpuBackend } from '../../tensor/cpu/backend.ts';
@@ -341,12 +341,17 @@ function tokenizerMetadata(v: Vocab): Map<string, GgufValue> {
  * convert_hf_to_gguf.py's LlamaModel.permute: rows viewed as [heads, 2, hd/2] become [heads, hd/2, 2],
  * so row h*hd + j*(hd/2) + i moves to h*hd + 2i + j. Works on a bias too (cols = 1).
  */
-export function permuteRotaryRows(w: Float32Array, rows: number, cols: number, heads: number): Float32Array {
+export function permuteRotaryRows<T extends Float32Array | Uint8Array>(
+  w: T,
+  rows: number,
+  cols: number,
+  heads: number,
+): T {
   const headDim = rows / heads;
   if (!Number.isInteger(headDim) || headDim % 2 !== 0)
     throw new RangeError(`${rows} rows do not split into ${heads} heads of an even size`);
   const half = headDim / 2;
-  const out = new Float32Array(w.length);
+  const out = w.slice() as T;
   for (let h = 0; h < heads; h++)
     for (let j = 0; j < 2; j++)
       for (let i = 0; i < half; i++) {
@@ -387,6 +392,8 @@ export function llama3RopeFactors(config: ModelConfig): Float32Array {
 interface PlannedTensor extends GgufTensorSpec {
   /** the values, [rows, cols] row-major (already permuted) */
   values: () => Promise<Float32Array>;
+  /** the finished blocks, when a checkpoint already holds them in this tensor's type */
+  blocks?: () => Uint8Array;
 }
 
 function f32Bytes(x: Float32Array): Uint8Array {
@@ -441,11 +448,19 @@ class TensorPlan {
     this.tensors.push({ name, dims: [t.shape[0]], type: GGML_TYPE.F32, values: this.read(t, transform) });
   }
 
-  matrix(name: string, t: Tensor, role: Role, transform?: (v: Float32Array) => Float32Array): void {
+  matrix(
+    name: string,
+    t: Tensor,
+    role: Role,
+    transform?: <T extends Float32Array | Uint8Array>(v: T, cols: number) => T,
+    quantized?: QuantizedWeight,
+  ): void {
     const [rows, cols] = t.shape;
     const type = matrixType(role, cols, this.type);
     if (type === GGML_TYPE.F16 && this.type !== 'f16') this.fallbacks.push(name);
-    this.tensors.push({ name, dims: [cols, rows], type, values: this.read(t, transform) });
+    const values = this.read(t, transform && ((v) => transform(v, cols)));
+    const blocks = storedBlocks(quantized, type, transform);
+    this.tensors.push({ name, dims: [cols, rows], type, values, ...(blocks ? { blocks } : {}) });
   }
 
   constant(name: string, values: Float32Array): void {
@@ -453,10 +468,31 @@ class TensorPlan {
   }
 }
 
+/**
+ * A Q4_0 / Q8_0 checkpoint's own blocks for a tensor of the same type: re-quantizing its decoded
+ * values would pick other block scales wherever GPTQ's updates moved a block's largest value.
+ */
+function storedBlocks(
+  q: QuantizedWeight | undefined,
+  type: number,
+  transform?: <T extends Float32Array | Uint8Array>(v: T, cols: number) => T,
+): (() => Uint8Array) | undefined {
+  const spec = q?.encoded.spec;
+  if (!q || spec?.kind !== 'ggml' || q.salient || q.gIdx) return undefined;
+  if (type !== (spec.type === 'q4_0' ? GGML_TYPE.Q4_0 : GGML_TYPE.Q8_0)) return undefined;
+  const { codes, scales, cols } = q.encoded;
+  return () =>
+    transform
+      ? ggmlBlocks(transform(codes, cols), transform(scales, cols / QK), spec)
+      : ggmlBlocks(codes, scales, spec);
+}
+
+/** llama.cpp's rotary row order for q/k: a transform of any row-major array with `cols` per row. */
 function rotaryPermutation(name: LinearName, config: ModelConfig) {
   if (name !== 'q_proj' && name !== 'k_proj') return undefined;
   const heads = name === 'q_proj' ? config.numHeads : config.numKvHeads;
-  return (rows: number, cols: number) => (v: Float32Array) => permuteRotaryRows(v, rows, cols, heads);
+  return <T extends Float32Array | Uint8Array>(v: T, cols: number): T =>
+    permuteRotaryRows(v, v.length / cols, cols, heads);
 }
 
 function planTensors(model: LlamaModel, type: GgufExportType): TensorPlan {
@@ -473,8 +509,8 @@ function planTensors(model: LlamaModel, type: GgufExportType): TensorPlan {
       const [rows, cols] = lin.weight.shape;
       const permute = rotaryPermutation(name, config);
       const base = `blk.${i}.${LINEAR_GGUF[name]}`;
-      plan.matrix(`${base}.weight`, lin.weight, 'linear', permute?.(rows, cols));
-      if (lin.bias) plan.vector(`${base}.bias`, lin.bias, permute?.(rows, 1));
+      plan.matrix(`${base}.weight`, lin.weight, 'linear', permute, lin.quantized);
+      if (lin.bias) plan.vector(`${base}.bias`, lin.bias, permute && ((v) => permute(v, 1)));
     }
   });
   plan.vector('output_norm.weight', model.finalNorm);
@@ -496,9 +532,12 @@ async function writeTensors(
 ): Promise<void> {
   let done = 0;
   for (const p of plan.tensors) {
-    const values = await p.values();
-    checkFinite(modelDir, p.name, values);
-    writer.write(p.name, encode(p, values, opts.q4Fma ?? false));
+    if (p.blocks) writer.write(p.name, p.blocks());
+    else {
+      const values = await p.values();
+      checkFinite(modelDir, p.name, values);
+      writer.write(p.name, encode(p, values, opts.q4Fma ?? false));
+    }
     opts.onProgress?.(++done, plan.tensors.length, p.name);
   }
 }
