@@ -506,7 +506,6 @@ function planTensors(model: LlamaModel, type: GgufExportType): TensorPlan {
     for (const name of LINEARS) {
       if (name === 'gate_proj') plan.vector(`blk.${i}.ffn_norm.weight`, layer.postNorm);
       const lin = layer.linears[name];
-      const [rows, cols] = lin.weight.shape;
       const permute = rotaryPermutation(name, config);
       const base = `blk.${i}.${LINEAR_GGUF[name]}`;
       plan.matrix(`${base}.weight`, lin.weight, 'linear', permute, lin.quantized);
