@@ -99,7 +99,17 @@ test('studies build the recipes they promise', () => {
   );
 
   const seed004 = buildStudy('seed004');
-  assert.equal(seed004.variants.length, 36);
+  assert.equal(seed004.variants.length, 42);
+  assert.deepEqual(
+    cell(seed004, 'awq-clip+gptq', 'mx128-w4a8').steps.map((s) => [
+      s.method,
+      s.method === 'awq' ? s.clip : null,
+    ]),
+    [
+      ['awq', true],
+      ['gptq', null],
+    ],
+  );
   assert.deepEqual(
     cell(seed004, 'awq+gptq', 'mx16-w4a8').steps.map((s) => [s.method, s.method === 'awq' ? s.clip : null]),
     [

@@ -63,6 +63,12 @@ type Method = { key: string; label: string; steps: Partial<Step>[] };
 
 const RTN: Method = { key: 'rtn', label: 'RTN', steps: [] };
 const AWQ_A: Method = { key: 'awq', label: 'AWQ', steps: [{ method: 'awq', withActivations: true }] };
+/** AWQ's scales and its clip search applied, then GPTQ on the clipped weights (the AWQ+GPTQ drops the clip) */
+const AWQ_CLIP_GPTQ: Method = {
+  key: 'awq-clip+gptq',
+  label: 'AWQ (with clip)+GPTQ',
+  steps: [{ method: 'awq' }, { method: 'gptq' }],
+};
 const MIXED_1: Method = { key: 'mixed', label: 'Mixed 1%', steps: [{ method: 'mixed', salientPercent: 1 }] };
 
 const STUDIES: Record<string, StudyDef> = {
@@ -144,6 +150,7 @@ const STUDIES: Record<string, StudyDef> = {
             steps: [{ method: 'smoothquant' }, { method: 'gptq' }],
           },
           { key: 'awq+gptq', label: 'AWQ+GPTQ', steps: [{ method: 'awq', clip: false }, { method: 'gptq' }] },
+          AWQ_CLIP_GPTQ,
         ],
         [
           { key: 'mx128-w8a8', label: 'MXINT-128 W8A8', weights: 'mxint8-128', activations: 'mxint8-128' },
@@ -215,6 +222,7 @@ const GRID_METHODS: Record<string, Method> = {
     label: 'AWQ+GPTQ',
     steps: [{ method: 'awq', clip: false }, { method: 'gptq' }],
   },
+  'awq-clip+gptq': AWQ_CLIP_GPTQ,
 };
 
 /** Weights-only grid: method x INT bits (asymmetric) x group size ('row' = per output channel). */
