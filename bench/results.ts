@@ -32,7 +32,7 @@ const GPTQ_CALIB = { samples: 128, seqLen: 2048 };
 const W4A8_MX = { weights: 'mxint4-128', activations: 'mxint8-128' };
 
 const SETS: Record<string, Job[]> = {
-  // llama.cpp's own block formats, RTN and AWQ (what `export --to gguf-q4_0` then writes unchanged)
+  // llama.cpp's own block formats, RTN, AWQ and GPTQ (what `export --to gguf-q4_0` then writes unchanged)
   ggml: [
     { label: 'fp' },
     { label: 'RTN Q4_0', recipe: 'rtn-q4_0' },

@@ -301,6 +301,21 @@ class IntGrid implements Grid {
   }
 }
 
+/** Block formats fix a block's scale before its first column: a reordered walk needs them fitted up front. */
+function requireStaticBlocks(
+  spec: FormatSpec,
+  block: string,
+  scale: string,
+  order: Int32Array | null,
+  opts: GptqOptions,
+): void {
+  if (order && !opts.staticGroups)
+    fail(
+      `GPTQ with ${formatName(spec)}: actOrder needs staticGroups (${block} consecutive input channels, ` +
+        `so ${scale} must be fixed on the original weights before the columns are reordered)`,
+    );
+}
+
 class MxGrid implements Grid {
   readonly span: number;
   private readonly info: MxElementInfo;
@@ -319,11 +334,7 @@ class MxGrid implements Grid {
     opts: GptqOptions,
   ) {
     this.info = checkMxSpec(cols, spec);
-    if (order && !opts.staticGroups)
-      fail(
-        `GPTQ with ${formatName(spec)}: actOrder needs staticGroups (an MX block is ${spec.block} consecutive ` +
-          'input channels, so its shared exponent must be fixed on the original weights before the columns are reordered)',
-      );
+    requireStaticBlocks(spec, `an MX block is ${spec.block}`, 'its shared exponent', order, opts);
     this.k = spec.block;
     this.perRow = cols / spec.block;
     this.span = opts.staticGroups ? 0 : spec.block;
@@ -407,11 +418,7 @@ class GgmlGrid implements Grid {
     opts: GptqOptions,
   ) {
     if (cols % QK !== 0) fail(`GPTQ with ${spec.type}: blocks of ${QK} do not divide the row length ${cols}`);
-    if (order && !opts.staticGroups)
-      fail(
-        `GPTQ with ${spec.type}: actOrder needs staticGroups (a block is ${QK} consecutive input channels, ` +
-          'so its scale must be fixed on the original weights before the columns are reordered)',
-      );
+    requireStaticBlocks(spec, `a block is ${QK}`, 'its scale', order, opts);
     this.span = opts.staticGroups ? 0 : QK;
     this.perRow = cols / QK;
     this.slot = slotsByPosition(cols, order, QK, false);

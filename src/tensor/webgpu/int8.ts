@@ -63,17 +63,20 @@ export interface Dot4Tile {
 
 export const DEFAULT_DOT4_TILE: Dot4Tile = { t: 8, bkw: 8 };
 
+/** Declarations of the dot4 GEMM and GEMV: a and b as words of four int8, K in words (KW). */
+const DOT4_HEADER = `
+struct P { M: u32, N: u32, KW: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> A: array<u32>;
+@group(0) @binding(2) var<storage, read> B: array<u32>;
+@group(0) @binding(3) var<storage, read_write> C: array<i32>;`;
+
 function dot4Kernel({ t, bkw }: Dot4Tile): Kernel {
   const tile = 16 * t;
   return {
     key: `int8gemm:dot4:${t}:${bkw}`,
     bindings: ['uniform', 'read', 'read', 'write'],
-    code: () => `
-struct P { M: u32, N: u32, KW: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> A: array<u32>;
-@group(0) @binding(2) var<storage, read> B: array<u32>;
-@group(0) @binding(3) var<storage, read_write> C: array<i32>;
+    code: () => `${DOT4_HEADER}
 var<workgroup> As: array<u32, ${tile * bkw}>;
 var<workgroup> Bs: array<u32, ${tile * bkw}>;
 @compute @workgroup_size(16, 16)
@@ -338,12 +341,7 @@ function dot4GemvKernel(M: number): Kernel {
   return {
     key: `int8gemv:dot4:${M}`,
     bindings: ['uniform', 'read', 'read', 'write'],
-    code: () => `
-struct P { M: u32, N: u32, KW: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> A: array<u32>;
-@group(0) @binding(2) var<storage, read> B: array<u32>;
-@group(0) @binding(3) var<storage, read_write> C: array<i32>;
+    code: () => `${DOT4_HEADER}
 ${gemvMain(
   'i32',
   M,
