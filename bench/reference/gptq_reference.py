@@ -5,6 +5,10 @@ from our reading of that code, for checking llmq's GPTQ numbers on the same toke
 
 Inputs (made by bench/reference/dump-ids.ts): <work>/calib.bin, eval.bin (int32 token ids), meta.json.
 Usage: python3 gptq_reference.py <model_dir> <work_dir> [cells...]   cells like w4, w3a (a = act_order)
+A cell ending in "-bf16" calibrates as the reference scripts do with torch_dtype="auto" on a bf16
+checkpoint (layers run in bf16, GPTQ in fp32, quantized weights stored back in bf16), then evaluates in fp32;
+"fp-bf16" evaluates the unquantized model in bf16. A cell ending in "-f64" accumulates the Hessian and runs
+GPTQ in float64 (layers still in fp32), as llmq's host solver does.
 Prints one JSON line per cell and writes <work_dir>/gptq-reference.json.
 """
 import json
@@ -51,7 +55,7 @@ def rtn_weight(w, bits):
 
 def gptq_weight(w, H, bits, act_order):
     maxq = 2**bits - 1
-    W, H = w.clone().float(), H.clone()
+    W, H = w.clone(), H.clone()
     cols = W.shape[1]
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
@@ -59,7 +63,7 @@ def gptq_weight(w, H, bits, act_order):
     if act_order:
         perm = torch.argsort(torch.diag(H), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
-    H += PERCDAMP * torch.mean(torch.diag(H)) * torch.eye(cols, device=H.device)
+    H += PERCDAMP * torch.mean(torch.diag(H)) * torch.eye(cols, device=H.device, dtype=H.dtype)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     Q = torch.zeros_like(W)
     for i1 in range(0, cols, BLOCK):
@@ -107,7 +111,7 @@ def run_layer(layer, h, rope):
 
 
 @torch.no_grad()
-def gptq_model(m, bits, act_order):
+def gptq_model(m, bits, act_order, hdtype=torch.float32):
     n, seq = meta["calib_samples"], meta["calib_seqlen"]
     ids = calib.reshape(n, seq).to(dev)
     h = m.model.embed_tokens(ids)
@@ -117,10 +121,10 @@ def gptq_model(m, bits, act_order):
         mods = dict(layer.named_modules())
         for names in SEQUENTIAL:
             cols = mods[names[0]].weight.shape[1]
-            state = {"H": torch.zeros(cols, cols, device=dev), "n": 0}
+            state = {"H": torch.zeros(cols, cols, device=dev, dtype=hdtype), "n": 0}
 
             def add_batch(_m, inp, _o, s=state):
-                x = inp[0].reshape(-1, inp[0].shape[-1]).float()
+                x = inp[0].reshape(-1, inp[0].shape[-1]).to(s["H"].dtype)
                 k = inp[0].shape[0]
                 s["H"] *= s["n"] / (s["n"] + k)
                 s["n"] += k
@@ -132,12 +136,22 @@ def gptq_model(m, bits, act_order):
             hook.remove()
             for name in names:
                 lin = mods[name]
-                lin.weight.data = gptq_weight(lin.weight.data, state["H"], bits, act_order)
+                w = lin.weight.data
+                lin.weight.data = gptq_weight(w.to(hdtype), state["H"], bits, act_order).to(w.dtype)
         h = run_layer(layer, h, rope)
 
 
 def run(cell):
     m = load()
+    if cell == "fp-bf16":
+        return perplexity(m.to(torch.bfloat16))
+    if cell.endswith("-bf16"):
+        m.to(torch.bfloat16)
+        gptq_model(m, int(cell[1]), cell[2] == "a")
+        return perplexity(m.float())
+    if cell.endswith("-f64"):
+        gptq_model(m, int(cell[1]), cell[2] == "a", torch.float64)
+        return perplexity(m)
     if cell.startswith("rtn"):
         for layer in m.model.layers:
             for mod in layer.modules():
