@@ -20,7 +20,9 @@ import {
   dequantizeQ5_K,
   dequantizeQ6_K,
   dequantizeQ8_0,
+  ggmlBlocks,
 } from '../src/formats/ggml.ts';
+import type { GgmlSpec } from '../src/formats/spec.ts';
 import { exportGguf, permuteRotaryRows } from '../src/io/export/gguf.ts';
 import { GGML_TYPE, type GgufFile, gguf, readGguf, readGgufTensor, writeGguf } from '../src/io/gguf.ts';
 import { loadGgufModel, loadGgufTokenizer, unpermuteRotaryRows } from '../src/io/gguf-model.ts';
@@ -154,6 +156,45 @@ for (const type of ['q8_0', 'q4_0', 'f16'] as const) {
     }
   });
 }
+
+for (const type of ['q8_0', 'q4_0'] as const) {
+  test(`${type} GGUF: linears keep their codes and block scales; repacked they are the stored bytes`, () => {
+    const file = readGguf(files[type]);
+    const model = loadGgufModel(files[type], backend);
+    try {
+      const { numHeads, numKvHeads } = model.config;
+      for (const [i, layer] of model.layers.entries())
+        for (const name of LINEARS) {
+          const gguf = `blk.${i}.${LINEAR_GGUF[name]}.weight`;
+          const q = layer.linears[name].quantized;
+          assert.ok(q, `${gguf}: no stored form`);
+          const spec = q.encoded.spec as GgmlSpec;
+          assert.deepEqual(spec, { kind: 'ggml', type });
+          const { codes, scales, rows, cols } = q.encoded;
+          const heads = name === 'q_proj' ? numHeads : name === 'k_proj' ? numKvHeads : undefined;
+          const blocks = heads
+            ? ggmlBlocks(
+                permuteRotaryRows(codes, rows, cols, heads),
+                permuteRotaryRows(scales, rows, cols / 32, heads),
+                spec,
+              )
+            : ggmlBlocks(codes, scales, spec);
+          assert.deepEqual(blocks, readGgufTensor(file, gguf), gguf);
+        }
+    } finally {
+      model.dispose();
+    }
+  });
+}
+
+test('an F16 GGUF has no stored (coded) linears', () => {
+  const model = loadGgufModel(files.f16, backend);
+  try {
+    assert.ok(model.layers.every((l) => LINEARS.every((n) => l.linears[n].quantized === undefined)));
+  } finally {
+    model.dispose();
+  }
+});
 
 test('unpermuteRotaryRows inverts permuteRotaryRows and matches the naive index map', () => {
   const rows = 24;

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { perplexity, readEvalText } from '../src/eval/perplexity.ts';
 import { encode, parseFormat } from '../src/formats/index.ts';
+import { exportGguf } from '../src/io/export/gguf.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { int8Eligible, useInt8Matmuls } from '../src/model/int8.ts';
 import { LlamaModel } from '../src/model/llama.ts';
@@ -136,6 +137,38 @@ test('WebGPU: a stored W4 g64 / W8A8 checkpoint loaded codes-only (no f32 weight
       assert.equal(run(lean), linears.length);
       const got = await perplexity(lean, tokens, opts);
       assert.equal(got.ppl, want.ppl, name);
+      lean.dispose();
+    }
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('WebGPU: a Q4_0 / Q8_0 GGUF loaded codes-only runs from its codes to the perplexity of its dequantized weights', {
+  skip: gpu ? false : 'no WebGPU adapter',
+}, async () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-gguf-codes-'));
+  try {
+    const tokens = loadTokenizer(TINY).encode(readEvalText(WIKITEXT).slice(0, 4000));
+    const opts = { seqLen: 128, maxWindows: 2 };
+    for (const type of ['q4_0', 'q8_0'] as const) {
+      const file = path.join(root, `tiny-${type}.gguf`);
+      await exportGguf(TINY, file, { type });
+      const dense = (await loadModel(file, gpu!)).model;
+      const want = await perplexity(dense, tokens, opts);
+      dense.dispose();
+      const lean = (await loadModel(file, gpu!, { codesOnly: packable })).model;
+      const linears = lean.layers.flatMap((l) => Object.values(l.linears));
+      assert.ok(
+        linears.every((l) => !(l.weight instanceof WebGpuTensor)),
+        `${type}: f32 weights on the device`,
+      );
+      assert.equal(usePackedWeights(lean, true), linears.length);
+      const got = await perplexity(lean, tokens, opts);
+      assert.ok(
+        Math.abs(got.ppl / want.ppl - 1) < 1e-6,
+        `${type}: codes ${got.ppl} vs dequantized ${want.ppl}`,
+      );
       lean.dispose();
     }
   } finally {

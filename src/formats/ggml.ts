@@ -381,12 +381,21 @@ export function encodeGgml(
   spec: GgmlSpec,
 ): { codes: Uint8Array; scales: Float32Array } {
   const values = ggmlValues(x, cols, spec, 'encode');
-  const blocks = values.length / QK;
-  const codes = new Uint8Array(values.length);
-  const scales = new Float32Array(blocks);
+  return ggmlUnpackBlocks(spec.type === 'q4_0' ? quantizeQ4_0(values) : quantizeQ8_0(values), spec);
+}
+
+/** The codes (as encodeGgml gives them) and block scales of Q4_0 / Q8_0 blocks: ggmlBlocks inverted. */
+export function ggmlUnpackBlocks(
+  bytes: Uint8Array,
+  spec: GgmlSpec,
+): { codes: Uint8Array; scales: Float32Array } {
   const q4 = spec.type === 'q4_0';
-  const bytes = q4 ? quantizeQ4_0(values) : quantizeQ8_0(values);
   const blockBytes = q4 ? Q4_0_BLOCK_BYTES : Q8_0_BLOCK_BYTES;
+  if (bytes.length % blockBytes !== 0)
+    fail(`${spec.type}: ${bytes.length} bytes are not a whole number of ${blockBytes}-byte blocks`);
+  const blocks = bytes.length / blockBytes;
+  const codes = new Uint8Array(blocks * QK);
+  const scales = new Float32Array(blocks);
   for (let b = 0; b < blocks; b++) {
     const o = b * blockBytes;
     scales[b] = readF16(bytes, o);

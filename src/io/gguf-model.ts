@@ -1,7 +1,9 @@
 /**
  * A llama.cpp GGUF file as an llmq model: its ModelConfig, its tokenizer and a LlamaModel whose weights
  * are the GGUF tensors dequantized to float32 (F16 tensors stay F16), so that `llmq eval` measures
- * GGUF quantizations with llmq's own perplexity protocol.
+ * GGUF quantizations with llmq's own perplexity protocol. Q4_0 / Q8_0 linears also keep their codes
+ * and block scales (the stored form of llmq's own Q4_0 / Q8_0 checkpoints), so on WebGPU they run from
+ * the codes (model/packed.ts) and, loaded codes-only, never exist as float32 on the device.
  *
  * Sources read (public, ggml-org/llama.cpp): gguf-py/gguf/constants.py (llama.* keys, tensor names,
  * LlamaFileType, token types), convert_hf_to_gguf.py / conversion/llama.py (the q/k row permutation
@@ -15,6 +17,7 @@
 import { Tokenizer } from '@huggingface/tokenizers';
 import { fail } from '../errors.ts';
 import {
+  decodeGgml,
   dequantizeQ4_0,
   dequantizeQ4_1,
   dequantizeQ4_K,
@@ -23,8 +26,20 @@ import {
   dequantizeQ5_K,
   dequantizeQ6_K,
   dequantizeQ8_0,
+  ggmlUnpackBlocks,
+  QK,
 } from '../formats/ggml.ts';
-import { ATTENTION_LINEARS, LINEARS, LlamaModel } from '../model/llama.ts';
+import { codeBits } from '../formats/index.ts';
+import type { GgmlSpec } from '../formats/spec.ts';
+import {
+  ATTENTION_LINEARS,
+  LINEARS,
+  type Linear,
+  LlamaModel,
+  linearTensorName,
+  type StoredLinearReader,
+} from '../model/llama.ts';
+import { type CodesOnly, codesOnlyWeight } from '../model/packed.ts';
 import type { Backend } from '../tensor/tensor.ts';
 import { type ModelConfig, parseModelConfig } from './config.ts';
 import { llama3RopeFactors } from './export/gguf.ts';
@@ -227,7 +242,7 @@ const READABLE_TYPES = [GGML_TYPE.F32, GGML_TYPE.F16, ...Object.keys(DEQUANTIZER
  * Inverse of export/gguf.ts permuteRotaryRows: GGUF's interleaved RoPE rows back to HF's rotate-half
  * order (row h*hd + 2i + j returns to h*hd + j*(hd/2) + i). Works on f32 or f16 rows.
  */
-export function unpermuteRotaryRows<T extends Float32Array | Uint16Array>(
+export function unpermuteRotaryRows<T extends Float32Array | Uint16Array | Uint8Array>(
   w: T,
   rows: number,
   cols: number,
@@ -340,12 +355,56 @@ class GgufCheckpoint implements Checkpoint {
   close(): void {}
 }
 
-/** The LlamaModel of a GGUF file, its weights dequantized; quantization.recipe names the file type. */
-export function loadGgufModel(path: string, backend: Backend): LlamaModel {
+const CODE_FORMATS: Record<number, GgmlSpec> = {
+  [GGML_TYPE.Q4_0]: { kind: 'ggml', type: 'q4_0' },
+  [GGML_TYPE.Q8_0]: { kind: 'ggml', type: 'q8_0' },
+};
+
+/**
+ * Reads a Q4_0 / Q8_0 linear as codes + block scales in HF row order (other types: undefined, read as
+ * tensors); its f32 weight is decodeGgml of them, bit-identical to the dequantizers.
+ */
+function ggmlLinearReader(
+  file: GgufFile,
+  sources: Map<string, Source>,
+  backend: Backend,
+  codesOnly?: CodesOnly,
+): StoredLinearReader {
+  return (layer, name, shape) => {
+    const src = sources.get(linearTensorName(layer, name));
+    if (!src) return undefined;
+    const t = tensorInfo(file, src.gguf);
+    const spec = CODE_FORMATS[t.type];
+    if (!spec) return undefined;
+    const [rows, cols] = [...t.dims].reverse();
+    if (t.dims.length !== 2 || rows !== shape[0] || cols !== shape[1])
+      fail(
+        `${file.path}: tensor ${src.gguf} has shape [${[...t.dims].reverse().join(', ')}], the metadata implies [${shape.join(', ')}]`,
+      );
+    let { codes, scales } = ggmlUnpackBlocks(readGgufTensor(file, src.gguf), spec);
+    if (src.rotaryHeads !== undefined) {
+      codes = unpermuteRotaryRows(codes, rows, cols, src.rotaryHeads);
+      scales = unpermuteRotaryRows(scales, rows, cols / QK, src.rotaryHeads);
+    }
+    const quantized = { encoded: { spec, rows, cols, bits: codeBits(spec), codes, block: QK, scales } };
+    const weight = codesOnly?.({ quantized })
+      ? codesOnlyWeight(backend, rows, cols)
+      : backend.upload(decodeGgml(codes, scales, spec), shape, 'f32');
+    return { quantized, weight } satisfies Partial<Linear>;
+  };
+}
+
+/**
+ * The LlamaModel of a GGUF file, its weights dequantized (Q4_0 / Q8_0 linears with their codes too:
+ * those `codesOnly` accepts get no f32 weight); quantization.recipe names the file type.
+ */
+export function loadGgufModel(path: string, backend: Backend, codesOnly?: CodesOnly): LlamaModel {
   const file = readGguf(path);
   const config = ggufModelConfig(file);
-  const ckpt = new GgufCheckpoint(file, tensorSources(file, config));
-  const model = LlamaModel.fromCheckpoint(path, config, ckpt, backend);
+  const sources = tensorSources(file, config);
+  const ckpt = new GgufCheckpoint(file, sources);
+  const reader = ggmlLinearReader(file, sources, backend, codesOnly);
+  const model = LlamaModel.fromCheckpoint(path, config, ckpt, backend, reader);
   model.quantization = { recipe: `gguf ${ggufFileTypeName(file)}` };
   return model;
 }

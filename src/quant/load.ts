@@ -2,7 +2,7 @@
  * Loading a model for evaluation or further work: a full-precision HF checkpoint, an llmq quantized
  * checkpoint (decoded, with its recorded activation quantization), a checkpoint another tool
  * quantized (AutoAWQ, GPTQ, compressed-tensors: io/import.ts), or a full-precision checkpoint
- * quantized on the fly with a recipe, or a llama.cpp .gguf file (dequantized: io/gguf-model.ts).
+ * quantized on the fly with a recipe, or a llama.cpp .gguf file (dequantized; Q4_0 / Q8_0 linears keep their codes: io/gguf-model.ts).
  */
 import { type CalibOptions, loadCalibration } from '../calib/data.ts';
 import { fail } from '../errors.ts';
@@ -43,7 +43,7 @@ export interface LoadedModel {
 export async function loadModel(dir: string, backend: Backend, opts: LoadOptions = {}): Promise<LoadedModel> {
   if (isGgufPath(dir)) {
     if (opts.recipe) fail(`${dir} is already quantized (GGUF file); --recipe needs a full-precision model`);
-    return { model: loadGgufModel(dir, backend) };
+    return { model: loadGgufModel(dir, backend, opts.codesOnly) };
   }
   const foreign = readForeignQuantConfig(dir);
   if (foreign) {
