@@ -329,6 +329,10 @@ describe('INT4 asymmetric groups of 64', async () => {
       /--to "gguf" is not a target/,
     );
     await assert.rejects(exportCommand([src.dir, '--out', out]), /--to .* is required/);
+    await assert.rejects(
+      exportCommand(['model.gguf', '--to', 'gguf-q4_0', '--out', out]),
+      /model\.gguf is a GGUF file; export reads a Hugging Face model directory/,
+    );
   });
 });
 

@@ -1,6 +1,7 @@
 import { fail } from '../errors.ts';
 import { exportGguf, GGUF_EXPORT_TYPES, type GgufExportType } from '../io/export/gguf.ts';
 import { EXPORT_LAYOUTS, exportCheckpoint, isExportLayout } from '../io/export/index.ts';
+import { isGgufPath } from '../io/gguf-model.ts';
 import { onePositional, parse, printJson } from './args.ts';
 import { Progress } from './progress.ts';
 
@@ -31,6 +32,8 @@ export async function exportCommand(argv: string[]): Promise<void> {
   const dir = onePositional('export', positionals, 'model directory');
   if (!values.to) fail(`export: --to ${TARGETS.join('|')} is required`);
   if (!values.out) fail('export: --out is required');
+  if (isGgufPath(dir))
+    fail(`export: ${dir} is a GGUF file; export reads a Hugging Face model directory or an llmq checkpoint`);
   if (GGUF_TARGETS.includes(values.to)) {
     const type = values.to.slice('gguf-'.length) as GgufExportType;
     const progress = new Progress('export', 'tensors', values.json);
