@@ -21,6 +21,12 @@ import {
   dequantizeQ6_K,
   dequantizeQ8_0,
   ggmlBlocks,
+  unpackQ4_1,
+  unpackQ4_K,
+  unpackQ5_0,
+  unpackQ5_1,
+  unpackQ5_K,
+  unpackQ6_K,
 } from '../src/formats/ggml.ts';
 import type { GgmlSpec } from '../src/formats/spec.ts';
 import { exportGguf, permuteRotaryRows } from '../src/io/export/gguf.ts';
@@ -28,12 +34,13 @@ import { GGML_TYPE, type GgufFile, gguf, readGguf, readGgufTensor, writeGguf } f
 import { loadGgufModel, loadGgufTokenizer, unpermuteRotaryRows } from '../src/io/gguf-model.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { LINEARS, type LinearName, LlamaModel } from '../src/model/llama.ts';
+import { blockCodes } from '../src/model/packed.ts';
 import { loadModel } from '../src/quant/load.ts';
 import { resolveRecipe } from '../src/quant/recipe.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { f32ToF16 } from '../src/tensor/dtype.ts';
 import type { Tensor } from '../src/tensor/tensor.ts';
-import { LLAMA3_PRE_TOKENIZER, MODELS, WIKITEXT } from './helpers.ts';
+import { LLAMA3_PRE_TOKENIZER, MODELS, randomGgmlBlocks, WIKITEXT } from './helpers.ts';
 
 const SOURCE = `${MODELS}llama-tiny`;
 const WIKI = WIKITEXT;
@@ -264,6 +271,47 @@ test('Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K dequantize bit for bit as gguf-py 0.19.
     sameValues(fns[c.type](bytes), want, c.type);
   }
   assert.throws(() => dequantizeQ6_K(new Uint8Array(209), 256), RangeError);
+});
+
+test('blockCodes: (code - zero) * scale of Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K data is its dequantization (exact without a min)', () => {
+  const cases = [
+    ['Q4_1', unpackQ4_1, dequantizeQ4_1],
+    ['Q5_0', unpackQ5_0, dequantizeQ5_0],
+    ['Q5_1', unpackQ5_1, dequantizeQ5_1],
+    ['Q4_K', unpackQ4_K, dequantizeQ4_K],
+    ['Q5_K', unpackQ5_K, dequantizeQ5_K],
+    ['Q6_K', unpackQ6_K, dequantizeQ6_K],
+  ] as const;
+  const rows = 3;
+  const cols = 512;
+  for (const [i, [type, unpack, dequantize]] of cases.entries()) {
+    const bytes = randomGgmlBlocks(type, rows * cols, 100 + i, 0.05);
+    const want = dequantize(bytes, rows * cols);
+    const u = unpack(bytes, rows * cols);
+    const bc = blockCodes(u, rows, cols);
+    assert.ok(bc, type);
+    assert.equal(bc.group, type === 'Q6_K' ? 16 : 32);
+    for (let k = 0; k < want.length; k++) {
+      const g = Math.floor(k / bc.group);
+      const got = Math.fround((bc.codes[k] - bc.zeros[g]) * bc.scales[g]);
+      // the min types: z = -m/d rounds once, (q - z) once, the product once: a few ulps of |q d| + |m|
+      const tol: number = u.mins
+        ? 4 * 2 ** -24 * (Math.abs(bc.codes[k] * bc.scales[g]) + Math.abs(u.mins[g]))
+        : 0;
+      if (!(Math.abs(got - want[k]) <= tol)) assert.fail(`${type}[${k}]: ${got} vs ${want[k]} (tol ${tol})`);
+    }
+  }
+  const zeroScale = randomGgmlBlocks('Q4_1', 64, 7, 0.05);
+  zeroScale[0] = zeroScale[1] = 0; // block 0: d = 0 with a nonzero min, every value is m
+  const u = unpackQ4_1(zeroScale);
+  const bc = blockCodes(u, 1, 64)!;
+  const m = u.mins![0];
+  assert.notEqual(m, 0);
+  for (let k = 0; k < 32; k++) assert.equal((bc.codes[k] - bc.zeros[0]) * bc.scales[0], m);
+  assert.deepEqual(bc.codes.subarray(32), u.codes.subarray(32), 'other blocks keep their codes');
+  zeroScale[20] = 0x00;
+  zeroScale[21] = 0x7c; // block 1: d = +inf
+  assert.equal(blockCodes(unpackQ4_1(zeroScale), 1, 64), undefined);
 });
 
 /** A copy of `from` with some metadata replaced and one tensor optionally swapped. */

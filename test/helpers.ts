@@ -2,6 +2,7 @@ import { loadCalibration } from '../src/calib/data.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { LlamaModel } from '../src/model/llama.ts';
 import { saveQuantized } from '../src/quant/checkpoint.ts';
+import { f32ToF16 } from '../src/tensor/dtype.ts';
 import '../src/quant/methods.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
 import type { Recipe } from '../src/quant/recipe.ts';
@@ -85,3 +86,31 @@ export const LLAMA3_PRE_TOKENIZER = {
     { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false },
   ],
 };
+
+/** Where a llama.cpp block type keeps its fp16 parameters: [values, bytes, offsets of the f16s] per block. */
+const GGML_F16_FIELDS: Record<string, [number, number, number[]]> = {
+  Q4_1: [32, 20, [0, 2]],
+  Q5_0: [32, 22, [0]],
+  Q5_1: [32, 24, [0, 2]],
+  Q4_K: [256, 144, [0, 2]],
+  Q5_K: [256, 176, [0, 2]],
+  Q6_K: [256, 210, [208]],
+};
+
+/**
+ * Random blocks of a llama.cpp type for n values: random codes and sub-block scales, every fp16
+ * parameter (d, m, dmin) finite with magnitude in [size / 2, size).
+ */
+export function randomGgmlBlocks(type: keyof typeof GGML_F16_FIELDS, n: number, seed: number, size: number) {
+  const [values, bytes, fields] = GGML_F16_FIELDS[type];
+  const r = rng(seed);
+  const out = Uint8Array.from({ length: (n / values) * bytes }, () => Math.floor(r.uniform() * 256));
+  for (let b = 0; b < n / values; b++)
+    for (const at of fields) {
+      const v = (r.uniform() < 0.5 ? -1 : 1) * size * (0.5 + r.uniform() / 2);
+      const h = f32ToF16(Float32Array.of(v))[0];
+      out[b * bytes + at] = h & 0xff;
+      out[b * bytes + at + 1] = h >> 8;
+    }
+  return out;
+}

@@ -11,6 +11,7 @@ import { test } from 'node:test';
 import { perplexity, readEvalText } from '../src/eval/perplexity.ts';
 import { encode, parseFormat } from '../src/formats/index.ts';
 import { exportGguf } from '../src/io/export/gguf.ts';
+import { GGML_TYPE, readGguf, readGgufTensor, writeGguf } from '../src/io/gguf.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { int8Eligible, useInt8Matmuls } from '../src/model/int8.ts';
 import { LlamaModel } from '../src/model/llama.ts';
@@ -24,7 +25,7 @@ import { resolveRecipe } from '../src/quant/recipe.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import type { Backend } from '../src/tensor/tensor.ts';
 import { openDevice, WebGpuBackend, WebGpuTensor } from '../src/tensor/webgpu/backend.ts';
-import { MODELS, rng, testManifest, WIKITEXT } from './helpers.ts';
+import { MODELS, randomGgmlBlocks, rng, testManifest, WIKITEXT } from './helpers.ts';
 
 const probe = await openDevice();
 probe?.device.destroy();
@@ -171,6 +172,57 @@ test('WebGPU: a Q4_0 / Q8_0 GGUF loaded codes-only runs from its codes to the pe
       );
       lean.dispose();
     }
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('WebGPU: Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K GGUF linears loaded codes-only run from their codes to the dequantized perplexity', {
+  skip: gpu ? false : 'no WebGPU adapter',
+}, async () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-gguf-blocks-'));
+  try {
+    const base = path.join(root, 'tiny-q8_0.gguf');
+    await exportGguf(TINY, base, { type: 'q8_0' });
+    const src = readGguf(base);
+    // K-quants need rows of a multiple of 256: llama-tiny's down_proj (704 inputs) takes the 32-blocks
+    const typeOf = (name: string, layer: number) =>
+      name.includes('ffn_down')
+        ? (['Q4_1', 'Q5_0', 'Q5_1', 'Q4_1'] as const)[layer]
+        : name.includes('attn_q') || name.includes('attn_k')
+          ? 'Q4_K'
+          : name.includes('ffn_')
+            ? 'Q5_K'
+            : 'Q6_K';
+    const tensors = src.tensors.map((t, i) => {
+      const m = /^blk\.(\d+)\.(attn_[qkvo]|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$/.exec(t.name);
+      if (!m) return { name: t.name, dims: t.dims, type: t.type, data: readGgufTensor(src, t.name) };
+      const type = typeOf(t.name, Number(m[1]));
+      const n = t.dims[0] * t.dims[1];
+      return { name: t.name, dims: t.dims, type: GGML_TYPE[type], data: randomGgmlBlocks(type, n, i, 1e-4) };
+    });
+    const file = path.join(root, 'tiny-mixed.gguf');
+    writeGguf(file, new Map(src.metadata), tensors);
+    const tokens = loadTokenizer(TINY).encode(readEvalText(WIKITEXT).slice(0, 4000));
+    const opts = { seqLen: 128, maxWindows: 2 };
+    const dense = (await loadModel(file, gpu!)).model;
+    const want = await perplexity(dense, tokens, opts);
+    dense.dispose();
+    const lean = (await loadModel(file, gpu!, { codesOnly: packable })).model;
+    const linears = lean.layers.flatMap((l) => Object.values(l.linears));
+    assert.ok(
+      linears.every((l) => l.blockCodes && !(l.weight instanceof WebGpuTensor)),
+      'f32 weights on the device',
+    );
+    assert.equal(usePackedWeights(lean, true), linears.length);
+    assert.ok(
+      linears.every((l) => l.blockCodes === undefined),
+      'host codes freed once packed',
+    );
+    const got = await perplexity(lean, tokens, opts);
+    assert.ok(Number.isFinite(want.ppl) && want.ppl > 1, `dequantized ${want.ppl}`);
+    assert.ok(Math.abs(got.ppl / want.ppl - 1) < 1e-5, `codes ${got.ppl} vs dequantized ${want.ppl}`);
+    lean.dispose();
   } finally {
     fs.rmSync(root, { recursive: true, force: true });
   }

@@ -203,55 +203,89 @@ function readU32(src: Uint8Array, at: number): number {
   return (src[at] | (src[at + 1] << 8) | (src[at + 2] << 16) | (src[at + 3] << 24)) >>> 0;
 }
 
-/** Q4_1 (d, m, 16 bytes of nibbles): x = q * d + m. */
-export function dequantizeQ4_1(bytes: Uint8Array, n = (bytes.length / 20) * 32): Float32Array {
-  const y = new Float32Array(n);
-  for (let b = 0; b < blockCount(bytes, 'Q4_1', n); b++) {
-    const o = b * 20;
-    const d = readF16(bytes, o);
-    const m = readF16(bytes, o + 2);
-    for (let j = 0; j < 16; j++) {
-      const byte = bytes[o + 4 + j];
-      y[b * 32 + j] = fr((byte & 0x0f) * d) + m;
-      y[b * 32 + 16 + j] = fr((byte >>> 4) * d) + m;
-    }
+/**
+ * A block format's data as one code per value and per-group parameters, in the form its dequantizer
+ * evaluates: x = fr(code * scale) + mins[g] where `mins` is set (Q4_1, Q5_1, Q4_K, Q5_K), else
+ * x = (code - zero) * scale (Q5_0, Q6_K); g = value index / group.
+ */
+export interface GgmlGroupCodes {
+  codes: Uint8Array;
+  group: number;
+  scales: Float32Array;
+  mins?: Float32Array;
+  zero: number;
+  /** bits a code needs */
+  bits: number;
+}
+
+/** The values of unpacked block data, bit for bit as gguf-py dequantizes the blocks. */
+export function ggmlGroupValues(u: GgmlGroupCodes): Float32Array {
+  const { codes, group, scales, mins, zero } = u;
+  const y = new Float32Array(codes.length);
+  for (let i = 0; i < codes.length; i++) {
+    const g = Math.floor(i / group);
+    y[i] = mins ? fr(codes[i] * scales[g]) + mins[g] : (codes[i] - zero) * scales[g];
   }
   return y;
 }
 
+function groupCodes(n: number, group: number, bits: number, withMins: boolean, zero = 0): GgmlGroupCodes {
+  const groups = n / group;
+  return {
+    codes: new Uint8Array(n),
+    group,
+    scales: new Float32Array(groups),
+    ...(withMins ? { mins: new Float32Array(groups) } : {}),
+    zero,
+    bits,
+  };
+}
+
+/** Q4_1 (d, m, 16 bytes of nibbles): x = q * d + m. */
+export function unpackQ4_1(bytes: Uint8Array, n = (bytes.length / 20) * 32): GgmlGroupCodes {
+  const u = groupCodes(n, 32, 4, true);
+  for (let b = 0; b < blockCount(bytes, 'Q4_1', n); b++) {
+    const o = b * 20;
+    u.scales[b] = readF16(bytes, o);
+    u.mins![b] = readF16(bytes, o + 2);
+    for (let j = 0; j < 16; j++) {
+      const byte = bytes[o + 4 + j];
+      u.codes[b * 32 + j] = byte & 0x0f;
+      u.codes[b * 32 + 16 + j] = byte >>> 4;
+    }
+  }
+  return u;
+}
+
 /** The 5-bit codes of a Q5_0 / Q5_1 block: low nibbles in qs, the fifth bits in the u32 qh. */
-function fiveBitCodes(bytes: Uint8Array, qhAt: number, codes: Uint8Array): void {
+function fiveBitCodes(bytes: Uint8Array, qhAt: number, codes: Uint8Array, at: number): void {
   const qh = readU32(bytes, qhAt);
   for (let j = 0; j < 16; j++) {
     const byte = bytes[qhAt + 4 + j];
-    codes[j] = (byte & 0x0f) | (((qh >>> j) & 1) << 4);
-    codes[j + 16] = (byte >>> 4) | (((qh >>> (j + 16)) & 1) << 4);
+    codes[at + j] = (byte & 0x0f) | (((qh >>> j) & 1) << 4);
+    codes[at + j + 16] = (byte >>> 4) | (((qh >>> (j + 16)) & 1) << 4);
   }
 }
 
 /** Q5_0 (d, qh, qs): x = (q - 16) * d. */
-export function dequantizeQ5_0(bytes: Uint8Array, n = (bytes.length / 22) * 32): Float32Array {
-  const y = new Float32Array(n);
-  const codes = new Uint8Array(32);
+export function unpackQ5_0(bytes: Uint8Array, n = (bytes.length / 22) * 32): GgmlGroupCodes {
+  const u = groupCodes(n, 32, 5, false, 16);
   for (let b = 0; b < blockCount(bytes, 'Q5_0', n); b++) {
-    const d = readF16(bytes, b * 22);
-    fiveBitCodes(bytes, b * 22 + 2, codes);
-    for (let j = 0; j < 32; j++) y[b * 32 + j] = (codes[j] - 16) * d;
+    u.scales[b] = readF16(bytes, b * 22);
+    fiveBitCodes(bytes, b * 22 + 2, u.codes, b * 32);
   }
-  return y;
+  return u;
 }
 
 /** Q5_1 (d, m, qh, qs): x = q * d + m. */
-export function dequantizeQ5_1(bytes: Uint8Array, n = (bytes.length / 24) * 32): Float32Array {
-  const y = new Float32Array(n);
-  const codes = new Uint8Array(32);
+export function unpackQ5_1(bytes: Uint8Array, n = (bytes.length / 24) * 32): GgmlGroupCodes {
+  const u = groupCodes(n, 32, 5, true);
   for (let b = 0; b < blockCount(bytes, 'Q5_1', n); b++) {
-    const d = readF16(bytes, b * 24);
-    const m = readF16(bytes, b * 24 + 2);
-    fiveBitCodes(bytes, b * 24 + 4, codes);
-    for (let j = 0; j < 32; j++) y[b * 32 + j] = fr(codes[j] * d) + m;
+    u.scales[b] = readF16(bytes, b * 24);
+    u.mins![b] = readF16(bytes, b * 24 + 2);
+    fiveBitCodes(bytes, b * 24 + 4, u.codes, b * 32);
   }
-  return y;
+  return u;
 }
 
 /**
@@ -271,10 +305,10 @@ function scaleMinK4(src: Uint8Array, at: number, j: number): [number, number] {
  * of 32, (Q5_K: 32 bytes of fifth bits), 128 bytes of nibbles. Each 32 bytes of nibbles hold two
  * sub-blocks (low nibbles first); x = (d * sc) * q - (dmin * m).
  */
-function dequantizeK4or5(bytes: Uint8Array, n: number, kind: 'Q4_K' | 'Q5_K'): Float32Array {
-  const y = new Float32Array(n);
+function unpackK4or5(bytes: Uint8Array, n: number, kind: 'Q4_K' | 'Q5_K'): GgmlGroupCodes {
   const per = GGML_BLOCK[kind].bytes;
   const high = kind === 'Q5_K';
+  const u = groupCodes(n, 32, high ? 5 : 4, true);
   for (let b = 0; b < blockCount(bytes, kind, n); b++) {
     const o = b * per;
     const d = readF16(bytes, o);
@@ -283,26 +317,26 @@ function dequantizeK4or5(bytes: Uint8Array, n: number, kind: 'Q4_K' | 'Q5_K'): F
     const qs = high ? qh + 32 : qh;
     for (let sub = 0; sub < 8; sub++) {
       const [sc, m] = scaleMinK4(bytes, o + 4, sub);
-      const scale = fr(d * sc);
-      const min = fr(dmin * m);
+      u.scales[b * 8 + sub] = fr(d * sc);
+      u.mins![b * 8 + sub] = -fr(dmin * m);
       const shift = (sub & 1) * 4;
       const from = qs + (sub >> 1) * 32;
       for (let l = 0; l < 32; l++) {
         let q = (bytes[from + l] >>> shift) & 0x0f;
         if (high) q |= ((bytes[qh + l] >>> sub) & 1) << 4;
-        y[b * 256 + sub * 32 + l] = fr(scale * q) - min;
+        u.codes[b * 256 + sub * 32 + l] = q;
       }
     }
   }
-  return y;
+  return u;
 }
 
-export function dequantizeQ4_K(bytes: Uint8Array, n = (bytes.length / 144) * 256): Float32Array {
-  return dequantizeK4or5(bytes, n, 'Q4_K');
+export function unpackQ4_K(bytes: Uint8Array, n = (bytes.length / 144) * 256): GgmlGroupCodes {
+  return unpackK4or5(bytes, n, 'Q4_K');
 }
 
-export function dequantizeQ5_K(bytes: Uint8Array, n = (bytes.length / 176) * 256): Float32Array {
-  return dequantizeK4or5(bytes, n, 'Q5_K');
+export function unpackQ5_K(bytes: Uint8Array, n = (bytes.length / 176) * 256): GgmlGroupCodes {
+  return unpackK4or5(bytes, n, 'Q5_K');
 }
 
 /**
@@ -310,28 +344,32 @@ export function dequantizeQ5_K(bytes: Uint8Array, n = (bytes.length / 176) * 256
  * 16 values), fp16 d last. Each half of 128 values: value v < 32 + 32k takes the low (k = 0, 1) or
  * high (k = 2, 3) nibble of ql[l + 32 (k & 1)] and bits 2k..2k+1 of qh[l]; x = (d * sc) * (q - 32).
  */
-export function dequantizeQ6_K(bytes: Uint8Array, n = (bytes.length / 210) * 256): Float32Array {
-  const y = new Float32Array(n);
+export function unpackQ6_K(bytes: Uint8Array, n = (bytes.length / 210) * 256): GgmlGroupCodes {
+  const u = groupCodes(n, 16, 6, false, 32);
   for (let b = 0; b < blockCount(bytes, 'Q6_K', n); b++) {
     const o = b * 210;
     const d = readF16(bytes, o + 208);
+    for (let g = 0; g < 16; g++) u.scales[b * 16 + g] = fr(d * ((bytes[o + 192 + g] << 24) >> 24));
     for (let half = 0; half < 2; half++) {
       const ql = o + half * 64;
       const qh = o + 128 + half * 32;
       const base = b * 256 + half * 128;
-      for (let k = 0; k < 4; k++) {
+      for (let k = 0; k < 4; k++)
         for (let l = 0; l < 32; l++) {
           const low = (bytes[ql + l + 32 * (k & 1)] >>> (k >> 1 ? 4 : 0)) & 0x0f;
-          const q = (low | (((bytes[qh + l] >>> (2 * k)) & 3) << 4)) - 32;
-          const v = k * 32 + l;
-          const sc = (bytes[o + 192 + half * 8 + (v >> 4)] << 24) >> 24;
-          y[base + v] = fr(d * sc) * q;
+          u.codes[base + k * 32 + l] = low | (((bytes[qh + l] >>> (2 * k)) & 3) << 4);
         }
-      }
     }
   }
-  return y;
+  return u;
 }
+
+export const dequantizeQ4_1 = (bytes: Uint8Array, n?: number) => ggmlGroupValues(unpackQ4_1(bytes, n));
+export const dequantizeQ5_0 = (bytes: Uint8Array, n?: number) => ggmlGroupValues(unpackQ5_0(bytes, n));
+export const dequantizeQ5_1 = (bytes: Uint8Array, n?: number) => ggmlGroupValues(unpackQ5_1(bytes, n));
+export const dequantizeQ4_K = (bytes: Uint8Array, n?: number) => ggmlGroupValues(unpackQ4_K(bytes, n));
+export const dequantizeQ5_K = (bytes: Uint8Array, n?: number) => ggmlGroupValues(unpackQ5_K(bytes, n));
+export const dequantizeQ6_K = (bytes: Uint8Array, n?: number) => ggmlGroupValues(unpackQ6_K(bytes, n));
 
 /**
  * For GPTQ, which fixes a block's scale and then quantizes values that its error updates have moved:

@@ -2,8 +2,9 @@
  * A llama.cpp GGUF file as an llmq model: its ModelConfig, its tokenizer and a LlamaModel whose weights
  * are the GGUF tensors dequantized to float32 (F16 tensors stay F16), so that `llmq eval` measures
  * GGUF quantizations with llmq's own perplexity protocol. Q4_0 / Q8_0 linears also keep their codes
- * and block scales (the stored form of llmq's own Q4_0 / Q8_0 checkpoints), so on WebGPU they run from
- * the codes (model/packed.ts) and, loaded codes-only, never exist as float32 on the device.
+ * and block scales (the stored form of llmq's own Q4_0 / Q8_0 checkpoints), and loaded codes-only,
+ * the other block types' linears become BlockCodes instead of f32, so on WebGPU they run from the codes
+ * (model/packed.ts) and never exist as float32 on the device.
  *
  * Sources read (public, ggml-org/llama.cpp): gguf-py/gguf/constants.py (llama.* keys, tensor names,
  * LlamaFileType, token types), convert_hf_to_gguf.py / conversion/llama.py (the q/k row permutation
@@ -26,8 +27,15 @@ import {
   dequantizeQ5_K,
   dequantizeQ6_K,
   dequantizeQ8_0,
+  type GgmlGroupCodes,
   ggmlUnpackBlocks,
   QK,
+  unpackQ4_1,
+  unpackQ4_K,
+  unpackQ5_0,
+  unpackQ5_1,
+  unpackQ5_K,
+  unpackQ6_K,
 } from '../formats/ggml.ts';
 import { codeBits } from '../formats/index.ts';
 import type { GgmlSpec } from '../formats/spec.ts';
@@ -39,7 +47,7 @@ import {
   linearTensorName,
   type StoredLinearReader,
 } from '../model/llama.ts';
-import { type CodesOnly, codesOnlyWeight } from '../model/packed.ts';
+import { blockCodes, type CodesOnly, codesOnlyWeight } from '../model/packed.ts';
 import type { Backend } from '../tensor/tensor.ts';
 import { type ModelConfig, parseModelConfig } from './config.ts';
 import { llama3RopeFactors } from './export/gguf.ts';
@@ -360,9 +368,20 @@ const CODE_FORMATS: Record<number, GgmlSpec> = {
   [GGML_TYPE.Q8_0]: { kind: 'ggml', type: 'q8_0' },
 };
 
+/** Block formats llmq reads but does not write, as codes + group parameters (model/packed.ts). */
+const GROUP_UNPACKERS: Partial<Record<number, (bytes: Uint8Array, n: number) => GgmlGroupCodes>> = {
+  [GGML_TYPE.Q4_1]: unpackQ4_1,
+  [GGML_TYPE.Q5_0]: unpackQ5_0,
+  [GGML_TYPE.Q5_1]: unpackQ5_1,
+  [GGML_TYPE.Q4_K]: unpackQ4_K,
+  [GGML_TYPE.Q5_K]: unpackQ5_K,
+  [GGML_TYPE.Q6_K]: unpackQ6_K,
+};
+
 /**
- * Reads a Q4_0 / Q8_0 linear as codes + block scales in HF row order (other types: undefined, read as
- * tensors); its f32 weight is decodeGgml of them, bit-identical to the dequantizers.
+ * Reads a Q4_0 / Q8_0 linear as codes + block scales in HF row order (its f32 weight is decodeGgml of
+ * them, bit-identical to the dequantizers), and a linear of another block format as BlockCodes when
+ * `codesOnly` takes it (no f32 weight then). Other linears: undefined, read as tensors.
  */
 function ggmlLinearReader(
   file: GgufFile,
@@ -375,17 +394,33 @@ function ggmlLinearReader(
     if (!src) return undefined;
     const t = tensorInfo(file, src.gguf);
     const spec = CODE_FORMATS[t.type];
-    if (!spec) return undefined;
+    const unpack = GROUP_UNPACKERS[t.type];
+    if (!spec && !(unpack && codesOnly)) return undefined;
     const [rows, cols] = [...t.dims].reverse();
     if (t.dims.length !== 2 || rows !== shape[0] || cols !== shape[1])
       fail(
         `${file.path}: tensor ${src.gguf} has shape [${[...t.dims].reverse().join(', ')}], the metadata implies [${shape.join(', ')}]`,
       );
-    let { codes, scales } = ggmlUnpackBlocks(readGgufTensor(file, src.gguf), spec);
-    if (src.rotaryHeads !== undefined) {
-      codes = unpermuteRotaryRows(codes, rows, cols, src.rotaryHeads);
-      scales = unpermuteRotaryRows(scales, rows, cols / QK, src.rotaryHeads);
+    const heads = src.rotaryHeads;
+    const hfRows = <T extends Float32Array | Uint8Array>(v: T, perRow: number): T =>
+      heads === undefined ? v : unpermuteRotaryRows(v, rows, perRow, heads);
+    const bytes = readGgufTensor(file, src.gguf);
+    if (!spec) {
+      const bc = blockCodes(unpack!(bytes, rows * cols), rows, cols);
+      if (!bc) return undefined;
+      const groups = cols / bc.group;
+      const inHfOrder = {
+        ...bc,
+        codes: hfRows(bc.codes, cols),
+        scales: hfRows(bc.scales, groups),
+        zeros: hfRows(bc.zeros, groups),
+      };
+      if (!codesOnly?.({ blockCodes: inHfOrder })) return undefined;
+      return { blockCodes: inHfOrder, weight: codesOnlyWeight(backend, rows, cols) };
     }
+    const unpacked = ggmlUnpackBlocks(bytes, spec);
+    const codes = hfRows(unpacked.codes, cols);
+    const scales = hfRows(unpacked.scales, cols / QK);
     const quantized = { encoded: { spec, rows, cols, bits: codeBits(spec), codes, block: QK, scales } };
     const weight = codesOnly?.({ quantized })
       ? codesOnlyWeight(backend, rows, cols)

@@ -11,6 +11,7 @@ import { ropeTable } from '../io/rope.ts';
 import { type Checkpoint, openCheckpoint } from '../io/safetensors.ts';
 import type { Backend, DType, PackedWeight, RopeTable, Tensor } from '../tensor/tensor.ts';
 import { type Int8Weight, int8Linear } from './int8.ts';
+import type { BlockCodes } from './packed.ts';
 
 export const ATTENTION_LINEARS = ['q_proj', 'k_proj', 'v_proj', 'o_proj'] as const;
 export const MLP_LINEARS = ['gate_proj', 'up_proj', 'down_proj'] as const;
@@ -29,6 +30,8 @@ export interface Linear {
   int8?: Int8Weight;
   /** integer codes decoded inside the GEMM (weight-only formats; see model/packed.ts) */
   packed?: PackedWeight;
+  /** codes of a block format llmq only reads (GGUF K-quants, ...), until they are packed */
+  blockCodes?: BlockCodes;
 }
 
 export interface QuantizedWeight {
@@ -68,7 +71,7 @@ export type StoredLinearReader = (
   layer: number,
   name: LinearName,
   shape: [number, number],
-) => Partial<Pick<Linear, 'weight' | 'quantized' | 'inputQuant'>> | undefined;
+) => Partial<Pick<Linear, 'weight' | 'quantized' | 'inputQuant' | 'blockCodes'>> | undefined;
 
 /**
  * Keys and values of earlier positions of one sequence (generation). A forward with a cache runs the
@@ -358,6 +361,7 @@ function readDecoderLayer(loader: WeightLoader, i: number, storedLinear?: Stored
       weight: stored?.weight ?? loader.get(linearTensorName(i, name), shapes[name]),
       quantized: stored?.quantized,
       inputQuant: stored?.inputQuant,
+      blockCodes: stored?.blockCodes,
       bias: hasBias(loader.config, name)
         ? loader.get(linearTensorName(i, name, 'bias'), [shapes[name][0]])
         : undefined,

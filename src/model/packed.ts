@@ -3,9 +3,12 @@
  * the GEMM decodes (code - zero) * scale while it loads the weight tile, so the device holds 4-bit
  * (formats of 2-4 bits) or 8-bit codes plus the scales instead of f32 values: 1/8 or 1/4 of the
  * memory, and bit-identical results (the decoded values are exactly the fake-quantized ones).
+ * llama.cpp block formats that llmq reads but does not write (GGUF Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)
+ * run the same way from `blockCodes`; those whose dequantizer adds a min (x = q d + m) are then one
+ * rounding away from the dequantized values, since the GEMM evaluates (q - z) d with z = -m / d.
  */
 import { fail } from '../errors.ts';
-import { ggmlCodeOffset } from '../formats/ggml.ts';
+import { type GgmlGroupCodes, ggmlCodeOffset } from '../formats/ggml.ts';
 import { type Encoded, packCodes } from '../formats/index.ts';
 import type { Backend, PackedWeight, Tensor } from '../tensor/tensor.ts';
 import { LINEARS, type Linear, type LlamaModel } from './llama.ts';
@@ -14,7 +17,8 @@ import { LINEARS, type Linear, type LlamaModel } from './llama.ts';
  * Whether a linear's stored weight can be packed: INT per group (g_idx too) or row, or llama.cpp
  * Q4_0/Q8_0 (codes minus a fixed offset, times the block's scale); no salient columns.
  */
-export function packable(lin: Pick<Linear, 'quantized'>): boolean {
+export function packable(lin: Pick<Linear, 'quantized' | 'blockCodes'>): boolean {
+  if (lin.blockCodes) return true;
   const q = lin.quantized;
   if (!q || q.salient) return false;
   const spec = q.encoded.spec;
@@ -30,7 +34,46 @@ export function packable(lin: Pick<Linear, 'quantized'>): boolean {
  * Which stored linears may skip their f32 weight on the device because they will run from codes
  * (int8 GEMM, packed GEMM); what `codesOnlyWeight` then stands in for.
  */
-export type CodesOnly = (lin: Pick<Linear, 'quantized' | 'inputQuant'>) => boolean;
+export type CodesOnly = (lin: Pick<Linear, 'quantized' | 'inputQuant' | 'blockCodes'>) => boolean;
+
+/** A weight in a block format as codes and per-group scale and zero: x = (code - zero) * scale. */
+export interface BlockCodes {
+  rows: number;
+  cols: number;
+  /** one code per value, row-major */
+  codes: Uint8Array;
+  /** bits a code needs (at most 8) */
+  bits: number;
+  /** consecutive values of a row sharing a scale and zero */
+  group: number;
+  scales: Float32Array;
+  zeros: Float32Array;
+}
+
+/**
+ * Unpacked block data as BlockCodes (undefined when a parameter is not finite). A group whose scale
+ * is 0 and min m is not (a K-quant sub-block whose 6-bit scale rounded to 0) holds m everywhere:
+ * it becomes codes 1, zero 0, scale m.
+ */
+export function blockCodes(u: GgmlGroupCodes, rows: number, cols: number): BlockCodes | undefined {
+  if (cols % u.group !== 0) return undefined;
+  let codes = u.codes;
+  const scales = u.scales.slice();
+  const zeros = new Float32Array(scales.length).fill(u.zero);
+  for (let g = 0; u.mins && g < zeros.length; g++) {
+    const min = u.mins[g];
+    if (min === 0) zeros[g] = 0;
+    else if (scales[g] !== 0) zeros[g] = -min / scales[g];
+    else {
+      if (codes === u.codes) codes = codes.slice();
+      codes.fill(1, g * u.group, (g + 1) * u.group);
+      [scales[g], zeros[g]] = [min, 0];
+    }
+  }
+  for (let g = 0; g < zeros.length; g++)
+    if (!Number.isFinite(scales[g]) || !Number.isFinite(zeros[g])) return undefined;
+  return { rows, cols, codes, bits: u.bits, group: u.group, scales, zeros };
+}
 
 /**
  * A weight that exists only as codes: the shape, no data. Loading a quantized checkpoint this way never
@@ -55,22 +98,30 @@ function codeLayout(enc: Encoded): { codeBits: 4 | 8; zeros: Float32Array } {
 }
 
 function packOne(model: LlamaModel, enc: Encoded, gIdx: Int32Array | undefined): PackedWeight {
-  const b = model.backend;
-  const groups = enc.scales.length;
   const { codeBits, zeros } = codeLayout(enc);
+  return upload(model.backend, { ...enc, zeros }, codeBits, gIdx);
+}
+
+function upload(
+  b: Backend,
+  w: Pick<BlockCodes, 'rows' | 'cols' | 'codes' | 'scales' | 'zeros'>,
+  codeBits: 4 | 8,
+  gIdx?: Int32Array,
+): PackedWeight {
+  const groups = w.scales.length;
   return {
     // the little-endian bit stream of packCodes, read as 32-bit words: code k at bits (k % per) * codeBits
     codes: b.upload(
-      new Int32Array(packCodes(enc.codes, codeBits).buffer),
-      [enc.rows, (enc.cols * codeBits) / 32],
+      new Int32Array(packCodes(w.codes, codeBits).buffer),
+      [w.rows, (w.cols * codeBits) / 32],
       'i32',
     ),
-    scales: b.upload(enc.scales, [groups], 'f32'),
-    zeros: b.upload(zeros, [groups], 'f32'),
-    rows: enc.rows,
-    cols: enc.cols,
+    scales: b.upload(w.scales, [groups], 'f32'),
+    zeros: b.upload(w.zeros, [groups], 'f32'),
+    rows: w.rows,
+    cols: w.cols,
     codeBits,
-    group: (enc.rows * enc.cols) / groups,
+    group: (w.rows * w.cols) / groups,
     ...(gIdx ? { groupOf: b.upload(gIdx, [gIdx.length], 'i32') } : {}),
   };
 }
@@ -85,7 +136,11 @@ export function usePackedWeights(model: LlamaModel, dropDense: boolean): number 
     for (const name of LINEARS) {
       const lin = layer.linears[name];
       if (!lin.packed && !lin.int8 && packable(lin)) {
-        lin.packed = packOne(model, lin.quantized!.encoded, lin.quantized!.gIdx);
+        const bc = lin.blockCodes;
+        lin.packed = bc
+          ? upload(model.backend, bc, bc.bits <= 4 ? 4 : 8)
+          : packOne(model, lin.quantized!.encoded, lin.quantized!.gIdx);
+        lin.blockCodes = undefined;
         count++;
       }
       if (dropDense && (lin.packed || lin.int8)) lin.weight.dispose();
