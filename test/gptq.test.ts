@@ -18,6 +18,7 @@ import {
   parseFormat,
 } from '../src/formats/index.ts';
 import { dequantizeGptq, factorHessian, type GptqOptions, gptq } from '../src/quant/gptq.ts';
+import { reconstructionLoss } from '../src/quant/gptq-layer.ts';
 import { choleskyInverseUpper, HessianAccumulator } from '../src/quant/hessian.ts';
 import { f16BitsToNumber, numberToF16Bits } from '../src/tensor/dtype.ts';
 import { rng } from './helpers.ts';
@@ -469,6 +470,29 @@ describe('gptq beats round-to-nearest on the calibration batch', () => {
       assert.ok(e2 < 0.8 * e0, `gptq act_order ${e2} vs rtn ${e0}`);
     });
   }
+});
+
+test('reconstructionLoss is tr((W - Q) H (W - Q)^T) / 2 as a naive triple loop gives it', () => {
+  const r = rng(41);
+  const rows = 70; // more than one block of rows, not a multiple of 4
+  const cols = 37;
+  const w = r.normal(rows * cols);
+  const q = w.map((v, i) => (i % 5 === 0 ? v : Math.round(v * 4) / 4));
+  const x = r.normal(200 * cols);
+  const acc = new HessianAccumulator(cols);
+  acc.add(x, 200);
+  const H = acc.finish();
+  let want = 0;
+  for (let row = 0; row < rows; row++)
+    for (let i = 0; i < cols; i++)
+      for (let j = 0; j < cols; j++) {
+        const di = w[row * cols + i] - q[row * cols + i];
+        const dj = w[row * cols + j] - q[row * cols + j];
+        want += di * H[i * cols + j] * dj;
+      }
+  const got = reconstructionLoss(w, q, rows, cols, H);
+  assert.ok(want > 0);
+  assert.ok(Math.abs(got - want / 2) <= 1e-12 * want, `${got} vs ${want / 2}`);
 });
 
 describe('dead inputs', () => {

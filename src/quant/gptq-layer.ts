@@ -11,7 +11,7 @@
 import type { FormatSpec } from '../formats/spec.ts';
 import type { LinearName } from '../model/llama.ts';
 import { factorHessian, gptq } from './gptq.ts';
-import { HessianAccumulator } from './hessian.ts';
+import { addMatmulNT, HessianAccumulator } from './hessian.ts';
 import { type LayerContext, registerLayerStep, runLayer, timed } from './pipeline.ts';
 import type { GptqStep } from './recipe.ts';
 import { readOnce, setQuantizedWeight } from './weights.ts';
@@ -53,25 +53,31 @@ async function hessian(ctx: LayerContext, name: LinearName): Promise<Float64Arra
   return acc.finish();
 }
 
-/** tr(D H D^T) / 2 for D = W - Q (rows x cols). */
-function reconstructionLoss(
+function addMs(timings: Record<string, number>, phase: string, ms: number): void {
+  timings[phase] = (timings[phase] ?? 0) + ms / 1000;
+}
+
+/** Rows of D = W - Q multiplied by H at once in reconstructionLoss. */
+const LOSS_ROWS = 64;
+
+/** tr(D H D^T) / 2 for D = W - Q (rows x cols): sum over rows of d^T H d, as blocked D H products. */
+export function reconstructionLoss(
   w: Float32Array,
   q: Float32Array,
   rows: number,
   cols: number,
   H: Float64Array,
 ): number {
-  const d = new Float64Array(cols);
+  const d = new Float64Array(LOSS_ROWS * cols);
+  const dh = new Float64Array(LOSS_ROWS * cols);
   let total = 0;
-  for (let r = 0; r < rows; r++) {
-    for (let j = 0; j < cols; j++) d[j] = w[r * cols + j] - q[r * cols + j];
-    for (let i = 0; i < cols; i++) {
-      if (d[i] === 0) continue;
-      let s = 0;
-      const row = i * cols;
-      for (let j = 0; j < cols; j++) s += H[row + j] * d[j];
-      total += d[i] * s;
-    }
+  for (let r0 = 0; r0 < rows; r0 += LOSS_ROWS) {
+    const n = Math.min(LOSS_ROWS, rows - r0) * cols;
+    for (let k = 0; k < n; k++) d[k] = w[r0 * cols + k] - q[r0 * cols + k];
+    dh.fill(0, 0, n);
+    // H is symmetric, so row j of H is column j: dh = D H
+    addMatmulNT(1, dh, 0, cols, d, 0, cols, H, 0, cols, n / cols, cols, cols);
+    for (let k = 0; k < n; k++) total += dh[k] * d[k];
   }
   return total / 2;
 }
@@ -87,18 +93,19 @@ async function gptqLayer(ctx: LayerContext, step: GptqStep): Promise<void> {
     const H = await timed(ctx.timings, 'gptq hessian', () => hessian(ctx, names[0]));
     const cols = model.layers[layer].linears[names[0]].weight.shape[1];
     // the linears of a group read the same input: one inverse for all of them
-    const factor = await timed(ctx.timings, 'gptq solve', async () => factorHessian(H, cols, step));
+    const factor = await timed(ctx.timings, 'gptq factor', async () => factorHessian(H, cols, step));
     for (const name of names) {
       const w = await b.read(model.layers[layer].linears[name].weight);
       const rows = model.layers[layer].linears[name].weight.shape[0];
-      const result = await timed(ctx.timings, 'gptq solve', async () =>
-        gptq(w, rows, cols, H, spec, step, factor),
-      );
+      const result = gptq(w, rows, cols, H, spec, step, factor);
+      addMs(ctx.timings, 'gptq factor', result.timings.inverse);
+      addMs(ctx.timings, 'gptq columns', result.timings.columns);
+      addMs(ctx.timings, 'gptq updates', result.timings.updates);
       const rtn = await readOnce(b, b.fakeQuant(model.layers[layer].linears[name].weight, spec));
-      losses[name] = {
+      losses[name] = await timed(ctx.timings, 'gptq loss report', () => ({
         gptq: reconstructionLoss(w, result.dequant, rows, cols, H),
         rtn: reconstructionLoss(w, rtn, rows, cols, H),
-      };
+      }));
       setQuantizedWeight(model, layer, name, { encoded: result.encoded, gIdx: result.gIdx });
     }
   }

@@ -177,6 +177,8 @@ async function layerByLayer(
       timings: report.timings,
       notes: {},
     };
+    const before = { ...report.timings };
+    const layerStart = performance.now();
     const fpOutputs = await timed(report.timings, 'capture', () => captureStats(ctx));
     report.peakActivationValues = calib.samples * calib.seqLen * 2 * width;
     for (const step of recipe.steps) {
@@ -194,11 +196,23 @@ async function layerByLayer(
     }
     for (const t of inputs) t.dispose();
     inputs = next;
-    report.layers.push({ layer, ...ctx.notes });
+    const seconds = {
+      ...phaseSeconds(report.timings, before),
+      layer: (performance.now() - layerStart) / 1000,
+    };
+    report.layers.push({ layer, ...ctx.notes, seconds });
     await opts.resume?.save(model, layer, inputs, report.layers, report.timings);
     opts.onLayer?.(layer + 1, model.layers.length);
   }
   for (const t of inputs) t.dispose();
+}
+
+/** Seconds per phase spent since `before` (a copy of the timings taken then); `layer` adds the wall time. */
+function phaseSeconds(
+  timings: Record<string, number>,
+  before: Record<string, number>,
+): Record<string, number> {
+  return Object.fromEntries(Object.entries(timings).map(([phase, s]) => [phase, s - (before[phase] ?? 0)]));
 }
 
 /** Runs the layer over every calibration chunk with hooks; returns the outputs when asked. */
