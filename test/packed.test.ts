@@ -145,6 +145,20 @@ test('WebGPU: a stored W4 g64 / W8A8 checkpoint loaded codes-only (no f32 weight
   }
 });
 
+/** The perplexity of `file` with its weights dequantized, and the same file loaded codes-only. */
+async function dequantizedPplAndCodesModel(
+  file: string,
+  tokens: Int32Array,
+  opts: { seqLen: number; maxWindows: number },
+) {
+  const dense = (await loadModel(file, gpu!)).model;
+  const want = await perplexity(dense, tokens, opts);
+  dense.dispose();
+  const lean = (await loadModel(file, gpu!, { codesOnly: packable })).model;
+  const linears = lean.layers.flatMap((l) => Object.values(l.linears));
+  return { want, lean, linears };
+}
+
 test('WebGPU: a Q4_0 / Q8_0 GGUF loaded codes-only runs from its codes to the perplexity of its dequantized weights', {
   skip: gpu ? false : 'no WebGPU adapter',
 }, async () => {
@@ -155,11 +169,7 @@ test('WebGPU: a Q4_0 / Q8_0 GGUF loaded codes-only runs from its codes to the pe
     for (const type of ['q4_0', 'q8_0'] as const) {
       const file = path.join(root, `tiny-${type}.gguf`);
       await exportGguf(TINY, file, { type });
-      const dense = (await loadModel(file, gpu!)).model;
-      const want = await perplexity(dense, tokens, opts);
-      dense.dispose();
-      const lean = (await loadModel(file, gpu!, { codesOnly: packable })).model;
-      const linears = lean.layers.flatMap((l) => Object.values(l.linears));
+      const { want, lean, linears } = await dequantizedPplAndCodesModel(file, tokens, opts);
       assert.ok(
         linears.every((l) => !(l.weight instanceof WebGpuTensor)),
         `${type}: f32 weights on the device`,
@@ -205,11 +215,7 @@ test('WebGPU: Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K GGUF linears loaded codes-only 
     writeGguf(file, new Map(src.metadata), tensors);
     const tokens = loadTokenizer(TINY).encode(readEvalText(WIKITEXT).slice(0, 4000));
     const opts = { seqLen: 128, maxWindows: 2 };
-    const dense = (await loadModel(file, gpu!)).model;
-    const want = await perplexity(dense, tokens, opts);
-    dense.dispose();
-    const lean = (await loadModel(file, gpu!, { codesOnly: packable })).model;
-    const linears = lean.layers.flatMap((l) => Object.values(l.linears));
+    const { want, lean, linears } = await dequantizedPplAndCodesModel(file, tokens, opts);
     assert.ok(
       linears.every((l) => l.blockCodes && !(l.weight instanceof WebGpuTensor)),
       'f32 weights on the device',
