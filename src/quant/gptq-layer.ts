@@ -12,7 +12,7 @@ import type { FormatSpec } from '../formats/spec.ts';
 import type { LinearName } from '../model/llama.ts';
 import { factorHessian, gptq } from './gptq.ts';
 import { addMatmulNT, HessianAccumulator } from './hessian.ts';
-import { type LayerContext, registerLayerStep, runLayer, timed } from './pipeline.ts';
+import { addMs, type LayerContext, registerLayerStep, runLayer, timed } from './pipeline.ts';
 import type { GptqStep } from './recipe.ts';
 import { readOnce, setQuantizedWeight } from './weights.ts';
 
@@ -51,10 +51,6 @@ async function hessian(ctx: LayerContext, name: LinearName): Promise<Float64Arra
   );
   await Promise.all(pending);
   return acc.finish();
-}
-
-function addMs(timings: Record<string, number>, phase: string, ms: number): void {
-  timings[phase] = (timings[phase] ?? 0) + ms / 1000;
 }
 
 /** Rows of D = W - Q multiplied by H at once in reconstructionLoss. */

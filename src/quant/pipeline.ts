@@ -78,6 +78,11 @@ export interface PipelineOptions {
   resume?: ResumeStore;
 }
 
+/** Adds `ms` milliseconds to a phase's seconds. */
+export function addMs(timings: Record<string, number>, phase: string, ms: number): void {
+  timings[phase] = (timings[phase] ?? 0) + ms / 1000;
+}
+
 /** Runs `fn`, adding its wall time to timings[phase]. */
 export async function timed<T>(
   timings: Record<string, number>,
@@ -88,7 +93,7 @@ export async function timed<T>(
   try {
     return await fn();
   } finally {
-    timings[phase] = (timings[phase] ?? 0) + (performance.now() - start) / 1000;
+    addMs(timings, phase, performance.now() - start);
   }
 }
 
