@@ -176,11 +176,17 @@ export class LlamaModel {
     return pos;
   }
 
+  /** What linear `name` multiplies for input x: x through its input quantizer, if it has one. */
+  linearInput(layer: number, name: LinearName, x: Tensor): Tensor {
+    const q = this.layers[layer].linears[name].inputQuant;
+    return q ? quantizeInput(this.backend, x, q) : x;
+  }
+
   applyLinear(layer: number, name: LinearName, x: Tensor, hooks?: ForwardHooks): Tensor {
     const lin = this.layers[layer].linears[name];
     // hooks see (and may replace) the quantized input, which the integer path never materializes
     if (lin.int8 && !hooks?.linearInput) return int8Linear(this.backend, x, lin.int8, lin.bias);
-    let input = lin.inputQuant ? quantizeInput(this.backend, x, lin.inputQuant) : x;
+    let input = this.linearInput(layer, name, x);
     input = hooks?.linearInput?.(layer, name, input) ?? input;
     return lin.packed
       ? this.backend.linearPacked(input, lin.packed, lin.bias)
@@ -189,6 +195,20 @@ export class LlamaModel {
 
   /** Self-attention block output (before the residual add) for normed input x. */
   attentionBlock(
+    layer: number,
+    x: Tensor,
+    shape: BatchShape,
+    hooks?: ForwardHooks,
+    cache?: AttentionCache,
+  ): Tensor {
+    const att = this.attentionMix(layer, x, shape, hooks, cache);
+    const out = this.applyLinear(layer, 'o_proj', att, hooks);
+    att.dispose();
+    return out;
+  }
+
+  /** softmax(q k^T) v over the heads for normed input x: the input of o_proj. */
+  attentionMix(
     layer: number,
     x: Tensor,
     shape: BatchShape,
@@ -210,18 +230,22 @@ export class LlamaModel {
         ? b.attentionCached(q, cached.k, cached.v, { queries: shape.seqLen, past, ...heads })
         : b.attention(q, k, v, { ...shape, ...heads });
     for (const t of [q, k, v]) t.dispose();
-    const out = this.applyLinear(layer, 'o_proj', att, hooks);
-    att.dispose();
-    return out;
+    return att;
   }
 
   /** MLP block output for normed input x. */
-  mlpBlock(layer: number, x: Tensor, hooks?: ForwardHooks): Tensor {
+  /** silu(gate x) * up x, the input of down_proj, for normed input x. */
+  mlpActivation(layer: number, x: Tensor, hooks?: ForwardHooks): Tensor {
     const gate = this.applyLinear(layer, 'gate_proj', x, hooks);
     const up = this.applyLinear(layer, 'up_proj', x, hooks);
     const act = this.backend.siluMul(gate, up);
     gate.dispose();
     up.dispose();
+    return act;
+  }
+
+  mlpBlock(layer: number, x: Tensor, hooks?: ForwardHooks): Tensor {
+    const act = this.mlpActivation(layer, x, hooks);
     const out = this.applyLinear(layer, 'down_proj', act, hooks);
     act.dispose();
     return out;
@@ -234,22 +258,47 @@ export class LlamaModel {
     hooks?: ForwardHooks,
     cache?: AttentionCache,
   ): Tensor {
-    const b = this.backend;
-    const { rmsNormEps } = this.config;
-    const L = this.layers[layer];
-    const x1 = b.rmsnorm(h, L.inputNorm, rmsNormEps);
-    const att = this.attentionBlock(layer, x1, shape, hooks, cache);
-    x1.dispose();
-    const h1 = b.add(h, att);
-    att.dispose();
-    const x2 = b.rmsnorm(h1, L.postNorm, rmsNormEps);
-    const mlp = this.mlpBlock(layer, x2, hooks);
-    x2.dispose();
-    const out = b.add(h1, mlp);
+    const h1 = this.attentionResidual(layer, h, shape, hooks, cache);
+    const out = this.mlpResidual(layer, h1, hooks);
     h1.dispose();
-    mlp.dispose();
     hooks?.layerOutput?.(layer, out);
     return out;
+  }
+
+  /** The residual stream after the attention half of a layer: h + attention(norm(h)). */
+  attentionResidual(
+    layer: number,
+    h: Tensor,
+    shape: BatchShape,
+    hooks?: ForwardHooks,
+    cache?: AttentionCache,
+  ): Tensor {
+    const x1 = this.attentionNorm(layer, h);
+    const att = this.attentionBlock(layer, x1, shape, hooks, cache);
+    x1.dispose();
+    const h1 = this.backend.add(h, att);
+    att.dispose();
+    return h1;
+  }
+
+  /** The layer output from the residual after attention: h1 + mlp(norm(h1)). */
+  mlpResidual(layer: number, h1: Tensor, hooks?: ForwardHooks): Tensor {
+    const x2 = this.mlpNorm(layer, h1);
+    const mlp = this.mlpBlock(layer, x2, hooks);
+    x2.dispose();
+    const out = this.backend.add(h1, mlp);
+    mlp.dispose();
+    return out;
+  }
+
+  /** The input of q/k/v_proj before their input quantizer: rmsnorm(h) with the layer's input norm. */
+  attentionNorm(layer: number, h: Tensor): Tensor {
+    return this.backend.rmsnorm(h, this.layers[layer].inputNorm, this.config.rmsNormEps);
+  }
+
+  /** The input of gate/up_proj before their input quantizer: rmsnorm(h1) with the post-attention norm. */
+  mlpNorm(layer: number, h1: Tensor): Tensor {
+    return this.backend.rmsnorm(h1, this.layers[layer].postNorm, this.config.rmsNormEps);
   }
 
   /** Final norm (returned for inspection) and logits. */

@@ -434,4 +434,4 @@ async function awqLayer(ctx: LayerContext, step: AwqStep): Promise<void> {
   for (const list of captured.values()) for (const t of list) t.dispose();
 }
 
-registerLayerStep('awq', (ctx, step) => awqLayer(ctx, step as AwqStep));
+registerLayerStep('awq', (ctx, step) => awqLayer(ctx, step as AwqStep), { readsStats: true });

@@ -24,4 +24,6 @@ function pickSalient(ctx: LayerContext, step: MixedStep): void {
   ctx.notes.salientChannels = counts;
 }
 
-registerLayerStep('mixed', async (ctx, step) => pickSalient(ctx, step as MixedStep));
+registerLayerStep('mixed', async (ctx, step) => pickSalient(ctx, step as MixedStep), {
+  readsStats: true,
+});

@@ -49,8 +49,16 @@ export type ModelStepRunner = (
 const LAYER_STEPS = new Map<Step['method'], StepRunner>();
 const MODEL_STEPS = new Map<Step['method'], ModelStepRunner>();
 
-export function registerLayerStep(method: Step['method'], run: StepRunner): void {
+/** Layer steps that read ctx.stats (the full-precision layer's input statistics). */
+const STATS_READERS = new Set<Step['method']>();
+
+export function registerLayerStep(
+  method: Step['method'],
+  run: StepRunner,
+  opts: { readsStats?: boolean } = {},
+): void {
   LAYER_STEPS.set(method, run);
+  if (opts.readsStats) STATS_READERS.add(method);
 }
 
 export function registerModelStep(method: Step['method'], run: ModelStepRunner): void {
@@ -184,7 +192,7 @@ async function layerByLayer(
     };
     const before = { ...report.timings };
     const layerStart = performance.now();
-    const fpOutputs = await timed(report.timings, 'capture', () => captureStats(ctx));
+    const fpOutputs = await captureIfNeeded(ctx);
     report.peakActivationValues = calib.samples * calib.seqLen * 2 * width;
     for (const step of recipe.steps) {
       const run = LAYER_STEPS.get(step.method);
@@ -194,11 +202,10 @@ async function layerByLayer(
     await timed(report.timings, 'quantize', () =>
       finishLayer(model, layer, recipe, ctx.salient, ctx.staticAbsMax),
     );
-    let next = fpOutputs;
-    if (recipe.propagate === 'quantized') {
-      for (const t of fpOutputs) t.dispose();
-      next = await timed(report.timings, 'propagate', () => runLayer(ctx, {}, true));
-    }
+    const next =
+      recipe.propagate === 'quantized'
+        ? await timed(report.timings, 'propagate', () => runLayer(ctx, {}, true))
+        : fpOutputs;
     for (const t of inputs) t.dispose();
     inputs = next;
     const seconds = {
@@ -235,8 +242,19 @@ export async function runLayer(
   return outputs;
 }
 
-/** Runs the full-precision layer, recording every linear's input statistics; returns its outputs. */
-async function captureStats(ctx: LayerContext): Promise<Tensor[]> {
+/**
+ * The full-precision pass before the steps, run only when something reads it: the input statistics
+ * (for steps that read them) and the outputs (the next layer's inputs when propagating fp).
+ */
+async function captureIfNeeded(ctx: LayerContext): Promise<Tensor[]> {
+  const keepOutputs = ctx.recipe.propagate === 'fp';
+  const readsStats = ctx.recipe.steps.some((s) => STATS_READERS.has(s.method));
+  if (!keepOutputs && !readsStats) return [];
+  return timed(ctx.timings, 'capture', () => captureStats(ctx, keepOutputs));
+}
+
+/** Runs the full-precision layer, recording every linear's input statistics; returns its outputs when asked. */
+async function captureStats(ctx: LayerContext, keepOutputs: boolean): Promise<Tensor[]> {
   const parts = new Map<LinearName, ColumnStats[]>();
   const rows = new Map<LinearName, number[]>();
   const pending: Promise<void>[] = [];
@@ -253,7 +271,7 @@ async function captureStats(ctx: LayerContext): Promise<Tensor[]> {
         return undefined;
       },
     },
-    true,
+    keepOutputs,
   );
   await Promise.all(pending);
   for (const [name, list] of parts) ctx.stats.set(name, mergeStats(list, rows.get(name) ?? []));

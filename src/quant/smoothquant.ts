@@ -80,8 +80,11 @@ export async function smoothLayer(
   }
 }
 
-registerLayerStep('smoothquant', (ctx: LayerContext, step) =>
-  timed(ctx.timings, 'smoothquant', () =>
-    smoothLayer(ctx.model, ctx.layer, (n) => ctx.stats.get(n)?.absMax, (step as SmoothQuantStep).alpha),
-  ),
+registerLayerStep(
+  'smoothquant',
+  (ctx: LayerContext, step) =>
+    timed(ctx.timings, 'smoothquant', () =>
+      smoothLayer(ctx.model, ctx.layer, (n) => ctx.stats.get(n)?.absMax, (step as SmoothQuantStep).alpha),
+    ),
+  { readsStats: true },
 );
