@@ -4,7 +4,8 @@
  * propagation through the quantized layer), the factorization (Cholesky + triangular inverse, once per
  * group of linears sharing an input), the column loop and the lazy block updates.
  *   node --import tsx bench/gptq-pipeline.ts [--model ../shared/models/llama-small] [--samples 32]
- *     [--seqlen 512] [--recipe gptq-w4g128] [--no-write]
+ *     [--seqlen 512] [--recipe gptq-w4g128] [--layers N] [--no-write]
+ * --layers N quantizes only the first N decoder layers (each layer's work is the same).
  */
 import { parseArgs } from 'node:util';
 import { loadCalibration } from '../src/calib/data.ts';
@@ -23,6 +24,7 @@ const { values } = parseArgs({
     samples: { type: 'string', default: '32' },
     seqlen: { type: 'string', default: '512' },
     recipe: { type: 'string', default: 'gptq-w4g128' },
+    layers: { type: 'string' },
     'no-write': { type: 'boolean', default: false },
   },
 });
@@ -37,6 +39,7 @@ const calib = await loadCalibration(loadTokenizer(values.model), {
   sampler: recipe.calib.sampler,
 });
 const model = LlamaModel.load(values.model, new CpuBackend());
+if (values.layers) model.layers.length = Math.min(model.layers.length, Number(values.layers));
 const report = await quantizeModel(model, recipe, calib, {
   onLayer: (done, total) => console.error(`layer ${done}/${total}`),
 });
@@ -75,7 +78,7 @@ console.log(table(rows));
 if (!values['no-write'])
   publish(
     `GPTQ per layer in the pipeline, CPU backend (${values.recipe}, calibration ${samples} x ${seqLen})`,
-    `node --import tsx bench/gptq-pipeline.ts --model ${values.model} --samples ${samples} --seqlen ${seqLen} --recipe ${values.recipe}`,
+    `node --import tsx bench/gptq-pipeline.ts --model ${values.model} --samples ${samples} --seqlen ${seqLen} --recipe ${values.recipe}${values.layers ? ` --layers ${values.layers}` : ''}`,
     table(rows),
     'Seconds per decoder layer from the pipeline\'s own phase timers. "hessian passes": the layer run over ' +
       'the calibration set once per true-sequential group (q/k/v, o, gate/up, down) with X^T X of the ' +

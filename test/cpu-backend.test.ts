@@ -144,3 +144,17 @@ test('klDiv: hand values, invariance to a shift, and agreement of the argmax', a
   assert.deepEqual(Array.from(self), [0, 1, 0, 1]);
   assert.throws(() => cpu.klDiv(p, cpu.upload(new Float32Array(6), [2, 3], 'f32')), /one shape/);
 });
+
+test('transpose puts x[r, c] at [c, r] on shapes that are not whole tiles', async () => {
+  const r = rng(3);
+  for (const [M, N] of [
+    [70, 45],
+    [1, 33],
+    [64, 32],
+  ]) {
+    const x = r.normal(M * N);
+    const got = await cpu.read(cpu.transpose(cpu.upload(x, [M, N], 'f32')));
+    for (let i = 0; i < M; i++)
+      for (let j = 0; j < N; j++) assert.equal(got[j * M + i], x[i * N + j], `${M}x${N} at ${i},${j}`);
+  }
+});

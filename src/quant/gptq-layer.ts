@@ -2,8 +2,9 @@
  * GPTQ as a pipeline step, "true sequential" as the reference code's option: inside a layer the
  * linears are quantized in the order [q, k, v], [o], [gate, up], [down], and each group's Hessian
  * is measured on inputs that already pass through the quantized earlier groups. Each group's pass
- * runs only the part of the layer that feeds it (q/k/v: the input norm; o: attention; gate/up and
- * down: from the residual after attention, computed once after o is quantized), not the whole layer.
+ * runs only the part of the layer that feeds it (q/k/v: the input norm; o: attention, kept; gate/up
+ * and down: from the residual after attention, made once from the kept attention after o is
+ * quantized), not the whole layer; the next layer's inputs then need only the MLP half.
  *
  * H = 2/N sum x x^T: each calibration chunk's X^T X is one backend matmul (f32, at most 4096
  * tokens per chunk: CPU WASM / WebGPU), the chunks are summed on the host in float64.
@@ -29,43 +30,47 @@ const SEQUENTIAL: LinearName[][] = [
 /**
  * What one true-sequential group's Hessian pass computes from one calibration chunk: the group's
  * input, through only the part of the layer that feeds it (the quantized earlier groups included).
- * The MLP groups start from the residual after attention, computed once after o_proj is quantized.
+ * `kept`: the tensor belongs to the stages (shared with a later pass), not to the caller.
  */
-type GroupInput = (ctx: LayerContext, chunk: number, residual: () => Tensor) => Tensor;
+type GroupInput = (ctx: LayerContext, chunk: number, stages: Stages) => { x: Tensor; kept: boolean };
+
+const attentionNorm: GroupInput = ({ model, layer, inputs }, c) => ({
+  x: model.attentionNorm(layer, inputs[c]),
+  kept: false,
+});
+const mlpNorm: GroupInput = ({ model, layer }, c, stages) => ({
+  x: model.mlpNorm(layer, stages.residual(c)),
+  kept: false,
+});
 
 const GROUP_INPUTS: Record<LinearName, GroupInput> = {
-  q_proj: ({ model, layer, inputs }, c) => model.attentionNorm(layer, inputs[c]),
-  k_proj: ({ model, layer, inputs }, c) => model.attentionNorm(layer, inputs[c]),
-  v_proj: ({ model, layer, inputs }, c) => model.attentionNorm(layer, inputs[c]),
-  o_proj: ({ model, layer, inputs, shapes }, c) => {
-    const x1 = model.attentionNorm(layer, inputs[c]);
-    const att = model.attentionMix(layer, x1, shapes[c]);
-    x1.dispose();
-    return att;
-  },
-  gate_proj: ({ model, layer }, _c, residual) => model.mlpNorm(layer, residual()),
-  up_proj: ({ model, layer }, _c, residual) => model.mlpNorm(layer, residual()),
-  down_proj: ({ model, layer }, _c, residual) => {
-    const x2 = model.mlpNorm(layer, residual());
-    const act = model.mlpActivation(layer, x2);
+  q_proj: attentionNorm,
+  k_proj: attentionNorm,
+  v_proj: attentionNorm,
+  o_proj: (_ctx, c, stages) => ({ x: stages.attention(c), kept: true }),
+  gate_proj: mlpNorm,
+  up_proj: mlpNorm,
+  down_proj: (ctx, c, stages) => {
+    const x2 = mlpNorm(ctx, c, stages).x;
+    const act = ctx.model.mlpActivation(ctx.layer, x2);
     x2.dispose();
-    return act;
+    return { x: act, kept: false };
   },
 };
 
 /** H = 2/N sum over calibration tokens of x x^T for the input of `name`, float64 [cols, cols]. */
-async function hessian(ctx: LayerContext, name: LinearName, residuals: Residuals): Promise<Float64Array> {
+async function hessian(ctx: LayerContext, name: LinearName, stages: Stages): Promise<Float64Array> {
   const b = ctx.model.backend;
   const cols = ctx.model.layers[ctx.layer].linears[name].weight.shape[1];
   const acc = new HessianAccumulator(cols);
   const pending: Promise<void>[] = [];
   for (let c = 0; c < ctx.inputs.length; c++) {
-    const normed = GROUP_INPUTS[name](ctx, c, () => residuals.get(c));
-    const x = ctx.model.linearInput(ctx.layer, name, normed);
+    const input = GROUP_INPUTS[name](ctx, c, stages);
+    const x = ctx.model.linearInput(ctx.layer, name, input.x);
     const tokens = x.shape[0];
     const xT = b.transpose(x);
-    if (x !== normed) x.dispose();
-    normed.dispose();
+    if (x !== input.x) x.dispose();
+    if (!input.kept) input.x.dispose();
     const xtx = b.linear(xT, xT);
     xT.dispose();
     pending.push(
@@ -79,19 +84,47 @@ async function hessian(ctx: LayerContext, name: LinearName, residuals: Residuals
   return acc.finish();
 }
 
-/** Per chunk, the residual stream after the (already quantized) attention half, made on first use. */
-class Residuals {
-  private readonly chunks: Tensor[] = [];
+/**
+ * Per calibration chunk, what later passes share: the attention mix (o_proj's input, made once q/k/v
+ * are quantized) and from it, once o_proj is quantized, the residual stream after attention.
+ */
+class Stages {
+  private readonly mixes: (Tensor | undefined)[] = [];
+  private residuals: Tensor[] = [];
   constructor(private readonly ctx: LayerContext) {}
 
-  get(c: number): Tensor {
+  attention(c: number): Tensor {
     const { model, layer, inputs, shapes } = this.ctx;
-    this.chunks[c] ??= model.attentionResidual(layer, inputs[c], shapes[c]);
-    return this.chunks[c];
+    if (!this.mixes[c]) {
+      const x1 = model.attentionNorm(layer, inputs[c]);
+      this.mixes[c] = model.attentionMix(layer, x1, shapes[c]);
+      x1.dispose();
+    }
+    return this.mixes[c];
+  }
+
+  residual(c: number): Tensor {
+    const { model, layer, inputs } = this.ctx;
+    if (!this.residuals[c]) {
+      const att = this.attention(c);
+      const o = model.applyLinear(layer, 'o_proj', att);
+      this.residuals[c] = model.backend.add(inputs[c], o);
+      o.dispose();
+      att.dispose();
+      this.mixes[c] = undefined;
+    }
+    return this.residuals[c];
+  }
+
+  /** Every chunk's residual, made if need be; the caller owns them from now on. */
+  takeResiduals(): Tensor[] {
+    const all = this.ctx.inputs.map((_, c) => this.residual(c));
+    this.residuals = [];
+    return all;
   }
 
   dispose(): void {
-    for (const t of this.chunks) t?.dispose();
+    for (const t of [...this.mixes, ...this.residuals]) t?.dispose();
   }
 }
 
@@ -122,11 +155,13 @@ export function reconstructionLoss(
 
 async function gptqLayer(ctx: LayerContext, step: GptqStep): Promise<void> {
   const losses: Record<string, { gptq: number; rtn: number }> = {};
-  const residuals = new Residuals(ctx);
+  const stages = new Stages(ctx);
   try {
-    for (const group of SEQUENTIAL) await gptqGroup(ctx, step, group, residuals, losses);
+    for (const group of SEQUENTIAL) await gptqGroup(ctx, step, group, stages, losses);
+    // with GPTQ the last step, the quantized attention half is final: propagation runs only the MLP half
+    if (ctx.recipe.steps.at(-1) === step) ctx.attentionResiduals = stages.takeResiduals();
   } finally {
-    residuals.dispose();
+    stages.dispose();
   }
   ctx.notes.gptqLoss = losses;
 }
@@ -135,7 +170,7 @@ async function gptqGroup(
   ctx: LayerContext,
   step: GptqStep,
   group: LinearName[],
-  residuals: Residuals,
+  stages: Stages,
   losses: Record<string, { gptq: number; rtn: number }>,
 ): Promise<void> {
   const { model, layer, recipe } = ctx;
@@ -143,7 +178,7 @@ async function gptqGroup(
   const b = model.backend;
   const names = group.filter((n) => recipe.targets.includes(n));
   if (!names.length) return;
-  const H = await timed(ctx.timings, 'gptq hessian', () => hessian(ctx, names[0], residuals));
+  const H = await timed(ctx.timings, 'gptq hessian', () => hessian(ctx, names[0], stages));
   const cols = model.layers[layer].linears[names[0]].weight.shape[1];
   // the linears of a group read the same input: one inverse for all of them
   const factor = await timed(ctx.timings, 'gptq factor', async () => factorHessian(H, cols, step));

@@ -34,6 +34,11 @@ export interface LayerContext {
   timings: Record<string, number>;
   /** what steps report (chosen ratios, losses...) keyed by step */
   notes: Record<string, unknown>;
+  /**
+   * per chunk, the residual stream after the quantized layer's attention half, when the last step
+   * made it (GPTQ): propagation then runs only the MLP half
+   */
+  attentionResiduals?: Tensor[];
 }
 
 export type StepRunner = (ctx: LayerContext, step: Step) => Promise<void>;
@@ -204,8 +209,9 @@ async function layerByLayer(
     );
     const next =
       recipe.propagate === 'quantized'
-        ? await timed(report.timings, 'propagate', () => runLayer(ctx, {}, true))
+        ? await timed(report.timings, 'propagate', () => propagateQuantized(ctx))
         : fpOutputs;
+    for (const t of ctx.attentionResiduals ?? []) t.dispose();
     for (const t of inputs) t.dispose();
     inputs = next;
     const seconds = {
@@ -251,6 +257,21 @@ async function captureIfNeeded(ctx: LayerContext): Promise<Tensor[]> {
   const readsStats = ctx.recipe.steps.some((s) => STATS_READERS.has(s.method));
   if (!keepOutputs && !readsStats) return [];
   return timed(ctx.timings, 'capture', () => captureStats(ctx, keepOutputs));
+}
+
+/**
+ * The quantized layer's outputs, the next layer's inputs. From the residuals a step left when they
+ * still hold: finishLayer changes no weight a step quantized, but installs activation quantizers.
+ */
+async function propagateQuantized(ctx: LayerContext): Promise<Tensor[]> {
+  const residuals = ctx.attentionResiduals;
+  if (!residuals || ctx.recipe.activations) return runLayer(ctx, {}, true);
+  ctx.attentionResiduals = undefined;
+  return residuals.map((h1) => {
+    const out = ctx.model.mlpResidual(ctx.layer, h1);
+    h1.dispose();
+    return out;
+  });
 }
 
 /** Runs the full-precision layer, recording every linear's input statistics; returns its outputs when asked. */

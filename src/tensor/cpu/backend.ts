@@ -51,6 +51,9 @@ function isShared(a: HostArray): boolean {
 /** Minimum multiply-adds per thread before splitting a matmul across threads. */
 const MIN_MACS_PER_THREAD = 1 << 20;
 
+/** Side of the square tiles of transpose. */
+const TRANSPOSE_TILE = 32;
+
 export class CpuBackend implements Backend {
   readonly name = 'cpu' as const;
 
@@ -435,7 +438,14 @@ export class CpuBackend implements Backend {
     const [M, N] = x.shape;
     const src = this.f32(x);
     const out = sharedF32(M * N);
-    for (let r = 0; r < M; r++) for (let c = 0; c < N; c++) out[c * M + r] = src[r * N + c];
+    // in square tiles, so that both the reads and the strided writes stay in cache
+    for (let r0 = 0; r0 < M; r0 += TRANSPOSE_TILE) {
+      const r1 = Math.min(M, r0 + TRANSPOSE_TILE);
+      for (let c0 = 0; c0 < N; c0 += TRANSPOSE_TILE) {
+        const c1 = Math.min(N, c0 + TRANSPOSE_TILE);
+        for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) out[c * M + r] = src[r * N + c];
+      }
+    }
     return this.fromF32(out, [N, M]);
   }
 
