@@ -51,6 +51,9 @@ function isShared(a: HostArray): boolean {
 /** Minimum multiply-adds per thread before splitting a matmul across threads. */
 const MIN_MACS_PER_THREAD = 1 << 20;
 
+/** Below this many elements an elementwise op stays on one thread (a worker round trip costs more). */
+const MIN_ELEMENTS_PER_THREAD = 1 << 16;
+
 /** Side of the square tiles of transpose. */
 const TRANSPOSE_TILE = 32;
 
@@ -253,13 +256,7 @@ export class CpuBackend implements Backend {
     const src = this.f32(x);
     const w = this.f32(weight);
     const out = sharedF32(M * D);
-    for (let r = 0; r < M; r++) {
-      const o = r * D;
-      let ss = 0;
-      for (let i = 0; i < D; i++) ss += src[o + i] * src[o + i];
-      const inv = Math.fround(1 / Math.sqrt(Math.fround(ss / D) + eps));
-      for (let i = 0; i < D; i++) out[o + i] = w[i] * Math.fround(src[o + i] * inv);
-    }
+    parallelFor('rmsnormRows', [src, w, out, D, eps], M, Math.ceil(MIN_ELEMENTS_PER_THREAD / D));
     return this.fromF32(out, [M, D]);
   }
 
@@ -332,14 +329,8 @@ export class CpuBackend implements Backend {
     const x = this.f32(a);
     const y = this.f32(b);
     const out = sharedF32(x.length);
-    const n = x.length;
-    if (op === 'add') for (let i = 0; i < n; i++) out[i] = x[i] + y[i];
-    else if (op === 'sub') for (let i = 0; i < n; i++) out[i] = x[i] - y[i];
-    else
-      for (let i = 0; i < n; i++) {
-        const g = x[i];
-        out[i] = Math.fround(g / (1 + Math.exp(-g))) * y[i];
-      }
+    const code = { add: 0, sub: 1, siluMul: 2 }[op];
+    parallelFor('map2Elements', [x, y, out, code], x.length, MIN_ELEMENTS_PER_THREAD);
     return this.fromF32(out, a.shape);
   }
 

@@ -165,6 +165,43 @@ export function widen16(
   }
 }
 
+/** out = x + y (op 0), x - y (op 1) or silu(x) * y (op 2) over elements [start, end). */
+export function map2Elements(
+  x: Float32Array,
+  y: Float32Array,
+  out: Float32Array,
+  op: number,
+  start: number,
+  end: number,
+): void {
+  if (op === 0) for (let i = start; i < end; i++) out[i] = x[i] + y[i];
+  else if (op === 1) for (let i = start; i < end; i++) out[i] = x[i] - y[i];
+  else
+    for (let i = start; i < end; i++) {
+      const g = x[i];
+      out[i] = Math.fround(g / (1 + Math.exp(-g))) * y[i];
+    }
+}
+
+/** RMSNorm of rows [start, end) of src [*, D] with weight w, as PyTorch's f32 LlamaRMSNorm. */
+export function rmsnormRows(
+  src: Float32Array,
+  w: Float32Array,
+  out: Float32Array,
+  D: number,
+  eps: number,
+  start: number,
+  end: number,
+): void {
+  for (let r = start; r < end; r++) {
+    const o = r * D;
+    let ss = 0;
+    for (let i = 0; i < D; i++) ss += src[o + i] * src[o + i];
+    const inv = Math.fround(1 / Math.sqrt(Math.fround(ss / D) + eps));
+    for (let i = 0; i < D; i++) out[o + i] = w[i] * Math.fround(src[o + i] * inv);
+  }
+}
+
 /**
  * Causal grouped-query attention for the (sequence, head) units in [start, end), unit = b * H + h.
  * Scores, softmax and the weighted sum are accumulated in f64 (the reference is f32 PyTorch).
@@ -339,6 +376,8 @@ export const KERNELS = {
   matmulWasm,
   packWasm,
   widen16,
+  map2Elements,
+  rmsnormRows,
   attentionHeads,
   attentionBlocks,
   nllRows,
