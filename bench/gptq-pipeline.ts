@@ -1,8 +1,9 @@
 /**
  * GPTQ as the pipeline runs it on the CPU backend, per decoder layer of a real model: wall time and its
- * split into the calibration passes (capture, the four true-sequential Hessian passes with their X^T X,
- * propagation through the quantized layer), the factorization (Cholesky + triangular inverse, once per
- * group of linears sharing an input), the column loop and the lazy block updates.
+ * split into the calibration passes (the four true-sequential Hessian passes with their X^T X, each
+ * through only the part of the layer that feeds its group; propagation through the quantized layer),
+ * the factorization (Cholesky + triangular inverse, once per group of linears sharing an input), the
+ * column loop and the lazy block updates.
  *   node --import tsx bench/gptq-pipeline.ts [--model ../shared/models/llama-small] [--samples 32]
  *     [--seqlen 512] [--recipe gptq-w4g128] [--layers N] [--no-write]
  * --layers N quantizes only the first N decoder layers (each layer's work is the same).
@@ -80,13 +81,14 @@ if (!values['no-write'])
     `GPTQ per layer in the pipeline, CPU backend (${values.recipe}, calibration ${samples} x ${seqLen})`,
     `node --import tsx bench/gptq-pipeline.ts --model ${values.model} --samples ${samples} --seqlen ${seqLen} --recipe ${values.recipe}${values.layers ? ` --layers ${values.layers}` : ''}`,
     table(rows),
-    'Seconds per decoder layer from the pipeline\'s own phase timers. "hessian passes": the layer run over ' +
-      'the calibration set once per true-sequential group (q/k/v, o, gate/up, down) with X^T X of the ' +
-      'group\'s input (f32 WASM GEMM per chunk, summed in float64); "factor": dead columns, damping, ' +
-      'Cholesky and triangular inverse (float64, once per group) plus per-linear setup; "column loop": ' +
-      'quantizing each column and updating the rest of its block of 128; "block updates": the lazy ' +
-      'W[:, end:] -= Err Hinv[block, end:] products; "write + propagate": storing the codes and the pass ' +
-      'through the quantized layer that feeds the next one; "loss report": the per-linear reconstruction ' +
-      'losses of GPTQ and RTN (tr(D H D^T), a report, not part of GPTQ); "other": reading weights back, RTN\'s ' +
-      'fake quantization for that report.',
+    'Seconds per decoder layer from the pipeline\'s own phase timers. "hessian passes": per true-sequential ' +
+      'group (q/k/v, o, gate/up, down), the part of the layer that feeds it (input norm; attention, kept ' +
+      "for o; the residual after attention, made once, for the MLP groups) and X^T X of the group's input " +
+      '(f32 WASM GEMM per chunk, summed in float64); "capture": the full-precision pass, run only when a ' +
+      'step reads its statistics; "factor": dead columns, damping, Cholesky and triangular inverse (float64, ' +
+      'once per group) plus per-linear setup; "column loop": quantizing each column and updating the rest ' +
+      'of its block of 128; "block updates": the lazy W[:, end:] -= Err Hinv[block, end:] products; ' +
+      '"write + propagate": storing the codes and the next layer\'s inputs (the MLP half from the kept ' +
+      'residual); "loss report": the per-linear reconstruction losses of GPTQ and RTN (tr(D H D^T), a ' +
+      'report, not part of GPTQ); "other": reading weights back, RTN\'s fake quantization for that report.',
   );
