@@ -233,7 +233,6 @@ export class LlamaModel {
     return att;
   }
 
-  /** MLP block output for normed input x. */
   /** silu(gate x) * up x, the input of down_proj, for normed input x. */
   mlpActivation(layer: number, x: Tensor, hooks?: ForwardHooks): Tensor {
     const gate = this.applyLinear(layer, 'gate_proj', x, hooks);
@@ -244,6 +243,7 @@ export class LlamaModel {
     return act;
   }
 
+  /** MLP block output for normed input x. */
   mlpBlock(layer: number, x: Tensor, hooks?: ForwardHooks): Tensor {
     const act = this.mlpActivation(layer, x, hooks);
     const out = this.applyLinear(layer, 'down_proj', act, hooks);
