@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import type { CalibSet } from '../src/calib/data.ts';
 import { UserError } from '../src/errors.ts';
 import {
   decode,
@@ -18,27 +17,19 @@ import {
   mxSharedExponent,
   parseFormat,
 } from '../src/formats/index.ts';
-import { LINEARS, type LinearName, LlamaModel } from '../src/model/llama.ts';
+import { LlamaModel } from '../src/model/llama.ts';
 import { dequantizeGptq, factorHessian, type GptqOptions, gptq } from '../src/quant/gptq.ts';
 import { reconstructionLoss } from '../src/quant/gptq-layer.ts';
 import { choleskyInverseUpper, HessianAccumulator } from '../src/quant/hessian.ts';
 import '../src/quant/methods.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
-import { type GptqStep, resolveRecipe } from '../src/quant/recipe.ts';
-import { setQuantizedWeight } from '../src/quant/weights.ts';
+import { resolveRecipe } from '../src/quant/recipe.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { f16BitsToNumber, numberToF16Bits } from '../src/tensor/dtype.ts';
-import type { Tensor } from '../src/tensor/tensor.ts';
-import { MODELS, rng } from './helpers.ts';
+import { assertSameWeights, MODELS, randomCalibration, rng, wholeLayerGptq } from './helpers.ts';
 
 const cpu = new CpuBackend();
 const SMALL = `${MODELS}llama-small`;
-const TRUE_SEQUENTIAL: LinearName[][] = [
-  ['q_proj', 'k_proj', 'v_proj'],
-  ['o_proj'],
-  ['gate_proj', 'up_proj'],
-  ['down_proj'],
-];
 
 const ROWS = 64;
 const COLS = 128;
@@ -581,63 +572,11 @@ describe('gptq input errors', () => {
   });
 });
 
-/**
- * The pipeline computes each true-sequential group's input through only the part of the layer that
- * feeds it (and the MLP groups from one cached residual); here every group's Hessian comes from a
- * whole-layer pass with a hook instead, as the reference code measures it. Same weights, bit for bit.
- */
 test('GPTQ in the pipeline: staged group inputs give the weights of whole-layer hook passes', async () => {
-  const recipe = resolveRecipe('gptq-w3g128-actorder');
-  const step = recipe.steps[0] as GptqStep;
-  const spec = recipe.weights as FormatSpec;
-  const random = rng(7);
-  const calib: CalibSet = {
-    ids: Int32Array.from({ length: 3 * 64 }, () => Math.floor(random.uniform() * 8192)),
-    samples: 3,
-    seqLen: 64,
-    sampler: 'pool',
-    source: 'test',
-    sha256: '',
-    textChars: 0,
-    poolTokens: 0,
-  };
+  const calib = randomCalibration(7, 3, 64);
   const staged = LlamaModel.load(SMALL, cpu);
-  await quantizeModel(staged, recipe, calib);
+  await quantizeModel(staged, resolveRecipe('gptq-w3g128-actorder'), calib);
   const whole = LlamaModel.load(SMALL, cpu);
-  const shape = { batch: calib.samples, seqLen: calib.seqLen };
-  let h = whole.embed(calib.ids);
-  for (let layer = 0; layer < whole.layers.length; layer++) {
-    for (const group of TRUE_SEQUENTIAL) {
-      const lin = whole.layers[layer].linears;
-      const [, cols] = lin[group[0]].weight.shape;
-      const acc = new HessianAccumulator(cols);
-      let gram: Promise<void> | undefined;
-      const hooks = {
-        linearInput: (_l: number, n: LinearName, x: Tensor) => {
-          if (n !== group[0]) return undefined;
-          const xT = cpu.transpose(x);
-          gram = cpu.read(cpu.linear(xT, xT)).then((g) => acc.addGram(g, x.shape[0]));
-          return undefined;
-        },
-      };
-      whole.layerForward(layer, h, shape, hooks).dispose();
-      await gram;
-      const H = acc.finish();
-      const factor = factorHessian(H, cols, step);
-      for (const name of group) {
-        const w = await cpu.read(lin[name].weight);
-        const q = gptq(w, lin[name].weight.shape[0], cols, H, spec, step, factor);
-        setQuantizedWeight(whole, layer, name, { encoded: q.encoded, gIdx: q.gIdx });
-      }
-    }
-    const next = whole.layerForward(layer, h, shape);
-    h.dispose();
-    h = next;
-  }
-  for (let layer = 0; layer < whole.layers.length; layer++)
-    for (const name of LINEARS) {
-      const got = await cpu.read(staged.layers[layer].linears[name].weight);
-      const want = await cpu.read(whole.layers[layer].linears[name].weight);
-      assert.deepEqual(got, want, `layer ${layer} ${name}`);
-    }
+  await wholeLayerGptq(whole, resolveRecipe('gptq-w3g128-actorder'), calib);
+  await assertSameWeights(staged, whole);
 });

@@ -1,12 +1,17 @@
-import { loadCalibration } from '../src/calib/data.ts';
+import assert from 'node:assert/strict';
+import { type CalibSet, loadCalibration } from '../src/calib/data.ts';
+import type { FormatSpec } from '../src/formats/spec.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
-import { LlamaModel } from '../src/model/llama.ts';
+import { LINEARS, type LinearName, LlamaModel } from '../src/model/llama.ts';
 import { saveQuantized } from '../src/quant/checkpoint.ts';
+import { factorHessian, gptq } from '../src/quant/gptq.ts';
+import { HessianAccumulator } from '../src/quant/hessian.ts';
 import { f32ToF16 } from '../src/tensor/dtype.ts';
 import '../src/quant/methods.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
-import type { Recipe } from '../src/quant/recipe.ts';
-import type { Backend } from '../src/tensor/tensor.ts';
+import type { GptqStep, Recipe } from '../src/quant/recipe.ts';
+import { setQuantizedWeight } from '../src/quant/weights.ts';
+import type { Backend, Tensor } from '../src/tensor/tensor.ts';
 
 /** Deterministic random numbers for tests (mulberry32 + Box-Muller). */
 export function rng(seed: number) {
@@ -113,4 +118,78 @@ export function randomGgmlBlocks(type: keyof typeof GGML_F16_FIELDS, n: number, 
       out[b * bytes + at + 1] = h >> 8;
     }
   return out;
+}
+
+/** Random token ids as a calibration set of `samples` x `seqLen` (for tests that need no text). */
+export function randomCalibration(seed: number, samples: number, seqLen: number): CalibSet {
+  const random = rng(seed);
+  return {
+    ids: Int32Array.from({ length: samples * seqLen }, () => Math.floor(random.uniform() * 8192)),
+    samples,
+    seqLen,
+    sampler: 'pool',
+    source: 'test',
+    sha256: '',
+    textChars: 0,
+    poolTokens: 0,
+  };
+}
+
+const TRUE_SEQUENTIAL: LinearName[][] = [
+  ['q_proj', 'k_proj', 'v_proj'],
+  ['o_proj'],
+  ['gate_proj', 'up_proj'],
+  ['down_proj'],
+];
+
+/**
+ * GPTQ's true-sequential loop as the reference code measures it, the pipeline's staging aside: each
+ * group's Hessian from a whole-layer pass with a hook, each layer's outputs from the whole quantized
+ * layer. All calibration samples in one chunk (as the pipeline has them at these sizes).
+ */
+export async function wholeLayerGptq(model: LlamaModel, recipe: Recipe, calib: CalibSet): Promise<void> {
+  const b = model.backend;
+  const step = recipe.steps[0] as GptqStep;
+  const spec = recipe.weights as FormatSpec;
+  const shape = { batch: calib.samples, seqLen: calib.seqLen };
+  let h = model.embed(calib.ids);
+  for (let layer = 0; layer < model.layers.length; layer++) {
+    const lin = model.layers[layer].linears;
+    for (const group of TRUE_SEQUENTIAL) {
+      const [, cols] = lin[group[0]].weight.shape;
+      const acc = new HessianAccumulator(cols);
+      let gram: Promise<void> | undefined;
+      const hooks = {
+        linearInput: (_l: number, n: LinearName, x: Tensor) => {
+          if (n !== group[0]) return undefined;
+          const xT = b.transpose(x);
+          gram = b.read(b.linear(xT, xT)).then((g) => acc.addGram(g, x.shape[0]));
+          return undefined;
+        },
+      };
+      model.layerForward(layer, h, shape, hooks).dispose();
+      await gram;
+      const H = acc.finish();
+      const factor = factorHessian(H, cols, step);
+      for (const name of group) {
+        const w = await b.read(lin[name].weight);
+        const q = gptq(w, lin[name].weight.shape[0], cols, H, spec, step, factor);
+        setQuantizedWeight(model, layer, name, { encoded: q.encoded, gIdx: q.gIdx });
+      }
+    }
+    const next = model.layerForward(layer, h, shape);
+    h.dispose();
+    h = next;
+  }
+  h.dispose();
+}
+
+/** Every linear weight of `a` equals `b`'s, bit for bit. */
+export async function assertSameWeights(a: LlamaModel, b: LlamaModel): Promise<void> {
+  for (let layer = 0; layer < a.layers.length; layer++)
+    for (const name of LINEARS) {
+      const got = await a.backend.read(a.layers[layer].linears[name].weight);
+      const want = await b.backend.read(b.layers[layer].linears[name].weight);
+      assert.deepEqual(got, want, `layer ${layer} ${name}`);
+    }
 }
