@@ -16,7 +16,7 @@ import type { LinearName } from '../model/llama.ts';
 import type { Tensor } from '../tensor/tensor.ts';
 import { factorHessian, gptq } from './gptq.ts';
 import { addMatmulNT, HessianAccumulator } from './hessian.ts';
-import { addMs, type LayerContext, registerLayerStep, timed } from './pipeline.ts';
+import { addMs, type LayerContext, registerLayerStep, residualsPropagate, timed } from './pipeline.ts';
 import type { GptqStep } from './recipe.ts';
 import { readOnce, setQuantizedWeight } from './weights.ts';
 
@@ -159,7 +159,8 @@ async function gptqLayer(ctx: LayerContext, step: GptqStep): Promise<void> {
   try {
     for (const group of SEQUENTIAL) await gptqGroup(ctx, step, group, stages, losses);
     // with GPTQ the last step, the quantized attention half is final: propagation runs only the MLP half
-    if (ctx.recipe.steps.at(-1) === step) ctx.attentionResiduals = stages.takeResiduals();
+    if (ctx.recipe.steps.at(-1) === step && residualsPropagate(ctx.recipe))
+      ctx.attentionResiduals = stages.takeResiduals();
   } finally {
     stages.dispose();
   }

@@ -35,8 +35,8 @@ export interface LayerContext {
   /** what steps report (chosen ratios, losses...) keyed by step */
   notes: Record<string, unknown>;
   /**
-   * per chunk, the residual stream after the quantized layer's attention half, when the last step
-   * made it (GPTQ): propagation then runs only the MLP half
+   * per chunk, the residual stream after the quantized layer's attention half, left by the last step
+   * (GPTQ) when residualsPropagate(recipe): propagation then runs only the MLP half
    */
   attentionResiduals?: Tensor[];
 }
@@ -211,7 +211,6 @@ async function layerByLayer(
       recipe.propagate === 'quantized'
         ? await timed(report.timings, 'propagate', () => propagateQuantized(ctx))
         : fpOutputs;
-    for (const t of ctx.attentionResiduals ?? []) t.dispose();
     for (const t of inputs) t.dispose();
     inputs = next;
     const seconds = {
@@ -260,12 +259,17 @@ async function captureIfNeeded(ctx: LayerContext): Promise<Tensor[]> {
 }
 
 /**
- * The quantized layer's outputs, the next layer's inputs. From the residuals a step left when they
- * still hold: finishLayer changes no weight a step quantized, but installs activation quantizers.
+ * Whether residuals after the quantized attention half, made by the last step, give the next layer's
+ * inputs: finishLayer changes no weight a step quantized, but installs activation quantizers.
  */
+export function residualsPropagate(recipe: Recipe): boolean {
+  return recipe.propagate === 'quantized' && !recipe.activations;
+}
+
+/** The quantized layer's outputs, the next layer's inputs: the MLP half alone when a step left the residuals. */
 async function propagateQuantized(ctx: LayerContext): Promise<Tensor[]> {
   const residuals = ctx.attentionResiduals;
-  if (!residuals || ctx.recipe.activations) return runLayer(ctx, {}, true);
+  if (!residuals) return runLayer(ctx, {}, true);
   ctx.attentionResiduals = undefined;
   return residuals.map((h1) => {
     const out = ctx.model.mlpResidual(ctx.layer, h1);
