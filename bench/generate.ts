@@ -20,6 +20,7 @@ import { KvCache } from '../src/runtime/kv-cache.ts';
 import { Sampler } from '../src/runtime/sampling.ts';
 import { createBackend, type DeviceName } from '../src/tensor/index.ts';
 import type { Backend } from '../src/tensor/tensor.ts';
+import { WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
 import { publish, type Row, table } from './report.ts';
 import { synthLlama3 } from './synth-model.ts';
 
@@ -34,6 +35,8 @@ const { values } = parseArgs({
     out: { type: 'string' },
     report: { type: 'string' },
     'no-write': { type: 'boolean', default: false },
+    /** runs every row twice, first without reusing bind groups and uniforms (the baseline) */
+    'compare-reuse': { type: 'boolean', default: false },
   },
 });
 if (values.report) {
@@ -43,7 +46,6 @@ if (values.report) {
 const skip = new Set(values.skip.split(','));
 const promptLen = Number(values.prompt);
 const newTokens = Number(values.new);
-const backend = await createBackend(values.device as DeviceName);
 const results: Record<string, unknown>[] = [];
 function report(r: Record<string, unknown>): void {
   results.push(r);
@@ -51,13 +53,28 @@ function report(r: Record<string, unknown>): void {
   if (values.out) fs.writeFileSync(values.out, JSON.stringify(results, null, 1));
 }
 
-if (values.model && !skip.has('small')) {
-  const model = LlamaModel.load(values.model, backend);
-  const tokenizer = loadTokenizer(values.model);
-  const engine = new ModelEngine(model, tokenizer, {
-    modelName: 'small',
-    template: loadChatTemplate(values.model),
-  });
+const NO_REUSE = ' (no bind-group reuse)';
+const reuseModes = values['compare-reuse'] ? [false, true] : [true];
+for (const reuse of reuseModes) {
+  const backend =
+    values.device === 'webgpu'
+      ? await WebGpuBackend.create({ reuseBindGroups: reuse })
+      : await createBackend(values.device as DeviceName);
+  const variant = reuse ? '' : NO_REUSE;
+  if (values.model && !skip.has('small')) await smallRate(backend, variant);
+  if (!skip.has('8b')) await synthRates(backend, variant);
+  if (backend instanceof WebGpuBackend) {
+    const cache = backend.ctx.bindGroups;
+    if (cache) report({ what: 'bind-groups', hits: cache.hits, misses: cache.misses, cached: cache.size });
+    backend.destroy();
+  }
+}
+
+async function smallRate(backend: Backend, variant: string): Promise<void> {
+  const dir = values.model as string;
+  const model = LlamaModel.load(dir, backend);
+  const tokenizer = loadTokenizer(dir);
+  const engine = new ModelEngine(model, tokenizer, { modelName: 'small', template: loadChatTemplate(dir) });
   const text = values.text
     ? fs.readFileSync(values.text, 'utf8')
     : 'The history of the city begins '.repeat(40);
@@ -68,7 +85,7 @@ if (values.model && !skip.has('small')) {
     const r = await engine.generate(prompt, { maxTokens: newTokens });
     report({
       what: 'generate',
-      model: values.model,
+      model: `${values.model}${variant}`,
       device: backend.name,
       promptTokens: prompt.length,
       newTokens: r.tokens.length,
@@ -144,17 +161,17 @@ async function decodeRate(model: LlamaModel, variant: string): Promise<void> {
   });
 }
 
-if (!skip.has('8b')) {
+async function synthRates(backend: Backend, variant: string): Promise<void> {
   const model = synthLlama3(backend);
-  await decodeRate(model, 'bf16');
+  await decodeRate(model, `bf16${variant}`);
   const layer = model.layers[0];
   for (const name of LINEARS) usePackedW4(backend, layer.linears[name]);
-  await decodeRate(model, 'W4 g128 (codes decoded in the GEMM)');
+  await decodeRate(model, `W4 g128 (codes decoded in the GEMM)${variant}`);
   for (const name of LINEARS) {
     layer.linears[name].packed = undefined;
     useInt8(backend, layer.linears[name]);
   }
-  await decodeRate(model, 'W8A8 (int8 GEMM)');
+  await decodeRate(model, `W8A8 (int8 GEMM)${variant}`);
 }
 
 /** The llmq and PyTorch results of one GPU call, side by side (the first llama-small repetition is a warm one too). */
@@ -184,7 +201,7 @@ function publishReport(files: string): void {
     const base = small ? baseline('llama-small torch.float32') : baseline('llama-3-8b random bf16');
     rows.push({
       model: small
-        ? 'llama-small (bf16 weights, f32 math)'
+        ? `llama-small (bf16 weights, f32 math)${model.endsWith(NO_REUSE) ? NO_REUSE : ''}`
         : model.replace('llama-3-8b synthetic', 'Llama-3-8B shapes,'),
       'llmq decode tokens/s': r.decodeTokensPerSecond,
       'llmq prompt (128 tokens) s': r.prefillSeconds,

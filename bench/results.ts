@@ -108,6 +108,11 @@ const SETS: Record<string, Job[]> = {
     },
     { label: 'AWQ+GPTQ W4A8 MXINT4-128', recipe: 'mxint4-awq-gptq', calib: GPTQ_CALIB },
     {
+      label: 'AWQ (with clip)+GPTQ W4A8 MXINT4-128',
+      recipe: { name: 'awq-clip-gptq-mx', ...W4A8_MX, steps: ['awq', 'gptq'] },
+      calib: GPTQ_CALIB,
+    },
+    {
       label: 'SmoothQuant+GPTQ W4A8 MXINT4-128',
       recipe: { name: 'sq-gptq-mx', ...W4A8_MX, steps: ['smoothquant', 'gptq'] },
       calib: GPTQ_CALIB,

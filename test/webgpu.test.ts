@@ -18,6 +18,7 @@ import { LlamaModel } from '../src/model/llama.ts';
 import '../src/quant/methods.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
 import { resolveRecipe } from '../src/quant/recipe.ts';
+import { KvCache } from '../src/runtime/kv-cache.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { bf16ToF32, f32ToBf16, f32ToF16 } from '../src/tensor/dtype.ts';
 import { createBackend } from '../src/tensor/index.ts';
@@ -344,6 +345,66 @@ test('llama-tiny perplexity on 2 windows of 512 is within 0.01% of the CPU backe
   const single = await perplexity(model, tokens, { ...opts, batch: 1 });
   assert.equal(defaultBatch(model, 512) >= 2, true);
   single.windowMeanNll.forEach((v, i) => assert.ok(Math.abs(v - got.windowMeanNll[i]) < 1e-5, `window ${i}`));
+});
+
+test('forward passes and decode steps free what they allocate (device bytes stay flat)', {
+  skip,
+}, async () => {
+  const model = LlamaModel.load(`${MODELS}llama-tiny`, gpu!);
+  const ids = Int32Array.from({ length: 64 }, (_, i) => (i * 31) % 500);
+  const pass = async () => {
+    const logits = model.forward(ids, { batch: 1, seqLen: 64 });
+    await gpu!.read(logits);
+    logits.dispose();
+  };
+  await pass();
+  const afterOne = gpu!.ctx.liveBytes;
+  for (let i = 0; i < 3; i++) await pass();
+  assert.equal(gpu!.ctx.liveBytes, afterOne, 'forward');
+  const cache = new KvCache(model, 64);
+  const step = async (tokens: Int32Array) => {
+    cache.reserve(tokens.length);
+    const logits = model.forwardCached(tokens, cache);
+    await gpu!.read(logits);
+    logits.dispose();
+  };
+  await step(ids.subarray(0, 8));
+  await step(ids.subarray(8, 9));
+  const afterStep = gpu!.ctx.liveBytes;
+  for (let i = 9; i < 14; i++) await step(ids.subarray(i, i + 1));
+  assert.equal(gpu!.ctx.liveBytes, afterStep, 'decode');
+  cache.dispose();
+});
+
+test('reused uniforms and bind groups: a recycled page or the arena fallback never changes results', {
+  skip,
+}, async () => {
+  // one page of 256 parameter slots, filled many times over, in submits of 64 dispatches
+  const small = await WebGpuBackend.create({ uniformPages: 1 });
+  try {
+    const table = ropeTable({
+      headDim: 64,
+      maxPositionEmbeddings: 4096,
+      rope: { type: 'default', theta: 10000 },
+    });
+    const data = rng(9).normal(2 * 128, 1);
+    const xc = cpu.upload(data, [2, 128], 'f32');
+    const xg = small.upload(data, [2, 128], 'f32');
+    const rope = (b: Backend, x: Tensor, first: number) =>
+      b.rope(x, Int32Array.of(first, first + 1), 64, table);
+    const outs = Array.from({ length: 700 }, (_, i) => ({ got: rope(small, xg, i), want: rope(cpu, xc, i) }));
+    for (const [i, o] of outs.entries()) await expectClose(o.got, o.want, 1e-6, `rope at ${i}`);
+    // the same parameters and (pooled) buffers again: cached bind groups
+    const hits = small.ctx.bindGroups?.hits ?? 0;
+    for (let i = 0; i < 20; i++) {
+      const got = rope(small, xg, i % 2);
+      await expectClose(got, rope(cpu, xc, i % 2), 1e-6, `repeat ${i}`);
+      got.dispose();
+    }
+    assert.ok((small.ctx.bindGroups?.hits ?? 0) >= hits + 18, 'repeated dispatches reuse their bind group');
+  } finally {
+    small.destroy();
+  }
 });
 
 test('createBackend: cpu, webgpu and auto', { skip }, async () => {

@@ -218,8 +218,14 @@ export class LlamaModel {
     const b = this.backend;
     const { numHeads, numKvHeads, headDim } = this.config;
     const pos = cache ? positionsFrom(cache.past, shape.seqLen) : this.positions(shape);
-    const q = b.rope(this.applyLinear(layer, 'q_proj', x, hooks), pos, headDim, this.rope);
-    const k = b.rope(this.applyLinear(layer, 'k_proj', x, hooks), pos, headDim, this.rope);
+    const rotated = (name: 'q_proj' | 'k_proj') => {
+      const raw = this.applyLinear(layer, name, x, hooks);
+      const out = b.rope(raw, pos, headDim, this.rope);
+      raw.dispose();
+      return out;
+    };
+    const q = rotated('q_proj');
+    const k = rotated('k_proj');
     const v = this.applyLinear(layer, 'v_proj', x, hooks);
     const heads = { numHeads, numKvHeads, headDim };
     const past = cache?.past ?? 0;

@@ -11,6 +11,7 @@
  */
 import { fail } from '../../errors.ts';
 import type { DType } from '../tensor.ts';
+import { BindGroupCache, UniformCache } from './bind-cache.ts';
 
 export const ELEM_BYTES: Record<DType, number> = { f32: 4, i32: 4, f16: 2, bf16: 2, i8: 1, u8: 1 };
 
@@ -23,6 +24,10 @@ export interface ContextOptions {
   poolBytes?: number;
   /** dispatches recorded before the encoder is submitted (default 64) */
   dispatchesPerSubmit?: number;
+  /** reuse bind groups and uniform parameters across dispatches (default true; off only to measure) */
+  reuseBindGroups?: boolean;
+  /** 64 KiB pages of reused uniform parameters (default 32) */
+  uniformPages?: number;
 }
 
 const STORAGE_USAGE = 0x80 | 0x04 | 0x08; // STORAGE | COPY_SRC | COPY_DST
@@ -125,6 +130,10 @@ export class Params {
     this.kinds.push('f');
     return this;
   }
+  /** identifies the bytes writeTo writes */
+  key(): string {
+    return `${this.kinds.join('')}:${this.words.join(',')}`;
+  }
   get byteLength(): number {
     return Math.max(16, Math.ceil((this.words.length * 4) / 16) * 16);
   }
@@ -198,6 +207,8 @@ export class GpuContext {
   private dispatches = 0;
   private readonly uniforms: Arena;
   private readonly hostArena: Arena;
+  private readonly uniformCache: UniformCache | undefined;
+  readonly bindGroups: BindGroupCache | undefined;
   /** the window `whole` computed for a storage (weights are bound whole by every decode GEMV) */
   private readonly wholeWindows = new WeakMap<Storage, Window>();
   /** bytes allocated through this context and not destroyed (pooled buffers included), and their peak */
@@ -222,8 +233,16 @@ export class GpuContext {
     this.maxGroups = lim.maxComputeWorkgroupsPerDimension;
     this.poolLimit = opts.poolBytes ?? 1 << 30;
     this.perSubmit = opts.dispatchesPerSubmit ?? 64;
-    this.uniforms = new Arena((size) => this.create(size, UNIFORM_USAGE, true), this.uniformAlign);
-    this.hostArena = new Arena((size) => this.create(size, DATA_ARENA_USAGE, true), this.align);
+    if (opts.reuseBindGroups ?? true) {
+      this.bindGroups = new BindGroupCache();
+      this.uniformCache = new UniformCache(device, this.uniformAlign, opts.uniformPages ?? 32);
+    }
+    const transient = (buffer: GPUBuffer) => {
+      this.bindGroups?.markTransient(buffer);
+      return buffer;
+    };
+    this.uniforms = new Arena((size) => transient(this.create(size, UNIFORM_USAGE, true)), this.uniformAlign);
+    this.hostArena = new Arena((size) => transient(this.create(size, DATA_ARENA_USAGE, true)), this.align);
     if (this.maxBindingBytes < 1024) fail(`WebGPU: binding limit ${this.maxBindingBytes} bytes is too small`);
     // dawn.node aborts the process when an uncapturederror listener is installed (lavapipe,
     // webgpu 0.6), so errors are collected by an error scope kept open between host reads.
@@ -300,6 +319,7 @@ export class GpuContext {
     if (this.pooledBytes + buf.size > this.poolLimit) {
       this.flush();
       this.liveBytes -= buf.size;
+      this.bindGroups?.forget(buf);
       buf.destroy();
       return;
     }
@@ -315,6 +335,7 @@ export class GpuContext {
     for (const list of this.free.values())
       for (const b of list) {
         this.liveBytes -= b.size;
+        this.bindGroups?.forget(b);
         b.destroy();
       }
     this.free.clear();
@@ -488,7 +509,8 @@ export class GpuContext {
   }
 
   private params(p: Params): GPUBufferBinding {
-    return this.uniforms.put(p.byteLength, (view, offset) => p.writeTo(view, offset));
+    const write = (view: DataView, offset = 0) => p.writeTo(view, offset);
+    return this.uniformCache?.get(p.key(), p.byteLength, write) ?? this.uniforms.put(p.byteLength, write);
   }
 
   /**
@@ -518,10 +540,12 @@ export class GpuContext {
     const all = params ? [this.params(params), ...bindings] : bindings;
     if (all.length !== k.bindings.length)
       throw new Error(`${k.key}: ${all.length} bindings for ${k.bindings.length}`);
-    const group = this.device.createBindGroup({
-      layout,
-      entries: all.map((resource, binding) => ({ binding, resource })),
-    });
+    const create = () =>
+      this.device.createBindGroup({
+        layout,
+        entries: all.map((resource, binding) => ({ binding, resource })),
+      });
+    const group = this.bindGroups ? this.bindGroups.get(k.key, all, create) : create();
     this.pass ??= this.enc().beginComputePass();
     this.pass.setPipeline(pipeline);
     this.pass.setBindGroup(0, group);
@@ -550,6 +574,7 @@ export class GpuContext {
     this.uniforms.destroy();
     this.hostArena.destroy();
     this.dispatches = 0;
+    this.uniformCache?.submitted();
   }
 
   /** Copies ranges of buffers to the host: one staging buffer, one submit, one mapAsync. */

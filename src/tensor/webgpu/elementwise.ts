@@ -239,7 +239,7 @@ function ropeKernel(dx: DType): Kernel {
     key: `rope:${dx}`,
     bindings: ['uniform', 'read', 'read', 'read', 'write'],
     code: () => `
-struct P { n: u32, width: u32, headDim: u32, xOff: u32, oOff: u32, posOff: u32 }
+struct P { n: u32, width: u32, headDim: u32, xOff: u32, oOff: u32, posOff: u32, first: i32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> X: array<${arrayType(dx)}>;
 @group(0) @binding(2) var<storage, read> POS: array<i32>;
@@ -258,7 +258,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let pair = e % halfW;
   let i = pair % half;
   let col = (pair / half) * p.headDim + i;
-  let pos = u32(POS[p.posOff + row]);
+  // first >= 0: positions first, first + 1, ... (no POS buffer, so decode steps bind the same buffers)
+  let pos = select(u32(POS[p.posOff + row]), u32(p.first) + p.posOff + row, p.first >= 0);
   let cs = CS[pos * half + i];
   let a = ldX(p.xOff + row * p.width + col);
   let b = ldX(p.xOff + row * p.width + col + half);
@@ -266,6 +267,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   O[p.oOff + row * p.width + col + half] = b * cs.x + a * cs.y;
 }`,
   };
+}
+
+function consecutive(positions: Int32Array): boolean {
+  for (let i = 1; i < positions.length; i++) if (positions[i] !== positions[0] + i) return false;
+  return positions.length > 0;
 }
 
 export function rope(
@@ -288,7 +294,11 @@ export function rope(
   const out = ctx.allocStorage(x.rows, width, 'f32');
   if (x.rows === 0) return out;
   const cs = ropeTableBuffer(ctx, table, maxPos);
-  const pos = ctx.hostData(new Uint8Array(positions.buffer, positions.byteOffset, positions.byteLength));
+  const first = consecutive(positions) ? positions[0] : -1;
+  const pos =
+    first >= 0
+      ? ctx.dummy()
+      : ctx.hostData(new Uint8Array(positions.buffer, positions.byteOffset, positions.byteLength));
   const k = ropeKernel(x.dtype);
   const csBinding = { buffer: cs.buffer, offset: 0, size: cs.buffer.size };
   if (cs.buffer.size > ctx.maxBindingBytes)
@@ -301,7 +311,7 @@ export function rope(
     const [wx, wo] = seg.w;
     ctx.dispatch(
       k,
-      new Params().u(n).u(width).u(headDim).u(wx.off).u(wo.off).u(seg.r0),
+      new Params().u(n).u(width).u(headDim).u(wx.off).u(wo.off).u(seg.r0).i(first),
       [wx.binding, pos, csBinding, wo.binding],
       grid2(Math.ceil(n / WG)),
     );
