@@ -130,9 +130,10 @@ export class Params {
     this.kinds.push('f');
     return this;
   }
-  /** identifies the bytes writeTo writes */
+  /** identifies the bytes writeTo writes (-0 apart from 0) */
   key(): string {
-    return `${this.kinds.join('')}:${this.words.join(',')}`;
+    const words = this.words.map((w) => (Object.is(w, -0) ? '-0' : String(w)));
+    return `${this.kinds.join('')}:${words.join(',')}`;
   }
   get byteLength(): number {
     return Math.max(16, Math.ceil((this.words.length * 4) / 16) * 16);

@@ -259,7 +259,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let i = pair % half;
   let col = (pair / half) * p.headDim + i;
   // first >= 0: positions first, first + 1, ... (no POS buffer, so decode steps bind the same buffers)
-  let pos = select(u32(POS[p.posOff + row]), u32(p.first) + p.posOff + row, p.first >= 0);
+  var pos = u32(p.first) + p.posOff + row;
+  if (p.first < 0) { pos = u32(POS[p.posOff + row]); }
   let cs = CS[pos * half + i];
   let a = ldX(p.xOff + row * p.width + col);
   let b = ldX(p.xOff + row * p.width + col + half);
