@@ -56,6 +56,9 @@ for (const [name, backend] of BACKENDS) {
       ['int3-g64', 2, 40, 192, false],
       ['int8-row-sym', 4, 33, 96, false],
       ['int4-g32', 1, 16, 128, true],
+      // rows of more words than one pass of the lanes takes (words 264 and 265), some lanes idle at the end
+      ['int4-g32', 1, 24, 2112, false],
+      ['int8-row-sym', 2, 16, 1060, false],
       // llama.cpp blocks: (code - 8) * d and (code - 128) * d per 32 columns, GEMM and GEMV
       ['q4_0', 5, 24, 64, false],
       ['q8_0', 3, 16, 96, false],

@@ -167,7 +167,8 @@ function gemvDenseLoop(M: number): string {
 
 /**
  * Packed codes, a word at a time: one load, one scale/zero lookup per word (groups are whole words
- * unless a g_idx maps each column), shifts instead of ldW's per-element divisions.
+ * unless a g_idx maps each column), shifts instead of ldW's per-element divisions. Lanes take
+ * consecutive words, so a subgroup's weight loads and its x loads each cover few cache lines.
  */
 function gemvPackedLoop(pk: PackedLayout, M: number): string {
   const per = 32 / pk.codeBits;
@@ -177,9 +178,9 @@ function gemvPackedLoop(pk: PackedLayout, M: number): string {
   return `
     let words = p.K / ${per}u;
     let wRow = p.wOff / ${per}u + n * words;
-    for (var w0 = lane * ${GEMV_WORDS}u; w0 < words; w0 += ${GEMV_LANES * GEMV_WORDS}u) {
+    for (var w0 = lane; w0 < words; w0 += ${GEMV_LANES * GEMV_WORDS}u) {
       for (var j = 0u; j < ${GEMV_WORDS}u; j++) {
-        let kw = w0 + j;
+        let kw = w0 + j * ${GEMV_LANES}u;
         if (kw >= words) { break; }
         let word = bitcast<u32>(W[wRow + kw]);
         let k0 = kw * ${per}u;${
