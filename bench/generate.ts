@@ -39,6 +39,7 @@ const { values } = parseArgs({
     'compare-reuse': { type: 'boolean', default: false },
   },
 });
+const NO_REUSE = ' (no bind-group reuse)';
 if (values.report) {
   publishReport(values.report);
   process.exit(0);
@@ -53,7 +54,6 @@ function report(r: Record<string, unknown>): void {
   if (values.out) fs.writeFileSync(values.out, JSON.stringify(results, null, 1));
 }
 
-const NO_REUSE = ' (no bind-group reuse)';
 const reuseModes = values['compare-reuse'] ? [false, true] : [true];
 for (const reuse of reuseModes) {
   const backend =
@@ -213,7 +213,7 @@ function publishReport(files: string): void {
   const same = baseline('llama-small torch.float32')?.sameGreedyPrefixAsLlmq;
   const notes = `Greedy decoding, 128-token prompt, 256 new tokens, one sequence. PyTorch: transformers ${device.transformers} \`model.generate\` (dynamic KV cache, sdpa), torch ${device.torch}, same GPU, same call. llmq's greedy ids on llama-small equal PyTorch fp32's for the first ${same} of 256 tokens. The 8B model has random weights, one layer's tensors shared by all 32 layers (same work and weight traffic per token). llmq rows: the better of two runs. Both sides move a lot between calls, PyTorch's more (HF generate is host-bound: its llama-small fp32 gave 89 and 140 tokens/s, its 8B bf16 9.2, 14.0 and 17.5 in different calls), so compare within one section.
 
-What limits llmq: the host, not the GPU. A decode step is one token through ~25 kernels a layer (~200 for llama-small, ~900 for the 8B), each encoded from JavaScript; a CPU profile of the llama-small loop puts ~45% of the host time in recording dispatches (bind groups) and ~17% in submits. The 8B bf16's weight traffic (16 GB a token, 3.3 ms at the H200's 4.8 TB/s) would allow ~300 tokens/s. So W4 and W8A8, which move 4x and 2x fewer bytes, are not faster than bf16 here: the packed GEMV also decodes codes on the ALUs, and W8A8 runs three kernels a linear (quantize x, int8 GEMV, scale). Matrix-vector kernels for decode (a weight spread over N/8 workgroups instead of N/128 GEMM tiles) took the 8B from 4.2 to ~32 tokens/s, and writing ids/positions into a per-submit arena instead of a new buffer each call took llama-small from ~80-117 to ~100-144.`;
+What limits llmq. A decode step is one token through ~25 kernels a layer (~200 for llama-small, ~900 for the 8B), each encoded from JavaScript, so the host sets the pace for small models: decode records the same dispatches every token, and reusing their bind groups and uniform parameters (rows without "no bind-group reuse") removes most of that cost. The 8B bf16's weight traffic (16 GB a token, ~5 ms at an H100's 3.35 TB/s) would allow ~200 tokens/s. W4 moves 4x fewer weight bytes than bf16; its packed GEMV decodes the codes on the ALUs, and its lanes read consecutive code words (coalesced loads). W8A8 runs three kernels a linear (quantize x, int8 GEMV, scale).`;
   publish(
     `Generation (decode) on ${device.gpu} through WebGPU`,
     'bench/generate.ts on the GPU machine (bundled with gpu-bundle.sh), then bench/generate_torch.py, then bench/generate.ts --report',
