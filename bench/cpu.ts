@@ -4,7 +4,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import os from 'node:os';
-import { LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { threadCount } from '../src/tensor/cpu/pool.ts';
 import { publish, type Row, table } from './report.ts';
@@ -56,7 +56,7 @@ for (const [M, N, K] of SHAPES) {
   });
 }
 
-const model = LlamaModel.load(new URL('../../shared/models/llama-small', import.meta.url).pathname, cpu);
+const model = loadLlama(new URL('../../shared/models/llama-small', import.meta.url).pathname, cpu);
 const ids = Int32Array.from({ length: 512 }, (_, i) => (i * 7919) % 8192);
 const seconds = timeBest(() => model.forward(ids, { batch: 1, seqLen: 512 }), 3);
 const fwd = `llama-small forward, 1 x 512 tokens: ${(512 / seconds).toFixed(0)} tokens/s (${seconds.toFixed(3)} s per window)`;

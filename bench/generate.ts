@@ -13,7 +13,8 @@
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
-import { LINEARS, type Linear, LlamaModel } from '../src/model/llama.ts';
+import { LINEARS, type Linear, type LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import { loadChatTemplate } from '../src/runtime/chat-template.ts';
 import { ModelEngine } from '../src/runtime/generate.ts';
 import { KvCache } from '../src/runtime/kv-cache.ts';
@@ -72,7 +73,7 @@ for (const reuse of reuseModes) {
 
 async function smallRate(backend: Backend, variant: string): Promise<void> {
   const dir = values.model as string;
-  const model = LlamaModel.load(dir, backend);
+  const model = loadLlama(dir, backend);
   const tokenizer = loadTokenizer(dir);
   const engine = new ModelEngine(model, tokenizer, { modelName: 'small', template: loadChatTemplate(dir) });
   const text = values.text

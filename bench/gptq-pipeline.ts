@@ -11,7 +11,7 @@
 import { parseArgs } from 'node:util';
 import { loadCalibration } from '../src/calib/data.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
-import { LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import '../src/quant/methods.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
 import { resolveRecipe } from '../src/quant/recipe.ts';
@@ -39,7 +39,7 @@ const calib = await loadCalibration(loadTokenizer(values.model), {
   seed: 0,
   sampler: recipe.calib.sampler,
 });
-const model = LlamaModel.load(values.model, new CpuBackend());
+const model = loadLlama(values.model, new CpuBackend());
 if (values.layers) model.layers.length = Math.min(model.layers.length, Number(values.layers));
 const report = await quantizeModel(model, recipe, calib, {
   onLayer: (done, total) => console.error(`layer ${done}/${total}`),

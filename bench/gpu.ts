@@ -14,7 +14,8 @@
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { perplexity } from '../src/eval/perplexity.ts';
-import { LINEARS, LlamaModel } from '../src/model/llama.ts';
+import { LINEARS } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import type { DType, Tensor } from '../src/tensor/tensor.ts';
 import { WebGpuBackend, WebGpuTensor } from '../src/tensor/webgpu/backend.ts';
@@ -246,7 +247,7 @@ if (!skip.has('int8')) {
 if (!skip.has('ppl') && values.model && values.tokens) {
   const buf = fs.readFileSync(values.tokens);
   const tokens = new Int32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
-  const model = LlamaModel.load(values.model, gpu);
+  const model = loadLlama(values.model, gpu);
   const maxWindows = values.windows ? Number(values.windows) : undefined;
   for (const batch of values['ppl-batch'].split(',').map(Number)) {
     const t0 = performance.now();

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadCalibration } from '../src/calib/data.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
-import { LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import { saveQuantized } from '../src/quant/checkpoint.ts';
 import '../src/quant/methods.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
@@ -28,7 +28,7 @@ const cpu = new CpuBackend();
 const rows: Row[] = [];
 const out = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-bench-'));
 
-const rtnModel = LlamaModel.load(dir, cpu);
+const rtnModel = loadLlama(dir, cpu);
 const rtn = await quantizeModel(rtnModel, resolveRecipe('rtn-w4g128'), undefined);
 const saveStart = performance.now();
 const manifest = {
@@ -55,7 +55,7 @@ const calib = await loadCalibration(loadTokenizer(dir), {
   seqLen: 512,
   seed: 0,
 });
-const awq = await quantizeModel(LlamaModel.load(dir, cpu), recipe, calib);
+const awq = await quantizeModel(loadLlama(dir, cpu), recipe, calib);
 const split = Object.entries(awq.timings)
   .map(([k, v]) => `${k} ${v.toFixed(1)} s`)
   .join(', ');

@@ -12,9 +12,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { type CalibSampler, loadCalibration } from '../src/calib/data.ts';
-import { perplexity, readEvalText } from '../src/eval/perplexity.ts';
+import { readEvalText } from '../src/eval/eval-text.ts';
+import { perplexity } from '../src/eval/perplexity.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
-import { LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import '../src/quant/methods.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
 import { type Recipe, recipeNeedsCalibration, resolveRecipe } from '../src/quant/recipe.ts';
@@ -179,7 +180,7 @@ const outBase = path.join(
 for (const job of jobs) {
   const start = performance.now();
   const recipe = resolve(job, values.quick);
-  const model = LlamaModel.load(dir, backend);
+  const model = loadLlama(dir, backend);
   let report: Awaited<ReturnType<typeof quantizeModel>> | undefined;
   let calibInfo: Record<string, unknown> | undefined;
   if (recipe) {
@@ -192,7 +193,7 @@ for (const job of jobs) {
       dumpAwq(values['dump-awq'], calib.ids, recipe);
     report = await quantizeModel(model, recipe, calib);
   }
-  const reference = values.kl && recipe ? LlamaModel.load(dir, backend) : undefined;
+  const reference = values.kl && recipe ? loadLlama(dir, backend) : undefined;
   const r = await perplexity(model, evalIds, { seqLen, maxWindows: windows, reference });
   const row = {
     model: name,

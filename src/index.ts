@@ -1,7 +1,8 @@
 /** The library entry point: `import { loadModel, quantizeModel, perplexity } from 'llmq'`. */
 export { type CalibOptions, type CalibSet, loadCalibration } from './calib/data.ts';
 export { UserError } from './errors.ts';
-export { perplexity, readEvalText } from './eval/perplexity.ts';
+export { readEvalText } from './eval/eval-text.ts';
+export { perplexity } from './eval/perplexity.ts';
 export { decode, encode, fakeQuantRows, formatName, parseFormat } from './formats/index.ts';
 export type { FormatSpec } from './formats/spec.ts';
 export { loadTokenizer } from './io/tokenizer.ts';

@@ -15,7 +15,7 @@ import {
   writeSafetensors,
   writeShardedCheckpoint,
 } from '../src/io/safetensors.ts';
-import { LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { rng } from './helpers.ts';
 
@@ -224,7 +224,7 @@ function naiveForward(a: Arch, w: Weights, ids: number[]): number[][] {
 
 /** Loads dir with LlamaModel, runs two sequences as one batch and compares with the naive forward. */
 async function checkAgainstNaive(dir: string, a: Arch, w: Weights, seed: number): Promise<void> {
-  const model = LlamaModel.load(dir, cpu);
+  const model = loadLlama(dir, cpu);
   const seqLen = 9;
   const r = rng(seed);
   const seqs = [0, 1].map(() => Array.from({ length: seqLen }, () => Math.floor(r.uniform() * a.vocab)));

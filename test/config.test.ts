@@ -4,7 +4,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { UserError } from '../src/errors.ts';
-import { loadModelConfig, type ModelConfig, parseModelConfig } from '../src/io/config.ts';
+import { type ModelConfig, parseModelConfig } from '../src/io/config.ts';
+import { loadModelConfig } from '../src/io/config-file.ts';
 import { ropeTable } from '../src/io/rope.ts';
 import { MODELS } from './helpers.ts';
 

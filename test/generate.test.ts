@@ -10,7 +10,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
-import { LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import { ggufChatTemplate, loadChatTemplate } from '../src/runtime/chat-template.ts';
 import { eosIdsOf, ModelEngine } from '../src/runtime/generate.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
@@ -27,7 +27,7 @@ const reference = JSON.parse(fs.readFileSync(`${SMALL}/hf-train-reference.json`,
 };
 
 function engineFor(dir: string, backend: Backend = cpu, contextLength?: number): ModelEngine {
-  const model = LlamaModel.load(dir, backend);
+  const model = loadLlama(dir, backend);
   return new ModelEngine(model, loadTokenizer(dir), {
     modelName: 'test',
     contextLength,

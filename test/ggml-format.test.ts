@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import { dequantizeQ4_0, dequantizeQ8_0, quantizeQ4_0, quantizeQ8_0 } from '../src/formats/ggml.ts';
 import { decode, encode, fakeQuantRows, formatName, parseFormat } from '../src/formats/index.ts';
 import { readGguf, readGgufTensor } from '../src/io/gguf.ts';
-import { LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import { defineRecipe, resolveRecipe } from '../src/quant/recipe.ts';
 import { createBackend } from '../src/tensor/index.ts';
 import { MODELS, rng, savedTinyCheckpoint } from './helpers.ts';
@@ -118,7 +118,7 @@ test('a gptq-q4_0 checkpoint exports to GGUF Q4_0 blocks that decode to its weig
   const model = await savedTinyCheckpoint(cpu, resolveRecipe('gptq-q4_0'), `${dir}/ckpt`, true);
   await run('./bin/llmq', ['export', `${dir}/ckpt`, '--to', 'gguf-q4_0', '--out', `${dir}/m.gguf`]);
   const gguf = readGguf(`${dir}/m.gguf`);
-  const src = LlamaModel.load(`${MODELS}llama-tiny`, cpu);
+  const src = loadLlama(`${MODELS}llama-tiny`, cpu);
   // q/k rows are permuted for llama.cpp's rope; these keep the checkpoint's row order
   for (const [ggufName, name] of [
     ['attn_v', 'v_proj'],

@@ -9,7 +9,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { UserError } from '../src/errors.ts';
-import { perplexity, readEvalText } from '../src/eval/perplexity.ts';
+import { readEvalText } from '../src/eval/eval-text.ts';
+import { perplexity } from '../src/eval/perplexity.ts';
 import {
   dequantizeF16,
   dequantizeQ4_0,
@@ -33,7 +34,8 @@ import { exportGguf, permuteRotaryRows } from '../src/io/export/gguf.ts';
 import { GGML_TYPE, type GgufFile, gguf, readGguf, readGgufTensor, writeGguf } from '../src/io/gguf.ts';
 import { loadGgufModel, loadGgufTokenizer, unpermuteRotaryRows } from '../src/io/gguf-model.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
-import { LINEARS, type LinearName, LlamaModel } from '../src/model/llama.ts';
+import { LINEARS, type LinearName, type LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import { blockCodes } from '../src/model/packed.ts';
 import { loadModel } from '../src/quant/load.ts';
 import { resolveRecipe } from '../src/quant/recipe.ts';
@@ -55,7 +57,7 @@ before(async () => {
     files[type] = path.join(tmp, `tiny-${type}.gguf`);
     await exportGguf(SOURCE, files[type], { type });
   }
-  source = LlamaModel.load(SOURCE, backend);
+  source = loadLlama(SOURCE, backend);
 });
 
 after(() => {
@@ -229,7 +231,7 @@ test('the GGUF tokenizer gives the HF tokenizer ids on 4 kB of wikitext', () => 
 
 test('perplexity of the f16 GGUF equals that of the source with fp16-rounded weights', async () => {
   const tokens = loadTokenizer(SOURCE).encode(readEvalText(WIKI).slice(0, 4000));
-  const rounded = LlamaModel.load(SOURCE, backend);
+  const rounded = loadLlama(SOURCE, backend);
   const imported = loadGgufModel(files.f16, backend);
   try {
     const round = async (t: Tensor) => {

@@ -25,7 +25,8 @@ import {
 import { exportGguf, type GgufExportType } from '../src/io/export/gguf.ts';
 import { GgufWriter, gguf, readGguf, readGgufTensor, writeGguf } from '../src/io/gguf.ts';
 import { openCheckpoint, type TensorToWrite, writeSafetensors } from '../src/io/safetensors.ts';
-import { LlamaModel } from '../src/model/llama.ts';
+import type { LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import { saveQuantized } from '../src/quant/checkpoint.ts';
 import { loadModel } from '../src/quant/load.ts';
 import { resolveRecipe } from '../src/quant/recipe.ts';
@@ -357,7 +358,7 @@ describe('exportGguf on llama-tiny', () => {
   let source: LlamaModel;
 
   before(async () => {
-    source = LlamaModel.load(TINY, cpu);
+    source = loadLlama(TINY, cpu);
     for (const type of ['q8_0', 'q4_0', 'f16'] as const) {
       const out = path.join(ROOT, `tiny-${type}.gguf`);
       const summary = await exportGguf(TINY, out, { type });

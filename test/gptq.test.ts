@@ -17,7 +17,7 @@ import {
   mxSharedExponent,
   parseFormat,
 } from '../src/formats/index.ts';
-import { LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import { dequantizeGptq, factorHessian, type GptqOptions, gptq } from '../src/quant/gptq.ts';
 import { reconstructionLoss } from '../src/quant/gptq-layer.ts';
 import { choleskyInverseUpper, HessianAccumulator } from '../src/quant/hessian.ts';
@@ -574,9 +574,9 @@ describe('gptq input errors', () => {
 
 test('GPTQ in the pipeline: staged group inputs give the weights of whole-layer hook passes', async () => {
   const calib = randomCalibration(7, 3, 64);
-  const staged = LlamaModel.load(SMALL, cpu);
+  const staged = loadLlama(SMALL, cpu);
   await quantizeModel(staged, resolveRecipe('gptq-w3g128-actorder'), calib);
-  const whole = LlamaModel.load(SMALL, cpu);
+  const whole = loadLlama(SMALL, cpu);
   await wholeLayerGptq(whole, resolveRecipe('gptq-w3g128-actorder'), calib);
   await assertSameWeights(staged, whole);
 });

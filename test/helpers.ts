@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { type CalibSet, loadCalibration } from '../src/calib/data.ts';
 import type { FormatSpec } from '../src/formats/spec.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
-import { LINEARS, type LinearName, LlamaModel } from '../src/model/llama.ts';
+import { LINEARS, type LinearName, type LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import { saveQuantized } from '../src/quant/checkpoint.ts';
 import { factorHessian, gptq } from '../src/quant/gptq.ts';
 import { HessianAccumulator } from '../src/quant/hessian.ts';
@@ -61,7 +62,7 @@ export async function savedTinyCheckpoint(
   withCalibration = false,
 ): Promise<LlamaModel> {
   const tiny = `${MODELS}llama-tiny`;
-  const model = LlamaModel.load(tiny, backend);
+  const model = loadLlama(tiny, backend);
   const calib = withCalibration
     ? await loadCalibration(loadTokenizer(tiny), {
         file: `${SHARED}data/text/brown.txt`,

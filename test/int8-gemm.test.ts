@@ -6,11 +6,12 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { perplexity, readEvalText } from '../src/eval/perplexity.ts';
+import { readEvalText } from '../src/eval/eval-text.ts';
+import { perplexity } from '../src/eval/perplexity.ts';
 import { encode, parseFormat } from '../src/formats/index.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { int8Linear, useInt8Matmuls } from '../src/model/int8.ts';
-import { LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import type { Backend } from '../src/tensor/tensor.ts';
 import { openDevice, WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
@@ -195,7 +196,7 @@ for (const [name, backend] of [
     skip: backend ? false : 'no WebGPU adapter',
   }, async () => {
     const b = backend!;
-    const model = LlamaModel.load(`${MODELS}llama-tiny`, b);
+    const model = loadLlama(`${MODELS}llama-tiny`, b);
     await quantizeModel(model, resolveRecipe('rtn-w8a8'), undefined);
     const tokens = loadTokenizer(`${MODELS}llama-tiny`).encode(readEvalText(WIKITEXT).slice(0, 6000));
     const opts = { seqLen: 256, maxWindows: 2 };

@@ -8,9 +8,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { perplexity, readEvalText } from '../src/eval/perplexity.ts';
+import { readEvalText } from '../src/eval/eval-text.ts';
+import { perplexity } from '../src/eval/perplexity.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
-import { LlamaModel } from '../src/model/llama.ts';
+import type { LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
 import { resolveRecipe } from '../src/quant/recipe.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
@@ -25,7 +27,7 @@ const root = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-kl-'));
 after(() => fs.rmSync(root, { recursive: true, force: true }));
 
 async function quantized(recipe: string): Promise<LlamaModel> {
-  const model = LlamaModel.load(TINY, cpu);
+  const model = loadLlama(TINY, cpu);
   await quantizeModel(model, resolveRecipe(recipe), undefined);
   return model;
 }
@@ -67,7 +69,7 @@ async function naiveKl(
 }
 
 test('perplexity with a reference: KL summary equals a naive float64 computation', async () => {
-  const fp = LlamaModel.load(TINY, cpu);
+  const fp = loadLlama(TINY, cpu);
   const q = await quantized('rtn-w4');
   const r = await perplexity(q, tokens, { seqLen: SEQ, maxWindows: WINDOWS, reference: fp, batch: 2 });
   const want = await naiveKl(fp, q);
@@ -87,11 +89,11 @@ test('perplexity with a reference: KL summary equals a naive float64 computation
 });
 
 test('a model against itself: zero KL, always the same top token', async () => {
-  const fp = LlamaModel.load(TINY, cpu);
+  const fp = loadLlama(TINY, cpu);
   const r = await perplexity(fp, tokens, {
     seqLen: SEQ,
     maxWindows: 2,
-    reference: LlamaModel.load(TINY, cpu),
+    reference: loadLlama(TINY, cpu),
   });
   assert.equal(r.kl!.mean, 0);
   assert.equal(r.kl!.max, 0);

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import { KvCache } from '../src/runtime/kv-cache.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import type { Backend } from '../src/tensor/tensor.ts';
@@ -99,7 +99,7 @@ for (const [name, b] of backends) {
   test(`logits through the KV cache equal one full forward (${name}, llama-tiny)`, {
     skip: !b && 'no WebGPU adapter',
   }, async () => {
-    const model = LlamaModel.load(`${MODELS}llama-tiny`, b!);
+    const model = loadLlama(`${MODELS}llama-tiny`, b!);
     const V = model.config.vocabSize;
     const ids = Int32Array.from({ length: 300 }, (_, i) => (i * 7919 + 13) % V);
     const full = await b!.read(model.forward(ids, { batch: 1, seqLen: ids.length }));

@@ -9,9 +9,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { loadCalibration } from '../src/calib/data.ts';
-import { perplexity, readEvalText } from '../src/eval/perplexity.ts';
+import { readEvalText } from '../src/eval/eval-text.ts';
+import { perplexity } from '../src/eval/perplexity.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
-import { LlamaModel } from '../src/model/llama.ts';
+import type { LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import { loadQuantized, readQuantizationConfig, saveQuantized } from '../src/quant/checkpoint.ts';
 import '../src/quant/methods.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
@@ -41,7 +43,7 @@ function recipeOf(obj: Record<string, unknown>) {
 const ppl = async (m: LlamaModel) => (await perplexity(m, evalIds, { seqLen: 256, maxWindows: 2 })).ppl;
 
 test('SmoothQuant folding alone leaves the full-precision function unchanged', async () => {
-  const model = LlamaModel.load(TINY, cpu);
+  const model = loadLlama(TINY, cpu);
   const before = await ppl(model);
   const absMax = (n: string) =>
     Float32Array.from({ length: 256 }, (_, j) => 0.5 + ((j * 37 + n.length) % 17));
@@ -94,7 +96,7 @@ const CASES: [string, Record<string, unknown>, (notes: Record<string, unknown>[]
 for (const [what, obj, check] of CASES) {
   test(`${what}: runs, leaves its notes, and the saved checkpoint reloads exactly`, async () => {
     const recipe = recipeOf(obj);
-    const model = LlamaModel.load(TINY, cpu);
+    const model = loadLlama(TINY, cpu);
     const report = await quantizeModel(model, recipe, calib);
     check(report.layers as Record<string, unknown>[]);
     const before = await ppl(model);
@@ -118,7 +120,7 @@ test('same seed, same checkpoint bytes: calibration and quantization are determi
       seqLen: 64,
       seed: 7,
     });
-    const model = LlamaModel.load(TINY, cpu);
+    const model = loadLlama(TINY, cpu);
     await quantizeModel(model, recipe, set);
     const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-d-')), 'q');
     const manifest = testManifest(TINY);
@@ -136,7 +138,7 @@ test('SmoothQuant+ scores every alpha by logit MSE against fp, "none" = plain RT
     weights: 'int4-g64',
     steps: [{ sqplus: { step: 0.5, lossSamples: 2 } }],
   });
-  const model = LlamaModel.load(TINY, cpu);
+  const model = loadLlama(TINY, cpu);
   const report = await quantizeModel(model, recipe, calib);
   const sq = report.model.sqplus as {
     alpha: number | null;
@@ -151,8 +153,8 @@ test('SmoothQuant+ scores every alpha by logit MSE against fp, "none" = plain RT
   const best = sq.losses.reduce((a, b) => (b.loss < a.loss ? b : a));
   assert.equal(sq.alpha, best.alpha);
   // the "none" candidate, recomputed here: RTN-rounded weights, squared logit error against fp
-  const fp = LlamaModel.load(TINY, cpu);
-  const rtn = LlamaModel.load(TINY, cpu);
+  const fp = loadLlama(TINY, cpu);
+  const rtn = loadLlama(TINY, cpu);
   for (const L of rtn.layers)
     for (const n of recipe.targets) L.linears[n].weight = cpu.fakeQuant(L.linears[n].weight, recipe.weights!);
   let sum = 0;

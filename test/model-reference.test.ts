@@ -2,9 +2,10 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { test } from 'node:test';
-import { perplexity, readEvalText } from '../src/eval/perplexity.ts';
+import { readEvalText } from '../src/eval/eval-text.ts';
+import { perplexity } from '../src/eval/perplexity.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
-import { LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import type { Tensor } from '../src/tensor/tensor.ts';
 import { MODELS, WIKITEXT } from './helpers.ts';
@@ -46,7 +47,7 @@ async function checkSummary(t: Tensor, want: HiddenSummary, what: string): Promi
 for (const name of ['llama-tiny', 'llama-small', 'llama-small-outliers']) {
   test(`${name}: every layer's hidden state and the last logits match transformers`, async () => {
     const ref = reference(name);
-    const model = LlamaModel.load(`${MODELS}${name}`, cpu);
+    const model = loadLlama(`${MODELS}${name}`, cpu);
     const ids = Int32Array.from(ref.debug_prompt_ids as number[]);
     const shape = { batch: 1, seqLen: ids.length };
     let h = model.embed(ids);
@@ -69,7 +70,7 @@ test('llama-tiny: WikiText-2 tokens and perplexity of 4 windows of 512 match ref
   const tokens = loadTokenizer(`${MODELS}llama-tiny`).encode(readEvalText(WIKITEXT));
   assert.equal(tokens.length, 371757);
   assert.deepEqual([...tokens.subarray(0, 16)], ref.first_ids);
-  const model = LlamaModel.load(`${MODELS}llama-tiny`, cpu);
+  const model = loadLlama(`${MODELS}llama-tiny`, cpu);
   const r = await perplexity(model, tokens, { seqLen: 512, maxWindows: 4 });
   const want = ref.seq512.window_mean_nll.slice(0, 4) as number[];
   r.windowMeanNll.forEach((v, i) => close(v, want[i], 2e-5, `window ${i}`));

@@ -8,13 +8,15 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { perplexity, readEvalText } from '../src/eval/perplexity.ts';
+import { readEvalText } from '../src/eval/eval-text.ts';
+import { perplexity } from '../src/eval/perplexity.ts';
 import { encode, parseFormat } from '../src/formats/index.ts';
 import { exportGguf } from '../src/io/export/gguf.ts';
 import { GGML_TYPE, readGguf, readGgufTensor, writeGguf } from '../src/io/gguf.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { int8Eligible, useInt8Matmuls } from '../src/model/int8.ts';
-import { LlamaModel } from '../src/model/llama.ts';
+import type { LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import { packable, usePackedWeights } from '../src/model/packed.ts';
 import { saveQuantized } from '../src/quant/checkpoint.ts';
 import { loadModel } from '../src/quant/load.ts';
@@ -99,7 +101,7 @@ for (const [name, backend] of BACKENDS) {
 test("WebGPU llama-tiny W4 g64 with packed weights (f32 copies freed) gives the f32 model's perplexity", {
   skip: gpu ? false : 'no WebGPU adapter',
 }, async () => {
-  const model = LlamaModel.load(`${MODELS}llama-tiny`, gpu!);
+  const model = loadLlama(`${MODELS}llama-tiny`, gpu!);
   await quantizeModel(model, { ...resolveRecipe('rtn-w4g128'), weights: parseFormat('int4-g64') }, undefined);
   const tokens = loadTokenizer(`${MODELS}llama-tiny`).encode(readEvalText(WIKITEXT).slice(0, 6000));
   const opts = { seqLen: 256, maxWindows: 2 };
@@ -124,7 +126,7 @@ test('WebGPU: a stored W4 g64 / W8A8 checkpoint loaded codes-only (no f32 weight
       ],
       ['w8a8', resolveRecipe('rtn-w8a8'), (m: LlamaModel) => useInt8Matmuls(m)],
     ] as const) {
-      const source = LlamaModel.load(TINY, cpu);
+      const source = loadLlama(TINY, cpu);
       await quantizeModel(source, recipe, undefined);
       const dir = path.join(root, name);
       await saveQuantized(source, recipe, testManifest(TINY), dir, false);

@@ -7,9 +7,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { perplexity, readEvalText } from '../src/eval/perplexity.ts';
+import { readEvalText } from '../src/eval/eval-text.ts';
+import { perplexity } from '../src/eval/perplexity.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
-import { LINEARS, LlamaModel } from '../src/model/llama.ts';
+import { LINEARS } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import { loadQuantized, readQuantizationConfig, saveQuantized } from '../src/quant/checkpoint.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
 import { resolveRecipe } from '../src/quant/recipe.ts';
@@ -101,7 +103,7 @@ const CASES: Case[] = [
 
 /** The naive model: weights replaced by the naive quantizer, activations quantized in a hook. */
 async function naivePerplexity(c: Case, windows: number): Promise<number> {
-  const model = LlamaModel.load(SMALL, cpu);
+  const model = loadLlama(SMALL, cpu);
   for (const L of model.layers)
     for (const name of LINEARS) {
       const lin = L.linears[name];
@@ -129,7 +131,7 @@ async function naivePerplexity(c: Case, windows: number): Promise<number> {
 
 for (const c of CASES) {
   test(`${c.recipe}: weights and perplexity equal a naive implementation of the definition`, async () => {
-    const model = LlamaModel.load(SMALL, cpu);
+    const model = loadLlama(SMALL, cpu);
     const original = await Promise.all(model.layers.map((L) => cpu.read(L.linears.down_proj.weight)));
     await quantizeModel(model, resolveRecipe(c.recipe), undefined);
     for (let i = 0; i < model.layers.length; i++) {
@@ -149,7 +151,7 @@ test('a saved checkpoint reloads to exactly the in-memory perplexity, packed to 
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-q-'));
   const out = path.join(dir, 'q');
   const recipe = resolveRecipe('rtn-w4a8');
-  const model = LlamaModel.load(SMALL, cpu);
+  const model = loadLlama(SMALL, cpu);
   await quantizeModel(model, recipe, undefined);
   const before = await perplexity(model, tokens, { seqLen: 512, maxWindows: 1 });
   const manifest = {
@@ -179,8 +181,8 @@ test('a saved checkpoint reloads to exactly the in-memory perplexity, packed to 
 test('W4A4 per token blows up on the outlier model', async () => {
   const dir = `${MODELS}llama-small-outliers`;
   const ids = loadTokenizer(dir).encode(readEvalText(WIKITEXT));
-  const fp = await perplexity(LlamaModel.load(dir, cpu), ids, { seqLen: 512, maxWindows: 1 });
-  const model = LlamaModel.load(dir, cpu);
+  const fp = await perplexity(loadLlama(dir, cpu), ids, { seqLen: 512, maxWindows: 1 });
+  const model = loadLlama(dir, cpu);
   await quantizeModel(model, resolveRecipe('rtn-w4a4'), undefined);
   const q = await perplexity(model, ids, { seqLen: 512, maxWindows: 1 });
   assert.ok(q.ppl > 3 * fp.ppl, `W4A4 ${q.ppl} vs fp ${fp.ppl}`);

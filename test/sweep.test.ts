@@ -9,9 +9,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { loadCalibration } from '../src/calib/data.ts';
-import { perplexity, readEvalText } from '../src/eval/perplexity.ts';
+import { readEvalText } from '../src/eval/eval-text.ts';
+import { perplexity } from '../src/eval/perplexity.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
-import { LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import { sweepHtml } from '../src/report/html.ts';
 import '../src/quant/methods.ts';
 import { type QuantReport, quantizeModel } from '../src/quant/pipeline.ts';
@@ -190,13 +191,13 @@ test('a sweep on llama-tiny: fp row and a cell equal the direct runs', async () 
   });
   assert.deepEqual(seen, ['1/2', '2/2']);
 
-  const fpModel = LlamaModel.load(TINY, cpu);
+  const fpModel = loadLlama(TINY, cpu);
   const fp = await perplexity(fpModel, tokens, EVAL);
   assert.equal(result.fp.ppl, fp.ppl);
 
   const awqCell = result.cells.find((c) => c.row === 'awq');
   assert.ok(awqCell && awqCell.ppl !== null && !awqCell.error);
-  const model = LlamaModel.load(TINY, cpu);
+  const model = loadLlama(TINY, cpu);
   const calib = await loadCalibration(loadTokenizer(TINY), CALIB);
   const report = await quantizeModel(model, awqCell.recipe, calib);
   const direct = await perplexity(model, tokens, { ...EVAL, reference: fpModel });

@@ -9,12 +9,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { synthConfig, writeSynthCheckpoint } from '../src/cli/synth.ts';
-import { defaultBatch, perplexity, readEvalText } from '../src/eval/perplexity.ts';
+import { readEvalText } from '../src/eval/eval-text.ts';
+import { defaultBatch, perplexity } from '../src/eval/perplexity.ts';
 import { parseFormat } from '../src/formats/index.ts';
 import { ropeTable } from '../src/io/rope.ts';
 import { openCheckpoint } from '../src/io/safetensors.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
-import { LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
 import '../src/quant/methods.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
 import { resolveRecipe } from '../src/quant/recipe.ts';
@@ -335,8 +336,8 @@ test('llama-tiny perplexity on 2 windows of 512 is within 0.01% of the CPU backe
   const text = readEvalText(WIKITEXT).slice(0, 12000);
   const tokens = loadTokenizer(`${MODELS}llama-tiny`).encode(text);
   const opts = { seqLen: 512, maxWindows: 2, batch: 2 };
-  const want = await perplexity(LlamaModel.load(`${MODELS}llama-tiny`, cpu), tokens, opts);
-  const model = LlamaModel.load(`${MODELS}llama-tiny`, gpu!);
+  const want = await perplexity(loadLlama(`${MODELS}llama-tiny`, cpu), tokens, opts);
+  const model = loadLlama(`${MODELS}llama-tiny`, gpu!);
   const got = await perplexity(model, tokens, opts);
   assert.equal(got.windows, 2);
   assert.ok(Math.abs(got.ppl / want.ppl - 1) < 1e-4, `ppl ${got.ppl} vs CPU ${want.ppl}`);
@@ -350,7 +351,7 @@ test('llama-tiny perplexity on 2 windows of 512 is within 0.01% of the CPU backe
 test('forward passes and decode steps free what they allocate (device bytes stay flat)', {
   skip,
 }, async () => {
-  const model = LlamaModel.load(`${MODELS}llama-tiny`, gpu!);
+  const model = loadLlama(`${MODELS}llama-tiny`, gpu!);
   const ids = Int32Array.from({ length: 64 }, (_, i) => (i * 31) % 500);
   const pass = async () => {
     const logits = model.forward(ids, { batch: 1, seqLen: 64 });
@@ -447,10 +448,10 @@ test('synth writes a loadable random checkpoint with the architecture, sane valu
     assert.ok(bf16ToF32(ckpt.read('model.norm.weight').data as Uint16Array).every((v) => v === 1));
     ckpt.close();
     const ids = Int32Array.from({ length: 40 }, (_, i) => (i * 17) % 300);
-    const want = await cpu.read(LlamaModel.load(dir, cpu).forward(ids, { batch: 1, seqLen: 40 }));
+    const want = await cpu.read(loadLlama(dir, cpu).forward(ids, { batch: 1, seqLen: 40 }));
     assert.ok(want.every(Number.isFinite) && want.some((v) => v !== 0));
     if (gpu) {
-      const got = await gpu.read(LlamaModel.load(dir, gpu).forward(ids, { batch: 1, seqLen: 40 }));
+      const got = await gpu.read(loadLlama(dir, gpu).forward(ids, { batch: 1, seqLen: 40 }));
       assert.ok(relErr(got, want) < 1e-5);
     }
     assert.throws(() => synthConfig('gpt-5'), /unknown --like/);
@@ -464,14 +465,14 @@ test('GPTQ in the pipeline on WebGPU: the weights of whole-layer hook passes, th
 }, async () => {
   const calib = randomCalibration(11, 4, 128);
   const recipe = resolveRecipe('gptq-w4g128');
-  const staged = LlamaModel.load(`${MODELS}llama-small`, gpu!);
+  const staged = loadLlama(`${MODELS}llama-small`, gpu!);
   await quantizeModel(staged, recipe, calib);
-  const whole = LlamaModel.load(`${MODELS}llama-small`, gpu!);
+  const whole = loadLlama(`${MODELS}llama-small`, gpu!);
   await wholeLayerGptq(whole, recipe, calib);
   await assertSameWeights(staged, whole);
   // the first group sees the same inputs on both backends: its Hessian differs only by f32 rounding.
   // Later groups drift apart (a flipped code moves every later input), as GPTQ does between arithmetics.
-  const onCpu = LlamaModel.load(`${MODELS}llama-small`, cpu);
+  const onCpu = loadLlama(`${MODELS}llama-small`, cpu);
   await quantizeModel(onCpu, recipe, calib);
   for (const name of ['q_proj', 'k_proj', 'v_proj'] as const) {
     const got = await gpu!.read(staged.layers[0].linears[name].weight);

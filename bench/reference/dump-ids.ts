@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { type CalibSampler, loadCalibration } from '../../src/calib/data.ts';
-import { readEvalText } from '../../src/eval/perplexity.ts';
+import { readEvalText } from '../../src/eval/eval-text.ts';
 import { loadTokenizer } from '../../src/io/tokenizer.ts';
 
 const { values } = parseArgs({

@@ -1,10 +1,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fail } from '../errors.ts';
-import { perplexity, readEvalText, windowCount } from '../eval/perplexity.ts';
+import { readEvalText } from '../eval/eval-text.ts';
+import { perplexity, windowCount } from '../eval/perplexity.ts';
 import { isGgufPath } from '../io/gguf-model.ts';
 import { readForeignQuantConfig } from '../io/import.ts';
-import { LlamaModel } from '../model/llama.ts';
+import { loadLlama } from '../model/llama-dir.ts';
 import { readQuantizationConfig } from '../quant/checkpoint.ts';
 import { WebGpuBackend } from '../tensor/webgpu/backend.ts';
 import { intFlag, onePositional, optionalIntFlag, parse, printJson } from './args.ts';
@@ -54,7 +55,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
     opened,
     values.json,
   );
-  const reference = klBase === undefined ? undefined : LlamaModel.load(klBase, backend);
+  const reference = klBase === undefined ? undefined : loadLlama(klBase, backend);
   const progress = new Progress('perplexity', 'windows', values.json);
   progress.update(0, windowCount(tokens.length, seqLen, maxWindows));
   const result = await perplexity(model, tokens, {

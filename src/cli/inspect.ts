@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { loadModelConfig, type ModelConfig } from '../io/config.ts';
+import type { ModelConfig } from '../io/config.ts';
+import { loadModelConfig } from '../io/config-file.ts';
 import { ggmlTypeName, readGguf } from '../io/gguf.ts';
 import { ggufFileTypeName, ggufModelConfig, isGgufPath, loadGgufTokenizer } from '../io/gguf-model.ts';
 import { openCheckpoint } from '../io/safetensors.ts';

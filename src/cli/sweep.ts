@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fail } from '../errors.ts';
-import { readEvalText } from '../eval/perplexity.ts';
+import { readEvalText } from '../eval/eval-text.ts';
 import { loadTokenizer } from '../io/tokenizer.ts';
 import { sweepHtml } from '../report/html.ts';
 import {

@@ -8,7 +8,6 @@
  * token (the seqLen - 1 positions of each window whose NLL counts), summarised as llama.cpp's
  * --kl-divergence does (mean, median, percentiles, max, how often the top token is the same).
  */
-import fs from 'node:fs';
 import { fail } from '../errors.ts';
 import type { LlamaModel } from '../model/llama.ts';
 import type { Tensor } from '../tensor/tensor.ts';
@@ -22,13 +21,6 @@ export function datasetRows(raw: string): string[] {
     if (line === '') return '';
     return i < lines.length - 1 || endsWithNewline ? `${line}\n` : line;
   });
-}
-
-export function readEvalText(file: string): string {
-  if (!fs.existsSync(file)) fail(`${file}: evaluation text file not found`);
-  const raw = fs.readFileSync(file, 'utf8');
-  if (raw.trim() === '') fail(`${file}: evaluation text file is empty`);
-  return datasetRows(raw).join('\n\n');
 }
 
 export interface PerplexityOptions {

@@ -4,8 +4,6 @@
  * 5.x (`rope_parameters`). Defaults are those of the transformers config classes; biases follow what
  * the transformers modules actually build (Mistral has none, Qwen2 always has q/k/v biases).
  */
-import * as fs from 'node:fs';
-import * as nodePath from 'node:path';
 import { fail } from '../errors.ts';
 
 export type ModelType = 'llama' | 'mistral' | 'qwen2';
@@ -403,25 +401,4 @@ export function parseModelConfig(raw: unknown, file = 'config.json'): ModelConfi
     slidingWindow,
     raw,
   };
-}
-
-/** Reads and normalizes `<dir>/config.json` (a path to the json file itself is accepted too). */
-export function loadModelConfig(dir: string): ModelConfig {
-  const file = dir.endsWith('.json') ? dir : nodePath.join(dir, 'config.json');
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    fail(
-      `${file}: cannot read model config (${code === 'ENOENT' ? 'no such file' : (code ?? (e as Error).message)})`,
-    );
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    fail(`${file}: not valid JSON (${(e as Error).message.split('\n')[0]})`);
-  }
-  return parseModelConfig(raw, file);
 }

@@ -24,7 +24,7 @@ import { type CodesOnly, codesOnlyWeight } from '../model/packed.ts';
 import { dequantizeWeight } from '../quant/weights.ts';
 import { bf16ToF32, f16ToF32 } from '../tensor/dtype.ts';
 import type { Backend } from '../tensor/tensor.ts';
-import { loadModelConfig } from './config.ts';
+import { loadModelConfig } from './config-file.ts';
 import { AUTOAWQ_READER } from './export/autoawq.ts';
 import { COMPRESSED_TENSORS_READER } from './export/compressed-tensors.ts';
 import { GPTQ_READER } from './export/gptq.ts';

@@ -1,11 +1,6 @@
 /**
- * safetensors reading and writing (https://github.com/huggingface/safetensors, format section).
- *
- * Layout: u64 little-endian header length N, N bytes of JSON header
- * `{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__"?: {string: string}}`, then the
- * data section; offsets are relative to the start of the data section, and the tensors must cover it
- * exactly (no gaps, no overlaps, nothing after the last tensor), as the reference implementation
- * requires.
+ * safetensors files on disk (https://github.com/huggingface/safetensors, format section; the format
+ * itself is in safetensors-format.ts).
  *
  * Reading touches only the header on open; tensors are read on demand with positional reads, so files
  * larger than a Node Buffer work. Tensor data lands in a SharedArrayBuffer (the CPU backend shares
@@ -15,151 +10,44 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as nodePath from 'node:path';
 import { fail } from '../errors.ts';
+import {
+  type Checkpoint,
+  CheckpointImpl,
+  DTYPE_BYTES,
+  describe,
+  INDEX_FILE,
+  isNonNegInt,
+  isPlainObject,
+  isSafetensorsDType,
+  type ParsedHeader,
+  parseHeader,
+  SAFETENSORS_DTYPES,
+  type SafetensorsDType,
+  type SafetensorsFile,
+  SINGLE_FILE,
+  type TensorData,
+  type TensorInfo,
+  typedArrayFor,
+} from './safetensors-format.ts';
 
 export { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../tensor/dtype.ts';
+export {
+  type Checkpoint,
+  checkpointFromBytes,
+  dtypeBytes,
+  isSafetensorsDType,
+  SAFETENSORS_DTYPES,
+  type SafetensorsArray,
+  type SafetensorsDType,
+  type SafetensorsFile,
+  safetensorsFromBytes,
+  type TensorData,
+  type TensorInfo,
+  typedArrayFor,
+} from './safetensors-format.ts';
 
-/**
- * Supported element types. F16/BF16 are carried as raw Uint16Array bits; BOOL and the 8-bit float
- * formats (F8_E4M3, F8_E5M2, F8_E8M0) as raw Uint8Array bytes.
- */
-export type SafetensorsDType =
-  | 'F64'
-  | 'F32'
-  | 'F16'
-  | 'BF16'
-  | 'I64'
-  | 'I32'
-  | 'I16'
-  | 'I8'
-  | 'U64'
-  | 'U32'
-  | 'U16'
-  | 'U8'
-  | 'BOOL'
-  | 'F8_E4M3'
-  | 'F8_E5M2'
-  | 'F8_E8M0';
-
-export type SafetensorsArray =
-  | Float64Array
-  | Float32Array
-  | Uint16Array
-  | BigInt64Array
-  | BigUint64Array
-  | Int32Array
-  | Uint32Array
-  | Int16Array
-  | Int8Array
-  | Uint8Array;
-
-const DTYPE_BYTES: Record<SafetensorsDType, number> = {
-  F64: 8,
-  F32: 4,
-  F16: 2,
-  BF16: 2,
-  I64: 8,
-  I32: 4,
-  I16: 2,
-  I8: 1,
-  U64: 8,
-  U32: 4,
-  U16: 2,
-  U8: 1,
-  BOOL: 1,
-  F8_E4M3: 1,
-  F8_E5M2: 1,
-  F8_E8M0: 1,
-};
-
-export const SAFETENSORS_DTYPES: readonly SafetensorsDType[] = Object.keys(DTYPE_BYTES) as SafetensorsDType[];
-
-export function isSafetensorsDType(s: unknown): s is SafetensorsDType {
-  return typeof s === 'string' && Object.hasOwn(DTYPE_BYTES, s);
-}
-
-/** Bytes per element of a dtype. */
-export function dtypeBytes(dtype: SafetensorsDType): number {
-  return DTYPE_BYTES[dtype];
-}
-
-/** Wraps raw bytes (offset 0, aligned) in the typed array that carries `dtype`. */
-export function typedArrayFor(
-  dtype: SafetensorsDType,
-  buffer: ArrayBufferLike,
-  byteOffset: number,
-  byteLength: number,
-): SafetensorsArray {
-  const n = byteLength / DTYPE_BYTES[dtype];
-  switch (dtype) {
-    case 'F64':
-      return new Float64Array(buffer, byteOffset, n);
-    case 'F32':
-      return new Float32Array(buffer, byteOffset, n);
-    case 'F16':
-    case 'BF16':
-    case 'U16':
-      return new Uint16Array(buffer, byteOffset, n);
-    case 'I64':
-      return new BigInt64Array(buffer, byteOffset, n);
-    case 'U64':
-      return new BigUint64Array(buffer, byteOffset, n);
-    case 'I32':
-      return new Int32Array(buffer, byteOffset, n);
-    case 'U32':
-      return new Uint32Array(buffer, byteOffset, n);
-    case 'I16':
-      return new Int16Array(buffer, byteOffset, n);
-    case 'I8':
-      return new Int8Array(buffer, byteOffset, n);
-    default:
-      return new Uint8Array(buffer, byteOffset, n);
-  }
-}
-
-export interface TensorInfo {
-  name: string;
-  dtype: SafetensorsDType;
-  shape: number[];
-  /** absolute position of the first byte in the file */
-  byteOffset: number;
-  byteLength: number;
-  /** the file that holds it */
-  file: string;
-}
-
-export interface TensorData {
-  dtype: SafetensorsDType;
-  shape: number[];
-  /** backed by a SharedArrayBuffer of exactly byteLength bytes */
-  data: SafetensorsArray;
-}
-
-export interface SafetensorsFile {
-  readonly path: string;
-  readonly metadata: Record<string, string>;
-  readonly tensors: Map<string, TensorInfo>;
-  read(name: string): TensorData;
-  close(): void;
-}
-
-/** The reference implementation refuses headers above 100 MB; so do we (a corrupt length is likelier). */
-const MAX_HEADER_BYTES = 100_000_000;
 /** Largest single read/write; Node refuses more than 2 GiB - 1 per call. */
 const IO_CHUNK_BYTES = 1 << 30;
-
-function describe(v: unknown): string {
-  if (v === undefined) return 'nothing';
-  const s = JSON.stringify(v);
-  return s.length > 60 ? `${s.slice(0, 57)}...` : s;
-}
-
-function isPlainObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-function isNonNegInt(v: unknown): v is number {
-  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
-}
 
 /**
  * Reads exactly target.byteLength bytes at `position` into `target`, in chunks of at most `chunk`
@@ -191,123 +79,6 @@ function writeFully(fd: number, src: Uint8Array, chunk = IO_CHUNK_BYTES): void {
     const n = Math.min(chunk, src.byteLength - done);
     done += fs.writeSync(fd, src, done, n);
   }
-}
-
-interface ParsedHeader {
-  metadata: Record<string, string>;
-  tensors: Map<string, TensorInfo>;
-}
-
-function parseHeader(path: string, fd: number, fileSize: number): ParsedHeader {
-  if (fileSize < 8) {
-    fail(
-      `${path}: file is ${fileSize} bytes, too short for a safetensors file (the header length alone is 8)`,
-    );
-  }
-  const lenBuf = Buffer.alloc(8);
-  readFully(fd, lenBuf, 0, path);
-  const headerLen = lenBuf.readBigUInt64LE(0);
-  if (headerLen > BigInt(fileSize - 8)) {
-    fail(
-      `${path}: header length ${headerLen} runs past the end of the file (${fileSize - 8} bytes after the length field); truncated or not a safetensors file`,
-    );
-  }
-  const n = Number(headerLen);
-  if (n > MAX_HEADER_BYTES) fail(`${path}: header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
-  const headerBuf = Buffer.alloc(n);
-  readFully(fd, headerBuf, 8, path);
-  let header: unknown;
-  try {
-    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(headerBuf));
-  } catch (e) {
-    fail(`${path}: header is not valid JSON (${(e as Error).message.split('\n')[0]})`);
-  }
-  if (!isPlainObject(header)) {
-    fail(
-      `${path}: header must be a JSON object, found ${Array.isArray(header) ? 'an array' : describe(header)}`,
-    );
-  }
-
-  const dataStart = 8 + n;
-  const dataSize = fileSize - dataStart;
-  const metadata: Record<string, string> = {};
-  const tensors = new Map<string, TensorInfo>();
-  const spans: { name: string; begin: number; end: number }[] = [];
-
-  for (const [name, entry] of Object.entries(header)) {
-    if (name === '__metadata__') {
-      if (!isPlainObject(entry))
-        fail(`${path}: "__metadata__" must be an object of strings, found ${describe(entry)}`);
-      for (const [k, v] of Object.entries(entry)) {
-        if (typeof v !== 'string')
-          fail(`${path}: "__metadata__" entry "${k}" must be a string, found ${describe(v)}`);
-        metadata[k] = v;
-      }
-      continue;
-    }
-    const where = `${path}: tensor "${name}"`;
-    if (!isPlainObject(entry))
-      fail(`${where} must be an object {dtype, shape, data_offsets}, found ${describe(entry)}`);
-    const { dtype, shape, data_offsets: offsets } = entry;
-    if (!isSafetensorsDType(dtype)) {
-      fail(`${where} has unsupported dtype ${describe(dtype)} (supported: ${SAFETENSORS_DTYPES.join(', ')})`);
-    }
-    if (!Array.isArray(shape) || !shape.every(isNonNegInt)) {
-      fail(`${where} shape must be an array of non-negative integers, found ${describe(shape)}`);
-    }
-    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isNonNegInt)) {
-      fail(`${where} data_offsets must be [begin, end] non-negative integers, found ${describe(offsets)}`);
-    }
-    const [begin, end] = offsets as [number, number];
-    if (end < begin) fail(`${where} data_offsets [${begin}, ${end}] end before they begin`);
-    let expected = DTYPE_BYTES[dtype];
-    for (const d of shape as number[]) expected *= d;
-    if (!Number.isSafeInteger(expected)) fail(`${where} shape ${describe(shape)} is too large`);
-    if (end - begin !== expected) {
-      fail(
-        `${where} is ${end - begin} bytes (data_offsets [${begin}, ${end}]) but dtype ${dtype} x shape [${(shape as number[]).join(', ')}] needs ${expected}`,
-      );
-    }
-    if (end > dataSize) {
-      fail(`${where} data_offsets [${begin}, ${end}] exceed the data section (${dataSize} bytes)`);
-    }
-    tensors.set(name, {
-      name,
-      dtype,
-      shape: [...(shape as number[])],
-      byteOffset: dataStart + begin,
-      byteLength: end - begin,
-      file: path,
-    });
-    spans.push({ name, begin, end });
-  }
-
-  // The tensors must tile the data section exactly: sorted by offset, each starts where the previous ended.
-  spans.sort((a, b) => a.begin - b.begin || a.end - b.end);
-  let pos = 0;
-  let prev: (typeof spans)[number] | undefined;
-  for (const s of spans) {
-    if (s.begin < pos && prev !== undefined) {
-      fail(
-        `${path}: tensor "${s.name}" data_offsets [${s.begin}, ${s.end}] overlap tensor "${prev.name}" [${prev.begin}, ${prev.end}]`,
-      );
-    }
-    if (s.begin > pos) {
-      const after =
-        prev === undefined ? 'the start of the data section' : `tensor "${prev.name}" (ends at ${pos})`;
-      fail(
-        `${path}: ${s.begin - pos} unused bytes between ${after} and tensor "${s.name}" (starts at ${s.begin})`,
-      );
-    }
-    pos = s.end;
-    prev = s;
-  }
-  if (pos !== dataSize) {
-    fail(
-      `${path}: data section is ${dataSize} bytes but the tensors cover ${pos}; ${dataSize - pos} trailing bytes (corrupt or mis-written file)`,
-    );
-  }
-  return { metadata, tensors };
 }
 
 class SafetensorsReader implements SafetensorsFile {
@@ -362,7 +133,19 @@ export function openSafetensors(path: string): SafetensorsFile {
   try {
     const stat = fs.fstatSync(fd);
     if (!stat.isFile()) fail(`${path}: not a regular file`);
-    return new SafetensorsReader(path, fd, parseHeader(path, fd, stat.size));
+    return new SafetensorsReader(
+      path,
+      fd,
+      parseHeader(
+        path,
+        (position, length) => {
+          const bytes = new Uint8Array(length);
+          readFully(fd, bytes, position, path);
+          return bytes;
+        },
+        stat.size,
+      ),
+    );
   } catch (e) {
     fs.closeSync(fd);
     throw e;
@@ -371,58 +154,6 @@ export function openSafetensors(path: string): SafetensorsFile {
 
 // ---------------------------------------------------------------------------------------------------
 // Checkpoints (a model directory: one file or shards + index)
-
-export interface Checkpoint {
-  readonly dir: string;
-  /** the safetensors files opened, full paths */
-  readonly files: string[];
-  /** sum of the byte lengths of all tensors */
-  readonly totalBytes: number;
-  /** tensor names: weight_map order for sharded checkpoints, header order otherwise */
-  names(): string[];
-  has(name: string): boolean;
-  info(name: string): TensorInfo;
-  read(name: string): TensorData;
-  close(): void;
-}
-
-const INDEX_FILE = 'model.safetensors.index.json';
-const SINGLE_FILE = 'model.safetensors';
-
-class CheckpointImpl implements Checkpoint {
-  readonly files: string[];
-  readonly totalBytes: number;
-  constructor(
-    readonly dir: string,
-    private readonly shards: SafetensorsFile[],
-    private readonly where: Map<string, SafetensorsFile>,
-  ) {
-    this.files = shards.map((s) => s.path);
-    let total = 0;
-    for (const name of where.keys()) total += this.info(name).byteLength;
-    this.totalBytes = total;
-  }
-  names(): string[] {
-    return [...this.where.keys()];
-  }
-  has(name: string): boolean {
-    return this.where.has(name);
-  }
-  private shardOf(name: string): SafetensorsFile {
-    const f = this.where.get(name);
-    if (f === undefined) fail(`${this.dir}: checkpoint has no tensor named "${name}"`);
-    return f;
-  }
-  info(name: string): TensorInfo {
-    return this.shardOf(name).tensors.get(name)!;
-  }
-  read(name: string): TensorData {
-    return this.shardOf(name).read(name);
-  }
-  close(): void {
-    for (const s of this.shards) s.close();
-  }
-}
 
 function openAll(paths: string[]): SafetensorsFile[] {
   const opened: SafetensorsFile[] = [];

@@ -6,9 +6,9 @@
 import { fail } from '../errors.ts';
 import type { Encoded } from '../formats/index.ts';
 import type { FormatSpec } from '../formats/spec.ts';
-import { loadModelConfig, type ModelConfig } from '../io/config.ts';
+import type { ModelConfig } from '../io/config.ts';
 import { ropeTable } from '../io/rope.ts';
-import { type Checkpoint, openCheckpoint } from '../io/safetensors.ts';
+import type { Checkpoint } from '../io/safetensors-format.ts';
 import type { Backend, DType, PackedWeight, RopeTable, Tensor } from '../tensor/tensor.ts';
 import { type Int8Weight, int8Linear } from './int8.ts';
 import type { BlockCodes } from './packed.ts';
@@ -114,16 +114,6 @@ export class LlamaModel {
     readonly dir: string,
   ) {
     this.rope = ropeTable(config);
-  }
-
-  static load(dir: string, backend: Backend): LlamaModel {
-    const config = loadModelConfig(dir);
-    const ckpt = openCheckpoint(dir);
-    try {
-      return LlamaModel.fromCheckpoint(dir, config, ckpt, backend);
-    } finally {
-      ckpt.close();
-    }
   }
 
   /**

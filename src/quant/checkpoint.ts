@@ -21,7 +21,7 @@ import path from 'node:path';
 import { fail } from '../errors.ts';
 import { codeBits, type Encoded, formatName, packCodes, parseFormat, unpackCodes } from '../formats/index.ts';
 import type { FormatSpec } from '../formats/spec.ts';
-import { loadModelConfig } from '../io/config.ts';
+import { loadModelConfig } from '../io/config-file.ts';
 import { type Checkpoint, openCheckpoint, type TensorToWrite, writeSafetensors } from '../io/safetensors.ts';
 import {
   LINEARS,

@@ -9,7 +9,8 @@ import { fail } from '../errors.ts';
 import { isGgufPath, loadGgufModel } from '../io/gguf-model.ts';
 import { loadForeignQuantized, readForeignQuantConfig } from '../io/import.ts';
 import { loadTokenizer } from '../io/tokenizer.ts';
-import { LlamaModel } from '../model/llama.ts';
+import type { LlamaModel } from '../model/llama.ts';
+import { loadLlama } from '../model/llama-dir.ts';
 import type { CodesOnly } from '../model/packed.ts';
 import type { Backend } from '../tensor/tensor.ts';
 import { loadQuantized, readQuantizationConfig, TOOL_VERSION } from './checkpoint.ts';
@@ -61,7 +62,7 @@ export async function loadModel(dir: string, backend: Backend, opts: LoadOptions
       );
     return { model: loadQuantized(dir, backend, stored, opts.codesOnly) };
   }
-  const model = LlamaModel.load(dir, backend);
+  const model = loadLlama(dir, backend);
   if (!opts.recipe) return { model };
   const recipe = opts.recipe;
   const calib = recipeNeedsCalibration(recipe)

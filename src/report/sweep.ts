@@ -16,7 +16,8 @@ import {
 import { fail } from '../errors.ts';
 import { perplexity } from '../eval/perplexity.ts';
 import { loadTokenizer, type TextTokenizer } from '../io/tokenizer.ts';
-import { LlamaModel } from '../model/llama.ts';
+import type { LlamaModel } from '../model/llama.ts';
+import { loadLlama } from '../model/llama-dir.ts';
 import { readQuantizationConfig } from '../quant/checkpoint.ts';
 import '../quant/methods.ts';
 import { type QuantReport, quantizeModel } from '../quant/pipeline.ts';
@@ -388,7 +389,7 @@ export async function runSweep(
   opts.onUpdate?.(result);
   const calib = new CalibCache(dir, opts.calib ?? {});
   const reports: QuantReport[] = [];
-  const reference = opts.kl ? LlamaModel.load(dir, backend) : undefined;
+  const reference = opts.kl ? loadLlama(dir, backend) : undefined;
   for (const [index, variant] of study.variants.entries()) {
     const wanted = calib.record(variant.recipe);
     // the histogram needs the scales, which only a fresh run has
@@ -419,7 +420,7 @@ async function fpPerplexity(
   opts: SweepOptions,
 ): Promise<{ ppl: number; seconds: number }> {
   const start = performance.now();
-  const model = LlamaModel.load(dir, backend);
+  const model = loadLlama(dir, backend);
   try {
     const r = await perplexity(model, opts.tokens, { seqLen: opts.seqLen, maxWindows: opts.maxWindows });
     return { ppl: r.ppl, seconds: (performance.now() - start) / 1000 };
@@ -455,7 +456,7 @@ async function runVariant(
   if (set && record) cell.calibration = { ...record, source: set.source, sha256: set.sha256 };
   let model: LlamaModel | undefined;
   try {
-    model = LlamaModel.load(dir, backend);
+    model = loadLlama(dir, backend);
     const report = await quantizeModel(model, variant.recipe, set, {
       onLayer: (done, layers) =>
         opts.onEvent?.({ kind: 'layer', index, total: study.variants.length, variant, done, layers }),

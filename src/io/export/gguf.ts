@@ -35,7 +35,8 @@ import { readQuantizationConfig } from '../../quant/checkpoint.ts';
 import { loadModel } from '../../quant/load.ts';
 import { CpuBackend } from '../../tensor/cpu/backend.ts';
 import type { Tensor } from '../../tensor/tensor.ts';
-import { loadModelConfig, type ModelConfig } from '../config.ts';
+import type { ModelConfig } from '../config.ts';
+import { loadModelConfig } from '../config-file.ts';
 import {
   GGML_TYPE,
   type GgufTensorSpec,

@@ -30,7 +30,8 @@ import {
 } from '../../quant/checkpoint.ts';
 import type { Recipe } from '../../quant/recipe.ts';
 import { bf16ToF32, f16ToF32, f32ToF16 } from '../../tensor/dtype.ts';
-import { loadModelConfig, type ModelConfig } from '../config.ts';
+import type { ModelConfig } from '../config.ts';
+import { loadModelConfig } from '../config-file.ts';
 import { type Checkpoint, openCheckpoint, type TensorToWrite, writeSafetensors } from '../safetensors.ts';
 import { AUTOAWQ } from './autoawq.ts';
 import { COMPRESSED_TENSORS } from './compressed-tensors.ts';

@@ -65,7 +65,7 @@ interface GpuModule {
 
 /** Dawn toggles from $LLMQ_WEBGPU_FLAGS (whitespace separated). */
 export function envFlags(): string[] {
-  return (process.env.LLMQ_WEBGPU_FLAGS ?? '').split(/\s+/).filter((f) => f !== '');
+  return (globalThis.process?.env.LLMQ_WEBGPU_FLAGS ?? '').split(/\s+/).filter((f) => f !== '');
 }
 
 async function gpuEntry(flags: string[]): Promise<GPU | undefined> {
