@@ -15,7 +15,8 @@ import { parseArgs } from 'node:util';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { LINEARS, type Linear, type LlamaModel } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
-import { loadChatTemplate } from '../src/runtime/chat-template.ts';
+import { loadChatTemplate } from '../src/runtime/chat-template-file.ts';
+import { eosIdsOf } from '../src/runtime/eos.ts';
 import { ModelEngine } from '../src/runtime/generate.ts';
 import { KvCache } from '../src/runtime/kv-cache.ts';
 import { Sampler } from '../src/runtime/sampling.ts';
@@ -75,7 +76,11 @@ async function smallRate(backend: Backend, variant: string): Promise<void> {
   const dir = values.model as string;
   const model = loadLlama(dir, backend);
   const tokenizer = loadTokenizer(dir);
-  const engine = new ModelEngine(model, tokenizer, { modelName: 'small', template: loadChatTemplate(dir) });
+  const engine = new ModelEngine(model, tokenizer, {
+    modelName: 'small',
+    template: loadChatTemplate(dir),
+    eosIds: eosIdsOf(model),
+  });
   const text = values.text
     ? fs.readFileSync(values.text, 'utf8')
     : 'The history of the city begins '.repeat(40);

@@ -4,7 +4,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { UserError } from '../src/errors.ts';
-import { loadChatTemplate, startsWithBos } from '../src/runtime/chat-template.ts';
+import { startsWithBos } from '../src/runtime/chat-template.ts';
+import { loadChatTemplate } from '../src/runtime/chat-template-file.ts';
 import type { ChatMessage } from '../src/runtime/engine.ts';
 import { MODELS } from './helpers.ts';
 

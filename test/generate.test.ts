@@ -11,8 +11,9 @@ import { test } from 'node:test';
 import { promisify } from 'node:util';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
-import { ggufChatTemplate, loadChatTemplate } from '../src/runtime/chat-template.ts';
-import { eosIdsOf, ModelEngine } from '../src/runtime/generate.ts';
+import { ggufChatTemplate, loadChatTemplate } from '../src/runtime/chat-template-file.ts';
+import { eosIdsOf } from '../src/runtime/eos.ts';
+import { ModelEngine } from '../src/runtime/generate.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import type { Backend } from '../src/tensor/tensor.ts';
 import { openDevice, WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
@@ -32,6 +33,7 @@ function engineFor(dir: string, backend: Backend = cpu, contextLength?: number):
     modelName: 'test',
     contextLength,
     template: loadChatTemplate(dir),
+    eosIds: eosIdsOf(model),
   });
 }
 

@@ -35,6 +35,9 @@ import { fail } from '../errors.ts';
 import type { TextTokenizer } from '../io/tokenizer.ts';
 import { readParquetStrings } from './parquet.ts';
 import { PyRandom } from './pyrandom.ts';
+import { mulberry32, type Rng } from './rng.ts';
+
+export { mulberry32, type Rng } from './rng.ts';
 
 export const DEFAULT_CALIB_SEED = 0;
 /** The token pool is this many times samples x seqLen (when the text has that much): few repeated tokens. */
@@ -360,20 +363,6 @@ function idsSha256(ids: Int32Array): string {
 // ---- seeded PRNG ---------------------------------------------------------------------------------
 
 /** Next unsigned 32-bit value. */
-export type Rng = () => number;
-
-/** mulberry32: a 32-bit state advanced by a Weyl constant, then mixed; all integer math. */
-export function mulberry32(seed: number): Rng {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
-
 /** Uniform integer in [0, n), n <= 2^32, without modulo bias (rejection of the top partial range). */
 export function randomBelow(rng: Rng, n: number): number {
   const limit = 2 ** 32 - (2 ** 32 % n);

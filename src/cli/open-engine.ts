@@ -2,8 +2,9 @@
 import path from 'node:path';
 import { fail } from '../errors.ts';
 import { isGgufPath } from '../io/gguf-model.ts';
-import { ggufChatTemplate, loadChatTemplate } from '../runtime/chat-template.ts';
+import { ggufChatTemplate, loadChatTemplate } from '../runtime/chat-template-file.ts';
 import type { SamplingOptions } from '../runtime/engine.ts';
+import { eosIdsOf } from '../runtime/eos.ts';
 import { ModelEngine } from '../runtime/generate.ts';
 import { optionalIntFlag } from './args.ts';
 import { MODEL_FLAGS, openBackendAndTokenizer, openModel, tokenizerSource } from './open-model.ts';
@@ -49,6 +50,7 @@ export async function openEngine(
     modelName: path.basename(path.resolve(dir)),
     contextLength,
     template,
+    eosIds: eosIdsOf(model),
   });
 }
 

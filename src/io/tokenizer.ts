@@ -1,55 +1,16 @@
-/** tokenizer.json (HF fast tokenizer) through @huggingface/tokenizers, which reproduces HF's ids. */
+/** Loading a model directory's tokenizer files from disk (Node only). */
 import fs from 'node:fs';
 import path from 'node:path';
-import { Tokenizer } from '@huggingface/tokenizers';
 import { fail } from '../errors.ts';
 import { readJsonObject } from './json.ts';
+import { type TextTokenizer, tokenizerFromJson } from './tokenizer-json.ts';
 
-export interface TextTokenizer {
-  encode(text: string): Int32Array;
-  decode(ids: ArrayLike<number>): string;
-  vocabSize: number;
-  summary: string;
-}
+export type { TextTokenizer } from './tokenizer-json.ts';
 
 export function loadTokenizer(dir: string): TextTokenizer {
   const file = path.join(dir, 'tokenizer.json');
   if (!fs.existsSync(file)) fail(`${dir}: tokenizer.json is missing (llmq needs the HF fast tokenizer file)`);
-  const json = readJsonObject(file);
   const cfgFile = path.join(dir, 'tokenizer_config.json');
   const cfg = fs.existsSync(cfgFile) ? readJsonObject(cfgFile) : {};
-  let tok: Tokenizer;
-  try {
-    tok = new Tokenizer(json as never, cfg as never);
-  } catch (e) {
-    return fail(`${file}: cannot build the tokenizer (${(e as Error).message})`);
-  }
-  const model = (json.model ?? {}) as { type?: string; vocab?: Record<string, number> | unknown[] };
-  const { size: vocabSize, added, addedInModel } = countTokens(model.vocab, json.added_tokens);
-  const overlap = addedInModel > 0 ? `, ${addedInModel} of them in the ${model.type ?? 'model'} vocab` : '';
-  return {
-    encode: (text) => Int32Array.from(tok.encode(text).ids),
-    decode: (ids) => tok.decode(Array.from(ids)),
-    vocabSize,
-    summary: `${model.type ?? 'unknown'} tokenizer, ${vocabSize} tokens (${added} added${overlap}), bos ${String(cfg.bos_token ?? 'none')}, eos ${String(cfg.eos_token ?? 'none')}`,
-  };
-}
-
-/**
- * Distinct token ids: the model vocab (an object token -> id, or Unigram's array of [piece, score]
- * where the index is the id) united with the added tokens, which often reuse ids of the vocab.
- */
-function countTokens(
-  vocab: Record<string, number> | unknown[] | undefined,
-  addedTokens: unknown,
-): { size: number; added: number; addedInModel: number } {
-  const ids = new Set<number>(Array.isArray(vocab) ? vocab.keys() : Object.values(vocab ?? {}));
-  const added = Array.isArray(addedTokens) ? (addedTokens as { id?: unknown }[]) : [];
-  let addedInModel = 0;
-  for (const t of added) {
-    if (typeof t?.id !== 'number') continue;
-    if (ids.has(t.id)) addedInModel++;
-    else ids.add(t.id);
-  }
-  return { size: ids.size, added: added.length, addedInModel };
+  return tokenizerFromJson(readJsonObject(file), cfg, file);
 }

@@ -15,12 +15,8 @@
  * Tokenizing the rendered text: transformers uses add_special_tokens=False, because templates write
  * the BOS themselves; `startsWithBos` tells whether the rendered text already holds one.
  */
-import fs from 'node:fs';
-import path from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { fail } from '../errors.ts';
-import { ggufMeta, readGguf } from '../io/gguf.ts';
-import { readJsonObject } from '../io/json.ts';
 import type { ChatMessage } from './engine.ts';
 
 export interface ChatTemplate {
@@ -30,7 +26,7 @@ export interface ChatTemplate {
   render(messages: readonly ChatMessage[]): string;
 }
 
-type Json = Record<string, unknown>;
+export type Json = Record<string, unknown>;
 
 const FALLBACK_LABELS: Record<ChatMessage['role'], string> = {
   system: 'System',
@@ -38,35 +34,21 @@ const FALLBACK_LABELS: Record<ChatMessage['role'], string> = {
   assistant: 'Assistant',
 };
 
-export function loadChatTemplate(modelDir: string): ChatTemplate {
-  const configFile = path.join(modelDir, 'tokenizer_config.json');
-  const config = fs.existsSync(configFile) ? readJsonObject(configFile) : {};
+/**
+ * The template of a model's tokenizer_config.json (`config`, parsed; `configFile` names it in errors),
+ * or of its chat_template.jinja when there is one, which wins as in transformers.
+ */
+export function chatTemplateFrom(
+  config: Json,
+  configFile: string,
+  jinja?: { file: string; text: string },
+): ChatTemplate {
   const bosToken = specialToken(configFile, config, 'bos_token');
   const eosToken = specialToken(configFile, config, 'eos_token');
-  const jinjaFile = path.join(modelDir, 'chat_template.jinja');
-  if (fs.existsSync(jinjaFile)) {
-    const source = fs.readFileSync(jinjaFile, 'utf8');
-    return jinjaTemplate('chat_template.jinja', jinjaFile, source, bosToken, eosToken);
-  }
+  if (jinja) return jinjaTemplate('chat_template.jinja', jinja.file, jinja.text, bosToken, eosToken);
   const source = configTemplate(configFile, config.chat_template);
   if (source !== undefined) return jinjaTemplate('tokenizer_config', configFile, source, bosToken, eosToken);
   return { source: 'fallback', bosToken, render: renderFallback };
-}
-
-/** The template a GGUF file embeds (`tokenizer.chat_template`), with its BOS/EOS token texts. */
-export function ggufChatTemplate(file: string): ChatTemplate {
-  const gguf = readGguf(file);
-  const tokens = ggufMeta(gguf, 'tokenizer.ggml.tokens');
-  const tokenText = (key: string): string | undefined => {
-    const id = ggufMeta(gguf, key);
-    return typeof id === 'number' && Array.isArray(tokens) && typeof tokens[id] === 'string'
-      ? tokens[id]
-      : undefined;
-  };
-  const bosToken = tokenText('tokenizer.ggml.bos_token_id');
-  const text = ggufMeta(gguf, 'tokenizer.chat_template');
-  if (typeof text !== 'string') return { source: 'fallback', bosToken, render: renderFallback };
-  return jinjaTemplate('gguf', file, text, bosToken, tokenText('tokenizer.ggml.eos_token_id'));
 }
 
 /** Whether `rendered` already begins with the BOS text, so that encoding it must not add another. */
@@ -100,7 +82,7 @@ function configTemplate(file: string, value: unknown): string | undefined {
   return entry.template;
 }
 
-function jinjaTemplate(
+export function jinjaTemplate(
   source: 'tokenizer_config' | 'chat_template.jinja' | 'gguf',
   file: string,
   text: string,
@@ -130,7 +112,7 @@ function jinjaTemplate(
   return { source, bosToken, render: (messages) => render(messages) };
 }
 
-function renderFallback(messages: readonly ChatMessage[]): string {
+export function renderFallback(messages: readonly ChatMessage[]): string {
   const turns = messages.map((m) => `${FALLBACK_LABELS[m.role]}: ${m.content}\n\n`);
   return `${turns.join('')}Assistant:`;
 }

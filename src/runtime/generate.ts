@@ -3,10 +3,8 @@
  * chosen on the host from the last position's logits. The cache outlives a call, so a chat turn or a
  * request that repeats an earlier conversation only runs its new tokens.
  */
-import fs from 'node:fs';
-import path from 'node:path';
 import { fail } from '../errors.ts';
-import { readJsonObject } from '../io/json.ts';
+import type { ModelConfig } from '../io/config.ts';
 import type { TextTokenizer } from '../io/tokenizer.ts';
 import type { LlamaModel } from '../model/llama.ts';
 import type { ChatTemplate } from './chat-template.ts';
@@ -21,7 +19,7 @@ export interface EngineOptions {
   /** most tokens of prompt + output (default: the model's max_position_embeddings) */
   contextLength?: number;
   template: ChatTemplate;
-  /** ids that end generation (default: eos_token_id of config.json and generation_config.json) */
+  /** ids that end generation (default: eos_token_id of config.json; Node callers add generation_config.json's via eosIdsOf) */
   eosIds?: readonly number[];
 }
 
@@ -41,7 +39,7 @@ export class ModelEngine implements Engine {
     this.modelName = opts.modelName;
     this.contextLength = opts.contextLength ?? model.config.maxPositionEmbeddings;
     this.cache = new KvCache(model, this.contextLength);
-    this.eos = new Set(opts.eosIds ?? eosIdsOf(model));
+    this.eos = new Set(opts.eosIds ?? configEosIds(model.config));
   }
 
   encode(text: string): Int32Array {
@@ -136,15 +134,12 @@ export class ModelEngine implements Engine {
   }
 }
 
-/** eos_token_id of the model config, plus generation_config.json's (instruct models often add one). */
-export function eosIdsOf(model: LlamaModel): number[] {
-  const ids = new Set<number>(asIds(model.config.eosTokenId));
-  const file = path.join(model.dir, 'generation_config.json');
-  if (fs.existsSync(file)) for (const id of asIds(readJsonObject(file).eos_token_id)) ids.add(id);
-  return [...ids];
+/** eos_token_id of config.json (Node's `eosIdsOf` adds generation_config.json's). */
+export function configEosIds(config: ModelConfig): number[] {
+  return [...new Set(asIds(config.eosTokenId))];
 }
 
-function asIds(v: unknown): number[] {
+export function asIds(v: unknown): number[] {
   if (typeof v === 'number') return [v];
   return Array.isArray(v) ? v.filter((x): x is number => typeof x === 'number') : [];
 }

@@ -3,8 +3,7 @@
  * argmax (temperature 0) or temperature, softmax, top-k, top-p, min-p and a draw from a seeded
  * mulberry32. Top-p and min-p act on the distribution that the filters before them left, renormalized.
  */
-import { randomInt } from 'node:crypto';
-import { mulberry32, type Rng } from '../calib/data.ts';
+import { mulberry32, type Rng } from '../calib/rng.ts';
 import { fail } from '../errors.ts';
 import type { SamplingOptions } from './engine.ts';
 
@@ -216,7 +215,7 @@ export class Sampler {
 
   constructor(opts: SamplingOptions, vocabSize: number) {
     this.settings = resolveSettings(opts);
-    this.random = mulberry32(opts.seed ?? randomInt(2 ** 32));
+    this.random = mulberry32(opts.seed ?? randomSeed());
     this.ws = new Workspace(vocabSize);
   }
 
@@ -236,4 +235,9 @@ export class Sampler {
     }
     return order[count - 1];
   }
+}
+
+/** A fresh 32-bit seed from the platform's CSPRNG (Web Crypto: Node and browsers alike). */
+function randomSeed(): number {
+  return globalThis.crypto.getRandomValues(new Uint32Array(1))[0] as number;
 }
