@@ -1,23 +1,26 @@
 /**
  * The browser entry: a model from bytes (fetched from a URL or picked by the user) run on WebGPU
  * through `navigator.gpu`. Nothing it imports touches `node:` modules; `npm run build:browser`
- * bundles it into dist/llmq.browser.js. Full-precision and llmq quantized checkpoints load;
- * quantized linears run from their integer codes (packed GEMV/GEMM, int8 matmuls) as in Node.
+ * bundles it into dist/llmq.browser.js. Full-precision and llmq quantized checkpoints load, and GGUF
+ * files; quantized linears run from their integer codes (packed GEMV/GEMM, int8 matmuls) as in Node.
  */
 import { fail } from './errors.ts';
 import { type ModelConfig, parseModelConfig } from './io/config.ts';
+import type { GgufFile } from './io/gguf-format.ts';
+import { ggufModelFromFile, ggufTokenizer } from './io/gguf-model.ts';
 import { checkpointFromBytes } from './io/safetensors-format.ts';
 import { type TextTokenizer, tokenizerFromJson } from './io/tokenizer-json.ts';
 import { int8Eligible, useInt8Matmuls } from './model/int8.ts';
 import { LlamaModel } from './model/llama.ts';
-import { packable, usePackedWeights } from './model/packed.ts';
+import { type CodesOnly, packable, usePackedWeights } from './model/packed.ts';
 import { quantizationConfigOf, quantizedFromCheckpoint } from './quant/stored.ts';
-import { chatTemplateFrom } from './runtime/chat-template.ts';
+import { chatTemplateFrom, ggufChatTemplateOf } from './runtime/chat-template.ts';
 import { asIds, configEosIds, ModelEngine } from './runtime/generate.ts';
 import type { Backend } from './tensor/tensor.ts';
 
 export { UserError } from './errors.ts';
 export { perplexity, windowNlls } from './eval/perplexity.ts';
+export { type GgufFile, ggufFromBytes } from './io/gguf-format.ts';
 export type { TextTokenizer } from './io/tokenizer-json.ts';
 export { LlamaModel } from './model/llama.ts';
 export type { ChatMessage, GenerateOptions, GenerateResult } from './runtime/engine.ts';
@@ -74,15 +77,51 @@ export function modelFromFiles(files: ModelFiles, backend: Backend, label = 'mod
   const ckpt = checkpointFromBytes(label, weights);
   const q = quantizationConfigOf(config, `${label}/config.json`);
   if (!q) return LlamaModel.fromCheckpoint(label, config, ckpt, backend);
+  const codes = fromCodes(backend);
+  return codes.finish(quantizedFromCheckpoint(label, config, ckpt, backend, q, codes.codesOnly));
+}
+
+/**
+ * On WebGPU, quantized linears run from their codes as `eval` does in Node: no f32 copies, W8A8 on
+ * the int8 matmuls, weight-only ones packed. Elsewhere they are decoded to f32.
+ */
+function fromCodes(backend: Backend): { codesOnly: CodesOnly; finish: (model: LlamaModel) => LlamaModel } {
   const gpu = backend.name === 'webgpu';
-  const model = quantizedFromCheckpoint(label, config, ckpt, backend, q, (lin) =>
-    gpu ? int8Eligible(lin) || packable(lin) : false,
-  );
-  if (gpu) {
-    useInt8Matmuls(model);
-    usePackedWeights(model, true);
-  }
-  return model;
+  return {
+    codesOnly: (lin) => gpu && (int8Eligible(lin) || packable(lin)),
+    finish: (model) => {
+      if (gpu) {
+        useInt8Matmuls(model);
+        usePackedWeights(model, true);
+      }
+      return model;
+    },
+  };
+}
+
+/** The model of a GGUF file; Q4_0/Q8_0 linears stay codes on WebGPU, other types are dequantized. */
+export function modelFromGguf(file: GgufFile, backend: Backend): LlamaModel {
+  const codes = fromCodes(backend);
+  return codes.finish(ggufModelFromFile(file, backend, codes.codesOnly));
+}
+
+export function tokenizerFromGguf(file: GgufFile): TextTokenizer {
+  return ggufTokenizer(file);
+}
+
+/** A chat/generation engine with the GGUF's chat template and the model's EOS id. */
+export function engineFromGguf(
+  file: GgufFile,
+  model: LlamaModel,
+  tokenizer: TextTokenizer,
+  opts: { contextLength?: number } = {},
+): ModelEngine {
+  return new ModelEngine(model, tokenizer, {
+    modelName: file.path,
+    contextLength: opts.contextLength,
+    template: ggufChatTemplateOf(file),
+    eosIds: configEosIds(model.config),
+  });
 }
 
 export function tokenizerFromFiles(files: ModelFiles, label = 'model'): TextTokenizer {

@@ -11,12 +11,14 @@ import { after, test } from 'node:test';
 import { build } from 'esbuild';
 import { readEvalText } from '../src/eval/eval-text.ts';
 import { perplexity } from '../src/eval/perplexity.ts';
+import { exportGguf } from '../src/io/export/gguf.ts';
+import { loadGgufModel, loadGgufTokenizer } from '../src/io/gguf-load.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
 import { loadQuantized, readQuantizationConfig, saveQuantized } from '../src/quant/checkpoint.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
 import { resolveRecipe } from '../src/quant/recipe.ts';
-import { loadChatTemplate } from '../src/runtime/chat-template-file.ts';
+import { ggufChatTemplate, loadChatTemplate } from '../src/runtime/chat-template-file.ts';
 import { eosIdsOf } from '../src/runtime/eos.ts';
 import { ModelEngine } from '../src/runtime/generate.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
@@ -123,6 +125,39 @@ test('the bundle loads an llmq W4 g128 checkpoint from bytes: packed linears, sa
   assert.equal(packed.length, model.layers.length * 7);
   const got = await llmq.perplexity(model, tokens, { seqLen: 512, maxWindows: 1 });
   assert.ok(Math.abs(got.windowMeanNll[0] - want.windowMeanNll[0]) < 2e-4, `${got.ppl} vs ${want.ppl}`);
+  backend.destroy();
+});
+
+test('the bundle runs a Q8_0 GGUF from bytes: packed linears, tokens, NLL and greedy text as Node on CPU', {
+  skip,
+}, async () => {
+  const llmq = await loadBundle();
+  const file = path.join(outDir, 'tiny-q8_0.gguf');
+  await exportGguf(TINY, file, { type: 'q8_0' });
+  const gguf = llmq.ggufFromBytes('tiny-q8_0.gguf', new Uint8Array(fs.readFileSync(file)));
+  const backend = await llmq.WebGpuBackend.create();
+  const model = llmq.modelFromGguf(gguf, backend);
+  const packed = model.layers.flatMap((l) => Object.values(l.linears)).filter((lin) => lin.packed);
+  assert.equal(packed.length, model.layers.length * 7);
+  const tokenizer = llmq.tokenizerFromGguf(gguf);
+  const text = readEvalText(WIKITEXT).slice(0, 6000);
+  const tokens = tokenizer.encode(text);
+  assert.deepEqual([...tokens], [...loadGgufTokenizer(file).encode(text)]);
+  const cpuModel = loadGgufModel(file, cpu);
+  const want = await perplexity(cpuModel, tokens, { seqLen: 512, maxWindows: 1 });
+  const got = await llmq.perplexity(model, tokens, { seqLen: 512, maxWindows: 1 });
+  assert.ok(Math.abs(got.windowMeanNll[0] - want.windowMeanNll[0]) < 2e-4, `${got.ppl} vs ${want.ppl}`);
+
+  const engine = llmq.engineFromGguf(gguf, model, tokenizer);
+  const node = new ModelEngine(cpuModel, loadGgufTokenizer(file), {
+    modelName: 'node',
+    template: ggufChatTemplate(file),
+    eosIds: [...eosIdsOf(cpuModel)],
+  });
+  const prompt = 'The history of the city';
+  const a = await engine.generate(engine.encode(prompt), { maxTokens: 12 });
+  const b = await node.generate(node.encode(prompt), { maxTokens: 12 });
+  assert.deepEqual(a.tokens, b.tokens);
   backend.destroy();
 });
 

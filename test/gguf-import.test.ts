@@ -32,7 +32,8 @@ import {
 import type { GgmlSpec } from '../src/formats/spec.ts';
 import { exportGguf, permuteRotaryRows } from '../src/io/export/gguf.ts';
 import { GGML_TYPE, type GgufFile, gguf, readGguf, readGgufTensor, writeGguf } from '../src/io/gguf.ts';
-import { loadGgufModel, loadGgufTokenizer, unpermuteRotaryRows } from '../src/io/gguf-model.ts';
+import { loadGgufModel, loadGgufTokenizer } from '../src/io/gguf-load.ts';
+import { unpermuteRotaryRows } from '../src/io/gguf-model.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { LINEARS, type LinearName, type LlamaModel } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';

@@ -3,7 +3,8 @@
  * the tokenizer, an optional on-the-fly recipe, and the GPU's integer paths for stored checkpoints.
  */
 import { fail } from '../errors.ts';
-import { isGgufPath, loadGgufTokenizer } from '../io/gguf-model.ts';
+import { loadGgufTokenizer } from '../io/gguf-load.ts';
+import { isGgufPath } from '../io/gguf-model.ts';
 import { loadTokenizer, type TextTokenizer } from '../io/tokenizer.ts';
 import { int8Eligible, useInt8Matmuls } from '../model/int8.ts';
 import type { LlamaModel } from '../model/llama.ts';

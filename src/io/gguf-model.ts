@@ -50,7 +50,6 @@ import {
 import { blockCodes, type CodesOnly, codesOnlyWeight } from '../model/packed.ts';
 import type { Backend } from '../tensor/tensor.ts';
 import { type ModelConfig, parseModelConfig } from './config.ts';
-import { llama3RopeFactors } from './export/gguf.ts';
 import {
   GGML_TYPE,
   type GgufFile,
@@ -58,11 +57,11 @@ import {
   ggmlTypeName,
   ggufMeta,
   LINEAR_GGUF,
-  readGguf,
   readGgufTensor,
-} from './gguf.ts';
-import type { Checkpoint, TensorData, TensorInfo } from './safetensors.ts';
-import type { TextTokenizer } from './tokenizer.ts';
+} from './gguf-format.ts';
+import { llama3RopeFactors } from './rope.ts';
+import type { Checkpoint, TensorData, TensorInfo } from './safetensors-format.ts';
+import type { TextTokenizer } from './tokenizer-json.ts';
 
 export function isGgufPath(path: string): boolean {
   return path.toLowerCase().endsWith('.gguf');
@@ -433,8 +432,8 @@ function ggmlLinearReader(
  * The LlamaModel of a GGUF file, its weights dequantized (Q4_0 / Q8_0 linears with their codes too:
  * those `codesOnly` accepts get no f32 weight); quantization.recipe names the file type.
  */
-export function loadGgufModel(path: string, backend: Backend, codesOnly?: CodesOnly): LlamaModel {
-  const file = readGguf(path);
+export function ggufModelFromFile(file: GgufFile, backend: Backend, codesOnly?: CodesOnly): LlamaModel {
+  const path = file.path;
   const config = ggufModelConfig(file);
   const sources = tensorSources(file, config);
   const ckpt = new GgufCheckpoint(file, sources);
@@ -571,8 +570,8 @@ export function ggufTokenizerJson(file: GgufFile): Record<string, unknown> {
 }
 
 /** The tokenizer embedded in a GGUF file (byte-level BPE only). */
-export function loadGgufTokenizer(path: string): TextTokenizer {
-  const file = readGguf(path);
+export function ggufTokenizer(file: GgufFile): TextTokenizer {
+  const path = file.path;
   const json = ggufTokenizerJson(file);
   let tok: Tokenizer;
   try {

@@ -6,7 +6,8 @@
  */
 import { type CalibOptions, loadCalibration } from '../calib/data.ts';
 import { fail } from '../errors.ts';
-import { isGgufPath, loadGgufModel } from '../io/gguf-model.ts';
+import { loadGgufModel } from '../io/gguf-load.ts';
+import { isGgufPath } from '../io/gguf-model.ts';
 import { loadForeignQuantized, readForeignQuantConfig } from '../io/import.ts';
 import { loadTokenizer } from '../io/tokenizer.ts';
 import type { LlamaModel } from '../model/llama.ts';

@@ -17,6 +17,7 @@
  */
 import { Template } from '@huggingface/jinja';
 import { fail } from '../errors.ts';
+import { type GgufFile, ggufMeta } from '../io/gguf-format.ts';
 import type { ChatMessage } from './engine.ts';
 
 export interface ChatTemplate {
@@ -49,6 +50,22 @@ export function chatTemplateFrom(
   const source = configTemplate(configFile, config.chat_template);
   if (source !== undefined) return jinjaTemplate('tokenizer_config', configFile, source, bosToken, eosToken);
   return { source: 'fallback', bosToken, render: renderFallback };
+}
+
+/** The template a GGUF file embeds (`tokenizer.chat_template`), with its BOS/EOS token texts. */
+export function ggufChatTemplateOf(gguf: GgufFile): ChatTemplate {
+  const file = gguf.path;
+  const tokens = ggufMeta(gguf, 'tokenizer.ggml.tokens');
+  const tokenText = (key: string): string | undefined => {
+    const id = ggufMeta(gguf, key);
+    return typeof id === 'number' && Array.isArray(tokens) && typeof tokens[id] === 'string'
+      ? tokens[id]
+      : undefined;
+  };
+  const bosToken = tokenText('tokenizer.ggml.bos_token_id');
+  const text = ggufMeta(gguf, 'tokenizer.chat_template');
+  if (typeof text !== 'string') return { source: 'fallback', bosToken, render: renderFallback };
+  return jinjaTemplate('gguf', file, text, bosToken, tokenText('tokenizer.ggml.eos_token_id'));
 }
 
 /** Whether `rendered` already begins with the BOS text, so that encoding it must not add another. */

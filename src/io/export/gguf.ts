@@ -47,6 +47,7 @@ import {
   LINEAR_GGUF,
 } from '../gguf.ts';
 import { readJsonObject } from '../json.ts';
+import { llama3RopeFactors } from '../rope.ts';
 
 export const GGUF_EXPORT_TYPES = ['q8_0', 'q4_0', 'f16'] as const;
 export type GgufExportType = (typeof GGUF_EXPORT_TYPES)[number];
@@ -359,34 +360,6 @@ export function permuteRotaryRows<T extends Float32Array | Uint8Array>(
         const from = (h * headDim + j * half + i) * cols;
         out.set(w.subarray(from, from + cols), (h * headDim + 2 * i + j) * cols);
       }
-  return out;
-}
-
-/**
- * llama3 rope frequency factors as LlamaModel.generate_extra_tensors computes them: torch float32
- * tensor arithmetic with the Python scalars cast to float32 (hence the fround after every step).
- */
-export function llama3RopeFactors(config: ModelConfig): Float32Array {
-  const rope = config.rope;
-  if (rope.type !== 'llama3') throw new Error('not a llama3 rope');
-  const fr = Math.fround;
-  const dim = config.headDim;
-  const oldContext = rope.originalMaxPositionEmbeddings;
-  const lowWavelen = fr(oldContext / rope.lowFreqFactor);
-  const highWavelen = fr(oldContext / rope.highFreqFactor);
-  const out = new Float32Array(dim / 2);
-  for (let k = 0; k < dim / 2; k++) {
-    const freq = fr(1 / fr(fr(rope.theta) ** fr((2 * k) / dim)));
-    const wavelen = fr(fr(2 * Math.PI) / freq);
-    if (wavelen < highWavelen) out[k] = 1;
-    else if (wavelen > lowWavelen) out[k] = rope.factor;
-    else {
-      const smooth = fr(
-        fr(fr(oldContext / wavelen) - rope.lowFreqFactor) / fr(rope.highFreqFactor - rope.lowFreqFactor),
-      );
-      out[k] = fr(1 / fr(fr(fr(1 - smooth) / rope.factor) + smooth));
-    }
-  }
   return out;
 }
 
