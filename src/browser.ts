@@ -7,20 +7,23 @@
 import { fail } from './errors.ts';
 import { type ModelConfig, parseModelConfig } from './io/config.ts';
 import type { GgufFile } from './io/gguf-format.ts';
-import { ggufModelFromFile, ggufTokenizer } from './io/gguf-model.ts';
-import { checkpointFromBytes } from './io/safetensors-format.ts';
+import { ggufModelFromFile } from './io/gguf-model.ts';
+import { parseJsonObject } from './io/json-object.ts';
+import { checkpointFromBytes, INDEX_FILE, SINGLE_FILE } from './io/safetensors-format.ts';
 import { type TextTokenizer, tokenizerFromJson } from './io/tokenizer-json.ts';
 import { int8Eligible, useInt8Matmuls } from './model/int8.ts';
 import { LlamaModel } from './model/llama.ts';
 import { type CodesOnly, packable, usePackedWeights } from './model/packed.ts';
 import { quantizationConfigOf, quantizedFromCheckpoint } from './quant/stored.ts';
 import { chatTemplateFrom, ggufChatTemplateOf } from './runtime/chat-template.ts';
-import { asIds, configEosIds, ModelEngine } from './runtime/generate.ts';
+import { eosIdsFrom, ModelEngine } from './runtime/generate.ts';
 import type { Backend } from './tensor/tensor.ts';
 
 export { UserError } from './errors.ts';
 export { perplexity, windowNlls } from './eval/perplexity.ts';
 export { type GgufFile, ggufFromBytes } from './io/gguf-format.ts';
+/** The tokenizer a GGUF file embeds (byte-level BPE only). */
+export { ggufTokenizer as tokenizerFromGguf } from './io/gguf-model.ts';
 export type { TextTokenizer } from './io/tokenizer-json.ts';
 export { LlamaModel } from './model/llama.ts';
 export type { ChatMessage, GenerateOptions, GenerateResult } from './runtime/engine.ts';
@@ -31,13 +34,8 @@ export { WebGpuBackend, webgpuAvailable } from './tensor/webgpu/backend.ts';
 /** A model directory in memory: file name (as in the directory) to its bytes. */
 export type ModelFiles = Record<string, Uint8Array>;
 
-const TOKENIZER_FILES = [
-  'tokenizer.json',
-  'tokenizer_config.json',
-  'generation_config.json',
-  'chat_template.jinja',
-];
-const INDEX_FILE = 'model.safetensors.index.json';
+/** files fetchModelFiles skips when the server answers 404 */
+const OPTIONAL_FILES = ['tokenizer_config.json', 'generation_config.json', 'chat_template.jinja', INDEX_FILE];
 
 function text(files: ModelFiles, name: string): string | undefined {
   const bytes = files[name];
@@ -46,16 +44,7 @@ function text(files: ModelFiles, name: string): string | undefined {
 
 function json(files: ModelFiles, name: string, label: string): Record<string, unknown> | undefined {
   const body = text(files, name);
-  if (body === undefined) return undefined;
-  let value: unknown;
-  try {
-    value = JSON.parse(body);
-  } catch (e) {
-    return fail(`${label}/${name}: not valid JSON (${(e as Error).message.split('\n')[0]})`);
-  }
-  if (typeof value !== 'object' || value === null || Array.isArray(value))
-    fail(`${label}/${name}: expected a JSON object`);
-  return value as Record<string, unknown>;
+  return body === undefined ? undefined : parseJsonObject(body, `${label}/${name}`);
 }
 
 function requiredJson(files: ModelFiles, name: string, label: string): Record<string, unknown> {
@@ -105,10 +94,6 @@ export function modelFromGguf(file: GgufFile, backend: Backend): LlamaModel {
   return codes.finish(ggufModelFromFile(file, backend, codes.codesOnly));
 }
 
-export function tokenizerFromGguf(file: GgufFile): TextTokenizer {
-  return ggufTokenizer(file);
-}
-
 /** A chat/generation engine with the GGUF's chat template and the model's EOS id. */
 export function engineFromGguf(
   file: GgufFile,
@@ -120,7 +105,7 @@ export function engineFromGguf(
     modelName: file.path,
     contextLength: opts.contextLength,
     template: ggufChatTemplateOf(file),
-    eosIds: configEosIds(model.config),
+    eosIds: eosIdsFrom(model.config),
   });
 }
 
@@ -147,13 +132,11 @@ export function engineFromFiles(
     `${label}/tokenizer_config.json`,
     jinja === undefined ? undefined : { file: `${label}/chat_template.jinja`, text: jinja },
   );
-  const generation = json(files, 'generation_config.json', label);
-  const eosIds = [...new Set([...configEosIds(model.config), ...asIds(generation?.eos_token_id)])];
   return new ModelEngine(model, tokenizer, {
     modelName: label,
     contextLength: opts.contextLength,
     template,
-    eosIds,
+    eosIds: eosIdsFrom(model.config, json(files, 'generation_config.json', label)),
   });
 }
 
@@ -179,8 +162,8 @@ export async function fetchModelFiles(baseUrl: string, opts: FetchOptions = {}):
   };
   await Promise.all([
     fetchOne('config.json', true),
-    ...TOKENIZER_FILES.map((f) => fetchOne(f, f === 'tokenizer.json')),
-    fetchOne(INDEX_FILE, false),
+    fetchOne('tokenizer.json', true),
+    ...OPTIONAL_FILES.map((f) => fetchOne(f, false)),
   ]);
   await Promise.all(weightFiles(files, base).map((f) => fetchOne(f, true)));
   return files;
@@ -188,7 +171,7 @@ export async function fetchModelFiles(baseUrl: string, opts: FetchOptions = {}):
 
 function weightFiles(files: ModelFiles, label: string): string[] {
   const index = json(files, INDEX_FILE, label);
-  if (!index) return ['model.safetensors'];
+  if (!index) return [SINGLE_FILE];
   const map = index.weight_map;
   if (typeof map !== 'object' || map === null) return fail(`${label}${INDEX_FILE}: no weight_map object`);
   return [...new Set(Object.values(map).map(String))].sort();

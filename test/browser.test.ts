@@ -51,6 +51,28 @@ async function loadBundle(): Promise<Browser> {
   return (await import(bundleFile)) as Browser;
 }
 
+/** Every linear of `model` runs from packed codes, and its first window's NLL is `want`'s. */
+async function expectPackedWithNll(
+  llmq: Browser,
+  model: InstanceType<Browser['LlamaModel']>,
+  tokens: Int32Array,
+  want: { windowMeanNll: number[]; ppl: number },
+): Promise<void> {
+  const packed = model.layers.flatMap((l) => Object.values(l.linears)).filter((lin) => lin.packed);
+  assert.equal(packed.length, model.layers.length * 7);
+  const got = await llmq.perplexity(model, tokens, { seqLen: 512, maxWindows: 1 });
+  assert.ok(Math.abs(got.windowMeanNll[0] - want.windowMeanNll[0]) < 2e-4, `${got.ppl} vs ${want.ppl}`);
+}
+
+/** The same 12 greedy tokens and text from both engines. */
+async function expectSameGreedy(engine: ModelEngine, node: ModelEngine): Promise<void> {
+  const prompt = 'The history of the city';
+  const got = await engine.generate(engine.encode(prompt), { maxTokens: 12 });
+  const want = await node.generate(node.encode(prompt), { maxTokens: 12 });
+  assert.deepEqual(got.tokens, want.tokens);
+  assert.equal(got.text, want.text);
+}
+
 async function bundle() {
   return build({
     entryPoints: ['src/browser.ts'],
@@ -98,11 +120,7 @@ test('the bundle on WebGPU: llama-tiny window NLLs match reference.json, greedy 
     template: loadChatTemplate(TINY),
     eosIds: eosIdsOf(loadLlama(TINY, cpu)),
   });
-  const prompt = 'The history of the city';
-  const got = await engine.generate(engine.encode(prompt), { maxTokens: 12 });
-  const want = await node.generate(node.encode(prompt), { maxTokens: 12 });
-  assert.deepEqual(got.tokens, want.tokens);
-  assert.equal(got.text, want.text);
+  await expectSameGreedy(engine, node);
   backend.destroy();
 });
 
@@ -121,10 +139,7 @@ test('the bundle loads an llmq W4 g128 checkpoint from bytes: packed linears, sa
 
   const backend = await llmq.WebGpuBackend.create();
   const model = llmq.modelFromFiles(readDir(out), backend, 'w4');
-  const packed = model.layers.flatMap((l) => Object.values(l.linears)).filter((lin) => lin.packed);
-  assert.equal(packed.length, model.layers.length * 7);
-  const got = await llmq.perplexity(model, tokens, { seqLen: 512, maxWindows: 1 });
-  assert.ok(Math.abs(got.windowMeanNll[0] - want.windowMeanNll[0]) < 2e-4, `${got.ppl} vs ${want.ppl}`);
+  await expectPackedWithNll(llmq, model, tokens, want);
   backend.destroy();
 });
 
@@ -137,27 +152,25 @@ test('the bundle runs a Q8_0 GGUF from bytes: packed linears, tokens, NLL and gr
   const gguf = llmq.ggufFromBytes('tiny-q8_0.gguf', new Uint8Array(fs.readFileSync(file)));
   const backend = await llmq.WebGpuBackend.create();
   const model = llmq.modelFromGguf(gguf, backend);
-  const packed = model.layers.flatMap((l) => Object.values(l.linears)).filter((lin) => lin.packed);
-  assert.equal(packed.length, model.layers.length * 7);
   const tokenizer = llmq.tokenizerFromGguf(gguf);
   const text = readEvalText(WIKITEXT).slice(0, 6000);
   const tokens = tokenizer.encode(text);
   assert.deepEqual([...tokens], [...loadGgufTokenizer(file).encode(text)]);
   const cpuModel = loadGgufModel(file, cpu);
-  const want = await perplexity(cpuModel, tokens, { seqLen: 512, maxWindows: 1 });
-  const got = await llmq.perplexity(model, tokens, { seqLen: 512, maxWindows: 1 });
-  assert.ok(Math.abs(got.windowMeanNll[0] - want.windowMeanNll[0]) < 2e-4, `${got.ppl} vs ${want.ppl}`);
+  await expectPackedWithNll(
+    llmq,
+    model,
+    tokens,
+    await perplexity(cpuModel, tokens, { seqLen: 512, maxWindows: 1 }),
+  );
 
   const engine = llmq.engineFromGguf(gguf, model, tokenizer);
   const node = new ModelEngine(cpuModel, loadGgufTokenizer(file), {
     modelName: 'node',
     template: ggufChatTemplate(file),
-    eosIds: [...eosIdsOf(cpuModel)],
+    eosIds: eosIdsOf(cpuModel),
   });
-  const prompt = 'The history of the city';
-  const a = await engine.generate(engine.encode(prompt), { maxTokens: 12 });
-  const b = await node.generate(node.encode(prompt), { maxTokens: 12 });
-  assert.deepEqual(a.tokens, b.tokens);
+  await expectSameGreedy(engine, node);
   backend.destroy();
 });
 

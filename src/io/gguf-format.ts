@@ -172,7 +172,7 @@ export interface GgufFile {
   /** absolute file offset of the data section */
   dataOffset: number;
   fileSize: number;
-  /** bytes at a file position (a short result means the file ended) */
+  /** bytes at a file position (see ReadAt) */
   readAt: ReadAt;
 }
 

@@ -25,6 +25,7 @@ import {
   parseGguf,
   VALUE_TYPES,
 } from './gguf-format.ts';
+import { readAtFd } from './safetensors.ts';
 
 export * from './gguf-format.ts';
 
@@ -301,30 +302,20 @@ export function readGguf(path: string): GgufFile {
   }
   let file: GgufFile;
   try {
-    file = parseGguf(path, (position, length) => readFully(fd, position, length), fs.fstatSync(fd).size);
+    file = parseGguf(path, readAtFd(fd, path), fs.fstatSync(fd).size);
   } finally {
     fs.closeSync(fd);
   }
   // tensor data is read when asked for; each read opens the file anew, so no descriptor stays open
-  return { ...file, readAt: (position, length) => readFromPath(path, position, length) };
-}
-
-function readFromPath(path: string, position: number, length: number): Uint8Array {
-  const fd = fs.openSync(path, 'r');
-  try {
-    return readFully(fd, position, length);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-function readFully(fd: number, position: number, length: number): Uint8Array {
-  const out = new Uint8Array(length);
-  let got = 0;
-  while (got < length) {
-    const r = fs.readSync(fd, out, got, length - got, position + got);
-    if (r === 0) break;
-    got += r;
-  }
-  return out.subarray(0, got);
+  return {
+    ...file,
+    readAt: (position, length) => {
+      const tensorFd = fs.openSync(path, 'r');
+      try {
+        return readAtFd(tensorFd, path)(position, length);
+      } finally {
+        fs.closeSync(tensorFd);
+      }
+    },
+  };
 }

@@ -156,7 +156,10 @@ export interface ParsedHeader {
   tensors: Map<string, TensorInfo>;
 }
 
-/** Reads `length` bytes at `position` of the file (or fails naming it). */
+/**
+ * Reads `length` bytes at `position` of a file: a reader on disk fails naming the file when it ends
+ * first, one over bytes in memory returns fewer (the parsers check).
+ */
 export type ReadAt = (position: number, length: number) => Uint8Array;
 
 /** Validates a safetensors header: every tensor in bounds, the tensors tiling the data section exactly. */

@@ -21,6 +21,7 @@ import {
   isSafetensorsDType,
   type ParsedHeader,
   parseHeader,
+  type ReadAt,
   SAFETENSORS_DTYPES,
   type SafetensorsDType,
   type SafetensorsFile,
@@ -70,6 +71,15 @@ export function readFully(
     }
     done += got;
   }
+}
+
+/** Positional reads of an open file for the format parsers (each read fills its length or fails). */
+export function readAtFd(fd: number, path: string): ReadAt {
+  return (position, length) => {
+    const bytes = new Uint8Array(length);
+    readFully(fd, bytes, position, path);
+    return bytes;
+  };
 }
 
 /** Writes all of `src` at the file's current position, in chunks of at most `chunk` bytes. */
@@ -133,19 +143,7 @@ export function openSafetensors(path: string): SafetensorsFile {
   try {
     const stat = fs.fstatSync(fd);
     if (!stat.isFile()) fail(`${path}: not a regular file`);
-    return new SafetensorsReader(
-      path,
-      fd,
-      parseHeader(
-        path,
-        (position, length) => {
-          const bytes = new Uint8Array(length);
-          readFully(fd, bytes, position, path);
-          return bytes;
-        },
-        stat.size,
-      ),
-    );
+    return new SafetensorsReader(path, fd, parseHeader(path, readAtFd(fd, path), stat.size));
   } catch (e) {
     fs.closeSync(fd);
     throw e;

@@ -39,7 +39,7 @@ export class ModelEngine implements Engine {
     this.modelName = opts.modelName;
     this.contextLength = opts.contextLength ?? model.config.maxPositionEmbeddings;
     this.cache = new KvCache(model, this.contextLength);
-    this.eos = new Set(opts.eosIds ?? configEosIds(model.config));
+    this.eos = new Set(opts.eosIds ?? eosIdsFrom(model.config));
   }
 
   encode(text: string): Int32Array {
@@ -134,12 +134,12 @@ export class ModelEngine implements Engine {
   }
 }
 
-/** eos_token_id of config.json (Node's `eosIdsOf` adds generation_config.json's). */
-export function configEosIds(config: ModelConfig): number[] {
-  return [...new Set(asIds(config.eosTokenId))];
+/** eos_token_id of config.json, plus generation_config.json's when given (instruct models often add one). */
+export function eosIdsFrom(config: ModelConfig, generationConfig?: Record<string, unknown>): number[] {
+  return [...new Set([...asIds(config.eosTokenId), ...asIds(generationConfig?.eos_token_id)])];
 }
 
-export function asIds(v: unknown): number[] {
+function asIds(v: unknown): number[] {
   if (typeof v === 'number') return [v];
   return Array.isArray(v) ? v.filter((x): x is number => typeof x === 'number') : [];
 }
