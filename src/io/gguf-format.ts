@@ -180,6 +180,8 @@ export interface GgufFile {
 class Cursor {
   pos = 0;
   private buf: Uint8Array = new Uint8Array(0);
+  /** the buffered bytes as a DataView, for scalar reads */
+  private data: DataView = new DataView(new ArrayBuffer(0));
   private bufStart = 0;
 
   constructor(
@@ -192,22 +194,28 @@ class Cursor {
     return this.size - this.pos;
   }
 
-  take(n: number, what: string): Uint8Array {
+  /** Moves past the next n bytes; returns where they start in the buffer. */
+  private at(n: number, what: string): number {
     if (n > this.remaining())
       fail(
         `${this.path}: truncated GGUF file (${what} at byte ${this.pos} needs ${n} bytes, ${this.remaining()} left)`,
       );
     const end = this.pos + n;
     if (this.pos < this.bufStart || end > this.bufStart + this.buf.length) this.fill(n);
-    const out = this.buf.subarray(this.pos - this.bufStart, end - this.bufStart);
+    const start = this.pos - this.bufStart;
     this.pos = end;
-    return out;
+    return start;
   }
 
-  /** a DataView over the next n bytes */
-  view(n: number, what: string): DataView {
-    const b = this.take(n, what);
-    return new DataView(b.buffer, b.byteOffset, b.byteLength);
+  /** Reads the next n bytes as one scalar with `get` (a DataView getter at an offset). */
+  scalar<T>(n: number, what: string, get: (data: DataView, offset: number) => T): T {
+    const offset = this.at(n, what); // may refill, so before this.data is read
+    return get(this.data, offset);
+  }
+
+  take(n: number, what: string): Uint8Array {
+    const start = this.at(n, what);
+    return this.buf.subarray(start, start + n);
   }
 
   private fill(n: number): void {
@@ -216,15 +224,16 @@ class Cursor {
     if (buf.length < len)
       fail(`${this.path}: file ended early while reading at byte ${this.pos + buf.length}`);
     this.buf = buf;
+    this.data = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
     this.bufStart = this.pos;
   }
 
   u32(what: string): number {
-    return this.view(4, what).getUint32(0, true);
+    return this.scalar(4, what, (d, i) => d.getUint32(i, true));
   }
 
   u64(what: string): number {
-    const v = this.view(8, what).getBigUint64(0, true);
+    const v = this.scalar(8, what, (d, i) => d.getBigUint64(i, true));
     if (v > BigInt(Number.MAX_SAFE_INTEGER)) fail(`${this.path}: ${what} ${v} is too large`);
     return Number(v);
   }
@@ -240,31 +249,31 @@ const UTF8 = new TextDecoder();
 function readScalar(c: Cursor, type: GgufValueType, what: string): GgufPlain {
   switch (type) {
     case 'uint8':
-      return c.view(1, what).getUint8(0);
+      return c.scalar(1, what, (d, i) => d.getUint8(i));
     case 'int8':
-      return c.view(1, what).getInt8(0);
+      return c.scalar(1, what, (d, i) => d.getInt8(i));
     case 'uint16':
-      return c.view(2, what).getUint16(0, true);
+      return c.scalar(2, what, (d, i) => d.getUint16(i, true));
     case 'int16':
-      return c.view(2, what).getInt16(0, true);
+      return c.scalar(2, what, (d, i) => d.getInt16(i, true));
     case 'uint32':
-      return c.view(4, what).getUint32(0, true);
+      return c.scalar(4, what, (d, i) => d.getUint32(i, true));
     case 'int32':
-      return c.view(4, what).getInt32(0, true);
+      return c.scalar(4, what, (d, i) => d.getInt32(i, true));
     case 'float32':
-      return c.view(4, what).getFloat32(0, true);
+      return c.scalar(4, what, (d, i) => d.getFloat32(i, true));
     case 'uint64':
       return c.u64(what);
     case 'int64': {
-      const v = c.view(8, what).getBigInt64(0, true);
+      const v = c.scalar(8, what, (d, i) => d.getBigInt64(i, true));
       if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < -BigInt(Number.MAX_SAFE_INTEGER))
         fail(`${c.path}: ${what} ${v} is too large`);
       return Number(v);
     }
     case 'float64':
-      return c.view(8, what).getFloat64(0, true);
+      return c.scalar(8, what, (d, i) => d.getFloat64(i, true));
     case 'bool': {
-      const v = c.view(1, what).getUint8(0);
+      const v = c.scalar(1, what, (d, i) => d.getUint8(i));
       if (v > 1) fail(`${c.path}: ${what} is a bool with byte value ${v} (0 or 1 expected)`);
       return v === 1;
     }
