@@ -52,6 +52,11 @@ export interface InputQuant {
   spec: FormatSpec;
   /** input channels left unquantized (mixed precision), as 0/1 column masks */
   keep?: { columns: Int32Array; keepMask: Tensor; quantMask: Tensor };
+  /**
+   * FlatQuant's online transform: the input becomes x (left ⊗ right) before it is quantized (the
+   * weight is stored in the transformed basis); see Backend.kron
+   */
+  transform?: { left: Tensor; right: Tensor };
 }
 
 export interface DecoderLayer {
@@ -175,7 +180,8 @@ export class LlamaModel {
   applyLinear(layer: number, name: LinearName, x: Tensor, hooks?: ForwardHooks): Tensor {
     const lin = this.layers[layer].linears[name];
     // hooks see (and may replace) the quantized input, which the integer path never materializes
-    if (lin.int8 && !hooks?.linearInput) return int8Linear(this.backend, x, lin.int8, lin.bias);
+    if (lin.int8 && !hooks?.linearInput && !lin.inputQuant?.transform)
+      return int8Linear(this.backend, x, lin.int8, lin.bias);
     let input = this.linearInput(layer, name, x);
     input = hooks?.linearInput?.(layer, name, input) ?? input;
     return lin.packed
@@ -348,6 +354,14 @@ function positionsFrom(start: number, n: number): Int32Array {
  * back after, so with symmetric formats they neither get quantized nor move the scales.
  */
 export function quantizeInput(b: Backend, x: Tensor, q: InputQuant): Tensor {
+  if (!q.transform) return quantizeValues(b, x, q);
+  const transformed = b.kron(x, q.transform.left, q.transform.right);
+  const out = quantizeValues(b, transformed, q);
+  transformed.dispose();
+  return out;
+}
+
+function quantizeValues(b: Backend, x: Tensor, q: InputQuant): Tensor {
   if (!q.keep) return b.fakeQuant(x, q.spec);
   const rest = b.scaleColumns(x, q.keep.quantMask);
   const quantized = b.fakeQuant(rest, q.spec);
@@ -372,6 +386,8 @@ function disposeLayer(layer: DecoderLayer): void {
       lin.packed?.codes,
       lin.packed?.scales,
       lin.packed?.zeros,
+      lin.inputQuant?.transform?.left,
+      lin.inputQuant?.transform?.right,
     ])
       if (extra) tensors.add(extra);
   }

@@ -13,6 +13,9 @@
  *   <p>.salient_values   F32  [out, n] their weights
  *   <p>.g_idx            I32  GPTQ act_order: scale group of each input column
  *   <p>.input_scale      F32  [1] static activation scale
+ *   <p>.input_clip       F32  [1] activation clip factor (FlatQuant's learned clipping)
+ *   <p>.input_transform_left, <p>.input_transform_right
+ *                        F32  [n1, n1], [n2, n2] FlatQuant's online transform x -> x (left ⊗ right)
  * Everything else is stored as found (bf16 when its values are exactly bf16, else f32).
  */
 import crypto from 'node:crypto';
@@ -135,6 +138,21 @@ async function linearTensors(
       shape: [1],
       data: new Float32Array([s.staticScale]),
     });
+  if (s?.kind === 'int' && s.clip !== undefined && s.clip !== 1)
+    out.push({ name: `${prefix}.input_clip`, dtype: 'F32', shape: [1], data: new Float32Array([s.clip]) });
+  const transform = lin.inputQuant?.transform;
+  if (transform) {
+    for (const [side, t] of [
+      ['left', transform.left],
+      ['right', transform.right],
+    ] as const)
+      out.push({
+        name: `${prefix}.input_transform_${side}`,
+        dtype: 'F32',
+        shape: t.shape,
+        data: await b.read(t),
+      });
+  }
   return out;
 }
 

@@ -4,3 +4,4 @@ import './smoothquant.ts';
 import './mixed.ts';
 import './sqplus.ts';
 import './gptq-layer.ts';
+import './flatquant.ts';

@@ -355,7 +355,8 @@ async function finishLayer(
     const lin = model.layers[layer].linears[name];
     if (recipe.weights && !lin.quantized)
       await roundToNearest(model, layer, name, recipe.weights, salient.get(name));
-    if (recipe.activations) {
+    // a step that installed its own input quantizer (FlatQuant's transform and clip) keeps it
+    if (recipe.activations && !lin.inputQuant?.transform) {
       const spec = activationSpec(recipe.activations.format, staticAbsMax?.get(name));
       lin.inputQuant = { spec, keep: keepMasks(model.backend, lin.weight.shape[1], salient.get(name)) };
     }

@@ -56,7 +56,19 @@ export interface MixedStep {
   /** percentage of input channels (by calibration activation magnitude) kept in full precision */
   salientPercent: number;
 }
-export type Step = SmoothQuantStep | SqPlusStep | AwqStep | GptqStep | MixedStep;
+export interface FlatQuantStep {
+  method: 'flatquant';
+  epochs: number;
+  /** learning rate of the transforms and the scaling (10x for the clip factors) */
+  lr: number;
+  /** calibration samples per optimizer step */
+  batchSamples: number;
+  /** SmoothQuant-style initialisation exponent of the per-channel scaling */
+  diagAlpha: number;
+  /** seed of the random orthogonal initial factors */
+  seed: number;
+}
+export type Step = SmoothQuantStep | SqPlusStep | AwqStep | GptqStep | MixedStep | FlatQuantStep;
 
 export interface Recipe {
   name: string;
@@ -81,6 +93,7 @@ const STEP_DEFAULTS: { [M in Step['method']]: Extract<Step, { method: M }> } = {
   awq: { method: 'awq', grid: 20, clip: true, duo: false, withActivations: false },
   gptq: { method: 'gptq', damp: 0.01, blockSize: 128, actOrder: false, staticGroups: false, mse: false },
   mixed: { method: 'mixed', salientPercent: 1 },
+  flatquant: { method: 'flatquant', epochs: 15, lr: 5e-3, batchSamples: 4, diagAlpha: 0.3, seed: 0 },
 };
 
 /** Calibration size, and how the windows are drawn (`sampler`, see calib/data.ts; default 'pool'). */
@@ -251,6 +264,13 @@ const BUILTINS: Record<string, RecipeText> = {
     activations: 'mxint8-128',
     steps: [{ method: 'awq', clip: false }, { method: 'gptq' }],
   },
+  'flatquant-w4a4': {
+    description:
+      'FlatQuant: learned Kronecker transforms with per-channel scaling and clipping (15 epochs, AdamW lr 5e-3), INT4 symmetric per-channel weights, INT4 symmetric per-token activations',
+    weights: 'int4-row-sym',
+    activations: 'int4-row-sym',
+    steps: [{ method: 'flatquant' }],
+  },
   'mixed-w4a4': {
     description:
       'Mixed precision (AWQ Table 1): the 1% input channels with the largest mean |x| kept in full precision; the rest INT4 g128 weights, INT4 per-token activations',
@@ -399,9 +419,11 @@ function buildRecipe(name: string, text: RecipeText, where: string, base?: Recip
   return recipe;
 }
 
-/** Calibration defaults of the reference tools: 128 x 2048 for GPTQ, 128 x 512 otherwise (AWQ). */
+/** Calibration defaults of the reference tools: 128 x 2048 for GPTQ and FlatQuant, 128 x 512 otherwise (AWQ). */
 function calibFor(steps: Step[]): RecipeCalib {
-  return steps.some((s) => s.method === 'gptq') ? { samples: 128, seqLen: 2048 } : DEFAULT_CALIB;
+  return steps.some((s) => s.method === 'gptq' || s.method === 'flatquant')
+    ? { samples: 128, seqLen: 2048 }
+    : DEFAULT_CALIB;
 }
 
 function validateRecipe(where: string, r: Recipe): void {
@@ -438,7 +460,25 @@ function validateRecipe(where: string, r: Recipe): void {
     if (s.method === 'mixed' && !(s.salientPercent >= 0 && s.salientPercent < 100))
       fail(`${where}: mixed salientPercent must be in [0, 100), got ${s.salientPercent}`);
     if (s.method === 'gptq' && !(s.damp > 0)) fail(`${where}: gptq damp must be > 0, got ${s.damp}`);
+    if (s.method === 'flatquant') validateFlatQuant(where, r, s);
   }
+}
+
+function validateFlatQuant(where: string, r: Recipe, s: FlatQuantStep): void {
+  const symmetricRows = (f: FormatSpec | undefined) =>
+    f?.kind === 'int' && f.symmetric && f.granularity === 'row' && f.staticScale === undefined;
+  if (!symmetricRows(r.weights))
+    fail(`${where}: flatquant needs symmetric per-channel INT weights (e.g. int4-row-sym)`);
+  if (r.activations && (r.activations.static || !symmetricRows(r.activations.format)))
+    fail(`${where}: flatquant needs dynamic symmetric per-token INT activations (e.g. int4-row-sym)`);
+  if (!(Number.isInteger(s.epochs) && s.epochs >= 1))
+    fail(`${where}: flatquant epochs must be an integer >= 1`);
+  if (!(s.lr > 0)) fail(`${where}: flatquant lr must be > 0, got ${s.lr}`);
+  if (!(Number.isInteger(s.batchSamples) && s.batchSamples >= 1))
+    fail(`${where}: flatquant batchSamples must be an integer >= 1`);
+  if (!(s.diagAlpha >= 0 && s.diagAlpha <= 1)) fail(`${where}: flatquant diagAlpha must be in [0, 1]`);
+  if (r.steps.length !== 1)
+    fail(`${where}: flatquant runs alone (its transforms change every linear's basis)`);
 }
 
 export function recipeNeedsCalibration(r: Recipe): boolean {

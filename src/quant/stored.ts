@@ -7,7 +7,13 @@ import { codeBits, type Encoded, parseFormat, unpackCodes } from '../formats/ind
 import type { FormatSpec } from '../formats/spec.ts';
 import type { ModelConfig } from '../io/config.ts';
 import type { Checkpoint } from '../io/safetensors-format.ts';
-import { type Linear, type LinearName, LlamaModel, linearTensorName } from '../model/llama.ts';
+import {
+  type InputQuant,
+  type Linear,
+  type LinearName,
+  LlamaModel,
+  linearTensorName,
+} from '../model/llama.ts';
 import { type CodesOnly, codesOnlyWeight } from '../model/packed.ts';
 import type { Backend } from '../tensor/tensor.ts';
 import type { Recipe } from './recipe.ts';
@@ -125,12 +131,41 @@ export function readStoredLinear(
     const scale = ckpt.has(`${prefix}.input_scale`)
       ? (ckpt.read(`${prefix}.input_scale`).data as Float32Array)[0]
       : undefined;
-    const spec = scale !== undefined && actSpec.kind === 'int' ? { ...actSpec, staticScale: scale } : actSpec;
-    stored.inputQuant = { spec, keep: keepMasks(backend, cols, stored.quantized?.salient?.columns) };
+    const clip = ckpt.has(`${prefix}.input_clip`)
+      ? (ckpt.read(`${prefix}.input_clip`).data as Float32Array)[0]
+      : undefined;
+    const spec =
+      actSpec.kind === 'int' && (scale !== undefined || clip !== undefined)
+        ? {
+            ...actSpec,
+            ...(scale !== undefined && { staticScale: scale }),
+            ...(clip !== undefined && { clip }),
+          }
+        : actSpec;
+    stored.inputQuant = {
+      spec,
+      keep: keepMasks(backend, cols, stored.quantized?.salient?.columns),
+      transform: readTransform(ckpt, backend, prefix),
+    };
   }
   if (stored.quantized)
     stored.weight = codesOnly?.(stored)
       ? codesOnlyWeight(backend, rows, cols)
       : backend.upload(dequantizeWeight(stored.quantized), [rows, cols], 'f32');
   return stored;
+}
+
+/** FlatQuant's online transform of a linear's input, when the checkpoint has one. */
+function readTransform(ckpt: Checkpoint, backend: Backend, prefix: string): InputQuant['transform'] {
+  if (!ckpt.has(`${prefix}.input_transform_left`)) return undefined;
+  const factor = (side: 'left' | 'right') => {
+    const name = `${prefix}.input_transform_${side}`;
+    const t = ckpt.read(name);
+    if (t.dtype !== 'F32' || t.shape.length !== 2 || t.shape[0] !== t.shape[1])
+      fail(
+        `${ckpt.dir}: tensor "${name}" must be a square F32 matrix, got ${t.dtype} [${t.shape.join(', ')}]`,
+      );
+    return backend.upload(t.data as Float32Array, t.shape, 'f32');
+  };
+  return { left: factor('left'), right: factor('right') };
 }

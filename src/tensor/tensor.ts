@@ -122,6 +122,11 @@ export interface Backend {
   scaleColumns(x: Tensor, s: Tensor): Tensor;
   /** x[i, :] * s[i] for every column. */
   scaleRows(x: Tensor, s: Tensor): Tensor;
+  /**
+   * Kronecker-factored transform of each row: x [rows, n1 * n2] read per row as X [n1, n2] becomes
+   * left^T X right, i.e. x (left ⊗ right); left [n1, n1], right [n2, n2] (FlatQuant's online transform).
+   */
+  kron(x: Tensor, left: Tensor, right: Tensor): Tensor;
   /** Per-row negative log-likelihood of targets under softmax(logits) -> [rows] f32. */
   nll(logits: Tensor, targets: Int32Array): Tensor;
   /**
@@ -164,6 +169,18 @@ export function checkCachedAttention(q: Tensor, k: Tensor, v: Tensor, s: CachedA
     if (c.shape[1] !== Hkv * Dh || c.shape[0] < past + queries)
       fail(`${what}: cache ${shapeString(c.shape)} lacks ${past + queries} rows of ${Hkv * Dh}`);
   if (H % Hkv !== 0) fail(`${what}: ${H} heads over ${Hkv} kv heads`);
+}
+
+/** [rows, n1, n2] of a kron's operands, or one clear error. */
+export function checkKron(x: Tensor, left: Tensor, right: Tensor): [number, number, number] {
+  const square = (t: Tensor) => t.shape.length === 2 && t.shape[0] === t.shape[1];
+  if (!square(left) || !square(right) || x.shape.length !== 2)
+    fail(
+      `kron: factors must be square and x 2-D, got ${shapeString(left.shape)}, ${shapeString(right.shape)}, x ${shapeString(x.shape)}`,
+    );
+  const [n1, n2] = [left.shape[0], right.shape[0]];
+  if (x.shape[1] !== n1 * n2) fail(`kron: x rows of ${x.shape[1]} are not ${n1} x ${n2}`);
+  return [x.shape[0], n1, n2];
 }
 
 /** Checks a row write into a cache. */

@@ -9,6 +9,7 @@ import {
   type ColumnStats,
   checkCachedAttention,
   checkKlShapes,
+  checkKron,
   checkWriteRows,
   type DType,
   type HostArray,
@@ -354,6 +355,31 @@ export class CpuBackend implements Backend {
     const out = sharedF32(M * N);
     for (let r = 0; r < M; r++) for (let j = 0; j < N; j++) out[r * N + j] = src[r * N + j] * scale[j];
     return this.fromF32(out, [M, N]);
+  }
+
+  kron(x: Tensor, left: Tensor, right: Tensor): Tensor {
+    const [rows, n1, n2] = checkKron(x, left, right);
+    const src = this.f32(x);
+    const a = this.f32(left);
+    const b = this.f32(right);
+    const n = n1 * n2;
+    const out = sharedF32(rows * n);
+    const t = new Float32Array(n);
+    for (let r = 0; r < rows; r++) {
+      const o = r * n;
+      t.fill(0);
+      for (let i = 0; i < n1; i++)
+        for (let j = 0; j < n2; j++) {
+          const v = src[o + i * n2 + j];
+          for (let c = 0; c < n2; c++) t[i * n2 + c] += v * b[j * n2 + c];
+        }
+      for (let i = 0; i < n1; i++)
+        for (let k = 0; k < n1; k++) {
+          const f = a[i * n1 + k];
+          for (let c = 0; c < n2; c++) out[o + k * n2 + c] += f * t[i * n2 + c];
+        }
+    }
+    return this.fromF32(out, [rows, n]);
   }
 
   scaleRows(x: Tensor, s: Tensor): Tensor {

@@ -70,7 +70,8 @@ export function parallelFor<N extends KernelName>(
   minUnitsPerThread = 1,
 ): void {
   const fn = KERNELS[kernel] as (...a: unknown[]) => void;
-  const threads = Math.min(threadCount(), Math.max(1, Math.floor(units / minUnitsPerThread)));
+  // never more threads than units: an empty trailing range can still index past a small output
+  const threads = Math.min(threadCount(), units, Math.max(1, Math.floor(units / minUnitsPerThread)));
   if (threads <= 1) {
     fn(...args, 0, units);
     return;

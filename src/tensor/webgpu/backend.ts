@@ -13,6 +13,7 @@ import {
   type ColumnStats,
   checkCachedAttention,
   checkKlShapes,
+  checkKron,
   checkWriteRows,
   type DType,
   type HostArray,
@@ -26,6 +27,7 @@ import { attention, attentionCached } from './attention.ts';
 import { type ContextOptions, ELEM_BYTES, GpuContext, layoutOf, type Storage } from './context.ts';
 import { binary, copyRows, rope, scaleColumns, scaleRows, toF32 } from './elementwise.ts';
 import { type Dot4Tile, Int8Gemm, type Int8Path, scaleInt32 as scaleInt32Kernel } from './int8.ts';
+import { kron } from './kron.ts';
 import { concatRows, sliceRows, transpose } from './layout.ts';
 import { DEFAULT_TILE, embedding, type GemmTile, linear } from './matmul.ts';
 import { klDiv, nll, rmsnorm } from './norm.ts';
@@ -360,6 +362,12 @@ export class WebGpuBackend implements Backend {
     const sx = this.st(x, 'scaleColumns');
     if (numel(s.shape) !== sx.cols) fail(`scaleColumns: ${numel(s.shape)} scales for ${sx.cols} columns`);
     return this.wrap(scaleColumns(this.ctx, sx, this.st(s, 'scaleColumns')), x.shape);
+  }
+
+  kron(x: Tensor, left: Tensor, right: Tensor): Tensor {
+    checkKron(x, left, right);
+    const out = kron(this.ctx, this.st(x, 'kron'), this.st(left, 'kron'), this.st(right, 'kron'));
+    return this.wrap(out, x.shape);
   }
 
   scaleRows(x: Tensor, s: Tensor): Tensor {
