@@ -145,6 +145,19 @@ test('rmsnorm, rope, siluMul, add, sub, scaleColumns, scaleRows match the CPU', 
   await expectClose(tiny!.scaleRows(xt, rt), cpu.scaleRows(xc, rc), 1e-7, 'scaleRows windows');
 });
 
+test('kron (x -> x (L ⊗ R), FlatQuant) matches the CPU, within and across row windows', {
+  skip,
+}, async () => {
+  const r = rng(12);
+  const [M, n1, n2] = [37, 6, 16];
+  const [xc, xg, xt] = onBoth(r.normal(M * n1 * n2), [M, n1 * n2]);
+  const [lc, lg, lt] = onBoth(r.normal(n1 * n1), [n1, n1]);
+  const [rc, rg, rt] = onBoth(r.normal(n2 * n2), [n2, n2]);
+  const want = cpu.kron(xc, lc, rc);
+  await expectClose(gpu!.kron(xg, lg, rg), want, 1e-6, 'kron');
+  await expectClose(tiny!.kron(xt, lt, rt), want, 1e-6, 'kron windows');
+});
+
 test('causal GQA attention matches the CPU (head_dim 64 and 128, batch 2)', { skip }, async () => {
   const r = rng(5);
   for (const [batch, seqLen, H, Hkv, Dh] of [
