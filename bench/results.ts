@@ -3,6 +3,7 @@
  * calibration and evaluation settings the issues name. Meant for the GPU machine (WebGPU):
  *   node bench/results.ts --set issue4 --model <dir> --calib brown.txt --eval wiki.test.raw \
  *     [--device webgpu] [--out dir] [--dump-awq dir] [--quick] [--seed S] [--sampler pool|gptq] [--kl]
+ *     [--flatquant-calib SAMPLESxSEQLEN] [--flatquant-epochs E]
  * Writes <out>/results-<set>-<model>.json and .md; --dump-awq writes the calibration/evaluation
  * ids for bench/reference/awq_reference.py; --quick shrinks every setting (smoke test); --kl adds each
  * row's KL divergence from the full-precision model (mean nats per token, same top token).
@@ -32,9 +33,22 @@ const AWQ_CALIB = { samples: 128, seqLen: 512 };
 const GPTQ_CALIB = { samples: 128, seqLen: 2048 };
 const W4A8_MX = { weights: 'mxint4-128', activations: 'mxint8-128' };
 
-const SETS: Record<string, Job[]> = {
+const W4A4_ROW = { weights: 'int4-row-sym', activations: 'int4-row-sym' };
+
+/** FlatQuant's calibration: --flatquant-calib and --flatquant-epochs shrink it for small machines. */
+function flatQuantJob(): Job {
+  const [samples, seqLen] = String(values['flatquant-calib']).split('x').map(Number);
+  const epochs = Number(values['flatquant-epochs']);
+  return {
+    label: `FlatQuant W4A4 (${values.quick ? '2 x 256' : `${samples} x ${seqLen}`} calibration, ${epochs} epochs)`,
+    recipe: { base: 'flatquant-w4a4', steps: [{ flatquant: { epochs } }] },
+    calib: { samples, seqLen },
+  };
+}
+
+const SETS: Record<string, () => Job[]> = {
   // llama.cpp's own block formats, RTN, AWQ and GPTQ (what `export --to gguf-q4_0` then writes unchanged)
-  ggml: [
+  ggml: () => [
     { label: 'fp' },
     { label: 'RTN Q4_0', recipe: 'rtn-q4_0' },
     { label: 'AWQ Q4_0', recipe: 'awq-q4_0', calib: AWQ_CALIB },
@@ -43,7 +57,7 @@ const SETS: Record<string, Job[]> = {
     { label: 'RTN W4 g128 (for comparison)', recipe: 'rtn-w4g128' },
     { label: 'AWQ W4 g128 (for comparison)', recipe: 'awq-w4g128', calib: AWQ_CALIB },
   ],
-  issue4: [
+  issue4: () => [
     { label: 'fp' },
     { label: 'RTN W4 g128', recipe: 'rtn-w4g128' },
     { label: 'AWQ W4 g128', recipe: 'awq-w4g128', calib: AWQ_CALIB },
@@ -68,7 +82,7 @@ const SETS: Record<string, Job[]> = {
       calib: AWQ_CALIB,
     })),
   ],
-  gptq: [
+  gptq: () => [
     { label: 'fp' },
     { label: 'RTN W4 g128', recipe: 'rtn-w4g128' },
     { label: 'GPTQ W4 g128', recipe: 'gptq-w4g128', calib: GPTQ_CALIB },
@@ -94,7 +108,7 @@ const SETS: Record<string, Job[]> = {
       })),
     ),
   ],
-  'awq-gptq': [
+  'awq-gptq': () => [
     { label: 'fp' },
     { label: 'RTN W4A8 MXINT4-128', recipe: { name: 'rtn-mx', ...W4A8_MX } },
     {
@@ -118,6 +132,19 @@ const SETS: Record<string, Job[]> = {
       recipe: { name: 'sq-gptq-mx', ...W4A8_MX, steps: ['smoothquant', 'gptq'] },
       calib: GPTQ_CALIB,
     },
+  ],
+  // W4A4 with per-channel weights: FlatQuant against what needs no training
+  flatquant: () => [
+    { label: 'fp' },
+    flatQuantJob(),
+    { label: 'RTN W4A4 per-channel', recipe: { name: 'rtn-w4a4-row', ...W4A4_ROW } },
+    {
+      label: 'SmoothQuant W4A4 per-channel',
+      recipe: { name: 'sq-w4a4-row', ...W4A4_ROW, steps: ['smoothquant'] },
+      calib: AWQ_CALIB,
+    },
+    { label: 'RTN W4A4 g128 (rtn-w4a4)', recipe: 'rtn-w4a4' },
+    { label: 'AWQ W4A4 g128 (acts in the search)', recipe: 'awq-w4a4', calib: AWQ_CALIB },
   ],
 };
 
@@ -152,10 +179,12 @@ const { values } = parseArgs({
     seed: { type: 'string', default: '0' },
     sampler: { type: 'string', default: 'pool' },
     kl: { type: 'boolean', default: false },
+    'flatquant-calib': { type: 'string', default: '128x2048' },
+    'flatquant-epochs': { type: 'string', default: '15' },
   },
 });
 const dir = values.model as string;
-const jobs = (SETS[values.set as string] ?? []).filter(
+const jobs = (SETS[values.set as string]?.() ?? []).filter(
   (j) =>
     !values.only ||
     values.only
