@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
-import { rng } from './helpers.ts';
+import { maxRelErr, rng } from './helpers.ts';
 
 const cpu = new CpuBackend();
 
@@ -14,16 +14,6 @@ function naiveLinear(x: Float32Array, w: Float32Array, M: number, N: number, K: 
       out[i * N + j] = s;
     }
   return out;
-}
-
-function maxRelErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num = Math.max(num, Math.abs(a[i] - b[i]));
-    den = Math.max(den, Math.abs(b[i]));
-  }
-  return num / den;
 }
 
 test('linear matches a naive matmul on odd shapes, in one thread and split across threads', async () => {

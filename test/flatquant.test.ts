@@ -29,7 +29,7 @@ import { quantizeModel } from '../src/quant/pipeline.ts';
 import { resolveRecipe } from '../src/quant/recipe.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { openDevice, WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
-import { MODELS, rng, SHARED, testManifest, WIKITEXT } from './helpers.ts';
+import { MODELS, maxRelErr, rng, SHARED, testManifest, WIKITEXT } from './helpers.ts';
 
 const cpu = new CpuBackend();
 
@@ -77,16 +77,6 @@ function inverse(m: Float64Array, n: number): Float64Array {
     for (let r = 0; r < n; r++) if (r !== c) a[r] = a[r].map((v, j) => v - a[r][c] * a[c][j]);
   }
   return Float64Array.from(a.flatMap((row) => row.slice(n)));
-}
-
-function maxRelErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < want.length; i++) {
-    num = Math.max(num, Math.abs(got[i] - want[i]));
-    den = Math.max(den, Math.abs(want[i]));
-  }
-  return num / den;
 }
 
 test('Backend.kron and kronRows equal x (L ⊗ R) with the Kronecker product written out', async () => {
@@ -333,6 +323,7 @@ test('flatquant-w4a4 on llama-tiny: losses fall, perplexity beats RTN W4A4, chec
 });
 
 test('flatquant recipes refuse formats it cannot train', () => {
+  const a4 = { name: 'x', weights: 'int4-row-sym', activations: 'int4-row-sym' };
   for (const [weights, activations, what] of [
     ['int4-g128', 'int4-row-sym', /symmetric per-channel INT weights/],
     ['int4-row', 'int4-row-sym', /symmetric per-channel INT weights/],
@@ -340,7 +331,11 @@ test('flatquant recipes refuse formats it cannot train', () => {
   ] as const)
     assert.throws(() => recipeOf({ name: 'x', weights, activations, steps: ['flatquant'] }), what);
   assert.throws(
-    () => recipeOf({ name: 'x', weights: 'int4-row-sym', steps: [{ flatquant: { epochs: 0 } }] }),
+    () => recipeOf({ name: 'x', weights: 'int4-row-sym', steps: ['flatquant'] }),
+    /dynamic symmetric per-token INT activations/,
+  );
+  assert.throws(
+    () => recipeOf({ ...a4, steps: [{ flatquant: { epochs: 0 } }] }),
     /epochs must be an integer >= 1/,
   );
   assert.equal(resolveRecipe('flatquant-w4a4').calib.seqLen, 2048);

@@ -35,6 +35,17 @@ export function rng(seed: number) {
   return { uniform, normal };
 }
 
+/** max |a - b| over max |b| */
+export function maxRelErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num = Math.max(num, Math.abs(a[i] - b[i]));
+    den = Math.max(den, Math.abs(b[i]));
+  }
+  return num / den;
+}
+
 export const SHARED = new URL('../../shared/', import.meta.url).pathname;
 export const MODELS = `${SHARED}models/`;
 export const WIKITEXT = `${SHARED}data/wikitext-2-raw/wiki.test.raw`;

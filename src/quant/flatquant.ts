@@ -65,22 +65,19 @@ async function captureInputs(
     },
     false,
   );
-  const parts = await Promise.all(pending);
-  const x = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    x.set(p, at);
-    at += p.length;
-  }
+  const x = concatF32(await Promise.all(pending));
   const n = ctx.model.layers[ctx.layer].linears[name].weight.shape[1];
   return { x, rows: x.length / n };
 }
 
 async function stackedWeights(model: LlamaModel, layer: number, names: LinearName[]): Promise<Float32Array> {
-  const parts = await Promise.all(
-    names.map((n) => model.backend.read(model.layers[layer].linears[n].weight)),
+  return concatF32(
+    await Promise.all(names.map((n) => model.backend.read(model.layers[layer].linears[n].weight))),
   );
-  const out = new Float32Array(parts.reduce((s, p) => s + p.length, 0));
+}
+
+function concatF32(parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
   for (const p of parts) {
     out.set(p, at);

@@ -469,7 +469,7 @@ function validateFlatQuant(where: string, r: Recipe, s: FlatQuantStep): void {
     f?.kind === 'int' && f.symmetric && f.granularity === 'row' && f.staticScale === undefined;
   if (!symmetricRows(r.weights))
     fail(`${where}: flatquant needs symmetric per-channel INT weights (e.g. int4-row-sym)`);
-  if (r.activations && (r.activations.static || !symmetricRows(r.activations.format)))
+  if (!r.activations || r.activations.static || !symmetricRows(r.activations.format))
     fail(`${where}: flatquant needs dynamic symmetric per-token INT activations (e.g. int4-row-sym)`);
   if (!(Number.isInteger(s.epochs) && s.epochs >= 1))
     fail(`${where}: flatquant epochs must be an integer >= 1`);
