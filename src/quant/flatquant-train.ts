@@ -366,12 +366,14 @@ export async function lossAndGrads(
   s: TransformState,
   x: Float32Array,
   rows: number,
-): Promise<LossAndGrads> {
+  /** the full-precision outputs x W^T of these rows, when the caller keeps them */
+  target?: Float32Array,
+): Promise<LossAndGrads & { target: Float32Array }> {
   const { n1, n2, m } = p;
   const n = n1 * n2;
   const diag = s.diag;
-  const xs = diag ? x.map((v, e) => v * diag[e % n]) : x;
-  const ws = diag ? p.w.map((v, e) => v / diag[e % n]) : p.w;
+  const xs = diag ? scaleColumnsHost(x, diag, false) : x;
+  const ws = diag ? scaleColumnsHost(p.w, diag, true) : p.w;
   const leftInvT = transposeSquare(invert(s.left, n1), n1);
   const rightInvT = transposeSquare(invert(s.right, n2), n2);
   const xt = await kronRows(backend, xs, rows, s.left, n1, s.right, n2);
@@ -384,7 +386,7 @@ export async function lossAndGrads(
   const qw = quantizeRows(wt.out, m, n, p.weightBits, wQmin, weightClip);
   const [yq, yfp] = await Promise.all([
     matmulT(backend, qa.out, rows, n, qw.out, m),
-    matmulT(backend, x, rows, n, p.w, m),
+    target ?? matmulT(backend, x, rows, n, p.w, m),
   ]);
   let loss = 0;
   for (let e = 0; e < yq.length; e++) loss += (yq[e] - yfp[e]) ** 2;
@@ -447,7 +449,16 @@ export async function lossAndGrads(
   for (let r = 0; r < rows; r++) dAct += ba.dclip[r];
   dAct *= actClip * (1 - actClip);
   const dWeights = bw.dclip.map((d, r) => d * weightClip(r) * (1 - weightClip(r)));
-  return { loss, grads: { left, right, diag: dDiag, act: dAct, weights: dWeights } };
+  return { loss, grads: { left, right, diag: dDiag, act: dAct, weights: dWeights }, target: yfp };
+}
+
+/** x [rows, n] with column j multiplied (or divided) by d[j]. */
+function scaleColumnsHost(x: Float32Array, d: Float64Array, divide: boolean): Float32Array {
+  const n = d.length;
+  const f = divide ? d.map((v) => 1 / v) : d;
+  const out = new Float32Array(x.length);
+  for (let o = 0; o < x.length; o += n) for (let j = 0; j < n; j++) out[o + j] = x[o + j] * f[j];
+  return out;
 }
 
 /**
@@ -494,6 +505,9 @@ export async function trainTransform(
   const act = new Param(new Float64Array([s.actClipLogit]), 10);
   const weights = new Param(s.weightClipLogits, 10);
   const lrMin = settings.lr * 1e-3;
+  // the full-precision outputs of each batch, kept across epochs when they take at most 256 MiB
+  const keepTargets = p.rows * p.m <= 2 ** 26;
+  const targets: Float32Array[] = [];
   let t = 0;
   let lossFirst = 0;
   let lossLast = 0;
@@ -502,7 +516,8 @@ export async function trainTransform(
     for (let b = 0; b < steps; b++) {
       const x = p.x.subarray(b * batchRows * n, (b + 1) * batchRows * n);
       s.actClipLogit = act.value[0];
-      const { loss, grads } = await lossAndGrads(backend, p, s, x, batchRows);
+      const { loss, grads, target } = await lossAndGrads(backend, p, s, x, batchRows, targets[b]);
+      if (keepTargets) targets[b] = target;
       sum += loss;
       const cosine = (1 + Math.cos((Math.PI * t) / total)) / 2;
       const lrAt = (param: Param) => lrMin + (settings.lr * param.lrScale - lrMin) * cosine;
