@@ -107,6 +107,11 @@ export class LlamaModel {
   readonly rope: RopeTable;
   /** set when the weights/activations are quantized (recipe name and settings) */
   quantization?: { recipe: string; [key: string]: unknown };
+  /**
+   * fake quantization of the keys (after RoPE) and values as they enter the attention and the KV
+   * cache; groups run along each row, within one head (kvCacheSpec)
+   */
+  kvQuant?: FormatSpec;
 
   constructor(
     readonly config: ModelConfig,
@@ -221,8 +226,8 @@ export class LlamaModel {
       return out;
     };
     const q = rotated('q_proj');
-    const k = rotated('k_proj');
-    const v = this.applyLinear(layer, 'v_proj', x, hooks);
+    const k = this.kvQuantized(rotated('k_proj'));
+    const v = this.kvQuantized(this.applyLinear(layer, 'v_proj', x, hooks));
     const heads = { numHeads, numKvHeads, headDim };
     const past = cache?.past ?? 0;
     const cached = cache?.append(layer, k, v);
@@ -233,6 +238,13 @@ export class LlamaModel {
         : b.attention(q, k, v, { ...shape, ...heads });
     for (const t of [q, k, v]) t.dispose();
     return att;
+  }
+
+  private kvQuantized(t: Tensor): Tensor {
+    if (!this.kvQuant) return t;
+    const out = this.backend.fakeQuant(t, this.kvQuant);
+    t.dispose();
+    return out;
   }
 
   /** silu(gate x) * up x, the input of down_proj, for normed input x. */
@@ -353,6 +365,28 @@ function positionsFrom(start: number, n: number): Int32Array {
  * Fake-quantizes a linear's input. Kept (salient) channels are zeroed before quantizing and added
  * back after, so with symmetric formats they neither get quantized nor move the scales.
  */
+/**
+ * The KV-cache format as applied to rows of k/v ([rows, kv heads x head_dim]): per-row INT becomes
+ * one scale per head (groups of head_dim); other formats must keep their groups within a head.
+ */
+export function kvCacheSpec(spec: FormatSpec, headDim: number): FormatSpec {
+  if (spec.kind === 'int' && spec.granularity === 'row')
+    return { ...spec, granularity: 'group', group: headDim };
+  const group =
+    spec.kind === 'int'
+      ? spec.granularity === 'group'
+        ? spec.group
+        : undefined
+      : spec.kind === 'mx'
+        ? spec.block
+        : undefined;
+  if (group === undefined || headDim % group !== 0)
+    fail(
+      `kv cache format: groups must lie within one head (head_dim ${headDim}): use INT per row (one scale per head), INT groups or MX blocks dividing ${headDim}`,
+    );
+  return spec;
+}
+
 export function quantizeInput(b: Backend, x: Tensor, q: InputQuant): Tensor {
   if (!q.transform) return quantizeValues(b, x, q);
   const transformed = b.kron(x, q.transform.left, q.transform.right);

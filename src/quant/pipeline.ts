@@ -8,7 +8,13 @@
  */
 import type { CalibSet } from '../calib/data.ts';
 import type { FormatSpec } from '../formats/spec.ts';
-import type { BatchShape, ForwardHooks, LinearName, LlamaModel } from '../model/llama.ts';
+import {
+  type BatchShape,
+  type ForwardHooks,
+  kvCacheSpec,
+  type LinearName,
+  type LlamaModel,
+} from '../model/llama.ts';
 import type { ColumnStats, Tensor } from '../tensor/tensor.ts';
 import { type Recipe, recipeNeedsCalibration, type Step } from './recipe.ts';
 import type { ResumeStore } from './resume.ts';
@@ -126,6 +132,8 @@ export async function quantizeModel(
     peakActivationValues: 0,
     resumedLayers: 0,
   };
+  // the KV cache is quantized from the start, so that calibration passes see it as inference will
+  if (recipe.kvCache) model.kvQuant = kvCacheSpec(recipe.kvCache, model.config.headDim);
   if (recipeNeedsCalibration(recipe)) {
     if (!calib) throw new Error(`recipe ${recipe.name} needs calibration data`);
     for (const step of recipe.steps) {

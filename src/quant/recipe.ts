@@ -76,6 +76,8 @@ export interface Recipe {
   /** weight format; undefined keeps weights in full precision */
   weights?: FormatSpec;
   activations?: ActivationQuant;
+  /** keys and values in the attention / KV cache; per-row INT means one scale per head and token */
+  kvCache?: FormatSpec;
   steps: Step[];
   /** linears whose weights (and inputs) are quantized */
   targets: LinearName[];
@@ -109,6 +111,7 @@ export interface RecipeText {
   description: string;
   weights?: string;
   activations?: string;
+  kv?: string;
   static?: boolean;
   steps?: Partial<Step>[];
   calib?: Partial<RecipeCalib>;
@@ -153,6 +156,13 @@ const BUILTINS: Record<string, RecipeText> = {
     description: 'INT4 weights asymmetric g128; INT4 activations symmetric, dynamic per token',
     weights: 'int4-g128',
     activations: 'int4-row-sym',
+  },
+  'rtn-w4a4kv4': {
+    description:
+      'INT4 weights asymmetric g128; INT4 activations symmetric, dynamic per token; KV cache INT4 asymmetric, one scale per head and token',
+    weights: 'int4-g128',
+    activations: 'int4-row-sym',
+    kv: 'int4-row',
   },
   'mxint4-128': { description: 'MXINT4 weights, blocks of 128 (E8M0 scales)', weights: 'mxint4-128' },
   'mxint8-128-a-mxint8-128': {
@@ -271,6 +281,14 @@ const BUILTINS: Record<string, RecipeText> = {
     activations: 'int4-row-sym',
     steps: [{ method: 'flatquant' }],
   },
+  'flatquant-w4a4kv4': {
+    description:
+      "FlatQuant's W4A4KV4: flatquant-w4a4 plus the KV cache in INT4 asymmetric, one scale per head and token (no learned K/Q transform)",
+    weights: 'int4-row-sym',
+    activations: 'int4-row-sym',
+    kv: 'int4-row',
+    steps: [{ method: 'flatquant' }],
+  },
   'mixed-w4a4': {
     description:
       'Mixed precision (AWQ Table 1): the 1% input channels with the largest mean |x| kept in full precision; the rest INT4 g128 weights, INT4 per-token activations',
@@ -310,6 +328,7 @@ function loadRecipeFile(file: string): Recipe {
     'description',
     'weights',
     'activations',
+    'kv',
     'static',
     'steps',
     'targets',
@@ -324,6 +343,7 @@ function loadRecipeFile(file: string): Recipe {
     description: String(obj.description ?? base?.description ?? `recipe from ${file}`),
     weights: obj.weights === undefined ? undefined : String(obj.weights),
     activations: obj.activations === undefined ? undefined : String(obj.activations),
+    kv: obj.kv === undefined ? undefined : String(obj.kv),
     static: obj.static === undefined ? undefined : Boolean(obj.static),
     steps: obj.steps === undefined ? undefined : parseSteps(file, obj.steps),
     calib: obj.calib === undefined ? undefined : parseCalib(file, obj.calib),
@@ -409,6 +429,7 @@ function buildRecipe(name: string, text: RecipeText, where: string, base?: Recip
     description: text.description,
     weights,
     activations,
+    kvCache: text.kv ? parseFormat(text.kv) : base?.kvCache,
     steps,
     targets: base?.targets ?? [...LINEARS],
     calib: { ...(base?.calib ?? calibFor(steps)), ...text.calib },
@@ -435,6 +456,10 @@ function validateRecipe(where: string, r: Recipe): void {
     !(acts.format.kind === 'int' && acts.format.granularity === 'tensor' && acts.format.symmetric)
   )
     fail(`${where}: static activation scales need a symmetric per-tensor INT format (e.g. int8-tensor-sym)`);
+  if (r.kvCache && (r.kvCache.kind === 'ggml' || r.kvCache.kind === 'nvfp4' || r.kvCache.kind === 'fp8'))
+    fail(
+      `${where}: kv takes INT (per row = per head, or groups) or MX formats, not ${formatName(r.kvCache)}`,
+    );
   if (acts?.format.kind === 'ggml')
     fail(
       `${where}: ${acts.format.type} is a llama.cpp weight format; activations take INT, MX, FP8 or NVFP4`,
@@ -490,6 +515,7 @@ export function explainRecipe(r: Recipe): string {
   const lines = [
     `${r.name}: ${r.description}`,
     `  weights      ${r.weights ? describeFormat(r.weights) : 'full precision'} on ${r.targets.join(', ')}; lm_head and embeddings full precision`,
+    `  kv cache     ${r.kvCache ? `${describeFormat(r.kvCache)}${r.kvCache.kind === 'int' && r.kvCache.granularity === 'row' ? ' (one scale per head and token)' : ''}` : 'full precision'}`,
     `  activations  ${r.activations ? `${describeFormat(r.activations.format)}${r.activations.static ? ', static scale from calibration' : ', dynamic'}` : 'full precision'}`,
     `  steps        ${r.steps.length ? r.steps.map((s) => JSON.stringify(s)).join(' -> ') : 'none (round to nearest)'}`,
   ];

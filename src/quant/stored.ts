@@ -9,6 +9,7 @@ import type { ModelConfig } from '../io/config.ts';
 import type { Checkpoint } from '../io/safetensors-format.ts';
 import {
   type InputQuant,
+  kvCacheSpec,
   type Linear,
   type LinearName,
   LlamaModel,
@@ -66,6 +67,7 @@ export function quantizedFromCheckpoint(
     readStoredLinear(ckpt, backend, q, layer, name, shape, codesOnly),
   );
   model.quantization = { recipe: q.recipe.name };
+  if (q.recipe.kvCache) model.kvQuant = kvCacheSpec(q.recipe.kvCache, config.headDim);
   return model;
 }
 

@@ -30,6 +30,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fail } from '../../errors.ts';
 import { ggmlBlocks, QK, quantizeF16, quantizeQ4_0, quantizeQ8_0 } from '../../formats/ggml.ts';
+import { formatName } from '../../formats/index.ts';
 import { LINEARS, type LinearName, type LlamaModel, type QuantizedWeight } from '../../model/llama.ts';
 import { readQuantizationConfig } from '../../quant/checkpoint.ts';
 import { loadModel } from '../../quant/load.ts';
@@ -112,6 +113,10 @@ function checkSource(modelDir: string, type: string): { config: ModelConfig; sou
       `${modelDir}: recipe ${q.recipe.name} quantizes activations (${q.activation_format}), which GGUF cannot express; export a weight-only checkpoint or the full-precision model`,
     );
   }
+  if (q?.recipe.kvCache)
+    fail(
+      `${modelDir}: recipe ${q.recipe.name} quantizes the KV cache (${formatName(q.recipe.kvCache)}), which GGUF files cannot carry; export a checkpoint without it`,
+    );
   return { config, source: q ? `llmq ${q.recipe.name}` : 'full precision' };
 }
 

@@ -245,6 +245,10 @@ function intSpecOf(src: string, q: QuantizationConfig): IntSpec {
     fail(
       `${src}: recipe ${q.recipe.name} quantizes activations (${q.activation_format}); these layouts are weight-only (W4A16 / W8A16)`,
     );
+  if (q.recipe.kvCache)
+    fail(
+      `${src}: recipe ${q.recipe.name} quantizes the KV cache (${formatName(q.recipe.kvCache)}), which these layouts cannot express`,
+    );
   if (q.recipe.steps.some((s) => s.method === 'mixed'))
     fail(
       `${src}: recipe ${q.recipe.name} keeps salient columns in full precision, which these layouts cannot hold`,
