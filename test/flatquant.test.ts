@@ -12,6 +12,7 @@ import { loadCalibration } from '../src/calib/data.ts';
 import { readEvalText } from '../src/eval/eval-text.ts';
 import { perplexity } from '../src/eval/perplexity.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
+import { useInt8Matmuls } from '../src/model/int8.ts';
 import type { LlamaModel } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
 import { loadQuantized, readQuantizationConfig, saveQuantized } from '../src/quant/checkpoint.ts';
@@ -312,7 +313,12 @@ test('flatquant-w4a4 on llama-tiny: losses fall, perplexity beats RTN W4A4, chec
   await saveQuantized(model, recipe, testManifest(TINY), dir, false);
   const stored = readQuantizationConfig(dir);
   assert.ok(stored);
-  assert.equal(await ppl(loadQuantized(dir, cpu, stored)), pFq);
+  const reloaded = loadQuantized(dir, cpu, stored);
+  assert.equal(await ppl(reloaded), pFq);
+  // the integer GEMM path: the transform, then 4-bit codes of x and W in int8
+  assert.equal(useInt8Matmuls(reloaded), 7 * reloaded.layers.length);
+  const integer = await ppl(reloaded);
+  assert.ok(Math.abs(integer / pFq - 1) < 1e-2, `int GEMM ${integer} vs fake-quant ${pFq}`);
   if (probe) {
     const gpu = await WebGpuBackend.create();
     const onGpu = await ppl(loadQuantized(dir, gpu, stored));

@@ -9,6 +9,7 @@ import { test } from 'node:test';
 import { readEvalText } from '../src/eval/eval-text.ts';
 import { perplexity } from '../src/eval/perplexity.ts';
 import { encode, parseFormat } from '../src/formats/index.ts';
+import type { IntSpec } from '../src/formats/spec.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { int8Linear, useInt8Matmuls } from '../src/model/int8.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
@@ -17,7 +18,7 @@ import type { Backend } from '../src/tensor/tensor.ts';
 import { openDevice, WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
 import '../src/quant/methods.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
-import { resolveRecipe } from '../src/quant/recipe.ts';
+import { defineRecipe, resolveRecipe } from '../src/quant/recipe.ts';
 import { MODELS, rng, WIKITEXT } from './helpers.ts';
 
 const probe = await openDevice();
@@ -116,7 +117,7 @@ for (const [name, backend] of [
   ['CPU', new CpuBackend()],
   ['WebGPU', gpu],
 ] as [string, Backend | undefined][]) {
-  test(`${name} quantizeRowsInt8: codes x scale equal fakeQuant int8-row-sym bit for bit`, {
+  test(`${name} quantizeRowsInt8: codes x scale equal fakeQuant bit for bit (int8-row-sym, int4-row-sym clipped)`, {
     skip: backend ? false : 'no WebGPU adapter',
   }, async () => {
     const b = backend!;
@@ -125,16 +126,22 @@ for (const [name, backend] of [
     x[5] = 0.5 * 2 ** -20; // tiny
     for (let k = 0; k < K; k++) x[3 * K + k] = 0; // an all-zero row
     const t = b.upload(x, [M, K], 'f32');
-    const { codes, scales } = b.quantizeRowsInt8(t);
-    assert.equal(codes.dtype, 'i8');
-    const q = await b.read(codes);
-    const s = await b.read(scales);
-    const fq = await b.read(b.fakeQuant(t, INT8_ROW));
-    for (let m = 0; m < M; m++)
-      for (let k = 0; k < K; k++) {
-        assert.ok(q[m * K + k] >= -128 && q[m * K + k] <= 127);
-        assert.equal(Math.fround(q[m * K + k] * s[m]), fq[m * K + k], `[${m}, ${k}]`);
-      }
+    for (const spec of [undefined, { ...parseFormat('int4-row-sym'), clip: 0.9 } as IntSpec]) {
+      const { codes, scales } = b.quantizeRowsInt8(t, spec);
+      assert.equal(codes.dtype, 'i8');
+      const q = await b.read(codes);
+      const s = await b.read(scales);
+      const fq = await b.read(b.fakeQuant(t, spec ?? INT8_ROW));
+      const lim = spec ? 8 : 128;
+      let clamped = 0;
+      for (let m = 0; m < M; m++)
+        for (let k = 0; k < K; k++) {
+          assert.ok(q[m * K + k] >= -lim && q[m * K + k] <= lim - 1);
+          if (q[m * K + k] === -lim || q[m * K + k] === lim - 1) clamped++;
+          assert.equal(Math.fround(q[m * K + k] * s[m]), fq[m * K + k], `[${m}, ${k}]`);
+        }
+      assert.ok(!spec || clamped > M, 'clip 0.9 saturates the largest values of each row');
+    }
   });
 
   test(`${name} scaleInt32 equals f32(acc) * row scale * column scale + bias`, {
@@ -207,5 +214,25 @@ for (const [name, backend] of [
     // decisions of the next activation quantization, so the model-level match is 0.3%, not 1e-6
     assert.ok(Math.abs(real.ppl / fake.ppl - 1) < 3e-3, `int8 ${real.ppl} vs fake-quant ${fake.ppl}`);
     assert.notEqual(real.ppl, fake.ppl, 'the integer path ran (its rounding differs in the last bits)');
+  });
+
+  test(`${name} W4A4 (per-channel weights, per-token acts) llama-tiny through the int8 GEMM matches fake-quant`, {
+    skip: backend ? false : 'no WebGPU adapter',
+  }, async () => {
+    const b = backend!;
+    const model = loadLlama(`${MODELS}llama-tiny`, b);
+    const recipe = defineRecipe('w4a4-row', {
+      description: 'W4A4 per channel',
+      weights: 'int4-row-sym',
+      activations: 'int4-row-sym',
+    });
+    await quantizeModel(model, recipe, undefined);
+    const tokens = loadTokenizer(`${MODELS}llama-tiny`).encode(readEvalText(WIKITEXT).slice(0, 6000));
+    const opts = { seqLen: 256, maxWindows: 2 };
+    const fake = await perplexity(model, tokens, opts);
+    assert.equal(useInt8Matmuls(model), 7 * model.layers.length);
+    const real = await perplexity(model, tokens, opts);
+    // 4-bit activation codes flip more often than 8-bit ones on last-bit differences (see W8A8)
+    assert.ok(Math.abs(real.ppl / fake.ppl - 1) < 1e-2, `int GEMM ${real.ppl} vs fake-quant ${fake.ppl}`);
   });
 }

@@ -1,28 +1,32 @@
 /**
- * W8A8 on integer hardware: linears whose weights are INT8 symmetric per output channel and whose
- * inputs are INT8 symmetric per token (dynamic) can run as an exact int8 x int8 -> int32 GEMM plus
- * one scaling pass, y = (Σ qx qw) · sx[m] · sw[n] (+ b), instead of an f32 GEMM over fake-quantized
- * values. Both compute the same products; they differ only in f32 rounding (the integer sum is
- * exact, the fake-quant GEMM rounds every partial sum), so perplexity agrees to ~1e-6.
+ * W8A8 (and W4A4, ...) on integer hardware: linears whose weights are INT symmetric per output
+ * channel and whose inputs are INT symmetric per token (dynamic, clipped or not), both of at most 8
+ * bits, can run as an exact int8 x int8 -> int32 GEMM plus one scaling pass,
+ * y = (Σ qx qw) · sx[m] · sw[n] (+ b), instead of an f32 GEMM over fake-quantized values. Both
+ * compute the same products; they differ only in f32 rounding (the integer sum is exact, the
+ * fake-quant GEMM rounds every partial sum). Codes of fewer bits are held in int8.
  */
-import type { FormatSpec } from '../formats/spec.ts';
+import type { FormatSpec, IntSpec } from '../formats/spec.ts';
 import type { Backend, Tensor } from '../tensor/tensor.ts';
 import { LINEARS, type Linear, type LlamaModel } from './llama.ts';
 
-/** INT8 weights of a linear on the device: codes [out, in] and one scale per output channel. */
+/** Integer weights of a linear on the device: int8 codes [out, in] and one scale per output channel. */
 export interface Int8Weight {
   codes: Tensor;
   scales: Tensor;
+  /** what the linear's input is quantized to (symmetric per-row INT; INT8 when absent) */
+  input?: IntSpec;
 }
 
-function isInt8RowSym(spec: FormatSpec | undefined): boolean {
+/** Symmetric per-row INT of at most 8 bits with dynamic scales; `clipped` admits a clip factor. */
+function isIntRowSym(spec: FormatSpec | undefined, clipped: boolean): spec is IntSpec {
   return (
     spec?.kind === 'int' &&
-    spec.bits === 8 &&
+    spec.bits <= 8 &&
     spec.symmetric &&
     spec.granularity === 'row' &&
     spec.staticScale === undefined &&
-    (spec.clip === undefined || spec.clip === 1)
+    (clipped || spec.clip === undefined || spec.clip === 1)
   );
 }
 
@@ -33,10 +37,10 @@ export function int8Eligible(lin: Pick<Linear, 'quantized' | 'inputQuant'>): boo
     q !== undefined &&
     !q.salient &&
     !q.gIdx &&
-    isInt8RowSym(q.encoded.spec) &&
+    isIntRowSym(q.encoded.spec, false) &&
     lin.inputQuant !== undefined &&
     !lin.inputQuant.keep &&
-    isInt8RowSym(lin.inputQuant.spec) &&
+    isIntRowSym(lin.inputQuant.spec, true) &&
     q.encoded.cols % 4 === 0
   );
 }
@@ -49,11 +53,13 @@ export function useInt8Matmuls(model: LlamaModel): number {
       const lin = layer.linears[name];
       if (lin.int8 || !int8Eligible(lin)) continue;
       const enc = lin.quantized!.encoded;
+      const offset = 2 ** ((enc.spec as IntSpec).bits - 1);
       const codes = new Int8Array(enc.codes.length);
-      for (let i = 0; i < codes.length; i++) codes[i] = enc.codes[i] - 128; // offset-binary codes
+      for (let i = 0; i < codes.length; i++) codes[i] = enc.codes[i] - offset; // offset-binary codes
       lin.int8 = {
         codes: model.backend.upload(codes, [enc.rows, enc.cols], 'i8'),
         scales: model.backend.upload(enc.scales, [enc.rows], 'f32'),
+        input: lin.inputQuant!.spec as IntSpec,
       };
       count++;
     }
@@ -68,7 +74,7 @@ export function int8ChunkRows(outFeatures: number): number {
   return Math.max(128, Math.floor(2 ** 26 / (4 * outFeatures) / 128) * 128);
 }
 
-/** y = x W^T (+ b) through the int8 GEMM: x quantized per row to INT8, W given as INT8 codes. */
+/** y = x W^T (+ b) through the int8 GEMM: x quantized per row (w.input, INT8 by default), W as codes. */
 export function int8Linear(
   b: Backend,
   x: Tensor,
@@ -90,7 +96,7 @@ export function int8Linear(
 }
 
 function int8LinearRows(b: Backend, x: Tensor, w: Int8Weight, bias?: Tensor): Tensor {
-  const { codes, scales } = b.quantizeRowsInt8(x);
+  const { codes, scales } = b.quantizeRowsInt8(x, w.input);
   const acc = b.matmulInt8(codes, w.codes);
   const y = b.scaleInt32(acc, scales, w.scales, bias);
   for (const t of [codes, scales, acc]) t.dispose();

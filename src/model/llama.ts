@@ -185,13 +185,22 @@ export class LlamaModel {
   applyLinear(layer: number, name: LinearName, x: Tensor, hooks?: ForwardHooks): Tensor {
     const lin = this.layers[layer].linears[name];
     // hooks see (and may replace) the quantized input, which the integer path never materializes
-    if (lin.int8 && !hooks?.linearInput && !lin.inputQuant?.transform)
-      return int8Linear(this.backend, x, lin.int8, lin.bias);
+    if (lin.int8 && !hooks?.linearInput) return this.int8Path(lin, lin.int8, x);
     let input = this.linearInput(layer, name, x);
     input = hooks?.linearInput?.(layer, name, input) ?? input;
     return lin.packed
       ? this.backend.linearPacked(input, lin.packed, lin.bias)
       : this.backend.linear(input, lin.weight, lin.bias);
+  }
+
+  /** The integer GEMM, after FlatQuant's online transform when the linear has one. */
+  private int8Path(lin: Linear, w: Int8Weight, x: Tensor): Tensor {
+    const t = lin.inputQuant?.transform;
+    if (!t) return int8Linear(this.backend, x, w, lin.bias);
+    const transformed = this.backend.kron(x, t.left, t.right);
+    const y = int8Linear(this.backend, transformed, w, lin.bias);
+    transformed.dispose();
+    return y;
   }
 
   /** Self-attention block output (before the residual add) for normed input x. */

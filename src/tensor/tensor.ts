@@ -9,7 +9,7 @@
  * Hugging Face nn.Linear layout [out, in].
  */
 import { fail } from '../errors.ts';
-import type { FormatSpec } from '../formats/spec.ts';
+import type { FormatSpec, IntSpec } from '../formats/spec.ts';
 
 export type DType = 'f32' | 'f16' | 'bf16' | 'i32' | 'i8' | 'u8';
 
@@ -93,10 +93,11 @@ export interface Backend {
   /** c[M,N] = a[M,K] b[N,K]^T for i8 a and b, exact, as i32 (K a multiple of 4). */
   matmulInt8(a: Tensor, b: Tensor): Tensor;
   /**
-   * Symmetric per-row INT8 of x [M,K]: i8 codes [M,K] and f32 scales [M], the grid of fakeQuant
-   * with int8-row-sym (its values are code x scale). K a multiple of 4.
+   * Symmetric per-row INT of x [M,K] as i8 codes [M,K] and f32 scales [M], the grid of fakeQuant with
+   * `spec` (its values are code x scale): INT8 per row when not given; any symmetric per-row INT spec
+   * of at most 8 bits, with or without clip (W4A4 runs on the int8 GEMM this way). K a multiple of 4.
    */
-  quantizeRowsInt8(x: Tensor): { codes: Tensor; scales: Tensor };
+  quantizeRowsInt8(x: Tensor, spec?: IntSpec): { codes: Tensor; scales: Tensor };
   /** f32(acc[m,n]) * rowScales[m] * colScales[n] (+ bias[n]) for an i32 acc [M,N]. */
   scaleInt32(acc: Tensor, rowScales: Tensor, colScales: Tensor, bias?: Tensor): Tensor;
   /** table[V,D] rows gathered by ids -> [ids.length, D] f32. */
@@ -181,6 +182,18 @@ export function checkKron(x: Tensor, left: Tensor, right: Tensor): [number, numb
   const [n1, n2] = [left.shape[0], right.shape[0]];
   if (x.shape[1] !== n1 * n2) fail(`kron: x rows of ${x.shape[1]} are not ${n1} x ${n2}`);
   return [x.shape[0], n1, n2];
+}
+
+/** The INT8 symmetric per-row format quantizeRowsInt8 uses by default. */
+export const INT8_ROW_SYM: IntSpec = { kind: 'int', bits: 8, symmetric: true, granularity: 'row' };
+
+/** The spec a quantizeRowsInt8 call quantizes to, or one clear error. */
+export function rowsIntSpec(x: Tensor, spec: IntSpec = INT8_ROW_SYM): IntSpec {
+  if (x.shape.length !== 2) fail(`quantizeRowsInt8: expected a 2-D tensor, got ${shapeString(x.shape)}`);
+  if (x.shape[1] % 4 !== 0) fail(`quantizeRowsInt8: the row length ${x.shape[1]} must be a multiple of 4`);
+  if (!(spec.symmetric && spec.granularity === 'row' && spec.bits <= 8 && spec.staticScale === undefined))
+    fail('quantizeRowsInt8: the format must be symmetric per-row INT of at most 8 bits');
+  return spec;
 }
 
 /** Checks a row write into a cache. */

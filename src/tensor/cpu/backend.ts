@@ -1,7 +1,7 @@
 /** The CPU reference backend: TypeScript over shared typed arrays, matmul/attention on all cores. */
 import { fail } from '../../errors.ts';
 import { encode, fakeQuantRows } from '../../formats/index.ts';
-import type { FormatSpec } from '../../formats/spec.ts';
+import type { FormatSpec, IntSpec } from '../../formats/spec.ts';
 import {
   type AttentionShape,
   type Backend,
@@ -16,6 +16,7 @@ import {
   numel,
   type PackedWeight,
   type RopeTable,
+  rowsIntSpec,
   shapeString,
   type Tensor,
 } from '../tensor.ts';
@@ -208,13 +209,13 @@ export class CpuBackend implements Backend {
     return new CpuTensor(this, [M, N], 'i32', out);
   }
 
-  quantizeRowsInt8(x: Tensor): { codes: Tensor; scales: Tensor } {
+  quantizeRowsInt8(x: Tensor, spec?: IntSpec): { codes: Tensor; scales: Tensor } {
+    const s = rowsIntSpec(x, spec);
     const [M, K] = x.shape;
-    if (x.shape.length !== 2) fail(`quantizeRowsInt8: expected a 2-D tensor, got ${shapeString(x.shape)}`);
-    if (K % 4 !== 0) fail(`quantizeRowsInt8: the row length ${K} must be a multiple of 4`);
-    const enc = encode(this.f32(x), M, K, { kind: 'int', bits: 8, symmetric: true, granularity: 'row' });
+    const enc = encode(this.f32(x), M, K, s);
+    const offset = 2 ** (s.bits - 1);
     const codes = new Int8Array(new SharedArrayBuffer(M * K));
-    for (let i = 0; i < codes.length; i++) codes[i] = enc.codes[i] - 128; // offset-binary -> two's complement
+    for (let i = 0; i < codes.length; i++) codes[i] = enc.codes[i] - offset; // offset-binary -> two's complement
     return { codes: new CpuTensor(this, [M, K], 'i8', codes), scales: this.fromF32(enc.scales, [M]) };
   }
 

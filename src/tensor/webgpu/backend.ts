@@ -4,7 +4,7 @@
  * read); `read` is the only host synchronization. Every result is f32, as on the CPU backend.
  */
 import { fail } from '../../errors.ts';
-import type { FormatSpec } from '../../formats/spec.ts';
+import type { FormatSpec, IntSpec } from '../../formats/spec.ts';
 import { bf16ToF32, f16ToF32 } from '../dtype.ts';
 import {
   type AttentionShape,
@@ -20,6 +20,7 @@ import {
   numel,
   type PackedWeight,
   type RopeTable,
+  rowsIntSpec,
   shapeString,
   type Tensor,
 } from '../tensor.ts';
@@ -277,9 +278,9 @@ export class WebGpuBackend implements Backend {
     ]);
   }
 
-  quantizeRowsInt8(x: Tensor): { codes: Tensor; scales: Tensor } {
-    if (x.shape.length !== 2) fail(`quantizeRowsInt8: expected a 2-D tensor, got ${shapeString(x.shape)}`);
-    const { codes, scales } = quantizeRowsInt8(this.ctx, this.st(x, 'quantizeRowsInt8'));
+  quantizeRowsInt8(x: Tensor, spec?: IntSpec): { codes: Tensor; scales: Tensor } {
+    const s = rowsIntSpec(x, spec);
+    const { codes, scales } = quantizeRowsInt8(this.ctx, this.st(x, 'quantizeRowsInt8'), s);
     return { codes: this.wrap(codes, x.shape), scales: this.wrap(scales, [x.shape[0]]) };
   }
 

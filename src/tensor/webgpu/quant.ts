@@ -15,7 +15,7 @@
  */
 import { fail } from '../../errors.ts';
 import { E2M1, E2M3, E3M2, E4M3, E5M2, type MiniFloat } from '../../formats/minifloat.ts';
-import type { FormatSpec, MxElement } from '../../formats/spec.ts';
+import type { FormatSpec, IntSpec, MxElement } from '../../formats/spec.ts';
 import { f32Bits } from '../dtype.ts';
 import type { DType } from '../tensor.ts';
 import { type GpuContext, grid2, type Kernel, Params, type Storage, type Window } from './context.ts';
@@ -639,13 +639,11 @@ export function fakeQuant(ctx: GpuContext, x: Storage, lastDim: number, spec: Fo
   return out;
 }
 
-/** The INT8 symmetric per-row format the int8 GEMM path quantizes activations to. */
-const INT8_ROW: FormatSpec = { kind: 'int', bits: 8, symmetric: true, granularity: 'row' };
-
-/** Writes each row's int8 codes, four per word, and its scale (the fakeQuant int8-row-sym grid). */
-function int8CodesKernel(dtype: DType): Kernel {
+/** Writes each row's codes as int8, four per word, and its scale (the fakeQuant grid of `bits`). */
+function int8CodesKernel(dtype: DType, bits: number): Kernel {
+  const [qmin, qmax] = [-(2 ** (bits - 1)), 2 ** (bits - 1) - 1];
   return {
-    key: `int8-codes:${dtype}`,
+    key: `int8-codes:${dtype}:${bits}`,
     bindings: ['uniform', 'read', 'read', 'write', 'write'],
     code: () => `
 struct P { words: u32, colWords: u32, xOff: u32, row0: u32, oOff: u32 }
@@ -659,8 +657,8 @@ ${loadBitsFn(dtype)}
 ${FLAT_WG}
 fn code(xb: u32, scale: f32) -> u32 {
   var q = 0.0;
-  if (isInf(xb)) { q = select(127.0, -128.0, (xb >> 31u) == 1u); }
-  else if (!isNan(xb)) { q = clamp(rne(fv(divRn(xb, scale))), -128.0, 127.0); }
+  if (isInf(xb)) { q = select(${qmax}.0, ${qmin}.0, (xb >> 31u) == 1u); }
+  else if (!isNan(xb)) { q = clamp(rne(fv(divRn(xb, scale))), ${qmin}.0, ${qmax}.0); }
   return u32(i32(q)) & 0xffu;
 }
 @compute @workgroup_size(${EW_WG})
@@ -679,23 +677,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 /**
- * x [M, K] -> int8 codes [M, K] and f32 scales [M]: symmetric per-row INT8, the same scales and
- * codes as fakeQuant(x, int8-row-sym) (whose values are codes x scale). K must be a multiple of 4.
+ * x [M, K] -> int8 codes [M, K] and f32 scales [M]: symmetric per-row INT of at most 8 bits, the
+ * same scales and codes as fakeQuant(x, spec) (whose values are codes x scale). K a multiple of 4.
  */
-export function quantizeRowsInt8(ctx: GpuContext, x: Storage): { codes: Storage; scales: Storage } {
+export function quantizeRowsInt8(
+  ctx: GpuContext,
+  x: Storage,
+  spec: IntSpec,
+): { codes: Storage; scales: Storage } {
   const cols = x.cols;
   if (cols % 4 !== 0) fail(`quantizeRowsInt8: the row length ${cols} must be a multiple of 4`);
   const codes = ctx.allocStorage(x.rows, cols, 'i8');
   const scales = ctx.allocStorage(x.rows, 1, 'f32');
   if (x.rows === 0) return { codes, scales };
-  const plan = planFor(INT8_ROW, cols);
+  const plan = planFor(spec, cols);
   const walks = walk(ctx, x, codes, cols);
   const params = quantParams(ctx, x, plan, walks);
   const sw = ctx.whole(scales, 'quantizeRowsInt8');
   for (const w of walks) {
     const words = w.n / 4;
     ctx.dispatch(
-      int8CodesKernel(x.dtype),
+      int8CodesKernel(x.dtype, spec.bits),
       new Params()
         .u(words)
         .u(cols / 4)
