@@ -13,8 +13,9 @@
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
-import { LINEARS, type Linear, type LlamaModel } from '../src/model/llama.ts';
+import { LINEARS, type Linear, type LinearName, type LlamaModel } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
+import { kroneckerSizes } from '../src/quant/flatquant-train.ts';
 import { loadChatTemplate } from '../src/runtime/chat-template-file.ts';
 import { eosIdsOf } from '../src/runtime/eos.ts';
 import { ModelEngine } from '../src/runtime/generate.ts';
@@ -139,6 +140,32 @@ function useInt8(b: Backend, lin: Linear): void {
   lin.inputQuant = { spec: { kind: 'int', bits: 8, symmetric: true, granularity: 'row' } };
 }
 
+/**
+ * FlatQuant's W4A4: 4-bit per-channel weight codes (held in int8), a random Kronecker transform of each
+ * input (FlatQuant's factor sizes), 4-bit clipped per-token activations, the int8 GEMM.
+ */
+function useFlatW4A4(b: Backend, lin: Linear, name: LinearName, model: LlamaModel): void {
+  const [rows, cols] = lin.weight.shape;
+  const codes = Int8Array.from(
+    new Int8Array(randomWords((rows * cols) / 4, rows * 5 + cols).buffer),
+    (v) => v >> 4,
+  );
+  lin.int8 = {
+    codes: b.upload(codes, [rows, cols], 'i8'),
+    scales: b.upload(new Float32Array(rows).fill(0.008), [rows], 'f32'),
+    input: { kind: 'int', bits: 4, symmetric: true, granularity: 'row', clip: 0.9 },
+  };
+  const { numHeads, headDim } = model.config;
+  const [n1, n2] = name === 'o_proj' ? [numHeads, headDim] : kroneckerSizes(cols);
+  const factor = (n: number) =>
+    b.upload(
+      new Float32Array(n * n).map((_, i) => (i % (n + 1) === 0 ? 1 : 0.01)),
+      [n, n],
+      'f32',
+    );
+  lin.inputQuant = { spec: lin.int8.input!, transform: { left: factor(n1), right: factor(n2) } };
+}
+
 async function decodeRate(model: LlamaModel, variant: string): Promise<void> {
   const cache = new KvCache(model, promptLen + newTokens + 1);
   const prompt = Int32Array.from({ length: promptLen }, (_, i) => (i * 7919) % 128000);
@@ -178,6 +205,8 @@ async function synthRates(backend: Backend, variant: string): Promise<void> {
     useInt8(backend, layer.linears[name]);
   }
   await decodeRate(model, `W8A8 (int8 GEMM)${variant}`);
+  for (const name of LINEARS) useFlatW4A4(backend, layer.linears[name], name, model);
+  await decodeRate(model, `W4A4 FlatQuant (online Kronecker transform + int8 GEMM)${variant}`);
 }
 
 /** The llmq and PyTorch results of one GPU call, side by side (the first llama-small repetition is a warm one too). */

@@ -220,7 +220,13 @@ for (const job of jobs) {
       calibInfo = { samples: calib.samples, seqLen: calib.seqLen, seed, sampler, sha256: calib.sha256 };
     if (calib && values['dump-awq'] && recipe.name === 'awq-w4g128')
       dumpAwq(values['dump-awq'], calib.ids, recipe);
-    report = await quantizeModel(model, recipe, calib);
+    const layerStart = performance.now();
+    report = await quantizeModel(model, recipe, calib, {
+      onLayer: (done, total) =>
+        console.error(
+          `  ${job.label}: layer ${done}/${total}, ${((performance.now() - layerStart) / 1000).toFixed(0)} s`,
+        ),
+    });
   }
   const reference = values.kl && recipe ? loadLlama(dir, backend) : undefined;
   const r = await perplexity(model, evalIds, { seqLen, maxWindows: windows, reference });
