@@ -16,8 +16,9 @@
  *   --direct_inv option) rather than FlatQuant's default U diag(s) V^T parametrization;
  * - o_proj's transform (heads ⊗ head_dim) is applied online whole; FlatQuant folds the head_dim
  *   factor into v_proj;
- * - no KV-cache quantization (FlatQuant's W4A4KV4 adds it); gradients reach the clip factors
- *   through the scale only (not through max |x|).
+ * - KV4 (`flatquant-w4a4kv4`, recipe key kv) quantizes keys and values without FlatQuant's learned
+ *   K/Q transform, and training does not see it; gradients reach the clip factors through the scale
+ *   only (not through max |x|).
  */
 
 import { encode } from '../formats/index.ts';
