@@ -36,12 +36,12 @@ const W4A8_MX = { weights: 'mxint4-128', activations: 'mxint8-128' };
 const W4A4_ROW = { weights: 'int4-row-sym', activations: 'int4-row-sym' };
 
 /** FlatQuant's calibration: --flatquant-calib and --flatquant-epochs shrink it for small machines. */
-function flatQuantJob(): Job {
+function flatQuantJob(base: 'flatquant-w4a4' | 'flatquant-w4a4kv4'): Job {
   const [samples, seqLen] = String(values['flatquant-calib']).split('x').map(Number);
   const epochs = Number(values['flatquant-epochs']);
   return {
-    label: `FlatQuant W4A4 (${values.quick ? '2 x 256' : `${samples} x ${seqLen}`} calibration, ${epochs} epochs)`,
-    recipe: { base: 'flatquant-w4a4', steps: [{ flatquant: { epochs } }] },
+    label: `FlatQuant ${base === 'flatquant-w4a4' ? 'W4A4' : 'W4A4KV4'} (${values.quick ? '2 x 256' : `${samples} x ${seqLen}`} calibration, ${epochs} epochs)`,
+    recipe: { base, steps: [{ flatquant: { epochs } }] },
     calib: { samples, seqLen },
   };
 }
@@ -136,7 +136,7 @@ const SETS: Record<string, () => Job[]> = {
   // W4A4 with per-channel weights: FlatQuant against what needs no training
   flatquant: () => [
     { label: 'fp' },
-    flatQuantJob(),
+    flatQuantJob('flatquant-w4a4'),
     { label: 'RTN W4A4 per-channel', recipe: { name: 'rtn-w4a4-row', ...W4A4_ROW } },
     {
       label: 'SmoothQuant W4A4 per-channel',
@@ -145,6 +145,8 @@ const SETS: Record<string, () => Job[]> = {
     },
     { label: 'RTN W4A4 g128 (rtn-w4a4)', recipe: 'rtn-w4a4' },
     { label: 'AWQ W4A4 g128 (acts in the search)', recipe: 'awq-w4a4', calib: AWQ_CALIB },
+    { label: 'RTN W4A4KV4 per-channel', recipe: { name: 'rtn-w4a4kv4-row', ...W4A4_ROW, kv: 'int4-row' } },
+    flatQuantJob('flatquant-w4a4kv4'),
   ],
 };
 
