@@ -1,13 +1,18 @@
 /**
  * The browser entry: a model from bytes (fetched from a URL or picked by the user) run on WebGPU
  * through `navigator.gpu`. Nothing it imports touches `node:` modules; `npm run build:browser`
- * bundles it into dist/llmq.browser.js. Full-precision and llmq quantized checkpoints load, and GGUF
- * files; quantized linears run from their integer codes (packed GEMV/GEMM, int8 matmuls) as in Node.
+ * bundles it into dist/llmq.browser.js. Full-precision and llmq quantized checkpoints load, AutoAWQ,
+ * GPTQ and compressed-tensors ones, and GGUF files; quantized linears run from their integer codes (packed GEMV/GEMM, int8 matmuls) as in Node.
  */
 import { fail } from './errors.ts';
 import { type ModelConfig, parseModelConfig } from './io/config.ts';
 import type { GgufFile } from './io/gguf-format.ts';
 import { ggufModelFromFile } from './io/gguf-model.ts';
+import {
+  foreignQuantizationOf,
+  foreignQuantizedFromCheckpoint,
+  LEGACY_CONFIG_FILES,
+} from './io/import-format.ts';
 import { parseJsonObject } from './io/json-object.ts';
 import { checkpointFromBytes, INDEX_FILE, SINGLE_FILE } from './io/safetensors-format.ts';
 import { type TextTokenizer, tokenizerFromJson } from './io/tokenizer-json.ts';
@@ -35,7 +40,13 @@ export { WebGpuBackend, webgpuAvailable } from './tensor/webgpu/backend.ts';
 export type ModelFiles = Record<string, Uint8Array>;
 
 /** files fetchModelFiles skips when the server answers 404 */
-const OPTIONAL_FILES = ['tokenizer_config.json', 'generation_config.json', 'chat_template.jinja', INDEX_FILE];
+const OPTIONAL_FILES = [
+  'tokenizer_config.json',
+  'generation_config.json',
+  'chat_template.jinja',
+  INDEX_FILE,
+  ...LEGACY_CONFIG_FILES.map(([file]) => file),
+];
 
 function text(files: ModelFiles, name: string): string | undefined {
   const bytes = files[name];
@@ -56,17 +67,27 @@ export function configFromFiles(files: ModelFiles, label = 'model'): ModelConfig
 }
 
 /**
- * The model of a directory in memory, weights uploaded to `backend`. An llmq quantized checkpoint
- * on WebGPU keeps its linears as codes (no f32 copies); elsewhere they are decoded to f32.
+ * The model of a directory in memory, weights uploaded to `backend`: full precision, llmq quantized,
+ * or quantized by AutoAWQ / GPTQ / compressed-tensors. Quantized linears on WebGPU stay codes (no f32
+ * copies); elsewhere they are decoded to f32.
  */
 export function modelFromFiles(files: ModelFiles, backend: Backend, label = 'model'): LlamaModel {
   const config = configFromFiles(files, label);
   const weights: ModelFiles = {};
   for (const [name, bytes] of Object.entries(files)) if (name.endsWith('.safetensors')) weights[name] = bytes;
   const ckpt = checkpointFromBytes(label, weights);
+  const codes = fromCodes(backend);
+  const foreign = foreignQuantizationOf(
+    config.raw,
+    (name) => `${label}/${name}`,
+    (name) => json(files, name, label),
+  );
+  if (foreign)
+    return codes.finish(
+      foreignQuantizedFromCheckpoint(label, config, ckpt, backend, foreign, codes.codesOnly),
+    );
   const q = quantizationConfigOf(config, `${label}/config.json`);
   if (!q) return LlamaModel.fromCheckpoint(label, config, ckpt, backend);
-  const codes = fromCodes(backend);
   return codes.finish(quantizedFromCheckpoint(label, config, ckpt, backend, q, codes.codesOnly));
 }
 

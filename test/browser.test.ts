@@ -12,12 +12,14 @@ import { build } from 'esbuild';
 import { readEvalText } from '../src/eval/eval-text.ts';
 import { perplexity } from '../src/eval/perplexity.ts';
 import { exportGguf } from '../src/io/export/gguf.ts';
+import { exportCheckpoint } from '../src/io/export/index.ts';
 import { loadGgufModel, loadGgufTokenizer } from '../src/io/gguf-load.ts';
+import { loadForeignQuantized, readForeignQuantConfig } from '../src/io/import.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
 import { loadQuantized, readQuantizationConfig, saveQuantized } from '../src/quant/checkpoint.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
-import { resolveRecipe } from '../src/quant/recipe.ts';
+import { defineRecipe, resolveRecipe } from '../src/quant/recipe.ts';
 import { ggufChatTemplate, loadChatTemplate } from '../src/runtime/chat-template-file.ts';
 import { eosIdsOf } from '../src/runtime/eos.ts';
 import { ModelEngine } from '../src/runtime/generate.ts';
@@ -140,6 +142,28 @@ test('the bundle loads an llmq W4 g128 checkpoint from bytes: packed linears, sa
   const backend = await llmq.WebGpuBackend.create();
   const model = llmq.modelFromFiles(readDir(out), backend, 'w4');
   await expectPackedWithNll(llmq, model, tokens, want);
+  backend.destroy();
+});
+
+test('the bundle loads AutoAWQ, GPTQ and compressed-tensors checkpoints from bytes: packed, same NLL as Node on CPU', {
+  skip,
+}, async () => {
+  const llmq = await loadBundle();
+  const source = path.join(outDir, 'tiny-w4g64');
+  const recipe = defineRecipe('w4g64', { description: 'W4 g64', weights: 'int4-g64' });
+  const model = loadLlama(TINY, cpu);
+  await quantizeModel(model, recipe, undefined);
+  await saveQuantized(model, recipe, testManifest(TINY), source, false);
+  const tokens = loadTokenizer(TINY).encode(readEvalText(WIKITEXT).slice(0, 6000));
+  const backend = await llmq.WebGpuBackend.create();
+  for (const layout of ['autoawq', 'gptq', 'compressed-tensors'] as const) {
+    const dir = path.join(outDir, `tiny-${layout}`);
+    exportCheckpoint(source, layout, dir);
+    const fq = readForeignQuantConfig(dir);
+    assert.ok(fq);
+    const want = await perplexity(loadForeignQuantized(dir, cpu, fq), tokens, { seqLen: 512, maxWindows: 1 });
+    await expectPackedWithNll(llmq, llmq.modelFromFiles(readDir(dir), backend, layout), tokens, want);
+  }
   backend.destroy();
 });
 

@@ -32,6 +32,7 @@ import type { Recipe } from '../../quant/recipe.ts';
 import { bf16ToF32, f16ToF32, f32ToF16 } from '../../tensor/dtype.ts';
 import type { ModelConfig } from '../config.ts';
 import { loadModelConfig } from '../config-file.ts';
+import { nonTrivialGIdx } from '../import-format.ts';
 import { type Checkpoint, openCheckpoint, type TensorToWrite, writeSafetensors } from '../safetensors.ts';
 import { AUTOAWQ } from './autoawq.ts';
 import { COMPRESSED_TENSORS } from './compressed-tensors.ts';
@@ -288,13 +289,6 @@ function settingsOf(
     recipe: q.recipe,
     unquantized,
   };
-}
-
-/** g_idx that only restates column / group carries no information. */
-export function nonTrivialGIdx(gIdx: Int32Array | undefined, group: number): Int32Array | undefined {
-  if (!gIdx) return undefined;
-  for (let c = 0; c < gIdx.length; c++) if (gIdx[c] !== Math.floor(c / group)) return gIdx;
-  return undefined;
 }
 
 /** Per-row scale groups: a per-tensor scale (and zero point) is repeated on every row. */
