@@ -14,7 +14,7 @@ import { type Recipe, resolveRecipe } from '../quant/recipe.ts';
 import { createBackend, type DeviceName } from '../tensor/index.ts';
 import type { Backend } from '../tensor/tensor.ts';
 import { CALIB_FLAGS, calibFlags } from './calib-flags.ts';
-import { Progress } from './progress.ts';
+import { Progress, phaseProgress } from './progress.ts';
 
 export const MODEL_FLAGS = {
   tokenizer: { type: 'string' },
@@ -76,6 +76,7 @@ export async function openModel(
     recipe,
     calib: calibFlags(values as never),
     onLayer: (d, t) => layers.update(d, t),
+    onProgress: phaseProgress(quiet),
     onCalibration: (d, t) => tokenizing.update(d, t),
     // a stored checkpoint's linears that run from codes never get f32 copies on the GPU
     codesOnly: (lin) => (int8 && int8Eligible(lin)) || (packed && packable(lin)),

@@ -34,3 +34,13 @@ export function formatSeconds(s: number): string {
   if (s < 3600) return `${Math.floor(s / 60)}m${String(Math.floor(s % 60)).padStart(2, '0')}s`;
   return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
 }
+
+/** One progress line per phase of a long step (e.g. FlatQuant's optimizer steps), made on first use. */
+export function phaseProgress(quiet: boolean): (phase: string, done: number, total: number) => void {
+  const bars = new Map<string, Progress>();
+  return (phase, done, total) => {
+    let bar = bars.get(phase);
+    if (!bar) bars.set(phase, (bar = new Progress(phase, 'steps', quiet)));
+    bar.update(done, total);
+  };
+}

@@ -9,7 +9,7 @@ import { resolveRecipe } from '../quant/recipe.ts';
 import { createBackend, type DeviceName } from '../tensor/index.ts';
 import { onePositional, parse, printJson } from './args.ts';
 import { CALIB_FLAGS, CALIB_HELP, calibFlags } from './calib-flags.ts';
-import { Progress } from './progress.ts';
+import { Progress, phaseProgress } from './progress.ts';
 
 export const QUANTIZE_HELP = `llmq quantize <model-dir> --recipe <name|file> --out <dir> [--force] [--fresh] ${CALIB_HELP} [--device cpu|webgpu|auto] [--json]
   Quantizes a full-precision checkpoint with a recipe (see \`llmq recipes\`) and writes an llmq
@@ -70,6 +70,7 @@ export async function quantizeCommand(argv: string[]): Promise<void> {
     calib: calibFlags(values),
     resume: { dir: partial, source: sourceSha, fresh: values.fresh },
     onLayer: (d, t) => progress.update(d, t),
+    onProgress: phaseProgress(values.json),
     onCalibration: (d, t) => tokenizing.update(d, t),
   });
   if (!report) return fail('quantize: nothing was quantized');

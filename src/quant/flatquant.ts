@@ -104,6 +104,7 @@ async function trainGroup(
   step: FlatQuantStep,
   group: TransformGroup,
   index: number,
+  groups: number,
 ): Promise<LearnedTransform> {
   const { model, layer, recipe } = ctx;
   const first = group.linears[0];
@@ -132,6 +133,13 @@ async function trainGroup(
       batchRows: step.batchSamples * ctx.shapes[0].seqLen,
       seed: step.seed + layer * FLATQUANT_GROUPS.length + index,
       clipInit: 4,
+      // optimizer steps over the whole model: every layer and group takes as many as this one
+      onStep: (done, total) =>
+        ctx.onProgress?.(
+          'flatquant',
+          (layer * groups + index) * total + done,
+          model.layers.length * groups * total,
+        ),
     },
   );
 }
@@ -217,7 +225,8 @@ async function installGroup(ctx: LayerContext, group: TransformGroup, t: Learned
 export async function flatQuantLayer(ctx: LayerContext, step: FlatQuantStep): Promise<void> {
   const groups = FLATQUANT_GROUPS.filter((g) => g.linears.every((n) => ctx.recipe.targets.includes(n)));
   const learned: LearnedTransform[] = [];
-  for (const [i, group] of groups.entries()) learned.push(await trainGroup(ctx, step, group, i));
+  for (const [i, group] of groups.entries())
+    learned.push(await trainGroup(ctx, step, group, i, groups.length));
   for (const [i, group] of groups.entries()) await installGroup(ctx, group, learned[i]);
   ctx.notes.flatquant = Object.fromEntries(
     groups.map((g, i) => [

@@ -45,6 +45,7 @@ export interface LayerContext {
    * (GPTQ) when residualsPropagate(recipe): propagation then runs only the MLP half
    */
   attentionResiduals?: Tensor[];
+  onProgress?: PipelineOptions['onProgress'];
 }
 
 export type StepRunner = (ctx: LayerContext, step: Step) => Promise<void>;
@@ -93,6 +94,8 @@ export interface QuantReport {
 
 export interface PipelineOptions {
   onLayer?: (done: number, total: number) => void;
+  /** progress inside long steps (FlatQuant's optimizer steps over the whole model), by phase */
+  onProgress?: (phase: string, done: number, total: number) => void;
   /** where finished layers are kept so that an interrupted run can go on (see resume.ts) */
   resume?: ResumeStore;
 }
@@ -202,6 +205,7 @@ async function layerByLayer(
       staticAbsMax: new Map(),
       timings: report.timings,
       notes: {},
+      onProgress: opts.onProgress,
     };
     const before = { ...report.timings };
     const layerStart = performance.now();
