@@ -20,7 +20,7 @@
  * quantizers and their gradients are host loops over the batch (O(rows n (n1 + n2))).
  */
 import { mulberry32, type Rng } from '../calib/rng.ts';
-import type { Backend } from '../tensor/tensor.ts';
+import type { Backend, Tensor } from '../tensor/tensor.ts';
 
 export interface TransformProblem {
   /** full-precision inputs [rows, n] */
@@ -71,8 +71,32 @@ function swapInner(x: Float32Array, rows: number, p: number, q: number): Float32
   return out;
 }
 
+/**
+ * A product of host matrices on the backend: a [aRows, aCols] and w [wRows, wCols] are
+ * uploaded, transposed first where asked, multiplied as linear(a, w) = a w^T, and read back.
+ */
+async function product(
+  backend: Backend,
+  [a, aRows, aCols, transA]: [Float32Array, number, number, boolean],
+  [w, wRows, wCols, transW]: [Float32Array, number, number, boolean],
+): Promise<Float32Array> {
+  const temps: Tensor[] = [];
+  const operand = (x: Float32Array, rows: number, cols: number, transpose: boolean) => {
+    const t = backend.upload(x, [rows, cols], 'f32');
+    temps.push(t);
+    if (!transpose) return t;
+    const tt = backend.transpose(t);
+    temps.push(tt);
+    return tt;
+  };
+  const y = backend.linear(operand(a, aRows, aCols, transA), operand(w, wRows, wCols, transW));
+  const out = await backend.read(y);
+  for (const t of [...temps, y]) t.dispose();
+  return out;
+}
+
 /** y = a [rows, k] times w [wRows, k]^T on the backend, back on the host. */
-async function matmulT(
+function matmulT(
   backend: Backend,
   a: Float32Array,
   rows: number,
@@ -80,16 +104,11 @@ async function matmulT(
   w: Float32Array,
   wRows: number,
 ): Promise<Float32Array> {
-  const ta = backend.upload(a, [rows, k], 'f32');
-  const tw = backend.upload(w, [wRows, k], 'f32');
-  const y = backend.linear(ta, tw);
-  const out = await backend.read(y);
-  for (const t of [ta, tw, y]) t.dispose();
-  return out;
+  return product(backend, [a, rows, k, false], [w, wRows, k, false]);
 }
 
 /** a^T b for a [k, p], b [k, q] (host arrays) on the backend -> [p, q]. */
-async function matmulTN(
+function matmulTN(
   backend: Backend,
   a: Float32Array,
   b: Float32Array,
@@ -97,13 +116,7 @@ async function matmulTN(
   p: number,
   q: number,
 ): Promise<Float32Array> {
-  const ta = backend.upload(a, [k, p], 'f32');
-  const tb = backend.upload(b, [k, q], 'f32');
-  const [at, bt] = [backend.transpose(ta), backend.transpose(tb)];
-  const y = backend.linear(at, bt);
-  const out = await backend.read(y);
-  for (const t of [ta, tb, at, bt, y]) t.dispose();
-  return out;
+  return product(backend, [a, k, p, true], [b, k, q, true]);
 }
 
 const f32 = (m: Float64Array) => Float32Array.from(m);
