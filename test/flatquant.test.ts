@@ -314,6 +314,13 @@ test('flatquant-w4a4 on llama-tiny: losses fall, perplexity beats RTN W4A4, chec
   const stored = readQuantizationConfig(dir);
   assert.ok(stored);
   const reloaded = loadQuantized(dir, cpu, stored);
+  // q/k/v and gate/up share one transform again, so their input is transformed once
+  for (const { linears: l } of reloaded.layers) {
+    assert.equal(l.k_proj.inputQuant?.transform, l.q_proj.inputQuant?.transform);
+    assert.equal(l.v_proj.inputQuant?.transform, l.q_proj.inputQuant?.transform);
+    assert.equal(l.up_proj.inputQuant?.transform, l.gate_proj.inputQuant?.transform);
+    assert.notEqual(l.o_proj.inputQuant?.transform, l.q_proj.inputQuant?.transform);
+  }
   assert.equal(await ppl(reloaded), pFq);
   // the integer GEMM path: the transform, then 4-bit codes of x and W in int8
   assert.equal(useInt8Matmuls(reloaded), 7 * reloaded.layers.length);

@@ -176,17 +176,21 @@ export class LlamaModel {
     return pos;
   }
 
-  /** What linear `name` multiplies for input x: x through its input quantizer, if it has one. */
-  linearInput(layer: number, name: LinearName, x: Tensor): Tensor {
+  /**
+   * What linear `name` multiplies for input x: x through its input quantizer, if it has one;
+   * `transformed`: x has had the linear's online transform applied already (groupInput).
+   */
+  linearInput(layer: number, name: LinearName, x: Tensor, transformed = false): Tensor {
     const q = this.layers[layer].linears[name].inputQuant;
-    return q ? quantizeInput(this.backend, x, q) : x;
+    if (!q) return x;
+    return quantizeInput(this.backend, x, transformed ? { ...q, transform: undefined } : q);
   }
 
-  applyLinear(layer: number, name: LinearName, x: Tensor, hooks?: ForwardHooks): Tensor {
+  applyLinear(layer: number, name: LinearName, x: Tensor, hooks?: ForwardHooks, transformed = false): Tensor {
     const lin = this.layers[layer].linears[name];
     // hooks see (and may replace) the quantized input, which the integer path never materializes
-    if (lin.int8 && !hooks?.linearInput) return this.int8Path(lin, lin.int8, x);
-    let input = this.linearInput(layer, name, x);
+    if (lin.int8 && !hooks?.linearInput) return this.int8Path(lin, lin.int8, x, transformed);
+    let input = this.linearInput(layer, name, x, transformed);
     input = hooks?.linearInput?.(layer, name, input) ?? input;
     return lin.packed
       ? this.backend.linearPacked(input, lin.packed, lin.bias)
@@ -194,12 +198,12 @@ export class LlamaModel {
   }
 
   /** The integer GEMM, after FlatQuant's online transform when the linear has one. */
-  private int8Path(lin: Linear, w: Int8Weight, x: Tensor): Tensor {
+  private int8Path(lin: Linear, w: Int8Weight, x: Tensor, transformed: boolean): Tensor {
     const t = lin.inputQuant?.transform;
-    if (!t) return int8Linear(this.backend, x, w, lin.bias);
-    const transformed = this.backend.kron(x, t.left, t.right);
-    const y = int8Linear(this.backend, transformed, w, lin.bias);
-    transformed.dispose();
+    if (!t || transformed) return int8Linear(this.backend, x, w, lin.bias);
+    const xt = this.backend.kron(x, t.left, t.right);
+    const y = int8Linear(this.backend, xt, w, lin.bias);
+    xt.dispose();
     return y;
   }
 
@@ -228,15 +232,17 @@ export class LlamaModel {
     const b = this.backend;
     const { numHeads, numKvHeads, headDim } = this.config;
     const pos = cache ? positionsFrom(cache.past, shape.seqLen) : this.positions(shape);
+    const input = this.groupInput(layer, ['q_proj', 'k_proj', 'v_proj'], x);
     const rotated = (name: 'q_proj' | 'k_proj') => {
-      const raw = this.applyLinear(layer, name, x, hooks);
+      const raw = this.applyLinear(layer, name, input.x, hooks, input.transformed);
       const out = b.rope(raw, pos, headDim, this.rope);
       raw.dispose();
       return out;
     };
     const q = rotated('q_proj');
     const k = this.kvQuantized(rotated('k_proj'));
-    const v = this.kvQuantized(this.applyLinear(layer, 'v_proj', x, hooks));
+    const v = this.kvQuantized(this.applyLinear(layer, 'v_proj', input.x, hooks, input.transformed));
+    if (input.transformed) input.x.dispose();
     const heads = { numHeads, numKvHeads, headDim };
     const past = cache?.past ?? 0;
     const cached = cache?.append(layer, k, v);
@@ -256,10 +262,22 @@ export class LlamaModel {
     return out;
   }
 
+  /**
+   * The input of linears sharing one online transform (FlatQuant's q/k/v, gate/up), transformed once
+   * for all of them; x itself when they have none or different ones.
+   */
+  private groupInput(layer: number, names: LinearName[], x: Tensor): { x: Tensor; transformed: boolean } {
+    const [t, ...rest] = names.map((n) => this.layers[layer].linears[n].inputQuant?.transform);
+    if (!t || rest.some((o) => o?.left !== t.left || o?.right !== t.right)) return { x, transformed: false };
+    return { x: this.backend.kron(x, t.left, t.right), transformed: true };
+  }
+
   /** silu(gate x) * up x, the input of down_proj, for normed input x. */
   mlpActivation(layer: number, x: Tensor, hooks?: ForwardHooks): Tensor {
-    const gate = this.applyLinear(layer, 'gate_proj', x, hooks);
-    const up = this.applyLinear(layer, 'up_proj', x, hooks);
+    const input = this.groupInput(layer, ['gate_proj', 'up_proj'], x);
+    const gate = this.applyLinear(layer, 'gate_proj', input.x, hooks, input.transformed);
+    const up = this.applyLinear(layer, 'up_proj', input.x, hooks, input.transformed);
+    if (input.transformed) input.x.dispose();
     const act = this.backend.siluMul(gate, up);
     gate.dispose();
     up.dispose();

@@ -66,6 +66,7 @@ export function quantizedFromCheckpoint(
   const model = LlamaModel.fromCheckpoint(dir, config, ckpt, backend, (layer, name, shape) =>
     readStoredLinear(ckpt, backend, q, layer, name, shape, codesOnly),
   );
+  shareTransforms(model, ckpt);
   model.quantization = { recipe: q.recipe.name };
   if (q.recipe.kvCache) model.kvQuant = kvCacheSpec(q.recipe.kvCache, config.headDim);
   return model;
@@ -170,4 +171,36 @@ function readTransform(ckpt: Checkpoint, backend: Backend, prefix: string): Inpu
     return backend.upload(t.data as Float32Array, t.shape, 'f32');
   };
   return { left: factor('left'), right: factor('right') };
+}
+
+/**
+ * Linears of one group (q/k/v, gate/up) whose stored online transforms are equal share one pair of
+ * factor tensors, so the forward pass transforms their common input once (LlamaModel.groupInput).
+ */
+function shareTransforms(model: LlamaModel, ckpt: Checkpoint): void {
+  const groups: LinearName[][] = [
+    ['q_proj', 'k_proj', 'v_proj'],
+    ['gate_proj', 'up_proj'],
+  ];
+  const stored = (layer: number, name: LinearName, side: string) =>
+    ckpt.read(`${linearTensorName(layer, name).replace(/\.weight$/, '')}.input_transform_${side}`).data;
+  const same = (a: ArrayLike<number>, b: ArrayLike<number>) =>
+    a.length === b.length && Array.prototype.every.call(a, (v: number, i: number) => v === b[i]);
+  model.layers.forEach((L, layer) => {
+    for (const [first, ...rest] of groups) {
+      const t = L.linears[first].inputQuant?.transform;
+      if (!t) continue;
+      for (const name of rest) {
+        const q = L.linears[name].inputQuant;
+        if (!q?.transform) continue;
+        const equal = ['left', 'right'].every((side) =>
+          same(stored(layer, first, side) as Float32Array, stored(layer, name, side) as Float32Array),
+        );
+        if (!equal) continue;
+        q.transform.left.dispose();
+        q.transform.right.dispose();
+        q.transform = t;
+      }
+    }
+  });
 }
