@@ -13,7 +13,7 @@
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
-import { LINEARS, type Linear, type LinearName, type LlamaModel } from '../src/model/llama.ts';
+import { LINEARS, type Linear, type LlamaModel } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
 import { kroneckerSizes } from '../src/quant/flatquant-train.ts';
 import { loadChatTemplate } from '../src/runtime/chat-template-file.ts';
@@ -22,7 +22,7 @@ import { ModelEngine } from '../src/runtime/generate.ts';
 import { KvCache } from '../src/runtime/kv-cache.ts';
 import { Sampler } from '../src/runtime/sampling.ts';
 import { createBackend, type DeviceName } from '../src/tensor/index.ts';
-import type { Backend } from '../src/tensor/tensor.ts';
+import type { Backend, Tensor } from '../src/tensor/tensor.ts';
 import { WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
 import { publish, type Row, table } from './report.ts';
 import { synthLlama3 } from './synth-model.ts';
@@ -142,28 +142,41 @@ function useInt8(b: Backend, lin: Linear): void {
 
 /**
  * FlatQuant's W4A4: 4-bit per-channel weight codes (held in int8), a random Kronecker transform of each
- * input (FlatQuant's factor sizes), 4-bit clipped per-token activations, the int8 GEMM.
+ * input (FlatQuant's factor sizes; with `shared`, q/k/v and gate/up share theirs as a checkpoint's do,
+ * so their input is transformed once), 4-bit clipped per-token activations, the int8 GEMM.
  */
-function useFlatW4A4(b: Backend, lin: Linear, name: LinearName, model: LlamaModel): void {
-  const [rows, cols] = lin.weight.shape;
-  const codes = Int8Array.from(
-    new Int8Array(randomWords((rows * cols) / 4, rows * 5 + cols).buffer),
-    (v) => v >> 4,
-  );
-  lin.int8 = {
-    codes: b.upload(codes, [rows, cols], 'i8'),
-    scales: b.upload(new Float32Array(rows).fill(0.008), [rows], 'f32'),
-    input: { kind: 'int', bits: 4, symmetric: true, granularity: 'row', clip: 0.9 },
-  };
+function useFlatW4A4(b: Backend, model: LlamaModel, shared: boolean): void {
   const { numHeads, headDim } = model.config;
-  const [n1, n2] = name === 'o_proj' ? [numHeads, headDim] : kroneckerSizes(cols);
   const factor = (n: number) =>
     b.upload(
       new Float32Array(n * n).map((_, i) => (i % (n + 1) === 0 ? 1 : 0.01)),
       [n, n],
       'f32',
     );
-  lin.inputQuant = { spec: lin.int8.input!, transform: { left: factor(n1), right: factor(n2) } };
+  const transforms = new Map<string, { left: Tensor; right: Tensor }>();
+  for (const name of LINEARS) {
+    const lin = model.layers[0].linears[name];
+    const [rows, cols] = lin.weight.shape;
+    const codes = Int8Array.from(
+      new Int8Array(randomWords((rows * cols) / 4, rows * 5 + cols).buffer),
+      (v) => v >> 4,
+    );
+    lin.int8 = {
+      codes: b.upload(codes, [rows, cols], 'i8'),
+      scales: b.upload(new Float32Array(rows).fill(0.008), [rows], 'f32'),
+      input: { kind: 'int', bits: 4, symmetric: true, granularity: 'row', clip: 0.9 },
+    };
+    const group = ['q_proj', 'k_proj', 'v_proj'].includes(name)
+      ? 'qkv'
+      : name === 'up_proj'
+        ? 'gate_proj'
+        : name;
+    if (!transforms.has(group)) {
+      const [n1, n2] = name === 'o_proj' ? [numHeads, headDim] : kroneckerSizes(cols);
+      transforms.set(group, { left: factor(n1), right: factor(n2) });
+    }
+    lin.inputQuant = { spec: lin.int8.input!, transform: transforms.get(group) };
+  }
 }
 
 async function decodeRate(model: LlamaModel, variant: string): Promise<void> {
@@ -205,7 +218,9 @@ async function synthRates(backend: Backend, variant: string): Promise<void> {
     useInt8(backend, layer.linears[name]);
   }
   await decodeRate(model, `W8A8 (int8 GEMM)${variant}`);
-  for (const name of LINEARS) useFlatW4A4(backend, layer.linears[name], name, model);
+  useFlatW4A4(backend, model, false);
+  await decodeRate(model, `W4A4 FlatQuant, each linear transforming its own input${variant}`);
+  useFlatW4A4(backend, model, true);
   await decodeRate(model, `W4A4 FlatQuant (online Kronecker transform + int8 GEMM)${variant}`);
 }
 
