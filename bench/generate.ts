@@ -166,11 +166,13 @@ function useFlatW4A4(b: Backend, model: LlamaModel, shared: boolean): void {
       scales: b.upload(new Float32Array(rows).fill(0.008), [rows], 'f32'),
       input: { kind: 'int', bits: 4, symmetric: true, granularity: 'row', clip: 0.9 },
     };
-    const group = ['q_proj', 'k_proj', 'v_proj'].includes(name)
-      ? 'qkv'
-      : name === 'up_proj'
-        ? 'gate_proj'
-        : name;
+    const group = !shared
+      ? name
+      : ['q_proj', 'k_proj', 'v_proj'].includes(name)
+        ? 'qkv'
+        : name === 'up_proj'
+          ? 'gate_proj'
+          : name;
     if (!transforms.has(group)) {
       const [n1, n2] = name === 'o_proj' ? [numHeads, headDim] : kroneckerSizes(cols);
       transforms.set(group, { left: factor(n1), right: factor(n2) });
