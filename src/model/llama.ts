@@ -186,25 +186,23 @@ export class LlamaModel {
     return quantizeInput(this.backend, x, transformed ? { ...q, transform: undefined } : q);
   }
 
+  /** `transformed`: x has had the linear's online transform applied already (groupInput). */
   applyLinear(layer: number, name: LinearName, x: Tensor, hooks?: ForwardHooks, transformed = false): Tensor {
     const lin = this.layers[layer].linears[name];
+    const t = lin.inputQuant?.transform;
+    if (t && !transformed) {
+      const xt = this.backend.kron(x, t.left, t.right);
+      const y = this.applyLinear(layer, name, xt, hooks, true);
+      xt.dispose();
+      return y;
+    }
     // hooks see (and may replace) the quantized input, which the integer path never materializes
-    if (lin.int8 && !hooks?.linearInput) return this.int8Path(lin, lin.int8, x, transformed);
+    if (lin.int8 && !hooks?.linearInput) return int8Linear(this.backend, x, lin.int8, lin.bias);
     let input = this.linearInput(layer, name, x, transformed);
     input = hooks?.linearInput?.(layer, name, input) ?? input;
     return lin.packed
       ? this.backend.linearPacked(input, lin.packed, lin.bias)
       : this.backend.linear(input, lin.weight, lin.bias);
-  }
-
-  /** The integer GEMM, after FlatQuant's online transform when the linear has one. */
-  private int8Path(lin: Linear, w: Int8Weight, x: Tensor, transformed: boolean): Tensor {
-    const t = lin.inputQuant?.transform;
-    if (!t || transformed) return int8Linear(this.backend, x, w, lin.bias);
-    const xt = this.backend.kron(x, t.left, t.right);
-    const y = int8Linear(this.backend, xt, w, lin.bias);
-    xt.dispose();
-    return y;
   }
 
   /** Self-attention block output (before the residual add) for normed input x. */
@@ -389,10 +387,6 @@ function positionsFrom(start: number, n: number): Int32Array {
 }
 
 /**
- * Fake-quantizes a linear's input. Kept (salient) channels are zeroed before quantizing and added
- * back after, so with symmetric formats they neither get quantized nor move the scales.
- */
-/**
  * The KV-cache format as applied to rows of k/v ([rows, kv heads x head_dim]): per-row INT becomes
  * one scale per head (groups of head_dim); other formats must keep their groups within a head.
  */
@@ -414,6 +408,11 @@ export function kvCacheSpec(spec: FormatSpec, headDim: number): FormatSpec {
   return spec;
 }
 
+/**
+ * Fake-quantizes a linear's input, after its online transform when it has one. Kept (salient)
+ * channels are zeroed before quantizing and added back after, so with symmetric formats they
+ * neither get quantized nor move the scales.
+ */
 export function quantizeInput(b: Backend, x: Tensor, q: InputQuant): Tensor {
   if (!q.transform) return quantizeValues(b, x, q);
   const transformed = b.kron(x, q.transform.left, q.transform.right);
