@@ -66,7 +66,6 @@ export function quantizedFromCheckpoint(
   const model = LlamaModel.fromCheckpoint(dir, config, ckpt, backend, (layer, name, shape) =>
     readStoredLinear(ckpt, backend, q, layer, name, shape, codesOnly),
   );
-  shareTransforms(model, ckpt);
   model.quantization = { recipe: q.recipe.name };
   if (q.recipe.kvCache) model.kvQuant = kvCacheSpec(q.recipe.kvCache, config.headDim);
   return model;
@@ -158,6 +157,15 @@ export function readStoredLinear(
   return stored;
 }
 
+type Transform = NonNullable<InputQuant['transform']>;
+
+/**
+ * Transforms already uploaded from each checkpoint, by their values: linears whose stored transforms
+ * are equal (FlatQuant's q/k/v, gate/up) get one pair of factor tensors, so the forward pass
+ * transforms their common input once (LlamaModel.groupInput).
+ */
+const uploadedTransforms = new WeakMap<Checkpoint, Map<string, { backend: Backend; transform: Transform }>>();
+
 /** FlatQuant's online transform of a linear's input, when the checkpoint has one. */
 function readTransform(ckpt: Checkpoint, backend: Backend, prefix: string): InputQuant['transform'] {
   if (!ckpt.has(`${prefix}.input_transform_left`)) return undefined;
@@ -168,39 +176,16 @@ function readTransform(ckpt: Checkpoint, backend: Backend, prefix: string): Inpu
       fail(
         `${ckpt.dir}: tensor "${name}" must be a square F32 matrix, got ${t.dtype} [${t.shape.join(', ')}]`,
       );
-    return backend.upload(t.data as Float32Array, t.shape, 'f32');
+    return t;
   };
-  return { left: factor('left'), right: factor('right') };
-}
-
-/**
- * Linears of one group (q/k/v, gate/up) whose stored online transforms are equal share one pair of
- * factor tensors, so the forward pass transforms their common input once (LlamaModel.groupInput).
- */
-function shareTransforms(model: LlamaModel, ckpt: Checkpoint): void {
-  const groups: LinearName[][] = [
-    ['q_proj', 'k_proj', 'v_proj'],
-    ['gate_proj', 'up_proj'],
-  ];
-  const stored = (layer: number, name: LinearName, side: string) =>
-    ckpt.read(`${linearTensorName(layer, name).replace(/\.weight$/, '')}.input_transform_${side}`).data;
-  const same = (a: ArrayLike<number>, b: ArrayLike<number>) =>
-    a.length === b.length && Array.prototype.every.call(a, (v: number, i: number) => v === b[i]);
-  model.layers.forEach((L, layer) => {
-    for (const [first, ...rest] of groups) {
-      const t = L.linears[first].inputQuant?.transform;
-      if (!t) continue;
-      for (const name of rest) {
-        const q = L.linears[name].inputQuant;
-        if (!q?.transform) continue;
-        const equal = ['left', 'right'].every((side) =>
-          same(stored(layer, first, side) as Float32Array, stored(layer, name, side) as Float32Array),
-        );
-        if (!equal) continue;
-        q.transform.left.dispose();
-        q.transform.right.dispose();
-        q.transform = t;
-      }
-    }
-  });
+  const [left, right] = [factor('left'), factor('right')];
+  const key = `${left.data.join(',')}|${right.data.join(',')}`;
+  let uploaded = uploadedTransforms.get(ckpt);
+  if (!uploaded) uploadedTransforms.set(ckpt, (uploaded = new Map()));
+  const known = uploaded.get(key);
+  if (known?.backend === backend) return known.transform;
+  const upload = (t: typeof left) => backend.upload(t.data as Float32Array, t.shape, 'f32');
+  const transform = { left: upload(left), right: upload(right) };
+  uploaded.set(key, { backend, transform });
+  return transform;
 }
