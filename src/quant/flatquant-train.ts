@@ -234,7 +234,7 @@ export function quantizeRowsBackward(
 }
 
 /** Inverse of an n x n matrix (Gauss-Jordan with partial pivoting, float64). */
-export function invert(m: Float64Array, n: number): Float64Array {
+function invert(m: Float64Array, n: number): Float64Array {
   const a = Float64Array.from(m);
   const inv = new Float64Array(n * n);
   for (let i = 0; i < n; i++) inv[i * n + i] = 1;
@@ -268,7 +268,12 @@ function swapRows(m: Float64Array, n: number, i: number, j: number): void {
   }
 }
 
-export function transposeSquare(m: Float64Array, n: number): Float64Array {
+/** A^-T, the factor the weights are transformed with. */
+export function inverseTranspose(a: Float64Array, n: number): Float64Array {
+  return transposeSquare(invert(a, n), n);
+}
+
+function transposeSquare(m: Float64Array, n: number): Float64Array {
   const t = new Float64Array(n * n);
   for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) t[j * n + i] = m[i * n + j];
   return t;
@@ -321,12 +326,6 @@ export function kroneckerSizes(n: number): [number, number] {
 }
 
 const sigmoid = (v: number) => 1 / (1 + Math.exp(-v));
-
-function transposeRect(x: Float32Array, rows: number, cols: number): Float32Array {
-  const t = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) t[c * rows + r] = x[r * cols + c];
-  return t;
-}
 
 /** Trainable state: the factors, the scaling and the clip logits, each with AdamW moments. */
 class Param {
@@ -387,8 +386,8 @@ export async function lossAndGrads(
   const diag = s.diag;
   const xs = diag ? scaleColumnsHost(x, diag, false) : x;
   const ws = diag ? scaleColumnsHost(p.w, diag, true) : p.w;
-  const leftInvT = transposeSquare(invert(s.left, n1), n1);
-  const rightInvT = transposeSquare(invert(s.right, n2), n2);
+  const leftInvT = inverseTranspose(s.left, n1);
+  const rightInvT = inverseTranspose(s.right, n2);
   const xt = await kronRows(backend, xs, rows, s.left, n1, s.right, n2);
   const wt = await kronRows(backend, ws, m, leftInvT, n1, rightInvT, n2);
   const actClip = sigmoid(s.actClipLogit);
@@ -409,7 +408,7 @@ export async function lossAndGrads(
   const k = loss > 0 ? 2 / yq.length / loss : 0;
   for (let e = 0; e < g.length; e++) g[e] = k * (yq[e] - yfp[e]);
   const [dxq, dwq] = await Promise.all([
-    matmulT(backend, g, rows, m, transposeRect(qw.out, m, n), n),
+    product(backend, [g, rows, m, false], [qw.out, m, n, true]),
     matmulTN(backend, g, qa.out, rows, m, n),
   ]);
   const ba = quantizeRowsBackward(
@@ -447,8 +446,8 @@ export async function lossAndGrads(
     n2,
     Boolean(diag),
   );
-  const left = addInverseTransposeGrad(ka.da, kw.da, s.left, n1);
-  const right = addInverseTransposeGrad(ka.db, kw.db, s.right, n2);
+  const left = addInverseTransposeGrad(ka.da, kw.da, leftInvT, n1);
+  const right = addInverseTransposeGrad(ka.db, kw.db, rightInvT, n2);
   let dDiag: Float64Array | undefined;
   if (diag && ka.dx && kw.dx) {
     dDiag = new Float64Array(n);
@@ -475,16 +474,15 @@ function scaleColumnsHost(x: Float32Array, d: Float64Array, divide: boolean): Fl
 }
 
 /**
- * d/dA of a loss through both A (activation side) and A^-T (weight side): gradA + d(A^-T)/dA applied
- * to gradInvT, which is -A^-T gradInvT^T A^-T.
+ * d/dA of a loss through both A (activation side) and A^-T = invT (weight side): gradA + d(A^-T)/dA
+ * applied to gradInvT, which is -A^-T gradInvT^T A^-T.
  */
 function addInverseTransposeGrad(
   gradA: Float64Array,
   gradInvT: Float64Array,
-  a: Float64Array,
+  invT: Float64Array,
   n: number,
 ): Float64Array {
-  const invT = transposeSquare(invert(a, n), n);
   const term = matmulSquare(matmulSquare(invT, transposeSquare(gradInvT, n), n), invT, n);
   return gradA.map((g, i) => g - term[i]);
 }

@@ -25,12 +25,11 @@ import { encode } from '../formats/index.ts';
 import type { LinearName, LlamaModel } from '../model/llama.ts';
 import type { Backend, Tensor } from '../tensor/tensor.ts';
 import {
-  invert,
+  inverseTranspose,
   kroneckerSizes,
   kronRows,
   type LearnedTransform,
   trainTransform,
-  transposeSquare,
 } from './flatquant-train.ts';
 import { type LayerContext, registerLayerStep, runLayer, timed } from './pipeline.ts';
 import type { FlatQuantStep } from './recipe.ts';
@@ -186,8 +185,8 @@ async function quantizeTransformed(
   const [n1, n2] = sizes;
   const [rows, cols] = model.layers[layer].linears[name].weight.shape;
   const w = await model.backend.read(model.layers[layer].linears[name].weight);
-  const leftInvT = transposeSquare(invert(t.left, n1), n1);
-  const rightInvT = transposeSquare(invert(t.right, n2), n2);
+  const leftInvT = inverseTranspose(t.left, n1);
+  const rightInvT = inverseTranspose(t.right, n2);
   const { out } = await kronRows(model.backend, w, rows, leftInvT, n1, rightInvT, n2);
   for (let r = 0; r < rows; r++) {
     const row = out.subarray(r * cols, (r + 1) * cols);
