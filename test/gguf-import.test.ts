@@ -116,6 +116,7 @@ function dequantizeStored(file: GgufFile, name: string): Float32Array {
   if (t.type === GGML_TYPE.F16) return dequantizeF16(bytes);
   if (t.type === GGML_TYPE.Q8_0) return dequantizeQ8_0(bytes);
   if (t.type === GGML_TYPE.Q4_0) return dequantizeQ4_0(bytes);
+  if (t.type === GGML_TYPE.Q6_K) return dequantizeQ6_K(bytes);
   throw new Error(`unexpected type ${t.type} of ${name}`);
 }
 
@@ -440,9 +441,10 @@ test('llmq inspect model.gguf: config, tensor types by parameter count, tokenize
   const file = readGguf(files.q4_0);
   const count = (type: number) =>
     file.tensors.filter((t) => t.type === type).reduce((n, t) => n + t.dims.reduce((a, b) => a * b, 1), 0);
+  // q4_0: the output matrix in Q6_K, as llama-quantize writes it
   assert.deepEqual(info.tensor_types, {
     Q4_0: count(GGML_TYPE.Q4_0),
-    Q8_0: count(GGML_TYPE.Q8_0),
+    Q6_K: count(GGML_TYPE.Q6_K),
     F32: count(GGML_TYPE.F32),
   });
   assert.equal(info.disk_bytes, fs.statSync(files.q4_0).size);

@@ -20,8 +20,10 @@ import {
   dequantizeQ8_0,
   quantizeF16,
   quantizeQ4_0,
+  quantizeQ5_0,
   quantizeQ8_0,
 } from '../src/formats/ggml.ts';
+import { quantizeQ4_K, quantizeQ6_K } from '../src/formats/kquants.ts';
 import { exportGguf, type GgufExportType } from '../src/io/export/gguf.ts';
 import { GgufWriter, gguf, readGguf, readGgufTensor, writeGguf } from '../src/io/gguf.ts';
 import { openCheckpoint, type TensorToWrite, writeSafetensors } from '../src/io/safetensors.ts';
@@ -325,7 +327,15 @@ function tensorBytes(g: NaiveGguf, name: string): Uint8Array {
   const t = g.tensors.find((x) => x.name === name);
   assert.ok(t, `tensor ${name} present`);
   const count = t.dims.reduce((a, b) => a * b, 1);
-  const size = { 0: count * 4, 1: count * 2, 2: (count / 32) * 18, 8: (count / 32) * 34 }[t.type];
+  const size = {
+    0: count * 4,
+    1: count * 2,
+    2: (count / 32) * 18,
+    6: (count / 32) * 22,
+    8: (count / 32) * 34,
+    12: (count / 256) * 144,
+    14: (count / 256) * 210,
+  }[t.type];
   assert.ok(size !== undefined, `known type ${t.type}`);
   const start = g.dataStart + t.offset;
   assert.ok(start + size <= g.buf.length, `${name} inside the file`);
@@ -349,7 +359,7 @@ function unpermute(w: Float32Array, rows: number, cols: number, heads: number): 
 // ---------------------------------------------------------------------------------------------
 // (b) export of llama-tiny
 
-const T = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 8 };
+const T = { F32: 0, F16: 1, Q4_0: 2, Q5_0: 6, Q8_0: 8, Q4_K: 12, Q6_K: 14 };
 const config = JSON.parse(fs.readFileSync(`${TINY}/config.json`, 'utf8'));
 const tokJson = JSON.parse(fs.readFileSync(`${TINY}/tokenizer.json`, 'utf8'));
 
@@ -359,12 +369,14 @@ describe('exportGguf on llama-tiny', () => {
 
   before(async () => {
     source = loadLlama(TINY, cpu);
-    for (const type of ['q8_0', 'q4_0', 'f16'] as const) {
+    for (const type of ['q8_0', 'q4_0', 'q4_k_m', 'f16'] as const) {
       const out = path.join(ROOT, `tiny-${type}.gguf`);
       const summary = await exportGguf(TINY, out, { type });
       assert.equal(summary.tensors, 39);
       assert.equal(summary.source, 'full precision');
-      assert.deepEqual(summary.fallbacks, []);
+      // ffn_down's rows of 704 do not fit Q4_K's / Q6_K's 256: Q5_0, and Q8_0 in use_more_bits layers 2, 3
+      const downs = [0, 1, 2, 3].map((i) => `blk.${i}.ffn_down.weight (${i < 2 ? 'Q5_0' : 'Q8_0'})`);
+      assert.deepEqual(summary.fallbacks, type === 'q4_k_m' ? downs : []);
       assert.equal(summary.bytes, fs.statSync(out).size);
       files[type] = naiveParse(out);
     }
@@ -400,6 +412,7 @@ describe('exportGguf on llama-tiny', () => {
     assert.equal(typeOf('llama.rope.freq_base'), 6);
     assert.equal(files.q8_0.kv.get('general.file_type')?.value, 7);
     assert.equal(files.q4_0.kv.get('general.file_type')?.value, 2);
+    assert.equal(files.q4_k_m.kv.get('general.file_type')?.value, 15);
     assert.equal(files.f16.kv.get('general.file_type')?.value, 1);
 
     assert.equal(meta('tokenizer.ggml.model'), 'gpt2');
@@ -425,8 +438,11 @@ describe('exportGguf on llama-tiny', () => {
 
   test('tensor names, dims (fastest first), types and aligned offsets', () => {
     const expected = (type: GgufExportType) => {
-      const lin = { q8_0: T.Q8_0, q4_0: T.Q4_0, f16: T.F16 }[type];
-      const out = type === 'q4_0' ? T.Q8_0 : lin;
+      const lin = { q8_0: T.Q8_0, q4_0: T.Q4_0, q4_k_m: T.Q4_K, f16: T.F16 }[type];
+      const out = type === 'q4_0' || type === 'q4_k_m' ? T.Q6_K : lin;
+      // Q4_K_M over 4 layers: use_more_bits picks layers 2 (every third after the first eighth) and 3 (the last eighth)
+      const attnV = (i: number) => (type === 'q4_k_m' && i >= 2 ? T.Q6_K : lin);
+      const down = (i: number) => (type !== 'q4_k_m' ? lin : i >= 2 ? T.Q8_0 : T.Q5_0);
       const { hidden_size: d, intermediate_size: ff, vocab_size: v, head_dim: hd } = config;
       const kv = config.num_key_value_heads * hd;
       const list: [string, number[], number][] = [['token_embd.weight', [d, v], lin]];
@@ -435,18 +451,18 @@ describe('exportGguf on llama-tiny', () => {
           [`blk.${i}.attn_norm.weight`, [d], T.F32],
           [`blk.${i}.attn_q.weight`, [d, config.num_attention_heads * hd], lin],
           [`blk.${i}.attn_k.weight`, [d, kv], lin],
-          [`blk.${i}.attn_v.weight`, [d, kv], lin],
+          [`blk.${i}.attn_v.weight`, [d, kv], attnV(i)],
           [`blk.${i}.attn_output.weight`, [config.num_attention_heads * hd, d], lin],
           [`blk.${i}.ffn_norm.weight`, [d], T.F32],
           [`blk.${i}.ffn_gate.weight`, [d, ff], lin],
           [`blk.${i}.ffn_up.weight`, [d, ff], lin],
-          [`blk.${i}.ffn_down.weight`, [ff, d], lin],
+          [`blk.${i}.ffn_down.weight`, [ff, d], down(i)],
         );
       }
       list.push(['output_norm.weight', [d], T.F32], ['output.weight', [d, v], out]);
       return list;
     };
-    for (const type of ['q8_0', 'q4_0', 'f16'] as const) {
+    for (const type of ['q8_0', 'q4_0', 'q4_k_m', 'f16'] as const) {
       const g = files[type];
       const got = g.tensors.map((t) => [t.name, t.dims, t.type]);
       assert.deepEqual(
@@ -475,7 +491,18 @@ describe('exportGguf on llama-tiny', () => {
       naiveBlocks(v, (b) => naiveQ4_0(b)),
     );
     const head = await cpu.read(source.lmHead);
-    assert.deepEqual(tensorBytes(files.q4_0, 'output.weight'), naiveBlocks(head, naiveQ8_0));
+    assert.deepEqual(tensorBytes(files.q4_0, 'output.weight'), quantizeQ6_K(head));
+    assert.deepEqual(tensorBytes(files.q4_k_m, 'output.weight'), quantizeQ6_K(head));
+    // Q4_K_M: layer 0's attn_v in Q4_K, layer 3's in Q6_K, ffn_down in the fallbacks Q5_0 / Q8_0
+    assert.deepEqual(tensorBytes(files.q4_k_m, 'blk.0.attn_v.weight'), quantizeQ4_K(v));
+    const v3 = await cpu.read(source.layers[3].linears.v_proj.weight);
+    assert.deepEqual(tensorBytes(files.q4_k_m, 'blk.3.attn_v.weight'), quantizeQ6_K(v3));
+    const down = (i: number) => cpu.read(source.layers[i].linears.down_proj.weight);
+    assert.deepEqual(tensorBytes(files.q4_k_m, 'blk.0.ffn_down.weight'), quantizeQ5_0(await down(0)));
+    assert.deepEqual(
+      tensorBytes(files.q4_k_m, 'blk.3.ffn_down.weight'),
+      naiveBlocks(await down(3), naiveQ8_0),
+    );
 
     for (const [name, heads] of [
       ['attn_q', config.num_attention_heads],
@@ -592,7 +619,7 @@ describe('model variants', () => {
     assert.equal(g.kv.get('tokenizer.ggml.pre')?.value, 'llama-bpe');
     const byName = new Map(g.tensors.map((t) => [t.name, t]));
     assert.equal(byName.has('output.weight'), false, 'tied: llama.cpp reuses token_embd');
-    assert.equal(byName.get('token_embd.weight')?.type, T.Q8_0, 'tied token_embd plays output.weight');
+    assert.equal(byName.get('token_embd.weight')?.type, T.Q6_K, 'tied token_embd plays output.weight');
     assert.equal(g.tensors.length, 39 + 16);
 
     // rope_freqs: 1 for short wavelengths, factor for long ones, the smooth blend between

@@ -14,11 +14,13 @@ export const EXPORT_HELP = `llmq export <model-dir> --to ${TARGETS.join('|')} --
   pack-quantized (INT4/INT8). Codes and zero points are kept; scales and all other tensors become fp16
   (the summary reports the largest relative change this makes to a weight). Refuses what a layout cannot
   hold (MX/FP8/NVFP4, activation quantization, salient columns).
-  gguf-q8_0, gguf-q4_0, gguf-f16: one GGUF file for llama.cpp / node-llama-cpp from a full-precision
-  model or an llmq weight-only checkpoint (its dequantized weights, e.g. with AWQ's scaling, are
-  quantized with llama.cpp's own Q8_0 / Q4_0 rules; a Q4_0 / Q8_0 checkpoint's blocks are written as they
-  are; norms stay F32; with q4_0 the output matrix is Q8_0).
-  --q4-fma rounds Q4_0 as llama.cpp builds with a fused multiply-add do (aarch64).
+  gguf-q8_0, gguf-q4_0, gguf-q4_k_m, gguf-f16: one GGUF file for llama.cpp / node-llama-cpp from a
+  full-precision model or an llmq weight-only checkpoint (its dequantized weights, e.g. with AWQ's
+  scaling, are quantized with llama.cpp's own Q8_0 / Q4_0 / Q4_K / Q6_K / Q5_0 rules, byte for byte; a
+  Q4_0 / Q8_0 checkpoint's blocks are written as they are; norms stay F32). The output matrix takes
+  Q6_K under q4_0 and q4_k_m, as llama-quantize gives it; q4_k_m is llama-quantize's Q4_K_M mix
+  (Q6_K for attn_v and ffn_down in a third of the layers), without an importance matrix.
+  --q4-fma rounds Q4_0 (and Q5_0) as llama.cpp builds with a fused multiply-add do (aarch64).
   Refuses an existing --out unless --force.`;
 
 export async function exportCommand(argv: string[]): Promise<void> {
@@ -49,8 +51,7 @@ export async function exportCommand(argv: string[]): Promise<void> {
       `${summary.out}: GGUF ${type} from ${summary.source}, ${summary.tensors} tensors (${types.join(', ')}), ` +
         `${(summary.bytes / 2 ** 20).toFixed(1)} MiB`,
     );
-    if (summary.fallbacks.length)
-      console.log(`  in F16 (rows not a multiple of 32): ${summary.fallbacks.join(', ')}`);
+    if (summary.fallbacks.length) console.log(`  ${fallbackLine(summary.fallbacks)}`);
     return;
   }
   if (!isExportLayout(values.to))
@@ -70,4 +71,17 @@ export async function exportCommand(argv: string[]): Promise<void> {
   );
   if (summary.unquantized_linears.length > 0)
     console.log(`  left in fp16: ${summary.unquantized_linears.length} linears not targeted by the recipe`);
+}
+
+/** "name (type)" entries as counts per type, with the first tensor of each; --json lists them all. */
+function fallbackLine(fallbacks: string[]): string {
+  const byType = new Map<string, string[]>();
+  for (const f of fallbacks) {
+    const type = /\((\w+)\)$/.exec(f)?.[1] ?? '?';
+    byType.set(type, [...(byType.get(type) ?? []), f.replace(/ \(\w+\)$/, '')]);
+  }
+  const parts = [...byType].map(
+    ([type, names]) => `${names.length} in ${type} (${names[0]}${names.length > 1 ? ', ...' : ''})`,
+  );
+  return `rows that do not fit the type's blocks: ${parts.join('; ')}`;
 }

@@ -47,13 +47,13 @@ function roundHalfAway(v: number): number {
   return v < 0 ? -r : r;
 }
 
-function writeF16(out: Uint8Array, at: number, value: number): void {
+export function writeF16(out: Uint8Array, at: number, value: number): void {
   const h = numberToF16Bits(value);
   out[at] = h & 0xff;
   out[at + 1] = h >>> 8;
 }
 
-function readF16(src: Uint8Array, at: number): number {
+export function readF16(src: Uint8Array, at: number): number {
   return f16BitsToNumber(src[at] | (src[at + 1] << 8));
 }
 
@@ -105,8 +105,8 @@ function codeQ4_0(x: number, id: number, fma: boolean): number {
   return Math.min(15, Math.trunc(t));
 }
 
-/** The float32 d llama.cpp's Q4_0 quantizer picks for x[at, at + 32): the largest-magnitude value / -8. */
-function blockScaleQ4_0(x: ArrayLike<number>, at: number): number {
+/** The value of largest magnitude in x[at, at + 32), the first of equal magnitudes. */
+function largestMagnitude(x: ArrayLike<number>, at: number): number {
   let amax = 0;
   let max = 0;
   for (let j = 0; j < QK; j++) {
@@ -116,7 +116,12 @@ function blockScaleQ4_0(x: ArrayLike<number>, at: number): number {
       max = v;
     }
   }
-  return fr(max / -8);
+  return max;
+}
+
+/** The float32 d llama.cpp's Q4_0 quantizer picks for x[at, at + 32): the largest-magnitude value / -8. */
+function blockScaleQ4_0(x: ArrayLike<number>, at: number): number {
+  return fr(largestMagnitude(x, at) / -8);
 }
 
 function quantizeBlockQ4_0(x: Float32Array, at: number, out: Uint8Array, o: number, fma: boolean): void {
@@ -136,6 +141,36 @@ export function quantizeQ4_0(x: Float32Array, opts: Q4_0Options = {}): Uint8Arra
   const fma = opts.fma ?? false;
   const out = new Uint8Array((x.length / QK) * Q4_0_BLOCK_BYTES);
   for (let b = 0; b < x.length / QK; b++) quantizeBlockQ4_0(x, b * QK, out, b * Q4_0_BLOCK_BYTES, fma);
+  return out;
+}
+
+export const Q5_0_BLOCK_BYTES = 2 + 4 + QK / 2;
+
+/**
+ * One Q5_0 block (fp16 d, 32 fifth bits, 16 bytes of nibbles) of x[at, at + 32): d = (value of
+ * largest magnitude) / -16, code min(31, trunc(x/d + 16.5)), rounded as Q4_0's.
+ */
+function quantizeBlockQ5_0(x: Float32Array, at: number, out: Uint8Array, o: number, fma: boolean): void {
+  const d = fr(largestMagnitude(x, at) / -16);
+  const id = d !== 0 ? fr(1 / d) : 0;
+  const code = (v: number) => Math.min(31, Math.trunc(fma ? fr(v * id + 16.5) : fr(fr(v * id) + 16.5)));
+  writeF16(out, o, d);
+  let qh = 0;
+  for (let j = 0; j < QK / 2; j++) {
+    const lo = code(x[at + j]);
+    const hi = code(x[at + QK / 2 + j]);
+    out[o + 6 + j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
+    qh |= ((lo >>> 4) << j) | ((hi >>> 4) << (j + QK / 2));
+  }
+  for (let k = 0; k < 4; k++) out[o + 2 + k] = (qh >>> (8 * k)) & 0xff;
+}
+
+/** x (a multiple of 32 values) -> Q5_0 blocks, as llama.cpp's quantize_row_q5_0_ref. */
+export function quantizeQ5_0(x: Float32Array, opts: Q4_0Options = {}): Uint8Array {
+  checkLength(x.length);
+  const fma = opts.fma ?? false;
+  const out = new Uint8Array((x.length / QK) * Q5_0_BLOCK_BYTES);
+  for (let b = 0; b < x.length / QK; b++) quantizeBlockQ5_0(x, b * QK, out, b * Q5_0_BLOCK_BYTES, fma);
   return out;
 }
 

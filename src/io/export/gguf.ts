@@ -14,9 +14,13 @@
  * - Norms, biases and rope_freqs in F32. The linears (q, k, v, o, gate, up, down) in the chosen type.
  *   q8_0 and f16: token_embd and output in that type too (convert_hf_to_gguf.py --outtype q8_0/f16).
  *   q4_0: token_embd in Q4_0 as llama-quantize does; output (or token_embd when the embeddings are
- *   tied) in Q8_0: llama-quantize would pick Q6_K there, a K-quant llmq does not write, so the one
- *   tensor it protects is kept at higher precision instead. A tensor whose rows are not a multiple of
- *   32 falls back to F16 (convert_hf_to_gguf.py does the same) and is listed in the summary.
+ *   tied) in Q6_K, or Q8_0 where its rows are not a multiple of 256, as llama-quantize does.
+ *   q4_k_m: llama-quantize's Q4_K_M mix without an importance matrix: Q4_K, with Q6_K for the output
+ *   (as q4_0) and for attn_v and ffn_down in the layers use_more_bits picks; a K-type tensor whose rows
+ *   are not a multiple of 256 falls back as llama-quantize's tensor_type_fallback does (Q4_K to Q5_0,
+ *   Q6_K to Q8_0). Blocks are chosen by formats/kquants.ts, byte for byte llama.cpp's reference
+ *   quantizers. A tensor whose rows are not a multiple of 32 falls back to F16 (convert_hf_to_gguf.py
+ *   does the same). Fallbacks are listed in the summary.
  * - q_proj / k_proj rows (and biases) permuted from the HF rotate-half order to GGML's interleaved
  *   RoPE order: within each head, row j*(hd/2)+i moves to i*2+j.
  * - The source may be a full-precision HF checkpoint or an llmq weight-only checkpoint, whose
@@ -29,8 +33,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fail } from '../../errors.ts';
-import { ggmlBlocks, QK, quantizeF16, quantizeQ4_0, quantizeQ8_0 } from '../../formats/ggml.ts';
+import { ggmlBlocks, QK, quantizeF16, quantizeQ4_0, quantizeQ5_0, quantizeQ8_0 } from '../../formats/ggml.ts';
 import { formatName } from '../../formats/index.ts';
+import { QK_K, quantizeQ4_K, quantizeQ6_K } from '../../formats/kquants.ts';
 import { LINEARS, type LinearName, type LlamaModel, type QuantizedWeight } from '../../model/llama.ts';
 import { readQuantizationConfig } from '../../quant/checkpoint.ts';
 import { loadModel } from '../../quant/load.ts';
@@ -50,7 +55,7 @@ import {
 import { readJsonObject } from '../json.ts';
 import { llama3RopeFactors } from '../rope.ts';
 
-export const GGUF_EXPORT_TYPES = ['q8_0', 'q4_0', 'f16'] as const;
+export const GGUF_EXPORT_TYPES = ['q8_0', 'q4_0', 'q4_k_m', 'f16'] as const;
 export type GgufExportType = (typeof GGUF_EXPORT_TYPES)[number];
 
 export interface GgufExportOptions {
@@ -71,7 +76,7 @@ export interface GgufExportSummary {
   tensors: number;
   /** tensor count per ggml type name */
   tensorTypes: Record<string, number>;
-  /** tensors written in F16 because their rows are not a multiple of 32 */
+  /** tensors written in another type because their rows do not fit the type's blocks: "name (type)" */
   fallbacks: string[];
   /** "full precision" or the llmq recipe the source was quantized with */
   source: string;
@@ -79,7 +84,8 @@ export interface GgufExportSummary {
 }
 
 /** LlamaFileType (gguf-py constants.py) */
-const FILE_TYPE: Record<GgufExportType, number> = { f16: 1, q4_0: 2, q8_0: 7 };
+/** general.file_type: LlamaFileType (llama.h) */
+const FILE_TYPE: Record<GgufExportType, number> = { f16: 1, q4_0: 2, q8_0: 7, q4_k_m: 15 };
 const GGML_QUANT_VERSION = 2;
 
 /** GGUF token types (gguf.md): 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte */
@@ -392,19 +398,60 @@ function encode(p: PlannedTensor, values: Float32Array, q4Fma: boolean): Uint8Ar
       return quantizeQ8_0(values);
     case GGML_TYPE.Q4_0:
       return quantizeQ4_0(values, { fma: q4Fma });
+    case GGML_TYPE.Q5_0:
+      return quantizeQ5_0(values, { fma: q4Fma });
+    case GGML_TYPE.Q4_K:
+      return quantizeQ4_K(values);
+    case GGML_TYPE.Q6_K:
+      return quantizeQ6_K(values);
     default:
       throw new Error(`no encoder for ${ggmlTypeName(p.type)}`);
   }
 }
 
-type Role = 'linear' | 'embed' | 'output';
+/** What a matrix is to llama-quantize's type choice; `moreBits`: a Q4_K_M layer that gets Q6_K. */
+type Role = 'linear' | 'embed' | 'output' | 'moreBits';
+
+/**
+ * llama-quantize's use_more_bits (src/llama-quant.cpp): the attn_v and ffn_down layers that Q4_K_M
+ * writes in Q6_K: the first and last eighth of the layers and every third one between.
+ */
+export function useMoreBits(layer: number, layers: number): boolean {
+  const eighth = Math.floor(layers / 8);
+  return layer < eighth || layer >= Math.floor((7 * layers) / 8) || (layer - eighth) % 3 === 2;
+}
+
+/** The ggml type llama-quantize gives a matrix of this role under Q4_K_M, before the fallback. */
+function q4KMType(role: Role, cols: number): number {
+  if (role === 'output') return outputType(cols);
+  return role === 'moreBits' ? GGML_TYPE.Q6_K : GGML_TYPE.Q4_K;
+}
+
+/** llama-quantize's output.weight type for the 4-bit file types: Q6_K where its blocks fit, else Q8_0. */
+function outputType(cols: number): number {
+  return cols % QK_K === 0 ? GGML_TYPE.Q6_K : GGML_TYPE.Q8_0;
+}
+
+/** llama-quantize's tensor_type_fallback: rows not a multiple of a K-type's 256 take a 32-block type. */
+function kFallback(type: number, cols: number): number {
+  if (cols % QK_K === 0 || (type !== GGML_TYPE.Q4_K && type !== GGML_TYPE.Q6_K)) return type;
+  return type === GGML_TYPE.Q4_K ? GGML_TYPE.Q5_0 : GGML_TYPE.Q8_0;
+}
 
 /** The ggml type of a 2-D tensor with rows of `cols` values. */
 function matrixType(role: Role, cols: number, type: GgufExportType): number {
   if (type === 'f16') return GGML_TYPE.F16;
   if (cols % 32 !== 0) return GGML_TYPE.F16;
-  if (type === 'q8_0' || role === 'output') return GGML_TYPE.Q8_0;
-  return GGML_TYPE.Q4_0;
+  if (type === 'q4_k_m') return kFallback(q4KMType(role, cols), cols);
+  if (type === 'q8_0') return GGML_TYPE.Q8_0;
+  return role === 'output' ? outputType(cols) : GGML_TYPE.Q4_0;
+}
+
+/** Whether matrixType chose a fallback for rows that do not fit the export type's blocks. */
+function isFallback(role: Role, cols: number, type: GgufExportType, chosen: number): boolean {
+  if (type === 'f16') return false;
+  if (chosen === GGML_TYPE.F16) return true;
+  return type === 'q4_k_m' && chosen !== q4KMType(role, cols) && role !== 'output';
 }
 
 class TensorPlan {
@@ -436,7 +483,7 @@ class TensorPlan {
   ): void {
     const [rows, cols] = t.shape;
     const type = matrixType(role, cols, this.type);
-    if (type === GGML_TYPE.F16 && this.type !== 'f16') this.fallbacks.push(name);
+    if (isFallback(role, cols, this.type, type)) this.fallbacks.push(`${name} (${ggmlTypeName(type)})`);
     const values = this.read(t, transform && ((v) => transform(v, cols)));
     const blocks = storedBlocks(quantized, type, transform);
     this.tensors.push({ name, dims: [cols, rows], type, values, ...(blocks ? { blocks } : {}) });
@@ -487,7 +534,8 @@ function planTensors(model: LlamaModel, type: GgufExportType): TensorPlan {
       const lin = layer.linears[name];
       const permute = rotaryPermutation(name, config);
       const base = `blk.${i}.${LINEAR_GGUF[name]}`;
-      plan.matrix(`${base}.weight`, lin.weight, 'linear', permute, lin.quantized);
+      const moreBits = (name === 'v_proj' || name === 'down_proj') && useMoreBits(i, config.numLayers);
+      plan.matrix(`${base}.weight`, lin.weight, moreBits ? 'moreBits' : 'linear', permute, lin.quantized);
       if (lin.bias) plan.vector(`${base}.bias`, lin.bias, permute && ((v) => permute(v, 1)));
     }
   });

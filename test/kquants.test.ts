@@ -1,0 +1,67 @@
+/**
+ * llama.cpp's block writers: Q4_K and Q6_K against llama.cpp's own reference quantizers
+ * (test/fixtures/kquants.json, made by ggml-quants.c's quantize_row_q4_K_ref / _q6_K_ref built with
+ * strict float32 arithmetic), Q5_0 against gguf-py's port of quantize_row_q5_0_ref.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { test } from 'node:test';
+import { dequantizeQ4_K, dequantizeQ5_0, dequantizeQ6_K, quantizeQ5_0 } from '../src/formats/ggml.ts';
+import { quantizeQ4_K, quantizeQ6_K } from '../src/formats/kquants.ts';
+
+const bytes = (b64: string) => new Uint8Array(Buffer.from(b64, 'base64'));
+const floats = (b64: string) => {
+  const b = bytes(b64);
+  return new Float32Array(b.buffer, b.byteOffset, b.length / 4);
+};
+
+/** The first differing block, to make a mismatch readable. */
+function firstBadBlock(got: Uint8Array, want: Uint8Array, blockBytes: number): number {
+  for (let i = 0; i < want.length; i++) if (got[i] !== want[i]) return Math.floor(i / blockBytes);
+  return -1;
+}
+
+interface KCase {
+  name: string;
+  input: string;
+  q4_K: string;
+  q6_K: string;
+  q4_K_values: string;
+  q6_K_values: string;
+}
+
+const fixture = JSON.parse(fs.readFileSync('test/fixtures/kquants.json', 'utf8')) as { cases: KCase[] };
+
+test('Q4_K and Q6_K blocks equal llama.cpp reference quantizers byte for byte', () => {
+  assert.ok(fixture.cases.length >= 6);
+  for (const c of fixture.cases) {
+    const x = floats(c.input);
+    const q4 = quantizeQ4_K(x);
+    assert.equal(firstBadBlock(q4, bytes(c.q4_K), 144), -1, `${c.name}: Q4_K block`);
+    assert.deepEqual(q4, bytes(c.q4_K), c.name);
+    assert.deepEqual(dequantizeQ4_K(q4), floats(c.q4_K_values), `${c.name}: Q4_K values`);
+    const q6 = quantizeQ6_K(x);
+    assert.equal(firstBadBlock(q6, bytes(c.q6_K), 210), -1, `${c.name}: Q6_K block`);
+    assert.deepEqual(dequantizeQ6_K(q6), floats(c.q6_K_values), `${c.name}: Q6_K values`);
+  }
+});
+
+test('Q4_K and Q6_K refuse lengths that are not whole super-blocks', () => {
+  assert.throws(() => quantizeQ4_K(new Float32Array(128)), /Q4_K needs a multiple of 256/);
+  assert.throws(() => quantizeQ6_K(new Float32Array(300)), /Q6_K needs a multiple of 256/);
+});
+
+test('Q5_0 blocks equal gguf-py 0.19.0 quantize (llama.cpp quantize_row_q5_0_ref)', () => {
+  const f = JSON.parse(fs.readFileSync('test/fixtures/ggml-q5_0.json', 'utf8'));
+  const x = floats(f.input_f32le);
+  const got = quantizeQ5_0(x);
+  assert.deepEqual(got, bytes(f.q5_0));
+  // and back: within half a step of the block's scale
+  const y = dequantizeQ5_0(got);
+  for (let b = 0; b < x.length / 32; b++) {
+    let amax = 0;
+    for (let j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(x[32 * b + j]));
+    for (let j = 0; j < 32; j++)
+      assert.ok(Math.abs(y[32 * b + j] - x[32 * b + j]) <= (amax / 16) * 0.5 * 1.002 + 1e-9, `block ${b}`);
+  }
+});
