@@ -54,6 +54,8 @@ const SETS: Record<string, () => Job[]> = {
     { label: 'AWQ Q4_0', recipe: 'awq-q4_0', calib: AWQ_CALIB },
     { label: 'GPTQ Q4_0', recipe: 'gptq-q4_0', calib: GPTQ_CALIB },
     { label: 'RTN Q8_0', recipe: 'rtn-q8_0' },
+    { label: 'RTN Q4_K_M (= llama-quantize)', recipe: 'rtn-q4_k_m' },
+    { label: 'AWQ Q4_K_M', recipe: 'awq-q4_k_m', calib: AWQ_CALIB },
     { label: 'RTN W4 g128 (for comparison)', recipe: 'rtn-w4g128' },
     { label: 'AWQ W4 g128 (for comparison)', recipe: 'awq-w4g128', calib: AWQ_CALIB },
   ],

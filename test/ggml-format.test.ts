@@ -9,11 +9,24 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
-import { dequantizeQ4_0, dequantizeQ8_0, quantizeQ4_0, quantizeQ8_0 } from '../src/formats/ggml.ts';
+import {
+  dequantizeQ4_0,
+  dequantizeQ4_K,
+  dequantizeQ5_0,
+  dequantizeQ6_K,
+  dequantizeQ8_0,
+  quantizeQ4_0,
+  quantizeQ5_0,
+  quantizeQ8_0,
+} from '../src/formats/ggml.ts';
+import { ggmlBlockBytes } from '../src/formats/ggml-codes.ts';
 import { decode, encode, fakeQuantRows, formatName, parseFormat } from '../src/formats/index.ts';
+import { quantizeQ4_K, quantizeQ6_K } from '../src/formats/kquants.ts';
 import { readGguf, readGgufTensor } from '../src/io/gguf.ts';
+import type { LinearName } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
 import { defineRecipe, resolveRecipe } from '../src/quant/recipe.ts';
+import { linearWeightSpec } from '../src/quant/weights.ts';
 import { createBackend } from '../src/tensor/index.ts';
 import { MODELS, rng, savedTinyCheckpoint } from './helpers.ts';
 
@@ -148,5 +161,89 @@ test('an rtn-q4_0 checkpoint exports to the same GGUF Q4_0 blocks as the full-pr
   assert.ok(names.length > 20);
   for (const name of names)
     assert.equal(Buffer.compare(readGgufTensor(a, name), readGgufTensor(b, name)), 0, name);
+  fs.rmSync(dir, { recursive: true });
+});
+
+test('q5_0 / q4_k / q6_k encode to the reference blocks and decode to their fake quant bit for bit', () => {
+  const r = rng(31);
+  const [rows, cols] = [3, 512];
+  const x = Float32Array.from(r.normal(rows * cols), (v) => v * 0.03);
+  x[700] = 0.9; // an outlier in one sub-block
+  const cases = [
+    ['q5_0', quantizeQ5_0],
+    ['q4_k', quantizeQ4_K],
+    ['q6_k', quantizeQ6_K],
+  ] as const;
+  for (const [name, quantize] of cases) {
+    const spec = parseFormat(name);
+    assert.equal(formatName(spec), name);
+    const enc = encode(x, rows, cols, spec);
+    assert.ok(enc.scaleCodes, `${name} keeps its block headers`);
+    assert.deepEqual(ggmlBlockBytes(enc.codes, enc.scaleCodes, name), quantize(x), `${name} blocks`);
+    assert.ok(bitsEqual(decode(enc), fakeQuantRows(x, rows, cols, spec)), `${name} decode`);
+  }
+  assert.throws(() => encode(x.subarray(0, 384), 1, 384, parseFormat('q4_k')), /blocks of 256 do not divide/);
+  assert.throws(() => fakeQuantRows(x, rows, cols, parseFormat('q4_k_m')), /per-tensor mix/);
+});
+
+test("q4_k_m picks each linear's type as llama-quantize does", () => {
+  const mix = parseFormat('q4_k_m');
+  const model = { config: { numLayers: 32 } };
+  const typeOf = (layer: number, name: LinearName, cols: number) =>
+    (linearWeightSpec(mix, model, layer, name, cols) as { type?: string } | undefined)?.type ?? 'f16';
+  // use_more_bits over 32 layers: 0-3, every third from 6, 28-31
+  const more = [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31];
+  for (let i = 0; i < 32; i++) {
+    assert.equal(typeOf(i, 'v_proj', 4096), more.includes(i) ? 'q6_k' : 'q4_k', `layer ${i} v_proj`);
+    assert.equal(typeOf(i, 'down_proj', 14336), more.includes(i) ? 'q6_k' : 'q4_k', `layer ${i} down_proj`);
+    assert.equal(typeOf(i, 'q_proj', 4096), 'q4_k');
+  }
+  // rows that fit no super-block fall back; rows that fit no block of 32 stay unquantized
+  assert.equal(typeOf(5, 'q_proj', 384), 'q5_0');
+  assert.equal(typeOf(0, 'down_proj', 704), 'q8_0');
+  assert.equal(typeOf(5, 'down_proj', 704), 'q5_0');
+  assert.equal(typeOf(5, 'up_proj', 100), 'f16');
+  assert.equal(typeOf(5, 'up_proj', 4096), 'q4_k');
+  assert.deepEqual(linearWeightSpec(parseFormat('q6_k'), model, 3, 'o_proj', 384), {
+    kind: 'ggml',
+    type: 'q8_0',
+  });
+  assert.throws(
+    () => defineRecipe('x', { description: '', weights: 'q4_k_m', steps: [{ method: 'gptq' }] }),
+    /gptq quantizes to INT, MX and llama.cpp Q4_0\/Q8_0 formats, not q4_k_m/,
+  );
+});
+
+test('an rtn-q4_k_m checkpoint exports to the GGUF Q4_K_M llama-quantize writes; awq-q4_k_m to its own blocks', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-q4km-'));
+  const src = `${MODELS}llama-tiny`;
+  await run('./bin/llmq', ['quantize', src, '--recipe', 'rtn-q4_k_m', '--out', `${dir}/ckpt`]);
+  await run('./bin/llmq', ['export', `${dir}/ckpt`, '--to', 'gguf-q4_k_m', '--out', `${dir}/from-ckpt.gguf`]);
+  await run('./bin/llmq', ['export', src, '--to', 'gguf-q4_k_m', '--out', `${dir}/from-fp.gguf`]);
+  const a = readGguf(`${dir}/from-ckpt.gguf`);
+  const b = readGguf(`${dir}/from-fp.gguf`);
+  const names = a.tensors.filter((t) => t.name.startsWith('blk.')).map((t) => t.name);
+  assert.ok(names.length > 20);
+  for (const name of names)
+    assert.equal(Buffer.compare(readGgufTensor(a, name), readGgufTensor(b, name)), 0, name);
+
+  // AWQ's scaled and clipped weights: the GGUF holds the checkpoint's blocks, which decode to its weights
+  const model = await savedTinyCheckpoint(cpu, resolveRecipe('awq-q4_k_m'), `${dir}/awq`, true);
+  await run('./bin/llmq', ['export', `${dir}/awq`, '--to', 'gguf-q4_k_m', '--out', `${dir}/awq.gguf`]);
+  const g = readGguf(`${dir}/awq.gguf`);
+  for (const [ggufName, name, dequantize] of [
+    ['attn_output', 'o_proj', dequantizeQ4_K],
+    ['attn_v', 'v_proj', dequantizeQ4_K], // layer 1 is not a use_more_bits layer of 4
+    ['ffn_down', 'down_proj', dequantizeQ5_0], // rows of 704: Q4_K's fallback
+  ] as const) {
+    const want = await cpu.read(model.layers[1].linears[name].weight);
+    const got = dequantize(readGgufTensor(g, `blk.1.${ggufName}.weight`), want.length);
+    assert.ok(bitsEqual(got, want), ggufName);
+  }
+  const v3 = await cpu.read(model.layers[3].linears.v_proj.weight);
+  assert.ok(
+    bitsEqual(dequantizeQ6_K(readGgufTensor(g, 'blk.3.attn_v.weight'), v3.length), v3),
+    'layer 3 attn_v',
+  );
   fs.rmSync(dir, { recursive: true });
 });

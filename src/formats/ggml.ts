@@ -153,12 +153,20 @@ export const Q5_0_BLOCK_BYTES = 2 + 4 + QK / 2;
 function quantizeBlockQ5_0(x: Float32Array, at: number, out: Uint8Array, o: number, fma: boolean): void {
   const d = fr(largestMagnitude(x, at) / -16);
   const id = d !== 0 ? fr(1 / d) : 0;
-  const code = (v: number) => Math.min(31, Math.trunc(fma ? fr(v * id + 16.5) : fr(fr(v * id) + 16.5)));
+  const codes = new Uint8Array(QK);
+  for (let j = 0; j < QK; j++) {
+    const v = x[at + j];
+    codes[j] = Math.min(31, Math.trunc(fma ? fr(v * id + 16.5) : fr(fr(v * id) + 16.5)));
+  }
   writeF16(out, o, d);
+  packQ5_0Codes(codes, 0, out, o);
+}
+
+/** The fifth bits (bytes 2..6) and nibbles (6..22) of one Q5_0 block from its 32 codes at codes[at]. */
+export function packQ5_0Codes(codes: Uint8Array, at: number, out: Uint8Array, o: number): void {
   let qh = 0;
   for (let j = 0; j < QK / 2; j++) {
-    const lo = code(x[at + j]);
-    const hi = code(x[at + QK / 2 + j]);
+    const [lo, hi] = [codes[at + j], codes[at + QK / 2 + j]];
     out[o + 6 + j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
     qh |= ((lo >>> 4) << j) | ((hi >>> 4) << (j + QK / 2));
   }

@@ -18,11 +18,18 @@
 import { fail } from '../errors.ts';
 import { decodeFp8, encodeFp8, fakeQuantFp8 } from './fp8.ts';
 import { decodeGgml, encodeGgml, fakeQuantGgml, QK } from './ggml.ts';
+import {
+  decodeGgmlBlocks,
+  encodeGgmlBlocks,
+  fakeQuantGgmlBlocks,
+  ggmlBlockLayout,
+  isGgmlBlockType,
+} from './ggml-codes.ts';
 import { checkIntBits, decodeInt, encodeInt, fakeQuantInt, intLayout } from './int.ts';
 import { checkMxSpec, decodeMx, encodeMx, fakeQuantMx, mxElementInfo } from './mx.ts';
 import { decodeNvfp4, encodeNvfp4, fakeQuantNvfp4, NVFP4_BLOCK } from './nvfp4.ts';
 import { pow2 } from './rounding.ts';
-import type { FormatSpec, IntSpec, MxElement, MxSpec } from './spec.ts';
+import type { FormatSpec, GgmlSpec, IntSpec, MxElement, MxSpec } from './spec.ts';
 
 export * from './fp8.ts';
 export * from './int.ts';
@@ -69,8 +76,10 @@ export function fakeQuantRows(
       return fakeQuantFp8(x, rows, cols, spec);
     case 'nvfp4':
       return fakeQuantNvfp4(x, rows, cols);
-    case 'ggml':
-      return fakeQuantGgml(x, cols, spec);
+    case 'ggml': {
+      const type = concreteGgml(spec, 'fakeQuant').type;
+      return isGgmlBlockType(type) ? fakeQuantGgmlBlocks(x, cols, type) : fakeQuantGgml(x, cols, spec);
+    }
     default:
       return fail(`unknown format kind '${(spec as { kind: string }).kind}'`);
   }
@@ -87,9 +96,21 @@ export function codeBits(spec: FormatSpec): number {
       return 8;
     case 'nvfp4':
       return 4;
-    case 'ggml':
-      return spec.type === 'q4_0' ? 4 : 8;
+    case 'ggml': {
+      const type = concreteGgml(spec, 'codeBits').type;
+      if (isGgmlBlockType(type)) return ggmlBlockLayout(type).bits;
+      return type === 'q4_0' ? 4 : 8;
+    }
   }
+}
+
+/** A llama.cpp block type; the q4_k_m mix names one per tensor and is resolved by the recipe first. */
+function concreteGgml(spec: GgmlSpec, what: string): GgmlSpec {
+  if (spec.type === 'q4_k_m')
+    fail(
+      `${what}: q4_k_m is llama-quantize's per-tensor mix of llama.cpp types; a recipe picks each linear's type (q4_k, q6_k, q5_0, q8_0)`,
+    );
+  return spec;
 }
 
 /**
@@ -98,7 +119,9 @@ export function codeBits(spec: FormatSpec): number {
  * - mx: MXINT d-bit two's complement / MXFP OCP bit patterns, with `exponents` (E8M0 = e + 127);
  * - fp8: E4M3 / E5M2 bit patterns;
  * - nvfp4: E2M1 patterns, `scaleCodes` (E4M3 per 16 elements) and `globalScale`;
- * - ggml: q4_0 codes 0..15 (x = (q - 8) d), q8_0 int8 + 128, one fp16-valued d per 32 elements.
+ * - ggml: q4_0 codes 0..15 (x = (q - 8) d), q8_0 int8 + 128, one fp16-valued d per 32 elements;
+ *   q5_0, q4_k, q6_k: the dequantizer's codes, `scales` as it forms them, and each block's other
+ *   bytes in `scaleCodes` (formats/ggml-codes.ts), from which the GGUF blocks are rebuilt exactly.
  * `scales` has one f32 per group/block/row/tensor, row-major: the INT / FP8 scale, 2^e for MX,
  * the decoded E4M3 block scale for NVFP4 (without the global factor).
  */
@@ -160,6 +183,12 @@ export function encode(x: ArrayLike<number>, rows: number, cols: number, spec: F
       };
     }
     case 'ggml': {
+      const type = concreteGgml(spec, 'encode').type;
+      if (isGgmlBlockType(type)) {
+        const e = encodeGgmlBlocks(x, cols, type);
+        const block = ggmlBlockLayout(type).group;
+        return { ...base, codes: e.codes, block, scales: e.scales, scaleCodes: e.headers };
+      }
       const e = encodeGgml(x, cols, spec);
       return { ...base, codes: e.codes, block: QK, scales: e.scales };
     }
@@ -212,9 +241,15 @@ export function decode(enc: Encoded): Float32Array {
         scales: enc.scales,
         globalScale: enc.globalScale,
       });
-    case 'ggml':
-      checkCount('block scales', enc.scales.length, n, QK);
-      return decodeGgml(enc.codes, enc.scales, spec);
+    case 'ggml': {
+      const type = concreteGgml(spec, 'decode').type;
+      if (!isGgmlBlockType(type)) {
+        checkCount('block scales', enc.scales.length, n, QK);
+        return decodeGgml(enc.codes, enc.scales, spec);
+      }
+      if (!enc.scaleCodes) fail(`decode: ${type} data without its block header bytes`);
+      return decodeGgmlBlocks(enc.codes, enc.scaleCodes, type);
+    }
     default:
       return fail(`unknown format kind '${(spec as { kind: string }).kind}'`);
   }
@@ -319,7 +354,7 @@ function unpackNibbles(bytes: Uint8Array, count: number): Uint8Array {
 const VALID_FORMS =
   'int<2-8>-g<group>[-sym|-asym][-clip<c>], int<2-8>-row[-sym], int<2-8>-tensor[-sym], ' +
   'mxint<2-8>[-<block>][-even|-nearest], mxfp4 | mxfp6-e3m2 | mxfp6-e2m3 | mxfp8[-e4m3|-e5m2] [-<block>][-even|-nearest], ' +
-  'fp8[-e4m3|-e5m2][-row|-tensor], nvfp4, q4_0, q8_0 (llama.cpp blocks, weights only)';
+  'fp8[-e4m3|-e5m2][-row|-tensor], nvfp4, q4_0, q8_0, q5_0, q4_k, q6_k, q4_k_m (llama.cpp blocks and the Q4_K_M mix, weights only)';
 
 /**
  * Spec for a short format name. INT defaults to asymmetric; MX blocks default to 32 and rounding
@@ -377,7 +412,8 @@ export function parseFormat(name: string): FormatSpec {
       granularity: (m[2] ?? 'tensor') as 'row' | 'tensor',
     };
   if (s === 'nvfp4') return { kind: 'nvfp4' };
-  if (s === 'q4_0' || s === 'q8_0') return { kind: 'ggml', type: s };
+  if (['q4_0', 'q8_0', 'q5_0', 'q4_k', 'q6_k', 'q4_k_m'].includes(s))
+    return { kind: 'ggml', type: s as GgmlSpec['type'] };
   return bad();
 }
 
@@ -449,9 +485,7 @@ export function describeFormat(spec: FormatSpec): string {
     case 'nvfp4':
       return 'NVFP4: E2M1 elements, blocks of 16 with FP8 E4M3 scales, one f32 tensor scale, round half to even';
     case 'ggml':
-      return spec.type === 'q4_0'
-        ? "llama.cpp Q4_0: blocks of 32 along the row, fp16 d = (value of largest magnitude) / -8, x = (q - 8) d, q = min(15, trunc(x/d + 8.5)), exactly as llama.cpp's reference quantizer"
-        : "llama.cpp Q8_0: blocks of 32 along the row, fp16 d = amax / 127, x = q d, q = round(x/d) half away from zero, exactly as llama.cpp's reference quantizer";
+      return GGML_TITLES[spec.type];
   }
 }
 
@@ -479,6 +513,26 @@ export function bitsPerElement(spec: FormatSpec, cols: number, rows?: number): n
     case 'nvfp4':
       return 4 + 8 / NVFP4_BLOCK + perTensor(32);
     case 'ggml':
-      return codeBits(spec) + 16 / QK;
+      return GGML_BITS[spec.type];
   }
 }
+
+/** Storage bits per value of each llama.cpp type (block bytes * 8 / block values); q4_k_m: its Q4_K floor. */
+const GGML_BITS: Record<GgmlSpec['type'], number> = {
+  q4_0: 4.5,
+  q8_0: 8.5,
+  q5_0: 5.5,
+  q4_k: 4.5,
+  q6_k: 6.5625,
+  q4_k_m: 4.5,
+};
+
+const GGML_TITLES: Record<GgmlSpec['type'], string> = {
+  q4_0: "llama.cpp Q4_0: blocks of 32 along the row, fp16 d = (value of largest magnitude) / -8, x = (q - 8) d, q = min(15, trunc(x/d + 8.5)), exactly as llama.cpp's reference quantizer",
+  q8_0: "llama.cpp Q8_0: blocks of 32 along the row, fp16 d = amax / 127, x = q d, q = round(x/d) half away from zero, exactly as llama.cpp's reference quantizer",
+  q5_0: "llama.cpp Q5_0: blocks of 32 along the row, fp16 d = (value of largest magnitude) / -16, x = (q - 16) d, exactly as llama.cpp's reference quantizer",
+  q4_k: "llama.cpp Q4_K: super-blocks of 256 along the row, 8 sub-blocks of 32 with 6-bit scales and mins under fp16 d and dmin, x = (d sc) q - dmin m, each sub-block's scale and min searched as llama.cpp's reference quantizer does (no importance matrix)",
+  q6_k: "llama.cpp Q6_K: super-blocks of 256 along the row, 16 groups of 16 with int8 scales under an fp16 d, x = (d sc) (q - 32), exactly as llama.cpp's reference quantizer",
+  q4_k_m:
+    'llama.cpp Q4_K_M as llama-quantize picks it per tensor (no importance matrix): Q4_K, Q6_K for v_proj and down_proj in a third of the layers, Q5_0 / Q8_0 where rows are not a multiple of 256',
+};

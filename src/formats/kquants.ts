@@ -160,9 +160,14 @@ function quantizeBlockQ4_K(x: Float32Array, at: number, out: Uint8Array, o: numb
     for (let l = 0; l < 32; l++)
       L[32 * j + l] = clamp(nearestInt(fr(fr(x[at + 32 * j + l] + mj) / dj)), 0, 15);
   }
+  packQ4_KCodes(L, 0, out, o);
+}
+
+/** The nibbles of one Q4_K super-block (bytes 16..144) from its 256 codes at L[at]. */
+export function packQ4_KCodes(L: Uint8Array, at: number, out: Uint8Array, o: number): void {
   for (let half = 0; half < 4; half++)
     for (let l = 0; l < 32; l++)
-      out[o + 16 + 32 * half + l] = L[64 * half + l] | (L[64 * half + 32 + l] << 4);
+      out[o + 16 + 32 * half + l] = L[at + 64 * half + l] | (L[at + 64 * half + 32 + l] << 4);
 }
 
 /** x (a multiple of 256 values) -> Q4_K super-blocks of 144 bytes. */
@@ -258,10 +263,15 @@ function quantizeBlockQ6_K(x: Float32Array, at: number, out: Uint8Array, o: numb
     if (dg === 0) continue; // the search's codes stay
     for (let l = 0; l < 16; l++) L[16 * g + l] = clamp(nearestInt(fr(x[at + 16 * g + l] / dg)), -32, 31) + 32;
   }
+  packQ6_KCodes(L, 0, out, o);
+}
+
+/** The low nibbles and high bit pairs of one Q6_K super-block (bytes 0..192) from its 256 codes at L[at]. */
+export function packQ6_KCodes(L: Uint8Array, at: number, out: Uint8Array, o: number): void {
   for (let half = 0; half < 2; half++) {
     const ql = o + 64 * half;
     const qh = o + 128 + 32 * half;
-    const q = (k: number, l: number) => L[128 * half + 32 * k + l];
+    const q = (k: number, l: number) => L[at + 128 * half + 32 * k + l];
     for (let l = 0; l < 32; l++) {
       out[ql + l] = (q(0, l) & 0x0f) | ((q(2, l) & 0x0f) << 4);
       out[ql + 32 + l] = (q(1, l) & 0x0f) | ((q(3, l) & 0x0f) << 4);

@@ -52,13 +52,15 @@ export interface Nvfp4Spec {
 }
 
 /**
- * llama.cpp's GGML block formats as weight formats (formats/ggml.ts): blocks of 32 along the row
- * with an fp16 scale, q4_0 = 4-bit codes x = (q - 8) d with d = (value of largest magnitude) / -8,
- * q8_0 = int8 codes x = q d with d = amax / 127; rounding exactly as llama.cpp's reference quantizers.
+ * llama.cpp's GGML block formats as weight formats (formats/ggml.ts, kquants.ts, ggml-codes.ts), rounded
+ * exactly as llama.cpp's reference quantizers: q4_0 (blocks of 32, x = (q - 8) d, d = (value of largest
+ * magnitude) / -8), q8_0 (x = q d, d = amax / 127), q5_0 (as q4_0 with 5 bits), the K-quants q4_k and
+ * q6_k (super-blocks of 256), and the file type q4_k_m: llama-quantize's per-tensor mix of them
+ * (formats/llama-mix.ts), which a recipe resolves for each linear (ggmlLinearSpec).
  */
 export interface GgmlSpec {
   kind: 'ggml';
-  type: 'q4_0' | 'q8_0';
+  type: 'q4_0' | 'q8_0' | 'q5_0' | 'q4_k' | 'q6_k' | 'q4_k_m';
 }
 
 export type FormatSpec = IntSpec | MxSpec | Fp8Spec | Nvfp4Spec | GgmlSpec;

@@ -22,7 +22,8 @@ export function packable(lin: Pick<Linear, 'quantized' | 'blockCodes'>): boolean
   const q = lin.quantized;
   if (!q || q.salient) return false;
   const spec = q.encoded.spec;
-  if (spec.kind === 'ggml') return true;
+  // Q5_0 and the K-quants from an llmq checkpoint run from their f32 values (not packed yet)
+  if (spec.kind === 'ggml') return spec.type === 'q4_0' || spec.type === 'q8_0';
   if (spec.kind !== 'int') return false;
   if (spec.granularity === 'tensor' || spec.bits > 8) return false;
   if (q.gIdx && spec.granularity !== 'group') return false;

@@ -17,13 +17,14 @@
  */
 import { fail } from '../errors.ts';
 import { QK } from '../formats/ggml.ts';
+import { ggmlBlockLayout, isGgmlBlockType } from '../formats/ggml-codes.ts';
 import { fakeQuantRows } from '../formats/index.ts';
 import type { FormatSpec } from '../formats/spec.ts';
 import type { BatchShape, LinearName, LlamaModel } from '../model/llama.ts';
 import type { Backend, Tensor } from '../tensor/tensor.ts';
 import { type LayerContext, registerLayerStep, runLayer, timed } from './pipeline.ts';
 import type { AwqStep } from './recipe.ts';
-import { readOnce, setWeight } from './weights.ts';
+import { fakeQuantWeight, readOnce, setWeight, weightSpecOf } from './weights.ts';
 
 type Block = 'attention' | 'mlp' | 'o_proj' | 'down_proj';
 
@@ -132,12 +133,14 @@ async function searchGroup(
 ): Promise<SearchResult> {
   const { model, layer } = ctx;
   const b = model.backend;
-  const spec = ctx.recipe.weights as FormatSpec;
+  const specs = group.linears.map((n) => weightSpecOf(model, ctx.recipe.weights as FormatSpec, layer, n));
   const lins = group.linears.map((n) => model.layers[layer].linears[n]);
   const original = lins.map((l) => l.weight);
   const savedQuant = lins.map((l) => l.inputQuant);
   const reference = inputs.map((x, c) => inspectBlock(model, layer, group.inspect, x, ctx.shapes[c]));
-  const wMean = step.duo ? await weightMean(b, original, spec) : undefined;
+  const wMean = step.duo
+    ? await weightMean(b, original, specs[0] ?? (ctx.recipe.weights as FormatSpec))
+    : undefined;
   const losses: number[] = [];
   let best: SearchResult = { ratio: -1, scales: new Float32Array(0), losses };
   let bestLoss = Number.POSITIVE_INFINITY;
@@ -151,13 +154,14 @@ async function searchGroup(
         [s.length],
         'f32',
       );
-      lins.forEach((l, k) => {
+      for (const [k, l] of lins.entries()) {
         const scaled = b.scaleColumns(original[k], sT);
-        l.weight = b.fakeQuant(scaled, spec);
-        scaled.dispose();
+        const spec = specs[k];
+        l.weight = spec ? await fakeQuantWeight(b, scaled, spec) : scaled;
+        if (spec) scaled.dispose();
         if (step.withActivations && ctx.recipe.activations)
           l.inputQuant = { spec: ctx.recipe.activations.format };
-      });
+      }
       let loss = 0;
       let count = 0;
       for (let c = 0; c < inputs.length; c++) {
@@ -243,7 +247,7 @@ function weightGroupSize(spec: FormatSpec, cols: number): number {
   if (spec.kind === 'int' && spec.granularity === 'group') return spec.group ?? cols;
   if (spec.kind === 'mx') return spec.block;
   if (spec.kind === 'nvfp4') return 16;
-  if (spec.kind === 'ggml') return QK;
+  if (spec.kind === 'ggml') return isGgmlBlockType(spec.type) ? ggmlBlockLayout(spec.type).group : QK;
   return cols;
 }
 
@@ -359,7 +363,6 @@ async function partialOutputs(
 async function clipLayer(ctx: LayerContext, captured: Captured): Promise<Record<string, number>> {
   const { model, layer } = ctx;
   const b = model.backend;
-  const spec = ctx.recipe.weights as FormatSpec;
   const inputOf: Record<LinearName, LinearName> = {
     q_proj: 'q_proj',
     k_proj: 'q_proj',
@@ -375,6 +378,8 @@ async function clipLayer(ctx: LayerContext, captured: Captured): Promise<Record<
     if (name === 'q_proj' || name === 'k_proj') continue;
     const source = inputOf[name];
     if (!samples.has(source)) samples.set(source, subsampleRows(b, captured.get(source) ?? []));
+    const spec = weightSpecOf(model, ctx.recipe.weights as FormatSpec, layer, name);
+    if (!spec) continue;
     const w = model.layers[layer].linears[name].weight;
     const [rows, cols] = w.shape;
     const { clamped, meanShrink } = await clipLinear(

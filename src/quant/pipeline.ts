@@ -18,7 +18,7 @@ import {
 import type { ColumnStats, Tensor } from '../tensor/tensor.ts';
 import { type Recipe, recipeNeedsCalibration, type Step } from './recipe.ts';
 import type { ResumeStore } from './resume.ts';
-import { keepMasks, roundToNearest } from './weights.ts';
+import { keepMasks, roundToNearest, weightSpecOf } from './weights.ts';
 
 /** Rows of calibration tokens per forward chunk (bounds transient memory). */
 const CHUNK_TOKENS = 4096;
@@ -365,8 +365,8 @@ async function finishLayer(
 ): Promise<void> {
   for (const name of recipe.targets) {
     const lin = model.layers[layer].linears[name];
-    if (recipe.weights && !lin.quantized)
-      await roundToNearest(model, layer, name, recipe.weights, salient.get(name));
+    const weightSpec = recipe.weights && weightSpecOf(model, recipe.weights, layer, name);
+    if (weightSpec && !lin.quantized) await roundToNearest(model, layer, name, weightSpec, salient.get(name));
     // a step that installed its own input quantizer (FlatQuant's transform and clip) keeps it
     if (recipe.activations && !lin.inputQuant?.transform) {
       const spec = activationSpec(recipe.activations.format, staticAbsMax?.get(name));

@@ -191,6 +191,17 @@ const BUILTINS: Record<string, RecipeText> = {
     weights: 'q4_0',
     steps: [{ method: 'awq' }],
   },
+  'rtn-q4_k_m': {
+    description:
+      "llama.cpp Q4_K_M as llama-quantize writes it without an importance matrix: each linear in its type (Q4_K; Q6_K for v_proj and down_proj in a third of the layers; Q5_0 / Q8_0 where rows are not a multiple of 256), rounded exactly as llama.cpp's quantizers; exports to GGUF Q4_K_M unchanged",
+    weights: 'q4_k_m',
+  },
+  'awq-q4_k_m': {
+    description:
+      "AWQ (llm-awq defaults, its search and clipping done with each linear's llama.cpp Q4_K_M type) then those types: AWQ for llama.cpp Q4_K_M; exports to GGUF Q4_K_M unchanged",
+    weights: 'q4_k_m',
+    steps: [{ method: 'awq' }],
+  },
   'gptq-q4_0': {
     description:
       "GPTQ (damp 0.01, blocks of 128, true sequential) to llama.cpp Q4_0 weights, each block's scale as llama.cpp's quantizer picks it; exports to GGUF Q4_0 unchanged",
@@ -474,7 +485,8 @@ function validateRecipe(where: string, r: Recipe): void {
       fail(
         `${where}: gptq actOrder with ${formatName(r.weights)} needs staticGroups: true (its blocks are consecutive input channels whose scale must be fixed before the columns are reordered)`,
       );
-    if (s.method === 'gptq' && r.weights && !['int', 'mx', 'ggml'].includes(r.weights.kind))
+    const q4q8 = r.weights?.kind !== 'ggml' || ['q4_0', 'q8_0'].includes(r.weights.type);
+    if (s.method === 'gptq' && r.weights && (!['int', 'mx', 'ggml'].includes(r.weights.kind) || !q4q8))
       fail(
         `${where}: gptq quantizes to INT, MX and llama.cpp Q4_0/Q8_0 formats, not ${formatName(r.weights)}`,
       );

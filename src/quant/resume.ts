@@ -76,7 +76,13 @@ export class ResumeStore {
       const ckpt = openCheckpoint(this.file('layer', i));
       try {
         model.replaceLayer(i, ckpt, (layer, name, shape) =>
-          readStoredLinear(ckpt, model.backend, stored, layer, name, shape),
+          readStoredLinear(
+            ckpt,
+            model.backend,
+            stored,
+            { layer, name, layers: model.config.numLayers },
+            shape,
+          ),
         );
       } finally {
         ckpt.close();

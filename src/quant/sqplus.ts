@@ -17,6 +17,7 @@ import type { Tensor } from '../tensor/tensor.ts';
 import { registerModelStep, timed } from './pipeline.ts';
 import type { Recipe, SqPlusStep } from './recipe.ts';
 import { SMOOTH_GROUPS, smoothLayer } from './smoothquant.ts';
+import { fakeQuantWeight, weightSpecOf } from './weights.ts';
 
 type ActMax = Map<string, Float32Array>;
 
@@ -81,11 +82,13 @@ function restore(model: LlamaModel, snap: Snapshot): void {
 }
 
 /** Fake-quantizes the target weights in place (values only; the pipeline encodes them later). */
-function roundWeights(model: LlamaModel, recipe: Recipe): void {
-  for (const L of model.layers)
+async function roundWeights(model: LlamaModel, recipe: Recipe): Promise<void> {
+  for (const [i, L] of model.layers.entries())
     for (const n of recipe.targets) {
       const lin = L.linears[n];
-      const q: Tensor = model.backend.fakeQuant(lin.weight, recipe.weights as FormatSpec);
+      const spec = weightSpecOf(model, recipe.weights as FormatSpec, i, n);
+      if (!spec) continue;
+      const q: Tensor = await fakeQuantWeight(model.backend, lin.weight, spec);
       lin.weight.dispose();
       lin.weight = q;
     }
@@ -165,7 +168,7 @@ async function sqplus(
   for (const alpha of candidates)
     await timed(timings, 'sqplus search', async () => {
       if (alpha !== null) await smoothModel(model, maxima, alpha);
-      roundWeights(model, recipe);
+      await roundWeights(model, recipe);
       losses.push({ alpha, loss: await loss() });
       restore(model, snap);
     });

@@ -18,7 +18,7 @@ import {
 import { type CodesOnly, codesOnlyWeight } from '../model/packed.ts';
 import type { Backend } from '../tensor/tensor.ts';
 import type { Recipe } from './recipe.ts';
-import { dequantizeWeight, keepMasks } from './weights.ts';
+import { dequantizeWeight, keepMasks, linearWeightSpec } from './weights.ts';
 
 export interface Manifest {
   tool: string;
@@ -64,7 +64,7 @@ export function quantizedFromCheckpoint(
   codesOnly?: CodesOnly,
 ): LlamaModel {
   const model = LlamaModel.fromCheckpoint(dir, config, ckpt, backend, (layer, name, shape) =>
-    readStoredLinear(ckpt, backend, q, layer, name, shape, codesOnly),
+    readStoredLinear(ckpt, backend, q, { layer, name, layers: config.numLayers }, shape, codesOnly),
   );
   model.quantization = { recipe: q.recipe.name };
   if (q.recipe.kvCache) model.kvQuant = kvCacheSpec(q.recipe.kvCache, config.headDim);
@@ -109,12 +109,12 @@ export function readStoredLinear(
   ckpt: Checkpoint,
   backend: Backend,
   q: Pick<QuantizationConfig, 'weight_format' | 'activation_format' | 'recipe'>,
-  layer: number,
-  name: LinearName,
+  { layer, name, layers }: { layer: number; name: LinearName; layers: number },
   [rows, cols]: readonly number[],
   codesOnly?: CodesOnly,
 ): Partial<Linear> {
-  const weightSpec = q.weight_format ? parseFormat(q.weight_format) : undefined;
+  const format = q.weight_format ? parseFormat(q.weight_format) : undefined;
+  const weightSpec = format && linearWeightSpec(format, { config: { numLayers: layers } }, layer, name, cols);
   const actSpec = q.activation_format ? parseFormat(q.activation_format) : undefined;
   const prefix = linearTensorName(layer, name).replace(/\.weight$/, '');
   const stored: Partial<Linear> = {};

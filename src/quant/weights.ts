@@ -2,7 +2,8 @@
  * Putting quantized weights into a model: the encoded (stored) form is the source of truth and the
  * forward pass uses its decoded values, so a saved and reloaded checkpoint computes exactly the same.
  */
-import { decode, type Encoded, encode } from '../formats/index.ts';
+import { decode, type Encoded, encode, fakeQuantRows } from '../formats/index.ts';
+import { fallbackType, llamaTensorType } from '../formats/llama-mix.ts';
 import type { FormatSpec } from '../formats/spec.ts';
 import type { InputQuant, LinearName, LlamaModel, QuantizedWeight, SalientColumns } from '../model/llama.ts';
 import type { Backend, Tensor } from '../tensor/tensor.ts';
@@ -43,6 +44,41 @@ export function setQuantizedWeight(
   lin.weight.dispose();
   lin.weight = model.backend.upload(dequantizeWeight(q), [rows, cols], 'f32');
   lin.quantized = q;
+}
+
+/**
+ * The format linear `name` of `layer` takes under a recipe's weight format: the format itself, except
+ * for llama.cpp's types, which pick per tensor as llama-quantize does (formats/llama-mix.ts): q4_k_m
+ * its mix, and a K-type whose blocks do not fit the rows its fallback. Undefined: the linear stays in
+ * full precision (rows fit no llama.cpp block, as llama-quantize leaves them F16).
+ */
+export function linearWeightSpec(
+  weights: FormatSpec,
+  model: { config: { numLayers: number } },
+  layer: number,
+  name: LinearName,
+  cols: number,
+): FormatSpec | undefined {
+  if (weights.kind !== 'ggml' || weights.type === 'q4_0' || weights.type === 'q8_0') return weights;
+  const role = { kind: 'linear', name, layer, layers: model.config.numLayers } as const;
+  const type =
+    weights.type === 'q4_k_m' ? llamaTensorType('q4_k_m', role, cols) : fallbackType(weights.type, cols);
+  return type === 'f16' ? undefined : { kind: 'ggml', type };
+}
+
+/** The format of a linear of the model (see linearWeightSpec). */
+export function weightSpecOf(model: LlamaModel, weights: FormatSpec, layer: number, name: LinearName) {
+  return linearWeightSpec(weights, model, layer, name, model.layers[layer].linears[name].weight.shape[1]);
+}
+
+/**
+ * fakeQuant of a weight on its backend; llama.cpp's Q5_0 and K-quant searches have no GPU kernel and
+ * run on the host.
+ */
+export async function fakeQuantWeight(b: Backend, w: Tensor, spec: FormatSpec): Promise<Tensor> {
+  if (spec.kind !== 'ggml' || spec.type === 'q4_0' || spec.type === 'q8_0') return b.fakeQuant(w, spec);
+  const [rows, cols] = w.shape;
+  return b.upload(fakeQuantRows(await b.read(w), rows, cols, spec), [rows, cols], 'f32');
 }
 
 /** Round-to-nearest: encodes the linear's current weight (host copy) with `spec`. */

@@ -33,9 +33,16 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fail } from '../../errors.ts';
-import { ggmlBlocks, QK, quantizeF16, quantizeQ4_0, quantizeQ5_0, quantizeQ8_0 } from '../../formats/ggml.ts';
+import { ggmlBlocks, quantizeF16, quantizeQ4_0, quantizeQ5_0, quantizeQ8_0 } from '../../formats/ggml.ts';
+import { ggmlBlockBytes, isGgmlBlockType } from '../../formats/ggml-codes.ts';
 import { formatName } from '../../formats/index.ts';
-import { QK_K, quantizeQ4_K, quantizeQ6_K } from '../../formats/kquants.ts';
+import { quantizeQ4_K, quantizeQ6_K } from '../../formats/kquants.ts';
+import {
+  isFallbackType,
+  type LlamaTensorType,
+  llamaTensorType,
+  type TensorRole,
+} from '../../formats/llama-mix.ts';
 import { LINEARS, type LinearName, type LlamaModel, type QuantizedWeight } from '../../model/llama.ts';
 import { readQuantizationConfig } from '../../quant/checkpoint.ts';
 import { loadModel } from '../../quant/load.ts';
@@ -409,49 +416,19 @@ function encode(p: PlannedTensor, values: Float32Array, q4Fma: boolean): Uint8Ar
   }
 }
 
-/** What a matrix is to llama-quantize's type choice; `moreBits`: a Q4_K_M layer that gets Q6_K. */
-type Role = 'linear' | 'embed' | 'output' | 'moreBits';
+const TENSOR_TYPE_ID: Record<LlamaTensorType, number> = {
+  f16: GGML_TYPE.F16,
+  q8_0: GGML_TYPE.Q8_0,
+  q4_0: GGML_TYPE.Q4_0,
+  q5_0: GGML_TYPE.Q5_0,
+  q4_k: GGML_TYPE.Q4_K,
+  q6_k: GGML_TYPE.Q6_K,
+};
 
-/**
- * llama-quantize's use_more_bits (src/llama-quant.cpp): the attn_v and ffn_down layers that Q4_K_M
- * writes in Q6_K: the first and last eighth of the layers and every third one between.
- */
-export function useMoreBits(layer: number, layers: number): boolean {
-  const eighth = Math.floor(layers / 8);
-  return layer < eighth || layer >= Math.floor((7 * layers) / 8) || (layer - eighth) % 3 === 2;
-}
-
-/** The ggml type llama-quantize gives a matrix of this role under Q4_K_M, before the fallback. */
-function q4KMType(role: Role, cols: number): number {
-  if (role === 'output') return outputType(cols);
-  return role === 'moreBits' ? GGML_TYPE.Q6_K : GGML_TYPE.Q4_K;
-}
-
-/** llama-quantize's output.weight type for the 4-bit file types: Q6_K where its blocks fit, else Q8_0. */
-function outputType(cols: number): number {
-  return cols % QK_K === 0 ? GGML_TYPE.Q6_K : GGML_TYPE.Q8_0;
-}
-
-/** llama-quantize's tensor_type_fallback: rows not a multiple of a K-type's 256 take a 32-block type. */
-function kFallback(type: number, cols: number): number {
-  if (cols % QK_K === 0 || (type !== GGML_TYPE.Q4_K && type !== GGML_TYPE.Q6_K)) return type;
-  return type === GGML_TYPE.Q4_K ? GGML_TYPE.Q5_0 : GGML_TYPE.Q8_0;
-}
-
-/** The ggml type of a 2-D tensor with rows of `cols` values. */
-function matrixType(role: Role, cols: number, type: GgufExportType): number {
+/** The ggml type of a 2-D tensor with rows of `cols` values (llama-quantize's, see formats/llama-mix.ts). */
+function matrixType(role: TensorRole, cols: number, type: GgufExportType): number {
   if (type === 'f16') return GGML_TYPE.F16;
-  if (cols % 32 !== 0) return GGML_TYPE.F16;
-  if (type === 'q4_k_m') return kFallback(q4KMType(role, cols), cols);
-  if (type === 'q8_0') return GGML_TYPE.Q8_0;
-  return role === 'output' ? outputType(cols) : GGML_TYPE.Q4_0;
-}
-
-/** Whether matrixType chose a fallback for rows that do not fit the export type's blocks. */
-function isFallback(role: Role, cols: number, type: GgufExportType, chosen: number): boolean {
-  if (type === 'f16') return false;
-  if (chosen === GGML_TYPE.F16) return true;
-  return type === 'q4_k_m' && chosen !== q4KMType(role, cols) && role !== 'output';
+  return TENSOR_TYPE_ID[llamaTensorType(type, role, cols)];
 }
 
 class TensorPlan {
@@ -477,13 +454,14 @@ class TensorPlan {
   matrix(
     name: string,
     t: Tensor,
-    role: Role,
+    role: TensorRole,
     transform?: <T extends Float32Array | Uint8Array>(v: T, cols: number) => T,
     quantized?: QuantizedWeight,
   ): void {
     const [rows, cols] = t.shape;
     const type = matrixType(role, cols, this.type);
-    if (isFallback(role, cols, this.type, type)) this.fallbacks.push(`${name} (${ggmlTypeName(type)})`);
+    if (this.type !== 'f16' && isFallbackType(this.type, role, cols))
+      this.fallbacks.push(`${name} (${ggmlTypeName(type)})`);
     const values = this.read(t, transform && ((v) => transform(v, cols)));
     const blocks = storedBlocks(quantized, type, transform);
     this.tensors.push({ name, dims: [cols, rows], type, values, ...(blocks ? { blocks } : {}) });
@@ -495,8 +473,9 @@ class TensorPlan {
 }
 
 /**
- * A Q4_0 / Q8_0 checkpoint's own blocks for a tensor of the same type: re-quantizing its decoded
- * values would pick other block scales wherever GPTQ's updates moved a block's largest value.
+ * A llama.cpp-format checkpoint's own blocks for a tensor of the same type: re-quantizing its decoded
+ * values would pick other block scales wherever GPTQ's updates or AWQ's clipping moved a block's
+ * largest value (and the K-quants' searches are not idempotent).
  */
 function storedBlocks(
   q: QuantizedWeight | undefined,
@@ -505,12 +484,15 @@ function storedBlocks(
 ): (() => Uint8Array) | undefined {
   const spec = q?.encoded.spec;
   if (!q || spec?.kind !== 'ggml' || q.salient || q.gIdx) return undefined;
-  if (type !== (spec.type === 'q4_0' ? GGML_TYPE.Q4_0 : GGML_TYPE.Q8_0)) return undefined;
-  const { codes, scales, cols } = q.encoded;
-  return () =>
-    transform
-      ? ggmlBlocks(transform(codes, cols), transform(scales, cols / QK), spec)
-      : ggmlBlocks(codes, scales, spec);
+  if (type !== TENSOR_TYPE_ID[spec.type as LlamaTensorType]) return undefined;
+  const { codes, scales, cols, scaleCodes } = q.encoded;
+  const rows = codes.length / cols;
+  const t = <T extends Float32Array | Uint8Array>(v: T) => (transform ? transform(v, v.length / rows) : v);
+  if (isGgmlBlockType(spec.type)) {
+    const blockType = spec.type;
+    return () => ggmlBlockBytes(t(codes), t(scaleCodes as Uint8Array), blockType);
+  }
+  return () => ggmlBlocks(t(codes), t(scales), spec);
 }
 
 /** llama.cpp's rotary row order for q/k: a transform of any row-major array with `cols` per row. */
@@ -526,7 +508,7 @@ function planTensors(model: LlamaModel, type: GgufExportType): TensorPlan {
   const plan = new TensorPlan(model, type);
   if (config.rope.type === 'llama3') plan.constant('rope_freqs.weight', llama3RopeFactors(config));
   const tied = model.lmHead === model.embedTokens;
-  plan.matrix('token_embd.weight', model.embedTokens, tied ? 'output' : 'embed');
+  plan.matrix('token_embd.weight', model.embedTokens, { kind: tied ? 'output' : 'embed' });
   model.layers.forEach((layer, i) => {
     plan.vector(`blk.${i}.attn_norm.weight`, layer.inputNorm);
     for (const name of LINEARS) {
@@ -534,13 +516,13 @@ function planTensors(model: LlamaModel, type: GgufExportType): TensorPlan {
       const lin = layer.linears[name];
       const permute = rotaryPermutation(name, config);
       const base = `blk.${i}.${LINEAR_GGUF[name]}`;
-      const moreBits = (name === 'v_proj' || name === 'down_proj') && useMoreBits(i, config.numLayers);
-      plan.matrix(`${base}.weight`, lin.weight, moreBits ? 'moreBits' : 'linear', permute, lin.quantized);
+      const role = { kind: 'linear', name, layer: i, layers: config.numLayers } as const;
+      plan.matrix(`${base}.weight`, lin.weight, role, permute, lin.quantized);
       if (lin.bias) plan.vector(`${base}.bias`, lin.bias, permute && ((v) => permute(v, 1)));
     }
   });
   plan.vector('output_norm.weight', model.finalNorm);
-  if (!tied) plan.matrix('output.weight', model.lmHead, 'output');
+  if (!tied) plan.matrix('output.weight', model.lmHead, { kind: 'output' });
   return plan;
 }
 

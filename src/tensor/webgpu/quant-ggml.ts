@@ -84,7 +84,7 @@ fn dequant(qm: i32, d16: u32) -> u32 {
 `;
 
 /** `scale(maxb, amax)` -> d (bits) and `code(xb, id)` -> the code minus its offset. */
-const TYPE_WGSL: Record<GgmlSpec['type'], string> = {
+const TYPE_WGSL: Record<'q4_0' | 'q8_0', string> = {
   q4_0: `
 fn scale(maxb: u32, amax: u32) -> u32 {
   let sign = (maxb & 0x80000000u) ^ 0x80000000u;
@@ -121,7 +121,7 @@ fn code(xb: u32, id: u32) -> i32 {
 }`,
 };
 
-function ggmlKernel(type: GgmlSpec['type'], dtype: DType): Kernel {
+function ggmlKernel(type: 'q4_0' | 'q8_0', dtype: DType): Kernel {
   const load = loadBitsFn(dtype);
   return {
     key: `ggml-fq:${type}:${dtype}`,

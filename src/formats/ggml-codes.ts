@@ -1,0 +1,149 @@
+/**
+ * llama.cpp's Q5_0, Q4_K and Q6_K blocks as an Encoded weight: one code per value plus each block's
+ * remaining bytes (`headers`: Q5_0's fp16 d; Q4_K's d, dmin and 12 bytes of 6-bit scales and mins;
+ * Q6_K's 16 int8 scales and fp16 d), so the GGUF blocks are rebuilt byte for byte from a checkpoint.
+ * Codes as the dequantizers read them: Q5_0 0..31 (x = (q - 16) d), Q4_K 0..15 (x = (d sc) q -
+ * dmin m), Q6_K 0..63 (x = (d sc) (q - 32)). Rows must hold whole blocks (32 or 256 values).
+ */
+import { fail } from '../errors.ts';
+import {
+  dequantizeQ4_K,
+  dequantizeQ5_0,
+  dequantizeQ6_K,
+  type GgmlGroupCodes,
+  packQ5_0Codes,
+  Q5_0_BLOCK_BYTES,
+  quantizeQ5_0,
+  unpackQ4_K,
+  unpackQ5_0,
+  unpackQ6_K,
+} from './ggml.ts';
+import {
+  packQ4_KCodes,
+  packQ6_KCodes,
+  Q4_K_BLOCK_BYTES,
+  Q6_K_BLOCK_BYTES,
+  QK_K,
+  quantizeQ4_K,
+  quantizeQ6_K,
+} from './kquants.ts';
+
+export type GgmlBlockType = 'q5_0' | 'q4_k' | 'q6_k';
+
+interface Layout {
+  /** values per block */
+  values: number;
+  bytes: number;
+  /** [start, end) of the header bytes within a block */
+  header: [number, number];
+  /** values sharing one scale */
+  group: number;
+  bits: number;
+  quantize(x: Float32Array): Uint8Array;
+  dequantize(bytes: Uint8Array): Float32Array;
+  unpack(bytes: Uint8Array): GgmlGroupCodes;
+  /** writes one block's code bytes from its codes at codes[at] */
+  packCodes(codes: Uint8Array, at: number, out: Uint8Array, o: number): void;
+}
+
+const LAYOUTS: Record<GgmlBlockType, Layout> = {
+  q5_0: {
+    values: 32,
+    bytes: Q5_0_BLOCK_BYTES,
+    header: [0, 2],
+    group: 32,
+    bits: 5,
+    quantize: (x) => quantizeQ5_0(x),
+    dequantize: (b) => dequantizeQ5_0(b),
+    unpack: (b) => unpackQ5_0(b),
+    packCodes: packQ5_0Codes,
+  },
+  q4_k: {
+    values: QK_K,
+    bytes: Q4_K_BLOCK_BYTES,
+    header: [0, 16],
+    group: 32,
+    bits: 4,
+    quantize: quantizeQ4_K,
+    dequantize: (b) => dequantizeQ4_K(b),
+    unpack: (b) => unpackQ4_K(b),
+    packCodes: packQ4_KCodes,
+  },
+  q6_k: {
+    values: QK_K,
+    bytes: Q6_K_BLOCK_BYTES,
+    header: [192, 210],
+    group: 16,
+    bits: 6,
+    quantize: quantizeQ6_K,
+    dequantize: (b) => dequantizeQ6_K(b),
+    unpack: (b) => unpackQ6_K(b),
+    packCodes: packQ6_KCodes,
+  },
+};
+
+export function isGgmlBlockType(type: string): type is GgmlBlockType {
+  return type in LAYOUTS;
+}
+
+/** Values per block of a type (rows must be a multiple), values per scale and bits per code. */
+export function ggmlBlockLayout(type: GgmlBlockType): { values: number; group: number; bits: number } {
+  const { values, group, bits } = LAYOUTS[type];
+  return { values, group, bits };
+}
+
+function checkValues(x: ArrayLike<number>, cols: number, type: GgmlBlockType, where: string): Float32Array {
+  const { values } = LAYOUTS[type];
+  if (cols % values !== 0)
+    fail(`${type}: blocks of ${values} do not divide the row length (last dimension) ${cols}`);
+  const v = x instanceof Float32Array ? x : Float32Array.from(x);
+  for (let i = 0; i < v.length; i++)
+    if (!Number.isFinite(v[i]))
+      fail(
+        `${where}: ${type} takes finite values only (llama.cpp's quantizers), got ${v[i]} at element ${i}`,
+      );
+  return v;
+}
+
+/** Codes, per-group scales (as the dequantizer forms them) and header bytes of x quantized as llama.cpp does. */
+export function encodeGgmlBlocks(
+  x: ArrayLike<number>,
+  cols: number,
+  type: GgmlBlockType,
+): { codes: Uint8Array; scales: Float32Array; headers: Uint8Array } {
+  const lay = LAYOUTS[type];
+  const bytes = lay.quantize(checkValues(x, cols, type, 'encode'));
+  const u = lay.unpack(bytes);
+  const [h0, h1] = lay.header;
+  const blocks = bytes.length / lay.bytes;
+  const headers = new Uint8Array(blocks * (h1 - h0));
+  for (let b = 0; b < blocks; b++)
+    headers.set(bytes.subarray(b * lay.bytes + h0, b * lay.bytes + h1), b * (h1 - h0));
+  return { codes: u.codes, scales: u.scales, headers };
+}
+
+/** The GGUF blocks of codes and headers as encodeGgmlBlocks gives them. */
+export function ggmlBlockBytes(codes: Uint8Array, headers: Uint8Array, type: GgmlBlockType): Uint8Array {
+  const lay = LAYOUTS[type];
+  const blocks = codes.length / lay.values;
+  const [h0, h1] = lay.header;
+  if (!Number.isInteger(blocks) || headers.length !== blocks * (h1 - h0))
+    fail(`${type}: ${codes.length} codes and ${headers.length} header bytes are not whole blocks`);
+  const out = new Uint8Array(blocks * lay.bytes);
+  for (let b = 0; b < blocks; b++) {
+    out.set(headers.subarray(b * (h1 - h0), (b + 1) * (h1 - h0)), b * lay.bytes + h0);
+    lay.packCodes(codes, b * lay.values, out, b * lay.bytes);
+  }
+  return out;
+}
+
+/** Values of encoded blocks: bit-identical to fakeQuantGgmlBlocks of the encoded input. */
+export function decodeGgmlBlocks(codes: Uint8Array, headers: Uint8Array, type: GgmlBlockType): Float32Array {
+  return LAYOUTS[type].dequantize(ggmlBlockBytes(codes, headers, type));
+}
+
+/** Quantize-dequantize with llama.cpp's reference quantizer of the type. */
+export function fakeQuantGgmlBlocks(x: ArrayLike<number>, cols: number, type: GgmlBlockType): Float32Array {
+  const lay = LAYOUTS[type];
+  return lay.dequantize(lay.quantize(checkValues(x, cols, type, 'fakeQuant')));
+}
