@@ -56,6 +56,12 @@ const SETS: Record<string, () => Job[]> = {
     { label: 'RTN Q8_0', recipe: 'rtn-q8_0' },
     { label: 'RTN Q4_K_M (= llama-quantize)', recipe: 'rtn-q4_k_m' },
     { label: 'AWQ Q4_K_M', recipe: 'awq-q4_k_m', calib: AWQ_CALIB },
+    { label: 'imatrix Q4_K_M', recipe: 'imatrix-q4_k_m', calib: AWQ_CALIB },
+    {
+      label: 'AWQ + imatrix Q4_K_M',
+      recipe: { name: 'awq-imatrix-q4_k_m', weights: 'q4_k_m', steps: ['awq', 'imatrix'] },
+      calib: AWQ_CALIB,
+    },
     { label: 'RTN W4 g128 (for comparison)', recipe: 'rtn-w4g128' },
     { label: 'AWQ W4 g128 (for comparison)', recipe: 'awq-w4g128', calib: AWQ_CALIB },
   ],

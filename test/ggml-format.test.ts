@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
+import { loadCalibration } from '../src/calib/data.ts';
 import {
   dequantizeQ4_0,
   dequantizeQ4_K,
@@ -23,12 +24,13 @@ import { ggmlBlockBytes } from '../src/formats/ggml-codes.ts';
 import { decode, encode, fakeQuantRows, formatName, parseFormat } from '../src/formats/index.ts';
 import { quantizeQ4_K, quantizeQ6_K } from '../src/formats/kquants.ts';
 import { readGguf, readGgufTensor } from '../src/io/gguf.ts';
+import { loadTokenizer } from '../src/io/tokenizer.ts';
 import type { LinearName } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
 import { defineRecipe, resolveRecipe } from '../src/quant/recipe.ts';
 import { linearWeightSpec } from '../src/quant/weights.ts';
 import { createBackend } from '../src/tensor/index.ts';
-import { MODELS, rng, savedTinyCheckpoint } from './helpers.ts';
+import { MODELS, rng, SHARED, savedTinyCheckpoint } from './helpers.ts';
 
 const run = promisify(execFile);
 const Q4 = parseFormat('q4_0');
@@ -244,6 +246,44 @@ test('an rtn-q4_k_m checkpoint exports to the GGUF Q4_K_M llama-quantize writes;
   assert.ok(
     bitsEqual(dequantizeQ6_K(readGgufTensor(g, 'blk.3.attn_v.weight'), v3.length), v3),
     'layer 3 attn_v',
+  );
+  fs.rmSync(dir, { recursive: true });
+});
+
+test('imatrix-q4_k_m quantizes each linear with the mean x^2 of its calibration inputs, as llama-imatrix + llama-quantize', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-imatrix-'));
+  const tiny = `${MODELS}llama-tiny`;
+  const model = await savedTinyCheckpoint(cpu, resolveRecipe('imatrix-q4_k_m'), `${dir}/ckpt`, true);
+  // layer 0's q_proj input computed apart from the pipeline: the RMS-normed embeddings of the same ids
+  const calib = await loadCalibration(loadTokenizer(tiny), {
+    file: `${SHARED}data/text/brown.txt`,
+    samples: 1,
+    seqLen: 64,
+    seed: 0,
+  });
+  const src = loadLlama(tiny, cpu);
+  const x = await cpu.read(src.attentionNorm(0, src.embed(calib.ids)));
+  const cols = src.config.hiddenSize;
+  const sums = new Float64Array(cols);
+  for (let i = 0; i < x.length; i++) sums[i % cols] += x[i] * x[i];
+  const importance = Float32Array.from(sums, (s) => (s * cols) / x.length);
+  const w = await cpu.read(src.layers[0].linears.q_proj.weight);
+  const want = quantizeQ4_K(w, { importance, cols });
+  const enc = model.layers[0].linears.q_proj.quantized?.encoded;
+  assert.ok(enc?.scaleCodes);
+  assert.deepEqual(ggmlBlockBytes(enc.codes, enc.scaleCodes, 'q4_k'), want);
+  assert.notDeepEqual(want, quantizeQ4_K(w), 'the importance changes the blocks');
+  // the GGUF file holds the checkpoint's blocks (v_proj: no RoPE row permutation)
+  await run('./bin/llmq', ['export', `${dir}/ckpt`, '--to', 'gguf-q4_k_m', '--out', `${dir}/m.gguf`]);
+  const v = model.layers[0].linears.v_proj.quantized?.encoded;
+  assert.ok(v?.scaleCodes);
+  assert.deepEqual(
+    readGgufTensor(readGguf(`${dir}/m.gguf`), 'blk.0.attn_v.weight'),
+    ggmlBlockBytes(v.codes, v.scaleCodes, 'q4_k'),
+  );
+  assert.throws(
+    () => defineRecipe('x', { description: '', weights: 'q4_0', steps: [{ method: 'imatrix' }] }),
+    /imatrix weights llama.cpp's q5_0, q4_k, q6_k and q4_k_m quantizers, not q4_0/,
   );
   fs.rmSync(dir, { recursive: true });
 });

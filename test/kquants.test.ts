@@ -65,3 +65,34 @@ test('Q5_0 blocks equal gguf-py 0.19.0 quantize (llama.cpp quantize_row_q5_0_ref
       assert.ok(Math.abs(y[32 * b + j] - x[32 * b + j]) <= (amax / 16) * 0.5 * 1.002 + 1e-9, `block ${b}`);
   }
 });
+
+interface ImatrixCase {
+  name: string;
+  rows: number;
+  cols: number;
+  input: string;
+  importance: string;
+  q4_K: string;
+  q6_K: string;
+  q5_0: string;
+}
+
+test('with an importance matrix, Q4_K, Q6_K and Q5_0 equal llama.cpp (quantize_q*_impl) byte for byte', () => {
+  const f = JSON.parse(fs.readFileSync('test/fixtures/kquants-imatrix.json', 'utf8')) as {
+    cases: ImatrixCase[];
+  };
+  assert.ok(f.cases.length >= 5);
+  for (const c of f.cases) {
+    const x = floats(c.input);
+    const importance = floats(c.importance);
+    const imatrix = { importance, cols: c.cols };
+    const q4 = quantizeQ4_K(x, imatrix);
+    assert.equal(firstBadBlock(q4, bytes(c.q4_K), 144), -1, `${c.name}: Q4_K block`);
+    const q6 = quantizeQ6_K(x, imatrix);
+    assert.equal(firstBadBlock(q6, bytes(c.q6_K), 210), -1, `${c.name}: Q6_K block`);
+    const q5 = quantizeQ5_0(x, imatrix);
+    assert.equal(firstBadBlock(q5, bytes(c.q5_0), 22), -1, `${c.name}: Q5_0 block`);
+    // the importance path is another quantizer: it picks other blocks than the reference path
+    if (c.name === 'normal_0.02') assert.notDeepEqual(q4, quantizeQ4_K(x), 'imatrix changes Q4_K');
+  }
+});

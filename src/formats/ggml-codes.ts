@@ -39,7 +39,8 @@ interface Layout {
   /** values sharing one scale */
   group: number;
   bits: number;
-  quantize(x: Float32Array): Uint8Array;
+  /** llama.cpp's quantizer; with `importance` (one weight per column of rows of `cols`), its imatrix path */
+  quantize(x: Float32Array, cols: number, importance?: Float32Array): Uint8Array;
   dequantize(bytes: Uint8Array): Float32Array;
   unpack(bytes: Uint8Array): GgmlGroupCodes;
   /** writes one block's code bytes from its codes at codes[at] */
@@ -53,7 +54,7 @@ const LAYOUTS: Record<GgmlBlockType, Layout> = {
     header: [0, 2],
     group: 32,
     bits: 5,
-    quantize: (x) => quantizeQ5_0(x),
+    quantize: (x, cols, importance) => quantizeQ5_0(x, importance && { importance, cols }),
     dequantize: (b) => dequantizeQ5_0(b),
     unpack: (b) => unpackQ5_0(b),
     packCodes: packQ5_0Codes,
@@ -64,7 +65,7 @@ const LAYOUTS: Record<GgmlBlockType, Layout> = {
     header: [0, 16],
     group: 32,
     bits: 4,
-    quantize: quantizeQ4_K,
+    quantize: (x, cols, importance) => quantizeQ4_K(x, importance && { importance, cols }),
     dequantize: (b) => dequantizeQ4_K(b),
     unpack: (b) => unpackQ4_K(b),
     packCodes: packQ4_KCodes,
@@ -75,7 +76,7 @@ const LAYOUTS: Record<GgmlBlockType, Layout> = {
     header: [192, 210],
     group: 16,
     bits: 6,
-    quantize: quantizeQ6_K,
+    quantize: (x, cols, importance) => quantizeQ6_K(x, importance && { importance, cols }),
     dequantize: (b) => dequantizeQ6_K(b),
     unpack: (b) => unpackQ6_K(b),
     packCodes: packQ6_KCodes,
@@ -110,9 +111,10 @@ export function encodeGgmlBlocks(
   x: ArrayLike<number>,
   cols: number,
   type: GgmlBlockType,
+  importance?: Float32Array,
 ): { codes: Uint8Array; scales: Float32Array; headers: Uint8Array } {
   const lay = LAYOUTS[type];
-  const bytes = lay.quantize(checkValues(x, cols, type, 'encode'));
+  const bytes = lay.quantize(checkValues(x, cols, type, 'encode'), cols, importance);
   const u = lay.unpack(bytes);
   const [h0, h1] = lay.header;
   const blocks = bytes.length / lay.bytes;
@@ -145,5 +147,5 @@ export function decodeGgmlBlocks(codes: Uint8Array, headers: Uint8Array, type: G
 /** Quantize-dequantize with llama.cpp's reference quantizer of the type. */
 export function fakeQuantGgmlBlocks(x: ArrayLike<number>, cols: number, type: GgmlBlockType): Float32Array {
   const lay = LAYOUTS[type];
-  return lay.dequantize(lay.quantize(checkValues(x, cols, type, 'fakeQuant')));
+  return lay.dequantize(lay.quantize(checkValues(x, cols, type, 'fakeQuant'), cols));
 }

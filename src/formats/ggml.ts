@@ -23,6 +23,7 @@
  */
 import { fail } from '../errors.ts';
 import { f16BitsToNumber, f32ToF16, numberToF16Bits } from '../tensor/dtype.ts';
+import { fitScale } from './ggml-search.ts';
 import type { GgmlSpec } from './spec.ts';
 
 export const QK = 32;
@@ -32,6 +33,12 @@ export const Q4_0_BLOCK_BYTES = 2 + QK / 2;
 export interface Q4_0Options {
   /** round x*id + 8.5 once (fused multiply-add) instead of twice; see the file comment */
   fma?: boolean;
+}
+
+/** llama.cpp's importance matrix for a quantizer: one weight per column of rows of `cols` values. */
+export interface Importance {
+  importance: Float32Array;
+  cols: number;
 }
 
 const fr = Math.fround;
@@ -173,13 +180,41 @@ export function packQ5_0Codes(codes: Uint8Array, at: number, out: Uint8Array, o:
   for (let k = 0; k < 4; k++) out[o + 2 + k] = (qh >>> (8 * k)) & 0xff;
 }
 
-/** x (a multiple of 32 values) -> Q5_0 blocks, as llama.cpp's quantize_row_q5_0_ref. */
-export function quantizeQ5_0(x: Float32Array, opts: Q4_0Options = {}): Uint8Array {
+/**
+ * x (a multiple of 32 values) -> Q5_0 blocks, as llama.cpp's quantize_row_q5_0_ref, or with an
+ * importance matrix as quantize_row_q5_0_impl: per block, make_qx_quants' scale under the weights
+ * importance * sqrt(mean x^2 of the row + x^2), its codes kept as found (no second rounding).
+ */
+export function quantizeQ5_0(x: Float32Array, opts: Q4_0Options & Partial<Importance> = {}): Uint8Array {
   checkLength(x.length);
   const fma = opts.fma ?? false;
   const out = new Uint8Array((x.length / QK) * Q5_0_BLOCK_BYTES);
+  if (opts.importance) {
+    const cols = opts.cols ?? opts.importance.length;
+    if (opts.importance.length !== cols || cols % QK !== 0 || x.length % cols !== 0)
+      throw new RangeError(`importance: ${opts.importance.length} values for rows of ${cols}`);
+    for (let r = 0; r < x.length / cols; r++) quantizeRowQ5_0(x, r * cols, cols, opts.importance, out);
+    return out;
+  }
   for (let b = 0; b < x.length / QK; b++) quantizeBlockQ5_0(x, b * QK, out, b * Q5_0_BLOCK_BYTES, fma);
   return out;
+}
+
+function quantizeRowQ5_0(x: Float32Array, at: number, cols: number, qw: Float32Array, out: Uint8Array): void {
+  let sumX2 = 0;
+  for (let j = 0; j < cols; j++) sumX2 = fr(sumX2 + fr(x[at + j] * x[at + j]));
+  const sigma2 = fr(sumX2 / cols);
+  const w = new Float32Array(QK);
+  const codes = new Uint8Array(QK);
+  for (let ib = 0; ib < cols / QK; ib++) {
+    const b = at + QK * ib;
+    for (let j = 0; j < QK; j++)
+      w[j] = fr(qw[QK * ib + j] * fr(Math.sqrt(fr(sigma2 + fr(x[b + j] * x[b + j])))));
+    const d = fitScale({ x, at: b, n: QK }, 16, codes, 0, w, 0);
+    const o = (b / QK) * Q5_0_BLOCK_BYTES;
+    writeF16(out, o, d);
+    packQ5_0Codes(codes, 0, out, o);
+  }
 }
 
 /** Q4_0 blocks -> n values. */

@@ -145,10 +145,23 @@ export interface Encoded {
   globalScale?: number;
 }
 
-/** Integer codes + scales of x (see Encoded). NaN inputs are refused. */
-export function encode(x: ArrayLike<number>, rows: number, cols: number, spec: FormatSpec): Encoded {
+/**
+ * Integer codes + scales of x (see Encoded). NaN inputs are refused. `importance` (one weight per column,
+ * llama.cpp's importance matrix) steers llama.cpp's q5_0 / q4_k / q6_k quantizers; other formats refuse it.
+ */
+export function encode(
+  x: ArrayLike<number>,
+  rows: number,
+  cols: number,
+  spec: FormatSpec,
+  importance?: Float32Array,
+): Encoded {
   checkShape(x, rows, cols, 'encode');
   const base = { spec, rows, cols, bits: codeBits(spec) };
+  if (importance && !(spec.kind === 'ggml' && isGgmlBlockType(spec.type)))
+    fail(`encode: an importance matrix applies to llama.cpp's q5_0, q4_k and q6_k, not ${formatName(spec)}`);
+  if (importance && importance.length !== cols)
+    fail(`encode: ${importance.length} importance values for rows of ${cols}`);
   switch (spec.kind) {
     case 'int': {
       const e = encodeInt(x, rows, cols, spec);
@@ -185,7 +198,7 @@ export function encode(x: ArrayLike<number>, rows: number, cols: number, spec: F
     case 'ggml': {
       const type = concreteGgml(spec, 'encode').type;
       if (isGgmlBlockType(type)) {
-        const e = encodeGgmlBlocks(x, cols, type);
+        const e = encodeGgmlBlocks(x, cols, type, importance);
         const block = ggmlBlockLayout(type).group;
         return { ...base, codes: e.codes, block, scales: e.scales, scaleCodes: e.headers };
       }

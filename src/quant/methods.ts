@@ -5,3 +5,4 @@ import './mixed.ts';
 import './sqplus.ts';
 import './gptq-layer.ts';
 import './flatquant.ts';
+import './imatrix.ts';

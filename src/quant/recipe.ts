@@ -68,7 +68,19 @@ export interface FlatQuantStep {
   /** seed of the random orthogonal initial factors */
   seed: number;
 }
-export type Step = SmoothQuantStep | SqPlusStep | AwqStep | GptqStep | MixedStep | FlatQuantStep;
+/** llama.cpp's importance matrix: mean x^2 per input channel weighting the Q5_0 / K-quant rounding. */
+export interface ImatrixStep {
+  method: 'imatrix';
+}
+
+export type Step =
+  | SmoothQuantStep
+  | SqPlusStep
+  | AwqStep
+  | GptqStep
+  | MixedStep
+  | FlatQuantStep
+  | ImatrixStep;
 
 export interface Recipe {
   name: string;
@@ -96,6 +108,7 @@ const STEP_DEFAULTS: { [M in Step['method']]: Extract<Step, { method: M }> } = {
   gptq: { method: 'gptq', damp: 0.01, blockSize: 128, actOrder: false, staticGroups: false, mse: false },
   mixed: { method: 'mixed', salientPercent: 1 },
   flatquant: { method: 'flatquant', epochs: 15, lr: 5e-3, batchSamples: 4, diagAlpha: 0.3, seed: 0 },
+  imatrix: { method: 'imatrix' },
 };
 
 /** Calibration size, and how the windows are drawn (`sampler`, see calib/data.ts; default 'pool'). */
@@ -201,6 +214,12 @@ const BUILTINS: Record<string, RecipeText> = {
       "AWQ (llm-awq defaults, its search and clipping done with each linear's llama.cpp Q4_K_M type) then those types: AWQ for llama.cpp Q4_K_M; exports to GGUF Q4_K_M unchanged",
     weights: 'q4_k_m',
     steps: [{ method: 'awq' }],
+  },
+  'imatrix-q4_k_m': {
+    description:
+      "llama.cpp Q4_K_M with an importance matrix, as llama-imatrix + llama-quantize --imatrix make it: mean x^2 per input channel from the calibration text weights each linear's Q4_K / Q6_K / Q5_0 rounding; exports to GGUF Q4_K_M unchanged",
+    weights: 'q4_k_m',
+    steps: [{ method: 'imatrix' }],
   },
   'gptq-q4_0': {
     description:
@@ -498,6 +517,10 @@ function validateRecipe(where: string, r: Recipe): void {
       fail(`${where}: mixed salientPercent must be in [0, 100), got ${s.salientPercent}`);
     if (s.method === 'gptq' && !(s.damp > 0)) fail(`${where}: gptq damp must be > 0, got ${s.damp}`);
     if (s.method === 'flatquant') validateFlatQuant(where, r, s);
+    if (s.method === 'imatrix' && !(r.weights?.kind === 'ggml' && !q4q8))
+      fail(
+        `${where}: imatrix weights llama.cpp's q5_0, q4_k, q6_k and q4_k_m quantizers, not ${r.weights ? formatName(r.weights) : 'full precision'}`,
+      );
   }
 }
 
