@@ -151,18 +151,30 @@ test('a gptq-q4_0 checkpoint exports to GGUF Q4_0 blocks that decode to its weig
   fs.rmSync(dir, { recursive: true });
 });
 
-test('an rtn-q4_0 checkpoint exports to the same GGUF Q4_0 blocks as the full-precision model', async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-q40-'));
+/** llama-tiny quantized with an RTN recipe, then exported, equals the full-precision model exported. */
+async function sameGgufAsFullPrecision(dir: string, recipe: string, type: string): Promise<void> {
   const src = `${MODELS}llama-tiny`;
-  await run('./bin/llmq', ['quantize', src, '--recipe', 'rtn-q4_0', '--out', `${dir}/ckpt`]);
-  await run('./bin/llmq', ['export', `${dir}/ckpt`, '--to', 'gguf-q4_0', '--out', `${dir}/from-ckpt.gguf`]);
-  await run('./bin/llmq', ['export', src, '--to', 'gguf-q4_0', '--out', `${dir}/from-fp.gguf`]);
+  await run('./bin/llmq', ['quantize', src, '--recipe', recipe, '--out', `${dir}/ckpt`]);
+  await run('./bin/llmq', [
+    'export',
+    `${dir}/ckpt`,
+    '--to',
+    `gguf-${type}`,
+    '--out',
+    `${dir}/from-ckpt.gguf`,
+  ]);
+  await run('./bin/llmq', ['export', src, '--to', `gguf-${type}`, '--out', `${dir}/from-fp.gguf`]);
   const a = readGguf(`${dir}/from-ckpt.gguf`);
   const b = readGguf(`${dir}/from-fp.gguf`);
   const names = a.tensors.filter((t) => t.name.startsWith('blk.')).map((t) => t.name);
   assert.ok(names.length > 20);
   for (const name of names)
     assert.equal(Buffer.compare(readGgufTensor(a, name), readGgufTensor(b, name)), 0, name);
+}
+
+test('an rtn-q4_0 checkpoint exports to the same GGUF Q4_0 blocks as the full-precision model', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-q40-'));
+  await sameGgufAsFullPrecision(dir, 'rtn-q4_0', 'q4_0');
   fs.rmSync(dir, { recursive: true });
 });
 
@@ -218,16 +230,7 @@ test("q4_k_m picks each linear's type as llama-quantize does", () => {
 
 test('an rtn-q4_k_m checkpoint exports to the GGUF Q4_K_M llama-quantize writes; awq-q4_k_m to its own blocks', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-q4km-'));
-  const src = `${MODELS}llama-tiny`;
-  await run('./bin/llmq', ['quantize', src, '--recipe', 'rtn-q4_k_m', '--out', `${dir}/ckpt`]);
-  await run('./bin/llmq', ['export', `${dir}/ckpt`, '--to', 'gguf-q4_k_m', '--out', `${dir}/from-ckpt.gguf`]);
-  await run('./bin/llmq', ['export', src, '--to', 'gguf-q4_k_m', '--out', `${dir}/from-fp.gguf`]);
-  const a = readGguf(`${dir}/from-ckpt.gguf`);
-  const b = readGguf(`${dir}/from-fp.gguf`);
-  const names = a.tensors.filter((t) => t.name.startsWith('blk.')).map((t) => t.name);
-  assert.ok(names.length > 20);
-  for (const name of names)
-    assert.equal(Buffer.compare(readGgufTensor(a, name), readGgufTensor(b, name)), 0, name);
+  await sameGgufAsFullPrecision(dir, 'rtn-q4_k_m', 'q4_k_m');
 
   // AWQ's scaled and clipped weights: the GGUF holds the checkpoint's blocks, which decode to its weights
   const model = await savedTinyCheckpoint(cpu, resolveRecipe('awq-q4_k_m'), `${dir}/awq`, true);

@@ -18,6 +18,17 @@ export const MLP_LINEARS = ['gate_proj', 'up_proj', 'down_proj'] as const;
 export const LINEARS = [...ATTENTION_LINEARS, ...MLP_LINEARS] as const;
 export type LinearName = (typeof LINEARS)[number];
 
+/** The linear whose input each linear shares: q/k/v read one input, gate/up another. */
+export const SHARED_INPUT: Record<LinearName, LinearName> = {
+  q_proj: 'q_proj',
+  k_proj: 'q_proj',
+  v_proj: 'q_proj',
+  o_proj: 'o_proj',
+  gate_proj: 'gate_proj',
+  up_proj: 'gate_proj',
+  down_proj: 'down_proj',
+};
+
 export interface Linear {
   /** the weight the forward pass uses (dequantized values once quantized) */
   weight: Tensor;

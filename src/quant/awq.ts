@@ -20,7 +20,7 @@ import { QK } from '../formats/ggml.ts';
 import { ggmlBlockLayout, isGgmlBlockType } from '../formats/ggml-codes.ts';
 import { fakeQuantRows } from '../formats/index.ts';
 import type { FormatSpec } from '../formats/spec.ts';
-import type { BatchShape, LinearName, LlamaModel } from '../model/llama.ts';
+import { type BatchShape, type LinearName, type LlamaModel, SHARED_INPUT } from '../model/llama.ts';
 import type { Backend, Tensor } from '../tensor/tensor.ts';
 import { type LayerContext, registerLayerStep, runLayer, timed } from './pipeline.ts';
 import type { AwqStep } from './recipe.ts';
@@ -363,20 +363,11 @@ async function partialOutputs(
 async function clipLayer(ctx: LayerContext, captured: Captured): Promise<Record<string, number>> {
   const { model, layer } = ctx;
   const b = model.backend;
-  const inputOf: Record<LinearName, LinearName> = {
-    q_proj: 'q_proj',
-    k_proj: 'q_proj',
-    v_proj: 'q_proj',
-    o_proj: 'o_proj',
-    gate_proj: 'gate_proj',
-    up_proj: 'gate_proj',
-    down_proj: 'down_proj',
-  };
   const shrinks: Record<string, number> = {};
   const samples = new Map<LinearName, Tensor>();
   for (const name of ctx.recipe.targets) {
     if (name === 'q_proj' || name === 'k_proj') continue;
-    const source = inputOf[name];
+    const source = SHARED_INPUT[name];
     if (!samples.has(source)) samples.set(source, subsampleRows(b, captured.get(source) ?? []));
     const spec = weightSpecOf(model, ctx.recipe.weights as FormatSpec, layer, name);
     if (!spec) continue;

@@ -8,20 +8,9 @@
  * the pipeline's plain rounding.
  */
 import { encode } from '../formats/index.ts';
-import type { LinearName } from '../model/llama.ts';
+import { type LinearName, SHARED_INPUT } from '../model/llama.ts';
 import { type LayerContext, registerLayerStep, runLayer, timed } from './pipeline.ts';
 import { setQuantizedWeight, weightSpecOf } from './weights.ts';
-
-/** The linear whose input each linear shares (q/k/v read one input, gate/up another). */
-const INPUT_OF: Record<LinearName, LinearName> = {
-  q_proj: 'q_proj',
-  k_proj: 'q_proj',
-  v_proj: 'q_proj',
-  o_proj: 'o_proj',
-  gate_proj: 'gate_proj',
-  up_proj: 'gate_proj',
-  down_proj: 'down_proj',
-};
 
 /** Per input channel sum of x^2 (float64) and the token count, for each distinct linear input. */
 class SquareSums {
@@ -45,7 +34,7 @@ class SquareSums {
 
 async function captureSquares(ctx: LayerContext): Promise<SquareSums> {
   const sums = new SquareSums();
-  const wanted = new Set(ctx.recipe.targets.map((n) => INPUT_OF[n]));
+  const wanted = new Set(ctx.recipe.targets.map((n) => SHARED_INPUT[n]));
   const pending: Promise<void>[] = [];
   const b = ctx.model.backend;
   await runLayer(
@@ -76,7 +65,7 @@ async function imatrixLayer(ctx: LayerContext): Promise<void> {
   const used: Record<string, string> = {};
   for (const name of recipe.targets) {
     const spec = recipe.weights && weightSpecOf(model, recipe.weights, layer, name);
-    const importance = sums.mean(INPUT_OF[name]);
+    const importance = sums.mean(SHARED_INPUT[name]);
     if (spec?.kind !== 'ggml' || spec.type === 'q4_0' || spec.type === 'q8_0' || !importance) continue;
     const w = model.layers[layer].linears[name].weight;
     const [rows, cols] = w.shape;
