@@ -526,18 +526,17 @@ export function bitsPerElement(spec: FormatSpec, cols: number, rows?: number): n
     case 'nvfp4':
       return 4 + 8 / NVFP4_BLOCK + perTensor(32);
     case 'ggml':
-      return GGML_BITS[spec.type];
+      return GGML_BITS[concreteGgml(spec, 'bitsPerElement').type as Exclude<GgmlSpec['type'], 'q4_k_m'>];
   }
 }
 
-/** Storage bits per value of each llama.cpp type (block bytes * 8 / block values); q4_k_m: its Q4_K floor. */
-const GGML_BITS: Record<GgmlSpec['type'], number> = {
+/** Storage bits per value of each llama.cpp type: block bytes * 8 / block values. */
+const GGML_BITS: Record<Exclude<GgmlSpec['type'], 'q4_k_m'>, number> = {
   q4_0: 4.5,
   q8_0: 8.5,
   q5_0: 5.5,
   q4_k: 4.5,
   q6_k: 6.5625,
-  q4_k_m: 4.5,
 };
 
 const GGML_TITLES: Record<GgmlSpec['type'], string> = {

@@ -395,7 +395,7 @@ export class WebGpuBackend implements Backend {
     const lastDim = x.shape.length === 0 ? 1 : x.shape[x.shape.length - 1];
     if (spec.kind === 'ggml' && spec.type !== 'q4_0' && spec.type !== 'q8_0')
       fail(
-        `fakeQuant: ${spec.type} has no WebGPU kernel; its reference quantizer runs on the host (hostFakeQuant, or --device cpu)`,
+        `fakeQuant: ${spec.type} has no WebGPU kernel; quantize its weights through fakeQuantWeight (host) or on the CPU backend`,
       );
     const storage = this.st(x, 'fakeQuant');
     return this.wrap(
