@@ -1,17 +1,20 @@
 /**
- * llama.cpp's K-quant writers, Q4_K and Q6_K, as its reference quantizers (quantize_row_q4_K_ref,
- * quantize_row_q6_K_ref, without an importance matrix) choose the blocks: what `llama-quantize`
- * writes for Q4_K_M. Reimplemented from ggml/src/ggml-quants.c (ggml-org/llama.cpp, read for the
- * search grids and the operation order); test/fixtures/kquants.json holds that code's own output,
- * which these match byte for byte. Every product and sum is float32 in C's order (Math.fround after
+ * llama.cpp's K-quant writers, Q4_K and Q6_K, as its quantizers choose the blocks: without an
+ * importance matrix as quantize_row_q4_K_ref / _q6_K_ref (what `llama-quantize` writes for Q4_K_M),
+ * with one as quantize_row_q4_K_impl / _q6_K_impl (`llama-quantize --imatrix`). Reimplemented from
+ * ggml/src/ggml-quants.c (ggml-org/llama.cpp, read for the search grids and the operation order);
+ * test/fixtures/kquants.json and kquants-imatrix.json hold that code's own output, which these match
+ * byte for byte. Every product and sum is float32 in C's order (Math.fround after
  * each step), with no fused multiply-adds: the output of a llama.cpp build without FMA contraction.
  * Readers of both types are in formats/ggml.ts (unpackQ4_K, unpackQ6_K).
  *
  * Q4_K: super-blocks of 256 = 8 sub-blocks of 32, x = (d * sc) q - (dmin * m), q in 0..15, with
  * 6-bit sc and m per sub-block and fp16 d, dmin per super-block. Each sub-block's scale and min
- * come from a weighted least-squares search over 21 candidate grids (weights rms + |x|).
+ * come from a weighted least-squares search over 21 candidate grids (weights rms + |x|); with an
+ * importance matrix over 37 grids (weights importance * sqrt(2 mean x^2 + x^2)), and the 6-bit codes
+ * of the scales and mins from their own weighted search (make_qp_quants) instead of max / 63.
  * Q6_K: 16 groups of 16, x = (d * sc) (q - 32), q in 0..63, int8 sc per group, fp16 d; each
- * group's scale from a search over 18 grids around amax / 32 weighted by x^2.
+ * group's scale from a search over 18 grids around amax / 32 weighted by x^2 (or by the importance).
  */
 import { type Importance, readF16, writeF16 } from './ggml.ts';
 import {
