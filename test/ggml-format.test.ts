@@ -202,9 +202,9 @@ test('q5_0 / q4_k / q6_k encode to the reference blocks and decode to their fake
 
 test("q4_k_m picks each linear's type as llama-quantize does", () => {
   const mix = parseFormat('q4_k_m');
-  const model = { config: { numLayers: 32 } };
   const typeOf = (layer: number, name: LinearName, cols: number) =>
-    (linearWeightSpec(mix, model, layer, name, cols) as { type?: string } | undefined)?.type ?? 'f16';
+    (linearWeightSpec(mix, { layer, name, layers: 32 }, cols) as { type?: string } | undefined)?.type ??
+    'f16';
   // use_more_bits over 32 layers: 0-3, every third from 6, 28-31
   const more = [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31];
   for (let i = 0; i < 32; i++) {
@@ -218,7 +218,7 @@ test("q4_k_m picks each linear's type as llama-quantize does", () => {
   assert.equal(typeOf(5, 'down_proj', 704), 'q5_0');
   assert.equal(typeOf(5, 'up_proj', 100), 'f16');
   assert.equal(typeOf(5, 'up_proj', 4096), 'q4_k');
-  assert.deepEqual(linearWeightSpec(parseFormat('q6_k'), model, 3, 'o_proj', 384), {
+  assert.deepEqual(linearWeightSpec(parseFormat('q6_k'), { layer: 3, name: 'o_proj', layers: 32 }, 384), {
     kind: 'ggml',
     type: 'q8_0',
   });

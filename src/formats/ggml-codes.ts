@@ -27,6 +27,7 @@ import {
   quantizeQ4_K,
   quantizeQ6_K,
 } from './kquants.ts';
+import type { FormatSpec, GgmlSpec } from './spec.ts';
 
 export type GgmlBlockType = 'q5_0' | 'q4_k' | 'q6_k';
 
@@ -85,6 +86,16 @@ const LAYOUTS: Record<GgmlBlockType, Layout> = {
 
 export function isGgmlBlockType(type: string): type is GgmlBlockType {
   return type in LAYOUTS;
+}
+
+/** A llama.cpp format kept as codes plus block bytes: Q5_0, Q4_K or Q6_K (not Q4_0 / Q8_0). */
+export function isBlockFormat(spec: FormatSpec): spec is GgmlSpec & { type: GgmlBlockType } {
+  return spec.kind === 'ggml' && isGgmlBlockType(spec.type);
+}
+
+/** A block format, or the q4_k_m mix that resolves to block formats per tensor. */
+export function isBlockFormatOrMix(spec: FormatSpec): spec is GgmlSpec {
+  return isBlockFormat(spec) || (spec.kind === 'ggml' && spec.type === 'q4_k_m');
 }
 
 /** Values per block of a type (rows must be a multiple), values per scale and bits per code. */

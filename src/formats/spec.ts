@@ -56,7 +56,7 @@ export interface Nvfp4Spec {
  * exactly as llama.cpp's reference quantizers: q4_0 (blocks of 32, x = (q - 8) d, d = (value of largest
  * magnitude) / -8), q8_0 (x = q d, d = amax / 127), q5_0 (as q4_0 with 5 bits), the K-quants q4_k and
  * q6_k (super-blocks of 256), and the file type q4_k_m: llama-quantize's per-tensor mix of them
- * (formats/llama-mix.ts), which a recipe resolves for each linear (ggmlLinearSpec).
+ * (formats/llama-mix.ts), which a recipe resolves for each linear (quant/weights.ts linearWeightSpec).
  */
 export interface GgmlSpec {
   kind: 'ggml';

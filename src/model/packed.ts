@@ -9,6 +9,7 @@
  */
 import { fail } from '../errors.ts';
 import { type GgmlGroupCodes, ggmlCodeOffset } from '../formats/ggml.ts';
+import { isBlockFormat } from '../formats/ggml-codes.ts';
 import { type Encoded, packCodes } from '../formats/index.ts';
 import type { Backend, PackedWeight, Tensor } from '../tensor/tensor.ts';
 import { LINEARS, type Linear, type LlamaModel } from './llama.ts';
@@ -23,7 +24,7 @@ export function packable(lin: Pick<Linear, 'quantized' | 'blockCodes'>): boolean
   if (!q || q.salient) return false;
   const spec = q.encoded.spec;
   // Q5_0 and the K-quants from an llmq checkpoint run from their f32 values (not packed yet)
-  if (spec.kind === 'ggml') return spec.type === 'q4_0' || spec.type === 'q8_0';
+  if (spec.kind === 'ggml') return !isBlockFormat(spec);
   if (spec.kind !== 'int') return false;
   if (spec.granularity === 'tensor' || spec.bits > 8) return false;
   if (q.gIdx && spec.granularity !== 'group') return false;

@@ -7,6 +7,7 @@
  * the same importance values; linears in a type without an importance path (Q4_0, Q8_0) are left to
  * the pipeline's plain rounding.
  */
+import { isBlockFormat } from '../formats/ggml-codes.ts';
 import { encode } from '../formats/index.ts';
 import { type LinearName, SHARED_INPUT } from '../model/llama.ts';
 import { type LayerContext, registerLayerStep, runLayer, timed } from './pipeline.ts';
@@ -66,7 +67,7 @@ async function imatrixLayer(ctx: LayerContext): Promise<void> {
   for (const name of recipe.targets) {
     const spec = recipe.weights && weightSpecOf(model, recipe.weights, layer, name);
     const importance = sums.mean(SHARED_INPUT[name]);
-    if (spec?.kind !== 'ggml' || spec.type === 'q4_0' || spec.type === 'q8_0' || !importance) continue;
+    if (!spec || !isBlockFormat(spec) || !importance) continue;
     const w = model.layers[layer].linears[name].weight;
     const [rows, cols] = w.shape;
     const values = await model.backend.read(w);

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import yaml from 'js-yaml';
 import { CALIB_SAMPLERS, type CalibSampler } from '../calib/data.ts';
 import { fail } from '../errors.ts';
+import { isBlockFormatOrMix } from '../formats/ggml-codes.ts';
 import { describeFormat, formatName, parseFormat } from '../formats/index.ts';
 import type { FormatSpec } from '../formats/spec.ts';
 import { LINEARS, type LinearName } from '../model/llama.ts';
@@ -504,8 +505,8 @@ function validateRecipe(where: string, r: Recipe): void {
       fail(
         `${where}: gptq actOrder with ${formatName(r.weights)} needs staticGroups: true (its blocks are consecutive input channels whose scale must be fixed before the columns are reordered)`,
       );
-    const q4q8 = r.weights?.kind !== 'ggml' || ['q4_0', 'q8_0'].includes(r.weights.type);
-    if (s.method === 'gptq' && r.weights && (!['int', 'mx', 'ggml'].includes(r.weights.kind) || !q4q8))
+    const blockFormat = r.weights !== undefined && isBlockFormatOrMix(r.weights);
+    if (s.method === 'gptq' && r.weights && (!['int', 'mx', 'ggml'].includes(r.weights.kind) || blockFormat))
       fail(
         `${where}: gptq quantizes to INT, MX and llama.cpp Q4_0/Q8_0 formats, not ${formatName(r.weights)}`,
       );
@@ -517,7 +518,7 @@ function validateRecipe(where: string, r: Recipe): void {
       fail(`${where}: mixed salientPercent must be in [0, 100), got ${s.salientPercent}`);
     if (s.method === 'gptq' && !(s.damp > 0)) fail(`${where}: gptq damp must be > 0, got ${s.damp}`);
     if (s.method === 'flatquant') validateFlatQuant(where, r, s);
-    if (s.method === 'imatrix' && !(r.weights?.kind === 'ggml' && !q4q8))
+    if (s.method === 'imatrix' && !blockFormat)
       fail(
         `${where}: imatrix weights llama.cpp's q5_0, q4_k, q6_k and q4_k_m quantizers, not ${r.weights ? formatName(r.weights) : 'full precision'}`,
       );

@@ -114,7 +114,7 @@ export function readStoredLinear(
   codesOnly?: CodesOnly,
 ): Partial<Linear> {
   const format = q.weight_format ? parseFormat(q.weight_format) : undefined;
-  const weightSpec = format && linearWeightSpec(format, { config: { numLayers: layers } }, layer, name, cols);
+  const weightSpec = format && linearWeightSpec(format, { layer, name, layers }, cols);
   const actSpec = q.activation_format ? parseFormat(q.activation_format) : undefined;
   const prefix = linearTensorName(layer, name).replace(/\.weight$/, '');
   const stored: Partial<Linear> = {};

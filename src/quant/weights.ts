@@ -2,6 +2,8 @@
  * Putting quantized weights into a model: the encoded (stored) form is the source of truth and the
  * forward pass uses its decoded values, so a saved and reloaded checkpoint computes exactly the same.
  */
+
+import { isBlockFormat, isBlockFormatOrMix } from '../formats/ggml-codes.ts';
 import { decode, type Encoded, encode, fakeQuantRows } from '../formats/index.ts';
 import { fallbackType, llamaTensorType } from '../formats/llama-mix.ts';
 import type { FormatSpec } from '../formats/spec.ts';
@@ -54,13 +56,11 @@ export function setQuantizedWeight(
  */
 export function linearWeightSpec(
   weights: FormatSpec,
-  model: { config: { numLayers: number } },
-  layer: number,
-  name: LinearName,
+  linear: { layer: number; name: LinearName; layers: number },
   cols: number,
 ): FormatSpec | undefined {
-  if (weights.kind !== 'ggml' || weights.type === 'q4_0' || weights.type === 'q8_0') return weights;
-  const role = { kind: 'linear', name, layer, layers: model.config.numLayers } as const;
+  if (!isBlockFormatOrMix(weights)) return weights;
+  const role = { kind: 'linear', ...linear } as const;
   const type =
     weights.type === 'q4_k_m' ? llamaTensorType('q4_k_m', role, cols) : fallbackType(weights.type, cols);
   return type === 'f16' ? undefined : { kind: 'ggml', type };
@@ -68,7 +68,8 @@ export function linearWeightSpec(
 
 /** The format of a linear of the model (see linearWeightSpec). */
 export function weightSpecOf(model: LlamaModel, weights: FormatSpec, layer: number, name: LinearName) {
-  return linearWeightSpec(weights, model, layer, name, model.layers[layer].linears[name].weight.shape[1]);
+  const linear = { layer, name, layers: model.config.numLayers };
+  return linearWeightSpec(weights, linear, model.layers[layer].linears[name].weight.shape[1]);
 }
 
 /**
@@ -76,7 +77,7 @@ export function weightSpecOf(model: LlamaModel, weights: FormatSpec, layer: numb
  * run on the host.
  */
 export async function fakeQuantWeight(b: Backend, w: Tensor, spec: FormatSpec): Promise<Tensor> {
-  if (spec.kind !== 'ggml' || spec.type === 'q4_0' || spec.type === 'q8_0') return b.fakeQuant(w, spec);
+  if (!isBlockFormat(spec)) return b.fakeQuant(w, spec);
   const [rows, cols] = w.shape;
   return b.upload(fakeQuantRows(await b.read(w), rows, cols, spec), [rows, cols], 'f32');
 }

@@ -4,6 +4,7 @@
  * read); `read` is the only host synchronization. Every result is f32, as on the CPU backend.
  */
 import { fail } from '../../errors.ts';
+import { isBlockFormat } from '../../formats/ggml-codes.ts';
 import type { FormatSpec, IntSpec } from '../../formats/spec.ts';
 import { bf16ToF32, f16ToF32 } from '../dtype.ts';
 import {
@@ -393,7 +394,7 @@ export class WebGpuBackend implements Backend {
 
   fakeQuant(x: Tensor, spec: FormatSpec): Tensor {
     const lastDim = x.shape.length === 0 ? 1 : x.shape[x.shape.length - 1];
-    if (spec.kind === 'ggml' && spec.type !== 'q4_0' && spec.type !== 'q8_0')
+    if (isBlockFormat(spec))
       fail(
         `fakeQuant: ${spec.type} has no WebGPU kernel; quantize its weights through fakeQuantWeight (host) or on the CPU backend`,
       );
