@@ -11,6 +11,7 @@ import {
   dequantizeQ5_0,
   dequantizeQ6_K,
   type GgmlGroupCodes,
+  ggmlValues,
   packQ5_0Codes,
   Q5_0_BLOCK_BYTES,
   quantizeQ5_0,
@@ -98,23 +99,15 @@ export function isBlockFormatOrMix(spec: FormatSpec): spec is GgmlSpec {
   return isBlockFormat(spec) || (spec.kind === 'ggml' && spec.type === 'q4_k_m');
 }
 
-/** Values per block of a type (rows must be a multiple), values per scale and bits per code. */
-export function ggmlBlockLayout(type: GgmlBlockType): { values: number; group: number; bits: number } {
-  const { values, group, bits } = LAYOUTS[type];
-  return { values, group, bits };
-}
-
-function checkValues(x: ArrayLike<number>, cols: number, type: GgmlBlockType, where: string): Float32Array {
-  const { values } = LAYOUTS[type];
-  if (cols % values !== 0)
-    fail(`${type}: blocks of ${values} do not divide the row length (last dimension) ${cols}`);
-  const v = x instanceof Float32Array ? x : Float32Array.from(x);
-  for (let i = 0; i < v.length; i++)
-    if (!Number.isFinite(v[i]))
-      fail(
-        `${where}: ${type} takes finite values only (llama.cpp's quantizers), got ${v[i]} at element ${i}`,
-      );
-  return v;
+/** Values per block of a type (rows must be a multiple), bytes per block, values per scale, bits per code. */
+export function ggmlBlockLayout(type: GgmlBlockType): {
+  values: number;
+  bytes: number;
+  group: number;
+  bits: number;
+} {
+  const { values, bytes, group, bits } = LAYOUTS[type];
+  return { values, bytes, group, bits };
 }
 
 /** Codes, per-group scales (as the dequantizer forms them) and header bytes of x quantized as llama.cpp does. */
@@ -125,7 +118,7 @@ export function encodeGgmlBlocks(
   importance?: Float32Array,
 ): { codes: Uint8Array; scales: Float32Array; headers: Uint8Array } {
   const lay = LAYOUTS[type];
-  const bytes = lay.quantize(checkValues(x, cols, type, 'encode'), cols, importance);
+  const bytes = lay.quantize(ggmlValues(x, cols, type, 'encode', lay.values), cols, importance);
   const u = lay.unpack(bytes);
   const [h0, h1] = lay.header;
   const blocks = bytes.length / lay.bytes;
@@ -158,5 +151,5 @@ export function decodeGgmlBlocks(codes: Uint8Array, headers: Uint8Array, type: G
 /** Quantize-dequantize with llama.cpp's reference quantizer of the type. */
 export function fakeQuantGgmlBlocks(x: ArrayLike<number>, cols: number, type: GgmlBlockType): Float32Array {
   const lay = LAYOUTS[type];
-  return lay.dequantize(lay.quantize(checkValues(x, cols, type, 'fakeQuant'), cols));
+  return lay.dequantize(lay.quantize(ggmlValues(x, cols, type, 'fakeQuant', lay.values), cols));
 }

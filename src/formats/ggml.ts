@@ -472,21 +472,28 @@ export function ggmlCodeOffset(spec: GgmlSpec): number {
   return spec.type === 'q4_0' ? 8 : 128;
 }
 
-function ggmlValues(x: ArrayLike<number>, cols: number, spec: GgmlSpec, where: string): Float32Array {
-  if (cols % QK !== 0)
-    fail(`${spec.type}: blocks of ${QK} do not divide the row length (last dimension) ${cols}`);
+/** x as float32 for a llama.cpp quantizer of `type`: whole blocks of `block` per row, finite values. */
+export function ggmlValues(
+  x: ArrayLike<number>,
+  cols: number,
+  type: string,
+  where: string,
+  block = QK,
+): Float32Array {
+  if (cols % block !== 0)
+    fail(`${type}: blocks of ${block} do not divide the row length (last dimension) ${cols}`);
   const values = x instanceof Float32Array ? x : Float32Array.from(x);
   for (let i = 0; i < values.length; i++)
     if (!Number.isFinite(values[i]))
       fail(
-        `${where}: ${spec.type} takes finite values only (llama.cpp's quantizers), got ${values[i]} at element ${i}`,
+        `${where}: ${type} takes finite values only (llama.cpp's quantizers), got ${values[i]} at element ${i}`,
       );
   return values;
 }
 
 /** Quantize-dequantize with llama.cpp's Q4_0 / Q8_0 reference quantizers (rows of a multiple of 32). */
 export function fakeQuantGgml(x: ArrayLike<number>, cols: number, spec: GgmlSpec): Float32Array {
-  const values = ggmlValues(x, cols, spec, 'fakeQuant');
+  const values = ggmlValues(x, cols, spec.type, 'fakeQuant');
   return spec.type === 'q4_0' ? dequantizeQ4_0(quantizeQ4_0(values)) : dequantizeQ8_0(quantizeQ8_0(values));
 }
 
@@ -496,7 +503,7 @@ export function encodeGgml(
   cols: number,
   spec: GgmlSpec,
 ): { codes: Uint8Array; scales: Float32Array } {
-  const values = ggmlValues(x, cols, spec, 'encode');
+  const values = ggmlValues(x, cols, spec.type, 'encode');
   return ggmlUnpackBlocks(spec.type === 'q4_0' ? quantizeQ4_0(values) : quantizeQ8_0(values), spec);
 }
 

@@ -525,19 +525,14 @@ export function bitsPerElement(spec: FormatSpec, cols: number, rows?: number): n
       return 8 + (spec.granularity === 'row' ? 32 / cols : perTensor(32));
     case 'nvfp4':
       return 4 + 8 / NVFP4_BLOCK + perTensor(32);
-    case 'ggml':
-      return GGML_BITS[concreteGgml(spec, 'bitsPerElement').type as Exclude<GgmlSpec['type'], 'q4_k_m'>];
+    case 'ggml': {
+      const type = concreteGgml(spec, 'bitsPerElement').type;
+      if (!isGgmlBlockType(type)) return codeBits(spec) + 16 / QK;
+      const { bytes, values } = ggmlBlockLayout(type);
+      return (8 * bytes) / values;
+    }
   }
 }
-
-/** Storage bits per value of each llama.cpp type: block bytes * 8 / block values. */
-const GGML_BITS: Record<Exclude<GgmlSpec['type'], 'q4_k_m'>, number> = {
-  q4_0: 4.5,
-  q8_0: 8.5,
-  q5_0: 5.5,
-  q4_k: 4.5,
-  q6_k: 6.5625,
-};
 
 const GGML_TITLES: Record<GgmlSpec['type'], string> = {
   q4_0: "llama.cpp Q4_0: blocks of 32 along the row, fp16 d = (value of largest magnitude) / -8, x = (q - 8) d, q = min(15, trunc(x/d + 8.5)), exactly as llama.cpp's reference quantizer",

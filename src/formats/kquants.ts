@@ -100,13 +100,7 @@ function sixBitScales(v: Float32Array, codes: Uint8Array): number {
   return fr(max / 63);
 }
 
-function quantizeBlockQ4_K(
-  x: Float32Array,
-  at: number,
-  out: Uint8Array,
-  o: number,
-  imp?: BlockImportance,
-): void {
+const quantizeBlockQ4_K: BlockQuantizer = (x, at, out, o, imp) => {
   const L = new Uint8Array(QK_K);
   const { scales, mins, weightSums } = fitSubBlocks(x, at, L, imp);
   const sc = new Uint8Array(8);
@@ -126,7 +120,7 @@ function quantizeBlockQ4_K(
       L[32 * j + l] = clamp(nearestInt(fr(fr(x[at + 32 * j + l] + mj) / dj)), 0, 15);
   }
   packQ4_KCodes(L, 0, out, o);
-}
+};
 
 /** The nibbles of one Q4_K super-block (bytes 16..144) from its 256 codes at L[at]. */
 export function packQ4_KCodes(L: Uint8Array, at: number, out: Uint8Array, o: number): void {
@@ -137,10 +131,29 @@ export function packQ4_KCodes(L: Uint8Array, at: number, out: Uint8Array, o: num
 
 /** x (a multiple of 256 values) -> Q4_K super-blocks of 144 bytes. */
 export function quantizeQ4_K(x: Float32Array, imatrix?: Importance): Uint8Array {
-  checkLength(x.length, 'Q4_K');
-  const out = new Uint8Array((x.length / QK_K) * Q4_K_BLOCK_BYTES);
+  return quantizeSuperBlocks(x, 'Q4_K', Q4_K_BLOCK_BYTES, quantizeBlockQ4_K, imatrix);
+}
+
+type BlockQuantizer = (
+  x: Float32Array,
+  at: number,
+  out: Uint8Array,
+  o: number,
+  imp?: BlockImportance,
+) => void;
+
+/** Every super-block of x through `quantizeBlock`, with its slice of the importance row if one is given. */
+function quantizeSuperBlocks(
+  x: Float32Array,
+  what: string,
+  blockBytes: number,
+  quantizeBlock: BlockQuantizer,
+  imatrix?: Importance,
+): Uint8Array {
+  checkLength(x.length, what);
+  const out = new Uint8Array((x.length / QK_K) * blockBytes);
   for (let b = 0; b < x.length / QK_K; b++)
-    quantizeBlockQ4_K(x, b * QK_K, out, b * Q4_K_BLOCK_BYTES, blockImportance(imatrix, b));
+    quantizeBlock(x, b * QK_K, out, b * blockBytes, blockImportance(imatrix, b));
   return out;
 }
 
@@ -152,13 +165,7 @@ function blockImportance(imatrix: Importance | undefined, b: number): BlockImpor
   return { qw: imatrix.importance, qwAt: (b * QK_K) % imatrix.cols };
 }
 
-function quantizeBlockQ6_K(
-  x: Float32Array,
-  at: number,
-  out: Uint8Array,
-  o: number,
-  imp?: BlockImportance,
-): void {
+const quantizeBlockQ6_K: BlockQuantizer = (x, at, out, o, imp) => {
   const L = new Uint8Array(QK_K);
   const scales = new Float32Array(16);
   let maxScale = 0;
@@ -183,7 +190,7 @@ function quantizeBlockQ6_K(
     for (let l = 0; l < 16; l++) L[16 * g + l] = clamp(nearestInt(fr(x[at + 16 * g + l] / dg)), -32, 31) + 32;
   }
   packQ6_KCodes(L, 0, out, o);
-}
+};
 
 /** The low nibbles and high bit pairs of one Q6_K super-block (bytes 0..192) from its 256 codes at L[at]. */
 export function packQ6_KCodes(L: Uint8Array, at: number, out: Uint8Array, o: number): void {
@@ -201,9 +208,5 @@ export function packQ6_KCodes(L: Uint8Array, at: number, out: Uint8Array, o: num
 
 /** x (a multiple of 256 values) -> Q6_K super-blocks of 210 bytes. */
 export function quantizeQ6_K(x: Float32Array, imatrix?: Importance): Uint8Array {
-  checkLength(x.length, 'Q6_K');
-  const out = new Uint8Array((x.length / QK_K) * Q6_K_BLOCK_BYTES);
-  for (let b = 0; b < x.length / QK_K; b++)
-    quantizeBlockQ6_K(x, b * QK_K, out, b * Q6_K_BLOCK_BYTES, blockImportance(imatrix, b));
-  return out;
+  return quantizeSuperBlocks(x, 'Q6_K', Q6_K_BLOCK_BYTES, quantizeBlockQ6_K, imatrix);
 }
