@@ -375,7 +375,10 @@ describe('exportGguf on llama-tiny', () => {
       assert.equal(summary.tensors, 39);
       assert.equal(summary.source, 'full precision');
       // ffn_down's rows of 704 do not fit Q4_K's / Q6_K's 256: Q5_0, and Q8_0 in use_more_bits layers 2, 3
-      const downs = [0, 1, 2, 3].map((i) => `blk.${i}.ffn_down.weight (${i < 2 ? 'Q5_0' : 'Q8_0'})`);
+      const downs = [0, 1, 2, 3].map((i) => ({
+        tensor: `blk.${i}.ffn_down.weight`,
+        type: i < 2 ? 'Q5_0' : 'Q8_0',
+      }));
       assert.deepEqual(summary.fallbacks, type === 'q4_k_m' ? downs : []);
       assert.equal(summary.bytes, fs.statSync(out).size);
       files[type] = naiveParse(out);

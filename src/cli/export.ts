@@ -1,5 +1,10 @@
 import { fail } from '../errors.ts';
-import { exportGguf, GGUF_EXPORT_TYPES, type GgufExportType } from '../io/export/gguf.ts';
+import {
+  exportGguf,
+  GGUF_EXPORT_TYPES,
+  type GgufExportSummary,
+  type GgufExportType,
+} from '../io/export/gguf.ts';
 import { EXPORT_LAYOUTS, exportCheckpoint, isExportLayout } from '../io/export/index.ts';
 import { isGgufPath } from '../io/gguf-model.ts';
 import { onePositional, parse, printJson } from './args.ts';
@@ -73,13 +78,10 @@ export async function exportCommand(argv: string[]): Promise<void> {
     console.log(`  left in fp16: ${summary.unquantized_linears.length} linears not targeted by the recipe`);
 }
 
-/** "name (type)" entries as counts per type, with the first tensor of each; --json lists them all. */
-function fallbackLine(fallbacks: string[]): string {
+/** The fallbacks as counts per type, with the first tensor of each; --json lists them all. */
+function fallbackLine(fallbacks: GgufExportSummary['fallbacks']): string {
   const byType = new Map<string, string[]>();
-  for (const f of fallbacks) {
-    const type = /\((\w+)\)$/.exec(f)?.[1] ?? '?';
-    byType.set(type, [...(byType.get(type) ?? []), f.replace(/ \(\w+\)$/, '')]);
-  }
+  for (const { tensor, type } of fallbacks) byType.set(type, [...(byType.get(type) ?? []), tensor]);
   const parts = [...byType].map(
     ([type, names]) => `${names.length} in ${type} (${names[0]}${names.length > 1 ? ', ...' : ''})`,
   );

@@ -83,8 +83,8 @@ export interface GgufExportSummary {
   tensors: number;
   /** tensor count per ggml type name */
   tensorTypes: Record<string, number>;
-  /** tensors written in another type because their rows do not fit the type's blocks: "name (type)" */
-  fallbacks: string[];
+  /** tensors written in another type because their rows do not fit the type's blocks */
+  fallbacks: { tensor: string; type: string }[];
   /** "full precision" or the llmq recipe the source was quantized with */
   source: string;
   tokenizer: { model: 'gpt2'; pre: string; tokens: number; merges: number };
@@ -433,7 +433,7 @@ function matrixType(role: TensorRole, cols: number, type: GgufExportType): numbe
 
 class TensorPlan {
   readonly tensors: PlannedTensor[] = [];
-  readonly fallbacks: string[] = [];
+  readonly fallbacks: GgufExportSummary['fallbacks'] = [];
 
   constructor(
     private readonly model: LlamaModel,
@@ -461,7 +461,7 @@ class TensorPlan {
     const [rows, cols] = t.shape;
     const type = matrixType(role, cols, this.type);
     if (this.type !== 'f16' && isFallbackType(this.type, role, cols))
-      this.fallbacks.push(`${name} (${ggmlTypeName(type)})`);
+      this.fallbacks.push({ tensor: name, type: ggmlTypeName(type) });
     const values = this.read(t, transform && ((v) => transform(v, cols)));
     const blocks = storedBlocks(quantized, type, transform);
     this.tensors.push({ name, dims: [cols, rows], type, values, ...(blocks ? { blocks } : {}) });
