@@ -18,11 +18,12 @@ import {
   dequantizeQ8_0,
   quantizeQ4_0,
   quantizeQ5_0,
+  quantizeQ5_1,
   quantizeQ8_0,
 } from '../src/formats/ggml.ts';
 import { ggmlBlockBytes } from '../src/formats/ggml-codes.ts';
 import { decode, encode, fakeQuantRows, formatName, parseFormat } from '../src/formats/index.ts';
-import { quantizeQ4_K, quantizeQ6_K } from '../src/formats/kquants.ts';
+import { quantizeQ4_K, quantizeQ5_K, quantizeQ6_K } from '../src/formats/kquants.ts';
 import { readGguf, readGgufTensor } from '../src/io/gguf.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import type { LinearName } from '../src/model/llama.ts';
@@ -178,14 +179,16 @@ test('an rtn-q4_0 checkpoint exports to the same GGUF Q4_0 blocks as the full-pr
   fs.rmSync(dir, { recursive: true });
 });
 
-test('q5_0 / q4_k / q6_k encode to the reference blocks and decode to their fake quant bit for bit', () => {
+test('q5_0 / q5_1 / q4_k / q5_k / q6_k encode to the reference blocks and decode to their fake quant bit for bit', () => {
   const r = rng(31);
   const [rows, cols] = [3, 512];
   const x = Float32Array.from(r.normal(rows * cols), (v) => v * 0.03);
   x[700] = 0.9; // an outlier in one sub-block
   const cases = [
     ['q5_0', quantizeQ5_0],
+    ['q5_1', quantizeQ5_1],
     ['q4_k', quantizeQ4_K],
+    ['q5_k', quantizeQ5_K],
     ['q6_k', quantizeQ6_K],
   ] as const;
   for (const [name, quantize] of cases) {
@@ -226,6 +229,12 @@ test("q4_k_m picks each linear's type as llama-quantize does", () => {
     () => defineRecipe('x', { description: '', weights: 'q4_k_m', steps: [{ method: 'gptq' }] }),
     /gptq quantizes to INT, MX and llama.cpp Q4_0\/Q8_0 formats, not q4_k_m/,
   );
+});
+
+test('an rtn-q5_k_m checkpoint exports to the GGUF Q5_K_M llama-quantize writes', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-q5km-'));
+  await sameGgufAsFullPrecision(dir, 'rtn-q5_k_m', 'q5_k_m');
+  fs.rmSync(dir, { recursive: true });
 });
 
 test('an rtn-q4_k_m checkpoint exports to the GGUF Q4_K_M llama-quantize writes; awq-q4_k_m to its own blocks', async () => {
@@ -286,7 +295,7 @@ test('imatrix-q4_k_m quantizes each linear with the mean x^2 of its calibration 
   );
   assert.throws(
     () => defineRecipe('x', { description: '', weights: 'q4_0', steps: [{ method: 'imatrix' }] }),
-    /imatrix weights llama.cpp's q5_0, q4_k, q6_k and q4_k_m quantizers, not q4_0/,
+    /imatrix weights llama.cpp's q5_0, q5_1, q4_k, q5_k, q6_k quantizers and their mixes .*, not q4_0/,
   );
   fs.rmSync(dir, { recursive: true });
 });

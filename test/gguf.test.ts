@@ -21,9 +21,10 @@ import {
   quantizeF16,
   quantizeQ4_0,
   quantizeQ5_0,
+  quantizeQ5_1,
   quantizeQ8_0,
 } from '../src/formats/ggml.ts';
-import { quantizeQ4_K, quantizeQ6_K } from '../src/formats/kquants.ts';
+import { quantizeQ4_K, quantizeQ5_K, quantizeQ6_K } from '../src/formats/kquants.ts';
 import { exportGguf, type GgufExportType } from '../src/io/export/gguf.ts';
 import { GgufWriter, gguf, readGguf, readGgufTensor, writeGguf } from '../src/io/gguf.ts';
 import { openCheckpoint, type TensorToWrite, writeSafetensors } from '../src/io/safetensors.ts';
@@ -332,8 +333,10 @@ function tensorBytes(g: NaiveGguf, name: string): Uint8Array {
     1: count * 2,
     2: (count / 32) * 18,
     6: (count / 32) * 22,
+    7: (count / 32) * 24,
     8: (count / 32) * 34,
     12: (count / 256) * 144,
+    13: (count / 256) * 176,
     14: (count / 256) * 210,
   }[t.type];
   assert.ok(size !== undefined, `known type ${t.type}`);
@@ -359,7 +362,8 @@ function unpermute(w: Float32Array, rows: number, cols: number, heads: number): 
 // ---------------------------------------------------------------------------------------------
 // (b) export of llama-tiny
 
-const T = { F32: 0, F16: 1, Q4_0: 2, Q5_0: 6, Q8_0: 8, Q4_K: 12, Q6_K: 14 };
+const T = { F32: 0, F16: 1, Q4_0: 2, Q5_0: 6, Q5_1: 7, Q8_0: 8, Q4_K: 12, Q5_K: 13, Q6_K: 14 };
+const EXPORTED = ['q8_0', 'q4_0', 'q4_k_s', 'q4_k_m', 'q5_k_m', 'f16'] as const;
 const config = JSON.parse(fs.readFileSync(`${TINY}/config.json`, 'utf8'));
 const tokJson = JSON.parse(fs.readFileSync(`${TINY}/tokenizer.json`, 'utf8'));
 
@@ -369,17 +373,19 @@ describe('exportGguf on llama-tiny', () => {
 
   before(async () => {
     source = loadLlama(TINY, cpu);
-    for (const type of ['q8_0', 'q4_0', 'q4_k_m', 'f16'] as const) {
+    for (const type of EXPORTED) {
       const out = path.join(ROOT, `tiny-${type}.gguf`);
       const summary = await exportGguf(TINY, out, { type });
       assert.equal(summary.tensors, 39);
       assert.equal(summary.source, 'full precision');
-      // ffn_down's rows of 704 do not fit Q4_K's / Q6_K's 256: Q5_0, and Q8_0 in use_more_bits layers 2, 3
+      // ffn_down's rows of 704 do not fit the K-types' 256: Q5_0 (from Q4_K) or Q5_1 (from Q5_K), and
+      // Q8_0 (from Q6_K) in the _m mixes' use_more_bits layers 2, 3
+      const small = type === 'q5_k_m' ? 'Q5_1' : 'Q5_0';
       const downs = [0, 1, 2, 3].map((i) => ({
         tensor: `blk.${i}.ffn_down.weight`,
-        type: i < 2 ? 'Q5_0' : 'Q8_0',
+        type: i < 2 || type === 'q4_k_s' ? small : 'Q8_0',
       }));
-      assert.deepEqual(summary.fallbacks, type === 'q4_k_m' ? downs : []);
+      assert.deepEqual(summary.fallbacks, type.startsWith('q4_k') || type === 'q5_k_m' ? downs : []);
       assert.equal(summary.bytes, fs.statSync(out).size);
       files[type] = naiveParse(out);
     }
@@ -415,7 +421,9 @@ describe('exportGguf on llama-tiny', () => {
     assert.equal(typeOf('llama.rope.freq_base'), 6);
     assert.equal(files.q8_0.kv.get('general.file_type')?.value, 7);
     assert.equal(files.q4_0.kv.get('general.file_type')?.value, 2);
+    assert.equal(files.q4_k_s.kv.get('general.file_type')?.value, 14);
     assert.equal(files.q4_k_m.kv.get('general.file_type')?.value, 15);
+    assert.equal(files.q5_k_m.kv.get('general.file_type')?.value, 17);
     assert.equal(files.f16.kv.get('general.file_type')?.value, 1);
 
     assert.equal(meta('tokenizer.ggml.model'), 'gpt2');
@@ -440,12 +448,17 @@ describe('exportGguf on llama-tiny', () => {
   });
 
   test('tensor names, dims (fastest first), types and aligned offsets', () => {
-    const expected = (type: GgufExportType) => {
-      const lin = { q8_0: T.Q8_0, q4_0: T.Q4_0, q4_k_m: T.Q4_K, f16: T.F16 }[type];
-      const out = type === 'q4_0' || type === 'q4_k_m' ? T.Q6_K : lin;
-      // Q4_K_M over 4 layers: use_more_bits picks layers 2 (every third after the first eighth) and 3 (the last eighth)
-      const attnV = (i: number) => (type === 'q4_k_m' && i >= 2 ? T.Q6_K : lin);
-      const down = (i: number) => (type !== 'q4_k_m' ? lin : i >= 2 ? T.Q8_0 : T.Q5_0);
+    const expected = (type: (typeof EXPORTED)[number]) => {
+      const lin = { q8_0: T.Q8_0, q4_0: T.Q4_0, q4_k_s: T.Q4_K, q4_k_m: T.Q4_K, q5_k_m: T.Q5_K, f16: T.F16 }[
+        type
+      ];
+      const out = type === 'q8_0' || type === 'f16' ? lin : T.Q6_K;
+      const mix = type === 'q4_k_m' || type === 'q5_k_m';
+      // the _m mixes over 4 layers: use_more_bits picks layers 2 (every third after the first eighth) and 3
+      // (the last eighth); Q4_K_S: attn_v of layers 0-3 in Q5_K, ffn_down of the first eighth (none of 4)
+      const attnV = (i: number) => (mix && i >= 2 ? T.Q6_K : type === 'q4_k_s' ? T.Q5_K : lin);
+      const small = type === 'q5_k_m' ? T.Q5_1 : T.Q5_0;
+      const down = (i: number) => (lin === T.Q4_K || lin === T.Q5_K ? (mix && i >= 2 ? T.Q8_0 : small) : lin);
       const { hidden_size: d, intermediate_size: ff, vocab_size: v, head_dim: hd } = config;
       const kv = config.num_key_value_heads * hd;
       const list: [string, number[], number][] = [['token_embd.weight', [d, v], lin]];
@@ -465,7 +478,7 @@ describe('exportGguf on llama-tiny', () => {
       list.push(['output_norm.weight', [d], T.F32], ['output.weight', [d, v], out]);
       return list;
     };
-    for (const type of ['q8_0', 'q4_0', 'q4_k_m', 'f16'] as const) {
+    for (const type of EXPORTED) {
       const g = files[type];
       const got = g.tensors.map((t) => [t.name, t.dims, t.type]);
       assert.deepEqual(
@@ -506,6 +519,11 @@ describe('exportGguf on llama-tiny', () => {
       tensorBytes(files.q4_k_m, 'blk.3.ffn_down.weight'),
       naiveBlocks(await down(3), naiveQ8_0),
     );
+    // Q5_K_M: Q5_K where Q4_K_M has Q4_K, Q5_1 where it has Q5_0; Q4_K_S: attn_v in Q5_K
+    assert.deepEqual(tensorBytes(files.q5_k_m, 'blk.0.attn_v.weight'), quantizeQ5_K(v));
+    assert.deepEqual(tensorBytes(files.q5_k_m, 'blk.3.attn_v.weight'), quantizeQ6_K(v3));
+    assert.deepEqual(tensorBytes(files.q5_k_m, 'blk.0.ffn_down.weight'), quantizeQ5_1(await down(0)));
+    assert.deepEqual(tensorBytes(files.q4_k_s, 'blk.3.attn_v.weight'), quantizeQ5_K(v3));
 
     for (const [name, heads] of [
       ['attn_q', config.num_attention_heads],

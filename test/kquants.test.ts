@@ -1,13 +1,23 @@
 /**
  * llama.cpp's block writers: Q4_K and Q6_K against llama.cpp's own reference quantizers
  * (test/fixtures/kquants.json, made by ggml-quants.c's quantize_row_q4_K_ref / _q6_K_ref built with
- * strict float32 arithmetic), Q5_0 against gguf-py's port of quantize_row_q5_0_ref.
+ * strict float32 arithmetic), Q5_0 against gguf-py's port of quantize_row_q5_0_ref, the importance
+ * paths against quantize_q*_impl (kquants-imatrix.json), Q5_1 and Q5_K against quantize_q5_1 /
+ * quantize_q5_K on both paths (kquants-q5.json).
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { test } from 'node:test';
-import { dequantizeQ4_K, dequantizeQ5_0, dequantizeQ6_K, quantizeQ5_0 } from '../src/formats/ggml.ts';
-import { quantizeQ4_K, quantizeQ6_K } from '../src/formats/kquants.ts';
+import {
+  dequantizeQ4_K,
+  dequantizeQ5_0,
+  dequantizeQ5_1,
+  dequantizeQ5_K,
+  dequantizeQ6_K,
+  quantizeQ5_0,
+  quantizeQ5_1,
+} from '../src/formats/ggml.ts';
+import { quantizeQ4_K, quantizeQ5_K, quantizeQ6_K } from '../src/formats/kquants.ts';
 
 const bytes = (b64: string) => new Uint8Array(Buffer.from(b64, 'base64'));
 const floats = (b64: string) => {
@@ -94,5 +104,48 @@ test('with an importance matrix, Q4_K, Q6_K and Q5_0 equal llama.cpp (quantize_q
     assert.equal(firstBadBlock(q5, bytes(c.q5_0), 22), -1, `${c.name}: Q5_0 block`);
     // the importance path is another quantizer: it picks other blocks than the reference path
     if (c.name === 'normal_0.02') assert.notDeepEqual(q4, quantizeQ4_K(x), 'imatrix changes Q4_K');
+  }
+});
+
+interface Q5Case {
+  name: string;
+  cols: number;
+  input: string;
+  importance?: string;
+  q5_1: string;
+  q5_K: string;
+}
+
+test('Q5_1 and Q5_K equal llama.cpp (quantize_q5_1 / quantize_q5_K) byte for byte, with and without importance', () => {
+  const f = JSON.parse(fs.readFileSync('test/fixtures/kquants-q5.json', 'utf8')) as { cases: Q5Case[] };
+  assert.ok(
+    f.cases.filter((c) => c.importance).length >= 5 && f.cases.filter((c) => !c.importance).length >= 8,
+  );
+  for (const c of f.cases) {
+    const x = floats(c.input);
+    const imatrix = c.importance ? { importance: floats(c.importance), cols: c.cols } : undefined;
+    const q51 = quantizeQ5_1(x, imatrix);
+    assert.equal(firstBadBlock(q51, bytes(c.q5_1), 24), -1, `${c.name}: Q5_1 block`);
+    const q5k = quantizeQ5_K(x, imatrix);
+    assert.equal(firstBadBlock(q5k, bytes(c.q5_K), 176), -1, `${c.name}: Q5_K block`);
+    if (!imatrix) continue;
+    // the importance path picks other blocks than the reference path on ordinary weights
+    if (c.name === 'imatrix_normal_0.02') assert.notDeepEqual(q5k, quantizeQ5_K(x));
+  }
+});
+
+test('Q5_K and Q5_1 decode within one step (range / 31) of their input', () => {
+  const f = JSON.parse(fs.readFileSync('test/fixtures/kquants-q5.json', 'utf8')) as { cases: Q5Case[] };
+  const x = floats(f.cases.find((c) => c.name === 'normal_0.02_4sb')!.input);
+  for (const [name, y, block] of [
+    ['Q5_1', dequantizeQ5_1(quantizeQ5_1(x)), 32],
+    ['Q5_K', dequantizeQ5_K(quantizeQ5_K(x)), 256],
+  ] as const) {
+    for (let b = 0; b < x.length / block; b++) {
+      const slice = x.subarray(b * block, (b + 1) * block);
+      const range = Math.max(...slice) - Math.min(...slice, 0);
+      for (let i = b * block; i < (b + 1) * block; i++)
+        assert.ok(Math.abs(y[i] - x[i]) <= range / 31, `${name} value ${i}: ${y[i]} vs ${x[i]}`);
+    }
   }
 });

@@ -150,6 +150,39 @@ test('WebGPU: a stored W4 g64 / W8A8 checkpoint loaded codes-only (no f32 weight
   }
 });
 
+test('WebGPU: rtn-q4_k_m / rtn-q5_k_m checkpoints (Q4_K, Q5_K, Q6_K, Q5_0, Q5_1, Q8_0) loaded codes-only run from their blocks', {
+  skip: gpu ? false : 'no WebGPU adapter',
+}, async () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-kquant-codes-'));
+  try {
+    const tokens = loadTokenizer(TINY).encode(readEvalText(WIKITEXT).slice(0, 4000));
+    const opts = { seqLen: 128, maxWindows: 2 };
+    for (const name of ['rtn-q4_k_m', 'rtn-q5_k_m']) {
+      const recipe = resolveRecipe(name);
+      const source = loadLlama(TINY, cpu);
+      await quantizeModel(source, recipe, undefined);
+      const dir = path.join(root, name);
+      await saveQuantized(source, recipe, testManifest(TINY), dir, false);
+      const dense = (await loadModel(dir, gpu!)).model;
+      const want = await perplexity(dense, tokens, opts);
+      dense.dispose();
+      const lean = (await loadModel(dir, gpu!, { codesOnly: packable })).model;
+      const linears = lean.layers.flatMap((l) => Object.values(l.linears));
+      assert.ok(
+        linears.every((l) => !(l.weight instanceof WebGpuTensor)),
+        `${name}: f32 weights on the device`,
+      );
+      assert.equal(usePackedWeights(lean, true), linears.length);
+      const got = await perplexity(lean, tokens, opts);
+      // Q4_K / Q5_K / Q5_1 subtract their min inside the GEMM as a zero point: one rounding away
+      assert.ok(Math.abs(got.ppl / want.ppl - 1) < 1e-5, `${name}: codes ${got.ppl} vs decoded ${want.ppl}`);
+      lean.dispose();
+    }
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
 /** The perplexity of `file` with its weights dequantized, and the same file loaded codes-only. */
 async function dequantizedPplAndCodesModel(
   file: string,

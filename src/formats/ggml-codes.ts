@@ -1,36 +1,48 @@
 /**
- * llama.cpp's Q5_0, Q4_K and Q6_K blocks as an Encoded weight: one code per value plus each block's
- * remaining bytes (`headers`: Q5_0's fp16 d; Q4_K's d, dmin and 12 bytes of 6-bit scales and mins;
- * Q6_K's 16 int8 scales and fp16 d), so the GGUF blocks are rebuilt byte for byte from a checkpoint.
- * Codes as the dequantizers read them: Q5_0 0..31 (x = (q - 16) d), Q4_K 0..15 (x = (d sc) q -
- * dmin m), Q6_K 0..63 (x = (d sc) (q - 32)). Rows must hold whole blocks (32 or 256 values).
+ * llama.cpp's Q5_0, Q5_1, Q4_K, Q5_K and Q6_K blocks as an Encoded weight: one code per value plus
+ * each block's remaining bytes (`headers`: Q5_0's fp16 d; Q5_1's d and m; Q4_K's and Q5_K's d, dmin
+ * and 12 bytes of 6-bit scales and mins; Q6_K's 16 int8 scales and fp16 d), so the GGUF blocks are
+ * rebuilt byte for byte from a checkpoint. Codes as the dequantizers read them: Q5_0 0..31
+ * (x = (q - 16) d), Q5_1 0..31 (x = q d + m), Q4_K 0..15 and Q5_K 0..31 (x = (d sc) q - dmin m),
+ * Q6_K 0..63 (x = (d sc) (q - 32)). Rows must hold whole blocks (32 or 256 values).
  */
 import { fail } from '../errors.ts';
 import {
   dequantizeQ4_K,
   dequantizeQ5_0,
+  dequantizeQ5_1,
+  dequantizeQ5_K,
   dequantizeQ6_K,
   type GgmlGroupCodes,
   ggmlValues,
   packQ5_0Codes,
+  packQ5_1Codes,
   Q5_0_BLOCK_BYTES,
+  Q5_1_BLOCK_BYTES,
   quantizeQ5_0,
+  quantizeQ5_1,
   unpackQ4_K,
   unpackQ5_0,
+  unpackQ5_1,
+  unpackQ5_K,
   unpackQ6_K,
 } from './ggml.ts';
 import {
   packQ4_KCodes,
+  packQ5_KCodes,
   packQ6_KCodes,
   Q4_K_BLOCK_BYTES,
+  Q5_K_BLOCK_BYTES,
   Q6_K_BLOCK_BYTES,
   QK_K,
   quantizeQ4_K,
+  quantizeQ5_K,
   quantizeQ6_K,
 } from './kquants.ts';
+import { isLlamaMix } from './llama-mix.ts';
 import type { FormatSpec, GgmlSpec } from './spec.ts';
 
-export type GgmlBlockType = 'q5_0' | 'q4_k' | 'q6_k';
+export type GgmlBlockType = 'q5_0' | 'q5_1' | 'q4_k' | 'q5_k' | 'q6_k';
 
 interface Layout {
   /** values per block */
@@ -61,6 +73,17 @@ const LAYOUTS: Record<GgmlBlockType, Layout> = {
     unpack: (b) => unpackQ5_0(b),
     packCodes: packQ5_0Codes,
   },
+  q5_1: {
+    values: 32,
+    bytes: Q5_1_BLOCK_BYTES,
+    header: [0, 4],
+    group: 32,
+    bits: 5,
+    quantize: (x, cols, importance) => quantizeQ5_1(x, importance && { importance, cols }),
+    dequantize: (b) => dequantizeQ5_1(b),
+    unpack: (b) => unpackQ5_1(b),
+    packCodes: packQ5_1Codes,
+  },
   q4_k: {
     values: QK_K,
     bytes: Q4_K_BLOCK_BYTES,
@@ -71,6 +94,17 @@ const LAYOUTS: Record<GgmlBlockType, Layout> = {
     dequantize: (b) => dequantizeQ4_K(b),
     unpack: (b) => unpackQ4_K(b),
     packCodes: packQ4_KCodes,
+  },
+  q5_k: {
+    values: QK_K,
+    bytes: Q5_K_BLOCK_BYTES,
+    header: [0, 16],
+    group: 32,
+    bits: 5,
+    quantize: (x, cols, importance) => quantizeQ5_K(x, importance && { importance, cols }),
+    dequantize: (b) => dequantizeQ5_K(b),
+    unpack: (b) => unpackQ5_K(b),
+    packCodes: packQ5_KCodes,
   },
   q6_k: {
     values: QK_K,
@@ -89,14 +123,14 @@ export function isGgmlBlockType(type: string): type is GgmlBlockType {
   return type in LAYOUTS;
 }
 
-/** A llama.cpp format kept as codes plus block bytes: Q5_0, Q4_K or Q6_K (not Q4_0 / Q8_0). */
+/** A llama.cpp format kept as codes plus block bytes: Q5_0, Q5_1, Q4_K, Q5_K or Q6_K (not Q4_0 / Q8_0). */
 export function isBlockFormat(spec: FormatSpec): spec is GgmlSpec & { type: GgmlBlockType } {
   return spec.kind === 'ggml' && isGgmlBlockType(spec.type);
 }
 
-/** A block format, or the q4_k_m mix that resolves to block formats per tensor. */
+/** A block format, or a llama-quantize mix (q4_k_m ...) that resolves to block formats per tensor. */
 export function isBlockFormatOrMix(spec: FormatSpec): spec is GgmlSpec {
-  return isBlockFormat(spec) || (spec.kind === 'ggml' && spec.type === 'q4_k_m');
+  return isBlockFormat(spec) || (spec.kind === 'ggml' && isLlamaMix(spec.type));
 }
 
 /** Values per block of a type (rows must be a multiple), bytes per block, values per scale, bits per code. */
@@ -141,6 +175,15 @@ export function ggmlBlockBytes(codes: Uint8Array, headers: Uint8Array, type: Ggm
     lay.packCodes(codes, b * lay.values, out, b * lay.bytes);
   }
   return out;
+}
+
+/** Encoded blocks as one code per value plus the group parameters their dequantizer forms. */
+export function unpackEncodedBlocks(
+  codes: Uint8Array,
+  headers: Uint8Array,
+  type: GgmlBlockType,
+): GgmlGroupCodes {
+  return LAYOUTS[type].unpack(ggmlBlockBytes(codes, headers, type));
 }
 
 /** Values of encoded blocks: bit-identical to fakeQuantGgmlBlocks of the encoded input. */

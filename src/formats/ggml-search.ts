@@ -32,8 +32,12 @@ export interface Grid {
   steps: number;
 }
 
-/** make_qkx2_quants' grids (Q4_K without an importance matrix) and make_qkx3_quants' (with one). */
-export const QKX2_GRID: Grid = { rmin: -1, rdelta: TENTH, steps: 20 };
+/**
+ * make_qkx2_quants' grids without an importance matrix (Q4_K's and Q5_K's), make_qkx3_quants' with one
+ * (Q4_K, Q5_K, Q5_1).
+ */
+export const QKX2_GRID_Q4_K: Grid = { rmin: -1, rdelta: TENTH, steps: 20 };
+export const QKX2_GRID_Q5_K: Grid = { rmin: -0.5, rdelta: TENTH, steps: 15 };
 export const QKX3_GRID: Grid = { rmin: fr(-0.9), rdelta: fr(0.05), steps: 36 };
 
 function weightedError(s: Weighted, scale: number, min: number, codes: Uint8Array, cAt: number): number {

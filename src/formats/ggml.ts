@@ -23,7 +23,7 @@
  */
 import { fail } from '../errors.ts';
 import { f16BitsToNumber, f32ToF16, numberToF16Bits } from '../tensor/dtype.ts';
-import { fitScale } from './ggml-search.ts';
+import { fitScale, fitScaleMin, QKX3_GRID } from './ggml-search.ts';
 import type { GgmlSpec } from './spec.ts';
 
 export const QK = 32;
@@ -169,15 +169,20 @@ function quantizeBlockQ5_0(x: Float32Array, at: number, out: Uint8Array, o: numb
   packQ5_0Codes(codes, 0, out, o);
 }
 
-/** The fifth bits (bytes 2..6) and nibbles (6..22) of one Q5_0 block from its 32 codes at codes[at]. */
-export function packQ5_0Codes(codes: Uint8Array, at: number, out: Uint8Array, o: number): void {
+/** The fifth bits (4 bytes from `qhAt`) and nibbles (16 bytes after them) of 32 codes at codes[at]. */
+function packFiveBitCodes(codes: Uint8Array, at: number, out: Uint8Array, qhAt: number): void {
   let qh = 0;
   for (let j = 0; j < QK / 2; j++) {
     const [lo, hi] = [codes[at + j], codes[at + QK / 2 + j]];
-    out[o + 6 + j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
+    out[qhAt + 4 + j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
     qh |= ((lo >>> 4) << j) | ((hi >>> 4) << (j + QK / 2));
   }
-  for (let k = 0; k < 4; k++) out[o + 2 + k] = (qh >>> (8 * k)) & 0xff;
+  for (let k = 0; k < 4; k++) out[qhAt + k] = (qh >>> (8 * k)) & 0xff;
+}
+
+/** The fifth bits (bytes 2..6) and nibbles (6..22) of one Q5_0 block from its 32 codes at codes[at]. */
+export function packQ5_0Codes(codes: Uint8Array, at: number, out: Uint8Array, o: number): void {
+  packFiveBitCodes(codes, at, out, o + 2);
 }
 
 /**
@@ -190,31 +195,96 @@ export function quantizeQ5_0(x: Float32Array, opts: Q4_0Options & Partial<Import
   const fma = opts.fma ?? false;
   const out = new Uint8Array((x.length / QK) * Q5_0_BLOCK_BYTES);
   if (opts.importance) {
-    const cols = opts.cols ?? opts.importance.length;
-    if (opts.importance.length !== cols || cols % QK !== 0 || x.length % cols !== 0)
-      throw new RangeError(`importance: ${opts.importance.length} values for rows of ${cols}`);
-    for (let r = 0; r < x.length / cols; r++) quantizeRowQ5_0(x, r * cols, cols, opts.importance, out);
+    const codes = new Uint8Array(QK);
+    forEachWeightedBlock(
+      x,
+      { importance: opts.importance, cols: opts.cols ?? opts.importance.length },
+      (b, w) => {
+        const o = (b / QK) * Q5_0_BLOCK_BYTES;
+        writeF16(out, o, fitScale({ x, at: b, n: QK }, 16, codes, 0, w, 0));
+        packQ5_0Codes(codes, 0, out, o);
+      },
+    );
     return out;
   }
   for (let b = 0; b < x.length / QK; b++) quantizeBlockQ5_0(x, b * QK, out, b * Q5_0_BLOCK_BYTES, fma);
   return out;
 }
 
-function quantizeRowQ5_0(x: Float32Array, at: number, cols: number, qw: Float32Array, out: Uint8Array): void {
-  let sumX2 = 0;
-  for (let j = 0; j < cols; j++) sumX2 = fr(sumX2 + fr(x[at + j] * x[at + j]));
-  const sigma2 = fr(sumX2 / cols);
+/**
+ * The 32-blocks of x (block start b) with the weights of the _impl quantizers of Q5_0 / Q5_1:
+ * importance * sqrt(mean x^2 of the row + x^2).
+ */
+function forEachWeightedBlock(
+  x: Float32Array,
+  imp: Importance,
+  visit: (b: number, w: Float32Array) => void,
+): void {
+  const { importance: qw, cols } = imp;
+  if (qw.length !== cols || cols % QK !== 0 || x.length % cols !== 0)
+    throw new RangeError(`importance: ${qw.length} values for rows of ${cols}`);
   const w = new Float32Array(QK);
-  const codes = new Uint8Array(QK);
-  for (let ib = 0; ib < cols / QK; ib++) {
-    const b = at + QK * ib;
-    for (let j = 0; j < QK; j++)
-      w[j] = fr(qw[QK * ib + j] * fr(Math.sqrt(fr(sigma2 + fr(x[b + j] * x[b + j])))));
-    const d = fitScale({ x, at: b, n: QK }, 16, codes, 0, w, 0);
-    const o = (b / QK) * Q5_0_BLOCK_BYTES;
-    writeF16(out, o, d);
-    packQ5_0Codes(codes, 0, out, o);
+  for (let at = 0; at < x.length; at += cols) {
+    let sumX2 = 0;
+    for (let j = 0; j < cols; j++) sumX2 = fr(sumX2 + fr(x[at + j] * x[at + j]));
+    const sigma2 = fr(sumX2 / cols);
+    for (let ib = 0; ib < cols / QK; ib++) {
+      const b = at + QK * ib;
+      for (let j = 0; j < QK; j++)
+        w[j] = fr(qw[QK * ib + j] * fr(Math.sqrt(fr(sigma2 + fr(x[b + j] * x[b + j])))));
+      visit(b, w);
+    }
   }
+}
+
+export const Q5_1_BLOCK_BYTES = 2 + 2 + 4 + QK / 2;
+
+/** The fifth bits (bytes 4..8) and nibbles (8..24) of one Q5_1 block from its 32 codes at codes[at]. */
+export function packQ5_1Codes(codes: Uint8Array, at: number, out: Uint8Array, o: number): void {
+  packFiveBitCodes(codes, at, out, o + 4);
+}
+
+/**
+ * One Q5_1 block (fp16 d and m, fifth bits, nibbles) of x[at, at + 32) as quantize_row_q5_1_ref:
+ * m = min, d = (max - min) / 31, code trunc((x - min) / d + 0.5) with the float32 min and 1/d.
+ */
+function quantizeBlockQ5_1(x: Float32Array, at: number, out: Uint8Array, o: number): void {
+  let min = x[at];
+  let max = x[at];
+  for (let j = 1; j < QK; j++) {
+    if (x[at + j] < min) min = x[at + j];
+    if (x[at + j] > max) max = x[at + j];
+  }
+  const d = fr(fr(max - min) / 31);
+  const id = d !== 0 ? fr(1 / d) : 0;
+  const codes = new Uint8Array(QK);
+  for (let j = 0; j < QK; j++) codes[j] = Math.trunc(fr(fr(fr(x[at + j] - min) * id) + 0.5));
+  writeF16(out, o, d);
+  writeF16(out, o + 2, min);
+  packQ5_1Codes(codes, 0, out, o);
+}
+
+/**
+ * x (a multiple of 32 values) -> Q5_1 blocks (x = q d + m), as quantize_row_q5_1_ref, or with an
+ * importance matrix as quantize_row_q5_1_impl: make_qkx3_quants' scale and min under the weights of
+ * forEachWeightedBlock, its codes kept as found.
+ */
+export function quantizeQ5_1(x: Float32Array, imatrix?: Importance): Uint8Array {
+  checkLength(x.length);
+  const out = new Uint8Array((x.length / QK) * Q5_1_BLOCK_BYTES);
+  if (!imatrix) {
+    for (let b = 0; b < x.length / QK; b++) quantizeBlockQ5_1(x, b * QK, out, b * Q5_1_BLOCK_BYTES);
+    return out;
+  }
+  const codes = new Uint8Array(QK);
+  forEachWeightedBlock(x, imatrix, (b, w) => {
+    const [d, min] = fitScaleMin({ x, at: b, n: QK, w, wAt: 0 }, 31, QKX3_GRID, codes, 0);
+    const o = (b / QK) * Q5_1_BLOCK_BYTES;
+    writeF16(out, o, d);
+    writeF16(out, o + 2, -min);
+    packQ5_1Codes(codes, 0, out, o);
+  });
+  return out;
 }
 
 /** Q4_0 blocks -> n values. */

@@ -26,6 +26,7 @@ import {
   isGgmlBlockType,
 } from './ggml-codes.ts';
 import { checkIntBits, decodeInt, encodeInt, fakeQuantInt, intLayout } from './int.ts';
+import { isLlamaMix } from './llama-mix.ts';
 import { checkMxSpec, decodeMx, encodeMx, fakeQuantMx, mxElementInfo } from './mx.ts';
 import { decodeNvfp4, encodeNvfp4, fakeQuantNvfp4, NVFP4_BLOCK } from './nvfp4.ts';
 import { pow2 } from './rounding.ts';
@@ -104,11 +105,11 @@ export function codeBits(spec: FormatSpec): number {
   }
 }
 
-/** A llama.cpp block type; the q4_k_m mix names one per tensor and is resolved by the recipe first. */
+/** A llama.cpp block type; a mix (q4_k_m ...) names one per tensor and is resolved by the recipe first. */
 function concreteGgml(spec: GgmlSpec, what: string): GgmlSpec {
-  if (spec.type === 'q4_k_m')
+  if (isLlamaMix(spec.type))
     fail(
-      `${what}: q4_k_m is llama-quantize's per-tensor mix of llama.cpp types; a recipe picks each linear's type (q4_k, q6_k, q5_0, q8_0)`,
+      `${what}: ${spec.type} is llama-quantize's per-tensor mix of llama.cpp types; a recipe picks each linear's type (q4_k, q5_k, q6_k, q5_0, q5_1, q8_0)`,
     );
   return spec;
 }
@@ -367,7 +368,7 @@ function unpackNibbles(bytes: Uint8Array, count: number): Uint8Array {
 const VALID_FORMS =
   'int<2-8>-g<group>[-sym|-asym][-clip<c>], int<2-8>-row[-sym], int<2-8>-tensor[-sym], ' +
   'mxint<2-8>[-<block>][-even|-nearest], mxfp4 | mxfp6-e3m2 | mxfp6-e2m3 | mxfp8[-e4m3|-e5m2] [-<block>][-even|-nearest], ' +
-  'fp8[-e4m3|-e5m2][-row|-tensor], nvfp4, q4_0, q8_0, q5_0, q4_k, q6_k, q4_k_m (llama.cpp blocks and the Q4_K_M mix, weights only)';
+  'fp8[-e4m3|-e5m2][-row|-tensor], nvfp4, q4_0, q8_0, q5_0, q5_1, q4_k, q5_k, q6_k, q4_k_s, q4_k_m, q5_k_s, q5_k_m (llama.cpp blocks and llama-quantize mixes, weights only)';
 
 /**
  * Spec for a short format name. INT defaults to asymmetric; MX blocks default to 32 and rounding
@@ -425,8 +426,7 @@ export function parseFormat(name: string): FormatSpec {
       granularity: (m[2] ?? 'tensor') as 'row' | 'tensor',
     };
   if (s === 'nvfp4') return { kind: 'nvfp4' };
-  if (['q4_0', 'q8_0', 'q5_0', 'q4_k', 'q6_k', 'q4_k_m'].includes(s))
-    return { kind: 'ggml', type: s as GgmlSpec['type'] };
+  if (s === 'q4_0' || s === 'q8_0' || isGgmlBlockType(s) || isLlamaMix(s)) return { kind: 'ggml', type: s };
   return bad();
 }
 
@@ -538,8 +538,16 @@ const GGML_TITLES: Record<GgmlSpec['type'], string> = {
   q4_0: "llama.cpp Q4_0: blocks of 32 along the row, fp16 d = (value of largest magnitude) / -8, x = (q - 8) d, q = min(15, trunc(x/d + 8.5)), exactly as llama.cpp's reference quantizer",
   q8_0: "llama.cpp Q8_0: blocks of 32 along the row, fp16 d = amax / 127, x = q d, q = round(x/d) half away from zero, exactly as llama.cpp's reference quantizer",
   q5_0: "llama.cpp Q5_0: blocks of 32 along the row, fp16 d = (value of largest magnitude) / -16, x = (q - 16) d, exactly as llama.cpp's reference quantizer",
+  q5_1: "llama.cpp Q5_1: blocks of 32 along the row, fp16 d = (max - min) / 31 and m = min, x = q d + m, exactly as llama.cpp's reference quantizer",
   q4_k: "llama.cpp Q4_K: super-blocks of 256 along the row, 8 sub-blocks of 32 with 6-bit scales and mins under fp16 d and dmin, x = (d sc) q - dmin m, each sub-block's scale and min searched as llama.cpp's reference quantizer does (no importance matrix)",
+  q5_k: "llama.cpp Q5_K: as Q4_K with 5-bit codes (x = (d sc) q - dmin m, q in 0..31), each sub-block's scale and min searched as llama.cpp's reference quantizer does (no importance matrix)",
   q6_k: "llama.cpp Q6_K: super-blocks of 256 along the row, 16 groups of 16 with int8 scales under an fp16 d, x = (d sc) (q - 32), exactly as llama.cpp's reference quantizer",
+  q4_k_s:
+    'llama.cpp Q4_K_S as llama-quantize picks it per tensor (no importance matrix): Q4_K, Q5_K for v_proj in layers 0-3 and down_proj in the first eighth of the layers, Q5_0 / Q5_1 where rows are not a multiple of 256',
   q4_k_m:
     'llama.cpp Q4_K_M as llama-quantize picks it per tensor (no importance matrix): Q4_K, Q6_K for v_proj and down_proj in a third of the layers, Q5_0 / Q8_0 where rows are not a multiple of 256',
+  q5_k_s:
+    'llama.cpp Q5_K_S as llama-quantize picks it per tensor: Q5_K, Q5_1 where rows are not a multiple of 256',
+  q5_k_m:
+    'llama.cpp Q5_K_M as llama-quantize picks it per tensor (no importance matrix): Q5_K, Q6_K for v_proj and down_proj in a third of the layers, Q5_1 / Q8_0 where rows are not a multiple of 256',
 };

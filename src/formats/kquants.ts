@@ -23,13 +23,16 @@ import {
   fitScale,
   fitScaleMin,
   GROUP_MAX_EPS,
+  type Grid,
   nearestInt,
-  QKX2_GRID,
+  QKX2_GRID_Q4_K,
+  QKX2_GRID_Q5_K,
   QKX3_GRID,
 } from './ggml-search.ts';
 
 export const QK_K = 256;
 export const Q4_K_BLOCK_BYTES = 144;
+export const Q5_K_BLOCK_BYTES = 176;
 export const Q6_K_BLOCK_BYTES = 210;
 
 const fr = Math.fround;
@@ -60,7 +63,7 @@ interface BlockImportance {
  * Each sub-block's (scale, min) fit and its codes into L, with the weights of the path: rms + |x|
  * (reference), or importance * sqrt(2 mean x^2 of the super-block + x^2) (importance matrix).
  */
-function fitSubBlocks(x: Float32Array, at: number, L: Uint8Array, imp?: BlockImportance) {
+function fitSubBlocks(x: Float32Array, at: number, L: Uint8Array, kind: ScaleMinKind, imp?: BlockImportance) {
   const scales = new Float32Array(8);
   const mins = new Float32Array(8);
   const weightSums = new Float32Array(8);
@@ -86,7 +89,7 @@ function fitSubBlocks(x: Float32Array, at: number, L: Uint8Array, imp?: BlockImp
     }
     for (let l = 0; l < 32; l++) weightSums[j] = fr(weightSums[j] + weights[l]);
     const slice = { x, at: sub, n: 32, w: weights, wAt: 0 };
-    [scales[j], mins[j]] = fitScaleMin(slice, 15, imp ? QKX3_GRID : QKX2_GRID, L, 32 * j);
+    [scales[j], mins[j]] = fitScaleMin(slice, kind.nmax, imp ? QKX3_GRID : kind.grid, L, 32 * j);
   }
   return { scales, mins, weightSums };
 }
@@ -100,27 +103,39 @@ function sixBitScales(v: Float32Array, codes: Uint8Array): number {
   return fr(max / 63);
 }
 
-const quantizeBlockQ4_K: BlockQuantizer = (x, at, out, o, imp) => {
-  const L = new Uint8Array(QK_K);
-  const { scales, mins, weightSums } = fitSubBlocks(x, at, L, imp);
-  const sc = new Uint8Array(8);
-  const m = new Uint8Array(8);
-  const dBlock = imp ? fitQuantizedScales(scales, 63, weightSums, sc) : sixBitScales(scales, sc);
-  const mBlock = imp ? fitQuantizedScales(mins, 63, weightSums, m) : sixBitScales(mins, m);
-  for (let j = 0; j < 8; j++) packScaleMin(out, o + 4, j, sc[j], m[j]);
-  writeF16(out, o, dBlock);
-  writeF16(out, o + 2, mBlock);
-  const d = readF16(out, o);
-  const dmin = readF16(out, o + 2);
-  for (let j = 0; j < 8; j++) {
-    const dj = fr(d * sc[j]);
-    if (dj === 0) continue; // the search's codes stay
-    const mj = fr(dmin * m[j]);
-    for (let l = 0; l < 32; l++)
-      L[32 * j + l] = clamp(nearestInt(fr(fr(x[at + 32 * j + l] + mj) / dj)), 0, 15);
-  }
-  packQ4_KCodes(L, 0, out, o);
-};
+/** Q4_K or Q5_K: the code range, the reference path's grid, and how a super-block's codes are stored. */
+interface ScaleMinKind {
+  nmax: number;
+  grid: Grid;
+  packCodes(L: Uint8Array, at: number, out: Uint8Array, o: number): void;
+}
+
+/** One Q4_K / Q5_K super-block: header (d, dmin, 6-bit scales and mins), then the codes refitted to them. */
+function quantizeScaleMinBlock(kind: ScaleMinKind): BlockQuantizer {
+  return (x, at, out, o, imp) => {
+    const L = new Uint8Array(QK_K);
+    const { scales, mins, weightSums } = fitSubBlocks(x, at, L, kind, imp);
+    const sc = new Uint8Array(8);
+    const m = new Uint8Array(8);
+    const dBlock = imp ? fitQuantizedScales(scales, 63, weightSums, sc) : sixBitScales(scales, sc);
+    const mBlock = imp ? fitQuantizedScales(mins, 63, weightSums, m) : sixBitScales(mins, m);
+    for (let j = 0; j < 8; j++) packScaleMin(out, o + 4, j, sc[j], m[j]);
+    writeF16(out, o, dBlock);
+    writeF16(out, o + 2, mBlock);
+    const d = readF16(out, o);
+    const dmin = readF16(out, o + 2);
+    for (let j = 0; j < 8; j++) {
+      const dj = fr(d * sc[j]);
+      if (dj === 0) continue; // the search's codes stay
+      const mj = fr(dmin * m[j]);
+      for (let l = 0; l < 32; l++)
+        L[32 * j + l] = clamp(nearestInt(fr(fr(x[at + 32 * j + l] + mj) / dj)), 0, kind.nmax);
+    }
+    kind.packCodes(L, 0, out, o);
+  };
+}
+
+const quantizeBlockQ4_K = quantizeScaleMinBlock({ nmax: 15, grid: QKX2_GRID_Q4_K, packCodes: packQ4_KCodes });
 
 /** The nibbles of one Q4_K super-block (bytes 16..144) from its 256 codes at L[at]. */
 export function packQ4_KCodes(L: Uint8Array, at: number, out: Uint8Array, o: number): void {
@@ -132,6 +147,24 @@ export function packQ4_KCodes(L: Uint8Array, at: number, out: Uint8Array, o: num
 /** x (a multiple of 256 values) -> Q4_K super-blocks of 144 bytes. */
 export function quantizeQ4_K(x: Float32Array, imatrix?: Importance): Uint8Array {
   return quantizeSuperBlocks(x, 'Q4_K', Q4_K_BLOCK_BYTES, quantizeBlockQ4_K, imatrix);
+}
+
+/** The fifth bits (bytes 16..48) and nibbles (48..176) of one Q5_K super-block from its 256 codes at L[at]. */
+export function packQ5_KCodes(L: Uint8Array, at: number, out: Uint8Array, o: number): void {
+  out.fill(0, o + 16, o + 48);
+  for (let half = 0; half < 4; half++)
+    for (let l = 0; l < 32; l++) {
+      const [lo, hi] = [L[at + 64 * half + l], L[at + 64 * half + 32 + l]];
+      out[o + 48 + 32 * half + l] = (lo & 0x0f) | ((hi & 0x0f) << 4);
+      out[o + 16 + l] |= ((lo >> 4) << (2 * half)) | ((hi >> 4) << (2 * half + 1));
+    }
+}
+
+const quantizeBlockQ5_K = quantizeScaleMinBlock({ nmax: 31, grid: QKX2_GRID_Q5_K, packCodes: packQ5_KCodes });
+
+/** x (a multiple of 256 values) -> Q5_K super-blocks of 176 bytes. */
+export function quantizeQ5_K(x: Float32Array, imatrix?: Importance): Uint8Array {
+  return quantizeSuperBlocks(x, 'Q5_K', Q5_K_BLOCK_BYTES, quantizeBlockQ5_K, imatrix);
 }
 
 type BlockQuantizer = (

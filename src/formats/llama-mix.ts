@@ -1,16 +1,27 @@
 /**
- * llama-quantize's choice of ggml type per tensor (src/llama-quant.cpp, llama_tensor_get_type and
+ * llama-quantize's choice of ggml type per tensor (src/llama-quant.cpp, llama_tensor_get_type_impl and
  * tensor_type_fallback, read at ggml-org/llama.cpp 007dbbf), for a dense Llama without an importance
  * matrix: shared by the GGUF export and by recipes whose weight format is a llama.cpp file type, so a
  * recipe quantizes each linear in exactly the type its GGUF file will hold.
- * - Q4_K_M: Q4_K, with Q6_K for attn_v and ffn_down in the layers use_more_bits picks.
- * - output.weight (token_embd when tied): Q6_K under the 4-bit file types, Q8_0 where its rows are
+ * - Q4_K_M / Q5_K_M: Q4_K / Q5_K, with Q6_K for attn_v and ffn_down in the layers use_more_bits picks.
+ * - Q4_K_S: Q4_K, with Q5_K for attn_v in layers 0-3 and ffn_down in the first eighth of the layers.
+ * - Q5_K_S: Q5_K; Q6_K: Q6_K.
+ * - output.weight (token_embd when tied): Q6_K under every file type but Q8_0, Q8_0 where its rows are
  *   not a multiple of 256.
- * - A K-type tensor whose rows are not a multiple of 256 falls back: Q4_K to Q5_0, Q6_K to Q8_0; rows
- *   not a multiple of 32 stay F16.
+ * - A K-type tensor whose rows are not a multiple of 256 falls back: Q4_K to Q5_0, Q5_K to Q5_1, Q6_K
+ *   to Q8_0; rows not a multiple of 32 stay F16.
+ * Not modelled: the rules for mixture-of-experts and Falcon models, and the 70B one (80-layer GQA
+ * Llamas take Q5_K for attn_v where the mix gives Q4_K).
  */
-export type LlamaFileType = 'q4_0' | 'q8_0' | 'q4_k_m';
-export type LlamaTensorType = 'q4_0' | 'q8_0' | 'q5_0' | 'q4_k' | 'q6_k' | 'f16';
+export const LLAMA_MIXES = ['q4_k_s', 'q4_k_m', 'q5_k_s', 'q5_k_m'] as const;
+/** A llama.cpp file type whose tensors take different types. */
+export type LlamaMix = (typeof LLAMA_MIXES)[number];
+export type LlamaFileType = 'q4_0' | 'q8_0' | 'q6_k' | LlamaMix;
+export type LlamaTensorType = 'q4_0' | 'q8_0' | 'q5_0' | 'q5_1' | 'q4_k' | 'q5_k' | 'q6_k' | 'f16';
+
+export function isLlamaMix(type: string): type is LlamaMix {
+  return (LLAMA_MIXES as readonly string[]).includes(type);
+}
 
 /** 'layer': a linear of decoder layer `layer` (of `layers`); v_proj / down_proj may take more bits. */
 export type TensorRole =
@@ -23,22 +34,40 @@ export function useMoreBits(layer: number, layers: number): boolean {
   return layer < eighth || layer >= Math.floor((7 * layers) / 8) || (layer - eighth) % 3 === 2;
 }
 
+/** The bumped type of v_proj / down_proj under a mix, if this layer's takes one. */
+function sensitiveType(
+  mix: LlamaMix,
+  name: string,
+  layer: number,
+  layers: number,
+): LlamaTensorType | undefined {
+  if (name !== 'v_proj' && name !== 'down_proj') return undefined;
+  if (mix === 'q4_k_m' || mix === 'q5_k_m') return useMoreBits(layer, layers) ? 'q6_k' : undefined;
+  if (mix !== 'q4_k_s') return undefined;
+  const early = name === 'v_proj' ? layer < 4 : layer < Math.floor(layers / 8);
+  return early ? 'q5_k' : undefined;
+}
+
 function mixType(fileType: LlamaFileType, role: TensorRole, cols: number): LlamaTensorType {
   if (fileType === 'q8_0') return 'q8_0';
   if (role.kind === 'output') return cols % 256 === 0 ? 'q6_k' : 'q8_0';
-  if (fileType === 'q4_0') return 'q4_0';
-  const moreBits =
-    role.kind === 'linear' &&
-    (role.name === 'v_proj' || role.name === 'down_proj') &&
-    useMoreBits(role.layer, role.layers);
-  return moreBits ? 'q6_k' : 'q4_k';
+  if (!isLlamaMix(fileType)) return fileType;
+  const base = fileType.startsWith('q4') ? 'q4_k' : 'q5_k';
+  if (role.kind !== 'linear') return base;
+  return sensitiveType(fileType, role.name, role.layer, role.layers) ?? base;
 }
+
+const FALLBACK: Partial<Record<LlamaTensorType, LlamaTensorType>> = {
+  q4_k: 'q5_0',
+  q5_k: 'q5_1',
+  q6_k: 'q8_0',
+};
 
 /** tensor_type_fallback, then F16 for rows that fit no 32-block. */
 export function fallbackType(type: LlamaTensorType, cols: number): LlamaTensorType {
   if (cols % 32 !== 0) return 'f16';
   if (cols % 256 === 0) return type;
-  return type === 'q4_k' ? 'q5_0' : type === 'q6_k' ? 'q8_0' : type;
+  return FALLBACK[type] ?? type;
 }
 
 /** The type llama-quantize writes a tensor of this role with rows of `cols` values in. */

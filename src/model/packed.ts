@@ -3,28 +3,28 @@
  * the GEMM decodes (code - zero) * scale while it loads the weight tile, so the device holds 4-bit
  * (formats of 2-4 bits) or 8-bit codes plus the scales instead of f32 values: 1/8 or 1/4 of the
  * memory, and bit-identical results (the decoded values are exactly the fake-quantized ones).
- * llama.cpp block formats that llmq reads but does not write (GGUF Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)
- * run the same way from `blockCodes`; those whose dequantizer adds a min (x = q d + m) are then one
- * rounding away from the dequantized values, since the GEMM evaluates (q - z) d with z = -m / d.
+ * llama.cpp's other block formats (Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K: from GGUF files as
+ * `blockCodes`, from llmq checkpoints as their encoded blocks) run the same way; those whose
+ * dequantizer adds a min (x = q d + m: Q4_1, Q5_1, Q4_K, Q5_K) are then one rounding away from the
+ * dequantized values, since the GEMM evaluates (q - z) d with z = -m / d.
  */
 import { fail } from '../errors.ts';
 import { type GgmlGroupCodes, ggmlCodeOffset } from '../formats/ggml.ts';
-import { isBlockFormat } from '../formats/ggml-codes.ts';
+import { isBlockFormat, unpackEncodedBlocks } from '../formats/ggml-codes.ts';
 import { type Encoded, packCodes } from '../formats/index.ts';
 import type { Backend, PackedWeight, Tensor } from '../tensor/tensor.ts';
 import { LINEARS, type Linear, type LlamaModel } from './llama.ts';
 
 /**
- * Whether a linear's stored weight can be packed: INT per group (g_idx too) or row, or llama.cpp
- * Q4_0/Q8_0 (codes minus a fixed offset, times the block's scale); no salient columns.
+ * Whether a linear's stored weight can be packed: INT per group (g_idx too) or row, or a llama.cpp
+ * block format (codes minus a fixed offset or the block's min, times its scale); no salient columns.
  */
 export function packable(lin: Pick<Linear, 'quantized' | 'blockCodes'>): boolean {
   if (lin.blockCodes) return true;
   const q = lin.quantized;
   if (!q || q.salient) return false;
   const spec = q.encoded.spec;
-  // Q5_0 and the K-quants from an llmq checkpoint run from their f32 values (not packed yet)
-  if (spec.kind === 'ggml') return !isBlockFormat(spec);
+  if (spec.kind === 'ggml') return true;
   if (spec.kind !== 'int') return false;
   if (spec.granularity === 'tensor' || spec.bits > 8) return false;
   if (q.gIdx && spec.granularity !== 'group') return false;
@@ -128,6 +128,17 @@ function upload(
   };
 }
 
+/** A checkpoint's Q5_0 / Q5_1 / K-quant weight as BlockCodes; undefined for other formats. */
+function encodedBlockCodes(enc: Encoded): BlockCodes | undefined {
+  const spec = enc.spec;
+  if (!isBlockFormat(spec)) return undefined;
+  const u = unpackEncodedBlocks(enc.codes, enc.scaleCodes ?? new Uint8Array(0), spec.type);
+  const rows = enc.codes.length / enc.cols;
+  return (
+    blockCodes(u, rows, enc.cols) ?? fail(`packed weights: a ${spec.type} weight has a non-finite scale`)
+  );
+}
+
 /**
  * Packs every packable linear that is not already on the int8 path; with `dropDense` the f32 weights
  * are freed (then only the forward pass without hooks may use the model). Returns how many.
@@ -138,7 +149,7 @@ export function usePackedWeights(model: LlamaModel, dropDense: boolean): number 
     for (const name of LINEARS) {
       const lin = layer.linears[name];
       if (!lin.packed && !lin.int8 && packable(lin)) {
-        const bc = lin.blockCodes;
+        const bc = lin.blockCodes ?? encodedBlockCodes(lin.quantized!.encoded);
         lin.packed = bc
           ? upload(model.backend, bc, bc.bits <= 4 ? 4 : 8)
           : packOne(model, lin.quantized!.encoded, lin.quantized!.gIdx);

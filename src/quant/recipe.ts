@@ -222,6 +222,17 @@ const BUILTINS: Record<string, RecipeText> = {
     weights: 'q4_k_m',
     steps: [{ method: 'imatrix' }],
   },
+  'rtn-q5_k_m': {
+    description:
+      "llama.cpp Q5_K_M as llama-quantize writes it without an importance matrix: each linear in its type (Q5_K; Q6_K for v_proj and down_proj in a third of the layers; Q5_1 / Q8_0 where rows are not a multiple of 256), rounded exactly as llama.cpp's quantizers; exports to GGUF Q5_K_M unchanged",
+    weights: 'q5_k_m',
+  },
+  'awq-q5_k_m': {
+    description:
+      "AWQ (llm-awq defaults, its search and clipping done with each linear's llama.cpp Q5_K_M type) then those types: AWQ for llama.cpp Q5_K_M; exports to GGUF Q5_K_M unchanged",
+    weights: 'q5_k_m',
+    steps: [{ method: 'awq' }],
+  },
   'gptq-q4_0': {
     description:
       "GPTQ (damp 0.01, blocks of 128, true sequential) to llama.cpp Q4_0 weights, each block's scale as llama.cpp's quantizer picks it; exports to GGUF Q4_0 unchanged",
@@ -520,7 +531,7 @@ function validateRecipe(where: string, r: Recipe): void {
     if (s.method === 'flatquant') validateFlatQuant(where, r, s);
     if (s.method === 'imatrix' && !blockFormat)
       fail(
-        `${where}: imatrix weights llama.cpp's q5_0, q4_k, q6_k and q4_k_m quantizers, not ${r.weights ? formatName(r.weights) : 'full precision'}`,
+        `${where}: imatrix weights llama.cpp's q5_0, q5_1, q4_k, q5_k, q6_k quantizers and their mixes (q4_k_s, q4_k_m, q5_k_s, q5_k_m), not ${r.weights ? formatName(r.weights) : 'full precision'}`,
       );
   }
 }

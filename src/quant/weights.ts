@@ -5,7 +5,7 @@
 
 import { isBlockFormat, isBlockFormatOrMix } from '../formats/ggml-codes.ts';
 import { decode, type Encoded, encode, fakeQuantRows } from '../formats/index.ts';
-import { fallbackType, llamaTensorType } from '../formats/llama-mix.ts';
+import { fallbackType, isLlamaMix, type LlamaTensorType, llamaTensorType } from '../formats/llama-mix.ts';
 import type { FormatSpec } from '../formats/spec.ts';
 import type { InputQuant, LinearName, LlamaModel, QuantizedWeight, SalientColumns } from '../model/llama.ts';
 import type { Backend, Tensor } from '../tensor/tensor.ts';
@@ -51,7 +51,7 @@ export function setQuantizedWeight(
 /**
  * The format linear `name` of `layer` takes under a recipe's weight format: the format itself, except
  * for llama.cpp's types, which pick per tensor as llama-quantize does (formats/llama-mix.ts): q4_k_m
- * its mix, and a K-type whose blocks do not fit the rows its fallback. Undefined: the linear stays in
+ * its mix (q4_k_m, ...), and a K-type whose blocks do not fit the rows its fallback. Undefined: the linear stays in
  * full precision (rows fit no llama.cpp block, as llama-quantize leaves them F16).
  */
 export function linearWeightSpec(
@@ -61,8 +61,9 @@ export function linearWeightSpec(
 ): FormatSpec | undefined {
   if (!isBlockFormatOrMix(weights)) return weights;
   const role = { kind: 'linear', ...linear } as const;
-  const type =
-    weights.type === 'q4_k_m' ? llamaTensorType('q4_k_m', role, cols) : fallbackType(weights.type, cols);
+  const type = isLlamaMix(weights.type)
+    ? llamaTensorType(weights.type, role, cols)
+    : fallbackType(weights.type as LlamaTensorType, cols);
   return type === 'f16' ? undefined : { kind: 'ggml', type };
 }
 

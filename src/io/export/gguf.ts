@@ -1,6 +1,6 @@
 /**
- * `llmq export --to gguf-q8_0 | gguf-q4_0 | gguf-f16`: a Llama-family model as one GGUF file that
- * llama.cpp and node-llama-cpp load.
+ * `llmq export --to gguf-<type>`: a Llama-family model as one GGUF file that llama.cpp and
+ * node-llama-cpp load; types f16, q8_0, q4_0, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k.
  *
  * Sources read (public, ggml-org/llama.cpp): convert_hf_to_gguf.py (TextModel.set_gguf_parameters,
  * ModelBase.prepare_tensors: which tensors stay F32 and which take the output type, get_vocab_base /
@@ -16,10 +16,11 @@
  *   q4_0: token_embd in Q4_0 as llama-quantize does; output (or token_embd when the embeddings are
  *   tied) in Q6_K, or Q8_0 where its rows are not a multiple of 256, as llama-quantize does.
  *   q4_k_m: llama-quantize's Q4_K_M mix without an importance matrix: Q4_K, with Q6_K for the output
- *   (as q4_0) and for attn_v and ffn_down in the layers use_more_bits picks; a K-type tensor whose rows
- *   are not a multiple of 256 falls back as llama-quantize's tensor_type_fallback does (Q4_K to Q5_0,
- *   Q6_K to Q8_0). Blocks are chosen by formats/kquants.ts, byte for byte llama.cpp's reference
- *   quantizers. A tensor whose rows are not a multiple of 32 falls back to F16 (convert_hf_to_gguf.py
+ *   (as q4_0) and for attn_v and ffn_down in the layers use_more_bits picks; q5_k_m the same over Q5_K;
+ *   q4_k_s, q5_k_s, q6_k as llama-quantize picks them (formats/llama-mix.ts). A K-type tensor whose
+ *   rows are not a multiple of 256 falls back as llama-quantize's tensor_type_fallback does (Q4_K to
+ *   Q5_0, Q5_K to Q5_1, Q6_K to Q8_0). Blocks are chosen by formats/kquants.ts and ggml.ts, byte for
+ *   byte llama.cpp's reference quantizers. A tensor whose rows are not a multiple of 32 falls back to F16 (convert_hf_to_gguf.py
  *   does the same). Fallbacks are listed in the summary.
  * - q_proj / k_proj rows (and biases) permuted from the HF rotate-half order to GGML's interleaved
  *   RoPE order: within each head, row j*(hd/2)+i moves to i*2+j.
@@ -33,10 +34,17 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fail } from '../../errors.ts';
-import { ggmlBlocks, quantizeF16, quantizeQ4_0, quantizeQ5_0, quantizeQ8_0 } from '../../formats/ggml.ts';
+import {
+  ggmlBlocks,
+  quantizeF16,
+  quantizeQ4_0,
+  quantizeQ5_0,
+  quantizeQ5_1,
+  quantizeQ8_0,
+} from '../../formats/ggml.ts';
 import { ggmlBlockBytes, isGgmlBlockType } from '../../formats/ggml-codes.ts';
 import { formatName } from '../../formats/index.ts';
-import { quantizeQ4_K, quantizeQ6_K } from '../../formats/kquants.ts';
+import { quantizeQ4_K, quantizeQ5_K, quantizeQ6_K } from '../../formats/kquants.ts';
 import {
   isFallbackType,
   type LlamaTensorType,
@@ -62,7 +70,16 @@ import {
 import { readJsonObject } from '../json.ts';
 import { llama3RopeFactors } from '../rope.ts';
 
-export const GGUF_EXPORT_TYPES = ['q8_0', 'q4_0', 'q4_k_m', 'f16'] as const;
+export const GGUF_EXPORT_TYPES = [
+  'q8_0',
+  'q4_0',
+  'q4_k_s',
+  'q4_k_m',
+  'q5_k_s',
+  'q5_k_m',
+  'q6_k',
+  'f16',
+] as const;
 export type GgufExportType = (typeof GGUF_EXPORT_TYPES)[number];
 
 export interface GgufExportOptions {
@@ -90,9 +107,17 @@ export interface GgufExportSummary {
   tokenizer: { model: 'gpt2'; pre: string; tokens: number; merges: number };
 }
 
-/** LlamaFileType (gguf-py constants.py) */
-/** general.file_type: LlamaFileType (llama.h) */
-const FILE_TYPE: Record<GgufExportType, number> = { f16: 1, q4_0: 2, q8_0: 7, q4_k_m: 15 };
+/** general.file_type: LlamaFileType (llama.h, gguf-py constants.py) */
+const FILE_TYPE: Record<GgufExportType, number> = {
+  f16: 1,
+  q4_0: 2,
+  q8_0: 7,
+  q4_k_s: 14,
+  q4_k_m: 15,
+  q5_k_s: 16,
+  q5_k_m: 17,
+  q6_k: 18,
+};
 const GGML_QUANT_VERSION = 2;
 
 /** GGUF token types (gguf.md): 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte */
@@ -407,8 +432,12 @@ function encode(p: PlannedTensor, values: Float32Array, q4Fma: boolean): Uint8Ar
       return quantizeQ4_0(values, { fma: q4Fma });
     case GGML_TYPE.Q5_0:
       return quantizeQ5_0(values, { fma: q4Fma });
+    case GGML_TYPE.Q5_1:
+      return quantizeQ5_1(values);
     case GGML_TYPE.Q4_K:
       return quantizeQ4_K(values);
+    case GGML_TYPE.Q5_K:
+      return quantizeQ5_K(values);
     case GGML_TYPE.Q6_K:
       return quantizeQ6_K(values);
     default:
@@ -421,7 +450,9 @@ const TENSOR_TYPE_ID: Record<LlamaTensorType, number> = {
   q8_0: GGML_TYPE.Q8_0,
   q4_0: GGML_TYPE.Q4_0,
   q5_0: GGML_TYPE.Q5_0,
+  q5_1: GGML_TYPE.Q5_1,
   q4_k: GGML_TYPE.Q4_K,
+  q5_k: GGML_TYPE.Q5_K,
   q6_k: GGML_TYPE.Q6_K,
 };
 
