@@ -3,10 +3,11 @@
  * calibration and evaluation settings the issues name. Meant for the GPU machine (WebGPU):
  *   node bench/results.ts --set issue4 --model <dir> --calib brown.txt --eval wiki.test.raw \
  *     [--device webgpu] [--out dir] [--dump-awq dir] [--quick] [--seed S] [--sampler pool|gptq] [--kl]
- *     [--flatquant-calib SAMPLESxSEQLEN] [--flatquant-epochs E]
+ *     [--flatquant-calib SAMPLESxSEQLEN] [--flatquant-epochs E] [--host-search]
  * Writes <out>/results-<set>-<model>.json and .md; --dump-awq writes the calibration/evaluation
  * ids for bench/reference/awq_reference.py; --quick shrinks every setting (smoke test); --kl adds each
- * row's KL divergence from the full-precision model (mean nats per token, same top token).
+ * row's KL divergence from the full-precision model (mean nats per token, same top token);
+ * --host-search runs every K-quant round trip on the host (the baseline of the WebGPU search kernel).
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -199,6 +200,7 @@ const { values } = parseArgs({
     seed: { type: 'string', default: '0' },
     sampler: { type: 'string', default: 'pool' },
     kl: { type: 'boolean', default: false },
+    'host-search': { type: 'boolean', default: false },
     'flatquant-calib': { type: 'string', default: '128x2048' },
     'flatquant-epochs': { type: 'string', default: '15' },
   },
@@ -213,6 +215,8 @@ const jobs = (SETS[values.set as string]?.() ?? []).filter(
       .some((o) => (o.startsWith('=') ? j.label === o.slice(1) : j.label.includes(o))),
 );
 const backend = await createBackend(values.device as DeviceName);
+// the baseline of the K-quant search kernel: every K-quant round trip on the host, as before it
+if (values['host-search']) backend.searchFakeQuant = undefined;
 const tokenizer = loadTokenizer(dir);
 const evalIds = tokenizer.encode(readEvalText(values.eval as string));
 const windows = values.quick ? 1 : Number(values.windows);

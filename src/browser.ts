@@ -109,7 +109,7 @@ function fromCodes(backend: Backend): { codesOnly: CodesOnly; finish: (model: Ll
   };
 }
 
-/** The model of a GGUF file; Q4_0/Q8_0 linears stay codes on WebGPU, other types are dequantized. */
+/** The model of a GGUF file; its block-quantized linears stay codes on WebGPU (model/packed.ts). */
 export function modelFromGguf(file: GgufFile, backend: Backend): LlamaModel {
   const codes = fromCodes(backend);
   return codes.finish(ggufModelFromFile(file, backend, codes.codesOnly));

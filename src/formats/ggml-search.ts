@@ -40,11 +40,21 @@ export const QKX2_GRID_Q4_K: Grid = { rmin: -1, rdelta: TENTH, steps: 20 };
 export const QKX2_GRID_Q5_K: Grid = { rmin: -0.5, rdelta: TENTH, steps: 15 };
 export const QKX3_GRID: Grid = { rmin: fr(-0.9), rdelta: fr(0.05), steps: 36 };
 
+/** Scratch for fitScaleMin (slices are at most a super-block): candidate codes and x - min. */
+const AUX = new Uint8Array(256);
+const SHIFTED = new Float32Array(256);
+
+function shiftBy(s: Weighted, min: number): Float32Array {
+  for (let i = 0; i < s.n; i++) SHIFTED[i] = fr(s.x[s.at + i] - min);
+  return SHIFTED;
+}
+
 function weightedError(s: Weighted, scale: number, min: number, codes: Uint8Array, cAt: number): number {
+  const { x, at, n, w, wAt } = s;
   let err = 0;
-  for (let i = 0; i < s.n; i++) {
-    const diff = fr(fr(fr(scale * codes[cAt + i]) + min) - s.x[s.at + i]);
-    err = fr(err + fr(s.w[s.wAt + i] * fr(diff * diff)));
+  for (let i = 0; i < n; i++) {
+    const diff = fr(fr(fr(scale * codes[cAt + i]) + min) - x[at + i]);
+    err = fr(err + fr(w[wAt + i] * fr(diff * diff)));
   }
   return err;
 }
@@ -62,6 +72,7 @@ export function fitScaleMin(
   lAt: number,
 ): [scale: number, min: number] {
   const { x, at, n, w, wAt } = s;
+  if (n > AUX.length) throw new RangeError(`fitScaleMin: slices of at most ${AUX.length} values`);
   let min = x[at];
   let max = x[at];
   let sumW = w[wAt];
@@ -80,17 +91,20 @@ export function fitScaleMin(
   }
   let iscale = fr(nmax / fr(max - min));
   let scale = fr(1 / iscale);
-  for (let i = 0; i < n; i++) L[lAt + i] = clamp(nearestInt(fr(iscale * fr(x[at + i] - min))), 0, nmax);
+  let shifted = shiftBy(s, min);
+  for (let i = 0; i < n; i++) {
+    const l = nearestInt(fr(iscale * shifted[i]));
+    L[lAt + i] = clamp(l, 0, nmax);
+  }
   let bestErr = weightedError(s, scale, min, L, lAt);
-  const aux = new Uint8Array(n);
   for (let k = 0; k <= grid.steps; k++) {
     iscale = fr(fr(fr(grid.rmin + fr(grid.rdelta * k)) + nmax) / fr(max - min));
     let sumL = 0;
     let sumL2 = 0;
     let sumXL = 0;
     for (let i = 0; i < n; i++) {
-      const l = clamp(nearestInt(fr(iscale * fr(x[at + i] - min))), 0, nmax);
-      aux[i] = l;
+      const l = clamp(nearestInt(fr(iscale * shifted[i])), 0, nmax);
+      AUX[i] = l;
       const wl = fr(w[wAt + i] * l);
       sumL = fr(sumL + wl);
       sumL2 = fr(sumL2 + fr(wl * l));
@@ -104,39 +118,34 @@ export function fitScaleMin(
       thisMin = 0;
       thisScale = fr(sumXL / sumL2);
     }
-    const err = weightedError(s, thisScale, thisMin, aux, 0);
+    const err = weightedError(s, thisScale, thisMin, AUX, 0);
     if (err < bestErr) {
-      L.set(aux, lAt);
+      L.set(AUX.subarray(0, n), lAt);
       bestErr = err;
       scale = thisScale;
+      if (thisMin !== min) shifted = shiftBy(s, thisMin);
       min = thisMin;
     }
   }
   return [scale, -min];
 }
 
-/** The weight of value i: the importance given, else x^2 (make_qx_quants' rmse_type 1). */
-const weightOf = (s: Pick<Weighted, 'x' | 'at'>, qw: Float32Array | undefined, qwAt: number, i: number) =>
-  qw ? qw[qwAt + i] : fr(s.x[s.at + i] * s.x[s.at + i]);
-
-/** Sums of w x l and w l^2 for the codes of the slice on the grid iscale. */
-function gridSums(
-  s: Weighted | Omit<Weighted, 'w' | 'wAt'>,
-  nmax: number,
-  iscale: number,
-  qw?: Float32Array,
-  qwAt = 0,
-) {
+/** Sums of w x l and w l^2 for the codes of the slice on the grid iscale, into GRID_SUMS. */
+const GRID_SUMS = { lx: 0, l2: 0 };
+function gridSums(s: Omit<Weighted, 'w' | 'wAt'>, nmax: number, iscale: number, qw?: Float32Array, qwAt = 0) {
+  const { x, at, n } = s;
   let sumLX = 0;
   let sumL2 = 0;
-  for (let i = 0; i < s.n; i++) {
-    const v = s.x[s.at + i];
+  for (let i = 0; i < n; i++) {
+    const v = x[at + i];
     const l = clamp(nearestInt(fr(iscale * v)), -nmax, nmax - 1);
-    const w = weightOf(s, qw, qwAt, i);
+    // the weight: the importance given, else x^2 (make_qx_quants' rmse_type 1)
+    const w = qw ? qw[qwAt + i] : fr(v * v);
     sumLX = fr(sumLX + fr(fr(w * v) * l));
     sumL2 = fr(sumL2 + fr(fr(w * l) * l));
   }
-  return [sumLX, sumL2];
+  GRID_SUMS.lx = sumLX;
+  GRID_SUMS.l2 = sumL2;
 }
 
 function gridCodes(s: Omit<Weighted, 'w' | 'wAt'>, nmax: number, iscale: number, L: Uint8Array, lAt: number) {
@@ -172,13 +181,14 @@ export function fitScale(
   }
   let iscale = fr(-nmax / max);
   gridCodes(s, nmax, iscale, L, lAt);
-  let [sumLX, sumL2] = gridSums(s, nmax, iscale, qw, qwAt);
-  let scale = sumL2 ? fr(sumLX / sumL2) : 0;
-  let best = fr(scale * sumLX);
+  gridSums(s, nmax, iscale, qw, qwAt);
+  let scale = GRID_SUMS.l2 ? fr(GRID_SUMS.lx / GRID_SUMS.l2) : 0;
+  let best = fr(scale * GRID_SUMS.lx);
   for (let k = -9; k <= 9; k++) {
     if (k === 0) continue;
     iscale = fr(-fr(nmax + fr(TENTH * k)) / max);
-    [sumLX, sumL2] = gridSums(s, nmax, iscale, qw, qwAt);
+    gridSums(s, nmax, iscale, qw, qwAt);
+    const { lx: sumLX, l2: sumL2 } = GRID_SUMS;
     if (sumL2 > 0 && fr(sumLX * sumLX) > fr(best * sumL2)) {
       gridCodes(s, nmax, iscale, L, lAt);
       scale = fr(sumLX / sumL2);

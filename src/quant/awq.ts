@@ -18,13 +18,12 @@
 import { fail } from '../errors.ts';
 import { QK } from '../formats/ggml.ts';
 import { ggmlBlockLayout, isGgmlBlockType } from '../formats/ggml-codes.ts';
-import { fakeQuantRows } from '../formats/index.ts';
 import type { FormatSpec } from '../formats/spec.ts';
 import { type BatchShape, type LinearName, type LlamaModel, SHARED_INPUT } from '../model/llama.ts';
 import type { Backend, Tensor } from '../tensor/tensor.ts';
 import { type LayerContext, registerLayerStep, runLayer, timed } from './pipeline.ts';
 import type { AwqStep } from './recipe.ts';
-import { fakeQuantWeight, readOnce, setWeight, weightSpecOf } from './weights.ts';
+import { fakeQuantWeight, readOnce, searchRoundTrip, setWeight, weightSpecOf } from './weights.ts';
 
 type Block = 'attention' | 'mlp' | 'o_proj' | 'down_proj';
 
@@ -290,7 +289,7 @@ async function clipLinear(
   for (let k = 0; k < CLIP_STEPS; k++) {
     const shrink = 1 - k / CLIP_GRID;
     const clamped = clampGroups(w, rows, cols, group, absMax, shrink);
-    const q = fakeQuantRows(clamped, rows, cols, spec);
+    const q = await searchRoundTrip(b, clamped, rows, cols, spec);
     const outs = await partialOutputs(b, xg, q, rows, cols, group);
     for (let g = 0; g < groups; g++) {
       const ref = reference[g];

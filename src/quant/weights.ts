@@ -74,13 +74,36 @@ export function weightSpecOf(model: LlamaModel, weights: FormatSpec, layer: numb
 }
 
 /**
- * fakeQuant of a weight on its backend; llama.cpp's Q5_0 and K-quant searches have no GPU kernel and
- * run on the host.
+ * fakeQuant of a weight for a search (AWQ's, SmoothQuant+'s) on its backend. llama.cpp's Q4_K / Q5_K /
+ * Q6_K run on a device's search kernel where it has one (float32 as llama.cpp, not bit for bit: it
+ * only ranks candidates; stored blocks come from the exact host quantizer), the other block types
+ * on the host.
  */
 export async function fakeQuantWeight(b: Backend, w: Tensor, spec: FormatSpec): Promise<Tensor> {
   if (!isBlockFormat(spec)) return b.fakeQuant(w, spec);
+  const onDevice = b.searchFakeQuant?.(w, spec);
+  if (onDevice) return onDevice;
   const [rows, cols] = w.shape;
   return b.upload(fakeQuantRows(await b.read(w), rows, cols, spec), [rows, cols], 'f32');
+}
+
+/** fakeQuantRows of host values for a search (AWQ's clip search), on the device's kernel where it has one. */
+export async function searchRoundTrip(
+  b: Backend,
+  values: Float32Array,
+  rows: number,
+  cols: number,
+  spec: FormatSpec,
+): Promise<Float32Array> {
+  if (isBlockFormat(spec) && b.searchFakeQuant) {
+    const t = b.upload(values, [rows, cols], 'f32');
+    const y = b.searchFakeQuant(t, spec);
+    const out = y && (await b.read(y));
+    y?.dispose();
+    t.dispose();
+    if (out) return out;
+  }
+  return fakeQuantRows(values, rows, cols, spec);
 }
 
 /** Round-to-nearest: encodes the linear's current weight (host copy) with `spec`. */

@@ -9,7 +9,7 @@
  * Hugging Face nn.Linear layout [out, in].
  */
 import { fail } from '../errors.ts';
-import type { FormatSpec, IntSpec } from '../formats/spec.ts';
+import type { FormatSpec, GgmlSpec, IntSpec } from '../formats/spec.ts';
 
 export type DType = 'f32' | 'f16' | 'bf16' | 'i32' | 'i8' | 'u8';
 
@@ -137,6 +137,11 @@ export interface Backend {
   klDiv(p: Tensor, q: Tensor): Tensor;
   /** Quantize-dequantize along rows (groups/blocks run along the last dimension). */
   fakeQuant(x: Tensor, spec: FormatSpec): Tensor;
+  /**
+   * Where a device has one: llama.cpp's Q4_K / Q5_K / Q6_K round trip for searches that only rank
+   * candidates, the same float32 algorithm as fakeQuant's but not bit for bit (webgpu/quant-kquant.ts).
+   */
+  searchFakeQuant?(x: Tensor, spec: GgmlSpec): Tensor | undefined;
   /** Per-column |x| max and mean (calibration statistics). */
   columnStats(x: Tensor): Promise<ColumnStats>;
   /** Rows [start, end) of a 2-D tensor. */

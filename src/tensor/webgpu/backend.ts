@@ -5,7 +5,7 @@
  */
 import { fail } from '../../errors.ts';
 import { isBlockFormat } from '../../formats/ggml-codes.ts';
-import type { FormatSpec, IntSpec } from '../../formats/spec.ts';
+import type { FormatSpec, GgmlSpec, IntSpec } from '../../formats/spec.ts';
 import { bf16ToF32, f16ToF32 } from '../dtype.ts';
 import {
   type AttentionShape,
@@ -35,6 +35,7 @@ import { DEFAULT_TILE, embedding, type GemmTile, linear } from './matmul.ts';
 import { klDiv, nll, rmsnorm } from './norm.ts';
 import { fakeQuant, quantizeRowsInt8 } from './quant.ts';
 import { ggmlFakeQuant } from './quant-ggml.ts';
+import { kquantSearchFakeQuant, SEARCH_K_TYPES } from './quant-kquant.ts';
 import { columnStats, sumSquaredDiff } from './reduce.ts';
 
 export class WebGpuTensor implements Tensor {
@@ -405,6 +406,12 @@ export class WebGpuBackend implements Backend {
         : fakeQuant(this.ctx, storage, lastDim, spec),
       x.shape,
     );
+  }
+
+  searchFakeQuant(x: Tensor, spec: GgmlSpec): Tensor | undefined {
+    const lastDim = x.shape[x.shape.length - 1] ?? 1;
+    if (!SEARCH_K_TYPES.includes(spec.type) || lastDim % 256 !== 0) return undefined;
+    return this.wrap(kquantSearchFakeQuant(this.ctx, this.st(x, 'searchFakeQuant'), lastDim, spec), x.shape);
   }
 
   columnStats(x: Tensor): Promise<ColumnStats> {

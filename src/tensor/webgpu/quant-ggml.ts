@@ -32,8 +32,8 @@ import { FLAT_WG } from './wgsl.ts';
 
 const WG = 64;
 
-/** Scale, reciprocal and fp16 rounding shared by both types. */
-const GGML_COMMON = `
+/** Scale, reciprocal and fp16 rounding shared by both types (and the K-quant search kernels). */
+export const GGML_COMMON = `
 /** |a| (bits) of a value below 2^-118 as a count of 2^-149 (exact, < 2^31) */
 fn units149(a: u32) -> u32 {
   let field = a >> 23u;
