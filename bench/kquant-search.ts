@@ -1,11 +1,14 @@
 /**
- * llama.cpp K-quant round trips for AWQ's searches: the exact host quantizer (formats/kquants.ts)
- * against the WebGPU search kernel (webgpu/quant-kquant.ts) on a Llama-3-8B-sized weight, with how many
- * values come out identical and the round-trip error of each.
+ * llama.cpp K-quant round trips: the exact host quantizer (formats/kquants.ts) on one thread and on the
+ * worker threads (formats/block-workers.ts; only where they run: the tsx CLI, not the GPU bundle),
+ * against the WebGPU search kernel AWQ ranks candidates with (webgpu/quant-kquant.ts), on a
+ * Llama-3-8B-sized weight, with how many values come out identical and the round-trip error of each.
  *   node --import tsx bench/kquant-search.ts [--rows 4096 --cols 4096] [--no-write]
  */
+import os from 'node:os';
 import { parseArgs } from 'node:util';
-import { fakeQuantRows, parseFormat } from '../src/formats/index.ts';
+import { quantizeBlocksInParallel } from '../src/formats/block-workers.ts';
+import { fakeQuantRows, fakeQuantRowsAsync, parseFormat } from '../src/formats/index.ts';
 import type { GgmlSpec } from '../src/formats/spec.ts';
 import { WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
 import { rng } from '../test/helpers.ts';
@@ -24,12 +27,18 @@ const x = Float32Array.from(rng(1).normal(rows * cols), (v) => v * 0.02);
 for (let i = 0; i < x.length; i += 997) x[i] *= 40; // outliers
 const sumSq = (a: Float32Array) => a.reduce((s, v, i) => s + (v - x[i]) ** 2, 0);
 
+// the worker threads start on the first call: warm them up, and see whether they run here at all
+const threads = (await quantizeBlocksInParallel('q6_k', x, cols)) ? os.availableParallelism() : 1;
 const out: Row[] = [];
 for (const type of ['q4_k', 'q5_k', 'q6_k']) {
   const spec = parseFormat(type) as GgmlSpec;
   let t0 = performance.now();
   const want = fakeQuantRows(x, rows, cols, spec);
   const hostMs = performance.now() - t0;
+  t0 = performance.now();
+  const parallel = await fakeQuantRowsAsync(x, rows, cols, spec);
+  const workersMs = performance.now() - t0;
+  if (!parallel.every((v, i) => Object.is(v, want[i]))) throw new Error(`${type}: worker threads differ`);
   const xt = gpu.upload(x, [rows, cols], 'f32');
   gpu.searchFakeQuant(xt, spec)?.dispose(); // compile
   const runs = 5;
@@ -48,6 +57,7 @@ for (const type of ['q4_k', 'q5_k', 'q6_k']) {
     type,
     values: rows * cols,
     'host ms': hostMs,
+    [`host, ${threads} threads ms`]: threads > 1 ? workersMs : 'n/a',
     'WebGPU ms (with read back)': deviceMs,
     'host / WebGPU': hostMs / deviceMs,
     'identical values': `${((100 * same) / x.length).toFixed(4)}%`,
@@ -60,7 +70,7 @@ publish(
   `K-quant search round trips: host vs WebGPU, ${rows} x ${cols}`,
   cmd,
   table(out),
-  'Host: the exact quantizer (one thread). WebGPU: the search kernel AWQ uses to rank candidates; the stored blocks always come from the host quantizer.',
+  'Host: the exact quantizer, on one thread and on the worker threads (same bytes). WebGPU: the search kernel AWQ uses to rank candidates; the stored blocks always come from the host quantizer.',
   `${machine()}; ${adapter}`,
 );
 process.exit(0);

@@ -144,20 +144,36 @@ export function ggmlBlockLayout(type: GgmlBlockType): {
   return { values, bytes, group, bits };
 }
 
-/** Codes, per-group scales (as the dequantizer forms them) and header bytes of x quantized as llama.cpp does. */
+/** x (rows of `cols`) as the type's GGUF blocks, by llama.cpp's quantizer (its imatrix path with `importance`). */
+export function quantizeGgmlBlocks(
+  x: ArrayLike<number>,
+  cols: number,
+  type: GgmlBlockType,
+  importance?: Float32Array,
+  where = 'encode',
+): Uint8Array {
+  const lay = LAYOUTS[type];
+  return lay.quantize(ggmlValues(x, cols, type, where, lay.values), cols, importance);
+}
+
+/**
+ * Codes, per-group scales (as the dequantizer forms them) and header bytes of x quantized as llama.cpp
+ * does; `blocks`: those bytes already made from x (block-workers.ts).
+ */
 export function encodeGgmlBlocks(
   x: ArrayLike<number>,
   cols: number,
   type: GgmlBlockType,
   importance?: Float32Array,
+  blocks?: Uint8Array,
 ): { codes: Uint8Array; scales: Float32Array; headers: Uint8Array } {
   const lay = LAYOUTS[type];
-  const bytes = lay.quantize(ggmlValues(x, cols, type, 'encode', lay.values), cols, importance);
+  const bytes = blocks ?? quantizeGgmlBlocks(x, cols, type, importance);
   const u = lay.unpack(bytes);
   const [h0, h1] = lay.header;
-  const blocks = bytes.length / lay.bytes;
-  const headers = new Uint8Array(blocks * (h1 - h0));
-  for (let b = 0; b < blocks; b++)
+  const count = bytes.length / lay.bytes;
+  const headers = new Uint8Array(count * (h1 - h0));
+  for (let b = 0; b < count; b++)
     headers.set(bytes.subarray(b * lay.bytes + h0, b * lay.bytes + h1), b * (h1 - h0));
   return { codes: u.codes, scales: u.scales, headers };
 }
@@ -191,8 +207,12 @@ export function decodeGgmlBlocks(codes: Uint8Array, headers: Uint8Array, type: G
   return LAYOUTS[type].dequantize(ggmlBlockBytes(codes, headers, type));
 }
 
-/** Quantize-dequantize with llama.cpp's reference quantizer of the type. */
-export function fakeQuantGgmlBlocks(x: ArrayLike<number>, cols: number, type: GgmlBlockType): Float32Array {
-  const lay = LAYOUTS[type];
-  return lay.dequantize(lay.quantize(ggmlValues(x, cols, type, 'fakeQuant', lay.values), cols));
+/** Quantize-dequantize with llama.cpp's reference quantizer of the type; `blocks` as in encodeGgmlBlocks. */
+export function fakeQuantGgmlBlocks(
+  x: ArrayLike<number>,
+  cols: number,
+  type: GgmlBlockType,
+  blocks?: Uint8Array,
+): Float32Array {
+  return LAYOUTS[type].dequantize(blocks ?? quantizeGgmlBlocks(x, cols, type, undefined, 'fakeQuant'));
 }

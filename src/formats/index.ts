@@ -16,6 +16,7 @@
  *   zero (a tiny negative value becomes -0, as a hardware cast does).
  */
 import { fail } from '../errors.ts';
+import { quantizeBlocksInParallel } from './block-workers.ts';
 import { decodeFp8, encodeFp8, fakeQuantFp8 } from './fp8.ts';
 import { decodeGgml, encodeGgml, fakeQuantGgml, QK } from './ggml.ts';
 import {
@@ -84,6 +85,38 @@ export function fakeQuantRows(
     default:
       return fail(`unknown format kind '${(spec as { kind: string }).kind}'`);
   }
+}
+
+/**
+ * fakeQuantRows, with llama.cpp's block quantizers spread over worker threads where there are some
+ * (block-workers.ts; the same values).
+ */
+export async function fakeQuantRowsAsync(
+  x: ArrayLike<number>,
+  rows: number,
+  cols: number,
+  spec: FormatSpec,
+): Promise<Float32Array> {
+  checkShape(x, rows, cols, 'fakeQuantRows');
+  if (spec.kind !== 'ggml' || !isGgmlBlockType(spec.type)) return fakeQuantRows(x, rows, cols, spec);
+  const blocks = await quantizeBlocksInParallel(spec.type, x, cols);
+  return fakeQuantGgmlBlocks(x, cols, spec.type, blocks);
+}
+
+/** encode, with llama.cpp's block quantizers spread over worker threads as fakeQuantRowsAsync. */
+export async function encodeAsync(
+  x: ArrayLike<number>,
+  rows: number,
+  cols: number,
+  spec: FormatSpec,
+  importance?: Float32Array,
+): Promise<Encoded> {
+  checkShape(x, rows, cols, 'encode');
+  const blocks =
+    spec.kind === 'ggml' && isGgmlBlockType(spec.type)
+      ? await quantizeBlocksInParallel(spec.type, x, cols, importance)
+      : undefined;
+  return encode(x, rows, cols, spec, importance, blocks);
 }
 
 /** Bits of one element code. */
@@ -156,6 +189,8 @@ export function encode(
   cols: number,
   spec: FormatSpec,
   importance?: Float32Array,
+  /** llama.cpp block types: x's blocks already made (encodeAsync) */
+  blocks?: Uint8Array,
 ): Encoded {
   checkShape(x, rows, cols, 'encode');
   const base = { spec, rows, cols, bits: codeBits(spec) };
@@ -199,7 +234,7 @@ export function encode(
     case 'ggml': {
       const type = concreteGgml(spec, 'encode').type;
       if (isGgmlBlockType(type)) {
-        const e = encodeGgmlBlocks(x, cols, type, importance);
+        const e = encodeGgmlBlocks(x, cols, type, importance, blocks);
         const block = ggmlBlockLayout(type).group;
         return { ...base, codes: e.codes, block, scales: e.scales, scaleCodes: e.headers };
       }

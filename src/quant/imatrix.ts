@@ -8,7 +8,7 @@
  * the pipeline's plain rounding.
  */
 import { isBlockFormat } from '../formats/ggml-codes.ts';
-import { encode } from '../formats/index.ts';
+import { encodeAsync } from '../formats/index.ts';
 import { type LinearName, SHARED_INPUT } from '../model/llama.ts';
 import { type LayerContext, registerLayerStep, runLayer, timed } from './pipeline.ts';
 import { setQuantizedWeight, weightSpecOf } from './weights.ts';
@@ -71,7 +71,7 @@ async function imatrixLayer(ctx: LayerContext): Promise<void> {
     const w = model.layers[layer].linears[name].weight;
     const [rows, cols] = w.shape;
     const values = await model.backend.read(w);
-    const encoded = encode(values, rows, cols, spec, importance);
+    const encoded = await encodeAsync(values, rows, cols, spec, importance);
     setQuantizedWeight(model, layer, name, { encoded });
     used[name] = spec.type;
   }

@@ -4,7 +4,7 @@
  */
 
 import { isBlockFormat, isBlockFormatOrMix } from '../formats/ggml-codes.ts';
-import { decode, type Encoded, encode, fakeQuantRows } from '../formats/index.ts';
+import { decode, type Encoded, encodeAsync, fakeQuantRowsAsync } from '../formats/index.ts';
 import { fallbackType, isLlamaMix, type LlamaTensorType, llamaTensorType } from '../formats/llama-mix.ts';
 import type { FormatSpec } from '../formats/spec.ts';
 import type { InputQuant, LinearName, LlamaModel, QuantizedWeight, SalientColumns } from '../model/llama.ts';
@@ -84,7 +84,7 @@ export async function fakeQuantWeight(b: Backend, w: Tensor, spec: FormatSpec): 
   const onDevice = b.searchFakeQuant?.(w, spec);
   if (onDevice) return onDevice;
   const [rows, cols] = w.shape;
-  return b.upload(fakeQuantRows(await b.read(w), rows, cols, spec), [rows, cols], 'f32');
+  return b.upload(await fakeQuantRowsAsync(await b.read(w), rows, cols, spec), [rows, cols], 'f32');
 }
 
 /** fakeQuantRows of host values for a search (AWQ's clip search), on the device's kernel where it has one. */
@@ -103,7 +103,7 @@ export async function searchRoundTrip(
     t.dispose();
     if (out) return out;
   }
-  return fakeQuantRows(values, rows, cols, spec);
+  return fakeQuantRowsAsync(values, rows, cols, spec);
 }
 
 /** Round-to-nearest: encodes the linear's current weight (host copy) with `spec`. */
@@ -117,7 +117,7 @@ export async function roundToNearest(
   const w = model.layers[layer].linears[name].weight;
   const [rows, cols] = w.shape;
   const values = await model.backend.read(w);
-  const encoded: Encoded = encode(values, rows, cols, spec);
+  const encoded: Encoded = await encodeAsync(values, rows, cols, spec);
   const salient = salientColumns?.length
     ? { columns: salientColumns, values: takeColumns(values, cols, salientColumns) }
     : undefined;

@@ -34,6 +34,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fail } from '../../errors.ts';
+import { quantizeBlocksInParallel } from '../../formats/block-workers.ts';
 import {
   ggmlBlocks,
   quantizeF16,
@@ -42,7 +43,7 @@ import {
   quantizeQ5_1,
   quantizeQ8_0,
 } from '../../formats/ggml.ts';
-import { ggmlBlockBytes, isGgmlBlockType } from '../../formats/ggml-codes.ts';
+import { type GgmlBlockType, ggmlBlockBytes, isGgmlBlockType } from '../../formats/ggml-codes.ts';
 import { formatName } from '../../formats/index.ts';
 import { quantizeQ4_K, quantizeQ5_K, quantizeQ6_K } from '../../formats/kquants.ts';
 import {
@@ -445,6 +446,21 @@ function encode(p: PlannedTensor, values: Float32Array, q4Fma: boolean): Uint8Ar
   }
 }
 
+const BLOCK_TYPE_OF: Partial<Record<number, GgmlBlockType>> = {
+  [GGML_TYPE.Q5_0]: 'q5_0',
+  [GGML_TYPE.Q5_1]: 'q5_1',
+  [GGML_TYPE.Q4_K]: 'q4_k',
+  [GGML_TYPE.Q5_K]: 'q5_k',
+  [GGML_TYPE.Q6_K]: 'q6_k',
+};
+
+/** encode, with the block types' quantizers spread over worker threads where there are some. */
+async function encodeTensor(p: PlannedTensor, values: Float32Array, q4Fma: boolean): Promise<Uint8Array> {
+  const type = BLOCK_TYPE_OF[p.type];
+  const parallel = type && !(type === 'q5_0' && q4Fma);
+  return (parallel && (await quantizeBlocksInParallel(type, values, p.dims[0]))) || encode(p, values, q4Fma);
+}
+
 const TENSOR_TYPE_ID: Record<LlamaTensorType, number> = {
   f16: GGML_TYPE.F16,
   q8_0: GGML_TYPE.Q8_0,
@@ -575,7 +591,7 @@ async function writeTensors(
     else {
       const values = await p.values();
       checkFinite(modelDir, p.name, values);
-      writer.write(p.name, encode(p, values, opts.q4Fma ?? false));
+      writer.write(p.name, await encodeTensor(p, values, opts.q4Fma ?? false));
     }
     opts.onProgress?.(++done, plan.tensors.length, p.name);
   }
