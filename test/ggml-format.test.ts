@@ -25,6 +25,7 @@ import { ggmlBlockBytes } from '../src/formats/ggml-codes.ts';
 import { decode, encode, fakeQuantRows, formatName, parseFormat } from '../src/formats/index.ts';
 import { quantizeQ4_K, quantizeQ5_K, quantizeQ6_K } from '../src/formats/kquants.ts';
 import { readGguf, readGgufTensor } from '../src/io/gguf.ts';
+import { readImatrix } from '../src/io/imatrix-file.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import type { LinearName } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
@@ -278,13 +279,18 @@ test('imatrix-q4_k_m quantizes each linear with the mean x^2 of its calibration 
   const cols = src.config.hiddenSize;
   const sums = new Float64Array(cols);
   for (let i = 0; i < x.length; i++) sums[i % cols] += x[i] * x[i];
-  const importance = Float32Array.from(sums, (s) => (s * cols) / x.length);
+  const importance = Float32Array.from(sums, (s) => Math.fround(Math.fround(s) / (x.length / cols)));
   const w = await cpu.read(src.layers[0].linears.q_proj.weight);
   const want = quantizeQ4_K(w, { importance, cols });
   const enc = model.layers[0].linears.q_proj.quantized?.encoded;
   assert.ok(enc?.scaleCodes);
   assert.deepEqual(ggmlBlockBytes(enc.codes, enc.scaleCodes, 'q4_k'), want);
   assert.notDeepEqual(want, quantizeQ4_K(w), 'the importance changes the blocks');
+  // the imatrix file beside the checkpoint gives llama-quantize --imatrix the same importance
+  const file = readImatrix(`${dir}/ckpt/imatrix.gguf`);
+  assert.deepEqual(file.importance.get('blk.0.attn_q.weight'), importance);
+  assert.equal(file.importance.size, 7 * src.layers.length);
+  assert.equal(file.chunks, 1);
   // the GGUF file holds the checkpoint's blocks (v_proj: no RoPE row permutation)
   await run('./bin/llmq', ['export', `${dir}/ckpt`, '--to', 'gguf-q4_k_m', '--out', `${dir}/m.gguf`]);
   const v = model.layers[0].linears.v_proj.quantized?.encoded;

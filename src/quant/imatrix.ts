@@ -5,12 +5,20 @@
  * functions). The step quantizes the layer's linears itself, in each linear's llama.cpp type
  * (formats/llama-mix.ts), so the checkpoint holds exactly the blocks llama-quantize would write with
  * the same importance values; linears in a type without an importance path (Q4_0, Q8_0) are left to
- * the pipeline's plain rounding.
+ * the pipeline's plain rounding. The collected sums go beside the checkpoint as imatrix.gguf, the file
+ * llama-quantize --imatrix reads. With `file`, the importance comes from a llama-imatrix file instead
+ * (GGUF or legacy .dat, io/imatrix-file.ts) and no calibration runs; a linear it has no entry for is
+ * rounded without one, as llama-quantize does.
  */
+
+import { fail } from '../errors.ts';
 import { isBlockFormat } from '../formats/ggml-codes.ts';
 import { encodeAsync } from '../formats/index.ts';
-import { type LinearName, SHARED_INPUT } from '../model/llama.ts';
+import { LINEAR_GGUF } from '../io/gguf-format.ts';
+import { type Imatrix, type ImatrixSums, readImatrix } from '../io/imatrix-file.ts';
+import { type LinearName, type LlamaModel, SHARED_INPUT } from '../model/llama.ts';
 import { type LayerContext, registerLayerStep, runLayer, timed } from './pipeline.ts';
+import type { ImatrixStep } from './recipe.ts';
 import { setQuantizedWeight, weightSpecOf } from './weights.ts';
 
 /** Per input channel sum of x^2 (float64) and the token count, for each distinct linear input. */
@@ -25,11 +33,14 @@ class SquareSums {
     this.tokens.set(name, (this.tokens.get(name) ?? 0) + x.length / cols);
   }
 
-  /** mean x^2 per channel, as llama-imatrix stores it (sum / count), in float32 */
+  /**
+   * mean x^2 per channel as llama-quantize reads it from the imatrix file beside the checkpoint: the
+   * float32 sum divided by the count in float32, so that file gives llama-quantize these blocks
+   */
   mean(name: LinearName): Float32Array | undefined {
     const sum = this.sums.get(name);
     const n = this.tokens.get(name) ?? 0;
-    return sum && Float32Array.from(sum, (s) => s / n);
+    return sum && Float32Array.from(sum, (s) => Math.fround(Math.fround(s) / n));
   }
 }
 
@@ -60,13 +71,80 @@ async function captureSquares(ctx: LayerContext): Promise<SquareSums> {
   return sums;
 }
 
-async function imatrixLayer(ctx: LayerContext): Promise<void> {
+const FILES = new WeakMap<ImatrixStep, Imatrix>();
+
+/** The importance matrix a model's quantization collected, layer by layer, as llama-imatrix records it. */
+interface Collected {
+  entries: ImatrixSums[];
+  layers: Set<number>;
+  chunks: number;
+  chunkSize: number;
+}
+const COLLECTED = new WeakMap<LlamaModel, Collected>();
+
+function collect(ctx: LayerContext, sums: SquareSums): void {
+  const { model, layer } = ctx;
+  const chunks = ctx.shapes.reduce((n, s) => n + s.batch, 0);
+  let c = COLLECTED.get(model);
+  if (!c)
+    COLLECTED.set(
+      model,
+      (c = { entries: [], layers: new Set(), chunks, chunkSize: ctx.shapes[0]?.seqLen ?? 0 }),
+    );
+  c.layers.add(layer);
+  for (const name of ctx.recipe.targets) {
+    const input = SHARED_INPUT[name];
+    const s = sums.sums.get(input);
+    if (s)
+      c.entries.push({
+        name: `blk.${layer}.${LINEAR_GGUF[name]}.weight`,
+        sums: Float32Array.from(s),
+        count: sums.tokens.get(input) ?? 0,
+      });
+  }
+}
+
+/**
+ * The importance matrix the imatrix step collected over every layer of the model (for a llama-imatrix
+ * file beside the checkpoint); undefined when it took a file or did not see every layer (a resumed run).
+ */
+export function collectedImatrix(model: LlamaModel): Omit<Collected, 'layers'> | undefined {
+  const c = COLLECTED.get(model);
+  return c && c.layers.size === model.layers.length ? c : undefined;
+}
+
+/** The importance of a layer's linears: from the step's llama-imatrix file, else captured here. */
+async function importanceOf(
+  ctx: LayerContext,
+  step: ImatrixStep,
+): Promise<(name: LinearName) => Float32Array | undefined> {
+  if (!step.file) {
+    const sums = await timed(ctx.timings, 'imatrix capture', () => captureSquares(ctx));
+    collect(ctx, sums);
+    return (name) => sums.mean(SHARED_INPUT[name]);
+  }
+  const file = step.file;
+  let imatrix = FILES.get(step);
+  if (!imatrix) FILES.set(step, (imatrix = readImatrix(file)));
+  const entries = imatrix.importance;
+  return (name) => {
+    const tensor = `blk.${ctx.layer}.${LINEAR_GGUF[name]}.weight`;
+    const importance = entries.get(tensor);
+    const cols = ctx.model.layers[ctx.layer].linears[name].weight.shape[1];
+    if (importance && importance.length !== cols)
+      fail(`${file}: ${tensor} has ${importance.length} importance values, the model's rows have ${cols}`);
+    return importance;
+  };
+}
+
+async function imatrixLayer(ctx: LayerContext, step: ImatrixStep): Promise<void> {
   const { model, layer, recipe } = ctx;
-  const sums = await timed(ctx.timings, 'imatrix capture', () => captureSquares(ctx));
+  const importanceFor = await importanceOf(ctx, step);
   const used: Record<string, string> = {};
   for (const name of recipe.targets) {
     const spec = recipe.weights && weightSpecOf(model, recipe.weights, layer, name);
-    const importance = sums.mean(SHARED_INPUT[name]);
+    // a linear the file has no entry for is rounded without one, as llama-quantize does
+    const importance = importanceFor(name);
     if (!spec || !isBlockFormat(spec) || !importance) continue;
     const w = model.layers[layer].linears[name].weight;
     const [rows, cols] = w.shape;
@@ -78,4 +156,4 @@ async function imatrixLayer(ctx: LayerContext): Promise<void> {
   ctx.notes.imatrix = used;
 }
 
-registerLayerStep('imatrix', (ctx) => imatrixLayer(ctx));
+registerLayerStep('imatrix', (ctx, step) => imatrixLayer(ctx, step as ImatrixStep));

@@ -16,7 +16,7 @@ import {
   type LlamaModel,
 } from '../model/llama.ts';
 import type { ColumnStats, Tensor } from '../tensor/tensor.ts';
-import { type Recipe, recipeNeedsCalibration, type Step } from './recipe.ts';
+import { type Recipe, recipeNeedsCalibration, type Step, stepNeedsCalibration } from './recipe.ts';
 import type { ResumeStore } from './resume.ts';
 import { keepMasks, roundToNearest, weightSpecOf } from './weights.ts';
 
@@ -149,6 +149,7 @@ export async function quantizeModel(
     await layerByLayer(model, recipe, calib, report, opts);
   else {
     for (let i = 0; i < model.layers.length; i++) {
+      await runStepsWithoutCalibration(model, i, recipe, report);
       await timed(report.timings, 'quantize', () => finishLayer(model, i, recipe, new Map()));
       opts.onLayer?.(i + 1, model.layers.length);
     }
@@ -156,6 +157,31 @@ export async function quantizeModel(
   model.quantization = { recipe: recipe.name };
   report.seconds = (performance.now() - start) / 1000;
   return report;
+}
+
+/** The layer steps that need no calibration (an imatrix from a file), run without inputs. */
+async function runStepsWithoutCalibration(
+  model: LlamaModel,
+  layer: number,
+  recipe: Recipe,
+  report: QuantReport,
+): Promise<void> {
+  const steps = recipe.steps.filter((s) => !stepNeedsCalibration(s) && LAYER_STEPS.has(s.method));
+  if (steps.length === 0) return;
+  const ctx: LayerContext = {
+    model,
+    layer,
+    recipe,
+    inputs: [],
+    shapes: [],
+    stats: new Map(),
+    salient: new Map(),
+    staticAbsMax: new Map(),
+    timings: report.timings,
+    notes: {},
+  };
+  for (const step of steps) await LAYER_STEPS.get(step.method)?.(ctx, step);
+  report.layers.push({ layer, ...ctx.notes });
 }
 
 /** The calibration samples in chunks of whole samples. */

@@ -72,6 +72,8 @@ export interface FlatQuantStep {
 /** llama.cpp's importance matrix: mean x^2 per input channel weighting the Q5_0 / K-quant rounding. */
 export interface ImatrixStep {
   method: 'imatrix';
+  /** a llama-imatrix file (GGUF or legacy .dat) to take the importance from instead of calibration */
+  file?: string;
 }
 
 export type Step =
@@ -109,7 +111,7 @@ const STEP_DEFAULTS: { [M in Step['method']]: Extract<Step, { method: M }> } = {
   gptq: { method: 'gptq', damp: 0.01, blockSize: 128, actOrder: false, staticGroups: false, mse: false },
   mixed: { method: 'mixed', salientPercent: 1 },
   flatquant: { method: 'flatquant', epochs: 15, lr: 5e-3, batchSamples: 4, diagAlpha: 0.3, seed: 0 },
-  imatrix: { method: 'imatrix' },
+  imatrix: { method: 'imatrix', file: undefined },
 };
 
 /** Calibration size, and how the windows are drawn (`sampler`, see calib/data.ts; default 'pool'). */
@@ -529,6 +531,14 @@ function validateRecipe(where: string, r: Recipe): void {
       fail(`${where}: mixed salientPercent must be in [0, 100), got ${s.salientPercent}`);
     if (s.method === 'gptq' && !(s.damp > 0)) fail(`${where}: gptq damp must be > 0, got ${s.damp}`);
     if (s.method === 'flatquant') validateFlatQuant(where, r, s);
+    if (
+      s.method === 'imatrix' &&
+      s.file !== undefined &&
+      (typeof s.file !== 'string' || r.steps.length !== 1)
+    )
+      fail(
+        `${where}: imatrix file must be a path, and the only step (its importance is of the unscaled model's inputs)`,
+      );
     if (s.method === 'imatrix' && !blockFormat)
       fail(
         `${where}: imatrix weights llama.cpp's q5_0, q5_1, q4_k, q5_k, q6_k quantizers and their mixes (q4_k_s, q4_k_m, q5_k_s, q5_k_m), not ${r.weights ? formatName(r.weights) : 'full precision'}`,
@@ -553,8 +563,13 @@ function validateFlatQuant(where: string, r: Recipe, s: FlatQuantStep): void {
     fail(`${where}: flatquant runs alone (its transforms change every linear's basis)`);
 }
 
+/** Whether a step reads calibration activations (an imatrix from a file does not). */
+export function stepNeedsCalibration(s: Step): boolean {
+  return !(s.method === 'imatrix' && s.file);
+}
+
 export function recipeNeedsCalibration(r: Recipe): boolean {
-  return r.steps.length > 0 || Boolean(r.activations?.static);
+  return r.steps.some(stepNeedsCalibration) || Boolean(r.activations?.static);
 }
 
 /** Exact meaning of a recipe, for `llmq recipes --verbose` and the checkpoint manifest. */
