@@ -22,6 +22,7 @@ import { type CodesOnly, packable, usePackedWeights } from './model/packed.ts';
 import { quantizationConfigOf, quantizedFromCheckpoint } from './quant/stored.ts';
 import { chatTemplateFrom, ggufChatTemplateOf } from './runtime/chat-template.ts';
 import { eosIdsFrom, ModelEngine } from './runtime/generate.ts';
+import { concatArrays } from './tensor/dtype.ts';
 import type { Backend } from './tensor/tensor.ts';
 
 export { UserError } from './errors.ts';
@@ -224,15 +225,5 @@ async function fetchBytes(
     counter.loaded += r.value.length;
     onProgress?.(counter.loaded, counter.total);
   }
-  return concat(chunks);
-}
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
+  return concatArrays(chunks, (n) => new Uint8Array(n));
 }

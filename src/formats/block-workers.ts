@@ -7,6 +7,7 @@
  * weight is small, callers quantize in line.
  */
 import type { Worker } from 'node:worker_threads';
+import { concatArrays } from '../tensor/dtype.ts';
 import type { Job } from './block-worker.ts';
 import type { GgmlBlockType } from './ggml-codes.ts';
 
@@ -100,14 +101,7 @@ export async function quantizeBlocksInParallel(
     parts.push(run(workers[w], { type, x: chunk, cols, importance: importance?.slice() }));
   }
   try {
-    const done = await Promise.all(parts);
-    const out = new Uint8Array(done.reduce((n, b) => n + b.length, 0));
-    let at = 0;
-    for (const b of done) {
-      out.set(b, at);
-      at += b.length;
-    }
-    return out;
+    return concatArrays(await Promise.all(parts), (n) => new Uint8Array(n));
   } catch {
     return undefined;
   }

@@ -23,6 +23,7 @@
 
 import { encode } from '../formats/index.ts';
 import type { LinearName, LlamaModel } from '../model/llama.ts';
+import { concatArrays } from '../tensor/dtype.ts';
 import type { Backend, Tensor } from '../tensor/tensor.ts';
 import {
   inverseTranspose,
@@ -76,15 +77,7 @@ async function stackedWeights(model: LlamaModel, layer: number, names: LinearNam
   );
 }
 
-function concatF32(parts: Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
+const concatF32 = (parts: Float32Array[]) => concatArrays(parts, (n) => new Float32Array(n));
 
 /** FlatQuant's SmoothQuant-style scaling init: max|W_j|^(1-a) / max|X_j|^a, floored at 1e-5. */
 function initialScaling(w: Float32Array, n: number, xMax: Float32Array, alpha: number): Float32Array {

@@ -148,3 +148,17 @@ export function f32ToF16(x: Float32Array, out?: Uint16Array): Uint16Array {
   for (let i = 0; i < x.length; i++) res[i] = f16FromF32Bits(u[i]);
   return res;
 }
+
+/** The parts one after another in one new array of their kind. */
+export function concatArrays<T extends Uint8Array | Float32Array>(
+  parts: readonly T[],
+  make: (n: number) => T,
+): T {
+  const out = make(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}

@@ -33,7 +33,7 @@ import { FLAT_WG } from './wgsl.ts';
 const WG = 64;
 
 /** Scale, reciprocal and fp16 rounding shared by both types (and the K-quant search kernels). */
-export const GGML_COMMON = `
+const GGML_COMMON = `
 /** |a| (bits) of a value below 2^-118 as a count of 2^-149 (exact, < 2^31) */
 fn units149(a: u32) -> u32 {
   let field = a >> 23u;
@@ -121,21 +121,25 @@ fn code(xb: u32, id: u32) -> i32 {
 }`,
 };
 
-function ggmlKernel(type: 'q4_0' | 'q8_0', dtype: DType): Kernel {
-  const load = loadBitsFn(dtype);
-  return {
-    key: `ggml-fq:${type}:${dtype}`,
-    bindings: ['uniform', 'read', 'write'],
-    code: () => `
+/** Bindings and helpers of a llama.cpp fakeQuant kernel: p.n blocks from X[p.xOff] to O[p.oOff]. */
+export function ggmlKernelHeader(dtype: DType): string {
+  return `
 struct P { n: u32, xOff: u32, oOff: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> X: array<u32>;
 @group(0) @binding(2) var<storage, read_write> O: array<u32>;
 ${COMMON}
 ${GGML_COMMON}
+${loadBitsFn(dtype)}
+${FLAT_WG}`;
+}
+
+function ggmlKernel(type: 'q4_0' | 'q8_0', dtype: DType): Kernel {
+  return {
+    key: `ggml-fq:${type}:${dtype}`,
+    bindings: ['uniform', 'read', 'write'],
+    code: () => `${ggmlKernelHeader(dtype)}
 ${TYPE_WGSL[type]}
-${load}
-${FLAT_WG}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {

@@ -15,9 +15,7 @@ import { fail } from '../../errors.ts';
 import type { GgmlSpec } from '../../formats/spec.ts';
 import type { DType } from '../tensor.ts';
 import { type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
-import { COMMON, loadBitsFn } from './quant.ts';
-import { GGML_COMMON } from './quant-ggml.ts';
-import { FLAT_WG } from './wgsl.ts';
+import { ggmlKernelHeader } from './quant-ggml.ts';
 
 export type SearchKType = 'q4_k' | 'q5_k' | 'q6_k';
 export const SEARCH_K_TYPES: readonly string[] = ['q4_k', 'q5_k', 'q6_k'];
@@ -239,15 +237,7 @@ function kquantKernel(type: SearchKType, dtype: DType): Kernel {
   return {
     key: `kquant-search:${type}:${dtype}`,
     bindings: ['uniform', 'read', 'write'],
-    code: () => `
-struct P { n: u32, xOff: u32, oOff: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> X: array<u32>;
-@group(0) @binding(2) var<storage, read_write> O: array<u32>;
-${COMMON}
-${GGML_COMMON}
-${loadBitsFn(dtype)}
-${FLAT_WG}
+    code: () => `${ggmlKernelHeader(dtype)}
 ${type === 'q6_k' ? Q6_K_WGSL : scaleMinWgsl(type)}`,
   };
 }
