@@ -207,8 +207,11 @@ test('q5_0 / q5_1 / q4_k / q5_k / q6_k encode to the reference blocks and decode
 test("q4_k_m picks each linear's type as llama-quantize does", () => {
   const mix = parseFormat('q4_k_m');
   const typeOf = (layer: number, name: LinearName, cols: number) =>
-    (linearWeightSpec(mix, { layer, name, layers: 32 }, cols) as { type?: string } | undefined)?.type ??
-    'f16';
+    (
+      linearWeightSpec(mix, { layer, name, layers: 32, llama70B: false }, cols) as
+        | { type?: string }
+        | undefined
+    )?.type ?? 'f16';
   // use_more_bits over 32 layers: 0-3, every third from 6, 28-31
   const more = [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31];
   for (let i = 0; i < 32; i++) {
@@ -222,7 +225,8 @@ test("q4_k_m picks each linear's type as llama-quantize does", () => {
   assert.equal(typeOf(5, 'down_proj', 704), 'q5_0');
   assert.equal(typeOf(5, 'up_proj', 100), 'f16');
   assert.equal(typeOf(5, 'up_proj', 4096), 'q4_k');
-  assert.deepEqual(linearWeightSpec(parseFormat('q6_k'), { layer: 3, name: 'o_proj', layers: 32 }, 384), {
+  const o3 = { layer: 3, name: 'o_proj', layers: 32, llama70B: false } as const;
+  assert.deepEqual(linearWeightSpec(parseFormat('q6_k'), o3, 384), {
     kind: 'ggml',
     type: 'q8_0',
   });

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { type LlamaFileType, llamaTensorType } from '../src/formats/llama-mix.ts';
+import { isLlama70B, type LlamaFileType, llamaTensorType } from '../src/formats/llama-mix.ts';
 
 const LAYERS = 32;
 const linear = (name: string, layer: number) => ({ kind: 'linear', name, layer, layers: LAYERS }) as const;
@@ -66,4 +66,24 @@ test('output Q6_K under every type but q8_0; fallbacks for rows that are not who
   assert.equal(llamaTensorType('q5_k_m', linear('down_proj', 6), 704), 'q8_0');
   assert.equal(llamaTensorType('q6_k', linear('up_proj', 5), 704), 'q8_0');
   assert.equal(llamaTensorType('q5_k_s', linear('up_proj', 5), 700), 'f16');
+});
+
+test('a 70B Llama (80 layers, grouped KV heads) takes Q5_K for attn_v where the mix gives Q4_K', () => {
+  const llama3_70b = { numLayers: 80, numHeads: 64, numKvHeads: 8 };
+  assert.equal(isLlama70B(llama3_70b), true);
+  assert.equal(isLlama70B({ ...llama3_70b, numKvHeads: 64 }), false, "llama.cpp's 65B");
+  assert.equal(isLlama70B({ ...llama3_70b, numLayers: 32 }), false);
+  const v = (file: LlamaFileType, layer: number) =>
+    llamaTensorType(file, { kind: 'linear', name: 'v_proj', layer, layers: 80, llama70B: true }, 8192);
+  // use_more_bits over 80 layers: layers 0-9 and 70-79, every third from 12; layer 11 is not one of them
+  assert.deepEqual(
+    [v('q4_k_m', 11), v('q4_k_m', 12), v('q4_k_s', 11), v('q5_k_m', 11)],
+    ['q5_k', 'q6_k', 'q5_k', 'q5_k'],
+  );
+  const down = llamaTensorType(
+    'q4_k_m',
+    { kind: 'linear', name: 'down_proj', layer: 11, layers: 80, llama70B: true },
+    28672,
+  );
+  assert.equal(down, 'q4_k');
 });

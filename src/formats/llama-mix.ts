@@ -10,8 +10,9 @@
  *   not a multiple of 256.
  * - A K-type tensor whose rows are not a multiple of 256 falls back: Q4_K to Q5_0, Q5_K to Q5_1, Q6_K
  *   to Q8_0; rows not a multiple of 32 stay F16.
- * Not modelled: the rules for mixture-of-experts and Falcon models, and the 70B one (80-layer GQA
- * Llamas take Q5_K for attn_v where the mix gives Q4_K).
+ * - An 80-layer Llama with grouped KV heads (llama.cpp's LLM_TYPE_70B: Llama 2/3 70B) takes Q5_K for
+ *   attn_v where the mix gives Q4_K, its attn_v being 8x smaller than attn_q.
+ * Not modelled: the rules for mixture-of-experts and Falcon models.
  */
 export const LLAMA_MIXES = ['q4_k_s', 'q4_k_m', 'q5_k_s', 'q5_k_m'] as const;
 /** A llama.cpp file type whose tensors take different types. */
@@ -23,10 +24,18 @@ export function isLlamaMix(type: string): type is LlamaMix {
   return (LLAMA_MIXES as readonly string[]).includes(type);
 }
 
-/** 'layer': a linear of decoder layer `layer` (of `layers`); v_proj / down_proj may take more bits. */
+/**
+ * 'layer': a linear of decoder layer `layer` (of `layers`); v_proj / down_proj may take more bits;
+ * `llama70B`: the model is what llama.cpp types LLM_TYPE_70B (see isLlama70B).
+ */
 export type TensorRole =
   | { kind: 'embed' | 'output' }
-  | { kind: 'linear'; name: string; layer: number; layers: number };
+  | { kind: 'linear'; name: string; layer: number; layers: number; llama70B?: boolean };
+
+/** llama.cpp's LLM_TYPE_70B for a Llama: 80 layers and fewer KV heads than query heads. */
+export function isLlama70B(config: { numLayers: number; numHeads: number; numKvHeads: number }): boolean {
+  return config.numLayers === 80 && config.numHeads !== config.numKvHeads;
+}
 
 /** use_more_bits: the first and last eighth of the layers and every third one between. */
 export function useMoreBits(layer: number, layers: number): boolean {
@@ -54,7 +63,8 @@ function mixType(fileType: LlamaFileType, role: TensorRole, cols: number): Llama
   if (!isLlamaMix(fileType)) return fileType;
   const base = fileType.startsWith('q4') ? 'q4_k' : 'q5_k';
   if (role.kind !== 'linear') return base;
-  return sensitiveType(fileType, role.name, role.layer, role.layers) ?? base;
+  const type = sensitiveType(fileType, role.name, role.layer, role.layers) ?? base;
+  return role.llama70B && role.name === 'v_proj' && type === 'q4_k' ? 'q5_k' : type;
 }
 
 const FALLBACK: Partial<Record<LlamaTensorType, LlamaTensorType>> = {

@@ -20,6 +20,7 @@ import type { BatchShape, LlamaModel } from '../model/llama.ts';
 import type { Tensor } from '../tensor/tensor.ts';
 import { layerTensors, readStoredLinear } from './checkpoint.ts';
 import type { Recipe } from './recipe.ts';
+import { linearPlace } from './weights.ts';
 
 interface State {
   key: string;
@@ -76,13 +77,7 @@ export class ResumeStore {
       const ckpt = openCheckpoint(this.file('layer', i));
       try {
         model.replaceLayer(i, ckpt, (layer, name, shape) =>
-          readStoredLinear(
-            ckpt,
-            model.backend,
-            stored,
-            { layer, name, layers: model.config.numLayers },
-            shape,
-          ),
+          readStoredLinear(ckpt, model.backend, stored, linearPlace(model.config, layer, name), shape),
         );
       } finally {
         ckpt.close();

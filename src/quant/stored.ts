@@ -7,18 +7,11 @@ import { codeBits, type Encoded, parseFormat, unpackCodes } from '../formats/ind
 import type { FormatSpec } from '../formats/spec.ts';
 import type { ModelConfig } from '../io/config.ts';
 import type { Checkpoint } from '../io/safetensors-format.ts';
-import {
-  type InputQuant,
-  kvCacheSpec,
-  type Linear,
-  type LinearName,
-  LlamaModel,
-  linearTensorName,
-} from '../model/llama.ts';
+import { type InputQuant, kvCacheSpec, type Linear, LlamaModel, linearTensorName } from '../model/llama.ts';
 import { type CodesOnly, codesOnlyWeight } from '../model/packed.ts';
 import type { Backend } from '../tensor/tensor.ts';
 import type { Recipe } from './recipe.ts';
-import { dequantizeWeight, keepMasks, linearWeightSpec } from './weights.ts';
+import { dequantizeWeight, keepMasks, type LinearPlace, linearPlace, linearWeightSpec } from './weights.ts';
 
 export interface Manifest {
   tool: string;
@@ -64,7 +57,7 @@ export function quantizedFromCheckpoint(
   codesOnly?: CodesOnly,
 ): LlamaModel {
   const model = LlamaModel.fromCheckpoint(dir, config, ckpt, backend, (layer, name, shape) =>
-    readStoredLinear(ckpt, backend, q, { layer, name, layers: config.numLayers }, shape, codesOnly),
+    readStoredLinear(ckpt, backend, q, linearPlace(config, layer, name), shape, codesOnly),
   );
   model.quantization = { recipe: q.recipe.name };
   if (q.recipe.kvCache) model.kvQuant = kvCacheSpec(q.recipe.kvCache, config.headDim);
@@ -109,12 +102,13 @@ export function readStoredLinear(
   ckpt: Checkpoint,
   backend: Backend,
   q: Pick<QuantizationConfig, 'weight_format' | 'activation_format' | 'recipe'>,
-  { layer, name, layers }: { layer: number; name: LinearName; layers: number },
+  place: LinearPlace,
   [rows, cols]: readonly number[],
   codesOnly?: CodesOnly,
 ): Partial<Linear> {
   const format = q.weight_format ? parseFormat(q.weight_format) : undefined;
-  const weightSpec = format && linearWeightSpec(format, { layer, name, layers }, cols);
+  const { layer, name } = place;
+  const weightSpec = format && linearWeightSpec(format, place, cols);
   const actSpec = q.activation_format ? parseFormat(q.activation_format) : undefined;
   const prefix = linearTensorName(layer, name).replace(/\.weight$/, '');
   const stored: Partial<Linear> = {};

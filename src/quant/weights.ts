@@ -5,8 +5,15 @@
 
 import { isBlockFormat, isBlockFormatOrMix } from '../formats/ggml-codes.ts';
 import { decode, type Encoded, encodeAsync, fakeQuantRowsAsync } from '../formats/index.ts';
-import { fallbackType, isLlamaMix, type LlamaTensorType, llamaTensorType } from '../formats/llama-mix.ts';
+import {
+  fallbackType,
+  isLlama70B,
+  isLlamaMix,
+  type LlamaTensorType,
+  llamaTensorType,
+} from '../formats/llama-mix.ts';
 import type { FormatSpec } from '../formats/spec.ts';
+import type { ModelConfig } from '../io/config.ts';
 import type { InputQuant, LinearName, LlamaModel, QuantizedWeight, SalientColumns } from '../model/llama.ts';
 import type { Backend, Tensor } from '../tensor/tensor.ts';
 import { dequantizeGptq } from './gptq.ts';
@@ -54,9 +61,22 @@ export function setQuantizedWeight(
  * its mix (q4_k_m, ...), and a K-type whose blocks do not fit the rows its fallback. Undefined: the linear stays in
  * full precision (rows fit no llama.cpp block, as llama-quantize leaves them F16).
  */
+export interface LinearPlace {
+  layer: number;
+  name: LinearName;
+  layers: number;
+  /** llama.cpp's 70B typing (formats/llama-mix.ts isLlama70B) */
+  llama70B: boolean;
+}
+
+/** Where a linear sits, for the llama.cpp types its file type gives it. */
+export function linearPlace(config: ModelConfig, layer: number, name: LinearName): LinearPlace {
+  return { layer, name, layers: config.numLayers, llama70B: isLlama70B(config) };
+}
+
 export function linearWeightSpec(
   weights: FormatSpec,
-  linear: { layer: number; name: LinearName; layers: number },
+  linear: LinearPlace,
   cols: number,
 ): FormatSpec | undefined {
   if (!isBlockFormatOrMix(weights)) return weights;
@@ -69,7 +89,7 @@ export function linearWeightSpec(
 
 /** The format of a linear of the model (see linearWeightSpec). */
 export function weightSpecOf(model: LlamaModel, weights: FormatSpec, layer: number, name: LinearName) {
-  const linear = { layer, name, layers: model.config.numLayers };
+  const linear = linearPlace(model.config, layer, name);
   return linearWeightSpec(weights, linear, model.layers[layer].linears[name].weight.shape[1]);
 }
 

@@ -55,6 +55,7 @@ import {
 import { LINEARS, type LinearName, type LlamaModel, type QuantizedWeight } from '../../model/llama.ts';
 import { readQuantizationConfig } from '../../quant/checkpoint.ts';
 import { loadModel } from '../../quant/load.ts';
+import { linearPlace } from '../../quant/weights.ts';
 import { CpuBackend } from '../../tensor/cpu/backend.ts';
 import type { Tensor } from '../../tensor/tensor.ts';
 import type { ModelConfig } from '../config.ts';
@@ -563,7 +564,7 @@ function planTensors(model: LlamaModel, type: GgufExportType): TensorPlan {
       const lin = layer.linears[name];
       const permute = rotaryPermutation(name, config);
       const base = `blk.${i}.${LINEAR_GGUF[name]}`;
-      const role = { kind: 'linear', name, layer: i, layers: config.numLayers } as const;
+      const role = { kind: 'linear', ...linearPlace(config, i, name) } as const;
       plan.matrix(`${base}.weight`, lin.weight, role, permute, lin.quantized);
       if (lin.bias) plan.vector(`${base}.bias`, lin.bias, permute && ((v) => permute(v, 1)));
     }
