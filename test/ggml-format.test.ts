@@ -29,6 +29,7 @@ import { readImatrix } from '../src/io/imatrix-file.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import type { LinearName } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
+import { quantizeModel } from '../src/quant/pipeline.ts';
 import { defineRecipe, resolveRecipe } from '../src/quant/recipe.ts';
 import { linearWeightSpec } from '../src/quant/weights.ts';
 import { createBackend } from '../src/tensor/index.ts';
@@ -295,6 +296,33 @@ test('imatrix-q4_k_m quantizes each linear with the mean x^2 of its calibration 
   assert.deepEqual(file.importance.get('blk.0.attn_q.weight'), importance);
   assert.equal(file.importance.size, 7 * src.layers.length);
   assert.equal(file.chunks, 1);
+  // `llmq imatrix` on the same calibration writes the same file's importance; a recipe reading it
+  // quantizes every linear to the calibrated checkpoint's blocks
+  const calibFlags = [
+    '--calib',
+    `${SHARED}data/text/brown.txt`,
+    '--calib-samples',
+    '1',
+    '--calib-seqlen',
+    '64',
+  ];
+  await run('./bin/llmq', ['imatrix', tiny, '--out', `${dir}/cli.gguf`, ...calibFlags]);
+  assert.deepEqual(readImatrix(`${dir}/cli.gguf`).importance, file.importance);
+  const fromFile = loadLlama(tiny, cpu);
+  const recipe = defineRecipe('f', {
+    description: '',
+    weights: 'q4_k_m',
+    steps: [{ method: 'imatrix', file: `${dir}/cli.gguf` }],
+  });
+  await quantizeModel(fromFile, recipe, undefined);
+  for (const [i, layer] of fromFile.layers.entries())
+    for (const [name, lin] of Object.entries(layer.linears))
+      for (const part of ['codes', 'scaleCodes'] as const)
+        assert.deepEqual(
+          lin.quantized?.encoded[part],
+          model.layers[i].linears[name as LinearName].quantized?.encoded[part],
+          `layer ${i} ${name} ${part}`,
+        );
   // the GGUF file holds the checkpoint's blocks (v_proj: no RoPE row permutation)
   await run('./bin/llmq', ['export', `${dir}/ckpt`, '--to', 'gguf-q4_k_m', '--out', `${dir}/m.gguf`]);
   const v = model.layers[0].linears.v_proj.quantized?.encoded;

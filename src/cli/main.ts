@@ -4,6 +4,7 @@ import { CHAT_HELP, chatCommand } from './chat.ts';
 import { EVAL_HELP, evalCommand } from './eval.ts';
 import { EXPORT_HELP, exportCommand } from './export.ts';
 import { GENERATE_HELP, generateCommand } from './generate.ts';
+import { IMATRIX_HELP, imatrixCommand } from './imatrix.ts';
 import { INSPECT_HELP, inspectCommand } from './inspect.ts';
 import { QUANTIZE_HELP, quantizeCommand } from './quantize.ts';
 import { RECIPES_HELP, recipesCommand } from './recipes.ts';
@@ -16,6 +17,7 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: s
   eval: { run: evalCommand, help: EVAL_HELP },
   export: { run: exportCommand, help: EXPORT_HELP },
   generate: { run: generateCommand, help: GENERATE_HELP },
+  imatrix: { run: imatrixCommand, help: IMATRIX_HELP },
   inspect: { run: inspectCommand, help: INSPECT_HELP },
   quantize: { run: quantizeCommand, help: QUANTIZE_HELP },
   recipes: { run: recipesCommand, help: RECIPES_HELP },
