@@ -325,6 +325,13 @@ test('imatrix-q4_k_m quantizes each linear with the mean x^2 of its calibration 
         );
   // the GGUF file holds the checkpoint's blocks (v_proj: no RoPE row permutation)
   await run('./bin/llmq', ['export', `${dir}/ckpt`, '--to', 'gguf-q4_k_m', '--out', `${dir}/m.gguf`]);
+  const meta = readGguf(`${dir}/m.gguf`).metadata;
+  assert.deepEqual(
+    ['quantize.imatrix.file', 'quantize.imatrix.entries_count', 'quantize.imatrix.chunks_count'].map(
+      (k) => meta.get(k)?.value,
+    ),
+    ['imatrix.gguf', 28, 1],
+  );
   const v = model.layers[0].linears.v_proj.quantized?.encoded;
   assert.ok(v?.scaleCodes);
   assert.deepEqual(

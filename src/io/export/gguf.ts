@@ -69,6 +69,7 @@ import {
   gguf,
   LINEAR_GGUF,
 } from '../gguf.ts';
+import { readImatrix } from '../imatrix-file.ts';
 import { readJsonObject } from '../json.ts';
 import { llama3RopeFactors } from '../rope.ts';
 
@@ -604,6 +605,23 @@ function countTypes(tensors: readonly GgufTensorSpec[]): Record<string, number> 
   return counts;
 }
 
+/**
+ * The quantize.imatrix.* keys llama-quantize --imatrix records (tools/quantize/quantize.cpp), for a
+ * checkpoint quantized with an importance matrix: its imatrix.gguf, or the llama-imatrix file its
+ * recipe named (when that file is still there).
+ */
+function imatrixMetadata(modelDir: string): Map<string, GgufValue> {
+  const step = readQuantizationConfig(modelDir)?.recipe.steps.find((s) => s.method === 'imatrix');
+  const file = step && (step.file ?? path.join(modelDir, 'imatrix.gguf'));
+  if (!file || !fs.existsSync(file)) return new Map();
+  const m = readImatrix(file);
+  const keys = new Map<string, GgufValue>([['quantize.imatrix.file', gguf.str(path.basename(file))]]);
+  if (m.datasets.length) keys.set('quantize.imatrix.dataset', gguf.str(m.datasets[0]));
+  keys.set('quantize.imatrix.entries_count', gguf.i32(m.importance.size));
+  if (m.chunks > 0) keys.set('quantize.imatrix.chunks_count', gguf.i32(m.chunks));
+  return keys;
+}
+
 /** Exports the model in `modelDir` as one GGUF file at `out`. */
 export async function exportGguf(
   modelDir: string,
@@ -616,7 +634,11 @@ export async function exportGguf(
   const { model } = await loadModel(modelDir, new CpuBackend());
   try {
     const name = path.basename(path.resolve(modelDir));
-    const metadata = new Map([...modelMetadata(name, config, opts.type), ...tokenizerMetadata(vocab)]);
+    const metadata = new Map([
+      ...modelMetadata(name, config, opts.type),
+      ...imatrixMetadata(modelDir),
+      ...tokenizerMetadata(vocab),
+    ]);
     const plan = planTensors(model, opts.type);
     const writer = new GgufWriter(out, metadata, plan.tensors, { force: opts.force });
     try {
