@@ -14,7 +14,7 @@ import { readImatrix, writeImatrix } from '../src/io/imatrix-file.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
 import '../src/quant/methods.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
-import { defineRecipe } from '../src/quant/recipe.ts';
+import { defineRecipe, resolveRecipe } from '../src/quant/recipe.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { MODELS, rng } from './helpers.ts';
 
@@ -112,6 +112,10 @@ test('an imatrix step with a file quantizes with its importance, without calibra
     quantizeModel(other, { ...recipe, steps: [{ method: 'imatrix', file: bad }] }, undefined),
     /blk.0.attn_q.weight has 2 importance values, the model's rows have 256/,
   );
+  // a recipe file finds the imatrix file it names beside itself
+  const recipeFile = path.join(dir, 'r.yaml');
+  fs.writeFileSync(recipeFile, 'description: x\nweights: q4_k_m\nsteps: [{imatrix: {file: tiny.gguf}}]\n');
+  assert.deepEqual(resolveRecipe(recipeFile).steps, [{ method: 'imatrix', file }]);
   assert.throws(
     () =>
       defineRecipe('x', {

@@ -4,6 +4,7 @@
  */
 
 import fs from 'node:fs';
+import path from 'node:path';
 import yaml from 'js-yaml';
 import { CALIB_SAMPLERS, type CalibSampler } from '../calib/data.ts';
 import { fail } from '../errors.ts';
@@ -422,6 +423,10 @@ function parseSteps(file: string, steps: unknown): Partial<Step>[] {
         `${file}: steps[${i}]: unknown method "${method}" (known: ${Object.keys(STEP_DEFAULTS).join(', ')})`,
       );
     checkKeys(`${file}: steps[${i}] (${method})`, step, Object.keys(STEP_DEFAULTS[method as Step['method']]));
+    // a file a recipe file names is found beside it (an absolute path stays as it is)
+    const named = step as { file?: unknown };
+    if (method === 'imatrix' && typeof named.file === 'string')
+      named.file = path.resolve(path.dirname(file), named.file);
     const loss = (step as { loss?: unknown }).loss;
     if (method === 'sqplus' && loss !== undefined && loss !== 'logit-mse' && loss !== 'nll')
       fail(`${file}: steps[${i}] (sqplus): loss must be "logit-mse" or "nll", got ${JSON.stringify(loss)}`);
