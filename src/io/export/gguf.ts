@@ -35,17 +35,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fail } from '../../errors.ts';
 import { quantizeBlocksInParallel } from '../../formats/block-workers.ts';
+import { ggmlBlocks, quantizeF16, quantizeQ4_0, quantizeQ5_0, quantizeQ8_0 } from '../../formats/ggml.ts';
 import {
-  ggmlBlocks,
-  quantizeF16,
-  quantizeQ4_0,
-  quantizeQ5_0,
-  quantizeQ5_1,
-  quantizeQ8_0,
-} from '../../formats/ggml.ts';
-import { type GgmlBlockType, ggmlBlockBytes, isGgmlBlockType } from '../../formats/ggml-codes.ts';
+  type GgmlBlockType,
+  ggmlBlockBytes,
+  isGgmlBlockType,
+  quantizeGgmlBlocks,
+} from '../../formats/ggml-codes.ts';
 import { formatName } from '../../formats/index.ts';
-import { quantizeQ4_K, quantizeQ5_K, quantizeQ6_K } from '../../formats/kquants.ts';
 import {
   isFallbackType,
   type LlamaTensorType,
@@ -55,6 +52,7 @@ import {
 import { LINEARS, type LinearName, type LlamaModel, type QuantizedWeight } from '../../model/llama.ts';
 import { readQuantizationConfig } from '../../quant/checkpoint.ts';
 import { loadModel } from '../../quant/load.ts';
+import type { QuantizationConfig } from '../../quant/stored.ts';
 import { linearPlace } from '../../quant/weights.ts';
 import { CpuBackend } from '../../tensor/cpu/backend.ts';
 import type { Tensor } from '../../tensor/tensor.ts';
@@ -139,7 +137,10 @@ function isObj(v: unknown): v is Json {
 // ---------------------------------------------------------------------------------------------
 // source checks
 
-function checkSource(modelDir: string, type: string): { config: ModelConfig; source: string } {
+function checkSource(
+  modelDir: string,
+  type: string,
+): { config: ModelConfig; source: string; quantization: QuantizationConfig | undefined } {
   if (!(GGUF_EXPORT_TYPES as readonly string[]).includes(type))
     fail(`GGUF type "${type}" is not supported (supported: ${GGUF_EXPORT_TYPES.join(', ')})`);
   const config = loadModelConfig(modelDir);
@@ -158,7 +159,7 @@ function checkSource(modelDir: string, type: string): { config: ModelConfig; sou
     fail(
       `${modelDir}: recipe ${q.recipe.name} quantizes the KV cache (${formatName(q.recipe.kvCache)}), which GGUF files cannot carry; export a checkpoint without it`,
     );
-  return { config, source: q ? `llmq ${q.recipe.name}` : 'full precision' };
+  return { config, source: q ? `llmq ${q.recipe.name}` : 'full precision', quantization: q };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -435,32 +436,9 @@ function encode(p: PlannedTensor, values: Float32Array, q4Fma: boolean): Uint8Ar
       return quantizeQ4_0(values, { fma: q4Fma });
     case GGML_TYPE.Q5_0:
       return quantizeQ5_0(values, { fma: q4Fma });
-    case GGML_TYPE.Q5_1:
-      return quantizeQ5_1(values);
-    case GGML_TYPE.Q4_K:
-      return quantizeQ4_K(values);
-    case GGML_TYPE.Q5_K:
-      return quantizeQ5_K(values);
-    case GGML_TYPE.Q6_K:
-      return quantizeQ6_K(values);
     default:
       throw new Error(`no encoder for ${ggmlTypeName(p.type)}`);
   }
-}
-
-const BLOCK_TYPE_OF: Partial<Record<number, GgmlBlockType>> = {
-  [GGML_TYPE.Q5_0]: 'q5_0',
-  [GGML_TYPE.Q5_1]: 'q5_1',
-  [GGML_TYPE.Q4_K]: 'q4_k',
-  [GGML_TYPE.Q5_K]: 'q5_k',
-  [GGML_TYPE.Q6_K]: 'q6_k',
-};
-
-/** encode, with the block types' quantizers spread over worker threads where there are some. */
-async function encodeTensor(p: PlannedTensor, values: Float32Array, q4Fma: boolean): Promise<Uint8Array> {
-  const type = BLOCK_TYPE_OF[p.type];
-  const parallel = type && !(type === 'q5_0' && q4Fma);
-  return (parallel && (await quantizeBlocksInParallel(type, values, p.dims[0]))) || encode(p, values, q4Fma);
 }
 
 const TENSOR_TYPE_ID: Record<LlamaTensorType, number> = {
@@ -473,6 +451,24 @@ const TENSOR_TYPE_ID: Record<LlamaTensorType, number> = {
   q5_k: GGML_TYPE.Q5_K,
   q6_k: GGML_TYPE.Q6_K,
 };
+
+/** The ggml type id -> formats/ggml-codes.ts block type, for the types kept as codes + block bytes. */
+const BLOCK_TYPE_OF = Object.fromEntries(
+  Object.entries(TENSOR_TYPE_ID)
+    .filter(([name]) => isGgmlBlockType(name))
+    .map(([name, id]) => [id, name]),
+) as Partial<Record<number, GgmlBlockType>>;
+
+/**
+ * The GGUF bytes of a planned tensor: the block types by their quantizers (ggml-codes.ts), on the
+ * worker threads where there are some; Q5_0 with --q4-fma and the other types by encode.
+ */
+async function encodeTensor(p: PlannedTensor, values: Float32Array, q4Fma: boolean): Promise<Uint8Array> {
+  const type = BLOCK_TYPE_OF[p.type];
+  if (!type || (type === 'q5_0' && q4Fma)) return encode(p, values, q4Fma);
+  const cols = p.dims[0];
+  return (await quantizeBlocksInParallel(type, values, cols)) ?? quantizeGgmlBlocks(values, cols, type);
+}
 
 /** The ggml type of a 2-D tensor with rows of `cols` values (llama-quantize's, see formats/llama-mix.ts). */
 function matrixType(role: TensorRole, cols: number, type: GgufExportType): number {
@@ -610,8 +606,8 @@ function countTypes(tensors: readonly GgufTensorSpec[]): Record<string, number> 
  * checkpoint quantized with an importance matrix: its imatrix.gguf, or the llama-imatrix file its
  * recipe named (when that file is still there).
  */
-function imatrixMetadata(modelDir: string): Map<string, GgufValue> {
-  const step = readQuantizationConfig(modelDir)?.recipe.steps.find((s) => s.method === 'imatrix');
+function imatrixMetadata(modelDir: string, q: QuantizationConfig | undefined): Map<string, GgufValue> {
+  const step = q?.recipe.steps.find((s) => s.method === 'imatrix');
   const file = step && (step.file ?? path.join(modelDir, 'imatrix.gguf'));
   if (!file || !fs.existsSync(file)) return new Map();
   const m = readImatrix(file);
@@ -628,7 +624,7 @@ export async function exportGguf(
   out: string,
   opts: GgufExportOptions,
 ): Promise<GgufExportSummary> {
-  const { config, source } = checkSource(modelDir, opts.type);
+  const { config, source, quantization } = checkSource(modelDir, opts.type);
   if (fs.existsSync(out) && !opts.force) fail(`${out} already exists (pass --force to replace it)`);
   const vocab = readVocab(modelDir, config);
   const { model } = await loadModel(modelDir, new CpuBackend());
@@ -636,7 +632,7 @@ export async function exportGguf(
     const name = path.basename(path.resolve(modelDir));
     const metadata = new Map([
       ...modelMetadata(name, config, opts.type),
-      ...imatrixMetadata(modelDir),
+      ...imatrixMetadata(modelDir, quantization),
       ...tokenizerMetadata(vocab),
     ]);
     const plan = planTensors(model, opts.type);
