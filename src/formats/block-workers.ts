@@ -98,7 +98,7 @@ export async function quantizeBlocksInParallel(
       x instanceof Float32Array
         ? x.slice(row * cols, end * cols)
         : Float32Array.from({ length: (end - row) * cols }, (_, i) => x[row * cols + i]);
-    parts.push(run(workers[w], { type, x: chunk, cols, importance: importance?.slice() }));
+    parts.push(run(workers[w], { type, x: chunk, cols, importance }));
   }
   try {
     return concatArrays(await Promise.all(parts), (n) => new Uint8Array(n));

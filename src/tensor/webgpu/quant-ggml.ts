@@ -170,17 +170,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   };
 }
 
-interface Pass {
+export interface Pass {
   blocks: number;
   x: Window;
   o: Window;
 }
 
-/** Windows over x and out in whole storage rows (each a whole number of blocks). */
-function passes(ctx: GpuContext, x: Storage, out: Storage): Pass[] {
-  if (x.cols % QK !== 0) {
+/**
+ * Windows over x and out in whole storage rows (each a whole number of blocks of `block` values), with
+ * the blocks each holds.
+ */
+export function blockPasses(ctx: GpuContext, x: Storage, out: Storage, block = QK): Pass[] {
+  if (x.cols % block !== 0) {
     // a 1-D tensor (one value per storage row): it must fit one binding
-    const blocks = (x.rows * x.cols) / QK;
+    const blocks = (x.rows * x.cols) / block;
     return [{ blocks, x: ctx.whole(x, 'fakeQuant'), o: ctx.whole(out, 'fakeQuant') }];
   }
   return ctx
@@ -188,7 +191,7 @@ function passes(ctx: GpuContext, x: Storage, out: Storage): Pass[] {
       x.rows,
       [x, out].map((s) => ({ s, row0: 0 })),
     )
-    .map((seg) => ({ blocks: (seg.n * x.cols) / QK, x: seg.w[0], o: seg.w[1] }));
+    .map((seg) => ({ blocks: (seg.n * x.cols) / block, x: seg.w[0], o: seg.w[1] }));
 }
 
 /**
@@ -203,7 +206,7 @@ export function ggmlFakeQuant(ctx: GpuContext, x: Storage, lastDim: number, spec
   const kernel = ggmlKernel(spec.type, x.dtype);
   const out = ctx.allocStorage(x.rows, x.cols, 'f32');
   if (x.rows * x.cols === 0) return out;
-  for (const pass of passes(ctx, x, out))
+  for (const pass of blockPasses(ctx, x, out))
     ctx.dispatch(
       kernel,
       new Params().u(pass.blocks).u(pass.x.off).u(pass.o.off),

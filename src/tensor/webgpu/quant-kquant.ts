@@ -15,7 +15,7 @@ import { fail } from '../../errors.ts';
 import type { GgmlSpec } from '../../formats/spec.ts';
 import type { DType } from '../tensor.ts';
 import { type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
-import { ggmlKernelHeader } from './quant-ggml.ts';
+import { blockPasses, ggmlKernelHeader } from './quant-ggml.ts';
 
 export type SearchKType = 'q4_k' | 'q5_k' | 'q6_k';
 export const SEARCH_K_TYPES: readonly string[] = ['q4_k', 'q5_k', 'q6_k'];
@@ -255,18 +255,12 @@ export function kquantSearchFakeQuant(ctx: GpuContext, x: Storage, lastDim: numb
   const kernel = kquantKernel(type, x.dtype);
   const out = ctx.allocStorage(x.rows, x.cols, 'f32');
   if (x.rows * x.cols === 0) return out;
-  const segments = ctx.segments(
-    x.rows,
-    [x, out].map((s) => ({ s, row0: 0 })),
-  );
-  for (const seg of segments) {
-    const groups = (seg.n * x.cols) / sub;
+  for (const pass of blockPasses(ctx, x, out, sub))
     ctx.dispatch(
       kernel,
-      new Params().u(groups).u(seg.w[0].off).u(seg.w[1].off),
-      [seg.w[0].binding, seg.w[1].binding],
-      grid2(Math.ceil(groups / WG)),
+      new Params().u(pass.blocks).u(pass.x.off).u(pass.o.off),
+      [pass.x.binding, pass.o.binding],
+      grid2(Math.ceil(pass.blocks / WG)),
     );
-  }
   return out;
 }
