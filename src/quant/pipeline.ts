@@ -159,6 +159,27 @@ export async function quantizeModel(
   return report;
 }
 
+/** A layer's fresh step context over the given calibration inputs. */
+function layerContext(
+  model: LlamaModel,
+  layer: number,
+  recipe: Recipe,
+  report: QuantReport,
+  run: Pick<LayerContext, 'inputs' | 'shapes' | 'onProgress'>,
+): LayerContext {
+  return {
+    model,
+    layer,
+    recipe,
+    ...run,
+    stats: new Map(),
+    salient: new Map(),
+    staticAbsMax: new Map(),
+    timings: report.timings,
+    notes: {},
+  };
+}
+
 /** The layer steps that need no calibration (an imatrix from a file), run without inputs. */
 async function runStepsWithoutCalibration(
   model: LlamaModel,
@@ -168,18 +189,7 @@ async function runStepsWithoutCalibration(
 ): Promise<void> {
   const steps = recipe.steps.filter((s) => !stepNeedsCalibration(s) && LAYER_STEPS.has(s.method));
   if (steps.length === 0) return;
-  const ctx: LayerContext = {
-    model,
-    layer,
-    recipe,
-    inputs: [],
-    shapes: [],
-    stats: new Map(),
-    salient: new Map(),
-    staticAbsMax: new Map(),
-    timings: report.timings,
-    notes: {},
-  };
+  const ctx = layerContext(model, layer, recipe, report, { inputs: [], shapes: [] });
   for (const step of steps) await LAYER_STEPS.get(step.method)?.(ctx, step);
   report.layers.push({ layer, ...ctx.notes });
 }
@@ -220,19 +230,7 @@ async function layerByLayer(
   }
   const width = model.config.hiddenSize;
   for (let layer = resumed?.layers ?? 0; layer < model.layers.length; layer++) {
-    const ctx: LayerContext = {
-      model,
-      layer,
-      recipe,
-      inputs,
-      shapes,
-      stats: new Map(),
-      salient: new Map(),
-      staticAbsMax: new Map(),
-      timings: report.timings,
-      notes: {},
-      onProgress: opts.onProgress,
-    };
+    const ctx = layerContext(model, layer, recipe, report, { inputs, shapes, onProgress: opts.onProgress });
     const before = { ...report.timings };
     const layerStart = performance.now();
     const fpOutputs = await captureIfNeeded(ctx);

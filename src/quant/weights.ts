@@ -55,12 +55,6 @@ export function setQuantizedWeight(
   lin.quantized = q;
 }
 
-/**
- * The format linear `name` of `layer` takes under a recipe's weight format: the format itself, except
- * for llama.cpp's types, which pick per tensor as llama-quantize does (formats/llama-mix.ts): q4_k_m
- * its mix (q4_k_m, ...), and a K-type whose blocks do not fit the rows its fallback. Undefined: the linear stays in
- * full precision (rows fit no llama.cpp block, as llama-quantize leaves them F16).
- */
 export interface LinearPlace {
   layer: number;
   name: LinearName;
@@ -74,6 +68,13 @@ export function linearPlace(config: ModelConfig, layer: number, name: LinearName
   return { layer, name, layers: config.numLayers, llama70B: isLlama70B(config) };
 }
 
+/**
+ * The format linear `name` of `layer` takes under a recipe's weight format: the format itself, except
+ * for llama.cpp's types, which pick per tensor as llama-quantize does (formats/llama-mix.ts): a mix
+ * (q4_k_m, ...) its type for the linear, and a K-type whose blocks do not fit the rows its fallback.
+ * Undefined: the linear stays in full precision (rows fit no llama.cpp block, as llama-quantize
+ * leaves them F16).
+ */
 export function linearWeightSpec(
   weights: FormatSpec,
   linear: LinearPlace,
