@@ -307,6 +307,11 @@ test('imatrix-q4_k_m quantizes each linear with the mean x^2 of its calibration 
     '64',
   ];
   await run('./bin/llmq', ['imatrix', tiny, '--out', `${dir}/cli.gguf`, ...calibFlags]);
+  await assert.rejects(
+    run('./bin/llmq', ['imatrix', tiny, '--out', `${dir}/cli.gguf`, ...calibFlags]),
+    /already exists/,
+  );
+  await run('./bin/llmq', ['imatrix', tiny, '--out', `${dir}/cli.gguf`, '--force', ...calibFlags]);
   assert.deepEqual(readImatrix(`${dir}/cli.gguf`).importance, file.importance);
   const fromFile = loadLlama(tiny, cpu);
   const recipe = defineRecipe('f', {

@@ -6,9 +6,8 @@
  */
 import fs from 'node:fs';
 import { fail } from '../errors.ts';
-import { writeImatrix } from '../io/imatrix-file.ts';
 import { LINEARS } from '../model/llama.ts';
-import { collectedImatrix } from '../quant/imatrix.ts';
+import { writeCollectedImatrix } from '../quant/imatrix.ts';
 import { loadModel } from '../quant/load.ts';
 import type { Recipe } from '../quant/recipe.ts';
 import { createBackend, type DeviceName } from '../tensor/index.ts';
@@ -53,10 +52,9 @@ export async function imatrixCommand(argv: string[]): Promise<void> {
     onProgress: phaseProgress(values.json),
     onCalibration: (d, t) => tokenizing.update(d, t),
   });
-  const collected = collectedImatrix(model);
+  const collected = writeCollectedImatrix(model, values.out, calibration?.source, { force: values.force });
   if (!collected) return fail(`imatrix: ${dir} gave no importance matrix (a quantized checkpoint?)`);
-  const dataset = String(calibration?.source ?? 'calibration');
-  writeImatrix(values.out, collected.entries, { ...collected, datasets: [dataset] });
+  const [dataset] = collected.datasets;
   const out = {
     out: values.out,
     entries: collected.entries.length,

@@ -121,11 +121,12 @@ function readLegacyImatrix(path: string, bytes: Buffer): Imatrix {
   return { importance, datasets, chunks };
 }
 
-/** Writes an imatrix GGUF file llama-quantize --imatrix reads (atomically). */
+/** Writes an imatrix GGUF file llama-quantize --imatrix reads (atomically; over an existing one with force). */
 export function writeImatrix(
   path: string,
   entries: readonly ImatrixSums[],
   meta: { datasets: string[]; chunks: number; chunkSize: number },
+  opts: { force?: boolean } = {},
 ): void {
   const metadata = new Map([
     ['general.type', gguf.str('imatrix')],
@@ -138,7 +139,7 @@ export function writeImatrix(
     { name: `${e.name}.in_sum2`, dims: [e.sums.length, 1], type: GGML_TYPE.F32, data: bytesOf(e.sums) },
     { name: `${e.name}.counts`, dims: [1, 1], type: GGML_TYPE.F32, data: bytesOf(Float32Array.of(e.count)) },
   ]);
-  writeGguf(path, metadata, tensors);
+  writeGguf(path, metadata, tensors, opts);
 }
 
 function bytesOf(x: Float32Array): Uint8Array {

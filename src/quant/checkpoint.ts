@@ -24,7 +24,6 @@ import path from 'node:path';
 import { fail } from '../errors.ts';
 import { formatName, packCodes } from '../formats/index.ts';
 import { loadModelConfig } from '../io/config-file.ts';
-import { writeImatrix } from '../io/imatrix-file.ts';
 import { type Checkpoint, openCheckpoint, type TensorToWrite, writeSafetensors } from '../io/safetensors.ts';
 import {
   LINEARS,
@@ -37,7 +36,7 @@ import {
 import type { CodesOnly } from '../model/packed.ts';
 import { bf16ToF32, f32ToBf16 } from '../tensor/dtype.ts';
 import type { Backend, Tensor } from '../tensor/tensor.ts';
-import { collectedImatrix } from './imatrix.ts';
+import { writeCollectedImatrix } from './imatrix.ts';
 import type { Recipe } from './recipe.ts';
 import {
   type Manifest,
@@ -218,11 +217,7 @@ export async function saveQuantized(
     };
     const config = { ...model.config.raw, quantization_config: quantization };
     fs.writeFileSync(path.join(tmp, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
-    const imatrix = collectedImatrix(model);
-    if (imatrix) {
-      const dataset = String(manifest.calibration?.source ?? 'llmq calibration');
-      writeImatrix(path.join(tmp, 'imatrix.gguf'), imatrix.entries, { ...imatrix, datasets: [dataset] });
-    }
+    writeCollectedImatrix(model, path.join(tmp, 'imatrix.gguf'), manifest.calibration?.source);
     for (const f of COPIED_FILES) {
       const src = path.join(model.dir, f);
       if (fs.existsSync(src)) fs.copyFileSync(src, path.join(tmp, f));

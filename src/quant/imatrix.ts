@@ -15,7 +15,7 @@ import { fail } from '../errors.ts';
 import { isBlockFormat } from '../formats/ggml-codes.ts';
 import { encodeAsync } from '../formats/index.ts';
 import { LINEAR_GGUF } from '../io/gguf-format.ts';
-import { type Imatrix, type ImatrixSums, readImatrix } from '../io/imatrix-file.ts';
+import { type Imatrix, type ImatrixSums, readImatrix, writeImatrix } from '../io/imatrix-file.ts';
 import { type LinearName, type LlamaModel, SHARED_INPUT } from '../model/llama.ts';
 import { type LayerContext, registerLayerStep, runLayer, timed } from './pipeline.ts';
 import type { ImatrixStep } from './recipe.ts';
@@ -105,12 +105,21 @@ function collect(ctx: LayerContext, sums: SquareSums): void {
 }
 
 /**
- * The importance matrix the imatrix step collected over every layer of the model (for a llama-imatrix
- * file beside the checkpoint); undefined when it took a file or did not see every layer (a resumed run).
+ * Writes the importance matrix the imatrix step collected over every layer of the model as a
+ * llama-imatrix GGUF file, `dataset` naming the calibration text; returns what it wrote, or undefined
+ * (nothing written) when the step took a file or did not see every layer (a resumed run).
  */
-export function collectedImatrix(model: LlamaModel): Omit<Collected, 'layers'> | undefined {
+export function writeCollectedImatrix(
+  model: LlamaModel,
+  file: string,
+  dataset: unknown,
+  opts: { force?: boolean } = {},
+): (Omit<Collected, 'layers'> & { datasets: string[] }) | undefined {
   const c = COLLECTED.get(model);
-  return c && c.layers.size === model.layers.length ? c : undefined;
+  if (!c || c.layers.size !== model.layers.length) return undefined;
+  const written = { ...c, datasets: [String(dataset ?? 'calibration')] };
+  writeImatrix(file, c.entries, written, opts);
+  return written;
 }
 
 /** The importance of a layer's linears: from the step's llama-imatrix file, else captured here. */
