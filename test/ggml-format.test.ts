@@ -23,8 +23,14 @@ import {
 } from '../src/formats/ggml.ts';
 import { ggmlBlockBytes } from '../src/formats/ggml-codes.ts';
 import { decode, encode, fakeQuantRows, formatName, parseFormat } from '../src/formats/index.ts';
-import { quantizeQ4_K, quantizeQ5_K, quantizeQ6_K } from '../src/formats/kquants.ts';
-import { readGguf, readGgufTensor } from '../src/io/gguf.ts';
+import {
+  quantizeQ2_K,
+  quantizeQ3_K,
+  quantizeQ4_K,
+  quantizeQ5_K,
+  quantizeQ6_K,
+} from '../src/formats/kquants.ts';
+import { ggmlTypeName, readGguf, readGgufTensor } from '../src/io/gguf.ts';
 import { readImatrix } from '../src/io/imatrix-file.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import type { LinearName } from '../src/model/llama.ts';
@@ -181,7 +187,7 @@ test('an rtn-q4_0 checkpoint exports to the same GGUF Q4_0 blocks as the full-pr
   fs.rmSync(dir, { recursive: true });
 });
 
-test('q5_0 / q5_1 / q4_k / q5_k / q6_k encode to the reference blocks and decode to their fake quant bit for bit', () => {
+test('q5_0 / q5_1 / q2_k / q3_k / q4_k / q5_k / q6_k encode to the reference blocks and decode to their fake quant bit for bit', () => {
   const r = rng(31);
   const [rows, cols] = [3, 512];
   const x = Float32Array.from(r.normal(rows * cols), (v) => v * 0.03);
@@ -189,6 +195,8 @@ test('q5_0 / q5_1 / q4_k / q5_k / q6_k encode to the reference blocks and decode
   const cases = [
     ['q5_0', quantizeQ5_0],
     ['q5_1', quantizeQ5_1],
+    ['q2_k', quantizeQ2_K],
+    ['q3_k', quantizeQ3_K],
     ['q4_k', quantizeQ4_K],
     ['q5_k', quantizeQ5_K],
     ['q6_k', quantizeQ6_K],
@@ -209,7 +217,7 @@ test("q4_k_m picks each linear's type as llama-quantize does", () => {
   const mix = parseFormat('q4_k_m');
   const typeOf = (layer: number, name: LinearName, cols: number) =>
     (
-      linearWeightSpec(mix, { layer, name, layers: 32, llama70B: false }, cols) as
+      linearWeightSpec(mix, { layer, name, layers: 32, llama70B: false, gqa: 1 }, cols) as
         | { type?: string }
         | undefined
     )?.type ?? 'f16';
@@ -226,7 +234,7 @@ test("q4_k_m picks each linear's type as llama-quantize does", () => {
   assert.equal(typeOf(5, 'down_proj', 704), 'q5_0');
   assert.equal(typeOf(5, 'up_proj', 100), 'f16');
   assert.equal(typeOf(5, 'up_proj', 4096), 'q4_k');
-  const o3 = { layer: 3, name: 'o_proj', layers: 32, llama70B: false } as const;
+  const o3 = { layer: 3, name: 'o_proj', layers: 32, llama70B: false, gqa: 1 } as const;
   assert.deepEqual(linearWeightSpec(parseFormat('q6_k'), o3, 384), {
     kind: 'ggml',
     type: 'q8_0',
@@ -240,6 +248,33 @@ test("q4_k_m picks each linear's type as llama-quantize does", () => {
 test('an rtn-q5_k_m checkpoint exports to the GGUF Q5_K_M llama-quantize writes', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-q5km-'));
   await sameGgufAsFullPrecision(dir, 'rtn-q5_k_m', 'q5_k_m');
+  fs.rmSync(dir, { recursive: true });
+});
+
+test('rtn-q3_k_m and q2_k_mix checkpoints export to the GGUF Q3_K_M / Q2_K llama-quantize writes', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-q3km-'));
+  await sameGgufAsFullPrecision(dir, 'rtn-q3_k_m', 'q3_k_m');
+  const g = readGguf(`${dir}/from-ckpt.gguf`);
+  assert.equal(g.metadata.get('general.file_type')?.value, 12);
+  // llama-tiny (4 layers, rows of 256 and 704): Q3_K where rows fit, Q5_K / Q4_K attn_v, Q4_K attn_output
+  const typeOf = (name: string) => ggmlTypeName(g.tensors.find((t) => t.name === name)!.type);
+  assert.deepEqual(
+    ['blk.1.attn_q.weight', 'blk.1.attn_v.weight', 'blk.2.attn_v.weight', 'blk.1.attn_output.weight'].map(
+      typeOf,
+    ),
+    ['Q3_K', 'Q5_K', 'Q4_K', 'Q4_K'],
+  );
+  fs.mkdirSync(`${dir}/q2k`);
+  fs.writeFileSync(`${dir}/q2k.yaml`, 'description: Q2_K file type\nweights: q2_k_mix\n');
+  await sameGgufAsFullPrecision(`${dir}/q2k`, `${dir}/q2k.yaml`, 'q2_k');
+  const g2 = readGguf(`${dir}/q2k/from-ckpt.gguf`);
+  const typeOf2 = (name: string) => ggmlTypeName(g2.tensors.find((t) => t.name === name)!.type);
+  assert.deepEqual(
+    ['blk.0.attn_k.weight', 'blk.0.attn_v.weight', 'blk.0.attn_output.weight', 'blk.0.ffn_down.weight'].map(
+      typeOf2,
+    ),
+    ['Q2_K', 'Q3_K', 'Q3_K', 'Q4_0'],
+  );
   fs.rmSync(dir, { recursive: true });
 });
 

@@ -3,12 +3,15 @@
  * (test/fixtures/kquants.json, made by ggml-quants.c's quantize_row_q4_K_ref / _q6_K_ref built with
  * strict float32 arithmetic), Q5_0 against gguf-py's port of quantize_row_q5_0_ref, the importance
  * paths against quantize_q*_impl (kquants-imatrix.json), Q5_1 and Q5_K against quantize_q5_1 /
- * quantize_q5_K on both paths (kquants-q5.json).
+ * quantize_q5_K on both paths (kquants-q5.json), Q2_K and Q3_K against quantize_q2_K / quantize_q3_K and
+ * their dequantizers on both paths (kquants-q23.json).
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { test } from 'node:test';
 import {
+  dequantizeQ2_K,
+  dequantizeQ3_K,
   dequantizeQ4_K,
   dequantizeQ5_0,
   dequantizeQ5_1,
@@ -17,7 +20,13 @@ import {
   quantizeQ5_0,
   quantizeQ5_1,
 } from '../src/formats/ggml.ts';
-import { quantizeQ4_K, quantizeQ5_K, quantizeQ6_K } from '../src/formats/kquants.ts';
+import {
+  quantizeQ2_K,
+  quantizeQ3_K,
+  quantizeQ4_K,
+  quantizeQ5_K,
+  quantizeQ6_K,
+} from '../src/formats/kquants.ts';
 
 const bytes = (b64: string) => new Uint8Array(Buffer.from(b64, 'base64'));
 const floats = (b64: string) => {
@@ -146,6 +155,38 @@ test('Q5_K and Q5_1 decode within one step (range / 31) of their input', () => {
       const range = Math.max(...slice) - Math.min(...slice, 0);
       for (let i = b * block; i < (b + 1) * block; i++)
         assert.ok(Math.abs(y[i] - x[i]) <= range / 31, `${name} value ${i}: ${y[i]} vs ${x[i]}`);
+    }
+  }
+});
+
+interface Q23Case {
+  name: string;
+  cols: number;
+  input: string;
+  importance?: string;
+  q2_K: string;
+  q3_K: string;
+  q2_K_values: string;
+  q3_K_values: string;
+}
+
+test('Q2_K and Q3_K equal llama.cpp (quantize_q2_K / quantize_q3_K) byte for byte and decode as its dequantizers', () => {
+  const f = JSON.parse(fs.readFileSync('test/fixtures/kquants-q23.json', 'utf8')) as { cases: Q23Case[] };
+  assert.ok(
+    f.cases.filter((c) => c.importance).length >= 5 && f.cases.filter((c) => !c.importance).length >= 8,
+  );
+  for (const c of f.cases) {
+    const x = floats(c.input);
+    const imatrix = c.importance ? { importance: floats(c.importance), cols: c.cols } : undefined;
+    const q2 = quantizeQ2_K(x, imatrix);
+    assert.equal(firstBadBlock(q2, bytes(c.q2_K), 84), -1, `${c.name}: Q2_K block`);
+    const q3 = quantizeQ3_K(x, imatrix);
+    assert.equal(firstBadBlock(q3, bytes(c.q3_K), 110), -1, `${c.name}: Q3_K block`);
+    assert.deepEqual(dequantizeQ2_K(bytes(c.q2_K)), floats(c.q2_K_values), `${c.name}: Q2_K values`);
+    assert.deepEqual(dequantizeQ3_K(bytes(c.q3_K)), floats(c.q3_K_values), `${c.name}: Q3_K values`);
+    if (c.name === 'imatrix_normal_0.02') {
+      assert.notDeepEqual(q2, quantizeQ2_K(x), 'imatrix changes Q2_K');
+      assert.notDeepEqual(q3, quantizeQ3_K(x), 'imatrix changes Q3_K');
     }
   }
 });

@@ -87,3 +87,45 @@ test('a 70B Llama (80 layers, grouped KV heads) takes Q5_K for attn_v where the 
   );
   assert.equal(down, 'q4_k');
 });
+
+test('Q2_K and Q3_K_S/M/L: the bumped types of attn_v, attn_output and ffn_down, Q4_0 as the fallback', () => {
+  const each = (type: string) => Array.from({ length: LAYERS }, () => type);
+  // Q2_K: ffn_down and attn_output Q3_K; attn_v Q3_K, or Q4_K with 4+ query heads per KV head (n_gqa)
+  assert.deepEqual(typesOf('q2_k', 'down_proj'), each('q3_k'));
+  assert.deepEqual(typesOf('q2_k', 'o_proj'), each('q3_k'));
+  assert.deepEqual(typesOf('q2_k', 'v_proj'), each('q3_k'));
+  const v = (file: LlamaFileType, gqa: number) =>
+    llamaTensorType(file, { kind: 'linear', name: 'v_proj', layer: 9, layers: LAYERS, gqa }, 4096);
+  assert.deepEqual([v('q2_k', 3), v('q2_k', 4), v('q2_k_mix', 8)], ['q3_k', 'q4_k', 'q4_k']);
+  for (const name of ['q_proj', 'k_proj', 'gate_proj', 'up_proj'])
+    assert.deepEqual(typesOf('q2_k_mix', name), each('q2_k'));
+  // Q3_K_S: Q3_K everywhere; Q3_K_L: Q5_K for attn_v, attn_output and ffn_down
+  for (const name of ['v_proj', 'o_proj', 'down_proj', 'q_proj'])
+    assert.deepEqual(typesOf('q3_k_s', name), each('q3_k'));
+  for (const name of ['v_proj', 'o_proj', 'down_proj'])
+    assert.deepEqual(typesOf('q3_k_l', name), each('q5_k'));
+  assert.deepEqual(typesOf('q3_k_l', 'up_proj'), each('q3_k'));
+  // Q3_K_M: attn_v Q5_K in layers 0-1, ffn_down Q5_K in the first sixteenth (2 of 32), Q4_K after
+  const early = (n: number) => Array.from({ length: LAYERS }, (_, i) => (i < n ? 'q5_k' : 'q4_k'));
+  assert.deepEqual(typesOf('q3_k_m', 'v_proj'), early(2));
+  assert.deepEqual(typesOf('q3_k_m', 'down_proj'), early(2));
+  assert.deepEqual(typesOf('q3_k_m', 'o_proj'), each('q4_k'));
+  assert.deepEqual(typesOf('q3_k_m', 'gate_proj'), each('q3_k'));
+  const down80 = (layer: number) =>
+    llamaTensorType('q3_k_m', { kind: 'linear', name: 'down_proj', layer, layers: 80 }, 28672);
+  assert.deepEqual([down80(4), down80(5)], ['q5_k', 'q4_k']);
+  // Q2_K and Q3_K rows that are not whole super-blocks fall back to Q4_0 (llama.cpp 007dbbf)
+  assert.equal(llamaTensorType('q3_k_s', linear('up_proj', 5), 384), 'q4_0');
+  assert.equal(llamaTensorType('q2_k', linear('down_proj', 5), 704), 'q4_0');
+  assert.equal(llamaTensorType('q3_k_m', linear('o_proj', 5), 384), 'q5_0');
+  assert.equal(llamaTensorType('q2_k', { kind: 'output' }, 4096), 'q6_k');
+  assert.equal(llamaTensorType('q3_k_m', { kind: 'embed' }, 4096), 'q3_k');
+  // the 70B rule lifts Q3_K attn_v too
+  const v70 = (file: LlamaFileType) =>
+    llamaTensorType(
+      file,
+      { kind: 'linear', name: 'v_proj', layer: 40, layers: 80, llama70B: true, gqa: 8 },
+      8192,
+    );
+  assert.deepEqual([v70('q3_k_s'), v70('q2_k'), v70('q3_k_m')], ['q5_k', 'q5_k', 'q5_k']);
+});

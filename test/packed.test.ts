@@ -23,7 +23,7 @@ import { loadModel } from '../src/quant/load.ts';
 import '../src/quant/methods.ts';
 import { dequantizeGptq } from '../src/quant/gptq.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
-import { resolveRecipe } from '../src/quant/recipe.ts';
+import { defineRecipe, resolveRecipe } from '../src/quant/recipe.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import type { Backend } from '../src/tensor/tensor.ts';
 import { openDevice, WebGpuBackend, WebGpuTensor } from '../src/tensor/webgpu/backend.ts';
@@ -150,15 +150,16 @@ test('WebGPU: a stored W4 g64 / W8A8 checkpoint loaded codes-only (no f32 weight
   }
 });
 
-test('WebGPU: rtn-q4_k_m / rtn-q5_k_m checkpoints (Q4_K, Q5_K, Q6_K, Q5_0, Q5_1, Q8_0) loaded codes-only run from their blocks', {
+test('WebGPU: rtn-q4_k_m / rtn-q5_k_m / rtn-q3_k_m / Q2_K checkpoints (every llama.cpp type llmq writes) loaded codes-only run from their blocks', {
   skip: gpu ? false : 'no WebGPU adapter',
 }, async () => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-kquant-codes-'));
   try {
     const tokens = loadTokenizer(TINY).encode(readEvalText(WIKITEXT).slice(0, 4000));
     const opts = { seqLen: 128, maxWindows: 2 };
-    for (const name of ['rtn-q4_k_m', 'rtn-q5_k_m']) {
-      const recipe = resolveRecipe(name);
+    const q2k = defineRecipe('q2_k', { description: 'Q2_K file type', weights: 'q2_k_mix' });
+    for (const name of ['rtn-q4_k_m', 'rtn-q5_k_m', 'rtn-q3_k_m', 'q2_k']) {
+      const recipe = name === 'q2_k' ? q2k : resolveRecipe(name);
       const source = loadLlama(TINY, cpu);
       await quantizeModel(source, recipe, undefined);
       const dir = path.join(root, name);
@@ -225,7 +226,7 @@ test('WebGPU: a Q4_0 / Q8_0 GGUF loaded codes-only runs from its codes to the pe
   }
 });
 
-test('WebGPU: Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K GGUF linears loaded codes-only run from their codes to the dequantized perplexity', {
+test('WebGPU: Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K GGUF linears loaded codes-only run from their codes to the dequantized perplexity', {
   skip: gpu ? false : 'no WebGPU adapter',
 }, async () => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-gguf-blocks-'));
@@ -241,7 +242,11 @@ test('WebGPU: Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K GGUF linears loaded codes-only 
           ? 'Q4_K'
           : name.includes('ffn_')
             ? 'Q5_K'
-            : 'Q6_K';
+            : name.includes('attn_v')
+              ? 'Q3_K'
+              : layer % 2
+                ? 'Q2_K'
+                : 'Q6_K';
     const tensors = src.tensors.map((t, i) => {
       const m = /^blk\.(\d+)\.(attn_[qkvo]|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$/.exec(t.name);
       if (!m) return { name: t.name, dims: t.dims, type: t.type, data: readGgufTensor(src, t.name) };

@@ -19,14 +19,17 @@ export const EXPORT_HELP = `llmq export <model-dir> --to ${TARGETS.join('|')} --
   pack-quantized (INT4/INT8). Codes and zero points are kept; scales and all other tensors become fp16
   (the summary reports the largest relative change this makes to a weight). Refuses what a layout cannot
   hold (MX/FP8/NVFP4, activation quantization, salient columns).
-  gguf-q8_0, gguf-q4_0, gguf-q4_k_s, gguf-q4_k_m, gguf-q5_k_s, gguf-q5_k_m, gguf-q6_k, gguf-f16: one
-  GGUF file for llama.cpp / node-llama-cpp from a full-precision model or an llmq weight-only checkpoint
-  (its dequantized weights, e.g. with AWQ's scaling, are quantized with llama.cpp's own Q8_0 / Q4_0 /
-  Q5_0 / Q5_1 / Q4_K / Q5_K / Q6_K rules, byte for byte; a checkpoint already in the tensor's llama.cpp
-  type is written as it is; norms stay F32). Each tensor takes the type llama-quantize gives it without
-  an importance matrix: the output matrix Q6_K under every type but q8_0; the _m mixes Q6_K for attn_v
-  and ffn_down in a third of the layers; q4_k_s Q5_K for attn_v in layers 0-3 and ffn_down in the first
-  eighth; K-types fall back (Q4_K to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0) where rows are not a multiple of 256.
+  gguf-q8_0, gguf-q4_0, gguf-q2_k, gguf-q3_k_s, gguf-q3_k_m, gguf-q3_k_l, gguf-q4_k_s, gguf-q4_k_m,
+  gguf-q5_k_s, gguf-q5_k_m, gguf-q6_k, gguf-f16: one GGUF file for llama.cpp / node-llama-cpp from a
+  full-precision model or an llmq weight-only checkpoint (its dequantized weights, e.g. with AWQ's
+  scaling, are quantized with llama.cpp's own Q8_0 / Q4_0 / Q5_0 / Q5_1 / Q2_K / Q3_K / Q4_K / Q5_K /
+  Q6_K rules, byte for byte; a checkpoint already in the tensor's llama.cpp type is written as it is;
+  norms stay F32). Each tensor takes the type llama-quantize gives it without an importance matrix:
+  the output matrix Q6_K under every type but q8_0; the _m mixes Q6_K for attn_v and ffn_down in a
+  third of the layers; q4_k_s Q5_K for attn_v in layers 0-3 and ffn_down in the first eighth; q2_k Q3_K
+  for attn_output and ffn_down (attn_v Q3_K, or Q4_K with 4+ query heads per KV head); q3_k_m Q4_K for
+  attn_output, Q5_K / Q4_K for attn_v and ffn_down; q3_k_l Q5_K for those three; K-types fall back
+  (Q2_K and Q3_K to Q4_0, Q4_K to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0) where rows are not a multiple of 256.
   --q4-fma rounds Q4_0 (and Q5_0) as llama.cpp builds with a fused multiply-add do (aarch64).
   Refuses an existing --out unless --force.`;
 

@@ -1,13 +1,17 @@
 /**
- * llama.cpp's Q5_0, Q5_1, Q4_K, Q5_K and Q6_K blocks as an Encoded weight: one code per value plus
- * each block's remaining bytes (`headers`: Q5_0's fp16 d; Q5_1's d and m; Q4_K's and Q5_K's d, dmin
- * and 12 bytes of 6-bit scales and mins; Q6_K's 16 int8 scales and fp16 d), so the GGUF blocks are
- * rebuilt byte for byte from a checkpoint. Codes as the dequantizers read them: Q5_0 0..31
- * (x = (q - 16) d), Q5_1 0..31 (x = q d + m), Q4_K 0..15 and Q5_K 0..31 (x = (d sc) q - dmin m),
- * Q6_K 0..63 (x = (d sc) (q - 32)). Rows must hold whole blocks (32 or 256 values).
+ * llama.cpp's Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K blocks as an Encoded weight: one code per
+ * value plus each block's remaining bytes (`headers`: Q5_0's fp16 d; Q5_1's d and m; Q2_K's 16 bytes
+ * of 4-bit scales and mins, d and dmin; Q3_K's 12 bytes of 6-bit scales and d; Q4_K's and Q5_K's d,
+ * dmin and 12 bytes of 6-bit scales and mins; Q6_K's 16 int8 scales and fp16 d), so the GGUF blocks
+ * are rebuilt byte for byte from a checkpoint. Codes as the dequantizers read them: Q5_0 0..31
+ * (x = (q - 16) d), Q5_1 0..31 (x = q d + m), Q2_K 0..3, Q4_K 0..15 and Q5_K 0..31
+ * (x = (d sc) q - dmin m), Q3_K 0..7 (x = (d sc) (q - 4)), Q6_K 0..63 (x = (d sc) (q - 32)). Rows must
+ * hold whole blocks (32 or 256 values).
  */
 import { fail } from '../errors.ts';
 import {
+  dequantizeQ2_K,
+  dequantizeQ3_K,
   dequantizeQ4_K,
   dequantizeQ5_0,
   dequantizeQ5_1,
@@ -21,6 +25,8 @@ import {
   Q5_1_BLOCK_BYTES,
   quantizeQ5_0,
   quantizeQ5_1,
+  unpackQ2_K,
+  unpackQ3_K,
   unpackQ4_K,
   unpackQ5_0,
   unpackQ5_1,
@@ -28,13 +34,19 @@ import {
   unpackQ6_K,
 } from './ggml.ts';
 import {
+  packQ2_KCodes,
+  packQ3_KCodes,
   packQ4_KCodes,
   packQ5_KCodes,
   packQ6_KCodes,
+  Q2_K_BLOCK_BYTES,
+  Q3_K_BLOCK_BYTES,
   Q4_K_BLOCK_BYTES,
   Q5_K_BLOCK_BYTES,
   Q6_K_BLOCK_BYTES,
   QK_K,
+  quantizeQ2_K,
+  quantizeQ3_K,
   quantizeQ4_K,
   quantizeQ5_K,
   quantizeQ6_K,
@@ -42,14 +54,14 @@ import {
 import { isLlamaMix } from './llama-mix.ts';
 import type { FormatSpec, GgmlSpec } from './spec.ts';
 
-export type GgmlBlockType = 'q5_0' | 'q5_1' | 'q4_k' | 'q5_k' | 'q6_k';
+export type GgmlBlockType = 'q5_0' | 'q5_1' | 'q2_k' | 'q3_k' | 'q4_k' | 'q5_k' | 'q6_k';
 
 interface Layout {
   /** values per block */
   values: number;
   bytes: number;
-  /** [start, end) of the header bytes within a block */
-  header: [number, number];
+  /** [start, end) of each run of header bytes within a block */
+  header: [number, number][];
   /** values sharing one scale */
   group: number;
   bits: number;
@@ -65,7 +77,7 @@ const LAYOUTS: Record<GgmlBlockType, Layout> = {
   q5_0: {
     values: 32,
     bytes: Q5_0_BLOCK_BYTES,
-    header: [0, 2],
+    header: [[0, 2]],
     group: 32,
     bits: 5,
     quantize: (x, cols, importance) => quantizeQ5_0(x, importance && { importance, cols }),
@@ -76,7 +88,7 @@ const LAYOUTS: Record<GgmlBlockType, Layout> = {
   q5_1: {
     values: 32,
     bytes: Q5_1_BLOCK_BYTES,
-    header: [0, 4],
+    header: [[0, 4]],
     group: 32,
     bits: 5,
     quantize: (x, cols, importance) => quantizeQ5_1(x, importance && { importance, cols }),
@@ -84,10 +96,35 @@ const LAYOUTS: Record<GgmlBlockType, Layout> = {
     unpack: (b) => unpackQ5_1(b),
     packCodes: packQ5_1Codes,
   },
+  q2_k: {
+    values: QK_K,
+    bytes: Q2_K_BLOCK_BYTES,
+    header: [
+      [0, 16],
+      [80, 84],
+    ],
+    group: 16,
+    bits: 2,
+    quantize: (x, cols, importance) => quantizeQ2_K(x, importance && { importance, cols }),
+    dequantize: (b) => dequantizeQ2_K(b),
+    unpack: (b) => unpackQ2_K(b),
+    packCodes: packQ2_KCodes,
+  },
+  q3_k: {
+    values: QK_K,
+    bytes: Q3_K_BLOCK_BYTES,
+    header: [[96, 110]],
+    group: 16,
+    bits: 3,
+    quantize: (x, cols, importance) => quantizeQ3_K(x, importance && { importance, cols }),
+    dequantize: (b) => dequantizeQ3_K(b),
+    unpack: (b) => unpackQ3_K(b),
+    packCodes: packQ3_KCodes,
+  },
   q4_k: {
     values: QK_K,
     bytes: Q4_K_BLOCK_BYTES,
-    header: [0, 16],
+    header: [[0, 16]],
     group: 32,
     bits: 4,
     quantize: (x, cols, importance) => quantizeQ4_K(x, importance && { importance, cols }),
@@ -98,7 +135,7 @@ const LAYOUTS: Record<GgmlBlockType, Layout> = {
   q5_k: {
     values: QK_K,
     bytes: Q5_K_BLOCK_BYTES,
-    header: [0, 16],
+    header: [[0, 16]],
     group: 32,
     bits: 5,
     quantize: (x, cols, importance) => quantizeQ5_K(x, importance && { importance, cols }),
@@ -109,7 +146,7 @@ const LAYOUTS: Record<GgmlBlockType, Layout> = {
   q6_k: {
     values: QK_K,
     bytes: Q6_K_BLOCK_BYTES,
-    header: [192, 210],
+    header: [[192, 210]],
     group: 16,
     bits: 6,
     quantize: (x, cols, importance) => quantizeQ6_K(x, importance && { importance, cols }),
@@ -123,7 +160,7 @@ export function isGgmlBlockType(type: string): type is GgmlBlockType {
   return type in LAYOUTS;
 }
 
-/** A llama.cpp format kept as codes plus block bytes: Q5_0, Q5_1, Q4_K, Q5_K or Q6_K (not Q4_0 / Q8_0). */
+/** A llama.cpp format kept as codes plus block bytes: Q5_0, Q5_1 or a K-quant (not Q4_0 / Q8_0). */
 export function isBlockFormat(spec: FormatSpec): spec is GgmlSpec & { type: GgmlBlockType } {
   return spec.kind === 'ggml' && isGgmlBlockType(spec.type);
 }
@@ -142,6 +179,28 @@ export function ggmlBlockLayout(type: GgmlBlockType): {
 } {
   const { values, bytes, group, bits } = LAYOUTS[type];
   return { values, bytes, group, bits };
+}
+
+/** Header bytes per block: the lengths of its runs. */
+function headerBytes(lay: Layout): number {
+  return lay.header.reduce((sum, [h0, h1]) => sum + h1 - h0, 0);
+}
+
+/** A block's header runs, packed one after another at `at`, copied out of its block at `o` or into it. */
+function copyHeader(
+  lay: Layout,
+  headers: Uint8Array,
+  at: number,
+  block: Uint8Array,
+  o: number,
+  way: 'in' | 'out',
+) {
+  let h = at;
+  for (const [h0, h1] of lay.header) {
+    if (way === 'out') headers.set(block.subarray(o + h0, o + h1), h);
+    else block.set(headers.subarray(h, h + h1 - h0), o + h0);
+    h += h1 - h0;
+  }
 }
 
 /** x (rows of `cols`) as the type's GGUF blocks, by llama.cpp's quantizer (its imatrix path with `importance`). */
@@ -170,11 +229,10 @@ export function encodeGgmlBlocks(
   const lay = LAYOUTS[type];
   const bytes = blocks ?? quantizeGgmlBlocks(x, cols, type, importance);
   const u = lay.unpack(bytes);
-  const [h0, h1] = lay.header;
+  const per = headerBytes(lay);
   const count = bytes.length / lay.bytes;
-  const headers = new Uint8Array(count * (h1 - h0));
-  for (let b = 0; b < count; b++)
-    headers.set(bytes.subarray(b * lay.bytes + h0, b * lay.bytes + h1), b * (h1 - h0));
+  const headers = new Uint8Array(count * per);
+  for (let b = 0; b < count; b++) copyHeader(lay, headers, b * per, bytes, b * lay.bytes, 'out');
   return { codes: u.codes, scales: u.scales, headers };
 }
 
@@ -182,12 +240,12 @@ export function encodeGgmlBlocks(
 export function ggmlBlockBytes(codes: Uint8Array, headers: Uint8Array, type: GgmlBlockType): Uint8Array {
   const lay = LAYOUTS[type];
   const blocks = codes.length / lay.values;
-  const [h0, h1] = lay.header;
-  if (!Number.isInteger(blocks) || headers.length !== blocks * (h1 - h0))
+  const per = headerBytes(lay);
+  if (!Number.isInteger(blocks) || headers.length !== blocks * per)
     fail(`${type}: ${codes.length} codes and ${headers.length} header bytes are not whole blocks`);
   const out = new Uint8Array(blocks * lay.bytes);
   for (let b = 0; b < blocks; b++) {
-    out.set(headers.subarray(b * (h1 - h0), (b + 1) * (h1 - h0)), b * lay.bytes + h0);
+    copyHeader(lay, headers, b * per, out, b * lay.bytes, 'in');
     lay.packCodes(codes, b * lay.values, out, b * lay.bytes);
   }
   return out;

@@ -49,20 +49,29 @@ function shiftBy(s: Weighted, min: number): Float32Array {
   return SHIFTED;
 }
 
-function weightedError(s: Weighted, scale: number, min: number, codes: Uint8Array, cAt: number): number {
+/** sum w diff^2, or sum w |diff| (`mad`), of x against scale codes + min. */
+function weightedError(
+  s: Weighted,
+  scale: number,
+  min: number,
+  codes: Uint8Array,
+  cAt: number,
+  mad: boolean,
+) {
   const { x, at, n, w, wAt } = s;
   let err = 0;
   for (let i = 0; i < n; i++) {
     const diff = fr(fr(fr(scale * codes[cAt + i]) + min) - x[at + i]);
-    err = fr(err + fr(w[wAt + i] * fr(diff * diff)));
+    err = fr(err + fr(w[wAt + i] * (mad ? Math.abs(diff) : fr(diff * diff))));
   }
   return err;
 }
 
 /**
  * make_qkx2_quants / make_qkx3_quants: codes L in 0..nmax and (scale, min) with x ~ scale L - min,
- * min >= 0, minimising sum w (scale L - min - x)^2 over the grid. Each improvement moves min, and
- * later grids span from the new one, as llama.cpp's loop does.
+ * min >= 0, minimising sum w (scale L - min - x)^2 over the grid (sum w |scale L - min - x| with `mad`,
+ * Q2_K's reference path). Each improvement moves min, and later grids span from the new one, as
+ * llama.cpp's loop does.
  */
 export function fitScaleMin(
   s: Weighted,
@@ -70,6 +79,7 @@ export function fitScaleMin(
   grid: Grid,
   L: Uint8Array,
   lAt: number,
+  mad = false,
 ): [scale: number, min: number] {
   const { x, at, n, w, wAt } = s;
   if (n > AUX.length) throw new RangeError(`fitScaleMin: slices of at most ${AUX.length} values`);
@@ -96,7 +106,7 @@ export function fitScaleMin(
     const l = nearestInt(fr(iscale * shifted[i]));
     L[lAt + i] = clamp(l, 0, nmax);
   }
-  let bestErr = weightedError(s, scale, min, L, lAt);
+  let bestErr = weightedError(s, scale, min, L, lAt, mad);
   for (let k = 0; k <= grid.steps; k++) {
     iscale = fr(fr(fr(grid.rmin + fr(grid.rdelta * k)) + nmax) / fr(max - min));
     let sumL = 0;
@@ -118,7 +128,7 @@ export function fitScaleMin(
       thisMin = 0;
       thisScale = fr(sumXL / sumL2);
     }
-    const err = weightedError(s, thisScale, thisMin, AUX, 0);
+    const err = weightedError(s, thisScale, thisMin, AUX, 0, mad);
     if (err < bestErr) {
       L.set(AUX.subarray(0, n), lAt);
       bestErr = err;
@@ -196,6 +206,66 @@ export function fitScale(
     }
   }
   return scale;
+}
+
+/**
+ * make_q3_quants with do_rmse (Q3_K's reference path): codes L (offset by nmax) and the scale of
+ * x ~ scale (L - nmax), starting from nmax / (value of largest magnitude), then up to five passes moving
+ * single codes while the fit weighted by x^2 improves.
+ */
+export function fitScaleByCodeMoves(
+  s: Omit<Weighted, 'w' | 'wAt'>,
+  nmax: number,
+  L: Uint8Array,
+  lAt: number,
+): number {
+  const { x, at, n } = s;
+  let amax = 0;
+  let max = 0;
+  for (let i = 0; i < n; i++) {
+    if (Math.abs(x[at + i]) > amax) {
+      amax = Math.abs(x[at + i]);
+      max = x[at + i];
+    }
+  }
+  if (amax < GROUP_MAX_EPS) {
+    L.fill(0, lAt, lAt + n);
+    return 0;
+  }
+  const iscale = fr(-nmax / max);
+  const l = new Int8Array(n);
+  let sumLX = 0;
+  let sumL2 = 0;
+  for (let i = 0; i < n; i++) {
+    const v = x[at + i];
+    l[i] = clamp(nearestInt(fr(iscale * v)), -nmax, nmax - 1);
+    const w = fr(v * v);
+    sumLX = fr(sumLX + fr(fr(w * v) * l[i]));
+    sumL2 = fr(sumL2 + fr(fr(w * l[i]) * l[i]));
+  }
+  for (let pass = 0; pass < 5; pass++) {
+    let changed = 0;
+    for (let i = 0; i < n; i++) {
+      const v = x[at + i];
+      const w = fr(v * v);
+      let slx = fr(sumLX - fr(fr(w * v) * l[i]));
+      if (!(slx > 0)) continue;
+      let sl2 = fr(sumL2 - fr(fr(w * l[i]) * l[i]));
+      const moved = clamp(nearestInt(fr(fr(v * sl2) / slx)), -nmax, nmax - 1);
+      if (moved === l[i]) continue;
+      slx = fr(slx + fr(fr(w * v) * moved));
+      sl2 = fr(sl2 + fr(fr(w * moved) * moved));
+      if (sl2 > 0 && fr(fr(slx * slx) * sumL2) > fr(fr(sumLX * sumLX) * sl2)) {
+        l[i] = moved;
+        sumLX = slx;
+        sumL2 = sl2;
+        changed++;
+      }
+    }
+    if (!changed) break;
+  }
+  for (let i = 0; i < n; i++) L[lAt + i] = l[i] + nmax;
+  return sumL2 > 0 ? fr(sumLX / sumL2) : 0;
 }
 
 /** sum w (x - scale l)^2 over x[0..n) with l = min(nmax, nearest(iscale x)) (or the codes given). */

@@ -335,6 +335,8 @@ export const GGML_BLOCK = {
   Q4_1: { values: 32, bytes: 20 },
   Q5_0: { values: 32, bytes: 22 },
   Q5_1: { values: 32, bytes: 24 },
+  Q2_K: { values: 256, bytes: 84 },
+  Q3_K: { values: 256, bytes: 110 },
   Q4_K: { values: 256, bytes: 144 },
   Q5_K: { values: 256, bytes: 176 },
   Q6_K: { values: 256, bytes: 210 },
@@ -512,6 +514,54 @@ export function unpackQ6_K(bytes: Uint8Array, n = (bytes.length / 210) * 256): G
   return u;
 }
 
+/** Bits 2 (k % 4) .. 2 (k % 4) + 1 of the 64 two-bit-plane bytes at qsAt for value i (Q2_K's codes, Q3_K's low bits). */
+function twoBitCode(bytes: Uint8Array, qsAt: number, i: number): number {
+  return (bytes[qsAt + 32 * (i >> 7) + (i & 31)] >>> (2 * ((i >> 5) & 3))) & 3;
+}
+
+/**
+ * Q2_K super-blocks of 256: 16 bytes of 4-bit scales (low nibble) and mins (high) for 16 sub-blocks of
+ * 16, 64 bytes of 2-bit codes, fp16 d and dmin; x = (d * sc) * q - (dmin * m).
+ */
+export function unpackQ2_K(bytes: Uint8Array, n = (bytes.length / 84) * 256): GgmlGroupCodes {
+  const u = groupCodes(n, 16, 2, true);
+  for (let b = 0; b < blockCount(bytes, 'Q2_K', n); b++) {
+    const o = b * 84;
+    const d = readF16(bytes, o + 80);
+    const dmin = readF16(bytes, o + 82);
+    for (let g = 0; g < 16; g++) {
+      u.scales[b * 16 + g] = fr(d * (bytes[o + g] & 0x0f));
+      u.mins![b * 16 + g] = -fr(dmin * (bytes[o + g] >>> 4));
+    }
+    for (let i = 0; i < 256; i++) u.codes[b * 256 + i] = twoBitCode(bytes, o + 16, i);
+  }
+  return u;
+}
+
+/**
+ * Q3_K super-blocks of 256: 32 bytes of high bits (bit k of byte l for value 32 k + l), 64 bytes of low
+ * 2-bit planes, 12 bytes of 6-bit scales for 16 groups of 16, fp16 d; x = (d * (sc - 32)) * (q - 4).
+ */
+export function unpackQ3_K(bytes: Uint8Array, n = (bytes.length / 110) * 256): GgmlGroupCodes {
+  const u = groupCodes(n, 16, 3, false, 4);
+  for (let b = 0; b < blockCount(bytes, 'Q3_K', n); b++) {
+    const o = b * 110;
+    const d = readF16(bytes, o + 108);
+    for (let g = 0; g < 16; g++) {
+      const low = g < 8 ? bytes[o + 96 + g] & 0x0f : bytes[o + 96 + g - 8] >>> 4;
+      const high = (bytes[o + 104 + (g % 4)] >>> (2 * (g >> 2))) & 3;
+      u.scales[b * 16 + g] = fr(d * ((low | (high << 4)) - 32));
+    }
+    for (let i = 0; i < 256; i++) {
+      const high = (bytes[o + (i & 31)] >>> (i >> 5)) & 1;
+      u.codes[b * 256 + i] = twoBitCode(bytes, o + 32, i) | (high << 2);
+    }
+  }
+  return u;
+}
+
+export const dequantizeQ2_K = (bytes: Uint8Array, n?: number) => ggmlGroupValues(unpackQ2_K(bytes, n));
+export const dequantizeQ3_K = (bytes: Uint8Array, n?: number) => ggmlGroupValues(unpackQ3_K(bytes, n));
 export const dequantizeQ4_1 = (bytes: Uint8Array, n?: number) => ggmlGroupValues(unpackQ4_1(bytes, n));
 export const dequantizeQ5_0 = (bytes: Uint8Array, n?: number) => ggmlGroupValues(unpackQ5_0(bytes, n));
 export const dequantizeQ5_1 = (bytes: Uint8Array, n?: number) => ggmlGroupValues(unpackQ5_1(bytes, n));

@@ -142,7 +142,7 @@ export function codeBits(spec: FormatSpec): number {
 function concreteGgml(spec: GgmlSpec, what: string): GgmlSpec {
   if (isLlamaMix(spec.type))
     fail(
-      `${what}: ${spec.type} is llama-quantize's per-tensor mix of llama.cpp types; a recipe picks each linear's type (q4_k, q5_k, q6_k, q5_0, q5_1, q8_0)`,
+      `${what}: ${spec.type} is llama-quantize's per-tensor mix of llama.cpp types; a recipe picks each linear's type (q2_k, q3_k, q4_k, q5_k, q6_k, q4_0, q5_0, q5_1, q8_0)`,
     );
   return spec;
 }
@@ -574,9 +574,19 @@ const GGML_TITLES: Record<GgmlSpec['type'], string> = {
   q8_0: "llama.cpp Q8_0: blocks of 32 along the row, fp16 d = amax / 127, x = q d, q = round(x/d) half away from zero, exactly as llama.cpp's reference quantizer",
   q5_0: "llama.cpp Q5_0: blocks of 32 along the row, fp16 d = (value of largest magnitude) / -16, x = (q - 16) d, exactly as llama.cpp's reference quantizer",
   q5_1: "llama.cpp Q5_1: blocks of 32 along the row, fp16 d = (max - min) / 31 and m = min, x = q d + m, exactly as llama.cpp's reference quantizer",
+  q2_k: "llama.cpp Q2_K: super-blocks of 256 along the row, 16 sub-blocks of 16 with 4-bit scales and mins under fp16 d and dmin, x = (d sc) q - dmin m, q in 0..3, each sub-block's scale and min searched as llama.cpp's reference quantizer does (no importance matrix)",
+  q3_k: "llama.cpp Q3_K: super-blocks of 256 along the row, 16 groups of 16 with 6-bit scales under an fp16 d, x = (d sc) (q - 4), q in 0..7, each group's scale searched as llama.cpp's reference quantizer does (no importance matrix)",
   q4_k: "llama.cpp Q4_K: super-blocks of 256 along the row, 8 sub-blocks of 32 with 6-bit scales and mins under fp16 d and dmin, x = (d sc) q - dmin m, each sub-block's scale and min searched as llama.cpp's reference quantizer does (no importance matrix)",
   q5_k: "llama.cpp Q5_K: as Q4_K with 5-bit codes (x = (d sc) q - dmin m, q in 0..31), each sub-block's scale and min searched as llama.cpp's reference quantizer does (no importance matrix)",
   q6_k: "llama.cpp Q6_K: super-blocks of 256 along the row, 16 groups of 16 with int8 scales under an fp16 d, x = (d sc) (q - 32), exactly as llama.cpp's reference quantizer",
+  q2_k_mix:
+    'llama.cpp Q2_K (the file type) as llama-quantize picks it per tensor (no importance matrix): Q2_K, Q3_K for o_proj and down_proj, Q3_K or Q4_K (4+ query heads per KV head) for v_proj, Q4_0 where rows are not a multiple of 256',
+  q3_k_s:
+    'llama.cpp Q3_K_S as llama-quantize picks it per tensor: Q3_K, Q4_0 where rows are not a multiple of 256',
+  q3_k_m:
+    'llama.cpp Q3_K_M as llama-quantize picks it per tensor (no importance matrix): Q3_K, Q4_K for o_proj, v_proj Q5_K in layers 0-1 and Q4_K after, down_proj Q5_K in the first sixteenth of the layers and Q4_K after, Q4_0 / Q5_0 / Q5_1 where rows are not a multiple of 256',
+  q3_k_l:
+    'llama.cpp Q3_K_L as llama-quantize picks it per tensor: Q3_K, Q5_K for v_proj, o_proj and down_proj, Q4_0 / Q5_1 where rows are not a multiple of 256',
   q4_k_s:
     'llama.cpp Q4_K_S as llama-quantize picks it per tensor (no importance matrix): Q4_K, Q5_K for v_proj in layers 0-3 and down_proj in the first eighth of the layers, Q5_0 / Q5_1 where rows are not a multiple of 256',
   q4_k_m:

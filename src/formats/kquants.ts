@@ -21,6 +21,7 @@ import {
   clamp,
   fitQuantizedScales,
   fitScale,
+  fitScaleByCodeMoves,
   fitScaleMin,
   GROUP_MAX_EPS,
   type Grid,
@@ -34,6 +35,8 @@ export const QK_K = 256;
 export const Q4_K_BLOCK_BYTES = 144;
 export const Q5_K_BLOCK_BYTES = 176;
 export const Q6_K_BLOCK_BYTES = 210;
+export const Q2_K_BLOCK_BYTES = 84;
+export const Q3_K_BLOCK_BYTES = 110;
 
 const fr = Math.fround;
 
@@ -59,83 +62,125 @@ interface BlockImportance {
   qwAt: number;
 }
 
+/** Q2_K, Q4_K or Q5_K: how a super-block of scale-and-min sub-blocks is fitted and stored. */
+interface ScaleMinKind {
+  /** values per sub-block (16 or 32) */
+  sub: number;
+  /** largest code */
+  nmax: number;
+  /** largest code of the sub-block scales and mins (15 or 63) */
+  scaleMax: number;
+  /** the reference path's grid, and whether it minimises the weighted |error| (Q2_K) */
+  grid: Grid;
+  mad: boolean;
+  /** the reference path's weights of a sub-block: |x| (Q2_K), or its rms + |x| (Q4_K, Q5_K) */
+  rmsInWeights: boolean;
+  /** the importance path's sigma^2: this times the super-block's mean x^2 (1 for Q2_K, else 2) */
+  sigmaScale: number;
+  /** byte offset of the fp16 d (dmin follows) */
+  dAt: number;
+  packScales(out: Uint8Array, o: number, sc: Uint8Array, m: Uint8Array): void;
+  packCodes(L: Uint8Array, at: number, out: Uint8Array, o: number): void;
+}
+
+/** The reference path's weights of the sub-block x[sub, sub + n): |x|, plus the sub-block's rms if asked. */
+function referenceWeights(x: Float32Array, sub: number, weights: Float32Array, withRms: boolean): void {
+  let rms = 0;
+  if (withRms) {
+    let sumX2 = 0;
+    for (let l = 0; l < weights.length; l++) sumX2 = fr(sumX2 + fr(x[sub + l] * x[sub + l]));
+    rms = fr(Math.sqrt(fr(sumX2 / weights.length)));
+  }
+  for (let l = 0; l < weights.length; l++)
+    weights[l] = withRms ? fr(rms + Math.abs(x[sub + l])) : Math.abs(x[sub + l]);
+}
+
 /**
- * Each sub-block's (scale, min) fit and its codes into L, with the weights of the path: rms + |x|
- * (reference), or importance * sqrt(2 mean x^2 of the super-block + x^2) (importance matrix).
+ * Each sub-block's (scale, min) fit and its codes into L, with the weights of the path (reference, or
+ * importance * sqrt(sigma^2 + x^2) with the importance matrix).
  */
 function fitSubBlocks(x: Float32Array, at: number, L: Uint8Array, kind: ScaleMinKind, imp?: BlockImportance) {
-  const scales = new Float32Array(8);
-  const mins = new Float32Array(8);
-  const weightSums = new Float32Array(8);
-  const weights = new Float32Array(32);
+  const count = QK_K / kind.sub;
+  const scales = new Float32Array(count);
+  const mins = new Float32Array(count);
+  const weightSums = new Float32Array(count);
+  const weights = new Float32Array(kind.sub);
   let sigma2 = 0;
   if (imp) {
     let sumX2 = 0;
     for (let l = 0; l < QK_K; l++) sumX2 = fr(sumX2 + fr(x[at + l] * x[at + l]));
-    sigma2 = fr(fr(2 * sumX2) / QK_K);
+    sigma2 = fr(fr(kind.sigmaScale * sumX2) / QK_K);
   }
-  for (let j = 0; j < 8; j++) {
-    const sub = at + 32 * j;
+  for (let j = 0; j < count; j++) {
+    const sub = at + kind.sub * j;
     if (imp) {
-      for (let l = 0; l < 32; l++)
-        weights[l] = fr(
-          imp.qw[imp.qwAt + 32 * j + l] * fr(Math.sqrt(fr(sigma2 + fr(x[sub + l] * x[sub + l])))),
-        );
-    } else {
-      let sumX2 = 0;
-      for (let l = 0; l < 32; l++) sumX2 = fr(sumX2 + fr(x[sub + l] * x[sub + l]));
-      const rms = fr(Math.sqrt(fr(sumX2 / 32)));
-      for (let l = 0; l < 32; l++) weights[l] = fr(rms + Math.abs(x[sub + l]));
-    }
-    for (let l = 0; l < 32; l++) weightSums[j] = fr(weightSums[j] + weights[l]);
-    const slice = { x, at: sub, n: 32, w: weights, wAt: 0 };
-    [scales[j], mins[j]] = fitScaleMin(slice, kind.nmax, imp ? QKX3_GRID : kind.grid, L, 32 * j);
+      const qwAt = imp.qwAt + kind.sub * j;
+      for (let l = 0; l < kind.sub; l++)
+        weights[l] = fr(imp.qw[qwAt + l] * fr(Math.sqrt(fr(sigma2 + fr(x[sub + l] * x[sub + l])))));
+    } else referenceWeights(x, sub, weights, kind.rmsInWeights);
+    for (let l = 0; l < kind.sub; l++) weightSums[j] = fr(weightSums[j] + weights[l]);
+    const slice = { x, at: sub, n: kind.sub, w: weights, wAt: 0 };
+    const grid = imp ? QKX3_GRID : kind.grid;
+    [scales[j], mins[j]] = fitScaleMin(slice, kind.nmax, grid, L, kind.sub * j, !imp && kind.mad);
   }
   return { scales, mins, weightSums };
 }
 
-/** Reference path: 6-bit codes of the sub-block scales (and mins) against their largest, d = max / 63. */
-function sixBitScales(v: Float32Array, codes: Uint8Array): number {
+/** Reference path: codes 0..nmax of the sub-block scales (or mins) against their largest, d = max / nmax. */
+function scaleCodesToMax(v: Float32Array, nmax: number, codes: Uint8Array): number {
   let max = 0;
   for (const x of v) if (x > max) max = x;
-  const inv = max > 0 ? fr(63 / max) : 0;
-  for (let j = 0; j < v.length; j++) codes[j] = Math.min(63, nearestInt(fr(inv * v[j])) & 0xff);
-  return fr(max / 63);
+  const inv = max > 0 ? fr(nmax / max) : 0;
+  for (let j = 0; j < v.length; j++) codes[j] = Math.min(nmax, nearestInt(fr(inv * v[j])) & 0xff);
+  return fr(max / nmax);
 }
 
-/** Q4_K or Q5_K: the code range, the reference path's grid, and how a super-block's codes are stored. */
-interface ScaleMinKind {
-  nmax: number;
-  grid: Grid;
-  packCodes(L: Uint8Array, at: number, out: Uint8Array, o: number): void;
-}
-
-/** One Q4_K / Q5_K super-block: header (d, dmin, 6-bit scales and mins), then the codes refitted to them. */
+/** One Q2_K / Q4_K / Q5_K super-block: header (d, dmin, sub-block scales and mins), then the codes refitted to them. */
 function quantizeScaleMinBlock(kind: ScaleMinKind): BlockQuantizer {
+  const count = QK_K / kind.sub;
   return (x, at, out, o, imp) => {
     const L = new Uint8Array(QK_K);
     const { scales, mins, weightSums } = fitSubBlocks(x, at, L, kind, imp);
-    const sc = new Uint8Array(8);
-    const m = new Uint8Array(8);
-    const dBlock = imp ? fitQuantizedScales(scales, 63, weightSums, sc) : sixBitScales(scales, sc);
-    const mBlock = imp ? fitQuantizedScales(mins, 63, weightSums, m) : sixBitScales(mins, m);
-    for (let j = 0; j < 8; j++) packScaleMin(out, o + 4, j, sc[j], m[j]);
-    writeF16(out, o, dBlock);
-    writeF16(out, o + 2, mBlock);
-    const d = readF16(out, o);
-    const dmin = readF16(out, o + 2);
-    for (let j = 0; j < 8; j++) {
+    const sc = new Uint8Array(count);
+    const m = new Uint8Array(count);
+    const fit = (v: Float32Array, codes: Uint8Array) =>
+      imp
+        ? fitQuantizedScales(v, kind.scaleMax, weightSums, codes)
+        : scaleCodesToMax(v, kind.scaleMax, codes);
+    const dBlock = fit(scales, sc);
+    const mBlock = fit(mins, m);
+    kind.packScales(out, o, sc, m);
+    writeF16(out, o + kind.dAt, dBlock);
+    writeF16(out, o + kind.dAt + 2, mBlock);
+    const d = readF16(out, o + kind.dAt);
+    const dmin = readF16(out, o + kind.dAt + 2);
+    for (let j = 0; j < count; j++) {
       const dj = fr(d * sc[j]);
       if (dj === 0) continue; // the search's codes stay
       const mj = fr(dmin * m[j]);
-      for (let l = 0; l < 32; l++)
-        L[32 * j + l] = clamp(nearestInt(fr(fr(x[at + 32 * j + l] + mj) / dj)), 0, kind.nmax);
+      for (let l = 0; l < kind.sub; l++) {
+        const i = kind.sub * j + l;
+        L[i] = clamp(nearestInt(fr(fr(x[at + i] + mj) / dj)), 0, kind.nmax);
+      }
     }
     kind.packCodes(L, 0, out, o);
   };
 }
 
-const quantizeBlockQ4_K = quantizeScaleMinBlock({ nmax: 15, grid: QKX2_GRID_Q4_K, packCodes: packQ4_KCodes });
+/** Q4_K's and Q5_K's 12 bytes of 6-bit scales and mins (after d and dmin). */
+function packScaleMins(out: Uint8Array, o: number, sc: Uint8Array, m: Uint8Array): void {
+  for (let j = 0; j < 8; j++) packScaleMin(out, o + 4, j, sc[j], m[j]);
+}
+
+const K4_OR_5 = { sub: 32, scaleMax: 63, mad: false, rmsInWeights: true, sigmaScale: 2, dAt: 0 } as const;
+
+const quantizeBlockQ4_K = quantizeScaleMinBlock({
+  ...K4_OR_5,
+  nmax: 15,
+  grid: QKX2_GRID_Q4_K,
+  packScales: packScaleMins,
+  packCodes: packQ4_KCodes,
+});
 
 /** The nibbles of one Q4_K super-block (bytes 16..144) from its 256 codes at L[at]. */
 export function packQ4_KCodes(L: Uint8Array, at: number, out: Uint8Array, o: number): void {
@@ -160,7 +205,13 @@ export function packQ5_KCodes(L: Uint8Array, at: number, out: Uint8Array, o: num
     }
 }
 
-const quantizeBlockQ5_K = quantizeScaleMinBlock({ nmax: 31, grid: QKX2_GRID_Q5_K, packCodes: packQ5_KCodes });
+const quantizeBlockQ5_K = quantizeScaleMinBlock({
+  ...K4_OR_5,
+  nmax: 31,
+  grid: QKX2_GRID_Q5_K,
+  packScales: packScaleMins,
+  packCodes: packQ5_KCodes,
+});
 
 /** x (a multiple of 256 values) -> Q5_K super-blocks of 176 bytes. */
 export function quantizeQ5_K(x: Float32Array, imatrix?: Importance): Uint8Array {
@@ -242,4 +293,133 @@ export function packQ6_KCodes(L: Uint8Array, at: number, out: Uint8Array, o: num
 /** x (a multiple of 256 values) -> Q6_K super-blocks of 210 bytes. */
 export function quantizeQ6_K(x: Float32Array, imatrix?: Importance): Uint8Array {
   return quantizeSuperBlocks(x, 'Q6_K', Q6_K_BLOCK_BYTES, quantizeBlockQ6_K, imatrix);
+}
+
+/**
+ * Two bits of each code into the 64 bytes at qsAt: per half of 128 values, byte l holds values l, l + 32,
+ * l + 64 and l + 96, lowest bits first (Q2_K's codes, Q3_K's low bits).
+ */
+function packTwoBitPlanes(L: Uint8Array, at: number, out: Uint8Array, qsAt: number): void {
+  for (let half = 0; half < 2; half++)
+    for (let l = 0; l < 32; l++) {
+      const q = (k: number) => L[at + 128 * half + 32 * k + l] & 3;
+      out[qsAt + 32 * half + l] = q(0) | (q(1) << 2) | (q(2) << 4) | (q(3) << 6);
+    }
+}
+
+/** The codes (bytes 16..80) of one Q2_K super-block from its 256 codes at L[at]. */
+export function packQ2_KCodes(L: Uint8Array, at: number, out: Uint8Array, o: number): void {
+  packTwoBitPlanes(L, at, out, o + 16);
+}
+
+/**
+ * Q2_K: 16 sub-blocks of 16, x = (d sc) q - (dmin m), q in 0..3, 4-bit sc and m per sub-block (one byte,
+ * m in the high nibble) before the codes, fp16 d and dmin last. The reference path fits each sub-block
+ * over make_qkx2_quants' grids minimising sum |x| |error|; the importance path as Q4_K's.
+ */
+const quantizeBlockQ2_K = quantizeScaleMinBlock({
+  sub: 16,
+  nmax: 3,
+  scaleMax: 15,
+  grid: QKX2_GRID_Q5_K,
+  mad: true,
+  rmsInWeights: false,
+  sigmaScale: 1,
+  dAt: 80,
+  packScales: (out, o, sc, m) => {
+    for (let j = 0; j < 16; j++) out[o + j] = sc[j] | (m[j] << 4);
+  },
+  packCodes: packQ2_KCodes,
+});
+
+/** x (a multiple of 256 values) -> Q2_K super-blocks of 84 bytes. */
+export function quantizeQ2_K(x: Float32Array, imatrix?: Importance): Uint8Array {
+  return quantizeSuperBlocks(x, 'Q2_K', Q2_K_BLOCK_BYTES, quantizeBlockQ2_K, imatrix);
+}
+
+/** The high bits (bytes 0..32: bit k of byte l for value 32 k + l) and low bits (32..96) of one Q3_K super-block. */
+export function packQ3_KCodes(L: Uint8Array, at: number, out: Uint8Array, o: number): void {
+  out.fill(0, o, o + 32);
+  for (let i = 0; i < QK_K; i++) if (L[at + i] > 3) out[o + (i & 31)] |= 1 << (i >> 5);
+  packTwoBitPlanes(L, at, out, o + 32);
+}
+
+/** Q3_K's 16 six-bit scale codes (the scale + 32) into its 12 scale bytes at `at`. */
+function packQ3_KScales(out: Uint8Array, at: number, codes: Uint8Array): void {
+  out.fill(0, at, at + 12);
+  for (let j = 0; j < 16; j++) {
+    const l = codes[j];
+    if (j < 8) out[at + j] = l & 0x0f;
+    else out[at + j - 8] |= (l & 0x0f) << 4;
+    out[at + 8 + (j % 4)] |= (l >> 4) << (2 * (j >> 2));
+  }
+}
+
+/** Reference path: each group's make_q3_quants scale, coded against the largest in magnitude as d (code - 32). */
+function q3_KReferenceScales(x: Float32Array, at: number, L: Uint8Array, codes: Uint8Array): number {
+  const scales = new Float32Array(16);
+  let maxScale = 0;
+  let amax = 0;
+  for (let j = 0; j < 16; j++) {
+    scales[j] = fitScaleByCodeMoves({ x, at: at + 16 * j, n: 16 }, 4, L, 16 * j);
+    if (Math.abs(scales[j]) > amax) {
+      amax = Math.abs(scales[j]);
+      maxScale = scales[j];
+    }
+  }
+  codes.fill(0);
+  if (maxScale === 0) return 0;
+  const iscale = fr(-32 / maxScale);
+  for (let j = 0; j < 16; j++) codes[j] = clamp(nearestInt(fr(iscale * scales[j])), -32, 31) + 32;
+  return fr(1 / iscale);
+}
+
+/** Importance path: each group's make_qx_quants scale, then make_qx_quants over the scales (weights their sums). */
+function q3_KImportanceScales(
+  x: Float32Array,
+  at: number,
+  L: Uint8Array,
+  codes: Uint8Array,
+  imp: BlockImportance,
+) {
+  let sumX2 = 0;
+  for (let l = 0; l < QK_K; l++) sumX2 = fr(sumX2 + fr(x[at + l] * x[at + l]));
+  const sigma2 = fr(fr(2 * sumX2) / QK_K);
+  const scales = new Float32Array(16);
+  const weightSums = new Float32Array(16);
+  const weights = new Float32Array(16);
+  for (let j = 0; j < 16; j++) {
+    const g = at + 16 * j;
+    for (let l = 0; l < 16; l++) {
+      weights[l] = fr(imp.qw[imp.qwAt + 16 * j + l] * fr(Math.sqrt(fr(sigma2 + fr(x[g + l] * x[g + l])))));
+      weightSums[j] = fr(weightSums[j] + weights[l]);
+    }
+    scales[j] = fitScale({ x, at: g, n: 16 }, 4, L, 16 * j, weights, 0);
+  }
+  return fitScale({ x: scales, at: 0, n: 16 }, 32, codes, 0, weightSums, 0);
+}
+
+/**
+ * Q3_K: 16 groups of 16, x = (d (sc - 32)) (q - 4), q in 0..7 (its high bit in the hmask bytes), 6-bit
+ * sc per group, fp16 d last. The reference path fits each group by make_q3_quants; the importance path
+ * by make_qx_quants under importance * sqrt(2 mean x^2 + x^2).
+ */
+const quantizeBlockQ3_K: BlockQuantizer = (x, at, out, o, imp) => {
+  const L = new Uint8Array(QK_K);
+  const codes = new Uint8Array(16);
+  const dBlock = imp ? q3_KImportanceScales(x, at, L, codes, imp) : q3_KReferenceScales(x, at, L, codes);
+  packQ3_KScales(out, o + 96, codes);
+  writeF16(out, o + 108, dBlock);
+  const d = readF16(out, o + 108);
+  for (let j = 0; j < 16; j++) {
+    const dj = fr(d * (codes[j] - 32));
+    if (dj === 0) continue; // the search's codes stay
+    for (let l = 0; l < 16; l++) L[16 * j + l] = clamp(nearestInt(fr(x[at + 16 * j + l] / dj)), -4, 3) + 4;
+  }
+  packQ3_KCodes(L, 0, out, o);
+};
+
+/** x (a multiple of 256 values) -> Q3_K super-blocks of 110 bytes. */
+export function quantizeQ3_K(x: Float32Array, imatrix?: Importance): Uint8Array {
+  return quantizeSuperBlocks(x, 'Q3_K', Q3_K_BLOCK_BYTES, quantizeBlockQ3_K, imatrix);
 }

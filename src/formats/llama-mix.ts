@@ -3,22 +3,49 @@
  * tensor_type_fallback, read at ggml-org/llama.cpp 007dbbf), for a dense Llama without an importance
  * matrix: shared by the GGUF export and by recipes whose weight format is a llama.cpp file type, so a
  * recipe quantizes each linear in exactly the type its GGUF file will hold.
+ * - Q2_K: Q2_K, with Q3_K for o_proj and down_proj, and for v_proj Q4_K when there are 4 or more
+ *   query heads per KV head, else Q3_K. (The file type is `q2_k`; as a recipe format `q2_k` is the
+ *   tensor type on every linear, and the mix is `q2_k_mix`.)
+ * - Q3_K_S: Q3_K. Q3_K_M: Q3_K, with Q4_K for o_proj, v_proj Q5_K in layers 0-1 and Q4_K after,
+ *   down_proj Q5_K in the first sixteenth of the layers and Q4_K after. Q3_K_L: Q3_K, with Q5_K for
+ *   v_proj, o_proj and down_proj.
  * - Q4_K_M / Q5_K_M: Q4_K / Q5_K, with Q6_K for attn_v and ffn_down in the layers use_more_bits picks.
  * - Q4_K_S: Q4_K, with Q5_K for attn_v in layers 0-3 and ffn_down in the first eighth of the layers.
  * - Q5_K_S: Q5_K; Q6_K: Q6_K.
  * - output.weight (token_embd when tied): Q6_K under every file type but Q8_0, Q8_0 where its rows are
  *   not a multiple of 256.
- * - A K-type tensor whose rows are not a multiple of 256 falls back: Q4_K to Q5_0, Q5_K to Q5_1, Q6_K
- *   to Q8_0; rows not a multiple of 32 stay F16.
+ * - A K-type tensor whose rows are not a multiple of 256 falls back: Q2_K and Q3_K to Q4_0, Q4_K to
+ *   Q5_0, Q5_K to Q5_1, Q6_K to Q8_0; rows not a multiple of 32 stay F16.
  * - An 80-layer Llama with grouped KV heads (llama.cpp's LLM_TYPE_70B: Llama 2/3 70B) takes Q5_K for
- *   attn_v where the mix gives Q4_K, its attn_v being 8x smaller than attn_q.
- * Not modelled: the rules for mixture-of-experts and Falcon models.
+ *   attn_v where the mix gives Q3_K or Q4_K, its attn_v being 8x smaller than attn_q.
+ * Not modelled: Q2_K_S (it requires an importance matrix) and the rules for mixture-of-experts and
+ * Falcon models.
  */
-export const LLAMA_MIXES = ['q4_k_s', 'q4_k_m', 'q5_k_s', 'q5_k_m'] as const;
+export const LLAMA_MIXES = [
+  'q2_k_mix',
+  'q3_k_s',
+  'q3_k_m',
+  'q3_k_l',
+  'q4_k_s',
+  'q4_k_m',
+  'q5_k_s',
+  'q5_k_m',
+] as const;
 /** A llama.cpp file type whose tensors take different types. */
 export type LlamaMix = (typeof LLAMA_MIXES)[number];
-export type LlamaFileType = 'q4_0' | 'q8_0' | 'q6_k' | LlamaMix;
-export type LlamaTensorType = 'q4_0' | 'q8_0' | 'q5_0' | 'q5_1' | 'q4_k' | 'q5_k' | 'q6_k' | 'f16';
+/** llama-quantize's file types; `q2_k` is the Q2_K file type (the mix q2_k_mix), not the tensor type. */
+export type LlamaFileType = 'q4_0' | 'q8_0' | 'q2_k' | 'q6_k' | LlamaMix;
+export type LlamaTensorType =
+  | 'q4_0'
+  | 'q8_0'
+  | 'q5_0'
+  | 'q5_1'
+  | 'q2_k'
+  | 'q3_k'
+  | 'q4_k'
+  | 'q5_k'
+  | 'q6_k'
+  | 'f16';
 
 export function isLlamaMix(type: string): type is LlamaMix {
   return (LLAMA_MIXES as readonly string[]).includes(type);
@@ -26,11 +53,12 @@ export function isLlamaMix(type: string): type is LlamaMix {
 
 /**
  * 'layer': a linear of decoder layer `layer` (of `layers`); v_proj / down_proj may take more bits;
- * `llama70B`: the model is what llama.cpp types LLM_TYPE_70B (see isLlama70B).
+ * `llama70B`: the model is what llama.cpp types LLM_TYPE_70B (see isLlama70B); `gqa`: query heads per
+ * KV head (llama.cpp's n_gqa, 1 when not given).
  */
 export type TensorRole =
   | { kind: 'embed' | 'output' }
-  | { kind: 'linear'; name: string; layer: number; layers: number; llama70B?: boolean };
+  | { kind: 'linear'; name: string; layer: number; layers: number; llama70B?: boolean; gqa?: number };
 
 /** llama.cpp's LLM_TYPE_70B for a Llama: 80 layers and fewer KV heads than query heads. */
 export function isLlama70B(config: { numLayers: number; numHeads: number; numKvHeads: number }): boolean {
@@ -43,31 +71,59 @@ export function useMoreBits(layer: number, layers: number): boolean {
   return layer < eighth || layer >= Math.floor((7 * layers) / 8) || (layer - eighth) % 3 === 2;
 }
 
-/** The bumped type of v_proj / down_proj under a mix, if this layer's takes one. */
-function sensitiveType(
-  mix: LlamaMix,
-  name: string,
-  layer: number,
-  layers: number,
-): LlamaTensorType | undefined {
-  if (name !== 'v_proj' && name !== 'down_proj') return undefined;
-  if (mix === 'q4_k_m' || mix === 'q5_k_m') return useMoreBits(layer, layers) ? 'q6_k' : undefined;
-  if (mix !== 'q4_k_s') return undefined;
-  const early = name === 'v_proj' ? layer < 4 : layer < Math.floor(layers / 8);
-  return early ? 'q5_k' : undefined;
+type LinearRole = Extract<TensorRole, { kind: 'linear' }>;
+
+/** The type a mix gives v_proj, o_proj or down_proj where it differs from the mix's base type. */
+function sensitiveType(mix: LlamaMix, role: LinearRole): LlamaTensorType | undefined {
+  const { name, layer, layers } = role;
+  const v = name === 'v_proj';
+  const down = name === 'down_proj';
+  const o = name === 'o_proj';
+  switch (mix) {
+    case 'q2_k_mix':
+      if (v) return (role.gqa ?? 1) >= 4 ? 'q4_k' : 'q3_k';
+      return down || o ? 'q3_k' : undefined;
+    case 'q3_k_m':
+      if (v) return layer < 2 ? 'q5_k' : 'q4_k';
+      if (down) return layer < Math.floor(layers / 16) ? 'q5_k' : 'q4_k';
+      return o ? 'q4_k' : undefined;
+    case 'q3_k_l':
+      return v || down || o ? 'q5_k' : undefined;
+    case 'q4_k_m':
+    case 'q5_k_m':
+      return (v || down) && useMoreBits(layer, layers) ? 'q6_k' : undefined;
+    case 'q4_k_s':
+      return (v && layer < 4) || (down && layer < Math.floor(layers / 8)) ? 'q5_k' : undefined;
+    default:
+      return undefined;
+  }
 }
+
+const MIX_BASE: Record<LlamaMix, LlamaTensorType> = {
+  q2_k_mix: 'q2_k',
+  q3_k_s: 'q3_k',
+  q3_k_m: 'q3_k',
+  q3_k_l: 'q3_k',
+  q4_k_s: 'q4_k',
+  q4_k_m: 'q4_k',
+  q5_k_s: 'q5_k',
+  q5_k_m: 'q5_k',
+};
 
 function mixType(fileType: LlamaFileType, role: TensorRole, cols: number): LlamaTensorType {
   if (fileType === 'q8_0') return 'q8_0';
   if (role.kind === 'output') return cols % 256 === 0 ? 'q6_k' : 'q8_0';
-  if (!isLlamaMix(fileType)) return fileType;
-  const base = fileType.startsWith('q4') ? 'q4_k' : 'q5_k';
-  if (role.kind !== 'linear') return base;
-  const type = sensitiveType(fileType, role.name, role.layer, role.layers) ?? base;
-  return role.llama70B && role.name === 'v_proj' && type === 'q4_k' ? 'q5_k' : type;
+  const mix = fileType === 'q2_k' ? 'q2_k_mix' : fileType;
+  if (!isLlamaMix(mix)) return mix;
+  if (role.kind !== 'linear') return MIX_BASE[mix];
+  const type = sensitiveType(mix, role) ?? MIX_BASE[mix];
+  const bumped = role.llama70B && role.name === 'v_proj' && (type === 'q3_k' || type === 'q4_k');
+  return bumped ? 'q5_k' : type;
 }
 
 const FALLBACK: Partial<Record<LlamaTensorType, LlamaTensorType>> = {
+  q2_k: 'q4_0',
+  q3_k: 'q4_0',
   q4_k: 'q5_0',
   q5_k: 'q5_1',
   q6_k: 'q8_0',

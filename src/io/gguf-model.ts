@@ -19,6 +19,8 @@ import { Tokenizer } from '@huggingface/tokenizers';
 import { fail } from '../errors.ts';
 import {
   decodeGgml,
+  dequantizeQ2_K,
+  dequantizeQ3_K,
   dequantizeQ4_0,
   dequantizeQ4_1,
   dequantizeQ4_K,
@@ -30,6 +32,8 @@ import {
   type GgmlGroupCodes,
   ggmlUnpackBlocks,
   QK,
+  unpackQ2_K,
+  unpackQ3_K,
   unpackQ4_1,
   unpackQ4_K,
   unpackQ5_0,
@@ -239,6 +243,8 @@ const DEQUANTIZERS: Record<number, Dequantizer> = {
   [GGML_TYPE.Q4_1]: dequantizeQ4_1,
   [GGML_TYPE.Q5_0]: dequantizeQ5_0,
   [GGML_TYPE.Q5_1]: dequantizeQ5_1,
+  [GGML_TYPE.Q2_K]: dequantizeQ2_K,
+  [GGML_TYPE.Q3_K]: dequantizeQ3_K,
   [GGML_TYPE.Q4_K]: dequantizeQ4_K,
   [GGML_TYPE.Q5_K]: dequantizeQ5_K,
   [GGML_TYPE.Q6_K]: dequantizeQ6_K,
@@ -300,7 +306,7 @@ function tensorSources(file: GgufFile, config: ModelConfig): Map<string, Source>
     const t = tensorInfo(file, gguf);
     if (!READABLE_TYPES.includes(t.type))
       fail(
-        `${file.path}: tensor ${gguf} has type ${ggmlTypeName(t.type)}, which llmq cannot dequantize (F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)`,
+        `${file.path}: tensor ${gguf} has type ${ggmlTypeName(t.type)}, which llmq cannot dequantize (F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)`,
       );
   }
   return map;
@@ -372,6 +378,8 @@ const GROUP_UNPACKERS: Partial<Record<number, (bytes: Uint8Array, n: number) => 
   [GGML_TYPE.Q4_1]: unpackQ4_1,
   [GGML_TYPE.Q5_0]: unpackQ5_0,
   [GGML_TYPE.Q5_1]: unpackQ5_1,
+  [GGML_TYPE.Q2_K]: unpackQ2_K,
+  [GGML_TYPE.Q3_K]: unpackQ3_K,
   [GGML_TYPE.Q4_K]: unpackQ4_K,
   [GGML_TYPE.Q5_K]: unpackQ5_K,
   [GGML_TYPE.Q6_K]: unpackQ6_K,

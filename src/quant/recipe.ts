@@ -236,6 +236,17 @@ const BUILTINS: Record<string, RecipeText> = {
     weights: 'q5_k_m',
     steps: [{ method: 'awq' }],
   },
+  'rtn-q3_k_m': {
+    description:
+      "llama.cpp Q3_K_M as llama-quantize writes it without an importance matrix: each linear in its type (Q3_K; Q4_K for o_proj; Q5_K / Q4_K for v_proj and down_proj; Q4_0 / Q5_0 / Q5_1 where rows are not a multiple of 256), rounded exactly as llama.cpp's quantizers; exports to GGUF Q3_K_M unchanged",
+    weights: 'q3_k_m',
+  },
+  'awq-q3_k_m': {
+    description:
+      "AWQ (llm-awq defaults, its search and clipping done with each linear's llama.cpp Q3_K_M type) then those types: AWQ for llama.cpp Q3_K_M; exports to GGUF Q3_K_M unchanged",
+    weights: 'q3_k_m',
+    steps: [{ method: 'awq' }],
+  },
   'gptq-q4_0': {
     description:
       "GPTQ (damp 0.01, blocks of 128, true sequential) to llama.cpp Q4_0 weights, each block's scale as llama.cpp's quantizer picks it; exports to GGUF Q4_0 unchanged",
@@ -546,7 +557,7 @@ function validateRecipe(where: string, r: Recipe): void {
       );
     if (s.method === 'imatrix' && !blockFormat)
       fail(
-        `${where}: imatrix weights llama.cpp's q5_0, q5_1, q4_k, q5_k, q6_k quantizers and their mixes (q4_k_s, q4_k_m, q5_k_s, q5_k_m), not ${r.weights ? formatName(r.weights) : 'full precision'}`,
+        `${where}: imatrix weights llama.cpp's q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k quantizers and their mixes (q2_k_mix, q3_k_s/m/l, q4_k_s/m, q5_k_s/m), not ${r.weights ? formatName(r.weights) : 'full precision'}`,
       );
   }
 }

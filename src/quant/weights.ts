@@ -61,11 +61,19 @@ export interface LinearPlace {
   layers: number;
   /** llama.cpp's 70B typing (formats/llama-mix.ts isLlama70B) */
   llama70B: boolean;
+  /** query heads per KV head (llama.cpp's n_gqa) */
+  gqa: number;
 }
 
 /** Where a linear sits, for the llama.cpp types its file type gives it. */
 export function linearPlace(config: ModelConfig, layer: number, name: LinearName): LinearPlace {
-  return { layer, name, layers: config.numLayers, llama70B: isLlama70B(config) };
+  return {
+    layer,
+    name,
+    layers: config.numLayers,
+    llama70B: isLlama70B(config),
+    gqa: Math.floor(config.numHeads / config.numKvHeads),
+  };
 }
 
 /**

@@ -1,6 +1,7 @@
 /**
  * `llmq export --to gguf-<type>`: a Llama-family model as one GGUF file that llama.cpp and
- * node-llama-cpp load; types f16, q8_0, q4_0, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k.
+ * node-llama-cpp load; types f16, q8_0, q4_0, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s,
+ * q5_k_m, q6_k.
  *
  * Sources read (public, ggml-org/llama.cpp): convert_hf_to_gguf.py (TextModel.set_gguf_parameters,
  * ModelBase.prepare_tensors: which tensors stay F32 and which take the output type, get_vocab_base /
@@ -17,9 +18,10 @@
  *   tied) in Q6_K, or Q8_0 where its rows are not a multiple of 256, as llama-quantize does.
  *   q4_k_m: llama-quantize's Q4_K_M mix without an importance matrix: Q4_K, with Q6_K for the output
  *   (as q4_0) and for attn_v and ffn_down in the layers use_more_bits picks; q5_k_m the same over Q5_K;
- *   q4_k_s, q5_k_s, q6_k as llama-quantize picks them (formats/llama-mix.ts). A K-type tensor whose
- *   rows are not a multiple of 256 falls back as llama-quantize's tensor_type_fallback does (Q4_K to
- *   Q5_0, Q5_K to Q5_1, Q6_K to Q8_0). Blocks are chosen by formats/kquants.ts and ggml.ts, byte for
+ *   q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q5_k_s, q6_k as llama-quantize picks them
+ *   (formats/llama-mix.ts). A K-type tensor whose rows are not a multiple of 256 falls back as
+ *   llama-quantize's tensor_type_fallback does (Q2_K and Q3_K to Q4_0, Q4_K to Q5_0, Q5_K to Q5_1,
+ *   Q6_K to Q8_0). Blocks are chosen by formats/kquants.ts and ggml.ts, byte for
  *   byte llama.cpp's reference quantizers. A tensor whose rows are not a multiple of 32 falls back to F16 (convert_hf_to_gguf.py
  *   does the same). Fallbacks are listed in the summary.
  * - q_proj / k_proj rows (and biases) permuted from the HF rotate-half order to GGML's interleaved
@@ -74,6 +76,10 @@ import { llama3RopeFactors } from '../rope.ts';
 export const GGUF_EXPORT_TYPES = [
   'q8_0',
   'q4_0',
+  'q2_k',
+  'q3_k_s',
+  'q3_k_m',
+  'q3_k_l',
   'q4_k_s',
   'q4_k_m',
   'q5_k_s',
@@ -113,6 +119,10 @@ const FILE_TYPE: Record<GgufExportType, number> = {
   f16: 1,
   q4_0: 2,
   q8_0: 7,
+  q2_k: 10,
+  q3_k_s: 11,
+  q3_k_m: 12,
+  q3_k_l: 13,
   q4_k_s: 14,
   q4_k_m: 15,
   q5_k_s: 16,
@@ -447,6 +457,8 @@ const TENSOR_TYPE_ID: Record<LlamaTensorType, number> = {
   q4_0: GGML_TYPE.Q4_0,
   q5_0: GGML_TYPE.Q5_0,
   q5_1: GGML_TYPE.Q5_1,
+  q2_k: GGML_TYPE.Q2_K,
+  q3_k: GGML_TYPE.Q3_K,
   q4_k: GGML_TYPE.Q4_K,
   q5_k: GGML_TYPE.Q5_K,
   q6_k: GGML_TYPE.Q6_K,
