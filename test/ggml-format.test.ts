@@ -30,6 +30,7 @@ import {
   quantizeQ5_K,
   quantizeQ6_K,
 } from '../src/formats/kquants.ts';
+import type { FormatSpec } from '../src/formats/spec.ts';
 import { ggmlTypeName, readGguf, readGgufTensor } from '../src/io/gguf.ts';
 import { readImatrix } from '../src/io/imatrix-file.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
@@ -37,7 +38,7 @@ import type { LinearName } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
 import { defineRecipe, resolveRecipe } from '../src/quant/recipe.ts';
-import { linearWeightSpec } from '../src/quant/weights.ts';
+import { linearWeightSpec, weightSpecOf } from '../src/quant/weights.ts';
 import { createBackend } from '../src/tensor/index.ts';
 import { MODELS, rng, SHARED, savedTinyCheckpoint } from './helpers.ts';
 
@@ -131,34 +132,61 @@ test('bad input: rows not a multiple of 32, non-finite values, activations, GPTQ
   );
   assert.throws(
     () => defineRecipe('t', { description: '', weights: 'fp8-e4m3', steps: [{ method: 'gptq' }] }),
-    /gptq quantizes to INT, MX and llama.cpp Q4_0\/Q8_0 formats, not fp8-e4m3/,
+    /gptq quantizes to INT, MX and llama.cpp formats, not fp8-e4m3/,
   );
   assert.equal(resolveRecipe('gptq-q4_0').weights?.kind, 'ggml');
   assert.equal(resolveRecipe('awq-q4_0').weights?.kind, 'ggml');
 });
 
-test('a gptq-q4_0 checkpoint exports to GGUF Q4_0 blocks that decode to its weights bit for bit', async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-gptq-q40-'));
-  const model = await savedTinyCheckpoint(cpu, resolveRecipe('gptq-q4_0'), `${dir}/ckpt`, true);
-  await run('./bin/llmq', ['export', `${dir}/ckpt`, '--to', 'gguf-q4_0', '--out', `${dir}/m.gguf`]);
-  const gguf = readGguf(`${dir}/m.gguf`);
-  const src = loadLlama(`${MODELS}llama-tiny`, cpu);
-  // q/k rows are permuted for llama.cpp's rope; these keep the checkpoint's row order
-  for (const [ggufName, name] of [
-    ['attn_v', 'v_proj'],
-    ['attn_output', 'o_proj'],
-    ['ffn_gate', 'gate_proj'],
-    ['ffn_down', 'down_proj'],
-  ] as const) {
-    const want = await cpu.read(model.layers[1].linears[name].weight);
-    const got = dequantizeQ4_0(readGgufTensor(gguf, `blk.1.${ggufName}.weight`), want.length);
-    assert.ok(bitsEqual(got, want), ggufName);
-    const [rows, cols] = model.layers[1].linears[name].weight.shape;
-    const rtn = fakeQuantRows(await cpu.read(src.layers[1].linears[name].weight), rows, cols, Q4);
-    assert.ok(!bitsEqual(got, rtn), `${ggufName}: GPTQ moved codes away from llama.cpp's RTN`);
-  }
-  fs.rmSync(dir, { recursive: true });
-});
+for (const [recipe, types] of [
+  [
+    'gptq-q4_0',
+    {
+      attn_v: dequantizeQ4_0,
+      attn_output: dequantizeQ4_0,
+      ffn_gate: dequantizeQ4_0,
+      ffn_down: dequantizeQ4_0,
+    },
+  ],
+  // layer 1 is not a use_more_bits layer of 4; rows of 704 take Q4_K's fallback Q5_0
+  [
+    'gptq-q4_k_m',
+    {
+      attn_v: dequantizeQ4_K,
+      attn_output: dequantizeQ4_K,
+      ffn_gate: dequantizeQ4_K,
+      ffn_down: dequantizeQ5_0,
+    },
+  ],
+] as const) {
+  test(`a ${recipe} checkpoint exports to GGUF blocks that decode to its weights bit for bit`, async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), `llmq-${recipe}-`));
+    const spec = resolveRecipe(recipe).weights as FormatSpec;
+    const model = await savedTinyCheckpoint(cpu, resolveRecipe(recipe), `${dir}/ckpt`, true);
+    const type = formatName(spec);
+    await run('./bin/llmq', ['export', `${dir}/ckpt`, '--to', `gguf-${type}`, '--out', `${dir}/m.gguf`]);
+    const gguf = readGguf(`${dir}/m.gguf`);
+    const src = loadLlama(`${MODELS}llama-tiny`, cpu);
+    // q/k rows are permuted for llama.cpp's rope; these keep the checkpoint's row order
+    const names = {
+      attn_v: 'v_proj',
+      attn_output: 'o_proj',
+      ffn_gate: 'gate_proj',
+      ffn_down: 'down_proj',
+    } as const;
+    for (const [ggufName, dequantize] of Object.entries(types)) {
+      const name = names[ggufName as keyof typeof names];
+      const want = await cpu.read(model.layers[1].linears[name].weight);
+      const got = dequantize(readGgufTensor(gguf, `blk.1.${ggufName}.weight`), want.length);
+      assert.ok(bitsEqual(got, want), ggufName);
+      const [rows, cols] = model.layers[1].linears[name].weight.shape;
+      const rtnSpec = weightSpecOf(src, spec, 1, name) as FormatSpec;
+      const rtn = fakeQuantRows(await cpu.read(src.layers[1].linears[name].weight), rows, cols, rtnSpec);
+      assert.ok(!bitsEqual(got, rtn), `${ggufName}: GPTQ moved codes away from llama.cpp's RTN`);
+    }
+    fs.rmSync(dir, { recursive: true });
+  });
+}
 
 /** llama-tiny quantized with an RTN recipe, then exported, equals the full-precision model exported. */
 async function sameGgufAsFullPrecision(dir: string, recipe: string, type: string): Promise<void> {
@@ -240,8 +268,13 @@ test("q4_k_m picks each linear's type as llama-quantize does", () => {
     type: 'q8_0',
   });
   assert.throws(
-    () => defineRecipe('x', { description: '', weights: 'q4_k_m', steps: [{ method: 'gptq' }] }),
-    /gptq quantizes to INT, MX and llama.cpp Q4_0\/Q8_0 formats, not q4_k_m/,
+    () =>
+      defineRecipe('x', {
+        description: '',
+        weights: 'q4_k_m',
+        steps: [{ method: 'gptq' }, { method: 'imatrix' }],
+      }),
+    /gptq and imatrix both pick the final codes/,
   );
 });
 
@@ -380,7 +413,7 @@ test('imatrix-q4_k_m quantizes each linear with the mean x^2 of its calibration 
   );
   assert.throws(
     () => defineRecipe('x', { description: '', weights: 'q4_0', steps: [{ method: 'imatrix' }] }),
-    /imatrix weights llama.cpp's q5_0, q5_1, q4_k, q5_k, q6_k quantizers and their mixes .*, not q4_0/,
+    /imatrix weights llama.cpp's q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k quantizers and their mixes .*, not q4_0/,
   );
   fs.rmSync(dir, { recursive: true });
 });

@@ -350,20 +350,20 @@ test('refusals: other architectures, undequantizable tensors, unknown tokenizers
     },
   );
 
-  // blk.0.attn_v.weight is [128 rows, 256 cols]: one Q2_K block of 84 bytes per row
-  const q2 = rewrite(
+  // blk.0.attn_v.weight is [128 rows, 256 cols]: one Q8_K block of 292 bytes per row
+  const q8k = rewrite(
     files.q8_0,
-    path.join(tmp, 'q2k.gguf'),
+    path.join(tmp, 'q8k.gguf'),
     {},
     {
       name: 'blk.0.attn_v.weight',
-      type: GGML_TYPE.Q2_K,
-      data: new Uint8Array(128 * 84),
+      type: GGML_TYPE.Q8_K,
+      data: new Uint8Array(128 * 292),
     },
   );
   assert.throws(
-    () => loadGgufModel(q2, backend),
-    /blk\.0\.attn_v\.weight has type Q2_K, which llmq cannot dequantize/,
+    () => loadGgufModel(q8k, backend),
+    /blk\.0\.attn_v\.weight has type Q8_K, which llmq cannot dequantize/,
   );
 
   const spm = rewrite(files.q8_0, path.join(tmp, 'spm.gguf'), { 'tokenizer.ggml.model': gguf.str('llama') });

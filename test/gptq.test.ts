@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { UserError } from '../src/errors.ts';
+import { ggmlBlockBytes, quantizeGgmlBlocks } from '../src/formats/ggml-codes.ts';
 import {
   decode,
   type FormatSpec,
@@ -541,6 +542,45 @@ test('one Hessian factor serves several weights (q/k/v share H): same results as
     () => gptq(weight, ROWS, COLS, H, parseFormat('int4-g32'), { damp: 0.1 }, factorHessian(H, COLS)),
     /other options/,
   );
+});
+
+test("GPTQ to llama.cpp's block types: stored blocks decode to its values; a diagonal H gives llama.cpp's own K-quant blocks; correlated inputs: below RTN's loss", () => {
+  const [rows, cols, tokens] = [16, 512, 1024];
+  const r = rng(77);
+  const weight = r.normal(rows * cols, 0.05);
+  const diagonal = new Float64Array(cols * cols);
+  for (let c = 0; c < cols; c++) diagonal[c * cols + c] = 0.5 + r.uniform();
+  // correlated inputs with a few large channels, as in makeLayer
+  const z = r.normal(tokens * cols);
+  const x = new Float32Array(tokens * cols);
+  for (let t = 0; t < tokens; t++)
+    for (let j = 0; j < cols; j++) {
+      let v = z[t * cols + j];
+      for (let k = j % 16; k < cols; k += 64) v += 0.3 * z[t * cols + k];
+      x[t * cols + j] = j % 97 === 0 ? 8 * v : v;
+    }
+  const acc = new HessianAccumulator(cols);
+  acc.add(x, tokens);
+  const H = acc.finish();
+  for (const type of ['q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'q5_0', 'q5_1'] as const) {
+    const spec = parseFormat(type);
+    // no correlations: no error reaches another column, so every block is fitted on the original weights
+    const plain = gptq(weight, rows, cols, diagonal, spec);
+    assert.deepEqual(decode(plain.encoded), plain.dequant, `${type}: decode(encoded)`);
+    if (type.endsWith('_k'))
+      assert.deepEqual(
+        ggmlBlockBytes(plain.encoded.codes, plain.encoded.scaleCodes!, type),
+        quantizeGgmlBlocks(weight, cols, type),
+        `${type}: llama.cpp's blocks`,
+      );
+    const res = gptq(weight, rows, cols, H, spec);
+    assert.deepEqual(decode(res.encoded), res.dequant, `${type}: decode(encoded), correlated`);
+    const rtn = fakeQuantRows(weight, rows, cols, spec);
+    const [lossGptq, lossRtn] = [res.dequant, rtn].map((q) => reconstructionLoss(weight, q, rows, cols, H));
+    assert.ok(lossGptq < 0.9 * lossRtn, `${type}: GPTQ loss ${lossGptq} vs RTN ${lossRtn}`);
+  }
+  const narrow = [weight.subarray(0, rows * 384), rows, 384, new Float64Array(384 * 384)] as const;
+  throwsUser(() => gptq(...narrow, parseFormat('q4_k')), 'blocks of 256 do not divide');
 });
 
 describe('gptq input errors', () => {

@@ -18,7 +18,7 @@ import { factorHessian, gptq } from './gptq.ts';
 import { addMatmulNT, HessianAccumulator } from './hessian.ts';
 import { addMs, type LayerContext, registerLayerStep, residualsPropagate, timed } from './pipeline.ts';
 import type { GptqStep } from './recipe.ts';
-import { readOnce, setQuantizedWeight } from './weights.ts';
+import { fakeQuantWeight, readOnce, setQuantizedWeight, weightSpecOf } from './weights.ts';
 
 const SEQUENTIAL: LinearName[][] = [
   ['q_proj', 'k_proj', 'v_proj'],
@@ -175,22 +175,29 @@ async function gptqGroup(
   losses: Record<string, { gptq: number; rtn: number }>,
 ): Promise<void> {
   const { model, layer, recipe } = ctx;
-  const spec = recipe.weights as FormatSpec;
   const b = model.backend;
-  const names = group.filter((n) => recipe.targets.includes(n));
+  // llama.cpp mixes give each linear its own type; one whose rows fit no block stays in full precision
+  const specs = new Map<LinearName, FormatSpec>();
+  for (const name of group) {
+    const spec =
+      recipe.targets.includes(name) && weightSpecOf(model, recipe.weights as FormatSpec, layer, name);
+    if (spec) specs.set(name, spec);
+  }
+  const names = [...specs.keys()];
   if (!names.length) return;
   const H = await timed(ctx.timings, 'gptq hessian', () => hessian(ctx, names[0], stages));
   const cols = model.layers[layer].linears[names[0]].weight.shape[1];
   // the linears of a group read the same input: one inverse for all of them
   const factor = await timed(ctx.timings, 'gptq factor', async () => factorHessian(H, cols, step));
-  for (const name of names) {
-    const w = await b.read(model.layers[layer].linears[name].weight);
-    const rows = model.layers[layer].linears[name].weight.shape[0];
+  for (const [name, spec] of specs) {
+    const weight = model.layers[layer].linears[name].weight;
+    const w = await b.read(weight);
+    const rows = weight.shape[0];
     const result = gptq(w, rows, cols, H, spec, step, factor);
     addMs(ctx.timings, 'gptq factor', result.timings.inverse);
     addMs(ctx.timings, 'gptq columns', result.timings.columns);
     addMs(ctx.timings, 'gptq updates', result.timings.updates);
-    const rtn = await readOnce(b, b.fakeQuant(model.layers[layer].linears[name].weight, spec));
+    const rtn = await readOnce(b, await fakeQuantWeight(b, weight, spec));
     losses[name] = await timed(ctx.timings, 'gptq loss report', () => ({
       gptq: reconstructionLoss(w, result.dequant, rows, cols, H),
       rtn: reconstructionLoss(w, rtn, rows, cols, H),

@@ -48,12 +48,26 @@
  *   min(x, 0), max(x, 0). AutoAWQ's RTN does not; set it false to quantize on that grid;
  * - llama.cpp Q4_0 / Q8_0 (GgmlGrid): a block's d is llama.cpp's choice on the weights when the block
  *   is reached; codes follow llama.cpp's rounding, clamped since updated weights may leave the range;
+ * - llama.cpp Q5_0, Q5_1 and the K-quants (BlockGrid): a block's header (Q4_K: d, dmin and the 6-bit
+ *   sub-block scales and mins) is what llama.cpp's reference quantizer picks for the block's current
+ *   weights when the block is reached (the K-quants: a super-block of 256 columns); each value then
+ *   takes the nearest code on its sub-block's grid, which for the K-quants is exactly llama.cpp's own
+ *   second pass (nearest_int((x + dmin m) / (d sc)), clamped). No llama.cpp tool does GPTQ; the
+ *   result is an ordinary GGUF block of the type;
  * - MX (and Q4_0 / Q8_0) with actOrder needs staticGroups (block exponents fixed on the original weights): an MX
  *   block is `block` consecutive original input channels and its shared exponent has to be known
  *   before its first column is quantized, which a reordered walk cannot guarantee.
  */
 import { fail } from '../errors.ts';
-import { ggmlBlockScale, ggmlCode, ggmlCodeOffset, QK } from '../formats/ggml.ts';
+import { type GgmlGroupCodes, ggmlBlockScale, ggmlCode, ggmlCodeOffset, QK } from '../formats/ggml.ts';
+import {
+  encodeGgmlBlocks,
+  type GgmlBlockType,
+  ggmlBlockLayout,
+  isBlockFormat,
+  unpackEncodedBlocks,
+} from '../formats/ggml-codes.ts';
+import { clamp, nearestInt } from '../formats/ggml-search.ts';
 import {
   checkMxSpec,
   codeBits,
@@ -461,11 +475,108 @@ class GgmlGrid implements Grid {
   }
 }
 
+const fr = Math.fround;
+
+/**
+ * llama.cpp's Q5_0, Q5_1 and K-quant blocks: each block (32 or 256 input channels) gets the header
+ * llama.cpp's reference quantizer picks for its weights when its first column comes (or up front with
+ * staticGroups); each value then takes the nearest code on its sub-block's grid (see the file comment).
+ * The stored codes and headers are the GGUF blocks, and decode(encoded) equals dequant.
+ */
+class BlockGrid implements Grid {
+  readonly span: number;
+  private readonly perRow: number;
+  private readonly slot: Int32Array;
+  private readonly layout: { values: number; bytes: number; group: number; bits: number };
+  private readonly codes: Uint8Array;
+  /** each block's bytes other than its codes (formats/ggml-codes.ts headers) */
+  private readonly headerBytes: number;
+  private readonly headers: Uint8Array;
+  /** the current block's sub-block parameters, per block index */
+  private readonly params: (GgmlGroupCodes | undefined)[];
+
+  constructor(
+    private readonly spec: GgmlSpec & { type: GgmlBlockType },
+    private readonly rows: number,
+    private readonly cols: number,
+    order: Int32Array | null,
+    opts: GptqOptions,
+  ) {
+    this.layout = ggmlBlockLayout(spec.type);
+    const { values } = this.layout;
+    if (cols % values !== 0)
+      fail(`GPTQ with ${spec.type}: blocks of ${values} do not divide the row length ${cols}`);
+    requireStaticBlocks(spec, `a block is ${values}`, 'its scales', order, opts);
+    this.span = opts.staticGroups ? 0 : values;
+    this.perRow = cols / values;
+    this.slot = slotsByPosition(cols, order, values, false);
+    this.codes = new Uint8Array(rows * cols);
+    this.headerBytes = this.layout.bytes - (values * this.layout.bits) / 8;
+    this.headers = new Uint8Array(rows * this.perRow * this.headerBytes);
+    this.params = new Array(rows * this.perRow);
+  }
+
+  private store(index: number, vals: ArrayLike<number>, off: number): void {
+    const x = new Float32Array(this.layout.values);
+    for (let k = 0; k < x.length; k++) x[k] = vals[off + k];
+    const block = encodeGgmlBlocks(x, x.length, this.spec.type);
+    this.headers.set(block.headers, index * this.headerBytes);
+    this.params[index] = unpackEncodedBlocks(block.codes, block.headers, this.spec.type);
+  }
+
+  fit(r: number, p: number, vals: ArrayLike<number>, off: number): void {
+    this.store(r * this.perRow + this.slot[p], vals, off);
+  }
+
+  fitStatic(w: Float64Array): void {
+    if (this.span) return;
+    const { values } = this.layout;
+    for (let r = 0; r < this.rows; r++)
+      for (let b = 0; b < this.perRow; b++) this.store(r * this.perRow + b, w, r * this.cols + b * values);
+  }
+
+  quantize(r: number, c: number, p: number, w: number): number {
+    const u = this.params[r * this.perRow + this.slot[p]] as GgmlGroupCodes;
+    const g = Math.floor((c % this.layout.values) / u.group);
+    const [scale, top, x] = [u.scales[g], (1 << u.bits) - 1, fr(w)];
+    const min = u.mins?.[g];
+    let code: number;
+    if (scale === 0) code = min === undefined ? u.zero : 0;
+    else if (min === undefined) code = clamp(nearestInt(fr(x / scale)) + u.zero, 0, top);
+    else code = clamp(nearestInt(fr(fr(x - min) / scale)), 0, top);
+    this.codes[r * this.cols + c] = code;
+    return min === undefined ? fr((code - u.zero) * scale) : fr(fr(code * scale) + min);
+  }
+
+  encoded(): Encoded {
+    const { spec, rows, cols, layout } = this;
+    const perBlock = layout.values / layout.group;
+    const scales = new Float32Array(rows * this.perRow * perBlock);
+    this.params.forEach((u, i) => u && scales.set(u.scales, i * perBlock));
+    const bits = codeBits(spec);
+    return {
+      spec,
+      rows,
+      cols,
+      bits,
+      codes: this.codes,
+      block: layout.group,
+      scales,
+      scaleCodes: this.headers,
+    };
+  }
+
+  gIdx(): undefined {
+    return undefined;
+  }
+}
+
 function makeGrid(spec: FormatSpec, rows: number, cols: number, order: Int32Array | null, opts: GptqOptions) {
   if (spec.kind === 'int') return new IntGrid(spec, rows, cols, order, opts);
   if (spec.kind === 'mx') return new MxGrid(spec, rows, cols, order, opts);
+  if (isBlockFormat(spec)) return new BlockGrid(spec, rows, cols, order, opts);
   if (spec.kind === 'ggml') return new GgmlGrid(spec, rows, cols, order, opts);
-  return fail(`GPTQ quantizes to INT, MX and llama.cpp Q4_0/Q8_0 formats, not ${formatName(spec)}`);
+  return fail(`GPTQ quantizes to INT, MX and llama.cpp formats, not ${formatName(spec)}`);
 }
 
 function resolveOptions(options: Partial<GptqOptions>): GptqOptions {

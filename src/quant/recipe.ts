@@ -253,6 +253,12 @@ const BUILTINS: Record<string, RecipeText> = {
     weights: 'q4_0',
     steps: [{ method: 'gptq' }],
   },
+  'gptq-q4_k_m': {
+    description:
+      "GPTQ (damp 0.01, blocks of 128, true sequential) to each linear's llama.cpp Q4_K_M type, each block's scales and mins as llama.cpp's quantizer picks them when GPTQ reaches the block; exports to GGUF Q4_K_M unchanged",
+    weights: 'q4_k_m',
+    steps: [{ method: 'gptq' }],
+  },
   'awq-w4g128': {
     description: 'AWQ (llm-awq defaults: 20-point scale grid, clip search) then INT4 asymmetric g128 weights',
     weights: 'int4-g128',
@@ -535,10 +541,10 @@ function validateRecipe(where: string, r: Recipe): void {
         `${where}: gptq actOrder with ${formatName(r.weights)} needs staticGroups: true (its blocks are consecutive input channels whose scale must be fixed before the columns are reordered)`,
       );
     const blockFormat = r.weights !== undefined && isBlockFormatOrMix(r.weights);
-    if (s.method === 'gptq' && r.weights && (!['int', 'mx', 'ggml'].includes(r.weights.kind) || blockFormat))
-      fail(
-        `${where}: gptq quantizes to INT, MX and llama.cpp Q4_0/Q8_0 formats, not ${formatName(r.weights)}`,
-      );
+    if (s.method === 'gptq' && r.weights && !['int', 'mx', 'ggml'].includes(r.weights.kind))
+      fail(`${where}: gptq quantizes to INT, MX and llama.cpp formats, not ${formatName(r.weights)}`);
+    if (s.method === 'gptq' && r.steps.some((t) => t.method === 'imatrix'))
+      fail(`${where}: gptq and imatrix both pick the final codes; a recipe takes one of them`);
     if ((s.method === 'awq' || s.method === 'gptq') && !r.weights)
       fail(`${where}: step ${s.method} needs a weight format`);
     if (s.method === 'smoothquant' && !(s.alpha >= 0 && s.alpha <= 1))
