@@ -16,6 +16,7 @@ import {
   dequantizeQ5_0,
   dequantizeQ6_K,
   dequantizeQ8_0,
+  ggmlBlocks,
   quantizeQ4_0,
   quantizeQ5_0,
   quantizeQ5_1,
@@ -30,7 +31,7 @@ import {
   quantizeQ5_K,
   quantizeQ6_K,
 } from '../src/formats/kquants.ts';
-import type { FormatSpec } from '../src/formats/spec.ts';
+import type { FormatSpec, GgmlSpec } from '../src/formats/spec.ts';
 import { ggmlTypeName, readGguf, readGgufTensor } from '../src/io/gguf.ts';
 import { readImatrix } from '../src/io/imatrix-file.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
@@ -396,6 +397,22 @@ test('imatrix-q4_k_m quantizes each linear with the mean x^2 of its calibration 
           model.layers[i].linears[name as LinearName].quantized?.encoded[part],
           `layer ${i} ${name} ${part}`,
         );
+  // Q4_0 through its importance path (quantize_row_q4_0_impl), as llama-quantize Q4_0 --imatrix
+  const q40 = loadLlama(tiny, cpu);
+  await quantizeModel(
+    q40,
+    defineRecipe('q', {
+      description: '',
+      weights: 'q4_0',
+      steps: [{ method: 'imatrix', file: `${dir}/cli.gguf` }],
+    }),
+    undefined,
+  );
+  const q40Enc = q40.layers[0].linears.q_proj.quantized?.encoded;
+  assert.ok(q40Enc);
+  const q40Want = quantizeQ4_0(w, { importance, cols });
+  assert.deepEqual(ggmlBlocks(q40Enc.codes, q40Enc.scales, Q4 as GgmlSpec), q40Want);
+  assert.notDeepEqual(q40Want, quantizeQ4_0(w), 'the importance changes the Q4_0 blocks');
   // the GGUF file holds the checkpoint's blocks (v_proj: no RoPE row permutation)
   await run('./bin/llmq', ['export', `${dir}/ckpt`, '--to', 'gguf-q4_k_m', '--out', `${dir}/m.gguf`]);
   const meta = readGguf(`${dir}/m.gguf`).metadata;
@@ -412,8 +429,8 @@ test('imatrix-q4_k_m quantizes each linear with the mean x^2 of its calibration 
     ggmlBlockBytes(v.codes, v.scaleCodes, 'q4_k'),
   );
   assert.throws(
-    () => defineRecipe('x', { description: '', weights: 'q4_0', steps: [{ method: 'imatrix' }] }),
-    /imatrix weights llama.cpp's q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k quantizers and their mixes .*, not q4_0/,
+    () => defineRecipe('x', { description: '', weights: 'q8_0', steps: [{ method: 'imatrix' }] }),
+    /imatrix weights llama.cpp's q4_0, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k quantizers and their mixes .*, not q8_0/,
   );
   fs.rmSync(dir, { recursive: true });
 });

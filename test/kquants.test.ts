@@ -2,7 +2,7 @@
  * llama.cpp's block writers: Q4_K and Q6_K against llama.cpp's own reference quantizers
  * (test/fixtures/kquants.json, made by ggml-quants.c's quantize_row_q4_K_ref / _q6_K_ref built with
  * strict float32 arithmetic), Q5_0 against gguf-py's port of quantize_row_q5_0_ref, the importance
- * paths against quantize_q*_impl (kquants-imatrix.json), Q5_1 and Q5_K against quantize_q5_1 /
+ * paths against quantize_q*_impl (kquants-imatrix.json, Q4_0 included), Q5_1 and Q5_K against quantize_q5_1 /
  * quantize_q5_K on both paths (kquants-q5.json), Q2_K and Q3_K against quantize_q2_K / quantize_q3_K and
  * their dequantizers on both paths (kquants-q23.json).
  */
@@ -17,6 +17,7 @@ import {
   dequantizeQ5_1,
   dequantizeQ5_K,
   dequantizeQ6_K,
+  quantizeQ4_0,
   quantizeQ5_0,
   quantizeQ5_1,
 } from '../src/formats/ggml.ts';
@@ -94,9 +95,10 @@ interface ImatrixCase {
   q4_K: string;
   q6_K: string;
   q5_0: string;
+  q4_0: string;
 }
 
-test('with an importance matrix, Q4_K, Q6_K and Q5_0 equal llama.cpp (quantize_q*_impl) byte for byte', () => {
+test('with an importance matrix, Q4_K, Q6_K, Q5_0 and Q4_0 equal llama.cpp (quantize_q*_impl) byte for byte', () => {
   const f = JSON.parse(fs.readFileSync('test/fixtures/kquants-imatrix.json', 'utf8')) as {
     cases: ImatrixCase[];
   };
@@ -111,8 +113,13 @@ test('with an importance matrix, Q4_K, Q6_K and Q5_0 equal llama.cpp (quantize_q
     assert.equal(firstBadBlock(q6, bytes(c.q6_K), 210), -1, `${c.name}: Q6_K block`);
     const q5 = quantizeQ5_0(x, imatrix);
     assert.equal(firstBadBlock(q5, bytes(c.q5_0), 22), -1, `${c.name}: Q5_0 block`);
+    const q40 = quantizeQ4_0(x, imatrix);
+    assert.equal(firstBadBlock(q40, bytes(c.q4_0), 18), -1, `${c.name}: Q4_0 block`);
     // the importance path is another quantizer: it picks other blocks than the reference path
-    if (c.name === 'normal_0.02') assert.notDeepEqual(q4, quantizeQ4_K(x), 'imatrix changes Q4_K');
+    if (c.name === 'normal_0.02') {
+      assert.notDeepEqual(q4, quantizeQ4_K(x), 'imatrix changes Q4_K');
+      assert.notDeepEqual(q40, quantizeQ4_0(x), 'imatrix changes Q4_0');
+    }
   }
 });
 

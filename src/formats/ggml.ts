@@ -142,9 +142,16 @@ function quantizeBlockQ4_0(x: Float32Array, at: number, out: Uint8Array, o: numb
   }
 }
 
-/** x (a multiple of 32 values) -> Q4_0 blocks. */
-export function quantizeQ4_0(x: Float32Array, opts: Q4_0Options = {}): Uint8Array {
+/**
+ * x (a multiple of 32 values) -> Q4_0 blocks, as llama.cpp's quantize_row_q4_0_ref, or with an
+ * importance matrix as quantize_row_q4_0_impl: Q5_0's importance path with codes in 0..15.
+ */
+export function quantizeQ4_0(x: Float32Array, opts: Q4_0Options & Partial<Importance> = {}): Uint8Array {
   checkLength(x.length);
+  if (opts.importance)
+    return quantizeWeighted(x, opts, Q4_0_BLOCK_BYTES, 8, (codes, blocks, o) => {
+      for (let j = 0; j < QK / 2; j++) blocks[o + 2 + j] = codes[j] | (codes[j + QK / 2] << 4);
+    });
   const fma = opts.fma ?? false;
   const out = new Uint8Array((x.length / QK) * Q4_0_BLOCK_BYTES);
   for (let b = 0; b < x.length / QK; b++) quantizeBlockQ4_0(x, b * QK, out, b * Q4_0_BLOCK_BYTES, fma);
@@ -192,22 +199,36 @@ export function packQ5_0Codes(codes: Uint8Array, at: number, out: Uint8Array, o:
  */
 export function quantizeQ5_0(x: Float32Array, opts: Q4_0Options & Partial<Importance> = {}): Uint8Array {
   checkLength(x.length);
+  if (opts.importance)
+    return quantizeWeighted(x, opts, Q5_0_BLOCK_BYTES, 16, (codes, blocks, o) =>
+      packQ5_0Codes(codes, 0, blocks, o),
+    );
   const fma = opts.fma ?? false;
   const out = new Uint8Array((x.length / QK) * Q5_0_BLOCK_BYTES);
-  if (opts.importance) {
-    const codes = new Uint8Array(QK);
-    forEachWeightedBlock(
-      x,
-      { importance: opts.importance, cols: opts.cols ?? opts.importance.length },
-      (b, w) => {
-        const o = (b / QK) * Q5_0_BLOCK_BYTES;
-        writeF16(out, o, fitScale({ x, at: b, n: QK }, 16, codes, 0, w, 0));
-        packQ5_0Codes(codes, 0, out, o);
-      },
-    );
-    return out;
-  }
   for (let b = 0; b < x.length / QK; b++) quantizeBlockQ5_0(x, b * QK, out, b * Q5_0_BLOCK_BYTES, fma);
+  return out;
+}
+
+/**
+ * The importance path of Q4_0 / Q5_0 (quantize_row_q4_0_impl / _q5_0_impl): per block, make_qx_quants'
+ * scale under forEachWeightedBlock's weights, its codes kept as found (no second rounding); `pack`
+ * writes a block's codes into the block at out[o] after its fp16 scale.
+ */
+function quantizeWeighted(
+  x: Float32Array,
+  opts: Partial<Importance>,
+  blockBytes: number,
+  nmax: number,
+  pack: (codes: Uint8Array, out: Uint8Array, o: number) => void,
+): Uint8Array {
+  const out = new Uint8Array((x.length / QK) * blockBytes);
+  const qw = opts.importance as Float32Array;
+  const codes = new Uint8Array(QK);
+  forEachWeightedBlock(x, { importance: qw, cols: opts.cols ?? qw.length }, (b, w) => {
+    const o = (b / QK) * blockBytes;
+    writeF16(out, o, fitScale({ x, at: b, n: QK }, nmax, codes, 0, w, 0));
+    pack(codes, out, o);
+  });
   return out;
 }
 
@@ -617,14 +638,20 @@ export function fakeQuantGgml(x: ArrayLike<number>, cols: number, spec: GgmlSpec
   return spec.type === 'q4_0' ? dequantizeQ4_0(quantizeQ4_0(values)) : dequantizeQ8_0(quantizeQ8_0(values));
 }
 
-/** One code per element (see ggmlCodeOffset) and the fp16-rounded scale of each block of 32. */
+/**
+ * One code per element (see ggmlCodeOffset) and the fp16-rounded scale of each block of 32; Q4_0 with
+ * `importance` by its importance path.
+ */
 export function encodeGgml(
   x: ArrayLike<number>,
   cols: number,
   spec: GgmlSpec,
+  importance?: Float32Array,
 ): { codes: Uint8Array; scales: Float32Array } {
   const values = ggmlValues(x, cols, spec.type, 'encode');
-  return ggmlUnpackBlocks(spec.type === 'q4_0' ? quantizeQ4_0(values) : quantizeQ8_0(values), spec);
+  const blocks =
+    spec.type === 'q4_0' ? quantizeQ4_0(values, importance && { importance, cols }) : quantizeQ8_0(values);
+  return ggmlUnpackBlocks(blocks, spec);
 }
 
 /** The codes (as encodeGgml gives them) and block scales of Q4_0 / Q8_0 blocks: ggmlBlocks inverted. */

@@ -119,6 +119,11 @@ export async function encodeAsync(
   return encode(x, rows, cols, spec, importance, blocks);
 }
 
+/** Whether llama.cpp's quantizer of this type has an importance (imatrix) path: every type but Q8_0. */
+export function takesImportance(spec: FormatSpec): spec is GgmlSpec {
+  return spec.kind === 'ggml' && (isGgmlBlockType(spec.type) || spec.type === 'q4_0');
+}
+
 /** Bits of one element code. */
 export function codeBits(spec: FormatSpec): number {
   switch (spec.kind) {
@@ -181,7 +186,8 @@ export interface Encoded {
 
 /**
  * Integer codes + scales of x (see Encoded). NaN inputs are refused. `importance` (one weight per column,
- * llama.cpp's importance matrix) steers llama.cpp's q5_0 / q4_k / q6_k quantizers; other formats refuse it.
+ * llama.cpp's importance matrix) steers the quantizers of llama.cpp's types that have an importance path
+ * (all but q8_0); other formats refuse it.
  */
 export function encode(
   x: ArrayLike<number>,
@@ -194,8 +200,10 @@ export function encode(
 ): Encoded {
   checkShape(x, rows, cols, 'encode');
   const base = { spec, rows, cols, bits: codeBits(spec) };
-  if (importance && !(spec.kind === 'ggml' && isGgmlBlockType(spec.type)))
-    fail(`encode: an importance matrix applies to llama.cpp's q5_0, q4_k and q6_k, not ${formatName(spec)}`);
+  if (importance && !takesImportance(spec))
+    fail(
+      `encode: an importance matrix applies to llama.cpp's q4_0, q5_0, q5_1 and K-quant types, not ${formatName(spec)}`,
+    );
   if (importance && importance.length !== cols)
     fail(`encode: ${importance.length} importance values for rows of ${cols}`);
   switch (spec.kind) {
@@ -238,7 +246,7 @@ export function encode(
         const block = ggmlBlockLayout(type).group;
         return { ...base, codes: e.codes, block, scales: e.scales, scaleCodes: e.headers };
       }
-      const e = encodeGgml(x, cols, spec);
+      const e = encodeGgml(x, cols, spec, importance);
       return { ...base, codes: e.codes, block: QK, scales: e.scales };
     }
     default:

@@ -1,19 +1,19 @@
 /**
  * llama.cpp's importance matrix (llama-imatrix + llama-quantize --imatrix) as a recipe step: for each
  * linear, the mean of x^2 per input channel over the calibration tokens reaching it, which llama.cpp's
- * Q5_0 / Q4_K / Q6_K quantizers use to weight each value's rounding error (ggml-quants.c's *_impl
- * functions). The step quantizes the layer's linears itself, in each linear's llama.cpp type
- * (formats/llama-mix.ts), so the checkpoint holds exactly the blocks llama-quantize would write with
- * the same importance values; linears in a type without an importance path (Q4_0, Q8_0) are left to
- * the pipeline's plain rounding. The collected sums go beside the checkpoint as imatrix.gguf, the file
- * llama-quantize --imatrix reads. With `file`, the importance comes from a llama-imatrix file instead
+ * quantizers use to weight each value's rounding error (ggml-quants.c's *_impl functions). The step
+ * quantizes the layer's linears itself, in each linear's llama.cpp type (formats/llama-mix.ts), so the
+ * checkpoint holds exactly the blocks llama-quantize would write with the same importance values;
+ * linears in Q8_0, which has no importance path, are left to the pipeline's plain rounding. Not
+ * modelled: llama-quantize's Q4_0 / Q5_0 file types with an imatrix put ffn_down of the first eighth
+ * of the layers in Q4_1 / Q5_1; with `q4_0` weights llmq keeps every linear in Q4_0. The collected sums
+ * go beside the checkpoint as imatrix.gguf, the file llama-quantize --imatrix reads. With `file`, the importance comes from a llama-imatrix file instead
  * (GGUF or legacy .dat, io/imatrix-file.ts) and no calibration runs; a linear it has no entry for is
  * rounded without one, as llama-quantize does.
  */
 
 import { fail } from '../errors.ts';
-import { isBlockFormat } from '../formats/ggml-codes.ts';
-import { encodeAsync } from '../formats/index.ts';
+import { encodeAsync, takesImportance } from '../formats/index.ts';
 import { LINEAR_GGUF } from '../io/gguf-format.ts';
 import { type Imatrix, type ImatrixSums, readImatrix, writeImatrix } from '../io/imatrix-file.ts';
 import { type LinearName, type LlamaModel, SHARED_INPUT } from '../model/llama.ts';
@@ -154,7 +154,7 @@ async function imatrixLayer(ctx: LayerContext, step: ImatrixStep): Promise<void>
     const spec = recipe.weights && weightSpecOf(model, recipe.weights, layer, name);
     // a linear the file has no entry for is rounded without one, as llama-quantize does
     const importance = importanceFor(name);
-    if (!spec || !isBlockFormat(spec) || !importance) continue;
+    if (!spec || !takesImportance(spec) || !importance) continue;
     const w = model.layers[layer].linears[name].weight;
     const [rows, cols] = w.shape;
     const values = await model.backend.read(w);

@@ -9,7 +9,7 @@ import yaml from 'js-yaml';
 import { CALIB_SAMPLERS, type CalibSampler } from '../calib/data.ts';
 import { fail } from '../errors.ts';
 import { isBlockFormatOrMix } from '../formats/ggml-codes.ts';
-import { describeFormat, formatName, parseFormat } from '../formats/index.ts';
+import { describeFormat, formatName, parseFormat, takesImportance } from '../formats/index.ts';
 import type { FormatSpec } from '../formats/spec.ts';
 import { LINEARS, type LinearName } from '../model/llama.ts';
 
@@ -561,9 +561,9 @@ function validateRecipe(where: string, r: Recipe): void {
       fail(
         `${where}: imatrix file must be a path, and the only step (its importance is of the unscaled model's inputs)`,
       );
-    if (s.method === 'imatrix' && !blockFormat)
+    if (s.method === 'imatrix' && !(blockFormat || (r.weights && takesImportance(r.weights))))
       fail(
-        `${where}: imatrix weights llama.cpp's q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k quantizers and their mixes (q2_k_mix, q3_k_s/m/l, q4_k_s/m, q5_k_s/m), not ${r.weights ? formatName(r.weights) : 'full precision'}`,
+        `${where}: imatrix weights llama.cpp's q4_0, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k quantizers and their mixes (q2_k_mix, q3_k_s/m/l, q4_k_s/m, q5_k_s/m), not ${r.weights ? formatName(r.weights) : 'full precision'}`,
       );
   }
 }
