@@ -434,3 +434,46 @@ test('imatrix-q4_k_m quantizes each linear with the mean x^2 of its calibration 
   );
   fs.rmSync(dir, { recursive: true });
 });
+
+test('q2_k_s needs an importance matrix, as llama-quantize; with one it exports to the GGUF Q2_K_S of its blocks', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-q2ks-'));
+  const tiny = `${MODELS}llama-tiny`;
+  assert.throws(
+    () => defineRecipe('x', { description: '', weights: 'q2_k_s' }),
+    /q2_k_s needs an importance matrix, as llama-quantize's Q2_K_S does/,
+  );
+  await assert.rejects(
+    run('./bin/llmq', ['export', tiny, '--to', 'gguf-q2_k_s', '--out', `${dir}/fp.gguf`]),
+    /Q2_K_S requires an importance matrix/,
+  );
+  assert.equal(fs.existsSync(`${dir}/fp.gguf`), false);
+  const calib = ['--calib', `${SHARED}data/text/brown.txt`, '--calib-samples', '1', '--calib-seqlen', '64'];
+  await run('./bin/llmq', ['imatrix', tiny, '--out', `${dir}/im.gguf`, ...calib]);
+  const recipe = defineRecipe('q2ks', {
+    description: '',
+    weights: 'q2_k_s',
+    steps: [{ method: 'imatrix', file: `${dir}/im.gguf` }],
+  });
+  const model = await savedTinyCheckpoint(cpu, recipe, `${dir}/ckpt`);
+  await run('./bin/llmq', ['export', `${dir}/ckpt`, '--to', 'gguf-q2_k_s', '--out', `${dir}/m.gguf`]);
+  const g = readGguf(`${dir}/m.gguf`);
+  assert.equal(g.metadata.get('general.file_type')?.value, 21);
+  // llama-tiny: 2 query heads per KV head (attn_v stays Q2_K), 4 layers (no ffn_down in the first
+  // eighth), ffn_down rows of 704 (Q2_K's fallback Q4_0)
+  const typeOf = (name: string) => ggmlTypeName(g.tensors.find((t) => t.name === name)?.type ?? -1);
+  assert.deepEqual(
+    ['token_embd', 'blk.1.attn_v', 'blk.1.attn_output', 'blk.0.ffn_down', 'output'].map((n) =>
+      typeOf(`${n}.weight`),
+    ),
+    ['Q2_K', 'Q2_K', 'Q2_K', 'Q4_0', 'Q6_K'],
+  );
+  const v = model.layers[1].linears.v_proj.quantized?.encoded;
+  assert.ok(v?.scaleCodes);
+  const stored = readGgufTensor(g, 'blk.1.attn_v.weight');
+  assert.deepEqual(stored, ggmlBlockBytes(v.codes, v.scaleCodes, 'q2_k'));
+  const w = await cpu.read(loadLlama(tiny, cpu).layers[1].linears.v_proj.weight);
+  const importance = readImatrix(`${dir}/im.gguf`).importance.get('blk.1.attn_v.weight');
+  assert.ok(importance);
+  assert.deepEqual(stored, quantizeQ2_K(w, { importance, cols: importance.length }));
+  fs.rmSync(dir, { recursive: true });
+});

@@ -129,3 +129,18 @@ test('Q2_K and Q3_K_S/M/L: the bumped types of attn_v, attn_output and ffn_down,
     );
   assert.deepEqual([v70('q3_k_s'), v70('q2_k'), v70('q3_k_m')], ['q5_k', 'q5_k', 'q5_k']);
 });
+
+test('Q2_K_S: Q2_K, Q4_K for attn_v with 4+ query heads per KV head and ffn_down in the first eighth', () => {
+  const each = (type: string) => Array.from({ length: LAYERS }, () => type);
+  const early = Array.from({ length: LAYERS }, (_, i) => (i < 4 ? 'q4_k' : 'q2_k'));
+  assert.deepEqual(typesOf('q2_k_s', 'down_proj'), early);
+  for (const name of ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj'])
+    assert.deepEqual(typesOf('q2_k_s', name), each('q2_k'), name);
+  const v = (gqa: number) =>
+    llamaTensorType('q2_k_s', { kind: 'linear', name: 'v_proj', layer: 9, layers: LAYERS, gqa }, 4096);
+  assert.deepEqual([v(1), v(3), v(4), v(8)], ['q2_k', 'q2_k', 'q4_k', 'q4_k']);
+  assert.equal(llamaTensorType('q2_k_s', linear('up_proj', 5), 384), 'q4_0');
+  assert.equal(llamaTensorType('q2_k_s', linear('down_proj', 0), 704), 'q5_0');
+  assert.equal(llamaTensorType('q2_k_s', { kind: 'output' }, 4096), 'q6_k');
+  assert.equal(llamaTensorType('q2_k_s', { kind: 'embed' }, 4096), 'q2_k');
+});

@@ -19,8 +19,8 @@ export const EXPORT_HELP = `llmq export <model-dir> --to ${TARGETS.join('|')} --
   pack-quantized (INT4/INT8). Codes and zero points are kept; scales and all other tensors become fp16
   (the summary reports the largest relative change this makes to a weight). Refuses what a layout cannot
   hold (MX/FP8/NVFP4, activation quantization, salient columns).
-  gguf-q8_0, gguf-q4_0, gguf-q2_k, gguf-q3_k_s, gguf-q3_k_m, gguf-q3_k_l, gguf-q4_k_s, gguf-q4_k_m,
-  gguf-q5_k_s, gguf-q5_k_m, gguf-q6_k, gguf-f16: one GGUF file for llama.cpp / node-llama-cpp from a
+  gguf-q8_0, gguf-q4_0, gguf-q2_k, gguf-q2_k_s, gguf-q3_k_s, gguf-q3_k_m, gguf-q3_k_l, gguf-q4_k_s,
+  gguf-q4_k_m, gguf-q5_k_s, gguf-q5_k_m, gguf-q6_k, gguf-f16: one GGUF file for llama.cpp / node-llama-cpp from a
   full-precision model or an llmq weight-only checkpoint (its dequantized weights, e.g. with AWQ's
   scaling, are quantized with llama.cpp's own Q8_0 / Q4_0 / Q5_0 / Q5_1 / Q2_K / Q3_K / Q4_K / Q5_K /
   Q6_K rules, byte for byte; a checkpoint already in the tensor's llama.cpp type is written as it is;
@@ -30,6 +30,9 @@ export const EXPORT_HELP = `llmq export <model-dir> --to ${TARGETS.join('|')} --
   for attn_output and ffn_down (attn_v Q3_K, or Q4_K with 4+ query heads per KV head); q3_k_m Q4_K for
   attn_output, Q5_K / Q4_K for attn_v and ffn_down; q3_k_l Q5_K for those three; K-types fall back
   (Q2_K and Q3_K to Q4_0, Q4_K to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0) where rows are not a multiple of 256.
+  q2_k_s (Q2_K, Q4_K for attn_v with 4+ query heads per KV head and ffn_down in the first eighth) needs
+  an importance matrix, as llama-quantize does: it exports a checkpoint of a q2_k_s recipe with the
+  imatrix step (e.g. imatrix-q2_k_s), not a full-precision model.
   --q4-fma rounds Q4_0 (and Q5_0) as llama.cpp builds with a fused multiply-add do (aarch64).
   Refuses an existing --out unless --force.`;
 

@@ -589,6 +589,8 @@ const GGML_TITLES: Record<GgmlSpec['type'], string> = {
   q6_k: "llama.cpp Q6_K: super-blocks of 256 along the row, 16 groups of 16 with int8 scales under an fp16 d, x = (d sc) (q - 32), exactly as llama.cpp's reference quantizer",
   q2_k_mix:
     'llama.cpp Q2_K (the file type) as llama-quantize picks it per tensor (no importance matrix): Q2_K, Q3_K for o_proj and down_proj, Q3_K or Q4_K (4+ query heads per KV head) for v_proj, Q4_0 where rows are not a multiple of 256',
+  q2_k_s:
+    'llama.cpp Q2_K_S as llama-quantize picks it per tensor (it requires an importance matrix: a recipe step imatrix): Q2_K, Q4_K for v_proj (4+ query heads per KV head) and down_proj in the first eighth of the layers, Q4_0 / Q5_0 where rows are not a multiple of 256',
   q3_k_s:
     'llama.cpp Q3_K_S as llama-quantize picks it per tensor: Q3_K, Q4_0 where rows are not a multiple of 256',
   q3_k_m:

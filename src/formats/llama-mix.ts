@@ -6,6 +6,9 @@
  * - Q2_K: Q2_K, with Q3_K for o_proj and down_proj, and for v_proj Q4_K when there are 4 or more
  *   query heads per KV head, else Q3_K. (The file type is `q2_k`; as a recipe format `q2_k` is the
  *   tensor type on every linear, and the mix is `q2_k_mix`.)
+ * - Q2_K_S: Q2_K, with Q4_K for v_proj when there are 4 or more query heads per KV head and for
+ *   down_proj in the first eighth of the layers. llama-quantize refuses it without an importance
+ *   matrix (its Q2_K tensors need one), so recipes and the GGUF export do too.
  * - Q3_K_S: Q3_K. Q3_K_M: Q3_K, with Q4_K for o_proj, v_proj Q5_K in layers 0-1 and Q4_K after,
  *   down_proj Q5_K in the first sixteenth of the layers and Q4_K after. Q3_K_L: Q3_K, with Q5_K for
  *   v_proj, o_proj and down_proj.
@@ -18,11 +21,11 @@
  *   Q5_0, Q5_K to Q5_1, Q6_K to Q8_0; rows not a multiple of 32 stay F16.
  * - An 80-layer Llama with grouped KV heads (llama.cpp's LLM_TYPE_70B: Llama 2/3 70B) takes Q5_K for
  *   attn_v where the mix gives Q3_K or Q4_K, its attn_v being 8x smaller than attn_q.
- * Not modelled: Q2_K_S (it requires an importance matrix) and the rules for mixture-of-experts and
- * Falcon models.
+ * Not modelled: the rules for mixture-of-experts and Falcon models, and the IQ file types.
  */
 export const LLAMA_MIXES = [
   'q2_k_mix',
+  'q2_k_s',
   'q3_k_s',
   'q3_k_m',
   'q3_k_l',
@@ -83,6 +86,9 @@ function sensitiveType(mix: LlamaMix, role: LinearRole): LlamaTensorType | undef
     case 'q2_k_mix':
       if (v) return (role.gqa ?? 1) >= 4 ? 'q4_k' : 'q3_k';
       return down || o ? 'q3_k' : undefined;
+    case 'q2_k_s':
+      if (v) return (role.gqa ?? 1) >= 4 ? 'q4_k' : undefined;
+      return down && layer < Math.floor(layers / 8) ? 'q4_k' : undefined;
     case 'q3_k_m':
       if (v) return layer < 2 ? 'q5_k' : 'q4_k';
       if (down) return layer < Math.floor(layers / 16) ? 'q5_k' : 'q4_k';
@@ -101,6 +107,7 @@ function sensitiveType(mix: LlamaMix, role: LinearRole): LlamaTensorType | undef
 
 const MIX_BASE: Record<LlamaMix, LlamaTensorType> = {
   q2_k_mix: 'q2_k',
+  q2_k_s: 'q2_k',
   q3_k_s: 'q3_k',
   q3_k_m: 'q3_k',
   q3_k_l: 'q3_k',

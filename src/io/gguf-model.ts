@@ -89,6 +89,7 @@ const FILE_TYPE_NAMES: Record<number, string> = {
   16: 'mostly_q5_k_s',
   17: 'mostly_q5_k_m',
   18: 'mostly_q6_k',
+  21: 'mostly_q2_k_s',
   32: 'mostly_bf16',
 };
 

@@ -14,6 +14,7 @@
 
 import { fail } from '../errors.ts';
 import { encodeAsync, takesImportance } from '../formats/index.ts';
+import type { FormatSpec } from '../formats/spec.ts';
 import { LINEAR_GGUF } from '../io/gguf-format.ts';
 import { type Imatrix, type ImatrixSums, readImatrix, writeImatrix } from '../io/imatrix-file.ts';
 import { type LinearName, type LlamaModel, SHARED_INPUT } from '../model/llama.ts';
@@ -146,6 +147,13 @@ async function importanceOf(
   };
 }
 
+/** llama-quantize's Q2_K_S refuses its Q2_K tensors without an importance matrix. */
+function needsImportance(weights: FormatSpec | undefined, spec: FormatSpec): boolean {
+  return (
+    weights?.kind === 'ggml' && weights.type === 'q2_k_s' && spec.kind === 'ggml' && spec.type === 'q2_k'
+  );
+}
+
 async function imatrixLayer(ctx: LayerContext, step: ImatrixStep): Promise<void> {
   const { model, layer, recipe } = ctx;
   const importanceFor = await importanceOf(ctx, step);
@@ -154,6 +162,10 @@ async function imatrixLayer(ctx: LayerContext, step: ImatrixStep): Promise<void>
     const spec = recipe.weights && weightSpecOf(model, recipe.weights, layer, name);
     // a linear the file has no entry for is rounded without one, as llama-quantize does
     const importance = importanceFor(name);
+    if (!importance && spec && needsImportance(recipe.weights, spec))
+      fail(
+        `${step.file}: no entry for blk.${layer}.${LINEAR_GGUF[name]}.weight, whose Q2_K blocks llama-quantize's Q2_K_S only writes with an importance matrix`,
+      );
     if (!spec || !takesImportance(spec) || !importance) continue;
     const w = model.layers[layer].linears[name].weight;
     const [rows, cols] = w.shape;

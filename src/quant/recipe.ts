@@ -225,6 +225,12 @@ const BUILTINS: Record<string, RecipeText> = {
     weights: 'q4_k_m',
     steps: [{ method: 'imatrix' }],
   },
+  'imatrix-q2_k_s': {
+    description:
+      "llama.cpp Q2_K_S, which llama-quantize writes only with an importance matrix: mean x^2 per input channel from the calibration text weights each linear's Q2_K (Q4_K for v_proj with 4+ query heads per KV head and for down_proj in the first eighth of the layers; Q4_0 / Q5_0 where rows are not a multiple of 256) rounding; exports to GGUF Q2_K_S unchanged",
+    weights: 'q2_k_s',
+    steps: [{ method: 'imatrix' }],
+  },
   'rtn-q5_k_m': {
     description:
       "llama.cpp Q5_K_M as llama-quantize writes it without an importance matrix: each linear in its type (Q5_K; Q6_K for v_proj and down_proj in a third of the layers; Q5_1 / Q8_0 where rows are not a multiple of 256), rounded exactly as llama.cpp's quantizers; exports to GGUF Q5_K_M unchanged",
@@ -529,6 +535,14 @@ function validateRecipe(where: string, r: Recipe): void {
   if (acts?.format.kind === 'ggml')
     fail(
       `${where}: ${acts.format.type} is a llama.cpp weight format; activations take INT, MX, FP8 or NVFP4`,
+    );
+  if (
+    r.weights?.kind === 'ggml' &&
+    r.weights.type === 'q2_k_s' &&
+    !r.steps.some((s) => s.method === 'imatrix')
+  )
+    fail(
+      `${where}: q2_k_s needs an importance matrix, as llama-quantize's Q2_K_S does: add the step imatrix`,
     );
   for (const s of r.steps) {
     if (

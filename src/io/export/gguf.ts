@@ -77,6 +77,7 @@ export const GGUF_EXPORT_TYPES = [
   'q8_0',
   'q4_0',
   'q2_k',
+  'q2_k_s',
   'q3_k_s',
   'q3_k_m',
   'q3_k_l',
@@ -128,6 +129,7 @@ const FILE_TYPE: Record<GgufExportType, number> = {
   q5_k_s: 16,
   q5_k_m: 17,
   q6_k: 18,
+  q2_k_s: 21,
 };
 const GGML_QUANT_VERSION = 2;
 
@@ -168,6 +170,13 @@ function checkSource(
   if (q?.recipe.kvCache)
     fail(
       `${modelDir}: recipe ${q.recipe.name} quantizes the KV cache (${formatName(q.recipe.kvCache)}), which GGUF files cannot carry; export a checkpoint without it`,
+    );
+  const w = q?.recipe.weights;
+  const q2ks =
+    w?.kind === 'ggml' && w.type === 'q2_k_s' && q?.recipe.steps.some((s) => s.method === 'imatrix');
+  if (type === 'q2_k_s' && !q2ks)
+    fail(
+      `${modelDir}: llama-quantize's Q2_K_S requires an importance matrix; quantize with a recipe {weights: q2_k_s, steps: [imatrix]} first and export that checkpoint`,
     );
   return { config, source: q ? `llmq ${q.recipe.name}` : 'full precision', quantization: q };
 }
