@@ -77,6 +77,7 @@ const SETS: Record<string, () => Job[]> = {
       calib: GPTQ_CALIB,
     },
     { label: 'RTN Q2_K (= llama-quantize)', recipe: { name: 'rtn-q2_k', weights: 'q2_k_mix' } },
+    { label: 'imatrix Q2_K_S (= llama-quantize --imatrix)', recipe: 'imatrix-q2_k_s', calib: AWQ_CALIB },
     {
       label: 'GPTQ Q2_K',
       recipe: { name: 'gptq-q2_k', weights: 'q2_k_mix', steps: ['gptq'] },
