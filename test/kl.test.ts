@@ -121,6 +121,8 @@ test('llmq eval --kl: on the fly, on a saved checkpoint (base from its manifest)
   const out = path.join(root, 'q');
   const saved = await llmq(['quantize', TINY, '--recipe', 'rtn-w4', '--out', out, '--json']);
   assert.equal(saved.code, 0, saved.stderr);
+  // 4-bit codes plus one fp16 scale and one 4-bit zero point per row: 2432 rows of 737,280 weights a layer
+  assert.equal(JSON.parse(saved.stdout).linear_bits_per_weight, (4 * 737280 + 2432 * 20) / 737280);
   const b = JSON.parse((await llmq(['eval', out, '--kl', ...common])).stdout);
   assert.equal(b.kl.base, path.resolve(TINY));
   assert.equal(b.kl.mean, a.kl.mean);
