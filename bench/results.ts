@@ -83,6 +83,11 @@ const SETS: Record<string, () => Job[]> = {
       recipe: { name: 'gptq-q2_k', weights: 'q2_k_mix', steps: ['gptq'] },
       calib: GPTQ_CALIB,
     },
+    ...(['q4_k_m', 'q3_k_m', 'q2_k_mix'] as const).map((weights) => ({
+      label: `GPTQ ${weights === 'q2_k_mix' ? 'Q2_K' : weights.toUpperCase()} (importance: diag H)`,
+      recipe: { name: `gptq-imp-${weights}`, weights, steps: [{ gptq: { importance: true } }] },
+      calib: GPTQ_CALIB,
+    })),
     { label: 'RTN Q5_0 (every linear)', recipe: { name: 'rtn-q5_0', weights: 'q5_0' } },
     { label: 'RTN Q5_1 (every linear)', recipe: { name: 'rtn-q5_1', weights: 'q5_1' } },
     { label: 'RTN Q4_K_S (= llama-quantize)', recipe: { name: 'rtn-q4_k_s', weights: 'q4_k_s' } },

@@ -135,6 +135,15 @@ test('bad input: rows not a multiple of 32, non-finite values, activations, GPTQ
     () => defineRecipe('t', { description: '', weights: 'fp8-e4m3', steps: [{ method: 'gptq' }] }),
     /gptq quantizes to INT, MX and llama.cpp formats, not fp8-e4m3/,
   );
+  assert.throws(
+    () =>
+      defineRecipe('t', {
+        description: '',
+        weights: 'int4-g128',
+        steps: [{ method: 'gptq', importance: true }],
+      }),
+    /gptq importance weights llama.cpp's block scales; int4-g128 has none/,
+  );
   assert.equal(resolveRecipe('gptq-q4_0').weights?.kind, 'ggml');
   assert.equal(resolveRecipe('awq-q4_0').weights?.kind, 'ggml');
 });

@@ -579,6 +579,31 @@ test("GPTQ to llama.cpp's block types: stored blocks decode to its values; a dia
     const [lossGptq, lossRtn] = [res.dequant, rtn].map((q) => reconstructionLoss(weight, q, rows, cols, H));
     assert.ok(lossGptq < 0.9 * lossRtn, `${type}: GPTQ loss ${lossGptq} vs RTN ${lossRtn}`);
   }
+  // importance: each header by llama.cpp's importance path, the weights diag(H) / 2; on rows of one
+  // super-block and a diagonal H those are exactly llama.cpp's imatrix blocks
+  const one = weight.subarray(0, rows * 256);
+  const diag256 = new Float64Array(256 * 256);
+  const importance = new Float32Array(256);
+  for (let c = 0; c < 256; c++) {
+    diag256[c * 256 + c] = 2 * (0.01 + (c % 7 === 0 ? 40 : r.uniform()));
+    importance[c] = diag256[c * 256 + c] / 2;
+  }
+  for (const type of ['q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'] as const) {
+    const res = gptq(one, rows, 256, diag256, parseFormat(type), { importance: true });
+    const blocks = ggmlBlockBytes(res.encoded.codes, res.encoded.scaleCodes!, type);
+    assert.deepEqual(blocks, quantizeGgmlBlocks(one, 256, type, importance), `${type}: imatrix blocks`);
+    assert.notDeepEqual(blocks, quantizeGgmlBlocks(one, 256, type), `${type}: the importance changes them`);
+  }
+  const q4 = gptq(weight, rows, cols, H, parseFormat('q4_0'), { importance: true });
+  assert.deepEqual(decode(q4.encoded), q4.dequant, 'q4_0 importance: decode(encoded)');
+  const rtnQ4 = fakeQuantRows(weight, rows, cols, parseFormat('q4_0'));
+  assert.ok(
+    reconstructionLoss(weight, q4.dequant, rows, cols, H) < reconstructionLoss(weight, rtnQ4, rows, cols, H),
+  );
+  throwsUser(
+    () => gptq(weight, rows, cols, H, parseFormat('int4-g128'), { importance: true }),
+    'block scales, not int4-g128',
+  );
   const narrow = [weight.subarray(0, rows * 384), rows, 384, new Float64Array(384 * 384)] as const;
   throwsUser(() => gptq(...narrow, parseFormat('q4_k')), 'blocks of 256 do not divide');
 });

@@ -59,7 +59,15 @@
  *   before its first column is quantized, which a reordered walk cannot guarantee.
  */
 import { fail } from '../errors.ts';
-import { type GgmlGroupCodes, ggmlBlockScale, ggmlCode, ggmlCodeOffset, QK } from '../formats/ggml.ts';
+import {
+  type GgmlGroupCodes,
+  ggmlBlockScale,
+  ggmlCode,
+  ggmlCodeOffset,
+  QK,
+  quantizeQ4_0,
+  readF16,
+} from '../formats/ggml.ts';
 import {
   encodeGgmlBlocks,
   type GgmlBlockType,
@@ -117,6 +125,13 @@ export interface GptqOptions {
    * sum |q - w|^2.4 over the group (or row). Default false, as the reference.
    */
   mse: boolean;
+  /**
+   * llama.cpp types: fit each block's scale (Q4_0) or header (Q5_0, Q5_1, K-quants) with llama.cpp's
+   * importance (imatrix) path, the importance of input channel c being diag(H)_c / 2, the layer inputs'
+   * mean x^2 that llama-imatrix collects. The fit sees the block's current weights only (llama.cpp's
+   * sigma2 is then over the block, not the row). Default false: llama.cpp's reference fit.
+   */
+  importance: boolean;
 }
 
 export const GPTQ_DEFAULTS: Readonly<GptqOptions> = {
@@ -126,6 +141,7 @@ export const GPTQ_DEFAULTS: Readonly<GptqOptions> = {
   staticGroups: false,
   includeZero: true,
   staleGroupParams: false,
+  importance: false,
   mse: false,
 };
 
@@ -430,6 +446,8 @@ class GgmlGrid implements Grid {
     private readonly cols: number,
     order: Int32Array | null,
     opts: GptqOptions,
+    /** Q4_0: fit each block's d by llama.cpp's importance path (Q8_0 has none, as in llama.cpp) */
+    private readonly importance?: Float32Array,
   ) {
     if (cols % QK !== 0) fail(`GPTQ with ${spec.type}: blocks of ${QK} do not divide the row length ${cols}`);
     requireStaticBlocks(spec, `a block is ${QK}`, 'its scale', order, opts);
@@ -443,9 +461,20 @@ class GgmlGrid implements Grid {
   }
 
   private store(index: number, vals: ArrayLike<number>, off: number): void {
-    const d = ggmlBlockScale(this.spec, vals, off);
+    const d =
+      this.importance && this.spec.type === 'q4_0'
+        ? this.weightedScale(index, vals, off)
+        : ggmlBlockScale(this.spec, vals, off);
     this.d[index] = d;
     this.d16[index] = f16BitsToNumber(numberToF16Bits(d));
+  }
+
+  /** The fp16 d of quantize_row_q4_0_impl for the block's current values under the importance. */
+  private weightedScale(index: number, vals: ArrayLike<number>, off: number): number {
+    const x = Float32Array.from({ length: QK }, (_, k) => vals[off + k]);
+    const at = (index % this.perRow) * QK;
+    const importance = (this.importance as Float32Array).subarray(at, at + QK);
+    return readF16(quantizeQ4_0(x, { importance, cols: QK }), 0);
   }
 
   fit(r: number, p: number, vals: ArrayLike<number>, off: number): void {
@@ -501,6 +530,8 @@ class BlockGrid implements Grid {
     private readonly cols: number,
     order: Int32Array | null,
     opts: GptqOptions,
+    /** fit each header by llama.cpp's importance path with these per-column weights */
+    private readonly importance?: Float32Array,
   ) {
     this.layout = ggmlBlockLayout(spec.type);
     const { values } = this.layout;
@@ -519,7 +550,8 @@ class BlockGrid implements Grid {
   private store(index: number, vals: ArrayLike<number>, off: number): void {
     const x = new Float32Array(this.layout.values);
     for (let k = 0; k < x.length; k++) x[k] = vals[off + k];
-    const block = encodeGgmlBlocks(x, x.length, this.spec.type);
+    const at = (index % this.perRow) * x.length;
+    const block = encodeGgmlBlocks(x, x.length, this.spec.type, this.importance?.subarray(at, at + x.length));
     this.headers.set(block.headers, index * this.headerBytes);
     this.params[index] = unpackEncodedBlocks(block.codes, block.headers, this.spec.type);
   }
@@ -571,12 +603,26 @@ class BlockGrid implements Grid {
   }
 }
 
-function makeGrid(spec: FormatSpec, rows: number, cols: number, order: Int32Array | null, opts: GptqOptions) {
+function makeGrid(
+  spec: FormatSpec,
+  rows: number,
+  cols: number,
+  order: Int32Array | null,
+  opts: GptqOptions,
+  importance?: Float32Array,
+) {
+  if (importance && spec.kind !== 'ggml')
+    fail(`GPTQ importance fits llama.cpp's block scales, not ${formatName(spec)}`);
   if (spec.kind === 'int') return new IntGrid(spec, rows, cols, order, opts);
   if (spec.kind === 'mx') return new MxGrid(spec, rows, cols, order, opts);
-  if (isBlockFormat(spec)) return new BlockGrid(spec, rows, cols, order, opts);
-  if (spec.kind === 'ggml') return new GgmlGrid(spec, rows, cols, order, opts);
+  if (isBlockFormat(spec)) return new BlockGrid(spec, rows, cols, order, opts, importance);
+  if (spec.kind === 'ggml') return new GgmlGrid(spec, rows, cols, order, opts, importance);
   return fail(`GPTQ quantizes to INT, MX and llama.cpp formats, not ${formatName(spec)}`);
+}
+
+/** diag(H) / 2: each input channel's mean x^2 over the calibration tokens (H = 2/N sum x x^T). */
+function channelImportance(H: ArrayLike<number>, cols: number): Float32Array {
+  return Float32Array.from({ length: cols }, (_, c) => H[c * cols + c] / 2);
 }
 
 function resolveOptions(options: Partial<GptqOptions>): GptqOptions {
@@ -712,7 +758,8 @@ export function gptq(
     for (let r = 0; r < rows; r++) W[r * cols + c] = 0;
   }
   const { order, Hinv } = f;
-  const grid = makeGrid(spec, rows, cols, order, opts);
+  const importance = opts.importance ? channelImportance(H, cols) : undefined;
+  const grid = makeGrid(spec, rows, cols, order, opts, importance);
   grid.fitStatic(W);
   if (order) permuteColumns(W, rows, cols, order);
   const timings: GptqTimings = { inverse: (factor ? 0 : f.ms) + now() - t0, columns: 0, updates: 0 };

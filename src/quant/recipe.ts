@@ -52,6 +52,8 @@ export interface GptqStep {
   staticGroups: boolean;
   /** INT scales by the GPTQ quantizer's shrink grid search instead of min/max (gptq.ts) */
   mse: boolean;
+  /** llama.cpp types: block scales by llama.cpp's importance path, weighted by diag(H) (gptq.ts) */
+  importance: boolean;
 }
 export interface MixedStep {
   method: 'mixed';
@@ -109,7 +111,15 @@ const STEP_DEFAULTS: { [M in Step['method']]: Extract<Step, { method: M }> } = {
   smoothquant: { method: 'smoothquant', alpha: 0.5 },
   sqplus: { method: 'sqplus', step: 0.05, lossSamples: 16, loss: 'logit-mse' },
   awq: { method: 'awq', grid: 20, clip: true, duo: false, withActivations: false },
-  gptq: { method: 'gptq', damp: 0.01, blockSize: 128, actOrder: false, staticGroups: false, mse: false },
+  gptq: {
+    method: 'gptq',
+    damp: 0.01,
+    blockSize: 128,
+    actOrder: false,
+    staticGroups: false,
+    mse: false,
+    importance: false,
+  },
   mixed: { method: 'mixed', salientPercent: 1 },
   flatquant: { method: 'flatquant', epochs: 15, lr: 5e-3, batchSamples: 4, diagAlpha: 0.3, seed: 0 },
   imatrix: { method: 'imatrix', file: undefined },
@@ -557,6 +567,10 @@ function validateRecipe(where: string, r: Recipe): void {
     const blockFormat = r.weights !== undefined && isBlockFormatOrMix(r.weights);
     if (s.method === 'gptq' && r.weights && !['int', 'mx', 'ggml'].includes(r.weights.kind))
       fail(`${where}: gptq quantizes to INT, MX and llama.cpp formats, not ${formatName(r.weights)}`);
+    if (s.method === 'gptq' && s.importance && r.weights?.kind !== 'ggml')
+      fail(
+        `${where}: gptq importance weights llama.cpp's block scales; ${r.weights ? formatName(r.weights) : 'full precision'} has none`,
+      );
     if (s.method === 'gptq' && r.steps.some((t) => t.method === 'imatrix'))
       fail(`${where}: gptq and imatrix both pick the final codes; a recipe takes one of them`);
     if ((s.method === 'awq' || s.method === 'gptq') && !r.weights)
