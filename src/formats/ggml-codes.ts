@@ -216,8 +216,8 @@ export function quantizeGgmlBlocks(
 }
 
 /**
- * Codes, per-group scales (as the dequantizer forms them) and header bytes of x quantized as llama.cpp
- * does; `blocks`: those bytes already made from x (block-workers.ts).
+ * Codes and group parameters (as the dequantizer forms them) and header bytes of x quantized as
+ * llama.cpp does; `blocks`: those bytes already made from x (block-workers.ts).
  */
 export function encodeGgmlBlocks(
   x: ArrayLike<number>,
@@ -225,15 +225,14 @@ export function encodeGgmlBlocks(
   type: GgmlBlockType,
   importance?: Float32Array,
   blocks?: Uint8Array,
-): { codes: Uint8Array; scales: Float32Array; headers: Uint8Array } {
+): { groups: GgmlGroupCodes; headers: Uint8Array } {
   const lay = LAYOUTS[type];
   const bytes = blocks ?? quantizeGgmlBlocks(x, cols, type, importance);
-  const u = lay.unpack(bytes);
   const per = headerBytes(lay);
   const count = bytes.length / lay.bytes;
   const headers = new Uint8Array(count * per);
   for (let b = 0; b < count; b++) copyHeader(lay, headers, b * per, bytes, b * lay.bytes, 'out');
-  return { codes: u.codes, scales: u.scales, headers };
+  return { groups: lay.unpack(bytes), headers };
 }
 
 /** The GGUF blocks of codes and headers as encodeGgmlBlocks gives them. */

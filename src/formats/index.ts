@@ -242,9 +242,14 @@ export function encode(
     case 'ggml': {
       const type = concreteGgml(spec, 'encode').type;
       if (isGgmlBlockType(type)) {
-        const e = encodeGgmlBlocks(x, cols, type, importance, blocks);
-        const block = ggmlBlockLayout(type).group;
-        return { ...base, codes: e.codes, block, scales: e.scales, scaleCodes: e.headers };
+        const { groups, headers } = encodeGgmlBlocks(x, cols, type, importance, blocks);
+        return {
+          ...base,
+          codes: groups.codes,
+          block: groups.group,
+          scales: groups.scales,
+          scaleCodes: headers,
+        };
       }
       const e = encodeGgml(x, cols, spec, importance);
       return { ...base, codes: e.codes, block: QK, scales: e.scales };

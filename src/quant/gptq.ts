@@ -73,7 +73,6 @@ import {
   type GgmlBlockType,
   ggmlBlockLayout,
   isBlockFormat,
-  unpackEncodedBlocks,
 } from '../formats/ggml-codes.ts';
 import { clamp, nearestInt } from '../formats/ggml-search.ts';
 import {
@@ -471,10 +470,9 @@ class GgmlGrid implements Grid {
 
   /** The fp16 d of quantize_row_q4_0_impl for the block's current values under the importance. */
   private weightedScale(index: number, vals: ArrayLike<number>, off: number): number {
-    const x = Float32Array.from({ length: QK }, (_, k) => vals[off + k]);
     const at = (index % this.perRow) * QK;
     const importance = (this.importance as Float32Array).subarray(at, at + QK);
-    return readF16(quantizeQ4_0(x, { importance, cols: QK }), 0);
+    return readF16(quantizeQ4_0(blockValues(vals, off, QK), { importance, cols: QK }), 0);
   }
 
   fit(r: number, p: number, vals: ArrayLike<number>, off: number): void {
@@ -505,6 +503,11 @@ class GgmlGrid implements Grid {
 }
 
 const fr = Math.fround;
+
+/** The n values of one block from a row being quantized, as float32 for llama.cpp's quantizers. */
+function blockValues(vals: ArrayLike<number>, off: number, n: number): Float32Array {
+  return Float32Array.from({ length: n }, (_, k) => vals[off + k]);
+}
 
 /**
  * llama.cpp's Q5_0, Q5_1 and K-quant blocks: each block (32 or 256 input channels) gets the header
@@ -548,12 +551,12 @@ class BlockGrid implements Grid {
   }
 
   private store(index: number, vals: ArrayLike<number>, off: number): void {
-    const x = new Float32Array(this.layout.values);
-    for (let k = 0; k < x.length; k++) x[k] = vals[off + k];
-    const at = (index % this.perRow) * x.length;
-    const block = encodeGgmlBlocks(x, x.length, this.spec.type, this.importance?.subarray(at, at + x.length));
+    const n = this.layout.values;
+    const at = (index % this.perRow) * n;
+    const importance = this.importance?.subarray(at, at + n);
+    const block = encodeGgmlBlocks(blockValues(vals, off, n), n, this.spec.type, importance);
     this.headers.set(block.headers, index * this.headerBytes);
-    this.params[index] = unpackEncodedBlocks(block.codes, block.headers, this.spec.type);
+    this.params[index] = block.groups;
   }
 
   fit(r: number, p: number, vals: ArrayLike<number>, off: number): void {

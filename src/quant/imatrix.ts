@@ -7,9 +7,10 @@
  * linears in Q8_0, which has no importance path, are left to the pipeline's plain rounding. Not
  * modelled: llama-quantize's Q4_0 / Q5_0 file types with an imatrix put ffn_down of the first eighth
  * of the layers in Q4_1 / Q5_1; with `q4_0` weights llmq keeps every linear in Q4_0. The collected sums
- * go beside the checkpoint as imatrix.gguf, the file llama-quantize --imatrix reads. With `file`, the importance comes from a llama-imatrix file instead
- * (GGUF or legacy .dat, io/imatrix-file.ts) and no calibration runs; a linear it has no entry for is
- * rounded without one, as llama-quantize does.
+ * go beside the checkpoint as imatrix.gguf, the file llama-quantize --imatrix reads. With `file`, the
+ * importance comes from a llama-imatrix file instead (GGUF or legacy .dat, io/imatrix-file.ts) and no
+ * calibration runs; a linear it has no entry for is rounded without one, as llama-quantize does (but
+ * q2_k_s, whose Q2_K linears llama-quantize refuses to write without one).
  */
 
 import { fail } from '../errors.ts';
