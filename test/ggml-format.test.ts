@@ -190,7 +190,7 @@ for (const [recipe, types] of [
       const got = dequantize(readGgufTensor(gguf, `blk.1.${ggufName}.weight`), want.length);
       assert.ok(bitsEqual(got, want), ggufName);
       const [rows, cols] = model.layers[1].linears[name].weight.shape;
-      const rtnSpec = weightSpecOf(src, spec, 1, name) as FormatSpec;
+      const rtnSpec = weightSpecOf(src, { weights: spec, steps: [] }, 1, name) as FormatSpec;
       const rtn = fakeQuantRows(await cpu.read(src.layers[1].linears[name].weight), rows, cols, rtnSpec);
       assert.ok(!bitsEqual(got, rtn), `${ggufName}: GPTQ moved codes away from llama.cpp's RTN`);
     }
@@ -439,7 +439,7 @@ test('imatrix-q4_k_m quantizes each linear with the mean x^2 of its calibration 
   );
   assert.throws(
     () => defineRecipe('x', { description: '', weights: 'q8_0', steps: [{ method: 'imatrix' }] }),
-    /imatrix weights llama.cpp's q4_0, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k quantizers and their mixes .*, not q8_0/,
+    /imatrix weights llama.cpp's q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs quantizers and their mixes .*iq4_xs_mix.*, not q8_0/,
   );
   fs.rmSync(dir, { recursive: true });
 });

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { UserError } from '../src/errors.ts';
-import { ggmlBlockBytes, quantizeGgmlBlocks } from '../src/formats/ggml-codes.ts';
+import { encodeGgmlBlocks, ggmlBlockBytes, quantizeGgmlBlocks } from '../src/formats/ggml-codes.ts';
 import {
   decode,
   type FormatSpec,
@@ -544,7 +544,7 @@ test('one Hessian factor serves several weights (q/k/v share H): same results as
   );
 });
 
-test("GPTQ to llama.cpp's block types: stored blocks decode to its values; a diagonal H gives llama.cpp's own K-quant blocks; correlated inputs: below RTN's loss", () => {
+test("GPTQ to llama.cpp's block types: stored blocks decode to its values; a diagonal H gives llama.cpp's own K-quant blocks (IQ4: headers); correlated inputs: below RTN's loss", () => {
   const [rows, cols, tokens] = [16, 512, 1024];
   const r = rng(77);
   const weight = r.normal(rows * cols, 0.05);
@@ -562,7 +562,8 @@ test("GPTQ to llama.cpp's block types: stored blocks decode to its values; a dia
   const acc = new HessianAccumulator(cols);
   acc.add(x, tokens);
   const H = acc.finish();
-  for (const type of ['q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'q5_0', 'q5_1'] as const) {
+  const types = ['q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'q4_1', 'q5_0', 'q5_1', 'iq4_nl', 'iq4_xs'] as const;
+  for (const type of types) {
     const spec = parseFormat(type);
     // no correlations: no error reaches another column, so every block is fitted on the original weights
     const plain = gptq(weight, rows, cols, diagonal, spec);
@@ -573,6 +574,9 @@ test("GPTQ to llama.cpp's block types: stored blocks decode to its values; a dia
         quantizeGgmlBlocks(weight, cols, type),
         `${type}: llama.cpp's blocks`,
       );
+    // IQ4: llama.cpp picks the codes with the scale before its fp16 rounding, GPTQ on the stored grid
+    if (type.startsWith('iq4'))
+      assert.deepEqual(plain.encoded.scaleCodes, encodeGgmlBlocks(weight, cols, type).headers);
     const res = gptq(weight, rows, cols, H, spec);
     assert.deepEqual(decode(res.encoded), res.dequant, `${type}: decode(encoded), correlated`);
     const rtn = fakeQuantRows(weight, rows, cols, spec);
@@ -594,6 +598,13 @@ test("GPTQ to llama.cpp's block types: stored blocks decode to its values; a dia
     assert.deepEqual(blocks, quantizeGgmlBlocks(one, 256, type, importance), `${type}: imatrix blocks`);
     assert.notDeepEqual(blocks, quantizeGgmlBlocks(one, 256, type), `${type}: the importance changes them`);
   }
+  const xs = gptq(one, rows, 256, diag256, parseFormat('iq4_xs'), { importance: true }).encoded.scaleCodes;
+  assert.deepEqual(xs, encodeGgmlBlocks(one, 256, 'iq4_xs', importance).headers, 'iq4_xs: imatrix headers');
+  assert.notDeepEqual(
+    xs,
+    encodeGgmlBlocks(one, 256, 'iq4_xs').headers,
+    'iq4_xs: the importance changes them',
+  );
   const q4 = gptq(weight, rows, cols, H, parseFormat('q4_0'), { importance: true });
   assert.deepEqual(decode(q4.encoded), q4.dequant, 'q4_0 importance: decode(encoded)');
   const rtnQ4 = fakeQuantRows(weight, rows, cols, parseFormat('q4_0'));

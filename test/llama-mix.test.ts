@@ -144,3 +144,56 @@ test('Q2_K_S: Q2_K, Q4_K for attn_v with 4+ query heads per KV head and ffn_down
   assert.equal(llamaTensorType('q2_k_s', { kind: 'output' }, 4096), 'q6_k');
   assert.equal(llamaTensorType('q2_k_s', { kind: 'embed' }, 4096), 'q2_k');
 });
+
+test('IQ4_NL / IQ4_XS: Q5_K for attn_v with 4+ query heads per KV head, and for ffn_down in the first eighth unless there is an imatrix', () => {
+  const at = (file: LlamaFileType, name: string, layer: number, extra: object = {}, cols = 4096) =>
+    llamaTensorType(file, { ...linear(name, layer), ...extra }, cols);
+  for (const [file, base] of [
+    ['iq4_nl', 'iq4_nl'],
+    ['iq4_xs', 'iq4_xs'],
+    ['iq4_xs_mix', 'iq4_xs'],
+  ] as const) {
+    // 32 layers: the first eighth is layers 0-3
+    assert.deepEqual(
+      typesOf(file, 'down_proj'),
+      Array.from({ length: LAYERS }, (_, i) => (i < 4 ? 'q5_k' : base)),
+    );
+    assert.equal(at(file, 'down_proj', 0, { imatrix: true }), base);
+    assert.deepEqual(new Set(typesOf(file, 'v_proj')), new Set([base]));
+    assert.equal(at(file, 'v_proj', 9, { gqa: 4 }), 'q5_k');
+    assert.equal(at(file, 'v_proj', 9, { gqa: 2 }), base);
+    for (const name of ['q_proj', 'k_proj', 'o_proj', 'gate_proj', 'up_proj'])
+      assert.deepEqual(new Set(typesOf(file, name)), new Set([base]));
+    assert.equal(llamaTensorType(file, { kind: 'output' }, 4096), 'q6_k');
+    assert.equal(llamaTensorType(file, { kind: 'embed' }, 4096), base);
+  }
+  // rows of 704 (32 x 22): IQ4_XS -> IQ4_NL, Q5_K -> Q5_1
+  assert.equal(at('iq4_xs', 'up_proj', 5, {}, 704), 'iq4_nl');
+  assert.equal(at('iq4_xs', 'down_proj', 1, {}, 704), 'q5_1');
+  assert.equal(at('iq4_nl', 'up_proj', 5, {}, 700), 'f16');
+});
+
+test('Q4_0 / Q5_0 file types: with an imatrix, ffn_down of the first eighth in Q4_1 / Q5_1; Q4_1 / Q5_1 uniform', () => {
+  for (const [file, base, first] of [
+    ['q4_0', 'q4_0', 'q4_1'],
+    ['q4_0_mix', 'q4_0', 'q4_1'],
+    ['q5_0', 'q5_0', 'q5_1'],
+    ['q5_0_mix', 'q5_0', 'q5_1'],
+  ] as const) {
+    assert.deepEqual(new Set(typesOf(file, 'down_proj')), new Set([base]), `${file} without imatrix`);
+    const down = Array.from({ length: LAYERS }, (_, i) =>
+      llamaTensorType(file, { ...linear('down_proj', i), imatrix: true }, 4096),
+    );
+    assert.deepEqual(
+      down,
+      Array.from({ length: LAYERS }, (_, i) => (i < 4 ? first : base)),
+    );
+    assert.equal(llamaTensorType(file, { ...linear('up_proj', 0), imatrix: true }, 4096), base);
+    assert.equal(llamaTensorType(file, { ...linear('v_proj', 0), imatrix: true, gqa: 8 }, 4096), base);
+  }
+  for (const file of ['q4_1', 'q5_1'] as const) {
+    for (const name of ['v_proj', 'down_proj', 'q_proj'])
+      assert.deepEqual(new Set(typesOf(file, name)), new Set([file]));
+    assert.equal(llamaTensorType(file, { kind: 'output' }, 4096), 'q6_k');
+  }
+});

@@ -1,10 +1,11 @@
 /**
- * llama.cpp's Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K blocks as an Encoded weight: one code per
- * value plus each block's remaining bytes (`headers`: Q5_0's fp16 d; Q5_1's d and m; Q2_K's 16 bytes
+ * llama.cpp's Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS blocks as an Encoded
+ * weight: one code per value plus each block's remaining bytes (`headers`: Q5_0's and IQ4_NL's fp16 d;
+ * Q4_1's and Q5_1's d and m; IQ4_XS's d and packed 6-bit sub-block scales; Q2_K's 16 bytes
  * of 4-bit scales and mins, d and dmin; Q3_K's 12 bytes of 6-bit scales and d; Q4_K's and Q5_K's d,
  * dmin and 12 bytes of 6-bit scales and mins; Q6_K's 16 int8 scales and fp16 d), so the GGUF blocks
  * are rebuilt byte for byte from a checkpoint. Codes as the dequantizers read them: Q5_0 0..31
- * (x = (q - 16) d), Q5_1 0..31 (x = q d + m), Q2_K 0..3, Q4_K 0..15 and Q5_K 0..31
+ * (x = (q - 16) d), Q4_1 0..15 and Q5_1 0..31 (x = q d + m), IQ4 0..15 (x = d level[q]), Q2_K 0..3, Q4_K 0..15 and Q5_K 0..31
  * (x = (d sc) q - dmin m), Q3_K 0..7 (x = (d sc) (q - 4)), Q6_K 0..63 (x = (d sc) (q - 32)). Rows must
  * hold whole blocks (32 or 256 values).
  */
@@ -12,27 +13,42 @@ import { fail } from '../errors.ts';
 import {
   dequantizeQ2_K,
   dequantizeQ3_K,
+  dequantizeQ4_1,
   dequantizeQ4_K,
   dequantizeQ5_0,
   dequantizeQ5_1,
   dequantizeQ5_K,
   dequantizeQ6_K,
   type GgmlGroupCodes,
+  ggmlGroupValues,
   ggmlValues,
+  packNibbles,
+  packQ4_1Codes,
   packQ5_0Codes,
   packQ5_1Codes,
+  Q4_1_BLOCK_BYTES,
   Q5_0_BLOCK_BYTES,
   Q5_1_BLOCK_BYTES,
+  quantizeQ4_1,
   quantizeQ5_0,
   quantizeQ5_1,
   unpackQ2_K,
   unpackQ3_K,
+  unpackQ4_1,
   unpackQ4_K,
   unpackQ5_0,
   unpackQ5_1,
   unpackQ5_K,
   unpackQ6_K,
 } from './ggml.ts';
+import {
+  IQ4_NL_BLOCK_BYTES,
+  IQ4_XS_BLOCK_BYTES,
+  quantizeIq4Nl,
+  quantizeIq4Xs,
+  unpackIq4Nl,
+  unpackIq4Xs,
+} from './iq4.ts';
 import {
   packQ2_KCodes,
   packQ3_KCodes,
@@ -54,7 +70,17 @@ import {
 import { isLlamaMix } from './llama-mix.ts';
 import type { FormatSpec, GgmlSpec } from './spec.ts';
 
-export type GgmlBlockType = 'q5_0' | 'q5_1' | 'q2_k' | 'q3_k' | 'q4_k' | 'q5_k' | 'q6_k';
+export type GgmlBlockType =
+  | 'q4_1'
+  | 'q5_0'
+  | 'q5_1'
+  | 'q2_k'
+  | 'q3_k'
+  | 'q4_k'
+  | 'q5_k'
+  | 'q6_k'
+  | 'iq4_nl'
+  | 'iq4_xs';
 
 interface Layout {
   /** values per block */
@@ -74,6 +100,17 @@ interface Layout {
 }
 
 const LAYOUTS: Record<GgmlBlockType, Layout> = {
+  q4_1: {
+    values: 32,
+    bytes: Q4_1_BLOCK_BYTES,
+    header: [[0, 4]],
+    group: 32,
+    bits: 4,
+    quantize: (x, cols, importance) => quantizeQ4_1(x, importance && { importance, cols }),
+    dequantize: (b) => dequantizeQ4_1(b),
+    unpack: (b) => unpackQ4_1(b),
+    packCodes: packQ4_1Codes,
+  },
   q5_0: {
     values: 32,
     bytes: Q5_0_BLOCK_BYTES,
@@ -154,6 +191,30 @@ const LAYOUTS: Record<GgmlBlockType, Layout> = {
     unpack: (b) => unpackQ6_K(b),
     packCodes: packQ6_KCodes,
   },
+  iq4_nl: {
+    values: 32,
+    bytes: IQ4_NL_BLOCK_BYTES,
+    header: [[0, 2]],
+    group: 32,
+    bits: 4,
+    quantize: (x, cols, importance) => quantizeIq4Nl(x, importance && { importance, cols }),
+    dequantize: (b) => ggmlGroupValues(unpackIq4Nl(b)),
+    unpack: (b) => unpackIq4Nl(b),
+    packCodes: (codes, at, out, o) => packNibbles(codes, at, out, o + 2),
+  },
+  iq4_xs: {
+    values: QK_K,
+    bytes: IQ4_XS_BLOCK_BYTES,
+    header: [[0, 8]],
+    group: 32,
+    bits: 4,
+    quantize: (x, cols, importance) => quantizeIq4Xs(x, importance && { importance, cols }),
+    dequantize: (b) => ggmlGroupValues(unpackIq4Xs(b)),
+    unpack: (b) => unpackIq4Xs(b),
+    packCodes: (codes, at, out, o) => {
+      for (let s = 0; s < QK_K / 32; s++) packNibbles(codes, at + 32 * s, out, o + 8 + 16 * s);
+    },
+  },
 };
 
 export function isGgmlBlockType(type: string): type is GgmlBlockType {
@@ -163,6 +224,11 @@ export function isGgmlBlockType(type: string): type is GgmlBlockType {
 /** A llama.cpp format kept as codes plus block bytes: Q5_0, Q5_1 or a K-quant (not Q4_0 / Q8_0). */
 export function isBlockFormat(spec: FormatSpec): spec is GgmlSpec & { type: GgmlBlockType } {
   return spec.kind === 'ggml' && isGgmlBlockType(spec.type);
+}
+
+/** IQ4_NL / IQ4_XS: codes index a non-linear grid, so they cannot run as (code - zero) * scale. */
+export function hasLevelGrid(spec: FormatSpec): boolean {
+  return spec.kind === 'ggml' && (spec.type === 'iq4_nl' || spec.type === 'iq4_xs');
 }
 
 /** A block format, or a llama-quantize mix (q4_k_m ...) that resolves to block formats per tensor. */

@@ -142,6 +142,12 @@ function quantizeBlockQ4_0(x: Float32Array, at: number, out: Uint8Array, o: numb
   }
 }
 
+/** 16 bytes at out[o] of 32 four-bit codes at codes[at]: code j in the low nibble of byte j, j + 16 in its high. */
+export function packNibbles(codes: Uint8Array, at: number, out: Uint8Array, o: number): void {
+  for (let j = 0; j < QK / 2; j++)
+    out[o + j] = (codes[at + j] & 0x0f) | ((codes[at + QK / 2 + j] & 0x0f) << 4);
+}
+
 /**
  * x (a multiple of 32 values) -> Q4_0 blocks, as llama.cpp's quantize_row_q4_0_ref, or with an
  * importance matrix as quantize_row_q4_0_impl: Q5_0's importance path with codes in 0..15.
@@ -149,9 +155,9 @@ function quantizeBlockQ4_0(x: Float32Array, at: number, out: Uint8Array, o: numb
 export function quantizeQ4_0(x: Float32Array, opts: Q4_0Options & Partial<Importance> = {}): Uint8Array {
   checkLength(x.length);
   if (opts.importance)
-    return quantizeWeighted(x, opts, Q4_0_BLOCK_BYTES, 8, (codes, blocks, o) => {
-      for (let j = 0; j < QK / 2; j++) blocks[o + 2 + j] = codes[j] | (codes[j + QK / 2] << 4);
-    });
+    return quantizeWeighted(x, opts, Q4_0_BLOCK_BYTES, 8, (codes, blocks, o) =>
+      packNibbles(codes, 0, blocks, o + 2),
+    );
   const fma = opts.fma ?? false;
   const out = new Uint8Array((x.length / QK) * Q4_0_BLOCK_BYTES);
   for (let b = 0; b < x.length / QK; b++) quantizeBlockQ4_0(x, b * QK, out, b * Q4_0_BLOCK_BYTES, fma);
@@ -265,48 +271,74 @@ export function packQ5_1Codes(codes: Uint8Array, at: number, out: Uint8Array, o:
   packFiveBitCodes(codes, at, out, o + 4);
 }
 
+/** The nibbles (bytes 4..20) of one Q4_1 block from its 32 codes at codes[at]. */
+export function packQ4_1Codes(codes: Uint8Array, at: number, out: Uint8Array, o: number): void {
+  packNibbles(codes, at, out, o + 4);
+}
+
+export const Q4_1_BLOCK_BYTES = 2 + 2 + QK / 2;
+
+/** Q4_1 (4-bit codes, nibbles) and Q5_1 (5-bit codes, fifth bits and nibbles): x = q d + m. */
+interface MinBlockKind {
+  bytes: number;
+  nmax: number;
+  pack: (codes: Uint8Array, at: number, out: Uint8Array, o: number) => void;
+}
+const Q4_1_KIND: MinBlockKind = { bytes: Q4_1_BLOCK_BYTES, nmax: 15, pack: packQ4_1Codes };
+const Q5_1_KIND: MinBlockKind = { bytes: Q5_1_BLOCK_BYTES, nmax: 31, pack: packQ5_1Codes };
+
 /**
- * One Q5_1 block (fp16 d and m, fifth bits, nibbles) of x[at, at + 32) as quantize_row_q5_1_ref:
- * m = min, d = (max - min) / 31, code trunc((x - min) / d + 0.5) with the float32 min and 1/d.
+ * One Q4_1 / Q5_1 block (fp16 d and m, then the codes) of x[at, at + 32) as quantize_row_q4_1_ref /
+ * _q5_1_ref: m = min, d = (max - min) / nmax, code min(nmax, trunc((x - min) / d + 0.5)) with the
+ * float32 min and 1/d.
  */
-function quantizeBlockQ5_1(x: Float32Array, at: number, out: Uint8Array, o: number): void {
+function quantizeMinBlock(kind: MinBlockKind, x: Float32Array, at: number, out: Uint8Array, o: number): void {
   let min = x[at];
   let max = x[at];
   for (let j = 1; j < QK; j++) {
     if (x[at + j] < min) min = x[at + j];
     if (x[at + j] > max) max = x[at + j];
   }
-  const d = fr(fr(max - min) / 31);
+  const d = fr(fr(max - min) / kind.nmax);
   const id = d !== 0 ? fr(1 / d) : 0;
   const codes = new Uint8Array(QK);
-  for (let j = 0; j < QK; j++) codes[j] = Math.trunc(fr(fr(fr(x[at + j] - min) * id) + 0.5));
+  for (let j = 0; j < QK; j++)
+    codes[j] = Math.min(kind.nmax, Math.trunc(fr(fr(fr(x[at + j] - min) * id) + 0.5)));
   writeF16(out, o, d);
   writeF16(out, o + 2, min);
-  packQ5_1Codes(codes, 0, out, o);
+  kind.pack(codes, 0, out, o);
 }
 
 /**
- * x (a multiple of 32 values) -> Q5_1 blocks (x = q d + m), as quantize_row_q5_1_ref, or with an
- * importance matrix as quantize_row_q5_1_impl: make_qkx3_quants' scale and min under the weights of
+ * x (a multiple of 32 values) -> Q4_1 / Q5_1 blocks, as the _ref quantizer, or with an importance
+ * matrix as quantize_row_q4_1_impl / _q5_1_impl: make_qkx3_quants' scale and min under the weights of
  * forEachWeightedBlock, its codes kept as found.
  */
-export function quantizeQ5_1(x: Float32Array, imatrix?: Importance): Uint8Array {
+function quantizeMinBlocks(kind: MinBlockKind, x: Float32Array, imatrix?: Importance): Uint8Array {
   checkLength(x.length);
-  const out = new Uint8Array((x.length / QK) * Q5_1_BLOCK_BYTES);
+  const out = new Uint8Array((x.length / QK) * kind.bytes);
   if (!imatrix) {
-    for (let b = 0; b < x.length / QK; b++) quantizeBlockQ5_1(x, b * QK, out, b * Q5_1_BLOCK_BYTES);
+    for (let b = 0; b < x.length / QK; b++) quantizeMinBlock(kind, x, b * QK, out, b * kind.bytes);
     return out;
   }
   const codes = new Uint8Array(QK);
   forEachWeightedBlock(x, imatrix, (b, w) => {
-    const [d, min] = fitScaleMin({ x, at: b, n: QK, w, wAt: 0 }, 31, QKX3_GRID, codes, 0);
-    const o = (b / QK) * Q5_1_BLOCK_BYTES;
+    const [d, min] = fitScaleMin({ x, at: b, n: QK, w, wAt: 0 }, kind.nmax, QKX3_GRID, codes, 0);
+    const o = (b / QK) * kind.bytes;
     writeF16(out, o, d);
     writeF16(out, o + 2, -min);
-    packQ5_1Codes(codes, 0, out, o);
+    kind.pack(codes, 0, out, o);
   });
   return out;
 }
+
+/** x (a multiple of 32 values) -> Q4_1 blocks (x = q d + m), as llama.cpp's quantize_q4_1. */
+export const quantizeQ4_1 = (x: Float32Array, imatrix?: Importance) =>
+  quantizeMinBlocks(Q4_1_KIND, x, imatrix);
+
+/** x (a multiple of 32 values) -> Q5_1 blocks (x = q d + m), as llama.cpp's quantize_q5_1. */
+export const quantizeQ5_1 = (x: Float32Array, imatrix?: Importance) =>
+  quantizeMinBlocks(Q5_1_KIND, x, imatrix);
 
 /** Q4_0 blocks -> n values. */
 export function dequantizeQ4_0(bytes: Uint8Array, n = (bytes.length / Q4_0_BLOCK_BYTES) * QK): Float32Array {
@@ -376,7 +408,8 @@ function readU32(src: Uint8Array, at: number): number {
 
 /**
  * A block format's data as one code per value and per-group parameters, in the form its dequantizer
- * evaluates: x = fr(code * scale) + mins[g] where `mins` is set (Q4_1, Q5_1, Q4_K, Q5_K), else
+ * evaluates: x = fr(code * scale) + mins[g] where `mins` is set (Q4_1, Q5_1, Q4_K, Q5_K),
+ * x = scale * levels[code] where `levels` is (IQ4_NL, IQ4_XS: a non-linear grid), else
  * x = (code - zero) * scale (Q5_0, Q6_K); g = value index / group.
  */
 export interface GgmlGroupCodes {
@@ -384,6 +417,7 @@ export interface GgmlGroupCodes {
   group: number;
   scales: Float32Array;
   mins?: Float32Array;
+  levels?: Int8Array;
   zero: number;
   /** bits a code needs */
   bits: number;
@@ -391,11 +425,12 @@ export interface GgmlGroupCodes {
 
 /** The values of unpacked block data, bit for bit as gguf-py dequantizes the blocks. */
 export function ggmlGroupValues(u: GgmlGroupCodes): Float32Array {
-  const { codes, group, scales, mins, zero } = u;
+  const { codes, group, scales, mins, levels, zero } = u;
   const y = new Float32Array(codes.length);
   for (let i = 0; i < codes.length; i++) {
     const g = Math.floor(i / group);
-    y[i] = mins ? fr(codes[i] * scales[g]) + mins[g] : (codes[i] - zero) * scales[g];
+    if (levels) y[i] = scales[g] * levels[codes[i]];
+    else y[i] = mins ? fr(codes[i] * scales[g]) + mins[g] : (codes[i] - zero) * scales[g];
   }
   return y;
 }

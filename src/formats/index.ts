@@ -27,7 +27,7 @@ import {
   isGgmlBlockType,
 } from './ggml-codes.ts';
 import { checkIntBits, decodeInt, encodeInt, fakeQuantInt, intLayout } from './int.ts';
-import { isLlamaMix } from './llama-mix.ts';
+import { isLlamaMix, LLAMA_MIXES } from './llama-mix.ts';
 import { checkMxSpec, decodeMx, encodeMx, fakeQuantMx, mxElementInfo } from './mx.ts';
 import { decodeNvfp4, encodeNvfp4, fakeQuantNvfp4, NVFP4_BLOCK } from './nvfp4.ts';
 import { pow2 } from './rounding.ts';
@@ -147,7 +147,7 @@ export function codeBits(spec: FormatSpec): number {
 function concreteGgml(spec: GgmlSpec, what: string): GgmlSpec {
   if (isLlamaMix(spec.type))
     fail(
-      `${what}: ${spec.type} is llama-quantize's per-tensor mix of llama.cpp types; a recipe picks each linear's type (q2_k, q3_k, q4_k, q5_k, q6_k, q4_0, q5_0, q5_1, q8_0)`,
+      `${what}: ${spec.type} is llama-quantize's per-tensor mix of llama.cpp types; a recipe picks each linear's type (q2_k, q3_k, q4_k, q5_k, q6_k, q4_0, q4_1, q5_0, q5_1, q8_0, iq4_nl, iq4_xs)`,
     );
   return spec;
 }
@@ -159,7 +159,7 @@ function concreteGgml(spec: GgmlSpec, what: string): GgmlSpec {
  * - fp8: E4M3 / E5M2 bit patterns;
  * - nvfp4: E2M1 patterns, `scaleCodes` (E4M3 per 16 elements) and `globalScale`;
  * - ggml: q4_0 codes 0..15 (x = (q - 8) d), q8_0 int8 + 128, one fp16-valued d per 32 elements;
- *   q5_0, q4_k, q6_k: the dequantizer's codes, `scales` as it forms them, and each block's other
+ *   q4_1, q5_0, q5_1, K-quants, IQ4: the dequantizer's codes, `scales` as it forms them, and each block's other
  *   bytes in `scaleCodes` (formats/ggml-codes.ts), from which the GGUF blocks are rebuilt exactly.
  * `scales` has one f32 per group/block/row/tensor, row-major: the INT / FP8 scale, 2^e for MX,
  * the decoded E4M3 block scale for NVFP4 (without the global factor).
@@ -202,7 +202,7 @@ export function encode(
   const base = { spec, rows, cols, bits: codeBits(spec) };
   if (importance && !takesImportance(spec))
     fail(
-      `encode: an importance matrix applies to llama.cpp's q4_0, q5_0, q5_1 and K-quant types, not ${formatName(spec)}`,
+      `encode: an importance matrix applies to llama.cpp's q4_0, q4_1, q5_0, q5_1, K-quant and IQ4 types, not ${formatName(spec)}`,
     );
   if (importance && importance.length !== cols)
     fail(`encode: ${importance.length} importance values for rows of ${cols}`);
@@ -416,7 +416,8 @@ function unpackNibbles(bytes: Uint8Array, count: number): Uint8Array {
 const VALID_FORMS =
   'int<2-8>-g<group>[-sym|-asym][-clip<c>], int<2-8>-row[-sym], int<2-8>-tensor[-sym], ' +
   'mxint<2-8>[-<block>][-even|-nearest], mxfp4 | mxfp6-e3m2 | mxfp6-e2m3 | mxfp8[-e4m3|-e5m2] [-<block>][-even|-nearest], ' +
-  'fp8[-e4m3|-e5m2][-row|-tensor], nvfp4, q4_0, q8_0, q5_0, q5_1, q4_k, q5_k, q6_k, q4_k_s, q4_k_m, q5_k_s, q5_k_m (llama.cpp blocks and llama-quantize mixes, weights only)';
+  'fp8[-e4m3|-e5m2][-row|-tensor], nvfp4, q4_0, q4_1, q8_0, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs (llama.cpp blocks), ' +
+  `${LLAMA_MIXES.join(', ')} (llama-quantize mixes), weights only`;
 
 /**
  * Spec for a short format name. INT defaults to asymmetric; MX blocks default to 32 and rounding
@@ -586,7 +587,12 @@ const GGML_TITLES: Record<GgmlSpec['type'], string> = {
   q4_0: "llama.cpp Q4_0: blocks of 32 along the row, fp16 d = (value of largest magnitude) / -8, x = (q - 8) d, q = min(15, trunc(x/d + 8.5)), exactly as llama.cpp's reference quantizer",
   q8_0: "llama.cpp Q8_0: blocks of 32 along the row, fp16 d = amax / 127, x = q d, q = round(x/d) half away from zero, exactly as llama.cpp's reference quantizer",
   q5_0: "llama.cpp Q5_0: blocks of 32 along the row, fp16 d = (value of largest magnitude) / -16, x = (q - 16) d, exactly as llama.cpp's reference quantizer",
+  q4_1: "llama.cpp Q4_1: blocks of 32 along the row, fp16 d = (max - min) / 15 and m = min, x = q d + m, exactly as llama.cpp's reference quantizer",
   q5_1: "llama.cpp Q5_1: blocks of 32 along the row, fp16 d = (max - min) / 31 and m = min, x = q d + m, exactly as llama.cpp's reference quantizer",
+  iq4_nl:
+    "llama.cpp IQ4_NL: blocks of 32 along the row, fp16 d, x = d * level[q] on 16 fixed non-linear levels (-127 ... 113), d searched by weighted least squares as llama.cpp's quantizer does",
+  iq4_xs:
+    "llama.cpp IQ4_XS: super-blocks of 256 along the row, 8 sub-blocks of 32 with 6-bit scales under an fp16 d, x = (d (ls - 32)) * level[q] on IQ4_NL's 16 levels, as llama.cpp's quantizer",
   q2_k: "llama.cpp Q2_K: super-blocks of 256 along the row, 16 sub-blocks of 16 with 4-bit scales and mins under fp16 d and dmin, x = (d sc) q - dmin m, q in 0..3, each sub-block's scale and min searched as llama.cpp's reference quantizer does (no importance matrix)",
   q3_k: "llama.cpp Q3_K: super-blocks of 256 along the row, 16 groups of 16 with 6-bit scales under an fp16 d, x = (d sc) (q - 4), q in 0..7, each group's scale searched as llama.cpp's reference quantizer does (no importance matrix)",
   q4_k: "llama.cpp Q4_K: super-blocks of 256 along the row, 8 sub-blocks of 32 with 6-bit scales and mins under fp16 d and dmin, x = (d sc) q - dmin m, each sub-block's scale and min searched as llama.cpp's reference quantizer does (no importance matrix)",
@@ -610,4 +616,12 @@ const GGML_TITLES: Record<GgmlSpec['type'], string> = {
     'llama.cpp Q5_K_S as llama-quantize picks it per tensor: Q5_K, Q5_1 where rows are not a multiple of 256',
   q5_k_m:
     'llama.cpp Q5_K_M as llama-quantize picks it per tensor (no importance matrix): Q5_K, Q6_K for v_proj and down_proj in a third of the layers, Q5_1 / Q8_0 where rows are not a multiple of 256',
+  q4_0_mix:
+    'llama.cpp Q4_0 (the file type) as llama-quantize picks it per tensor: Q4_0, and with an importance matrix (a recipe step imatrix) Q4_1 for down_proj in the first eighth of the layers',
+  q5_0_mix:
+    'llama.cpp Q5_0 (the file type) as llama-quantize picks it per tensor: Q5_0, and with an importance matrix (a recipe step imatrix) Q5_1 for down_proj in the first eighth of the layers',
+  iq4_nl_mix:
+    'llama.cpp IQ4_NL (the file type) as llama-quantize picks it per tensor: IQ4_NL, Q5_K for v_proj (4+ query heads per KV head) and, without an importance matrix, for down_proj in the first eighth of the layers; Q5_1 where rows are not a multiple of 256',
+  iq4_xs_mix:
+    'llama.cpp IQ4_XS (the file type) as llama-quantize picks it per tensor: IQ4_XS, Q5_K for v_proj (4+ query heads per KV head) and, without an importance matrix, for down_proj in the first eighth of the layers; IQ4_NL / Q5_1 where rows are not a multiple of 256',
 };

@@ -14,14 +14,19 @@
  *   v_proj, o_proj and down_proj.
  * - Q4_K_M / Q5_K_M: Q4_K / Q5_K, with Q6_K for attn_v and ffn_down in the layers use_more_bits picks.
  * - Q4_K_S: Q4_K, with Q5_K for attn_v in layers 0-3 and ffn_down in the first eighth of the layers.
- * - Q5_K_S: Q5_K; Q6_K: Q6_K.
+ * - Q5_K_S: Q5_K; Q6_K: Q6_K; Q4_1 and Q5_1: that type.
+ * - Q4_0 / Q5_0 (mixes q4_0_mix / q5_0_mix; as recipe formats q4_0 and q5_0 are the tensor types):
+ *   that type, but with an importance matrix down_proj in the first eighth of the layers in Q4_1 / Q5_1.
+ * - IQ4_NL / IQ4_XS (mixes iq4_nl_mix / iq4_xs_mix): that type, with Q5_K for v_proj when there are 4
+ *   or more query heads per KV head, and without an importance matrix for down_proj in the first
+ *   eighth of the layers.
  * - output.weight (token_embd when tied): Q6_K under every file type but Q8_0, Q8_0 where its rows are
  *   not a multiple of 256.
  * - A K-type tensor whose rows are not a multiple of 256 falls back: Q2_K and Q3_K to Q4_0, Q4_K to
- *   Q5_0, Q5_K to Q5_1, Q6_K to Q8_0; rows not a multiple of 32 stay F16.
+ *   Q5_0, Q5_K to Q5_1, Q6_K to Q8_0, IQ4_XS to IQ4_NL; rows not a multiple of 32 stay F16.
  * - An 80-layer Llama with grouped KV heads (llama.cpp's LLM_TYPE_70B: Llama 2/3 70B) takes Q5_K for
  *   attn_v where the mix gives Q3_K or Q4_K, its attn_v being 8x smaller than attn_q.
- * Not modelled: the rules for mixture-of-experts and Falcon models, and the IQ file types.
+ * Not modelled: the rules for mixture-of-experts and Falcon models, and the IQ file types below 4 bits.
  */
 export const LLAMA_MIXES = [
   'q2_k_mix',
@@ -33,13 +38,31 @@ export const LLAMA_MIXES = [
   'q4_k_m',
   'q5_k_s',
   'q5_k_m',
+  'q4_0_mix',
+  'q5_0_mix',
+  'iq4_nl_mix',
+  'iq4_xs_mix',
 ] as const;
 /** A llama.cpp file type whose tensors take different types. */
 export type LlamaMix = (typeof LLAMA_MIXES)[number];
-/** llama-quantize's file types; `q2_k` is the Q2_K file type (the mix q2_k_mix), not the tensor type. */
-export type LlamaFileType = 'q4_0' | 'q8_0' | 'q2_k' | 'q6_k' | LlamaMix;
+/**
+ * llama-quantize's file types; `q2_k`, `q4_0`, `q5_0`, `iq4_nl` and `iq4_xs` are the file types (the
+ * mixes q2_k_mix ...), not the tensor types.
+ */
+export type LlamaFileType =
+  | 'q4_0'
+  | 'q4_1'
+  | 'q5_0'
+  | 'q5_1'
+  | 'q8_0'
+  | 'q2_k'
+  | 'q6_k'
+  | 'iq4_nl'
+  | 'iq4_xs'
+  | LlamaMix;
 export type LlamaTensorType =
   | 'q4_0'
+  | 'q4_1'
   | 'q8_0'
   | 'q5_0'
   | 'q5_1'
@@ -48,6 +71,8 @@ export type LlamaTensorType =
   | 'q4_k'
   | 'q5_k'
   | 'q6_k'
+  | 'iq4_nl'
+  | 'iq4_xs'
   | 'f16';
 
 export function isLlamaMix(type: string): type is LlamaMix {
@@ -57,11 +82,20 @@ export function isLlamaMix(type: string): type is LlamaMix {
 /**
  * 'layer': a linear of decoder layer `layer` (of `layers`); v_proj / down_proj may take more bits;
  * `llama70B`: the model is what llama.cpp types LLM_TYPE_70B (see isLlama70B); `gqa`: query heads per
- * KV head (llama.cpp's n_gqa, 1 when not given).
+ * KV head (llama.cpp's n_gqa, 1 when not given); `imatrix`: quantized with an importance matrix
+ * (llama-quantize's has_imatrix).
  */
 export type TensorRole =
   | { kind: 'embed' | 'output' }
-  | { kind: 'linear'; name: string; layer: number; layers: number; llama70B?: boolean; gqa?: number };
+  | {
+      kind: 'linear';
+      name: string;
+      layer: number;
+      layers: number;
+      llama70B?: boolean;
+      gqa?: number;
+      imatrix?: boolean;
+    };
 
 /** llama.cpp's LLM_TYPE_70B for a Llama: 80 layers and fewer KV heads than query heads. */
 export function isLlama70B(config: { numLayers: number; numHeads: number; numKvHeads: number }): boolean {
@@ -100,6 +134,14 @@ function sensitiveType(mix: LlamaMix, role: LinearRole): LlamaTensorType | undef
       return (v || down) && useMoreBits(layer, layers) ? 'q6_k' : undefined;
     case 'q4_k_s':
       return (v && layer < 4) || (down && layer < Math.floor(layers / 8)) ? 'q5_k' : undefined;
+    case 'q4_0_mix':
+    case 'q5_0_mix':
+      if (!(down && role.imatrix && layer < Math.floor(layers / 8))) return undefined;
+      return mix === 'q4_0_mix' ? 'q4_1' : 'q5_1';
+    case 'iq4_nl_mix':
+    case 'iq4_xs_mix':
+      if (v) return (role.gqa ?? 1) >= 4 ? 'q5_k' : undefined;
+      return down && !role.imatrix && layer < Math.floor(layers / 8) ? 'q5_k' : undefined;
     default:
       return undefined;
   }
@@ -115,12 +157,25 @@ const MIX_BASE: Record<LlamaMix, LlamaTensorType> = {
   q4_k_m: 'q4_k',
   q5_k_s: 'q5_k',
   q5_k_m: 'q5_k',
+  q4_0_mix: 'q4_0',
+  q5_0_mix: 'q5_0',
+  iq4_nl_mix: 'iq4_nl',
+  iq4_xs_mix: 'iq4_xs',
+};
+
+/** File types named as their tensor type, and the mix that is the file type. */
+const FILE_TYPE_MIX: Partial<Record<LlamaFileType, LlamaMix>> = {
+  q2_k: 'q2_k_mix',
+  q4_0: 'q4_0_mix',
+  q5_0: 'q5_0_mix',
+  iq4_nl: 'iq4_nl_mix',
+  iq4_xs: 'iq4_xs_mix',
 };
 
 function mixType(fileType: LlamaFileType, role: TensorRole, cols: number): LlamaTensorType {
   if (fileType === 'q8_0') return 'q8_0';
   if (role.kind === 'output') return cols % 256 === 0 ? 'q6_k' : 'q8_0';
-  const mix = fileType === 'q2_k' ? 'q2_k_mix' : fileType;
+  const mix = FILE_TYPE_MIX[fileType] ?? fileType;
   if (!isLlamaMix(mix)) return mix;
   if (role.kind !== 'linear') return MIX_BASE[mix];
   const type = sensitiveType(mix, role) ?? MIX_BASE[mix];
@@ -134,6 +189,7 @@ const FALLBACK: Partial<Record<LlamaTensorType, LlamaTensorType>> = {
   q4_k: 'q5_0',
   q5_k: 'q5_1',
   q6_k: 'q8_0',
+  iq4_xs: 'iq4_nl',
 };
 
 /** tensor_type_fallback, then F16 for rows that fit no 32-block. */

@@ -57,10 +57,10 @@ export interface Nvfp4Spec {
 /**
  * llama.cpp's GGML block formats as weight formats (formats/ggml.ts, kquants.ts, ggml-codes.ts), rounded
  * exactly as llama.cpp's reference quantizers: q4_0 (blocks of 32, x = (q - 8) d, d = (value of largest
- * magnitude) / -8), q8_0 (x = q d, d = amax / 127), q5_0 (as q4_0 with 5 bits), q5_1 (x = q d + m), the
- * K-quants q4_k, q5_k and q6_k (super-blocks of 256), and the file types q4_k_s, q4_k_m, q5_k_s and
- * q5_k_m: llama-quantize's per-tensor mixes of them (formats/llama-mix.ts), which a recipe resolves for
- * each linear (quant/weights.ts linearWeightSpec).
+ * magnitude) / -8), q8_0 (x = q d, d = amax / 127), q5_0 (as q4_0 with 5 bits), q4_1 / q5_1
+ * (x = q d + m), the K-quants q2_k ... q6_k (super-blocks of 256), the non-linear iq4_nl / iq4_xs
+ * (formats/iq4.ts), and llama-quantize's file types as per-tensor mixes of them (formats/llama-mix.ts),
+ * which a recipe resolves for each linear (quant/weights.ts linearWeightSpec).
  */
 export interface GgmlSpec {
   kind: 'ggml';

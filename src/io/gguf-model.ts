@@ -30,6 +30,7 @@ import {
   dequantizeQ6_K,
   dequantizeQ8_0,
   type GgmlGroupCodes,
+  ggmlGroupValues,
   ggmlUnpackBlocks,
   QK,
   unpackQ2_K,
@@ -42,6 +43,7 @@ import {
   unpackQ6_K,
 } from '../formats/ggml.ts';
 import { codeBits } from '../formats/index.ts';
+import { unpackIq4Nl, unpackIq4Xs } from '../formats/iq4.ts';
 import type { GgmlSpec } from '../formats/spec.ts';
 import {
   ATTENTION_LINEARS,
@@ -90,6 +92,8 @@ const FILE_TYPE_NAMES: Record<number, string> = {
   17: 'mostly_q5_k_m',
   18: 'mostly_q6_k',
   21: 'mostly_q2_k_s',
+  25: 'mostly_iq4_nl',
+  30: 'mostly_iq4_xs',
   32: 'mostly_bf16',
 };
 
@@ -249,6 +253,8 @@ const DEQUANTIZERS: Record<number, Dequantizer> = {
   [GGML_TYPE.Q4_K]: dequantizeQ4_K,
   [GGML_TYPE.Q5_K]: dequantizeQ5_K,
   [GGML_TYPE.Q6_K]: dequantizeQ6_K,
+  [GGML_TYPE.IQ4_NL]: (bytes, n) => ggmlGroupValues(unpackIq4Nl(bytes, n)),
+  [GGML_TYPE.IQ4_XS]: (bytes, n) => ggmlGroupValues(unpackIq4Xs(bytes, n)),
 };
 const READABLE_TYPES = [GGML_TYPE.F32, GGML_TYPE.F16, ...Object.keys(DEQUANTIZERS).map(Number)];
 
@@ -307,7 +313,7 @@ function tensorSources(file: GgufFile, config: ModelConfig): Map<string, Source>
     const t = tensorInfo(file, gguf);
     if (!READABLE_TYPES.includes(t.type))
       fail(
-        `${file.path}: tensor ${gguf} has type ${ggmlTypeName(t.type)}, which llmq cannot dequantize (F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)`,
+        `${file.path}: tensor ${gguf} has type ${ggmlTypeName(t.type)}, which llmq cannot dequantize (F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)`,
       );
   }
   return map;

@@ -6,11 +6,12 @@
  * llama.cpp's other block formats (Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K: from GGUF files as
  * `blockCodes`, from llmq checkpoints as their encoded blocks) run the same way; those whose
  * dequantizer adds a min (x = q d + m: Q4_1, Q5_1, Q4_K, Q5_K) are then one rounding away from the
- * dequantized values, since the GEMM evaluates (q - z) d with z = -m / d.
+ * dequantized values, since the GEMM evaluates (q - z) d with z = -m / d. IQ4_NL / IQ4_XS, whose codes
+ * index a non-linear grid, run from their decoded f32 weights.
  */
 import { fail } from '../errors.ts';
 import { type GgmlGroupCodes, ggmlCodeOffset } from '../formats/ggml.ts';
-import { isBlockFormat, unpackEncodedBlocks } from '../formats/ggml-codes.ts';
+import { hasLevelGrid, isBlockFormat, unpackEncodedBlocks } from '../formats/ggml-codes.ts';
 import { type Encoded, packCodes } from '../formats/index.ts';
 import type { Backend, PackedWeight, Tensor } from '../tensor/tensor.ts';
 import { LINEARS, type Linear, type LlamaModel } from './llama.ts';
@@ -24,7 +25,7 @@ export function packable(lin: Pick<Linear, 'quantized' | 'blockCodes'>): boolean
   const q = lin.quantized;
   if (!q || q.salient) return false;
   const spec = q.encoded.spec;
-  if (spec.kind === 'ggml') return true;
+  if (spec.kind === 'ggml') return !hasLevelGrid(spec);
   if (spec.kind !== 'int') return false;
   if (spec.granularity === 'tensor' || spec.bits > 8) return false;
   if (q.gIdx && spec.granularity !== 'group') return false;
@@ -53,12 +54,12 @@ export interface BlockCodes {
 }
 
 /**
- * Unpacked block data as BlockCodes (undefined when a parameter is not finite). A group whose scale
+ * Unpacked block data as BlockCodes (undefined when a parameter is not finite, or for a level grid). A group whose scale
  * is 0 and min m is not (a K-quant sub-block whose 6-bit scale rounded to 0) holds m everywhere:
  * it becomes codes 1, zero 0, scale m.
  */
 export function blockCodes(u: GgmlGroupCodes, rows: number, cols: number): BlockCodes | undefined {
-  if (cols % u.group !== 0) return undefined;
+  if (cols % u.group !== 0 || u.levels) return undefined;
   let codes = u.codes;
   const scales = u.scales.slice();
   const zeros = new Float32Array(scales.length).fill(u.zero);

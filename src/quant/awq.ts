@@ -132,7 +132,7 @@ async function searchGroup(
 ): Promise<SearchResult> {
   const { model, layer } = ctx;
   const b = model.backend;
-  const specs = group.linears.map((n) => weightSpecOf(model, ctx.recipe.weights as FormatSpec, layer, n));
+  const specs = group.linears.map((n) => weightSpecOf(model, ctx.recipe, layer, n));
   const lins = group.linears.map((n) => model.layers[layer].linears[n]);
   const original = lins.map((l) => l.weight);
   const savedQuant = lins.map((l) => l.inputQuant);
@@ -368,7 +368,7 @@ async function clipLayer(ctx: LayerContext, captured: Captured): Promise<Record<
     if (name === 'q_proj' || name === 'k_proj') continue;
     const source = SHARED_INPUT[name];
     if (!samples.has(source)) samples.set(source, subsampleRows(b, captured.get(source) ?? []));
-    const spec = weightSpecOf(model, ctx.recipe.weights as FormatSpec, layer, name);
+    const spec = weightSpecOf(model, ctx.recipe, layer, name);
     if (!spec) continue;
     const w = model.layers[layer].linears[name].weight;
     const [rows, cols] = w.shape;

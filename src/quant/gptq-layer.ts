@@ -179,8 +179,7 @@ async function gptqGroup(
   // llama.cpp mixes give each linear its own type; one whose rows fit no block stays in full precision
   const specs = new Map<LinearName, FormatSpec>();
   for (const name of group) {
-    const spec =
-      recipe.targets.includes(name) && weightSpecOf(model, recipe.weights as FormatSpec, layer, name);
+    const spec = recipe.targets.includes(name) && weightSpecOf(model, recipe, layer, name);
     if (spec) specs.set(name, spec);
   }
   const names = [...specs.keys()];

@@ -98,6 +98,7 @@ import {
   mxSharedExponent,
   pow2,
 } from '../formats/index.ts';
+import { nearestLevel } from '../formats/iq4.ts';
 import type { GgmlSpec } from '../formats/spec.ts';
 import { f16BitsToNumber, numberToF16Bits } from '../tensor/dtype.ts';
 import { addMatmulNT, choleskyInverseUpper } from './hessian.ts';
@@ -574,6 +575,7 @@ class BlockGrid implements Grid {
     const u = this.params[r * this.perRow + this.slot[p]] as GgmlGroupCodes;
     const g = Math.floor((c % this.layout.values) / u.group);
     const [scale, top, x] = [u.scales[g], (1 << u.bits) - 1, fr(w)];
+    if (u.levels) return this.quantizeOnLevels(r * this.cols + c, x, scale, u.levels);
     const min = u.mins?.[g];
     let code: number;
     if (scale === 0) code = min === undefined ? u.zero : 0;
@@ -581,6 +583,13 @@ class BlockGrid implements Grid {
     else code = clamp(nearestInt(fr(fr(x - min) / scale)), 0, top);
     this.codes[r * this.cols + c] = code;
     return min === undefined ? fr((code - u.zero) * scale) : fr(fr(code * scale) + min);
+  }
+
+  /** IQ4: the level nearest to x / scale (llama.cpp's best_index_int8 on x times 1/scale). */
+  private quantizeOnLevels(at: number, x: number, scale: number, levels: Int8Array): number {
+    const code = nearestLevel(scale !== 0 ? fr(x * fr(1 / scale)) : 0);
+    this.codes[at] = code;
+    return fr(scale * levels[code]);
   }
 
   encoded(): Encoded {

@@ -4,9 +4,10 @@
  * quantizers use to weight each value's rounding error (ggml-quants.c's *_impl functions). The step
  * quantizes the layer's linears itself, in each linear's llama.cpp type (formats/llama-mix.ts), so the
  * checkpoint holds exactly the blocks llama-quantize would write with the same importance values;
- * linears in Q8_0, which has no importance path, are left to the pipeline's plain rounding. Not
- * modelled: llama-quantize's Q4_0 / Q5_0 file types with an imatrix put ffn_down of the first eighth
- * of the layers in Q4_1 / Q5_1; with `q4_0` weights llmq keeps every linear in Q4_0. The collected sums
+ * linears in Q8_0, which has no importance path, are left to the pipeline's plain rounding. With an
+ * imatrix llama-quantize's Q4_0 / Q5_0 file types put ffn_down of the first eighth of the layers in
+ * Q4_1 / Q5_1 (the mixes q4_0_mix / q5_0_mix; `q4_0` weights keep every linear in Q4_0), and its
+ * IQ4_NL / IQ4_XS keep them in their type instead of Q5_K. The collected sums
  * go beside the checkpoint as imatrix.gguf, the file llama-quantize --imatrix reads. With `file`, the
  * importance comes from a llama-imatrix file instead (GGUF or legacy .dat, io/imatrix-file.ts) and no
  * calibration runs; a linear it has no entry for is rounded without one, as llama-quantize does (but
@@ -160,7 +161,7 @@ async function imatrixLayer(ctx: LayerContext, step: ImatrixStep): Promise<void>
   const importanceFor = await importanceOf(ctx, step);
   const used: Record<string, string> = {};
   for (const name of recipe.targets) {
-    const spec = recipe.weights && weightSpecOf(model, recipe.weights, layer, name);
+    const spec = weightSpecOf(model, recipe, layer, name);
     // a linear the file has no entry for is rounded without one, as llama-quantize does
     const importance = importanceFor(name);
     if (!importance && spec && needsImportance(recipe.weights, spec))

@@ -389,7 +389,7 @@ async function finishLayer(
 ): Promise<void> {
   for (const name of recipe.targets) {
     const lin = model.layers[layer].linears[name];
-    const weightSpec = recipe.weights && weightSpecOf(model, recipe.weights, layer, name);
+    const weightSpec = weightSpecOf(model, recipe, layer, name);
     if (weightSpec && !lin.quantized) await roundToNearest(model, layer, name, weightSpec, salient.get(name));
     // a step that installed its own input quantizer (FlatQuant's transform and clip) keeps it
     if (recipe.activations && !lin.inputQuant?.transform) {

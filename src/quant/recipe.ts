@@ -10,6 +10,7 @@ import { CALIB_SAMPLERS, type CalibSampler } from '../calib/data.ts';
 import { fail } from '../errors.ts';
 import { isBlockFormatOrMix } from '../formats/ggml-codes.ts';
 import { describeFormat, formatName, parseFormat, takesImportance } from '../formats/index.ts';
+import { LLAMA_MIXES } from '../formats/llama-mix.ts';
 import type { FormatSpec } from '../formats/spec.ts';
 import { LINEARS, type LinearName } from '../model/llama.ts';
 
@@ -239,6 +240,23 @@ const BUILTINS: Record<string, RecipeText> = {
     description:
       "llama.cpp Q2_K_S, which llama-quantize writes only with an importance matrix: mean x^2 per input channel from the calibration text weights each linear's Q2_K (Q4_K for v_proj with 4+ query heads per KV head and for down_proj in the first eighth of the layers; Q4_0 / Q5_0 where rows are not a multiple of 256) rounding; exports to GGUF Q2_K_S unchanged",
     weights: 'q2_k_s',
+    steps: [{ method: 'imatrix' }],
+  },
+  'rtn-iq4_xs': {
+    description:
+      "llama.cpp IQ4_XS as llama-quantize writes it without an importance matrix: each linear in its type (IQ4_XS on a 16-level non-linear grid; Q5_K for v_proj with 4+ query heads per KV head and for down_proj in the first eighth of the layers; IQ4_NL / Q5_1 where rows are not a multiple of 256), exactly as llama.cpp's quantizers; exports to GGUF IQ4_XS unchanged",
+    weights: 'iq4_xs_mix',
+  },
+  'imatrix-iq4_xs': {
+    description:
+      "llama.cpp IQ4_XS with an importance matrix, as llama-imatrix + llama-quantize --imatrix make it: mean x^2 per input channel from the calibration text weights each linear's IQ4_XS (Q5_K for v_proj with 4+ query heads per KV head; IQ4_NL where rows are not a multiple of 256) rounding; exports to GGUF IQ4_XS unchanged",
+    weights: 'iq4_xs_mix',
+    steps: [{ method: 'imatrix' }],
+  },
+  'imatrix-q4_0': {
+    description:
+      'llama.cpp Q4_0 with an importance matrix, as llama-imatrix + llama-quantize --imatrix make it: Q4_0, with Q4_1 for down_proj in the first eighth of the layers, each rounding weighted by the mean x^2 per input channel; exports to GGUF Q4_0 unchanged',
+    weights: 'q4_0_mix',
     steps: [{ method: 'imatrix' }],
   },
   'rtn-q5_k_m': {
@@ -591,7 +609,7 @@ function validateRecipe(where: string, r: Recipe): void {
       );
     if (s.method === 'imatrix' && !(blockFormat || (r.weights && takesImportance(r.weights))))
       fail(
-        `${where}: imatrix weights llama.cpp's q4_0, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k quantizers and their mixes (q2_k_mix, q3_k_s/m/l, q4_k_s/m, q5_k_s/m), not ${r.weights ? formatName(r.weights) : 'full precision'}`,
+        `${where}: imatrix weights llama.cpp's q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs quantizers and their mixes (${LLAMA_MIXES.join(', ')}), not ${r.weights ? formatName(r.weights) : 'full precision'}`,
       );
   }
 }

@@ -86,7 +86,7 @@ async function roundWeights(model: LlamaModel, recipe: Recipe): Promise<void> {
   for (const [i, L] of model.layers.entries())
     for (const n of recipe.targets) {
       const lin = L.linears[n];
-      const spec = weightSpecOf(model, recipe.weights as FormatSpec, i, n);
+      const spec = weightSpecOf(model, recipe, i, n);
       if (!spec) continue;
       const q: Tensor = await fakeQuantWeight(model.backend, lin.weight, spec);
       lin.weight.dispose();

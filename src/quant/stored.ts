@@ -11,7 +11,14 @@ import { type InputQuant, kvCacheSpec, type Linear, LlamaModel, linearTensorName
 import { type CodesOnly, codesOnlyWeight } from '../model/packed.ts';
 import type { Backend } from '../tensor/tensor.ts';
 import type { Recipe } from './recipe.ts';
-import { dequantizeWeight, keepMasks, type LinearPlace, linearPlace, linearWeightSpec } from './weights.ts';
+import {
+  dequantizeWeight,
+  keepMasks,
+  type LinearPlace,
+  linearPlace,
+  linearWeightSpec,
+  usesImatrix,
+} from './weights.ts';
 
 export interface Manifest {
   tool: string;
@@ -108,7 +115,7 @@ export function readStoredLinear(
 ): Partial<Linear> {
   const format = q.weight_format ? parseFormat(q.weight_format) : undefined;
   const { layer, name } = place;
-  const weightSpec = format && linearWeightSpec(format, place, cols);
+  const weightSpec = format && linearWeightSpec(format, { ...place, imatrix: usesImatrix(q.recipe) }, cols);
   const actSpec = q.activation_format ? parseFormat(q.activation_format) : undefined;
   const prefix = linearTensorName(layer, name).replace(/\.weight$/, '');
   const stored: Partial<Linear> = {};

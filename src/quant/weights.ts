@@ -63,6 +63,8 @@ export interface LinearPlace {
   llama70B: boolean;
   /** query heads per KV head (llama.cpp's n_gqa) */
   gqa: number;
+  /** the recipe weights with an importance matrix (llama-quantize's has_imatrix) */
+  imatrix?: boolean;
 }
 
 /** Where a linear sits, for the llama.cpp types its file type gives it. */
@@ -96,10 +98,22 @@ export function linearWeightSpec(
   return type === 'f16' ? undefined : { kind: 'ggml', type };
 }
 
-/** The format of a linear of the model (see linearWeightSpec). */
-export function weightSpecOf(model: LlamaModel, weights: FormatSpec, layer: number, name: LinearName) {
-  const linear = linearPlace(model.config, layer, name);
-  return linearWeightSpec(weights, linear, model.layers[layer].linears[name].weight.shape[1]);
+/** What picks each linear's format: the recipe's weight format and whether it has an imatrix step. */
+export interface WeightPlan {
+  weights?: FormatSpec;
+  steps: readonly { method: string }[];
+}
+
+/** Whether the recipe weights with an importance matrix (llama-quantize's has_imatrix). */
+export function usesImatrix(plan: Pick<WeightPlan, 'steps'>): boolean {
+  return plan.steps.some((s) => s.method === 'imatrix');
+}
+
+/** The format of a linear of the model under the recipe (see linearWeightSpec); undefined: full precision. */
+export function weightSpecOf(model: LlamaModel, plan: WeightPlan, layer: number, name: LinearName) {
+  if (!plan.weights) return undefined;
+  const linear = { ...linearPlace(model.config, layer, name), imatrix: usesImatrix(plan) };
+  return linearWeightSpec(plan.weights, linear, model.layers[layer].linears[name].weight.shape[1]);
 }
 
 /**

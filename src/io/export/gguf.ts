@@ -1,7 +1,7 @@
 /**
  * `llmq export --to gguf-<type>`: a Llama-family model as one GGUF file that llama.cpp and
- * node-llama-cpp load; types f16, q8_0, q4_0, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s,
- * q5_k_m, q6_k.
+ * node-llama-cpp load; types f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q2_k_s, q3_k_s, q3_k_m, q3_k_l,
+ * q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k, iq4_nl, iq4_xs.
  *
  * Sources read (public, ggml-org/llama.cpp): convert_hf_to_gguf.py (TextModel.set_gguf_parameters,
  * ModelBase.prepare_tensors: which tensors stay F32 and which take the output type, get_vocab_base /
@@ -18,12 +18,14 @@
  *   tied) in Q6_K, or Q8_0 where its rows are not a multiple of 256, as llama-quantize does.
  *   q4_k_m: llama-quantize's Q4_K_M mix without an importance matrix: Q4_K, with Q6_K for the output
  *   (as q4_0) and for attn_v and ffn_down in the layers use_more_bits picks; q5_k_m the same over Q5_K;
- *   q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q5_k_s, q6_k as llama-quantize picks them
- *   (formats/llama-mix.ts). A K-type tensor whose rows are not a multiple of 256 falls back as
- *   llama-quantize's tensor_type_fallback does (Q2_K and Q3_K to Q4_0, Q4_K to Q5_0, Q5_K to Q5_1,
- *   Q6_K to Q8_0). Blocks are chosen by formats/kquants.ts and ggml.ts, byte for
- *   byte llama.cpp's reference quantizers. A tensor whose rows are not a multiple of 32 falls back to F16 (convert_hf_to_gguf.py
- *   does the same). Fallbacks are listed in the summary.
+ *   q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q5_k_s, q6_k, q4_1, q5_0, q5_1, iq4_nl, iq4_xs as
+ *   llama-quantize picks them (formats/llama-mix.ts); a checkpoint quantized with an importance
+ *   matrix counts as llama-quantize's has_imatrix, and its imatrix.gguf weights the tensors
+ *   re-quantized. A K-type tensor whose rows are not a multiple of 256 falls back as llama-quantize's
+ *   tensor_type_fallback does (Q2_K and Q3_K to Q4_0, Q4_K to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0,
+ *   IQ4_XS to IQ4_NL). Blocks are chosen by formats/kquants.ts, ggml.ts and iq4.ts, byte for byte
+ *   llama.cpp's quantizers. A tensor whose rows are not a multiple of 32 falls back to F16
+ *   (convert_hf_to_gguf.py does the same). Fallbacks are listed in the summary.
  * - q_proj / k_proj rows (and biases) permuted from the HF rotate-half order to GGML's interleaved
  *   RoPE order: within each head, row j*(hd/2)+i moves to i*2+j.
  * - The source may be a full-precision HF checkpoint or an llmq weight-only checkpoint, whose
@@ -55,7 +57,7 @@ import { LINEARS, type LinearName, type LlamaModel, type QuantizedWeight } from 
 import { readQuantizationConfig } from '../../quant/checkpoint.ts';
 import { loadModel } from '../../quant/load.ts';
 import type { QuantizationConfig } from '../../quant/stored.ts';
-import { linearPlace } from '../../quant/weights.ts';
+import { linearPlace, usesImatrix } from '../../quant/weights.ts';
 import { CpuBackend } from '../../tensor/cpu/backend.ts';
 import type { Tensor } from '../../tensor/tensor.ts';
 import type { ModelConfig } from '../config.ts';
@@ -69,13 +71,16 @@ import {
   gguf,
   LINEAR_GGUF,
 } from '../gguf.ts';
-import { readImatrix } from '../imatrix-file.ts';
+import { type Imatrix, readImatrix } from '../imatrix-file.ts';
 import { readJsonObject } from '../json.ts';
 import { llama3RopeFactors } from '../rope.ts';
 
 export const GGUF_EXPORT_TYPES = [
   'q8_0',
   'q4_0',
+  'q4_1',
+  'q5_0',
+  'q5_1',
   'q2_k',
   'q2_k_s',
   'q3_k_s',
@@ -86,6 +91,8 @@ export const GGUF_EXPORT_TYPES = [
   'q5_k_s',
   'q5_k_m',
   'q6_k',
+  'iq4_nl',
+  'iq4_xs',
   'f16',
 ] as const;
 export type GgufExportType = (typeof GGUF_EXPORT_TYPES)[number];
@@ -119,7 +126,10 @@ export interface GgufExportSummary {
 const FILE_TYPE: Record<GgufExportType, number> = {
   f16: 1,
   q4_0: 2,
+  q4_1: 3,
   q8_0: 7,
+  q5_0: 8,
+  q5_1: 9,
   q2_k: 10,
   q3_k_s: 11,
   q3_k_m: 12,
@@ -130,6 +140,8 @@ const FILE_TYPE: Record<GgufExportType, number> = {
   q5_k_m: 17,
   q6_k: 18,
   q2_k_s: 21,
+  iq4_nl: 25,
+  iq4_xs: 30,
 };
 const GGML_QUANT_VERSION = 2;
 
@@ -432,6 +444,8 @@ export function permuteRotaryRows<T extends Float32Array | Uint8Array>(
 interface PlannedTensor extends GgufTensorSpec {
   /** the values, [rows, cols] row-major (already permuted) */
   values: () => Promise<Float32Array>;
+  /** the importance matrix's entry for the tensor, when the checkpoint was quantized with one */
+  importance?: Float32Array;
   /** the finished blocks, when a checkpoint already holds them in this tensor's type */
   blocks?: () => Uint8Array;
 }
@@ -452,7 +466,7 @@ function encode(p: PlannedTensor, values: Float32Array, q4Fma: boolean): Uint8Ar
     case GGML_TYPE.Q8_0:
       return quantizeQ8_0(values);
     case GGML_TYPE.Q4_0:
-      return quantizeQ4_0(values, { fma: q4Fma });
+      return quantizeQ4_0(values, { fma: q4Fma, importance: p.importance, cols: p.dims[0] });
     case GGML_TYPE.Q5_0:
       return quantizeQ5_0(values, { fma: q4Fma });
     default:
@@ -464,6 +478,7 @@ const TENSOR_TYPE_ID: Record<LlamaTensorType, number> = {
   f16: GGML_TYPE.F16,
   q8_0: GGML_TYPE.Q8_0,
   q4_0: GGML_TYPE.Q4_0,
+  q4_1: GGML_TYPE.Q4_1,
   q5_0: GGML_TYPE.Q5_0,
   q5_1: GGML_TYPE.Q5_1,
   q2_k: GGML_TYPE.Q2_K,
@@ -471,6 +486,8 @@ const TENSOR_TYPE_ID: Record<LlamaTensorType, number> = {
   q4_k: GGML_TYPE.Q4_K,
   q5_k: GGML_TYPE.Q5_K,
   q6_k: GGML_TYPE.Q6_K,
+  iq4_nl: GGML_TYPE.IQ4_NL,
+  iq4_xs: GGML_TYPE.IQ4_XS,
 };
 
 /** The ggml type id -> formats/ggml-codes.ts block type, for the types kept as codes + block bytes. */
@@ -481,14 +498,17 @@ const BLOCK_TYPE_OF = Object.fromEntries(
 ) as Partial<Record<number, GgmlBlockType>>;
 
 /**
- * The GGUF bytes of a planned tensor: the block types by their quantizers (ggml-codes.ts), on the
- * worker threads where there are some; Q5_0 with --q4-fma and the other types by encode.
+ * The GGUF bytes of a planned tensor: the block types by their quantizers (ggml-codes.ts, with the
+ * tensor's importance when it has one), on the worker threads where there are some; Q5_0 with
+ * --q4-fma (no importance) and the other types by encode.
  */
 async function encodeTensor(p: PlannedTensor, values: Float32Array, q4Fma: boolean): Promise<Uint8Array> {
   const type = BLOCK_TYPE_OF[p.type];
-  if (!type || (type === 'q5_0' && q4Fma)) return encode(p, values, q4Fma);
-  const cols = p.dims[0];
-  return (await quantizeBlocksInParallel(type, values, cols)) ?? quantizeGgmlBlocks(values, cols, type);
+  if (!type || (type === 'q5_0' && q4Fma && !p.importance)) return encode(p, values, q4Fma);
+  const [cols, imp] = [p.dims[0], p.importance];
+  return (
+    (await quantizeBlocksInParallel(type, values, cols, imp)) ?? quantizeGgmlBlocks(values, cols, type, imp)
+  );
 }
 
 /** The ggml type of a 2-D tensor with rows of `cols` values (llama-quantize's, see formats/llama-mix.ts). */
@@ -504,6 +524,8 @@ class TensorPlan {
   constructor(
     private readonly model: LlamaModel,
     private readonly type: GgufExportType,
+    /** the checkpoint's importance matrix, which llama-quantize --imatrix would be given */
+    private readonly imatrix?: Imatrix,
   ) {}
 
   private read(t: Tensor, transform?: (v: Float32Array) => Float32Array): () => Promise<Float32Array> {
@@ -530,7 +552,17 @@ class TensorPlan {
       this.fallbacks.push({ tensor: name, type: ggmlTypeName(type) });
     const values = this.read(t, transform && ((v) => transform(v, cols)));
     const blocks = storedBlocks(quantized, type, transform);
-    this.tensors.push({ name, dims: [cols, rows], type, values, ...(blocks ? { blocks } : {}) });
+    const importance = this.imatrix?.importance.get(name);
+    if (importance && importance.length !== cols)
+      fail(`importance matrix: ${name} has ${importance.length} values, its rows ${cols}`);
+    this.tensors.push({
+      name,
+      dims: [cols, rows],
+      type,
+      values,
+      ...(blocks ? { blocks } : {}),
+      ...(importance ? { importance } : {}),
+    });
   }
 
   constant(name: string, values: Float32Array): void {
@@ -569,9 +601,18 @@ function rotaryPermutation(name: LinearName, config: ModelConfig) {
     permuteRotaryRows(v, v.length / cols, cols, heads);
 }
 
-function planTensors(model: LlamaModel, type: GgufExportType): TensorPlan {
+/**
+ * `weighted`: the checkpoint was quantized with an importance matrix (llama-quantize's has_imatrix,
+ * which moves some tensors to other types); `imatrix`: that matrix, when its file is at hand.
+ */
+function planTensors(
+  model: LlamaModel,
+  type: GgufExportType,
+  weighted: boolean,
+  imatrix?: Imatrix,
+): TensorPlan {
   const { config } = model;
-  const plan = new TensorPlan(model, type);
+  const plan = new TensorPlan(model, type, imatrix);
   if (config.rope.type === 'llama3') plan.constant('rope_freqs.weight', llama3RopeFactors(config));
   const tied = model.lmHead === model.embedTokens;
   plan.matrix('token_embd.weight', model.embedTokens, { kind: tied ? 'output' : 'embed' });
@@ -582,7 +623,7 @@ function planTensors(model: LlamaModel, type: GgufExportType): TensorPlan {
       const lin = layer.linears[name];
       const permute = rotaryPermutation(name, config);
       const base = `blk.${i}.${LINEAR_GGUF[name]}`;
-      const role = { kind: 'linear', ...linearPlace(config, i, name) } as const;
+      const role = { kind: 'linear', ...linearPlace(config, i, name), imatrix: weighted } as const;
       plan.matrix(`${base}.weight`, lin.weight, role, permute, lin.quantized);
       if (lin.bias) plan.vector(`${base}.bias`, lin.bias, permute && ((v) => permute(v, 1)));
     }
@@ -623,15 +664,23 @@ function countTypes(tensors: readonly GgufTensorSpec[]): Record<string, number> 
 }
 
 /**
- * The quantize.imatrix.* keys llama-quantize --imatrix records (tools/quantize/quantize.cpp), for a
- * checkpoint quantized with an importance matrix: its imatrix.gguf, or the llama-imatrix file its
- * recipe named (when that file is still there).
+ * The importance matrix of a checkpoint quantized with one: its imatrix.gguf, or the llama-imatrix file
+ * its recipe named (when that file is still there).
  */
-function imatrixMetadata(modelDir: string, q: QuantizationConfig | undefined): Map<string, GgufValue> {
+function checkpointImatrix(
+  modelDir: string,
+  q: QuantizationConfig | undefined,
+): { file: string; imatrix: Imatrix } | undefined {
   const step = q?.recipe.steps.find((s) => s.method === 'imatrix');
   const file = step && (step.file ?? path.join(modelDir, 'imatrix.gguf'));
-  if (!file || !fs.existsSync(file)) return new Map();
-  const m = readImatrix(file);
+  if (!file || !fs.existsSync(file)) return undefined;
+  return { file, imatrix: readImatrix(file) };
+}
+
+/** The quantize.imatrix.* keys llama-quantize --imatrix records (tools/quantize/quantize.cpp). */
+function imatrixMetadata(found: ReturnType<typeof checkpointImatrix>): Map<string, GgufValue> {
+  if (!found) return new Map();
+  const { file, imatrix: m } = found;
   const keys = new Map<string, GgufValue>([['quantize.imatrix.file', gguf.str(path.basename(file))]]);
   if (m.datasets.length) keys.set('quantize.imatrix.dataset', gguf.str(m.datasets[0]));
   keys.set('quantize.imatrix.entries_count', gguf.i32(m.importance.size));
@@ -651,12 +700,14 @@ export async function exportGguf(
   const { model } = await loadModel(modelDir, new CpuBackend());
   try {
     const name = path.basename(path.resolve(modelDir));
+    const imatrix = checkpointImatrix(modelDir, quantization);
     const metadata = new Map([
       ...modelMetadata(name, config, opts.type),
-      ...imatrixMetadata(modelDir, quantization),
+      ...imatrixMetadata(imatrix),
       ...tokenizerMetadata(vocab),
     ]);
-    const plan = planTensors(model, opts.type);
+    const weighted = !!quantization && usesImatrix(quantization.recipe);
+    const plan = planTensors(model, opts.type, weighted, imatrix?.imatrix);
     const writer = new GgufWriter(out, metadata, plan.tensors, { force: opts.force });
     try {
       await writeTensors(writer, plan, modelDir, opts);

@@ -1,0 +1,94 @@
+/**
+ * llama.cpp's Q4_1, IQ4_NL and IQ4_XS writers and readers against ggml-quants.c itself
+ * (test/fixtures/ggml-q4_1-iq4.json, made by ggml-make-q4_1-iq4.py from a compiled harness): the
+ * blocks of quantize_q4_1 / quantize_iq4_nl / quantize_iq4_xs without and with an importance row, and
+ * the values their dequantizers give.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { test } from 'node:test';
+import { dequantizeQ4_1, ggmlGroupValues, quantizeQ4_1 } from '../src/formats/ggml.ts';
+import {
+  IQ4_LEVELS,
+  nearestLevel,
+  quantizeIq4Nl,
+  quantizeIq4Xs,
+  unpackIq4Nl,
+  unpackIq4Xs,
+} from '../src/formats/iq4.ts';
+
+const bytes = (b64: string) => new Uint8Array(Buffer.from(b64, 'base64'));
+const floats = (b64: string) => {
+  const b = bytes(b64);
+  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
+};
+
+interface Source {
+  name: string;
+  rows: number;
+  cols: number;
+  input: string;
+  importance?: string;
+}
+type Case = Record<'name' | 'q4_1' | 'iq4_nl' | 'iq4_xs' | `${'q4_1' | 'iq4_nl' | 'iq4_xs'}_values`, string>;
+
+const inputs = JSON.parse(fs.readFileSync('test/fixtures/kquants-q5.json', 'utf8')) as { cases: Source[] };
+const fixture = JSON.parse(fs.readFileSync('test/fixtures/ggml-q4_1-iq4.json', 'utf8')) as { cases: Case[] };
+
+const TYPES = {
+  q4_1: { bytes: 20, quantize: quantizeQ4_1, dequantize: (b: Uint8Array) => dequantizeQ4_1(b) },
+  iq4_nl: {
+    bytes: 18,
+    quantize: quantizeIq4Nl,
+    dequantize: (b: Uint8Array) => ggmlGroupValues(unpackIq4Nl(b)),
+  },
+  iq4_xs: {
+    bytes: 136,
+    quantize: quantizeIq4Xs,
+    dequantize: (b: Uint8Array) => ggmlGroupValues(unpackIq4Xs(b)),
+  },
+} as const;
+
+function firstBadBlock(got: Uint8Array, want: Uint8Array, blockBytes: number): number {
+  if (got.length !== want.length) return -2;
+  for (let i = 0; i < want.length; i++) if (got[i] !== want[i]) return Math.floor(i / blockBytes);
+  return -1;
+}
+
+test('Q4_1, IQ4_NL and IQ4_XS blocks equal llama.cpp quantize_* byte for byte, without and with importance', () => {
+  assert.equal(fixture.cases.length, 16);
+  let weighted = 0;
+  for (const c of fixture.cases) {
+    const src = inputs.cases.find((s) => s.name === c.name) as Source;
+    const x = floats(src.input);
+    const imatrix = src.importance ? { importance: floats(src.importance), cols: src.cols } : undefined;
+    if (imatrix) weighted++;
+    for (const [type, t] of Object.entries(TYPES)) {
+      const got = t.quantize(x, imatrix);
+      const want = bytes(c[type as keyof typeof TYPES]);
+      assert.equal(firstBadBlock(got, want, t.bytes), -1, `${c.name}: ${type} block`);
+    }
+  }
+  assert.equal(weighted, 6);
+});
+
+test('Q4_1, IQ4_NL and IQ4_XS dequantize bit for bit as llama.cpp', () => {
+  for (const c of fixture.cases)
+    for (const [type, t] of Object.entries(TYPES)) {
+      const got = t.dequantize(bytes(c[type as keyof typeof TYPES]));
+      assert.deepEqual(got, floats(c[`${type as keyof typeof TYPES}_values`]), `${c.name}: ${type}`);
+    }
+});
+
+test('nearestLevel: the nearest of the 16 IQ4 levels, the upper one on a tie, clamped at the ends', () => {
+  assert.equal(nearestLevel(-500), 0);
+  assert.equal(nearestLevel(500), 15);
+  assert.equal(nearestLevel(0), 8); // level 1 is nearer than -10
+  assert.equal(nearestLevel(-4.5), 8); // halfway between -10 and 1: the upper
+  assert.equal(nearestLevel(-4.6), 7);
+  for (let i = 0; i < 15; i++) {
+    const mid = (IQ4_LEVELS[i] + IQ4_LEVELS[i + 1]) / 2;
+    assert.equal(nearestLevel(mid), i + 1, `tie between levels ${i} and ${i + 1}`);
+    assert.equal(nearestLevel(mid - 0.01), i);
+  }
+});
