@@ -101,6 +101,44 @@ const SETS: Record<string, () => Job[]> = {
     { label: 'RTN W4 g128 (for comparison)', recipe: 'rtn-w4g128' },
     { label: 'AWQ W4 g128 (for comparison)', recipe: 'awq-w4g128', calib: AWQ_CALIB },
   ],
+  // llama.cpp's 4-bit non-linear IQ4_XS / IQ4_NL and Q4_0 / Q4_1 beside Q4_K_M, each as llama-quantize
+  // writes it (with and without an importance matrix) and with AWQ / GPTQ
+  iq4: () => [
+    { label: 'fp' },
+    { label: 'RTN Q4_K_M (= llama-quantize)', recipe: 'rtn-q4_k_m' },
+    { label: 'imatrix Q4_K_M (= llama-quantize --imatrix)', recipe: 'imatrix-q4_k_m', calib: AWQ_CALIB },
+    { label: 'RTN IQ4_XS (= llama-quantize)', recipe: 'rtn-iq4_xs' },
+    { label: 'imatrix IQ4_XS (= llama-quantize --imatrix)', recipe: 'imatrix-iq4_xs', calib: AWQ_CALIB },
+    {
+      label: 'AWQ IQ4_XS',
+      recipe: { name: 'awq-iq4_xs', weights: 'iq4_xs_mix', steps: ['awq'] },
+      calib: AWQ_CALIB,
+    },
+    {
+      label: 'GPTQ IQ4_XS',
+      recipe: { name: 'gptq-iq4_xs', weights: 'iq4_xs_mix', steps: ['gptq'] },
+      calib: GPTQ_CALIB,
+    },
+    {
+      label: 'GPTQ IQ4_XS (importance: diag H)',
+      recipe: { name: 'gptq-imp-iq4_xs', weights: 'iq4_xs_mix', steps: [{ gptq: { importance: true } }] },
+      calib: GPTQ_CALIB,
+    },
+    { label: 'RTN IQ4_NL (= llama-quantize)', recipe: { name: 'rtn-iq4_nl', weights: 'iq4_nl_mix' } },
+    {
+      label: 'imatrix IQ4_NL (= llama-quantize --imatrix)',
+      recipe: { name: 'imatrix-iq4_nl', weights: 'iq4_nl_mix', steps: ['imatrix'] },
+      calib: AWQ_CALIB,
+    },
+    { label: 'RTN Q4_0', recipe: 'rtn-q4_0' },
+    { label: 'imatrix Q4_0 (= llama-quantize --imatrix)', recipe: 'imatrix-q4_0', calib: AWQ_CALIB },
+    { label: 'RTN Q4_1 (every linear)', recipe: { name: 'rtn-q4_1', weights: 'q4_1' } },
+    {
+      label: 'imatrix Q4_1 (every linear)',
+      recipe: { name: 'imatrix-q4_1', weights: 'q4_1', steps: ['imatrix'] },
+      calib: AWQ_CALIB,
+    },
+  ],
   issue4: () => [
     { label: 'fp' },
     { label: 'RTN W4 g128', recipe: 'rtn-w4g128' },

@@ -11,7 +11,6 @@
  */
 import type { CalibSet } from '../calib/data.ts';
 import { fail } from '../errors.ts';
-import type { FormatSpec } from '../formats/spec.ts';
 import { LINEARS, type LinearName, type LlamaModel } from '../model/llama.ts';
 import type { Tensor } from '../tensor/tensor.ts';
 import { registerModelStep, timed } from './pipeline.ts';
