@@ -114,6 +114,8 @@ const GGML_F16_FIELDS: Record<string, [number, number, number[]]> = {
   Q4_K: [256, 144, [0, 2]],
   Q5_K: [256, 176, [0, 2]],
   Q6_K: [256, 210, [208]],
+  IQ4_NL: [32, 18, [0]],
+  IQ4_XS: [256, 136, [0]],
 };
 
 /**

@@ -42,7 +42,7 @@ const BACKENDS: [string, Backend | undefined][] = [
 for (const [name, backend] of BACKENDS) {
   const skip = backend ? false : 'no WebGPU adapter';
 
-  test(`${name} linearPacked equals linear over the decoded weights (4/3/8-bit, group/row, g_idx, q4_0/q8_0, bias)`, {
+  test(`${name} linearPacked equals linear over the decoded weights (4/3/8-bit, group/row, g_idx, q4_0/q8_0, IQ4, bias)`, {
     skip,
   }, async () => {
     const b = backend!;
@@ -65,6 +65,10 @@ for (const [name, backend] of BACKENDS) {
       ['q4_0', 5, 24, 64, false],
       ['q8_0', 3, 16, 96, false],
       ['q4_0', 1, 40, 128, false],
+      // IQ4: levels[code] * d on the non-linear grid, GEMM and GEMV
+      ['iq4_nl', 5, 24, 64, false],
+      ['iq4_xs', 1, 16, 256, false],
+      ['iq4_xs', 6, 8, 512, false],
     ] as [string, number, number, number, boolean][]) {
       const spec = parseFormat(format);
       const enc = encode(rng(1).normal(N * K, 0.1), N, K, spec);
@@ -150,7 +154,7 @@ test('WebGPU: a stored W4 g64 / W8A8 checkpoint loaded codes-only (no f32 weight
   }
 });
 
-test('WebGPU: rtn-q4_k_m / rtn-q5_k_m / rtn-q3_k_m / Q2_K checkpoints (every llama.cpp type llmq writes) loaded codes-only run from their blocks', {
+test('WebGPU: rtn-q4_k_m / rtn-q5_k_m / rtn-q3_k_m / Q2_K / rtn-iq4_xs checkpoints (every llama.cpp type llmq writes) loaded codes-only run from their blocks', {
   skip: gpu ? false : 'no WebGPU adapter',
 }, async () => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-kquant-codes-'));
@@ -158,7 +162,7 @@ test('WebGPU: rtn-q4_k_m / rtn-q5_k_m / rtn-q3_k_m / Q2_K checkpoints (every lla
     const tokens = loadTokenizer(TINY).encode(readEvalText(WIKITEXT).slice(0, 4000));
     const opts = { seqLen: 128, maxWindows: 2 };
     const q2k = defineRecipe('q2_k', { description: 'Q2_K file type', weights: 'q2_k_mix' });
-    for (const name of ['rtn-q4_k_m', 'rtn-q5_k_m', 'rtn-q3_k_m', 'q2_k']) {
+    for (const name of ['rtn-q4_k_m', 'rtn-q5_k_m', 'rtn-q3_k_m', 'q2_k', 'rtn-iq4_xs']) {
       const recipe = name === 'q2_k' ? q2k : resolveRecipe(name);
       const source = loadLlama(TINY, cpu);
       await quantizeModel(source, recipe, undefined);
@@ -226,7 +230,7 @@ test('WebGPU: a Q4_0 / Q8_0 GGUF loaded codes-only runs from its codes to the pe
   }
 });
 
-test('WebGPU: Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K GGUF linears loaded codes-only run from their codes to the dequantized perplexity', {
+test('WebGPU: Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS GGUF linears loaded codes-only run from their codes to the dequantized perplexity', {
   skip: gpu ? false : 'no WebGPU adapter',
 }, async () => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-gguf-blocks-'));
@@ -237,13 +241,15 @@ test('WebGPU: Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K GGUF linears loaded
     // K-quants need rows of a multiple of 256: llama-tiny's down_proj (704 inputs) takes the 32-blocks
     const typeOf = (name: string, layer: number) =>
       name.includes('ffn_down')
-        ? (['Q4_1', 'Q5_0', 'Q5_1', 'Q4_1'] as const)[layer]
+        ? (['Q4_1', 'Q5_0', 'Q5_1', 'IQ4_NL'] as const)[layer]
         : name.includes('attn_q') || name.includes('attn_k')
           ? 'Q4_K'
           : name.includes('ffn_')
             ? 'Q5_K'
             : name.includes('attn_v')
-              ? 'Q3_K'
+              ? layer % 2
+                ? 'Q3_K'
+                : 'IQ4_XS'
               : layer % 2
                 ? 'Q2_K'
                 : 'Q6_K';

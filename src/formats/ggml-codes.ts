@@ -226,11 +226,6 @@ export function isBlockFormat(spec: FormatSpec): spec is GgmlSpec & { type: Ggml
   return spec.kind === 'ggml' && isGgmlBlockType(spec.type);
 }
 
-/** IQ4_NL / IQ4_XS: codes index a non-linear grid, so they cannot run as (code - zero) * scale. */
-export function hasLevelGrid(spec: FormatSpec): boolean {
-  return spec.kind === 'ggml' && (spec.type === 'iq4_nl' || spec.type === 'iq4_xs');
-}
-
 /** A block format, or a llama-quantize mix (q4_k_m ...) that resolves to block formats per tensor. */
 export function isBlockFormatOrMix(spec: FormatSpec): spec is GgmlSpec {
   return isBlockFormat(spec) || (spec.kind === 'ggml' && isLlamaMix(spec.type));

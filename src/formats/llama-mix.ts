@@ -28,6 +28,8 @@
  *   attn_v where the mix gives Q3_K or Q4_K, its attn_v being 8x smaller than attn_q.
  * Not modelled: the rules for mixture-of-experts and Falcon models, and the IQ file types below 4 bits.
  */
+import type { GgmlBlockType } from './ggml-codes.ts';
+
 export const LLAMA_MIXES = [
   'q2_k_mix',
   'q2_k_s',
@@ -60,20 +62,8 @@ export type LlamaFileType =
   | 'iq4_nl'
   | 'iq4_xs'
   | LlamaMix;
-export type LlamaTensorType =
-  | 'q4_0'
-  | 'q4_1'
-  | 'q8_0'
-  | 'q5_0'
-  | 'q5_1'
-  | 'q2_k'
-  | 'q3_k'
-  | 'q4_k'
-  | 'q5_k'
-  | 'q6_k'
-  | 'iq4_nl'
-  | 'iq4_xs'
-  | 'f16';
+/** A tensor type llama-quantize writes: a block type, Q4_0, Q8_0, or F16 for rows that fit no block. */
+export type LlamaTensorType = 'q4_0' | 'q8_0' | GgmlBlockType | 'f16';
 
 export function isLlamaMix(type: string): type is LlamaMix {
   return (LLAMA_MIXES as readonly string[]).includes(type);

@@ -390,6 +390,8 @@ const GROUP_UNPACKERS: Partial<Record<number, (bytes: Uint8Array, n: number) => 
   [GGML_TYPE.Q4_K]: unpackQ4_K,
   [GGML_TYPE.Q5_K]: unpackQ5_K,
   [GGML_TYPE.Q6_K]: unpackQ6_K,
+  [GGML_TYPE.IQ4_NL]: unpackIq4Nl,
+  [GGML_TYPE.IQ4_XS]: unpackIq4Xs,
 };
 
 /**

@@ -7,11 +7,11 @@
  * `blockCodes`, from llmq checkpoints as their encoded blocks) run the same way; those whose
  * dequantizer adds a min (x = q d + m: Q4_1, Q5_1, Q4_K, Q5_K) are then one rounding away from the
  * dequantized values, since the GEMM evaluates (q - z) d with z = -m / d. IQ4_NL / IQ4_XS, whose codes
- * index a non-linear grid, run from their decoded f32 weights.
+ * index a non-linear grid, decode levels[q] d: exactly their dequantized values.
  */
 import { fail } from '../errors.ts';
 import { type GgmlGroupCodes, ggmlCodeOffset } from '../formats/ggml.ts';
-import { hasLevelGrid, isBlockFormat, unpackEncodedBlocks } from '../formats/ggml-codes.ts';
+import { isBlockFormat, unpackEncodedBlocks } from '../formats/ggml-codes.ts';
 import { type Encoded, packCodes } from '../formats/index.ts';
 import type { Backend, PackedWeight, Tensor } from '../tensor/tensor.ts';
 import { LINEARS, type Linear, type LlamaModel } from './llama.ts';
@@ -25,7 +25,7 @@ export function packable(lin: Pick<Linear, 'quantized' | 'blockCodes'>): boolean
   const q = lin.quantized;
   if (!q || q.salient) return false;
   const spec = q.encoded.spec;
-  if (spec.kind === 'ggml') return !hasLevelGrid(spec);
+  if (spec.kind === 'ggml') return true;
   if (spec.kind !== 'int') return false;
   if (spec.granularity === 'tensor' || spec.bits > 8) return false;
   if (q.gIdx && spec.granularity !== 'group') return false;
@@ -51,15 +51,17 @@ export interface BlockCodes {
   group: number;
   scales: Float32Array;
   zeros: Float32Array;
+  /** IQ4's non-linear grid: x = levels[code] * scale (zeros 0) */
+  levels?: Int8Array;
 }
 
 /**
- * Unpacked block data as BlockCodes (undefined when a parameter is not finite, or for a level grid). A group whose scale
+ * Unpacked block data as BlockCodes (undefined when a parameter is not finite). A group whose scale
  * is 0 and min m is not (a K-quant sub-block whose 6-bit scale rounded to 0) holds m everywhere:
  * it becomes codes 1, zero 0, scale m.
  */
 export function blockCodes(u: GgmlGroupCodes, rows: number, cols: number): BlockCodes | undefined {
-  if (cols % u.group !== 0 || u.levels) return undefined;
+  if (cols % u.group !== 0) return undefined;
   let codes = u.codes;
   const scales = u.scales.slice();
   const zeros = new Float32Array(scales.length).fill(u.zero);
@@ -75,7 +77,7 @@ export function blockCodes(u: GgmlGroupCodes, rows: number, cols: number): Block
   }
   for (let g = 0; g < zeros.length; g++)
     if (!Number.isFinite(scales[g]) || !Number.isFinite(zeros[g])) return undefined;
-  return { rows, cols, codes, bits: u.bits, group: u.group, scales, zeros };
+  return { rows, cols, codes, bits: u.bits, group: u.group, scales, zeros, levels: u.levels };
 }
 
 /**
@@ -107,7 +109,7 @@ function packOne(model: LlamaModel, enc: Encoded, gIdx: Int32Array | undefined):
 
 function upload(
   b: Backend,
-  w: Pick<BlockCodes, 'rows' | 'cols' | 'codes' | 'scales' | 'zeros'>,
+  w: Pick<BlockCodes, 'rows' | 'cols' | 'codes' | 'scales' | 'zeros' | 'levels'>,
   codeBits: 4 | 8,
   gIdx?: Int32Array,
 ): PackedWeight {
@@ -126,10 +128,11 @@ function upload(
     codeBits,
     group: (w.rows * w.cols) / groups,
     ...(gIdx ? { groupOf: b.upload(gIdx, [gIdx.length], 'i32') } : {}),
+    ...(w.levels ? { levels: w.levels } : {}),
   };
 }
 
-/** A checkpoint's Q5_0 / Q5_1 / K-quant weight as BlockCodes; undefined for other formats. */
+/** A checkpoint's Q4_1 / Q5_0 / Q5_1 / K-quant / IQ4 weight as BlockCodes; undefined for other formats. */
 function encodedBlockCodes(enc: Encoded): BlockCodes | undefined {
   const spec = enc.spec;
   if (!isBlockFormat(spec)) return undefined;

@@ -76,6 +76,8 @@ export interface PackedWeight {
   group: number;
   /** i32 [cols]: the scale group of each column when it is not k / group (GPTQ act_order g_idx) */
   groupOf?: Tensor;
+  /** a non-linear grid (IQ4_NL / IQ4_XS): a weight is (levels[code] - zero) * scale instead */
+  levels?: Int8Array;
 }
 
 export interface Backend {

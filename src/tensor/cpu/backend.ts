@@ -181,7 +181,7 @@ export class CpuBackend implements Backend {
         const i = n * cols + k;
         const code = (words[Math.floor(i / per)] >>> ((i % per) * codeBits)) & mask;
         const g = n * (cols / group) + (groupOf ? groupOf[k] : Math.floor(k / group));
-        values[i] = Math.fround((code - zeros[g]) * scales[g]);
+        values[i] = Math.fround(((w.levels ? w.levels[code] : code) - zeros[g]) * scales[g]);
       }
     const weight = this.fromF32(values, [rows, cols]);
     const y = this.linear(x, weight, bias);

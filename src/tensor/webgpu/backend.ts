@@ -265,6 +265,7 @@ export class WebGpuBackend implements Backend {
         zeros: this.st(w.zeros, 'linearPacked'),
         groupOf: w.groupOf !== undefined,
         groupIndex: w.groupOf ? this.st(w.groupOf, 'linearPacked') : undefined,
+        levels: w.levels,
         rows: w.rows,
       },
     );

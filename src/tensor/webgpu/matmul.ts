@@ -61,7 +61,17 @@ interface PackedLayout {
   group: number;
   /** a per-column group index array is bound (GPTQ act_order) */
   groupOf: boolean;
+  /** IQ4's non-linear grid: codes index these levels (levels[code] - zero) * scale */
+  levels?: Int8Array;
 }
+
+/** The private level table of a grid of levels, and the f32 a code decodes to before its zero and scale. */
+function levelTable(pk: PackedLayout): string {
+  return pk.levels
+    ? `var<private> LV: array<f32, ${pk.levels.length}> = array<f32, ${pk.levels.length}>(${[...pk.levels].map((v) => `${v}.0`).join(', ')});`
+    : '';
+}
+const codeValue = (pk: PackedLayout, code: string) => (pk.levels ? `LV[${code}]` : `f32(${code})`);
 
 /** ldW for packed codes: element i = n * K + k of the (whole, unwindowed) weight, decoded. */
 function packedLoadFn(pk: PackedLayout): string {
@@ -71,7 +81,7 @@ function packedLoadFn(pk: PackedLayout): string {
   let code = (bitcast<u32>(W[i / ${per}u]) >> ((i % ${per}u) * ${pk.codeBits}u)) & ${(1 << pk.codeBits) - 1}u;
   let k = i - n * p.K;
   let g = n * (p.K / ${pk.group}u) + ${pk.groupOf ? 'u32(GI[k])' : `k / ${pk.group}u`};
-  return (f32(code) - Z[g]) * S[g];
+  return (${codeValue(pk, 'code')} - Z[g]) * S[g];
 }`;
 }
 
@@ -99,13 +109,16 @@ struct P { M: u32, N: u32, K: u32, xOff: u32, wOff: u32, yOff: u32, ldy: u32, n0
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
 ${pk ? '@group(0) @binding(5) var<storage, read> S: array<f32>;\n@group(0) @binding(6) var<storage, read> Z: array<f32>;' : ''}
 ${pk?.groupOf ? '@group(0) @binding(7) var<storage, read> GI: array<i32>;' : ''}
+${pk ? levelTable(pk) : ''}
 ${loadFn('ldX', 'X', dx)}
 ${pk ? packedLoadFn(pk) : loadFn('ldW', 'W', dw)}
 ${loadFn('ldB', 'B', db)}`;
 }
 
 function weightKey(dw: DType, pk?: PackedLayout): string {
-  return pk ? `packed${pk.codeBits}g${pk.group}${pk.groupOf ? 'i' : ''}` : dw;
+  return pk
+    ? `packed${pk.codeBits}g${pk.group}${pk.groupOf ? 'i' : ''}${pk.levels ? `lv${pk.levels.join('_')}` : ''}`
+    : dw;
 }
 
 /** Rows of x up to which `linear` runs the matrix-vector kernel (decoding: one token at a time). */
@@ -200,7 +213,7 @@ function gemvPackedLoop(pk: PackedLayout, M: number): string {
           let s = S[g];
           let z = Z[g];`
           }
-          let w = (f32((word >> (e * ${pk.codeBits}u)) & ${(1 << pk.codeBits) - 1}u) - z) * s;
+          let w = (${codeValue(pk, `(word >> (e * ${pk.codeBits}u)) & ${(1 << pk.codeBits) - 1}u`)} - z) * s;
           for (var m = 0u; m < ${M}u; m++) { acc[m] += w * ldX(p.xOff + m * p.K + k); }
         }
       }
