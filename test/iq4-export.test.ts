@@ -112,6 +112,17 @@ test('imatrix-q4_0 (q4_0_mix): ffn_down of layer 0 in Q4_1, weighted; exports to
     readGgufTensor(g, 'blk.1.ffn_down.weight'),
     quantizeQ4_0(await weightOf(1, 'down_proj'), importanceOf('blk.1.ffn_down')),
   );
+  // q4_0 as the tensor type of every linear, with an imatrix: the export keeps the checkpoint's Q4_0
+  // blocks (Q4_0 is what llama-quantize gives ffn_down without an imatrix) rather than rounding twice
+  const plain = await checkpoint('q40-every', 'q4_0', true);
+  await run('./bin/llmq', ['export', `${dir}/q40-every`, '--to', 'gguf-q4_0', '--out', `${dir}/every.gguf`]);
+  assert.deepEqual(typesIn(`${dir}/every.gguf`, NAMES), ['Q4_0', 'Q4_0', 'Q4_0', 'Q4_0', 'Q4_0']);
+  const down0 = plain.layers[0].linears.down_proj.quantized!.encoded;
+  assert.deepEqual(
+    readGgufTensor(readGguf(`${dir}/every.gguf`), 'blk.0.ffn_down.weight'),
+    quantizeQ4_0(await weightOf(0, 'down_proj'), importanceOf('blk.0.ffn_down')),
+  );
+  assert.equal(formatName(down0.spec), 'q4_0');
   // without an imatrix the Q4_0 file type is Q4_0 throughout, as before
   await run('./bin/llmq', ['export', small, '--to', 'gguf-q4_0', '--out', `${dir}/fp-q40.gguf`]);
   assert.deepEqual(typesIn(`${dir}/fp-q40.gguf`, NAMES), ['Q4_0', 'Q4_0', 'Q4_0', 'Q4_0', 'Q4_0']);

@@ -27,7 +27,8 @@ export const EXPORT_HELP = `llmq export <model-dir> --to ${TARGETS.join('|')} --
   Q5_K / Q6_K / IQ4_NL / IQ4_XS rules, byte for byte; a checkpoint already in the tensor's llama.cpp type
   is written as it is; norms stay F32). A checkpoint quantized with an importance matrix (recipe step
   imatrix) is treated as llama-quantize --imatrix treats its file: the tensors it re-quantizes are
-  weighted by the matrix (its imatrix.gguf), and the types below that depend on having one follow it.
+  weighted by the matrix (its imatrix.gguf), and the types below that depend on having one follow it
+  (a linear already in the type llama-quantize gives it with or without one keeps its own blocks).
   Each tensor takes the type llama-quantize gives it:
   the output matrix Q6_K under every type but q8_0; the _m mixes Q6_K for attn_v and ffn_down in a
   third of the layers; q4_k_s Q5_K for attn_v in layers 0-3 and ffn_down in the first eighth; q2_k Q3_K

@@ -1,5 +1,5 @@
 /**
- * GGML block formats Q8_0 and Q4_0 (llama.cpp / GGUF), bit-exact with llama.cpp's reference
+ * GGML block formats Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 (llama.cpp / GGUF), bit-exact with llama.cpp's reference
  * quantizers, and F16 rows.
  *
  * Sources read (public): ggml/src/ggml-quants.c of ggml-org/llama.cpp (quantize_row_q8_0_ref,

@@ -53,6 +53,7 @@ import {
   llamaTensorType,
   type TensorRole,
 } from '../../formats/llama-mix.ts';
+import type { GgmlSpec } from '../../formats/spec.ts';
 import { LINEARS, type LinearName, type LlamaModel, type QuantizedWeight } from '../../model/llama.ts';
 import { readQuantizationConfig } from '../../quant/checkpoint.ts';
 import { loadModel } from '../../quant/load.ts';
@@ -511,10 +512,25 @@ async function encodeTensor(p: PlannedTensor, values: Float32Array, q4Fma: boole
   );
 }
 
-/** The ggml type of a 2-D tensor with rows of `cols` values (llama-quantize's, see formats/llama-mix.ts). */
-function matrixType(role: TensorRole, cols: number, type: GgufExportType): number {
+/**
+ * The ggml type of a 2-D tensor with rows of `cols` values: llama-quantize's (formats/llama-mix.ts).
+ * A linear the checkpoint stores in the type llama-quantize gives it under the other has_imatrix keeps
+ * that type (`stored`), so its own blocks are written rather than rounded a second time: a recipe of
+ * q4_0 for every linear with an imatrix exports to Q4_0 throughout, as it was quantized.
+ */
+function matrixType(role: TensorRole, cols: number, type: GgufExportType, stored?: number): number {
   if (type === 'f16') return GGML_TYPE.F16;
-  return TENSOR_TYPE_ID[llamaTensorType(type, role, cols)];
+  const id = TENSOR_TYPE_ID[llamaTensorType(type, role, cols)];
+  if (stored === undefined || stored === id || role.kind !== 'linear') return id;
+  const other = TENSOR_TYPE_ID[llamaTensorType(type, { ...role, imatrix: !role.imatrix }, cols)];
+  return other === stored ? stored : id;
+}
+
+/** The ggml type a checkpoint's linear is stored in, when it is a llama.cpp type its blocks can be written in. */
+function storedType(q: QuantizedWeight | undefined): number | undefined {
+  const spec = q?.encoded.spec;
+  if (!q || spec?.kind !== 'ggml' || q.salient || q.gIdx) return undefined;
+  return TENSOR_TYPE_ID[spec.type as LlamaTensorType];
 }
 
 class TensorPlan {
@@ -547,7 +563,7 @@ class TensorPlan {
     quantized?: QuantizedWeight,
   ): void {
     const [rows, cols] = t.shape;
-    const type = matrixType(role, cols, this.type);
+    const type = matrixType(role, cols, this.type, storedType(quantized));
     if (this.type !== 'f16' && isFallbackType(this.type, role, cols))
       this.fallbacks.push({ tensor: name, type: ggmlTypeName(type) });
     const values = this.read(t, transform && ((v) => transform(v, cols)));
@@ -580,9 +596,8 @@ function storedBlocks(
   type: number,
   transform?: <T extends Float32Array | Uint8Array>(v: T, cols: number) => T,
 ): (() => Uint8Array) | undefined {
-  const spec = q?.encoded.spec;
-  if (!q || spec?.kind !== 'ggml' || q.salient || q.gIdx) return undefined;
-  if (type !== TENSOR_TYPE_ID[spec.type as LlamaTensorType]) return undefined;
+  if (!q || storedType(q) === undefined || type !== storedType(q)) return undefined;
+  const spec = q.encoded.spec as GgmlSpec;
   const { codes, scales, cols, scaleCodes } = q.encoded;
   const rows = codes.length / cols;
   const t = <T extends Float32Array | Uint8Array>(v: T) => (transform ? transform(v, v.length / rows) : v);
