@@ -31,18 +31,19 @@ const SUB = 32;
 const NTRY = 7;
 const fr = Math.fround;
 
+/**
+ * For each integer k in [-127, 112], the last level <= k: the levels are integers, so for x strictly
+ * between the end levels this is the lower neighbour best_index_int8's bisection finds for x in [k, k+1).
+ */
+const LOWER_LEVEL = Int8Array.from({ length: 240 }, (_, i) => IQ4_LEVELS.findLastIndex((v) => v <= i - 127));
+
 /** best_index_int8: the level nearest to x, the upper one on a tie. */
 export function nearestLevel(x: number): number {
   const v = IQ4_LEVELS;
   if (x <= v[0]) return 0;
   if (x >= v[15]) return 15;
-  let [lo, hi] = [0, 15];
-  while (hi - lo > 1) {
-    const mid = (lo + hi) >> 1;
-    if (x < v[mid]) hi = mid;
-    else lo = mid;
-  }
-  return fr(x - v[hi - 1]) < fr(v[hi] - x) ? hi - 1 : hi;
+  const lo = LOWER_LEVEL[Math.floor(x) + 127];
+  return fr(x - v[lo]) < fr(v[lo + 1] - x) ? lo : lo + 1;
 }
 
 /** sum w q x and sum w q^2 over the block for codes nearest to x * id. */
