@@ -35,6 +35,7 @@ import { DEFAULT_TILE, embedding, type GemmTile, linear } from './matmul.ts';
 import { klDiv, nll, rmsnorm } from './norm.ts';
 import { fakeQuant, quantizeRowsInt8 } from './quant.ts';
 import { ggmlFakeQuant } from './quant-ggml.ts';
+import { iq4SearchFakeQuant, SEARCH_IQ4_TYPES } from './quant-iq4.ts';
 import { kquantSearchFakeQuant, SEARCH_K_TYPES } from './quant-kquant.ts';
 import { columnStats, sumSquaredDiff } from './reduce.ts';
 
@@ -411,8 +412,11 @@ export class WebGpuBackend implements Backend {
 
   searchFakeQuant(x: Tensor, spec: GgmlSpec): Tensor | undefined {
     const lastDim = x.shape[x.shape.length - 1] ?? 1;
+    const storage = () => this.st(x, 'searchFakeQuant');
+    if (SEARCH_IQ4_TYPES.includes(spec.type) && lastDim % (spec.type === 'iq4_xs' ? 256 : 32) === 0)
+      return this.wrap(iq4SearchFakeQuant(this.ctx, storage(), lastDim, spec), x.shape);
     if (!SEARCH_K_TYPES.includes(spec.type) || lastDim % 256 !== 0) return undefined;
-    return this.wrap(kquantSearchFakeQuant(this.ctx, this.st(x, 'searchFakeQuant'), lastDim, spec), x.shape);
+    return this.wrap(kquantSearchFakeQuant(this.ctx, storage(), lastDim, spec), x.shape);
   }
 
   columnStats(x: Tensor): Promise<ColumnStats> {
