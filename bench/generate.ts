@@ -3,7 +3,8 @@
  *  - llama-small: greedy continuation of a WikiText prompt through ModelEngine (the ids are printed, so
  *    bench/generate_torch.py can check that PyTorch picks the same tokens);
  *  - synthetic Llama-3-8B (random weights, one layer's tensors shared by all 32 layers: the same work
- *    and weight traffic per token) with bf16 weights, W4 g128 codes decoded in the GEMM, and W8A8 on
+ *    and weight traffic per token) with bf16 weights, W4 g128 codes decoded in the GEMM, IQ4 codes
+ *    (levels and a scale per 32) decoded in the GEMM, and W8A8 on
  *    the int8 GEMM: decode tokens/s after a prompt.
  * Prints JSON lines; --out writes them as one JSON array. On the GPU machine, bench/generate_torch.py
  * then measures PyTorch in the same call; back here, --report renders both as a table in BENCHMARKS.md.
@@ -12,6 +13,7 @@
  */
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
+import { IQ4_LEVELS } from '../src/formats/iq4.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { LINEARS, type Linear, type LlamaModel } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
@@ -129,6 +131,22 @@ function usePackedW4(b: Backend, lin: Linear): void {
   };
 }
 
+/** IQ4_XS / IQ4_NL as the GEMM runs them: 4-bit codes (random) into the 16 levels, a scale per 32. */
+function usePackedIq4(b: Backend, lin: Linear): void {
+  const [rows, cols] = lin.weight.shape;
+  const groups = (rows * cols) / 32;
+  lin.packed = {
+    codes: b.upload(randomWords((rows * cols) / 8, rows + cols), [rows, cols / 8], 'i32'),
+    scales: b.upload(new Float32Array(groups).fill(0.0002), [groups], 'f32'),
+    zeros: b.upload(new Float32Array(groups), [groups], 'f32'),
+    rows,
+    cols,
+    codeBits: 4,
+    group: 32,
+    levels: IQ4_LEVELS,
+  };
+}
+
 /** W8A8: INT8 per-channel weights (random codes), INT8 per-token activations. */
 function useInt8(b: Backend, lin: Linear): void {
   const [rows, cols] = lin.weight.shape;
@@ -215,6 +233,8 @@ async function synthRates(backend: Backend, variant: string): Promise<void> {
   const layer = model.layers[0];
   for (const name of LINEARS) usePackedW4(backend, layer.linears[name]);
   await decodeRate(model, `W4 g128 (codes decoded in the GEMM)${variant}`);
+  for (const name of LINEARS) usePackedIq4(backend, layer.linears[name]);
+  await decodeRate(model, `IQ4_XS / IQ4_NL (levels decoded in the GEMM, scale per 32)${variant}`);
   for (const name of LINEARS) {
     layer.linears[name].packed = undefined;
     useInt8(backend, layer.linears[name]);
