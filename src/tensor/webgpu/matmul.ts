@@ -65,13 +65,25 @@ interface PackedLayout {
   levels?: Int8Array;
 }
 
-/** The private level table of a grid of levels, and the f32 a code decodes to before its zero and scale. */
+/**
+ * A grid of 16 int8 levels as a WGSL function of the code: the levels packed four to a u32 constant and
+ * picked with selects and a sign-extending extractBits, so the GEMM never indexes an array at run time
+ * (a private array would sit in slow local memory).
+ */
 function levelTable(pk: PackedLayout): string {
-  return pk.levels
-    ? `var<private> LV: array<f32, ${pk.levels.length}> = array<f32, ${pk.levels.length}>(${[...pk.levels].map((v) => `${v}.0`).join(', ')});`
-    : '';
+  if (!pk.levels) return '';
+  if (pk.levels.length !== 16) fail(`packed weights: a level grid of ${pk.levels.length} levels (16 expected)`);
+  const words = Array.from({ length: 4 }, (_, w) => {
+    const bytes = [0, 1, 2, 3].map((b) => (pk.levels![4 * w + b] & 0xff) << (8 * b));
+    return `${(bytes.reduce((a, b) => a | b, 0) >>> 0).toString()}u`;
+  });
+  return `fn level(code: u32) -> f32 {
+  let pair = select(vec2<u32>(${words[0]}, ${words[1]}), vec2<u32>(${words[2]}, ${words[3]}), code >= 8u);
+  let word = select(pair.x, pair.y, (code & 4u) != 0u);
+  return f32(extractBits(bitcast<i32>(word), (code & 3u) * 8u, 8u));
+}`;
 }
-const codeValue = (pk: PackedLayout, code: string) => (pk.levels ? `LV[${code}]` : `f32(${code})`);
+const codeValue = (pk: PackedLayout, code: string) => (pk.levels ? `level(${code})` : `f32(${code})`);
 
 /** ldW for packed codes: element i = n * K + k of the (whole, unwindowed) weight, decoded. */
 function packedLoadFn(pk: PackedLayout): string {
