@@ -72,7 +72,8 @@ interface PackedLayout {
  */
 function levelTable(pk: PackedLayout): string {
   if (!pk.levels) return '';
-  if (pk.levels.length !== 16) fail(`packed weights: a level grid of ${pk.levels.length} levels (16 expected)`);
+  if (pk.levels.length !== 16)
+    fail(`packed weights: a level grid of ${pk.levels.length} levels (16 expected)`);
   const words = Array.from({ length: 4 }, (_, w) => {
     const bytes = [0, 1, 2, 3].map((b) => (pk.levels![4 * w + b] & 0xff) << (8 * b));
     return `${(bytes.reduce((a, b) => a | b, 0) >>> 0).toString()}u`;
