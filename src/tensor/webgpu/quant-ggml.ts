@@ -30,7 +30,9 @@ import { type GpuContext, grid2, type Kernel, Params, type Storage, type Window 
 import { COMMON, loadBitsFn } from './quant.ts';
 import { FLAT_WG } from './wgsl.ts';
 
-const WG = 64;
+/** threads a workgroup of the block kernels (one thread per block) */
+export const GGML_WG = 64;
+const WG = GGML_WG;
 
 /** Scale, reciprocal and fp16 rounding shared by both types (and the K-quant search kernels). */
 const GGML_COMMON = `
@@ -180,7 +182,7 @@ export interface Pass {
  * Windows over x and out in whole storage rows (each a whole number of blocks of `block` values), with
  * the blocks each holds.
  */
-export function blockPasses(ctx: GpuContext, x: Storage, out: Storage, block = QK): Pass[] {
+function blockPasses(ctx: GpuContext, x: Storage, out: Storage, block = QK): Pass[] {
   if (x.cols % block !== 0) {
     // a 1-D tensor (one value per storage row): it must fit one binding
     const blocks = (x.rows * x.cols) / block;
@@ -203,10 +205,17 @@ export function ggmlFakeQuant(ctx: GpuContext, x: Storage, lastDim: number, spec
     fail(`ggml format: type must be 'q4_0' or 'q8_0', got '${spec.type}'`);
   if (lastDim % QK !== 0)
     fail(`${spec.type}: blocks of ${QK} do not divide the row length (last dimension) ${lastDim}`);
-  const kernel = ggmlKernel(spec.type, x.dtype);
+  return runBlockKernel(ctx, ggmlKernel(spec.type, x.dtype), x);
+}
+
+/**
+ * Runs a kernel of one thread per block of `block` values (ggmlKernelHeader's bindings, GGML_WG threads
+ * a workgroup) over x; f32 result of x's shape.
+ */
+export function runBlockKernel(ctx: GpuContext, kernel: Kernel, x: Storage, block = QK): Storage {
   const out = ctx.allocStorage(x.rows, x.cols, 'f32');
   if (x.rows * x.cols === 0) return out;
-  for (const pass of blockPasses(ctx, x, out))
+  for (const pass of blockPasses(ctx, x, out, block))
     ctx.dispatch(
       kernel,
       new Params().u(pass.blocks).u(pass.x.off).u(pass.o.off),

@@ -14,13 +14,13 @@ import { fail } from '../../errors.ts';
 import { IQ4_LEVELS } from '../../formats/iq4.ts';
 import type { GgmlSpec } from '../../formats/spec.ts';
 import type { DType } from '../tensor.ts';
-import { type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
-import { blockPasses, ggmlKernelHeader } from './quant-ggml.ts';
+import type { GpuContext, Kernel, Storage } from './context.ts';
+import { GGML_WG, ggmlKernelHeader, runBlockKernel } from './quant-ggml.ts';
 
 export type SearchIq4Type = 'iq4_nl' | 'iq4_xs';
 export const SEARCH_IQ4_TYPES: readonly string[] = ['iq4_nl', 'iq4_xs'];
 
-const WG = 64;
+const WG = GGML_WG;
 const SUB = 32;
 /** values per block whose scales are fitted together: IQ4_NL's block, IQ4_XS's super-block */
 const BLOCK = { iq4_nl: 32, iq4_xs: 256 } as const;
@@ -133,15 +133,5 @@ export function iq4SearchFakeQuant(ctx: GpuContext, x: Storage, lastDim: number,
   const block = BLOCK[type];
   if (lastDim % block !== 0 || x.cols % block !== 0)
     fail(`${type}: blocks of ${block} do not divide the row length ${lastDim}`);
-  const kernel = iq4Kernel(type, x.dtype);
-  const out = ctx.allocStorage(x.rows, x.cols, 'f32');
-  if (x.rows * x.cols === 0) return out;
-  for (const pass of blockPasses(ctx, x, out, SUB))
-    ctx.dispatch(
-      kernel,
-      new Params().u(pass.blocks).u(pass.x.off).u(pass.o.off),
-      [pass.x.binding, pass.o.binding],
-      grid2(Math.ceil(pass.blocks / WG)),
-    );
-  return out;
+  return runBlockKernel(ctx, iq4Kernel(type, x.dtype), x, SUB);
 }

@@ -14,13 +14,13 @@
 import { fail } from '../../errors.ts';
 import type { GgmlSpec } from '../../formats/spec.ts';
 import type { DType } from '../tensor.ts';
-import { type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
-import { blockPasses, ggmlKernelHeader } from './quant-ggml.ts';
+import type { GpuContext, Kernel, Storage } from './context.ts';
+import { GGML_WG, ggmlKernelHeader, runBlockKernel } from './quant-ggml.ts';
 
 export type SearchKType = 'q4_k' | 'q5_k' | 'q6_k';
 export const SEARCH_K_TYPES: readonly string[] = ['q4_k', 'q5_k', 'q6_k'];
 
-const WG = 64;
+const WG = GGML_WG;
 const QK_K = 256;
 
 /** make_qkx2_quants' code range and grid per type (formats/ggml-search.ts). */
@@ -251,16 +251,5 @@ export function kquantSearchFakeQuant(ctx: GpuContext, x: Storage, lastDim: numb
   const type = spec.type as SearchKType;
   if (lastDim % QK_K !== 0 || x.cols % QK_K !== 0)
     fail(`${type}: super-blocks of ${QK_K} do not divide the row length ${lastDim}`);
-  const sub = type === 'q6_k' ? 16 : 32;
-  const kernel = kquantKernel(type, x.dtype);
-  const out = ctx.allocStorage(x.rows, x.cols, 'f32');
-  if (x.rows * x.cols === 0) return out;
-  for (const pass of blockPasses(ctx, x, out, sub))
-    ctx.dispatch(
-      kernel,
-      new Params().u(pass.blocks).u(pass.x.off).u(pass.o.off),
-      [pass.x.binding, pass.o.binding],
-      grid2(Math.ceil(pass.blocks / WG)),
-    );
-  return out;
+  return runBlockKernel(ctx, kquantKernel(type, x.dtype), x, type === 'q6_k' ? 16 : 32);
 }
