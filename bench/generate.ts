@@ -116,34 +116,23 @@ function randomWords(n: number, seed: number): Int32Array {
   return out;
 }
 
-/** W4 g128 asymmetric codes (random), decoded in the GEMM. */
-function usePackedW4(b: Backend, lin: Linear): void {
+/**
+ * Random 4-bit codes decoded in the GEMM: W4 g128 asymmetric ((q - 8) 0.004), or with `levels` IQ4
+ * (levels[q] 0.0002, a scale per 32).
+ */
+function usePacked4(b: Backend, lin: Linear, levels?: Int8Array): void {
   const [rows, cols] = lin.weight.shape;
-  const groups = (rows * cols) / 128;
+  const group = levels ? 32 : 128;
+  const groups = (rows * cols) / group;
   lin.packed = {
     codes: b.upload(randomWords((rows * cols) / 8, rows + cols), [rows, cols / 8], 'i32'),
-    scales: b.upload(new Float32Array(groups).fill(0.004), [groups], 'f32'),
-    zeros: b.upload(new Float32Array(groups).fill(8), [groups], 'f32'),
+    scales: b.upload(new Float32Array(groups).fill(levels ? 0.0002 : 0.004), [groups], 'f32'),
+    zeros: b.upload(new Float32Array(groups).fill(levels ? 0 : 8), [groups], 'f32'),
     rows,
     cols,
     codeBits: 4,
-    group: 128,
-  };
-}
-
-/** IQ4_XS / IQ4_NL as the GEMM runs them: 4-bit codes (random) into the 16 levels, a scale per 32. */
-function usePackedIq4(b: Backend, lin: Linear): void {
-  const [rows, cols] = lin.weight.shape;
-  const groups = (rows * cols) / 32;
-  lin.packed = {
-    codes: b.upload(randomWords((rows * cols) / 8, rows + cols), [rows, cols / 8], 'i32'),
-    scales: b.upload(new Float32Array(groups).fill(0.0002), [groups], 'f32'),
-    zeros: b.upload(new Float32Array(groups), [groups], 'f32'),
-    rows,
-    cols,
-    codeBits: 4,
-    group: 32,
-    levels: IQ4_LEVELS,
+    group,
+    ...(levels ? { levels } : {}),
   };
 }
 
@@ -231,9 +220,9 @@ async function synthRates(backend: Backend, variant: string): Promise<void> {
   const model = synthLlama3(backend);
   await decodeRate(model, `bf16${variant}`);
   const layer = model.layers[0];
-  for (const name of LINEARS) usePackedW4(backend, layer.linears[name]);
+  for (const name of LINEARS) usePacked4(backend, layer.linears[name]);
   await decodeRate(model, `W4 g128 (codes decoded in the GEMM)${variant}`);
-  for (const name of LINEARS) usePackedIq4(backend, layer.linears[name]);
+  for (const name of LINEARS) usePacked4(backend, layer.linears[name], IQ4_LEVELS);
   await decodeRate(model, `IQ4_XS / IQ4_NL (levels decoded in the GEMM, scale per 32)${variant}`);
   for (const name of LINEARS) {
     layer.linears[name].packed = undefined;

@@ -393,9 +393,12 @@ export const GGML_BLOCK = {
   Q4_K: { values: 256, bytes: 144 },
   Q5_K: { values: 256, bytes: 176 },
   Q6_K: { values: 256, bytes: 210 },
+  IQ4_NL: { values: 32, bytes: 18 },
+  IQ4_XS: { values: 256, bytes: 136 },
 } as const;
 
-function blockCount(bytes: Uint8Array, kind: keyof typeof GGML_BLOCK, n: number): number {
+/** How many blocks of `kind` hold n values, checking that `bytes` holds them. */
+export function blockCount(bytes: Uint8Array, kind: keyof typeof GGML_BLOCK, n: number): number {
   const { values, bytes: per } = GGML_BLOCK[kind];
   if (n % values !== 0 || bytes.length < (n / values) * per)
     throw new RangeError(`${bytes.length} bytes do not hold ${n} ${kind} values`);
@@ -435,7 +438,13 @@ export function ggmlGroupValues(u: GgmlGroupCodes): Float32Array {
   return y;
 }
 
-function groupCodes(n: number, group: number, bits: number, withMins: boolean, zero = 0): GgmlGroupCodes {
+export function groupCodes(
+  n: number,
+  group: number,
+  bits: number,
+  withMins: boolean,
+  zero = 0,
+): GgmlGroupCodes {
   const groups = n / group;
   return {
     codes: new Uint8Array(n),
@@ -454,13 +463,17 @@ export function unpackQ4_1(bytes: Uint8Array, n = (bytes.length / 20) * 32): Ggm
     const o = b * 20;
     u.scales[b] = readF16(bytes, o);
     u.mins![b] = readF16(bytes, o + 2);
-    for (let j = 0; j < 16; j++) {
-      const byte = bytes[o + 4 + j];
-      u.codes[b * 32 + j] = byte & 0x0f;
-      u.codes[b * 32 + 16 + j] = byte >>> 4;
-    }
+    unpackNibbles(bytes, o + 4, u.codes, b * 32);
   }
   return u;
+}
+
+/** The 32 four-bit codes of the 16 bytes at bytes[o] into codes[at] (packNibbles' layout). */
+export function unpackNibbles(bytes: Uint8Array, o: number, codes: Uint8Array, at: number): void {
+  for (let j = 0; j < QK / 2; j++) {
+    codes[at + j] = bytes[o + j] & 0x0f;
+    codes[at + QK / 2 + j] = bytes[o + j] >>> 4;
+  }
 }
 
 /** The 5-bit codes of a Q5_0 / Q5_1 block: low nibbles in qs, the fifth bits in the u32 qh. */

@@ -18,15 +18,25 @@
  * magnitude) / -32, rounds each sub-block's scale to a 6-bit multiple of d and re-picks its codes.
  * All arithmetic is float32 in C's order (Math.fround after each operation).
  */
-import { type GgmlGroupCodes, type Importance, packNibbles, readF16, writeF16 } from './ggml.ts';
+import {
+  blockCount,
+  GGML_BLOCK,
+  type GgmlGroupCodes,
+  groupCodes,
+  type Importance,
+  packNibbles,
+  readF16,
+  unpackNibbles,
+  writeF16,
+} from './ggml.ts';
 import { GROUP_MAX_EPS, nearestInt } from './ggml-search.ts';
 
 /** kvalues_iq4nl: the 16 levels of IQ4_NL and IQ4_XS, in increasing order. */
 export const IQ4_LEVELS = Int8Array.from([
   -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ]);
-export const IQ4_NL_BLOCK_BYTES = 18;
-export const IQ4_XS_BLOCK_BYTES = 136;
+export const IQ4_NL_BLOCK_BYTES = GGML_BLOCK.IQ4_NL.bytes;
+export const IQ4_XS_BLOCK_BYTES = GGML_BLOCK.IQ4_XS.bytes;
 const SUB = 32;
 const NTRY = 7;
 const fr = Math.fround;
@@ -176,28 +186,9 @@ export function quantizeIq4Xs(x: Float32Array, imatrix?: Importance): Uint8Array
   return out;
 }
 
-function unpackNibbles(bytes: Uint8Array, o: number, codes: Uint8Array, at: number): void {
-  for (let j = 0; j < SUB / 2; j++) {
-    codes[at + j] = bytes[o + j] & 0x0f;
-    codes[at + SUB / 2 + j] = bytes[o + j] >>> 4;
-  }
-}
-
+/** Codes and one scale per 32 on the IQ4 levels, for n values. */
 function levelCodes(n: number): GgmlGroupCodes {
-  return {
-    codes: new Uint8Array(n),
-    group: SUB,
-    scales: new Float32Array(n / SUB),
-    zero: 0,
-    bits: 4,
-    levels: IQ4_LEVELS,
-  };
-}
-
-function blocksIn(bytes: Uint8Array, n: number, values: number, per: number, type: string): number {
-  if (n % values !== 0 || bytes.length < (n / values) * per)
-    throw new RangeError(`${bytes.length} bytes do not hold ${n} ${type} values`);
-  return n / values;
+  return { ...groupCodes(n, SUB, 4, false), levels: IQ4_LEVELS };
 }
 
 /** IQ4_NL blocks as codes and per-block scale d: x = d * level[q]. */
@@ -206,7 +197,7 @@ export function unpackIq4Nl(
   n = (bytes.length / IQ4_NL_BLOCK_BYTES) * SUB,
 ): GgmlGroupCodes {
   const u = levelCodes(n);
-  for (let b = 0; b < blocksIn(bytes, n, SUB, IQ4_NL_BLOCK_BYTES, 'IQ4_NL'); b++) {
+  for (let b = 0; b < blockCount(bytes, 'IQ4_NL', n); b++) {
     u.scales[b] = readF16(bytes, b * IQ4_NL_BLOCK_BYTES);
     unpackNibbles(bytes, b * IQ4_NL_BLOCK_BYTES + 2, u.codes, b * SUB);
   }
@@ -219,7 +210,7 @@ export function unpackIq4Xs(
   n = (bytes.length / IQ4_XS_BLOCK_BYTES) * 256,
 ): GgmlGroupCodes {
   const u = levelCodes(n);
-  for (let b = 0; b < blocksIn(bytes, n, 256, IQ4_XS_BLOCK_BYTES, 'IQ4_XS'); b++) {
+  for (let b = 0; b < blockCount(bytes, 'IQ4_XS', n); b++) {
     const o = b * IQ4_XS_BLOCK_BYTES;
     const d = readF16(bytes, o);
     const high = bytes[o + 2] | (bytes[o + 3] << 8);

@@ -564,11 +564,7 @@ function validateRecipe(where: string, r: Recipe): void {
     fail(
       `${where}: ${acts.format.type} is a llama.cpp weight format; activations take INT, MX, FP8 or NVFP4`,
     );
-  if (
-    r.weights?.kind === 'ggml' &&
-    r.weights.type === 'q2_k_s' &&
-    !r.steps.some((s) => s.method === 'imatrix')
-  )
+  if (r.weights?.kind === 'ggml' && r.weights.type === 'q2_k_s' && !usesImatrix(r))
     fail(
       `${where}: q2_k_s needs an importance matrix, as llama-quantize's Q2_K_S does: add the step imatrix`,
     );
@@ -589,7 +585,7 @@ function validateRecipe(where: string, r: Recipe): void {
       fail(
         `${where}: gptq importance weights llama.cpp's block scales; ${r.weights ? formatName(r.weights) : 'full precision'} has none`,
       );
-    if (s.method === 'gptq' && r.steps.some((t) => t.method === 'imatrix'))
+    if (s.method === 'gptq' && usesImatrix(r))
       fail(`${where}: gptq and imatrix both pick the final codes; a recipe takes one of them`);
     if ((s.method === 'awq' || s.method === 'gptq') && !r.weights)
       fail(`${where}: step ${s.method} needs a weight format`);
@@ -612,6 +608,11 @@ function validateRecipe(where: string, r: Recipe): void {
         `${where}: imatrix weights llama.cpp's q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs quantizers and their mixes (${LLAMA_MIXES.join(', ')}), not ${r.weights ? formatName(r.weights) : 'full precision'}`,
       );
   }
+}
+
+/** Whether the recipe weights with an importance matrix (llama-quantize's has_imatrix). */
+export function usesImatrix(recipe: Pick<Recipe, 'steps'>): boolean {
+  return recipe.steps.some((s) => s.method === 'imatrix');
 }
 
 function validateFlatQuant(where: string, r: Recipe, s: FlatQuantStep): void {

@@ -17,6 +17,7 @@ import type { ModelConfig } from '../io/config.ts';
 import type { InputQuant, LinearName, LlamaModel, QuantizedWeight, SalientColumns } from '../model/llama.ts';
 import type { Backend, Tensor } from '../tensor/tensor.ts';
 import { dequantizeGptq } from './gptq.ts';
+import { type Recipe, usesImatrix } from './recipe.ts';
 
 /** Decoded weight values, with full-precision salient columns put back. */
 export function dequantizeWeight(q: QuantizedWeight): Float32Array {
@@ -99,15 +100,7 @@ export function linearWeightSpec(
 }
 
 /** What picks each linear's format: the recipe's weight format and whether it has an imatrix step. */
-export interface WeightPlan {
-  weights?: FormatSpec;
-  steps: readonly { method: string }[];
-}
-
-/** Whether the recipe weights with an importance matrix (llama-quantize's has_imatrix). */
-export function usesImatrix(plan: Pick<WeightPlan, 'steps'>): boolean {
-  return plan.steps.some((s) => s.method === 'imatrix');
-}
+export type WeightPlan = Pick<Recipe, 'weights' | 'steps'>;
 
 /** The format of a linear of the model under the recipe (see linearWeightSpec); undefined: full precision. */
 export function weightSpecOf(model: LlamaModel, plan: WeightPlan, layer: number, name: LinearName) {

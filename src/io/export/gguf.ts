@@ -57,8 +57,9 @@ import type { GgmlSpec } from '../../formats/spec.ts';
 import { LINEARS, type LinearName, type LlamaModel, type QuantizedWeight } from '../../model/llama.ts';
 import { readQuantizationConfig } from '../../quant/checkpoint.ts';
 import { loadModel } from '../../quant/load.ts';
+import { usesImatrix } from '../../quant/recipe.ts';
 import type { QuantizationConfig } from '../../quant/stored.ts';
-import { linearPlace, usesImatrix } from '../../quant/weights.ts';
+import { linearPlace } from '../../quant/weights.ts';
 import { CpuBackend } from '../../tensor/cpu/backend.ts';
 import type { Tensor } from '../../tensor/tensor.ts';
 import type { ModelConfig } from '../config.ts';
@@ -185,8 +186,7 @@ function checkSource(
       `${modelDir}: recipe ${q.recipe.name} quantizes the KV cache (${formatName(q.recipe.kvCache)}), which GGUF files cannot carry; export a checkpoint without it`,
     );
   const w = q?.recipe.weights;
-  const q2ks =
-    w?.kind === 'ggml' && w.type === 'q2_k_s' && q?.recipe.steps.some((s) => s.method === 'imatrix');
+  const q2ks = w?.kind === 'ggml' && w.type === 'q2_k_s' && q !== undefined && usesImatrix(q.recipe);
   if (type === 'q2_k_s' && !q2ks)
     fail(
       `${modelDir}: llama-quantize's Q2_K_S requires an importance matrix; quantize with a recipe {weights: q2_k_s, steps: [imatrix]} first and export that checkpoint`,
@@ -596,7 +596,7 @@ function storedBlocks(
   type: number,
   transform?: <T extends Float32Array | Uint8Array>(v: T, cols: number) => T,
 ): (() => Uint8Array) | undefined {
-  if (!q || storedType(q) === undefined || type !== storedType(q)) return undefined;
+  if (!q || type !== storedType(q)) return undefined;
   const spec = q.encoded.spec as GgmlSpec;
   const { codes, scales, cols, scaleCodes } = q.encoded;
   const rows = codes.length / cols;

@@ -4,7 +4,7 @@
  * read); `read` is the only host synchronization. Every result is f32, as on the CPU backend.
  */
 import { fail } from '../../errors.ts';
-import { isBlockFormat } from '../../formats/ggml-codes.ts';
+import { type GgmlBlockType, ggmlBlockLayout, isBlockFormat } from '../../formats/ggml-codes.ts';
 import type { FormatSpec, GgmlSpec, IntSpec } from '../../formats/spec.ts';
 import { bf16ToF32, f16ToF32 } from '../dtype.ts';
 import {
@@ -412,11 +412,13 @@ export class WebGpuBackend implements Backend {
 
   searchFakeQuant(x: Tensor, spec: GgmlSpec): Tensor | undefined {
     const lastDim = x.shape[x.shape.length - 1] ?? 1;
-    const storage = () => this.st(x, 'searchFakeQuant');
-    if (SEARCH_IQ4_TYPES.includes(spec.type) && lastDim % (spec.type === 'iq4_xs' ? 256 : 32) === 0)
-      return this.wrap(iq4SearchFakeQuant(this.ctx, storage(), lastDim, spec), x.shape);
-    if (!SEARCH_K_TYPES.includes(spec.type) || lastDim % 256 !== 0) return undefined;
-    return this.wrap(kquantSearchFakeQuant(this.ctx, storage(), lastDim, spec), x.shape);
+    const search = SEARCH_IQ4_TYPES.includes(spec.type)
+      ? iq4SearchFakeQuant
+      : SEARCH_K_TYPES.includes(spec.type)
+        ? kquantSearchFakeQuant
+        : undefined;
+    if (!search || lastDim % ggmlBlockLayout(spec.type as GgmlBlockType).values !== 0) return undefined;
+    return this.wrap(search(this.ctx, this.st(x, 'searchFakeQuant'), lastDim, spec), x.shape);
   }
 
   columnStats(x: Tensor): Promise<ColumnStats> {

@@ -11,6 +11,7 @@
  * scales, then re-pick the codes.
  */
 import { fail } from '../../errors.ts';
+import { ggmlBlockLayout } from '../../formats/ggml-codes.ts';
 import { IQ4_LEVELS } from '../../formats/iq4.ts';
 import type { GgmlSpec } from '../../formats/spec.ts';
 import type { DType } from '../tensor.ts';
@@ -22,8 +23,6 @@ export const SEARCH_IQ4_TYPES: readonly string[] = ['iq4_nl', 'iq4_xs'];
 
 const WG = GGML_WG;
 const SUB = 32;
-/** values per block whose scales are fitted together: IQ4_NL's block, IQ4_XS's super-block */
-const BLOCK = { iq4_nl: 32, iq4_xs: 256 } as const;
 
 const IQ4_WGSL = `
 var<private> LV: array<f32, 16> = array<f32, 16>(${[...IQ4_LEVELS].map((v) => `${v}.0`).join(', ')});
@@ -130,7 +129,7 @@ ${mainWgsl(type)}`,
 export function iq4SearchFakeQuant(ctx: GpuContext, x: Storage, lastDim: number, spec: GgmlSpec): Storage {
   if (!SEARCH_IQ4_TYPES.includes(spec.type)) fail(`IQ4 search: no GPU kernel for ${spec.type}`);
   const type = spec.type as SearchIq4Type;
-  const block = BLOCK[type];
+  const block = ggmlBlockLayout(type).values;
   if (lastDim % block !== 0 || x.cols % block !== 0)
     fail(`${type}: blocks of ${block} do not divide the row length ${lastDim}`);
   return runBlockKernel(ctx, iq4Kernel(type, x.dtype), x, SUB);
