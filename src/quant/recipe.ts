@@ -13,6 +13,7 @@ import { describeFormat, formatName, parseFormat, takesImportance } from '../for
 import { LLAMA_MIXES } from '../formats/llama-mix.ts';
 import type { FormatSpec } from '../formats/spec.ts';
 import { LINEARS, type LinearName } from '../model/llama.ts';
+import { usesImatrix } from './weights.ts';
 
 export interface ActivationQuant {
   format: FormatSpec;
@@ -608,11 +609,6 @@ function validateRecipe(where: string, r: Recipe): void {
         `${where}: imatrix weights llama.cpp's q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs quantizers and their mixes (${LLAMA_MIXES.join(', ')}), not ${r.weights ? formatName(r.weights) : 'full precision'}`,
       );
   }
-}
-
-/** Whether the recipe weights with an importance matrix (llama-quantize's has_imatrix). */
-export function usesImatrix(recipe: Pick<Recipe, 'steps'>): boolean {
-  return recipe.steps.some((s) => s.method === 'imatrix');
 }
 
 function validateFlatQuant(where: string, r: Recipe, s: FlatQuantStep): void {

@@ -10,8 +10,15 @@ import type { Checkpoint } from '../io/safetensors-format.ts';
 import { type InputQuant, kvCacheSpec, type Linear, LlamaModel, linearTensorName } from '../model/llama.ts';
 import { type CodesOnly, codesOnlyWeight } from '../model/packed.ts';
 import type { Backend } from '../tensor/tensor.ts';
-import { type Recipe, usesImatrix } from './recipe.ts';
-import { dequantizeWeight, keepMasks, type LinearPlace, linearPlace, linearWeightSpec } from './weights.ts';
+import type { Recipe } from './recipe.ts';
+import {
+  dequantizeWeight,
+  keepMasks,
+  type LinearPlace,
+  linearPlace,
+  linearWeightSpec,
+  usesImatrix,
+} from './weights.ts';
 
 export interface Manifest {
   tool: string;

@@ -17,7 +17,7 @@ import type { ModelConfig } from '../io/config.ts';
 import type { InputQuant, LinearName, LlamaModel, QuantizedWeight, SalientColumns } from '../model/llama.ts';
 import type { Backend, Tensor } from '../tensor/tensor.ts';
 import { dequantizeGptq } from './gptq.ts';
-import { type Recipe, usesImatrix } from './recipe.ts';
+import type { Recipe } from './recipe.ts';
 
 /** Decoded weight values, with full-precision salient columns put back. */
 export function dequantizeWeight(q: QuantizedWeight): Float32Array {
@@ -101,6 +101,14 @@ export function linearWeightSpec(
 
 /** What picks each linear's format: the recipe's weight format and whether it has an imatrix step. */
 export type WeightPlan = Pick<Recipe, 'weights' | 'steps'>;
+
+/**
+ * Whether the recipe weights with an importance matrix (llama-quantize's has_imatrix). Here, not in
+ * recipe.ts, so that the browser bundle, which takes this file, does not take recipe.ts's Node imports.
+ */
+export function usesImatrix(recipe: Pick<Recipe, 'steps'>): boolean {
+  return recipe.steps.some((s) => s.method === 'imatrix');
+}
 
 /** The format of a linear of the model under the recipe (see linearWeightSpec); undefined: full precision. */
 export function weightSpecOf(model: LlamaModel, plan: WeightPlan, layer: number, name: LinearName) {
