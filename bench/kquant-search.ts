@@ -1,7 +1,8 @@
 /**
- * llama.cpp K-quant round trips: the exact host quantizer (formats/kquants.ts) on one thread and on the
- * worker threads (formats/block-workers.ts; only where they run: the tsx CLI, not the GPU bundle),
- * against the WebGPU search kernel AWQ ranks candidates with (webgpu/quant-kquant.ts), on a
+ * llama.cpp K-quant and IQ4 round trips: the exact host quantizer (formats/kquants.ts, iq4.ts) on one
+ * thread and on the worker threads (formats/block-workers.ts; only where they run: the tsx CLI, not the
+ * GPU bundle), against the WebGPU search kernel AWQ ranks candidates with (webgpu/quant-kquant.ts,
+ * quant-iq4.ts), on a
  * Llama-3-8B-sized weight, with how many values come out identical and the round-trip error of each.
  *   node --import tsx bench/kquant-search.ts [--rows 4096 --cols 4096] [--no-write]
  */
@@ -30,7 +31,7 @@ const sumSq = (a: Float32Array) => a.reduce((s, v, i) => s + (v - x[i]) ** 2, 0)
 // the worker threads start on the first call: warm them up, and see whether they run here at all
 const threads = (await quantizeBlocksInParallel('q6_k', x, cols)) ? os.availableParallelism() : 1;
 const out: Row[] = [];
-for (const type of ['q4_k', 'q5_k', 'q6_k']) {
+for (const type of ['q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'iq4_xs']) {
   const spec = parseFormat(type) as GgmlSpec;
   let t0 = performance.now();
   const want = fakeQuantRows(x, rows, cols, spec);
@@ -67,7 +68,7 @@ for (const type of ['q4_k', 'q5_k', 'q6_k']) {
 const adapter = gpu.describe();
 const cmd = `node --import tsx bench/kquant-search.ts --rows ${rows} --cols ${cols}`;
 publish(
-  `K-quant search round trips: host vs WebGPU, ${rows} x ${cols}`,
+  `K-quant and IQ4 search round trips: host vs WebGPU, ${rows} x ${cols}`,
   cmd,
   table(out),
   'Host: the exact quantizer, on one thread and on the worker threads (same bytes). WebGPU: the search kernel AWQ uses to rank candidates; the stored blocks always come from the host quantizer.',
