@@ -395,6 +395,8 @@ export const GGML_BLOCK = {
   Q6_K: { values: 256, bytes: 210 },
   IQ4_NL: { values: 32, bytes: 18 },
   IQ4_XS: { values: 256, bytes: 136 },
+  IQ3_XXS: { values: 256, bytes: 98 },
+  IQ3_S: { values: 256, bytes: 110 },
 } as const;
 
 /** How many blocks of `kind` hold n values, checking that `bytes` holds them. */

@@ -1,0 +1,114 @@
+/**
+ * llama.cpp's IQ3_XXS and IQ3_S writers and readers against ggml-quants.c itself
+ * (test/fixtures/ggml-iq3.json, made by ggml-make-iq3.py from a compiled harness): the blocks of
+ * quantize_iq3_xxs / quantize_iq3_s without and with an importance row, the values their
+ * dequantizers give, and codes -> blocks as the checkpoint path rebuilds them.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { test } from 'node:test';
+import { ggmlGroupValues } from '../src/formats/ggml.ts';
+import {
+  packIq3SCodes,
+  packIq3XxsCodes,
+  quantizeIq3S,
+  quantizeIq3Xxs,
+  unpackIq3S,
+  unpackIq3Xxs,
+} from '../src/formats/iq3.ts';
+
+const bytes = (b64: string) => new Uint8Array(Buffer.from(b64, 'base64'));
+const floats = (b64: string) => {
+  const b = bytes(b64);
+  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
+};
+
+interface Source {
+  name: string;
+  rows: number;
+  cols: number;
+  input: string;
+  importance?: string;
+}
+type Case = Partial<Source> &
+  Record<'name' | 'iq3_xxs' | 'iq3_s' | 'iq3_xxs_values' | 'iq3_s_values', string>;
+
+const inputs = JSON.parse(fs.readFileSync('test/fixtures/kquants-q5.json', 'utf8')) as { cases: Source[] };
+const fixture = JSON.parse(fs.readFileSync('test/fixtures/ggml-iq3.json', 'utf8')) as { cases: Case[] };
+
+const TYPES = {
+  iq3_xxs: {
+    bytes: 98,
+    quantize: quantizeIq3Xxs,
+    unpack: unpackIq3Xxs,
+    pack: packIq3XxsCodes,
+    header: [
+      [0, 2],
+      [66, 98],
+    ],
+  },
+  iq3_s: {
+    bytes: 110,
+    quantize: quantizeIq3S,
+    unpack: unpackIq3S,
+    pack: packIq3SCodes,
+    header: [
+      [0, 2],
+      [106, 110],
+    ],
+  },
+} as const;
+
+function firstBadBlock(got: Uint8Array, want: Uint8Array, blockBytes: number): number {
+  if (got.length !== want.length) return -2;
+  for (let i = 0; i < want.length; i++) if (got[i] !== want[i]) return Math.floor(i / blockBytes);
+  return -1;
+}
+
+const sourceOf = (c: Case) =>
+  c.input ? (c as Source) : (inputs.cases.find((s) => s.name === c.name) as Source);
+
+test('IQ3_XXS and IQ3_S blocks equal llama.cpp quantize_* byte for byte, without and with importance', () => {
+  assert.equal(fixture.cases.length, 18);
+  let weighted = 0;
+  for (const c of fixture.cases) {
+    const src = sourceOf(c);
+    const x = floats(src.input);
+    const imatrix = src.importance ? { importance: floats(src.importance), cols: src.cols } : undefined;
+    if (imatrix) weighted++;
+    for (const [type, t] of Object.entries(TYPES)) {
+      const got = t.quantize(x, imatrix);
+      const want = bytes(c[type as keyof typeof TYPES]);
+      assert.equal(firstBadBlock(got, want, t.bytes), -1, `${c.name}: ${type} block`);
+    }
+  }
+  assert.equal(weighted, 7);
+});
+
+test('IQ3_XXS and IQ3_S dequantize bit for bit as llama.cpp (codes times scale times level)', () => {
+  for (const c of fixture.cases)
+    for (const [type, t] of Object.entries(TYPES)) {
+      const got = ggmlGroupValues(t.unpack(bytes(c[type as keyof typeof TYPES])));
+      assert.deepEqual(got, floats(c[`${type as keyof typeof TYPES}_values`]), `${c.name}: ${type}`);
+    }
+});
+
+test('IQ3 codes plus the header bytes rebuild each block exactly', () => {
+  for (const c of fixture.cases)
+    for (const [type, t] of Object.entries(TYPES)) {
+      const want = bytes(c[type as keyof typeof TYPES]);
+      const codes = t.unpack(want).codes;
+      const got = new Uint8Array(want.length);
+      for (let b = 0; b < want.length / t.bytes; b++) {
+        for (const [h0, h1] of t.header)
+          got.set(want.subarray(b * t.bytes + h0, b * t.bytes + h1), b * t.bytes + h0);
+        t.pack(codes, b * 256, got, b * t.bytes);
+      }
+      assert.equal(firstBadBlock(got, want, t.bytes), -1, `${c.name}: ${type}`);
+    }
+});
+
+test('IQ3 codes whose levels are off the grid are refused', () => {
+  const codes = new Uint8Array(256).fill(7); // levels (7,7,7,7): not an IQ3_XXS grid point
+  assert.throws(() => packIq3XxsCodes(codes, 0, new Uint8Array(98), 0), /not a grid point/);
+});
