@@ -197,3 +197,51 @@ test('Q4_0 / Q5_0 file types: with an imatrix, ffn_down of the first eighth in Q
     assert.equal(llamaTensorType(file, { kind: 'output' }, 4096), 'q6_k');
   }
 });
+
+test("IQ3_S / IQ3_M / IQ3_XS: IQ3_S with llama-quantize's Q4_K and IQ3_XXS tensors; IQ3 falls back to IQ4_NL", () => {
+  const at = (file: LlamaFileType, name: string, layer: number, extra: object = {}, cols = 4096) =>
+    llamaTensorType(file, { ...linear(name, layer), ...extra }, cols);
+  const each = (type: string) => Array.from({ length: LAYERS }, () => type);
+  const firstEighth = (early: string, rest: string) =>
+    Array.from({ length: LAYERS }, (_, i) => (i < 4 ? early : rest));
+  for (const file of ['iq3_s', 'iq3_s_mix'] as const) {
+    for (const name of ['q_proj', 'k_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'])
+      assert.deepEqual(typesOf(file, name), each('iq3_s'), `${file} ${name}`);
+    assert.deepEqual(
+      [at(file, 'v_proj', 5, { gqa: 3 }), at(file, 'v_proj', 5, { gqa: 4 })],
+      ['iq3_s', 'q4_k'],
+    );
+  }
+  // IQ3_M: attn_v Q4_K whatever the GQA, attn_output Q4_K, ffn_down Q4_K in the first eighth
+  assert.deepEqual(typesOf('iq3_m', 'v_proj'), each('q4_k'));
+  assert.deepEqual(typesOf('iq3_m', 'o_proj'), each('q4_k'));
+  assert.deepEqual(typesOf('iq3_m', 'down_proj'), firstEighth('q4_k', 'iq3_s'));
+  for (const name of ['q_proj', 'k_proj', 'gate_proj', 'up_proj'])
+    assert.deepEqual(typesOf('iq3_m', name), each('iq3_s'), `iq3_m ${name}`);
+  // IQ3_XS: IQ3_XXS for attn_q / attn_k, and ffn_gate / ffn_up in layers [n/8, 7n/8)
+  const middle = Array.from({ length: LAYERS }, (_, i) => (i >= 4 && i < 28 ? 'iq3_xxs' : 'iq3_s'));
+  assert.deepEqual(typesOf('iq3_xs', 'gate_proj'), middle);
+  assert.deepEqual(typesOf('iq3_xs', 'up_proj'), middle);
+  assert.deepEqual(typesOf('iq3_xs', 'q_proj'), each('iq3_xxs'));
+  assert.deepEqual(typesOf('iq3_xs', 'k_proj'), each('iq3_xxs'));
+  for (const name of ['o_proj', 'down_proj']) assert.deepEqual(typesOf('iq3_xs', name), each('iq3_s'), name);
+  assert.deepEqual(
+    [at('iq3_xs', 'v_proj', 5, { gqa: 2 }), at('iq3_xs', 'v_proj', 5, { gqa: 8 })],
+    ['iq3_s', 'q4_k'],
+  );
+  // the imatrix does not change these file types' rules
+  assert.equal(at('iq3_m', 'down_proj', 0, { imatrix: true }), 'q4_k');
+  assert.equal(llamaTensorType('iq3_m', { kind: 'output' }, 4096), 'q6_k');
+  assert.equal(llamaTensorType('iq3_xs', { kind: 'embed' }, 4096), 'iq3_s');
+  // rows of 384: IQ3_S and IQ3_XXS -> IQ4_NL, Q4_K -> Q5_0
+  assert.deepEqual(
+    [
+      at('iq3_xs', 'q_proj', 5, {}, 384),
+      at('iq3_m', 'gate_proj', 5, {}, 384),
+      at('iq3_m', 'o_proj', 5, {}, 384),
+    ],
+    ['iq4_nl', 'iq4_nl', 'q5_0'],
+  );
+  // a 70B's attn_v in Q4_K takes Q5_K
+  assert.equal(at('iq3_m', 'v_proj', 5, { llama70B: true }), 'q5_k');
+});

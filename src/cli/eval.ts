@@ -17,7 +17,7 @@ export const EVAL_HELP = `llmq eval <model-dir | model.gguf> --ppl <text-file> [
   Perplexity with the standard WikiText-2 protocol (rows joined by "\\n\\n", one BOS, non-overlapping
   windows of --seqlen tokens, default 2048). Quantized llmq checkpoints are evaluated as saved;
   --recipe quantizes a full-precision model on the fly first. A llama.cpp .gguf file (architecture
-  llama; F32/F16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q2_K/Q3_K/Q4_K/Q5_K/Q6_K/IQ4_NL/IQ4_XS tensors) is evaluated with its weights
+  llama; F32/F16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q2_K/Q3_K/Q4_K/Q5_K/Q6_K/IQ4_NL/IQ4_XS/IQ3_XXS/IQ3_S tensors) is evaluated with its weights
   dequantized and its embedded byte-level BPE tokenizer; --tokenizer takes the tokenizer from an HF
   model directory instead (for any model). On WebGPU, W8A8 linears (INT8 per channel weights, INT8
   per token activations) run as int8 GEMMs unless --int8 off, and other INT weights (RTN/AWQ/GPTQ)

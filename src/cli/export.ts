@@ -21,10 +21,10 @@ export const EXPORT_HELP = `llmq export <model-dir> --to ${TARGETS.join('|')} --
   hold (MX/FP8/NVFP4, activation quantization, salient columns).
   gguf-q8_0, gguf-q4_0, gguf-q4_1, gguf-q5_0, gguf-q5_1, gguf-q2_k, gguf-q2_k_s, gguf-q3_k_s, gguf-q3_k_m,
   gguf-q3_k_l, gguf-q4_k_s, gguf-q4_k_m, gguf-q5_k_s, gguf-q5_k_m, gguf-q6_k, gguf-iq4_nl, gguf-iq4_xs,
-  gguf-f16: one GGUF file for llama.cpp / node-llama-cpp from a
+  gguf-iq3_xs, gguf-iq3_s, gguf-iq3_m, gguf-f16: one GGUF file for llama.cpp / node-llama-cpp from a
   full-precision model or an llmq weight-only checkpoint (its dequantized weights, e.g. with AWQ's
   scaling, are quantized with llama.cpp's own Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q2_K / Q3_K / Q4_K /
-  Q5_K / Q6_K / IQ4_NL / IQ4_XS rules, byte for byte; a checkpoint already in the tensor's llama.cpp type
+  Q5_K / Q6_K / IQ4_NL / IQ4_XS / IQ3_XXS / IQ3_S rules, byte for byte; a checkpoint already in the tensor's llama.cpp type
   is written as it is; norms stay F32). A checkpoint quantized with an importance matrix (recipe step
   imatrix) is treated as llama-quantize --imatrix treats its file: the tensors it re-quantizes are
   weighted by the matrix (its imatrix.gguf), and the types below that depend on having one follow it
@@ -34,10 +34,12 @@ export const EXPORT_HELP = `llmq export <model-dir> --to ${TARGETS.join('|')} --
   third of the layers; q4_k_s Q5_K for attn_v in layers 0-3 and ffn_down in the first eighth; q2_k Q3_K
   for attn_output and ffn_down (attn_v Q3_K, or Q4_K with 4+ query heads per KV head); q3_k_m Q4_K for
   attn_output, Q5_K / Q4_K for attn_v and ffn_down; q3_k_l Q5_K for those three; K-types fall back
-  (Q2_K and Q3_K to Q4_0, Q4_K to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0, IQ4_XS to IQ4_NL) where rows are
+  (Q2_K and Q3_K to Q4_0, Q4_K to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0, IQ4_XS and IQ3 to IQ4_NL) where rows are
   not a multiple of 256. iq4_nl / iq4_xs: Q5_K for attn_v with 4+ query heads per KV head, and without
   an importance matrix for ffn_down in the first eighth. q4_0 / q5_0 with an importance matrix: Q4_1 /
-  Q5_1 for ffn_down in the first eighth.
+  Q5_1 for ffn_down in the first eighth. iq3_s: IQ3_S (Q4_K for attn_v with 4+ query heads per KV head);
+  iq3_m: IQ3_S with Q4_K for attn_v, attn_output and ffn_down in the first eighth; iq3_xs: IQ3_S with
+  IQ3_XXS for attn_q, attn_k and the middle layers' ffn_gate / ffn_up (attn_v as iq3_s).
   q2_k_s (Q2_K, Q4_K for attn_v with 4+ query heads per KV head and ffn_down in the first eighth) needs
   an importance matrix, as llama-quantize does: it exports a checkpoint of a q2_k_s recipe with the
   imatrix step (e.g. imatrix-q2_k_s), not a full-precision model.

@@ -1,11 +1,12 @@
 /**
- * llama.cpp's Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS blocks as an Encoded
+ * llama.cpp's Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS and IQ3_S blocks as an Encoded
  * weight: one code per value plus each block's remaining bytes (`headers`: Q5_0's and IQ4_NL's fp16 d;
  * Q4_1's and Q5_1's d and m; IQ4_XS's d and packed 6-bit sub-block scales; Q2_K's 16 bytes
  * of 4-bit scales and mins, d and dmin; Q3_K's 12 bytes of 6-bit scales and d; Q4_K's and Q5_K's d,
- * dmin and 12 bytes of 6-bit scales and mins; Q6_K's 16 int8 scales and fp16 d), so the GGUF blocks
+ * dmin and 12 bytes of 6-bit scales and mins; Q6_K's 16 int8 scales and fp16 d; IQ3_XXS's d and its
+ * u32s of signs and 4-bit scales; IQ3_S's d and 4-bit scales), so the GGUF blocks
  * are rebuilt byte for byte from a checkpoint. Codes as the dequantizers read them: Q5_0 0..31
- * (x = (q - 16) d), Q4_1 0..15 and Q5_1 0..31 (x = q d + m), IQ4 0..15 (x = d level[q]), Q2_K 0..3, Q4_K 0..15 and Q5_K 0..31
+ * (x = (q - 16) d), Q4_1 0..15 and Q5_1 0..31 (x = q d + m), IQ4 0..15 (x = d level[q]), IQ3 0..15 (level l, +8 when negative: x = d level[q]), Q2_K 0..3, Q4_K 0..15 and Q5_K 0..31
  * (x = (d sc) q - dmin m), Q3_K 0..7 (x = (d sc) (q - 4)), Q6_K 0..63 (x = (d sc) (q - 32)). Rows must
  * hold whole blocks (32 or 256 values).
  */
@@ -41,6 +42,16 @@ import {
   unpackQ5_K,
   unpackQ6_K,
 } from './ggml.ts';
+import {
+  IQ3_S_BLOCK_BYTES,
+  IQ3_XXS_BLOCK_BYTES,
+  packIq3SCodes,
+  packIq3XxsCodes,
+  quantizeIq3S,
+  quantizeIq3Xxs,
+  unpackIq3S,
+  unpackIq3Xxs,
+} from './iq3.ts';
 import {
   IQ4_NL_BLOCK_BYTES,
   IQ4_XS_BLOCK_BYTES,
@@ -80,7 +91,9 @@ export type GgmlBlockType =
   | 'q5_k'
   | 'q6_k'
   | 'iq4_nl'
-  | 'iq4_xs';
+  | 'iq4_xs'
+  | 'iq3_xxs'
+  | 'iq3_s';
 
 interface Layout {
   /** values per block */
@@ -215,7 +228,41 @@ const LAYOUTS: Record<GgmlBlockType, Layout> = {
       for (let s = 0; s < QK_K / 32; s++) packNibbles(codes, at + 32 * s, out, o + 8 + 16 * s);
     },
   },
+  iq3_xxs: {
+    values: QK_K,
+    bytes: IQ3_XXS_BLOCK_BYTES,
+    // d, and the u32s of sign masks and 4-bit scales (packCodes rewrites their sign bits)
+    header: [
+      [0, 2],
+      [66, 98],
+    ],
+    group: 32,
+    bits: 4,
+    quantize: (x, cols, importance) => quantizeIq3Xxs(x, importance && { importance, cols }),
+    dequantize: (b) => ggmlGroupValues(unpackIq3Xxs(b)),
+    unpack: (b) => unpackIq3Xxs(b),
+    packCodes: packIq3XxsCodes,
+  },
+  iq3_s: {
+    values: QK_K,
+    bytes: IQ3_S_BLOCK_BYTES,
+    header: [
+      [0, 2],
+      [106, 110],
+    ],
+    group: 32,
+    bits: 4,
+    quantize: (x, cols, importance) => quantizeIq3S(x, importance && { importance, cols }),
+    dequantize: (b) => ggmlGroupValues(unpackIq3S(b)),
+    unpack: (b) => unpackIq3S(b),
+    packCodes: packIq3SCodes,
+  },
 };
+
+/** The types whose codes are grid points of 4 values (IQ3), not one rounding per value. */
+export function isLatticeType(type: string): boolean {
+  return type === 'iq3_xxs' || type === 'iq3_s';
+}
 
 export function isGgmlBlockType(type: string): type is GgmlBlockType {
   return type in LAYOUTS;

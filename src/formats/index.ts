@@ -147,7 +147,7 @@ export function codeBits(spec: FormatSpec): number {
 function concreteGgml(spec: GgmlSpec, what: string): GgmlSpec {
   if (isLlamaMix(spec.type))
     fail(
-      `${what}: ${spec.type} is llama-quantize's per-tensor mix of llama.cpp types; a recipe picks each linear's type (q2_k, q3_k, q4_k, q5_k, q6_k, q4_0, q4_1, q5_0, q5_1, q8_0, iq4_nl, iq4_xs)`,
+      `${what}: ${spec.type} is llama-quantize's per-tensor mix of llama.cpp types; a recipe picks each linear's type (q2_k, q3_k, q4_k, q5_k, q6_k, q4_0, q4_1, q5_0, q5_1, q8_0, iq4_nl, iq4_xs, iq3_xxs, iq3_s)`,
     );
   return spec;
 }
@@ -416,7 +416,7 @@ function unpackNibbles(bytes: Uint8Array, count: number): Uint8Array {
 const VALID_FORMS =
   'int<2-8>-g<group>[-sym|-asym][-clip<c>], int<2-8>-row[-sym], int<2-8>-tensor[-sym], ' +
   'mxint<2-8>[-<block>][-even|-nearest], mxfp4 | mxfp6-e3m2 | mxfp6-e2m3 | mxfp8[-e4m3|-e5m2] [-<block>][-even|-nearest], ' +
-  'fp8[-e4m3|-e5m2][-row|-tensor], nvfp4, q4_0, q4_1, q8_0, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs (llama.cpp blocks), ' +
+  'fp8[-e4m3|-e5m2][-row|-tensor], nvfp4, q4_0, q4_1, q8_0, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, iq3_xxs, iq3_s (llama.cpp blocks), ' +
   `${LLAMA_MIXES.join(', ')} (llama-quantize mixes), weights only`;
 
 /**
@@ -593,6 +593,10 @@ const GGML_TITLES: Record<GgmlSpec['type'], string> = {
     "llama.cpp IQ4_NL: blocks of 32 along the row, fp16 d, x = d * level[q] on 16 fixed non-linear levels (-127 ... 113), d searched by weighted least squares as llama.cpp's quantizer does",
   iq4_xs:
     "llama.cpp IQ4_XS: super-blocks of 256 along the row, 8 sub-blocks of 32 with 6-bit scales under an fp16 d, x = (d (ls - 32)) * level[q] on IQ4_NL's 16 levels, as llama.cpp's quantizer",
+  iq3_xxs:
+    "llama.cpp IQ3_XXS (3.06 bits per weight): super-blocks of 256, groups of 4 values whose magnitudes are one of 256 grid points of 8 levels, signs with even parity per 8, 4-bit scales per 32 under an fp16 d, searched as llama.cpp's quantizer",
+  iq3_s:
+    "llama.cpp IQ3_S (3.44 bits per weight): super-blocks of 256, groups of 4 values whose magnitudes are one of 512 grid points of 8 odd levels, free signs, 4-bit scales per 32 under an fp16 d, searched as llama.cpp's quantizer",
   q2_k: "llama.cpp Q2_K: super-blocks of 256 along the row, 16 sub-blocks of 16 with 4-bit scales and mins under fp16 d and dmin, x = (d sc) q - dmin m, q in 0..3, each sub-block's scale and min searched as llama.cpp's reference quantizer does (no importance matrix)",
   q3_k: "llama.cpp Q3_K: super-blocks of 256 along the row, 16 groups of 16 with 6-bit scales under an fp16 d, x = (d sc) (q - 4), q in 0..7, each group's scale searched as llama.cpp's reference quantizer does (no importance matrix)",
   q4_k: "llama.cpp Q4_K: super-blocks of 256 along the row, 8 sub-blocks of 32 with 6-bit scales and mins under fp16 d and dmin, x = (d sc) q - dmin m, each sub-block's scale and min searched as llama.cpp's reference quantizer does (no importance matrix)",
@@ -624,4 +628,10 @@ const GGML_TITLES: Record<GgmlSpec['type'], string> = {
     'llama.cpp IQ4_NL (the file type) as llama-quantize picks it per tensor: IQ4_NL, Q5_K for v_proj (4+ query heads per KV head) and, without an importance matrix, for down_proj in the first eighth of the layers; Q5_1 where rows are not a multiple of 256',
   iq4_xs_mix:
     'llama.cpp IQ4_XS (the file type) as llama-quantize picks it per tensor: IQ4_XS, Q5_K for v_proj (4+ query heads per KV head) and, without an importance matrix, for down_proj in the first eighth of the layers; IQ4_NL / Q5_1 where rows are not a multiple of 256',
+  iq3_xs:
+    'llama.cpp IQ3_XS as llama-quantize picks it per tensor: IQ3_S, IQ3_XXS for q_proj, k_proj and for gate_proj / up_proj outside the first and last eighth of the layers, Q4_K for v_proj (4+ query heads per KV head); IQ4_NL where rows are not a multiple of 256',
+  iq3_s_mix:
+    'llama.cpp IQ3_S (the file type) as llama-quantize picks it per tensor: IQ3_S, Q4_K for v_proj (4+ query heads per KV head); IQ4_NL / Q5_0 where rows are not a multiple of 256',
+  iq3_m:
+    'llama.cpp IQ3_M as llama-quantize picks it per tensor: IQ3_S, Q4_K for v_proj, o_proj and down_proj in the first eighth of the layers; IQ4_NL / Q5_0 where rows are not a multiple of 256',
 };

@@ -93,9 +93,13 @@ const QK_K = 256;
 const SUB = 32;
 const fr = Math.fround;
 
-/** A grid, the grid index of each of the 4096 level combinations (-1 off the grid) and, for those off it, the candidates. */
+/**
+ * A grid: its points, each point's 4 levels (`levels[4j + i]`), the grid index of each of the 4096
+ * level combinations (-1 off the grid) and, for those off it, the candidates.
+ */
 interface Grid {
   points: Uint16Array;
+  levels: Uint8Array;
   index: Int16Array;
   neighbours: (Uint16Array | undefined)[];
 }
@@ -106,43 +110,40 @@ const levelOf = (key: number, i: number) => (key >> (3 * i)) & 7;
  * For a combination off the grid, the grid points at the `distances` smallest squared distances (in
  * level units 2l + 1), nearest first and by index on ties, as iq3xs_init_impl sorts them.
  */
-function neighboursOf(key: number, points: Uint16Array, distances: number): Uint16Array {
-  const d2 = Array.from(points, (p, j) => {
-    let d = 0;
-    for (let i = 0; i < 4; i++) d += (2 * (levelOf(p, i) - levelOf(key, i))) ** 2;
-    return [d, j] as const;
-  }).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+function neighboursOf(key: number, levels: Uint8Array, distances: number): Uint16Array {
+  const size = levels.length / 4;
+  const d2 = new Int32Array(size);
+  for (let j = 0; j < size; j++)
+    for (let i = 0; i < 4; i++) d2[j] += (2 * (levels[4 * j + i] - levelOf(key, i))) ** 2;
+  const nearest = [...new Set(d2)].sort((a, b) => a - b).slice(0, distances);
   const out: number[] = [];
-  let [current, seen] = [d2[0][0], 1];
-  for (const [d, j] of d2) {
-    if (d > current) {
-      if (seen === distances) break;
-      [current, seen] = [d, seen + 1];
-    }
-    out.push(j);
-  }
+  for (const d of nearest) for (let j = 0; j < size; j++) if (d2[j] === d) out.push(j);
   return Uint16Array.from(out);
 }
 
 const grids = new Map<Iq3Type, Grid>();
 
-/** The type's grid with its lookup tables, built on first use (a few ms). */
+/** The type's grid with its lookup tables, built on first use. */
 function gridOf(type: Iq3Type): Grid {
   let g = grids.get(type);
   if (g) return g;
   const points = type === 'iq3_xxs' ? KGRID_256 : KGRID_512;
+  const levels = Uint8Array.from({ length: 4 * points.length }, (_, k) => levelOf(points[k >> 2], k & 3));
   const index = new Int16Array(4096).fill(-1);
   points.forEach((p, j) => {
     index[p] = j;
   });
   const distances = type === 'iq3_xxs' ? 2 : 3;
   const neighbours = Array.from(index, (j, key) =>
-    j < 0 ? neighboursOf(key, points, distances) : undefined,
+    j < 0 ? neighboursOf(key, levels, distances) : undefined,
   );
-  g = { points, index, neighbours };
+  g = { points, levels, index, neighbours };
   grids.set(type, g);
   return g;
 }
+
+/** scale * (2l + 1) for l = 0..7, the products iq3_find_best_neighbour forms. */
+const scaled = new Float32Array(8);
 
 /** iq3_find_best_neighbour: the candidate nearest to x / scale by weighted distance; its levels into L. */
 function bestNeighbour(
@@ -154,17 +155,29 @@ function bestNeighbour(
   scale: number,
   L: Int8Array,
 ): number {
+  for (let l = 0; l < 8; l++) scaled[l] = scale * (2 * l + 1);
+  const [x0, x1, x2, x3] = [xval[at], xval[at + 1], xval[at + 2], xval[at + 3]];
+  const [w0, w1, w2, w3] = [waux[at], waux[at + 1], waux[at + 2], waux[at + 3]];
+  const lv = g.levels;
+  const list = g.neighbours[key]!;
   let best = Number.POSITIVE_INFINITY;
   let pick = -1;
-  for (const j of g.neighbours[key]!) {
-    let d2 = 0;
-    for (let i = 0; i < 4; i++) {
-      const diff = fr(fr(scale * (2 * levelOf(g.points[j], i) + 1)) - xval[at + i]);
-      d2 = fr(d2 + fr(fr(waux[at + i] * diff) * diff));
+  for (let n = 0; n < list.length; n++) {
+    const p = 4 * list[n];
+    let diff = fr(scaled[lv[p]] - x0);
+    let d2 = fr(fr(w0 * diff) * diff);
+    diff = fr(scaled[lv[p + 1]] - x1);
+    d2 = fr(d2 + fr(fr(w1 * diff) * diff));
+    diff = fr(scaled[lv[p + 2]] - x2);
+    d2 = fr(d2 + fr(fr(w2 * diff) * diff));
+    diff = fr(scaled[lv[p + 3]] - x3);
+    d2 = fr(d2 + fr(fr(w3 * diff) * diff));
+    if (d2 < best) {
+      best = d2;
+      pick = list[n];
     }
-    if (d2 < best) [best, pick] = [d2, j];
   }
-  for (let i = 0; i < 4; i++) L[at + i] = levelOf(g.points[pick], i);
+  for (let i = 0; i < 4; i++) L[at + i] = lv[4 * pick + i];
   return pick;
 }
 
@@ -254,8 +267,8 @@ function searchSubBlock(x: Float32Array, at: number, w: Float32Array, v: Variant
   if (v.skipBelow ? max < v.skipBelow : !max) return undefined;
   const L = new Int8Array(SUB);
   const Laux = new Int8Array(SUB);
-  const onGrid = new Array<boolean>(SUB / 4).fill(v.paritySigns);
-  const onGridAux = new Array<boolean>(SUB / 4);
+  const onGrid = new Uint8Array(SUB / 4).fill(v.paritySigns ? 1 : 0);
+  const onGridAux = new Uint8Array(SUB / 4);
   let best = 0;
   let scale = fr(max / 15);
   for (let t = -v.steps; t <= v.steps; t++) {
@@ -263,7 +276,7 @@ function searchSubBlock(x: Float32Array, at: number, w: Float32Array, v: Variant
     const trial = fr(1 / id);
     for (let k = 0; k < SUB / 4; k++) {
       const key = nearestKey(xval, k, id, Laux);
-      onGridAux[k] = g.index[key] >= 0;
+      onGridAux[k] = g.index[key] >= 0 ? 1 : 0;
       if (!onGridAux[k]) bestNeighbour(g, key, xval, waux, 4 * k, trial, Laux);
     }
     const [sumqx, sumq2] = fitSums(xval, w, Laux);
@@ -271,10 +284,10 @@ function searchSubBlock(x: Float32Array, at: number, w: Float32Array, v: Variant
       scale = fr(sumqx / sumq2);
       best = fr(scale * sumqx);
       L.set(Laux);
-      onGrid.splice(0, onGrid.length, ...onGridAux);
+      onGrid.set(onGridAux);
     }
   }
-  if (onGrid.some((on) => !on) && scale > 0) scale = refit(g, xval, w, waux, L, onGrid, scale, v);
+  if (onGrid.includes(0) && scale > 0) scale = refit(g, xval, w, waux, L, onGrid, scale, v);
   if (scale < 0) {
     scale = -scale;
     for (let k = 0; k < signs.length; k++) signs[k] = ~signs[k] & (v.paritySigns ? 127 : 255);
@@ -294,7 +307,7 @@ function refit(
   w: Float32Array,
   waux: Float32Array,
   L: Int8Array,
-  onGrid: boolean[],
+  onGrid: Uint8Array,
   scale: number,
   v: Variant,
 ): number {
@@ -304,7 +317,7 @@ function refit(
     if (v.paritySigns && onGrid[k]) continue;
     const key = nearestKey(xval, k, id, tmp);
     const j = g.index[key] >= 0 ? g.index[key] : bestNeighbour(g, key, xval, waux, 4 * k, scale, tmp);
-    for (let i = 0; i < 4; i++) L[4 * k + i] = levelOf(g.points[j], i);
+    for (let i = 0; i < 4; i++) L[4 * k + i] = g.levels[4 * j + i];
   }
   const [sumqx, sumq2] = fitSums(xval, w, L);
   return sumq2 > 0 ? fr(sumqx / sumq2) : scale;

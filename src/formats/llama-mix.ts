@@ -26,7 +26,13 @@
  *   Q5_0, Q5_K to Q5_1, Q6_K to Q8_0, IQ4_XS to IQ4_NL; rows not a multiple of 32 stay F16.
  * - An 80-layer Llama with grouped KV heads (llama.cpp's LLM_TYPE_70B: Llama 2/3 70B) takes Q5_K for
  *   attn_v where the mix gives Q3_K or Q4_K, its attn_v being 8x smaller than attn_q.
- * Not modelled: the rules for mixture-of-experts and Falcon models, and the IQ file types below 4 bits.
+ * - IQ3_S (mix iq3_s_mix): IQ3_S, with Q4_K for v_proj when there are 4 or more query heads per KV head.
+ *   IQ3_M: IQ3_S, with Q4_K for v_proj, o_proj and down_proj in the first eighth of the layers.
+ *   IQ3_XS: IQ3_S, with IQ3_XXS for q_proj, k_proj, and gate_proj / up_proj outside the first and last
+ *   eighth of the layers, Q4_K for v_proj when there are 4 or more query heads per KV head.
+ *   IQ3_XXS, IQ3_S and IQ4_XS fall back to IQ4_NL where rows are not a multiple of 256.
+ * Not modelled: the rules for mixture-of-experts and Falcon models, the IQ3_XXS file type (its q_proj
+ * and k_proj take IQ2_S) and the IQ file types below 3 bits.
  */
 import type { GgmlBlockType } from './ggml-codes.ts';
 
@@ -44,12 +50,15 @@ export const LLAMA_MIXES = [
   'q5_0_mix',
   'iq4_nl_mix',
   'iq4_xs_mix',
+  'iq3_xs',
+  'iq3_s_mix',
+  'iq3_m',
 ] as const;
 /** A llama.cpp file type whose tensors take different types. */
 export type LlamaMix = (typeof LLAMA_MIXES)[number];
 /**
- * llama-quantize's file types; `q2_k`, `q4_0`, `q5_0`, `iq4_nl` and `iq4_xs` are the file types (the
- * mixes q2_k_mix ...), not the tensor types.
+ * llama-quantize's file types; `q2_k`, `q4_0`, `q5_0`, `iq4_nl`, `iq4_xs` and `iq3_s` are the file types
+ * (the mixes q2_k_mix ...), not the tensor types.
  */
 export type LlamaFileType =
   | 'q4_0'
@@ -61,6 +70,7 @@ export type LlamaFileType =
   | 'q6_k'
   | 'iq4_nl'
   | 'iq4_xs'
+  | 'iq3_s'
   | LlamaMix;
 /** A tensor type llama-quantize writes: a block type, Q4_0, Q8_0, or F16 for rows that fit no block. */
 export type LlamaTensorType = 'q4_0' | 'q8_0' | GgmlBlockType | 'f16';
@@ -100,7 +110,7 @@ export function useMoreBits(layer: number, layers: number): boolean {
 
 type LinearRole = Extract<TensorRole, { kind: 'linear' }>;
 
-/** The type a mix gives v_proj, o_proj or down_proj where it differs from the mix's base type. */
+/** The type a mix gives a linear where it differs from the mix's base type. */
 function sensitiveType(mix: LlamaMix, role: LinearRole): LlamaTensorType | undefined {
   const { name, layer, layers } = role;
   const v = name === 'v_proj';
@@ -132,6 +142,15 @@ function sensitiveType(mix: LlamaMix, role: LinearRole): LlamaTensorType | undef
     case 'iq4_xs_mix':
       if (v) return (role.gqa ?? 1) >= 4 ? 'q5_k' : undefined;
       return down && !role.imatrix && layer < Math.floor(layers / 8) ? 'q5_k' : undefined;
+    case 'iq3_xs':
+      if (v) return (role.gqa ?? 1) >= 4 ? 'q4_k' : undefined;
+      if (name === 'q_proj' || name === 'k_proj') return 'iq3_xxs';
+      if (name !== 'gate_proj' && name !== 'up_proj') return undefined;
+      return layer >= Math.floor(layers / 8) && layer < Math.floor((7 * layers) / 8) ? 'iq3_xxs' : undefined;
+    case 'iq3_s_mix':
+      return v && (role.gqa ?? 1) >= 4 ? 'q4_k' : undefined;
+    case 'iq3_m':
+      return v || o || (down && layer < Math.floor(layers / 8)) ? 'q4_k' : undefined;
     default:
       return undefined;
   }
@@ -151,7 +170,15 @@ const MIX_BASE: Record<LlamaMix, LlamaTensorType> = {
   q5_0_mix: 'q5_0',
   iq4_nl_mix: 'iq4_nl',
   iq4_xs_mix: 'iq4_xs',
+  iq3_xs: 'iq3_s',
+  iq3_s_mix: 'iq3_s',
+  iq3_m: 'iq3_s',
 };
+
+/** The tensor type a mix gives most linears; any other type is itself. */
+export function baseTensorType(type: string): string {
+  return isLlamaMix(type) ? MIX_BASE[type] : type;
+}
 
 /** File types named as their tensor type, and the mix that is the file type. */
 const FILE_TYPE_MIX: Partial<Record<LlamaFileType, LlamaMix>> = {
@@ -160,6 +187,7 @@ const FILE_TYPE_MIX: Partial<Record<LlamaFileType, LlamaMix>> = {
   q5_0: 'q5_0_mix',
   iq4_nl: 'iq4_nl_mix',
   iq4_xs: 'iq4_xs_mix',
+  iq3_s: 'iq3_s_mix',
 };
 
 function mixType(fileType: LlamaFileType, role: TensorRole, cols: number): LlamaTensorType {
@@ -180,6 +208,8 @@ const FALLBACK: Partial<Record<LlamaTensorType, LlamaTensorType>> = {
   q5_k: 'q5_1',
   q6_k: 'q8_0',
   iq4_xs: 'iq4_nl',
+  iq3_xxs: 'iq4_nl',
+  iq3_s: 'iq4_nl',
 };
 
 /** tensor_type_fallback, then F16 for rows that fit no 32-block. */

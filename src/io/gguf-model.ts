@@ -43,6 +43,7 @@ import {
   unpackQ6_K,
 } from '../formats/ggml.ts';
 import { codeBits } from '../formats/index.ts';
+import { unpackIq3S, unpackIq3Xxs } from '../formats/iq3.ts';
 import { unpackIq4Nl, unpackIq4Xs } from '../formats/iq4.ts';
 import type { GgmlSpec } from '../formats/spec.ts';
 import {
@@ -92,7 +93,11 @@ const FILE_TYPE_NAMES: Record<number, string> = {
   17: 'mostly_q5_k_m',
   18: 'mostly_q6_k',
   21: 'mostly_q2_k_s',
+  22: 'mostly_iq3_xs',
+  23: 'mostly_iq3_xxs',
   25: 'mostly_iq4_nl',
+  26: 'mostly_iq3_s',
+  27: 'mostly_iq3_m',
   30: 'mostly_iq4_xs',
   32: 'mostly_bf16',
 };
@@ -255,6 +260,8 @@ const DEQUANTIZERS: Record<number, Dequantizer> = {
   [GGML_TYPE.Q6_K]: dequantizeQ6_K,
   [GGML_TYPE.IQ4_NL]: (bytes, n) => ggmlGroupValues(unpackIq4Nl(bytes, n)),
   [GGML_TYPE.IQ4_XS]: (bytes, n) => ggmlGroupValues(unpackIq4Xs(bytes, n)),
+  [GGML_TYPE.IQ3_XXS]: (bytes, n) => ggmlGroupValues(unpackIq3Xxs(bytes, n)),
+  [GGML_TYPE.IQ3_S]: (bytes, n) => ggmlGroupValues(unpackIq3S(bytes, n)),
 };
 const READABLE_TYPES = [GGML_TYPE.F32, GGML_TYPE.F16, ...Object.keys(DEQUANTIZERS).map(Number)];
 
@@ -313,7 +320,7 @@ function tensorSources(file: GgufFile, config: ModelConfig): Map<string, Source>
     const t = tensorInfo(file, gguf);
     if (!READABLE_TYPES.includes(t.type))
       fail(
-        `${file.path}: tensor ${gguf} has type ${ggmlTypeName(t.type)}, which llmq cannot dequantize (F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)`,
+        `${file.path}: tensor ${gguf} has type ${ggmlTypeName(t.type)}, which llmq cannot dequantize (F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S)`,
       );
   }
   return map;
@@ -392,6 +399,8 @@ const GROUP_UNPACKERS: Partial<Record<number, (bytes: Uint8Array, n: number) => 
   [GGML_TYPE.Q6_K]: unpackQ6_K,
   [GGML_TYPE.IQ4_NL]: unpackIq4Nl,
   [GGML_TYPE.IQ4_XS]: unpackIq4Xs,
+  [GGML_TYPE.IQ3_XXS]: unpackIq3Xxs,
+  [GGML_TYPE.IQ3_S]: unpackIq3S,
 };
 
 /**

@@ -73,6 +73,7 @@ import {
   type GgmlBlockType,
   ggmlBlockLayout,
   isBlockFormat,
+  isLatticeType,
 } from '../formats/ggml-codes.ts';
 import { clamp, nearestInt } from '../formats/ggml-search.ts';
 import {
@@ -541,6 +542,8 @@ class BlockGrid implements Grid {
     const { values } = this.layout;
     if (cols % values !== 0)
       fail(`GPTQ with ${spec.type}: blocks of ${values} do not divide the row length ${cols}`);
+    if (isLatticeType(spec.type))
+      fail(`GPTQ with ${spec.type}: its codes are grid points of 4 weights, not one rounding per weight`);
     requireStaticBlocks(spec, `a block is ${values}`, 'its scales', order, opts);
     this.span = opts.staticGroups ? 0 : values;
     this.perRow = cols / values;

@@ -8,9 +8,9 @@ import path from 'node:path';
 import yaml from 'js-yaml';
 import { CALIB_SAMPLERS, type CalibSampler } from '../calib/data.ts';
 import { fail } from '../errors.ts';
-import { isBlockFormatOrMix } from '../formats/ggml-codes.ts';
+import { isBlockFormatOrMix, isLatticeType } from '../formats/ggml-codes.ts';
 import { describeFormat, formatName, parseFormat, takesImportance } from '../formats/index.ts';
-import { LLAMA_MIXES } from '../formats/llama-mix.ts';
+import { baseTensorType, LLAMA_MIXES } from '../formats/llama-mix.ts';
 import type { FormatSpec } from '../formats/spec.ts';
 import { LINEARS, type LinearName } from '../model/llama.ts';
 import { usesImatrix } from './weights.ts';
@@ -252,6 +252,23 @@ const BUILTINS: Record<string, RecipeText> = {
     description:
       "llama.cpp IQ4_XS with an importance matrix, as llama-imatrix + llama-quantize --imatrix make it: mean x^2 per input channel from the calibration text weights each linear's IQ4_XS (Q5_K for v_proj with 4+ query heads per KV head; IQ4_NL where rows are not a multiple of 256) rounding; exports to GGUF IQ4_XS unchanged",
     weights: 'iq4_xs_mix',
+    steps: [{ method: 'imatrix' }],
+  },
+  'rtn-iq3_m': {
+    description:
+      "llama.cpp IQ3_M as llama-quantize writes it without an importance matrix: each linear in its type (IQ3_S, groups of 4 weights on a 512-point grid; Q4_K for v_proj, o_proj and down_proj in the first eighth of the layers; IQ4_NL / Q5_0 where rows are not a multiple of 256), exactly as llama.cpp's quantizers; exports to GGUF IQ3_M unchanged",
+    weights: 'iq3_m',
+  },
+  'imatrix-iq3_m': {
+    description:
+      "llama.cpp IQ3_M with an importance matrix, as llama-imatrix + llama-quantize --imatrix make it: mean x^2 per input channel from the calibration text weights each linear's IQ3_S / Q4_K grid search; exports to GGUF IQ3_M unchanged",
+    weights: 'iq3_m',
+    steps: [{ method: 'imatrix' }],
+  },
+  'imatrix-iq3_xs': {
+    description:
+      "llama.cpp IQ3_XS with an importance matrix: IQ3_S, with IQ3_XXS (a 256-point grid, 3.06 bits) for q_proj, k_proj and the middle layers' gate_proj / up_proj, each grid search weighted by the mean x^2 per input channel; exports to GGUF IQ3_XS unchanged",
+    weights: 'iq3_xs',
     steps: [{ method: 'imatrix' }],
   },
   'imatrix-q4_0': {
@@ -582,6 +599,10 @@ function validateRecipe(where: string, r: Recipe): void {
     const blockFormat = r.weights !== undefined && isBlockFormatOrMix(r.weights);
     if (s.method === 'gptq' && r.weights && !['int', 'mx', 'ggml'].includes(r.weights.kind))
       fail(`${where}: gptq quantizes to INT, MX and llama.cpp formats, not ${formatName(r.weights)}`);
+    if (s.method === 'gptq' && r.weights?.kind === 'ggml' && isLatticeType(baseTensorType(r.weights.type)))
+      fail(
+        `${where}: gptq rounds one weight at a time; ${r.weights.type}'s IQ3 codes are grid points of 4 weights, which that rounding cannot keep (use rtn, imatrix or awq)`,
+      );
     if (s.method === 'gptq' && s.importance && r.weights?.kind !== 'ggml')
       fail(
         `${where}: gptq importance weights llama.cpp's block scales; ${r.weights ? formatName(r.weights) : 'full precision'} has none`,
@@ -606,7 +627,7 @@ function validateRecipe(where: string, r: Recipe): void {
       );
     if (s.method === 'imatrix' && !(blockFormat || (r.weights && takesImportance(r.weights))))
       fail(
-        `${where}: imatrix weights llama.cpp's q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs quantizers and their mixes (${LLAMA_MIXES.join(', ')}), not ${r.weights ? formatName(r.weights) : 'full precision'}`,
+        `${where}: imatrix weights llama.cpp's q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, iq3_xxs, iq3_s quantizers and their mixes (${LLAMA_MIXES.join(', ')}), not ${r.weights ? formatName(r.weights) : 'full precision'}`,
       );
   }
 }

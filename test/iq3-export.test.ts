@@ -1,0 +1,126 @@
+/**
+ * IQ3_XS / IQ3_M end to end on llama-tiny (rows of 256, so q/k/v/o/gate/up take IQ3 blocks; ffn_down's
+ * rows of 704 fall back to IQ4_NL; 4 layers; 2 query heads per KV head): the types llama-quantize
+ * picks, blocks of llama.cpp's quantizers, checkpoints that keep them, and GGUF files llmq reads back.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, test } from 'node:test';
+import { promisify } from 'node:util';
+import { ggmlGroupValues } from '../src/formats/ggml.ts';
+import { ggmlBlockBytes } from '../src/formats/ggml-codes.ts';
+import { quantizeIq3S, quantizeIq3Xxs, unpackIq3Xxs } from '../src/formats/iq3.ts';
+import { ggmlTypeName, readGguf, readGgufTensor } from '../src/io/gguf.ts';
+import { loadGgufModel } from '../src/io/gguf-load.ts';
+import { readImatrix } from '../src/io/imatrix-file.ts';
+import type { LinearName } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
+import { saveQuantized } from '../src/quant/checkpoint.ts';
+import { quantizeModel } from '../src/quant/pipeline.ts';
+import { defineRecipe } from '../src/quant/recipe.ts';
+import { createBackend } from '../src/tensor/index.ts';
+import { MODELS, SHARED, testManifest } from './helpers.ts';
+
+const run = promisify(execFile);
+const cpu = await createBackend('cpu');
+const tiny = `${MODELS}llama-tiny`;
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-iq3-'));
+after(() => fs.rmSync(dir, { recursive: true }));
+
+const source = loadLlama(tiny, cpu);
+const weightOf = (layer: number, name: LinearName) => cpu.read(source.layers[layer].linears[name].weight);
+const typesIn = (file: string, names: string[]) => {
+  const g = readGguf(file);
+  return names.map((n) => ggmlTypeName(g.tensors.find((t) => t.name === `${n}.weight`)?.type ?? -1));
+};
+const NAMES = [
+  'token_embd',
+  'blk.0.attn_q',
+  'blk.0.attn_v',
+  'blk.0.attn_output',
+  'blk.0.ffn_gate',
+  'blk.3.ffn_gate',
+  'blk.0.ffn_down',
+  'output',
+];
+
+test('gguf-iq3_xs from full precision: IQ3_XXS / IQ3_S as llama-quantize picks them, blocks of llama.cpp', async () => {
+  const file = `${dir}/fp-xs.gguf`;
+  await run('./bin/llmq', ['export', tiny, '--to', 'gguf-iq3_xs', '--out', file]);
+  const g = readGguf(file);
+  assert.equal(g.metadata.get('general.file_type')?.value, 22);
+  // IQ3_XXS for attn_q / attn_k and ffn_gate / ffn_up of layers [4/8, 7*4/8) = 0-2
+  assert.deepEqual(typesIn(file, NAMES), [
+    'IQ3_S',
+    'IQ3_XXS',
+    'IQ3_S',
+    'IQ3_S',
+    'IQ3_XXS',
+    'IQ3_S',
+    'IQ4_NL',
+    'Q6_K',
+  ]);
+  assert.deepEqual(
+    readGgufTensor(g, 'blk.0.ffn_gate.weight'),
+    quantizeIq3Xxs(await weightOf(0, 'gate_proj')),
+  );
+  assert.deepEqual(readGgufTensor(g, 'blk.3.ffn_gate.weight'), quantizeIq3S(await weightOf(3, 'gate_proj')));
+  const back = loadGgufModel(file, cpu);
+  assert.deepEqual(
+    await cpu.read(back.layers[0].linears.gate_proj.weight),
+    ggmlGroupValues(unpackIq3Xxs(readGgufTensor(g, 'blk.0.ffn_gate.weight'))),
+  );
+});
+
+test('imatrix-iq3_m: weighted IQ3_S blocks in the checkpoint, exported to GGUF IQ3_M unchanged', async () => {
+  const imatrixFile = `${dir}/im.gguf`;
+  await run('./bin/llmq', [
+    'imatrix',
+    tiny,
+    '--out',
+    imatrixFile,
+    ...['--calib', `${SHARED}data/text/brown.txt`, '--calib-samples', '1', '--calib-seqlen', '64'],
+  ]);
+  const imp = readImatrix(imatrixFile).importance.get('blk.1.ffn_up.weight');
+  assert.ok(imp);
+  const recipe = defineRecipe('iq3m', {
+    description: 'IQ3_M with an imatrix',
+    weights: 'iq3_m',
+    steps: [{ method: 'imatrix', file: imatrixFile }],
+  });
+  const model = loadLlama(tiny, cpu);
+  await quantizeModel(model, recipe, undefined);
+  const enc = model.layers[1].linears.up_proj.quantized?.encoded;
+  assert.ok(enc?.scaleCodes);
+  const want = quantizeIq3S(await weightOf(1, 'up_proj'), { importance: imp, cols: imp.length });
+  assert.deepEqual(ggmlBlockBytes(enc.codes, enc.scaleCodes, 'iq3_s'), want);
+  assert.notDeepEqual(want, quantizeIq3S(await weightOf(1, 'up_proj')));
+  await saveQuantized(model, recipe, testManifest(tiny), `${dir}/iq3m`, false);
+  await run('./bin/llmq', ['export', `${dir}/iq3m`, '--to', 'gguf-iq3_m', '--out', `${dir}/iq3m.gguf`]);
+  const g = readGguf(`${dir}/iq3m.gguf`);
+  assert.equal(g.metadata.get('general.file_type')?.value, 27);
+  // IQ3_M: Q4_K for attn_v and attn_output
+  assert.deepEqual(typesIn(`${dir}/iq3m.gguf`, NAMES), [
+    'IQ3_S',
+    'IQ3_S',
+    'Q4_K',
+    'Q4_K',
+    'IQ3_S',
+    'IQ3_S',
+    'IQ4_NL',
+    'Q6_K',
+  ]);
+  assert.deepEqual(readGgufTensor(g, 'blk.1.ffn_up.weight'), want);
+});
+
+test('gptq with an IQ3 type or mix is refused: its codes are grid points of 4 weights', () => {
+  for (const weights of ['iq3_s', 'iq3_xxs', 'iq3_m', 'iq3_xs'])
+    assert.throws(
+      () => defineRecipe('g', { description: 'g', weights, steps: [{ method: 'gptq' }] }),
+      /grid points of 4 weights/,
+      weights,
+    );
+});
