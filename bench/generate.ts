@@ -10,6 +10,7 @@
  * then measures PyTorch in the same call; back here, --report renders both as a table in BENCHMARKS.md.
  *   node --import tsx bench/generate.ts --model DIR --device webgpu [--prompt 128] [--new 256] [--skip 8b] [--out F]
  *   node --import tsx bench/generate.ts --report llmq.json,torch.json [--no-write]
+ *   node --import tsx bench/generate.ts --report llmq.json --gpu NAME   (no PyTorch run: ratios to llmq's bf16)
  */
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -40,6 +41,8 @@ const { values } = parseArgs({
     out: { type: 'string' },
     report: { type: 'string' },
     'no-write': { type: 'boolean', default: false },
+    /** --report without PyTorch's results: the GPU's name */
+    gpu: { type: 'string', default: 'the GPU' },
     /** runs every row twice, first without reusing bind groups and uniforms (the baseline) */
     'compare-reuse': { type: 'boolean', default: false },
   },
@@ -244,12 +247,11 @@ function publishReport(files: string): void {
     prefillSeconds: number;
     [k: string]: unknown;
   };
-  const [ours, theirs] = files.split(',').map((f) => JSON.parse(fs.readFileSync(f, 'utf8')) as Result[]);
-  const device = theirs.find((r) => r.what === 'device') as unknown as {
-    gpu: string;
-    torch: string;
-    transformers: string;
-  };
+  const [ours, theirs = []] = files.split(',').map((f) => JSON.parse(fs.readFileSync(f, 'utf8')) as Result[]);
+  const device = theirs.find((r) => r.what === 'device') as unknown as
+    | { gpu: string; torch: string; transformers: string }
+    | undefined;
+  const gpu = device?.gpu ?? String(values.gpu);
   const torch = theirs.filter((r) => r.what === 'generate');
   const baseline = (model: string) => torch.find((r) => r.model === model);
   const rows: Row[] = [];
@@ -257,29 +259,50 @@ function publishReport(files: string): void {
   for (const r of ours.filter((r) => r.what === 'generate'))
     if (!best.has(r.model) || r.decodeTokensPerSecond > best.get(r.model)!.decodeTokensPerSecond)
       best.set(r.model, r);
+  const bf16 = [...best.values()].find((r) => r.model.endsWith('synthetic bf16'));
   for (const [model, r] of best) {
     const small = !model.includes('8b');
+    const name = small
+      ? `llama-small (bf16 weights, f32 math)${model.endsWith(NO_REUSE) ? NO_REUSE : ''}`
+      : model.replace('llama-3-8b synthetic', 'Llama-3-8B shapes,');
     const base = small ? baseline('llama-small torch.float32') : baseline('llama-3-8b random bf16');
-    rows.push({
-      model: small
-        ? `llama-small (bf16 weights, f32 math)${model.endsWith(NO_REUSE) ? NO_REUSE : ''}`
-        : model.replace('llama-3-8b synthetic', 'Llama-3-8B shapes,'),
+    const measured = {
+      model: name,
       'llmq decode tokens/s': r.decodeTokensPerSecond,
       'llmq prompt (128 tokens) s': r.prefillSeconds,
-      'PyTorch baseline': small ? 'fp32' : 'bf16',
-      'PyTorch decode tokens/s': base?.decodeTokensPerSecond ?? '',
-      ratio: base ? r.decodeTokensPerSecond / base.decodeTokensPerSecond : '',
-    });
+    };
+    rows.push(
+      device
+        ? {
+            ...measured,
+            'PyTorch baseline': small ? 'fp32' : 'bf16',
+            'PyTorch decode tokens/s': base?.decodeTokensPerSecond ?? '',
+            ratio: base ? r.decodeTokensPerSecond / base.decodeTokensPerSecond : '',
+          }
+        : {
+            ...measured,
+            'vs llmq bf16': !small && bf16 ? r.decodeTokensPerSecond / bf16.decodeTokensPerSecond : '',
+          },
+    );
   }
   const same = baseline('llama-small torch.float32')?.sameGreedyPrefixAsLlmq;
-  const notes = `Greedy decoding, 128-token prompt, 256 new tokens, one sequence. PyTorch: transformers ${device.transformers} \`model.generate\` (dynamic KV cache, sdpa), torch ${device.torch}, same GPU, same call. llmq's greedy ids on llama-small equal PyTorch fp32's for the first ${same} of 256 tokens. The 8B model has random weights, one layer's tensors shared by all 32 layers (same work and weight traffic per token). llmq rows: the better of two runs. Both sides move a lot between calls, PyTorch's more (HF generate is host-bound: its llama-small fp32 gave 89 and 140 tokens/s, its 8B bf16 9.2, 14.0 and 17.5 in different calls), so compare within one section.
+  const pytorch = device
+    ? `PyTorch: transformers ${device.transformers} \`model.generate\` (dynamic KV cache, sdpa), torch ${device.torch}, same GPU, same call.`
+    : 'PyTorch was not run in this call; the rows compare with each other (bf16 is the baseline).';
+  const greedy =
+    same === undefined
+      ? ''
+      : ` llmq's greedy ids on llama-small equal PyTorch fp32's for the first ${same} of 256 tokens.`;
+  const notes = `Greedy decoding, 128-token prompt, 256 new tokens, one sequence. ${pytorch}${greedy} The 8B model has random weights, one layer's tensors shared by all 32 layers (same work and weight traffic per token). llmq rows: the better of two runs. Both sides move a lot between calls, PyTorch's more (HF generate is host-bound: its llama-small fp32 gave 89 and 140 tokens/s, its 8B bf16 9.2, 14.0 and 17.5 in different calls), so compare within one section.
 
 What limits llmq. A decode step is one token through ~25 kernels a layer (~200 for llama-small, ~900 for the 8B), each encoded from JavaScript, so the host sets the pace for small models: decode records the same dispatches every token, and reusing their bind groups and uniform parameters (rows without "no bind-group reuse") removes most of that cost. The 8B bf16's weight traffic (16 GB a token, ~5 ms at an H100's 3.35 TB/s) would allow ~200 tokens/s. W4 moves 4x fewer weight bytes than bf16; its packed GEMV decodes the codes on the ALUs, and its lanes read consecutive code words (coalesced loads). W8A8 runs three kernels a linear (quantize x, int8 GEMV, scale).`;
   publish(
-    `Generation (decode) on ${device.gpu} through WebGPU`,
-    'bench/generate.ts on the GPU machine (bundled with gpu-bundle.sh), then bench/generate_torch.py, then bench/generate.ts --report',
+    `Generation (decode) on ${gpu} through WebGPU`,
+    device
+      ? 'bench/generate.ts on the GPU machine (bundled with gpu-bundle.sh), then bench/generate_torch.py, then bench/generate.ts --report'
+      : 'bench/generate.ts --skip small on the GPU machine (bundled with gpu-bundle.sh), twice, then bench/generate.ts --report llmq.json --gpu NAME',
     table(rows),
     notes,
-    `one ${device.gpu} (Dawn/Vulkan, webgpu npm package), Node ${process.version}`,
+    `one ${gpu} (Dawn/Vulkan, webgpu npm package), Node ${process.version}`,
   );
 }

@@ -21,6 +21,7 @@ import { loadLlama } from '../src/model/llama-dir.ts';
 import '../src/quant/methods.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
 import { type Recipe, recipeNeedsCalibration, resolveRecipe } from '../src/quant/recipe.ts';
+import { linearBitsPerWeight } from '../src/quant/size.ts';
 import { createBackend, type DeviceName } from '../src/tensor/index.ts';
 
 interface Job {
@@ -138,6 +139,34 @@ const SETS: Record<string, () => Job[]> = {
       recipe: { name: 'imatrix-q4_1', weights: 'q4_1', steps: ['imatrix'] },
       calib: AWQ_CALIB,
     },
+  ],
+  // llama.cpp's 3-bit lattice types (IQ3_S, IQ3_XXS in the IQ3_S / IQ3_M / IQ3_XS file types) beside Q3_K
+  iq3: () => [
+    { label: 'fp' },
+    { label: 'RTN Q3_K_S (= llama-quantize)', recipe: { name: 'rtn-q3_k_s', weights: 'q3_k_s' } },
+    { label: 'RTN Q3_K_M (= llama-quantize)', recipe: 'rtn-q3_k_m' },
+    {
+      label: 'imatrix Q3_K_M (= llama-quantize --imatrix)',
+      recipe: { name: 'imatrix-q3_k_m', weights: 'q3_k_m', steps: ['imatrix'] },
+      calib: AWQ_CALIB,
+    },
+    { label: 'RTN IQ3_XS (= llama-quantize)', recipe: { name: 'rtn-iq3_xs', weights: 'iq3_xs' } },
+    { label: 'imatrix IQ3_XS (= llama-quantize --imatrix)', recipe: 'imatrix-iq3_xs', calib: AWQ_CALIB },
+    { label: 'RTN IQ3_S (= llama-quantize)', recipe: { name: 'rtn-iq3_s', weights: 'iq3_s_mix' } },
+    {
+      label: 'imatrix IQ3_S (= llama-quantize --imatrix)',
+      recipe: { name: 'imatrix-iq3_s', weights: 'iq3_s_mix', steps: ['imatrix'] },
+      calib: AWQ_CALIB,
+    },
+    { label: 'RTN IQ3_M (= llama-quantize)', recipe: 'rtn-iq3_m' },
+    { label: 'imatrix IQ3_M (= llama-quantize --imatrix)', recipe: 'imatrix-iq3_m', calib: AWQ_CALIB },
+    { label: 'AWQ IQ3_M', recipe: { name: 'awq-iq3_m', weights: 'iq3_m', steps: ['awq'] }, calib: AWQ_CALIB },
+    {
+      label: 'AWQ + imatrix IQ3_M',
+      recipe: { name: 'awq-imatrix-iq3_m', weights: 'iq3_m', steps: ['awq', 'imatrix'] },
+      calib: AWQ_CALIB,
+    },
+    { label: 'RTN W3 g128 (for comparison)', recipe: { name: 'rtn-w3g128', weights: 'int3-g128' } },
   ],
   issue4: () => [
     { label: 'fp' },
@@ -326,6 +355,7 @@ for (const job of jobs) {
     seqlen: seqLen,
     calibration: calibInfo ?? null,
     kl: r.kl ?? null,
+    bitsPerWeight: recipe ? linearBitsPerWeight(model) : 16,
     seconds: (performance.now() - start) / 1000,
     timings: report?.timings ?? {},
     notes: report ? { model: report.model, layers: report.layers.map(trimNotes) } : null,
@@ -339,13 +369,13 @@ for (const job of jobs) {
 }
 const fp = rows.find((r) => r.recipe === 'fp')?.ppl as number | undefined;
 const md = [
-  `| ${name} | ppl | vs fp | KL from fp (nats/token) | same top token | seconds |`,
-  '|---|---|---|---|---|---|',
+  `| ${name} | bits per weight | ppl | vs fp | KL from fp (nats/token) | same top token | seconds |`,
+  '|---|---|---|---|---|---|---|',
   ...rows.map((r) => {
     const kl = r.kl as { mean: number; sameTop: number } | null;
     const vsFp = fp ? `${(((r.ppl as number) / fp - 1) * 100).toFixed(2)}%` : '';
     const klCells = kl ? `${kl.mean.toFixed(4)} | ${(kl.sameTop * 100).toFixed(1)}%` : ' | ';
-    return `| ${r.label} | ${(r.ppl as number).toFixed(2)} | ${vsFp} | ${klCells} | ${(r.seconds as number).toFixed(1)} |`;
+    return `| ${r.label} | ${(r.bitsPerWeight as number).toFixed(2)} | ${(r.ppl as number).toFixed(2)} | ${vsFp} | ${klCells} | ${(r.seconds as number).toFixed(1)} |`;
   }),
 ].join('\n');
 fs.writeFileSync(`${outBase}.md`, `${md}\n`);

@@ -21,6 +21,7 @@ import { loadLlama } from '../src/model/llama-dir.ts';
 import { saveQuantized } from '../src/quant/checkpoint.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
 import { defineRecipe } from '../src/quant/recipe.ts';
+import { linearBitsPerWeight } from '../src/quant/size.ts';
 import { createBackend } from '../src/tensor/index.ts';
 import { MODELS, SHARED, testManifest } from './helpers.ts';
 
@@ -98,6 +99,11 @@ test('imatrix-iq3_m: weighted IQ3_S blocks in the checkpoint, exported to GGUF I
   const want = quantizeIq3S(await weightOf(1, 'up_proj'), { importance: imp, cols: imp.length });
   assert.deepEqual(ggmlBlockBytes(enc.codes, enc.scaleCodes, 'iq3_s'), want);
   assert.notDeepEqual(want, quantizeIq3S(await weightOf(1, 'up_proj')));
+  // bits per weight as the GGUF blocks store them: IQ3_S 110 bytes / 256 (q, k, gate, up), Q4_K 144 / 256
+  // (v, o), IQ4_NL 18 / 32 (down, rows of 704)
+  const [q, kv, ffn] = [256 * 256, 128 * 256, 704 * 256];
+  const bits = 3.4375 * (q + kv + 2 * ffn) + 4.5 * (kv + q) + 4.5 * ffn;
+  assert.ok(Math.abs(linearBitsPerWeight(model) - bits / (2 * q + 2 * kv + 3 * ffn)) < 1e-12);
   await saveQuantized(model, recipe, testManifest(tiny), `${dir}/iq3m`, false);
   await run('./bin/llmq', ['export', `${dir}/iq3m`, '--to', 'gguf-iq3_m', '--out', `${dir}/iq3m.gguf`]);
   const g = readGguf(`${dir}/iq3m.gguf`);

@@ -1,12 +1,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fail } from '../errors.ts';
-import type { Encoded } from '../formats/index.ts';
 import { openCheckpoint } from '../io/safetensors.ts';
-import type { LlamaModel } from '../model/llama.ts';
 import { hashCheckpointFiles, saveQuantized, TOOL_VERSION } from '../quant/checkpoint.ts';
 import { loadModel } from '../quant/load.ts';
 import { resolveRecipe } from '../quant/recipe.ts';
+import { linearBitsPerWeight } from '../quant/size.ts';
 import { createBackend, type DeviceName } from '../tensor/index.ts';
 import { onePositional, parse, printJson } from './args.ts';
 import { CALIB_FLAGS, CALIB_HELP, calibFlags } from './calib-flags.ts';
@@ -24,33 +23,6 @@ function dirBytes(dir: string): number {
     .readdirSync(dir)
     .filter((f) => f.endsWith('.safetensors'))
     .reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
-}
-
-/**
- * Bits per weight of the quantized linears as their format stores them: codes; INT / FP8 scales in fp16
- * (as the exports write them) and zero points; MX E8M0 exponents; NVFP4 E4M3 scales; llama.cpp block
- * bytes (Q4_0 / Q8_0: an fp16 scale a block); salient columns and g_idx. The f32 scales an llmq
- * checkpoint also keeps for its runtime are not counted where the format's own bytes determine them.
- */
-function linearBitsPerWeight(model: LlamaModel): number {
-  let bits = 0;
-  let weights = 0;
-  for (const L of model.layers)
-    for (const lin of Object.values(L.linears)) {
-      const q = lin.quantized;
-      if (!q) continue;
-      const e = q.encoded;
-      weights += e.rows * e.cols;
-      bits += e.codes.length * e.bits + scaleBits(e);
-      bits += (q.salient?.values.length ?? 0) * 32 + (q.gIdx?.length ?? 0) * 32;
-    }
-  return weights ? bits / weights : 16;
-}
-
-function scaleBits(e: Encoded): number {
-  if (e.scaleCodes) return e.scaleCodes.length * 8;
-  if (e.exponents) return e.exponents.length * 8;
-  return e.scales.length * 16 + (e.zeros?.length ?? 0) * e.bits;
 }
 
 export async function quantizeCommand(argv: string[]): Promise<void> {
