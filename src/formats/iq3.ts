@@ -101,7 +101,9 @@ interface Grid {
   points: Uint16Array;
   levels: Uint8Array;
   index: Int16Array;
-  neighbours: (Uint16Array | undefined)[];
+  /** the candidates of key k: list[start[k], start[k + 1]) */
+  start: Int32Array;
+  list: Uint16Array;
 }
 
 const levelOf = (key: number, i: number) => (key >> (3 * i)) & 7;
@@ -134,16 +136,19 @@ function gridOf(type: Iq3Type): Grid {
     index[p] = j;
   });
   const distances = type === 'iq3_xxs' ? 2 : 3;
-  const neighbours = Array.from(index, (j, key) =>
-    j < 0 ? neighboursOf(key, levels, distances) : undefined,
-  );
-  g = { points, levels, index, neighbours };
+  const lists = Array.from(index, (j, key) => (j < 0 ? neighboursOf(key, levels, distances) : []));
+  const start = new Int32Array(4097);
+  lists.forEach((l, key) => {
+    start[key + 1] = start[key] + l.length;
+  });
+  const list = new Uint16Array(start[4096]);
+  lists.forEach((l, key) => {
+    list.set(l, start[key]);
+  });
+  g = { points, levels, index, start, list };
   grids.set(type, g);
   return g;
 }
-
-/** scale * (2l + 1) for l = 0..7, the products iq3_find_best_neighbour forms. */
-const scaled = new Float32Array(8);
 
 /** iq3_find_best_neighbour: the candidate nearest to x / scale by weighted distance; its levels into L. */
 function bestNeighbour(
@@ -155,23 +160,16 @@ function bestNeighbour(
   scale: number,
   L: Int8Array,
 ): number {
-  for (let l = 0; l < 8; l++) scaled[l] = scale * (2 * l + 1);
-  const [x0, x1, x2, x3] = [xval[at], xval[at + 1], xval[at + 2], xval[at + 3]];
-  const [w0, w1, w2, w3] = [waux[at], waux[at + 1], waux[at + 2], waux[at + 3]];
-  const lv = g.levels;
-  const list = g.neighbours[key]!;
+  const { levels: lv, list } = g;
   let best = Number.POSITIVE_INFINITY;
   let pick = -1;
-  for (let n = 0; n < list.length; n++) {
+  for (let n = g.start[key]; n < g.start[key + 1]; n++) {
     const p = 4 * list[n];
-    let diff = fr(scaled[lv[p]] - x0);
-    let d2 = fr(fr(w0 * diff) * diff);
-    diff = fr(scaled[lv[p + 1]] - x1);
-    d2 = fr(d2 + fr(fr(w1 * diff) * diff));
-    diff = fr(scaled[lv[p + 2]] - x2);
-    d2 = fr(d2 + fr(fr(w2 * diff) * diff));
-    diff = fr(scaled[lv[p + 3]] - x3);
-    d2 = fr(d2 + fr(fr(w3 * diff) * diff));
+    let d2 = 0;
+    for (let i = 0; i < 4; i++) {
+      const diff = fr(fr(scale * (2 * lv[p + i] + 1)) - xval[at + i]);
+      d2 = fr(d2 + fr(fr(waux[at + i] * diff) * diff));
+    }
     if (d2 < best) {
       best = d2;
       pick = list[n];
