@@ -1,6 +1,7 @@
 /**
- * The WebGPU search kernels for Q4_K / Q5_K / Q6_K (webgpu/quant-kquant.ts) and IQ4_NL / IQ4_XS
- * (webgpu/quant-iq4.ts) against the exact host quantizers (formats/kquants.ts, iq4.ts): the same algorithm in float32, so nearly every value is identical;
+ * The WebGPU search kernels for Q4_K / Q5_K / Q6_K (webgpu/quant-kquant.ts), IQ4_NL / IQ4_XS
+ * (webgpu/quant-iq4.ts) and IQ3_XXS / IQ3_S (webgpu/quant-iq3.ts) against the exact host quantizers
+ * (formats/kquants.ts, iq4.ts, iq3.ts): the same algorithm in float32, so nearly every value is identical;
  * where a near-tie of llama.cpp's grid search goes the other way, the round trip is as good.
  */
 import assert from 'node:assert/strict';
@@ -26,7 +27,7 @@ function weights(rows: number, cols: number, seed: number): Float32Array {
 
 const sumSq = (a: Float32Array, b: Float32Array) => a.reduce((s, v, i) => s + (v - b[i]) ** 2, 0);
 
-for (const type of ['q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'iq4_xs'] as const) {
+for (const type of ['q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'iq4_xs', 'iq3_xxs', 'iq3_s'] as const) {
   test(`WebGPU ${type} search round trip equals the host quantizer on almost every value`, {
     skip: gpu ? false : 'no WebGPU adapter',
   }, async () => {
@@ -58,6 +59,7 @@ test('WebGPU searchFakeQuant declines what it has no kernel for', {
   assert.equal(gpu!.searchFakeQuant(x, parseFormat('q4_k') as GgmlSpec), undefined, 'rows of 384');
   assert.equal(gpu!.searchFakeQuant(x, parseFormat('q5_0') as GgmlSpec), undefined, 'q5_0');
   assert.equal(gpu!.searchFakeQuant(x, parseFormat('iq4_xs') as GgmlSpec), undefined, 'iq4_xs rows of 384');
+  assert.equal(gpu!.searchFakeQuant(x, parseFormat('iq3_s') as GgmlSpec), undefined, 'iq3_s rows of 384');
   const nl = gpu!.searchFakeQuant(x, parseFormat('iq4_nl') as GgmlSpec);
   assert.ok(nl, 'iq4_nl takes rows of 384');
   nl.dispose();

@@ -97,7 +97,7 @@ const fr = Math.fround;
  * A grid: its points, each point's 4 levels (`levels[4j + i]`), the grid index of each of the 4096
  * level combinations (-1 off the grid) and, for those off it, the candidates.
  */
-interface Grid {
+export interface Grid {
   points: Uint16Array;
   levels: Uint8Array;
   index: Int16Array;
@@ -125,8 +125,8 @@ function neighboursOf(key: number, levels: Uint8Array, distances: number): Uint1
 
 const grids = new Map<Iq3Type, Grid>();
 
-/** The type's grid with its lookup tables, built on first use. */
-function gridOf(type: Iq3Type): Grid {
+/** The type's grid with its lookup tables, built on first use (the WebGPU search kernel uploads them). */
+export function gridOf(type: Iq3Type): Readonly<Grid> {
   let g = grids.get(type);
   if (g) return g;
   const points = type === 'iq3_xxs' ? KGRID_256 : KGRID_512;

@@ -35,6 +35,7 @@ import { DEFAULT_TILE, embedding, type GemmTile, linear } from './matmul.ts';
 import { klDiv, nll, rmsnorm } from './norm.ts';
 import { fakeQuant, quantizeRowsInt8 } from './quant.ts';
 import { ggmlFakeQuant } from './quant-ggml.ts';
+import { iq3SearchFakeQuant, SEARCH_IQ3_TYPES } from './quant-iq3.ts';
 import { iq4SearchFakeQuant, SEARCH_IQ4_TYPES } from './quant-iq4.ts';
 import { kquantSearchFakeQuant, SEARCH_K_TYPES } from './quant-kquant.ts';
 import { columnStats, sumSquaredDiff } from './reduce.ts';
@@ -414,9 +415,11 @@ export class WebGpuBackend implements Backend {
     const lastDim = x.shape[x.shape.length - 1] ?? 1;
     const search = SEARCH_IQ4_TYPES.includes(spec.type)
       ? iq4SearchFakeQuant
-      : SEARCH_K_TYPES.includes(spec.type)
-        ? kquantSearchFakeQuant
-        : undefined;
+      : SEARCH_IQ3_TYPES.includes(spec.type)
+        ? iq3SearchFakeQuant
+        : SEARCH_K_TYPES.includes(spec.type)
+          ? kquantSearchFakeQuant
+          : undefined;
     if (!search || lastDim % ggmlBlockLayout(spec.type as GgmlBlockType).values !== 0) return undefined;
     return this.wrap(search(this.ctx, this.st(x, 'searchFakeQuant'), lastDim, spec), x.shape);
   }

@@ -212,14 +212,21 @@ export function ggmlFakeQuant(ctx: GpuContext, x: Storage, lastDim: number, spec
  * Runs a kernel of one thread per block of `block` values (ggmlKernelHeader's bindings, GGML_WG threads
  * a workgroup) over x; f32 result of x's shape.
  */
-export function runBlockKernel(ctx: GpuContext, kernel: Kernel, x: Storage, block = QK): Storage {
+export function runBlockKernel(
+  ctx: GpuContext,
+  kernel: Kernel,
+  x: Storage,
+  block = QK,
+  /** bound after x and the output (constant tables) */
+  extra: GPUBufferBinding[] = [],
+): Storage {
   const out = ctx.allocStorage(x.rows, x.cols, 'f32');
   if (x.rows * x.cols === 0) return out;
   for (const pass of blockPasses(ctx, x, out, block))
     ctx.dispatch(
       kernel,
       new Params().u(pass.blocks).u(pass.x.off).u(pass.o.off),
-      [pass.x.binding, pass.o.binding],
+      [pass.x.binding, pass.o.binding, ...extra],
       grid2(Math.ceil(pass.blocks / WG)),
     );
   return out;
