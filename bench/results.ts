@@ -144,6 +144,11 @@ const SETS: Record<string, () => Job[]> = {
   iq3: () => [
     { label: 'fp' },
     { label: 'RTN Q3_K_S (= llama-quantize)', recipe: { name: 'rtn-q3_k_s', weights: 'q3_k_s' } },
+    {
+      label: 'imatrix Q3_K_S (= llama-quantize --imatrix)',
+      recipe: { name: 'imatrix-q3_k_s', weights: 'q3_k_s', steps: ['imatrix'] },
+      calib: AWQ_CALIB,
+    },
     { label: 'RTN Q3_K_M (= llama-quantize)', recipe: 'rtn-q3_k_m' },
     {
       label: 'imatrix Q3_K_M (= llama-quantize --imatrix)',
@@ -166,7 +171,7 @@ const SETS: Record<string, () => Job[]> = {
       recipe: { name: 'awq-imatrix-iq3_m', weights: 'iq3_m', steps: ['awq', 'imatrix'] },
       calib: AWQ_CALIB,
     },
-    { label: 'RTN W3 g128 (for comparison)', recipe: { name: 'rtn-w3g128', weights: 'int3-g128' } },
+    { label: 'RTN W3 g64 (for comparison)', recipe: { name: 'rtn-w3g64', weights: 'int3-g64' } },
   ],
   issue4: () => [
     { label: 'fp' },
