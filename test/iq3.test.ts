@@ -16,20 +16,8 @@ import {
   unpackIq3S,
   unpackIq3Xxs,
 } from '../src/formats/iq3.ts';
+import { bytes, firstBadBlock, floats, type Source } from './block-fixtures.ts';
 
-const bytes = (b64: string) => new Uint8Array(Buffer.from(b64, 'base64'));
-const floats = (b64: string) => {
-  const b = bytes(b64);
-  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
-};
-
-interface Source {
-  name: string;
-  rows: number;
-  cols: number;
-  input: string;
-  importance?: string;
-}
 type Case = Partial<Source> &
   Record<'name' | 'iq3_xxs' | 'iq3_s' | 'iq3_xxs_values' | 'iq3_s_values', string>;
 
@@ -58,12 +46,6 @@ const TYPES = {
     ],
   },
 } as const;
-
-function firstBadBlock(got: Uint8Array, want: Uint8Array, blockBytes: number): number {
-  if (got.length !== want.length) return -2;
-  for (let i = 0; i < want.length; i++) if (got[i] !== want[i]) return Math.floor(i / blockBytes);
-  return -1;
-}
 
 const sourceOf = (c: Case) =>
   c.input ? (c as Source) : (inputs.cases.find((s) => s.name === c.name) as Source);

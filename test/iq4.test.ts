@@ -16,20 +16,8 @@ import {
   unpackIq4Nl,
   unpackIq4Xs,
 } from '../src/formats/iq4.ts';
+import { bytes, firstBadBlock, floats, type Source } from './block-fixtures.ts';
 
-const bytes = (b64: string) => new Uint8Array(Buffer.from(b64, 'base64'));
-const floats = (b64: string) => {
-  const b = bytes(b64);
-  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
-};
-
-interface Source {
-  name: string;
-  rows: number;
-  cols: number;
-  input: string;
-  importance?: string;
-}
 type Case = Record<'name' | 'q4_1' | 'iq4_nl' | 'iq4_xs' | `${'q4_1' | 'iq4_nl' | 'iq4_xs'}_values`, string>;
 
 const inputs = JSON.parse(fs.readFileSync('test/fixtures/kquants-q5.json', 'utf8')) as { cases: Source[] };
@@ -48,12 +36,6 @@ const TYPES = {
     dequantize: (b: Uint8Array) => ggmlGroupValues(unpackIq4Xs(b)),
   },
 } as const;
-
-function firstBadBlock(got: Uint8Array, want: Uint8Array, blockBytes: number): number {
-  if (got.length !== want.length) return -2;
-  for (let i = 0; i < want.length; i++) if (got[i] !== want[i]) return Math.floor(i / blockBytes);
-  return -1;
-}
 
 test('Q4_1, IQ4_NL and IQ4_XS blocks equal llama.cpp quantize_* byte for byte, without and with importance', () => {
   assert.equal(fixture.cases.length, 16);

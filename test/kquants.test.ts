@@ -28,18 +28,7 @@ import {
   quantizeQ5_K,
   quantizeQ6_K,
 } from '../src/formats/kquants.ts';
-
-const bytes = (b64: string) => new Uint8Array(Buffer.from(b64, 'base64'));
-const floats = (b64: string) => {
-  const b = bytes(b64);
-  return new Float32Array(b.buffer, b.byteOffset, b.length / 4);
-};
-
-/** The first differing block, to make a mismatch readable. */
-function firstBadBlock(got: Uint8Array, want: Uint8Array, blockBytes: number): number {
-  for (let i = 0; i < want.length; i++) if (got[i] !== want[i]) return Math.floor(i / blockBytes);
-  return -1;
-}
+import { bytes, firstBadBlock, floats } from './block-fixtures.ts';
 
 interface KCase {
   name: string;
