@@ -116,6 +116,8 @@ const GGML_F16_FIELDS: Record<string, [number, number, number[]]> = {
   Q6_K: [256, 210, [208]],
   IQ4_NL: [32, 18, [0]],
   IQ4_XS: [256, 136, [0]],
+  IQ3_XXS: [256, 98, [0]],
+  IQ3_S: [256, 110, [0]],
 };
 
 /**

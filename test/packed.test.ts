@@ -245,7 +245,7 @@ test('WebGPU: a Q4_0 / Q8_0 GGUF loaded codes-only runs from its codes to the pe
   }
 });
 
-test('WebGPU: Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS GGUF linears loaded codes-only run from their codes to the dequantized perplexity', {
+test('WebGPU: Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S GGUF linears loaded codes-only run from their codes to the dequantized perplexity', {
   skip: gpu ? false : 'no WebGPU adapter',
 }, async () => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-gguf-blocks-'));
@@ -258,7 +258,11 @@ test('WebGPU: Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS GGU
       name.includes('ffn_down')
         ? (['Q4_1', 'Q5_0', 'Q5_1', 'IQ4_NL'] as const)[layer]
         : name.includes('attn_q') || name.includes('attn_k')
-          ? 'Q4_K'
+          ? layer % 2
+            ? 'Q4_K'
+            : name.includes('attn_q')
+              ? 'IQ3_S'
+              : 'IQ3_XXS'
           : name.includes('ffn_')
             ? 'Q5_K'
             : name.includes('attn_v')
