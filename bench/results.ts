@@ -155,7 +155,6 @@ const SETS: Record<string, () => Job[]> = {
       recipe: { name: 'imatrix-q3_k_m', weights: 'q3_k_m', steps: ['imatrix'] },
       calib: AWQ_CALIB,
     },
-    { label: 'RTN IQ3_XS (= llama-quantize)', recipe: { name: 'rtn-iq3_xs', weights: 'iq3_xs' } },
     { label: 'imatrix IQ3_XS (= llama-quantize --imatrix)', recipe: 'imatrix-iq3_xs', calib: AWQ_CALIB },
     { label: 'RTN IQ3_S (= llama-quantize)', recipe: { name: 'rtn-iq3_s', weights: 'iq3_s_mix' } },
     {

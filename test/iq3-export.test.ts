@@ -48,13 +48,53 @@ const NAMES = [
   'output',
 ];
 
-test('gguf-iq3_xs from full precision: IQ3_XXS / IQ3_S as llama-quantize picks them, blocks of llama.cpp', async () => {
-  const file = `${dir}/fp-xs.gguf`;
-  await run('./bin/llmq', ['export', tiny, '--to', 'gguf-iq3_xs', '--out', file]);
-  const g = readGguf(file);
+const imatrixFile = `${dir}/im.gguf`;
+await run('./bin/llmq', [
+  'imatrix',
+  tiny,
+  '--out',
+  imatrixFile,
+  ...['--calib', `${SHARED}data/text/brown.txt`, '--calib-samples', '1', '--calib-seqlen', '64'],
+]);
+const importanceOf = (tensor: string) => {
+  const imp = readImatrix(imatrixFile).importance.get(`${tensor}.weight`);
+  assert.ok(imp, tensor);
+  return { importance: imp, cols: imp.length };
+};
+
+async function checkpoint(name: string, weights: string) {
+  const recipe = defineRecipe(name, {
+    description: name,
+    weights,
+    steps: [{ method: 'imatrix', file: imatrixFile }],
+  });
+  const model = loadLlama(tiny, cpu);
+  await quantizeModel(model, recipe, undefined);
+  await saveQuantized(model, recipe, testManifest(tiny), `${dir}/${name}`, false);
+  return model;
+}
+
+test('IQ3_XS and IQ3_XXS need an importance matrix, as llama-quantize refuses their IQ3_XXS tensors without one', async () => {
+  for (const weights of ['iq3_xs', 'iq3_xxs'])
+    assert.throws(
+      () => defineRecipe('x', { description: 'x', weights }),
+      /needs an importance matrix/,
+      weights,
+    );
+  await assert.rejects(
+    run('./bin/llmq', ['export', tiny, '--to', 'gguf-iq3_xs', '--out', `${dir}/fp-xs.gguf`]),
+    (e: { stderr: string }) => /IQ3_XS requires an importance matrix/.test(e.stderr),
+  );
+  assert.ok(!fs.existsSync(`${dir}/fp-xs.gguf`));
+});
+
+test('imatrix IQ3_XS: IQ3_XXS / IQ3_S as llama-quantize picks them, weighted blocks of llama.cpp, exported unchanged', async () => {
+  const model = await checkpoint('xs', 'iq3_xs');
+  await run('./bin/llmq', ['export', `${dir}/xs`, '--to', 'gguf-iq3_xs', '--out', `${dir}/xs.gguf`]);
+  const g = readGguf(`${dir}/xs.gguf`);
   assert.equal(g.metadata.get('general.file_type')?.value, 22);
   // IQ3_XXS for attn_q / attn_k and ffn_gate / ffn_up of layers [4/8, 7*4/8) = 0-2
-  assert.deepEqual(typesIn(file, NAMES), [
+  assert.deepEqual(typesIn(`${dir}/xs.gguf`, NAMES), [
     'IQ3_S',
     'IQ3_XXS',
     'IQ3_S',
@@ -64,39 +104,27 @@ test('gguf-iq3_xs from full precision: IQ3_XXS / IQ3_S as llama-quantize picks t
     'IQ4_NL',
     'Q6_K',
   ]);
+  const gate0 = quantizeIq3Xxs(await weightOf(0, 'gate_proj'), importanceOf('blk.0.ffn_gate'));
+  assert.deepEqual(readGgufTensor(g, 'blk.0.ffn_gate.weight'), gate0);
+  const enc = model.layers[0].linears.gate_proj.quantized?.encoded;
+  assert.ok(enc?.scaleCodes);
+  assert.deepEqual(ggmlBlockBytes(enc.codes, enc.scaleCodes, 'iq3_xxs'), gate0);
   assert.deepEqual(
-    readGgufTensor(g, 'blk.0.ffn_gate.weight'),
-    quantizeIq3Xxs(await weightOf(0, 'gate_proj')),
+    readGgufTensor(g, 'blk.3.ffn_gate.weight'),
+    quantizeIq3S(await weightOf(3, 'gate_proj'), importanceOf('blk.3.ffn_gate')),
   );
-  assert.deepEqual(readGgufTensor(g, 'blk.3.ffn_gate.weight'), quantizeIq3S(await weightOf(3, 'gate_proj')));
-  const back = loadGgufModel(file, cpu);
+  const back = loadGgufModel(`${dir}/xs.gguf`, cpu);
   assert.deepEqual(
     await cpu.read(back.layers[0].linears.gate_proj.weight),
-    ggmlGroupValues(unpackIq3Xxs(readGgufTensor(g, 'blk.0.ffn_gate.weight'))),
+    ggmlGroupValues(unpackIq3Xxs(gate0)),
   );
 });
 
 test('imatrix-iq3_m: weighted IQ3_S blocks in the checkpoint, exported to GGUF IQ3_M unchanged', async () => {
-  const imatrixFile = `${dir}/im.gguf`;
-  await run('./bin/llmq', [
-    'imatrix',
-    tiny,
-    '--out',
-    imatrixFile,
-    ...['--calib', `${SHARED}data/text/brown.txt`, '--calib-samples', '1', '--calib-seqlen', '64'],
-  ]);
-  const imp = readImatrix(imatrixFile).importance.get('blk.1.ffn_up.weight');
-  assert.ok(imp);
-  const recipe = defineRecipe('iq3m', {
-    description: 'IQ3_M with an imatrix',
-    weights: 'iq3_m',
-    steps: [{ method: 'imatrix', file: imatrixFile }],
-  });
-  const model = loadLlama(tiny, cpu);
-  await quantizeModel(model, recipe, undefined);
+  const model = await checkpoint('iq3m', 'iq3_m');
   const enc = model.layers[1].linears.up_proj.quantized?.encoded;
   assert.ok(enc?.scaleCodes);
-  const want = quantizeIq3S(await weightOf(1, 'up_proj'), { importance: imp, cols: imp.length });
+  const want = quantizeIq3S(await weightOf(1, 'up_proj'), importanceOf('blk.1.ffn_up'));
   assert.deepEqual(ggmlBlockBytes(enc.codes, enc.scaleCodes, 'iq3_s'), want);
   assert.notDeepEqual(want, quantizeIq3S(await weightOf(1, 'up_proj')));
   // bits per weight as the GGUF blocks store them: IQ3_S 110 bytes / 256 (q, k, gate, up), Q4_K 144 / 256
@@ -104,7 +132,6 @@ test('imatrix-iq3_m: weighted IQ3_S blocks in the checkpoint, exported to GGUF I
   const [q, kv, ffn] = [256 * 256, 128 * 256, 704 * 256];
   const bits = 3.4375 * (q + kv + 2 * ffn) + 4.5 * (kv + q) + 4.5 * ffn;
   assert.ok(Math.abs(linearBitsPerWeight(model) - bits / (2 * q + 2 * kv + 3 * ffn)) < 1e-12);
-  await saveQuantized(model, recipe, testManifest(tiny), `${dir}/iq3m`, false);
   await run('./bin/llmq', ['export', `${dir}/iq3m`, '--to', 'gguf-iq3_m', '--out', `${dir}/iq3m.gguf`]);
   const g = readGguf(`${dir}/iq3m.gguf`);
   assert.equal(g.metadata.get('general.file_type')?.value, 27);
@@ -123,7 +150,7 @@ test('imatrix-iq3_m: weighted IQ3_S blocks in the checkpoint, exported to GGUF I
 });
 
 test('gptq with an IQ3 type or mix is refused: its codes are grid points of 4 weights', () => {
-  for (const weights of ['iq3_s', 'iq3_xxs', 'iq3_m', 'iq3_xs'])
+  for (const weights of ['iq3_s', 'iq3_m', 'iq3_s_mix'])
     assert.throws(
       () => defineRecipe('g', { description: 'g', weights, steps: [{ method: 'gptq' }] }),
       /grid points of 4 weights/,

@@ -23,7 +23,7 @@ import { loadModel } from '../src/quant/load.ts';
 import '../src/quant/methods.ts';
 import { dequantizeGptq } from '../src/quant/gptq.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
-import { defineRecipe, type Recipe, resolveRecipe } from '../src/quant/recipe.ts';
+import { defineRecipe, resolveRecipe } from '../src/quant/recipe.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import type { Backend } from '../src/tensor/tensor.ts';
 import { openDevice, WebGpuBackend, WebGpuTensor } from '../src/tensor/webgpu/backend.ts';
@@ -157,28 +157,16 @@ test('WebGPU: a stored W4 g64 / W8A8 checkpoint loaded codes-only (no f32 weight
   }
 });
 
-test('WebGPU: rtn-q4_k_m / rtn-q5_k_m / rtn-q3_k_m / Q2_K / rtn-iq4_xs / rtn-iq3_m / IQ3_XS checkpoints (every llama.cpp type llmq writes) loaded codes-only run from their blocks', {
+test('WebGPU: rtn-q4_k_m / rtn-q5_k_m / rtn-q3_k_m / Q2_K / rtn-iq4_xs / rtn-iq3_m checkpoints (every llama.cpp type llmq writes) loaded codes-only run from their blocks', {
   skip: gpu ? false : 'no WebGPU adapter',
 }, async () => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-kquant-codes-'));
   try {
     const tokens = loadTokenizer(TINY).encode(readEvalText(WIKITEXT).slice(0, 4000));
     const opts = { seqLen: 128, maxWindows: 2 };
-    const inline: Record<string, Recipe> = {
-      q2_k: defineRecipe('q2_k', { description: 'Q2_K file type', weights: 'q2_k_mix' }),
-      // IQ3_XXS for q_proj / k_proj (rows of 256 here) and layers 0-2's gate_proj / up_proj
-      iq3_xs: defineRecipe('iq3_xs', { description: 'IQ3_XS file type', weights: 'iq3_xs' }),
-    };
-    for (const name of [
-      'rtn-q4_k_m',
-      'rtn-q5_k_m',
-      'rtn-q3_k_m',
-      'q2_k',
-      'rtn-iq4_xs',
-      'rtn-iq3_m',
-      'iq3_xs',
-    ]) {
-      const recipe = inline[name] ?? resolveRecipe(name);
+    const q2k = defineRecipe('q2_k', { description: 'Q2_K file type', weights: 'q2_k_mix' });
+    for (const name of ['rtn-q4_k_m', 'rtn-q5_k_m', 'rtn-q3_k_m', 'q2_k', 'rtn-iq4_xs', 'rtn-iq3_m']) {
+      const recipe = name === 'q2_k' ? q2k : resolveRecipe(name);
       const source = loadLlama(TINY, cpu);
       await quantizeModel(source, recipe, undefined);
       const dir = path.join(root, name);

@@ -42,7 +42,8 @@ export const EXPORT_HELP = `llmq export <model-dir> --to ${TARGETS.join('|')} --
   IQ3_XXS for attn_q, attn_k and the middle layers' ffn_gate / ffn_up (attn_v as iq3_s).
   q2_k_s (Q2_K, Q4_K for attn_v with 4+ query heads per KV head and ffn_down in the first eighth) needs
   an importance matrix, as llama-quantize does: it exports a checkpoint of a q2_k_s recipe with the
-  imatrix step (e.g. imatrix-q2_k_s), not a full-precision model.
+  imatrix step (e.g. imatrix-q2_k_s), not a full-precision model. iq3_xs likewise (llama-quantize writes
+  IQ3_XXS tensors only with an importance matrix): a checkpoint quantized with the imatrix step.
   --q4-fma rounds Q4_0 (and Q5_0) as llama.cpp builds with a fused multiply-add do (aarch64).
   Refuses an existing --out unless --force.`;
 

@@ -175,6 +175,12 @@ const MIX_BASE: Record<LlamaMix, LlamaTensorType> = {
   iq3_m: 'iq3_s',
 };
 
+/**
+ * Weight formats whose linears llama-quantize writes only with an importance matrix (its
+ * tensor_requires_imatrix): Q2_K_S's Q2_K tensors, and IQ3_XXS, alone or in IQ3_XS.
+ */
+export const NEEDS_IMATRIX: readonly string[] = ['q2_k_s', 'iq3_xs', 'iq3_xxs'];
+
 /** The tensor type a mix gives most linears; any other type is itself. */
 export function baseTensorType(type: string): string {
   return isLlamaMix(type) ? MIX_BASE[type] : type;

@@ -196,6 +196,10 @@ function checkSource(
     fail(
       `${modelDir}: llama-quantize's Q2_K_S requires an importance matrix; quantize with a recipe {weights: q2_k_s, steps: [imatrix]} first and export that checkpoint`,
     );
+  if (type === 'iq3_xs' && !(q && usesImatrix(q.recipe)))
+    fail(
+      `${modelDir}: llama-quantize's IQ3_XS requires an importance matrix (its IQ3_XXS tensors); quantize with a recipe that has the imatrix step (e.g. imatrix-iq3_xs) first and export that checkpoint`,
+    );
   return { config, source: q ? `llmq ${q.recipe.name}` : 'full precision', quantization: q };
 }
 
