@@ -594,7 +594,7 @@ const GGML_TITLES: Record<GgmlSpec['type'], string> = {
   iq4_xs:
     "llama.cpp IQ4_XS: super-blocks of 256 along the row, 8 sub-blocks of 32 with 6-bit scales under an fp16 d, x = (d (ls - 32)) * level[q] on IQ4_NL's 16 levels, as llama.cpp's quantizer",
   iq3_xxs:
-    "llama.cpp IQ3_XXS (3.06 bits per weight): super-blocks of 256, groups of 4 values whose magnitudes are one of 256 grid points of 8 levels, signs with even parity per 8, 4-bit scales per 32 under an fp16 d, searched as llama.cpp's quantizer",
+    "llama.cpp IQ3_XXS (3.06 bits per weight): super-blocks of 256, groups of 4 values whose magnitudes are one of 256 grid points of 8 levels, signs with even parity per 8, 4-bit scales per 32 under an fp16 d, searched as llama.cpp's quantizer; like llama-quantize, only with an importance matrix (the imatrix step)",
   iq3_s:
     "llama.cpp IQ3_S (3.44 bits per weight): super-blocks of 256, groups of 4 values whose magnitudes are one of 512 grid points of 8 odd levels, free signs, 4-bit scales per 32 under an fp16 d, searched as llama.cpp's quantizer",
   q2_k: "llama.cpp Q2_K: super-blocks of 256 along the row, 16 sub-blocks of 16 with 4-bit scales and mins under fp16 d and dmin, x = (d sc) q - dmin m, q in 0..3, each sub-block's scale and min searched as llama.cpp's reference quantizer does (no importance matrix)",
@@ -629,7 +629,7 @@ const GGML_TITLES: Record<GgmlSpec['type'], string> = {
   iq4_xs_mix:
     'llama.cpp IQ4_XS (the file type) as llama-quantize picks it per tensor: IQ4_XS, Q5_K for v_proj (4+ query heads per KV head) and, without an importance matrix, for down_proj in the first eighth of the layers; IQ4_NL / Q5_1 where rows are not a multiple of 256',
   iq3_xs:
-    'llama.cpp IQ3_XS as llama-quantize picks it per tensor: IQ3_S, IQ3_XXS for q_proj, k_proj and for gate_proj / up_proj outside the first and last eighth of the layers, Q4_K for v_proj (4+ query heads per KV head); IQ4_NL where rows are not a multiple of 256',
+    'llama.cpp IQ3_XS as llama-quantize picks it per tensor, only with an importance matrix (the imatrix step; its IQ3_XXS tensors need one): IQ3_S, IQ3_XXS for q_proj, k_proj and for gate_proj / up_proj outside the first and last eighth of the layers, Q4_K for v_proj (4+ query heads per KV head); IQ4_NL where rows are not a multiple of 256',
   iq3_s_mix:
     'llama.cpp IQ3_S (the file type) as llama-quantize picks it per tensor: IQ3_S, Q4_K for v_proj (4+ query heads per KV head); IQ4_NL / Q5_0 where rows are not a multiple of 256',
   iq3_m:
