@@ -170,6 +170,8 @@ const SETS: Record<string, () => Job[]> = {
       recipe: { name: 'awq-imatrix-iq3_m', weights: 'iq3_m', steps: ['awq', 'imatrix'] },
       calib: AWQ_CALIB,
     },
+    { label: 'imatrix IQ3_XXS (= llama-quantize --imatrix)', recipe: 'imatrix-iq3_xxs', calib: AWQ_CALIB },
+    { label: 'imatrix IQ2_M (= llama-quantize --imatrix)', recipe: 'imatrix-iq2_m', calib: AWQ_CALIB },
     { label: 'RTN W3 g64 (for comparison)', recipe: { name: 'rtn-w3g64', weights: 'int3-g64' } },
   ],
   issue4: () => [

@@ -439,7 +439,7 @@ test('imatrix-q4_k_m quantizes each linear with the mean x^2 of its calibration 
   );
   assert.throws(
     () => defineRecipe('x', { description: '', weights: 'q8_0', steps: [{ method: 'imatrix' }] }),
-    /imatrix weights llama.cpp's q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs quantizers and their mixes .*iq4_xs_mix.*, not q8_0/,
+    /imatrix weights llama.cpp's q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, iq3_xxs, iq3_s, iq2_s quantizers and their mixes .*iq4_xs_mix.*, not q8_0/,
   );
   fs.rmSync(dir, { recursive: true });
 });
@@ -449,7 +449,7 @@ test('q2_k_s needs an importance matrix, as llama-quantize; with one it exports 
   const tiny = `${MODELS}llama-tiny`;
   assert.throws(
     () => defineRecipe('x', { description: '', weights: 'q2_k_s' }),
-    /q2_k_s needs an importance matrix, as llama-quantize's Q2_K_S does/,
+    /q2_k_s needs an importance matrix, as llama-quantize refuses to write its Q2_K tensors without one/,
   );
   await assert.rejects(
     run('./bin/llmq', ['export', tiny, '--to', 'gguf-q2_k_s', '--out', `${dir}/fp.gguf`]),

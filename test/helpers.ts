@@ -118,6 +118,7 @@ const GGML_F16_FIELDS: Record<string, [number, number, number[]]> = {
   IQ4_XS: [256, 136, [0]],
   IQ3_XXS: [256, 98, [0]],
   IQ3_S: [256, 110, [0]],
+  IQ2_S: [256, 82, [0]],
 };
 
 /**

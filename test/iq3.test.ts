@@ -1,13 +1,14 @@
 /**
- * llama.cpp's IQ3_XXS and IQ3_S writers and readers against ggml-quants.c itself
+ * llama.cpp's IQ3_XXS, IQ3_S and IQ2_S writers and readers against ggml-quants.c itself
  * (test/fixtures/ggml-iq3.json, made by ggml-make-iq3.py from a compiled harness): the blocks of
- * quantize_iq3_xxs / quantize_iq3_s without and with an importance row, the values their
+ * quantize_iq3_xxs / quantize_iq3_s / quantize_iq2_s without and with an importance row, the values their
  * dequantizers give, and codes -> blocks as the checkpoint path rebuilds them.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { test } from 'node:test';
 import { ggmlGroupValues } from '../src/formats/ggml.ts';
+import { packIq2SCodes, quantizeIq2S, unpackIq2S } from '../src/formats/iq2.ts';
 import {
   packIq3SCodes,
   packIq3XxsCodes,
@@ -18,8 +19,7 @@ import {
 } from '../src/formats/iq3.ts';
 import { bytes, firstBadBlock, floats, type Source } from './block-fixtures.ts';
 
-type Case = Partial<Source> &
-  Record<'name' | 'iq3_xxs' | 'iq3_s' | 'iq3_xxs_values' | 'iq3_s_values', string>;
+type Case = Partial<Source> & Record<'name' | keyof typeof TYPES | `${keyof typeof TYPES}_values`, string>;
 
 const inputs = JSON.parse(fs.readFileSync('test/fixtures/kquants-q5.json', 'utf8')) as { cases: Source[] };
 const fixture = JSON.parse(fs.readFileSync('test/fixtures/ggml-iq3.json', 'utf8')) as { cases: Case[] };
@@ -33,6 +33,16 @@ const TYPES = {
     header: [
       [0, 2],
       [66, 98],
+    ],
+  },
+  iq2_s: {
+    bytes: 82,
+    quantize: quantizeIq2S,
+    unpack: unpackIq2S,
+    pack: packIq2SCodes,
+    header: [
+      [0, 2],
+      [74, 82],
     ],
   },
   iq3_s: {
@@ -50,7 +60,7 @@ const TYPES = {
 const sourceOf = (c: Case) =>
   c.input ? (c as Source) : (inputs.cases.find((s) => s.name === c.name) as Source);
 
-test('IQ3_XXS and IQ3_S blocks equal llama.cpp quantize_* byte for byte, without and with importance', () => {
+test('IQ3_XXS, IQ3_S and IQ2_S blocks equal llama.cpp quantize_* byte for byte, without and with importance', () => {
   assert.equal(fixture.cases.length, 18);
   let weighted = 0;
   for (const c of fixture.cases) {
@@ -67,7 +77,7 @@ test('IQ3_XXS and IQ3_S blocks equal llama.cpp quantize_* byte for byte, without
   assert.equal(weighted, 7);
 });
 
-test('IQ3_XXS and IQ3_S dequantize bit for bit as llama.cpp (codes times scale times level)', () => {
+test('IQ3_XXS, IQ3_S and IQ2_S dequantize bit for bit as llama.cpp (codes times scale times level)', () => {
   for (const c of fixture.cases)
     for (const [type, t] of Object.entries(TYPES)) {
       const got = ggmlGroupValues(t.unpack(bytes(c[type as keyof typeof TYPES])));
@@ -75,7 +85,7 @@ test('IQ3_XXS and IQ3_S dequantize bit for bit as llama.cpp (codes times scale t
     }
 });
 
-test('IQ3 codes plus the header bytes rebuild each block exactly', () => {
+test('IQ3 / IQ2_S codes plus the header bytes rebuild each block exactly', () => {
   for (const c of fixture.cases)
     for (const [type, t] of Object.entries(TYPES)) {
       const want = bytes(c[type as keyof typeof TYPES]);

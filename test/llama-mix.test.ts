@@ -245,3 +245,43 @@ test("IQ3_S / IQ3_M / IQ3_XS: IQ3_S with llama-quantize's Q4_K and IQ3_XXS tenso
   // a 70B's attn_v in Q4_K takes Q5_K
   assert.equal(at('iq3_m', 'v_proj', 5, { llama70B: true }), 'q5_k');
 });
+
+test('IQ3_XXS / IQ2_M file types: IQ2_S for attn_q / attn_k, IQ3_S where they give more bits, Q5_K output, IQ3_S embeddings', () => {
+  const at = (file: LlamaFileType, name: string, layer: number, extra: object = {}, cols = 4096) =>
+    llamaTensorType(file, { ...linear(name, layer), ...extra }, cols);
+  const each = (type: string) => Array.from({ length: LAYERS }, () => type);
+  const im = { imatrix: true };
+  for (const file of ['iq3_xxs', 'iq3_xxs_mix'] as const) {
+    assert.deepEqual([at(file, 'q_proj', 3, im), at(file, 'k_proj', 3, im)], ['iq2_s', 'iq2_s']);
+    assert.deepEqual(
+      [at(file, 'gate_proj', 3, im), at(file, 'up_proj', 3, im), at(file, 'o_proj', 3, im)],
+      ['iq3_xxs', 'iq3_xxs', 'iq3_s'],
+    );
+    // attn_v: Q4_K with 4+ query heads per KV head, else IQ3_XXS (IQ3_S without an imatrix)
+    assert.deepEqual(
+      [at(file, 'v_proj', 3, { ...im, gqa: 4 }), at(file, 'v_proj', 3, im), at(file, 'v_proj', 3)],
+      ['q4_k', 'iq3_xxs', 'iq3_s'],
+    );
+    // ffn_down: IQ3_XXS with an imatrix; without, Q4_K in the first eighth and Q3_K after
+    assert.deepEqual(
+      [at(file, 'down_proj', 0, im), at(file, 'down_proj', 0), at(file, 'down_proj', 9)],
+      ['iq3_xxs', 'q4_k', 'q3_k'],
+    );
+    assert.equal(llamaTensorType(file, { kind: 'output' }, 4096), 'q5_k');
+    assert.equal(llamaTensorType(file, { kind: 'embed' }, 4096), 'iq3_s');
+  }
+  assert.deepEqual(
+    typesOf('iq2_m', 'down_proj'),
+    Array.from({ length: LAYERS }, (_, i) => (i < 4 ? 'iq3_s' : 'iq2_s')),
+  );
+  assert.deepEqual(typesOf('iq2_m', 'o_proj'), each('iq3_s'));
+  for (const name of ['q_proj', 'k_proj', 'gate_proj', 'up_proj'])
+    assert.deepEqual(typesOf('iq2_m', name), each('iq2_s'));
+  assert.deepEqual([at('iq2_m', 'v_proj', 3), at('iq2_m', 'v_proj', 3, { gqa: 8 })], ['iq3_s', 'q4_k']);
+  // IQ2_M's attn_v is not bumped for a 70B (llama-quantize's low-bit IQ branch has no such rule)
+  assert.equal(at('iq2_m', 'v_proj', 3, { gqa: 8, llama70B: true }), 'q4_k');
+  assert.equal(llamaTensorType('iq2_m', { kind: 'output' }, 4096), 'q5_k');
+  assert.equal(llamaTensorType('iq2_m', { kind: 'output' }, 384), 'q8_0');
+  assert.equal(llamaTensorType('iq2_m', { kind: 'embed' }, 4096), 'iq3_s');
+  assert.equal(at('iq2_m', 'q_proj', 3, {}, 384), 'iq4_nl');
+});

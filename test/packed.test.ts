@@ -42,7 +42,7 @@ const BACKENDS: [string, Backend | undefined][] = [
 for (const [name, backend] of BACKENDS) {
   const skip = backend ? false : 'no WebGPU adapter';
 
-  test(`${name} linearPacked equals linear over the decoded weights (4/3/8-bit, group/row, g_idx, q4_0/q8_0, IQ4, IQ3, bias)`, {
+  test(`${name} linearPacked equals linear over the decoded weights (4/3/8-bit, group/row, g_idx, q4_0/q8_0, IQ4, IQ3, IQ2_S, bias)`, {
     skip,
   }, async () => {
     const b = backend!;
@@ -72,6 +72,7 @@ for (const [name, backend] of BACKENDS) {
       // IQ3: +-levels[code] * d, a grid point per 4 values, GEMV and GEMM
       ['iq3_xxs', 1, 16, 256, false],
       ['iq3_s', 5, 8, 512, false],
+      ['iq2_s', 3, 8, 256, false],
     ] as [string, number, number, number, boolean][]) {
       const spec = parseFormat(format);
       const enc = encode(rng(1).normal(N * K, 0.1), N, K, spec);
@@ -233,7 +234,7 @@ test('WebGPU: a Q4_0 / Q8_0 GGUF loaded codes-only runs from its codes to the pe
   }
 });
 
-test('WebGPU: Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S GGUF linears loaded codes-only run from their codes to the dequantized perplexity', {
+test('WebGPU: Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S, IQ2_S GGUF linears loaded codes-only run from their codes to the dequantized perplexity', {
   skip: gpu ? false : 'no WebGPU adapter',
 }, async () => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'llmq-gguf-blocks-'));
@@ -259,7 +260,9 @@ test('WebGPU: Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, IQ
                 : 'IQ4_XS'
               : layer % 2
                 ? 'Q2_K'
-                : 'Q6_K';
+                : layer === 0
+                  ? 'IQ2_S'
+                  : 'Q6_K';
     const tensors = src.tensors.map((t, i) => {
       const m = /^blk\.(\d+)\.(attn_[qkvo]|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$/.exec(t.name);
       if (!m) return { name: t.name, dims: t.dims, type: t.type, data: readGgufTensor(src, t.name) };

@@ -1,10 +1,10 @@
 /**
- * llama.cpp's Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS and IQ3_S blocks as an Encoded
+ * llama.cpp's Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S and IQ2_S blocks as an Encoded
  * weight: one code per value plus each block's remaining bytes (`headers`: Q5_0's and IQ4_NL's fp16 d;
  * Q4_1's and Q5_1's d and m; IQ4_XS's d and packed 6-bit sub-block scales; Q2_K's 16 bytes
  * of 4-bit scales and mins, d and dmin; Q3_K's 12 bytes of 6-bit scales and d; Q4_K's and Q5_K's d,
  * dmin and 12 bytes of 6-bit scales and mins; Q6_K's 16 int8 scales and fp16 d; IQ3_XXS's d and its
- * u32s of signs and 4-bit scales; IQ3_S's d and 4-bit scales), so the GGUF blocks
+ * u32s of signs and 4-bit scales; IQ3_S's and IQ2_S's d and 4-bit scales), so the GGUF blocks
  * are rebuilt byte for byte from a checkpoint. Codes as the dequantizers read them: Q5_0 0..31
  * (x = (q - 16) d), Q4_1 0..15 and Q5_1 0..31 (x = q d + m), IQ4 0..15 (x = d level[q]), IQ3 0..15 (level l, +8 when negative: x = d level[q]), Q2_K 0..3, Q4_K 0..15 and Q5_K 0..31
  * (x = (d sc) q - dmin m), Q3_K 0..7 (x = (d sc) (q - 4)), Q6_K 0..63 (x = (d sc) (q - 32)). Rows must
@@ -42,6 +42,7 @@ import {
   unpackQ5_K,
   unpackQ6_K,
 } from './ggml.ts';
+import { IQ2_S_BLOCK_BYTES, packIq2SCodes, quantizeIq2S, unpackIq2S } from './iq2.ts';
 import {
   IQ3_S_BLOCK_BYTES,
   IQ3_XXS_BLOCK_BYTES,
@@ -93,7 +94,8 @@ export type GgmlBlockType =
   | 'iq4_nl'
   | 'iq4_xs'
   | 'iq3_xxs'
-  | 'iq3_s';
+  | 'iq3_s'
+  | 'iq2_s';
 
 interface Layout {
   /** values per block */
@@ -257,11 +259,25 @@ const LAYOUTS: Record<GgmlBlockType, Layout> = {
     unpack: (b) => unpackIq3S(b),
     packCodes: packIq3SCodes,
   },
+  iq2_s: {
+    values: QK_K,
+    bytes: IQ2_S_BLOCK_BYTES,
+    header: [
+      [0, 2],
+      [74, 82],
+    ],
+    group: 16,
+    bits: 4,
+    quantize: (x, cols, importance) => quantizeIq2S(x, importance && { importance, cols }),
+    dequantize: (b) => ggmlGroupValues(unpackIq2S(b)),
+    unpack: (b) => unpackIq2S(b),
+    packCodes: packIq2SCodes,
+  },
 };
 
-/** The types whose codes are grid points of 4 values (IQ3), not one rounding per value. */
+/** The types whose codes are grid points of 4 or 8 values (IQ3, IQ2_S), not one rounding per value. */
 export function isLatticeType(type: string): boolean {
-  return type === 'iq3_xxs' || type === 'iq3_s';
+  return type === 'iq3_xxs' || type === 'iq3_s' || type === 'iq2_s';
 }
 
 export function isGgmlBlockType(type: string): type is GgmlBlockType {

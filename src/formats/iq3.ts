@@ -35,7 +35,16 @@ import {
   readF16,
   writeF16,
 } from './ggml.ts';
-import { nearestInt } from './ggml-search.ts';
+import {
+  checkSuperBlockRows,
+  gridOf,
+  type LatticeSpec,
+  pointCodes,
+  pointOf,
+  searchSuperBlockAt,
+  signBits,
+  superScales,
+} from './lattice.ts';
 
 /** iq3xs_init_impl's kgrid_256: the IQ3_XXS grid, level l_i of point p at bits 3i of p. */
 const KGRID_256 = Uint16Array.from([
@@ -93,284 +102,39 @@ const QK_K = 256;
 const SUB = 32;
 const fr = Math.fround;
 
-/**
- * A grid: its points, each point's 4 levels (`levels[4j + i]`), the grid index of each of the 4096
- * level combinations (-1 off the grid) and, for those off it, the candidates.
- */
-export interface Grid {
-  points: Uint16Array;
-  levels: Uint8Array;
-  index: Int16Array;
-  /** the candidates of key k: list[start[k], start[k + 1]) */
-  start: Int32Array;
-  list: Uint16Array;
-}
-
-const levelOf = (key: number, i: number) => (key >> (3 * i)) & 7;
-
-/**
- * For a combination off the grid, the grid points at the `distances` smallest squared distances (in
- * level units 2l + 1), nearest first and by index on ties, as iq3xs_init_impl sorts them.
- */
-function neighboursOf(key: number, levels: Uint8Array, distances: number): Uint16Array {
-  const size = levels.length / 4;
-  const d2 = new Int32Array(size);
-  for (let j = 0; j < size; j++)
-    for (let i = 0; i < 4; i++) d2[j] += (2 * (levels[4 * j + i] - levelOf(key, i))) ** 2;
-  const nearest = [...new Set(d2)].sort((a, b) => a - b).slice(0, distances);
-  const out: number[] = [];
-  for (const d of nearest) for (let j = 0; j < size; j++) if (d2[j] === d) out.push(j);
-  return Uint16Array.from(out);
-}
-
-const grids = new Map<Iq3Type, Grid>();
-
-/** The type's grid with its lookup tables, built on first use (the WebGPU search kernel uploads them). */
-export function gridOf(type: Iq3Type): Readonly<Grid> {
-  let g = grids.get(type);
-  if (g) return g;
-  const points = type === 'iq3_xxs' ? KGRID_256 : KGRID_512;
-  const levels = Uint8Array.from({ length: 4 * points.length }, (_, k) => levelOf(points[k >> 2], k & 3));
-  const index = new Int16Array(4096).fill(-1);
-  points.forEach((p, j) => {
-    index[p] = j;
-  });
-  const distances = type === 'iq3_xxs' ? 2 : 3;
-  const lists = Array.from(index, (j, key) => (j < 0 ? neighboursOf(key, levels, distances) : []));
-  const start = new Int32Array(4097);
-  lists.forEach((l, key) => {
-    start[key + 1] = start[key] + l.length;
-  });
-  const list = new Uint16Array(start[4096]);
-  lists.forEach((l, key) => {
-    list.set(l, start[key]);
-  });
-  g = { points, levels, index, start, list };
-  grids.set(type, g);
-  return g;
-}
-
-/** iq3_find_best_neighbour: the candidate nearest to x / scale by weighted distance; its levels into L. */
-function bestNeighbour(
-  g: Grid,
-  key: number,
-  xval: Float32Array,
-  waux: Float32Array,
-  at: number,
-  scale: number,
-  L: Int8Array,
-): number {
-  const { levels: lv, list } = g;
-  let best = Number.POSITIVE_INFINITY;
-  let pick = -1;
-  for (let n = g.start[key]; n < g.start[key + 1]; n++) {
-    const p = 4 * list[n];
-    let d2 = 0;
-    for (let i = 0; i < 4; i++) {
-      const diff = fr(fr(scale * (2 * lv[p + i] + 1)) - xval[at + i]);
-      d2 = fr(d2 + fr(fr(waux[at + i] * diff) * diff));
-    }
-    if (d2 < best) {
-      best = d2;
-      pick = list[n];
-    }
-  }
-  for (let i = 0; i < 4; i++) L[at + i] = lv[4 * pick + i];
-  return pick;
-}
-
-/** The levels of group k of 4 nearest to xval / scale (id = 1 / scale), as a grid key. */
-function nearestKey(xval: Float32Array, k: number, id: number, L: Int8Array): number {
-  let key = 0;
-  for (let i = 0; i < 4; i++) {
-    const l = Math.max(0, Math.min(7, nearestInt(fr(0.5 * fr(fr(id * xval[4 * k + i]) - 1)))));
-    L[4 * k + i] = l;
-    key |= l << (3 * i);
-  }
-  return key;
-}
-
-/** sum w x q and sum w q^2 with q = 2L + 1. */
-function fitSums(xval: Float32Array, w: Float32Array, L: Int8Array): [number, number] {
-  let sumqx = 0;
-  let sumq2 = 0;
-  for (let i = 0; i < SUB; i++) {
-    const q = 2 * L[i] + 1;
-    sumqx = fr(sumqx + fr(fr(w[i] * xval[i]) * q));
-    sumq2 = fr(sumq2 + fr(fr(w[i] * q) * q));
-  }
-  return [sumqx, sumq2];
-}
-
-/** What the two types' quantizers do differently. */
-interface Variant {
-  type: Iq3Type;
-  /** the scale search's t range, -steps..steps */
-  steps: number;
-  /** largest magnitude at or below which a sub-block is skipped */
-  skipBelow: number;
-  /** IQ3_XXS: the signs of each 8 have even parity; its refit re-picks only the groups off the grid */
-  paritySigns: boolean;
-}
-
-const VARIANTS: Record<Iq3Type, Variant> = {
-  iq3_xxs: { type: 'iq3_xxs', steps: 15, skipBelow: fr(1e-8), paritySigns: true },
-  iq3_s: { type: 'iq3_s', steps: 9, skipBelow: 0, paritySigns: false },
+const SPECS: Record<Iq3Type, LatticeSpec> = {
+  iq3_xxs: {
+    points: KGRID_256,
+    group: 4,
+    levelBits: 3,
+    maxLevel: 7,
+    distances: 2,
+    subBlock: SUB,
+    steps: 15,
+    stepSize: 0.2,
+    skipBelow: fr(1e-8),
+    paritySigns: true,
+    refitAll: false,
+    plainWeights: 'x2',
+  },
+  iq3_s: {
+    points: KGRID_512,
+    group: 4,
+    levelBits: 3,
+    maxLevel: 7,
+    distances: 3,
+    subBlock: SUB,
+    steps: 9,
+    stepSize: 0.2,
+    skipBelow: 0,
+    paritySigns: false,
+    refitAll: true,
+    plainWeights: 'x2',
+  },
 };
 
-/** One sub-block's search result: its scale, levels, grid indices and sign bytes. */
-interface SubBlock {
-  scale: number;
-  grid: Uint16Array;
-  signs: Uint8Array;
-}
-
-/** Magnitudes into xval and sign masks (per 8); IQ3_XXS flips its least important value to even parity. */
-function splitSigns(x: Float32Array, at: number, w: Float32Array, v: Variant, xval: Float32Array) {
-  const signs = new Uint8Array(SUB / 8);
-  for (let k = 0; k < SUB / 8; k++) {
-    let s = 0;
-    let flips = 0;
-    for (let i = 0; i < 8; i++) {
-      const xi = x[at + 8 * k + i];
-      xval[8 * k + i] = Math.abs(xi);
-      if (xi < 0) {
-        s |= 1 << i;
-        flips++;
-      }
-    }
-    if (v.paritySigns && flips % 2) {
-      let imin = 0;
-      let min = fr(fr(w[8 * k] * x[at + 8 * k]) * x[at + 8 * k]);
-      for (let i = 1; i < 8; i++) {
-        const ax = fr(fr(w[8 * k + i] * x[at + 8 * k + i]) * x[at + 8 * k + i]);
-        if (ax < min) [min, imin] = [ax, i];
-      }
-      xval[8 * k + imin] = -xval[8 * k + imin];
-      s ^= 1 << imin;
-    }
-    signs[k] = v.paritySigns ? s & 127 : s;
-  }
-  return signs;
-}
-
-/** The quantizer's search over one sub-block of 32 at x[at]; undefined where it skips the sub-block. */
-function searchSubBlock(x: Float32Array, at: number, w: Float32Array, v: Variant): SubBlock | undefined {
-  const g = gridOf(v.type);
-  const waux = w.map((wi) => fr(Math.sqrt(wi)));
-  const xval = new Float32Array(SUB);
-  const signs = splitSigns(x, at, w, v, xval);
-  let max = xval[0];
-  for (let i = 1; i < SUB; i++) max = Math.max(max, xval[i]);
-  if (v.skipBelow ? max < v.skipBelow : !max) return undefined;
-  const L = new Int8Array(SUB);
-  const Laux = new Int8Array(SUB);
-  const onGrid = new Uint8Array(SUB / 4).fill(v.paritySigns ? 1 : 0);
-  const onGridAux = new Uint8Array(SUB / 4);
-  let best = 0;
-  let scale = fr(max / 15);
-  for (let t = -v.steps; t <= v.steps; t++) {
-    const id = fr(fr(15 + fr(t * fr(0.2))) / max);
-    const trial = fr(1 / id);
-    for (let k = 0; k < SUB / 4; k++) {
-      const key = nearestKey(xval, k, id, Laux);
-      onGridAux[k] = g.index[key] >= 0 ? 1 : 0;
-      if (!onGridAux[k]) bestNeighbour(g, key, xval, waux, 4 * k, trial, Laux);
-    }
-    const [sumqx, sumq2] = fitSums(xval, w, Laux);
-    if (sumq2 > 0 && fr(sumqx * sumqx) > fr(best * sumq2)) {
-      scale = fr(sumqx / sumq2);
-      best = fr(scale * sumqx);
-      L.set(Laux);
-      onGrid.set(onGridAux);
-    }
-  }
-  if (onGrid.includes(0) && scale > 0) scale = refit(g, xval, w, waux, L, onGrid, scale, v);
-  if (scale < 0) {
-    scale = -scale;
-    for (let k = 0; k < signs.length; k++) signs[k] = ~signs[k] & (v.paritySigns ? 127 : 255);
-  }
-  const grid = Uint16Array.from({ length: SUB / 4 }, (_, k) => {
-    let key = 0;
-    for (let i = 0; i < 4; i++) key |= L[4 * k + i] << (3 * i);
-    return g.index[key];
-  });
-  return { scale, grid, signs };
-}
-
-/** Re-picks the groups (IQ3_XXS: those off the grid) at the found scale and refits it. */
-function refit(
-  g: Grid,
-  xval: Float32Array,
-  w: Float32Array,
-  waux: Float32Array,
-  L: Int8Array,
-  onGrid: Uint8Array,
-  scale: number,
-  v: Variant,
-): number {
-  const id = fr(1 / scale);
-  const tmp = new Int8Array(SUB);
-  for (let k = 0; k < SUB / 4; k++) {
-    if (v.paritySigns && onGrid[k]) continue;
-    const key = nearestKey(xval, k, id, tmp);
-    const j = g.index[key] >= 0 ? g.index[key] : bestNeighbour(g, key, xval, waux, 4 * k, scale, tmp);
-    for (let i = 0; i < 4; i++) L[4 * k + i] = g.levels[4 * j + i];
-  }
-  const [sumqx, sumq2] = fitSums(xval, w, L);
-  return sumq2 > 0 ? fr(sumqx / sumq2) : scale;
-}
-
-/** The weights of the sub-block at x[at] in a super-block with sigma2 = 2 mean x^2. */
-function subBlockWeights(x: Float32Array, at: number, sigma2: number, qw: Float32Array | undefined) {
-  const w = new Float32Array(SUB);
-  for (let i = 0; i < SUB; i++) {
-    const x2 = fr(x[at + i] * x[at + i]);
-    w[i] = qw ? fr(qw[i] * fr(Math.sqrt(fr(sigma2 + x2)))) : x2;
-  }
-  return w;
-}
-
-/** Every sub-block of the super-block at x[at], searched. */
-function searchSuperBlock(x: Float32Array, at: number, qw: Float32Array | undefined, v: Variant) {
-  let sum = 0;
-  for (let i = 0; i < QK_K; i++) sum = fr(sum + fr(x[at + i] * x[at + i]));
-  const sigma2 = fr(fr(2 * sum) / QK_K);
-  return Array.from({ length: QK_K / SUB }, (_, ib) => {
-    const w = subBlockWeights(x, at + ib * SUB, sigma2, qw?.subarray(ib * SUB, (ib + 1) * SUB));
-    return searchSubBlock(x, at + ib * SUB, w, v);
-  });
-}
-
-/**
- * d (before the fudge factor) and each sub-block's 4-bit scale ls, nearest to scale = d (2 ls + 1);
- * undefined when every scale is 0.
- */
-function superScales(subs: (SubBlock | undefined)[]): { d: number; ls: number[] } | undefined {
-  let maxScale = 0;
-  for (const s of subs) if (s) maxScale = Math.max(maxScale, s.scale);
-  if (!maxScale) return undefined;
-  const d = fr(maxScale / 31);
-  const id = fr(1 / d);
-  const ls = subs.map((s) =>
-    Math.max(0, Math.min(15, nearestInt(fr(0.5 * fr(fr(id * (s?.scale ?? 0)) - 1))))),
-  );
-  return { d, ls };
-}
-
-function checkRows(x: Float32Array, imatrix: Importance | undefined, what: string): number {
-  const cols = imatrix?.cols ?? x.length;
-  if (x.length % QK_K !== 0 || cols % QK_K !== 0 || x.length % cols !== 0)
-    throw new RangeError(`${what} super-blocks of 256 do not divide ${x.length} values in rows of ${cols}`);
-  if (imatrix && imatrix.importance.length !== cols)
-    throw new RangeError(`importance: ${imatrix.importance.length} values for rows of ${cols}`);
-  return cols;
-}
-
-function superBlockImportance(imatrix: Importance | undefined, at: number) {
-  const c = imatrix ? at % imatrix.cols : 0;
-  return imatrix?.importance.subarray(c, c + QK_K);
-}
+/** The type's grid with its lookup tables (the WebGPU search kernel uploads them). */
+export const iq3Grid = (type: Iq3Type) => gridOf(SPECS[type]);
 
 function writeU32(out: Uint8Array, at: number, v: number): void {
   for (let b = 0; b < 4; b++) out[at + b] = (v >>> (8 * b)) & 0xff;
@@ -378,11 +142,11 @@ function writeU32(out: Uint8Array, at: number, v: number): void {
 
 /** x (rows of a multiple of 256) -> IQ3_XXS blocks, as llama.cpp's quantize_iq3_xxs (imatrix: its quant_weights). */
 export function quantizeIq3Xxs(x: Float32Array, imatrix?: Importance): Uint8Array {
-  checkRows(x, imatrix, 'IQ3_XXS');
+  checkSuperBlockRows(x, imatrix, 'IQ3_XXS');
   const out = new Uint8Array((x.length / QK_K) * IQ3_XXS_BLOCK_BYTES);
   for (let b = 0; b < x.length / QK_K; b++) {
     const o = b * IQ3_XXS_BLOCK_BYTES;
-    const subs = searchSuperBlock(x, b * QK_K, superBlockImportance(imatrix, b * QK_K), VARIANTS.iq3_xxs);
+    const subs = searchSuperBlockAt(SPECS.iq3_xxs, x, b, imatrix);
     const scales = superScales(subs);
     if (!scales) continue;
     const { d, ls } = scales;
@@ -398,11 +162,11 @@ export function quantizeIq3Xxs(x: Float32Array, imatrix?: Importance): Uint8Arra
 
 /** x (rows of a multiple of 256) -> IQ3_S blocks, as llama.cpp's quantize_iq3_s (imatrix: its quant_weights). */
 export function quantizeIq3S(x: Float32Array, imatrix?: Importance): Uint8Array {
-  checkRows(x, imatrix, 'IQ3_S');
+  checkSuperBlockRows(x, imatrix, 'IQ3_S');
   const out = new Uint8Array((x.length / QK_K) * IQ3_S_BLOCK_BYTES);
   for (let b = 0; b < x.length / QK_K; b++) {
     const o = b * IQ3_S_BLOCK_BYTES;
-    const subs = searchSuperBlock(x, b * QK_K, superBlockImportance(imatrix, b * QK_K), VARIANTS.iq3_s);
+    const subs = searchSuperBlockAt(SPECS.iq3_s, x, b, imatrix);
     let slot = 0;
     subs.forEach((s, ib) => {
       if (!s) return;
@@ -438,11 +202,8 @@ function readU32(src: Uint8Array, at: number): number {
 
 /** The codes of 8 values: grid points p1, p2 (4 values each), sign bit i of `signs` negating value i. */
 function groupOf8(type: Iq3Type, p1: number, p2: number, signs: number, codes: Uint8Array, at: number) {
-  const points = gridOf(type).points;
-  for (let i = 0; i < 8; i++) {
-    const l = levelOf(points[i < 4 ? p1 : p2], i % 4);
-    codes[at + i] = l | (((signs >> i) & 1) << 3);
-  }
+  pointCodes(SPECS[type], p1, signs, codes, at);
+  pointCodes(SPECS[type], p2, signs >> 4, codes, at + 4);
 }
 
 /** The 7 stored sign bits plus their parity as the 8th, as ksigns_iq2xs expands them. */
@@ -497,21 +258,8 @@ export function unpackIq3S(bytes: Uint8Array, n = (bytes.length / IQ3_S_BLOCK_BY
   return u;
 }
 
-/** The grid index of the 4 codes at codes[at] (their levels must be a grid point). */
-function pointOf(type: Iq3Type, codes: Uint8Array, at: number): number {
-  let key = 0;
-  for (let i = 0; i < 4; i++) key |= (codes[at + i] & 7) << (3 * i);
-  const j = gridOf(type).index[key];
-  if (j < 0) throw new RangeError(`${type}: levels ${key} of the codes at ${at} are not a grid point`);
-  return j;
-}
-
-/** The sign bits of the 8 codes at codes[at]. */
-function signBits(codes: Uint8Array, at: number): number {
-  let s = 0;
-  for (let i = 0; i < 8; i++) s |= ((codes[at + i] >> 3) & 1) << i;
-  return s;
-}
+/** The grid index of the 4 codes at codes[at]. */
+const pointOfCodes = (type: Iq3Type, codes: Uint8Array, at: number) => pointOf(SPECS[type], codes, at, type);
 
 /** Writes an IQ3_XXS block's grid indices and sign bits from 256 codes (d and the 4-bit scales are kept). */
 export function packIq3XxsCodes(codes: Uint8Array, at: number, out: Uint8Array, o: number): void {
@@ -519,8 +267,8 @@ export function packIq3XxsCodes(codes: Uint8Array, at: number, out: Uint8Array, 
     let signs = 0;
     for (let l = 0; l < 4; l++) {
       const c = at + ib * SUB + 8 * l;
-      out[o + 2 + 8 * ib + 2 * l] = pointOf('iq3_xxs', codes, c);
-      out[o + 2 + 8 * ib + 2 * l + 1] = pointOf('iq3_xxs', codes, c + 4);
+      out[o + 2 + 8 * ib + 2 * l] = pointOfCodes('iq3_xxs', codes, c);
+      out[o + 2 + 8 * ib + 2 * l + 1] = pointOfCodes('iq3_xxs', codes, c + 4);
       signs |= (signBits(codes, c) & 127) << (7 * l);
     }
     const aux = readU32(out, o + 66 + 4 * ib);
@@ -533,7 +281,7 @@ export function packIq3SCodes(codes: Uint8Array, at: number, out: Uint8Array, o:
   for (let ib = 0; ib < QK_K / SUB; ib++) {
     let qh = 0;
     for (let k = 0; k < 8; k++) {
-      const j = pointOf('iq3_s', codes, at + ib * SUB + 4 * k);
+      const j = pointOfCodes('iq3_s', codes, at + ib * SUB + 4 * k);
       out[o + 2 + 8 * ib + k] = j & 255;
       qh |= (j >> 8) << k;
     }

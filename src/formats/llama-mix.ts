@@ -31,8 +31,14 @@
  *   IQ3_XS: IQ3_S, with IQ3_XXS for q_proj, k_proj, and gate_proj / up_proj outside the first and last
  *   eighth of the layers, Q4_K for v_proj when there are 4 or more query heads per KV head.
  *   IQ3_XXS, IQ3_S and IQ4_XS fall back to IQ4_NL where rows are not a multiple of 256.
- * Not modelled: the rules for mixture-of-experts and Falcon models, the IQ3_XXS file type (its q_proj
- * and k_proj take IQ2_S) and the IQ file types below 3 bits.
+ * - IQ3_XXS (mix iq3_xxs_mix): IQ3_XXS, with IQ2_S for q_proj and k_proj, IQ3_S for o_proj, Q4_K for
+ *   v_proj with 4+ query heads per KV head (else IQ3_XXS; IQ3_S without an imatrix) and, without an
+ *   imatrix, down_proj Q4_K in the first eighth and Q3_K after. IQ2_M: IQ2_S, with IQ3_S for o_proj,
+ *   down_proj in the first eighth and v_proj (Q4_K with 4+ query heads per KV head). Both: output Q5_K,
+ *   embeddings IQ3_S, no 70B bump for IQ2_M. llama-quantize writes IQ3_XXS and IQ2_S tensors only with
+ *   an importance matrix, so these file types (and IQ3_XS) need one.
+ * Not modelled: the rules for mixture-of-experts and Falcon models, and the IQ2_XXS / IQ2_XS / IQ2_S /
+ * IQ1 file types (IQ2_XXS, IQ2_XS and IQ1 blocks are not implemented).
  */
 import type { GgmlBlockType } from './ggml-codes.ts';
 
@@ -53,6 +59,8 @@ export const LLAMA_MIXES = [
   'iq3_xs',
   'iq3_s_mix',
   'iq3_m',
+  'iq3_xxs_mix',
+  'iq2_m',
 ] as const;
 /** A llama.cpp file type whose tensors take different types. */
 export type LlamaMix = (typeof LLAMA_MIXES)[number];
@@ -71,6 +79,7 @@ export type LlamaFileType =
   | 'iq4_nl'
   | 'iq4_xs'
   | 'iq3_s'
+  | 'iq3_xxs'
   | LlamaMix;
 /** A tensor type llama-quantize writes: a block type, Q4_0, Q8_0, or F16 for rows that fit no block. */
 export type LlamaTensorType = 'q4_0' | 'q8_0' | GgmlBlockType | 'f16';
@@ -151,6 +160,14 @@ function sensitiveType(mix: LlamaMix, role: LinearRole): LlamaTensorType | undef
       return v && (role.gqa ?? 1) >= 4 ? 'q4_k' : undefined;
     case 'iq3_m':
       return v || o || (down && layer < Math.floor(layers / 8)) ? 'q4_k' : undefined;
+    case 'iq3_xxs_mix':
+      if (v) return (role.gqa ?? 1) >= 4 ? 'q4_k' : role.imatrix ? undefined : 'iq3_s';
+      if (name === 'q_proj' || name === 'k_proj') return 'iq2_s';
+      if (down && !role.imatrix) return layer < Math.floor(layers / 8) ? 'q4_k' : 'q3_k';
+      return o ? 'iq3_s' : undefined;
+    case 'iq2_m':
+      if (v) return (role.gqa ?? 1) >= 4 ? 'q4_k' : 'iq3_s';
+      return o || (down && layer < Math.floor(layers / 8)) ? 'iq3_s' : undefined;
     default:
       return undefined;
   }
@@ -173,13 +190,22 @@ const MIX_BASE: Record<LlamaMix, LlamaTensorType> = {
   iq3_xs: 'iq3_s',
   iq3_s_mix: 'iq3_s',
   iq3_m: 'iq3_s',
+  iq3_xxs_mix: 'iq3_xxs',
+  iq2_m: 'iq2_s',
 };
 
 /**
  * Weight formats whose linears llama-quantize writes only with an importance matrix (its
- * tensor_requires_imatrix): Q2_K_S's Q2_K tensors, and IQ3_XXS, alone or in IQ3_XS.
+ * tensor_requires_imatrix): Q2_K_S's Q2_K tensors, IQ3_XXS and IQ2_S, alone or in IQ3_XS, IQ3_XXS, IQ2_M.
  */
-export const NEEDS_IMATRIX: readonly string[] = ['q2_k_s', 'iq3_xs', 'iq3_xxs'];
+export const NEEDS_IMATRIX: readonly string[] = [
+  'q2_k_s',
+  'iq3_xs',
+  'iq3_xxs',
+  'iq3_xxs_mix',
+  'iq2_s',
+  'iq2_m',
+];
 
 /** The tensor type a mix gives most linears; any other type is itself. */
 export function baseTensorType(type: string): string {
@@ -194,16 +220,22 @@ const FILE_TYPE_MIX: Partial<Record<LlamaFileType, LlamaMix>> = {
   iq4_nl: 'iq4_nl_mix',
   iq4_xs: 'iq4_xs_mix',
   iq3_s: 'iq3_s_mix',
+  iq3_xxs: 'iq3_xxs_mix',
 };
+
+/** The file types of llama-quantize's low-bit IQ branch: Q5_K output, IQ3_S embeddings, no 70B bump. */
+const LOW_BIT_IQ: readonly LlamaMix[] = ['iq3_xxs_mix', 'iq2_m'];
 
 function mixType(fileType: LlamaFileType, role: TensorRole, cols: number): LlamaTensorType {
   if (fileType === 'q8_0') return 'q8_0';
-  if (role.kind === 'output') return cols % 256 === 0 ? 'q6_k' : 'q8_0';
   const mix = FILE_TYPE_MIX[fileType] ?? fileType;
+  const lowBit = LOW_BIT_IQ.includes(mix as LlamaMix);
+  if (role.kind === 'output') return cols % 256 !== 0 ? 'q8_0' : lowBit ? 'q5_k' : 'q6_k';
   if (!isLlamaMix(mix)) return mix;
-  if (role.kind !== 'linear') return MIX_BASE[mix];
+  if (role.kind !== 'linear') return lowBit ? 'iq3_s' : MIX_BASE[mix];
   const type = sensitiveType(mix, role) ?? MIX_BASE[mix];
-  const bumped = role.llama70B && role.name === 'v_proj' && (type === 'q3_k' || type === 'q4_k');
+  const bumped =
+    role.llama70B && mix !== 'iq2_m' && role.name === 'v_proj' && (type === 'q3_k' || type === 'q4_k');
   return bumped ? 'q5_k' : type;
 }
 
@@ -216,6 +248,7 @@ const FALLBACK: Partial<Record<LlamaTensorType, LlamaTensorType>> = {
   iq4_xs: 'iq4_nl',
   iq3_xxs: 'iq4_nl',
   iq3_s: 'iq4_nl',
+  iq2_s: 'iq4_nl',
 };
 
 /** tensor_type_fallback, then F16 for rows that fit no 32-block. */

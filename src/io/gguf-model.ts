@@ -43,6 +43,7 @@ import {
   unpackQ6_K,
 } from '../formats/ggml.ts';
 import { codeBits } from '../formats/index.ts';
+import { unpackIq2S } from '../formats/iq2.ts';
 import { unpackIq3S, unpackIq3Xxs } from '../formats/iq3.ts';
 import { unpackIq4Nl, unpackIq4Xs } from '../formats/iq4.ts';
 import type { GgmlSpec } from '../formats/spec.ts';
@@ -98,6 +99,8 @@ const FILE_TYPE_NAMES: Record<number, string> = {
   25: 'mostly_iq4_nl',
   26: 'mostly_iq3_s',
   27: 'mostly_iq3_m',
+  28: 'mostly_iq2_s',
+  29: 'mostly_iq2_m',
   30: 'mostly_iq4_xs',
   32: 'mostly_bf16',
 };
@@ -262,6 +265,7 @@ const DEQUANTIZERS: Record<number, Dequantizer> = {
   [GGML_TYPE.IQ4_XS]: (bytes, n) => ggmlGroupValues(unpackIq4Xs(bytes, n)),
   [GGML_TYPE.IQ3_XXS]: (bytes, n) => ggmlGroupValues(unpackIq3Xxs(bytes, n)),
   [GGML_TYPE.IQ3_S]: (bytes, n) => ggmlGroupValues(unpackIq3S(bytes, n)),
+  [GGML_TYPE.IQ2_S]: (bytes, n) => ggmlGroupValues(unpackIq2S(bytes, n)),
 };
 const READABLE_TYPES = [GGML_TYPE.F32, GGML_TYPE.F16, ...Object.keys(DEQUANTIZERS).map(Number)];
 
@@ -320,7 +324,7 @@ function tensorSources(file: GgufFile, config: ModelConfig): Map<string, Source>
     const t = tensorInfo(file, gguf);
     if (!READABLE_TYPES.includes(t.type))
       fail(
-        `${file.path}: tensor ${gguf} has type ${ggmlTypeName(t.type)}, which llmq cannot dequantize (F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S)`,
+        `${file.path}: tensor ${gguf} has type ${ggmlTypeName(t.type)}, which llmq cannot dequantize (F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S, IQ2_S)`,
       );
   }
   return map;
@@ -401,6 +405,7 @@ const GROUP_UNPACKERS: Partial<Record<number, (bytes: Uint8Array, n: number) => 
   [GGML_TYPE.IQ4_XS]: unpackIq4Xs,
   [GGML_TYPE.IQ3_XXS]: unpackIq3Xxs,
   [GGML_TYPE.IQ3_S]: unpackIq3S,
+  [GGML_TYPE.IQ2_S]: unpackIq2S,
 };
 
 /**

@@ -14,7 +14,7 @@
  * grid point's 4 levels in the bytes of a u32.
  */
 import { fail } from '../../errors.ts';
-import { gridOf, type Iq3Type } from '../../formats/iq3.ts';
+import { type Iq3Type, iq3Grid } from '../../formats/iq3.ts';
 import type { GgmlSpec } from '../../formats/spec.ts';
 import type { DType } from '../tensor.ts';
 import type { GpuContext, Kernel, Storage } from './context.ts';
@@ -28,7 +28,7 @@ const OFF_GRID = 0x80000000;
 
 /** The grid tables as one u32 array: keys [0, 4096), candidate lists, then the points' levels. */
 export function iq3Table(type: Iq3Type): { words: Uint32Array; listAt: number; pointsAt: number } {
-  const g = gridOf(type);
+  const g = iq3Grid(type);
   const listAt = 4096;
   const pointsAt = listAt + g.list.length;
   const words = new Uint32Array(pointsAt + g.points.length);
