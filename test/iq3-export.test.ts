@@ -12,6 +12,7 @@ import { after, test } from 'node:test';
 import { promisify } from 'node:util';
 import { ggmlGroupValues } from '../src/formats/ggml.ts';
 import { ggmlBlockBytes } from '../src/formats/ggml-codes.ts';
+import { quantizeIq2S, unpackIq2S } from '../src/formats/iq2.ts';
 import { quantizeIq3S, quantizeIq3Xxs, unpackIq3Xxs } from '../src/formats/iq3.ts';
 import { ggmlTypeName, readGguf, readGgufTensor } from '../src/io/gguf.ts';
 import { loadGgufModel } from '../src/io/gguf-load.ts';
@@ -75,7 +76,7 @@ async function checkpoint(name: string, weights: string) {
 }
 
 test('IQ3_XS and IQ3_XXS need an importance matrix, as llama-quantize refuses their IQ3_XXS tensors without one', async () => {
-  for (const weights of ['iq3_xs', 'iq3_xxs'])
+  for (const weights of ['iq3_xs', 'iq3_xxs', 'iq3_xxs_mix', 'iq2_s', 'iq2_m'])
     assert.throws(
       () => defineRecipe('x', { description: 'x', weights }),
       /needs an importance matrix/,
@@ -147,6 +148,34 @@ test('imatrix-iq3_m: weighted IQ3_S blocks in the checkpoint, exported to GGUF I
     'Q6_K',
   ]);
   assert.deepEqual(readGgufTensor(g, 'blk.1.ffn_up.weight'), want);
+});
+
+test('imatrix IQ2_M: weighted IQ2_S blocks, IQ3_S where llama-quantize gives more bits, exported unchanged', async () => {
+  const model = await checkpoint('iq2m', 'iq2_m');
+  await run('./bin/llmq', ['export', `${dir}/iq2m`, '--to', 'gguf-iq2_m', '--out', `${dir}/iq2m.gguf`]);
+  const g = readGguf(`${dir}/iq2m.gguf`);
+  assert.equal(g.metadata.get('general.file_type')?.value, 29);
+  // attn_v and attn_output IQ3_S, ffn_down's rows of 704 IQ4_NL, output Q5_K, embeddings IQ3_S
+  assert.deepEqual(typesIn(`${dir}/iq2m.gguf`, NAMES), [
+    'IQ3_S',
+    'IQ2_S',
+    'IQ3_S',
+    'IQ3_S',
+    'IQ2_S',
+    'IQ2_S',
+    'IQ4_NL',
+    'Q5_K',
+  ]);
+  const want = quantizeIq2S(await weightOf(1, 'gate_proj'), importanceOf('blk.1.ffn_gate'));
+  assert.deepEqual(readGgufTensor(g, 'blk.1.ffn_gate.weight'), want);
+  const enc = model.layers[1].linears.gate_proj.quantized?.encoded;
+  assert.ok(enc?.scaleCodes);
+  assert.deepEqual(ggmlBlockBytes(enc.codes, enc.scaleCodes, 'iq2_s'), want);
+  const back = loadGgufModel(`${dir}/iq2m.gguf`, cpu);
+  assert.deepEqual(
+    await cpu.read(back.layers[1].linears.gate_proj.weight),
+    ggmlGroupValues(unpackIq2S(want)),
+  );
 });
 
 test('gptq with an IQ3 type or mix is refused: its codes are grid points of 4 weights', () => {
