@@ -68,7 +68,7 @@ for (const type of ['q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'iq4_xs', 'iq3_xxs', 'iq3_
 const adapter = gpu.describe();
 const cmd = `node --import tsx bench/kquant-search.ts --rows ${rows} --cols ${cols}`;
 publish(
-  `K-quant and IQ4 search round trips: host vs WebGPU, ${rows} x ${cols}`,
+  `K-quant, IQ4 and IQ3 search round trips: host vs WebGPU, ${rows} x ${cols}`,
   cmd,
   table(out),
   'Host: the exact quantizer, on one thread and on the worker threads (same bytes). WebGPU: the search kernel AWQ uses to rank candidates; the stored blocks always come from the host quantizer.',
