@@ -2,7 +2,7 @@
  * llama.cpp K-quant, IQ4 and IQ3 round trips: the exact host quantizer (formats/kquants.ts, iq4.ts, iq3.ts) on one
  * thread and on the worker threads (formats/block-workers.ts; only where they run: the tsx CLI, not the
  * GPU bundle), against the WebGPU search kernel AWQ ranks candidates with (webgpu/quant-kquant.ts,
- * quant-iq4.ts, quant-iq3.ts), on a
+ * quant-iq4.ts, quant-lattice.ts), on a
  * Llama-3-8B-sized weight, with how many values come out identical and the round-trip error of each.
  *   node --import tsx bench/kquant-search.ts [--rows 4096 --cols 4096] [--no-write]
  */
@@ -31,7 +31,7 @@ const sumSq = (a: Float32Array) => a.reduce((s, v, i) => s + (v - x[i]) ** 2, 0)
 // the worker threads start on the first call: warm them up, and see whether they run here at all
 const threads = (await quantizeBlocksInParallel('q6_k', x, cols)) ? os.availableParallelism() : 1;
 const out: Row[] = [];
-for (const type of ['q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'iq4_xs', 'iq3_xxs', 'iq3_s']) {
+for (const type of ['q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'iq4_xs', 'iq3_xxs', 'iq3_s', 'iq2_s']) {
   const spec = parseFormat(type) as GgmlSpec;
   let t0 = performance.now();
   const want = fakeQuantRows(x, rows, cols, spec);

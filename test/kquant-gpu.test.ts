@@ -1,7 +1,7 @@
 /**
  * The WebGPU search kernels for Q4_K / Q5_K / Q6_K (webgpu/quant-kquant.ts), IQ4_NL / IQ4_XS
- * (webgpu/quant-iq4.ts) and IQ3_XXS / IQ3_S (webgpu/quant-iq3.ts) against the exact host quantizers
- * (formats/kquants.ts, iq4.ts, iq3.ts): the same algorithm in float32, so nearly every value is identical;
+ * (webgpu/quant-iq4.ts) and IQ3_XXS / IQ3_S / IQ2_S (webgpu/quant-lattice.ts) against the exact host quantizers
+ * (formats/kquants.ts, iq4.ts, iq3.ts, iq2.ts): the same algorithm in float32, so nearly every value is identical;
  * where a near-tie of llama.cpp's grid search goes the other way, the round trip is as good.
  */
 import assert from 'node:assert/strict';
@@ -27,7 +27,7 @@ function weights(rows: number, cols: number, seed: number): Float32Array {
 
 const sumSq = (a: Float32Array, b: Float32Array) => a.reduce((s, v, i) => s + (v - b[i]) ** 2, 0);
 
-for (const type of ['q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'iq4_xs', 'iq3_xxs', 'iq3_s'] as const) {
+for (const type of ['q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'iq4_xs', 'iq3_xxs', 'iq3_s', 'iq2_s'] as const) {
   test(`WebGPU ${type} search round trip equals the host quantizer on almost every value`, {
     skip: gpu ? false : 'no WebGPU adapter',
   }, async () => {

@@ -102,7 +102,7 @@ export const IQ2_S_BLOCK_BYTES = GGML_BLOCK.IQ2_S.bytes;
 const QK_K = 256;
 const fr = Math.fround;
 
-const SPEC: LatticeSpec = {
+export const IQ2_S_SPEC: Readonly<LatticeSpec> = {
   points: KGRID_1024,
   group: 8,
   levelBits: 2,
@@ -126,7 +126,7 @@ export function quantizeIq2S(x: Float32Array, imatrix?: Importance): Uint8Array 
   const out = new Uint8Array((x.length / QK_K) * IQ2_S_BLOCK_BYTES);
   for (let b = 0; b < x.length / QK_K; b++) {
     const o = b * IQ2_S_BLOCK_BYTES;
-    const subs = searchSuperBlockAt(SPEC, x, b, imatrix);
+    const subs = searchSuperBlockAt(IQ2_S_SPEC, x, b, imatrix);
     subs.forEach((s, ib) => {
       if (!s) return;
       for (let k = 0; k < 2; k++) {
@@ -157,7 +157,7 @@ export function unpackIq2S(bytes: Uint8Array, n = (bytes.length / IQ2_S_BLOCK_BY
     }
     for (let g = 0; g < QK_K / 8; g++) {
       const j = bytes[o + 2 + g] | (((bytes[o + 66 + (g >> 2)] >> (2 * (g % 4))) & 3) << 8);
-      pointCodes(SPEC, j, bytes[o + 34 + g], u.codes, b * QK_K + 8 * g);
+      pointCodes(IQ2_S_SPEC, j, bytes[o + 34 + g], u.codes, b * QK_K + 8 * g);
     }
   }
   return u;
@@ -167,7 +167,7 @@ export function unpackIq2S(bytes: Uint8Array, n = (bytes.length / IQ2_S_BLOCK_BY
 export function packIq2SCodes(codes: Uint8Array, at: number, out: Uint8Array, o: number): void {
   out.fill(0, o + 66, o + 74);
   for (let g = 0; g < QK_K / 8; g++) {
-    const j = pointOf(SPEC, codes, at + 8 * g, 'iq2_s');
+    const j = pointOf(IQ2_S_SPEC, codes, at + 8 * g, 'iq2_s');
     out[o + 2 + g] = j & 255;
     out[o + 66 + (g >> 2)] |= (j >> 8) << (2 * (g % 4));
     out[o + 34 + g] = signBits(codes, at + 8 * g);

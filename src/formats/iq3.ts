@@ -37,7 +37,6 @@ import {
 } from './ggml.ts';
 import {
   checkSuperBlockRows,
-  gridOf,
   type LatticeSpec,
   pointCodes,
   pointOf,
@@ -133,8 +132,8 @@ const SPECS: Record<Iq3Type, LatticeSpec> = {
   },
 };
 
-/** The type's grid with its lookup tables (the WebGPU search kernel uploads them). */
-export const iq3Grid = (type: Iq3Type) => gridOf(SPECS[type]);
+/** The type's search (the WebGPU search kernel follows it and uploads its grid tables). */
+export const iq3Spec = (type: Iq3Type): Readonly<LatticeSpec> => SPECS[type];
 
 function writeU32(out: Uint8Array, at: number, v: number): void {
   for (let b = 0; b < 4; b++) out[at + b] = (v >>> (8 * b)) & 0xff;

@@ -35,9 +35,9 @@ import { DEFAULT_TILE, embedding, type GemmTile, linear } from './matmul.ts';
 import { klDiv, nll, rmsnorm } from './norm.ts';
 import { fakeQuant, quantizeRowsInt8 } from './quant.ts';
 import { ggmlFakeQuant } from './quant-ggml.ts';
-import { iq3SearchFakeQuant, SEARCH_IQ3_TYPES } from './quant-iq3.ts';
 import { iq4SearchFakeQuant, SEARCH_IQ4_TYPES } from './quant-iq4.ts';
 import { kquantSearchFakeQuant, SEARCH_K_TYPES } from './quant-kquant.ts';
+import { latticeSearchFakeQuant, SEARCH_LATTICE_TYPES } from './quant-lattice.ts';
 import { columnStats, sumSquaredDiff } from './reduce.ts';
 
 export class WebGpuTensor implements Tensor {
@@ -415,8 +415,8 @@ export class WebGpuBackend implements Backend {
     const lastDim = x.shape[x.shape.length - 1] ?? 1;
     const search = SEARCH_IQ4_TYPES.includes(spec.type)
       ? iq4SearchFakeQuant
-      : SEARCH_IQ3_TYPES.includes(spec.type)
-        ? iq3SearchFakeQuant
+      : SEARCH_LATTICE_TYPES.includes(spec.type)
+        ? latticeSearchFakeQuant
         : SEARCH_K_TYPES.includes(spec.type)
           ? kquantSearchFakeQuant
           : undefined;

@@ -1,0 +1,267 @@
+/**
+ * dequantize(quantize(x)) in llama.cpp's lattice types IQ3_XXS / IQ3_S / IQ2_S (super-blocks of 256) on
+ * the GPU, for the searches that only rank candidates (AWQ's scale and clip searches): the float32
+ * algorithm of formats/lattice.ts without an importance matrix, not bit for bit (as the K-quant and IQ4
+ * search kernels): in a near-tie of the scale search or of two grid neighbours the GPU may take the other
+ * candidate, and an all-zero IQ3_S sub-block does not shift the ones after it as the file layout does.
+ * Blocks llmq stores come from the exact host quantizer.
+ *
+ * One thread per sub-block (32 values; IQ2_S 16): the threads of a super-block first share their sums of
+ * x^2 (IQ2_S's weights use sigma2); then each takes its sign masks (IQ3_XXS: even parity per 8), the
+ * scale search over the trial reciprocals with each group (4 values; IQ2_S 8) rounded to the nearest
+ * levels or, off the grid, to its best neighbour, the refit; then they exchange their scales through
+ * workgroup memory for fp16 d and the 4-bit sub-block scales. The grid tables are one storage buffer:
+ * per level combination its grid index, or its candidates' place in the list; the lists; each grid
+ * point's levels, 4 bits each, in a u32.
+ */
+import { fail } from '../../errors.ts';
+import { IQ2_S_SPEC } from '../../formats/iq2.ts';
+import { iq3Spec } from '../../formats/iq3.ts';
+import { gridOf, type LatticeSpec } from '../../formats/lattice.ts';
+import type { GgmlSpec } from '../../formats/spec.ts';
+import type { DType } from '../tensor.ts';
+import type { GpuContext, Kernel, Storage } from './context.ts';
+import { GGML_WG, ggmlKernelHeader, runBlockKernel } from './quant-ggml.ts';
+
+type LatticeType = 'iq3_xxs' | 'iq3_s' | 'iq2_s';
+export const SEARCH_LATTICE_TYPES: readonly string[] = ['iq3_xxs', 'iq3_s', 'iq2_s'];
+
+const WG = GGML_WG;
+const OFF_GRID = 0x80000000;
+
+const specOf = (type: LatticeType) => (type === 'iq2_s' ? IQ2_S_SPEC : iq3Spec(type));
+
+/** What the dequantizer makes of d, a sub-block's ls and a level l: WGSL expressions. */
+const DEQUANT: Record<LatticeType, { fudge: number; db: string; magnitude: string }> = {
+  iq3_xxs: {
+    fudge: 1.0125,
+    db: 'dh * (0.5 + ls) * 0.5',
+    magnitude: 'select(f32(4u * (2u * l + 1u)), 62.0, l == 7u)',
+  },
+  iq3_s: { fudge: 1.033, db: 'dh * (1.0 + 2.0 * ls)', magnitude: 'f32(2u * l + 1u)' },
+  iq2_s: {
+    fudge: 0.9875,
+    db: 'dh * (0.5 + ls) * 0.25',
+    magnitude: 'select(select(8.0, 25.0, l == 1u), 43.0, l == 2u)',
+  },
+};
+
+/** The grid tables as one u32 array: level combinations, candidate lists, then the points' levels. */
+export function latticeTable(spec: LatticeSpec): { words: Uint32Array; listAt: number; pointsAt: number } {
+  const g = gridOf(spec);
+  const keys = g.index.length;
+  const listAt = keys;
+  const pointsAt = listAt + g.list.length;
+  const words = new Uint32Array(pointsAt + g.points.length);
+  for (let key = 0; key < keys; key++) {
+    const count = g.start[key + 1] - g.start[key];
+    if (count > 255 || g.start[key] >= 1 << 23)
+      fail('lattice search: a candidate list does not fit its table entry');
+    words[key] = g.index[key] >= 0 ? g.index[key] : (OFF_GRID | (g.start[key] << 8) | count) >>> 0;
+  }
+  words.set(g.list, listAt);
+  for (let j = 0; j < g.points.length; j++)
+    for (let i = 0; i < spec.group; i++) words[pointsAt + j] |= g.levels[spec.group * j + i] << (4 * i);
+  return { words, listAt, pointsAt };
+}
+
+function latticeWgsl(type: LatticeType, listAt: number, pointsAt: number): string {
+  const s = specOf(type);
+  const { fudge, db, magnitude } = DEQUANT[type];
+  const [SUB, G, per] = [s.subBlock, s.group, 256 / s.subBlock];
+  const top = 2 * s.maxLevel + 1;
+  return `
+@group(0) @binding(3) var<storage, read> T: array<u32>;
+var<workgroup> shScale: array<f32, ${WG}>;
+var<workgroup> shSum: array<f32, ${WG}>;
+fn f16(v: f32) -> f32 { return fv(f16Round(fbits(v))); }
+fn lvl(point: u32, i: u32) -> u32 { return (T[${pointsAt}u + point] >> (4u * i)) & 15u; }
+/** the levels of group k nearest to xv * id, as a key; into L */
+fn nearestKey(xv: ptr<function, array<f32, ${SUB}>>, k: u32, id: f32, L: ptr<function, array<u32, ${SUB}>>) -> u32 {
+  var key = 0u;
+  for (var i = 0u; i < ${G}u; i++) {
+    let l = u32(clamp(round(0.5 * (id * (*xv)[${G}u * k + i] - 1.0)), 0.0, ${s.maxLevel}.0));
+    (*L)[${G}u * k + i] = l;
+    key |= l << (${s.levelBits}u * i);
+  }
+  return key;
+}
+/** the best candidate of an off-grid entry e by weighted distance; into L */
+fn bestNeighbour(e: u32, xv: ptr<function, array<f32, ${SUB}>>, wa: ptr<function, array<f32, ${SUB}>>, k: u32,
+                 scale: f32, L: ptr<function, array<u32, ${SUB}>>) {
+  let start = (e & 0x7fffffffu) >> 8u;
+  var best = 3.4e38;
+  var pick = 0u;
+  for (var n = start; n < start + (e & 255u); n++) {
+    let j = T[${listAt}u + n];
+    var d2 = 0.0;
+    for (var i = 0u; i < ${G}u; i++) {
+      let diff = scale * f32(2u * lvl(j, i) + 1u) - (*xv)[${G}u * k + i];
+      d2 += (*wa)[${G}u * k + i] * diff * diff;
+    }
+    if (d2 < best) {
+      best = d2;
+      pick = j;
+    }
+  }
+  for (var i = 0u; i < ${G}u; i++) { (*L)[${G}u * k + i] = lvl(pick, i); }
+}
+/** (sum w x q, sum w q^2), q = 2L + 1 */
+fn fitSums(xv: ptr<function, array<f32, ${SUB}>>, w: ptr<function, array<f32, ${SUB}>>, L: ptr<function, array<u32, ${SUB}>>) -> vec2<f32> {
+  var s = vec2<f32>(0.0, 0.0);
+  for (var i = 0u; i < ${SUB}u; i++) {
+    let q = f32(2u * (*L)[i] + 1u);
+    s += vec2<f32>((*w)[i] * (*xv)[i] * q, (*w)[i] * q * q);
+  }
+  return s;
+}
+/** the dequantizer's magnitude of level l */
+fn magnitude(l: u32) -> f32 { return ${magnitude}; }
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let g = flatWg(wid, nwg) * ${WG}u + lid;
+  let valid = g < p.n;
+  let first = lid & ~${per - 1}u;
+  var x: array<f32, ${SUB}>;
+  var xv: array<f32, ${SUB}>;
+  var w: array<f32, ${SUB}>;
+  var wa: array<f32, ${SUB}>;
+  var L: array<u32, ${SUB}>;
+  var La: array<u32, ${SUB}>;
+  var neg: array<u32, ${SUB / 8}>;
+  var sum = 0.0;
+  if (valid) {
+    for (var i = 0u; i < ${SUB}u; i++) {
+      x[i] = fv(ldBits(p.xOff + g * ${SUB}u + i));
+      sum += x[i] * x[i];
+    }
+  }
+  shSum[lid] = sum;
+  workgroupBarrier();
+  var total = 0.0;
+  for (var j = 0u; j < ${per}u; j++) { total += shSum[first + j]; }
+  let sigma2 = 2.0 * total / 256.0;
+  var scale = 0.0;
+  var mx = 0.0;
+  if (valid) {
+    for (var i = 0u; i < ${SUB}u; i++) {
+      w[i] = ${s.plainWeights === 'x2' ? 'x[i] * x[i]' : '0.25 * sigma2 + x[i] * x[i]'};
+      wa[i] = sqrt(w[i]);
+      xv[i] = abs(x[i]);
+    }
+    for (var k = 0u; k < ${SUB / 8}u; k++) {
+      var s = 0u;
+      for (var i = 0u; i < 8u; i++) { if (x[8u * k + i] < 0.0) { s |= 1u << i; } }
+${
+  s.paritySigns
+    ? `      if ((countOneBits(s) & 1u) == 1u) {
+        var imin = 0u;
+        var least = w[8u * k] * x[8u * k] * x[8u * k];
+        for (var i = 1u; i < 8u; i++) {
+          let a = w[8u * k + i] * x[8u * k + i] * x[8u * k + i];
+          if (a < least) {
+            least = a;
+            imin = i;
+          }
+        }
+        xv[8u * k + imin] = -xv[8u * k + imin];
+        s ^= 1u << imin;
+      }`
+    : ''
+}
+      neg[k] = s;
+    }
+    for (var i = 0u; i < ${SUB}u; i++) { mx = max(mx, xv[i]); }
+  }
+  if (valid && mx ${s.skipBelow ? `>= ${s.skipBelow}` : '> 0.0'}) {
+    var best = 0.0;
+    scale = mx / ${top}.0;
+    var offGrid = ${s.refitAll ? `${(1 << (SUB / G)) - 1}u` : '0u'};
+    for (var t = -${s.steps}; t <= ${s.steps}; t++) {
+      let id = (${top}.0 + f32(t) * ${s.stepSize}) / mx;
+      var off = 0u;
+      for (var k = 0u; k < ${SUB / G}u; k++) {
+        let e = T[nearestKey(&xv, k, id, &La)];
+        if ((e & ${OFF_GRID}u) != 0u) {
+          bestNeighbour(e, &xv, &wa, k, 1.0 / id, &La);
+          off |= 1u << k;
+        }
+      }
+      let s = fitSums(&xv, &w, &La);
+      if (s.y > 0.0 && s.x * s.x > best * s.y) {
+        scale = s.x / s.y;
+        best = scale * s.x;
+        L = La;
+        offGrid = off;
+      }
+    }
+    if (offGrid != 0u && scale > 0.0) {
+      for (var k = 0u; k < ${SUB / G}u; k++) {
+        ${s.refitAll ? '' : 'if ((offGrid & (1u << k)) == 0u) { continue; }'}
+        let e = T[nearestKey(&xv, k, 1.0 / scale, &L)];
+        if ((e & ${OFF_GRID}u) != 0u) { bestNeighbour(e, &xv, &wa, k, scale, &L); }
+      }
+      let s = fitSums(&xv, &w, &L);
+      if (s.y > 0.0) { scale = s.x / s.y; }
+    }
+  }
+  shScale[lid] = scale;
+  workgroupBarrier();
+  if (!valid) { return; }
+  var maxScale = 0.0;
+  for (var j = 0u; j < ${per}u; j++) { maxScale = max(maxScale, shScale[first + j]); }
+  let d = maxScale / 31.0;
+  let ls = select(0.0, clamp(round(0.5 * (scale / d - 1.0)), 0.0, 15.0), d > 0.0);
+  let dh = f16(d * ${fudge});
+  let db = ${db};
+  for (var i = 0u; i < ${SUB}u; i++) {
+    let l = L[i];
+    let v = select(0.0, db * magnitude(l), scale > 0.0);
+    let negative = ((neg[i / 8u] >> (i % 8u)) & 1u) == 1u;
+    O[p.oOff + g * ${SUB}u + i] = fbits(select(v, -v, negative));
+  }
+}`;
+}
+
+function latticeKernel(type: LatticeType, dtype: DType, listAt: number, pointsAt: number): Kernel {
+  return {
+    key: `lattice-search:${type}:${dtype}`,
+    bindings: ['uniform', 'read', 'write', 'read'],
+    code: () => `${ggmlKernelHeader(dtype)}
+${latticeWgsl(type, listAt, pointsAt)}`,
+  };
+}
+
+const tables = new WeakMap<GpuContext, Map<LatticeType, ReturnType<typeof upload>>>();
+
+function upload(ctx: GpuContext, type: LatticeType) {
+  const { words, listAt, pointsAt } = latticeTable(specOf(type));
+  const buffer = ctx.createWith(new Uint8Array(words.buffer));
+  return { binding: { buffer } as GPUBufferBinding, listAt, pointsAt };
+}
+
+/**
+ * The IQ3_XXS / IQ3_S / IQ2_S round trip of x (rows of `lastDim` values, a multiple of 256) for a
+ * search; f32 result of x's shape. Approximate: see the file comment.
+ */
+export function latticeSearchFakeQuant(
+  ctx: GpuContext,
+  x: Storage,
+  lastDim: number,
+  spec: GgmlSpec,
+): Storage {
+  if (!SEARCH_LATTICE_TYPES.includes(spec.type)) fail(`lattice search: no GPU kernel for ${spec.type}`);
+  const type = spec.type as LatticeType;
+  if (lastDim % 256 !== 0 || x.cols % 256 !== 0)
+    fail(`${type}: super-blocks of 256 do not divide the row length ${lastDim}`);
+  let byType = tables.get(ctx);
+  if (!byType) tables.set(ctx, (byType = new Map()));
+  let table = byType.get(type);
+  if (!table) byType.set(type, (table = upload(ctx, type)));
+  const sub = specOf(type).subBlock;
+  return runBlockKernel(ctx, latticeKernel(type, x.dtype, table.listAt, table.pointsAt), x, sub, [
+    table.binding,
+  ]);
+}
