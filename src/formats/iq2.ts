@@ -28,6 +28,7 @@ import {
   pointOf,
   searchSuperBlockAt,
   signBits,
+  signedCodeLevels,
   superScales,
 } from './lattice.ts';
 
@@ -115,10 +116,9 @@ export const IQ2_S_SPEC: Readonly<LatticeSpec> = {
   paritySigns: false,
   refitAll: false,
   plainWeights: 'sigma',
+  fudge: 0.9875,
+  codeLevels: signedCodeLevels([8, 25, 43]),
 };
-
-/** Code c = level l + 8 (negative): level[c] = +-(8, 25, 43)[l] (levels 3..7 unused). */
-const IQ2_S_LEVELS = Int8Array.from({ length: 16 }, (_, c) => (c < 8 ? 1 : -1) * ([8, 25, 43][c % 8] ?? 0));
 
 /** x (rows of a multiple of 256) -> IQ2_S blocks, as llama.cpp's quantize_iq2_s (imatrix: its quant_weights). */
 export function quantizeIq2S(x: Float32Array, imatrix?: Importance): Uint8Array {
@@ -139,7 +139,7 @@ export function quantizeIq2S(x: Float32Array, imatrix?: Importance): Uint8Array 
     const scales = superScales(subs);
     if (!scales) continue;
     const { d, ls } = scales;
-    writeF16(out, o, fr(d * fr(0.9875)));
+    writeF16(out, o, fr(d * fr(IQ2_S_SPEC.fudge)));
     for (let ib = 0; ib < QK_K / 16; ib += 2) out[o + 74 + ib / 2] = ls[ib] | (ls[ib + 1] << 4);
   }
   return out;
@@ -147,7 +147,7 @@ export function quantizeIq2S(x: Float32Array, imatrix?: Importance): Uint8Array 
 
 /** IQ2_S blocks as codes (level + 8 for negative) and per-16 scale d (0.5 + ls) 0.25: x = scale * level[code]. */
 export function unpackIq2S(bytes: Uint8Array, n = (bytes.length / IQ2_S_BLOCK_BYTES) * QK_K): GgmlGroupCodes {
-  const u: GgmlGroupCodes = { ...groupCodes(n, 16, 4, false), levels: IQ2_S_LEVELS };
+  const u: GgmlGroupCodes = { ...groupCodes(n, 16, 4, false), levels: IQ2_S_SPEC.codeLevels };
   for (let b = 0; b < blockCount(bytes, 'IQ2_S', n); b++) {
     const o = b * IQ2_S_BLOCK_BYTES;
     const d = readF16(bytes, o);

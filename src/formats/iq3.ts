@@ -42,6 +42,7 @@ import {
   pointOf,
   searchSuperBlockAt,
   signBits,
+  signedCodeLevels,
   superScales,
 } from './lattice.ts';
 
@@ -115,6 +116,9 @@ const SPECS: Record<Iq3Type, LatticeSpec> = {
     paritySigns: true,
     refitAll: false,
     plainWeights: 'x2',
+    fudge: 1.0125,
+    // 4 (2l + 1), but 62 for l = 7
+    codeLevels: signedCodeLevels([4, 12, 20, 28, 36, 44, 52, 62]),
   },
   iq3_s: {
     points: KGRID_512,
@@ -129,6 +133,8 @@ const SPECS: Record<Iq3Type, LatticeSpec> = {
     paritySigns: false,
     refitAll: true,
     plainWeights: 'x2',
+    fudge: 1.033,
+    codeLevels: signedCodeLevels([1, 3, 5, 7, 9, 11, 13, 15]),
   },
 };
 
@@ -149,7 +155,7 @@ export function quantizeIq3Xxs(x: Float32Array, imatrix?: Importance): Uint8Arra
     const scales = superScales(subs);
     if (!scales) continue;
     const { d, ls } = scales;
-    writeF16(out, o, fr(d * fr(1.0125)));
+    writeF16(out, o, fr(d * fr(SPECS.iq3_xxs.fudge)));
     subs.forEach((s, ib) => {
       if (s) out.set(s.grid, o + 2 + 8 * ib);
       const signs = s ? s.signs[0] | (s.signs[1] << 7) | (s.signs[2] << 14) | (s.signs[3] << 21) : 0;
@@ -179,21 +185,11 @@ export function quantizeIq3S(x: Float32Array, imatrix?: Importance): Uint8Array 
     const scales = superScales(subs);
     if (!scales) continue;
     const { d, ls } = scales;
-    writeF16(out, o, fr(d * fr(1.033)));
+    writeF16(out, o, fr(d * fr(SPECS.iq3_s.fudge)));
     for (let ib = 0; ib < QK_K / SUB; ib += 2) out[o + 106 + ib / 2] = ls[ib] | (ls[ib + 1] << 4);
   }
   return out;
 }
-
-/** The magnitude of level l (grid byte) in the dequantizer's grid: 4 (2l + 1) but 62 for l = 7 (IQ3_XXS), 2l + 1 (IQ3_S). */
-const magnitude = (type: Iq3Type, l: number) =>
-  type === 'iq3_s' ? 2 * l + 1 : l === 7 ? 62 : 4 * (2 * l + 1);
-
-/** Code c = level l + 8 (negative): level[c] = +-magnitude(l). */
-const IQ3_LEVELS: Record<Iq3Type, Int8Array> = {
-  iq3_xxs: Int8Array.from({ length: 16 }, (_, c) => (c < 8 ? 1 : -1) * magnitude('iq3_xxs', c % 8)),
-  iq3_s: Int8Array.from({ length: 16 }, (_, c) => (c < 8 ? 1 : -1) * magnitude('iq3_s', c % 8)),
-};
 
 function readU32(src: Uint8Array, at: number): number {
   return (src[at] | (src[at + 1] << 8) | (src[at + 2] << 16) | (src[at + 3] << 24)) >>> 0;
@@ -219,7 +215,7 @@ export function unpackIq3Xxs(
   bytes: Uint8Array,
   n = (bytes.length / IQ3_XXS_BLOCK_BYTES) * QK_K,
 ): GgmlGroupCodes {
-  const u: GgmlGroupCodes = { ...groupCodes(n, SUB, 4, false), levels: IQ3_LEVELS.iq3_xxs };
+  const u: GgmlGroupCodes = { ...groupCodes(n, SUB, 4, false), levels: SPECS.iq3_xxs.codeLevels };
   for (let b = 0; b < blockCount(bytes, 'IQ3_XXS', n); b++) {
     const o = b * IQ3_XXS_BLOCK_BYTES;
     const d = readF16(bytes, o);
@@ -238,7 +234,7 @@ export function unpackIq3Xxs(
 
 /** IQ3_S blocks as codes (level + 8 for negative) and per-32 scale d (1 + 2 ls): x = scale * level[code]. */
 export function unpackIq3S(bytes: Uint8Array, n = (bytes.length / IQ3_S_BLOCK_BYTES) * QK_K): GgmlGroupCodes {
-  const u: GgmlGroupCodes = { ...groupCodes(n, SUB, 4, false), levels: IQ3_LEVELS.iq3_s };
+  const u: GgmlGroupCodes = { ...groupCodes(n, SUB, 4, false), levels: SPECS.iq3_s.codeLevels };
   for (let b = 0; b < blockCount(bytes, 'IQ3_S', n); b++) {
     const o = b * IQ3_S_BLOCK_BYTES;
     const d = readF16(bytes, o);

@@ -42,6 +42,15 @@ export interface LatticeSpec {
   refitAll: boolean;
   /** weights without an importance matrix: x^2, or (IQ2_S) sigma2 / 4 + x^2 */
   plainWeights: 'x2' | 'sigma';
+  /** the stored d is d times this */
+  fudge: number;
+  /** the dequantizer's value of code c = level + 8 when negative: +-its grid byte for the level */
+  codeLevels: Int8Array;
+}
+
+/** The 16 signed code levels of a dequantizer grid's bytes per level (code = level + 8 when negative). */
+export function signedCodeLevels(bytes: readonly number[]): Int8Array {
+  return Int8Array.from({ length: 16 }, (_, c) => (c < 8 ? 1 : -1) * (bytes[c % 8] ?? 0));
 }
 
 /**

@@ -31,20 +31,19 @@ const OFF_GRID = 0x80000000;
 
 const specOf = (type: LatticeType) => (type === 'iq2_s' ? IQ2_S_SPEC : iq3Spec(type));
 
-/** What the dequantizer makes of d, a sub-block's ls and a level l: WGSL expressions. */
-const DEQUANT: Record<LatticeType, { fudge: number; db: string; magnitude: string }> = {
-  iq3_xxs: {
-    fudge: 1.0125,
-    db: 'dh * (0.5 + ls) * 0.5',
-    magnitude: 'select(f32(4u * (2u * l + 1u)), 62.0, l == 7u)',
-  },
-  iq3_s: { fudge: 1.033, db: 'dh * (1.0 + 2.0 * ls)', magnitude: 'f32(2u * l + 1u)' },
-  iq2_s: {
-    fudge: 0.9875,
-    db: 'dh * (0.5 + ls) * 0.25',
-    magnitude: 'select(select(8.0, 25.0, l == 1u), 43.0, l == 2u)',
-  },
+/** The dequantizer's sub-block scale from fp16 d and the 4-bit ls: a WGSL expression. */
+const SUB_BLOCK_SCALE: Record<LatticeType, string> = {
+  iq3_xxs: 'dh * (0.5 + ls) * 0.5',
+  iq3_s: 'dh * (1.0 + 2.0 * ls)',
+  iq2_s: 'dh * (0.5 + ls) * 0.25',
 };
+
+/** The magnitude of level l (the spec's code levels 0..maxLevel) as a chain of selects. */
+function magnitudeWgsl(spec: LatticeSpec): string {
+  let expr = `${spec.codeLevels[0]}.0`;
+  for (let l = 1; l <= spec.maxLevel; l++) expr = `select(${expr}, ${spec.codeLevels[l]}.0, l == ${l}u)`;
+  return expr;
+}
 
 /** The grid tables as one u32 array: level combinations, candidate lists, then the points' levels. */
 export function latticeTable(spec: LatticeSpec): { words: Uint32Array; listAt: number; pointsAt: number } {
@@ -67,7 +66,7 @@ export function latticeTable(spec: LatticeSpec): { words: Uint32Array; listAt: n
 
 function latticeWgsl(type: LatticeType, listAt: number, pointsAt: number): string {
   const s = specOf(type);
-  const { fudge, db, magnitude } = DEQUANT[type];
+
   const [SUB, G, per] = [s.subBlock, s.group, 256 / s.subBlock];
   const top = 2 * s.maxLevel + 1;
   return `
@@ -116,7 +115,7 @@ fn fitSums(xv: ptr<function, array<f32, ${SUB}>>, w: ptr<function, array<f32, ${
   return s;
 }
 /** the dequantizer's magnitude of level l */
-fn magnitude(l: u32) -> f32 { return ${magnitude}; }
+fn magnitude(l: u32) -> f32 { return ${magnitudeWgsl(s)}; }
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -214,8 +213,8 @@ ${
   for (var j = 0u; j < ${per}u; j++) { maxScale = max(maxScale, shScale[first + j]); }
   let d = maxScale / 31.0;
   let ls = select(0.0, clamp(round(0.5 * (scale / d - 1.0)), 0.0, 15.0), d > 0.0);
-  let dh = f16(d * ${fudge});
-  let db = ${db};
+  let dh = f16(d * ${s.fudge});
+  let db = ${SUB_BLOCK_SCALE[type]};
   for (var i = 0u; i < ${SUB}u; i++) {
     let l = L[i];
     let v = select(0.0, db * magnitude(l), scale > 0.0);
