@@ -1,6 +1,10 @@
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { type CalibSet, loadCalibration } from '../src/calib/data.ts';
 import type { FormatSpec } from '../src/formats/spec.ts';
+import { ggmlTypeName, readGguf } from '../src/io/gguf.ts';
+import { readImatrix } from '../src/io/imatrix-file.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { LINEARS, type LinearName, type LlamaModel } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
@@ -211,4 +215,30 @@ export async function assertSameWeights(a: LlamaModel, b: LlamaModel): Promise<v
       const want = await b.backend.read(b.layers[layer].linears[name].weight);
       assert.deepEqual(got, want, `layer ${layer} ${name}`);
     }
+}
+
+/**
+ * An importance matrix of the model from `llmq imatrix` (1 x 64 tokens of brown.txt) written to `file`,
+ * and the importance row of a GGUF tensor name from it, in the form the block quantizers take.
+ */
+export async function smallImatrix(modelDir: string, file: string) {
+  await promisify(execFile)('./bin/llmq', [
+    'imatrix',
+    modelDir,
+    '--out',
+    file,
+    ...['--calib', `${SHARED}data/text/brown.txt`, '--calib-samples', '1', '--calib-seqlen', '64'],
+  ]);
+  const importance = readImatrix(file).importance;
+  return (tensor: string) => {
+    const imp = importance.get(`${tensor}.weight`);
+    assert.ok(imp, tensor);
+    return { importance: imp, cols: imp.length };
+  };
+}
+
+/** The ggml type names of the named tensors (without `.weight`) of a GGUF file. */
+export function ggufTypesIn(file: string, names: string[]): string[] {
+  const g = readGguf(file);
+  return names.map((n) => ggmlTypeName(g.tensors.find((t) => t.name === `${n}.weight`)?.type ?? -1));
 }

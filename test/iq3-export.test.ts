@@ -14,9 +14,8 @@ import { ggmlGroupValues } from '../src/formats/ggml.ts';
 import { ggmlBlockBytes } from '../src/formats/ggml-codes.ts';
 import { quantizeIq2S, unpackIq2S } from '../src/formats/iq2.ts';
 import { quantizeIq3S, quantizeIq3Xxs, unpackIq3Xxs } from '../src/formats/iq3.ts';
-import { ggmlTypeName, readGguf, readGgufTensor } from '../src/io/gguf.ts';
+import { readGguf, readGgufTensor } from '../src/io/gguf.ts';
 import { loadGgufModel } from '../src/io/gguf-load.ts';
-import { readImatrix } from '../src/io/imatrix-file.ts';
 import type { LinearName } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
 import { saveQuantized } from '../src/quant/checkpoint.ts';
@@ -24,7 +23,7 @@ import { quantizeModel } from '../src/quant/pipeline.ts';
 import { defineRecipe } from '../src/quant/recipe.ts';
 import { linearBitsPerWeight } from '../src/quant/size.ts';
 import { createBackend } from '../src/tensor/index.ts';
-import { MODELS, SHARED, testManifest } from './helpers.ts';
+import { ggufTypesIn, MODELS, smallImatrix, testManifest } from './helpers.ts';
 
 const run = promisify(execFile);
 const cpu = await createBackend('cpu');
@@ -34,10 +33,6 @@ after(() => fs.rmSync(dir, { recursive: true }));
 
 const source = loadLlama(tiny, cpu);
 const weightOf = (layer: number, name: LinearName) => cpu.read(source.layers[layer].linears[name].weight);
-const typesIn = (file: string, names: string[]) => {
-  const g = readGguf(file);
-  return names.map((n) => ggmlTypeName(g.tensors.find((t) => t.name === `${n}.weight`)?.type ?? -1));
-};
 const NAMES = [
   'token_embd',
   'blk.0.attn_q',
@@ -50,18 +45,7 @@ const NAMES = [
 ];
 
 const imatrixFile = `${dir}/im.gguf`;
-await run('./bin/llmq', [
-  'imatrix',
-  tiny,
-  '--out',
-  imatrixFile,
-  ...['--calib', `${SHARED}data/text/brown.txt`, '--calib-samples', '1', '--calib-seqlen', '64'],
-]);
-const importanceOf = (tensor: string) => {
-  const imp = readImatrix(imatrixFile).importance.get(`${tensor}.weight`);
-  assert.ok(imp, tensor);
-  return { importance: imp, cols: imp.length };
-};
+const importanceOf = await smallImatrix(tiny, imatrixFile);
 
 async function checkpoint(name: string, weights: string) {
   const recipe = defineRecipe(name, {
@@ -95,7 +79,7 @@ test('imatrix IQ3_XS: IQ3_XXS / IQ3_S as llama-quantize picks them, weighted blo
   const g = readGguf(`${dir}/xs.gguf`);
   assert.equal(g.metadata.get('general.file_type')?.value, 22);
   // IQ3_XXS for attn_q / attn_k and ffn_gate / ffn_up of layers [4/8, 7*4/8) = 0-2
-  assert.deepEqual(typesIn(`${dir}/xs.gguf`, NAMES), [
+  assert.deepEqual(ggufTypesIn(`${dir}/xs.gguf`, NAMES), [
     'IQ3_S',
     'IQ3_XXS',
     'IQ3_S',
@@ -137,7 +121,7 @@ test('imatrix-iq3_m: weighted IQ3_S blocks in the checkpoint, exported to GGUF I
   const g = readGguf(`${dir}/iq3m.gguf`);
   assert.equal(g.metadata.get('general.file_type')?.value, 27);
   // IQ3_M: Q4_K for attn_v and attn_output
-  assert.deepEqual(typesIn(`${dir}/iq3m.gguf`, NAMES), [
+  assert.deepEqual(ggufTypesIn(`${dir}/iq3m.gguf`, NAMES), [
     'IQ3_S',
     'IQ3_S',
     'Q4_K',
@@ -156,7 +140,7 @@ test('imatrix IQ2_M: weighted IQ2_S blocks, IQ3_S where llama-quantize gives mor
   const g = readGguf(`${dir}/iq2m.gguf`);
   assert.equal(g.metadata.get('general.file_type')?.value, 29);
   // attn_v and attn_output IQ3_S, ffn_down's rows of 704 IQ4_NL, output Q5_K, embeddings IQ3_S
-  assert.deepEqual(typesIn(`${dir}/iq2m.gguf`, NAMES), [
+  assert.deepEqual(ggufTypesIn(`${dir}/iq2m.gguf`, NAMES), [
     'IQ3_S',
     'IQ2_S',
     'IQ3_S',

@@ -17,7 +17,7 @@ import {
   unpackIq3S,
   unpackIq3Xxs,
 } from '../src/formats/iq3.ts';
-import { bytes, firstBadBlock, floats, type Source } from './block-fixtures.ts';
+import { assertBlocksMatch, bytes, firstBadBlock, floats, type Source } from './block-fixtures.ts';
 
 type Case = Partial<Source> & Record<'name' | keyof typeof TYPES | `${keyof typeof TYPES}_values`, string>;
 
@@ -62,19 +62,7 @@ const sourceOf = (c: Case) =>
 
 test('IQ3_XXS, IQ3_S and IQ2_S blocks equal llama.cpp quantize_* byte for byte, without and with importance', () => {
   assert.equal(fixture.cases.length, 18);
-  let weighted = 0;
-  for (const c of fixture.cases) {
-    const src = sourceOf(c);
-    const x = floats(src.input);
-    const imatrix = src.importance ? { importance: floats(src.importance), cols: src.cols } : undefined;
-    if (imatrix) weighted++;
-    for (const [type, t] of Object.entries(TYPES)) {
-      const got = t.quantize(x, imatrix);
-      const want = bytes(c[type as keyof typeof TYPES]);
-      assert.equal(firstBadBlock(got, want, t.bytes), -1, `${c.name}: ${type} block`);
-    }
-  }
-  assert.equal(weighted, 7);
+  assert.equal(assertBlocksMatch(fixture.cases, sourceOf, TYPES), 7);
 });
 
 test('IQ3_XXS, IQ3_S and IQ2_S dequantize bit for bit as llama.cpp (codes times scale times level)', () => {

@@ -14,16 +14,15 @@ import { ggmlGroupValues, quantizeQ4_0, quantizeQ4_1, quantizeQ5_0 } from '../sr
 import { ggmlBlockBytes } from '../src/formats/ggml-codes.ts';
 import { formatName } from '../src/formats/index.ts';
 import { quantizeIq4Nl, quantizeIq4Xs, unpackIq4Xs } from '../src/formats/iq4.ts';
-import { ggmlTypeName, readGguf, readGgufTensor } from '../src/io/gguf.ts';
+import { readGguf, readGgufTensor } from '../src/io/gguf.ts';
 import { loadGgufModel } from '../src/io/gguf-load.ts';
-import { readImatrix } from '../src/io/imatrix-file.ts';
 import type { LinearName } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
 import { saveQuantized } from '../src/quant/checkpoint.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
 import { defineRecipe } from '../src/quant/recipe.ts';
 import { createBackend } from '../src/tensor/index.ts';
-import { MODELS, SHARED, testManifest } from './helpers.ts';
+import { ggufTypesIn, MODELS, smallImatrix, testManifest } from './helpers.ts';
 
 const run = promisify(execFile);
 const cpu = await createBackend('cpu');
@@ -33,25 +32,10 @@ after(() => fs.rmSync(dir, { recursive: true }));
 
 const source = loadLlama(small, cpu);
 const weightOf = (layer: number, name: LinearName) => cpu.read(source.layers[layer].linears[name].weight);
-const typesIn = (file: string, names: string[]) => {
-  const g = readGguf(file);
-  return names.map((n) => ggmlTypeName(g.tensors.find((t) => t.name === `${n}.weight`)?.type ?? -1));
-};
 const NAMES = ['token_embd', 'blk.1.attn_v', 'blk.1.ffn_up', 'blk.0.ffn_down', 'blk.1.ffn_down'];
 
 const imatrixFile = `${dir}/im.gguf`;
-await run('./bin/llmq', [
-  'imatrix',
-  small,
-  '--out',
-  imatrixFile,
-  ...['--calib', `${SHARED}data/text/brown.txt`, '--calib-samples', '1', '--calib-seqlen', '64'],
-]);
-const importanceOf = (tensor: string) => {
-  const imp = readImatrix(imatrixFile).importance.get(`${tensor}.weight`);
-  assert.ok(imp, tensor);
-  return { importance: imp, cols: imp.length };
-};
+const importanceOf = await smallImatrix(small, imatrixFile);
 
 async function checkpoint(name: string, weights: string, withImatrix: boolean) {
   const steps = withImatrix ? [{ method: 'imatrix' as const, file: imatrixFile }] : [];
@@ -66,7 +50,7 @@ test('gguf-iq4_xs from full precision: llama-quantize types without an imatrix, 
   await run('./bin/llmq', ['export', small, '--to', 'gguf-iq4_xs', '--out', `${dir}/fp-xs.gguf`]);
   assert.equal(readGguf(`${dir}/fp-xs.gguf`).metadata.get('general.file_type')?.value, 30);
   // rows of 384 fall back to IQ4_NL; ffn_down (rows of 1024) in layer 0 is Q5_K without an imatrix
-  assert.deepEqual(typesIn(`${dir}/fp-xs.gguf`, NAMES), ['IQ4_NL', 'IQ4_NL', 'IQ4_NL', 'Q5_K', 'IQ4_XS']);
+  assert.deepEqual(ggufTypesIn(`${dir}/fp-xs.gguf`, NAMES), ['IQ4_NL', 'IQ4_NL', 'IQ4_NL', 'Q5_K', 'IQ4_XS']);
   const g = readGguf(`${dir}/fp-xs.gguf`);
   assert.deepEqual(readGgufTensor(g, 'blk.1.ffn_down.weight'), quantizeIq4Xs(await weightOf(1, 'down_proj')));
   assert.deepEqual(readGgufTensor(g, 'blk.1.ffn_up.weight'), quantizeIq4Nl(await weightOf(1, 'up_proj')));
@@ -85,7 +69,7 @@ test('imatrix-iq4_xs: ffn_down of layer 0 stays IQ4_XS, weighted; the checkpoint
   const want = quantizeIq4Xs(await weightOf(0, 'down_proj'), importanceOf('blk.0.ffn_down'));
   assert.deepEqual(ggmlBlockBytes(enc.codes, enc.scaleCodes, 'iq4_xs'), want);
   await run('./bin/llmq', ['export', `${dir}/xs`, '--to', 'gguf-iq4_xs', '--out', `${dir}/xs.gguf`]);
-  assert.deepEqual(typesIn(`${dir}/xs.gguf`, NAMES), ['IQ4_NL', 'IQ4_NL', 'IQ4_NL', 'IQ4_XS', 'IQ4_XS']);
+  assert.deepEqual(ggufTypesIn(`${dir}/xs.gguf`, NAMES), ['IQ4_NL', 'IQ4_NL', 'IQ4_NL', 'IQ4_XS', 'IQ4_XS']);
   assert.deepEqual(readGgufTensor(readGguf(`${dir}/xs.gguf`), 'blk.0.ffn_down.weight'), want);
   // to another file type the export re-quantizes with the checkpoint's importance, as llama-quantize
   // --imatrix would: Q4_K_M's attn_output (rows of 384: Q4_K's fallback Q5_0)
@@ -103,7 +87,7 @@ test('imatrix-q4_0 (q4_0_mix): ffn_down of layer 0 in Q4_1, weighted; exports to
   assert.deepEqual([typeOf(0), typeOf(1)], ['q4_1', 'q4_0']);
   await run('./bin/llmq', ['export', `${dir}/q40`, '--to', 'gguf-q4_0', '--out', `${dir}/q40.gguf`]);
   const g = readGguf(`${dir}/q40.gguf`);
-  assert.deepEqual(typesIn(`${dir}/q40.gguf`, NAMES), ['Q4_0', 'Q4_0', 'Q4_0', 'Q4_1', 'Q4_0']);
+  assert.deepEqual(ggufTypesIn(`${dir}/q40.gguf`, NAMES), ['Q4_0', 'Q4_0', 'Q4_0', 'Q4_1', 'Q4_0']);
   assert.deepEqual(
     readGgufTensor(g, 'blk.0.ffn_down.weight'),
     quantizeQ4_1(await weightOf(0, 'down_proj'), importanceOf('blk.0.ffn_down')),
@@ -116,7 +100,7 @@ test('imatrix-q4_0 (q4_0_mix): ffn_down of layer 0 in Q4_1, weighted; exports to
   // blocks (Q4_0 is what llama-quantize gives ffn_down without an imatrix) rather than rounding twice
   const plain = await checkpoint('q40-every', 'q4_0', true);
   await run('./bin/llmq', ['export', `${dir}/q40-every`, '--to', 'gguf-q4_0', '--out', `${dir}/every.gguf`]);
-  assert.deepEqual(typesIn(`${dir}/every.gguf`, NAMES), ['Q4_0', 'Q4_0', 'Q4_0', 'Q4_0', 'Q4_0']);
+  assert.deepEqual(ggufTypesIn(`${dir}/every.gguf`, NAMES), ['Q4_0', 'Q4_0', 'Q4_0', 'Q4_0', 'Q4_0']);
   const down0 = plain.layers[0].linears.down_proj.quantized!.encoded;
   assert.deepEqual(
     readGgufTensor(readGguf(`${dir}/every.gguf`), 'blk.0.ffn_down.weight'),
@@ -125,5 +109,5 @@ test('imatrix-q4_0 (q4_0_mix): ffn_down of layer 0 in Q4_1, weighted; exports to
   assert.equal(formatName(down0.spec), 'q4_0');
   // without an imatrix the Q4_0 file type is Q4_0 throughout, as before
   await run('./bin/llmq', ['export', small, '--to', 'gguf-q4_0', '--out', `${dir}/fp-q40.gguf`]);
-  assert.deepEqual(typesIn(`${dir}/fp-q40.gguf`, NAMES), ['Q4_0', 'Q4_0', 'Q4_0', 'Q4_0', 'Q4_0']);
+  assert.deepEqual(ggufTypesIn(`${dir}/fp-q40.gguf`, NAMES), ['Q4_0', 'Q4_0', 'Q4_0', 'Q4_0', 'Q4_0']);
 });

@@ -16,7 +16,7 @@ import {
   unpackIq4Nl,
   unpackIq4Xs,
 } from '../src/formats/iq4.ts';
-import { bytes, firstBadBlock, floats, type Source } from './block-fixtures.ts';
+import { assertBlocksMatch, bytes, floats, type Source } from './block-fixtures.ts';
 
 type Case = Record<'name' | 'q4_1' | 'iq4_nl' | 'iq4_xs' | `${'q4_1' | 'iq4_nl' | 'iq4_xs'}_values`, string>;
 
@@ -39,19 +39,8 @@ const TYPES = {
 
 test('Q4_1, IQ4_NL and IQ4_XS blocks equal llama.cpp quantize_* byte for byte, without and with importance', () => {
   assert.equal(fixture.cases.length, 16);
-  let weighted = 0;
-  for (const c of fixture.cases) {
-    const src = inputs.cases.find((s) => s.name === c.name) as Source;
-    const x = floats(src.input);
-    const imatrix = src.importance ? { importance: floats(src.importance), cols: src.cols } : undefined;
-    if (imatrix) weighted++;
-    for (const [type, t] of Object.entries(TYPES)) {
-      const got = t.quantize(x, imatrix);
-      const want = bytes(c[type as keyof typeof TYPES]);
-      assert.equal(firstBadBlock(got, want, t.bytes), -1, `${c.name}: ${type} block`);
-    }
-  }
-  assert.equal(weighted, 6);
+  const sourceOf = (c: Case) => inputs.cases.find((s) => s.name === c.name) as Source;
+  assert.equal(assertBlocksMatch(fixture.cases, sourceOf, TYPES), 6);
 });
 
 test('Q4_1, IQ4_NL and IQ4_XS dequantize bit for bit as llama.cpp', () => {
