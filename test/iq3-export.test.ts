@@ -12,7 +12,14 @@ import { after, test } from 'node:test';
 import { promisify } from 'node:util';
 import { ggmlGroupValues } from '../src/formats/ggml.ts';
 import { ggmlBlockBytes } from '../src/formats/ggml-codes.ts';
-import { quantizeIq2S, unpackIq2S } from '../src/formats/iq2.ts';
+import {
+  quantizeIq2S,
+  quantizeIq2Xs,
+  quantizeIq2Xxs,
+  unpackIq2S,
+  unpackIq2Xs,
+  unpackIq2Xxs,
+} from '../src/formats/iq2.ts';
 import { quantizeIq3S, quantizeIq3Xxs, unpackIq3Xxs } from '../src/formats/iq3.ts';
 import { readGguf, readGgufTensor } from '../src/io/gguf.ts';
 import { loadGgufModel } from '../src/io/gguf-load.ts';
@@ -60,7 +67,18 @@ async function checkpoint(name: string, weights: string) {
 }
 
 test('IQ3_XS and IQ3_XXS need an importance matrix, as llama-quantize refuses their IQ3_XXS tensors without one', async () => {
-  for (const weights of ['iq3_xs', 'iq3_xxs', 'iq3_xxs_mix', 'iq2_s', 'iq2_m'])
+  for (const weights of [
+    'iq3_xs',
+    'iq3_xxs',
+    'iq3_xxs_mix',
+    'iq2_s',
+    'iq2_m',
+    'iq2_xxs',
+    'iq2_xs',
+    'iq2_xxs_mix',
+    'iq2_xs_mix',
+    'iq2_s_mix',
+  ])
     assert.throws(
       () => defineRecipe('x', { description: 'x', weights }),
       /needs an importance matrix/,
@@ -71,6 +89,10 @@ test('IQ3_XS and IQ3_XXS need an importance matrix, as llama-quantize refuses th
     (e: { stderr: string }) => /IQ3_XS requires an importance matrix/.test(e.stderr),
   );
   assert.ok(!fs.existsSync(`${dir}/fp-xs.gguf`));
+  await assert.rejects(
+    run('./bin/llmq', ['export', tiny, '--to', 'gguf-iq2_xxs', '--out', `${dir}/fp-xxs.gguf`]),
+    (e: { stderr: string }) => /IQ2_XXS requires an importance matrix/.test(e.stderr),
+  );
 });
 
 test('imatrix IQ3_XS: IQ3_XXS / IQ3_S as llama-quantize picks them, weighted blocks of llama.cpp, exported unchanged', async () => {
@@ -160,6 +182,37 @@ test('imatrix IQ2_M: weighted IQ2_S blocks, IQ3_S where llama-quantize gives mor
     await cpu.read(back.layers[1].linears.gate_proj.weight),
     ggmlGroupValues(unpackIq2S(want)),
   );
+});
+
+test('imatrix IQ2_XXS and IQ2_S file types: weighted IQ2_XXS / IQ2_XS blocks of llama.cpp, Q2_K or IQ3_S where they give more bits, exported unchanged', async () => {
+  for (const [name, weights, to, fileType, type, more, embed, quantize, unpack] of [
+    ['iq2xxs', 'iq2_xxs_mix', 'iq2_xxs', 19, 'IQ2_XXS', 'Q2_K', 'Q2_K', quantizeIq2Xxs, unpackIq2Xxs],
+    ['iq2s', 'iq2_s_mix', 'iq2_s', 28, 'IQ2_XS', 'IQ3_S', 'IQ3_S', quantizeIq2Xs, unpackIq2Xs],
+  ] as const) {
+    const model = await checkpoint(name, weights);
+    const file = `${dir}/${name}.gguf`;
+    await run('./bin/llmq', ['export', `${dir}/${name}`, '--to', `gguf-${to}`, '--out', file]);
+    const g = readGguf(file);
+    assert.equal(g.metadata.get('general.file_type')?.value, fileType);
+    // attn_output takes IQ3_S under IQ2_S only; ffn_down's rows of 704 IQ4_NL in every layer
+    assert.deepEqual(ggufTypesIn(file, NAMES), [
+      embed,
+      type,
+      more,
+      more === 'IQ3_S' ? 'IQ3_S' : type,
+      type,
+      type,
+      'IQ4_NL',
+      'Q5_K',
+    ]);
+    const want = quantize(await weightOf(1, 'gate_proj'), importanceOf('blk.1.ffn_gate'));
+    assert.deepEqual(readGgufTensor(g, 'blk.1.ffn_gate.weight'), want);
+    const enc = model.layers[1].linears.gate_proj.quantized?.encoded;
+    assert.ok(enc?.scaleCodes);
+    assert.deepEqual(ggmlBlockBytes(enc.codes, enc.scaleCodes, type.toLowerCase() as 'iq2_xs'), want);
+    const back = loadGgufModel(file, cpu);
+    assert.deepEqual(await cpu.read(back.layers[1].linears.gate_proj.weight), ggmlGroupValues(unpack(want)));
+  }
 });
 
 test('gptq with an IQ3 type or mix is refused: its codes are grid points of 4 weights', () => {

@@ -1,14 +1,25 @@
 /**
- * llama.cpp's IQ3_XXS, IQ3_S and IQ2_S writers and readers against ggml-quants.c itself
- * (test/fixtures/ggml-iq3.json, made by ggml-make-iq3.py from a compiled harness): the blocks of
- * quantize_iq3_xxs / quantize_iq3_s / quantize_iq2_s without and with an importance row, the values their
+ * llama.cpp's IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS and IQ2_S writers and readers against ggml-quants.c itself
+ * (test/fixtures/ggml-lattice.json, made by ggml-make-lattice.py from a compiled harness): the blocks of
+ * quantize_iq3_xxs / quantize_iq3_s / quantize_iq2_s without and with an importance row (quantize_iq2_xxs /
+ * quantize_iq2_xs, which require one: an all-ones row where a case has none), the values their
  * dequantizers give, and codes -> blocks as the checkpoint path rebuilds them.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { test } from 'node:test';
 import { ggmlGroupValues } from '../src/formats/ggml.ts';
-import { packIq2SCodes, quantizeIq2S, unpackIq2S } from '../src/formats/iq2.ts';
+import {
+  packIq2SCodes,
+  packIq2XsCodes,
+  packIq2XxsCodes,
+  quantizeIq2S,
+  quantizeIq2Xs,
+  quantizeIq2Xxs,
+  unpackIq2S,
+  unpackIq2Xs,
+  unpackIq2Xxs,
+} from '../src/formats/iq2.ts';
 import {
   packIq3SCodes,
   packIq3XxsCodes,
@@ -22,7 +33,7 @@ import { assertBlocksMatch, bytes, firstBadBlock, floats, type Source } from './
 type Case = Partial<Source> & Record<'name' | keyof typeof TYPES | `${keyof typeof TYPES}_values`, string>;
 
 const inputs = JSON.parse(fs.readFileSync('test/fixtures/kquants-q5.json', 'utf8')) as { cases: Source[] };
-const fixture = JSON.parse(fs.readFileSync('test/fixtures/ggml-iq3.json', 'utf8')) as { cases: Case[] };
+const fixture = JSON.parse(fs.readFileSync('test/fixtures/ggml-lattice.json', 'utf8')) as { cases: Case[] };
 
 const TYPES = {
   iq3_xxs: {
@@ -55,17 +66,35 @@ const TYPES = {
       [106, 110],
     ],
   },
+  iq2_xxs: {
+    bytes: 66,
+    quantize: quantizeIq2Xxs,
+    unpack: unpackIq2Xxs,
+    pack: packIq2XxsCodes,
+    // d, and each 32's u32 of sign masks and 4-bit scale
+    header: [[0, 2], ...Array.from({ length: 8 }, (_, ib) => [6 + 8 * ib, 10 + 8 * ib])],
+  },
+  iq2_xs: {
+    bytes: 74,
+    quantize: quantizeIq2Xs,
+    unpack: unpackIq2Xs,
+    pack: packIq2XsCodes,
+    header: [
+      [0, 2],
+      [66, 74],
+    ],
+  },
 } as const;
 
 const sourceOf = (c: Case) =>
   c.input ? (c as Source) : (inputs.cases.find((s) => s.name === c.name) as Source);
 
-test('IQ3_XXS, IQ3_S and IQ2_S blocks equal llama.cpp quantize_* byte for byte, without and with importance', () => {
+test('IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS and IQ2_S blocks equal llama.cpp quantize_* byte for byte, without and with importance', () => {
   assert.equal(fixture.cases.length, 18);
   assert.equal(assertBlocksMatch(fixture.cases, sourceOf, TYPES), 7);
 });
 
-test('IQ3_XXS, IQ3_S and IQ2_S dequantize bit for bit as llama.cpp (codes times scale times level)', () => {
+test('IQ3 and IQ2 types dequantize bit for bit as llama.cpp (codes times scale times level)', () => {
   for (const c of fixture.cases)
     for (const [type, t] of Object.entries(TYPES)) {
       const got = ggmlGroupValues(t.unpack(bytes(c[type as keyof typeof TYPES])));
@@ -73,7 +102,7 @@ test('IQ3_XXS, IQ3_S and IQ2_S dequantize bit for bit as llama.cpp (codes times 
     }
 });
 
-test('IQ3 / IQ2_S codes plus the header bytes rebuild each block exactly', () => {
+test('IQ3 / IQ2 codes plus the header bytes rebuild each block exactly', () => {
   for (const c of fixture.cases)
     for (const [type, t] of Object.entries(TYPES)) {
       const want = bytes(c[type as keyof typeof TYPES]);

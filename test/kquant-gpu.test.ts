@@ -27,7 +27,17 @@ function weights(rows: number, cols: number, seed: number): Float32Array {
 
 const sumSq = (a: Float32Array, b: Float32Array) => a.reduce((s, v, i) => s + (v - b[i]) ** 2, 0);
 
-for (const type of ['q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'iq4_xs', 'iq3_xxs', 'iq3_s', 'iq2_s'] as const) {
+for (const type of [
+  'q4_k',
+  'q5_k',
+  'q6_k',
+  'iq4_nl',
+  'iq4_xs',
+  'iq3_xxs',
+  'iq3_s',
+  'iq2_xs',
+  'iq2_s',
+] as const) {
   test(`WebGPU ${type} search round trip equals the host quantizer on almost every value`, {
     skip: gpu ? false : 'no WebGPU adapter',
   }, async () => {

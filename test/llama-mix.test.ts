@@ -285,3 +285,37 @@ test('IQ3_XXS / IQ2_M file types: IQ2_S for attn_q / attn_k, IQ3_S where they gi
   assert.equal(llamaTensorType('iq2_m', { kind: 'embed' }, 4096), 'iq3_s');
   assert.equal(at('iq2_m', 'q_proj', 3, {}, 384), 'iq4_nl');
 });
+
+test('IQ2_XXS / IQ2_XS / IQ2_S file types: Q2_K (or IQ3_S for IQ2_S) where they give more bits, Q5_K output, no 70B bump', () => {
+  const at = (file: LlamaFileType, name: string, layer: number, extra: object = {}, cols = 4096) =>
+    llamaTensorType(file, { ...linear(name, layer), ...extra }, cols);
+  const firstEighth = (more: string, base: string) =>
+    Array.from({ length: LAYERS }, (_, i) => (i < 4 ? more : base));
+  for (const [file, base, more, embed] of [
+    ['iq2_xxs', 'iq2_xxs', 'q2_k', 'q2_k'],
+    ['iq2_xxs_mix', 'iq2_xxs', 'q2_k', 'q2_k'],
+    ['iq2_xs', 'iq2_xs', 'q2_k', 'q2_k'],
+    ['iq2_xs_mix', 'iq2_xs', 'q2_k', 'q2_k'],
+    // the IQ2_S file type is IQ2_XS tensors with IQ2_M's rules
+    ['iq2_s', 'iq2_xs', 'iq3_s', 'iq3_s'],
+    ['iq2_s_mix', 'iq2_xs', 'iq3_s', 'iq3_s'],
+  ] as const) {
+    assert.deepEqual(typesOf(file, 'down_proj'), firstEighth(more, base), file);
+    for (const name of ['q_proj', 'k_proj', 'gate_proj', 'up_proj'])
+      assert.deepEqual(typesOf(file, name), firstEighth(base, base), `${file} ${name}`);
+    // attn_output: IQ3_S under IQ2_S, the base type under IQ2_XXS / IQ2_XS
+    assert.equal(at(file, 'o_proj', 9), more === 'iq3_s' ? 'iq3_s' : base, file);
+    assert.deepEqual(
+      [
+        at(file, 'v_proj', 3),
+        at(file, 'v_proj', 3, { gqa: 4 }),
+        at(file, 'v_proj', 3, { gqa: 8, llama70B: true }),
+      ],
+      [more, 'q4_k', 'q4_k'],
+      file,
+    );
+    assert.equal(llamaTensorType(file, { kind: 'output' }, 4096), 'q5_k');
+    assert.equal(llamaTensorType(file, { kind: 'embed' }, 4096), embed);
+    assert.equal(at(file, 'q_proj', 3, {}, 384), 'iq4_nl');
+  }
+});

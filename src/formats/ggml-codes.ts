@@ -1,12 +1,14 @@
 /**
- * llama.cpp's Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S and IQ2_S blocks as an Encoded
+ * llama.cpp's Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS and
+ * IQ2_S blocks as an Encoded
  * weight: one code per value plus each block's remaining bytes (`headers`: Q5_0's and IQ4_NL's fp16 d;
  * Q4_1's and Q5_1's d and m; IQ4_XS's d and packed 6-bit sub-block scales; Q2_K's 16 bytes
  * of 4-bit scales and mins, d and dmin; Q3_K's 12 bytes of 6-bit scales and d; Q4_K's and Q5_K's d,
  * dmin and 12 bytes of 6-bit scales and mins; Q6_K's 16 int8 scales and fp16 d; IQ3_XXS's d and its
- * u32s of signs and 4-bit scales; IQ3_S's and IQ2_S's d and 4-bit scales), so the GGUF blocks
+ * u32s of signs and 4-bit scales; IQ2_XXS's d and u32s of signs and scales; IQ3_S's, IQ2_XS's and
+ * IQ2_S's d and 4-bit scales), so the GGUF blocks
  * are rebuilt byte for byte from a checkpoint. Codes as the dequantizers read them: Q5_0 0..31
- * (x = (q - 16) d), Q4_1 0..15 and Q5_1 0..31 (x = q d + m), IQ4 0..15 (x = d level[q]), IQ3 0..15 (level l, +8 when negative: x = d level[q]), Q2_K 0..3, Q4_K 0..15 and Q5_K 0..31
+ * (x = (q - 16) d), Q4_1 0..15 and Q5_1 0..31 (x = q d + m), IQ4 0..15 (x = d level[q]), IQ3 / IQ2 0..15 (level l, +8 when negative: x = d level[q]), Q2_K 0..3, Q4_K 0..15 and Q5_K 0..31
  * (x = (d sc) q - dmin m), Q3_K 0..7 (x = (d sc) (q - 4)), Q6_K 0..63 (x = (d sc) (q - 32)). Rows must
  * hold whole blocks (32 or 256 values).
  */
@@ -42,7 +44,20 @@ import {
   unpackQ5_K,
   unpackQ6_K,
 } from './ggml.ts';
-import { IQ2_S_BLOCK_BYTES, packIq2SCodes, quantizeIq2S, unpackIq2S } from './iq2.ts';
+import {
+  IQ2_S_BLOCK_BYTES,
+  IQ2_XS_BLOCK_BYTES,
+  IQ2_XXS_BLOCK_BYTES,
+  packIq2SCodes,
+  packIq2XsCodes,
+  packIq2XxsCodes,
+  quantizeIq2S,
+  quantizeIq2Xs,
+  quantizeIq2Xxs,
+  unpackIq2S,
+  unpackIq2Xs,
+  unpackIq2Xxs,
+} from './iq2.ts';
 import {
   IQ3_S_BLOCK_BYTES,
   IQ3_XXS_BLOCK_BYTES,
@@ -95,6 +110,8 @@ export type GgmlBlockType =
   | 'iq4_xs'
   | 'iq3_xxs'
   | 'iq3_s'
+  | 'iq2_xxs'
+  | 'iq2_xs'
   | 'iq2_s';
 
 interface Layout {
@@ -259,6 +276,32 @@ const LAYOUTS: Record<GgmlBlockType, Layout> = {
     unpack: (b) => unpackIq3S(b),
     packCodes: packIq3SCodes,
   },
+  iq2_xxs: {
+    values: QK_K,
+    bytes: IQ2_XXS_BLOCK_BYTES,
+    // d, and each 32's u32 of sign masks and 4-bit scale (packCodes rewrites its sign bits)
+    header: [[0, 2], ...Array.from({ length: 8 }, (_, ib): [number, number] => [6 + 8 * ib, 10 + 8 * ib])],
+    group: 32,
+    bits: 4,
+    quantize: (x, cols, importance) => quantizeIq2Xxs(x, importance && { importance, cols }),
+    dequantize: (b) => ggmlGroupValues(unpackIq2Xxs(b)),
+    unpack: (b) => unpackIq2Xxs(b),
+    packCodes: packIq2XxsCodes,
+  },
+  iq2_xs: {
+    values: QK_K,
+    bytes: IQ2_XS_BLOCK_BYTES,
+    header: [
+      [0, 2],
+      [66, 74],
+    ],
+    group: 16,
+    bits: 4,
+    quantize: (x, cols, importance) => quantizeIq2Xs(x, importance && { importance, cols }),
+    dequantize: (b) => ggmlGroupValues(unpackIq2Xs(b)),
+    unpack: (b) => unpackIq2Xs(b),
+    packCodes: packIq2XsCodes,
+  },
   iq2_s: {
     values: QK_K,
     bytes: IQ2_S_BLOCK_BYTES,
@@ -275,9 +318,11 @@ const LAYOUTS: Record<GgmlBlockType, Layout> = {
   },
 };
 
-/** The types whose codes are grid points of 4 or 8 values (IQ3, IQ2_S), not one rounding per value. */
+const LATTICE_TYPES: readonly string[] = ['iq3_xxs', 'iq3_s', 'iq2_xxs', 'iq2_xs', 'iq2_s'];
+
+/** The types whose codes are grid points of 4 or 8 values (IQ3, IQ2), not one rounding per value. */
 export function isLatticeType(type: string): boolean {
-  return type === 'iq3_xxs' || type === 'iq3_s' || type === 'iq2_s';
+  return LATTICE_TYPES.includes(type);
 }
 
 export function isGgmlBlockType(type: string): type is GgmlBlockType {

@@ -311,9 +311,11 @@ export function fitQuantizedScales(x: Float32Array, nmax: number, w: Float32Arra
   let sumLX = 0;
   let sumL2 = 0;
   for (let i = 0; i < x.length; i++) {
-    L[i] = Math.min(nmax, nearestInt(fr(iscale * x[i])));
-    sumLX = fr(sumLX + fr(fr(w[i] * x[i]) * L[i]));
-    sumL2 = fr(sumL2 + fr(fr(w[i] * L[i]) * L[i]));
+    // C stores l in a uint8_t but sums the int: a negative x (IQ2_XXS's parity flip) sums l < 0
+    const l = Math.min(nmax, nearestInt(fr(iscale * x[i])));
+    L[i] = l;
+    sumLX = fr(sumLX + fr(fr(w[i] * x[i]) * l));
+    sumL2 = fr(sumL2 + fr(fr(w[i] * l) * l));
   }
   for (let pass = 0; pass < 5; pass++) {
     let changed = 0;

@@ -147,7 +147,7 @@ export function codeBits(spec: FormatSpec): number {
 function concreteGgml(spec: GgmlSpec, what: string): GgmlSpec {
   if (isLlamaMix(spec.type))
     fail(
-      `${what}: ${spec.type} is llama-quantize's per-tensor mix of llama.cpp types; a recipe picks each linear's type (q2_k, q3_k, q4_k, q5_k, q6_k, q4_0, q4_1, q5_0, q5_1, q8_0, iq4_nl, iq4_xs, iq3_xxs, iq3_s, iq2_s)`,
+      `${what}: ${spec.type} is llama-quantize's per-tensor mix of llama.cpp types; a recipe picks each linear's type (q2_k, q3_k, q4_k, q5_k, q6_k, q4_0, q4_1, q5_0, q5_1, q8_0, iq4_nl, iq4_xs, iq3_xxs, iq3_s, iq2_xxs, iq2_xs, iq2_s)`,
     );
   return spec;
 }
@@ -416,7 +416,7 @@ function unpackNibbles(bytes: Uint8Array, count: number): Uint8Array {
 const VALID_FORMS =
   'int<2-8>-g<group>[-sym|-asym][-clip<c>], int<2-8>-row[-sym], int<2-8>-tensor[-sym], ' +
   'mxint<2-8>[-<block>][-even|-nearest], mxfp4 | mxfp6-e3m2 | mxfp6-e2m3 | mxfp8[-e4m3|-e5m2] [-<block>][-even|-nearest], ' +
-  'fp8[-e4m3|-e5m2][-row|-tensor], nvfp4, q4_0, q4_1, q8_0, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, iq3_xxs, iq3_s, iq2_s (llama.cpp blocks), ' +
+  'fp8[-e4m3|-e5m2][-row|-tensor], nvfp4, q4_0, q4_1, q8_0, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, iq3_xxs, iq3_s, iq2_xxs, iq2_xs, iq2_s (llama.cpp blocks), ' +
   `${LLAMA_MIXES.join(', ')} (llama-quantize mixes), weights only`;
 
 /**
@@ -595,6 +595,10 @@ const GGML_TITLES: Record<GgmlSpec['type'], string> = {
     "llama.cpp IQ4_XS: super-blocks of 256 along the row, 8 sub-blocks of 32 with 6-bit scales under an fp16 d, x = (d (ls - 32)) * level[q] on IQ4_NL's 16 levels, as llama.cpp's quantizer",
   iq3_xxs:
     "llama.cpp IQ3_XXS (3.06 bits per weight): super-blocks of 256, groups of 4 values whose magnitudes are one of 256 grid points of 8 levels, signs with even parity per 8, 4-bit scales per 32 under an fp16 d, searched as llama.cpp's quantizer; like llama-quantize, only with an importance matrix (the imatrix step)",
+  iq2_xxs:
+    "llama.cpp IQ2_XXS (2.06 bits per weight): super-blocks of 256, groups of 8 values whose magnitudes are one of 256 grid points of 3 levels, signs with even parity per 8, 4-bit scales per 32 under an fp16 d, searched as llama.cpp's quantizer; like llama-quantize, only with an importance matrix (the imatrix step)",
+  iq2_xs:
+    "llama.cpp IQ2_XS (2.31 bits per weight): super-blocks of 256, groups of 8 values whose magnitudes are one of 512 grid points of 3 levels, signs with even parity per 8, 4-bit scales per 16 under an fp16 d, searched as llama.cpp's quantizer; like llama-quantize, only with an importance matrix (the imatrix step)",
   iq2_s:
     "llama.cpp IQ2_S (2.56 bits per weight): super-blocks of 256, groups of 8 values whose magnitudes are one of 1024 grid points of 3 levels, free signs, 4-bit scales per 16 under an fp16 d, searched as llama.cpp's quantizer; like llama-quantize, only with an importance matrix (the imatrix step)",
   iq3_s:
@@ -638,6 +642,12 @@ const GGML_TITLES: Record<GgmlSpec['type'], string> = {
     'llama.cpp IQ3_XXS (the file type) as llama-quantize picks it per tensor, only with an importance matrix (the imatrix step): IQ3_XXS, IQ2_S for q_proj and k_proj, IQ3_S for o_proj, Q4_K for v_proj with 4+ query heads per KV head; IQ4_NL where rows are not a multiple of 256',
   iq2_m:
     'llama.cpp IQ2_M as llama-quantize picks it per tensor, only with an importance matrix (the imatrix step): IQ2_S, IQ3_S for o_proj, v_proj (Q4_K with 4+ query heads per KV head) and down_proj in the first eighth of the layers; IQ4_NL / Q5_0 where rows are not a multiple of 256',
+  iq2_s_mix:
+    'llama.cpp IQ2_S (the file type) as llama-quantize picks it per tensor, only with an importance matrix (the imatrix step): IQ2_XS, IQ3_S for o_proj, v_proj (Q4_K with 4+ query heads per KV head) and down_proj in the first eighth of the layers; IQ4_NL / Q5_0 where rows are not a multiple of 256',
+  iq2_xs_mix:
+    'llama.cpp IQ2_XS (the file type) as llama-quantize picks it per tensor, only with an importance matrix (the imatrix step): IQ2_XS, Q2_K for v_proj (Q4_K with 4+ query heads per KV head) and down_proj in the first eighth of the layers; IQ4_NL / Q4_0 where rows are not a multiple of 256',
+  iq2_xxs_mix:
+    'llama.cpp IQ2_XXS (the file type) as llama-quantize picks it per tensor, only with an importance matrix (the imatrix step): IQ2_XXS, Q2_K for v_proj (Q4_K with 4+ query heads per KV head) and down_proj in the first eighth of the layers; IQ4_NL / Q4_0 where rows are not a multiple of 256',
   iq3_m:
     'llama.cpp IQ3_M as llama-quantize picks it per tensor: IQ3_S, Q4_K for v_proj, o_proj and down_proj in the first eighth of the layers; IQ4_NL / Q5_0 where rows are not a multiple of 256',
 };

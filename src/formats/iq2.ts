@@ -1,9 +1,24 @@
 /**
- * llama.cpp's 2-bit lattice type IQ2_S (2.56 bits a weight), byte for byte as ggml-quants.c writes it
- * (quantize_iq2_s, with and without an importance matrix) and reads it (dequantize_row_iq2_s). Sources
- * read (public): ggml/src/ggml-quants.c (iq2xs_init_impl's kgrid_2bit_1024, quantize_row_iq2_s_impl) and
- * ggml-common.h (block_iq2_s, iq2s_grid) of ggml-org/llama.cpp as node-llama-cpp 3.22.1 bundles it.
+ * llama.cpp's 2-bit lattice types IQ2_XXS (2.06 bits a weight), IQ2_XS (2.31) and IQ2_S (2.56), byte for
+ * byte as ggml-quants.c writes them (quantize_iq2_xxs, quantize_iq2_xs, quantize_iq2_s) and reads them
+ * (dequantize_row_iq2_xxs / _xs / _s). Sources read (public): ggml/src/ggml-quants.c (iq2xs_init_impl's
+ * kgrid_2bit_256 / _512 / _1024, quantize_row_iq2_xxs_impl, quantize_row_iq2_xs_impl,
+ * quantize_row_iq2_s_impl) and ggml-common.h (block_iq2_xxs, block_iq2_xs, block_iq2_s, iq2xxs_grid,
+ * iq2xs_grid, iq2s_grid) of ggml-org/llama.cpp as node-llama-cpp 3.22.1 bundles it.
  *
+ * IQ2_XXS and IQ2_XS: groups of 8 magnitudes are one of 256 / 512 grid points of 3 levels (bytes 8, 25,
+ * 43 as IQ2_S), signs 7 per 8 with their parity as the 8th (the quantizer flips the least important
+ * value's sign to make the count even). IQ2_XXS (66 bytes per 256): fp16 d, then per 32 values a u32 of
+ * 4 grid indices and a u32 of four 7-bit sign masks and a 4-bit scale ls at bit 28. IQ2_XS (74 bytes):
+ * fp16 d, a u16 per 8 values (9-bit grid index, 7 sign bits), 4-bit scales per 16. x = (d (0.5 + ls)
+ * 0.25) grid * sign for both. The quantizers are lattice.ts's search with sigma2 = mean x^2, weights
+ * importance * sqrt(sigma2 + x^2), the grid points at the 2 smallest distances as candidates, no fudge;
+ * IQ2_XXS: sub-blocks of 32, trial scales from make_qp_quants' fit (t = -6..6), every group re-picked
+ * at the end; IQ2_XS: sub-blocks of 16, t = -9..9 as IQ2_S. llama.cpp quantizes these two only with an
+ * importance matrix (it asserts one); without one llmq weighs every column 1 (so a search, such as
+ * AWQ's, can rank candidates), and recipes and the export refuse them as llama-quantize does.
+ *
+ * IQ2_S:
  * Groups of 8 magnitudes are one of 1024 grid points of 3 levels (2l + 1 in the quantizer; the
  * dequantizer's grid bytes are 8, 25, 43); signs are stored apart, 8 a byte. Block (82 bytes per 256):
  * fp16 d, 32 low bytes of the 10-bit grid indices, 32 sign bytes, 8 bytes of the indices' high bits, 8
@@ -26,11 +41,69 @@ import {
   type LatticeSpec,
   pointCodes,
   pointOf,
+  readU32,
   searchSuperBlockAt,
   signBits,
   signedCodeLevels,
   superScales,
+  withParity,
+  writeU32,
 } from './lattice.ts';
+
+/** iq2xs_init_impl's kgrid_2bit_256: the IQ2_XXS grid, level l_i of point p at bits 2i of p. */
+const KGRID_256 = Uint16Array.from([
+  0, 2, 5, 8, 10, 17, 20, 32, 34, 40, 42, 65, 68, 80, 88, 97, 100, 128, 130, 138, 162, 257, 260, 272, 277,
+  320, 388, 408, 512, 514, 546, 642, 1025, 1028, 1040, 1057, 1060, 1088, 1090, 1096, 1120, 1153, 1156, 1168,
+  1188, 1280, 1282, 1288, 1312, 1350, 1385, 1408, 1425, 1545, 1552, 1600, 1668, 1700, 2048, 2053, 2056, 2068,
+  2088, 2113, 2116, 2128, 2130, 2184, 2308, 2368, 2562, 2580, 4097, 4100, 4112, 4129, 4160, 4192, 4228, 4240,
+  4245, 4352, 4360, 4384, 4432, 4442, 4480, 4644, 4677, 5120, 5128, 5152, 5157, 5193, 5248, 5400, 5474, 5632,
+  5654, 6145, 6148, 6160, 6208, 6273, 6400, 6405, 6560, 6737, 8192, 8194, 8202, 8260, 8289, 8320, 8322, 8489,
+  8520, 8704, 8706, 9217, 9220, 9232, 9280, 9302, 9472, 9537, 9572, 9872, 10248, 10272, 10388, 10820, 16385,
+  16388, 16400, 16408, 16417, 16420, 16448, 16456, 16470, 16480, 16513, 16516, 16528, 16640, 16672, 16737,
+  16768, 16773, 16897, 16912, 16968, 16982, 17000, 17408, 17416, 17440, 17536, 17561, 17682, 17700, 17920,
+  18433, 18436, 18448, 18496, 18501, 18688, 18776, 18785, 18818, 19013, 19088, 20480, 20488, 20497, 20505,
+  20512, 20608, 20616, 20740, 20802, 20900, 21137, 21648, 21650, 21770, 22017, 22100, 22528, 22545, 22553,
+  22628, 22848, 23048, 24580, 24592, 24640, 24680, 24832, 24917, 25112, 25184, 25600, 25605, 25872, 25874,
+  25988, 26690, 32768, 32770, 32778, 32833, 32898, 33028, 33048, 33088, 33297, 33793, 33796, 33808, 33813,
+  33856, 33888, 34048, 34118, 34196, 34313, 34368, 34400, 34818, 35076, 35345, 36868, 36880, 36900, 36928,
+  37025, 37142, 37248, 37445, 37888, 37922, 37956, 38225, 39041, 39200, 40962, 41040, 41093, 41225, 41472,
+  42008, 43088, 43268,
+]);
+
+/** iq2xs_init_impl's kgrid_2bit_512: the IQ2_XS grid. */
+const KGRID_512 = Uint16Array.from([
+  0, 2, 5, 8, 10, 17, 20, 22, 25, 32, 34, 37, 40, 65, 68, 70, 73, 80, 82, 85, 88, 97, 100, 128, 130, 133, 136,
+  145, 148, 153, 160, 257, 260, 262, 265, 272, 274, 277, 280, 282, 289, 292, 320, 322, 325, 328, 337, 340,
+  352, 360, 385, 388, 400, 512, 514, 517, 520, 529, 532, 544, 577, 580, 592, 597, 640, 650, 1025, 1028, 1030,
+  1033, 1040, 1042, 1045, 1048, 1057, 1060, 1088, 1090, 1093, 1096, 1105, 1108, 1110, 1120, 1153, 1156, 1168,
+  1280, 1282, 1285, 1288, 1297, 1300, 1312, 1345, 1348, 1360, 1377, 1408, 1537, 1540, 1552, 1574, 1600, 1602,
+  1668, 2048, 2050, 2053, 2056, 2058, 2065, 2068, 2080, 2085, 2113, 2116, 2128, 2136, 2176, 2208, 2218, 2305,
+  2308, 2320, 2368, 2433, 2441, 2560, 2592, 2600, 2710, 2720, 4097, 4100, 4102, 4105, 4112, 4114, 4117, 4120,
+  4129, 4132, 4160, 4162, 4165, 4168, 4177, 4180, 4192, 4202, 4225, 4228, 4240, 4352, 4354, 4357, 4360, 4369,
+  4372, 4384, 4417, 4420, 4432, 4480, 4500, 4502, 4609, 4612, 4614, 4624, 4672, 4704, 5120, 5122, 5125, 5128,
+  5137, 5140, 5152, 5185, 5188, 5193, 5200, 5220, 5248, 5377, 5380, 5392, 5440, 5632, 5652, 5705, 6145, 6148,
+  6160, 6162, 6208, 6228, 6278, 6400, 6405, 6502, 6737, 6825, 8192, 8194, 8197, 8200, 8202, 8209, 8212, 8224,
+  8257, 8260, 8272, 8320, 8352, 8449, 8452, 8464, 8512, 8520, 8549, 8704, 8738, 8832, 8872, 9217, 9220, 9232,
+  9257, 9280, 9472, 9537, 9554, 9625, 9729, 9754, 9894, 10240, 10248, 10250, 10272, 10325, 10376, 10402,
+  10600, 10640, 10760, 10784, 10882, 10888, 10890, 16385, 16388, 16390, 16393, 16400, 16402, 16405, 16408,
+  16417, 16420, 16448, 16450, 16453, 16456, 16458, 16465, 16468, 16480, 16485, 16513, 16516, 16528, 16640,
+  16642, 16645, 16648, 16657, 16660, 16672, 16705, 16708, 16720, 16768, 16773, 16802, 16897, 16900, 16912,
+  16914, 16937, 16960, 17408, 17410, 17413, 17416, 17425, 17428, 17433, 17440, 17473, 17476, 17488, 17536,
+  17556, 17665, 17668, 17680, 17700, 17728, 17818, 17920, 17930, 17988, 18000, 18433, 18436, 18448, 18496,
+  18501, 18516, 18530, 18688, 18705, 18756, 18768, 18793, 18948, 20480, 20482, 20485, 20488, 20497, 20500,
+  20512, 20520, 20545, 20548, 20560, 20608, 20737, 20740, 20752, 20757, 20800, 20802, 20992, 21060, 21162,
+  21505, 21508, 21520, 21537, 21568, 21600, 21633, 21665, 21760, 21768, 21888, 21896, 22049, 22120, 22177,
+  22528, 22548, 22593, 22608, 22681, 22810, 22848, 22850, 23173, 24577, 24580, 24592, 24640, 24660, 24674,
+  24710, 24745, 24832, 25124, 25162, 25234, 25600, 25622, 25872, 25920, 25925, 26020, 26625, 26730, 26917,
+  27142, 27220, 27234, 32768, 32770, 32773, 32776, 32785, 32788, 32800, 32810, 32833, 32836, 32848, 32896,
+  32898, 32936, 32938, 33025, 33028, 33030, 33040, 33088, 33105, 33113, 33280, 33312, 33408, 33410, 33440,
+  33448, 33793, 33796, 33808, 33810, 33813, 33856, 33888, 33929, 34048, 34116, 34213, 34328, 34410, 34816,
+  34824, 34853, 34906, 34944, 34946, 34984, 35078, 35362, 35456, 35464, 35478, 35496, 36865, 36868, 36880,
+  36928, 36950, 36996, 37120, 37154, 37220, 37462, 37513, 37888, 37893, 37956, 37968, 37976, 38185, 38288,
+  38290, 38465, 38993, 39078, 39241, 39445, 39520, 40960, 40962, 40968, 40970, 40992, 41002, 41120, 41297,
+  41305, 41382, 41472, 41474, 41480, 41514, 41600, 41632, 42048, 42133, 42597, 42648, 43018, 43040, 43042,
+  43048, 43168, 43176, 43268, 43396, 43398, 43560, 43562, 43665, 43690,
+]);
 
 /** iq2xs_init_impl's kgrid_2bit_1024: the IQ2_S grid, level l_i of point p at bits 2i of p. */
 const KGRID_1024 = Uint16Array.from([
@@ -99,9 +172,45 @@ const KGRID_1024 = Uint16Array.from([
   43554, 43560, 43656, 43690,
 ]);
 
+export const IQ2_XXS_BLOCK_BYTES = GGML_BLOCK.IQ2_XXS.bytes;
+export const IQ2_XS_BLOCK_BYTES = GGML_BLOCK.IQ2_XS.bytes;
 export const IQ2_S_BLOCK_BYTES = GGML_BLOCK.IQ2_S.bytes;
 const QK_K = 256;
 const fr = Math.fround;
+const GRID_BYTES = signedCodeLevels([8, 25, 43]);
+
+/** What IQ2_XXS and IQ2_XS share: 3 levels on 8 values, parity signs, the importance weights. */
+const PARITY_2BIT = {
+  group: 8,
+  levelBits: 2,
+  maxLevel: 2,
+  distances: 2,
+  stepSize: 0.1,
+  skipBelow: fr(1e-15),
+  paritySigns: true,
+  sigmaScale: 1,
+  plainWeights: 'unit',
+  fudge: 1,
+  codeLevels: GRID_BYTES,
+} as const;
+
+export const IQ2_XXS_SPEC: Readonly<LatticeSpec> = {
+  ...PARITY_2BIT,
+  points: KGRID_256,
+  subBlock: 32,
+  steps: 6,
+  refit: 'all',
+  trialMax: 'qp',
+};
+
+export const IQ2_XS_SPEC: Readonly<LatticeSpec> = {
+  ...PARITY_2BIT,
+  points: KGRID_512,
+  subBlock: 16,
+  steps: 9,
+  refit: 'off-grid',
+  trialMax: 'max',
+};
 
 export const IQ2_S_SPEC: Readonly<LatticeSpec> = {
   points: KGRID_1024,
@@ -114,10 +223,12 @@ export const IQ2_S_SPEC: Readonly<LatticeSpec> = {
   stepSize: 0.1,
   skipBelow: fr(1e-8),
   paritySigns: false,
-  refitAll: false,
+  refit: 'off-grid',
+  sigmaScale: 2,
   plainWeights: 'sigma',
+  trialMax: 'max',
   fudge: 0.9875,
-  codeLevels: signedCodeLevels([8, 25, 43]),
+  codeLevels: GRID_BYTES,
 };
 
 /** x (rows of a multiple of 256) -> IQ2_S blocks, as llama.cpp's quantize_iq2_s (imatrix: its quant_weights). */
@@ -171,5 +282,111 @@ export function packIq2SCodes(codes: Uint8Array, at: number, out: Uint8Array, o:
     out[o + 2 + g] = j & 255;
     out[o + 66 + (g >> 2)] |= (j >> 8) << (2 * (g % 4));
     out[o + 34 + g] = signBits(codes, at + 8 * g);
+  }
+}
+
+/** x (rows of a multiple of 256) -> IQ2_XXS blocks, as llama.cpp's quantize_iq2_xxs (imatrix: its quant_weights). */
+export function quantizeIq2Xxs(x: Float32Array, imatrix?: Importance): Uint8Array {
+  checkSuperBlockRows(x, imatrix, 'IQ2_XXS');
+  const out = new Uint8Array((x.length / QK_K) * IQ2_XXS_BLOCK_BYTES);
+  for (let b = 0; b < x.length / QK_K; b++) {
+    const o = b * IQ2_XXS_BLOCK_BYTES;
+    const subs = searchSuperBlockAt(IQ2_XXS_SPEC, x, b, imatrix);
+    const scales = superScales(subs);
+    if (!scales) continue;
+    writeF16(out, o, scales.d);
+    subs.forEach((s, ib) => {
+      if (s) out.set(s.grid, o + 2 + 8 * ib);
+      const signs = s ? s.signs[0] | (s.signs[1] << 7) | (s.signs[2] << 14) | (s.signs[3] << 21) : 0;
+      writeU32(out, o + 6 + 8 * ib, (signs | (scales.ls[ib] << 28)) >>> 0);
+    });
+  }
+  return out;
+}
+
+/** x (rows of a multiple of 256) -> IQ2_XS blocks, as llama.cpp's quantize_iq2_xs (imatrix: its quant_weights). */
+export function quantizeIq2Xs(x: Float32Array, imatrix?: Importance): Uint8Array {
+  checkSuperBlockRows(x, imatrix, 'IQ2_XS');
+  const out = new Uint8Array((x.length / QK_K) * IQ2_XS_BLOCK_BYTES);
+  for (let b = 0; b < x.length / QK_K; b++) {
+    const o = b * IQ2_XS_BLOCK_BYTES;
+    const subs = searchSuperBlockAt(IQ2_XS_SPEC, x, b, imatrix);
+    const scales = superScales(subs);
+    if (!scales) continue;
+    writeF16(out, o, scales.d);
+    subs.forEach((s, ib) => {
+      for (let k = 0; s && k < 2; k++) writeU16(out, o + 2 + 4 * ib + 2 * k, s.grid[k] | (s.signs[k] << 9));
+    });
+    for (let ib = 0; ib < QK_K / 16; ib += 2) out[o + 66 + ib / 2] = scales.ls[ib] | (scales.ls[ib + 1] << 4);
+  }
+  return out;
+}
+
+function writeU16(out: Uint8Array, at: number, v: number): void {
+  out[at] = v & 255;
+  out[at + 1] = v >> 8;
+}
+
+/** IQ2_XXS blocks as codes (level + 8 for negative) and per-32 scale d (0.5 + ls) 0.25: x = scale * level[code]. */
+export function unpackIq2Xxs(
+  bytes: Uint8Array,
+  n = (bytes.length / IQ2_XXS_BLOCK_BYTES) * QK_K,
+): GgmlGroupCodes {
+  const u: GgmlGroupCodes = { ...groupCodes(n, 32, 4, false), levels: GRID_BYTES };
+  for (let b = 0; b < blockCount(bytes, 'IQ2_XXS', n); b++) {
+    const o = b * IQ2_XXS_BLOCK_BYTES;
+    const d = readF16(bytes, o);
+    for (let ib = 0; ib < QK_K / 32; ib++) {
+      const aux = readU32(bytes, o + 6 + 8 * ib);
+      u.scales[b * 8 + ib] = fr(fr(d * fr(0.5 + (aux >>> 28))) * 0.25);
+      for (let l = 0; l < 4; l++) {
+        const signs = withParity((aux >>> (7 * l)) & 127);
+        pointCodes(IQ2_XXS_SPEC, bytes[o + 2 + 8 * ib + l], signs, u.codes, b * QK_K + 32 * ib + 8 * l);
+      }
+    }
+  }
+  return u;
+}
+
+/** IQ2_XS blocks as codes (level + 8 for negative) and per-16 scale d (0.5 + ls) 0.25: x = scale * level[code]. */
+export function unpackIq2Xs(
+  bytes: Uint8Array,
+  n = (bytes.length / IQ2_XS_BLOCK_BYTES) * QK_K,
+): GgmlGroupCodes {
+  const u: GgmlGroupCodes = { ...groupCodes(n, 16, 4, false), levels: GRID_BYTES };
+  for (let b = 0; b < blockCount(bytes, 'IQ2_XS', n); b++) {
+    const o = b * IQ2_XS_BLOCK_BYTES;
+    const d = readF16(bytes, o);
+    for (let ib = 0; ib < QK_K / 16; ib++) {
+      const ls = (bytes[o + 66 + (ib >> 1)] >> (4 * (ib % 2))) & 15;
+      u.scales[b * 16 + ib] = fr(fr(d * fr(0.5 + ls)) * 0.25);
+    }
+    for (let g = 0; g < QK_K / 8; g++) {
+      const q = bytes[o + 2 + 2 * g] | (bytes[o + 3 + 2 * g] << 8);
+      pointCodes(IQ2_XS_SPEC, q & 511, withParity(q >> 9), u.codes, b * QK_K + 8 * g);
+    }
+  }
+  return u;
+}
+
+/** Writes an IQ2_XXS block's grid indices and sign bits from 256 codes (d and the 4-bit scales are kept). */
+export function packIq2XxsCodes(codes: Uint8Array, at: number, out: Uint8Array, o: number): void {
+  for (let ib = 0; ib < QK_K / 32; ib++) {
+    let signs = 0;
+    for (let l = 0; l < 4; l++) {
+      const c = at + 32 * ib + 8 * l;
+      out[o + 2 + 8 * ib + l] = pointOf(IQ2_XXS_SPEC, codes, c, 'iq2_xxs');
+      signs |= (signBits(codes, c) & 127) << (7 * l);
+    }
+    const aux = readU32(out, o + 6 + 8 * ib);
+    writeU32(out, o + 6 + 8 * ib, ((aux & 0xf0000000) | signs) >>> 0);
+  }
+}
+
+/** Writes an IQ2_XS block's grid indices and signs from 256 codes (d and scales are kept). */
+export function packIq2XsCodes(codes: Uint8Array, at: number, out: Uint8Array, o: number): void {
+  for (let g = 0; g < QK_K / 8; g++) {
+    const j = pointOf(IQ2_XS_SPEC, codes, at + 8 * g, 'iq2_xs');
+    writeU16(out, o + 2 + 2 * g, j | ((signBits(codes, at + 8 * g) & 127) << 9));
   }
 }

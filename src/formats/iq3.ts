@@ -40,10 +40,13 @@ import {
   type LatticeSpec,
   pointCodes,
   pointOf,
+  readU32,
   searchSuperBlockAt,
   signBits,
   signedCodeLevels,
   superScales,
+  withParity,
+  writeU32,
 } from './lattice.ts';
 
 /** iq3xs_init_impl's kgrid_256: the IQ3_XXS grid, level l_i of point p at bits 3i of p. */
@@ -114,8 +117,10 @@ const SPECS: Record<Iq3Type, LatticeSpec> = {
     stepSize: 0.2,
     skipBelow: fr(1e-8),
     paritySigns: true,
-    refitAll: false,
+    refit: 'off-grid',
+    sigmaScale: 2,
     plainWeights: 'x2',
+    trialMax: 'max',
     fudge: 1.0125,
     // 4 (2l + 1), but 62 for l = 7
     codeLevels: signedCodeLevels([4, 12, 20, 28, 36, 44, 52, 62]),
@@ -131,8 +136,10 @@ const SPECS: Record<Iq3Type, LatticeSpec> = {
     stepSize: 0.2,
     skipBelow: 0,
     paritySigns: false,
-    refitAll: true,
+    refit: 'all-if-off-grid',
+    sigmaScale: 2,
     plainWeights: 'x2',
+    trialMax: 'max',
     fudge: 1.033,
     codeLevels: signedCodeLevels([1, 3, 5, 7, 9, 11, 13, 15]),
   },
@@ -140,10 +147,6 @@ const SPECS: Record<Iq3Type, LatticeSpec> = {
 
 /** The type's search (the WebGPU search kernel follows it and uploads its grid tables). */
 export const iq3Spec = (type: Iq3Type): Readonly<LatticeSpec> => SPECS[type];
-
-function writeU32(out: Uint8Array, at: number, v: number): void {
-  for (let b = 0; b < 4; b++) out[at + b] = (v >>> (8 * b)) & 0xff;
-}
 
 /** x (rows of a multiple of 256) -> IQ3_XXS blocks, as llama.cpp's quantize_iq3_xxs (imatrix: its quant_weights). */
 export function quantizeIq3Xxs(x: Float32Array, imatrix?: Importance): Uint8Array {
@@ -191,23 +194,10 @@ export function quantizeIq3S(x: Float32Array, imatrix?: Importance): Uint8Array 
   return out;
 }
 
-function readU32(src: Uint8Array, at: number): number {
-  return (src[at] | (src[at + 1] << 8) | (src[at + 2] << 16) | (src[at + 3] << 24)) >>> 0;
-}
-
 /** The codes of 8 values: grid points p1, p2 (4 values each), sign bit i of `signs` negating value i. */
 function groupOf8(type: Iq3Type, p1: number, p2: number, signs: number, codes: Uint8Array, at: number) {
   pointCodes(SPECS[type], p1, signs, codes, at);
   pointCodes(SPECS[type], p2, signs >> 4, codes, at + 4);
-}
-
-/** The 7 stored sign bits plus their parity as the 8th, as ksigns_iq2xs expands them. */
-function withParity(signs7: number): number {
-  let bits = signs7;
-  bits ^= bits >> 4;
-  bits ^= bits >> 2;
-  bits ^= bits >> 1;
-  return signs7 | ((bits & 1) << 7);
 }
 
 /** IQ3_XXS blocks as codes (level + 8 for negative) and per-32 scale d (0.5 + ls) 0.5: x = scale * level[code]. */

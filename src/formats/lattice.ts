@@ -1,22 +1,24 @@
 /**
- * The search llama.cpp's grid ("lattice") quantizers share: IQ3_XXS, IQ3_S (formats/iq3.ts) and IQ2_S
- * (formats/iq2.ts). Sources read (public): ggml/src/ggml-quants.c of ggml-org/llama.cpp as
- * node-llama-cpp 3.22.1 bundles it (iq3xs_init_impl, iq2xs_init_impl, iq3_find_best_neighbour,
- * iq2_find_best_neighbour, quantize_row_iq3_xxs_impl, quantize_row_iq3_s_impl, quantize_row_iq2_s_impl).
+ * The search llama.cpp's grid ("lattice") quantizers share: IQ3_XXS, IQ3_S (formats/iq3.ts) and IQ2_XXS,
+ * IQ2_XS, IQ2_S (formats/iq2.ts). Sources read (public): ggml/src/ggml-quants.c of ggml-org/llama.cpp
+ * as node-llama-cpp 3.22.1 bundles it (iq3xs_init_impl, iq2xs_init_impl, iq3_find_best_neighbour,
+ * iq2_find_best_neighbour, quantize_row_iq3_xxs_impl, quantize_row_iq3_s_impl, quantize_row_iq2_xxs_impl,
+ * quantize_row_iq2_xs_impl, quantize_row_iq2_s_impl).
  *
  * A grid is a fixed set of points, each the levels (0..maxLevel) of a group of 4 or 8 magnitudes, a
  * value being (2 level + 1) times the sub-block's scale; signs are stored apart. Per sub-block (16 or 32
  * values): weights x^2 (IQ2_S: sigma2 / 4 + x^2; with an importance matrix: importance *
- * sqrt(sigma2 + x^2), sigma2 = 2 mean x^2 of the super-block); for trial scales max / (2 maxLevel + 1
- * + step t), each group rounds to its nearest levels or, off the grid, takes the candidate (the grid
- * points at the `distances` smallest squared distances, precomputed) nearest by weighted distance; the
- * best weighted least-squares fit wins, and is refitted after re-picking the groups that were off the
- * grid (IQ3_S: all groups). The super-block's d is the largest sub-block scale / 31 and each sub-block
- * keeps a 4-bit ls, scale ~ d (2 ls + 1). All arithmetic is float32 in C's order (Math.fround after
- * each operation).
+ * sqrt(sigma2 + x^2), sigma2 = 2 mean x^2 of the super-block, IQ2_XXS / IQ2_XS: the mean); for trial
+ * scales max / (2 maxLevel + 1 + step t) (IQ2_XXS: max from make_qp_quants' scale), each group rounds
+ * to its nearest levels or, off the grid, takes the candidate (the grid points at the `distances`
+ * smallest squared distances, precomputed) nearest by weighted distance; the best weighted
+ * least-squares fit wins, and is refitted after re-picking the groups that were off the grid (IQ3_S:
+ * all groups; IQ2_XXS: all groups, always). The super-block's d is the largest sub-block scale / 31 and
+ * each sub-block keeps a 4-bit ls, scale ~ d (2 ls + 1). All arithmetic is float32 in C's order
+ * (Math.fround after each operation).
  */
 import type { Importance } from './ggml.ts';
-import { nearestInt } from './ggml-search.ts';
+import { fitQuantizedScales, nearestInt } from './ggml-search.ts';
 
 const QK_K = 256;
 const fr = Math.fround;
@@ -38,10 +40,21 @@ export interface LatticeSpec {
   skipBelow: number;
   /** IQ3_XXS: the signs of each 8 have even parity (the least important value's sign flips) */
   paritySigns: boolean;
-  /** IQ3_S: the refit re-picks every group, and starts from none on the grid */
-  refitAll: boolean;
-  /** weights without an importance matrix: x^2, or (IQ2_S) sigma2 / 4 + x^2 */
-  plainWeights: 'x2' | 'sigma';
+  /**
+   * the refit after the search: of the groups off the grid where there are any ('off-grid'), of every
+   * group where any is off the grid and none counts as on it before the search (IQ3_S), of every group
+   * whenever the scale is positive (IQ2_XXS)
+   */
+  refit: 'off-grid' | 'all-if-off-grid' | 'all';
+  /** sigma2 = sigmaScale * mean x^2 of the super-block */
+  sigmaScale: 1 | 2;
+  /**
+   * weights without an importance matrix: x^2, (IQ2_S) sigma2 / 4 + x^2, or (IQ2_XXS / IQ2_XS, which
+   * llama.cpp quantizes only with one) importance 1 for every column
+   */
+  plainWeights: 'x2' | 'sigma' | 'unit';
+  /** the max the trial scales divide: the largest magnitude, or (IQ2_XXS) make_qp_quants' scale times maxLevel + 1 */
+  trialMax: 'max' | 'qp';
   /** the stored d is d times this */
   fudge: number;
   /** the dequantizer's value of code c = level + 8 when negative: +-its grid byte for the level */
@@ -241,11 +254,16 @@ function searchSubBlock(
   if (spec.skipBelow ? max < spec.skipBelow : !max) return undefined;
   const L = new Int8Array(n);
   const Laux = new Int8Array(n);
-  const grid = new Uint8Array(groups).fill(spec.refitAll ? 0 : 1);
+  const grid = new Uint8Array(groups).fill(spec.refit === 'off-grid' ? 1 : 0);
   const gridAux = new Uint8Array(groups);
   const top = 2 * spec.maxLevel + 1;
   let best = 0;
   let scale = fr(max / top);
+  if (spec.trialMax === 'qp') {
+    scale = fitQuantizedScales(xval, spec.maxLevel + 2, w, new Uint8Array(n));
+    max = fr(scale * (spec.maxLevel + 1));
+    if (!(max > 0)) return undefined;
+  }
   for (let t = -spec.steps; t <= spec.steps; t++) {
     const id = fr(fr(top + fr(t * fr(spec.stepSize))) / max);
     const trial = fr(1 / id);
@@ -262,7 +280,8 @@ function searchSubBlock(
       grid.set(gridAux);
     }
   }
-  if (grid.includes(0) && scale > 0) scale = refit(spec, g, xval, w, waux, L, grid, scale);
+  if ((spec.refit === 'all' || grid.includes(0)) && scale > 0)
+    scale = refit(spec, g, xval, w, waux, L, grid, scale);
   if (scale < 0) {
     scale = -scale;
     for (let k = 0; k < signs.length; k++) signs[k] = ~signs[k] & (spec.paritySigns ? 127 : 255);
@@ -275,7 +294,7 @@ function searchSubBlock(
   return { scale, grid: indices, signs };
 }
 
-/** Re-picks the groups off the grid (refitAll: every group) at the found scale and refits it. */
+/** Re-picks the groups off the grid (or every group, as spec.refit says) at the found scale and refits it. */
 function refit(
   spec: LatticeSpec,
   g: Grid,
@@ -289,7 +308,7 @@ function refit(
   const id = fr(1 / scale);
   const tmp = new Int8Array(L.length);
   for (let k = 0; k < grid.length; k++) {
-    if (!spec.refitAll && grid[k]) continue;
+    if (spec.refit === 'off-grid' && grid[k]) continue;
     const j = onGrid(spec, g, nearestKey(spec, xval, k, id, tmp), xval, waux, k, scale, tmp);
     for (let i = 0; i < spec.group; i++) L[spec.group * k + i] = g.levels[spec.group * j + i];
   }
@@ -297,7 +316,7 @@ function refit(
   return sumq2 > 0 ? fr(sumqx / sumq2) : scale;
 }
 
-/** The weights of the sub-block at x[at] in a super-block with sigma2 = 2 mean x^2. */
+/** The weights of the sub-block at x[at] in a super-block with sigma2 = sigmaScale mean x^2. */
 function subBlockWeights(
   spec: LatticeSpec,
   x: Float32Array,
@@ -309,6 +328,7 @@ function subBlockWeights(
   for (let i = 0; i < w.length; i++) {
     const x2 = fr(x[at + i] * x[at + i]);
     if (qw) w[i] = fr(qw[i] * fr(Math.sqrt(fr(sigma2 + x2))));
+    else if (spec.plainWeights === 'unit') w[i] = fr(Math.sqrt(fr(sigma2 + x2)));
     else w[i] = spec.plainWeights === 'x2' ? x2 : fr(fr(0.25 * sigma2) + x2);
   }
   return w;
@@ -323,7 +343,7 @@ function searchSuperBlock(
 ): (SubBlock | undefined)[] {
   let sum = 0;
   for (let i = 0; i < QK_K; i++) sum = fr(sum + fr(x[at + i] * x[at + i]));
-  const sigma2 = fr(fr(2 * sum) / QK_K);
+  const sigma2 = fr(fr(spec.sigmaScale * sum) / QK_K);
   const n = spec.subBlock;
   return Array.from({ length: QK_K / n }, (_, ib) => {
     const w = subBlockWeights(spec, x, at + ib * n, sigma2, qw?.subarray(ib * n, (ib + 1) * n));
@@ -382,4 +402,21 @@ export function signBits(codes: Uint8Array, at: number): number {
   let s = 0;
   for (let i = 0; i < 8; i++) s |= ((codes[at + i] >> 3) & 1) << i;
   return s;
+}
+
+/** The 7 stored sign bits plus their parity as the 8th, as ksigns_iq2xs expands them. */
+export function withParity(signs7: number): number {
+  let bits = signs7;
+  bits ^= bits >> 4;
+  bits ^= bits >> 2;
+  bits ^= bits >> 1;
+  return signs7 | ((bits & 1) << 7);
+}
+
+export function readU32(src: Uint8Array, at: number): number {
+  return (src[at] | (src[at + 1] << 8) | (src[at + 2] << 16) | (src[at + 3] << 24)) >>> 0;
+}
+
+export function writeU32(out: Uint8Array, at: number, v: number): void {
+  for (let b = 0; b < 4; b++) out[at + b] = (v >>> (8 * b)) & 0xff;
 }

@@ -35,10 +35,13 @@
  *   v_proj with 4+ query heads per KV head (else IQ3_XXS; IQ3_S without an imatrix) and, without an
  *   imatrix, down_proj Q4_K in the first eighth and Q3_K after. IQ2_M: IQ2_S, with IQ3_S for o_proj,
  *   down_proj in the first eighth and v_proj (Q4_K with 4+ query heads per KV head). Both: output Q5_K,
- *   embeddings IQ3_S, no 70B bump for IQ2_M. llama-quantize writes IQ3_XXS and IQ2_S tensors only with
- *   an importance matrix, so these file types (and IQ3_XS) need one.
- * Not modelled: the rules for mixture-of-experts and Falcon models, and the IQ2_XXS / IQ2_XS / IQ2_S /
- * IQ1 file types (IQ2_XXS, IQ2_XS and IQ1 blocks are not implemented).
+ *   embeddings IQ3_S, no 70B bump for IQ2_M. IQ2_S (the file type, mix iq2_s_mix): IQ2_M's rules over
+ *   IQ2_XS. IQ2_XXS / IQ2_XS (mixes iq2_xxs_mix / iq2_xs_mix): that type, with Q2_K for v_proj (Q4_K
+ *   with 4+ query heads per KV head) and down_proj in the first eighth of the layers, output Q5_K,
+ *   embeddings Q2_K. No 70B bump for the IQ2 file types. llama-quantize writes IQ3_XXS and IQ2 tensors
+ *   only with an importance matrix, so these file types (and IQ3_XS) need one.
+ * Not modelled: the rules for mixture-of-experts and Falcon models, and the IQ1 file types (IQ1 blocks
+ * are not implemented).
  */
 import type { GgmlBlockType } from './ggml-codes.ts';
 
@@ -61,12 +64,15 @@ export const LLAMA_MIXES = [
   'iq3_m',
   'iq3_xxs_mix',
   'iq2_m',
+  'iq2_s_mix',
+  'iq2_xs_mix',
+  'iq2_xxs_mix',
 ] as const;
 /** A llama.cpp file type whose tensors take different types. */
 export type LlamaMix = (typeof LLAMA_MIXES)[number];
 /**
- * llama-quantize's file types; `q2_k`, `q4_0`, `q5_0`, `iq4_nl`, `iq4_xs` and `iq3_s` are the file types
- * (the mixes q2_k_mix ...), not the tensor types.
+ * llama-quantize's file types; `q2_k`, `q4_0`, `q5_0`, `iq4_nl`, `iq4_xs`, `iq3_s`, `iq3_xxs`, `iq2_s`,
+ * `iq2_xs` and `iq2_xxs` are the file types (the mixes q2_k_mix ...), not the tensor types.
  */
 export type LlamaFileType =
   | 'q4_0'
@@ -80,6 +86,9 @@ export type LlamaFileType =
   | 'iq4_xs'
   | 'iq3_s'
   | 'iq3_xxs'
+  | 'iq2_s'
+  | 'iq2_xs'
+  | 'iq2_xxs'
   | LlamaMix;
 /** A tensor type llama-quantize writes: a block type, Q4_0, Q8_0, or F16 for rows that fit no block. */
 export type LlamaTensorType = 'q4_0' | 'q8_0' | GgmlBlockType | 'f16';
@@ -166,8 +175,13 @@ function sensitiveType(mix: LlamaMix, role: LinearRole): LlamaTensorType | undef
       if (down && !role.imatrix) return layer < Math.floor(layers / 8) ? 'q4_k' : 'q3_k';
       return o ? 'iq3_s' : undefined;
     case 'iq2_m':
+    case 'iq2_s_mix':
       if (v) return (role.gqa ?? 1) >= 4 ? 'q4_k' : 'iq3_s';
       return o || (down && layer < Math.floor(layers / 8)) ? 'iq3_s' : undefined;
+    case 'iq2_xs_mix':
+    case 'iq2_xxs_mix':
+      if (v) return (role.gqa ?? 1) >= 4 ? 'q4_k' : 'q2_k';
+      return down && layer < Math.floor(layers / 8) ? 'q2_k' : undefined;
     default:
       return undefined;
   }
@@ -192,19 +206,28 @@ const MIX_BASE: Record<LlamaMix, LlamaTensorType> = {
   iq3_m: 'iq3_s',
   iq3_xxs_mix: 'iq3_xxs',
   iq2_m: 'iq2_s',
+  iq2_s_mix: 'iq2_xs',
+  iq2_xs_mix: 'iq2_xs',
+  iq2_xxs_mix: 'iq2_xxs',
 };
 
 /**
  * Weight formats whose linears llama-quantize writes only with an importance matrix (its
- * tensor_requires_imatrix): Q2_K_S's Q2_K tensors, IQ3_XXS and IQ2_S, alone or in IQ3_XS, IQ3_XXS, IQ2_M.
+ * tensor_requires_imatrix): Q2_K_S's Q2_K tensors, IQ3_XXS and the IQ2 types, alone or in IQ3_XS,
+ * IQ3_XXS and the IQ2 file types.
  */
 export const NEEDS_IMATRIX: readonly string[] = [
   'q2_k_s',
   'iq3_xs',
   'iq3_xxs',
   'iq3_xxs_mix',
+  'iq2_xxs',
+  'iq2_xs',
   'iq2_s',
   'iq2_m',
+  'iq2_s_mix',
+  'iq2_xs_mix',
+  'iq2_xxs_mix',
 ];
 
 /** The tensor type a mix gives most linears; any other type is itself. */
@@ -221,21 +244,36 @@ const FILE_TYPE_MIX: Partial<Record<LlamaFileType, LlamaMix>> = {
   iq4_xs: 'iq4_xs_mix',
   iq3_s: 'iq3_s_mix',
   iq3_xxs: 'iq3_xxs_mix',
+  iq2_s: 'iq2_s_mix',
+  iq2_xs: 'iq2_xs_mix',
+  iq2_xxs: 'iq2_xxs_mix',
 };
 
-/** The file types of llama-quantize's low-bit IQ branch: Q5_K output, IQ3_S embeddings, no 70B bump. */
-const LOW_BIT_IQ: readonly LlamaMix[] = ['iq3_xxs_mix', 'iq2_m'];
+/** The file types of llama-quantize's low-bit IQ branch: Q5_K output, IQ3_S or Q2_K embeddings. */
+const LOW_BIT_EMBED: Partial<Record<LlamaMix, LlamaTensorType>> = {
+  iq3_xxs_mix: 'iq3_s',
+  iq2_m: 'iq3_s',
+  iq2_s_mix: 'iq3_s',
+  iq2_xs_mix: 'q2_k',
+  iq2_xxs_mix: 'q2_k',
+};
+
+/** The IQ2 file types, whose v_proj rule comes before (and so skips) the 70B bump. */
+const NO_70B_BUMP: readonly LlamaMix[] = ['iq2_m', 'iq2_s_mix', 'iq2_xs_mix', 'iq2_xxs_mix'];
 
 function mixType(fileType: LlamaFileType, role: TensorRole, cols: number): LlamaTensorType {
   if (fileType === 'q8_0') return 'q8_0';
   const mix = FILE_TYPE_MIX[fileType] ?? fileType;
-  const lowBit = LOW_BIT_IQ.includes(mix as LlamaMix);
-  if (role.kind === 'output') return cols % 256 !== 0 ? 'q8_0' : lowBit ? 'q5_k' : 'q6_k';
+  const lowBitEmbed = LOW_BIT_EMBED[mix as LlamaMix];
+  if (role.kind === 'output') return cols % 256 !== 0 ? 'q8_0' : lowBitEmbed ? 'q5_k' : 'q6_k';
   if (!isLlamaMix(mix)) return mix;
-  if (role.kind !== 'linear') return lowBit ? 'iq3_s' : MIX_BASE[mix];
+  if (role.kind !== 'linear') return lowBitEmbed ?? MIX_BASE[mix];
   const type = sensitiveType(mix, role) ?? MIX_BASE[mix];
   const bumped =
-    role.llama70B && mix !== 'iq2_m' && role.name === 'v_proj' && (type === 'q3_k' || type === 'q4_k');
+    role.llama70B &&
+    !NO_70B_BUMP.includes(mix) &&
+    role.name === 'v_proj' &&
+    (type === 'q3_k' || type === 'q4_k');
   return bumped ? 'q5_k' : type;
 }
 
@@ -248,6 +286,8 @@ const FALLBACK: Partial<Record<LlamaTensorType, LlamaTensorType>> = {
   iq4_xs: 'iq4_nl',
   iq3_xxs: 'iq4_nl',
   iq3_s: 'iq4_nl',
+  iq2_xxs: 'iq4_nl',
+  iq2_xs: 'iq4_nl',
   iq2_s: 'iq4_nl',
 };
 

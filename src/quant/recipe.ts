@@ -283,6 +283,24 @@ const BUILTINS: Record<string, RecipeText> = {
     weights: 'iq2_m',
     steps: [{ method: 'imatrix' }],
   },
+  'imatrix-iq2_s': {
+    description:
+      'llama.cpp IQ2_S (the file type) with an importance matrix: IQ2_XS (groups of 8 weights on a 512-point grid, 2.31 bits), IQ3_S for o_proj, v_proj and down_proj in the first eighth of the layers, each grid search weighted by the mean x^2 per input channel; exports to GGUF IQ2_S unchanged',
+    weights: 'iq2_s_mix',
+    steps: [{ method: 'imatrix' }],
+  },
+  'imatrix-iq2_xs': {
+    description:
+      'llama.cpp IQ2_XS (the file type) with an importance matrix: IQ2_XS (groups of 8 weights on a 512-point grid, 2.31 bits), Q2_K for v_proj and down_proj in the first eighth of the layers, each search weighted by the mean x^2 per input channel; exports to GGUF IQ2_XS unchanged',
+    weights: 'iq2_xs_mix',
+    steps: [{ method: 'imatrix' }],
+  },
+  'imatrix-iq2_xxs': {
+    description:
+      'llama.cpp IQ2_XXS (the file type) with an importance matrix: IQ2_XXS (groups of 8 weights on a 256-point grid, 2.06 bits), Q2_K for v_proj and down_proj in the first eighth of the layers, each search weighted by the mean x^2 per input channel; exports to GGUF IQ2_XXS unchanged',
+    weights: 'iq2_xxs_mix',
+    steps: [{ method: 'imatrix' }],
+  },
   'imatrix-q4_0': {
     description:
       'llama.cpp Q4_0 with an importance matrix, as llama-imatrix + llama-quantize --imatrix make it: Q4_0, with Q4_1 for down_proj in the first eighth of the layers, each rounding weighted by the mean x^2 per input channel; exports to GGUF Q4_0 unchanged',
@@ -596,7 +614,7 @@ function validateRecipe(where: string, r: Recipe): void {
     );
   if (r.weights?.kind === 'ggml' && NEEDS_IMATRIX.includes(r.weights.type) && !usesImatrix(r))
     fail(
-      `${where}: ${r.weights.type} needs an importance matrix, as llama-quantize refuses to write its ${r.weights.type === 'q2_k_s' ? 'Q2_K' : 'IQ3_XXS / IQ2_S'} tensors without one: add the step imatrix`,
+      `${where}: ${r.weights.type} needs an importance matrix, as llama-quantize refuses to write its ${r.weights.type === 'q2_k_s' ? 'Q2_K' : 'IQ3_XXS / IQ2'} tensors without one: add the step imatrix`,
     );
   for (const s of r.steps) {
     if (
@@ -639,7 +657,7 @@ function validateRecipe(where: string, r: Recipe): void {
       );
     if (s.method === 'imatrix' && !(blockFormat || (r.weights && takesImportance(r.weights))))
       fail(
-        `${where}: imatrix weights llama.cpp's q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, iq3_xxs, iq3_s, iq2_s quantizers and their mixes (${LLAMA_MIXES.join(', ')}), not ${r.weights ? formatName(r.weights) : 'full precision'}`,
+        `${where}: imatrix weights llama.cpp's q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, iq3_xxs, iq3_s, iq2_xxs, iq2_xs, iq2_s quantizers and their mixes (${LLAMA_MIXES.join(', ')}), not ${r.weights ? formatName(r.weights) : 'full precision'}`,
       );
   }
 }

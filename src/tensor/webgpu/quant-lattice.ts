@@ -1,21 +1,21 @@
 /**
- * dequantize(quantize(x)) in llama.cpp's lattice types IQ3_XXS / IQ3_S / IQ2_S (super-blocks of 256) on
- * the GPU, for the searches that only rank candidates (AWQ's scale and clip searches): the float32
- * algorithm of formats/lattice.ts without an importance matrix, not bit for bit (as the K-quant and IQ4
+ * dequantize(quantize(x)) in llama.cpp's lattice types IQ3_XXS / IQ3_S / IQ2_XS / IQ2_S (super-blocks of
+ * 256) on the GPU, for the searches that only rank candidates (AWQ's scale and clip searches): the float32
+ * algorithm of formats/lattice.ts without an importance matrix (IQ2_XS: importance 1), not bit for bit (as the K-quant and IQ4
  * search kernels): in a near-tie of the scale search or of two grid neighbours the GPU may take the other
  * candidate, and an all-zero IQ3_S sub-block does not shift the ones after it as the file layout does.
  * Blocks llmq stores come from the exact host quantizer.
  *
- * One thread per sub-block (32 values; IQ2_S 16): the threads of a super-block first share their sums of
- * x^2 (IQ2_S's weights use sigma2); then each takes its sign masks (IQ3_XXS: even parity per 8), the
- * scale search over the trial reciprocals with each group (4 values; IQ2_S 8) rounded to the nearest
+ * One thread per sub-block (32 values; IQ2 16): the threads of a super-block first share their sums of
+ * x^2 (IQ2's weights use sigma2); then each takes its sign masks (IQ3_XXS, IQ2_XS: even parity per 8), the
+ * scale search over the trial reciprocals with each group (4 values; IQ2 8) rounded to the nearest
  * levels or, off the grid, to its best neighbour, the refit; then they exchange their scales through
  * workgroup memory for fp16 d and the 4-bit sub-block scales. The grid tables are one storage buffer:
  * per level combination its grid index, or its candidates' place in the list; the lists; each grid
  * point's levels, 4 bits each, in a u32.
  */
 import { fail } from '../../errors.ts';
-import { IQ2_S_SPEC } from '../../formats/iq2.ts';
+import { IQ2_S_SPEC, IQ2_XS_SPEC } from '../../formats/iq2.ts';
 import { iq3Spec } from '../../formats/iq3.ts';
 import { gridOf, type LatticeSpec } from '../../formats/lattice.ts';
 import type { GgmlSpec } from '../../formats/spec.ts';
@@ -23,18 +23,29 @@ import type { DType } from '../tensor.ts';
 import type { GpuContext, Kernel, Storage } from './context.ts';
 import { GGML_WG, ggmlKernelHeader, runBlockKernel } from './quant-ggml.ts';
 
-type LatticeType = 'iq3_xxs' | 'iq3_s' | 'iq2_s';
-export const SEARCH_LATTICE_TYPES: readonly string[] = ['iq3_xxs', 'iq3_s', 'iq2_s'];
+type LatticeType = 'iq3_xxs' | 'iq3_s' | 'iq2_xs' | 'iq2_s';
+export const SEARCH_LATTICE_TYPES: readonly string[] = ['iq3_xxs', 'iq3_s', 'iq2_xs', 'iq2_s'];
 
 const WG = GGML_WG;
 const OFF_GRID = 0x80000000;
+/** an off-grid entry: OFF_GRID | list start << COUNT_BITS | candidate count (IQ2_XS: up to 292) */
+const COUNT_BITS = 10;
 
-const specOf = (type: LatticeType) => (type === 'iq2_s' ? IQ2_S_SPEC : iq3Spec(type));
+const specOf = (type: LatticeType) =>
+  type === 'iq2_s' ? IQ2_S_SPEC : type === 'iq2_xs' ? IQ2_XS_SPEC : iq3Spec(type);
+
+/** The weight of value i without an importance matrix: a WGSL expression. */
+const PLAIN_WEIGHT: Record<LatticeSpec['plainWeights'], string> = {
+  x2: 'x[i] * x[i]',
+  sigma: '0.25 * sigma2 + x[i] * x[i]',
+  unit: 'sqrt(sigma2 + x[i] * x[i])',
+};
 
 /** The dequantizer's sub-block scale from fp16 d and the 4-bit ls: a WGSL expression. */
 const SUB_BLOCK_SCALE: Record<LatticeType, string> = {
   iq3_xxs: 'dh * (0.5 + ls) * 0.5',
   iq3_s: 'dh * (1.0 + 2.0 * ls)',
+  iq2_xs: 'dh * (0.5 + ls) * 0.25',
   iq2_s: 'dh * (0.5 + ls) * 0.25',
 };
 
@@ -54,9 +65,9 @@ export function latticeTable(spec: LatticeSpec): { words: Uint32Array; listAt: n
   const words = new Uint32Array(pointsAt + g.points.length);
   for (let key = 0; key < keys; key++) {
     const count = g.start[key + 1] - g.start[key];
-    if (count > 255 || g.start[key] >= 1 << 23)
+    if (count >= 1 << COUNT_BITS || g.start[key] >= 1 << (31 - COUNT_BITS))
       fail('lattice search: a candidate list does not fit its table entry');
-    words[key] = g.index[key] >= 0 ? g.index[key] : (OFF_GRID | (g.start[key] << 8) | count) >>> 0;
+    words[key] = g.index[key] >= 0 ? g.index[key] : (OFF_GRID | (g.start[key] << COUNT_BITS) | count) >>> 0;
   }
   words.set(g.list, listAt);
   for (let j = 0; j < g.points.length; j++)
@@ -88,10 +99,10 @@ fn nearestKey(xv: ptr<function, array<f32, ${SUB}>>, k: u32, id: f32, L: ptr<fun
 /** the best candidate of an off-grid entry e by weighted distance; into L */
 fn bestNeighbour(e: u32, xv: ptr<function, array<f32, ${SUB}>>, wa: ptr<function, array<f32, ${SUB}>>, k: u32,
                  scale: f32, L: ptr<function, array<u32, ${SUB}>>) {
-  let start = (e & 0x7fffffffu) >> 8u;
+  let start = (e & 0x7fffffffu) >> ${COUNT_BITS}u;
   var best = 3.4e38;
   var pick = 0u;
-  for (var n = start; n < start + (e & 255u); n++) {
+  for (var n = start; n < start + (e & ${(1 << COUNT_BITS) - 1}u); n++) {
     let j = T[${listAt}u + n];
     var d2 = 0.0;
     for (var i = 0u; i < ${G}u; i++) {
@@ -141,12 +152,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   workgroupBarrier();
   var total = 0.0;
   for (var j = 0u; j < ${per}u; j++) { total += shSum[first + j]; }
-  let sigma2 = 2.0 * total / 256.0;
+  let sigma2 = ${s.sigmaScale}.0 * total / 256.0;
   var scale = 0.0;
   var mx = 0.0;
   if (valid) {
     for (var i = 0u; i < ${SUB}u; i++) {
-      w[i] = ${s.plainWeights === 'x2' ? 'x[i] * x[i]' : '0.25 * sigma2 + x[i] * x[i]'};
+      w[i] = ${PLAIN_WEIGHT[s.plainWeights]};
       wa[i] = sqrt(w[i]);
       xv[i] = abs(x[i]);
     }
@@ -177,7 +188,7 @@ ${
   if (valid && mx ${s.skipBelow ? `>= ${s.skipBelow}` : '> 0.0'}) {
     var best = 0.0;
     scale = mx / ${top}.0;
-    var offGrid = ${s.refitAll ? `${(1 << (SUB / G)) - 1}u` : '0u'};
+    var offGrid = ${s.refit !== 'off-grid' ? `${(1 << (SUB / G)) - 1}u` : '0u'};
     for (var t = -${s.steps}; t <= ${s.steps}; t++) {
       let id = (${top}.0 + f32(t) * ${s.stepSize}) / mx;
       var off = 0u;
@@ -198,7 +209,7 @@ ${
     }
     if (offGrid != 0u && scale > 0.0) {
       for (var k = 0u; k < ${SUB / G}u; k++) {
-        ${s.refitAll ? '' : 'if ((offGrid & (1u << k)) == 0u) { continue; }'}
+        ${s.refit !== 'off-grid' ? '' : 'if ((offGrid & (1u << k)) == 0u) { continue; }'}
         let e = T[nearestKey(&xv, k, 1.0 / scale, &L)];
         if ((e & ${OFF_GRID}u) != 0u) { bestNeighbour(e, &xv, &wa, k, scale, &L); }
       }
@@ -242,7 +253,7 @@ function upload(ctx: GpuContext, type: LatticeType) {
 }
 
 /**
- * The IQ3_XXS / IQ3_S / IQ2_S round trip of x (rows of `lastDim` values, a multiple of 256) for a
+ * The IQ3_XXS / IQ3_S / IQ2_XS / IQ2_S round trip of x (rows of `lastDim` values, a multiple of 256) for a
  * search; f32 result of x's shape. Approximate: see the file comment.
  */
 export function latticeSearchFakeQuant(
