@@ -1,5 +1,6 @@
 /**
- * llama.cpp K-quant, IQ4 and IQ3 round trips: the exact host quantizer (formats/kquants.ts, iq4.ts, iq3.ts) on one
+ * llama.cpp K-quant, IQ4, IQ3 and IQ2 round trips: the exact host quantizer (formats/kquants.ts, iq4.ts, iq3.ts,
+ * iq2.ts) on one
  * thread and on the worker threads (formats/block-workers.ts; only where they run: the tsx CLI, not the
  * GPU bundle), against the WebGPU search kernel AWQ ranks candidates with (webgpu/quant-kquant.ts,
  * quant-iq4.ts, quant-lattice.ts), on a
@@ -31,7 +32,18 @@ const sumSq = (a: Float32Array) => a.reduce((s, v, i) => s + (v - x[i]) ** 2, 0)
 // the worker threads start on the first call: warm them up, and see whether they run here at all
 const threads = (await quantizeBlocksInParallel('q6_k', x, cols)) ? os.availableParallelism() : 1;
 const out: Row[] = [];
-for (const type of ['q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'iq4_xs', 'iq3_xxs', 'iq3_s', 'iq2_s']) {
+for (const type of [
+  'q4_k',
+  'q5_k',
+  'q6_k',
+  'iq4_nl',
+  'iq4_xs',
+  'iq3_xxs',
+  'iq3_s',
+  'iq2_xxs',
+  'iq2_xs',
+  'iq2_s',
+]) {
   const spec = parseFormat(type) as GgmlSpec;
   let t0 = performance.now();
   const want = fakeQuantRows(x, rows, cols, spec);
@@ -41,7 +53,13 @@ for (const type of ['q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'iq4_xs', 'iq3_xxs', 'iq3_
   const workersMs = performance.now() - t0;
   if (!parallel.every((v, i) => Object.is(v, want[i]))) throw new Error(`${type}: worker threads differ`);
   const xt = gpu.upload(x, [rows, cols], 'f32');
-  gpu.searchFakeQuant(xt, spec)?.dispose(); // compile
+  const compiled = gpu.searchFakeQuant(xt, spec);
+  if (!compiled) {
+    xt.dispose();
+    out.push({ type, values: rows * cols, 'host ms': hostMs, 'WebGPU ms (with read back)': 'no kernel' });
+    continue;
+  }
+  compiled.dispose();
   const runs = 5;
   let got: Float32Array = new Float32Array(0);
   t0 = performance.now();
@@ -68,7 +86,7 @@ for (const type of ['q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'iq4_xs', 'iq3_xxs', 'iq3_
 const adapter = gpu.describe();
 const cmd = `node --import tsx bench/kquant-search.ts --rows ${rows} --cols ${cols}`;
 publish(
-  `K-quant, IQ4 and IQ3 search round trips: host vs WebGPU, ${rows} x ${cols}`,
+  `K-quant, IQ4, IQ3 and IQ2 search round trips: host vs WebGPU, ${rows} x ${cols}`,
   cmd,
   table(out),
   'Host: the exact quantizer, on one thread and on the worker threads (same bytes). WebGPU: the search kernel AWQ uses to rank candidates; the stored blocks always come from the host quantizer.',

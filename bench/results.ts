@@ -172,7 +172,11 @@ const SETS: Record<string, () => Job[]> = {
     },
     { label: 'imatrix IQ3_XXS (= llama-quantize --imatrix)', recipe: 'imatrix-iq3_xxs', calib: AWQ_CALIB },
     { label: 'imatrix IQ2_M (= llama-quantize --imatrix)', recipe: 'imatrix-iq2_m', calib: AWQ_CALIB },
+    { label: 'imatrix IQ2_S (= llama-quantize --imatrix)', recipe: 'imatrix-iq2_s', calib: AWQ_CALIB },
+    { label: 'imatrix IQ2_XS (= llama-quantize --imatrix)', recipe: 'imatrix-iq2_xs', calib: AWQ_CALIB },
+    { label: 'imatrix IQ2_XXS (= llama-quantize --imatrix)', recipe: 'imatrix-iq2_xxs', calib: AWQ_CALIB },
     { label: 'RTN W3 g64 (for comparison)', recipe: { name: 'rtn-w3g64', weights: 'int3-g64' } },
+    { label: 'RTN W2 g64 (for comparison)', recipe: { name: 'rtn-w2g64', weights: 'int2-g64' } },
   ],
   issue4: () => [
     { label: 'fp' },

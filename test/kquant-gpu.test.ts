@@ -35,6 +35,7 @@ for (const type of [
   'iq4_xs',
   'iq3_xxs',
   'iq3_s',
+  'iq2_xxs',
   'iq2_xs',
   'iq2_s',
 ] as const) {

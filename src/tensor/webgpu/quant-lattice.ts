@@ -1,13 +1,15 @@
 /**
- * dequantize(quantize(x)) in llama.cpp's lattice types IQ3_XXS / IQ3_S / IQ2_XS / IQ2_S (super-blocks of
- * 256) on the GPU, for the searches that only rank candidates (AWQ's scale and clip searches): the float32
- * algorithm of formats/lattice.ts without an importance matrix (IQ2_XS: importance 1), not bit for bit (as the K-quant and IQ4
+ * dequantize(quantize(x)) in llama.cpp's lattice types IQ3_XXS / IQ3_S / IQ2_XXS / IQ2_XS / IQ2_S
+ * (super-blocks of 256) on the GPU, for the searches that only rank candidates (AWQ's scale and clip
+ * searches): the float32 algorithm of formats/lattice.ts without an importance matrix (IQ2_XXS / IQ2_XS:
+ * importance 1; IQ2_XXS's first scale is make_qp_quants'), not bit for bit (as the K-quant and IQ4
  * search kernels): in a near-tie of the scale search or of two grid neighbours the GPU may take the other
  * candidate, and an all-zero IQ3_S sub-block does not shift the ones after it as the file layout does.
  * Blocks llmq stores come from the exact host quantizer.
  *
  * One thread per sub-block (32 values; IQ2 16): the threads of a super-block first share their sums of
- * x^2 (IQ2's weights use sigma2); then each takes its sign masks (IQ3_XXS, IQ2_XS: even parity per 8), the
+ * x^2 (IQ2's weights use sigma2); then each takes its sign masks (IQ3_XXS, IQ2_XXS, IQ2_XS: even parity
+ * per 8), the
  * scale search over the trial reciprocals with each group (4 values; IQ2 8) rounded to the nearest
  * levels or, off the grid, to its best neighbour, the refit; then they exchange their scales through
  * workgroup memory for fp16 d and the 4-bit sub-block scales. The grid tables are one storage buffer:
@@ -15,7 +17,7 @@
  * point's levels, 4 bits each, in a u32.
  */
 import { fail } from '../../errors.ts';
-import { IQ2_S_SPEC, IQ2_XS_SPEC } from '../../formats/iq2.ts';
+import { IQ2_S_SPEC, IQ2_XS_SPEC, IQ2_XXS_SPEC } from '../../formats/iq2.ts';
 import { iq3Spec } from '../../formats/iq3.ts';
 import { gridOf, type LatticeSpec } from '../../formats/lattice.ts';
 import type { GgmlSpec } from '../../formats/spec.ts';
@@ -23,16 +25,17 @@ import type { DType } from '../tensor.ts';
 import type { GpuContext, Kernel, Storage } from './context.ts';
 import { GGML_WG, ggmlKernelHeader, runBlockKernel } from './quant-ggml.ts';
 
-type LatticeType = 'iq3_xxs' | 'iq3_s' | 'iq2_xs' | 'iq2_s';
-export const SEARCH_LATTICE_TYPES: readonly string[] = ['iq3_xxs', 'iq3_s', 'iq2_xs', 'iq2_s'];
+type LatticeType = 'iq3_xxs' | 'iq3_s' | 'iq2_xxs' | 'iq2_xs' | 'iq2_s';
+export const SEARCH_LATTICE_TYPES: readonly string[] = ['iq3_xxs', 'iq3_s', 'iq2_xxs', 'iq2_xs', 'iq2_s'];
 
 const WG = GGML_WG;
 const OFF_GRID = 0x80000000;
 /** an off-grid entry: OFF_GRID | list start << COUNT_BITS | candidate count (IQ2_XS: up to 292) */
 const COUNT_BITS = 10;
 
+const IQ2_SPECS = { iq2_xxs: IQ2_XXS_SPEC, iq2_xs: IQ2_XS_SPEC, iq2_s: IQ2_S_SPEC };
 const specOf = (type: LatticeType) =>
-  type === 'iq2_s' ? IQ2_S_SPEC : type === 'iq2_xs' ? IQ2_XS_SPEC : iq3Spec(type);
+  type === 'iq3_xxs' || type === 'iq3_s' ? iq3Spec(type) : IQ2_SPECS[type];
 
 /** The weight of value i without an importance matrix: a WGSL expression. */
 const PLAIN_WEIGHT: Record<LatticeSpec['plainWeights'], string> = {
@@ -45,6 +48,7 @@ const PLAIN_WEIGHT: Record<LatticeSpec['plainWeights'], string> = {
 const SUB_BLOCK_SCALE: Record<LatticeType, string> = {
   iq3_xxs: 'dh * (0.5 + ls) * 0.5',
   iq3_s: 'dh * (1.0 + 2.0 * ls)',
+  iq2_xxs: 'dh * (0.5 + ls) * 0.25',
   iq2_xs: 'dh * (0.5 + ls) * 0.25',
   iq2_s: 'dh * (0.5 + ls) * 0.25',
 };
@@ -73,6 +77,73 @@ export function latticeTable(spec: LatticeSpec): { words: Uint32Array; listAt: n
   for (let j = 0; j < g.points.length; j++)
     for (let i = 0; i < spec.group; i++) words[pointsAt + j] |= g.levels[spec.group * j + i] << (4 * i);
   return { words, listAt, pointsAt };
+}
+
+/**
+ * make_qp_quants' scale of the magnitudes under weights w (IQ2_XXS's first scale), codes 0..nmax; a
+ * negative magnitude (the parity flip) rounds to a negative code, which C stores in a uint8_t.
+ */
+function qpScaleWgsl(SUB: number, nmax: number): string {
+  return `
+fn stored(l: i32) -> i32 { return select(l, l + 256, l < 0); }
+fn qpError(xv: ptr<function, array<f32, ${SUB}>>, w: ptr<function, array<f32, ${SUB}>>, iscale: f32, wrap: bool) -> f32 {
+  let sc = 1.0 / iscale;
+  var e = 0.0;
+  for (var i = 0u; i < ${SUB}u; i++) {
+    let r = i32(round(iscale * (*xv)[i]));
+    let l = select(min(${nmax}, r), stored(r), wrap);
+    let diff = (*xv)[i] - sc * f32(l);
+    e += (*w)[i] * diff * diff;
+  }
+  return e;
+}
+fn qpScale(xv: ptr<function, array<f32, ${SUB}>>, w: ptr<function, array<f32, ${SUB}>>) -> f32 {
+  var mx = 0.0;
+  for (var i = 0u; i < ${SUB}u; i++) { mx = max(mx, (*xv)[i]); }
+  if (mx < 1e-15) { return 0.0; }
+  var iscale = ${nmax}.0 / mx;
+  var best = qpError(xv, w, iscale, true);
+  for (var k = -4; k <= 4; k++) {
+    let cand = (0.1 * f32(k) + ${nmax}.0) / mx;
+    let e = qpError(xv, w, cand, false);
+    if (k != 0 && e < best) {
+      best = e;
+      iscale = cand;
+    }
+  }
+  var L: array<i32, ${SUB}>;
+  var slx = 0.0;
+  var sl2 = 0.0;
+  for (var i = 0u; i < ${SUB}u; i++) {
+    let l = min(${nmax}, i32(round(iscale * (*xv)[i])));
+    L[i] = stored(l);
+    slx += (*w)[i] * (*xv)[i] * f32(l);
+    sl2 += (*w)[i] * f32(l) * f32(l);
+  }
+  for (var round5 = 0; round5 < 5; round5++) {
+    var changed = 0;
+    for (var i = 0u; i < ${SUB}u; i++) {
+      let li = f32(L[i]);
+      var s1 = slx - (*w)[i] * (*xv)[i] * li;
+      var s2 = sl2 - (*w)[i] * li * li;
+      if (s1 > 0.0 && s2 > 0.0) {
+        let nl = min(${nmax}, i32(round((*xv)[i] * s2 / s1)));
+        if (nl != L[i]) {
+          s1 += (*w)[i] * (*xv)[i] * f32(nl);
+          s2 += (*w)[i] * f32(nl) * f32(nl);
+          if (s1 * s1 * sl2 > slx * slx * s2) {
+            L[i] = stored(nl);
+            slx = s1;
+            sl2 = s2;
+            changed++;
+          }
+        }
+      }
+    }
+    if (changed == 0) { break; }
+  }
+  return select(0.0, slx / sl2, sl2 > 0.0);
+}`;
 }
 
 function latticeWgsl(type: LatticeType, listAt: number, pointsAt: number): string {
@@ -125,6 +196,7 @@ fn fitSums(xv: ptr<function, array<f32, ${SUB}>>, w: ptr<function, array<f32, ${
   }
   return s;
 }
+${s.trialMax === 'qp' ? qpScaleWgsl(SUB, s.maxLevel + 2) : ''}
 /** the dequantizer's magnitude of level l */
 fn magnitude(l: u32) -> f32 { return ${magnitudeWgsl(s)}; }
 
@@ -187,9 +259,15 @@ ${
   }
   if (valid && mx ${s.skipBelow ? `>= ${s.skipBelow}` : '> 0.0'}) {
     var best = 0.0;
-    scale = mx / ${top}.0;
+    scale = mx / ${top}.0;${
+      s.trialMax === 'qp'
+        ? `
+    scale = qpScale(&xv, &w);
+    mx = scale * ${s.maxLevel + 1}.0;`
+        : ''
+    }
     var offGrid = ${s.refit !== 'off-grid' ? `${(1 << (SUB / G)) - 1}u` : '0u'};
-    for (var t = -${s.steps}; t <= ${s.steps}; t++) {
+    for (var t = -${s.steps}; t <= ${s.steps} && mx > 0.0; t++) {
       let id = (${top}.0 + f32(t) * ${s.stepSize}) / mx;
       var off = 0u;
       for (var k = 0u; k < ${SUB / G}u; k++) {
@@ -207,7 +285,7 @@ ${
         offGrid = off;
       }
     }
-    if (offGrid != 0u && scale > 0.0) {
+    if (${s.refit === 'all' ? '' : 'offGrid != 0u && '}scale > 0.0) {
       for (var k = 0u; k < ${SUB / G}u; k++) {
         ${s.refit !== 'off-grid' ? '' : 'if ((offGrid & (1u << k)) == 0u) { continue; }'}
         let e = T[nearestKey(&xv, k, 1.0 / scale, &L)];
@@ -253,7 +331,7 @@ function upload(ctx: GpuContext, type: LatticeType) {
 }
 
 /**
- * The IQ3_XXS / IQ3_S / IQ2_XS / IQ2_S round trip of x (rows of `lastDim` values, a multiple of 256) for a
+ * The IQ3 / IQ2 round trip of x (rows of `lastDim` values, a multiple of 256) for a
  * search; f32 result of x's shape. Approximate: see the file comment.
  */
 export function latticeSearchFakeQuant(
