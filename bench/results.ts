@@ -175,6 +175,16 @@ const SETS: Record<string, () => Job[]> = {
     { label: 'imatrix IQ2_S (= llama-quantize --imatrix)', recipe: 'imatrix-iq2_s', calib: AWQ_CALIB },
     { label: 'imatrix IQ2_XS (= llama-quantize --imatrix)', recipe: 'imatrix-iq2_xs', calib: AWQ_CALIB },
     { label: 'imatrix IQ2_XXS (= llama-quantize --imatrix)', recipe: 'imatrix-iq2_xxs', calib: AWQ_CALIB },
+    {
+      label: 'AWQ + imatrix IQ2_M',
+      recipe: { name: 'awq-imatrix-iq2_m', weights: 'iq2_m', steps: ['awq', 'imatrix'] },
+      calib: AWQ_CALIB,
+    },
+    {
+      label: 'AWQ + imatrix IQ2_XXS',
+      recipe: { name: 'awq-imatrix-iq2_xxs', weights: 'iq2_xxs_mix', steps: ['awq', 'imatrix'] },
+      calib: AWQ_CALIB,
+    },
     { label: 'RTN W3 g64 (for comparison)', recipe: { name: 'rtn-w3g64', weights: 'int3-g64' } },
     { label: 'RTN W2 g64 (for comparison)', recipe: { name: 'rtn-w2g64', weights: 'int2-g64' } },
   ],

@@ -12,6 +12,7 @@ import { after, test } from 'node:test';
 import { promisify } from 'node:util';
 import { ggmlGroupValues } from '../src/formats/ggml.ts';
 import { ggmlBlockBytes } from '../src/formats/ggml-codes.ts';
+import { quantizeIq1S, unpackIq1S } from '../src/formats/iq1.ts';
 import {
   quantizeIq2S,
   quantizeIq2Xs,
@@ -78,6 +79,8 @@ test('IQ3_XS and IQ3_XXS need an importance matrix, as llama-quantize refuses th
     'iq2_xxs_mix',
     'iq2_xs_mix',
     'iq2_s_mix',
+    'iq1_s',
+    'iq1_s_mix',
   ])
     assert.throws(
       () => defineRecipe('x', { description: 'x', weights }),
@@ -184,32 +187,27 @@ test('imatrix IQ2_M: weighted IQ2_S blocks, IQ3_S where llama-quantize gives mor
   );
 });
 
-test('imatrix IQ2_XXS and IQ2_S file types: weighted IQ2_XXS / IQ2_XS blocks of llama.cpp, Q2_K or IQ3_S where they give more bits, exported unchanged', async () => {
-  for (const [name, weights, to, fileType, type, more, embed, quantize, unpack] of [
-    ['iq2xxs', 'iq2_xxs_mix', 'iq2_xxs', 19, 'IQ2_XXS', 'Q2_K', 'Q2_K', quantizeIq2Xxs, unpackIq2Xxs],
+test('imatrix IQ2_XXS, IQ2_S and IQ1_S file types: weighted IQ2 / IQ1_S blocks of llama.cpp, Q2_K, IQ3_S or IQ2_XXS where they give more bits, exported unchanged', async () => {
+  for (const [name, weights, to, fileType, type, more, out, quantize, unpack] of [
+    ['iq2xxs', 'iq2_xxs_mix', 'iq2_xxs', 19, 'IQ2_XXS', 'Q2_K', 'IQ2_XXS', quantizeIq2Xxs, unpackIq2Xxs],
     ['iq2s', 'iq2_s_mix', 'iq2_s', 28, 'IQ2_XS', 'IQ3_S', 'IQ3_S', quantizeIq2Xs, unpackIq2Xs],
+    ['iq1s', 'iq1_s_mix', 'iq1_s', 24, 'IQ1_S', 'Q2_K', 'IQ2_XXS', quantizeIq1S, unpackIq1S],
   ] as const) {
     const model = await checkpoint(name, weights);
     const file = `${dir}/${name}.gguf`;
     await run('./bin/llmq', ['export', `${dir}/${name}`, '--to', `gguf-${to}`, '--out', file]);
     const g = readGguf(file);
     assert.equal(g.metadata.get('general.file_type')?.value, fileType);
-    // attn_output takes IQ3_S under IQ2_S only; ffn_down's rows of 704 IQ4_NL in every layer
-    assert.deepEqual(ggufTypesIn(file, NAMES), [
-      embed,
-      type,
-      more,
-      more === 'IQ3_S' ? 'IQ3_S' : type,
-      type,
-      type,
-      'IQ4_NL',
-      'Q5_K',
-    ]);
+    // embeddings and attn_v in the type with more bits; ffn_down's rows of 704 IQ4_NL in every layer
+    assert.deepEqual(ggufTypesIn(file, NAMES), [more, type, more, out, type, type, 'IQ4_NL', 'Q5_K']);
     const want = quantize(await weightOf(1, 'gate_proj'), importanceOf('blk.1.ffn_gate'));
     assert.deepEqual(readGgufTensor(g, 'blk.1.ffn_gate.weight'), want);
     const enc = model.layers[1].linears.gate_proj.quantized?.encoded;
     assert.ok(enc?.scaleCodes);
-    assert.deepEqual(ggmlBlockBytes(enc.codes, enc.scaleCodes, type.toLowerCase() as 'iq2_xs'), want);
+    assert.deepEqual(
+      ggmlBlockBytes(enc.codes, enc.scaleCodes, type.toLowerCase() as 'iq2_xs' | 'iq1_s'),
+      want,
+    );
     const back = loadGgufModel(file, cpu);
     assert.deepEqual(await cpu.read(back.layers[1].linears.gate_proj.weight), ggmlGroupValues(unpack(want)));
   }

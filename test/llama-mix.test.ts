@@ -286,6 +286,23 @@ test('IQ3_XXS / IQ2_M file types: IQ2_S for attn_q / attn_k, IQ3_S where they gi
   assert.equal(at('iq2_m', 'q_proj', 3, {}, 384), 'iq4_nl');
 });
 
+test('IQ1_S file type: IQ1_S, IQ2_XXS attn_output, Q2_K attn_v and first-eighth ffn_down, Q5_K output, Q2_K embeddings', () => {
+  for (const file of ['iq1_s', 'iq1_s_mix'] as const) {
+    assert.deepEqual(
+      typesOf(file, 'down_proj'),
+      Array.from({ length: LAYERS }, (_, i) => (i < 4 ? 'q2_k' : 'iq1_s')),
+    );
+    for (const name of ['q_proj', 'k_proj', 'gate_proj', 'up_proj'])
+      assert.deepEqual(typesOf(file, name), Array(LAYERS).fill('iq1_s'), `${file} ${name}`);
+    assert.deepEqual(typesOf(file, 'o_proj'), Array(LAYERS).fill('iq2_xxs'));
+    const v = (extra: object) => llamaTensorType(file, { ...linear('v_proj', 3), ...extra }, 4096);
+    assert.deepEqual([v({}), v({ gqa: 4 }), v({ gqa: 8, llama70B: true })], ['q2_k', 'q4_k', 'q4_k']);
+    assert.equal(llamaTensorType(file, { kind: 'output' }, 4096), 'q5_k');
+    assert.equal(llamaTensorType(file, { kind: 'embed' }, 4096), 'q2_k');
+    assert.equal(llamaTensorType(file, linear('q_proj', 3), 384), 'iq4_nl');
+  }
+});
+
 test('IQ2_XXS / IQ2_XS / IQ2_S file types: Q2_K (or IQ3_S for IQ2_S) where they give more bits, Q5_K output, no 70B bump', () => {
   const at = (file: LlamaFileType, name: string, layer: number, extra: object = {}, cols = 4096) =>
     llamaTensorType(file, { ...linear(name, layer), ...extra }, cols);

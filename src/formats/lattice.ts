@@ -23,8 +23,8 @@ import { fitQuantizedScales, nearestInt } from './ggml-search.ts';
 const QK_K = 256;
 const fr = Math.fround;
 
-/** What a type's quantizer does; see the file comment. */
-export interface LatticeSpec {
+/** A grid of points and how its off-grid combinations find candidates (IQ1_S's too: formats/iq1.ts). */
+export interface GridSpec {
   /** the grid points: `levelBits` bits per level, level i of point p at bits levelBits * i */
   points: Uint16Array;
   group: 4 | 8;
@@ -32,6 +32,10 @@ export interface LatticeSpec {
   maxLevel: number;
   /** candidates of a combination off the grid: the points at this many smallest distances */
   distances: number;
+}
+
+/** What a type's quantizer does; see the file comment. */
+export interface LatticeSpec extends GridSpec {
   subBlock: 16 | 32;
   /** trial scales for t = -steps..steps, step t * stepSize */
   steps: number;
@@ -79,11 +83,11 @@ export interface Grid {
   list: Uint16Array;
 }
 
-const levelOf = (spec: LatticeSpec, key: number, i: number) =>
+const levelOf = (spec: GridSpec, key: number, i: number) =>
   (key >> (spec.levelBits * i)) & ((1 << spec.levelBits) - 1);
 
 /** The points at the `distances` smallest squared distances (units of 2l + 1), nearest first, by index on ties. */
-function neighboursOf(spec: LatticeSpec, key: number, levels: Uint8Array): number[] {
+function neighboursOf(spec: GridSpec, key: number, levels: Uint8Array): number[] {
   const size = spec.points.length;
   const d2 = new Int32Array(size);
   for (let j = 0; j < size; j++)
@@ -95,10 +99,10 @@ function neighboursOf(spec: LatticeSpec, key: number, levels: Uint8Array): numbe
   return out;
 }
 
-const grids = new Map<LatticeSpec, Grid>();
+const grids = new Map<GridSpec, Grid>();
 
 /** The spec's grid tables, built on first use (the WebGPU search kernel uploads IQ3's). */
-export function gridOf(spec: LatticeSpec): Readonly<Grid> {
+export function gridOf(spec: GridSpec): Readonly<Grid> {
   let g = grids.get(spec);
   if (g) return g;
   const { points, group } = spec;

@@ -301,6 +301,12 @@ const BUILTINS: Record<string, RecipeText> = {
     weights: 'iq2_xxs_mix',
     steps: [{ method: 'imatrix' }],
   },
+  'imatrix-iq1_s': {
+    description:
+      'llama.cpp IQ1_S (the file type) with an importance matrix: IQ1_S (groups of 8 weights on a 2048-point grid of -1, 0, 1, 1.56 bits), IQ2_XXS for o_proj, Q2_K for v_proj and down_proj in the first eighth of the layers, each search weighted by the mean x^2 per input channel; exports to GGUF IQ1_S unchanged',
+    weights: 'iq1_s_mix',
+    steps: [{ method: 'imatrix' }],
+  },
   'imatrix-q4_0': {
     description:
       'llama.cpp Q4_0 with an importance matrix, as llama-imatrix + llama-quantize --imatrix make it: Q4_0, with Q4_1 for down_proj in the first eighth of the layers, each rounding weighted by the mean x^2 per input channel; exports to GGUF Q4_0 unchanged',
@@ -614,7 +620,7 @@ function validateRecipe(where: string, r: Recipe): void {
     );
   if (r.weights?.kind === 'ggml' && NEEDS_IMATRIX.includes(r.weights.type) && !usesImatrix(r))
     fail(
-      `${where}: ${r.weights.type} needs an importance matrix, as llama-quantize refuses to write its ${r.weights.type === 'q2_k_s' ? 'Q2_K' : 'IQ3_XXS / IQ2'} tensors without one: add the step imatrix`,
+      `${where}: ${r.weights.type} needs an importance matrix, as llama-quantize refuses to write its ${r.weights.type === 'q2_k_s' ? 'Q2_K' : 'IQ3_XXS / IQ2 / IQ1'} tensors without one: add the step imatrix`,
     );
   for (const s of r.steps) {
     if (
@@ -657,7 +663,7 @@ function validateRecipe(where: string, r: Recipe): void {
       );
     if (s.method === 'imatrix' && !(blockFormat || (r.weights && takesImportance(r.weights))))
       fail(
-        `${where}: imatrix weights llama.cpp's q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, iq3_xxs, iq3_s, iq2_xxs, iq2_xs, iq2_s quantizers and their mixes (${LLAMA_MIXES.join(', ')}), not ${r.weights ? formatName(r.weights) : 'full precision'}`,
+        `${where}: imatrix weights llama.cpp's q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, iq3_xxs, iq3_s, iq2_xxs, iq2_xs, iq2_s, iq1_s quantizers and their mixes (${LLAMA_MIXES.join(', ')}), not ${r.weights ? formatName(r.weights) : 'full precision'}`,
       );
   }
 }
