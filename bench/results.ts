@@ -175,6 +175,8 @@ const SETS: Record<string, () => Job[]> = {
     { label: 'imatrix IQ2_S (= llama-quantize --imatrix)', recipe: 'imatrix-iq2_s', calib: AWQ_CALIB },
     { label: 'imatrix IQ2_XS (= llama-quantize --imatrix)', recipe: 'imatrix-iq2_xs', calib: AWQ_CALIB },
     { label: 'imatrix IQ2_XXS (= llama-quantize --imatrix)', recipe: 'imatrix-iq2_xxs', calib: AWQ_CALIB },
+    { label: 'imatrix IQ1_S (= llama-quantize --imatrix)', recipe: 'imatrix-iq1_s', calib: AWQ_CALIB },
+    { label: 'imatrix IQ1_M (= llama-quantize --imatrix)', recipe: 'imatrix-iq1_m', calib: AWQ_CALIB },
     {
       label: 'AWQ + imatrix IQ2_M',
       recipe: { name: 'awq-imatrix-iq2_m', weights: 'iq2_m', steps: ['awq', 'imatrix'] },

@@ -439,7 +439,7 @@ test('imatrix-q4_k_m quantizes each linear with the mean x^2 of its calibration 
   );
   assert.throws(
     () => defineRecipe('x', { description: '', weights: 'q8_0', steps: [{ method: 'imatrix' }] }),
-    /imatrix weights llama.cpp's q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, iq3_xxs, iq3_s, iq2_xxs, iq2_xs, iq2_s quantizers and their mixes .*iq4_xs_mix.*, not q8_0/,
+    /imatrix weights llama.cpp's q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, iq3_xxs, iq3_s, iq2_xxs, iq2_xs, iq2_s, iq1_s, iq1_m quantizers and their mixes .*iq4_xs_mix.*, not q8_0/,
   );
   fs.rmSync(dir, { recursive: true });
 });

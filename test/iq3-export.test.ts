@@ -12,7 +12,7 @@ import { after, test } from 'node:test';
 import { promisify } from 'node:util';
 import { ggmlGroupValues } from '../src/formats/ggml.ts';
 import { ggmlBlockBytes } from '../src/formats/ggml-codes.ts';
-import { quantizeIq1S, unpackIq1S } from '../src/formats/iq1.ts';
+import { quantizeIq1M, quantizeIq1S, unpackIq1M, unpackIq1S } from '../src/formats/iq1.ts';
 import {
   quantizeIq2S,
   quantizeIq2Xs,
@@ -81,6 +81,8 @@ test('IQ3_XS and IQ3_XXS need an importance matrix, as llama-quantize refuses th
     'iq2_s_mix',
     'iq1_s',
     'iq1_s_mix',
+    'iq1_m',
+    'iq1_m_mix',
   ])
     assert.throws(
       () => defineRecipe('x', { description: 'x', weights }),
@@ -187,11 +189,12 @@ test('imatrix IQ2_M: weighted IQ2_S blocks, IQ3_S where llama-quantize gives mor
   );
 });
 
-test('imatrix IQ2_XXS, IQ2_S and IQ1_S file types: weighted IQ2 / IQ1_S blocks of llama.cpp, Q2_K, IQ3_S or IQ2_XXS where they give more bits, exported unchanged', async () => {
+test('imatrix IQ2_XXS, IQ2_S, IQ1_S and IQ1_M file types: weighted IQ2 / IQ1 blocks of llama.cpp, Q2_K, IQ3_S or IQ2_XXS where they give more bits, exported unchanged', async () => {
   for (const [name, weights, to, fileType, type, more, out, quantize, unpack] of [
     ['iq2xxs', 'iq2_xxs_mix', 'iq2_xxs', 19, 'IQ2_XXS', 'Q2_K', 'IQ2_XXS', quantizeIq2Xxs, unpackIq2Xxs],
     ['iq2s', 'iq2_s_mix', 'iq2_s', 28, 'IQ2_XS', 'IQ3_S', 'IQ3_S', quantizeIq2Xs, unpackIq2Xs],
     ['iq1s', 'iq1_s_mix', 'iq1_s', 24, 'IQ1_S', 'Q2_K', 'IQ2_XXS', quantizeIq1S, unpackIq1S],
+    ['iq1m', 'iq1_m_mix', 'iq1_m', 31, 'IQ1_M', 'Q2_K', 'IQ2_XXS', quantizeIq1M, unpackIq1M],
   ] as const) {
     const model = await checkpoint(name, weights);
     const file = `${dir}/${name}.gguf`;
@@ -205,7 +208,7 @@ test('imatrix IQ2_XXS, IQ2_S and IQ1_S file types: weighted IQ2 / IQ1_S blocks o
     const enc = model.layers[1].linears.gate_proj.quantized?.encoded;
     assert.ok(enc?.scaleCodes);
     assert.deepEqual(
-      ggmlBlockBytes(enc.codes, enc.scaleCodes, type.toLowerCase() as 'iq2_xs' | 'iq1_s'),
+      ggmlBlockBytes(enc.codes, enc.scaleCodes, type.toLowerCase() as 'iq2_xs' | 'iq1_s' | 'iq1_m'),
       want,
     );
     const back = loadGgufModel(file, cpu);

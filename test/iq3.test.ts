@@ -1,7 +1,7 @@
 /**
- * llama.cpp's IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S and IQ1_S writers and readers against ggml-quants.c itself
+ * llama.cpp's IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S and IQ1_M writers and readers against ggml-quants.c itself
  * (test/fixtures/ggml-lattice.json, made by ggml-make-lattice.py from a compiled harness): the blocks of
- * quantize_iq3_xxs / quantize_iq3_s / quantize_iq2_s without and with an importance row (quantize_iq2_xxs /
+ * quantize_iq3_xxs / quantize_iq3_s / quantize_iq2_s / quantize_iq1_m without and with an importance row (quantize_iq2_xxs /
  * quantize_iq2_xs / quantize_iq1_s, which require one: an all-ones row where a case has none), the values their
  * dequantizers give, and codes -> blocks as the checkpoint path rebuilds them.
  */
@@ -9,7 +9,14 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { test } from 'node:test';
 import { ggmlGroupValues } from '../src/formats/ggml.ts';
-import { packIq1SCodes, quantizeIq1S, unpackIq1S } from '../src/formats/iq1.ts';
+import {
+  packIq1MCodes,
+  packIq1SCodes,
+  quantizeIq1M,
+  quantizeIq1S,
+  unpackIq1M,
+  unpackIq1S,
+} from '../src/formats/iq1.ts';
 import {
   packIq2SCodes,
   packIq2XsCodes,
@@ -95,17 +102,18 @@ const TYPES = {
       [34, 50],
     ],
   },
+  iq1_m: { bytes: 56, quantize: quantizeIq1M, unpack: unpackIq1M, pack: packIq1MCodes, header: [[32, 56]] },
 } as const;
 
 const sourceOf = (c: Case) =>
   c.input ? (c as Source) : (inputs.cases.find((s) => s.name === c.name) as Source);
 
-test('IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S and IQ1_S blocks equal llama.cpp quantize_* byte for byte, without and with importance', () => {
+test('IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S and IQ1_M blocks equal llama.cpp quantize_* byte for byte, without and with importance', () => {
   assert.equal(fixture.cases.length, 18);
   assert.equal(assertBlocksMatch(fixture.cases, sourceOf, TYPES), 7);
 });
 
-test('IQ3, IQ2 and IQ1_S dequantize bit for bit as llama.cpp (codes times scale times level)', () => {
+test('IQ3, IQ2 and IQ1 types dequantize bit for bit as llama.cpp (codes times scale times level)', () => {
   for (const c of fixture.cases)
     for (const [type, t] of Object.entries(TYPES)) {
       const got = ggmlGroupValues(t.unpack(bytes(c[type as keyof typeof TYPES])));
@@ -113,7 +121,7 @@ test('IQ3, IQ2 and IQ1_S dequantize bit for bit as llama.cpp (codes times scale 
     }
 });
 
-test('IQ3 / IQ2 / IQ1_S codes plus the header bytes rebuild each block exactly', () => {
+test('IQ3 / IQ2 / IQ1 codes plus the header bytes rebuild each block exactly', () => {
   for (const c of fixture.cases)
     for (const [type, t] of Object.entries(TYPES)) {
       const want = bytes(c[type as keyof typeof TYPES]);

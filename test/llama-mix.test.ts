@@ -286,14 +286,19 @@ test('IQ3_XXS / IQ2_M file types: IQ2_S for attn_q / attn_k, IQ3_S where they gi
   assert.equal(at('iq2_m', 'q_proj', 3, {}, 384), 'iq4_nl');
 });
 
-test('IQ1_S file type: IQ1_S, IQ2_XXS attn_output, Q2_K attn_v and first-eighth ffn_down, Q5_K output, Q2_K embeddings', () => {
-  for (const file of ['iq1_s', 'iq1_s_mix'] as const) {
+test('IQ1_S / IQ1_M file types: that type, IQ2_XXS attn_output, Q2_K attn_v and first-eighth ffn_down, Q5_K output, Q2_K embeddings', () => {
+  for (const [file, base] of [
+    ['iq1_s', 'iq1_s'],
+    ['iq1_s_mix', 'iq1_s'],
+    ['iq1_m', 'iq1_m'],
+    ['iq1_m_mix', 'iq1_m'],
+  ] as const) {
     assert.deepEqual(
       typesOf(file, 'down_proj'),
-      Array.from({ length: LAYERS }, (_, i) => (i < 4 ? 'q2_k' : 'iq1_s')),
+      Array.from({ length: LAYERS }, (_, i) => (i < 4 ? 'q2_k' : base)),
     );
     for (const name of ['q_proj', 'k_proj', 'gate_proj', 'up_proj'])
-      assert.deepEqual(typesOf(file, name), Array(LAYERS).fill('iq1_s'), `${file} ${name}`);
+      assert.deepEqual(typesOf(file, name), Array(LAYERS).fill(base), `${file} ${name}`);
     assert.deepEqual(typesOf(file, 'o_proj'), Array(LAYERS).fill('iq2_xxs'));
     const v = (extra: object) => llamaTensorType(file, { ...linear('v_proj', 3), ...extra }, 4096);
     assert.deepEqual([v({}), v({ gqa: 4 }), v({ gqa: 8, llama70B: true })], ['q2_k', 'q4_k', 'q4_k']);

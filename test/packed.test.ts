@@ -76,6 +76,7 @@ for (const [name, backend] of BACKENDS) {
       ['iq2_xxs', 1, 16, 256, false],
       ['iq2_xs', 5, 8, 512, false],
       ['iq1_s', 3, 8, 256, false],
+      ['iq1_m', 1, 16, 256, false],
     ] as [string, number, number, number, boolean][]) {
       const spec = parseFormat(format);
       const enc = encode(rng(1).normal(N * K, 0.1), N, K, spec);

@@ -1,14 +1,15 @@
 /**
  * llama.cpp's Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS,
- * IQ2_S and IQ1_S blocks as an Encoded
+ * IQ2_S, IQ1_S and IQ1_M blocks as an Encoded
  * weight: one code per value plus each block's remaining bytes (`headers`: Q5_0's and IQ4_NL's fp16 d;
  * Q4_1's and Q5_1's d and m; IQ4_XS's d and packed 6-bit sub-block scales; Q2_K's 16 bytes
  * of 4-bit scales and mins, d and dmin; Q3_K's 12 bytes of 6-bit scales and d; Q4_K's and Q5_K's d,
  * dmin and 12 bytes of 6-bit scales and mins; Q6_K's 16 int8 scales and fp16 d; IQ3_XXS's d and its
  * u32s of signs and 4-bit scales; IQ2_XXS's d and u32s of signs and scales; IQ3_S's, IQ2_XS's and
- * IQ2_S's d and 4-bit scales; IQ1_S's d and u16s of scales and shifts), so the GGUF blocks
+ * IQ2_S's d and 4-bit scales; IQ1_S's d and u16s of scales and shifts; IQ1_M's
+ * index high bits and shifts, and scales and d), so the GGUF blocks
  * are rebuilt byte for byte from a checkpoint. Codes as the dequantizers read them: Q5_0 0..31
- * (x = (q - 16) d), Q4_1 0..15 and Q5_1 0..31 (x = q d + m), IQ4 0..15 (x = d level[q]), IQ3 / IQ2 0..15 (level l, +8 when negative: x = d level[q]), IQ1_S 0..5 (level, +3 for the
+ * (x = (q - 16) d), Q4_1 0..15 and Q5_1 0..31 (x = q d + m), IQ4 0..15 (x = d level[q]), IQ3 / IQ2 0..15 (level l, +8 when negative: x = d level[q]), IQ1_S / IQ1_M 0..5 (level, +3 for the
  * downward shift), Q2_K 0..3, Q4_K 0..15 and Q5_K 0..31
  * (x = (d sc) q - dmin m), Q3_K 0..7 (x = (d sc) (q - 4)), Q6_K 0..63 (x = (d sc) (q - 32)). Rows must
  * hold whole blocks (32 or 256 values).
@@ -45,7 +46,16 @@ import {
   unpackQ5_K,
   unpackQ6_K,
 } from './ggml.ts';
-import { IQ1_S_BLOCK_BYTES, packIq1SCodes, quantizeIq1S, unpackIq1S } from './iq1.ts';
+import {
+  IQ1_M_BLOCK_BYTES,
+  IQ1_S_BLOCK_BYTES,
+  packIq1MCodes,
+  packIq1SCodes,
+  quantizeIq1M,
+  quantizeIq1S,
+  unpackIq1M,
+  unpackIq1S,
+} from './iq1.ts';
 import {
   IQ2_S_BLOCK_BYTES,
   IQ2_XS_BLOCK_BYTES,
@@ -115,7 +125,8 @@ export type GgmlBlockType =
   | 'iq2_xxs'
   | 'iq2_xs'
   | 'iq2_s'
-  | 'iq1_s';
+  | 'iq1_s'
+  | 'iq1_m';
 
 interface Layout {
   /** values per block */
@@ -334,9 +345,21 @@ const LAYOUTS: Record<GgmlBlockType, Layout> = {
     unpack: (b) => unpackIq1S(b),
     packCodes: packIq1SCodes,
   },
+  iq1_m: {
+    values: QK_K,
+    bytes: IQ1_M_BLOCK_BYTES,
+    // the index high bits' bytes (with the shift bits) and the scales with d
+    header: [[32, 56]],
+    group: 16,
+    bits: 4,
+    quantize: (x, cols, importance) => quantizeIq1M(x, importance && { importance, cols }),
+    dequantize: (b) => ggmlGroupValues(unpackIq1M(b)),
+    unpack: (b) => unpackIq1M(b),
+    packCodes: packIq1MCodes,
+  },
 };
 
-const LATTICE_TYPES: readonly string[] = ['iq3_xxs', 'iq3_s', 'iq2_xxs', 'iq2_xs', 'iq2_s', 'iq1_s'];
+const LATTICE_TYPES: readonly string[] = ['iq3_xxs', 'iq3_s', 'iq2_xxs', 'iq2_xs', 'iq2_s', 'iq1_s', 'iq1_m'];
 
 /** The types whose codes are grid points of 4 or 8 values (IQ3, IQ2, IQ1), not one rounding per value. */
 export function isLatticeType(type: string): boolean {

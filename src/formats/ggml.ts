@@ -398,6 +398,7 @@ export const GGML_BLOCK = {
   IQ3_XXS: { values: 256, bytes: 98 },
   IQ3_S: { values: 256, bytes: 110 },
   IQ1_S: { values: 256, bytes: 50 },
+  IQ1_M: { values: 256, bytes: 56 },
   IQ2_XXS: { values: 256, bytes: 66 },
   IQ2_XS: { values: 256, bytes: 74 },
   IQ2_S: { values: 256, bytes: 82 },

@@ -147,7 +147,7 @@ export function codeBits(spec: FormatSpec): number {
 function concreteGgml(spec: GgmlSpec, what: string): GgmlSpec {
   if (isLlamaMix(spec.type))
     fail(
-      `${what}: ${spec.type} is llama-quantize's per-tensor mix of llama.cpp types; a recipe picks each linear's type (q2_k, q3_k, q4_k, q5_k, q6_k, q4_0, q4_1, q5_0, q5_1, q8_0, iq4_nl, iq4_xs, iq3_xxs, iq3_s, iq2_xxs, iq2_xs, iq2_s, iq1_s)`,
+      `${what}: ${spec.type} is llama-quantize's per-tensor mix of llama.cpp types; a recipe picks each linear's type (q2_k, q3_k, q4_k, q5_k, q6_k, q4_0, q4_1, q5_0, q5_1, q8_0, iq4_nl, iq4_xs, iq3_xxs, iq3_s, iq2_xxs, iq2_xs, iq2_s, iq1_s, iq1_m)`,
     );
   return spec;
 }
@@ -416,7 +416,7 @@ function unpackNibbles(bytes: Uint8Array, count: number): Uint8Array {
 const VALID_FORMS =
   'int<2-8>-g<group>[-sym|-asym][-clip<c>], int<2-8>-row[-sym], int<2-8>-tensor[-sym], ' +
   'mxint<2-8>[-<block>][-even|-nearest], mxfp4 | mxfp6-e3m2 | mxfp6-e2m3 | mxfp8[-e4m3|-e5m2] [-<block>][-even|-nearest], ' +
-  'fp8[-e4m3|-e5m2][-row|-tensor], nvfp4, q4_0, q4_1, q8_0, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, iq3_xxs, iq3_s, iq2_xxs, iq2_xs, iq2_s, iq1_s (llama.cpp blocks), ' +
+  'fp8[-e4m3|-e5m2][-row|-tensor], nvfp4, q4_0, q4_1, q8_0, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, iq3_xxs, iq3_s, iq2_xxs, iq2_xs, iq2_s, iq1_s, iq1_m (llama.cpp blocks), ' +
   `${LLAMA_MIXES.join(', ')} (llama-quantize mixes), weights only`;
 
 /**
@@ -597,6 +597,8 @@ const GGML_TITLES: Record<GgmlSpec['type'], string> = {
     "llama.cpp IQ3_XXS (3.06 bits per weight): super-blocks of 256, groups of 4 values whose magnitudes are one of 256 grid points of 8 levels, signs with even parity per 8, 4-bit scales per 32 under an fp16 d, searched as llama.cpp's quantizer; like llama-quantize, only with an importance matrix (the imatrix step)",
   iq1_s:
     "llama.cpp IQ1_S (1.56 bits per weight): super-blocks of 256, groups of 8 values on a 2048-point grid of the levels -1, 0, 1, shifted by +-0.125 per 32, 3-bit scales per 32 under an fp16 d, searched as llama.cpp's quantizer (an exact split search per 32); like llama-quantize, only with an importance matrix (the imatrix step)",
+  iq1_m:
+    "llama.cpp IQ1_M (1.75 bits per weight): super-blocks of 256, groups of 8 values on IQ1_S's 2048-point grid of -1, 0, 1, each group shifted by +-0.125, 3-bit scales per 16 under an fp16 d refitted over the super-block, searched as llama.cpp's quantizer (an exact split search per 16); like llama-quantize, only with an importance matrix (the imatrix step)",
   iq2_xxs:
     "llama.cpp IQ2_XXS (2.06 bits per weight): super-blocks of 256, groups of 8 values whose magnitudes are one of 256 grid points of 3 levels, signs with even parity per 8, 4-bit scales per 32 under an fp16 d, searched as llama.cpp's quantizer; like llama-quantize, only with an importance matrix (the imatrix step)",
   iq2_xs:
@@ -652,6 +654,8 @@ const GGML_TITLES: Record<GgmlSpec['type'], string> = {
     'llama.cpp IQ2_XXS (the file type) as llama-quantize picks it per tensor, only with an importance matrix (the imatrix step): IQ2_XXS, Q2_K for v_proj (Q4_K with 4+ query heads per KV head) and down_proj in the first eighth of the layers; IQ4_NL / Q4_0 where rows are not a multiple of 256',
   iq1_s_mix:
     'llama.cpp IQ1_S (the file type) as llama-quantize picks it per tensor, only with an importance matrix (the imatrix step): IQ1_S, IQ2_XXS for o_proj, Q2_K for v_proj (Q4_K with 4+ query heads per KV head) and down_proj in the first eighth of the layers; IQ4_NL / Q4_0 where rows are not a multiple of 256',
+  iq1_m_mix:
+    'llama.cpp IQ1_M (the file type) as llama-quantize picks it per tensor, only with an importance matrix (the imatrix step): IQ1_M, IQ2_XXS for o_proj, Q2_K for v_proj (Q4_K with 4+ query heads per KV head) and down_proj in the first eighth of the layers; IQ4_NL / Q4_0 where rows are not a multiple of 256',
   iq3_m:
     'llama.cpp IQ3_M as llama-quantize picks it per tensor: IQ3_S, Q4_K for v_proj, o_proj and down_proj in the first eighth of the layers; IQ4_NL / Q5_0 where rows are not a multiple of 256',
 };

@@ -1,9 +1,11 @@
 /**
- * llama.cpp's 1.56-bit lattice type IQ1_S, byte for byte as ggml-quants.c writes it (quantize_iq1_s,
- * which asserts an importance matrix) and reads it (dequantize_row_iq1_s). Sources read (public):
- * ggml/src/ggml-quants.c (iq2xs_init_impl's kgrid_1bit_2048 and neighbour lists, quantize_row_iq1_s_impl,
- * iq1_find_best_neighbour2) and ggml-common.h (block_iq1_s, iq1s_grid, IQ1S_DELTA) of ggml-org/llama.cpp
- * as node-llama-cpp 3.22.1 bundles it.
+ * llama.cpp's 1-bit lattice types IQ1_S (1.56 bits a weight) and IQ1_M (1.75), byte for byte as
+ * ggml-quants.c writes them (quantize_iq1_s, which asserts an importance matrix; quantize_iq1_m) and
+ * reads them (dequantize_row_iq1_s / _iq1_m). Sources read (public): ggml/src/ggml-quants.c
+ * (iq2xs_init_impl's kgrid_1bit_2048 and neighbour lists, quantize_row_iq1_s_impl,
+ * quantize_row_iq1_m_impl, iq1_find_best_neighbour2) and ggml-common.h (block_iq1_s, block_iq1_m,
+ * iq1m_scale_t, iq1s_grid, IQ1S_DELTA, IQ1M_DELTA) of ggml-org/llama.cpp as node-llama-cpp 3.22.1
+ * bundles it.
  *
  * Block (50 bytes per 256): fp16 d, 32 low bytes of 11-bit grid indices, and per sub-block of 32 a u16
  * holding its four indices' high 3 bits, a 3-bit scale ls and a sign bit for the shift. Each group of 8
@@ -15,8 +17,17 @@
  * distances) nearest by weighted distance, and the scale is refitted. d = (largest scale) / 15, stored
  * times 1.125; ls the nearest 2 ls + 1. Without an importance matrix llmq weighs every column 1 (for
  * searches); recipes and the export refuse IQ1_S without the imatrix step as llama-quantize does.
+ *
+ * IQ1_M (56 bytes per 256): 32 low bytes of the grid indices, per sub-block of 16 a byte with the two
+ * indices' high 3 bits and a shift bit per group of 8, 3-bit scales per 16, and the fp16 d spread over
+ * the scales' top nibbles. The same exact split search, per 16, with each group of 8 shifted its own
+ * way (4 combinations); without an importance matrix the weights are x^2, as in C. d = (largest
+ * scale) / 15, then refitted by least squares over the whole super-block with the 3-bit scales fixed,
+ * stored times 1.1125. llama-quantize writes IQ1_M too only with an importance matrix.
  * All arithmetic is float32 in C's order (Math.fround after each operation).
  */
+
+import { f16BitsToNumber, numberToF16Bits } from '../tensor/dtype.ts';
 import {
   blockCount,
   GGML_BLOCK,
@@ -27,7 +38,7 @@ import {
   writeF16,
 } from './ggml.ts';
 import { nearestInt } from './ggml-search.ts';
-import { checkSuperBlockRows, type GridSpec, gridOf } from './lattice.ts';
+import { checkSuperBlockRows, type GridSpec, gridOf, readU16, writeU16 } from './lattice.ts';
 
 /** iq2xs_init_impl's kgrid_1bit_2048: level l_i (0..2, the value l_i - 1) of point p at bits 2i of p. */
 const KGRID_2048 = Uint16Array.from([
@@ -164,8 +175,10 @@ const KGRID_2048 = Uint16Array.from([
 ]);
 
 export const IQ1_S_BLOCK_BYTES = GGML_BLOCK.IQ1_S.bytes;
+export const IQ1_M_BLOCK_BYTES = GGML_BLOCK.IQ1_M.bytes;
 const QK_K = 256;
 const SUB = 32;
+const M_SUB = 16;
 const fr = Math.fround;
 const FLT_MAX = 3.4028234663852886e38;
 
@@ -177,59 +190,107 @@ export const IQ1_GRID: Readonly<GridSpec> = {
   distances: 3,
 };
 
-/** The values of levels 0, 1, 2 shifted up (shift 1) and down (shift -1) by IQ1S_DELTA. */
-const SHIFTED = { 1: [-0.875, 0.125, 1.125], [-1]: [-1.125, -0.125, 0.875] } as const;
+/** The values of levels 0, 1, 2 shifted up and down by IQ1S_DELTA (= IQ1M_DELTA). */
+const UP = [-0.875, 0.125, 1.125] as const;
+const DOWN = [-1.125, -0.125, 0.875] as const;
+type Shifted = typeof UP | typeof DOWN;
 
 /**
  * Codes 0..5: level l with the shift up (l) or down (l + 3); values 8 (l - 1 +- 0.125), so the
- * per-32 scale is d (2 ls + 1) / 8.
+ * scale per 32 (IQ1_M: per 16) is d (2 ls + 1) / 8.
  */
 const CODE_LEVELS = Int8Array.from({ length: 16 }, (_, c) => (c < 6 ? [-7, 1, 9, -9, -1, 7][c] : 0));
 
-interface Iq1SubBlock {
+/** A searched sub-block: its scale, the grid index of each group of 8 and whether each is shifted down. */
+interface SubBlock {
   scale: number;
-  shift: 1 | -1;
   grid: number[];
+  down: boolean[];
 }
 
-/** sum w x and sum w over the values sorted ascending, as prefix sums (index 0: nothing). */
-function sortedPrefixSums(x: Float32Array, at: number, w: Float32Array) {
-  const order = Array.from({ length: SUB }, (_, i) => i).sort((a, b) => x[at + a] - x[at + b]);
+/** Indices 0..n-1 of the values at x[at], sorted ascending by value (stably, as glibc's merge sort). */
+function sortedOrder(x: Float32Array, at: number, n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i).sort((a, b) => x[at + a] - x[at + b]);
+}
+
+/** Tries a fit; keeps it when sumqx^2 / sumq2 beats the best so far (C's comparison, float32). */
+class BestFit<T> {
+  score = -FLT_MAX;
+  scale = 0;
+  found: T | undefined;
+  offer(sumqx: number, sumq2: number, what: T): void {
+    if (sumq2 > 0 && fr(sumqx * sumqx) > fr(this.score * sumq2)) {
+      this.scale = fr(sumqx / sumq2);
+      this.score = fr(this.scale * sumqx);
+      this.found = what;
+    }
+  }
+}
+
+type Split = { i1: number; i2: number };
+
+/** IQ1_S: the best split of the 32 sorted values into levels 0 / 1 / 2, both groups shifted alike. */
+function bestSplitS(x: Float32Array, at: number, w: Float32Array, order: number[]) {
   const sumx = new Float32Array(SUB + 1);
   const sumw = new Float32Array(SUB + 1);
   order.forEach((i, j) => {
     sumx[j + 1] = fr(sumx[j] + fr(w[i] * x[at + i]));
     sumw[j + 1] = fr(sumw[j] + w[i]);
   });
-  return { order, sumx, sumw };
-}
-
-/** The best split of the sorted values into levels 0 / 1 / 2 (i1, i2 the run starts) and its shift and scale. */
-function bestSplit(sumx: Float32Array, sumw: Float32Array) {
-  let best = -FLT_MAX;
-  let found: { i1: number; i2: number; shift: 1 | -1; scale: number } | undefined;
-  const fit = (i1: number, i2: number, shift: 1 | -1) => {
-    const [q0, q1, q2] = SHIFTED[shift];
-    const sumqx = fr(
-      fr(fr(fr(sumx[i1] - sumx[0]) * q0) + fr(fr(sumx[i2] - sumx[i1]) * q1)) +
-        fr(fr(sumx[SUB] - sumx[i2]) * q2),
-    );
-    const sumq2 = fr(
-      fr(fr(fr(fr(sumw[i1] - sumw[0]) * q0) * q0) + fr(fr(fr(sumw[i2] - sumw[i1]) * q1) * q1)) +
-        fr(fr(fr(sumw[SUB] - sumw[i2]) * q2) * q2),
-    );
-    if (sumq2 > 0 && fr(sumqx * sumqx) > fr(best * sumq2)) {
-      const scale = fr(sumqx / sumq2);
-      best = fr(scale * sumqx);
-      found = { i1, i2, shift, scale };
-    }
+  const fit = new BestFit<Split & { down: boolean }>();
+  const sums = (s: Float32Array, q: readonly number[], i1: number, i2: number, square: boolean) => {
+    const term = (v: number, qi: number) => (square ? fr(fr(v * qi) * qi) : fr(v * qi));
+    const a = term(fr(s[i1] - s[0]), q[0]);
+    const b = term(fr(s[i2] - s[i1]), q[1]);
+    return fr(fr(a + b) + term(fr(s[SUB] - s[i2]), q[2]));
   };
   for (let i1 = 0; i1 <= SUB; i1++)
-    for (let i2 = i1; i2 <= SUB; i2++) {
-      fit(i1, i2, 1);
-      fit(i1, i2, -1);
+    for (let i2 = i1; i2 <= SUB; i2++)
+      for (const q of [UP, DOWN])
+        fit.offer(sums(sumx, q, i1, i2, false), sums(sumw, q, i1, i2, true), { i1, i2, down: q === DOWN });
+  return fit.found && { ...fit.found, scale: fit.scale };
+}
+
+/**
+ * IQ1_M: the best split of the 16 sorted values, each group of 8 shifted its own way. With levels
+ * v0 - v1 = v1 - v2 = -1, a split's sum w x q per half is T v2 - S(i1) - S(i2) (prefix sums S per half).
+ */
+function bestSplitM(x: Float32Array, at: number, w: Float32Array, order: number[]) {
+  const px = [new Float32Array(M_SUB + 1), new Float32Array(M_SUB + 1)];
+  const pw = [new Float32Array(M_SUB + 1), new Float32Array(M_SUB + 1)];
+  order.forEach((i, j) => {
+    const h = i < 8 ? 0 : 1;
+    px[h][j + 1] = fr(px[h][j] + fr(w[i] * x[at + i]));
+    px[1 - h][j + 1] = px[1 - h][j];
+    pw[h][j + 1] = fr(pw[h][j] + w[i]);
+    pw[1 - h][j + 1] = pw[1 - h][j];
+  });
+  const c = (q: Shifted) => ({
+    top: q[2],
+    c1: fr(fr(q[0] * q[0]) - fr(q[1] * q[1])),
+    c2: fr(fr(q[1] * q[1]) - fr(q[2] * q[2])),
+  });
+  const consts = [c(UP), c(DOWN)];
+  const fit = new BestFit<Split & { down: [boolean, boolean] }>();
+  for (let i1 = 0; i1 <= M_SUB; i1++)
+    for (let i2 = i1; i2 <= M_SUB; i2++) {
+      // [half][0 up, 1 down]
+      const qx = [0, 1].map((h) => {
+        const sx = fr(px[h][i1] + px[h][i2]);
+        return consts.map(({ top }) => fr(fr(px[h][M_SUB] * top) - sx));
+      });
+      const q2 = [0, 1].map((h) =>
+        consts.map(({ top, c1, c2 }) =>
+          fr(fr(fr(fr(pw[h][M_SUB] * top) * top) + fr(pw[h][i1] * c1)) + fr(pw[h][i2] * c2)),
+        ),
+      );
+      for (let k = 0; k < 4; k++) {
+        const [d0, d1] = [k >> 1, k & 1];
+        const down: [boolean, boolean] = [d0 === 1, d1 === 1];
+        fit.offer(fr(qx[0][d0] + qx[1][d1]), fr(q2[0][d0] + q2[1][d1]), { i1, i2, down });
+      }
     }
-  return found;
+  return fit.found && { ...fit.found, scale: fit.scale };
 }
 
 /** iq1_find_best_neighbour2: the candidate of an off-grid group nearest by weighted distance; its levels into L. */
@@ -238,12 +299,11 @@ function bestNeighbour(
   x: Float32Array,
   at: number,
   w: Float32Array,
-  wAt: number,
+  k: number,
   scale: number,
-  q: readonly number[],
+  q: Shifted,
   L: Uint8Array,
-  lAt: number,
-): number {
+) {
   const g = gridOf(IQ1_GRID);
   let best = FLT_MAX;
   let pick = -1;
@@ -251,15 +311,15 @@ function bestNeighbour(
     const p = 8 * g.list[c];
     let d2 = 0;
     for (let i = 0; i < 8; i++) {
-      const diff = fr(fr(scale * q[g.levels[p + i]]) - x[at + i]);
-      d2 = fr(d2 + fr(fr(w[wAt + i] * diff) * diff));
+      const diff = fr(fr(scale * q[g.levels[p + i]]) - x[at + 8 * k + i]);
+      d2 = fr(d2 + fr(fr(w[8 * k + i] * diff) * diff));
     }
     if (d2 < best) {
       best = d2;
       pick = g.list[c];
     }
   }
-  for (let i = 0; i < 8; i++) L[lAt + i] = g.levels[8 * pick + i];
+  for (let i = 0; i < 8; i++) L[8 * k + i] = g.levels[8 * pick + i];
   return pick;
 }
 
@@ -270,78 +330,113 @@ function keyOf(L: Uint8Array, at: number): number {
   return key;
 }
 
-/** quantize_row_iq1_s_impl's search of the sub-block at x[at] with weights w; undefined where it skips it. */
-function searchSubBlock(x: Float32Array, at: number, w: Float32Array): Iq1SubBlock | undefined {
-  let max = Math.abs(x[at]);
-  for (let i = 1; i < SUB; i++) max = Math.max(max, Math.abs(x[at + i]));
-  if (max < fr(1e-12)) return undefined;
-  const { order, sumx, sumw } = sortedPrefixSums(x, at, w);
-  const split = bestSplit(sumx, sumw);
-  if (!split) return undefined;
-  let { scale, shift } = split;
-  const L = new Uint8Array(SUB);
-  order.forEach((i, j) => {
-    L[i] = j < split.i1 ? 0 : j < split.i2 ? 1 : 2;
-  });
-  if (scale < 0) {
-    for (let i = 0; i < SUB; i++) L[i] = 2 - L[i];
-    scale = -scale;
-    shift = shift === 1 ? -1 : 1;
-  }
-  const q = SHIFTED[shift];
-  const g = gridOf(IQ1_GRID);
-  let allOnGrid = true;
-  const grid = [0, 1, 2, 3].map((k) => {
-    const key = keyOf(L, 8 * k);
-    if (g.index[key] >= 0) return g.index[key];
-    allOnGrid = false;
-    return bestNeighbour(key, x, at + 8 * k, w, 8 * k, scale, q, L, 8 * k);
-  });
-  if (!allOnGrid) scale = refit(x, at, w, L, q, scale);
-  return { scale, shift, grid };
-}
-
-/** The weighted least-squares scale of the chosen levels, where it is positive. */
-function refit(
+/**
+ * The levels of a split (flipped where its scale is negative), each group put on the grid, and the
+ * scale refitted if any group had to move; undefined for no split.
+ */
+function settle(
   x: Float32Array,
   at: number,
   w: Float32Array,
-  L: Uint8Array,
-  q: readonly number[],
-  scale: number,
-) {
-  let sumqx = 0;
-  let sumq2 = 0;
-  for (let i = 0; i < SUB; i++) {
-    const qi = q[L[i]];
-    sumqx = fr(sumqx + fr(fr(w[i] * qi) * x[at + i]));
-    sumq2 = fr(sumq2 + fr(fr(w[i] * qi) * qi));
+  order: number[],
+  split: (Split & { scale: number; down: boolean[] }) | undefined,
+): SubBlock | undefined {
+  if (!split) return undefined;
+  const n = order.length;
+  const L = new Uint8Array(n);
+  order.forEach((i, j) => {
+    L[i] = j < split.i1 ? 0 : j < split.i2 ? 1 : 2;
+  });
+  let { scale, down } = split;
+  if (scale < 0) {
+    for (let i = 0; i < n; i++) L[i] = 2 - L[i];
+    scale = -scale;
+    down = down.map((d) => !d);
   }
-  return sumqx > 0 && sumq2 > 0 ? fr(sumqx / sumq2) : scale;
+  const g = gridOf(IQ1_GRID);
+  const qOf = (k: number) => (down[k] ? DOWN : UP);
+  let allOnGrid = true;
+  const grid = down.map((_, k) => {
+    const key = keyOf(L, 8 * k);
+    if (g.index[key] >= 0) return g.index[key];
+    allOnGrid = false;
+    return bestNeighbour(key, x, at, w, k, scale, qOf(k), L);
+  });
+  if (!allOnGrid) {
+    let sumqx = 0;
+    let sumq2 = 0;
+    for (let i = 0; i < n; i++) {
+      const q = qOf(i >> 3)[L[i]];
+      sumqx = fr(sumqx + fr(fr(w[i] * q) * x[at + i]));
+      sumq2 = fr(sumq2 + fr(fr(w[i] * q) * q));
+    }
+    if (sumqx > 0 && sumq2 > 0) scale = fr(sumqx / sumq2);
+  }
+  return { scale, grid, down };
 }
 
-/** The sub-blocks of the super-block at x[at], weighted by the importance of its 256 columns (or 1). */
-function searchSuperBlock(x: Float32Array, at: number, qw: Float32Array | undefined) {
+/** The largest magnitude of n values at x[at]. */
+function maxAbs(x: Float32Array, at: number, n: number): number {
+  let max = Math.abs(x[at]);
+  for (let i = 1; i < n; i++) max = Math.max(max, Math.abs(x[at + i]));
+  return max;
+}
+
+/** quantize_row_iq1_s_impl's search of the sub-block of 32 at x[at]; undefined where it skips it. */
+function searchSubBlockS(x: Float32Array, at: number, w: Float32Array): SubBlock | undefined {
+  if (maxAbs(x, at, SUB) < fr(1e-12)) return undefined;
+  const order = sortedOrder(x, at, SUB);
+  const split = bestSplitS(x, at, w, order);
+  return settle(
+    x,
+    at,
+    w,
+    order,
+    split && { ...split, down: [split.down, split.down, split.down, split.down] },
+  );
+}
+
+/** quantize_row_iq1_m_impl's search of the sub-block of 16 at x[at]; undefined where it skips it. */
+function searchSubBlockM(x: Float32Array, at: number, w: Float32Array): SubBlock | undefined {
+  if (maxAbs(x, at, M_SUB) < fr(1e-7)) return undefined;
+  const order = sortedOrder(x, at, M_SUB);
+  return settle(x, at, w, order, bestSplitM(x, at, w, order));
+}
+
+/** sigma2 = 2 mean x^2 of the super-block at x[at]. */
+function sigma2Of(x: Float32Array, at: number): number {
   let sum = 0;
   for (let i = 0; i < QK_K; i++) sum = fr(sum + fr(x[at + i] * x[at + i]));
-  const sigma2 = fr(fr(2 * sum) / QK_K);
-  return Array.from({ length: QK_K / SUB }, (_, ib) => {
-    const w = new Float32Array(SUB);
-    for (let i = 0; i < SUB; i++) {
-      const xi = x[at + SUB * ib + i];
-      const root = fr(Math.sqrt(fr(sigma2 + fr(xi * xi))));
-      w[i] = qw ? fr(qw[SUB * ib + i] * root) : root;
-    }
-    return searchSubBlock(x, at + SUB * ib, w);
-  });
+  return fr(fr(2 * sum) / QK_K);
 }
 
-function writeU16(out: Uint8Array, at: number, v: number): void {
-  out[at] = v & 255;
-  out[at + 1] = v >> 8;
+/** The weights of n values at x[at]: importance * sqrt(sigma2 + x^2), or without importance 1 * that (IQ1_S) or x^2 (IQ1_M). */
+function weightsOf(
+  x: Float32Array,
+  at: number,
+  n: number,
+  sigma2: number,
+  qw: Float32Array | undefined,
+  plain: 'unit' | 'x2',
+) {
+  const w = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    const xi = x[at + i];
+    const root = () => fr(Math.sqrt(fr(sigma2 + fr(xi * xi))));
+    w[i] = qw ? fr(qw[i] * root()) : plain === 'unit' ? root() : fr(xi * xi);
+  }
+  return w;
 }
 
-const readU16 = (src: Uint8Array, at: number) => src[at] | (src[at + 1] << 8);
+/** The importance of the super-block b's 256 columns. */
+function importanceAt(imatrix: Importance | undefined, b: number) {
+  const c = imatrix ? (b * QK_K) % imatrix.cols : 0;
+  return imatrix?.importance.subarray(c, c + QK_K);
+}
+
+/** The 3-bit scale l of a sub-block, scale ~ d (2 l + 1) with id = 1 / d. */
+const scaleCode = (id: number, scale: number) =>
+  Math.max(0, Math.min(7, nearestInt(fr(0.5 * fr(fr(id * scale) - 1)))));
 
 /** x (rows of a multiple of 256) -> IQ1_S blocks, as llama.cpp's quantize_iq1_s (imatrix: its quant_weights). */
 export function quantizeIq1S(x: Float32Array, imatrix?: Importance): Uint8Array {
@@ -349,8 +444,12 @@ export function quantizeIq1S(x: Float32Array, imatrix?: Importance): Uint8Array 
   const out = new Uint8Array((x.length / QK_K) * IQ1_S_BLOCK_BYTES);
   for (let b = 0; b < x.length / QK_K; b++) {
     const o = b * IQ1_S_BLOCK_BYTES;
-    const c = imatrix ? (b * QK_K) % imatrix.cols : 0;
-    const subs = searchSuperBlock(x, b * QK_K, imatrix?.importance.subarray(c, c + QK_K));
+    const sigma2 = sigma2Of(x, b * QK_K);
+    const qw = importanceAt(imatrix, b);
+    const subs = Array.from({ length: QK_K / SUB }, (_, ib) => {
+      const at = b * QK_K + SUB * ib;
+      return searchSubBlockS(x, at, weightsOf(x, at, SUB, sigma2, qw?.subarray(SUB * ib), 'unit'));
+    });
     let maxScale = 0;
     subs.forEach((s, ib) => {
       if (!s) return;
@@ -367,49 +466,161 @@ export function quantizeIq1S(x: Float32Array, imatrix?: Importance): Uint8Array 
     writeF16(out, o, fr(d * 1.125));
     const id = fr(1 / d);
     subs.forEach((s, ib) => {
-      const l = Math.max(0, Math.min(7, nearestInt(fr(0.5 * fr(fr(id * (s?.scale ?? 0)) - 1)))));
-      const h = readU16(out, o + 34 + 2 * ib) | ((s?.shift === -1 ? l | 8 : l) << 12);
-      writeU16(out, o + 34 + 2 * ib, h);
+      const l = scaleCode(id, s?.scale ?? 0);
+      writeU16(out, o + 34 + 2 * ib, readU16(out, o + 34 + 2 * ib) | ((s?.down[0] ? l | 8 : l) << 12));
     });
   }
   return out;
 }
 
+/** x (rows of a multiple of 256) -> IQ1_M blocks, as llama.cpp's quantize_iq1_m (imatrix: its quant_weights). */
+export function quantizeIq1M(x: Float32Array, imatrix?: Importance): Uint8Array {
+  checkSuperBlockRows(x, imatrix, 'IQ1_M');
+  const out = new Uint8Array((x.length / QK_K) * IQ1_M_BLOCK_BYTES);
+  for (let b = 0; b < x.length / QK_K; b++) {
+    const o = b * IQ1_M_BLOCK_BYTES;
+    const sigma2 = sigma2Of(x, b * QK_K);
+    const qw = importanceAt(imatrix, b);
+    const weights = Array.from({ length: QK_K / M_SUB }, (_, ib) =>
+      weightsOf(x, b * QK_K + M_SUB * ib, M_SUB, sigma2, qw?.subarray(M_SUB * ib), 'x2'),
+    );
+    const subs = weights.map((w, ib) => searchSubBlockM(x, b * QK_K + M_SUB * ib, w));
+    let maxScale = 0;
+    subs.forEach((s, ib) => {
+      if (!s) return;
+      out[o + 2 * ib] = s.grid[0] & 255;
+      out[o + 2 * ib + 1] = s.grid[1] & 255;
+      out[o + 32 + ib] = (s.grid[0] >> 8) | ((s.grid[1] >> 8) << 4);
+      maxScale = Math.max(maxScale, s.scale);
+    });
+    if (!maxScale) continue;
+    const id = fr(1 / fr(maxScale / 15));
+    const ls = subs.map((s) => scaleCode(id, s?.scale ?? 0));
+    subs.forEach((s, ib) => {
+      const at = o + 48 + 2 * (ib >> 2);
+      writeU16(out, at, readU16(out, at) | (ls[ib] << (3 * (ib % 4))));
+      out[o + 32 + ib] |= (s?.down[0] ? 0x08 : 0) | (s?.down[1] ? 0x80 : 0);
+    });
+    const d = refitD(x, b * QK_K, out, o, weights, ls, fr(maxScale / 15));
+    const h = numberToF16Bits(fr(d * fr(1.1125)));
+    for (let k = 0; k < 4; k++) {
+      const at = o + 48 + 2 * k;
+      writeU16(out, at, readU16(out, at) | (((h >> (4 * k)) & 15) << 12));
+    }
+  }
+  return out;
+}
+
+/** IQ1_M's d: the least-squares fit over the super-block of the stored levels and 3-bit scales (else d). */
+function refitD(
+  x: Float32Array,
+  at: number,
+  out: Uint8Array,
+  o: number,
+  weights: Float32Array[],
+  ls: number[],
+  d: number,
+): number {
+  const lv = gridOf(IQ1_GRID).levels;
+  let sumqx = 0;
+  let sumq2 = 0;
+  weights.forEach((w, ib) => {
+    const qh = out[o + 32 + ib];
+    for (let k = 0; k < 2; k++) {
+      const j = out[o + 2 * ib + k] | (((qh >> (4 * k)) & 7) << 8);
+      const shifted = qh & (k ? 0x80 : 0x08) ? DOWN : UP;
+      for (let i = 0; i < 8; i++) {
+        const q = fr(shifted[lv[8 * j + i]] * (2 * ls[ib] + 1));
+        const wi = w[8 * k + i];
+        sumqx = fr(sumqx + fr(fr(wi * q) * x[at + M_SUB * ib + 8 * k + i]));
+        sumq2 = fr(sumq2 + fr(fr(wi * q) * q));
+      }
+    }
+  });
+  return sumq2 > 0 ? fr(sumqx / sumq2) : d;
+}
+
+/** The codes of the 8 values of grid point j (level, +3 when shifted down) at codes[at]. */
+function pointCodes(j: number, down: boolean, codes: Uint8Array, at: number): void {
+  const lv = gridOf(IQ1_GRID).levels;
+  for (let i = 0; i < 8; i++) codes[at + i] = lv[8 * j + i] + (down ? 3 : 0);
+}
+
 /** IQ1_S blocks as codes (level, +3 for the downward shift) and per-32 scale d (2 ls + 1) / 8: x = scale * level[code]. */
 export function unpackIq1S(bytes: Uint8Array, n = (bytes.length / IQ1_S_BLOCK_BYTES) * QK_K): GgmlGroupCodes {
   const u: GgmlGroupCodes = { ...groupCodes(n, SUB, 4, false), levels: CODE_LEVELS };
-  const lv = gridOf(IQ1_GRID).levels;
   for (let b = 0; b < blockCount(bytes, 'IQ1_S', n); b++) {
     const o = b * IQ1_S_BLOCK_BYTES;
     const d = readF16(bytes, o);
     for (let ib = 0; ib < QK_K / SUB; ib++) {
       const h = readU16(bytes, o + 34 + 2 * ib);
       u.scales[b * 8 + ib] = fr(fr(d * (2 * ((h >> 12) & 7) + 1)) * 0.125);
-      const down = h & 0x8000 ? 3 : 0;
       for (let k = 0; k < 4; k++) {
         const j = bytes[o + 2 + 4 * ib + k] | (((h >> (3 * k)) & 7) << 8);
-        const at = b * QK_K + SUB * ib + 8 * k;
-        for (let i = 0; i < 8; i++) u.codes[at + i] = lv[8 * j + i] + down;
+        pointCodes(j, (h & 0x8000) !== 0, u.codes, b * QK_K + SUB * ib + 8 * k);
       }
     }
   }
   return u;
 }
 
+/** IQ1_M's fp16 d, spread over the top nibbles of its four u16 scale words. */
+function iq1mD(bytes: Uint8Array, o: number): number {
+  let h = 0;
+  for (let k = 0; k < 4; k++) h |= (readU16(bytes, o + 48 + 2 * k) >> 12) << (4 * k);
+  return f16BitsToNumber(h);
+}
+
+/** IQ1_M blocks as codes (level, +3 for the downward shift) and per-16 scale d (2 ls + 1) / 8: x = scale * level[code]. */
+export function unpackIq1M(bytes: Uint8Array, n = (bytes.length / IQ1_M_BLOCK_BYTES) * QK_K): GgmlGroupCodes {
+  const u: GgmlGroupCodes = { ...groupCodes(n, M_SUB, 4, false), levels: CODE_LEVELS };
+  for (let b = 0; b < blockCount(bytes, 'IQ1_M', n); b++) {
+    const o = b * IQ1_M_BLOCK_BYTES;
+    const d = iq1mD(bytes, o);
+    for (let ib = 0; ib < QK_K / M_SUB; ib++) {
+      const l = (readU16(bytes, o + 48 + 2 * (ib >> 2)) >> (3 * (ib % 4))) & 7;
+      u.scales[b * 16 + ib] = fr(fr(d * (2 * l + 1)) * 0.125);
+      const qh = bytes[o + 32 + ib];
+      for (let k = 0; k < 2; k++) {
+        const j = bytes[o + 2 * ib + k] | (((qh >> (4 * k)) & 7) << 8);
+        pointCodes(j, (qh & (k ? 0x80 : 0x08)) !== 0, u.codes, b * QK_K + M_SUB * ib + 8 * k);
+      }
+    }
+  }
+  return u;
+}
+
+/** The grid index of the 8 codes at codes[at] (their levels must be a grid point). */
+function pointOfCodes(codes: Uint8Array, at: number, what: string): number {
+  let key = 0;
+  for (let i = 0; i < 8; i++) key |= (codes[at + i] % 3) << (2 * i);
+  const j = gridOf(IQ1_GRID).index[key];
+  if (j < 0) throw new RangeError(`${what}: the levels of the codes at ${at} are not a grid point`);
+  return j;
+}
+
 /** Writes an IQ1_S block's grid indices from 256 codes (d and each sub-block's scale and shift bits are kept). */
 export function packIq1SCodes(codes: Uint8Array, at: number, out: Uint8Array, o: number): void {
-  const index = gridOf(IQ1_GRID).index;
   for (let ib = 0; ib < QK_K / SUB; ib++) {
     let h = readU16(out, o + 34 + 2 * ib) & 0xf000;
     for (let k = 0; k < 4; k++) {
-      const c = at + SUB * ib + 8 * k;
-      let key = 0;
-      for (let i = 0; i < 8; i++) key |= (codes[c + i] % 3) << (2 * i);
-      const j = index[key];
-      if (j < 0) throw new RangeError(`iq1_s: the levels of the codes at ${c} are not a grid point`);
+      const j = pointOfCodes(codes, at + SUB * ib + 8 * k, 'iq1_s');
       out[o + 2 + 4 * ib + k] = j & 255;
       h |= (j >> 8) << (3 * k);
     }
     writeU16(out, o + 34 + 2 * ib, h);
+  }
+}
+
+/** Writes an IQ1_M block's grid indices from 256 codes (the shift bits, scales and d are kept). */
+export function packIq1MCodes(codes: Uint8Array, at: number, out: Uint8Array, o: number): void {
+  for (let ib = 0; ib < QK_K / M_SUB; ib++) {
+    let qh = out[o + 32 + ib] & 0x88;
+    for (let k = 0; k < 2; k++) {
+      const j = pointOfCodes(codes, at + M_SUB * ib + 8 * k, 'iq1_m');
+      out[o + 2 * ib + k] = j & 255;
+      qh |= (j >> 8) << (4 * k);
+    }
+    out[o + 32 + ib] = qh;
   }
 }

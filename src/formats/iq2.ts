@@ -47,6 +47,7 @@ import {
   signedCodeLevels,
   superScales,
   withParity,
+  writeU16,
   writeU32,
 } from './lattice.ts';
 
@@ -320,11 +321,6 @@ export function quantizeIq2Xs(x: Float32Array, imatrix?: Importance): Uint8Array
     for (let ib = 0; ib < QK_K / 16; ib += 2) out[o + 66 + ib / 2] = scales.ls[ib] | (scales.ls[ib + 1] << 4);
   }
   return out;
-}
-
-function writeU16(out: Uint8Array, at: number, v: number): void {
-  out[at] = v & 255;
-  out[at + 1] = v >> 8;
 }
 
 /** IQ2_XXS blocks as codes (level + 8 for negative) and per-32 scale d (0.5 + ls) 0.25: x = scale * level[code]. */

@@ -417,6 +417,13 @@ export function withParity(signs7: number): number {
   return signs7 | ((bits & 1) << 7);
 }
 
+export const readU16 = (src: Uint8Array, at: number) => src[at] | (src[at + 1] << 8);
+
+export function writeU16(out: Uint8Array, at: number, v: number): void {
+  out[at] = v & 255;
+  out[at + 1] = v >> 8;
+}
+
 export function readU32(src: Uint8Array, at: number): number {
   return (src[at] | (src[at + 1] << 8) | (src[at + 2] << 16) | (src[at + 3] << 24)) >>> 0;
 }

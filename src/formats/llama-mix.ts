@@ -38,11 +38,10 @@
  *   embeddings IQ3_S, no 70B bump for IQ2_M. IQ2_S (the file type, mix iq2_s_mix): IQ2_M's rules over
  *   IQ2_XS. IQ2_XXS / IQ2_XS (mixes iq2_xxs_mix / iq2_xs_mix): that type, with Q2_K for v_proj (Q4_K
  *   with 4+ query heads per KV head) and down_proj in the first eighth of the layers, output Q5_K,
- *   embeddings Q2_K. IQ1_S (mix iq1_s_mix): the same with IQ2_XXS for o_proj. No 70B bump for the IQ2
- *   and IQ1 file types. llama-quantize writes IQ3_XXS, IQ2 and IQ1 tensors only with an importance
+ *   embeddings Q2_K. IQ1_S / IQ1_M (mixes iq1_s_mix / iq1_m_mix): the same with IQ2_XXS for o_proj. No 70B
+ *   bump for the IQ2 and IQ1 file types. llama-quantize writes IQ3_XXS, IQ2 and IQ1 tensors only with an importance
  *   matrix, so these file types (and IQ3_XS) need one.
- * Not modelled: the rules for mixture-of-experts and Falcon models, and the IQ1_M file type (IQ1_M
- * blocks are not implemented).
+ * Not modelled: the rules for mixture-of-experts and Falcon models.
  */
 import type { GgmlBlockType } from './ggml-codes.ts';
 
@@ -69,12 +68,13 @@ export const LLAMA_MIXES = [
   'iq2_xs_mix',
   'iq2_xxs_mix',
   'iq1_s_mix',
+  'iq1_m_mix',
 ] as const;
 /** A llama.cpp file type whose tensors take different types. */
 export type LlamaMix = (typeof LLAMA_MIXES)[number];
 /**
  * llama-quantize's file types; `q2_k`, `q4_0`, `q5_0`, `iq4_nl`, `iq4_xs`, `iq3_s`, `iq3_xxs`, `iq2_s`,
- * `iq2_xs`, `iq2_xxs` and `iq1_s` are the file types (the mixes q2_k_mix ...), not the tensor types.
+ * `iq2_xs`, `iq2_xxs`, `iq1_s` and `iq1_m` are the file types (the mixes q2_k_mix ...), not the tensor types.
  */
 export type LlamaFileType =
   | 'q4_0'
@@ -92,6 +92,7 @@ export type LlamaFileType =
   | 'iq2_xs'
   | 'iq2_xxs'
   | 'iq1_s'
+  | 'iq1_m'
   | LlamaMix;
 /** A tensor type llama-quantize writes: a block type, Q4_0, Q8_0, or F16 for rows that fit no block. */
 export type LlamaTensorType = 'q4_0' | 'q8_0' | GgmlBlockType | 'f16';
@@ -184,8 +185,9 @@ function sensitiveType(mix: LlamaMix, role: LinearRole): LlamaTensorType | undef
     case 'iq2_xs_mix':
     case 'iq2_xxs_mix':
     case 'iq1_s_mix':
+    case 'iq1_m_mix':
       if (v) return (role.gqa ?? 1) >= 4 ? 'q4_k' : 'q2_k';
-      if (o && mix === 'iq1_s_mix') return 'iq2_xxs';
+      if (o && (mix === 'iq1_s_mix' || mix === 'iq1_m_mix')) return 'iq2_xxs';
       return down && layer < Math.floor(layers / 8) ? 'q2_k' : undefined;
     default:
       return undefined;
@@ -215,11 +217,12 @@ const MIX_BASE: Record<LlamaMix, LlamaTensorType> = {
   iq2_xs_mix: 'iq2_xs',
   iq2_xxs_mix: 'iq2_xxs',
   iq1_s_mix: 'iq1_s',
+  iq1_m_mix: 'iq1_m',
 };
 
 /**
  * Weight formats whose linears llama-quantize writes only with an importance matrix (its
- * tensor_requires_imatrix): Q2_K_S's Q2_K tensors, IQ3_XXS, the IQ2 types and IQ1_S, alone or in IQ3_XS,
+ * tensor_requires_imatrix): Q2_K_S's Q2_K tensors, IQ3_XXS, the IQ2 and IQ1 types, alone or in IQ3_XS,
  * IQ3_XXS and the IQ2 / IQ1 file types.
  */
 export const NEEDS_IMATRIX: readonly string[] = [
@@ -236,6 +239,8 @@ export const NEEDS_IMATRIX: readonly string[] = [
   'iq2_xxs_mix',
   'iq1_s',
   'iq1_s_mix',
+  'iq1_m',
+  'iq1_m_mix',
 ];
 
 /** The tensor type a mix gives most linears; any other type is itself. */
@@ -256,6 +261,7 @@ const FILE_TYPE_MIX: Partial<Record<LlamaFileType, LlamaMix>> = {
   iq2_xs: 'iq2_xs_mix',
   iq2_xxs: 'iq2_xxs_mix',
   iq1_s: 'iq1_s_mix',
+  iq1_m: 'iq1_m_mix',
 };
 
 /** The file types of llama-quantize's low-bit IQ branch: Q5_K output, IQ3_S or Q2_K embeddings. */
@@ -266,10 +272,18 @@ const LOW_BIT_EMBED: Partial<Record<LlamaMix, LlamaTensorType>> = {
   iq2_xs_mix: 'q2_k',
   iq2_xxs_mix: 'q2_k',
   iq1_s_mix: 'q2_k',
+  iq1_m_mix: 'q2_k',
 };
 
 /** The IQ2 and IQ1 file types, whose v_proj rule comes before (and so skips) the 70B bump. */
-const NO_70B_BUMP: readonly LlamaMix[] = ['iq2_m', 'iq2_s_mix', 'iq2_xs_mix', 'iq2_xxs_mix', 'iq1_s_mix'];
+const NO_70B_BUMP: readonly LlamaMix[] = [
+  'iq2_m',
+  'iq2_s_mix',
+  'iq2_xs_mix',
+  'iq2_xxs_mix',
+  'iq1_s_mix',
+  'iq1_m_mix',
+];
 
 function mixType(fileType: LlamaFileType, role: TensorRole, cols: number): LlamaTensorType {
   if (fileType === 'q8_0') return 'q8_0';
@@ -300,6 +314,7 @@ const FALLBACK: Partial<Record<LlamaTensorType, LlamaTensorType>> = {
   iq2_xs: 'iq4_nl',
   iq2_s: 'iq4_nl',
   iq1_s: 'iq4_nl',
+  iq1_m: 'iq4_nl',
 };
 
 /** tensor_type_fallback, then F16 for rows that fit no 32-block. */

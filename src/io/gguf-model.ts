@@ -43,7 +43,7 @@ import {
   unpackQ6_K,
 } from '../formats/ggml.ts';
 import { codeBits } from '../formats/index.ts';
-import { unpackIq1S } from '../formats/iq1.ts';
+import { unpackIq1M, unpackIq1S } from '../formats/iq1.ts';
 import { unpackIq2S, unpackIq2Xs, unpackIq2Xxs } from '../formats/iq2.ts';
 import { unpackIq3S, unpackIq3Xxs } from '../formats/iq3.ts';
 import { unpackIq4Nl, unpackIq4Xs } from '../formats/iq4.ts';
@@ -106,6 +106,7 @@ const FILE_TYPE_NAMES: Record<number, string> = {
   28: 'mostly_iq2_s',
   29: 'mostly_iq2_m',
   30: 'mostly_iq4_xs',
+  31: 'mostly_iq1_m',
   32: 'mostly_bf16',
 };
 
@@ -270,6 +271,7 @@ const DEQUANTIZERS: Record<number, Dequantizer> = {
   [GGML_TYPE.IQ3_XXS]: (bytes, n) => ggmlGroupValues(unpackIq3Xxs(bytes, n)),
   [GGML_TYPE.IQ3_S]: (bytes, n) => ggmlGroupValues(unpackIq3S(bytes, n)),
   [GGML_TYPE.IQ1_S]: (bytes, n) => ggmlGroupValues(unpackIq1S(bytes, n)),
+  [GGML_TYPE.IQ1_M]: (bytes, n) => ggmlGroupValues(unpackIq1M(bytes, n)),
   [GGML_TYPE.IQ2_XXS]: (bytes, n) => ggmlGroupValues(unpackIq2Xxs(bytes, n)),
   [GGML_TYPE.IQ2_XS]: (bytes, n) => ggmlGroupValues(unpackIq2Xs(bytes, n)),
   [GGML_TYPE.IQ2_S]: (bytes, n) => ggmlGroupValues(unpackIq2S(bytes, n)),
@@ -331,7 +333,7 @@ function tensorSources(file: GgufFile, config: ModelConfig): Map<string, Source>
     const t = tensorInfo(file, gguf);
     if (!READABLE_TYPES.includes(t.type))
       fail(
-        `${file.path}: tensor ${gguf} has type ${ggmlTypeName(t.type)}, which llmq cannot dequantize (F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S)`,
+        `${file.path}: tensor ${gguf} has type ${ggmlTypeName(t.type)}, which llmq cannot dequantize (F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M)`,
       );
   }
   return map;
@@ -413,6 +415,7 @@ const GROUP_UNPACKERS: Partial<Record<number, (bytes: Uint8Array, n: number) => 
   [GGML_TYPE.IQ3_XXS]: unpackIq3Xxs,
   [GGML_TYPE.IQ3_S]: unpackIq3S,
   [GGML_TYPE.IQ1_S]: unpackIq1S,
+  [GGML_TYPE.IQ1_M]: unpackIq1M,
   [GGML_TYPE.IQ2_XXS]: unpackIq2Xxs,
   [GGML_TYPE.IQ2_XS]: unpackIq2Xs,
   [GGML_TYPE.IQ2_S]: unpackIq2S,

@@ -10,7 +10,7 @@
  * index a non-linear grid, decode levels[q] d: exactly their dequantized values; IQ3_XXS / IQ3_S the same
  * with a 4-bit code per weight (level and sign) on 16 signed levels, so 4 bits a weight on the device
  * where their grid indices take 3.06 / 3.44 in the file (IQ2_XXS / IQ2_XS / IQ2_S: 2.06 / 2.31 / 2.56,
- * with a scale per 32 / 16 / 16; IQ1_S: 1.56, a code per weight for its level and its sub-block's shift).
+ * with a scale per 32 / 16 / 16; IQ1_S / IQ1_M: 1.56 / 1.75, a code per weight for its level and its group's shift).
  */
 import { fail } from '../errors.ts';
 import { type GgmlGroupCodes, ggmlCodeOffset } from '../formats/ggml.ts';

@@ -307,6 +307,12 @@ const BUILTINS: Record<string, RecipeText> = {
     weights: 'iq1_s_mix',
     steps: [{ method: 'imatrix' }],
   },
+  'imatrix-iq1_m': {
+    description:
+      'llama.cpp IQ1_M (the file type) with an importance matrix: IQ1_M (groups of 8 weights on a 2048-point grid of -1, 0, 1, each shifted by +-1/8, 1.75 bits), IQ2_XXS for o_proj, Q2_K for v_proj and down_proj in the first eighth of the layers, each search weighted by the mean x^2 per input channel; exports to GGUF IQ1_M unchanged',
+    weights: 'iq1_m_mix',
+    steps: [{ method: 'imatrix' }],
+  },
   'imatrix-q4_0': {
     description:
       'llama.cpp Q4_0 with an importance matrix, as llama-imatrix + llama-quantize --imatrix make it: Q4_0, with Q4_1 for down_proj in the first eighth of the layers, each rounding weighted by the mean x^2 per input channel; exports to GGUF Q4_0 unchanged',
@@ -663,7 +669,7 @@ function validateRecipe(where: string, r: Recipe): void {
       );
     if (s.method === 'imatrix' && !(blockFormat || (r.weights && takesImportance(r.weights))))
       fail(
-        `${where}: imatrix weights llama.cpp's q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, iq3_xxs, iq3_s, iq2_xxs, iq2_xs, iq2_s, iq1_s quantizers and their mixes (${LLAMA_MIXES.join(', ')}), not ${r.weights ? formatName(r.weights) : 'full precision'}`,
+        `${where}: imatrix weights llama.cpp's q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, iq3_xxs, iq3_s, iq2_xxs, iq2_xs, iq2_s, iq1_s, iq1_m quantizers and their mixes (${LLAMA_MIXES.join(', ')}), not ${r.weights ? formatName(r.weights) : 'full precision'}`,
       );
   }
 }

@@ -2,7 +2,7 @@
  * `llmq export --to gguf-<type>`: a Llama-family model as one GGUF file that llama.cpp and
  * node-llama-cpp load; types f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q2_k_s, q3_k_s, q3_k_m, q3_k_l,
  * q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k, iq4_nl, iq4_xs, iq3_xs, iq3_s, iq3_m, iq3_xxs, iq2_m, iq2_s,
- * iq2_xs, iq2_xxs, iq1_s.
+ * iq2_xs, iq2_xxs, iq1_s, iq1_m.
  *
  * Sources read (public, ggml-org/llama.cpp): convert_hf_to_gguf.py (TextModel.set_gguf_parameters,
  * ModelBase.prepare_tensors: which tensors stay F32 and which take the output type, get_vocab_base /
@@ -19,12 +19,12 @@
  *   tied) in Q6_K, or Q8_0 where its rows are not a multiple of 256, as llama-quantize does.
  *   q4_k_m: llama-quantize's Q4_K_M mix without an importance matrix: Q4_K, with Q6_K for the output
  *   (as q4_0) and for attn_v and ffn_down in the layers use_more_bits picks; q5_k_m the same over Q5_K;
- *   q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q5_k_s, q6_k, q4_1, q5_0, q5_1, iq4_nl, iq4_xs, iq3_xs, iq3_s, iq3_m, iq3_xxs, iq2_m, iq2_s, iq2_xs, iq2_xxs, iq1_s as
+ *   q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q5_k_s, q6_k, q4_1, q5_0, q5_1, iq4_nl, iq4_xs, iq3_xs, iq3_s, iq3_m, iq3_xxs, iq2_m, iq2_s, iq2_xs, iq2_xxs, iq1_s, iq1_m as
  *   llama-quantize picks them (formats/llama-mix.ts); a checkpoint quantized with an importance
  *   matrix counts as llama-quantize's has_imatrix, and its imatrix.gguf weights the tensors
  *   re-quantized. A K-type tensor whose rows are not a multiple of 256 falls back as llama-quantize's
  *   tensor_type_fallback does (Q2_K and Q3_K to Q4_0, Q4_K to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0,
- *   IQ4_XS, IQ3, IQ2 and IQ1_S to IQ4_NL). Blocks are chosen by formats/kquants.ts, ggml.ts, iq4.ts, iq3.ts and iq2.ts, byte for byte
+ *   IQ4_XS, IQ3, IQ2 and IQ1 to IQ4_NL). Blocks are chosen by formats/kquants.ts, ggml.ts, iq4.ts, iq3.ts and iq2.ts, byte for byte
  *   llama.cpp's quantizers. A tensor whose rows are not a multiple of 32 falls back to F16
  *   (convert_hf_to_gguf.py does the same). Fallbacks are listed in the summary.
  * - q_proj / k_proj rows (and biases) permuted from the HF rotate-half order to GGML's interleaved
@@ -105,6 +105,7 @@ export const GGUF_EXPORT_TYPES = [
   'iq2_xs',
   'iq2_xxs',
   'iq1_s',
+  'iq1_m',
   'f16',
 ] as const;
 export type GgufExportType = (typeof GGUF_EXPORT_TYPES)[number];
@@ -163,6 +164,7 @@ const FILE_TYPE: Record<GgufExportType, number> = {
   iq2_s: 28,
   iq2_m: 29,
   iq4_xs: 30,
+  iq1_m: 31,
 };
 const GGML_QUANT_VERSION = 2;
 
@@ -515,6 +517,7 @@ const TENSOR_TYPE_ID: Record<LlamaTensorType, number> = {
   iq3_xxs: GGML_TYPE.IQ3_XXS,
   iq3_s: GGML_TYPE.IQ3_S,
   iq1_s: GGML_TYPE.IQ1_S,
+  iq1_m: GGML_TYPE.IQ1_M,
   iq2_xxs: GGML_TYPE.IQ2_XXS,
   iq2_xs: GGML_TYPE.IQ2_XS,
   iq2_s: GGML_TYPE.IQ2_S,
