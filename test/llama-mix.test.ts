@@ -4,7 +4,13 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { isLlama70B, type LlamaFileType, llamaTensorType } from '../src/formats/llama-mix.ts';
+import {
+  isLlama70B,
+  LLAMA_MIXES,
+  type LlamaFileType,
+  llamaTensorType,
+  needsImatrix,
+} from '../src/formats/llama-mix.ts';
 
 const LAYERS = 32;
 const linear = (name: string, layer: number) => ({ kind: 'linear', name, layer, layers: LAYERS }) as const;
@@ -340,4 +346,29 @@ test('IQ2_XXS / IQ2_XS / IQ2_S file types: Q2_K (or IQ3_S for IQ2_S) where they 
     assert.equal(llamaTensorType(file, { kind: 'embed' }, 4096), embed);
     assert.equal(at(file, 'q_proj', 3, {}, 384), 'iq4_nl');
   }
+});
+
+test("needsImatrix: the formats whose tensors llama-quantize's tensor_requires_imatrix covers", () => {
+  const types = [...LLAMA_MIXES, 'q2_k', 'q3_k', 'q4_k', 'q4_0', 'iq4_xs', 'iq3_s', 'iq3_xxs'];
+  const alsoTypes = ['iq2_xxs', 'iq2_xs', 'iq2_s', 'iq1_s', 'iq1_m', 'int4-g128'];
+  assert.deepEqual(
+    [...types, ...alsoTypes].filter(needsImatrix).sort(),
+    [
+      'q2_k_s',
+      'iq3_xs', // IQ3_XXS for attn_q / attn_k
+      'iq3_xxs_mix',
+      'iq2_m',
+      'iq2_s_mix',
+      'iq2_xs_mix',
+      'iq2_xxs_mix',
+      'iq1_s_mix',
+      'iq1_m_mix',
+      'iq3_xxs',
+      'iq2_xxs',
+      'iq2_xs',
+      'iq2_s',
+      'iq1_s',
+      'iq1_m',
+    ].sort(),
+  );
 });

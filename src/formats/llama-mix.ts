@@ -220,28 +220,26 @@ const MIX_BASE: Record<LlamaMix, LlamaTensorType> = {
   iq1_m_mix: 'iq1_m',
 };
 
+/** The tensor types llama-quantize's tensor_requires_imatrix refuses to write without an importance matrix. */
+const IMATRIX_TENSOR_TYPES: readonly string[] = ['iq3_xxs', 'iq2_xxs', 'iq2_xs', 'iq2_s', 'iq1_s', 'iq1_m'];
+
+const LINEAR_NAMES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
+
 /**
- * Weight formats whose linears llama-quantize writes only with an importance matrix (its
- * tensor_requires_imatrix): Q2_K_S's Q2_K tensors, IQ3_XXS, the IQ2 and IQ1 types, alone or in IQ3_XS,
- * IQ3_XXS and the IQ2 / IQ1 file types.
+ * Whether llama-quantize writes a weight format's linears only with an importance matrix: a tensor type
+ * of IMATRIX_TENSOR_TYPES, a mix that gives any linear one (in the first or a later layer, with an
+ * imatrix), or Q2_K_S (its Q2_K tensors: tensor_requires_imatrix's one file-type rule).
  */
-export const NEEDS_IMATRIX: readonly string[] = [
-  'q2_k_s',
-  'iq3_xs',
-  'iq3_xxs',
-  'iq3_xxs_mix',
-  'iq2_xxs',
-  'iq2_xs',
-  'iq2_s',
-  'iq2_m',
-  'iq2_s_mix',
-  'iq2_xs_mix',
-  'iq2_xxs_mix',
-  'iq1_s',
-  'iq1_s_mix',
-  'iq1_m',
-  'iq1_m_mix',
-];
+export function needsImatrix(type: string): boolean {
+  if (type === 'q2_k_s') return true;
+  if (!isLlamaMix(type)) return IMATRIX_TENSOR_TYPES.includes(type);
+  return LINEAR_NAMES.some((name) =>
+    [0, 7].some((layer) => {
+      const role = { kind: 'linear', name, layer, layers: 8, imatrix: true } as const;
+      return IMATRIX_TENSOR_TYPES.includes(sensitiveType(type, role) ?? MIX_BASE[type]);
+    }),
+  );
+}
 
 /** The tensor type a mix gives most linears; any other type is itself. */
 export function baseTensorType(type: string): string {

@@ -10,7 +10,7 @@ import { CALIB_SAMPLERS, type CalibSampler } from '../calib/data.ts';
 import { fail } from '../errors.ts';
 import { isBlockFormatOrMix, isLatticeType } from '../formats/ggml-codes.ts';
 import { describeFormat, formatName, parseFormat, takesImportance } from '../formats/index.ts';
-import { baseTensorType, LLAMA_MIXES, NEEDS_IMATRIX } from '../formats/llama-mix.ts';
+import { baseTensorType, LLAMA_MIXES, needsImatrix } from '../formats/llama-mix.ts';
 import type { FormatSpec } from '../formats/spec.ts';
 import { LINEARS, type LinearName } from '../model/llama.ts';
 import { usesImatrix } from './weights.ts';
@@ -624,7 +624,7 @@ function validateRecipe(where: string, r: Recipe): void {
     fail(
       `${where}: ${acts.format.type} is a llama.cpp weight format; activations take INT, MX, FP8 or NVFP4`,
     );
-  if (r.weights?.kind === 'ggml' && NEEDS_IMATRIX.includes(r.weights.type) && !usesImatrix(r))
+  if (r.weights?.kind === 'ggml' && needsImatrix(r.weights.type) && !usesImatrix(r))
     fail(
       `${where}: ${r.weights.type} needs an importance matrix, as llama-quantize refuses to write its ${r.weights.type === 'q2_k_s' ? 'Q2_K' : 'IQ3_XXS / IQ2 / IQ1'} tensors without one: add the step imatrix`,
     );

@@ -52,7 +52,7 @@ import {
   isFallbackType,
   type LlamaTensorType,
   llamaTensorType,
-  NEEDS_IMATRIX,
+  needsImatrix,
   type TensorRole,
 } from '../../formats/llama-mix.ts';
 import type { GgmlSpec } from '../../formats/spec.ts';
@@ -212,7 +212,7 @@ function checkSource(
     fail(
       `${modelDir}: llama-quantize's Q2_K_S requires an importance matrix; quantize with a recipe {weights: q2_k_s, steps: [imatrix]} first and export that checkpoint`,
     );
-  if (NEEDS_IMATRIX.includes(type) && !(q && usesImatrix(q.recipe)))
+  if (needsImatrix(type) && !(q && usesImatrix(q.recipe)))
     fail(
       `${modelDir}: llama-quantize's ${type.toUpperCase()} requires an importance matrix (its IQ3_XXS / IQ2 / IQ1 tensors); quantize with a recipe that has the imatrix step (e.g. imatrix-${type}) first and export that checkpoint`,
     );
