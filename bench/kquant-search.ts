@@ -43,6 +43,8 @@ for (const type of [
   'iq2_xxs',
   'iq2_xs',
   'iq2_s',
+  'iq1_s',
+  'iq1_m',
 ]) {
   const spec = parseFormat(type) as GgmlSpec;
   let t0 = performance.now();

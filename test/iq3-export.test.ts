@@ -12,15 +12,8 @@ import { after, test } from 'node:test';
 import { promisify } from 'node:util';
 import { ggmlGroupValues } from '../src/formats/ggml.ts';
 import { ggmlBlockBytes } from '../src/formats/ggml-codes.ts';
-import { quantizeIq1M, quantizeIq1S, unpackIq1M, unpackIq1S } from '../src/formats/iq1.ts';
-import {
-  quantizeIq2S,
-  quantizeIq2Xs,
-  quantizeIq2Xxs,
-  unpackIq2S,
-  unpackIq2Xs,
-  unpackIq2Xxs,
-} from '../src/formats/iq2.ts';
+import { quantizeIq1M, unpackIq1M } from '../src/formats/iq1.ts';
+import { quantizeIq2S, quantizeIq2Xs, unpackIq2S, unpackIq2Xs } from '../src/formats/iq2.ts';
 import { quantizeIq3S, quantizeIq3Xxs, unpackIq3Xxs } from '../src/formats/iq3.ts';
 import { readGguf, readGgufTensor } from '../src/io/gguf.ts';
 import { loadGgufModel } from '../src/io/gguf-load.ts';
@@ -189,11 +182,10 @@ test('imatrix IQ2_M: weighted IQ2_S blocks, IQ3_S where llama-quantize gives mor
   );
 });
 
-test('imatrix IQ2_XXS, IQ2_S, IQ1_S and IQ1_M file types: weighted IQ2 / IQ1 blocks of llama.cpp, Q2_K, IQ3_S or IQ2_XXS where they give more bits, exported unchanged', async () => {
+// IQ2_XXS and IQ1_S files take the same path (their blocks: iq3.test.ts; their rules: llama-mix.test.ts)
+test('imatrix IQ2_S and IQ1_M file types: weighted IQ2_XS / IQ1_M blocks of llama.cpp, Q2_K, IQ3_S or IQ2_XXS where they give more bits, exported unchanged', async () => {
   for (const [name, weights, to, fileType, type, more, out, quantize, unpack] of [
-    ['iq2xxs', 'iq2_xxs_mix', 'iq2_xxs', 19, 'IQ2_XXS', 'Q2_K', 'IQ2_XXS', quantizeIq2Xxs, unpackIq2Xxs],
     ['iq2s', 'iq2_s_mix', 'iq2_s', 28, 'IQ2_XS', 'IQ3_S', 'IQ3_S', quantizeIq2Xs, unpackIq2Xs],
-    ['iq1s', 'iq1_s_mix', 'iq1_s', 24, 'IQ1_S', 'Q2_K', 'IQ2_XXS', quantizeIq1S, unpackIq1S],
     ['iq1m', 'iq1_m_mix', 'iq1_m', 31, 'IQ1_M', 'Q2_K', 'IQ2_XXS', quantizeIq1M, unpackIq1M],
   ] as const) {
     const model = await checkpoint(name, weights);

@@ -38,6 +38,8 @@ for (const type of [
   'iq2_xxs',
   'iq2_xs',
   'iq2_s',
+  'iq1_s',
+  'iq1_m',
 ] as const) {
   test(`WebGPU ${type} search round trip equals the host quantizer on almost every value`, {
     skip: gpu ? false : 'no WebGPU adapter',

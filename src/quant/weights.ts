@@ -119,7 +119,7 @@ export function weightSpecOf(model: LlamaModel, plan: WeightPlan, layer: number,
 
 /**
  * fakeQuant of a weight for a search (AWQ's, SmoothQuant+'s) on its backend. llama.cpp's Q4_K / Q5_K /
- * Q6_K / IQ4_NL / IQ4_XS and the IQ3 / IQ2 types run on a device's search kernel where it has one
+ * Q6_K / IQ4_NL / IQ4_XS and the IQ3 / IQ2 / IQ1 types run on a device's search kernel where it has one
  * (float32 as llama.cpp, not bit for bit: it only ranks candidates; stored blocks come from the exact
  * host quantizer), the other block types on the host.
  */

@@ -35,6 +35,7 @@ import { DEFAULT_TILE, embedding, type GemmTile, linear } from './matmul.ts';
 import { klDiv, nll, rmsnorm } from './norm.ts';
 import { fakeQuant, quantizeRowsInt8 } from './quant.ts';
 import { ggmlFakeQuant } from './quant-ggml.ts';
+import { iq1SearchFakeQuant, SEARCH_IQ1_TYPES } from './quant-iq1.ts';
 import { iq4SearchFakeQuant, SEARCH_IQ4_TYPES } from './quant-iq4.ts';
 import { kquantSearchFakeQuant, SEARCH_K_TYPES } from './quant-kquant.ts';
 import { latticeSearchFakeQuant, SEARCH_LATTICE_TYPES } from './quant-lattice.ts';
@@ -417,9 +418,11 @@ export class WebGpuBackend implements Backend {
       ? iq4SearchFakeQuant
       : SEARCH_LATTICE_TYPES.includes(spec.type)
         ? latticeSearchFakeQuant
-        : SEARCH_K_TYPES.includes(spec.type)
-          ? kquantSearchFakeQuant
-          : undefined;
+        : SEARCH_IQ1_TYPES.includes(spec.type)
+          ? iq1SearchFakeQuant
+          : SEARCH_K_TYPES.includes(spec.type)
+            ? kquantSearchFakeQuant
+            : undefined;
     if (!search || lastDim % ggmlBlockLayout(spec.type as GgmlBlockType).values !== 0) return undefined;
     return this.wrap(search(this.ctx, this.st(x, 'searchFakeQuant'), lastDim, spec), x.shape);
   }

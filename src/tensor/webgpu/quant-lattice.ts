@@ -19,7 +19,7 @@
 import { fail } from '../../errors.ts';
 import { IQ2_S_SPEC, IQ2_XS_SPEC, IQ2_XXS_SPEC } from '../../formats/iq2.ts';
 import { iq3Spec } from '../../formats/iq3.ts';
-import { gridOf, type LatticeSpec } from '../../formats/lattice.ts';
+import { type GridSpec, gridOf, type LatticeSpec } from '../../formats/lattice.ts';
 import type { GgmlSpec } from '../../formats/spec.ts';
 import type { DType } from '../tensor.ts';
 import type { GpuContext, Kernel, Storage } from './context.ts';
@@ -29,9 +29,9 @@ type LatticeType = 'iq3_xxs' | 'iq3_s' | 'iq2_xxs' | 'iq2_xs' | 'iq2_s';
 export const SEARCH_LATTICE_TYPES: readonly string[] = ['iq3_xxs', 'iq3_s', 'iq2_xxs', 'iq2_xs', 'iq2_s'];
 
 const WG = GGML_WG;
-const OFF_GRID = 0x80000000;
+export const OFF_GRID = 0x80000000;
 /** an off-grid entry: OFF_GRID | list start << COUNT_BITS | candidate count (IQ2_XS: up to 292) */
-const COUNT_BITS = 10;
+export const COUNT_BITS = 10;
 
 const IQ2_SPECS = { iq2_xxs: IQ2_XXS_SPEC, iq2_xs: IQ2_XS_SPEC, iq2_s: IQ2_S_SPEC };
 const specOf = (type: LatticeType) =>
@@ -61,7 +61,7 @@ function magnitudeWgsl(spec: LatticeSpec): string {
 }
 
 /** The grid tables as one u32 array: level combinations, candidate lists, then the points' levels. */
-export function latticeTable(spec: LatticeSpec): { words: Uint32Array; listAt: number; pointsAt: number } {
+export function latticeTable(spec: GridSpec): { words: Uint32Array; listAt: number; pointsAt: number } {
   const g = gridOf(spec);
   const keys = g.index.length;
   const listAt = keys;
@@ -322,12 +322,26 @@ ${latticeWgsl(type, listAt, pointsAt)}`,
   };
 }
 
-const tables = new WeakMap<GpuContext, Map<LatticeType, ReturnType<typeof upload>>>();
+/** A grid's tables on the device: the buffer to bind and where the lists and the points start in it. */
+export interface GridTable {
+  binding: GPUBufferBinding;
+  listAt: number;
+  pointsAt: number;
+}
 
-function upload(ctx: GpuContext, type: LatticeType) {
-  const { words, listAt, pointsAt } = latticeTable(specOf(type));
-  const buffer = ctx.createWith(new Uint8Array(words.buffer));
-  return { binding: { buffer } as GPUBufferBinding, listAt, pointsAt };
+const tables = new WeakMap<GpuContext, Map<GridSpec, GridTable>>();
+
+/** The grid's tables (latticeTable), uploaded once per device. */
+export function gridTable(ctx: GpuContext, spec: GridSpec): GridTable {
+  let byGrid = tables.get(ctx);
+  if (!byGrid) tables.set(ctx, (byGrid = new Map()));
+  let table = byGrid.get(spec);
+  if (!table) {
+    const { words, listAt, pointsAt } = latticeTable(spec);
+    const buffer = ctx.createWith(new Uint8Array(words.buffer));
+    byGrid.set(spec, (table = { binding: { buffer } as GPUBufferBinding, listAt, pointsAt }));
+  }
+  return table;
 }
 
 /**
@@ -344,10 +358,7 @@ export function latticeSearchFakeQuant(
   const type = spec.type as LatticeType;
   if (lastDim % 256 !== 0 || x.cols % 256 !== 0)
     fail(`${type}: super-blocks of 256 do not divide the row length ${lastDim}`);
-  let byType = tables.get(ctx);
-  if (!byType) tables.set(ctx, (byType = new Map()));
-  let table = byType.get(type);
-  if (!table) byType.set(type, (table = upload(ctx, type)));
+  const table = gridTable(ctx, specOf(type));
   const sub = specOf(type).subBlock;
   return runBlockKernel(ctx, latticeKernel(type, x.dtype, table.listAt, table.pointsAt), x, sub, [
     table.binding,
