@@ -178,6 +178,11 @@ const SETS: Record<string, () => Job[]> = {
     { label: 'imatrix IQ1_S (= llama-quantize --imatrix)', recipe: 'imatrix-iq1_s', calib: AWQ_CALIB },
     { label: 'imatrix IQ1_M (= llama-quantize --imatrix)', recipe: 'imatrix-iq1_m', calib: AWQ_CALIB },
     {
+      label: 'AWQ + imatrix IQ1_M',
+      recipe: { name: 'awq-imatrix-iq1_m', weights: 'iq1_m_mix', steps: ['awq', 'imatrix'] },
+      calib: AWQ_CALIB,
+    },
+    {
       label: 'AWQ + imatrix IQ2_M',
       recipe: { name: 'awq-imatrix-iq2_m', weights: 'iq2_m', steps: ['awq', 'imatrix'] },
       calib: AWQ_CALIB,

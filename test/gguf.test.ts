@@ -728,8 +728,8 @@ describe('refusals', () => {
     await exportGguf(TINY, out, { type: 'f16', force: true });
     assert.equal(readGguf(out).tensors.length, 39);
     await rejectsUser(
-      exportGguf(TINY, out, { type: 'iq2_xs' as GgufExportType, force: true }),
-      /iq2_xs.*not supported/,
+      exportGguf(TINY, out, { type: 'tq1_0' as GgufExportType, force: true }),
+      /tq1_0.*not supported/,
     );
   });
 
