@@ -52,6 +52,8 @@ fn recip(db: u32) -> u32 {
   if (field > 254) { return sign | 0x7f800000u; }
   return sign | (u32(field) << 23u) | (r & 0x7fffffu);
 }
+/** v rounded to fp16 (as f32) */
+fn f16(v: f32) -> f32 { return fv(f16Round(fbits(v))); }
 /** f32 bits of d (bits) rounded to fp16: nearest even, fp16 subnormals, inf above 65504 */
 fn f16Round(db: u32) -> u32 {
   let sign = db & 0x80000000u;

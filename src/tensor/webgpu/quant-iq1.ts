@@ -18,7 +18,7 @@ import type { GgmlSpec } from '../../formats/spec.ts';
 import type { DType } from '../tensor.ts';
 import type { GpuContext, Kernel, Storage } from './context.ts';
 import { GGML_WG, ggmlKernelHeader, runBlockKernel } from './quant-ggml.ts';
-import { COUNT_BITS, gridTable, OFF_GRID } from './quant-lattice.ts';
+import { gridSearchWgsl, gridTable } from './quant-lattice.ts';
 
 type Iq1Type = 'iq1_s' | 'iq1_m';
 export const SEARCH_IQ1_TYPES: readonly string[] = ['iq1_s', 'iq1_m'];
@@ -101,33 +101,11 @@ function iq1Wgsl(type: Iq1Type, listAt: number, pointsAt: number): string {
   const per = 256 / sub;
   const groups = sub / 8;
   return `
-@group(0) @binding(3) var<storage, read> T: array<u32>;
+${gridSearchWgsl({ listAt, pointsAt }, sub, 8, 'scale * shifted(l, dn)', 'dn: bool')}
 var<workgroup> shA: array<f32, ${WG}>;
 var<workgroup> shB: array<f32, ${WG}>;
-fn f16(v: f32) -> f32 { return fv(f16Round(fbits(v))); }
-fn lvl(point: u32, i: u32) -> u32 { return (T[${pointsAt}u + point] >> (4u * i)) & 15u; }
 /** level l (0, 1, 2: the value l - 1) shifted by 0.125, down or up */
 fn shifted(l: u32, dn: bool) -> f32 { return f32(l) - 1.0 + select(0.125, -0.125, dn); }
-/** the candidate of an off-grid entry e nearest to x / scale by weighted distance; into L */
-fn bestNeighbour(e: u32, x: ptr<function, array<f32, ${sub}>>, w: ptr<function, array<f32, ${sub}>>, k: u32,
-                 scale: f32, dn: bool, L: ptr<function, array<u32, ${sub}>>) {
-  let start = (e & 0x7fffffffu) >> ${COUNT_BITS}u;
-  var best = 3.4e38;
-  var pick = 0u;
-  for (var n = start; n < start + (e & ${(1 << COUNT_BITS) - 1}u); n++) {
-    let j = T[${listAt}u + n];
-    var d2 = 0.0;
-    for (var i = 0u; i < 8u; i++) {
-      let diff = scale * shifted(lvl(j, i), dn) - (*x)[8u * k + i];
-      d2 += (*w)[8u * k + i] * diff * diff;
-    }
-    if (d2 < best) {
-      best = d2;
-      pick = j;
-    }
-  }
-  for (var i = 0u; i < 8u; i++) { (*L)[8u * k + i] = lvl(pick, i); }
-}
 /** the sum over the super-block's sub-blocks of a per-thread value in shA */
 fn superSum(first: u32) -> f32 {
   var s = 0.0;
@@ -187,7 +165,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         var key = 0u;
         for (var i = 0u; i < 8u; i++) { key |= L[8u * k + i] << (2u * i); }
         let e = T[key];
-        if ((e & ${OFF_GRID}u) != 0u) {
+        if (isOffGrid(e)) {
           bestNeighbour(e, &x, &w, k, scale, ((down >> k) & 1u) == 1u, &L);
           moved = true;
         }

@@ -27,7 +27,6 @@ const SUB = 32;
 const IQ4_WGSL = `
 var<private> LV: array<f32, 16> = array<f32, 16>(${[...IQ4_LEVELS].map((v) => `${v}.0`).join(', ')});
 var<workgroup> shScale: array<f32, ${WG}>;
-fn f16(v: f32) -> f32 { return fv(f16Round(fbits(v))); }
 /** best_index_int8: the nearest level, the upper one on a tie */
 fn nearestLevel(v: f32) -> u32 {
   if (v <= LV[0]) { return 0u; }

@@ -103,7 +103,6 @@ fn fitScaleMin(x: ptr<function, array<f32, 32>>, w: ptr<function, array<f32, 32>
 }
 /** the 6-bit code of v against the super-block's largest (llama.cpp: nearest, as uint8, at most 63) */
 fn sixBit(v: f32, inv: f32) -> u32 { return min(63u, u32(i32(round(inv * v))) & 0xffu); }
-fn f16(v: f32) -> f32 { return fv(f16Round(fbits(v))); }
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -191,7 +190,6 @@ fn fitScale(x: ptr<function, array<f32, 16>>, L: ptr<function, array<u32, 16>>) 
   }
   return scale;
 }
-fn f16(v: f32) -> f32 { return fv(f16Round(fbits(v))); }
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

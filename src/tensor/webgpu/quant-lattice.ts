@@ -29,9 +29,9 @@ type LatticeType = 'iq3_xxs' | 'iq3_s' | 'iq2_xxs' | 'iq2_xs' | 'iq2_s';
 export const SEARCH_LATTICE_TYPES: readonly string[] = ['iq3_xxs', 'iq3_s', 'iq2_xxs', 'iq2_xs', 'iq2_s'];
 
 const WG = GGML_WG;
-export const OFF_GRID = 0x80000000;
+const OFF_GRID = 0x80000000;
 /** an off-grid entry: OFF_GRID | list start << COUNT_BITS | candidate count (IQ2_XS: up to 292) */
-export const COUNT_BITS = 10;
+const COUNT_BITS = 10;
 
 const IQ2_SPECS = { iq2_xxs: IQ2_XXS_SPEC, iq2_xs: IQ2_XS_SPEC, iq2_s: IQ2_S_SPEC };
 const specOf = (type: LatticeType) =>
@@ -146,17 +146,55 @@ fn qpScale(xv: ptr<function, array<f32, ${SUB}>>, w: ptr<function, array<f32, ${
 }`;
 }
 
+/**
+ * WGSL of a grid table bound at binding 3 (latticeTable's layout) and the search of its candidates:
+ * T (the table: T[key] is a level combination's entry), lvl(j, i) (level i of grid point j), isOffGrid(e),
+ * and bestNeighbour(e, x, w, k, scale, [extra,] L): of off-grid entry e's candidates, the one nearest by
+ * w-weighted distance to the `group` values of group k of x, a candidate's level l standing for `value`
+ * (a WGSL expression of l, scale and the extra parameter); its levels into L.
+ */
+export function gridSearchWgsl(
+  table: Pick<GridTable, 'listAt' | 'pointsAt'>,
+  sub: number,
+  group: number,
+  value: string,
+  extra = '',
+): string {
+  const arr = `ptr<function, array<f32, ${sub}>>`;
+  return `
+@group(0) @binding(3) var<storage, read> T: array<u32>;
+fn lvl(point: u32, i: u32) -> u32 { return (T[${table.pointsAt}u + point] >> (4u * i)) & 15u; }
+fn isOffGrid(e: u32) -> bool { return (e & ${OFF_GRID}u) != 0u; }
+fn bestNeighbour(e: u32, x: ${arr}, w: ${arr}, k: u32, scale: f32, ${extra ? `${extra}, ` : ''}L: ptr<function, array<u32, ${sub}>>) {
+  let start = (e & 0x7fffffffu) >> ${COUNT_BITS}u;
+  var best = 3.4e38;
+  var pick = 0u;
+  for (var n = start; n < start + (e & ${(1 << COUNT_BITS) - 1}u); n++) {
+    let j = T[${table.listAt}u + n];
+    var d2 = 0.0;
+    for (var i = 0u; i < ${group}u; i++) {
+      let l = lvl(j, i);
+      let diff = ${value} - (*x)[${group}u * k + i];
+      d2 += (*w)[${group}u * k + i] * diff * diff;
+    }
+    if (d2 < best) {
+      best = d2;
+      pick = j;
+    }
+  }
+  for (var i = 0u; i < ${group}u; i++) { (*L)[${group}u * k + i] = lvl(pick, i); }
+}`;
+}
+
 function latticeWgsl(type: LatticeType, listAt: number, pointsAt: number): string {
   const s = specOf(type);
 
   const [SUB, G, per] = [s.subBlock, s.group, 256 / s.subBlock];
   const top = 2 * s.maxLevel + 1;
   return `
-@group(0) @binding(3) var<storage, read> T: array<u32>;
+${gridSearchWgsl({ listAt, pointsAt }, SUB, G, 'scale * f32(2u * l + 1u)')}
 var<workgroup> shScale: array<f32, ${WG}>;
 var<workgroup> shSum: array<f32, ${WG}>;
-fn f16(v: f32) -> f32 { return fv(f16Round(fbits(v))); }
-fn lvl(point: u32, i: u32) -> u32 { return (T[${pointsAt}u + point] >> (4u * i)) & 15u; }
 /** the levels of group k nearest to xv * id, as a key; into L */
 fn nearestKey(xv: ptr<function, array<f32, ${SUB}>>, k: u32, id: f32, L: ptr<function, array<u32, ${SUB}>>) -> u32 {
   var key = 0u;
@@ -166,26 +204,6 @@ fn nearestKey(xv: ptr<function, array<f32, ${SUB}>>, k: u32, id: f32, L: ptr<fun
     key |= l << (${s.levelBits}u * i);
   }
   return key;
-}
-/** the best candidate of an off-grid entry e by weighted distance; into L */
-fn bestNeighbour(e: u32, xv: ptr<function, array<f32, ${SUB}>>, wa: ptr<function, array<f32, ${SUB}>>, k: u32,
-                 scale: f32, L: ptr<function, array<u32, ${SUB}>>) {
-  let start = (e & 0x7fffffffu) >> ${COUNT_BITS}u;
-  var best = 3.4e38;
-  var pick = 0u;
-  for (var n = start; n < start + (e & ${(1 << COUNT_BITS) - 1}u); n++) {
-    let j = T[${listAt}u + n];
-    var d2 = 0.0;
-    for (var i = 0u; i < ${G}u; i++) {
-      let diff = scale * f32(2u * lvl(j, i) + 1u) - (*xv)[${G}u * k + i];
-      d2 += (*wa)[${G}u * k + i] * diff * diff;
-    }
-    if (d2 < best) {
-      best = d2;
-      pick = j;
-    }
-  }
-  for (var i = 0u; i < ${G}u; i++) { (*L)[${G}u * k + i] = lvl(pick, i); }
 }
 /** (sum w x q, sum w q^2), q = 2L + 1 */
 fn fitSums(xv: ptr<function, array<f32, ${SUB}>>, w: ptr<function, array<f32, ${SUB}>>, L: ptr<function, array<u32, ${SUB}>>) -> vec2<f32> {
@@ -272,7 +290,7 @@ ${
       var off = 0u;
       for (var k = 0u; k < ${SUB / G}u; k++) {
         let e = T[nearestKey(&xv, k, id, &La)];
-        if ((e & ${OFF_GRID}u) != 0u) {
+        if (isOffGrid(e)) {
           bestNeighbour(e, &xv, &wa, k, 1.0 / id, &La);
           off |= 1u << k;
         }
@@ -289,7 +307,7 @@ ${
       for (var k = 0u; k < ${SUB / G}u; k++) {
         ${s.refit !== 'off-grid' ? '' : 'if ((offGrid & (1u << k)) == 0u) { continue; }'}
         let e = T[nearestKey(&xv, k, 1.0 / scale, &L)];
-        if ((e & ${OFF_GRID}u) != 0u) { bestNeighbour(e, &xv, &wa, k, scale, &L); }
+        if (isOffGrid(e)) { bestNeighbour(e, &xv, &wa, k, scale, &L); }
       }
       let s = fitSums(&xv, &w, &L);
       if (s.y > 0.0) { scale = s.x / s.y; }
