@@ -38,7 +38,16 @@ import {
   writeF16,
 } from './ggml.ts';
 import { nearestInt } from './ggml-search.ts';
-import { checkSuperBlockRows, type GridSpec, gridOf, readU16, writeU16 } from './lattice.ts';
+import {
+  checkSuperBlockRows,
+  type GridSpec,
+  gridOf,
+  readU16,
+  superBlockImportance,
+  superBlockSigma2,
+  valueWeights,
+  writeU16,
+} from './lattice.ts';
 
 /** iq2xs_init_impl's kgrid_1bit_2048: level l_i (0..2, the value l_i - 1) of point p at bits 2i of p. */
 const KGRID_2048 = Uint16Array.from([
@@ -403,37 +412,6 @@ function searchSubBlockM(x: Float32Array, at: number, w: Float32Array): SubBlock
   return settle(x, at, w, order, bestSplitM(x, at, w, order));
 }
 
-/** sigma2 = 2 mean x^2 of the super-block at x[at]. */
-function sigma2Of(x: Float32Array, at: number): number {
-  let sum = 0;
-  for (let i = 0; i < QK_K; i++) sum = fr(sum + fr(x[at + i] * x[at + i]));
-  return fr(fr(2 * sum) / QK_K);
-}
-
-/** The weights of n values at x[at]: importance * sqrt(sigma2 + x^2), or without importance 1 * that (IQ1_S) or x^2 (IQ1_M). */
-function weightsOf(
-  x: Float32Array,
-  at: number,
-  n: number,
-  sigma2: number,
-  qw: Float32Array | undefined,
-  plain: 'unit' | 'x2',
-) {
-  const w = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    const xi = x[at + i];
-    const root = () => fr(Math.sqrt(fr(sigma2 + fr(xi * xi))));
-    w[i] = qw ? fr(qw[i] * root()) : plain === 'unit' ? root() : fr(xi * xi);
-  }
-  return w;
-}
-
-/** The importance of the super-block b's 256 columns. */
-function importanceAt(imatrix: Importance | undefined, b: number) {
-  const c = imatrix ? (b * QK_K) % imatrix.cols : 0;
-  return imatrix?.importance.subarray(c, c + QK_K);
-}
-
 /** The 3-bit scale l of a sub-block, scale ~ d (2 l + 1) with id = 1 / d. */
 const scaleCode = (id: number, scale: number) =>
   Math.max(0, Math.min(7, nearestInt(fr(0.5 * fr(fr(id * scale) - 1)))));
@@ -444,11 +422,11 @@ export function quantizeIq1S(x: Float32Array, imatrix?: Importance): Uint8Array 
   const out = new Uint8Array((x.length / QK_K) * IQ1_S_BLOCK_BYTES);
   for (let b = 0; b < x.length / QK_K; b++) {
     const o = b * IQ1_S_BLOCK_BYTES;
-    const sigma2 = sigma2Of(x, b * QK_K);
-    const qw = importanceAt(imatrix, b);
+    const sigma2 = superBlockSigma2(x, b * QK_K, 2);
+    const qw = superBlockImportance(imatrix, b);
     const subs = Array.from({ length: QK_K / SUB }, (_, ib) => {
       const at = b * QK_K + SUB * ib;
-      return searchSubBlockS(x, at, weightsOf(x, at, SUB, sigma2, qw?.subarray(SUB * ib), 'unit'));
+      return searchSubBlockS(x, at, valueWeights(x, at, SUB, sigma2, qw?.subarray(SUB * ib), 'unit'));
     });
     let maxScale = 0;
     subs.forEach((s, ib) => {
@@ -479,10 +457,10 @@ export function quantizeIq1M(x: Float32Array, imatrix?: Importance): Uint8Array 
   const out = new Uint8Array((x.length / QK_K) * IQ1_M_BLOCK_BYTES);
   for (let b = 0; b < x.length / QK_K; b++) {
     const o = b * IQ1_M_BLOCK_BYTES;
-    const sigma2 = sigma2Of(x, b * QK_K);
-    const qw = importanceAt(imatrix, b);
+    const sigma2 = superBlockSigma2(x, b * QK_K, 2);
+    const qw = superBlockImportance(imatrix, b);
     const weights = Array.from({ length: QK_K / M_SUB }, (_, ib) =>
-      weightsOf(x, b * QK_K + M_SUB * ib, M_SUB, sigma2, qw?.subarray(M_SUB * ib), 'x2'),
+      valueWeights(x, b * QK_K + M_SUB * ib, M_SUB, sigma2, qw?.subarray(M_SUB * ib), 'x2'),
     );
     const subs = weights.map((w, ib) => searchSubBlockM(x, b * QK_K + M_SUB * ib, w));
     let maxScale = 0;

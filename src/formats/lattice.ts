@@ -320,22 +320,39 @@ function refit(
   return sumq2 > 0 ? fr(sumqx / sumq2) : scale;
 }
 
-/** The weights of the sub-block at x[at] in a super-block with sigma2 = sigmaScale mean x^2. */
-function subBlockWeights(
-  spec: LatticeSpec,
+/**
+ * The weights of n values at x[at] in a super-block with the given sigma2: importance * sqrt(sigma2 +
+ * x^2), or without importance as `plain` says (see LatticeSpec; IQ1_S and IQ1_M use 'unit' and 'x2').
+ */
+export function valueWeights(
   x: Float32Array,
   at: number,
+  n: number,
   sigma2: number,
   qw: Float32Array | undefined,
+  plain: LatticeSpec['plainWeights'],
 ) {
-  const w = new Float32Array(spec.subBlock);
-  for (let i = 0; i < w.length; i++) {
+  const w = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
     const x2 = fr(x[at + i] * x[at + i]);
     if (qw) w[i] = fr(qw[i] * fr(Math.sqrt(fr(sigma2 + x2))));
-    else if (spec.plainWeights === 'unit') w[i] = fr(Math.sqrt(fr(sigma2 + x2)));
-    else w[i] = spec.plainWeights === 'x2' ? x2 : fr(fr(0.25 * sigma2) + x2);
+    else if (plain === 'unit') w[i] = fr(Math.sqrt(fr(sigma2 + x2)));
+    else w[i] = plain === 'x2' ? x2 : fr(fr(0.25 * sigma2) + x2);
   }
   return w;
+}
+
+/** sigma2 = sigmaScale * mean x^2 of the super-block at x[at]. */
+export function superBlockSigma2(x: Float32Array, at: number, sigmaScale: 1 | 2): number {
+  let sum = 0;
+  for (let i = 0; i < QK_K; i++) sum = fr(sum + fr(x[at + i] * x[at + i]));
+  return fr(fr(sigmaScale * sum) / QK_K);
+}
+
+/** The importance of super-block b's 256 columns (rows repeat the importance row). */
+export function superBlockImportance(imatrix: Importance | undefined, b: number) {
+  const c = imatrix ? (b * QK_K) % imatrix.cols : 0;
+  return imatrix?.importance.subarray(c, c + QK_K);
 }
 
 /** Every sub-block of the super-block at x[at] (importance qw of its 256 columns), searched. */
@@ -345,12 +362,10 @@ function searchSuperBlock(
   at: number,
   qw: Float32Array | undefined,
 ): (SubBlock | undefined)[] {
-  let sum = 0;
-  for (let i = 0; i < QK_K; i++) sum = fr(sum + fr(x[at + i] * x[at + i]));
-  const sigma2 = fr(fr(spec.sigmaScale * sum) / QK_K);
+  const sigma2 = superBlockSigma2(x, at, spec.sigmaScale);
   const n = spec.subBlock;
   return Array.from({ length: QK_K / n }, (_, ib) => {
-    const w = subBlockWeights(spec, x, at + ib * n, sigma2, qw?.subarray(ib * n, (ib + 1) * n));
+    const w = valueWeights(x, at + ib * n, n, sigma2, qw?.subarray(ib * n, (ib + 1) * n), spec.plainWeights);
     return searchSubBlock(spec, x, at + ib * n, w);
   });
 }
@@ -382,8 +397,7 @@ export function checkSuperBlockRows(x: Float32Array, imatrix: Importance | undef
 
 /** Super-block b of x (rows of a multiple of 256), searched with its columns' importance. */
 export function searchSuperBlockAt(spec: LatticeSpec, x: Float32Array, b: number, imatrix?: Importance) {
-  const c = imatrix ? (b * QK_K) % imatrix.cols : 0;
-  return searchSuperBlock(spec, x, b * QK_K, imatrix?.importance.subarray(c, c + QK_K));
+  return searchSuperBlock(spec, x, b * QK_K, superBlockImportance(imatrix, b));
 }
 
 /** Codes (level, +8 when negative) of grid point j's values at codes[at]; bit i of `signs` negates value i. */
