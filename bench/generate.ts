@@ -38,6 +38,10 @@ const { values } = parseArgs({
     prompt: { type: 'string', default: '128' },
     new: { type: 'string', default: '256' },
     skip: { type: 'string', default: '' },
+    /** decoder layers of the synthetic 8B (default all 32; fewer for a quick check on a slow device) */
+    'synth-layers': { type: 'string' },
+    /** 'both': every synthetic row also without the fused GEMV ops (gate/up + SiLU, residual adds) */
+    fusions: { type: 'string', default: 'on' },
     out: { type: 'string' },
     report: { type: 'string' },
     'no-write': { type: 'boolean', default: false },
@@ -48,6 +52,7 @@ const { values } = parseArgs({
   },
 });
 const NO_REUSE = ' (no bind-group reuse)';
+const UNFUSED = ' (unfused)';
 if (values.report) {
   publishReport(values.report);
   process.exit(0);
@@ -124,6 +129,7 @@ function randomWords(n: number, seed: number): Int32Array {
  * (levels[q] 0.0002, a scale per 32).
  */
 function usePacked4(b: Backend, lin: Linear, levels?: Int8Array): void {
+  dropCodes(lin);
   const [rows, cols] = lin.weight.shape;
   const group = levels ? 32 : 128;
   const groups = (rows * cols) / group;
@@ -139,8 +145,26 @@ function usePacked4(b: Backend, lin: Linear, levels?: Int8Array): void {
   };
 }
 
+/**
+ * Frees a linear's codes before new ones replace them (a dropped WebGPU buffer is destroyed when the
+ * garbage collector takes it, which need not wait for the commands using it to be submitted).
+ */
+function dropCodes(lin: Linear): void {
+  for (const t of [
+    lin.packed?.codes,
+    lin.packed?.scales,
+    lin.packed?.zeros,
+    lin.int8?.codes,
+    lin.int8?.scales,
+  ])
+    t?.dispose();
+  lin.packed = undefined;
+  lin.int8 = undefined;
+}
+
 /** W8A8: INT8 per-channel weights (random codes), INT8 per-token activations. */
 function useInt8(b: Backend, lin: Linear): void {
+  dropCodes(lin);
   const [rows, cols] = lin.weight.shape;
   const codes = new Int8Array(randomWords((rows * cols) / 4, rows * 3 + cols).buffer);
   lin.int8 = {
@@ -166,6 +190,7 @@ function useFlatW4A4(b: Backend, model: LlamaModel, shared: boolean): void {
   const transforms = new Map<string, { left: Tensor; right: Tensor }>();
   for (const name of LINEARS) {
     const lin = model.layers[0].linears[name];
+    dropCodes(lin);
     const [rows, cols] = lin.weight.shape;
     const codes = Int8Array.from(
       new Int8Array(randomWords((rows * cols) / 4, rows * 5 + cols).buffer),
@@ -195,9 +220,16 @@ async function decodeRate(model: LlamaModel, variant: string): Promise<void> {
   const cache = new KvCache(model, promptLen + newTokens + 1);
   const prompt = Int32Array.from({ length: promptLen }, (_, i) => (i * 7919) % 128000);
   const greedy = new Sampler({}, model.config.vocabSize);
-  const read = async (ids: Int32Array): Promise<number> => {
+  let encodeMs = 0;
+  const encode = (ids: Int32Array): Tensor => {
     cache.reserve(ids.length);
+    const t = performance.now();
     const logits = model.forwardCached(ids, cache);
+    encodeMs += performance.now() - t;
+    return logits;
+  };
+  const read = async (ids: Int32Array): Promise<number> => {
+    const logits = encode(ids);
     const host = await model.backend.read(logits);
     logits.dispose();
     return greedy.next(host, []);
@@ -205,8 +237,12 @@ async function decodeRate(model: LlamaModel, variant: string): Promise<void> {
   const t0 = performance.now();
   let next = await read(prompt);
   const t1 = performance.now();
+  encodeMs = 0;
+  const recorded = dispatchesRecorded(model.backend);
   for (let i = 0; i < newTokens; i++) next = await read(Int32Array.of(next));
   const t2 = performance.now();
+  const dispatches = (dispatchesRecorded(model.backend) - recorded) / newTokens;
+  const decodeEncodeMs = encodeMs / newTokens;
   cache.dispose();
   report({
     what: 'generate',
@@ -216,21 +252,38 @@ async function decodeRate(model: LlamaModel, variant: string): Promise<void> {
     newTokens,
     prefillSeconds: (t1 - t0) / 1000,
     decodeTokensPerSecond: newTokens / ((t2 - t1) / 1000),
+    dispatchesPerToken: dispatches,
+    encodeMsPerToken: decodeEncodeMs,
+    decodeMsPerToken: (t2 - t1) / newTokens,
   });
 }
 
+function dispatchesRecorded(b: Backend): number {
+  return b instanceof WebGpuBackend ? b.ctx.recorded : 0;
+}
+
+/** decodeRate with the backend's fused ops, and (--fusions both) first without them. */
+async function decodeRates(model: LlamaModel, variant: string): Promise<void> {
+  if (values.fusions === 'both') {
+    const b = model.backend as Backend & Record<string, unknown>;
+    const fused = { gateUp: b.gateUp, linearAdd: b.linearAdd };
+    Object.assign(b, { gateUp: undefined, linearAdd: undefined });
+    await decodeRate(model, `${variant}${UNFUSED}`);
+    Object.assign(b, fused);
+  }
+  await decodeRate(model, variant);
+}
+
 async function synthRates(backend: Backend, variant: string): Promise<void> {
-  const model = synthLlama3(backend);
+  const model = synthLlama3(backend, values['synth-layers'] ? Number(values['synth-layers']) : undefined);
+  const decodeRate = decodeRates;
   await decodeRate(model, `bf16${variant}`);
   const layer = model.layers[0];
   for (const name of LINEARS) usePacked4(backend, layer.linears[name]);
   await decodeRate(model, `W4 g128 (codes decoded in the GEMM)${variant}`);
   for (const name of LINEARS) usePacked4(backend, layer.linears[name], IQ4_LEVELS);
   await decodeRate(model, `IQ4_XS / IQ4_NL (levels decoded in the GEMM, scale per 32)${variant}`);
-  for (const name of LINEARS) {
-    layer.linears[name].packed = undefined;
-    useInt8(backend, layer.linears[name]);
-  }
+  for (const name of LINEARS) useInt8(backend, layer.linears[name]);
   await decodeRate(model, `W8A8 (int8 GEMM)${variant}`);
   useFlatW4A4(backend, model, false);
   await decodeRate(model, `W4A4 FlatQuant, each linear transforming its own input${variant}`);

@@ -15,9 +15,9 @@ import type { Backend, Tensor } from '../src/tensor/tensor.ts';
  * Llama-3-8B with random bf16 weights; every layer uses the same weight tensors (the same work and
  * weight traffic per layer as 32 distinct ones; 2 GB uploaded instead of 16 GB).
  */
-export function synthLlama3(b: Backend): LlamaModel {
+export function synthLlama3(b: Backend, layers?: number): LlamaModel {
   const raw = SYNTH_ARCHS['llama-3-8b'];
-  const config = parseModelConfig(raw);
+  const config = parseModelConfig(layers ? { ...raw, num_hidden_layers: layers } : raw);
   const byName = new Map<string, Tensor>();
   for (const { layer, tensor } of synthTensors({ ...raw, num_hidden_layers: 1 }, 1))
     if (layer <= 0) byName.set(tensor.name, b.upload(tensor.make(), tensor.shape, 'bf16'));

@@ -197,23 +197,51 @@ export class LlamaModel {
     return quantizeInput(this.backend, x, transformed ? { ...q, transform: undefined } : q);
   }
 
-  /** `transformed`: x has had the linear's online transform applied already (groupInput). */
-  applyLinear(layer: number, name: LinearName, x: Tensor, hooks?: ForwardHooks, transformed = false): Tensor {
+  /**
+   * x through linear `name` (+ `residual`, added last: the residual stream's add fused into the
+   * GEMM where the backend can). `transformed`: x has had the linear's online transform applied
+   * already (groupInput).
+   */
+  applyLinear(
+    layer: number,
+    name: LinearName,
+    x: Tensor,
+    hooks?: ForwardHooks,
+    transformed = false,
+    residual?: Tensor,
+  ): Tensor {
     const lin = this.layers[layer].linears[name];
     const t = lin.inputQuant?.transform;
     if (t && !transformed) {
       const xt = this.backend.kron(x, t.left, t.right);
-      const y = this.applyLinear(layer, name, xt, hooks, true);
+      const y = this.applyLinear(layer, name, xt, hooks, true, residual);
       xt.dispose();
       return y;
     }
     // hooks see (and may replace) the quantized input, which the integer path never materializes
-    if (lin.int8 && !hooks?.linearInput) return int8Linear(this.backend, x, lin.int8, lin.bias);
-    let input = this.linearInput(layer, name, x, transformed);
-    input = hooks?.linearInput?.(layer, name, input) ?? input;
-    return lin.packed
-      ? this.backend.linearPacked(input, lin.packed, lin.bias)
-      : this.backend.linear(input, lin.weight, lin.bias);
+    if (lin.int8 && !hooks?.linearInput)
+      return this.plusResidual(int8Linear(this.backend, x, lin.int8, lin.bias), residual);
+    const quantized = this.linearInput(layer, name, x, transformed);
+    const input = hooks?.linearInput?.(layer, name, quantized) ?? quantized;
+    const w = lin.packed ?? lin.weight;
+    const y =
+      residual && this.backend.linearAdd
+        ? this.backend.linearAdd(input, w, residual, lin.bias)
+        : this.plusResidual(
+            lin.packed
+              ? this.backend.linearPacked(input, lin.packed, lin.bias)
+              : this.backend.linear(input, lin.weight, lin.bias),
+            residual,
+          );
+    if (quantized !== x) quantized.dispose();
+    return y;
+  }
+
+  private plusResidual(y: Tensor, residual: Tensor | undefined): Tensor {
+    if (!residual) return y;
+    const sum = this.backend.add(residual, y);
+    y.dispose();
+    return sum;
   }
 
   /** Self-attention block output (before the residual add) for normed input x. */
@@ -283,6 +311,8 @@ export class LlamaModel {
 
   /** silu(gate x) * up x, the input of down_proj, for normed input x. */
   mlpActivation(layer: number, x: Tensor, hooks?: ForwardHooks): Tensor {
+    const fused = hooks?.linearInput ? undefined : this.fusedGateUp(layer, x);
+    if (fused) return fused;
     const input = this.groupInput(layer, ['gate_proj', 'up_proj'], x);
     const gate = this.applyLinear(layer, 'gate_proj', input.x, hooks, input.transformed);
     const up = this.applyLinear(layer, 'up_proj', input.x, hooks, input.transformed);
@@ -291,6 +321,14 @@ export class LlamaModel {
     gate.dispose();
     up.dispose();
     return act;
+  }
+
+  /** silu(gate x) * up x in one backend op, where the backend has one and both linears are plain. */
+  private fusedGateUp(layer: number, x: Tensor): Tensor | undefined {
+    const { gate_proj: gate, up_proj: up } = this.layers[layer].linears;
+    const plain = (l: Linear) => !l.int8 && !l.inputQuant && !l.bias;
+    if (!this.backend.gateUp || !plain(gate) || !plain(up)) return undefined;
+    return this.backend.gateUp(x, gate.packed ?? gate.weight, up.packed ?? up.weight);
   }
 
   /** MLP block output for normed input x. */
@@ -324,20 +362,20 @@ export class LlamaModel {
     cache?: AttentionCache,
   ): Tensor {
     const x1 = this.attentionNorm(layer, h);
-    const att = this.attentionBlock(layer, x1, shape, hooks, cache);
+    const mixed = this.attentionMix(layer, x1, shape, hooks, cache);
     x1.dispose();
-    const h1 = this.backend.add(h, att);
-    att.dispose();
+    const h1 = this.applyLinear(layer, 'o_proj', mixed, hooks, false, h);
+    mixed.dispose();
     return h1;
   }
 
   /** The layer output from the residual after attention: h1 + mlp(norm(h1)). */
   mlpResidual(layer: number, h1: Tensor, hooks?: ForwardHooks): Tensor {
     const x2 = this.mlpNorm(layer, h1);
-    const mlp = this.mlpBlock(layer, x2, hooks);
+    const act = this.mlpActivation(layer, x2, hooks);
     x2.dispose();
-    const out = this.backend.add(h1, mlp);
-    mlp.dispose();
+    const out = this.applyLinear(layer, 'down_proj', act, hooks, false, h1);
+    act.dispose();
     return out;
   }
 

@@ -92,6 +92,16 @@ export interface Backend {
   linear(x: Tensor, w: Tensor, bias?: Tensor): Tensor;
   /** y[M,N] = x[M,K] w^T (+ bias) for integer-coded weights decoded in the GEMM (equal to linear over the decoded values). */
   linearPacked(x: Tensor, w: PackedWeight, bias?: Tensor): Tensor;
+  /**
+   * residual + linear(x, w, bias) in one op, equal to add(residual, linear(...)) (optional: WebGPU
+   * adds it in the GEMM's store; the model adds where a backend lacks it).
+   */
+  linearAdd?(x: Tensor, w: Tensor | PackedWeight, residual: Tensor, bias?: Tensor): Tensor;
+  /**
+   * siluMul(linear(x, gate), linear(x, up)) in one op where the backend can (optional; undefined
+   * where it does not apply, and the caller runs the three ops).
+   */
+  gateUp?(x: Tensor, gate: Tensor | PackedWeight, up: Tensor | PackedWeight): Tensor | undefined;
   /** c[M,N] = a[M,K] b[N,K]^T for i8 a and b, exact, as i32 (K a multiple of 4). */
   matmulInt8(a: Tensor, b: Tensor): Tensor;
   /**

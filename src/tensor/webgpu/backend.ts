@@ -31,7 +31,7 @@ import { binary, copyRows, rope, scaleColumns, scaleRows, toF32 } from './elemen
 import { type Dot4Tile, Int8Gemm, type Int8Path, scaleInt32 as scaleInt32Kernel } from './int8.ts';
 import { kron } from './kron.ts';
 import { concatRows, sliceRows, transpose } from './layout.ts';
-import { DEFAULT_TILE, embedding, type GemmTile, linear } from './matmul.ts';
+import { DEFAULT_TILE, embedding, type GemmTile, type GemvOperand, gateUp, linear } from './matmul.ts';
 import { klDiv, nll, rmsnorm } from './norm.ts';
 import { fakeQuant, quantizeRowsInt8 } from './quant.ts';
 import { ggmlFakeQuant } from './quant-ggml.ts';
@@ -243,36 +243,58 @@ export class WebGpuBackend implements Backend {
   }
 
   linear(x: Tensor, w: Tensor, bias?: Tensor): Tensor {
-    const [M, K] = x.shape;
-    const [N, Kw] = w.shape;
-    if (K !== Kw || x.shape.length !== 2 || w.shape.length !== 2)
-      fail(`linear: input ${shapeString(x.shape)} does not match weight ${shapeString(w.shape)}`);
-    const b = bias ? this.st(bias, 'linear') : undefined;
-    return this.wrap(linear(this.ctx, this.st(x, 'linear'), this.st(w, 'linear'), b, this.gemmTile), [M, N]);
+    return this.linearOf(x, w, bias, undefined, 'linear');
   }
 
   linearPacked(x: Tensor, w: PackedWeight, bias?: Tensor): Tensor {
+    return this.linearOf(x, w, bias, undefined, 'linearPacked');
+  }
+
+  linearAdd(x: Tensor, w: Tensor | PackedWeight, residual: Tensor, bias?: Tensor): Tensor {
+    return this.linearOf(x, w, bias, this.st(residual, 'linearAdd'), 'linearAdd');
+  }
+
+  gateUp(x: Tensor, gate: Tensor | PackedWeight, up: Tensor | PackedWeight): Tensor | undefined {
+    const [g, u] = [gate, up].map((w) => this.gemvOperand(x, w, 'gateUp'));
+    const out = gateUp(this.ctx, this.st(x, 'gateUp'), g, u);
+    return out && this.wrap(out, [x.shape[0], out.cols]);
+  }
+
+  private linearOf(
+    x: Tensor,
+    w: Tensor | PackedWeight,
+    bias: Tensor | undefined,
+    residual: Storage | undefined,
+    op: string,
+  ): Tensor {
+    const { w: ws, packed } = this.gemvOperand(x, w, op);
+    const b = bias ? this.st(bias, op) : undefined;
+    const out = linear(this.ctx, this.st(x, op), ws, b, this.gemmTile, packed, residual);
+    return this.wrap(out, [x.shape[0], out.cols]);
+  }
+
+  /** A weight's storages for the linear kernels, checked against x. */
+  private gemvOperand(x: Tensor, w: Tensor | PackedWeight, op: string): GemvOperand {
+    if (!('codes' in w)) {
+      if (x.shape.length !== 2 || w.shape.length !== 2 || x.shape[1] !== w.shape[1])
+        fail(`${op}: input ${shapeString(x.shape)} does not match weight ${shapeString(w.shape)}`);
+      return { w: this.st(w, op) };
+    }
     if (x.shape.length !== 2 || x.shape[1] !== w.cols)
-      fail(`linearPacked: input ${shapeString(x.shape)} does not match a ${w.rows}x${w.cols} weight`);
-    const b = bias ? this.st(bias, 'linearPacked') : undefined;
-    const out = linear(
-      this.ctx,
-      this.st(x, 'linearPacked'),
-      this.st(w.codes, 'linearPacked'),
-      b,
-      this.gemmTile,
-      {
+      fail(`${op}: input ${shapeString(x.shape)} does not match a ${w.rows}x${w.cols} weight`);
+    return {
+      w: this.st(w.codes, op),
+      packed: {
         codeBits: w.codeBits,
         group: w.group,
-        scales: this.st(w.scales, 'linearPacked'),
-        zeros: this.st(w.zeros, 'linearPacked'),
+        scales: this.st(w.scales, op),
+        zeros: this.st(w.zeros, op),
         groupOf: w.groupOf !== undefined,
-        groupIndex: w.groupOf ? this.st(w.groupOf, 'linearPacked') : undefined,
+        groupIndex: w.groupOf ? this.st(w.groupOf, op) : undefined,
         levels: w.levels,
         rows: w.rows,
       },
-    );
-    return this.wrap(out, [x.shape[0], w.rows]);
+    };
   }
 
   matmulInt8(a: Tensor, b: Tensor): Tensor {

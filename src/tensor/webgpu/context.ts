@@ -215,6 +215,8 @@ export class GpuContext {
   /** bytes allocated through this context and not destroyed (pooled buffers included), and their peak */
   liveBytes = 0;
   peakBytes = 0;
+  /** dispatches recorded since the context was made (benchmarks count them per token) */
+  recorded = 0;
 
   constructor(
     readonly device: GPUDevice,
@@ -435,10 +437,17 @@ export class GpuContext {
 
   /** The whole tensor as one window (vectors, small tables); fails when it does not fit one. */
   whole(s: Storage, what: string): Window {
+    return (
+      this.wholeIfFits(s) ?? fail(`WebGPU ${what}: a ${s.rows}x${s.cols} tensor does not fit one binding`)
+    );
+  }
+
+  /** The whole tensor as one window, or undefined when it does not fit one. */
+  wholeIfFits(s: Storage): Window | undefined {
     let w = this.wholeWindows.get(s);
     if (!w) {
       const segs = this.segments(s.rows, [{ s, row0: 0 }]);
-      if (segs.length !== 1) fail(`WebGPU ${what}: a ${s.rows}x${s.cols} tensor does not fit one binding`);
+      if (segs.length !== 1) return undefined;
       w = segs[0].w[0];
       this.wholeWindows.set(s, w);
     }
@@ -551,6 +560,7 @@ export class GpuContext {
     this.pass.setPipeline(pipeline);
     this.pass.setBindGroup(0, group);
     this.pass.dispatchWorkgroups(x, y, z);
+    this.recorded++;
     if (++this.dispatches >= this.perSubmit) this.flush();
   }
 

@@ -6,12 +6,15 @@ import { arrayType, FLAT_WG, loadFn } from './wgsl.ts';
 
 const WG = 256;
 
+/** silu(x) * y as the siluMul kernel computes it (fused kernels use the same expression). */
+export const SILU_MUL = (x: string, y: string) => `(${x} / (1.0 + exp(-${x}))) * ${y}`;
+
 export type BinaryOp = 'add' | 'sub' | 'siluMul';
 
 const BINARY_EXPR: Record<BinaryOp, string> = {
   add: 'x + y',
   sub: 'x - y',
-  siluMul: '(x / (1.0 + exp(-x))) * y',
+  siluMul: SILU_MUL('x', 'y'),
 };
 
 function binaryKernel(op: BinaryOp, da: DType, db: DType): Kernel {

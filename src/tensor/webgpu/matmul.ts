@@ -14,6 +14,7 @@
 import { fail } from '../../errors.ts';
 import type { DType } from '../tensor.ts';
 import { type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
+import { SILU_MUL } from './elementwise.ts';
 import { arrayType, FLAT_WG, loadFn } from './wgsl.ts';
 
 export interface GemmTile {
@@ -98,8 +99,11 @@ function packedLoadFn(pk: PackedLayout): string {
 }`;
 }
 
-/** Bindings of both linear kernels: params, x, w, bias, y, then packed scales/zeros/group index. */
-function linearBindings(pk?: PackedLayout): Kernel['bindings'] {
+/**
+ * Bindings of both linear kernels: params, x, w, bias, y, then packed scales/zeros/group index, then
+ * the residual added to y (`residual`).
+ */
+function linearBindings(pk: PackedLayout | undefined, residual: boolean): Kernel['bindings'] {
   return [
     'uniform',
     'read',
@@ -108,13 +112,21 @@ function linearBindings(pk?: PackedLayout): Kernel['bindings'] {
     'write',
     ...(pk ? (['read', 'read'] as const) : []),
     ...(pk?.groupOf ? (['read'] as const) : []),
+    ...(residual ? (['read'] as const) : []),
   ];
 }
 
 /** The declarations both linear kernels share (their Params are filled by `linear`). */
-function linearHeader(dx: DType, dw: DType, db: DType, pk?: PackedLayout): string {
+function linearHeader(
+  dx: DType,
+  dw: DType,
+  db: DType,
+  pk: PackedLayout | undefined,
+  residual: boolean,
+): string {
+  const resBinding = linearBindings(pk, false).length;
   return `
-struct P { M: u32, N: u32, K: u32, xOff: u32, wOff: u32, yOff: u32, ldy: u32, n0: u32, bOff: u32, hasBias: u32 }
+struct P { M: u32, N: u32, K: u32, xOff: u32, wOff: u32, yOff: u32, ldy: u32, n0: u32, bOff: u32, hasBias: u32, rOff: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> X: array<${arrayType(dx)}>;
 @group(0) @binding(2) var<storage, read> W: array<${arrayType(dw)}>;
@@ -122,10 +134,17 @@ struct P { M: u32, N: u32, K: u32, xOff: u32, wOff: u32, yOff: u32, ldy: u32, n0
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
 ${pk ? '@group(0) @binding(5) var<storage, read> S: array<f32>;\n@group(0) @binding(6) var<storage, read> Z: array<f32>;' : ''}
 ${pk?.groupOf ? '@group(0) @binding(7) var<storage, read> GI: array<i32>;' : ''}
+${residual ? `@group(0) @binding(${resBinding}) var<storage, read> R: array<f32>;` : ''}
 ${pk ? levelTable(pk) : ''}
 ${loadFn('ldX', 'X', dx)}
 ${pk ? packedLoadFn(pk) : loadFn('ldW', 'W', dw)}
 ${loadFn('ldB', 'B', db)}`;
+}
+
+/** Stores v, plus the bias and the residual where there are, at `at` (an index within y's window). */
+function storeY(residual: boolean, at: string): string {
+  return `if (p.hasBias != 0u) { v += ldB(p.bOff + n); }${residual ? `\n      v = v + R[p.rOff + ${at}];` : ''}
+      Y[p.yOff + ${at}] = v;`;
 }
 
 function weightKey(dw: DType, pk?: PackedLayout): string {
@@ -146,27 +165,28 @@ const GEMV_WORDS = 4;
 /**
  * The entry point of a matrix-vector kernel: thread (c, lane) accumulates `acc[m]` for output column n
  * with `loop`, the lanes' partial sums are added in shared memory, and lane m < M runs `store` with the
- * sum for row m in red[c * LANES * M + lane]. Needs FLAT_WG and p.N.
+ * sum for row m in red[c * LANES * W + lane] (W = `width` sums a thread, M by default; a kernel with two
+ * weights keeps the second's at acc[M + m], red[c * LANES * W + M + lane]). Needs FLAT_WG and p.N.
  */
-export function gemvMain(acc: 'f32' | 'i32', M: number, loop: string, store: string): string {
+export function gemvMain(acc: 'f32' | 'i32', M: number, loop: string, store: string, width = M): string {
   const L = GEMV_LANES;
   return `${FLAT_WG}
-var<workgroup> red: array<${acc}, ${GEMV_COLS * L * M}>;
+var<workgroup> red: array<${acc}, ${GEMV_COLS * L * width}>;
 @compute @workgroup_size(${GEMV_COLS * L})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
   let c = lid / ${L}u;
   let lane = lid % ${L}u;
   let n = flatWg(wid, nwg) * ${GEMV_COLS}u + c;
-  var acc: array<${acc}, ${M}>;
+  var acc: array<${acc}, ${width}>;
   if (n < p.N) {${loop}
   }
-  for (var m = 0u; m < ${M}u; m++) { red[(c * ${L}u + lane) * ${M}u + m] = acc[m]; }
+  for (var m = 0u; m < ${width}u; m++) { red[(c * ${L}u + lane) * ${width}u + m] = acc[m]; }
   for (var w = ${L / 2}u; w > 0u; w = w >> 1u) {
     workgroupBarrier();
     if (lane < w) {
-      for (var m = 0u; m < ${M}u; m++) {
-        red[(c * ${L}u + lane) * ${M}u + m] += red[(c * ${L}u + lane + w) * ${M}u + m];
+      for (var m = 0u; m < ${width}u; m++) {
+        red[(c * ${L}u + lane) * ${width}u + m] += red[(c * ${L}u + lane + w) * ${width}u + m];
       }
     }
   }
@@ -177,15 +197,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }`;
 }
 
-function gemvDenseLoop(M: number): string {
+/** The names a GEMV loop reads one weight through, and where its sums go in acc. */
+interface GemvWeight {
+  /** dense: the load function; packed: the code, scale and zero arrays */
+  ld: string;
+  W: string;
+  S: string;
+  Z: string;
+  /** the weight window's first element */
+  off: string;
+  /** index of row 0's sum in acc */
+  acc: number;
+}
+
+const ONE_WEIGHT: GemvWeight = { ld: 'ldW', W: 'W', S: 'S', Z: 'Z', off: 'p.wOff', acc: 0 };
+
+function gemvDenseLoop(M: number, wt: GemvWeight = ONE_WEIGHT): string {
   return `
-    let wRow = p.wOff + n * p.K;
+    let wRow = ${wt.off} + n * p.K;
     for (var k0 = lane * ${GEMV_KV}u; k0 < p.K; k0 += ${GEMV_LANES * GEMV_KV}u) {
       for (var e = 0u; e < ${GEMV_KV}u; e++) {
         let k = k0 + e;
         if (k < p.K) {
-          let w = ldW(wRow + k);
-          for (var m = 0u; m < ${M}u; m++) { acc[m] += w * ldX(p.xOff + m * p.K + k); }
+          let w = ${wt.ld}(wRow + k);
+          for (var m = 0u; m < ${M}u; m++) { acc[${wt.acc}u + m] += w * ldX(p.xOff + m * p.K + k); }
         }
       }
     }`;
@@ -196,25 +231,25 @@ function gemvDenseLoop(M: number): string {
  * unless a g_idx maps each column), shifts instead of ldW's per-element divisions. Lanes take
  * consecutive words, so a subgroup's weight loads and its x loads each cover few cache lines.
  */
-function gemvPackedLoop(pk: PackedLayout, M: number): string {
+function gemvPackedLoop(pk: PackedLayout, M: number, wt: GemvWeight = ONE_WEIGHT): string {
   const per = 32 / pk.codeBits;
   const wordGroups = !pk.groupOf && pk.group % per === 0;
   const group = (k: string) =>
     `n * (p.K / ${pk.group}u) + ${pk.groupOf ? `u32(GI[${k}])` : `${k} / ${pk.group}u`}`;
   return `
     let words = p.K / ${per}u;
-    let wRow = p.wOff / ${per}u + n * words;
+    let wRow = ${wt.off} / ${per}u + n * words;
     for (var w0 = lane; w0 < words; w0 += ${GEMV_LANES * GEMV_WORDS}u) {
       for (var j = 0u; j < ${GEMV_WORDS}u; j++) {
         let kw = w0 + j * ${GEMV_LANES}u;
         if (kw >= words) { break; }
-        let word = bitcast<u32>(W[wRow + kw]);
+        let word = bitcast<u32>(${wt.W}[wRow + kw]);
         let k0 = kw * ${per}u;${
           wordGroups
             ? `
         let g = ${group('k0')};
-        let s = S[g];
-        let z = Z[g];`
+        let s = ${wt.S}[g];
+        let z = ${wt.Z}[g];`
             : ''
         }
         for (var e = 0u; e < ${per}u; e++) {
@@ -223,11 +258,11 @@ function gemvPackedLoop(pk: PackedLayout, M: number): string {
               ? ''
               : `
           let g = ${group('k')};
-          let s = S[g];
-          let z = Z[g];`
+          let s = ${wt.S}[g];
+          let z = ${wt.Z}[g];`
           }
           let w = (${codeValue(pk, `(word >> (e * ${pk.codeBits}u)) & ${(1 << pk.codeBits) - 1}u`)} - z) * s;
-          for (var m = 0u; m < ${M}u; m++) { acc[m] += w * ldX(p.xOff + m * p.K + k); }
+          for (var m = 0u; m < ${M}u; m++) { acc[${wt.acc}u + m] += w * ldX(p.xOff + m * p.K + k); }
         }
       }
     }`;
@@ -238,24 +273,81 @@ function gemvPackedLoop(pk: PackedLayout, M: number): string {
  * workgroups at once (GEMV_COLS outputs each), every output's K split over GEMV_LANES threads whose
  * partial sums meet in shared memory. The tiled GEMM would give a 1-row x only N / 128 workgroups.
  */
-function gemvKernel(dx: DType, dw: DType, db: DType, M: number, pk?: PackedLayout): Kernel {
+function gemvKernel(
+  dx: DType,
+  dw: DType,
+  db: DType,
+  M: number,
+  pk: PackedLayout | undefined,
+  residual: boolean,
+): Kernel {
   const L = GEMV_LANES;
   return {
-    key: `gemv:${dx}:${weightKey(dw, pk)}:${db}:${M}`,
-    bindings: linearBindings(pk),
-    code: () => `${linearHeader(dx, dw, db, pk)}
+    key: `gemv:${dx}:${weightKey(dw, pk)}:${db}:${M}${residual ? ':res' : ''}`,
+    bindings: linearBindings(pk, residual),
+    code: () => `${linearHeader(dx, dw, db, pk, residual)}
 ${gemvMain(
   'f32',
   M,
   pk ? gemvPackedLoop(pk, M) : gemvDenseLoop(M),
   `var v = red[c * ${L * M}u + lane];
-    if (p.hasBias != 0u) { v += ldB(p.bOff + n); }
-    Y[p.yOff + lane * p.ldy + p.n0 + n] = v;`,
+    ${storeY(residual, 'lane * p.ldy + p.n0 + n')}`,
 )}`,
   };
 }
 
-function gemmKernel(dx: DType, dw: DType, db: DType, t: GemmTile, pk?: PackedLayout): Kernel {
+/** silu(x gate^T) * (x up^T) for a few rows of x in one kernel: two weights of one layout, no bias. */
+function gemvGateUpKernel(dx: DType, dw: DType, M: number, pk: PackedLayout | undefined): Kernel {
+  const W = 2 * M;
+  const gate: GemvWeight = { ld: 'ldG', W: 'G', S: 'SG', Z: 'ZG', off: 'p.gOff', acc: 0 };
+  const up: GemvWeight = { ld: 'ldU', W: 'U', S: 'SU', Z: 'ZU', off: 'p.uOff', acc: M };
+  const loop = (wt: GemvWeight) => `{${pk ? gemvPackedLoop(pk, M, wt) : gemvDenseLoop(M, wt)}
+    }`;
+  const red = (i: string) => `red[c * ${GEMV_LANES * W}u + ${i}]`;
+  const packedArrays = ['SG', 'ZG', 'SU', 'ZU']
+    .map((a, i) => `@group(0) @binding(${5 + i}) var<storage, read> ${a}: array<f32>;`)
+    .join('\n');
+  return {
+    key: `gemv-gate-up:${dx}:${weightKey(dw, pk)}:${M}`,
+    bindings: [
+      'uniform',
+      'read',
+      'read',
+      'read',
+      'write',
+      ...(pk ? (['read', 'read', 'read', 'read'] as const) : []),
+    ],
+    code: () => `
+struct P { M: u32, N: u32, K: u32, xOff: u32, gOff: u32, uOff: u32, yOff: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> X: array<${arrayType(dx)}>;
+@group(0) @binding(2) var<storage, read> G: array<${arrayType(dw)}>;
+@group(0) @binding(3) var<storage, read> U: array<${arrayType(dw)}>;
+@group(0) @binding(4) var<storage, read_write> Y: array<f32>;
+${pk ? packedArrays : ''}
+${pk ? levelTable(pk) : ''}
+${loadFn('ldX', 'X', dx)}
+${pk ? '' : `${loadFn('ldG', 'G', dw)}\n${loadFn('ldU', 'U', dw)}`}
+${gemvMain(
+  'f32',
+  M,
+  loop(gate) + loop(up),
+  `let g = ${red('lane')};
+    let u = ${red(`${M}u + lane`)};
+    Y[p.yOff + lane * p.N + n] = ${SILU_MUL('g', 'u')};`,
+  W,
+)}`,
+  };
+}
+
+function gemmKernel(
+  dx: DType,
+  dw: DType,
+  db: DType,
+  t: GemmTile,
+  pk: PackedLayout | undefined,
+  residual: boolean,
+): Kernel {
   const BM = 16 * t.tm;
   const BN = 16 * t.tn;
   const { bk: BK } = t;
@@ -299,9 +391,9 @@ function gemmKernel(dx: DType, dw: DType, db: DType, t: GemmTile, pk?: PackedLay
     workgroupBarrier();
   }`;
   return {
-    key: `gemm:${dx}:${weightKey(dw, pk)}:${db}:${t.tm}x${t.tn}x${t.bk}${t.prefetch ? ':prefetch' : ''}`,
-    bindings: linearBindings(pk),
-    code: () => `${linearHeader(dx, dw, db, pk)}
+    key: `gemm:${dx}:${weightKey(dw, pk)}:${db}:${t.tm}x${t.tn}x${t.bk}${t.prefetch ? ':prefetch' : ''}${residual ? ':res' : ''}`,
+    bindings: linearBindings(pk, residual),
+    code: () => `${linearHeader(dx, dw, db, pk, residual)}
 // k-major tiles: As[stage][kk][row], Bs[stage][kk][col], four consecutive rows/cols per vec4
 var<workgroup> As: array<vec4<f32>, ${(stages * BK * BM) / 4}>;
 var<workgroup> Bs: array<vec4<f32>, ${(stages * BK * BN) / 4}>;
@@ -319,8 +411,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
       let n = nb + l.x * ${t.tn}u + j;
       if (n >= p.N) { continue; }
       var v = acc[i * ${VN}u + j / 4u][j % 4u];
-      if (p.hasBias != 0u) { v += ldB(p.bOff + n); }
-      Y[p.yOff + m * p.ldy + p.n0 + n] = v;
+      ${storeY(residual, 'm * p.ldy + p.n0 + n')}
     }
   }
 }`,
@@ -336,8 +427,9 @@ export interface PackedStorages extends PackedLayout {
 }
 
 /**
- * y[M, N] = x[M, K] w[N, K]^T (+ bias[N]). With `packed`, w holds integer codes in u32 words that
- * the kernel decodes with packed.scales / zeros; the packed weight must fit one binding.
+ * y[M, N] = x[M, K] w[N, K]^T (+ bias[N]) (+ residual[M, N], added last). With `packed`, w holds
+ * integer codes in u32 words that the kernel decodes with packed.scales / zeros; the packed weight
+ * must fit one binding.
  */
 export function linear(
   ctx: GpuContext,
@@ -346,6 +438,7 @@ export function linear(
   bias: Storage | undefined,
   tile: GemmTile = DEFAULT_TILE,
   packed?: PackedStorages,
+  residual?: Storage,
 ): Storage {
   const M = x.rows;
   const K = x.cols;
@@ -356,11 +449,16 @@ export function linear(
   if (M === 0 || N === 0) return y;
   const gemv = M <= GEMV_MAX_M;
   const db = bias?.dtype ?? 'f32';
+  if (residual && (residual.rows !== M || residual.cols !== N))
+    fail(`linear: a ${residual.rows}x${residual.cols} residual for a ${M}x${N} output`);
+  const res = residual !== undefined;
   const kernel = (rows: number) =>
-    gemv ? gemvKernel(x.dtype, w.dtype, db, rows, packed) : gemmKernel(x.dtype, w.dtype, db, tile, packed);
+    gemv
+      ? gemvKernel(x.dtype, w.dtype, db, rows, packed, res)
+      : gemmKernel(x.dtype, w.dtype, db, tile, packed, res);
   const BM = 16 * tile.tm;
   const BN = 16 * tile.tn;
-  const xParts = [x, y].map((s) => ({ s, row0: 0 }));
+  const xParts = (residual ? [x, y, residual] : [x, y]).map((s) => ({ s, row0: 0 }));
   const wSegs = packed
     ? [{ r0: 0, n: N, w: [ctx.whole(w, 'packed linear'), ...(bias ? [ctx.whole(bias, 'linear bias')] : [])] }]
     : ctx.segments(
@@ -375,7 +473,7 @@ export function linear(
       )
     : [];
   for (const xs of ctx.segments(M, xParts, 1, 'linear')) {
-    const [wx, wy] = xs.w;
+    const [wx, wy, wr] = xs.w;
     for (const ws of wSegs) {
       const [ww, wb] = ws.w;
       const params = new Params()
@@ -388,16 +486,70 @@ export function linear(
         .u(N)
         .u(ws.r0)
         .u(wb ? wb.off : 0)
-        .u(bias ? 1 : 0);
+        .u(bias ? 1 : 0)
+        .u(wr ? wr.off : 0);
       const grid = gemv ? grid2(Math.ceil(ws.n / GEMV_COLS)) : [Math.ceil(ws.n / BN), Math.ceil(xs.n / BM)];
       ctx.dispatch(
         kernel(xs.n),
         params,
-        [wx.binding, ww.binding, wb ? wb.binding : ctx.dummy(), wy.binding, ...extra],
+        [
+          wx.binding,
+          ww.binding,
+          wb ? wb.binding : ctx.dummy(),
+          wy.binding,
+          ...extra,
+          ...(wr ? [wr.binding] : []),
+        ],
         grid,
       );
     }
   }
+  return y;
+}
+
+/** One weight of a fused GEMV: plain (f32 / 16-bit) or packed codes. */
+export interface GemvOperand {
+  w: Storage;
+  packed?: PackedStorages;
+}
+
+function sameLayout(a: GemvOperand, b: GemvOperand): boolean {
+  if (a.w.dtype !== b.w.dtype || !a.packed !== !b.packed) return false;
+  if (!a.packed || !b.packed) return a.w.rows === b.w.rows;
+  const [p, q] = [a.packed, b.packed];
+  return (
+    p.rows === q.rows &&
+    p.codeBits === q.codeBits &&
+    p.group === q.group &&
+    !p.groupOf &&
+    !q.groupOf &&
+    (p.levels ?? []).join() === (q.levels ?? []).join()
+  );
+}
+
+/**
+ * silu(x gate^T) * (x up^T) in one dispatch for a few rows of x (decoding), equal to linear, linear,
+ * siluMul; undefined where it does not apply (more rows, different layouts, a g_idx, a weight larger
+ * than one binding), and the caller runs the three ops.
+ */
+export function gateUp(ctx: GpuContext, x: Storage, gate: GemvOperand, up: GemvOperand): Storage | undefined {
+  const M = x.rows;
+  if (M === 0 || M > GEMV_MAX_M || !sameLayout(gate, up)) return undefined;
+  const [gw, uw] = [gate.w, up.w].map((s) => ctx.wholeIfFits(s));
+  const xw = ctx.wholeIfFits(x);
+  if (!gw || !uw || !xw) return undefined;
+  const N = gate.packed ? gate.packed.rows : gate.w.rows;
+  const y = ctx.allocStorage(M, N, 'f32');
+  const yw = ctx.whole(y, 'gateUp');
+  const extra = [gate.packed, up.packed].flatMap((pk) =>
+    pk ? [pk.scales, pk.zeros].map((s) => ctx.whole(s, 'gateUp').binding) : [],
+  );
+  ctx.dispatch(
+    gemvGateUpKernel(x.dtype, gate.w.dtype, M, gate.packed),
+    new Params().u(M).u(N).u(x.cols).u(xw.off).u(gw.off).u(uw.off).u(yw.off),
+    [xw.binding, gw.binding, uw.binding, yw.binding, ...extra],
+    grid2(Math.ceil(N / GEMV_COLS)),
+  );
   return y;
 }
 
