@@ -40,7 +40,7 @@ const { values } = parseArgs({
     skip: { type: 'string', default: '' },
     /** decoder layers of the synthetic 8B (default all 32; fewer for a quick check on a slow device) */
     'synth-layers': { type: 'string' },
-    /** 'both': every synthetic row also without the fused GEMV ops (gate/up + SiLU, residual adds) */
+    /** 'both': every synthetic row also without the fused GEMV ops (q/k/v + RoPE, gate/up + SiLU, residual adds) */
     fusions: { type: 'string', default: 'on' },
     out: { type: 'string' },
     report: { type: 'string' },
@@ -266,8 +266,8 @@ function dispatchesRecorded(b: Backend): number {
 async function decodeRates(model: LlamaModel, variant: string): Promise<void> {
   if (values.fusions === 'both') {
     const b = model.backend as Backend & Record<string, unknown>;
-    const fused = { gateUp: b.gateUp, linearAdd: b.linearAdd };
-    Object.assign(b, { gateUp: undefined, linearAdd: undefined });
+    const fused = { gateUp: b.gateUp, linearAdd: b.linearAdd, qkvRope: b.qkvRope };
+    Object.assign(b, { gateUp: undefined, linearAdd: undefined, qkvRope: undefined });
     await decodeRate(model, `${variant}${UNFUSED}`);
     Object.assign(b, fused);
   }

@@ -269,17 +269,10 @@ export class LlamaModel {
     const b = this.backend;
     const { numHeads, numKvHeads, headDim } = this.config;
     const pos = cache ? positionsFrom(cache.past, shape.seqLen) : this.positions(shape);
-    const input = this.groupInput(layer, ['q_proj', 'k_proj', 'v_proj'], x);
-    const rotated = (name: 'q_proj' | 'k_proj') => {
-      const raw = this.applyLinear(layer, name, input.x, hooks, input.transformed);
-      const out = b.rope(raw, pos, headDim, this.rope);
-      raw.dispose();
-      return out;
-    };
-    const q = rotated('q_proj');
-    const k = this.kvQuantized(rotated('k_proj'));
-    const v = this.kvQuantized(this.applyLinear(layer, 'v_proj', input.x, hooks, input.transformed));
-    if (input.transformed) input.x.dispose();
+    const [q, rawK, rawV] =
+      (!hooks?.linearInput && this.fusedQkv(layer, x, pos)) || this.qkv(layer, x, pos, hooks);
+    const k = this.kvQuantized(rawK);
+    const v = this.kvQuantized(rawV);
     const heads = { numHeads, numKvHeads, headDim };
     const past = cache?.past ?? 0;
     const cached = cache?.append(layer, k, v);
@@ -290,6 +283,33 @@ export class LlamaModel {
         : b.attention(q, k, v, { ...shape, ...heads });
     for (const t of [q, k, v]) t.dispose();
     return att;
+  }
+
+  /** q and k (after RoPE) and v for normed input x at positions `pos`. */
+  private qkv(layer: number, x: Tensor, pos: Int32Array, hooks?: ForwardHooks): [Tensor, Tensor, Tensor] {
+    const input = this.groupInput(layer, ['q_proj', 'k_proj', 'v_proj'], x);
+    const rotated = (name: 'q_proj' | 'k_proj') => {
+      const raw = this.applyLinear(layer, name, input.x, hooks, input.transformed);
+      const out = this.backend.rope(raw, pos, this.config.headDim, this.rope);
+      raw.dispose();
+      return out;
+    };
+    const out: [Tensor, Tensor, Tensor] = [
+      rotated('q_proj'),
+      rotated('k_proj'),
+      this.applyLinear(layer, 'v_proj', input.x, hooks, input.transformed),
+    ];
+    if (input.transformed) input.x.dispose();
+    return out;
+  }
+
+  /** qkv in one backend op, where the backend has one, the linears are plain and positions consecutive. */
+  private fusedQkv(layer: number, x: Tensor, pos: Int32Array): [Tensor, Tensor, Tensor] | undefined {
+    const { q_proj: q, k_proj: k, v_proj: v } = this.layers[layer].linears;
+    if (!this.backend.qkvRope || ![q, k, v].every(plainLinear)) return undefined;
+    if (pos.some((p, i) => p !== pos[0] + i)) return undefined;
+    const weight = (l: Linear) => l.packed ?? l.weight;
+    return this.backend.qkvRope(x, [weight(q), weight(k), weight(v)], pos[0], this.config.headDim, this.rope);
   }
 
   private kvQuantized(t: Tensor): Tensor {
@@ -326,8 +346,7 @@ export class LlamaModel {
   /** silu(gate x) * up x in one backend op, where the backend has one and both linears are plain. */
   private fusedGateUp(layer: number, x: Tensor): Tensor | undefined {
     const { gate_proj: gate, up_proj: up } = this.layers[layer].linears;
-    const plain = (l: Linear) => !l.int8 && !l.inputQuant && !l.bias;
-    if (!this.backend.gateUp || !plain(gate) || !plain(up)) return undefined;
+    if (!this.backend.gateUp || !plainLinear(gate) || !plainLinear(up)) return undefined;
     return this.backend.gateUp(x, gate.packed ?? gate.weight, up.packed ?? up.weight);
   }
 
@@ -427,6 +446,11 @@ export class LlamaModel {
     normed.dispose();
     return logits;
   }
+}
+
+/** A linear a fused backend op can run: weight (or codes) only, no bias, input quantizer or int8 path. */
+function plainLinear(l: Linear): boolean {
+  return !l.int8 && !l.inputQuant && !l.bias;
 }
 
 function positionsFrom(start: number, n: number): Int32Array {

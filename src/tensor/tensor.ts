@@ -102,6 +102,17 @@ export interface Backend {
    * where it does not apply, and the caller runs the three ops).
    */
   gateUp?(x: Tensor, gate: Tensor | PackedWeight, up: Tensor | PackedWeight): Tensor | undefined;
+  /**
+   * [rope(linear(x, wq)), rope(linear(x, wk)), linear(x, wv)] at positions first, first + 1, ... in
+   * one op where the backend can (optional; undefined where it does not apply).
+   */
+  qkvRope?(
+    x: Tensor,
+    weights: readonly [Tensor | PackedWeight, Tensor | PackedWeight, Tensor | PackedWeight],
+    first: number,
+    headDim: number,
+    table: RopeTable,
+  ): [Tensor, Tensor, Tensor] | undefined;
   /** c[M,N] = a[M,K] b[N,K]^T for i8 a and b, exact, as i32 (K a multiple of 4). */
   matmulInt8(a: Tensor, b: Tensor): Tensor;
   /**

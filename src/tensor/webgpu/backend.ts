@@ -28,10 +28,11 @@ import {
 import { attention, attentionCached } from './attention.ts';
 import { type ContextOptions, ELEM_BYTES, GpuContext, layoutOf, type Storage } from './context.ts';
 import { binary, copyRows, rope, scaleColumns, scaleRows, toF32 } from './elementwise.ts';
+import { type GemvOperand, gateUp, qkvRope } from './gemv-fused.ts';
 import { type Dot4Tile, Int8Gemm, type Int8Path, scaleInt32 as scaleInt32Kernel } from './int8.ts';
 import { kron } from './kron.ts';
 import { concatRows, sliceRows, transpose } from './layout.ts';
-import { DEFAULT_TILE, embedding, type GemmTile, type GemvOperand, gateUp, linear } from './matmul.ts';
+import { DEFAULT_TILE, embedding, type GemmTile, linear } from './matmul.ts';
 import { klDiv, nll, rmsnorm } from './norm.ts';
 import { fakeQuant, quantizeRowsInt8 } from './quant.ts';
 import { ggmlFakeQuant } from './quant-ggml.ts';
@@ -258,6 +259,22 @@ export class WebGpuBackend implements Backend {
     const [g, u] = [gate, up].map((w) => this.gemvOperand(x, w, 'gateUp'));
     const out = gateUp(this.ctx, this.st(x, 'gateUp'), g, u);
     return out && this.wrap(out, [x.shape[0], out.cols]);
+  }
+
+  qkvRope(
+    x: Tensor,
+    weights: readonly [Tensor | PackedWeight, Tensor | PackedWeight, Tensor | PackedWeight],
+    first: number,
+    headDim: number,
+    table: RopeTable,
+  ): [Tensor, Tensor, Tensor] | undefined {
+    const ops = weights.map((w) => this.gemvOperand(x, w, 'qkvRope')) as [
+      GemvOperand,
+      GemvOperand,
+      GemvOperand,
+    ];
+    const outs = qkvRope(this.ctx, this.st(x, 'qkvRope'), ops, first, headDim, table);
+    return outs?.map((o) => this.wrap(o, [x.shape[0], o.cols])) as [Tensor, Tensor, Tensor] | undefined;
   }
 
   private linearOf(

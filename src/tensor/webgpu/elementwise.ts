@@ -216,7 +216,7 @@ const ropeCaches = new WeakMap<GpuContext, WeakMap<RopeTable, RopeCache>>();
  * (f32 angle, f64 cos/sin rounded to f32, times attentionScaling rounded to f32): GPU sin/cos are
  * approximations that lose accuracy for angles in the thousands of radians.
  */
-function ropeTableBuffer(ctx: GpuContext, table: RopeTable, maxPos: number): RopeCache {
+export function ropeTableBuffer(ctx: GpuContext, table: RopeTable, maxPos: number): RopeCache {
   let perCtx = ropeCaches.get(ctx);
   if (!perCtx) ropeCaches.set(ctx, (perCtx = new WeakMap()));
   const cached = perCtx.get(table);

@@ -14,7 +14,6 @@
 import { fail } from '../../errors.ts';
 import type { DType } from '../tensor.ts';
 import { type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
-import { SILU_MUL } from './elementwise.ts';
 import { arrayType, FLAT_WG, loadFn } from './wgsl.ts';
 
 export interface GemmTile {
@@ -57,7 +56,7 @@ function tileLoads(t: GemmTile) {
 }
 
 /** Packed integer weights: codes of `codeBits` in u32 words, scales/zeros per group of `group`. */
-interface PackedLayout {
+export interface PackedLayout {
   codeBits: 4 | 8;
   group: number;
   /** a per-column group index array is bound (GPTQ act_order) */
@@ -71,7 +70,7 @@ interface PackedLayout {
  * picked with selects and a sign-extending extractBits, so the GEMM never indexes an array at run time
  * (a private array would sit in slow local memory).
  */
-function levelTable(pk: PackedLayout): string {
+export function levelTable(pk: PackedLayout): string {
   if (!pk.levels) return '';
   if (pk.levels.length !== 16)
     fail(`packed weights: a level grid of ${pk.levels.length} levels (16 expected)`);
@@ -147,7 +146,7 @@ function storeY(residual: boolean, at: string): string {
       Y[p.yOff + ${at}] = v;`;
 }
 
-function weightKey(dw: DType, pk?: PackedLayout): string {
+export function weightKey(dw: DType, pk?: PackedLayout): string {
   return pk
     ? `packed${pk.codeBits}g${pk.group}${pk.groupOf ? 'i' : ''}${pk.levels ? `lv${pk.levels.join('_')}` : ''}`
     : dw;
@@ -198,7 +197,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 /** The names a GEMV loop reads one weight through, and where its sums go in acc. */
-interface GemvWeight {
+export interface GemvWeight {
   /** dense: the load function; packed: the code, scale and zero arrays */
   ld: string;
   W: string;
@@ -212,7 +211,7 @@ interface GemvWeight {
 
 const ONE_WEIGHT: GemvWeight = { ld: 'ldW', W: 'W', S: 'S', Z: 'Z', off: 'p.wOff', acc: 0 };
 
-function gemvDenseLoop(M: number, wt: GemvWeight = ONE_WEIGHT): string {
+export function gemvDenseLoop(M: number, wt: GemvWeight = ONE_WEIGHT): string {
   return `
     let wRow = ${wt.off} + n * p.K;
     for (var k0 = lane * ${GEMV_KV}u; k0 < p.K; k0 += ${GEMV_LANES * GEMV_KV}u) {
@@ -231,7 +230,7 @@ function gemvDenseLoop(M: number, wt: GemvWeight = ONE_WEIGHT): string {
  * unless a g_idx maps each column), shifts instead of ldW's per-element divisions. Lanes take
  * consecutive words, so a subgroup's weight loads and its x loads each cover few cache lines.
  */
-function gemvPackedLoop(pk: PackedLayout, M: number, wt: GemvWeight = ONE_WEIGHT): string {
+export function gemvPackedLoop(pk: PackedLayout, M: number, wt: GemvWeight = ONE_WEIGHT): string {
   const per = 32 / pk.codeBits;
   const wordGroups = !pk.groupOf && pk.group % per === 0;
   const group = (k: string) =>
@@ -292,50 +291,6 @@ ${gemvMain(
   pk ? gemvPackedLoop(pk, M) : gemvDenseLoop(M),
   `var v = red[c * ${L * M}u + lane];
     ${storeY(residual, 'lane * p.ldy + p.n0 + n')}`,
-)}`,
-  };
-}
-
-/** silu(x gate^T) * (x up^T) for a few rows of x in one kernel: two weights of one layout, no bias. */
-function gemvGateUpKernel(dx: DType, dw: DType, M: number, pk: PackedLayout | undefined): Kernel {
-  const W = 2 * M;
-  const gate: GemvWeight = { ld: 'ldG', W: 'G', S: 'SG', Z: 'ZG', off: 'p.gOff', acc: 0 };
-  const up: GemvWeight = { ld: 'ldU', W: 'U', S: 'SU', Z: 'ZU', off: 'p.uOff', acc: M };
-  const loop = (wt: GemvWeight) => `{${pk ? gemvPackedLoop(pk, M, wt) : gemvDenseLoop(M, wt)}
-    }`;
-  const red = (i: string) => `red[c * ${GEMV_LANES * W}u + ${i}]`;
-  const packedArrays = ['SG', 'ZG', 'SU', 'ZU']
-    .map((a, i) => `@group(0) @binding(${5 + i}) var<storage, read> ${a}: array<f32>;`)
-    .join('\n');
-  return {
-    key: `gemv-gate-up:${dx}:${weightKey(dw, pk)}:${M}`,
-    bindings: [
-      'uniform',
-      'read',
-      'read',
-      'read',
-      'write',
-      ...(pk ? (['read', 'read', 'read', 'read'] as const) : []),
-    ],
-    code: () => `
-struct P { M: u32, N: u32, K: u32, xOff: u32, gOff: u32, uOff: u32, yOff: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> X: array<${arrayType(dx)}>;
-@group(0) @binding(2) var<storage, read> G: array<${arrayType(dw)}>;
-@group(0) @binding(3) var<storage, read> U: array<${arrayType(dw)}>;
-@group(0) @binding(4) var<storage, read_write> Y: array<f32>;
-${pk ? packedArrays : ''}
-${pk ? levelTable(pk) : ''}
-${loadFn('ldX', 'X', dx)}
-${pk ? '' : `${loadFn('ldG', 'G', dw)}\n${loadFn('ldU', 'U', dw)}`}
-${gemvMain(
-  'f32',
-  M,
-  loop(gate) + loop(up),
-  `let g = ${red('lane')};
-    let u = ${red(`${M}u + lane`)};
-    Y[p.yOff + lane * p.N + n] = ${SILU_MUL('g', 'u')};`,
-  W,
 )}`,
   };
 }
@@ -504,52 +459,6 @@ export function linear(
       );
     }
   }
-  return y;
-}
-
-/** One weight of a fused GEMV: plain (f32 / 16-bit) or packed codes. */
-export interface GemvOperand {
-  w: Storage;
-  packed?: PackedStorages;
-}
-
-function sameLayout(a: GemvOperand, b: GemvOperand): boolean {
-  if (a.w.dtype !== b.w.dtype || !a.packed !== !b.packed) return false;
-  if (!a.packed || !b.packed) return a.w.rows === b.w.rows;
-  const [p, q] = [a.packed, b.packed];
-  return (
-    p.rows === q.rows &&
-    p.codeBits === q.codeBits &&
-    p.group === q.group &&
-    !p.groupOf &&
-    !q.groupOf &&
-    (p.levels ?? []).join() === (q.levels ?? []).join()
-  );
-}
-
-/**
- * silu(x gate^T) * (x up^T) in one dispatch for a few rows of x (decoding), equal to linear, linear,
- * siluMul; undefined where it does not apply (more rows, different layouts, a g_idx, a weight larger
- * than one binding), and the caller runs the three ops.
- */
-export function gateUp(ctx: GpuContext, x: Storage, gate: GemvOperand, up: GemvOperand): Storage | undefined {
-  const M = x.rows;
-  if (M === 0 || M > GEMV_MAX_M || !sameLayout(gate, up)) return undefined;
-  const [gw, uw] = [gate.w, up.w].map((s) => ctx.wholeIfFits(s));
-  const xw = ctx.wholeIfFits(x);
-  if (!gw || !uw || !xw) return undefined;
-  const N = gate.packed ? gate.packed.rows : gate.w.rows;
-  const y = ctx.allocStorage(M, N, 'f32');
-  const yw = ctx.whole(y, 'gateUp');
-  const extra = [gate.packed, up.packed].flatMap((pk) =>
-    pk ? [pk.scales, pk.zeros].map((s) => ctx.whole(s, 'gateUp').binding) : [],
-  );
-  ctx.dispatch(
-    gemvGateUpKernel(x.dtype, gate.w.dtype, M, gate.packed),
-    new Params().u(M).u(N).u(x.cols).u(xw.off).u(gw.off).u(uw.off).u(yw.off),
-    [xw.binding, gw.binding, uw.binding, yw.binding, ...extra],
-    grid2(Math.ceil(N / GEMV_COLS)),
-  );
   return y;
 }
 

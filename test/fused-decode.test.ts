@@ -1,0 +1,119 @@
+/**
+ * The fused WebGPU decode ops (webgpu/gemv-fused.ts, the residual store of matmul.ts) against the ops
+ * they replace: q/k/v + RoPE, gate/up + SiLU and the residual adds give the same logits bit for bit,
+ * on 16-bit and packed (W4, IQ4_XS) weights, in fewer dispatches.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { parseFormat } from '../src/formats/index.ts';
+import { LINEARS, type LlamaModel } from '../src/model/llama.ts';
+import { loadLlama } from '../src/model/llama-dir.ts';
+import { usePackedWeights } from '../src/model/packed.ts';
+import '../src/quant/methods.ts';
+import { quantizeModel } from '../src/quant/pipeline.ts';
+import { resolveRecipe } from '../src/quant/recipe.ts';
+import { KvCache } from '../src/runtime/kv-cache.ts';
+import { f32ToBf16 } from '../src/tensor/dtype.ts';
+import type { Tensor } from '../src/tensor/tensor.ts';
+import { openDevice, WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
+import { MODELS, rng } from './helpers.ts';
+
+const probe = await openDevice();
+probe?.device.destroy();
+const gpu = probe ? await WebGpuBackend.create() : undefined;
+const skip = gpu ? false : 'no WebGPU adapter';
+const FUSED = ['qkvRope', 'gateUp', 'linearAdd'] as const;
+
+/** Runs `f` with the backend's fused ops hidden (the model then runs the separate ops). */
+async function unfused<T>(b: WebGpuBackend, f: () => Promise<T>): Promise<T> {
+  const own = b as unknown as Record<string, unknown>;
+  for (const name of FUSED) own[name] = undefined;
+  try {
+    return await f();
+  } finally {
+    for (const name of FUSED) delete own[name];
+  }
+}
+
+/** Logits of a prompt of 3 then 1, 1 and 2 tokens through the KV cache, and the dispatches they took. */
+async function decode(model: LlamaModel): Promise<{ logits: Float32Array[]; dispatches: number }> {
+  const b = model.backend as WebGpuBackend;
+  const cache = new KvCache(model, 32);
+  const start = b.ctx.recorded;
+  const logits: Float32Array[] = [];
+  for (const ids of [[1, 50, 300], [7], [900], [12, 44]]) {
+    cache.reserve(ids.length);
+    const out = model.forwardCached(Int32Array.from(ids), cache);
+    logits.push(await b.read(out));
+    out.dispose();
+  }
+  cache.dispose();
+  return { logits, dispatches: b.ctx.recorded - start };
+}
+
+test('WebGPU decoding with the fused q/k/v + RoPE, gate/up + SiLU and residual stores equals the separate ops bit for bit (bf16, W4 g64, IQ4_XS codes)', {
+  skip,
+}, async () => {
+  for (const format of ['bf16', 'int4-g64', 'iq4_xs']) {
+    const model = loadLlama(`${MODELS}llama-tiny`, gpu!);
+    if (format !== 'bf16') {
+      await quantizeModel(model, { ...resolveRecipe('rtn-w4g128'), weights: parseFormat(format) }, undefined);
+      assert.equal(usePackedWeights(model, true), LINEARS.length * model.layers.length);
+    }
+    const want = await unfused(gpu!, () => decode(model));
+    const got = await decode(model);
+    assert.deepEqual(got.logits, want.logits, format);
+    // one-row steps: 15 dispatches a layer become 7 (q/k/v+RoPE, gate/up+SiLU, two residual adds)
+    const layers = model.layers.length;
+    assert.ok(
+      want.dispatches - got.dispatches >= 2 * 8 * layers,
+      `${format}: ${want.dispatches} -> ${got.dispatches}`,
+    );
+    model.dispose();
+  }
+});
+
+test('WebGPU fused ops against the separate ones on random operands: f32 / bf16 weights, 1-4 rows (GEMV) and the GEMM's residual store; undefined beyond 4 rows', {
+  skip,
+}, async () => {
+  const b = gpu!;
+  const read = (t: Tensor) => b.read(t);
+  const r = rng(5);
+  const K = 96;
+  const headDim = 16;
+  const table = {
+    invFreq: Float32Array.from({ length: headDim / 2 }, (_, i) => 10000 ** (-i / 8)),
+    attentionScaling: 1,
+  };
+  for (const dtype of ['f32', 'bf16'] as const) {
+    const weight = (n: number) => {
+      const v = r.normal(n * K, 0.1);
+      return dtype === 'f32' ? b.upload(v, [n, K], 'f32') : b.upload(f32ToBf16(v), [n, K], 'bf16');
+    };
+    const [wq, wk, wv, wg, wu] = [48, 32, 32, 40, 40].map(weight);
+    for (const M of [1, 3, 4]) {
+      const x = b.upload(r.normal(M * K), [M, K], 'f32');
+      const pos = Int32Array.from({ length: M }, (_, i) => 5 + i);
+      const fused = b.qkvRope(x, [wq, wk, wv], 5, headDim, table)!;
+      const want = [
+        b.rope(b.linear(x, wq), pos, headDim, table),
+        b.rope(b.linear(x, wk), pos, headDim, table),
+        b.linear(x, wv),
+      ];
+      for (let i = 0; i < 3; i++)
+        assert.deepEqual(await read(fused[i]), await read(want[i]), `${dtype} qkv ${i} M ${M}`);
+      assert.deepEqual(
+        await read(b.gateUp(x, wg, wu)!),
+        await read(b.siluMul(b.linear(x, wg), b.linear(x, wu))),
+      );
+      const res = b.upload(r.normal(M * 40), [M, 40], 'f32');
+      assert.deepEqual(await read(b.linearAdd(x, wg, res)), await read(b.add(res, b.linear(x, wg))));
+    }
+    const x5 = b.upload(r.normal(5 * K), [5, K], 'f32');
+    assert.equal(b.gateUp(x5, wg, wu), undefined);
+    assert.equal(b.qkvRope(x5, [wq, wk, wv], 0, headDim, table), undefined);
+    // the GEMM path (5 rows) adds the residual in its store too
+    const res5 = b.upload(r.normal(5 * 40), [5, 40], 'f32');
+    assert.deepEqual(await read(b.linearAdd(x5, wg, res5)), await read(b.add(res5, b.linear(x5, wg))));
+  }
+});
