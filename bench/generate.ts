@@ -319,10 +319,18 @@ function publishReport(files: string): void {
       ? `llama-small (bf16 weights, f32 math)${model.endsWith(NO_REUSE) ? NO_REUSE : ''}`
       : model.replace('llama-3-8b synthetic', 'Llama-3-8B shapes,');
     const base = small ? baseline('llama-small torch.float32') : baseline('llama-3-8b random bf16');
+    const unfused = best.get(`${model}${UNFUSED}`);
     const measured = {
       model: name,
       'llmq decode tokens/s': r.decodeTokensPerSecond,
       'llmq prompt (128 tokens) s': r.prefillSeconds,
+      ...(r.dispatchesPerToken === undefined
+        ? {}
+        : {
+            'dispatches a token': r.dispatchesPerToken as number,
+            'host encode ms a token': r.encodeMsPerToken as number,
+          }),
+      ...(unfused ? { 'vs unfused': r.decodeTokensPerSecond / unfused.decodeTokensPerSecond } : {}),
     };
     rows.push(
       device

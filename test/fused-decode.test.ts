@@ -73,7 +73,7 @@ test('WebGPU decoding with the fused q/k/v + RoPE, gate/up + SiLU and residual s
   }
 });
 
-test('WebGPU fused ops against the separate ones on random operands: f32 / bf16 weights, 1-4 rows (GEMV) and the GEMM's residual store; undefined beyond 4 rows', {
+test('WebGPU fused ops against the separate ones on random operands: f32 / bf16 weights, 1-4 rows (GEMV) and the GEMM residual store; undefined beyond 4 rows', {
   skip,
 }, async () => {
   const b = gpu!;
