@@ -467,7 +467,7 @@ function gatherKernel(dt: DType): Kernel {
     key: `gather:${dt}`,
     bindings: ['uniform', 'read', 'read', 'write'],
     code: () => `
-struct P { n: u32, d: u32, tOff: u32, t0: u32, tRows: u32, oOff: u32, idOff: u32 }
+struct P { n: u32, d: u32, tOff: u32, t0: u32, tRows: u32, oOff: u32, idOff: u32, single: i32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> T: array<${arrayType(dt)}>;
 @group(0) @binding(2) var<storage, read> IDS: array<i32>;
@@ -480,7 +480,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let e = flatWg(wid, nwg) * 256u + lid;
   if (e >= p.n * p.d) { return; }
   let r = e / p.d;
-  let id = u32(IDS[p.idOff + r]) - p.t0;
+  // single >= 0: one id, passed in the parameters (a decode step then writes no host data buffer)
+  var id = u32(p.single) - p.t0;
+  if (p.single < 0) { id = u32(IDS[p.idOff + r]) - p.t0; }
   if (id >= p.tRows) { return; }
   O[p.oOff + e] = ldT(p.tOff + id * p.d + e % p.d);
 }`,
@@ -495,12 +497,22 @@ export function embedding(ctx: GpuContext, table: Storage, ids: Int32Array): Sto
     if (id < 0 || id >= V) fail(`embedding: token id ${id} outside the vocabulary (${V})`);
   const out = ctx.allocStorage(ids.length, D, 'f32');
   if (ids.length === 0 || D === 0) return out;
-  const idBinding = ctx.hostData(new Uint8Array(ids.buffer, ids.byteOffset, ids.byteLength));
+  const single = ids.length === 1 ? ids[0] : -1;
+  const idBinding =
+    single >= 0 ? ctx.dummy() : ctx.hostData(new Uint8Array(ids.buffer, ids.byteOffset, ids.byteLength));
   const k = gatherKernel(table.dtype);
   const tSegs = ctx.segments(V, [{ s: table, row0: 0 }], 1, 'embedding');
   for (const os of ctx.segments(ids.length, [{ s: out, row0: 0 }], 1, 'embedding')) {
     for (const ts of tSegs) {
-      const params = new Params().u(os.n).u(D).u(ts.w[0].off).u(ts.r0).u(ts.n).u(os.w[0].off).u(os.r0);
+      const params = new Params()
+        .u(os.n)
+        .u(D)
+        .u(ts.w[0].off)
+        .u(ts.r0)
+        .u(ts.n)
+        .u(os.w[0].off)
+        .u(os.r0)
+        .i(single);
       ctx.dispatch(
         k,
         params,
