@@ -459,15 +459,7 @@ export class GpuContext {
   pipeline(k: Kernel): { pipeline: GPUComputePipeline; layout: GPUBindGroupLayout } {
     let p = this.pipelines.get(k.key);
     if (!p) {
-      const layout = this.device.createBindGroupLayout({
-        entries: k.bindings.map((kind, binding) => ({
-          binding,
-          visibility: 4, // COMPUTE
-          buffer: {
-            type: kind === 'uniform' ? 'uniform' : kind === 'read' ? 'read-only-storage' : 'storage',
-          },
-        })),
-      });
+      const layout = this.bindGroupLayout(k);
       const module = this.device.createShaderModule({ code: k.code(), label: k.key });
       const pipeline = this.device.createComputePipeline({
         label: k.key,
@@ -480,6 +472,24 @@ export class GpuContext {
     return p;
   }
 
+  /**
+   * A kernel's bindings as a layout. A uniform at binding 0 takes a dynamic offset: bind groups are
+   * cached without it, so parameters that change every decode step (a position, the cached length)
+   * move only the offset instead of needing a new bind group.
+   */
+  private bindGroupLayout(k: Kernel): GPUBindGroupLayout {
+    return this.device.createBindGroupLayout({
+      entries: k.bindings.map((kind, binding) => ({
+        binding,
+        visibility: 4, // COMPUTE
+        buffer:
+          kind === 'uniform'
+            ? { type: 'uniform', hasDynamicOffset: binding === 0 }
+            : { type: kind === 'read' ? 'read-only-storage' : 'storage' },
+      })),
+    });
+  }
+
   /** Compiles a kernel asynchronously; resolves to an error message or undefined. */
   async tryCompile(k: Kernel): Promise<string | undefined> {
     try {
@@ -490,15 +500,7 @@ export class GpuContext {
       const scopeErr = await this.device.popErrorScope();
       if (errors.length > 0) return errors.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join('; ');
       if (scopeErr) return scopeErr.message;
-      const layout = this.device.createBindGroupLayout({
-        entries: k.bindings.map((kind, binding) => ({
-          binding,
-          visibility: 4,
-          buffer: {
-            type: kind === 'uniform' ? 'uniform' : kind === 'read' ? 'read-only-storage' : 'storage',
-          },
-        })),
-      });
+      const layout = this.bindGroupLayout(k);
       const pipeline = await this.device.createComputePipelineAsync({
         label: k.key,
         layout: this.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
@@ -547,9 +549,15 @@ export class GpuContext {
     if (x > this.maxGroups || y > this.maxGroups || z > this.maxGroups)
       fail(`WebGPU ${k.key}: grid ${x}x${y}x${z} exceeds ${this.maxGroups} workgroups per dimension`);
     const { pipeline, layout } = this.pipeline(k);
-    const all = params ? [this.params(params), ...bindings] : bindings;
+    let all = params ? [this.params(params), ...bindings] : bindings;
     if (all.length !== k.bindings.length)
       throw new Error(`${k.key}: ${all.length} bindings for ${k.bindings.length}`);
+    const offsets: number[] = [];
+    if (k.bindings[0] === 'uniform') {
+      const { buffer, offset = 0, size } = all[0];
+      offsets.push(offset);
+      all = [{ buffer, offset: 0, size }, ...all.slice(1)];
+    }
     const create = () =>
       this.device.createBindGroup({
         layout,
@@ -558,7 +566,7 @@ export class GpuContext {
     const group = this.bindGroups ? this.bindGroups.get(k.key, all, create) : create();
     this.pass ??= this.enc().beginComputePass();
     this.pass.setPipeline(pipeline);
-    this.pass.setBindGroup(0, group);
+    this.pass.setBindGroup(0, group, offsets);
     this.pass.dispatchWorkgroups(x, y, z);
     this.recorded++;
     if (++this.dispatches >= this.perSubmit) this.flush();

@@ -45,7 +45,6 @@ function gemvGateUpKernel(dx: DType, dw: DType, M: number, pk: PackedLayout | un
   const up: GemvWeight = { ld: 'ldU', W: 'U', S: 'SU', Z: 'ZU', off: 'p.uOff', acc: M };
   const loop = (wt: GemvWeight) => weightLoop(pk, M, wt);
   const red = (i: string) => `red[c * ${GEMV_LANES * W}u + ${i}]`;
-  const packedArrays = scaleArrays(['SG', 'ZG', 'SU', 'ZU'], 5);
   return {
     key: `gemv-gate-up:${dx}:${weightKey(dw, pk)}:${M}`,
     bindings: [
@@ -63,7 +62,7 @@ struct P { M: u32, N: u32, K: u32, xOff: u32, gOff: u32, uOff: u32, yOff: u32 }
 @group(0) @binding(2) var<storage, read> G: array<${arrayType(dw)}>;
 @group(0) @binding(3) var<storage, read> U: array<${arrayType(dw)}>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
-${pk ? packedArrays : ''}
+${pk ? scaleArrays(['SG', 'ZG', 'SU', 'ZU'], 5) : ''}
 ${pk ? levelTable(pk) : ''}
 ${loadFn('ldX', 'X', dx)}
 ${pk ? '' : `${loadFn('ldG', 'G', dw)}\n${loadFn('ldU', 'U', dw)}`}
@@ -133,6 +132,25 @@ export function gateUp(ctx: GpuContext, x: Storage, gate: GemvOperand, up: GemvO
  * (c < 4) or the one head_dim / 2 after it; the store rotates each pair as the rope kernel does.
  */
 function gemvQkvRopeKernel(dx: DType, dw: DType, M: number, pk: PackedLayout | undefined): Kernel {
+  return {
+    key: `gemv-qkv-rope:${dx}:${weightKey(dw, pk)}:${M}`,
+    bindings: [
+      'uniform',
+      'read',
+      'read',
+      'read',
+      'read',
+      'read',
+      'write',
+      'write',
+      'write',
+      ...(pk ? (['read', 'read', 'read', 'read', 'read', 'read'] as const) : []),
+    ],
+    code: () => qkvRopeCode(dx, dw, M, pk),
+  };
+}
+
+function qkvRopeCode(dx: DType, dw: DType, M: number, pk: PackedLayout | undefined): string {
   const L = GEMV_LANES;
   const names = ['Q', 'K', 'V'];
   const weights: GemvWeight[] = names.map((t) => ({
@@ -151,21 +169,7 @@ function gemvQkvRopeKernel(dx: DType, dw: DType, M: number, pk: PackedLayout | u
     .join('\n');
   const loads = pk ? '' : names.map((t) => loadFn(`ldW${t}`, `W${t}`, dw)).join('\n');
   const red = (slot: string) => `red[(${slot}) * ${L * M}u + lane]`;
-  return {
-    key: `gemv-qkv-rope:${dx}:${weightKey(dw, pk)}:${M}`,
-    bindings: [
-      'uniform',
-      'read',
-      'read',
-      'read',
-      'read',
-      'read',
-      'write',
-      'write',
-      'write',
-      ...(pk ? (['read', 'read', 'read', 'read', 'read', 'read'] as const) : []),
-    ],
-    code: () => `
+  return `
 struct P { K: u32, xOff: u32, wQOff: u32, wKOff: u32, wVOff: u32, pq: u32, pk: u32, pv: u32, half: u32,
   first: u32, yQOff: u32, yKOff: u32, yVOff: u32 }
 @group(0) @binding(0) var<uniform> p: P;
@@ -228,8 +232,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       }
     }
   }
-}`,
-  };
+}`;
 }
 
 /**
