@@ -96,6 +96,11 @@ async function smallRate(backend: Backend, variant: string): Promise<void> {
     ? fs.readFileSync(values.text, 'utf8')
     : 'The history of the city begins '.repeat(40);
   const prompt = tokenizer.encode(text).subarray(0, promptLen);
+  await withAndWithoutFusions(backend, variant, (v) => smallRuns(engine, prompt, v));
+}
+
+async function smallRuns(engine: ModelEngine, prompt: Int32Array, variant: string): Promise<void> {
+  const backend = engine.model.backend;
   await engine.generate(prompt, { maxTokens: 8 }); // warm-up: pipelines compiled, buffers pooled
   for (let rep = 0; rep < 2; rep++) {
     engine.dispose(); // no prefix reuse between repetitions
@@ -262,16 +267,24 @@ function dispatchesRecorded(b: Backend): number {
   return b instanceof WebGpuBackend ? b.ctx.recorded : 0;
 }
 
-/** decodeRate with the backend's fused ops, and (--fusions both) first without them. */
-async function decodeRates(model: LlamaModel, variant: string): Promise<void> {
+/** run(variant) with the backend's fused ops, and (--fusions both) first without them. */
+async function withAndWithoutFusions(
+  backend: Backend,
+  variant: string,
+  run: (variant: string) => Promise<void>,
+): Promise<void> {
   if (values.fusions === 'both') {
-    const b = model.backend as Backend & Record<string, unknown>;
+    const b = backend as Backend & Record<string, unknown>;
     const fused = { gateUp: b.gateUp, linearAdd: b.linearAdd, qkvRope: b.qkvRope };
     Object.assign(b, { gateUp: undefined, linearAdd: undefined, qkvRope: undefined });
-    await decodeRate(model, `${variant}${UNFUSED}`);
+    await run(`${variant}${UNFUSED}`);
     Object.assign(b, fused);
   }
-  await decodeRate(model, variant);
+  await run(variant);
+}
+
+function decodeRates(model: LlamaModel, variant: string): Promise<void> {
+  return withAndWithoutFusions(model.backend, variant, (v) => decodeRate(model, v));
 }
 
 async function synthRates(backend: Backend, variant: string): Promise<void> {
@@ -316,7 +329,7 @@ function publishReport(files: string): void {
   for (const [model, r] of best) {
     const small = !model.includes('8b');
     const name = small
-      ? `llama-small (bf16 weights, f32 math)${model.endsWith(NO_REUSE) ? NO_REUSE : ''}`
+      ? `llama-small (bf16 weights, f32 math)${[NO_REUSE, UNFUSED].find((v) => model.endsWith(v)) ?? ''}`
       : model.replace('llama-3-8b synthetic', 'Llama-3-8B shapes,');
     const base = small ? baseline('llama-small torch.float32') : baseline('llama-3-8b random bf16');
     const unfused = best.get(`${model}${UNFUSED}`);
