@@ -23,7 +23,7 @@ import {
   type PackedStorages,
   weightKey,
 } from './matmul.ts';
-import { arrayType, FLAT_WG, loadFn } from './wgsl.ts';
+import { arrayType, loadFn } from './wgsl.ts';
 
 /** The loop of one weight of a fused kernel, in its own scope. */
 function weightLoop(pk: PackedLayout | undefined, M: number, wt: GemvWeight): string {
@@ -169,6 +169,39 @@ function qkvRopeCode(dx: DType, dw: DType, M: number, pk: PackedLayout | undefin
     .join('\n');
   const loads = pk ? '' : names.map((t) => loadFn(`ldW${t}`, `W${t}`, dw)).join('\n');
   const red = (slot: string) => `red[(${slot}) * ${L * M}u + lane]`;
+  const column = `let c2 = c % ${GEMV_COLS / 2}u;
+  let side = c / ${GEMV_COLS / 2}u;
+  // which projection (3: none) and which of its column pairs
+  var t = 3u;
+  var pair = flatWg(wid, nwg) * ${GEMV_COLS / 2}u + c2;
+  if (pair < p.pq) { t = 0u; } else {
+    pair -= p.pq;
+    if (pair < p.pk) { t = 1u; } else { pair -= p.pk; if (pair < p.pv) { t = 2u; } }
+  }
+  let i = pair % p.half;
+  let n = (pair / p.half) * 2u * p.half + i + side * p.half;`;
+  const store = `if (side == 0u) {
+      let a = ${red('c')};
+      let b = ${red(`c + ${GEMV_COLS / 2}u`)};
+      if (t == 2u) {
+        let at = p.yVOff + lane * 2u * p.pv + n;
+        YV[at] = a;
+        YV[at + p.half] = b;
+      } else {
+        let cs = CS[(p.first + lane) * p.half + i];
+        let ra = a * cs.x - b * cs.y;
+        let rb = b * cs.x + a * cs.y;
+        if (t == 0u) {
+          let at = p.yQOff + lane * 2u * p.pq + n;
+          YQ[at] = ra;
+          YQ[at + p.half] = rb;
+        } else {
+          let at = p.yKOff + lane * 2u * p.pk + n;
+          YK[at] = ra;
+          YK[at + p.half] = rb;
+        }
+      }
+    }`;
   return `
 struct P { K: u32, xOff: u32, wQOff: u32, wKOff: u32, wVOff: u32, pq: u32, pk: u32, pv: u32, half: u32,
   first: u32, yQOff: u32, yKOff: u32, yVOff: u32 }
@@ -181,58 +214,15 @@ ${pk ? scaleArrays(['SQ', 'ZQ', 'SK', 'ZK', 'SV', 'ZV'], 9) : ''}
 ${pk ? levelTable(pk) : ''}
 ${loadFn('ldX', 'X', dx)}
 ${loads}
-${FLAT_WG}
-var<workgroup> red: array<f32, ${GEMV_COLS * L * M}>;
-@compute @workgroup_size(${GEMV_COLS * L})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let c = lid / ${L}u;
-  let lane = lid % ${L}u;
-  let side = c / ${GEMV_COLS / 2}u;
-  // which projection (3: none) and which of its column pairs
-  var t = 3u;
-  var pair = flatWg(wid, nwg) * ${GEMV_COLS / 2}u + c % ${GEMV_COLS / 2}u;
-  if (pair < p.pq) { t = 0u; } else {
-    pair -= p.pq;
-    if (pair < p.pk) { t = 1u; } else { pair -= p.pk; if (pair < p.pv) { t = 2u; } }
-  }
-  let i = pair % p.half;
-  let n = (pair / p.half) * 2u * p.half + i + side * p.half;
-  var acc: array<f32, ${M}>;
-  if (t == 0u) ${weightLoop(pk, M, weights[0])} else if (t == 1u) ${weightLoop(pk, M, weights[1])} else if (t == 2u) ${weightLoop(pk, M, weights[2])}
-  for (var m = 0u; m < ${M}u; m++) { red[(c * ${L}u + lane) * ${M}u + m] = acc[m]; }
-  for (var w = ${L / 2}u; w > 0u; w = w >> 1u) {
-    workgroupBarrier();
-    if (lane < w) {
-      for (var m = 0u; m < ${M}u; m++) {
-        red[(c * ${L}u + lane) * ${M}u + m] += red[(c * ${L}u + lane + w) * ${M}u + m];
-      }
-    }
-  }
-  workgroupBarrier();
-  if (lane < ${M}u && side == 0u && t < 3u) {
-    let a = ${red('c')};
-    let b = ${red(`c + ${GEMV_COLS / 2}u`)};
-    if (t == 2u) {
-      let at = p.yVOff + lane * 2u * p.pv + n;
-      YV[at] = a;
-      YV[at + p.half] = b;
-    } else {
-      let cs = CS[(p.first + lane) * p.half + i];
-      let ra = a * cs.x - b * cs.y;
-      let rb = b * cs.x + a * cs.y;
-      if (t == 0u) {
-        let at = p.yQOff + lane * 2u * p.pq + n;
-        YQ[at] = ra;
-        YQ[at + p.half] = rb;
-      } else {
-        let at = p.yKOff + lane * 2u * p.pk + n;
-        YK[at] = ra;
-        YK[at + p.half] = rb;
-      }
-    }
-  }
-}`;
+${gemvMain(
+  'f32',
+  M,
+  `
+    if (t == 0u) ${weightLoop(pk, M, weights[0])} else if (t == 1u) ${weightLoop(pk, M, weights[1])} else ${weightLoop(pk, M, weights[2])}`,
+  store,
+  M,
+  { decl: column, active: 't < 3u' },
+)}`;
 }
 
 /**

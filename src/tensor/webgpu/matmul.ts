@@ -165,9 +165,18 @@ const GEMV_WORDS = 4;
  * The entry point of a matrix-vector kernel: thread (c, lane) accumulates `acc[m]` for output column n
  * with `loop`, the lanes' partial sums are added in shared memory, and lane m < M runs `store` with the
  * sum for row m in red[c * LANES * W + lane] (W = `width` sums a thread, M by default; a kernel with two
- * weights keeps the second's at acc[M + m], red[c * LANES * W + M + lane]). Needs FLAT_WG and p.N.
+ * weights keeps the second's at acc[M + m], red[c * LANES * W + M + lane]). `column` declares n and
+ * says whether the thread has one (by default the workgroup's GEMV_COLS consecutive columns below
+ * p.N). Needs FLAT_WG.
  */
-export function gemvMain(acc: 'f32' | 'i32', M: number, loop: string, store: string, width = M): string {
+export function gemvMain(
+  acc: 'f32' | 'i32',
+  M: number,
+  loop: string,
+  store: string,
+  width = M,
+  column = { decl: `let n = flatWg(wid, nwg) * ${GEMV_COLS}u + c;`, active: 'n < p.N' },
+): string {
   const L = GEMV_LANES;
   return `${FLAT_WG}
 var<workgroup> red: array<${acc}, ${GEMV_COLS * L * width}>;
@@ -176,9 +185,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {
   let c = lid / ${L}u;
   let lane = lid % ${L}u;
-  let n = flatWg(wid, nwg) * ${GEMV_COLS}u + c;
+  ${column.decl}
   var acc: array<${acc}, ${width}>;
-  if (n < p.N) {${loop}
+  if (${column.active}) {${loop}
   }
   for (var m = 0u; m < ${width}u; m++) { red[(c * ${L}u + lane) * ${width}u + m] = acc[m]; }
   for (var w = ${L / 2}u; w > 0u; w = w >> 1u) {
@@ -190,7 +199,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
   }
   workgroupBarrier();
-  if (lane < ${M}u && n < p.N) {
+  if (lane < ${M}u && ${column.active}) {
     ${store}
   }
 }`;
