@@ -102,18 +102,22 @@ export class BindGroupCache {
 
   /** The bind group for `bindings` of a kernel, made by `create` when not cached. */
   get(kernel: string, bindings: readonly GPUBufferBinding[], create: () => GPUBindGroup): GPUBindGroup {
-    if (bindings.some((b) => this.transient.has(b.buffer))) {
-      this.misses++;
-      return create();
+    // one pass building the key: this runs for every dispatch
+    let key = kernel;
+    for (const b of bindings) {
+      if (this.transient.has(b.buffer)) {
+        this.misses++;
+        return create();
+      }
+      key += `|${this.idOf(b.buffer)}:${b.offset}:${b.size}`;
     }
-    const ids = bindings.map((b) => this.idOf(b.buffer));
-    const key = `${kernel}|${bindings.map((b, k) => `${ids[k]}:${b.offset}:${b.size}`).join(',')}`;
     const hit = this.groups.get(key);
     if (hit) {
       this.hits++;
       return hit;
     }
     this.misses++;
+    const ids = bindings.map((b) => this.idOf(b.buffer));
     if (this.groups.size >= MAX_GROUPS) this.clear();
     const group = create();
     this.groups.set(key, group);

@@ -192,6 +192,7 @@ export class GpuContext {
   readonly uniformAlign: number;
   readonly maxWorkgroupStorage: number;
   readonly maxInvocations: number;
+  readonly maxStorageBuffers: number;
   readonly maxGroups: number;
   private readonly poolLimit: number;
   private readonly perSubmit: number;
@@ -233,6 +234,7 @@ export class GpuContext {
     this.uniformAlign = Math.max(16, lim.minUniformBufferOffsetAlignment);
     this.maxWorkgroupStorage = lim.maxComputeWorkgroupStorageSize;
     this.maxInvocations = lim.maxComputeInvocationsPerWorkgroup;
+    this.maxStorageBuffers = lim.maxStorageBuffersPerShaderStage;
     this.maxGroups = lim.maxComputeWorkgroupsPerDimension;
     this.poolLimit = opts.poolBytes ?? 1 << 30;
     this.perSubmit = opts.dispatchesPerSubmit ?? 64;

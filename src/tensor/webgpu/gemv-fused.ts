@@ -94,7 +94,7 @@ function sameLayout(a: GemvOperand, b: GemvOperand): boolean {
     p.group === q.group &&
     !p.groupOf &&
     !q.groupOf &&
-    (p.levels ?? []).join() === (q.levels ?? []).join()
+    (p.levels === q.levels || (p.levels ?? []).join() === (q.levels ?? []).join())
   );
 }
 
@@ -243,8 +243,7 @@ export function qkvRope(
   const [q, k, v] = weights;
   const half = headDim / 2;
   const needs = q.packed ? 14 : 8;
-  if (M === 0 || M > GEMV_MAX_M || ctx.device.limits.maxStorageBuffersPerShaderStage < needs)
-    return undefined;
+  if (M === 0 || M > GEMV_MAX_M || ctx.maxStorageBuffers < needs) return undefined;
   if (!sameLayout(q, k) || !sameLayout(q, v) || table.invFreq.length !== half) return undefined;
   const rows = weights.map(rowsOf);
   if (rows.some((n) => n % headDim !== 0)) return undefined;
