@@ -367,7 +367,7 @@ test('llama-tiny perplexity on 2 windows of 512 is within 0.01% of the CPU backe
   single.windowMeanNll.forEach((v, i) => assert.ok(Math.abs(v - got.windowMeanNll[i]) < 1e-5, `window ${i}`));
 });
 
-test('forward passes and decode steps free what they allocate (device bytes stay flat)', {
+test('forward passes (activation-quantized too) and decode steps free what they allocate (device bytes stay flat)', {
   skip,
 }, async () => {
   const model = loadLlama(`${MODELS}llama-tiny`, gpu!);
@@ -394,6 +394,14 @@ test('forward passes and decode steps free what they allocate (device bytes stay
   for (let i = 9; i < 14; i++) await step(ids.subarray(i, i + 1));
   assert.equal(gpu!.ctx.liveBytes, afterStep, 'decode');
   cache.dispose();
+  // activation-quantized linears (W8A8 fake quantization): their quantized inputs are freed too
+  for (const layer of model.layers)
+    for (const lin of Object.values(layer.linears))
+      lin.inputQuant = { spec: { kind: 'int', bits: 8, symmetric: true, granularity: 'row' } };
+  await pass();
+  const quantized = gpu!.ctx.liveBytes;
+  for (let i = 0; i < 3; i++) await pass();
+  assert.equal(gpu!.ctx.liveBytes, quantized, 'forward with quantized inputs');
 });
 
 test('reused uniforms and bind groups: a recycled page or the arena fallback never changes results', {
