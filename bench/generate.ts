@@ -275,8 +275,9 @@ async function withAndWithoutFusions(
 ): Promise<void> {
   if (values.fusions === 'both') {
     const b = backend as Backend & Record<string, unknown>;
-    const fused = { gateUp: b.gateUp, linearAdd: b.linearAdd, qkvRope: b.qkvRope };
-    Object.assign(b, { gateUp: undefined, linearAdd: undefined, qkvRope: undefined });
+    const names = ['gateUp', 'linearAdd', 'qkvRope', 'linearInt8'];
+    const fused = Object.fromEntries(names.map((n) => [n, b[n]]));
+    Object.assign(b, Object.fromEntries(names.map((n) => [n, undefined])));
     await run(`${variant}${UNFUSED}`);
     Object.assign(b, fused);
   }

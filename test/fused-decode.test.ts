@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { parseFormat } from '../src/formats/index.ts';
+import { useInt8Matmuls } from '../src/model/int8.ts';
 import { LINEARS, type LlamaModel } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
 import { usePackedWeights } from '../src/model/packed.ts';
@@ -22,7 +23,7 @@ const probe = await openDevice();
 probe?.device.destroy();
 const gpu = probe ? await WebGpuBackend.create() : undefined;
 const skip = gpu ? false : 'no WebGPU adapter';
-const FUSED = ['qkvRope', 'gateUp', 'linearAdd'] as const;
+const FUSED = ['qkvRope', 'gateUp', 'linearAdd', 'linearInt8'] as const;
 
 /** Runs `f` with the backend's fused ops hidden (the model then runs the separate ops). */
 async function unfused<T>(b: WebGpuBackend, f: () => Promise<T>): Promise<T> {
@@ -73,6 +74,23 @@ test('WebGPU decoding with the fused q/k/v + RoPE, gate/up + SiLU and residual s
   }
 });
 
+test('WebGPU W8A8 decoding: the int8 GEMV with the scales and residual in its store, one input quantization for q/k/v and for gate/up, equals the separate ops bit for bit', {
+  skip,
+}, async () => {
+  const model = loadLlama(`${MODELS}llama-tiny`, gpu!);
+  await quantizeModel(model, resolveRecipe('rtn-w8a8'), undefined);
+  assert.equal(useInt8Matmuls(model), LINEARS.length * model.layers.length);
+  const want = await unfused(gpu!, () => decode(model));
+  const got = await decode(model);
+  assert.deepEqual(got.logits, want.logits);
+  // each of 7 linears drops its GEMV's scale pass, o/down their residual adds
+  const layers = model.layers.length;
+  assert.ok(want.dispatches - got.dispatches >= 4 * 9 * layers, `${want.dispatches} -> ${got.dispatches}`);
+  // 17 a layer (the three-pass quantizer, GEMV and scale pass a linear took 43) plus embedding, norm, head
+  assert.ok(got.dispatches <= 4 * (17 * layers + 3), `${got.dispatches} dispatches in 4 steps`);
+  model.dispose();
+});
+
 test('WebGPU fused ops against the separate ones on random operands: f32 / bf16 weights, 1-4 rows (GEMV) and the GEMM residual store; undefined beyond 4 rows', {
   skip,
 }, async () => {
@@ -116,4 +134,37 @@ test('WebGPU fused ops against the separate ones on random operands: f32 / bf16 
     const res5 = b.upload(r.normal(5 * 40), [5, 40], 'f32');
     assert.deepEqual(await read(b.linearAdd(x5, wg, res5)), await read(b.add(res5, b.linear(x5, wg))));
   }
+});
+
+test('WebGPU linearInt8 equals matmulInt8 + scaleInt32 (+ add) bit for bit for 1-4 rows, with and without bias and residual; undefined beyond 4 rows', {
+  skip,
+}, async () => {
+  const b = gpu!;
+  const r = rng(9);
+  const [K, N] = [96, 40];
+  const codes = (rows: number) =>
+    b.upload(
+      Int8Array.from({ length: rows * K }, () => Math.round((r.uniform() - 0.5) * 254)),
+      [rows, K],
+      'i8',
+    );
+  const w = { codes: codes(N), scales: b.upload(r.normal(N, 0.01).map(Math.abs), [N], 'f32') };
+  const bias = b.upload(r.normal(N), [N], 'f32');
+  for (const M of [1, 2, 4]) {
+    const x = codes(M);
+    const rs = b.upload(r.normal(M, 0.1).map(Math.abs), [M], 'f32');
+    const res = b.upload(r.normal(M * N), [M, N], 'f32');
+    for (const [bi, re] of [
+      [undefined, undefined],
+      [bias, undefined],
+      [bias, res],
+      [undefined, res],
+    ] as const) {
+      const sep = b.scaleInt32(b.matmulInt8(x, w.codes), rs, w.scales, bi);
+      const want = await b.read(re ? b.add(re, sep) : sep);
+      const got = await b.read(b.linearInt8(x, rs, w, bi, re)!);
+      assert.deepEqual(got, want, `M ${M} bias ${!!bi} residual ${!!re}`);
+    }
+  }
+  assert.equal(b.linearInt8(codes(5), b.upload(new Float32Array(5), [5], 'f32'), w), undefined);
 });

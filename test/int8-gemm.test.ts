@@ -196,7 +196,7 @@ for (const [name, backend] of [
     worst /= scale;
     assert.ok(worst < 1e-5, `relative error ${worst}`);
     // in row chunks (as for activations larger than one binding): the same values
-    assert.deepEqual(await b.read(int8Linear(b, x, w, bias, 8)), got);
+    assert.deepEqual(await b.read(int8Linear(b, x, w, bias, undefined, 8)), got);
   });
 
   test(`${name} W8A8 llama-tiny through the int8 GEMM matches the fake-quant path`, {

@@ -74,31 +74,74 @@ export function int8ChunkRows(outFeatures: number): number {
   return Math.max(128, Math.floor(2 ** 26 / (4 * outFeatures) / 128) * 128);
 }
 
-/** y = x W^T (+ b) through the int8 GEMM: x quantized per row (w.input, INT8 by default), W as codes. */
+/** x quantized per row for the int8 GEMM: codes [M, K] and one scale a row. */
+export interface Int8Rows {
+  codes: Tensor;
+  scales: Tensor;
+}
+
+/**
+ * y = x W^T (+ b) (+ residual, added last) through the int8 GEMM: x quantized per row (w.input,
+ * INT8 by default), W as codes.
+ */
 export function int8Linear(
   b: Backend,
   x: Tensor,
   w: Int8Weight,
   bias?: Tensor,
+  residual?: Tensor,
   chunk = int8ChunkRows(w.codes.shape[0]),
 ): Tensor {
   const rows = x.shape[0];
-  if (rows <= chunk) return int8LinearRows(b, x, w, bias);
+  if (rows <= chunk) return int8LinearsShared(b, x, [w], [bias], [residual])[0];
   const parts: Tensor[] = [];
   for (let r = 0; r < rows; r += chunk) {
     const xs = b.sliceRows(x, r, Math.min(rows, r + chunk));
-    parts.push(int8LinearRows(b, xs, w, bias));
+    parts.push(int8LinearsShared(b, xs, [w], [bias])[0]);
     xs.dispose();
   }
   const y = b.concatRows(parts);
   for (const t of parts) t.dispose();
-  return y;
+  return plusResidual(b, y, residual);
 }
 
-function int8LinearRows(b: Backend, x: Tensor, w: Int8Weight, bias?: Tensor): Tensor {
-  const { codes, scales } = b.quantizeRowsInt8(x, w.input);
-  const acc = b.matmulInt8(codes, w.codes);
-  const y = b.scaleInt32(acc, scales, w.scales, bias);
-  for (const t of [codes, scales, acc]) t.dispose();
-  return y;
+/**
+ * Several linears of one input x (q/k/v, gate/up) whose inputs are quantized alike: x quantized
+ * once, then each product. Rows of x at most int8ChunkRows of every weight.
+ */
+export function int8LinearsShared(
+  b: Backend,
+  x: Tensor,
+  ws: Int8Weight[],
+  biases: (Tensor | undefined)[],
+  residuals: (Tensor | undefined)[] = [],
+): Tensor[] {
+  const xq = b.quantizeRowsInt8(x, ws[0].input);
+  const ys = ws.map((w, i) => int8Product(b, xq, w, biases[i], residuals[i]));
+  xq.codes.dispose();
+  xq.scales.dispose();
+  return ys;
+}
+
+/** Whether linears can share one quantized input: the same input format. */
+export function sameInt8Input(ws: Int8Weight[]): boolean {
+  const key = (w: Int8Weight) => JSON.stringify(w.input ?? null);
+  return ws.every((w) => key(w) === key(ws[0]));
+}
+
+/** The product of rows already quantized with a linear's int8 weight: one op where the backend fuses it. */
+function int8Product(b: Backend, xq: Int8Rows, w: Int8Weight, bias?: Tensor, residual?: Tensor): Tensor {
+  const fused = b.linearInt8?.(xq.codes, xq.scales, w, bias, residual);
+  if (fused) return fused;
+  const acc = b.matmulInt8(xq.codes, w.codes);
+  const y = b.scaleInt32(acc, xq.scales, w.scales, bias);
+  acc.dispose();
+  return plusResidual(b, y, residual);
+}
+
+function plusResidual(b: Backend, y: Tensor, residual: Tensor | undefined): Tensor {
+  if (!residual) return y;
+  const sum = b.add(residual, y);
+  y.dispose();
+  return sum;
 }

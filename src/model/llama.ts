@@ -10,7 +10,7 @@ import type { ModelConfig } from '../io/config.ts';
 import { ropeTable } from '../io/rope.ts';
 import type { Checkpoint } from '../io/safetensors-format.ts';
 import type { Backend, DType, PackedWeight, RopeTable, Tensor } from '../tensor/tensor.ts';
-import { type Int8Weight, int8Linear } from './int8.ts';
+import { type Int8Weight, int8ChunkRows, int8Linear, int8LinearsShared, sameInt8Input } from './int8.ts';
 import type { BlockCodes } from './packed.ts';
 
 export const ATTENTION_LINEARS = ['q_proj', 'k_proj', 'v_proj', 'o_proj'] as const;
@@ -219,8 +219,7 @@ export class LlamaModel {
       return y;
     }
     // hooks see (and may replace) the quantized input, which the integer path never materializes
-    if (lin.int8 && !hooks?.linearInput)
-      return this.plusResidual(int8Linear(this.backend, x, lin.int8, lin.bias), residual);
+    if (lin.int8 && !hooks?.linearInput) return int8Linear(this.backend, x, lin.int8, lin.bias, residual);
     const quantized = this.linearInput(layer, name, x, transformed);
     const input = hooks?.linearInput?.(layer, name, quantized) ?? quantized;
     const w = lin.packed ?? lin.weight;
@@ -287,20 +286,42 @@ export class LlamaModel {
 
   /** q and k (after RoPE) and v for normed input x at positions `pos`. */
   private qkv(layer: number, x: Tensor, pos: Int32Array, hooks?: ForwardHooks): [Tensor, Tensor, Tensor] {
-    const input = this.groupInput(layer, ['q_proj', 'k_proj', 'v_proj'], x);
-    const rotated = (name: 'q_proj' | 'k_proj') => {
-      const raw = this.applyLinear(layer, name, input.x, hooks, input.transformed);
+    const names: LinearName[] = ['q_proj', 'k_proj', 'v_proj'];
+    const input = this.groupInput(layer, names, x);
+    const [rawQ, rawK, v] =
+      this.sharedInt8(layer, names, input, hooks) ??
+      names.map((n) => this.applyLinear(layer, n, input.x, hooks, input.transformed));
+    const rotated = (raw: Tensor) => {
       const out = this.backend.rope(raw, pos, this.config.headDim, this.rope);
       raw.dispose();
       return out;
     };
-    const out: [Tensor, Tensor, Tensor] = [
-      rotated('q_proj'),
-      rotated('k_proj'),
-      this.applyLinear(layer, 'v_proj', input.x, hooks, input.transformed),
-    ];
+    const out: [Tensor, Tensor, Tensor] = [rotated(rawQ), rotated(rawK), v];
     if (input.transformed) input.x.dispose();
     return out;
+  }
+
+  /**
+   * Linears `names` of one input through the int8 path with the input quantized once, where all of
+   * them run there with one input format and no hook watches their inputs; undefined otherwise.
+   */
+  private sharedInt8(
+    layer: number,
+    names: LinearName[],
+    input: { x: Tensor; transformed: boolean },
+    hooks?: ForwardHooks,
+  ): Tensor[] | undefined {
+    const lins = names.map((n) => this.layers[layer].linears[n]);
+    const weights = lins.flatMap((l) => (l.int8 ? [l.int8] : []));
+    if (hooks?.linearInput || weights.length < lins.length || !sameInt8Input(weights)) return undefined;
+    if (!input.transformed && lins.some((l) => l.inputQuant?.transform)) return undefined;
+    if (weights.some((w) => input.x.shape[0] > int8ChunkRows(w.codes.shape[0]))) return undefined;
+    return int8LinearsShared(
+      this.backend,
+      input.x,
+      weights,
+      lins.map((l) => l.bias),
+    );
   }
 
   /** qkv in one backend op, where the backend has one, the linears are plain and positions consecutive. */
@@ -333,9 +354,11 @@ export class LlamaModel {
   mlpActivation(layer: number, x: Tensor, hooks?: ForwardHooks): Tensor {
     const fused = hooks?.linearInput ? undefined : this.fusedGateUp(layer, x);
     if (fused) return fused;
-    const input = this.groupInput(layer, ['gate_proj', 'up_proj'], x);
-    const gate = this.applyLinear(layer, 'gate_proj', input.x, hooks, input.transformed);
-    const up = this.applyLinear(layer, 'up_proj', input.x, hooks, input.transformed);
+    const names: LinearName[] = ['gate_proj', 'up_proj'];
+    const input = this.groupInput(layer, names, x);
+    const [gate, up] =
+      this.sharedInt8(layer, names, input, hooks) ??
+      names.map((n) => this.applyLinear(layer, n, input.x, hooks, input.transformed));
     if (input.transformed) input.x.dispose();
     const act = this.backend.siluMul(gate, up);
     gate.dispose();

@@ -123,6 +123,17 @@ export interface Backend {
   quantizeRowsInt8(x: Tensor, spec?: IntSpec): { codes: Tensor; scales: Tensor };
   /** f32(acc[m,n]) * rowScales[m] * colScales[n] (+ bias[n]) for an i32 acc [M,N]. */
   scaleInt32(acc: Tensor, rowScales: Tensor, colScales: Tensor, bias?: Tensor): Tensor;
+  /**
+   * scaleInt32(matmulInt8(codes, w.codes), rowScales, w.scales, bias) (+ residual, added last) in one
+   * op where the backend can (optional: WebGPU for a few rows; undefined where it does not apply).
+   */
+  linearInt8?(
+    codes: Tensor,
+    rowScales: Tensor,
+    w: { codes: Tensor; scales: Tensor },
+    bias?: Tensor,
+    residual?: Tensor,
+  ): Tensor | undefined;
   /** table[V,D] rows gathered by ids -> [ids.length, D] f32. */
   embedding(table: Tensor, ids: Int32Array): Tensor;
   /** x / rms(x) * weight, per row. */

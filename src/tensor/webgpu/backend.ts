@@ -29,7 +29,13 @@ import { attention, attentionCached } from './attention.ts';
 import { type ContextOptions, ELEM_BYTES, GpuContext, layoutOf, type Storage } from './context.ts';
 import { binary, copyRows, rope, scaleColumns, scaleRows, toF32 } from './elementwise.ts';
 import { type GemvOperand, gateUp, qkvRope } from './gemv-fused.ts';
-import { type Dot4Tile, Int8Gemm, type Int8Path, scaleInt32 as scaleInt32Kernel } from './int8.ts';
+import {
+  type Dot4Tile,
+  Int8Gemm,
+  type Int8Path,
+  int8GemvScaled,
+  scaleInt32 as scaleInt32Kernel,
+} from './int8.ts';
 import { kron } from './kron.ts';
 import { concatRows, sliceRows, transpose } from './layout.ts';
 import { DEFAULT_TILE, embedding, type GemmTile, linear } from './matmul.ts';
@@ -339,6 +345,26 @@ export class WebGpuBackend implements Backend {
       b,
     );
     return this.wrap(out, acc.shape);
+  }
+
+  linearInt8(
+    codes: Tensor,
+    rowScales: Tensor,
+    w: { codes: Tensor; scales: Tensor },
+    bias?: Tensor,
+    residual?: Tensor,
+  ): Tensor | undefined {
+    const st = (t: Tensor) => this.st(t, 'linearInt8');
+    const y = int8GemvScaled(
+      this.ctx,
+      st(codes),
+      st(w.codes),
+      st(rowScales),
+      st(w.scales),
+      bias && st(bias),
+      residual && st(residual),
+    );
+    return y && this.wrap(y, [codes.shape[0], w.codes.shape[0]]);
   }
 
   embedding(table: Tensor, ids: Int32Array): Tensor {

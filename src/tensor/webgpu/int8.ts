@@ -342,22 +342,92 @@ function dot4GemvKernel(M: number): Kernel {
     key: `int8gemv:dot4:${M}`,
     bindings: ['uniform', 'read', 'read', 'write'],
     code: () => `${DOT4_HEADER}
-${gemvMain(
-  'i32',
-  M,
-  `
-    // four consecutive words (16 int8) a thread per step
-    for (var w0 = lane * 4u; w0 < p.KW; w0 += ${L * 4}u) {
+${gemvMain('i32', M, dot4GemvLoop(M), `C[lane * p.N + n] = red[c * ${L * M}u + lane];`)}`,
+  };
+}
+
+/** The per-lane loop of the dot4 GEMV: four consecutive words (16 int8) a thread per step. */
+function dot4GemvLoop(M: number): string {
+  return `
+    for (var w0 = lane * 4u; w0 < p.KW; w0 += ${GEMV_LANES * 4}u) {
       for (var j = 0u; j < 4u; j++) {
         let kw = w0 + j;
         if (kw >= p.KW) { break; }
         let b = B[n * p.KW + kw];
         for (var m = 0u; m < ${M}u; m++) { acc[m] += dot4I8Packed(A[m * p.KW + kw], b); }
       }
-    }`,
-  `C[lane * p.N + n] = red[c * ${L * M}u + lane];`,
+    }`;
+}
+
+/**
+ * y = f32(a b^T) * rowScales[m] * colScales[n] (+ bias[n]) (+ residual[m, n]) for a few rows of a:
+ * the dot4 GEMV with scaleInt32's expressions (and the residual added last) in its store.
+ */
+function dot4GemvScaledKernel(M: number): Kernel {
+  return {
+    key: `int8gemv-scaled:dot4:${M}`,
+    bindings: ['uniform', 'read', 'read', 'read', 'read', 'read', 'read', 'write'],
+    code: () => `
+struct P { M: u32, N: u32, KW: u32, hasBias: u32, hasRes: u32, rOff: u32, yOff: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> A: array<u32>;
+@group(0) @binding(2) var<storage, read> B: array<u32>;
+@group(0) @binding(3) var<storage, read> RS: array<f32>;
+@group(0) @binding(4) var<storage, read> CS: array<f32>;
+@group(0) @binding(5) var<storage, read> Bias: array<f32>;
+@group(0) @binding(6) var<storage, read> R: array<f32>;
+@group(0) @binding(7) var<storage, read_write> Y: array<f32>;
+${gemvMain(
+  'i32',
+  M,
+  dot4GemvLoop(M),
+  `var y = f32(red[c * ${GEMV_LANES * M}u + lane]) * RS[lane] * CS[n];
+    if (p.hasBias != 0u) { y += Bias[n]; }
+    if (p.hasRes != 0u) { y = y + R[p.rOff + lane * p.N + n]; }
+    Y[p.yOff + lane * p.N + n] = y;`,
 )}`,
   };
+}
+
+/**
+ * matmulInt8 then scaleInt32 (then the residual added) in one dispatch for a few rows of a
+ * (decoding); undefined for more rows or operands larger than one binding.
+ */
+export function int8GemvScaled(
+  ctx: GpuContext,
+  a: Storage,
+  b: Storage,
+  rowScales: Storage,
+  colScales: Storage,
+  bias: Storage | undefined,
+  residual: Storage | undefined,
+): Storage | undefined {
+  const [M, N, K] = [a.rows, b.rows, a.cols];
+  if (M === 0 || M > GEMV_MAX_M || b.cols !== K || K % 4 !== 0) return undefined;
+  if (residual && (residual.rows !== M || residual.cols !== N))
+    fail(`int8 linear: a ${residual.rows}x${residual.cols} residual for a ${M}x${N} output`);
+  const ins = [a, b, rowScales, colScales].map((s) => ctx.wholeIfFits(s));
+  const rw = residual ? ctx.wholeIfFits(residual) : undefined;
+  // the kernel indexes a, b and the scales from their bindings' starts
+  if (ins.some((w) => w?.off !== 0) || (residual && !rw)) return undefined;
+  const y = ctx.allocStorage(M, N, 'f32');
+  const yw = ctx.whole(y, 'int8 linear');
+  const params = new Params()
+    .u(M)
+    .u(N)
+    .u(K / 4)
+    .u(bias ? 1 : 0)
+    .u(rw ? 1 : 0)
+    .u(rw?.off ?? 0)
+    .u(yw.off);
+  const optional = (s: Storage | undefined) => (s ? ctx.whole(s, 'int8 linear').binding : ctx.dummy());
+  ctx.dispatch(
+    dot4GemvScaledKernel(M),
+    params,
+    [...ins.map((w) => w!.binding), optional(bias), rw ? rw.binding : ctx.dummy(), yw.binding],
+    grid2(Math.ceil(N / GEMV_COLS)),
+  );
+  return y;
 }
 
 /** Picks the int8 GEMM kernel this device runs correctly. */

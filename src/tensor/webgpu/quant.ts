@@ -639,9 +639,19 @@ export function fakeQuant(ctx: GpuContext, x: Storage, lastDim: number, spec: Fo
   return out;
 }
 
+/** WGSL: the code of one value (bits) at `scale` on the symmetric grid of `bits`, as fakeQuant rounds it, in a byte. */
+function int8CodeFn(bits: number): string {
+  const [qmin, qmax] = [-(2 ** (bits - 1)), 2 ** (bits - 1) - 1];
+  return `fn code(xb: u32, scale: f32) -> u32 {
+  var q = 0.0;
+  if (isInf(xb)) { q = select(${qmax}.0, ${qmin}.0, (xb >> 31u) == 1u); }
+  else if (!isNan(xb)) { q = clamp(rne(fv(divRn(xb, scale))), ${qmin}.0, ${qmax}.0); }
+  return u32(i32(q)) & 0xffu;
+}`;
+}
+
 /** Writes each row's codes as int8, four per word, and its scale (the fakeQuant grid of `bits`). */
 function int8CodesKernel(dtype: DType, bits: number): Kernel {
-  const [qmin, qmax] = [-(2 ** (bits - 1)), 2 ** (bits - 1) - 1];
   return {
     key: `int8-codes:${dtype}:${bits}`,
     bindings: ['uniform', 'read', 'read', 'write', 'write'],
@@ -655,12 +665,7 @@ struct P { words: u32, colWords: u32, xOff: u32, row0: u32, oOff: u32 }
 ${COMMON}
 ${loadBitsFn(dtype)}
 ${FLAT_WG}
-fn code(xb: u32, scale: f32) -> u32 {
-  var q = 0.0;
-  if (isInf(xb)) { q = select(${qmax}.0, ${qmin}.0, (xb >> 31u) == 1u); }
-  else if (!isNan(xb)) { q = clamp(rne(fv(divRn(xb, scale))), ${qmin}.0, ${qmax}.0); }
-  return u32(i32(q)) & 0xffu;
-}
+${int8CodeFn(bits)}
 @compute @workgroup_size(${EW_WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -674,6 +679,92 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (w % p.colWords == 0u) { S[p.row0 + row] = scale; }
 }`,
   };
+}
+
+const ROW_WG = 256;
+
+/**
+ * The stats, parameter and codes passes of a per-row plan in one kernel, a workgroup a row: the
+ * row's min/max over its finite values (the stats pass's), params() of it, then its codes and scale.
+ */
+function int8RowKernel(dtype: DType, bits: number, plan: Plan): Kernel {
+  return {
+    key: `int8-row:${dtype}:${bits}:${plan.key}`,
+    bindings: ['uniform', 'read', 'write', 'write'],
+    code: () => `
+struct P { rows: u32, cols: u32, xOff: u32, oOff: u32, sOff: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> X: array<u32>;
+@group(0) @binding(2) var<storage, read_write> O: array<u32>;
+@group(0) @binding(3) var<storage, read_write> S: array<f32>;
+var<workgroup> rmin: array<f32, ${ROW_WG}>;
+var<workgroup> rmax: array<f32, ${ROW_WG}>;
+${COMMON}
+${plan.wgsl}
+${loadBitsFn(dtype)}
+${FLAT_WG}
+${int8CodeFn(bits)}
+@compute @workgroup_size(${ROW_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let row = flatWg(wid, nwg);
+  if (row >= p.rows) { return; }
+  let base = p.xOff + row * p.cols;
+  var mn = 3.4028234663852886e38;
+  var mx = -3.4028234663852886e38;
+  for (var i = lid; i < p.cols; i += ${ROW_WG}u) {
+    let b = ldBits(base + i);
+    if ((b & 0x7f800000u) != 0x7f800000u) {
+      let v = bitcast<f32>(b);
+      mn = min(mn, v);
+      mx = max(mx, v);
+    }
+  }
+  rmin[lid] = mn;
+  rmax[lid] = mx;
+  workgroupBarrier();
+  for (var s = ${ROW_WG / 2}u; s > 0u; s = s >> 1u) {
+    if (lid < s) {
+      rmin[lid] = min(rmin[lid], rmin[lid + s]);
+      rmax[lid] = max(rmax[lid], rmax[lid + s]);
+    }
+    workgroupBarrier();
+  }
+  let scale = fv(params(vec2<f32>(rmin[0], rmax[0]), vec2<f32>(0.0, 0.0)).x);
+  let colWords = p.cols / 4u;
+  for (var w = lid; w < colWords; w += ${ROW_WG}u) {
+    var packed = 0u;
+    for (var e = 0u; e < 4u; e++) { packed |= code(ldBits(base + w * 4u + e), scale) << (8u * e); }
+    O[p.oOff + row * colWords + w] = packed;
+  }
+  if (lid == 0u) { S[p.sOff + row] = scale; }
+}`,
+  };
+}
+
+/** quantizeRowsInt8 in one dispatch where x, its codes and scales each fit one binding; false otherwise. */
+function quantizeRowsInt8Fused(
+  ctx: GpuContext,
+  x: Storage,
+  codes: Storage,
+  scales: Storage,
+  spec: IntSpec,
+  plan: Plan,
+): boolean {
+  const [xw, ow, sw] = [x, codes, scales].map((s) => ctx.wholeIfFits(s));
+  if (!xw || !ow || !sw || plan.global || plan.segLen !== x.cols || plan.paramLen !== x.cols) return false;
+  ctx.dispatch(
+    int8RowKernel(x.dtype, spec.bits, plan),
+    new Params()
+      .u(x.rows)
+      .u(x.cols)
+      .u(xw.off)
+      .u(ow.off / 4)
+      .u(sw.off),
+    [xw.binding, ow.binding, sw.binding],
+    grid2(x.rows),
+  );
+  return true;
 }
 
 /**
@@ -691,6 +782,7 @@ export function quantizeRowsInt8(
   const scales = ctx.allocStorage(x.rows, 1, 'f32');
   if (x.rows === 0) return { codes, scales };
   const plan = planFor(spec, cols);
+  if (quantizeRowsInt8Fused(ctx, x, codes, scales, spec, plan)) return { codes, scales };
   const walks = walk(ctx, x, codes, cols);
   const params = quantParams(ctx, x, plan, walks);
   const sw = ctx.whole(scales, 'quantizeRowsInt8');
