@@ -275,7 +275,7 @@ async function withAndWithoutFusions(
 ): Promise<void> {
   if (values.fusions === 'both') {
     const b = backend as Backend & Record<string, unknown>;
-    const names = ['gateUp', 'linearAdd', 'qkvRope', 'linearInt8'];
+    const names = ['gateUp', 'linearAdd', 'qkvRope', 'linearInt8', 'gateUpInt8', 'qkvRopeInt8'];
     const fused = Object.fromEntries(names.map((n) => [n, b[n]]));
     Object.assign(b, Object.fromEntries(names.map((n) => [n, undefined])));
     await run(`${variant}${UNFUSED}`);
@@ -370,7 +370,7 @@ function publishReport(files: string): void {
       : ` llmq's greedy ids on llama-small equal PyTorch fp32's for the first ${same} of 256 tokens.`;
   const notes = `Greedy decoding, 128-token prompt, 256 new tokens, one sequence. ${pytorch}${greedy} The 8B model has random weights, one layer's tensors shared by all 32 layers (same work and weight traffic per token). llmq rows: the better of two runs. Both sides move a lot between calls, PyTorch's more (HF generate is host-bound: its llama-small fp32 gave 89 and 140 tokens/s, its 8B bf16 9.2, 14.0 and 17.5 in different calls), so compare within one section.
 
-What limits llmq. A decode step is one token through ~25 kernels a layer (~200 for llama-small, ~900 for the 8B), each encoded from JavaScript, so the host sets the pace for small models: decode records the same dispatches every token, and reusing their bind groups and uniform parameters (rows without "no bind-group reuse") removes most of that cost. The 8B bf16's weight traffic (16 GB a token, ~5 ms at an H100's 3.35 TB/s) would allow ~200 tokens/s. W4 moves 4x fewer weight bytes than bf16; its packed GEMV decodes the codes on the ALUs, and its lanes read consecutive code words (coalesced loads). W8A8 runs three kernels a linear (quantize x, int8 GEMV, scale).`;
+What limits llmq. A decode step runs one token through every layer's kernels, each encoded from JavaScript, so the host's cost per dispatch sets the pace for small models. Decode records the same dispatches every token and reuses their bind groups and uniform parameters; the fused ops (rows without "(unfused)") cut the dispatches a layer: q/k/v + RoPE and gate/up + SiLU each one GEMV kernel, the residual adds in the o/down GEMV's store (15 -> 7 a layer for 16-bit and packed weights); W8A8 quantizes each shared input once in one kernel and runs its int8 GEMVs with the scales in their store (43 -> 11 a layer). "(unfused)" rows hide the fused backend ops only: W8A8 there still quantizes q/k/v's and gate/up's input once, in one kernel. The 8B bf16's weight traffic (16 GB a token, ~5 ms at an H100's 3.35 TB/s) would allow ~200 tokens/s. W4 moves 4x fewer weight bytes than bf16; its packed GEMV decodes the codes on the ALUs, and its lanes read consecutive code words (coalesced loads).`;
   publish(
     `Generation (decode) on ${gpu} through WebGPU`,
     device

@@ -23,7 +23,7 @@ const probe = await openDevice();
 probe?.device.destroy();
 const gpu = probe ? await WebGpuBackend.create() : undefined;
 const skip = gpu ? false : 'no WebGPU adapter';
-const FUSED = ['qkvRope', 'gateUp', 'linearAdd', 'linearInt8'] as const;
+const FUSED = ['qkvRope', 'gateUp', 'linearAdd', 'linearInt8', 'qkvRopeInt8', 'gateUpInt8'] as const;
 
 /** Runs `f` with the backend's fused ops hidden (the model then runs the separate ops). */
 async function unfused<T>(b: WebGpuBackend, f: () => Promise<T>): Promise<T> {
@@ -74,7 +74,7 @@ test('WebGPU decoding with the fused q/k/v + RoPE, gate/up + SiLU and residual s
   }
 });
 
-test('WebGPU W8A8 decoding: the int8 GEMV with the scales and residual in its store, one input quantization for q/k/v and for gate/up, equals the separate ops bit for bit', {
+test('WebGPU W8A8 decoding: int8 GEMVs with the scales and residual in their store, q/k/v + RoPE and gate/up + SiLU on int8 codes, one input quantization for each, equal the separate ops bit for bit', {
   skip,
 }, async () => {
   const model = loadLlama(`${MODELS}llama-tiny`, gpu!);
@@ -83,11 +83,12 @@ test('WebGPU W8A8 decoding: the int8 GEMV with the scales and residual in its st
   const want = await unfused(gpu!, () => decode(model));
   const got = await decode(model);
   assert.deepEqual(got.logits, want.logits);
-  // each of 7 linears drops its GEMV's scale pass, o/down their residual adds
+  // a step: each of 7 linears drops its GEMV's scale pass, o/down their residual adds, q/k/v and
+  // gate/up become one kernel each with the RoPE and SiLU
   const layers = model.layers.length;
-  assert.ok(want.dispatches - got.dispatches >= 4 * 9 * layers, `${want.dispatches} -> ${got.dispatches}`);
-  // 17 a layer (the three-pass quantizer, GEMV and scale pass a linear took 43) plus embedding, norm, head
-  assert.ok(got.dispatches <= 4 * (17 * layers + 3), `${got.dispatches} dispatches in 4 steps`);
+  assert.ok(want.dispatches - got.dispatches >= 4 * 13 * layers, `${want.dispatches} -> ${got.dispatches}`);
+  // 11 a layer (43 with a three-pass quantizer, GEMV and scale pass a linear) plus embedding, norm, head
+  assert.ok(got.dispatches <= 4 * (11 * layers + 3), `${got.dispatches} dispatches in 4 steps`);
   model.dispose();
 });
 
@@ -167,4 +168,48 @@ test('WebGPU linearInt8 equals matmulInt8 + scaleInt32 (+ add) bit for bit for 1
     }
   }
   assert.equal(b.linearInt8(codes(5), b.upload(new Float32Array(5), [5], 'f32'), w), undefined);
+});
+
+test('WebGPU qkvRopeInt8 and gateUpInt8 equal the scaled int8 products with RoPE / SiLU bit for bit, 1-4 rows; undefined beyond 4 rows', {
+  skip,
+}, async () => {
+  const b = gpu!;
+  const r = rng(11);
+  const K = 96;
+  const headDim = 16;
+  const table = {
+    invFreq: Float32Array.from({ length: headDim / 2 }, (_, i) => 10000 ** (-i / 8)),
+    attentionScaling: 1,
+  };
+  const rows = (n: number) => ({
+    codes: b.upload(
+      Int8Array.from({ length: n * K }, () => Math.round((r.uniform() - 0.5) * 254)),
+      [n, K],
+      'i8',
+    ),
+    scales: b.upload(r.normal(n, 0.01).map(Math.abs), [n], 'f32'),
+  });
+  const [wq, wk, wv, wg, wu] = [48, 32, 32, 40, 40].map(rows);
+  const product = (x: ReturnType<typeof rows>, w: ReturnType<typeof rows>) =>
+    b.scaleInt32(b.matmulInt8(x.codes, w.codes), x.scales, w.scales);
+  for (const M of [1, 3, 4]) {
+    const x = rows(M);
+    const pos = Int32Array.from({ length: M }, (_, i) => 7 + i);
+    const fused = b.qkvRopeInt8(x, [wq, wk, wv], 7, headDim, table)!;
+    const want = [
+      b.rope(product(x, wq), pos, headDim, table),
+      b.rope(product(x, wk), pos, headDim, table),
+      product(x, wv),
+    ];
+    for (let i = 0; i < 3; i++)
+      assert.deepEqual(await b.read(fused[i]), await b.read(want[i]), `qkv ${i} M ${M}`);
+    assert.deepEqual(
+      await b.read(b.gateUpInt8(x, wg, wu)!),
+      await b.read(b.siluMul(product(x, wg), product(x, wu))),
+      `gate/up M ${M}`,
+    );
+  }
+  const x5 = rows(5);
+  assert.equal(b.gateUpInt8(x5, wg, wu), undefined);
+  assert.equal(b.qkvRopeInt8(x5, [wq, wk, wv], 0, headDim, table), undefined);
 });

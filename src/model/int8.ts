@@ -7,13 +7,11 @@
  * fake-quant GEMM rounds every partial sum). Codes of fewer bits are held in int8.
  */
 import type { FormatSpec, IntSpec } from '../formats/spec.ts';
-import type { Backend, Tensor } from '../tensor/tensor.ts';
+import type { Backend, IntRows, Tensor } from '../tensor/tensor.ts';
 import { LINEARS, type Linear, type LlamaModel } from './llama.ts';
 
 /** Integer weights of a linear on the device: int8 codes [out, in] and one scale per output channel. */
-export interface Int8Weight {
-  codes: Tensor;
-  scales: Tensor;
+export interface Int8Weight extends IntRows {
   /** what the linear's input is quantized to (symmetric per-row INT; INT8 when absent) */
   input?: IntSpec;
 }
@@ -74,12 +72,6 @@ export function int8ChunkRows(outFeatures: number): number {
   return Math.max(128, Math.floor(2 ** 26 / (4 * outFeatures) / 128) * 128);
 }
 
-/** x quantized per row for the int8 GEMM: codes [M, K] and one scale a row. */
-export interface Int8Rows {
-  codes: Tensor;
-  scales: Tensor;
-}
-
 /**
  * y = x W^T (+ b) (+ residual, added last) through the int8 GEMM: x quantized per row (w.input,
  * INT8 by default), W as codes.
@@ -93,11 +85,11 @@ export function int8Linear(
   chunk = int8ChunkRows(w.codes.shape[0]),
 ): Tensor {
   const rows = x.shape[0];
-  if (rows <= chunk) return int8LinearsShared(b, x, [w], [bias], [residual])[0];
+  if (rows <= chunk) return int8LinearRows(b, x, w, bias, residual);
   const parts: Tensor[] = [];
   for (let r = 0; r < rows; r += chunk) {
     const xs = b.sliceRows(x, r, Math.min(rows, r + chunk));
-    parts.push(int8LinearsShared(b, xs, [w], [bias])[0]);
+    parts.push(int8LinearRows(b, xs, w, bias));
     xs.dispose();
   }
   const y = b.concatRows(parts);
@@ -105,32 +97,48 @@ export function int8Linear(
   return plusResidual(b, y, residual);
 }
 
-/**
- * Several linears of one input x (q/k/v, gate/up) whose inputs are quantized alike: x quantized
- * once, then each product. Rows of x at most int8ChunkRows of every weight.
- */
-export function int8LinearsShared(
-  b: Backend,
-  x: Tensor,
-  ws: Int8Weight[],
-  biases: (Tensor | undefined)[],
-  residuals: (Tensor | undefined)[] = [],
-): Tensor[] {
-  const xq = b.quantizeRowsInt8(x, ws[0].input);
-  const ys = ws.map((w, i) => int8Product(b, xq, w, biases[i], residuals[i]));
-  xq.codes.dispose();
-  xq.scales.dispose();
-  return ys;
+function int8LinearRows(b: Backend, x: Tensor, w: Int8Weight, bias?: Tensor, residual?: Tensor): Tensor {
+  const xq = b.quantizeRowsInt8(x, w.input);
+  const y = int8Product(b, xq, w, bias, residual);
+  disposeRows(xq);
+  return y;
 }
 
-/** Whether linears can share one quantized input: the same input format. */
-export function sameInt8Input(ws: Int8Weight[]): boolean {
+/** One input quantized once for several int8 linears (q/k/v, gate/up) that read it in one format. */
+export interface SharedInt8Input {
+  xq: IntRows;
+  weights: Int8Weight[];
+  biases: (Tensor | undefined)[];
+}
+
+/**
+ * x quantized for linears of int8 weights `weights` where they take one input format and x's rows
+ * fit each one's int8 GEMM (int8ChunkRows); undefined otherwise.
+ */
+export function shareInt8Input(
+  b: Backend,
+  x: Tensor,
+  weights: Int8Weight[],
+  biases: (Tensor | undefined)[],
+): SharedInt8Input | undefined {
   const key = (w: Int8Weight) => JSON.stringify(w.input ?? null);
-  return ws.every((w) => key(w) === key(ws[0]));
+  if (weights.some((w) => key(w) !== key(weights[0]) || x.shape[0] > int8ChunkRows(w.codes.shape[0])))
+    return undefined;
+  return { xq: b.quantizeRowsInt8(x, weights[0].input), weights, biases };
+}
+
+/** Each linear's output from a shared quantized input. */
+export function int8Products(b: Backend, s: SharedInt8Input): Tensor[] {
+  return s.weights.map((w, i) => int8Product(b, s.xq, w, s.biases[i]));
+}
+
+export function disposeRows(r: IntRows): void {
+  r.codes.dispose();
+  r.scales.dispose();
 }
 
 /** The product of rows already quantized with a linear's int8 weight: one op where the backend fuses it. */
-function int8Product(b: Backend, xq: Int8Rows, w: Int8Weight, bias?: Tensor, residual?: Tensor): Tensor {
+function int8Product(b: Backend, xq: IntRows, w: Int8Weight, bias?: Tensor, residual?: Tensor): Tensor {
   const fused = b.linearInt8?.(xq.codes, xq.scales, w, bias, residual);
   if (fused) return fused;
   const acc = b.matmulInt8(xq.codes, w.codes);

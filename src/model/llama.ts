@@ -10,7 +10,14 @@ import type { ModelConfig } from '../io/config.ts';
 import { ropeTable } from '../io/rope.ts';
 import type { Checkpoint } from '../io/safetensors-format.ts';
 import type { Backend, DType, PackedWeight, RopeTable, Tensor } from '../tensor/tensor.ts';
-import { type Int8Weight, int8ChunkRows, int8Linear, int8LinearsShared, sameInt8Input } from './int8.ts';
+import {
+  disposeRows,
+  type Int8Weight,
+  int8Linear,
+  int8Products,
+  type SharedInt8Input,
+  shareInt8Input,
+} from './int8.ts';
 import type { BlockCodes } from './packed.ts';
 
 export const ATTENTION_LINEARS = ['q_proj', 'k_proj', 'v_proj', 'o_proj'] as const;
@@ -288,35 +295,56 @@ export class LlamaModel {
   private qkv(layer: number, x: Tensor, pos: Int32Array, hooks?: ForwardHooks): [Tensor, Tensor, Tensor] {
     const names: LinearName[] = ['q_proj', 'k_proj', 'v_proj'];
     const input = this.groupInput(layer, names, x);
-    const [rawQ, rawK, v] =
-      this.sharedInt8(layer, names, input, hooks) ??
-      names.map((n) => this.applyLinear(layer, n, input.x, hooks, input.transformed));
+    const int8 = this.sharedInt8(layer, names, input, hooks);
+    const { headDim } = this.config;
+    const fused =
+      int8 && consecutive(pos) && !int8.biases.some(Boolean)
+        ? this.backend.qkvRopeInt8?.(
+            int8.xq,
+            int8.weights as [Int8Weight, Int8Weight, Int8Weight],
+            pos[0],
+            headDim,
+            this.rope,
+          )
+        : undefined;
+    const out =
+      fused ??
+      this.ropedQkv(
+        int8
+          ? int8Products(this.backend, int8)
+          : names.map((n) => this.applyLinear(layer, n, input.x, hooks, input.transformed)),
+        pos,
+      );
+    if (int8) disposeRows(int8.xq);
+    if (input.transformed) input.x.dispose();
+    return out;
+  }
+
+  /** [q, k, v] with RoPE applied to q and k (the raw q and k are freed). */
+  private ropedQkv([q, k, v]: Tensor[], pos: Int32Array): [Tensor, Tensor, Tensor] {
     const rotated = (raw: Tensor) => {
       const out = this.backend.rope(raw, pos, this.config.headDim, this.rope);
       raw.dispose();
       return out;
     };
-    const out: [Tensor, Tensor, Tensor] = [rotated(rawQ), rotated(rawK), v];
-    if (input.transformed) input.x.dispose();
-    return out;
+    return [rotated(q), rotated(k), v];
   }
 
   /**
-   * Linears `names` of one input through the int8 path with the input quantized once, where all of
-   * them run there with one input format and no hook watches their inputs; undefined otherwise.
+   * The input of linears `names` quantized once for the int8 path, where all of them run there with
+   * one input format and no hook watches their inputs; undefined otherwise.
    */
   private sharedInt8(
     layer: number,
     names: LinearName[],
     input: { x: Tensor; transformed: boolean },
     hooks?: ForwardHooks,
-  ): Tensor[] | undefined {
+  ): SharedInt8Input | undefined {
     const lins = names.map((n) => this.layers[layer].linears[n]);
     const weights = lins.flatMap((l) => (l.int8 ? [l.int8] : []));
-    if (hooks?.linearInput || weights.length < lins.length || !sameInt8Input(weights)) return undefined;
+    if (hooks?.linearInput || weights.length < lins.length) return undefined;
     if (!input.transformed && lins.some((l) => l.inputQuant?.transform)) return undefined;
-    if (weights.some((w) => input.x.shape[0] > int8ChunkRows(w.codes.shape[0]))) return undefined;
-    return int8LinearsShared(
+    return shareInt8Input(
       this.backend,
       input.x,
       weights,
@@ -327,8 +355,7 @@ export class LlamaModel {
   /** qkv in one backend op, where the backend has one, the linears are plain and positions consecutive. */
   private fusedQkv(layer: number, x: Tensor, pos: Int32Array): [Tensor, Tensor, Tensor] | undefined {
     const { q_proj: q, k_proj: k, v_proj: v } = this.layers[layer].linears;
-    if (!this.backend.qkvRope || ![q, k, v].every(plainLinear)) return undefined;
-    if (pos.some((p, i) => p !== pos[0] + i)) return undefined;
+    if (!this.backend.qkvRope || ![q, k, v].every(plainLinear) || !consecutive(pos)) return undefined;
     const weight = (l: Linear) => l.packed ?? l.weight;
     return this.backend.qkvRope(x, [weight(q), weight(k), weight(v)], pos[0], this.config.headDim, this.rope);
   }
@@ -352,14 +379,29 @@ export class LlamaModel {
 
   /** silu(gate x) * up x, the input of down_proj, for normed input x. */
   mlpActivation(layer: number, x: Tensor, hooks?: ForwardHooks): Tensor {
-    const fused = hooks?.linearInput ? undefined : this.fusedGateUp(layer, x);
-    if (fused) return fused;
+    const plain = hooks?.linearInput ? undefined : this.fusedGateUp(layer, x);
+    if (plain) return plain;
     const names: LinearName[] = ['gate_proj', 'up_proj'];
     const input = this.groupInput(layer, names, x);
-    const [gate, up] =
-      this.sharedInt8(layer, names, input, hooks) ??
-      names.map((n) => this.applyLinear(layer, n, input.x, hooks, input.transformed));
+    const int8 = this.sharedInt8(layer, names, input, hooks);
+    const fused =
+      int8 && !int8.biases.some(Boolean)
+        ? this.backend.gateUpInt8?.(int8.xq, int8.weights[0], int8.weights[1])
+        : undefined;
+    const act =
+      fused ??
+      this.siluMulFree(
+        int8
+          ? int8Products(this.backend, int8)
+          : names.map((n) => this.applyLinear(layer, n, input.x, hooks, input.transformed)),
+      );
+    if (int8) disposeRows(int8.xq);
     if (input.transformed) input.x.dispose();
+    return act;
+  }
+
+  /** silu(gate) * up (gate and up freed). */
+  private siluMulFree([gate, up]: Tensor[]): Tensor {
     const act = this.backend.siluMul(gate, up);
     gate.dispose();
     up.dispose();
@@ -474,6 +516,11 @@ export class LlamaModel {
 /** A linear a fused backend op can run: weight (or codes) only, no bias, input quantizer or int8 path. */
 function plainLinear(l: Linear): boolean {
   return !l.int8 && !l.inputQuant && !l.bias;
+}
+
+/** Whether positions run first, first + 1, ... */
+function consecutive(pos: Int32Array): boolean {
+  return pos.every((p, i) => p === pos[0] + i);
 }
 
 function positionsFrom(start: number, n: number): Int32Array {

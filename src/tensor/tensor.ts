@@ -57,6 +57,12 @@ export interface ColumnStats {
   absMean: Float32Array;
 }
 
+/** Rows quantized to integer codes: i8 codes [rows, cols] and one f32 scale a row (x per token, W per output channel). */
+export interface IntRows {
+  codes: Tensor;
+  scales: Tensor;
+}
+
 /**
  * Integer weight codes packed in 32-bit words, decoded inside the GEMM:
  * w[n, k] = (code[n, k] - zeros[g]) * scales[g] with g = n * (cols / group) + (groupOf[k] or k / group).
@@ -113,6 +119,16 @@ export interface Backend {
     headDim: number,
     table: RopeTable,
   ): [Tensor, Tensor, Tensor] | undefined;
+  /** gateUp over int8 codes: siluMul of the two scaled int8 products (optional; undefined where it does not apply). */
+  gateUpInt8?(x: IntRows, gate: IntRows, up: IntRows): Tensor | undefined;
+  /** qkvRope over int8 codes: the three scaled int8 products, q and k rotated (optional). */
+  qkvRopeInt8?(
+    x: IntRows,
+    weights: readonly [IntRows, IntRows, IntRows],
+    first: number,
+    headDim: number,
+    table: RopeTable,
+  ): [Tensor, Tensor, Tensor] | undefined;
   /** c[M,N] = a[M,K] b[N,K]^T for i8 a and b, exact, as i32 (K a multiple of 4). */
   matmulInt8(a: Tensor, b: Tensor): Tensor;
   /**
@@ -120,7 +136,7 @@ export interface Backend {
    * `spec` (its values are code x scale): INT8 per row when not given; any symmetric per-row INT spec
    * of at most 8 bits, with or without clip (W4A4 runs on the int8 GEMM this way). K a multiple of 4.
    */
-  quantizeRowsInt8(x: Tensor, spec?: IntSpec): { codes: Tensor; scales: Tensor };
+  quantizeRowsInt8(x: Tensor, spec?: IntSpec): IntRows;
   /** f32(acc[m,n]) * rowScales[m] * colScales[n] (+ bias[n]) for an i32 acc [M,N]. */
   scaleInt32(acc: Tensor, rowScales: Tensor, colScales: Tensor, bias?: Tensor): Tensor;
   /**
@@ -130,7 +146,7 @@ export interface Backend {
   linearInt8?(
     codes: Tensor,
     rowScales: Tensor,
-    w: { codes: Tensor; scales: Tensor },
+    w: IntRows,
     bias?: Tensor,
     residual?: Tensor,
   ): Tensor | undefined;

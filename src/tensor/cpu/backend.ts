@@ -13,6 +13,7 @@ import {
   checkWriteRows,
   type DType,
   type HostArray,
+  type IntRows,
   numel,
   type PackedWeight,
   type RopeTable,
@@ -209,7 +210,7 @@ export class CpuBackend implements Backend {
     return new CpuTensor(this, [M, N], 'i32', out);
   }
 
-  quantizeRowsInt8(x: Tensor, spec?: IntSpec): { codes: Tensor; scales: Tensor } {
+  quantizeRowsInt8(x: Tensor, spec?: IntSpec): IntRows {
     const s = rowsIntSpec(x, spec);
     const [M, K] = x.shape;
     const enc = encode(this.f32(x), M, K, s);

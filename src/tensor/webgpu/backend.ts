@@ -18,6 +18,7 @@ import {
   checkWriteRows,
   type DType,
   type HostArray,
+  type IntRows,
   numel,
   type PackedWeight,
   type RopeTable,
@@ -28,7 +29,7 @@ import {
 import { attention, attentionCached } from './attention.ts';
 import { type ContextOptions, ELEM_BYTES, GpuContext, layoutOf, type Storage } from './context.ts';
 import { binary, copyRows, rope, scaleColumns, scaleRows, toF32 } from './elementwise.ts';
-import { type GemvOperand, gateUp, qkvRope } from './gemv-fused.ts';
+import { type FusedInput, type GemvOperand, gateUp, qkvRope } from './gemv-fused.ts';
 import {
   type Dot4Tile,
   Int8Gemm,
@@ -263,8 +264,14 @@ export class WebGpuBackend implements Backend {
 
   gateUp(x: Tensor, gate: Tensor | PackedWeight, up: Tensor | PackedWeight): Tensor | undefined {
     const [g, u] = [gate, up].map((w) => this.gemvOperand(x, w, 'gateUp'));
-    const out = gateUp(this.ctx, this.st(x, 'gateUp'), g, u);
+    const out = gateUp(this.ctx, { x: this.st(x, 'gateUp') }, g, u);
     return out && this.wrap(out, [x.shape[0], out.cols]);
+  }
+
+  gateUpInt8(x: IntRows, gate: IntRows, up: IntRows): Tensor | undefined {
+    const [g, u] = [gate, up].map((w) => this.int8Operand(w, 'gateUp'));
+    const out = gateUp(this.ctx, this.int8Input(x, 'gateUp'), g, u);
+    return out && this.wrap(out, [x.codes.shape[0], out.cols]);
   }
 
   qkvRope(
@@ -279,8 +286,28 @@ export class WebGpuBackend implements Backend {
       GemvOperand,
       GemvOperand,
     ];
-    const outs = qkvRope(this.ctx, this.st(x, 'qkvRope'), ops, first, headDim, table);
+    const outs = qkvRope(this.ctx, { x: this.st(x, 'qkvRope') }, ops, first, headDim, table);
     return outs?.map((o) => this.wrap(o, [x.shape[0], o.cols])) as [Tensor, Tensor, Tensor] | undefined;
+  }
+
+  qkvRopeInt8(
+    x: IntRows,
+    weights: readonly [IntRows, IntRows, IntRows],
+    first: number,
+    headDim: number,
+    table: RopeTable,
+  ): [Tensor, Tensor, Tensor] | undefined {
+    const ops = weights.map((w) => this.int8Operand(w, 'qkvRope')) as [GemvOperand, GemvOperand, GemvOperand];
+    const outs = qkvRope(this.ctx, this.int8Input(x, 'qkvRope'), ops, first, headDim, table);
+    return outs?.map((o) => this.wrap(o, [x.codes.shape[0], o.cols])) as [Tensor, Tensor, Tensor] | undefined;
+  }
+
+  private int8Input(x: IntRows, op: string): FusedInput {
+    return { x: this.st(x.codes, op), rowScales: this.st(x.scales, op) };
+  }
+
+  private int8Operand(w: IntRows, op: string): GemvOperand {
+    return { w: this.st(w.codes, op), colScales: this.st(w.scales, op) };
   }
 
   private linearOf(
@@ -329,7 +356,7 @@ export class WebGpuBackend implements Backend {
     ]);
   }
 
-  quantizeRowsInt8(x: Tensor, spec?: IntSpec): { codes: Tensor; scales: Tensor } {
+  quantizeRowsInt8(x: Tensor, spec?: IntSpec): IntRows {
     const s = rowsIntSpec(x, spec);
     const { codes, scales } = quantizeRowsInt8(this.ctx, this.st(x, 'quantizeRowsInt8'), s);
     return { codes: this.wrap(codes, x.shape), scales: this.wrap(scales, [x.shape[0]]) };
@@ -350,7 +377,7 @@ export class WebGpuBackend implements Backend {
   linearInt8(
     codes: Tensor,
     rowScales: Tensor,
-    w: { codes: Tensor; scales: Tensor },
+    w: IntRows,
     bias?: Tensor,
     residual?: Tensor,
   ): Tensor | undefined {

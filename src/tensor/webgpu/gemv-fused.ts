@@ -6,10 +6,13 @@
  *  - gateUp: silu(x gate^T) * (x up^T), the MLP's input to down_proj;
  *  - qkvRope: q, k, v projections with RoPE applied to q and k in the store (a workgroup computes
  *    column pairs (i, i + head_dim / 2) of one head, which is what the rotation mixes).
+ * Both read f32/16-bit weights, packed codes, or (W8A8) int8 codes of x and of the weights: dot4 sums
+ * in i32, scaled in the store as scaleInt32 does, f32(sum) * rowScale[m] * colScale[n].
  */
 import type { DType, RopeTable } from '../tensor.ts';
 import { type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
 import { ropeTableBuffer, SILU_MUL } from './elementwise.ts';
+import { dot4GemvLoop } from './int8.ts';
 import {
   GEMV_COLS,
   GEMV_LANES,
@@ -25,10 +28,56 @@ import {
 } from './matmul.ts';
 import { arrayType, loadFn } from './wgsl.ts';
 
+/** How a fused kernel reads x and its weights: x's and the weights' dtypes, and packed weights' layout. */
+interface Reading {
+  dx: DType;
+  dw: DType;
+  pk?: PackedLayout;
+}
+
+/** Integer codes of x and the weights (i8), dot4 sums scaled in the store. */
+const isInt8 = (r: Reading) => r.dx === 'i8';
+
+function readingKey(r: Reading): string {
+  return isInt8(r) ? 'i8' : `${r.dx}:${weightKey(r.dw, r.pk)}`;
+}
+
 /** The loop of one weight of a fused kernel, in its own scope. */
-function weightLoop(pk: PackedLayout | undefined, M: number, wt: GemvWeight): string {
-  return `{${pk ? gemvPackedLoop(pk, M, wt) : gemvDenseLoop(M, wt)}
+function weightLoop(r: Reading, M: number, wt: GemvWeight): string {
+  const body = isInt8(r)
+    ? dot4GemvLoop(M, { A: 'X', B: wt.W, K: 'p.K', aOff: 'p.xOff', bOff: wt.off, acc: wt.acc })
+    : r.pk
+      ? gemvPackedLoop(r.pk, M, wt)
+      : gemvDenseLoop(M, wt);
+  return `{${body}
     }`;
+}
+
+/** Row `lane`'s output value of weight `wt` at column `col` from its reduced sum. */
+function outValue(r: Reading, sum: string, wt: GemvWeight, col: string): string {
+  return isInt8(r) ? `f32(${sum}) * RS[lane] * ${wt.S}[${col}]` : sum;
+}
+
+/** Declarations after the fixed bindings, from binding `first` on: scale arrays and functions. */
+function readingDecls(r: Reading, wts: GemvWeight[], first: number): string {
+  if (isInt8(r)) return scaleArrays(['RS', ...wts.map((w) => w.S)], first);
+  if (r.pk)
+    return `${scaleArrays(
+      wts.flatMap((w) => [w.S, w.Z]),
+      first,
+    )}\n${levelTable(r.pk)}`;
+  return wts.map((w) => loadFn(w.ld, w.W, r.dw)).join('\n');
+}
+
+/** The bindings readingDecls declares: x's row scales and each weight's column scales, or packed scales/zeros. */
+function readingBindings(ctx: GpuContext, x: FusedInput, ops: GemvOperand[], op: string): GPUBufferBinding[] {
+  const bind = (s: Storage) => ctx.whole(s, op).binding;
+  if (x.rowScales) return [x.rowScales, ...ops.map((o) => o.colScales!)].map(bind);
+  return ops.flatMap((o) => (o.packed ? [o.packed.scales, o.packed.zeros].map(bind) : []));
+}
+
+function readingCount(r: Reading, weights: number): number {
+  return isInt8(r) ? 1 + weights : r.pk ? 2 * weights : 0;
 }
 
 /** Binding declarations of packed scale/zero arrays, from binding `first` on. */
@@ -38,55 +87,53 @@ function scaleArrays(names: string[], first: number): string {
     .join('\n');
 }
 
+/** The input of a fused kernel: x, or (int8) x's codes and one scale a row. */
+export interface FusedInput {
+  x: Storage;
+  rowScales?: Storage;
+}
+
+/** One weight of a fused GEMV: plain (f32 / 16-bit), packed codes, or int8 codes with column scales. */
+export interface GemvOperand {
+  w: Storage;
+  packed?: PackedStorages;
+  colScales?: Storage;
+}
+
+const bindingsOf = (n: number, kind: 'read' | 'write') => Array.from({ length: n }, () => kind);
+
 /** silu(x gate^T) * (x up^T) for a few rows of x in one kernel: two weights of one layout, no bias. */
-function gemvGateUpKernel(dx: DType, dw: DType, M: number, pk: PackedLayout | undefined): Kernel {
-  const W = 2 * M;
+function gemvGateUpKernel(r: Reading, M: number): Kernel {
   const gate: GemvWeight = { ld: 'ldG', W: 'G', S: 'SG', Z: 'ZG', off: 'p.gOff', acc: 0 };
   const up: GemvWeight = { ld: 'ldU', W: 'U', S: 'SU', Z: 'ZU', off: 'p.uOff', acc: M };
-  const loop = (wt: GemvWeight) => weightLoop(pk, M, wt);
-  const red = (i: string) => `red[c * ${GEMV_LANES * W}u + ${i}]`;
+  const red = (i: string) => `red[c * ${GEMV_LANES * 2 * M}u + ${i}]`;
   return {
-    key: `gemv-gate-up:${dx}:${weightKey(dw, pk)}:${M}`,
-    bindings: [
-      'uniform',
-      'read',
-      'read',
-      'read',
-      'write',
-      ...(pk ? (['read', 'read', 'read', 'read'] as const) : []),
-    ],
+    key: `gemv-gate-up:${readingKey(r)}:${M}`,
+    bindings: ['uniform', 'read', 'read', 'read', 'write', ...bindingsOf(readingCount(r, 2), 'read')],
     code: () => `
 struct P { M: u32, N: u32, K: u32, xOff: u32, gOff: u32, uOff: u32, yOff: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> X: array<${arrayType(dx)}>;
-@group(0) @binding(2) var<storage, read> G: array<${arrayType(dw)}>;
-@group(0) @binding(3) var<storage, read> U: array<${arrayType(dw)}>;
+@group(0) @binding(1) var<storage, read> X: array<${arrayType(r.dx)}>;
+@group(0) @binding(2) var<storage, read> G: array<${arrayType(r.dw)}>;
+@group(0) @binding(3) var<storage, read> U: array<${arrayType(r.dw)}>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
-${pk ? scaleArrays(['SG', 'ZG', 'SU', 'ZU'], 5) : ''}
-${pk ? levelTable(pk) : ''}
-${loadFn('ldX', 'X', dx)}
-${pk ? '' : `${loadFn('ldG', 'G', dw)}\n${loadFn('ldU', 'U', dw)}`}
+${readingDecls(r, [gate, up], 5)}
+${isInt8(r) ? '' : loadFn('ldX', 'X', r.dx)}
 ${gemvMain(
-  'f32',
+  isInt8(r) ? 'i32' : 'f32',
   M,
-  loop(gate) + loop(up),
-  `let g = ${red('lane')};
-    let u = ${red(`${M}u + lane`)};
+  weightLoop(r, M, gate) + weightLoop(r, M, up),
+  `let g = ${outValue(r, red('lane'), gate, 'n')};
+    let u = ${outValue(r, red(`${M}u + lane`), up, 'n')};
     Y[p.yOff + lane * p.N + n] = ${SILU_MUL('g', 'u')};`,
-  W,
+  2 * M,
 )}`,
   };
 }
 
-/** One weight of a fused GEMV: plain (f32 / 16-bit) or packed codes. */
-export interface GemvOperand {
-  w: Storage;
-  packed?: PackedStorages;
-}
-
-/** Weights one fused kernel can read alike: one dtype, or packed with one layout and no g_idx. */
+/** Weights one fused kernel can read alike: one dtype, or packed with one layout and no g_idx, or int8. */
 function sameLayout(a: GemvOperand, b: GemvOperand): boolean {
-  if (a.w.dtype !== b.w.dtype || !a.packed !== !b.packed) return false;
+  if (a.w.dtype !== b.w.dtype || !a.packed !== !b.packed || !a.colScales !== !b.colScales) return false;
   if (!a.packed || !b.packed) return true;
   const [p, q] = [a.packed, b.packed];
   return (
@@ -101,26 +148,49 @@ function sameLayout(a: GemvOperand, b: GemvOperand): boolean {
 const rowsOf = (o: GemvOperand) => (o.packed ? o.packed.rows : o.w.rows);
 
 /**
- * silu(x gate^T) * (x up^T) in one dispatch for a few rows of x (decoding), equal to linear, linear,
- * siluMul; undefined where it does not apply (more rows, different layouts, a g_idx, a weight larger
- * than one binding), and the caller runs the three ops.
+ * x's and the weights' windows for a fused kernel (offsets and K in words for int8 codes), or
+ * undefined where the operands cannot be read alike or one does not fit a binding.
  */
-export function gateUp(ctx: GpuContext, x: Storage, gate: GemvOperand, up: GemvOperand): Storage | undefined {
-  const M = x.rows;
-  if (M === 0 || M > GEMV_MAX_M || !sameLayout(gate, up) || rowsOf(gate) !== rowsOf(up)) return undefined;
-  const [gw, uw] = [gate.w, up.w].map((s) => ctx.wholeIfFits(s));
-  const xw = ctx.wholeIfFits(x);
-  if (!gw || !uw || !xw) return undefined;
+function fusedWindows(ctx: GpuContext, input: FusedInput, ops: GemvOperand[]) {
+  const { x } = input;
+  const int8 = x.dtype === 'i8';
+  if (x.rows === 0 || x.rows > GEMV_MAX_M || ops.some((o) => !sameLayout(ops[0], o))) return undefined;
+  if (int8 !== !!ops[0].colScales || int8 !== !!input.rowScales || (int8 && x.cols % 4 !== 0))
+    return undefined;
+  const windows = [x, ...ops.map((o) => o.w)].map((s) => ctx.wholeIfFits(s));
+  if (windows.some((w) => !w || (int8 && w.off % 4 !== 0))) return undefined;
+  const unit = int8 ? 4 : 1;
+  const reading: Reading = { dx: x.dtype, dw: ops[0].w.dtype, pk: ops[0].packed };
+  return {
+    reading,
+    K: x.cols / unit,
+    offsets: windows.map((w) => w!.off / unit),
+    bindings: windows.map((w) => w!.binding),
+  };
+}
+
+/**
+ * silu(x gate^T) * (x up^T) in one dispatch for a few rows of x (decoding), equal to linear, linear,
+ * siluMul (int8: the scaled int8 products); undefined where it does not apply (more rows, different
+ * layouts, a g_idx, a weight larger than one binding), and the caller runs the separate ops.
+ */
+export function gateUp(
+  ctx: GpuContext,
+  input: FusedInput,
+  gate: GemvOperand,
+  up: GemvOperand,
+): Storage | undefined {
+  const f = fusedWindows(ctx, input, [gate, up]);
+  if (!f || rowsOf(gate) !== rowsOf(up)) return undefined;
+  const M = input.x.rows;
   const N = rowsOf(gate);
   const y = ctx.allocStorage(M, N, 'f32');
   const yw = ctx.whole(y, 'gateUp');
-  const extra = [gate.packed, up.packed].flatMap((pk) =>
-    pk ? [pk.scales, pk.zeros].map((s) => ctx.whole(s, 'gateUp').binding) : [],
-  );
+  const [xOff, gOff, uOff] = f.offsets;
   ctx.dispatch(
-    gemvGateUpKernel(x.dtype, gate.w.dtype, M, gate.packed),
-    new Params().u(M).u(N).u(x.cols).u(xw.off).u(gw.off).u(uw.off).u(yw.off),
-    [xw.binding, gw.binding, uw.binding, yw.binding, ...extra],
+    gemvGateUpKernel(f.reading, M),
+    new Params().u(M).u(N).u(f.K).u(xOff).u(gOff).u(uOff).u(yw.off),
+    [...f.bindings, yw.binding, ...readingBindings(ctx, input, [gate, up], 'gateUp')],
     grid2(Math.ceil(N / GEMV_COLS)),
   );
   return y;
@@ -131,26 +201,20 @@ export function gateUp(ctx: GpuContext, x: Storage, gate: GemvOperand, up: GemvO
  * Thread slot c of a workgroup sums column pair (c % 4) of the workgroup's four, its first column
  * (c < 4) or the one head_dim / 2 after it; the store rotates each pair as the rope kernel does.
  */
-function gemvQkvRopeKernel(dx: DType, dw: DType, M: number, pk: PackedLayout | undefined): Kernel {
+function gemvQkvRopeKernel(r: Reading, M: number): Kernel {
   return {
-    key: `gemv-qkv-rope:${dx}:${weightKey(dw, pk)}:${M}`,
+    key: `gemv-qkv-rope:${readingKey(r)}:${M}`,
     bindings: [
       'uniform',
-      'read',
-      'read',
-      'read',
-      'read',
-      'read',
-      'write',
-      'write',
-      'write',
-      ...(pk ? (['read', 'read', 'read', 'read', 'read', 'read'] as const) : []),
+      ...bindingsOf(5, 'read'),
+      ...bindingsOf(3, 'write'),
+      ...bindingsOf(readingCount(r, 3), 'read'),
     ],
-    code: () => qkvRopeCode(dx, dw, M, pk),
+    code: () => qkvRopeCode(r, M),
   };
 }
 
-function qkvRopeCode(dx: DType, dw: DType, M: number, pk: PackedLayout | undefined): string {
+function qkvRopeCode(r: Reading, M: number): string {
   const L = GEMV_LANES;
   const names = ['Q', 'K', 'V'];
   const weights: GemvWeight[] = names.map((t) => ({
@@ -162,12 +226,11 @@ function qkvRopeCode(dx: DType, dw: DType, M: number, pk: PackedLayout | undefin
     acc: 0,
   }));
   const weightDecls = names
-    .map((t, i) => `@group(0) @binding(${2 + i}) var<storage, read> W${t}: array<${arrayType(dw)}>;`)
+    .map((t, i) => `@group(0) @binding(${2 + i}) var<storage, read> W${t}: array<${arrayType(r.dw)}>;`)
     .join('\n');
   const outDecls = names
     .map((t, i) => `@group(0) @binding(${6 + i}) var<storage, read_write> Y${t}: array<f32>;`)
     .join('\n');
-  const loads = pk ? '' : names.map((t) => loadFn(`ldW${t}`, `W${t}`, dw)).join('\n');
   const red = (slot: string) => `red[(${slot}) * ${L * M}u + lane]`;
   const column = `let c2 = c % ${GEMV_COLS / 2}u;
   let side = c / ${GEMV_COLS / 2}u;
@@ -180,45 +243,39 @@ function qkvRopeCode(dx: DType, dw: DType, M: number, pk: PackedLayout | undefin
   }
   let i = pair % p.half;
   let n = (pair / p.half) * 2u * p.half + i + side * p.half;`;
+  // the pair's two sums as outputs of projection w: columns n and n + half
+  const pairValues = (w: GemvWeight) => `let a = ${outValue(r, red('c'), w, 'n')};
+        let b = ${outValue(r, red(`c + ${GEMV_COLS / 2}u`), w, 'n + p.half')};`;
+  const rotated = (w: GemvWeight, y: string, pairs: string, off: string) => `{
+        ${pairValues(w)}
+        let cs = CS[(p.first + lane) * p.half + i];
+        let at = ${off} + lane * 2u * ${pairs} + n;
+        ${y}[at] = a * cs.x - b * cs.y;
+        ${y}[at + p.half] = b * cs.x + a * cs.y;
+      }`;
   const store = `if (side == 0u) {
-      let a = ${red('c')};
-      let b = ${red(`c + ${GEMV_COLS / 2}u`)};
       if (t == 2u) {
+        ${pairValues(weights[2])}
         let at = p.yVOff + lane * 2u * p.pv + n;
         YV[at] = a;
         YV[at + p.half] = b;
-      } else {
-        let cs = CS[(p.first + lane) * p.half + i];
-        let ra = a * cs.x - b * cs.y;
-        let rb = b * cs.x + a * cs.y;
-        if (t == 0u) {
-          let at = p.yQOff + lane * 2u * p.pq + n;
-          YQ[at] = ra;
-          YQ[at + p.half] = rb;
-        } else {
-          let at = p.yKOff + lane * 2u * p.pk + n;
-          YK[at] = ra;
-          YK[at + p.half] = rb;
-        }
-      }
+      } else if (t == 0u) ${rotated(weights[0], 'YQ', 'p.pq', 'p.yQOff')} else ${rotated(weights[1], 'YK', 'p.pk', 'p.yKOff')}
     }`;
   return `
 struct P { K: u32, xOff: u32, wQOff: u32, wKOff: u32, wVOff: u32, pq: u32, pk: u32, pv: u32, half: u32,
   first: u32, yQOff: u32, yKOff: u32, yVOff: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> X: array<${arrayType(dx)}>;
+@group(0) @binding(1) var<storage, read> X: array<${arrayType(r.dx)}>;
 ${weightDecls}
 @group(0) @binding(5) var<storage, read> CS: array<vec2<f32>>;
 ${outDecls}
-${pk ? scaleArrays(['SQ', 'ZQ', 'SK', 'ZK', 'SV', 'ZV'], 9) : ''}
-${pk ? levelTable(pk) : ''}
-${loadFn('ldX', 'X', dx)}
-${loads}
+${readingDecls(r, weights, 9)}
+${isInt8(r) ? '' : loadFn('ldX', 'X', r.dx)}
 ${gemvMain(
-  'f32',
+  isInt8(r) ? 'i32' : 'f32',
   M,
   `
-    if (t == 0u) ${weightLoop(pk, M, weights[0])} else if (t == 1u) ${weightLoop(pk, M, weights[1])} else ${weightLoop(pk, M, weights[2])}`,
+    if (t == 0u) ${weightLoop(r, M, weights[0])} else if (t == 1u) ${weightLoop(r, M, weights[1])} else ${weightLoop(r, M, weights[2])}`,
   store,
   M,
   { decl: column, active: 't < 3u' },
@@ -227,61 +284,41 @@ ${gemvMain(
 
 /**
  * q, k, v projections of a few rows of x at consecutive positions first.. with RoPE on q and k, in
- * one dispatch: equal to linear x3 and rope x2. Undefined where it does not apply (more rows,
- * weights of different layouts or with a g_idx, a tensor larger than one binding, fewer storage
- * bindings than the kernel needs).
+ * one dispatch: equal to linear x3 and rope x2 (int8: the scaled int8 products). Undefined where it
+ * does not apply (more rows, weights of different layouts or with a g_idx, a tensor larger than one
+ * binding, fewer storage bindings than the kernel needs).
  */
 export function qkvRope(
   ctx: GpuContext,
-  x: Storage,
+  input: FusedInput,
   weights: readonly [GemvOperand, GemvOperand, GemvOperand],
   first: number,
   headDim: number,
   table: RopeTable,
 ): [Storage, Storage, Storage] | undefined {
-  const M = x.rows;
-  const [q, k, v] = weights;
+  const M = input.x.rows;
   const half = headDim / 2;
-  const needs = q.packed ? 14 : 8;
-  if (M === 0 || M > GEMV_MAX_M || ctx.maxStorageBuffers < needs) return undefined;
-  if (!sameLayout(q, k) || !sameLayout(q, v) || table.invFreq.length !== half) return undefined;
+  const f = fusedWindows(ctx, input, [...weights]);
+  if (!f || ctx.maxStorageBuffers < 8 + readingCount(f.reading, 3) || table.invFreq.length !== half)
+    return undefined;
   const rows = weights.map(rowsOf);
   if (rows.some((n) => n % headDim !== 0)) return undefined;
-  const windows = [x, q.w, k.w, v.w].map((s) => ctx.wholeIfFits(s));
   const cs = ropeTableBuffer(ctx, table, first + M - 1);
-  if (windows.some((w) => !w) || cs.buffer.size > ctx.maxBindingBytes) return undefined;
-  const [xw, qw, kw, vw] = windows as NonNullable<(typeof windows)[number]>[];
+  if (cs.buffer.size > ctx.maxBindingBytes) return undefined;
   const outs = rows.map((n) => ctx.allocStorage(M, n, 'f32')) as [Storage, Storage, Storage];
   const ow = outs.map((o) => ctx.whole(o, 'qkvRope'));
-  const scales = weights.flatMap((o) =>
-    o.packed ? [o.packed.scales, o.packed.zeros].map((s) => ctx.whole(s, 'qkvRope').binding) : [],
-  );
   const pairs = rows.map((n) => n / 2);
-  const params = new Params()
-    .u(x.cols)
-    .u(xw.off)
-    .u(qw.off)
-    .u(kw.off)
-    .u(vw.off)
-    .u(pairs[0])
-    .u(pairs[1])
-    .u(pairs[2])
-    .u(half)
-    .u(first)
-    .u(ow[0].off)
-    .u(ow[1].off)
-    .u(ow[2].off);
+  const params = new Params().u(f.K);
+  for (const off of f.offsets) params.u(off);
+  params.u(pairs[0]).u(pairs[1]).u(pairs[2]).u(half).u(first).u(ow[0].off).u(ow[1].off).u(ow[2].off);
   ctx.dispatch(
-    gemvQkvRopeKernel(x.dtype, q.w.dtype, M, q.packed),
+    gemvQkvRopeKernel(f.reading, M),
     params,
     [
-      xw.binding,
-      qw.binding,
-      kw.binding,
-      vw.binding,
+      ...f.bindings,
       { buffer: cs.buffer, offset: 0, size: cs.buffer.size },
       ...ow.map((w) => w.binding),
-      ...scales,
+      ...readingBindings(ctx, input, [...weights], 'qkvRope'),
     ],
     grid2(Math.ceil((pairs[0] + pairs[1] + pairs[2]) / (GEMV_COLS / 2))),
   );

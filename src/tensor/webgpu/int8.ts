@@ -346,15 +346,28 @@ ${gemvMain('i32', M, dot4GemvLoop(M), `C[lane * p.N + n] = red[c * ${L * M}u + l
   };
 }
 
+/** The arrays, K (in words) and offsets (in words) a dot4 GEMV loop reads, and where its sums go in acc. */
+export interface Dot4Operands {
+  A: string;
+  B: string;
+  K: string;
+  aOff: string;
+  bOff: string;
+  acc: number;
+}
+
+const PLAIN_DOT4: Dot4Operands = { A: 'A', B: 'B', K: 'p.KW', aOff: '0u', bOff: '0u', acc: 0 };
+
 /** The per-lane loop of the dot4 GEMV: four consecutive words (16 int8) a thread per step. */
-function dot4GemvLoop(M: number): string {
+export function dot4GemvLoop(M: number, o: Dot4Operands = PLAIN_DOT4): string {
   return `
-    for (var w0 = lane * 4u; w0 < p.KW; w0 += ${GEMV_LANES * 4}u) {
+    let bRow = ${o.bOff} + n * ${o.K};
+    for (var w0 = lane * 4u; w0 < ${o.K}; w0 += ${GEMV_LANES * 4}u) {
       for (var j = 0u; j < 4u; j++) {
         let kw = w0 + j;
-        if (kw >= p.KW) { break; }
-        let b = B[n * p.KW + kw];
-        for (var m = 0u; m < ${M}u; m++) { acc[m] += dot4I8Packed(A[m * p.KW + kw], b); }
+        if (kw >= ${o.K}) { break; }
+        let b = ${o.B}[bRow + kw];
+        for (var m = 0u; m < ${M}u; m++) { acc[${o.acc}u + m] += dot4I8Packed(${o.A}[${o.aOff} + m * ${o.K} + kw], b); }
       }
     }`;
 }
