@@ -11,6 +11,7 @@ import { LINEARS, type LlamaModel } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
 import { usePackedWeights } from '../src/model/packed.ts';
 import '../src/quant/methods.ts';
+import type { IntSpec } from '../src/formats/spec.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
 import { resolveRecipe } from '../src/quant/recipe.ts';
 import { KvCache } from '../src/runtime/kv-cache.ts';
@@ -23,7 +24,15 @@ const probe = await openDevice();
 probe?.device.destroy();
 const gpu = probe ? await WebGpuBackend.create() : undefined;
 const skip = gpu ? false : 'no WebGPU adapter';
-const FUSED = ['qkvRope', 'gateUp', 'linearAdd', 'linearInt8', 'qkvRopeInt8', 'gateUpInt8'] as const;
+const FUSED = [
+  'qkvRope',
+  'gateUp',
+  'linearAdd',
+  'linearInt8',
+  'qkvRopeInt8',
+  'gateUpInt8',
+  'rmsnormQuantizeRowsInt8',
+] as const;
 
 /** Runs `f` with the backend's fused ops hidden (the model then runs the separate ops). */
 async function unfused<T>(b: WebGpuBackend, f: () => Promise<T>): Promise<T> {
@@ -52,7 +61,7 @@ async function decode(model: LlamaModel): Promise<{ logits: Float32Array[]; disp
   return { logits, dispatches: b.ctx.recorded - start };
 }
 
-test('WebGPU decoding with the fused q/k/v + RoPE, gate/up + SiLU and residual stores equals the separate ops bit for bit (bf16, W4 g64, IQ4_XS codes)', {
+test('WebGPU decoding with the fused RMSNorm + q/k/v + RoPE, RMSNorm + gate/up + SiLU and residual stores equals the separate ops bit for bit (bf16, W4 g64, IQ4_XS codes)', {
   skip,
 }, async () => {
   for (const format of ['bf16', 'int4-g64', 'iq4_xs']) {
@@ -64,17 +73,15 @@ test('WebGPU decoding with the fused q/k/v + RoPE, gate/up + SiLU and residual s
     const want = await unfused(gpu!, () => decode(model));
     const got = await decode(model);
     assert.deepEqual(got.logits, want.logits, format);
-    // one-row steps: 15 dispatches a layer become 7 (q/k/v+RoPE, gate/up+SiLU, two residual adds)
+    // 15 dispatches a layer become 5 (norm+q/k/v+RoPE, attention, o+residual, norm+gate/up+SiLU, down+residual)
     const layers = model.layers.length;
-    assert.ok(
-      want.dispatches - got.dispatches >= 2 * 8 * layers,
-      `${format}: ${want.dispatches} -> ${got.dispatches}`,
-    );
+    assert.equal(got.dispatches, 4 * (5 * layers + 3), `${format}: ${want.dispatches} -> ${got.dispatches}`);
+    assert.equal(want.dispatches, 4 * (15 * layers + 3), format);
     model.dispose();
   }
 });
 
-test('WebGPU W8A8 decoding: int8 GEMVs with the scales and residual in their store, q/k/v + RoPE and gate/up + SiLU on int8 codes, one input quantization for each, equal the separate ops bit for bit', {
+test('WebGPU W8A8 decoding: int8 GEMVs with the scales and residual in their store, q/k/v + RoPE and gate/up + SiLU on int8 codes, each input normed and quantized once in one kernel, equal the separate ops bit for bit', {
   skip,
 }, async () => {
   const model = loadLlama(`${MODELS}llama-tiny`, gpu!);
@@ -87,8 +94,9 @@ test('WebGPU W8A8 decoding: int8 GEMVs with the scales and residual in their sto
   // gate/up become one kernel each with the RoPE and SiLU
   const layers = model.layers.length;
   assert.ok(want.dispatches - got.dispatches >= 4 * 13 * layers, `${want.dispatches} -> ${got.dispatches}`);
-  // 11 a layer (43 with a three-pass quantizer, GEMV and scale pass a linear) plus embedding, norm, head
-  assert.ok(got.dispatches <= 4 * (11 * layers + 3), `${got.dispatches} dispatches in 4 steps`);
+  // 9 a layer (43 with norms, a three-pass quantizer, GEMV and scale pass a linear and the adds) plus
+  // embedding, final norm and head
+  assert.equal(got.dispatches, 4 * (9 * layers + 3), `${got.dispatches} dispatches in 4 steps`);
   model.dispose();
 });
 
@@ -212,4 +220,54 @@ test('WebGPU qkvRopeInt8 and gateUpInt8 equal the scaled int8 products with RoPE
   const x5 = rows(5);
   assert.equal(b.gateUpInt8(x5, wg, wu), undefined);
   assert.equal(b.qkvRopeInt8(x5, [wq, wk, wv], 0, headDim, table), undefined);
+});
+
+test('WebGPU fused RMSNorm: qkvRope / gateUp with a norm and rmsnormQuantizeRowsInt8 equal rmsnorm followed by the op, bit for bit (1-4 rows, f32 / bf16 weights)', {
+  skip,
+}, async () => {
+  const b = gpu!;
+  const r = rng(13);
+  const K = 96;
+  const headDim = 16;
+  const table = {
+    invFreq: Float32Array.from({ length: headDim / 2 }, (_, i) => 10000 ** (-i / 8)),
+    attentionScaling: 1,
+  };
+  const eps = 1e-5;
+  for (const dtype of ['f32', 'bf16'] as const) {
+    const upload = (v: Float32Array, shape: number[]) =>
+      dtype === 'f32' ? b.upload(v, shape, 'f32') : b.upload(f32ToBf16(v), shape, 'bf16');
+    const [wq, wk, wv, wg, wu] = [48, 32, 32, 40, 40].map((n) => upload(r.normal(n * K, 0.1), [n, K]));
+    const norm = {
+      weight: upload(
+        r.normal(K, 0.3).map((v) => 1 + v),
+        [K],
+      ),
+      eps,
+    };
+    for (const M of [1, 2, 4]) {
+      // a residual-stream-like row: large values, one outlier channel
+      const h = b.upload(
+        r.normal(M * K, 4).map((v, i) => (i % K === 5 ? v * 30 : v)),
+        [M, K],
+        'f32',
+      );
+      const x = b.rmsnorm(h, norm.weight, eps);
+      const fused = b.qkvRope(h, [wq, wk, wv], 3, headDim, table, norm)!;
+      const want = b.qkvRope(x, [wq, wk, wv], 3, headDim, table)!;
+      for (let i = 0; i < 3; i++)
+        assert.deepEqual(await b.read(fused[i]), await b.read(want[i]), `${dtype} qkv ${i} M ${M}`);
+      assert.deepEqual(
+        await b.read(b.gateUp(h, wg, wu, norm)!),
+        await b.read(b.gateUp(x, wg, wu)!),
+        `${dtype} gate/up`,
+      );
+      for (const spec of [undefined, parseFormat('int4-row-sym') as IntSpec]) {
+        const got = b.rmsnormQuantizeRowsInt8(h, norm, spec)!;
+        const sep = b.quantizeRowsInt8(x, spec);
+        assert.deepEqual(await b.read(got.codes), await b.read(sep.codes), `${dtype} codes M ${M}`);
+        assert.deepEqual(await b.read(got.scales), await b.read(sep.scales), `${dtype} scales M ${M}`);
+      }
+    }
+  }
 });

@@ -112,19 +112,12 @@ export interface SharedInt8Input {
 }
 
 /**
- * x quantized for linears of int8 weights `weights` where they take one input format and x's rows
- * fit each one's int8 GEMM (int8ChunkRows); undefined otherwise.
+ * Whether linears of int8 weights `weights` can share one quantized input of `rows` rows: one input
+ * format, and the rows fit each one's int8 GEMM (int8ChunkRows).
  */
-export function shareInt8Input(
-  b: Backend,
-  x: Tensor,
-  weights: Int8Weight[],
-  biases: (Tensor | undefined)[],
-): SharedInt8Input | undefined {
+export function canShareInt8Input(rows: number, weights: Int8Weight[]): boolean {
   const key = (w: Int8Weight) => JSON.stringify(w.input ?? null);
-  if (weights.some((w) => key(w) !== key(weights[0]) || x.shape[0] > int8ChunkRows(w.codes.shape[0])))
-    return undefined;
-  return { xq: b.quantizeRowsInt8(x, weights[0].input), weights, biases };
+  return weights.every((w) => key(w) === key(weights[0]) && rows <= int8ChunkRows(w.codes.shape[0]));
 }
 
 /** Each linear's output from a shared quantized input. */

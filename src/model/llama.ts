@@ -9,14 +9,14 @@ import type { FormatSpec } from '../formats/spec.ts';
 import type { ModelConfig } from '../io/config.ts';
 import { ropeTable } from '../io/rope.ts';
 import type { Checkpoint } from '../io/safetensors-format.ts';
-import type { Backend, DType, PackedWeight, RopeTable, Tensor } from '../tensor/tensor.ts';
+import type { Backend, DType, PackedWeight, RmsNorm, RopeTable, Tensor } from '../tensor/tensor.ts';
 import {
+  canShareInt8Input,
   disposeRows,
   type Int8Weight,
   int8Linear,
   int8Products,
   type SharedInt8Input,
-  shareInt8Input,
 } from './int8.ts';
 import type { BlockCodes } from './packed.ts';
 
@@ -95,6 +95,33 @@ export type StoredLinearReader = (
   name: LinearName,
   shape: [number, number],
 ) => Partial<Pick<Linear, 'weight' | 'quantized' | 'inputQuant' | 'blockCodes'>> | undefined;
+
+/**
+ * A block's input: x, or rmsnorm(h) that fused backend ops compute inside themselves (from h and
+ * `norm`) and other ops read as a tensor, computed once on first use.
+ */
+export class NormedInput {
+  private x: Tensor | undefined;
+
+  constructor(
+    private readonly backend: Backend,
+    readonly h: Tensor,
+    readonly norm?: RmsNorm,
+  ) {
+    if (!norm) this.x = h;
+  }
+
+  tensor(): Tensor {
+    this.x ??= this.backend.rmsnorm(this.h, this.norm!.weight, this.norm!.eps);
+    return this.x;
+  }
+
+  /** Frees the normed tensor if one was made. */
+  release(): void {
+    if (this.norm) this.x?.dispose();
+    if (this.norm) this.x = undefined;
+  }
+}
 
 /**
  * Keys and values of earlier positions of one sequence (generation). A forward with a cache runs the
@@ -267,16 +294,17 @@ export class LlamaModel {
   /** softmax(q k^T) v over the heads for normed input x: the input of o_proj. */
   attentionMix(
     layer: number,
-    x: Tensor,
+    x: Tensor | NormedInput,
     shape: BatchShape,
     hooks?: ForwardHooks,
     cache?: AttentionCache,
   ): Tensor {
     const b = this.backend;
     const { numHeads, numKvHeads, headDim } = this.config;
+    const input = x instanceof NormedInput ? x : new NormedInput(b, x);
     const pos = cache ? positionsFrom(cache.past, shape.seqLen) : this.positions(shape);
     const [q, rawK, rawV] =
-      (!hooks?.linearInput && this.fusedQkv(layer, x, pos)) || this.qkv(layer, x, pos, hooks);
+      (!hooks?.linearInput && this.fusedQkv(layer, input, pos)) || this.qkv(layer, input, pos, hooks);
     const k = this.kvQuantized(rawK);
     const v = this.kvQuantized(rawV);
     const heads = { numHeads, numKvHeads, headDim };
@@ -292,9 +320,13 @@ export class LlamaModel {
   }
 
   /** q and k (after RoPE) and v for normed input x at positions `pos`. */
-  private qkv(layer: number, x: Tensor, pos: Int32Array, hooks?: ForwardHooks): [Tensor, Tensor, Tensor] {
+  private qkv(
+    layer: number,
+    input: NormedInput,
+    pos: Int32Array,
+    hooks?: ForwardHooks,
+  ): [Tensor, Tensor, Tensor] {
     const names: LinearName[] = ['q_proj', 'k_proj', 'v_proj'];
-    const input = this.groupInput(layer, names, x);
     const int8 = this.sharedInt8(layer, names, input, hooks);
     const { headDim } = this.config;
     const fused =
@@ -310,13 +342,10 @@ export class LlamaModel {
     const out =
       fused ??
       this.ropedQkv(
-        int8
-          ? int8Products(this.backend, int8)
-          : names.map((n) => this.applyLinear(layer, n, input.x, hooks, input.transformed)),
+        int8 ? int8Products(this.backend, int8) : this.separately(layer, names, input, hooks),
         pos,
       );
     if (int8) disposeRows(int8.xq);
-    if (input.transformed) input.x.dispose();
     return out;
   }
 
@@ -330,34 +359,56 @@ export class LlamaModel {
     return [rotated(q), rotated(k), v];
   }
 
+  /** Linears `names` of one input, each through applyLinear (an online transform they share applied once). */
+  private separately(layer: number, names: LinearName[], input: NormedInput, hooks?: ForwardHooks): Tensor[] {
+    const g = this.groupInput(layer, names, input.tensor());
+    const out = names.map((n) => this.applyLinear(layer, n, g.x, hooks, g.transformed));
+    if (g.transformed) g.x.dispose();
+    return out;
+  }
+
   /**
-   * The input of linears `names` quantized once for the int8 path, where all of them run there with
-   * one input format and no hook watches their inputs; undefined otherwise.
+   * The input of linears `names` quantized once for the int8 path (with its RMSNorm in the same
+   * kernel where the backend can), where all of them run there with one input format and no hook
+   * watches their inputs; undefined otherwise.
    */
   private sharedInt8(
     layer: number,
     names: LinearName[],
-    input: { x: Tensor; transformed: boolean },
+    input: NormedInput,
     hooks?: ForwardHooks,
   ): SharedInt8Input | undefined {
     const lins = names.map((n) => this.layers[layer].linears[n]);
     const weights = lins.flatMap((l) => (l.int8 ? [l.int8] : []));
-    if (hooks?.linearInput || weights.length < lins.length) return undefined;
-    if (!input.transformed && lins.some((l) => l.inputQuant?.transform)) return undefined;
-    return shareInt8Input(
-      this.backend,
-      input.x,
-      weights,
-      lins.map((l) => l.bias),
-    );
+    if (hooks?.linearInput || weights.length < lins.length || !canShareInt8Input(input.h.shape[0], weights))
+      return undefined;
+    const spec = weights[0].input;
+    const biases = lins.map((l) => l.bias);
+    if (lins.some((l) => l.inputQuant?.transform)) {
+      const g = this.groupInput(layer, names, input.tensor());
+      if (!g.transformed) return undefined;
+      const xq = this.backend.quantizeRowsInt8(g.x, spec);
+      g.x.dispose();
+      return { xq, weights, biases };
+    }
+    const fused = input.norm && this.backend.rmsnormQuantizeRowsInt8?.(input.h, input.norm, spec);
+    return { xq: fused || this.backend.quantizeRowsInt8(input.tensor(), spec), weights, biases };
   }
 
   /** qkv in one backend op, where the backend has one, the linears are plain and positions consecutive. */
-  private fusedQkv(layer: number, x: Tensor, pos: Int32Array): [Tensor, Tensor, Tensor] | undefined {
+  private fusedQkv(layer: number, input: NormedInput, pos: Int32Array): [Tensor, Tensor, Tensor] | undefined {
     const { q_proj: q, k_proj: k, v_proj: v } = this.layers[layer].linears;
     if (!this.backend.qkvRope || ![q, k, v].every(plainLinear) || !consecutive(pos)) return undefined;
     const weight = (l: Linear) => l.packed ?? l.weight;
-    return this.backend.qkvRope(x, [weight(q), weight(k), weight(v)], pos[0], this.config.headDim, this.rope);
+    const { headDim } = this.config;
+    return this.backend.qkvRope(
+      input.h,
+      [weight(q), weight(k), weight(v)],
+      pos[0],
+      headDim,
+      this.rope,
+      input.norm,
+    );
   }
 
   private kvQuantized(t: Tensor): Tensor {
@@ -378,11 +429,11 @@ export class LlamaModel {
   }
 
   /** silu(gate x) * up x, the input of down_proj, for normed input x. */
-  mlpActivation(layer: number, x: Tensor, hooks?: ForwardHooks): Tensor {
-    const plain = hooks?.linearInput ? undefined : this.fusedGateUp(layer, x);
+  mlpActivation(layer: number, x: Tensor | NormedInput, hooks?: ForwardHooks): Tensor {
+    const input = x instanceof NormedInput ? x : new NormedInput(this.backend, x);
+    const plain = hooks?.linearInput ? undefined : this.fusedGateUp(layer, input);
     if (plain) return plain;
     const names: LinearName[] = ['gate_proj', 'up_proj'];
-    const input = this.groupInput(layer, names, x);
     const int8 = this.sharedInt8(layer, names, input, hooks);
     const fused =
       int8 && !int8.biases.some(Boolean)
@@ -390,13 +441,8 @@ export class LlamaModel {
         : undefined;
     const act =
       fused ??
-      this.siluMulFree(
-        int8
-          ? int8Products(this.backend, int8)
-          : names.map((n) => this.applyLinear(layer, n, input.x, hooks, input.transformed)),
-      );
+      this.siluMulFree(int8 ? int8Products(this.backend, int8) : this.separately(layer, names, input, hooks));
     if (int8) disposeRows(int8.xq);
-    if (input.transformed) input.x.dispose();
     return act;
   }
 
@@ -409,10 +455,10 @@ export class LlamaModel {
   }
 
   /** silu(gate x) * up x in one backend op, where the backend has one and both linears are plain. */
-  private fusedGateUp(layer: number, x: Tensor): Tensor | undefined {
+  private fusedGateUp(layer: number, input: NormedInput): Tensor | undefined {
     const { gate_proj: gate, up_proj: up } = this.layers[layer].linears;
     if (!this.backend.gateUp || !plainLinear(gate) || !plainLinear(up)) return undefined;
-    return this.backend.gateUp(x, gate.packed ?? gate.weight, up.packed ?? up.weight);
+    return this.backend.gateUp(input.h, gate.packed ?? gate.weight, up.packed ?? up.weight, input.norm);
   }
 
   /** MLP block output for normed input x. */
@@ -445,9 +491,12 @@ export class LlamaModel {
     hooks?: ForwardHooks,
     cache?: AttentionCache,
   ): Tensor {
-    const x1 = this.attentionNorm(layer, h);
+    const x1 = new NormedInput(this.backend, h, {
+      weight: this.layers[layer].inputNorm,
+      eps: this.config.rmsNormEps,
+    });
     const mixed = this.attentionMix(layer, x1, shape, hooks, cache);
-    x1.dispose();
+    x1.release();
     const h1 = this.applyLinear(layer, 'o_proj', mixed, hooks, false, h);
     mixed.dispose();
     return h1;
@@ -455,9 +504,12 @@ export class LlamaModel {
 
   /** The layer output from the residual after attention: h1 + mlp(norm(h1)). */
   mlpResidual(layer: number, h1: Tensor, hooks?: ForwardHooks): Tensor {
-    const x2 = this.mlpNorm(layer, h1);
+    const x2 = new NormedInput(this.backend, h1, {
+      weight: this.layers[layer].postNorm,
+      eps: this.config.rmsNormEps,
+    });
     const act = this.mlpActivation(layer, x2, hooks);
-    x2.dispose();
+    x2.release();
     const out = this.applyLinear(layer, 'down_proj', act, hooks, false, h1);
     act.dispose();
     return out;

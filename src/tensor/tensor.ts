@@ -57,6 +57,15 @@ export interface ColumnStats {
   absMean: Float32Array;
 }
 
+/**
+ * An RMSNorm a fused op applies to its input x first (the decoder's norms before q/k/v and gate/up):
+ * the op then equals itself on rmsnorm(x, weight, eps).
+ */
+export interface RmsNorm {
+  weight: Tensor;
+  eps: number;
+}
+
 /** Rows quantized to integer codes: i8 codes [rows, cols] and one f32 scale a row (x per token, W per output channel). */
 export interface IntRows {
   codes: Tensor;
@@ -105,12 +114,18 @@ export interface Backend {
   linearAdd?(x: Tensor, w: Tensor | PackedWeight, residual: Tensor, bias?: Tensor): Tensor;
   /**
    * siluMul(linear(x, gate), linear(x, up)) in one op where the backend can (optional; undefined
-   * where it does not apply, and the caller runs the three ops).
+   * where it does not apply, and the caller runs the three ops). With `norm`, of rmsnorm(x) instead.
    */
-  gateUp?(x: Tensor, gate: Tensor | PackedWeight, up: Tensor | PackedWeight): Tensor | undefined;
+  gateUp?(
+    x: Tensor,
+    gate: Tensor | PackedWeight,
+    up: Tensor | PackedWeight,
+    norm?: RmsNorm,
+  ): Tensor | undefined;
   /**
    * [rope(linear(x, wq)), rope(linear(x, wk)), linear(x, wv)] at positions first, first + 1, ... in
-   * one op where the backend can (optional; undefined where it does not apply).
+   * one op where the backend can (optional; undefined where it does not apply). With `norm`, of
+   * rmsnorm(x) instead.
    */
   qkvRope?(
     x: Tensor,
@@ -118,7 +133,13 @@ export interface Backend {
     first: number,
     headDim: number,
     table: RopeTable,
+    norm?: RmsNorm,
   ): [Tensor, Tensor, Tensor] | undefined;
+  /**
+   * quantizeRowsInt8(rmsnorm(x, norm.weight, norm.eps), spec) in one op where the backend can
+   * (optional; undefined where it does not apply).
+   */
+  rmsnormQuantizeRowsInt8?(x: Tensor, norm: RmsNorm, spec?: IntSpec): IntRows | undefined;
   /** gateUp over int8 codes: siluMul of the two scaled int8 products (optional; undefined where it does not apply). */
   gateUpInt8?(x: IntRows, gate: IntRows, up: IntRows): Tensor | undefined;
   /** qkvRope over int8 codes: the three scaled int8 products, q and k rotated (optional). */

@@ -21,6 +21,7 @@ import {
   type IntRows,
   numel,
   type PackedWeight,
+  type RmsNorm,
   type RopeTable,
   rowsIntSpec,
   shapeString,
@@ -41,7 +42,7 @@ import { kron } from './kron.ts';
 import { concatRows, sliceRows, transpose } from './layout.ts';
 import { DEFAULT_TILE, embedding, type GemmTile, linear } from './matmul.ts';
 import { klDiv, nll, rmsnorm } from './norm.ts';
-import { fakeQuant, quantizeRowsInt8 } from './quant.ts';
+import { fakeQuant, quantizeRowsInt8, rmsnormQuantizeRowsInt8 } from './quant.ts';
 import { ggmlFakeQuant } from './quant-ggml.ts';
 import { iq1SearchFakeQuant, SEARCH_IQ1_TYPES } from './quant-iq1.ts';
 import { iq4SearchFakeQuant, SEARCH_IQ4_TYPES } from './quant-iq4.ts';
@@ -262,9 +263,14 @@ export class WebGpuBackend implements Backend {
     return this.linearOf(x, w, bias, this.st(residual, 'linearAdd'), 'linearAdd');
   }
 
-  gateUp(x: Tensor, gate: Tensor | PackedWeight, up: Tensor | PackedWeight): Tensor | undefined {
+  gateUp(
+    x: Tensor,
+    gate: Tensor | PackedWeight,
+    up: Tensor | PackedWeight,
+    norm?: RmsNorm,
+  ): Tensor | undefined {
     const [g, u] = [gate, up].map((w) => this.gemvOperand(x, w, 'gateUp'));
-    const out = gateUp(this.ctx, { x: this.st(x, 'gateUp') }, g, u);
+    const out = gateUp(this.ctx, this.fusedInput(x, norm, 'gateUp'), g, u);
     return out && this.wrap(out, [x.shape[0], out.cols]);
   }
 
@@ -280,13 +286,14 @@ export class WebGpuBackend implements Backend {
     first: number,
     headDim: number,
     table: RopeTable,
+    norm?: RmsNorm,
   ): [Tensor, Tensor, Tensor] | undefined {
     const ops = weights.map((w) => this.gemvOperand(x, w, 'qkvRope')) as [
       GemvOperand,
       GemvOperand,
       GemvOperand,
     ];
-    const outs = qkvRope(this.ctx, { x: this.st(x, 'qkvRope') }, ops, first, headDim, table);
+    const outs = qkvRope(this.ctx, this.fusedInput(x, norm, 'qkvRope'), ops, first, headDim, table);
     return outs?.map((o) => this.wrap(o, [x.shape[0], o.cols])) as [Tensor, Tensor, Tensor] | undefined;
   }
 
@@ -300,6 +307,17 @@ export class WebGpuBackend implements Backend {
     const ops = weights.map((w) => this.int8Operand(w, 'qkvRope')) as [GemvOperand, GemvOperand, GemvOperand];
     const outs = qkvRope(this.ctx, this.int8Input(x, 'qkvRope'), ops, first, headDim, table);
     return outs?.map((o) => this.wrap(o, [x.codes.shape[0], o.cols])) as [Tensor, Tensor, Tensor] | undefined;
+  }
+
+  private fusedInput(x: Tensor, norm: RmsNorm | undefined, op: string): FusedInput {
+    return { x: this.st(x, op), norm: norm && { weight: this.st(norm.weight, op), eps: norm.eps } };
+  }
+
+  rmsnormQuantizeRowsInt8(x: Tensor, norm: RmsNorm, spec?: IntSpec): IntRows | undefined {
+    const s = rowsIntSpec(x, spec);
+    const st = (t: Tensor) => this.st(t, 'rmsnormQuantizeRowsInt8');
+    const out = rmsnormQuantizeRowsInt8(this.ctx, st(x), s, { weight: st(norm.weight), eps: norm.eps });
+    return out && { codes: this.wrap(out.codes, x.shape), scales: this.wrap(out.scales, [x.shape[0]]) };
   }
 
   private int8Input(x: IntRows, op: string): FusedInput {

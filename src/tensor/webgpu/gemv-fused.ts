@@ -7,8 +7,11 @@
  *  - qkvRope: q, k, v projections with RoPE applied to q and k in the store (a workgroup computes
  *    column pairs (i, i + head_dim / 2) of one head, which is what the rotation mixes).
  * Both read f32/16-bit weights, packed codes, or (W8A8) int8 codes of x and of the weights: dot4 sums
- * in i32, scaled in the store as scaleInt32 does, f32(sum) * rowScale[m] * colScale[n].
+ * in i32, scaled in the store as scaleInt32 does, f32(sum) * rowScale[m] * colScale[n]. Float
+ * readings may take x as an RMSNorm's input: every workgroup first computes each row's 1 / rms the
+ * way the rmsnorm kernel does (same 256 threads, same order) and normalizes x as it reads it.
  */
+import { fail } from '../../errors.ts';
 import type { DType, RopeTable } from '../tensor.ts';
 import { type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
 import { ropeTableBuffer, SILU_MUL } from './elementwise.ts';
@@ -25,7 +28,9 @@ import {
   type PackedLayout,
   type PackedStorages,
   weightKey,
+  type XAt,
 } from './matmul.ts';
+import { normedValue, RMS_WG, rmsInverse } from './norm.ts';
 import { arrayType, loadFn } from './wgsl.ts';
 
 /** How a fused kernel reads x and its weights: x's and the weights' dtypes, and packed weights' layout. */
@@ -33,13 +38,50 @@ interface Reading {
   dx: DType;
   dw: DType;
   pk?: PackedLayout;
+  /** x is rmsnorm's input: the kernel normalizes its rows with a norm weight of this dtype */
+  norm?: DType;
 }
 
 /** Integer codes of x and the weights (i8), dot4 sums scaled in the store. */
 const isInt8 = (r: Reading) => r.dx === 'i8';
 
 function readingKey(r: Reading): string {
-  return isInt8(r) ? 'i8' : `${r.dx}:${weightKey(r.dw, r.pk)}`;
+  return isInt8(r) ? 'i8' : `${r.dx}:${weightKey(r.dw, r.pk)}${r.norm ? `:norm-${r.norm}` : ''}`;
+}
+
+/**
+ * x[m, k] as the loops read it: rmsnorm's value where the kernel normalizes x. The value goes
+ * through its bits and an xor with a uniform zero, which no compiler can see through: shader
+ * compilers may reassociate float multiplies (lavapipe's did: w * (nw * (x * inv)) came out 1 ulp
+ * off), and the product must use the value rmsnorm would have stored.
+ */
+function xAt(r: Reading): XAt | undefined {
+  return r.norm
+    ? (m, k) =>
+        `bitcast<f32>(bitcast<u32>(${normedValue('ldN', `p.nOff + ${k}`, `ldX(p.xOff + ${m} * p.K + ${k})`, `ninv[${m}]`)}) ^ p.zero)`
+    : undefined;
+}
+
+/** Declarations for normalizing x: the norm weight at binding `binding`, the RMS scratch arrays. */
+function normDecls(r: Reading, M: number, binding: number): string {
+  if (!r.norm) return '';
+  if (RMS_WG !== GEMV_COLS * GEMV_LANES)
+    fail('gemv-fused: the RMS workgroup differs from the GEMV workgroup');
+  return `@group(0) @binding(${binding}) var<storage, read> NW: array<${arrayType(r.norm)}>;
+${loadFn('ldN', 'NW', r.norm)}
+var<workgroup> nred: array<f32, ${RMS_WG}>;
+var<workgroup> ninv: array<f32, ${M}>;`;
+}
+
+/** Every thread's first step where the kernel normalizes x: 1 / rms of each row into ninv. */
+function normPrologue(r: Reading, M: number): string {
+  if (!r.norm) return '';
+  return `
+  for (var m = 0u; m < ${M}u; m++) {
+    ${rmsInverse('nred', 'p.xOff + m * p.K', 'p.K')}
+    if (lid == 0u) { ninv[m] = inv; }
+    workgroupBarrier();
+  }`;
 }
 
 /** The loop of one weight of a fused kernel, in its own scope. */
@@ -47,8 +89,8 @@ function weightLoop(r: Reading, M: number, wt: GemvWeight): string {
   const body = isInt8(r)
     ? dot4GemvLoop(M, { A: 'X', B: wt.W, K: 'p.K', aOff: 'p.xOff', bOff: wt.off, acc: wt.acc })
     : r.pk
-      ? gemvPackedLoop(r.pk, M, wt)
-      : gemvDenseLoop(M, wt);
+      ? gemvPackedLoop(r.pk, M, wt, xAt(r))
+      : gemvDenseLoop(M, wt, xAt(r));
   return `{${body}
     }`;
 }
@@ -91,6 +133,8 @@ function scaleArrays(names: string[], first: number): string {
 export interface FusedInput {
   x: Storage;
   rowScales?: Storage;
+  /** x is the input of an RMSNorm with this weight and eps: the kernel normalizes it (not for int8) */
+  norm?: { weight: Storage; eps: number };
 }
 
 /** One weight of a fused GEMV: plain (f32 / 16-bit), packed codes, or int8 codes with column scales. */
@@ -109,15 +153,23 @@ function gemvGateUpKernel(r: Reading, M: number): Kernel {
   const red = (i: string) => `red[c * ${GEMV_LANES * 2 * M}u + ${i}]`;
   return {
     key: `gemv-gate-up:${readingKey(r)}:${M}`,
-    bindings: ['uniform', 'read', 'read', 'read', 'write', ...bindingsOf(readingCount(r, 2), 'read')],
+    bindings: [
+      'uniform',
+      'read',
+      'read',
+      'read',
+      'write',
+      ...bindingsOf(readingCount(r, 2) + (r.norm ? 1 : 0), 'read'),
+    ],
     code: () => `
-struct P { M: u32, N: u32, K: u32, xOff: u32, gOff: u32, uOff: u32, yOff: u32 }
+struct P { M: u32, N: u32, K: u32, xOff: u32, gOff: u32, uOff: u32, yOff: u32, nOff: u32, eps: f32, zero: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> X: array<${arrayType(r.dx)}>;
 @group(0) @binding(2) var<storage, read> G: array<${arrayType(r.dw)}>;
 @group(0) @binding(3) var<storage, read> U: array<${arrayType(r.dw)}>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
 ${readingDecls(r, [gate, up], 5)}
+${normDecls(r, M, 5 + readingCount(r, 2))}
 ${isInt8(r) ? '' : loadFn('ldX', 'X', r.dx)}
 ${gemvMain(
   isInt8(r) ? 'i32' : 'f32',
@@ -127,6 +179,8 @@ ${gemvMain(
     let u = ${outValue(r, red(`${M}u + lane`), up, 'n')};
     Y[p.yOff + lane * p.N + n] = ${SILU_MUL('g', 'u')};`,
   2 * M,
+  undefined,
+  normPrologue(r, M),
 )}`,
   };
 }
@@ -157,15 +211,26 @@ function fusedWindows(ctx: GpuContext, input: FusedInput, ops: GemvOperand[]) {
   if (x.rows === 0 || x.rows > GEMV_MAX_M || ops.some((o) => !sameLayout(ops[0], o))) return undefined;
   if (int8 !== !!ops[0].colScales || int8 !== !!input.rowScales || (int8 && x.cols % 4 !== 0))
     return undefined;
+  const { norm } = input;
+  if (norm && (int8 || norm.weight.rows * norm.weight.cols !== x.cols)) return undefined;
   const windows = [x, ...ops.map((o) => o.w)].map((s) => ctx.wholeIfFits(s));
-  if (windows.some((w) => !w || (int8 && w.off % 4 !== 0))) return undefined;
+  const nw = norm ? ctx.wholeIfFits(norm.weight) : undefined;
+  if (windows.some((w) => !w || (int8 && w.off % 4 !== 0)) || (norm && !nw)) return undefined;
   const unit = int8 ? 4 : 1;
-  const reading: Reading = { dx: x.dtype, dw: ops[0].w.dtype, pk: ops[0].packed };
+  const reading: Reading = { dx: x.dtype, dw: ops[0].w.dtype, pk: ops[0].packed, norm: norm?.weight.dtype };
   return {
     reading,
     K: x.cols / unit,
     offsets: windows.map((w) => w!.off / unit),
     bindings: windows.map((w) => w!.binding),
+    /** the norm weight's binding (the kernel's last) */
+    normBindings: nw ? [nw.binding] : [],
+    /** the params' tail: the norm weight's offset and eps */
+    normParams: (p: Params) =>
+      p
+        .u(nw?.off ?? 0)
+        .f(norm?.eps ?? 0)
+        .u(0),
   };
 }
 
@@ -189,8 +254,8 @@ export function gateUp(
   const [xOff, gOff, uOff] = f.offsets;
   ctx.dispatch(
     gemvGateUpKernel(f.reading, M),
-    new Params().u(M).u(N).u(f.K).u(xOff).u(gOff).u(uOff).u(yw.off),
-    [...f.bindings, yw.binding, ...readingBindings(ctx, input, [gate, up], 'gateUp')],
+    f.normParams(new Params().u(M).u(N).u(f.K).u(xOff).u(gOff).u(uOff).u(yw.off)),
+    [...f.bindings, yw.binding, ...readingBindings(ctx, input, [gate, up], 'gateUp'), ...f.normBindings],
     grid2(Math.ceil(N / GEMV_COLS)),
   );
   return y;
@@ -208,7 +273,7 @@ function gemvQkvRopeKernel(r: Reading, M: number): Kernel {
       'uniform',
       ...bindingsOf(5, 'read'),
       ...bindingsOf(3, 'write'),
-      ...bindingsOf(readingCount(r, 3), 'read'),
+      ...bindingsOf(readingCount(r, 3) + (r.norm ? 1 : 0), 'read'),
     ],
     code: () => qkvRopeCode(r, M),
   };
@@ -263,13 +328,14 @@ function qkvRopeCode(r: Reading, M: number): string {
     }`;
   return `
 struct P { K: u32, xOff: u32, wQOff: u32, wKOff: u32, wVOff: u32, pq: u32, pk: u32, pv: u32, half: u32,
-  first: u32, yQOff: u32, yKOff: u32, yVOff: u32 }
+  first: u32, yQOff: u32, yKOff: u32, yVOff: u32, nOff: u32, eps: f32, zero: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> X: array<${arrayType(r.dx)}>;
 ${weightDecls}
 @group(0) @binding(5) var<storage, read> CS: array<vec2<f32>>;
 ${outDecls}
 ${readingDecls(r, weights, 9)}
+${normDecls(r, M, 9 + readingCount(r, 3))}
 ${isInt8(r) ? '' : loadFn('ldX', 'X', r.dx)}
 ${gemvMain(
   isInt8(r) ? 'i32' : 'f32',
@@ -279,6 +345,7 @@ ${gemvMain(
   store,
   M,
   { decl: column, active: 't < 3u' },
+  normPrologue(r, M),
 )}`;
 }
 
@@ -299,8 +366,8 @@ export function qkvRope(
   const M = input.x.rows;
   const half = headDim / 2;
   const f = fusedWindows(ctx, input, [...weights]);
-  if (!f || ctx.maxStorageBuffers < 8 + readingCount(f.reading, 3) || table.invFreq.length !== half)
-    return undefined;
+  if (!f || table.invFreq.length !== half) return undefined;
+  if (ctx.maxStorageBuffers < 8 + readingCount(f.reading, 3) + (input.norm ? 1 : 0)) return undefined;
   const rows = weights.map(rowsOf);
   if (rows.some((n) => n % headDim !== 0)) return undefined;
   const cs = ropeTableBuffer(ctx, table, first + M - 1);
@@ -311,6 +378,7 @@ export function qkvRope(
   const params = new Params().u(f.K);
   for (const off of f.offsets) params.u(off);
   params.u(pairs[0]).u(pairs[1]).u(pairs[2]).u(half).u(first).u(ow[0].off).u(ow[1].off).u(ow[2].off);
+  f.normParams(params);
   ctx.dispatch(
     gemvQkvRopeKernel(f.reading, M),
     params,
@@ -319,6 +387,7 @@ export function qkvRope(
       { buffer: cs.buffer, offset: 0, size: cs.buffer.size },
       ...ow.map((w) => w.binding),
       ...readingBindings(ctx, input, [...weights], 'qkvRope'),
+      ...f.normBindings,
     ],
     grid2(Math.ceil((pairs[0] + pairs[1] + pairs[2]) / (GEMV_COLS / 2))),
   );

@@ -167,7 +167,8 @@ const GEMV_WORDS = 4;
  * sum for row m in red[c * LANES * W + lane] (W = `width` sums a thread, M by default; a kernel with two
  * weights keeps the second's at acc[M + m], red[c * LANES * W + M + lane]). `column` declares n and
  * says whether the thread has one (by default the workgroup's GEMV_COLS consecutive columns below
- * p.N). Needs FLAT_WG.
+ * p.N); `prologue` runs before the loop in every thread (uniform control flow: barriers allowed).
+ * Needs FLAT_WG.
  */
 export function gemvMain(
   acc: 'f32' | 'i32',
@@ -176,6 +177,7 @@ export function gemvMain(
   store: string,
   width = M,
   column = { decl: `let n = flatWg(wid, nwg) * ${GEMV_COLS}u + c;`, active: 'n < p.N' },
+  prologue = '',
 ): string {
   const L = GEMV_LANES;
   return `${FLAT_WG}
@@ -185,7 +187,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {
   let c = lid / ${L}u;
   let lane = lid % ${L}u;
-  ${column.decl}
+  ${column.decl}${prologue}
   var acc: array<${acc}, ${width}>;
   if (${column.active}) {${loop}
   }
@@ -220,7 +222,11 @@ export interface GemvWeight {
 
 const ONE_WEIGHT: GemvWeight = { ld: 'ldW', W: 'W', S: 'S', Z: 'Z', off: 'p.wOff', acc: 0 };
 
-export function gemvDenseLoop(M: number, wt: GemvWeight = ONE_WEIGHT): string {
+/** WGSL of x[m, k] in a GEMV loop: ldX over x's window. */
+export type XAt = (m: string, k: string) => string;
+const X_PLAIN: XAt = (m, k) => `ldX(p.xOff + ${m} * p.K + ${k})`;
+
+export function gemvDenseLoop(M: number, wt: GemvWeight = ONE_WEIGHT, xAt = X_PLAIN): string {
   return `
     let wRow = ${wt.off} + n * p.K;
     for (var k0 = lane * ${GEMV_KV}u; k0 < p.K; k0 += ${GEMV_LANES * GEMV_KV}u) {
@@ -228,7 +234,7 @@ export function gemvDenseLoop(M: number, wt: GemvWeight = ONE_WEIGHT): string {
         let k = k0 + e;
         if (k < p.K) {
           let w = ${wt.ld}(wRow + k);
-          for (var m = 0u; m < ${M}u; m++) { acc[${wt.acc}u + m] += w * ldX(p.xOff + m * p.K + k); }
+          for (var m = 0u; m < ${M}u; m++) { acc[${wt.acc}u + m] += w * ${xAt('m', 'k')}; }
         }
       }
     }`;
@@ -239,7 +245,12 @@ export function gemvDenseLoop(M: number, wt: GemvWeight = ONE_WEIGHT): string {
  * unless a g_idx maps each column), shifts instead of ldW's per-element divisions. Lanes take
  * consecutive words, so a subgroup's weight loads and its x loads each cover few cache lines.
  */
-export function gemvPackedLoop(pk: PackedLayout, M: number, wt: GemvWeight = ONE_WEIGHT): string {
+export function gemvPackedLoop(
+  pk: PackedLayout,
+  M: number,
+  wt: GemvWeight = ONE_WEIGHT,
+  xAt = X_PLAIN,
+): string {
   const per = 32 / pk.codeBits;
   const wordGroups = !pk.groupOf && pk.group % per === 0;
   const group = (k: string) =>
@@ -270,7 +281,7 @@ export function gemvPackedLoop(pk: PackedLayout, M: number, wt: GemvWeight = ONE
           let z = ${wt.Z}[g];`
           }
           let w = (${codeValue(pk, `(word >> (e * ${pk.codeBits}u)) & ${(1 << pk.codeBits) - 1}u`)} - z) * s;
-          for (var m = 0u; m < ${M}u; m++) { acc[${wt.acc}u + m] += w * ldX(p.xOff + m * p.K + k); }
+          for (var m = 0u; m < ${M}u; m++) { acc[${wt.acc}u + m] += w * ${xAt('m', 'k')}; }
         }
       }
     }`;

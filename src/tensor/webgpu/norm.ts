@@ -12,6 +12,32 @@ const TREE = (op: string) => `
     workgroupBarrier();
   }`;
 
+/** Threads of a workgroup that computes one row's RMS: every kernel that fuses it sums in this order. */
+export const RMS_WG = WG;
+
+/**
+ * WGSL, in uniform control flow of a RMS_WG-thread workgroup (thread `lid`): `let inv` = 1 / rms of
+ * the d values ldX(base + i) (+ eps), summed through the workgroup array `arr` (array<f32, RMS_WG>).
+ */
+export function rmsInverse(arr: string, base: string, d: string): string {
+  return `var ss = 0.0;
+  for (var i = lid; i < ${d}; i += ${WG}u) {
+    let v = ldX(${base} + i);
+    ss += v * v;
+  }
+  ${arr}[lid] = ss;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
+    if (lid < s) { ${arr}[lid] = ${arr}[lid] + ${arr}[lid + s]; }
+    workgroupBarrier();
+  }
+  let inv = 1.0 / sqrt(${arr}[0] / f32(${d}) + p.eps);`;
+}
+
+/** WGSL of the normed value: norm weight (ldN) at `k` times x at `at` times inv (rmsnorm's expression). */
+export const normedValue = (ldN: string, k: string, x: string, inv: string) =>
+  `${ldN}(${k}) * (${x} * ${inv})`;
+
 function rmsnormKernel(dx: DType, dw: DType): Kernel {
   return {
     key: `rmsnorm:${dx}:${dw}`,
@@ -32,18 +58,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let row = flatWg(wid, nwg);
   if (row >= p.rows) { return; }
   let base = p.xOff + row * p.d;
-  var ss = 0.0;
-  for (var i = lid; i < p.d; i += ${WG}u) {
-    let v = ldX(base + i);
-    ss += v * v;
-  }
-  red[lid] = ss;
-  workgroupBarrier();
-  ${TREE('red[lid] + red[lid + s]')}
-  let inv = 1.0 / sqrt(red[0] / f32(p.d) + p.eps);
+  ${rmsInverse('red', 'base', 'p.d')}
   let ob = p.oOff + row * p.d;
   for (var i = lid; i < p.d; i += ${WG}u) {
-    O[ob + i] = ldW(p.wOff + i) * (ldX(base + i) * inv);
+    O[ob + i] = ${normedValue('ldW', 'p.wOff + i', 'ldX(base + i)', 'inv')};
   }
 }`,
   };

@@ -19,7 +19,8 @@ import type { FormatSpec, IntSpec, MxElement } from '../../formats/spec.ts';
 import { f32Bits } from '../dtype.ts';
 import type { DType } from '../tensor.ts';
 import { type GpuContext, grid2, type Kernel, Params, type Storage, type Window } from './context.ts';
-import { FLAT_WG } from './wgsl.ts';
+import { normedValue, RMS_WG, rmsInverse } from './norm.ts';
+import { arrayType, FLAT_WG, loadFn } from './wgsl.ts';
 
 const WG = 64;
 const EW_WG = 256;
@@ -681,18 +682,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   };
 }
 
-const ROW_WG = 256;
+const ROW_WG = RMS_WG;
 
 /**
  * The stats, parameter and codes passes of a per-row plan in one kernel, a workgroup a row: the
  * row's min/max over its finite values (the stats pass's), params() of it, then its codes and scale.
+ * With `norm` (the norm weight's dtype) x is an RMSNorm's input and each row is normalized first,
+ * as rmsnorm computes it.
  */
-function int8RowKernel(dtype: DType, bits: number, plan: Plan): Kernel {
+function int8RowKernel(dtype: DType, bits: number, plan: Plan, norm: DType | undefined): Kernel {
+  // bits of the value at column j of the row
+  const value = (j: string) =>
+    norm
+      ? `bitcast<u32>(${normedValue('ldN', `p.nOff + ${j}`, `ldX(base + ${j})`, 'inv')})`
+      : `ldBits(base + ${j})`;
   return {
-    key: `int8-row:${dtype}:${bits}:${plan.key}`,
-    bindings: ['uniform', 'read', 'write', 'write'],
+    key: `int8-row:${dtype}:${bits}:${plan.key}${norm ? `:norm-${norm}` : ''}`,
+    bindings: ['uniform', 'read', 'write', 'write', ...(norm ? (['read'] as const) : [])],
     code: () => `
-struct P { rows: u32, cols: u32, xOff: u32, oOff: u32, sOff: u32 }
+struct P { rows: u32, cols: u32, xOff: u32, oOff: u32, sOff: u32, nOff: u32, eps: f32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> X: array<u32>;
 @group(0) @binding(2) var<storage, read_write> O: array<u32>;
@@ -704,16 +712,25 @@ ${plan.wgsl}
 ${loadBitsFn(dtype)}
 ${FLAT_WG}
 ${int8CodeFn(bits)}
+${
+  norm
+    ? `@group(0) @binding(4) var<storage, read> NW: array<${arrayType(norm)}>;
+${loadFn('ldN', 'NW', norm)}
+fn ldX(i: u32) -> f32 { return bitcast<f32>(ldBits(i)); }
+var<workgroup> nred: array<f32, ${ROW_WG}>;`
+    : ''
+}
 @compute @workgroup_size(${ROW_WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
   let row = flatWg(wid, nwg);
   if (row >= p.rows) { return; }
   let base = p.xOff + row * p.cols;
+  ${norm ? rmsInverse('nred', 'base', 'p.cols') : ''}
   var mn = 3.4028234663852886e38;
   var mx = -3.4028234663852886e38;
   for (var i = lid; i < p.cols; i += ${ROW_WG}u) {
-    let b = ldBits(base + i);
+    let b = ${value('i')};
     if ((b & 0x7f800000u) != 0x7f800000u) {
       let v = bitcast<f32>(b);
       mn = min(mn, v);
@@ -734,7 +751,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let colWords = p.cols / 4u;
   for (var w = lid; w < colWords; w += ${ROW_WG}u) {
     var packed = 0u;
-    for (var e = 0u; e < 4u; e++) { packed |= code(ldBits(base + w * 4u + e), scale) << (8u * e); }
+    for (var e = 0u; e < 4u; e++) { packed |= code(${value('w * 4u + e')}, scale) << (8u * e); }
     O[p.oOff + row * colWords + w] = packed;
   }
   if (lid == 0u) { S[p.sOff + row] = scale; }
@@ -742,26 +759,39 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   };
 }
 
-/** quantizeRowsInt8 in one dispatch where x, its codes and scales each fit one binding; false otherwise. */
+/** An RMSNorm a row quantizer applies first: its weight and eps. */
+export interface RowNorm {
+  weight: Storage;
+  eps: number;
+}
+
+/**
+ * quantizeRowsInt8 (of rmsnorm(x) with `norm`) in one dispatch where x, its codes and scales (and
+ * the norm weight) each fit one binding; false otherwise.
+ */
 function quantizeRowsInt8Fused(
   ctx: GpuContext,
   x: Storage,
-  codes: Storage,
-  scales: Storage,
+  out: { codes: Storage; scales: Storage },
   spec: IntSpec,
   plan: Plan,
+  norm?: RowNorm,
 ): boolean {
-  const [xw, ow, sw] = [x, codes, scales].map((s) => ctx.wholeIfFits(s));
-  if (!xw || !ow || !sw || plan.global || plan.segLen !== x.cols || plan.paramLen !== x.cols) return false;
+  const [xw, ow, sw] = [x, out.codes, out.scales].map((s) => ctx.wholeIfFits(s));
+  const nw = norm ? ctx.wholeIfFits(norm.weight) : undefined;
+  if (!xw || !ow || !sw || (norm && !nw)) return false;
+  if (plan.global || plan.segLen !== x.cols || plan.paramLen !== x.cols) return false;
   ctx.dispatch(
-    int8RowKernel(x.dtype, spec.bits, plan),
+    int8RowKernel(x.dtype, spec.bits, plan, norm?.weight.dtype),
     new Params()
       .u(x.rows)
       .u(x.cols)
       .u(xw.off)
       .u(ow.off / 4)
-      .u(sw.off),
-    [xw.binding, ow.binding, sw.binding],
+      .u(sw.off)
+      .u(nw?.off ?? 0)
+      .f(norm?.eps ?? 0),
+    [xw.binding, ow.binding, sw.binding, ...(nw ? [nw.binding] : [])],
     grid2(x.rows),
   );
   return true;
@@ -782,7 +812,7 @@ export function quantizeRowsInt8(
   const scales = ctx.allocStorage(x.rows, 1, 'f32');
   if (x.rows === 0) return { codes, scales };
   const plan = planFor(spec, cols);
-  if (quantizeRowsInt8Fused(ctx, x, codes, scales, spec, plan)) return { codes, scales };
+  if (quantizeRowsInt8Fused(ctx, x, { codes, scales }, spec, plan)) return { codes, scales };
   const walks = walk(ctx, x, codes, cols);
   const params = quantParams(ctx, x, plan, walks);
   const sw = ctx.whole(scales, 'quantizeRowsInt8');
@@ -802,4 +832,22 @@ export function quantizeRowsInt8(
   }
   ctx.release(params.buffer);
   return { codes, scales };
+}
+
+/**
+ * quantizeRowsInt8(rmsnorm(x, norm.weight, norm.eps), spec) in one dispatch, equal to the two ops;
+ * undefined where one kernel cannot do it (a tensor larger than one binding).
+ */
+export function rmsnormQuantizeRowsInt8(
+  ctx: GpuContext,
+  x: Storage,
+  spec: IntSpec,
+  norm: RowNorm,
+): { codes: Storage; scales: Storage } | undefined {
+  if (x.cols % 4 !== 0 || norm.weight.rows * norm.weight.cols !== x.cols || x.rows === 0) return undefined;
+  const out = { codes: ctx.allocStorage(x.rows, x.cols, 'i8'), scales: ctx.allocStorage(x.rows, 1, 'f32') };
+  if (quantizeRowsInt8Fused(ctx, x, out, spec, planFor(spec, x.cols), norm)) return out;
+  ctx.releaseStorage(out.codes);
+  ctx.releaseStorage(out.scales);
+  return undefined;
 }
