@@ -40,19 +40,22 @@ const { values } = parseArgs({
     skip: { type: 'string', default: '' },
     /** decoder layers of the synthetic 8B (default all 32; fewer for a quick check on a slow device) */
     'synth-layers': { type: 'string' },
-    /** 'both': every synthetic row also without the fused GEMV ops (q/k/v + RoPE, gate/up + SiLU, residual adds) */
+    /** 'both': every row also without the fused decode ops; 'all': also with the RMSNorm in the GEMVs */
     fusions: { type: 'string', default: 'on' },
     out: { type: 'string' },
     report: { type: 'string' },
     'no-write': { type: 'boolean', default: false },
     /** --report without PyTorch's results: the GPU's name */
     gpu: { type: 'string', default: 'the GPU' },
+    /** --report: the command that produced the results, for the report's Command line */
+    ran: { type: 'string' },
     /** runs every row twice, first without reusing bind groups and uniforms (the baseline) */
     'compare-reuse': { type: 'boolean', default: false },
   },
 });
 const NO_REUSE = ' (no bind-group reuse)';
 const UNFUSED = ' (unfused)';
+const NORM_IN_GEMV = ' (RMSNorm in the GEMVs)';
 if (values.report) {
   publishReport(values.report);
   process.exit(0);
@@ -267,19 +270,35 @@ function dispatchesRecorded(b: Backend): number {
   return b instanceof WebGpuBackend ? b.ctx.recorded : 0;
 }
 
-/** run(variant) with the backend's fused ops, and (--fusions both) first without them. */
+/**
+ * run(variant) with the backend's fused ops; --fusions both: first without them; --fusions all: also
+ * with them but the RMSNorm kept a separate kernel.
+ */
 async function withAndWithoutFusions(
   backend: Backend,
   variant: string,
   run: (variant: string) => Promise<void>,
 ): Promise<void> {
-  if (values.fusions === 'both') {
-    const b = backend as Backend & Record<string, unknown>;
-    const names = ['gateUp', 'linearAdd', 'qkvRope', 'linearInt8', 'gateUpInt8', 'qkvRopeInt8'];
-    const fused = Object.fromEntries(names.map((n) => [n, b[n]]));
+  const b = backend as Backend & Record<string, unknown>;
+  if (values.fusions === 'both' || values.fusions === 'all') {
+    const names = [
+      'gateUp',
+      'linearAdd',
+      'qkvRope',
+      'linearInt8',
+      'gateUpInt8',
+      'qkvRopeInt8',
+      'rmsnormQuantizeRowsInt8',
+    ];
+    const own = Object.fromEntries(names.map((n) => [n, b[n]]));
     Object.assign(b, Object.fromEntries(names.map((n) => [n, undefined])));
     await run(`${variant}${UNFUSED}`);
-    Object.assign(b, fused);
+    Object.assign(b, own);
+  }
+  if (values.fusions === 'all' && b instanceof WebGpuBackend) {
+    b.normInGemv = true;
+    await run(`${variant}${NORM_IN_GEMV}`);
+    b.normInGemv = false;
   }
   await run(variant);
 }
@@ -327,13 +346,16 @@ function publishReport(files: string): void {
     if (!best.has(r.model) || r.decodeTokensPerSecond > best.get(r.model)!.decodeTokensPerSecond)
       best.set(r.model, r);
   const bf16 = [...best.values()].find((r) => r.model.endsWith('synthetic bf16'));
+  const tokensMade = [...new Set([...best.values()].map((r) => r.newTokens))].join(' / ');
   for (const [model, r] of best) {
     const small = !model.includes('8b');
     const name = small
-      ? `llama-small (bf16 weights, f32 math)${[NO_REUSE, UNFUSED].find((v) => model.endsWith(v)) ?? ''}`
+      ? `llama-small (bf16 weights, f32 math)${[NO_REUSE, UNFUSED, NORM_IN_GEMV].find((v) => model.endsWith(v)) ?? ''}`
       : model.replace('llama-3-8b synthetic', 'Llama-3-8B shapes,');
     const base = small ? baseline('llama-small torch.float32') : baseline('llama-3-8b random bf16');
-    const unfused = best.get(`${model}${UNFUSED}`);
+    const unfused = best.get(
+      `${model.endsWith(NORM_IN_GEMV) ? model.slice(0, -NORM_IN_GEMV.length) : model}${UNFUSED}`,
+    );
     const measured = {
       model: name,
       'llmq decode tokens/s': r.decodeTokensPerSecond,
@@ -368,14 +390,14 @@ function publishReport(files: string): void {
     same === undefined
       ? ''
       : ` llmq's greedy ids on llama-small equal PyTorch fp32's for the first ${same} of 256 tokens.`;
-  const notes = `Greedy decoding, 128-token prompt, 256 new tokens, one sequence. ${pytorch}${greedy} The 8B model has random weights, one layer's tensors shared by all 32 layers (same work and weight traffic per token). llmq rows: the better of two runs. Both sides move a lot between calls, PyTorch's more (HF generate is host-bound: its llama-small fp32 gave 89 and 140 tokens/s, its 8B bf16 9.2, 14.0 and 17.5 in different calls), so compare within one section.
+  const notes = `Greedy decoding, 128-token prompt, ${tokensMade} new tokens, one sequence. ${pytorch}${greedy} The 8B model has random weights, one layer's tensors shared by all 32 layers (same work and weight traffic per token). llmq rows: the better of two runs. Both sides move a lot between calls, PyTorch's more (HF generate is host-bound: its llama-small fp32 gave 89 and 140 tokens/s, its 8B bf16 9.2, 14.0 and 17.5 in different calls), so compare within one section.
 
-What limits llmq. A decode step runs one token through every layer's kernels, each encoded from JavaScript, so the host's cost per dispatch sets the pace for small models. Decode records the same dispatches every token and reuses their bind groups and uniform parameters; the fused ops (rows without "(unfused)") cut the dispatches a layer: RMSNorm + q/k/v + RoPE and RMSNorm + gate/up + SiLU each one GEMV kernel, the residual adds in the o/down GEMV's store (15 -> 5 a layer for 16-bit and packed weights); W8A8 norms and quantizes each shared input once in one kernel and runs its int8 GEMVs with the scales in their store (43 -> 9 a layer). "(unfused)" rows hide the fused backend ops only: W8A8 there still quantizes q/k/v's and gate/up's input once, in one kernel. The 8B bf16's weight traffic (16 GB a token, ~5 ms at an H100's 3.35 TB/s) would allow ~200 tokens/s. W4 moves 4x fewer weight bytes than bf16; its packed GEMV decodes the codes on the ALUs, and its lanes read consecutive code words (coalesced loads).`;
+What limits llmq. A decode step runs one token through every layer's kernels, each encoded from JavaScript, so the host's cost per dispatch sets the pace for small models. Decode records the same dispatches every token and reuses their bind groups and uniform parameters; the fused ops (rows without "(unfused)") cut the dispatches a layer: q/k/v + RoPE and gate/up + SiLU each one GEMV kernel, the residual adds in the o/down GEMV's store (15 -> 7 a layer for 16-bit and packed weights; 5 with the RMSNorm in the GEMVs, rows "(RMSNorm in the GEMVs)", where every workgroup recomputes its rows' RMS); W8A8 norms and quantizes each shared input once in one kernel and runs its int8 GEMVs with the scales in their store (43 -> 9 a layer). "(unfused)" rows hide the fused backend ops only: W8A8 there still quantizes q/k/v's and gate/up's input once, in one kernel. The 8B bf16's weight traffic (16 GB a token, ~5 ms at an H100's 3.35 TB/s) would allow ~200 tokens/s. W4 moves 4x fewer weight bytes than bf16; its packed GEMV decodes the codes on the ALUs, and its lanes read consecutive code words (coalesced loads).`;
   publish(
     `Generation (decode) on ${gpu} through WebGPU`,
     device
       ? 'bench/generate.ts on the GPU machine (bundled with gpu-bundle.sh), then bench/generate_torch.py, then bench/generate.ts --report'
-      : 'bench/generate.ts --skip small on the GPU machine (bundled with gpu-bundle.sh), twice, then bench/generate.ts --report llmq.json --gpu NAME',
+      : `${values.ran ?? 'bench/generate.ts --skip small on the GPU machine (bundled with gpu-bundle.sh), twice'}, then bench/generate.ts --report llmq.json --gpu NAME`,
     table(rows),
     notes,
     `one ${gpu} (Dawn/Vulkan, webgpu npm package), Node ${process.version}`,

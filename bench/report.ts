@@ -6,7 +6,7 @@ import os from 'node:os';
 export type Row = Record<string, string | number>;
 
 export function table(rows: Row[]): string {
-  const cols = Object.keys(rows[0] ?? {});
+  const cols = [...new Set(rows.flatMap((r) => Object.keys(r)))];
   const cell = (v: string | number) => (typeof v === 'number' ? formatNumber(v) : v);
   return [
     `| ${cols.join(' | ')} |`,

@@ -61,7 +61,7 @@ async function decode(model: LlamaModel): Promise<{ logits: Float32Array[]; disp
   return { logits, dispatches: b.ctx.recorded - start };
 }
 
-test('WebGPU decoding with the fused RMSNorm + q/k/v + RoPE, RMSNorm + gate/up + SiLU and residual stores equals the separate ops bit for bit (bf16, W4 g64, IQ4_XS codes)', {
+test('WebGPU decoding with the fused q/k/v + RoPE, gate/up + SiLU (with or without their RMSNorm) and residual stores equals the separate ops bit for bit (bf16, W4 g64, IQ4_XS codes)', {
   skip,
 }, async () => {
   for (const format of ['bf16', 'int4-g64', 'iq4_xs']) {
@@ -72,11 +72,17 @@ test('WebGPU decoding with the fused RMSNorm + q/k/v + RoPE, RMSNorm + gate/up +
     }
     const want = await unfused(gpu!, () => decode(model));
     const got = await decode(model);
+    gpu!.normInGemv = true;
+    const normed = await decode(model);
+    gpu!.normInGemv = false;
     assert.deepEqual(got.logits, want.logits, format);
-    // 15 dispatches a layer become 5 (norm+q/k/v+RoPE, attention, o+residual, norm+gate/up+SiLU, down+residual)
+    assert.deepEqual(normed.logits, want.logits, `${format}, RMSNorm in the GEMVs`);
+    // 15 dispatches a layer become 7 (q/k/v+RoPE, attention, o+residual, gate/up+SiLU, down+residual
+    // and the two norms), 5 with the norms in the GEMVs; plus embedding, final norm and head
     const layers = model.layers.length;
-    assert.equal(got.dispatches, 4 * (5 * layers + 3), `${format}: ${want.dispatches} -> ${got.dispatches}`);
     assert.equal(want.dispatches, 4 * (15 * layers + 3), format);
+    assert.equal(got.dispatches, 4 * (7 * layers + 3), format);
+    assert.equal(normed.dispatches, 4 * (5 * layers + 3), format);
     model.dispose();
   }
 });
@@ -226,6 +232,7 @@ test('WebGPU fused RMSNorm: qkvRope / gateUp with a norm and rmsnormQuantizeRows
   skip,
 }, async () => {
   const b = gpu!;
+  b.normInGemv = true;
   const r = rng(13);
   const K = 96;
   const headDim = 16;
@@ -269,5 +276,12 @@ test('WebGPU fused RMSNorm: qkvRope / gateUp with a norm and rmsnormQuantizeRows
         assert.deepEqual(await b.read(got.scales), await b.read(sep.scales), `${dtype} scales M ${M}`);
       }
     }
+    // off (the default), the GEMVs leave a norm to the caller
+    b.normInGemv = false;
+    const h1 = b.upload(r.normal(K), [1, K], 'f32');
+    assert.equal(b.gateUp(h1, wg, wu, norm), undefined);
+    assert.equal(b.qkvRope(h1, [wq, wk, wv], 0, headDim, table, norm), undefined);
+    b.normInGemv = true;
   }
+  b.normInGemv = false;
 });

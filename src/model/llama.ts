@@ -398,16 +398,18 @@ export class LlamaModel {
   /** qkv in one backend op, where the backend has one, the linears are plain and positions consecutive. */
   private fusedQkv(layer: number, input: NormedInput, pos: Int32Array): [Tensor, Tensor, Tensor] | undefined {
     const { q_proj: q, k_proj: k, v_proj: v } = this.layers[layer].linears;
-    if (!this.backend.qkvRope || ![q, k, v].every(plainLinear) || !consecutive(pos)) return undefined;
-    const weight = (l: Linear) => l.packed ?? l.weight;
+    const op = this.backend.qkvRope?.bind(this.backend);
+    if (!op || ![q, k, v].every(plainLinear) || !consecutive(pos)) return undefined;
+    const weights = [q, k, v].map((l) => l.packed ?? l.weight) as [
+      Tensor | PackedWeight,
+      Tensor | PackedWeight,
+      Tensor | PackedWeight,
+    ];
     const { headDim } = this.config;
-    return this.backend.qkvRope(
-      input.h,
-      [weight(q), weight(k), weight(v)],
-      pos[0],
-      headDim,
-      this.rope,
-      input.norm,
+    // with the norm inside the op where the backend takes it, else on the normed tensor
+    return (
+      (input.norm && op(input.h, weights, pos[0], headDim, this.rope, input.norm)) ||
+      op(input.tensor(), weights, pos[0], headDim, this.rope)
     );
   }
 
@@ -457,8 +459,10 @@ export class LlamaModel {
   /** silu(gate x) * up x in one backend op, where the backend has one and both linears are plain. */
   private fusedGateUp(layer: number, input: NormedInput): Tensor | undefined {
     const { gate_proj: gate, up_proj: up } = this.layers[layer].linears;
-    if (!this.backend.gateUp || !plainLinear(gate) || !plainLinear(up)) return undefined;
-    return this.backend.gateUp(input.h, gate.packed ?? gate.weight, up.packed ?? up.weight, input.norm);
+    const op = this.backend.gateUp?.bind(this.backend);
+    if (!op || !plainLinear(gate) || !plainLinear(up)) return undefined;
+    const [g, u] = [gate.packed ?? gate.weight, up.packed ?? up.weight];
+    return (input.norm && op(input.h, g, u, input.norm)) || op(input.tensor(), g, u);
   }
 
   /** MLP block output for normed input x. */

@@ -114,7 +114,8 @@ export interface Backend {
   linearAdd?(x: Tensor, w: Tensor | PackedWeight, residual: Tensor, bias?: Tensor): Tensor;
   /**
    * siluMul(linear(x, gate), linear(x, up)) in one op where the backend can (optional; undefined
-   * where it does not apply, and the caller runs the three ops). With `norm`, of rmsnorm(x) instead.
+   * where it does not apply, and the caller runs the three ops). With `norm`, of rmsnorm(x) instead
+   * (undefined where the backend does not fuse the norm: the caller norms first).
    */
   gateUp?(
     x: Tensor,

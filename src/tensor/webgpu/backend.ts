@@ -74,6 +74,8 @@ export interface WebGpuOptions extends ContextOptions {
   int8?: Int8Path | 'auto';
   /** tiling of the portable dot4 int8 kernel */
   dot4Tile?: Dot4Tile;
+  /** decoding: the q/k/v and gate/up GEMVs apply the RMSNorm before them (see WebGpuBackend.normInGemv) */
+  normInGemv?: boolean;
 }
 
 interface GpuModule {
@@ -161,6 +163,13 @@ export class WebGpuBackend implements Backend {
   gemmTile: GemmTile;
   /** the int8 GEMM and the kernel it picked */
   readonly int8: Int8Gemm;
+  /**
+   * Whether qkvRope / gateUp take a norm (one dispatch fewer each, a decode step 7 -> 5 a layer):
+   * every workgroup then recomputes its rows' RMS, more GPU work for less host work. Off by default:
+   * on lavapipe it made llama-small's decode 15% slower (BENCHMARKS.md); the int8 row quantizer's
+   * norm, computed once a row, is always fused.
+   */
+  normInGemv: boolean;
 
   private constructor(
     readonly gpu: GPU,
@@ -176,6 +185,7 @@ export class WebGpuBackend implements Backend {
     );
     this.gemmTile = opts.gemmTile ?? DEFAULT_TILE;
     this.int8 = new Int8Gemm(this.ctx, undefined, opts.dot4Tile);
+    this.normInGemv = opts.normInGemv ?? false;
   }
 
   /** Opens the default adapter; fails with a one-line error when there is none. */
@@ -270,6 +280,7 @@ export class WebGpuBackend implements Backend {
     norm?: RmsNorm,
   ): Tensor | undefined {
     const [g, u] = [gate, up].map((w) => this.gemvOperand(x, w, 'gateUp'));
+    if (norm && !this.normInGemv) return undefined;
     const out = gateUp(this.ctx, this.fusedInput(x, norm, 'gateUp'), g, u);
     return out && this.wrap(out, [x.shape[0], out.cols]);
   }
@@ -293,6 +304,7 @@ export class WebGpuBackend implements Backend {
       GemvOperand,
       GemvOperand,
     ];
+    if (norm && !this.normInGemv) return undefined;
     const outs = qkvRope(this.ctx, this.fusedInput(x, norm, 'qkvRope'), ops, first, headDim, table);
     return outs?.map((o) => this.wrap(o, [x.shape[0], o.cols])) as [Tensor, Tensor, Tensor] | undefined;
   }
