@@ -420,6 +420,32 @@ function lanesFor(segLen: number): number {
   return t;
 }
 
+/** WGSL: min / max (mn, mx) over the finite values of bits(i), i = lane, lane + lanes, ... < n. */
+function finiteMinMaxLoop(bits: (i: string) => string, n: string, lanes: number): string {
+  return `for (var i = lane; i < ${n}; i += ${lanes}u) {
+      let b = ${bits('i')};
+      if ((b & 0x7f800000u) != 0x7f800000u) {
+        let v = bitcast<f32>(b);
+        mn = min(mn, v);
+        mx = max(mx, v);
+      }
+    }`;
+}
+
+/** WGSL: each group of `lanes` threads' mn / mx met in rmin / rmax; the group's first thread holds them. */
+function minMaxTree(lanes: number): string {
+  return `rmin[lid] = mn;
+  rmax[lid] = mx;
+  workgroupBarrier();
+  for (var s = ${lanes / 2}u; s > 0u; s = s >> 1u) {
+    if (lane < s) {
+      rmin[lid] = min(rmin[lid], rmin[lid + s]);
+      rmax[lid] = max(rmax[lid], rmax[lid + s]);
+    }
+    workgroupBarrier();
+  }`;
+}
+
 function statsKernel(dtype: DType, lanes: number): Kernel {
   return {
     key: `fq-stats:${dtype}:${lanes}`,
@@ -442,25 +468,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var mx = -3.4028234663852886e38;
   if (seg < p.nSeg) {
     let base = p.xOff + seg * p.len;
-    for (var i = lane; i < p.len; i += ${lanes}u) {
-      let b = ldBits(base + i);
-      if ((b & 0x7f800000u) != 0x7f800000u) {
-        let v = bitcast<f32>(b);
-        mn = min(mn, v);
-        mx = max(mx, v);
-      }
-    }
+    ${finiteMinMaxLoop((i) => `ldBits(base + ${i})`, 'p.len', lanes)}
   }
-  rmin[lid] = mn;
-  rmax[lid] = mx;
-  workgroupBarrier();
-  for (var s = ${lanes / 2}u; s > 0u; s = s >> 1u) {
-    if (lane < s) {
-      rmin[lid] = min(rmin[lid], rmin[lid + s]);
-      rmax[lid] = max(rmax[lid], rmax[lid + s]);
-    }
-    workgroupBarrier();
-  }
+  ${minMaxTree(lanes)}
   if (lane == 0u && seg < p.nSeg) {
     // a segment whose every value is non-finite keeps min > max: "empty"
     S[p.sOff + seg] = vec2<f32>(rmin[lid], rmax[lid]);
@@ -727,26 +737,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (row >= p.rows) { return; }
   let base = p.xOff + row * p.cols;
   ${norm ? rmsInverse('nred', 'base', 'p.cols') : ''}
+  let lane = lid;
   var mn = 3.4028234663852886e38;
   var mx = -3.4028234663852886e38;
-  for (var i = lid; i < p.cols; i += ${ROW_WG}u) {
-    let b = ${value('i')};
-    if ((b & 0x7f800000u) != 0x7f800000u) {
-      let v = bitcast<f32>(b);
-      mn = min(mn, v);
-      mx = max(mx, v);
-    }
-  }
-  rmin[lid] = mn;
-  rmax[lid] = mx;
-  workgroupBarrier();
-  for (var s = ${ROW_WG / 2}u; s > 0u; s = s >> 1u) {
-    if (lid < s) {
-      rmin[lid] = min(rmin[lid], rmin[lid + s]);
-      rmax[lid] = max(rmax[lid], rmax[lid + s]);
-    }
-    workgroupBarrier();
-  }
+  ${finiteMinMaxLoop(value, 'p.cols', ROW_WG)}
+  ${minMaxTree(ROW_WG)}
   let scale = fv(params(vec2<f32>(rmin[0], rmax[0]), vec2<f32>(0.0, 0.0)).x);
   let colWords = p.cols / 4u;
   for (var w = lid; w < colWords; w += ${ROW_WG}u) {
