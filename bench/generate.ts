@@ -247,7 +247,11 @@ async function decodeRate(model: LlamaModel, variant: string): Promise<void> {
   const t1 = performance.now();
   encodeMs = 0;
   const recorded = dispatchesRecorded(model.backend);
-  for (let i = 0; i < newTokens; i++) next = await read(Int32Array.of(next));
+  const ids: number[] = [];
+  for (let i = 0; i < newTokens; i++) {
+    ids.push(next);
+    next = await read(Int32Array.of(next));
+  }
   const t2 = performance.now();
   const dispatches = (dispatchesRecorded(model.backend) - recorded) / newTokens;
   const decodeEncodeMs = encodeMs / newTokens;
@@ -263,7 +267,15 @@ async function decodeRate(model: LlamaModel, variant: string): Promise<void> {
     dispatchesPerToken: dispatches,
     encodeMsPerToken: decodeEncodeMs,
     decodeMsPerToken: (t2 - t1) / newTokens,
+    ids,
   });
+}
+
+/** 'yes', or the token where two greedy id sequences part. */
+function sameIds(a: number[], b: number[]): string {
+  const first = a.findIndex((id, i) => id !== b[i]);
+  if (first < 0 && a.length === b.length) return 'yes';
+  return `from token ${first < 0 ? Math.min(a.length, b.length) : first}`;
 }
 
 function dispatchesRecorded(b: Backend): number {
@@ -346,6 +358,11 @@ function publishReport(files: string): void {
     if (!best.has(r.model) || r.decodeTokensPerSecond > best.get(r.model)!.decodeTokensPerSecond)
       best.set(r.model, r);
   const bf16 = [...best.values()].find((r) => r.model.endsWith('synthetic bf16'));
+  // the first run of each row records its greedy ids
+  const idsOf = (model: string) =>
+    ours.find((r) => r.what === 'generate' && r.model === model && Array.isArray(r.ids))?.ids as
+      | number[]
+      | undefined;
   const tokensMade = [...new Set([...best.values()].map((r) => r.newTokens))].join(' / ');
   for (const [model, r] of best) {
     const small = !model.includes('8b');
@@ -353,9 +370,9 @@ function publishReport(files: string): void {
       ? `llama-small (bf16 weights, f32 math)${[NO_REUSE, UNFUSED, NORM_IN_GEMV].find((v) => model.endsWith(v)) ?? ''}`
       : model.replace('llama-3-8b synthetic', 'Llama-3-8B shapes,');
     const base = small ? baseline('llama-small torch.float32') : baseline('llama-3-8b random bf16');
-    const unfused = best.get(
-      `${model.endsWith(NORM_IN_GEMV) ? model.slice(0, -NORM_IN_GEMV.length) : model}${UNFUSED}`,
-    );
+    const unfusedName = `${model.endsWith(NORM_IN_GEMV) ? model.slice(0, -NORM_IN_GEMV.length) : model}${UNFUSED}`;
+    const unfused = best.get(unfusedName);
+    const [ids, unfusedIds] = [idsOf(model), idsOf(unfusedName)];
     const measured = {
       model: name,
       'llmq decode tokens/s': r.decodeTokensPerSecond,
@@ -367,6 +384,7 @@ function publishReport(files: string): void {
             'host encode ms a token': r.encodeMsPerToken as number,
           }),
       ...(unfused ? { 'vs unfused': r.decodeTokensPerSecond / unfused.decodeTokensPerSecond } : {}),
+      ...(ids && unfusedIds ? { 'greedy ids = unfused': sameIds(ids, unfusedIds) } : {}),
     };
     rows.push(
       device
