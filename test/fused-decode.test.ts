@@ -276,6 +276,14 @@ test('WebGPU fused RMSNorm: qkvRope / gateUp with a norm and rmsnormQuantizeRows
         assert.deepEqual(await b.read(got.scales), await b.read(sep.scales), `${dtype} scales M ${M}`);
       }
     }
+    // a device with WebGPU's default 8 storage buffers a stage: q/k/v with its norm needs 9, so declines
+    const ctx = b.ctx as unknown as { maxStorageBuffers: number };
+    const limit = ctx.maxStorageBuffers;
+    ctx.maxStorageBuffers = 8;
+    const h8 = b.upload(r.normal(K), [1, K], 'f32');
+    assert.equal(b.qkvRope(h8, [wq, wk, wv], 0, headDim, table, norm), undefined);
+    assert.ok(b.qkvRope(h8, [wq, wk, wv], 0, headDim, table));
+    ctx.maxStorageBuffers = limit;
     // off (the default), the GEMVs leave a norm to the caller
     b.normInGemv = false;
     const h1 = b.upload(r.normal(K), [1, K], 'f32');

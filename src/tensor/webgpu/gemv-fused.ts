@@ -203,9 +203,10 @@ const rowsOf = (o: GemvOperand) => (o.packed ? o.packed.rows : o.w.rows);
 
 /**
  * x's and the weights' windows for a fused kernel (offsets and K in words for int8 codes), or
- * undefined where the operands cannot be read alike or one does not fit a binding.
+ * undefined where the operands cannot be read alike, one does not fit a binding, or the kernel (with
+ * `fixed` storage bindings besides the reading's) needs more than the device allows.
  */
-function fusedWindows(ctx: GpuContext, input: FusedInput, ops: GemvOperand[]) {
+function fusedWindows(ctx: GpuContext, input: FusedInput, ops: GemvOperand[], fixed: number) {
   const { x } = input;
   const int8 = x.dtype === 'i8';
   if (x.rows === 0 || x.rows > GEMV_MAX_M || ops.some((o) => !sameLayout(ops[0], o))) return undefined;
@@ -218,6 +219,7 @@ function fusedWindows(ctx: GpuContext, input: FusedInput, ops: GemvOperand[]) {
   if (windows.some((w) => !w || (int8 && w.off % 4 !== 0)) || (norm && !nw)) return undefined;
   const unit = int8 ? 4 : 1;
   const reading: Reading = { dx: x.dtype, dw: ops[0].w.dtype, pk: ops[0].packed, norm: norm?.weight.dtype };
+  if (ctx.maxStorageBuffers < fixed + readingCount(reading, ops.length) + (norm ? 1 : 0)) return undefined;
   return {
     reading,
     K: x.cols / unit,
@@ -245,7 +247,8 @@ export function gateUp(
   gate: GemvOperand,
   up: GemvOperand,
 ): Storage | undefined {
-  const f = fusedWindows(ctx, input, [gate, up]);
+  // X, G, U, Y
+  const f = fusedWindows(ctx, input, [gate, up], 4);
   if (!f || rowsOf(gate) !== rowsOf(up)) return undefined;
   const M = input.x.rows;
   const N = rowsOf(gate);
@@ -365,9 +368,9 @@ export function qkvRope(
 ): [Storage, Storage, Storage] | undefined {
   const M = input.x.rows;
   const half = headDim / 2;
-  const f = fusedWindows(ctx, input, [...weights]);
+  // X, three weights, the RoPE table, three outputs
+  const f = fusedWindows(ctx, input, [...weights], 8);
   if (!f || table.invFreq.length !== half) return undefined;
-  if (ctx.maxStorageBuffers < 8 + readingCount(f.reading, 3) + (input.norm ? 1 : 0)) return undefined;
   const rows = weights.map(rowsOf);
   if (rows.some((n) => n % headDim !== 0)) return undefined;
   const cs = ropeTableBuffer(ctx, table, first + M - 1);
