@@ -165,9 +165,9 @@ export class WebGpuBackend implements Backend {
   readonly int8: Int8Gemm;
   /**
    * Whether qkvRope / gateUp take a norm (one dispatch fewer each, a decode step 7 -> 5 a layer):
-   * every workgroup then recomputes its rows' RMS, more GPU work for less host work. Off by default:
-   * on lavapipe it made llama-small's decode 15% slower (BENCHMARKS.md); the int8 row quantizer's
-   * norm, computed once a row, is always fused.
+   * every workgroup then recomputes its rows' RMS, more GPU work for less host work and latency. Off
+   * by default: on an H100 it made 8B-shaped decoding 9-12% slower, though llama-small's 9% faster
+   * (BENCHMARKS.md); the int8 row quantizer's norm, computed once a row, is always fused.
    */
   normInGemv: boolean;
 
