@@ -25,7 +25,7 @@ import { ModelEngine } from '../src/runtime/generate.ts';
 import { KvCache } from '../src/runtime/kv-cache.ts';
 import { Sampler } from '../src/runtime/sampling.ts';
 import { createBackend, type DeviceName } from '../src/tensor/index.ts';
-import type { Backend, Tensor } from '../src/tensor/tensor.ts';
+import { type Backend, FUSED_OPS, type Tensor } from '../src/tensor/tensor.ts';
 import { WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
 import { publish, type Row, table } from './report.ts';
 import { synthLlama3 } from './synth-model.ts';
@@ -284,7 +284,7 @@ function dispatchesRecorded(b: Backend): number {
 
 /**
  * run(variant) with the backend's fused ops; --fusions both: first without them; --fusions all: also
- * with them but the RMSNorm kept a separate kernel.
+ * with the RMSNorm inside the q/k/v and gate/up GEMVs (normInGemv).
  */
 async function withAndWithoutFusions(
   backend: Backend,
@@ -293,17 +293,8 @@ async function withAndWithoutFusions(
 ): Promise<void> {
   const b = backend as Backend & Record<string, unknown>;
   if (values.fusions === 'both' || values.fusions === 'all') {
-    const names = [
-      'gateUp',
-      'linearAdd',
-      'qkvRope',
-      'linearInt8',
-      'gateUpInt8',
-      'qkvRopeInt8',
-      'rmsnormQuantizeRowsInt8',
-    ];
-    const own = Object.fromEntries(names.map((n) => [n, b[n]]));
-    Object.assign(b, Object.fromEntries(names.map((n) => [n, undefined])));
+    const own = Object.fromEntries(FUSED_OPS.map((n) => [n, b[n]]));
+    Object.assign(b, Object.fromEntries(FUSED_OPS.map((n) => [n, undefined])));
     await run(`${variant}${UNFUSED}`);
     Object.assign(b, own);
   }

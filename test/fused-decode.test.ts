@@ -16,7 +16,7 @@ import { quantizeModel } from '../src/quant/pipeline.ts';
 import { resolveRecipe } from '../src/quant/recipe.ts';
 import { KvCache } from '../src/runtime/kv-cache.ts';
 import { f32ToBf16 } from '../src/tensor/dtype.ts';
-import type { Tensor } from '../src/tensor/tensor.ts';
+import { FUSED_OPS, type Tensor } from '../src/tensor/tensor.ts';
 import { openDevice, WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
 import { MODELS, rng } from './helpers.ts';
 
@@ -24,24 +24,14 @@ const probe = await openDevice();
 probe?.device.destroy();
 const gpu = probe ? await WebGpuBackend.create() : undefined;
 const skip = gpu ? false : 'no WebGPU adapter';
-const FUSED = [
-  'qkvRope',
-  'gateUp',
-  'linearAdd',
-  'linearInt8',
-  'qkvRopeInt8',
-  'gateUpInt8',
-  'rmsnormQuantizeRowsInt8',
-] as const;
-
 /** Runs `f` with the backend's fused ops hidden (the model then runs the separate ops). */
 async function unfused<T>(b: WebGpuBackend, f: () => Promise<T>): Promise<T> {
   const own = b as unknown as Record<string, unknown>;
-  for (const name of FUSED) own[name] = undefined;
+  for (const name of FUSED_OPS) own[name] = undefined;
   try {
     return await f();
   } finally {
-    for (const name of FUSED) delete own[name];
+    for (const name of FUSED_OPS) delete own[name];
   }
 }
 
@@ -177,11 +167,14 @@ test('WebGPU linearInt8 equals matmulInt8 + scaleInt32 (+ add) bit for bit for 1
     ] as const) {
       const sep = b.scaleInt32(b.matmulInt8(x, w.codes), rs, w.scales, bi);
       const want = await b.read(re ? b.add(re, sep) : sep);
-      const got = await b.read(b.linearInt8(x, rs, w, bi, re)!);
+      const got = await b.read(b.linearInt8({ codes: x, scales: rs }, w, bi, re)!);
       assert.deepEqual(got, want, `M ${M} bias ${!!bi} residual ${!!re}`);
     }
   }
-  assert.equal(b.linearInt8(codes(5), b.upload(new Float32Array(5), [5], 'f32'), w), undefined);
+  assert.equal(
+    b.linearInt8({ codes: codes(5), scales: b.upload(new Float32Array(5), [5], 'f32') }, w),
+    undefined,
+  );
 });
 
 test('WebGPU qkvRopeInt8 and gateUpInt8 equal the scaled int8 products with RoPE / SiLU bit for bit, 1-4 rows; undefined beyond 4 rows', {

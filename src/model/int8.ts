@@ -8,7 +8,7 @@
  */
 import type { FormatSpec, IntSpec } from '../formats/spec.ts';
 import type { Backend, IntRows, Tensor } from '../tensor/tensor.ts';
-import { LINEARS, type Linear, type LlamaModel } from './llama.ts';
+import { LINEARS, type Linear, type LlamaModel, plusResidual } from './llama.ts';
 
 /** Integer weights of a linear on the device: int8 codes [out, in] and one scale per output channel. */
 export interface Int8Weight extends IntRows {
@@ -132,17 +132,10 @@ export function disposeRows(r: IntRows): void {
 
 /** The product of rows already quantized with a linear's int8 weight: one op where the backend fuses it. */
 function int8Product(b: Backend, xq: IntRows, w: Int8Weight, bias?: Tensor, residual?: Tensor): Tensor {
-  const fused = b.linearInt8?.(xq.codes, xq.scales, w, bias, residual);
+  const fused = b.linearInt8?.(xq, w, bias, residual);
   if (fused) return fused;
   const acc = b.matmulInt8(xq.codes, w.codes);
   const y = b.scaleInt32(acc, xq.scales, w.scales, bias);
   acc.dispose();
   return plusResidual(b, y, residual);
-}
-
-function plusResidual(b: Backend, y: Tensor, residual: Tensor | undefined): Tensor {
-  if (!residual) return y;
-  const sum = b.add(residual, y);
-  y.dispose();
-  return sum;
 }

@@ -118,8 +118,9 @@ export class NormedInput {
 
   /** Frees the normed tensor if one was made. */
   release(): void {
-    if (this.norm) this.x?.dispose();
-    if (this.norm) this.x = undefined;
+    if (!this.norm) return;
+    this.x?.dispose();
+    this.x = undefined;
   }
 }
 
@@ -260,7 +261,8 @@ export class LlamaModel {
     const y =
       residual && this.backend.linearAdd
         ? this.backend.linearAdd(input, w, residual, lin.bias)
-        : this.plusResidual(
+        : plusResidual(
+            this.backend,
             lin.packed
               ? this.backend.linearPacked(input, lin.packed, lin.bias)
               : this.backend.linear(input, lin.weight, lin.bias),
@@ -268,13 +270,6 @@ export class LlamaModel {
           );
     if (quantized !== x) quantized.dispose();
     return y;
-  }
-
-  private plusResidual(y: Tensor, residual: Tensor | undefined): Tensor {
-    if (!residual) return y;
-    const sum = this.backend.add(residual, y);
-    y.dispose();
-    return sum;
   }
 
   /** Self-attention block output (before the residual add) for normed input x. */
@@ -577,6 +572,14 @@ function plainLinear(l: Linear): boolean {
 /** Whether positions run first, first + 1, ... */
 function consecutive(pos: Int32Array): boolean {
   return pos.every((p, i) => p === pos[0] + i);
+}
+
+/** y + residual (y freed), or y when there is no residual. */
+export function plusResidual(b: Backend, y: Tensor, residual: Tensor | undefined): Tensor {
+  if (!residual) return y;
+  const sum = b.add(residual, y);
+  y.dispose();
+  return sum;
 }
 
 function positionsFrom(start: number, n: number): Int32Array {

@@ -73,6 +73,20 @@ export interface IntRows {
 }
 
 /**
+ * The optional Backend ops that fuse several others (decoding); a backend without them, or one that
+ * answers undefined, runs the separate ops with the same results.
+ */
+export const FUSED_OPS = [
+  'qkvRope',
+  'gateUp',
+  'linearAdd',
+  'linearInt8',
+  'qkvRopeInt8',
+  'gateUpInt8',
+  'rmsnormQuantizeRowsInt8',
+] as const satisfies readonly (keyof Backend)[];
+
+/**
  * Integer weight codes packed in 32-bit words, decoded inside the GEMM:
  * w[n, k] = (code[n, k] - zeros[g]) * scales[g] with g = n * (cols / group) + (groupOf[k] or k / group).
  */
@@ -162,16 +176,10 @@ export interface Backend {
   /** f32(acc[m,n]) * rowScales[m] * colScales[n] (+ bias[n]) for an i32 acc [M,N]. */
   scaleInt32(acc: Tensor, rowScales: Tensor, colScales: Tensor, bias?: Tensor): Tensor;
   /**
-   * scaleInt32(matmulInt8(codes, w.codes), rowScales, w.scales, bias) (+ residual, added last) in one
+   * scaleInt32(matmulInt8(x.codes, w.codes), x.scales, w.scales, bias) (+ residual, added last) in one
    * op where the backend can (optional: WebGPU for a few rows; undefined where it does not apply).
    */
-  linearInt8?(
-    codes: Tensor,
-    rowScales: Tensor,
-    w: IntRows,
-    bias?: Tensor,
-    residual?: Tensor,
-  ): Tensor | undefined;
+  linearInt8?(x: IntRows, w: IntRows, bias?: Tensor, residual?: Tensor): Tensor | undefined;
   /** table[V,D] rows gathered by ids -> [ids.length, D] f32. */
   embedding(table: Tensor, ids: Int32Array): Tensor;
   /** x / rms(x) * weight, per row. */

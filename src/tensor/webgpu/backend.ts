@@ -279,8 +279,8 @@ export class WebGpuBackend implements Backend {
     up: Tensor | PackedWeight,
     norm?: RmsNorm,
   ): Tensor | undefined {
-    const [g, u] = [gate, up].map((w) => this.gemvOperand(x, w, 'gateUp'));
     if (norm && !this.normInGemv) return undefined;
+    const [g, u] = [gate, up].map((w) => this.gemvOperand(x, w, 'gateUp'));
     const out = gateUp(this.ctx, this.fusedInput(x, norm, 'gateUp'), g, u);
     return out && this.wrap(out, [x.shape[0], out.cols]);
   }
@@ -299,12 +299,12 @@ export class WebGpuBackend implements Backend {
     table: RopeTable,
     norm?: RmsNorm,
   ): [Tensor, Tensor, Tensor] | undefined {
+    if (norm && !this.normInGemv) return undefined;
     const ops = weights.map((w) => this.gemvOperand(x, w, 'qkvRope')) as [
       GemvOperand,
       GemvOperand,
       GemvOperand,
     ];
-    if (norm && !this.normInGemv) return undefined;
     const outs = qkvRope(this.ctx, this.fusedInput(x, norm, 'qkvRope'), ops, first, headDim, table);
     return outs?.map((o) => this.wrap(o, [x.shape[0], o.cols])) as [Tensor, Tensor, Tensor] | undefined;
   }
@@ -404,24 +404,18 @@ export class WebGpuBackend implements Backend {
     return this.wrap(out, acc.shape);
   }
 
-  linearInt8(
-    codes: Tensor,
-    rowScales: Tensor,
-    w: IntRows,
-    bias?: Tensor,
-    residual?: Tensor,
-  ): Tensor | undefined {
+  linearInt8(x: IntRows, w: IntRows, bias?: Tensor, residual?: Tensor): Tensor | undefined {
     const st = (t: Tensor) => this.st(t, 'linearInt8');
     const y = int8GemvScaled(
       this.ctx,
-      st(codes),
+      st(x.codes),
       st(w.codes),
-      st(rowScales),
+      st(x.scales),
       st(w.scales),
       bias && st(bias),
       residual && st(residual),
     );
-    return y && this.wrap(y, [codes.shape[0], w.codes.shape[0]]);
+    return y && this.wrap(y, [x.codes.shape[0], w.codes.shape[0]]);
   }
 
   embedding(table: Tensor, ids: Int32Array): Tensor {

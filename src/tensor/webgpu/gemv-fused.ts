@@ -15,7 +15,7 @@ import { fail } from '../../errors.ts';
 import type { DType, RopeTable } from '../tensor.ts';
 import { type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
 import { ropeTableBuffer, SILU_MUL } from './elementwise.ts';
-import { dot4GemvLoop } from './int8.ts';
+import { dot4GemvLoop, scaledSum } from './int8.ts';
 import {
   GEMV_COLS,
   GEMV_LANES,
@@ -97,7 +97,7 @@ function weightLoop(r: Reading, M: number, wt: GemvWeight): string {
 
 /** Row `lane`'s output value of weight `wt` at column `col` from its reduced sum. */
 function outValue(r: Reading, sum: string, wt: GemvWeight, col: string): string {
-  return isInt8(r) ? `f32(${sum}) * RS[lane] * ${wt.S}[${col}]` : sum;
+  return isInt8(r) ? scaledSum(sum, 'RS[lane]', `${wt.S}[${col}]`) : sum;
 }
 
 /** Declarations after the fixed bindings, from binding `first` on: scale arrays and functions. */

@@ -346,6 +346,13 @@ ${gemvMain('i32', M, dot4GemvLoop(M), `C[lane * p.N + n] = red[c * ${L * M}u + l
   };
 }
 
+/**
+ * WGSL of an output of the integer path: the i32 sum times its row's and its column's scale, in this
+ * order; every kernel that fuses the scaling uses it, so all round alike.
+ */
+export const scaledSum = (sum: string, rowScale: string, colScale: string) =>
+  `f32(${sum}) * ${rowScale} * ${colScale}`;
+
 /** The arrays, K (in words) and offsets (in words) a dot4 GEMV loop reads, and where its sums go in acc. */
 export interface Dot4Operands {
   A: string;
@@ -394,7 +401,7 @@ ${gemvMain(
   'i32',
   M,
   dot4GemvLoop(M),
-  `var y = f32(red[c * ${GEMV_LANES * M}u + lane]) * RS[lane] * CS[n];
+  `var y = ${scaledSum(`red[c * ${GEMV_LANES * M}u + lane]`, 'RS[lane]', 'CS[n]')};
     if (p.hasBias != 0u) { y += Bias[n]; }
     if (p.hasRes != 0u) { y = y + R[p.rOff + lane * p.N + n]; }
     Y[p.yOff + lane * p.N + n] = y;`,
@@ -576,7 +583,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (i >= p.n) { return; }
   let m = i / p.N;
   let n = i % p.N;
-  var y = f32(C[i]) * RS[m] * CS[n];
+  var y = ${scaledSum('C[i]', 'RS[m]', 'CS[n]')};
   if (p.hasBias != 0u) { y += B[n]; }
   Y[i] = y;
 }`,

@@ -6,9 +6,10 @@ import { arrayType, FLAT_WG, loadFn } from './wgsl.ts';
 
 const WG = 256;
 
-const TREE = (op: string) => `
+/** WGSL: the workgroup's values in `arr` (red by default) combined pairwise by `op` into arr[0]. */
+const TREE = (op: string, arr = 'red') => `
   for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
-    if (lid < s) { red[lid] = ${op}; }
+    if (lid < s) { ${arr}[lid] = ${op}; }
     workgroupBarrier();
   }`;
 
@@ -26,15 +27,11 @@ export function rmsInverse(arr: string, base: string, d: string): string {
     ss += v * v;
   }
   ${arr}[lid] = ss;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
-    if (lid < s) { ${arr}[lid] = ${arr}[lid] + ${arr}[lid + s]; }
-    workgroupBarrier();
-  }
+  workgroupBarrier();${TREE(`${arr}[lid] + ${arr}[lid + s]`, arr)}
   let inv = 1.0 / sqrt(${arr}[0] / f32(${d}) + p.eps);`;
 }
 
-/** WGSL of the normed value: norm weight (ldN) at `k` times x at `at` times inv (rmsnorm's expression). */
+/** WGSL of the normed value: norm weight (ldN) at `k` times (the value `x` times inv), rmsnorm's expression. */
 export const normedValue = (ldN: string, k: string, x: string, inv: string) =>
   `${ldN}(${k}) * (${x} * ${inv})`;
 
