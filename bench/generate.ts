@@ -27,6 +27,7 @@ import { Sampler } from '../src/runtime/sampling.ts';
 import { createBackend, type DeviceName } from '../src/tensor/index.ts';
 import { type Backend, FUSED_OPS, type Tensor } from '../src/tensor/tensor.ts';
 import { WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
+import { DEFAULT_GEMV } from '../src/tensor/webgpu/context.ts';
 import { publish, type Row, table } from './report.ts';
 import { synthLlama3 } from './synth-model.ts';
 
@@ -49,6 +50,8 @@ const { values } = parseArgs({
     gpu: { type: 'string', default: 'the GPU' },
     /** --report: the command that produced the results, for the report's Command line */
     ran: { type: 'string' },
+    /** every row also with the GEMV's scalar loops (before vec4 chunks; WebGPU) */
+    'gemv-baseline': { type: 'boolean', default: false },
     /** runs every row twice, first without reusing bind groups and uniforms (the baseline) */
     'compare-reuse': { type: 'boolean', default: false },
   },
@@ -56,6 +59,7 @@ const { values } = parseArgs({
 const NO_REUSE = ' (no bind-group reuse)';
 const UNFUSED = ' (unfused)';
 const NORM_IN_GEMV = ' (RMSNorm in the GEMVs)';
+const SCALAR_GEMV = ' (scalar GEMV loads)';
 if (values.report) {
   publishReport(values.report);
   process.exit(0);
@@ -283,8 +287,9 @@ function dispatchesRecorded(b: Backend): number {
 }
 
 /**
- * run(variant) with the backend's fused ops; --fusions both: first without them; --fusions all: also
- * with the RMSNorm inside the q/k/v and gate/up GEMVs (normInGemv).
+ * run(variant) with the backend's fused ops; --gemv-baseline: also with the scalar GEMV loads;
+ * --fusions both: also without the fused ops; --fusions all: also with the RMSNorm inside the q/k/v
+ * and gate/up GEMVs (normInGemv).
  */
 async function withAndWithoutFusions(
   backend: Backend,
@@ -292,6 +297,11 @@ async function withAndWithoutFusions(
   run: (variant: string) => Promise<void>,
 ): Promise<void> {
   const b = backend as Backend & Record<string, unknown>;
+  if (values['gemv-baseline'] && b instanceof WebGpuBackend) {
+    b.ctx.gemv = { ...DEFAULT_GEMV, chunks: false };
+    await run(`${variant}${SCALAR_GEMV}`);
+    b.ctx.gemv = DEFAULT_GEMV;
+  }
   if (values.fusions === 'both' || values.fusions === 'all') {
     const own = Object.fromEntries(FUSED_OPS.map((n) => [n, b[n]]));
     Object.assign(b, Object.fromEntries(FUSED_OPS.map((n) => [n, undefined])));
@@ -358,12 +368,13 @@ function publishReport(files: string): void {
   for (const [model, r] of best) {
     const small = !model.includes('8b');
     const name = small
-      ? `llama-small (bf16 weights, f32 math)${[NO_REUSE, UNFUSED, NORM_IN_GEMV].find((v) => model.endsWith(v)) ?? ''}`
+      ? `llama-small (bf16 weights, f32 math)${[NO_REUSE, UNFUSED, NORM_IN_GEMV, SCALAR_GEMV].find((v) => model.endsWith(v)) ?? ''}`
       : model.replace('llama-3-8b synthetic', 'Llama-3-8B shapes,');
     const base = small ? baseline('llama-small torch.float32') : baseline('llama-3-8b random bf16');
     const unfusedName = `${model.endsWith(NORM_IN_GEMV) ? model.slice(0, -NORM_IN_GEMV.length) : model}${UNFUSED}`;
     const unfused = best.get(unfusedName);
     const [ids, unfusedIds] = [idsOf(model), idsOf(unfusedName)];
+    const scalar = best.get(`${model}${SCALAR_GEMV}`);
     const measured = {
       model: name,
       'llmq decode tokens/s': r.decodeTokensPerSecond,
@@ -376,6 +387,7 @@ function publishReport(files: string): void {
           }),
       ...(unfused ? { 'vs unfused': r.decodeTokensPerSecond / unfused.decodeTokensPerSecond } : {}),
       ...(ids && unfusedIds ? { 'greedy ids = unfused': sameIds(ids, unfusedIds) } : {}),
+      ...(scalar ? { 'vs scalar GEMV loads': r.decodeTokensPerSecond / scalar.decodeTokensPerSecond } : {}),
     };
     rows.push(
       device

@@ -2,13 +2,15 @@
  * WebGPU benchmarks (meant for a machine with a GPU; see BENCHMARKS.md for how it is run there):
  *  - f32 GEMM 4096^3 and Llama-3-8B linear shapes at 2048 tokens (f32 and packed-bf16 weights), per
  *    GEMM tile configuration, TFLOP/s;
+ *  - decode GEMVs (one row of x) on Llama-3-8B shapes, bf16 / W4 g128 / int8 weights, per GEMV
+ *    tuning (chunked vec4 loads or the scalar loops, unroll): weight bytes read a second;
  *  - int8 x int8 -> int32 GEMM 4096^3 and Llama-3-8B shapes (TOPS), subgroup-matrix tiles and dot4,
  *    each checked exactly against the CPU on a small shape first;
  *  - llama-small WikiText-2 perplexity wall time (windows of 2048) from pre-tokenized ids;
  *  - synthetic Llama-3-8B prefill of 2048 tokens (random bf16 weights, one layer's weights shared by
  *    all 32 layers: same work and memory traffic per layer, 2 GB of uploads instead of 16 GB).
  *
- *   node --import tsx bench/gpu.ts [--model DIR] [--tokens FILE.i32] [--out FILE.json] [--skip gemm,int8,ppl,8b] [--ppl-batch 1,2,4]
+ *   node --import tsx bench/gpu.ts [--model DIR] [--tokens FILE.i32] [--out FILE.json] [--skip gemm,gemv,int8,ppl,8b] [--ppl-batch 1,2,4]
  * Prints JSON lines and writes them all to --out.
  */
 import fs from 'node:fs';
@@ -17,8 +19,9 @@ import { perplexity } from '../src/eval/perplexity.ts';
 import { LINEARS } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
-import type { DType, Tensor } from '../src/tensor/tensor.ts';
+import type { DType, PackedWeight, Tensor } from '../src/tensor/tensor.ts';
 import { WebGpuBackend, WebGpuTensor } from '../src/tensor/webgpu/backend.ts';
+import { DEFAULT_GEMV, type GemvTuning } from '../src/tensor/webgpu/context.ts';
 import { Int8Gemm, type SubgroupMatrixTile } from '../src/tensor/webgpu/int8.ts';
 import type { GemmTile } from '../src/tensor/webgpu/matmul.ts';
 import { synthLlama3 } from './synth-model.ts';
@@ -242,6 +245,85 @@ if (!skip.has('int8')) {
     ['down_proj', 4096, 14336],
   ];
   for (const [label, N, K] of shapes) await int8Gemm(best, 2048, N, K, `llama-3-8b ${label}`);
+}
+
+/** Random codes words: 4-bit codes eight to an i32, or int8 codes four to one. */
+function randomCodeWords(words: number): Int32Array {
+  const out = new Int32Array(words);
+  for (let i = 0; i < words; i++) out[i] = (Math.random() * 2 ** 32) | 0;
+  return out;
+}
+
+/** One decode-step GEMV (one row of x) of each weight kind, on the 8B's shapes. */
+function gemvCases(
+  N: number,
+  K: number,
+): { kind: string; bytes: number; run: () => Tensor; free: () => void }[] {
+  const x = randomTensor(1, K, 'f32');
+  const w = randomTensor(N, K, 'bf16');
+  const groups = (N * K) / 128;
+  const packed: PackedWeight = {
+    codes: gpu.upload(randomCodeWords((N * K) / 8), [N, K / 8], 'i32'),
+    scales: gpu.upload(new Float32Array(groups).fill(0.004), [groups], 'f32'),
+    zeros: gpu.upload(new Float32Array(groups).fill(8), [groups], 'f32'),
+    rows: N,
+    cols: K,
+    codeBits: 4,
+    group: 128,
+  };
+  const xi = gpu.upload(new Int8Array(randomCodeWords(K / 4).buffer), [1, K], 'i8');
+  const wi = gpu.upload(new Int8Array(randomCodeWords((N * K) / 4).buffer), [N, K], 'i8');
+  return [
+    { kind: 'bf16', bytes: 2 * N * K, run: () => gpu.linear(x, w), free: () => w.dispose() },
+    {
+      kind: 'W4 g128',
+      bytes: (N * K) / 2 + 8 * groups,
+      run: () => gpu.linearPacked(x, packed),
+      free: () => [packed.codes, packed.scales, packed.zeros, x].forEach((t) => t.dispose()),
+    },
+    {
+      kind: 'int8 (dot4)',
+      bytes: N * K,
+      run: () => gpu.matmulInt8(xi, wi),
+      free: () => [xi, wi].forEach((t) => t.dispose()),
+    },
+  ];
+}
+
+if (!skip.has('gemv')) {
+  const tunings: [string, GemvTuning][] = [
+    ['scalar loops', { chunks: false, unroll: 4 }],
+    ['chunks, unroll 1', { chunks: true, unroll: 1 }],
+    ['chunks, unroll 2', { chunks: true, unroll: 2 }],
+    ['chunks, unroll 4', { chunks: true, unroll: 4 }],
+    ['chunks, unroll 8', { chunks: true, unroll: 8 }],
+  ];
+  const shapes: [string, number, number][] = [
+    ['q/o_proj', 4096, 4096],
+    ['gate/up_proj', 14336, 4096],
+    ['down_proj', 4096, 14336],
+    ['lm_head', 128256, 4096],
+  ];
+  for (const [label, N, K] of shapes) {
+    const cases = gemvCases(N, K);
+    for (const c of cases)
+      for (const [name, tuning] of tunings) {
+        gpu.ctx.gemv = tuning;
+        const s = await timeIt(c.run, 20);
+        report({
+          what: 'gemv',
+          label: `llama-3-8b ${label}`,
+          N,
+          K,
+          weights: c.kind,
+          tuning: name,
+          us: s * 1e6,
+          gbPerSecond: c.bytes / s / 1e9,
+        });
+      }
+    for (const c of cases) c.free();
+  }
+  gpu.ctx.gemv = DEFAULT_GEMV;
 }
 
 if (!skip.has('ppl') && values.model && values.tokens) {

@@ -26,7 +26,14 @@ probe?.device.destroy();
 const skip = probe ? false : 'no WebGPU adapter';
 const gpu = probe ? await WebGpuBackend.create() : undefined;
 const dot4 = probe ? await WebGpuBackend.create({ int8: 'dot4' }) : undefined;
-const dot4Big = probe ? await WebGpuBackend.create({ int8: 'dot4', dot4Tile: { t: 8, bkw: 8 } }) : undefined;
+/** also reads the GEMV's codes a word at a time (gemv.chunks off), in the other loop */
+const dot4Big = probe
+  ? await WebGpuBackend.create({
+      int8: 'dot4',
+      dot4Tile: { t: 8, bkw: 8 },
+      gemv: { chunks: false, unroll: 4 },
+    })
+  : undefined;
 
 function randomInt8(n: number, seed: number): Int8Array {
   const r = rng(seed);
@@ -71,8 +78,12 @@ async function check(backend: Backend, M: number, N: number, K: number, seed: nu
 
 const SHAPES: [number, number, number][] = [
   [1, 1, 4],
-  // up to 4 rows: the matrix-vector kernel (decoding)
+  // up to 4 rows: the matrix-vector kernel (decoding); K a multiple of 16: vec4 words, some lanes' last
+  // unrolled words out of range
   [1, 300, 1020],
+  [1, 300, 1008],
+  [2, 33, 496],
+  [4, 9, 16],
   [3, 17, 40],
   [4, 129, 516],
   [5, 7, 12],

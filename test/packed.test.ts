@@ -27,6 +27,7 @@ import { defineRecipe, resolveRecipe } from '../src/quant/recipe.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import type { Backend } from '../src/tensor/tensor.ts';
 import { openDevice, WebGpuBackend, WebGpuTensor } from '../src/tensor/webgpu/backend.ts';
+import { DEFAULT_GEMV } from '../src/tensor/webgpu/context.ts';
 import { MODELS, randomGgmlBlocks, rng, testManifest, WIKITEXT } from './helpers.ts';
 
 const probe = await openDevice();
@@ -99,6 +100,22 @@ for (const [name, backend] of BACKENDS) {
       assert.equal(packed.codeBits, enc.bits <= 4 ? 4 : 8);
       const want = await b.read(b.linear(x, lin.weight, bias));
       const got = await b.read(b.linearPacked(x, packed, bias));
+      if (b instanceof WebGpuBackend && M <= 4) {
+        // the packed GEMV adds the same products in the same order however it loads x and the words
+        for (const gemv of [
+          { chunks: false, unroll: 4 },
+          { chunks: true, unroll: 1 },
+          { chunks: true, unroll: 3 },
+        ]) {
+          b.ctx.gemv = gemv;
+          assert.deepEqual(
+            await b.read(b.linearPacked(x, packed, bias)),
+            got,
+            `${format} ${JSON.stringify(gemv)}`,
+          );
+        }
+        b.ctx.gemv = DEFAULT_GEMV;
+      }
       let worst = 0;
       let scale = 0;
       for (let i = 0; i < want.length; i++) {

@@ -25,6 +25,7 @@ import { bf16ToF32, f32ToBf16, f32ToF16 } from '../src/tensor/dtype.ts';
 import { createBackend } from '../src/tensor/index.ts';
 import type { Backend, DType, HostArray, Tensor } from '../src/tensor/tensor.ts';
 import { openDevice, WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
+import { DEFAULT_GEMV } from '../src/tensor/webgpu/context.ts';
 import { assertSameWeights, MODELS, randomCalibration, rng, WIKITEXT, wholeLayerGptq } from './helpers.ts';
 
 const cpu = new CpuBackend();
@@ -102,6 +103,40 @@ test('linear matches the CPU within 1e-5 for f32/bf16/f16 weights, odd shapes, b
       gpu!.gemmTile = { tm: 4, tn: 8, bk: 16, prefetch: !tile.prefetch };
       await expectClose(gpu!.linear(xg, wg, bg), want, 1e-5, `${M}x${N}x${K} ${dtype} other tile`);
       gpu!.gemmTile = tile;
+    }
+  }
+});
+
+test('GEMV: chunked and scalar loops match the CPU; chunked sums do not depend on the unroll', {
+  skip,
+}, async () => {
+  const r = rng(12);
+  // K: chunk counts below, at and past one pass of the lanes (32 chunks) times the unroll
+  for (const [M, N, K] of [
+    [1, 70, 1024],
+    [2, 40, 196],
+    [4, 9, 96],
+    [1, 5, 516],
+  ]) {
+    const [xc, xg] = onBoth(r.normal(M * K), [M, K]);
+    for (const dtype of ['f32', 'bf16', 'f16'] as const) {
+      const [wc, wg] = onBoth(r.normal(N * K, 0.5), [N, K], dtype);
+      const want = cpu.linear(xc, wc);
+      const sums: Float32Array[] = [];
+      for (const gemv of [
+        { chunks: true, unroll: 4 },
+        { chunks: true, unroll: 1 },
+        { chunks: true, unroll: 2 },
+        { chunks: false, unroll: 4 },
+      ]) {
+        gpu!.ctx.gemv = gemv;
+        const y = gpu!.linear(xg, wg);
+        await expectClose(y, want, 1e-5, `${M}x${N}x${K} ${dtype} ${JSON.stringify(gemv)}`);
+        sums.push(await gpu!.read(y));
+      }
+      gpu!.ctx.gemv = DEFAULT_GEMV;
+      assert.deepEqual(sums[1], sums[0], `${M}x${N}x${K} ${dtype}: unroll 1 vs 4`);
+      assert.deepEqual(sums[2], sums[0], `${M}x${N}x${K} ${dtype}: unroll 2 vs 4`);
     }
   }
 });

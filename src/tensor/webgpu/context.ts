@@ -28,7 +28,21 @@ export interface ContextOptions {
   reuseBindGroups?: boolean;
   /** 64 KiB pages of reused uniform parameters (default 32) */
   uniformPages?: number;
+  /** how the GEMV kernels read their operands (default DEFAULT_GEMV) */
+  gemv?: GemvTuning;
 }
+
+/** How the matrix-vector kernels read their operands (decoding; see matmul.ts's GEMV loops). */
+export interface GemvTuning {
+  /**
+   * read x (f32) and dense f32/16-bit weights four values a load, consecutive lanes on consecutive
+   * chunks, where K and the offsets are multiples of 4 (the default); off: the scalar loops
+   */
+  chunks: boolean;
+  /** chunks (packed weights: words) a lane loads before it multiplies them; the sums do not depend on it */
+  unroll: number;
+}
+export const DEFAULT_GEMV: GemvTuning = { chunks: true, unroll: 4 };
 
 const STORAGE_USAGE = 0x80 | 0x04 | 0x08; // STORAGE | COPY_SRC | COPY_DST
 const UNIFORM_USAGE = 0x40; // UNIFORM
@@ -218,6 +232,8 @@ export class GpuContext {
   peakBytes = 0;
   /** dispatches recorded since the context was made (benchmarks count them per token) */
   recorded = 0;
+  /** how the GEMV kernels read their operands (benchmarks switch it between runs) */
+  gemv: GemvTuning;
 
   constructor(
     readonly device: GPUDevice,
@@ -238,6 +254,7 @@ export class GpuContext {
     this.maxGroups = lim.maxComputeWorkgroupsPerDimension;
     this.poolLimit = opts.poolBytes ?? 1 << 30;
     this.perSubmit = opts.dispatchesPerSubmit ?? 64;
+    this.gemv = opts.gemv ?? DEFAULT_GEMV;
     if (opts.reuseBindGroups ?? true) {
       this.bindGroups = new BindGroupCache();
       this.uniformCache = new UniformCache(device, this.uniformAlign, opts.uniformPages ?? 32);

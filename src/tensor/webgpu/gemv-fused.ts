@@ -13,25 +13,29 @@
  */
 import { fail } from '../../errors.ts';
 import type { DType, RopeTable } from '../tensor.ts';
-import { type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
+import { type GemvTuning, type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
 import { ropeTableBuffer, SILU_MUL } from './elementwise.ts';
-import { dot4GemvLoop, scaledSum } from './int8.ts';
+import { dot4GemvLoop, int8Chunks, scaledSum } from './int8.ts';
 import {
   GEMV_COLS,
   GEMV_LANES,
   GEMV_MAX_M,
   type GemvWeight,
+  gemvChunks,
   gemvDenseLoop,
+  gemvKey,
   gemvMain,
   gemvPackedLoop,
   levelTable,
   type PackedLayout,
   type PackedStorages,
+  plainX,
   weightKey,
   type XAt,
+  type XRead,
 } from './matmul.ts';
 import { normedValue, RMS_WG, rmsInverse } from './norm.ts';
-import { arrayType, loadFn } from './wgsl.ts';
+import { arrayType, chunkArrayType, chunkLoadFns, loadFn } from './wgsl.ts';
 
 /** How a fused kernel reads x and its weights: x's and the weights' dtypes, and packed weights' layout. */
 interface Reading {
@@ -40,13 +44,17 @@ interface Reading {
   pk?: PackedLayout;
   /** x is rmsnorm's input: the kernel normalizes its rows with a norm weight of this dtype */
   norm?: DType;
+  /** x and dense weights (int8: codes of both) read four values (words) a load; see gemvChunks */
+  chunks: boolean;
+  tuning: GemvTuning;
 }
 
 /** Integer codes of x and the weights (i8), dot4 sums scaled in the store. */
 const isInt8 = (r: Reading) => r.dx === 'i8';
 
 function readingKey(r: Reading): string {
-  return isInt8(r) ? 'i8' : `${r.dx}:${weightKey(r.dw, r.pk)}${r.norm ? `:norm-${r.norm}` : ''}`;
+  const reading = isInt8(r) ? 'i8' : `${r.dx}:${weightKey(r.dw, r.pk)}${r.norm ? `:norm-${r.norm}` : ''}`;
+  return `${reading}:${gemvKey(r.tuning, r.chunks)}`;
 }
 
 /**
@@ -55,11 +63,27 @@ function readingKey(r: Reading): string {
  * compilers may reassociate float multiplies (lavapipe's did: w * (nw * (x * inv)) came out 1 ulp
  * off), and the product must use the value rmsnorm would have stored.
  */
-function xAt(r: Reading): XAt | undefined {
-  return r.norm
-    ? (m, k) =>
-        `bitcast<f32>(bitcast<u32>(${normedValue('ldN', `p.nOff + ${k}`, `ldX(p.xOff + ${m} * p.K + ${k})`, `ninv[${m}]`)}) ^ p.zero)`
-    : undefined;
+function xRead(r: Reading): XRead {
+  if (!r.norm) return plainX(r.chunks);
+  const at: XAt = (m, k) =>
+    `bitcast<f32>(bitcast<u32>(${normedValue('ldN', `p.nOff + ${k}`, `ldX(p.xOff + ${m} * p.K + ${k})`, `ninv[${m}]`)}) ^ p.zero)`;
+  if (!r.chunks) return { at };
+  return {
+    chunk: (m, q) => `vec4<f32>(${[0, 1, 2, 3].map((c) => at(m, `4u * (${q}) + ${c}u`)).join(', ')})`,
+  };
+}
+
+/** x's binding and its load functions (ldX, and ldX4 where chunked). */
+function xDecls(r: Reading): string {
+  const type = r.chunks ? (isInt8(r) ? 'vec4<u32>' : chunkArrayType(r.dx)) : arrayType(r.dx);
+  const fns = isInt8(r) ? '' : r.chunks ? chunkLoadFns('ldX', 'X', r.dx) : loadFn('ldX', 'X', r.dx);
+  return `@group(0) @binding(1) var<storage, read> X: array<${type}>;\n${fns}`;
+}
+
+/** The array type a weight is bound as. */
+function weightArray(r: Reading): string {
+  if (!r.chunks || r.pk) return arrayType(r.dw);
+  return isInt8(r) ? 'vec4<u32>' : chunkArrayType(r.dw)!;
 }
 
 /** Declarations for normalizing x: the norm weight at binding `binding`, the RMS scratch arrays. */
@@ -87,10 +111,17 @@ function normPrologue(r: Reading, M: number): string {
 /** The loop of one weight of a fused kernel, in its own scope. */
 function weightLoop(r: Reading, M: number, wt: GemvWeight): string {
   const body = isInt8(r)
-    ? dot4GemvLoop(M, { A: 'X', B: wt.W, K: 'p.K', aOff: 'p.xOff', bOff: wt.off, acc: wt.acc })
+    ? dot4GemvLoop(M, r.tuning, r.chunks, {
+        A: 'X',
+        B: wt.W,
+        K: 'p.K',
+        aOff: 'p.xOff',
+        bOff: wt.off,
+        acc: wt.acc,
+      })
     : r.pk
-      ? gemvPackedLoop(r.pk, M, wt, xAt(r))
-      : gemvDenseLoop(M, wt, xAt(r));
+      ? gemvPackedLoop(r.pk, M, r.tuning, wt, xRead(r))
+      : gemvDenseLoop(M, r.tuning, wt, xRead(r));
   return `{${body}
     }`;
 }
@@ -108,7 +139,7 @@ function readingDecls(r: Reading, wts: GemvWeight[], first: number): string {
       wts.flatMap((w) => [w.S, w.Z]),
       first,
     )}\n${levelTable(r.pk)}`;
-  return wts.map((w) => loadFn(w.ld, w.W, r.dw)).join('\n');
+  return wts.map((w) => (r.chunks ? chunkLoadFns : loadFn)(w.ld, w.W, r.dw)).join('\n');
 }
 
 /** The bindings readingDecls declares: x's row scales and each weight's column scales, or packed scales/zeros. */
@@ -164,13 +195,12 @@ function gemvGateUpKernel(r: Reading, M: number): Kernel {
     code: () => `
 struct P { M: u32, N: u32, K: u32, xOff: u32, gOff: u32, uOff: u32, yOff: u32, nOff: u32, eps: f32, zero: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> X: array<${arrayType(r.dx)}>;
-@group(0) @binding(2) var<storage, read> G: array<${arrayType(r.dw)}>;
-@group(0) @binding(3) var<storage, read> U: array<${arrayType(r.dw)}>;
+${xDecls(r)}
+@group(0) @binding(2) var<storage, read> G: array<${weightArray(r)}>;
+@group(0) @binding(3) var<storage, read> U: array<${weightArray(r)}>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
 ${readingDecls(r, [gate, up], 5)}
 ${normDecls(r, M, 5 + readingCount(r, 2))}
-${isInt8(r) ? '' : loadFn('ldX', 'X', r.dx)}
 ${gemvMain(
   isInt8(r) ? 'i32' : 'f32',
   M,
@@ -218,7 +248,17 @@ function fusedWindows(ctx: GpuContext, input: FusedInput, ops: GemvOperand[], fi
   const nw = norm ? ctx.wholeIfFits(norm.weight) : undefined;
   if (windows.some((w) => !w || (int8 && w.off % 4 !== 0)) || (norm && !nw)) return undefined;
   const unit = int8 ? 4 : 1;
-  const reading: Reading = { dx: x.dtype, dw: ops[0].w.dtype, pk: ops[0].packed, norm: norm?.weight.dtype };
+  const offs = windows.map((w) => w!.off);
+  const dw = ops[0].w.dtype;
+  const pk = ops[0].packed;
+  const chunks = int8
+    ? int8Chunks(
+        ctx.gemv,
+        x.cols / 4,
+        offs.map((o) => o / 4),
+      )
+    : gemvChunks(ctx.gemv, x.dtype, x.cols, pk ? offs.slice(0, 1) : offs, pk ? undefined : dw);
+  const reading: Reading = { dx: x.dtype, dw, pk, norm: norm?.weight.dtype, chunks, tuning: ctx.gemv };
   if (ctx.maxStorageBuffers < fixed + readingCount(reading, ops.length) + (norm ? 1 : 0)) return undefined;
   return {
     reading,
@@ -294,7 +334,7 @@ function qkvRopeCode(r: Reading, M: number): string {
     acc: 0,
   }));
   const weightDecls = names
-    .map((t, i) => `@group(0) @binding(${2 + i}) var<storage, read> W${t}: array<${arrayType(r.dw)}>;`)
+    .map((t, i) => `@group(0) @binding(${2 + i}) var<storage, read> W${t}: array<${weightArray(r)}>;`)
     .join('\n');
   const outDecls = names
     .map((t, i) => `@group(0) @binding(${6 + i}) var<storage, read_write> Y${t}: array<f32>;`)
@@ -333,13 +373,12 @@ function qkvRopeCode(r: Reading, M: number): string {
 struct P { K: u32, xOff: u32, wQOff: u32, wKOff: u32, wVOff: u32, pq: u32, pk: u32, pv: u32, half: u32,
   first: u32, yQOff: u32, yKOff: u32, yVOff: u32, nOff: u32, eps: f32, zero: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> X: array<${arrayType(r.dx)}>;
+${xDecls(r)}
 ${weightDecls}
 @group(0) @binding(5) var<storage, read> CS: array<vec2<f32>>;
 ${outDecls}
 ${readingDecls(r, weights, 9)}
 ${normDecls(r, M, 9 + readingCount(r, 3))}
-${isInt8(r) ? '' : loadFn('ldX', 'X', r.dx)}
 ${gemvMain(
   isInt8(r) ? 'i32' : 'f32',
   M,

@@ -15,9 +15,9 @@
  *   on adapters without subgroup matrices (lavapipe).
  */
 import { fail } from '../../errors.ts';
-import type { GpuContext, Kernel, Storage } from './context.ts';
+import type { GemvTuning, GpuContext, Kernel, Storage } from './context.ts';
 import { grid2, Params } from './context.ts';
-import { GEMV_COLS, GEMV_LANES, GEMV_MAX_M, gemvMain } from './matmul.ts';
+import { GEMV_COLS, GEMV_LANES, GEMV_MAX_M, gemvKey, gemvMain } from './matmul.ts';
 import { FLAT_WG } from './wgsl.ts';
 
 export type Int8Path = 'subgroup-matrix' | 'dot4';
@@ -64,11 +64,11 @@ export interface Dot4Tile {
 export const DEFAULT_DOT4_TILE: Dot4Tile = { t: 8, bkw: 8 };
 
 /** Declarations of the dot4 GEMM and GEMV: a and b as words of four int8, K in words (KW). */
-const DOT4_HEADER = `
+const dot4Header = (chunks = false) => `
 struct P { M: u32, N: u32, KW: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> A: array<u32>;
-@group(0) @binding(2) var<storage, read> B: array<u32>;
+@group(0) @binding(1) var<storage, read> A: array<${codeArray(chunks)}>;
+@group(0) @binding(2) var<storage, read> B: array<${codeArray(chunks)}>;
 @group(0) @binding(3) var<storage, read_write> C: array<i32>;`;
 
 function dot4Kernel({ t, bkw }: Dot4Tile): Kernel {
@@ -76,7 +76,7 @@ function dot4Kernel({ t, bkw }: Dot4Tile): Kernel {
   return {
     key: `int8gemm:dot4:${t}:${bkw}`,
     bindings: ['uniform', 'read', 'read', 'write'],
-    code: () => `${DOT4_HEADER}
+    code: () => `${dot4Header()}
 var<workgroup> As: array<u32, ${tile * bkw}>;
 var<workgroup> Bs: array<u32, ${tile * bkw}>;
 @compute @workgroup_size(16, 16)
@@ -336,13 +336,13 @@ function testProblem(t: SubgroupMatrixTile): {
 }
 
 /** c = a b^T for a few rows of a: GEMV_COLS outputs per workgroup, each K split over GEMV_LANES threads. */
-function dot4GemvKernel(M: number): Kernel {
+function dot4GemvKernel(M: number, t: GemvTuning, chunks: boolean): Kernel {
   const L = GEMV_LANES;
   return {
-    key: `int8gemv:dot4:${M}`,
+    key: `int8gemv:dot4:${M}:${gemvKey(t, chunks)}`,
     bindings: ['uniform', 'read', 'read', 'write'],
-    code: () => `${DOT4_HEADER}
-${gemvMain('i32', M, dot4GemvLoop(M), `C[lane * p.N + n] = red[c * ${L * M}u + lane];`)}`,
+    code: () => `${dot4Header(chunks)}
+${gemvMain('i32', M, dot4GemvLoop(M, t, chunks), `C[lane * p.N + n] = red[c * ${L * M}u + lane];`)}`,
   };
 }
 
@@ -365,9 +365,27 @@ export interface Dot4Operands {
 
 const PLAIN_DOT4: Dot4Operands = { A: 'A', B: 'B', K: 'p.KW', aOff: '0u', bOff: '0u', acc: 0 };
 
-/** The per-lane loop of the dot4 GEMV: four consecutive words (16 int8) a thread per step. */
-export function dot4GemvLoop(M: number, o: Dot4Operands = PLAIN_DOT4): string {
-  return `
+/** Whether a dot4 GEMV reads its codes a vec4<u32> (16 int8) a load: K and the offsets (in words) multiples of 4. */
+export function int8Chunks(t: GemvTuning, KW: number, wordOffsets: number[]): boolean {
+  return t.chunks && KW % 4 === 0 && wordOffsets.every((o) => o % 4 === 0);
+}
+
+/** The array type a dot4 GEMV binds its codes as. */
+const codeArray = (chunks: boolean) => (chunks ? 'vec4<u32>' : 'u32');
+
+/**
+ * The per-lane loop of the dot4 GEMV. Chunked: lane l takes vec4 words l, l + LANES, ... (a
+ * subgroup's loads cover consecutive bytes), `unroll` of them loaded before they are multiplied;
+ * else four consecutive words a step. Integer sums: the order does not change them.
+ */
+export function dot4GemvLoop(
+  M: number,
+  t: GemvTuning,
+  chunks: boolean,
+  o: Dot4Operands = PLAIN_DOT4,
+): string {
+  if (!chunks)
+    return `
     let bRow = ${o.bOff} + n * ${o.K};
     for (var w0 = lane * 4u; w0 < ${o.K}; w0 += ${GEMV_LANES * 4}u) {
       for (var j = 0u; j < 4u; j++) {
@@ -377,21 +395,46 @@ export function dot4GemvLoop(M: number, o: Dot4Operands = PLAIN_DOT4): string {
         for (var m = 0u; m < ${M}u; m++) { acc[${o.acc}u + m] += dot4I8Packed(${o.A}[${o.aOff} + m * ${o.K} + kw], b); }
       }
     }`;
+  const L = GEMV_LANES;
+  const steps = Array.from({ length: Math.max(1, Math.floor(t.unroll / M)) }, (_, j) => j);
+  const rows = Array.from({ length: M }, (_, m) => m);
+  const inRange = (j: number) => `q0 + ${j * L}u < K4`;
+  const loads = steps.map(
+    (j) => `let q${j} = ${j === 0 ? 'q0' : `select(q0, q0 + ${j * L}u, ${inRange(j)})`};
+      let b${j} = ${o.B}[bRow + q${j}];
+      ${rows.map((m) => `let a${j}_${m} = ${o.A}[(${o.aOff} + ${m}u * ${o.K}) / 4u + q${j}];`).join(' ')}`,
+  );
+  const products = steps.map((j) => {
+    const dots = rows
+      .map(
+        (m) =>
+          `acc[${o.acc + m}] += ${['x', 'y', 'z', 'w'].map((c) => `dot4I8Packed(a${j}_${m}.${c}, b${j}.${c})`).join(' + ')};`,
+      )
+      .join(' ');
+    return j === 0 ? dots : `if (${inRange(j)}) { ${dots} }`;
+  });
+  return `
+    let bRow = (${o.bOff} + n * ${o.K}) / 4u;
+    let K4 = ${o.K} / 4u;
+    for (var q0 = lane; q0 < K4; q0 += ${L * steps.length}u) {
+      ${loads.join('\n      ')}
+      ${products.join('\n      ')}
+    }`;
 }
 
 /**
  * y = f32(a b^T) * rowScales[m] * colScales[n] (+ bias[n]) (+ residual[m, n]) for a few rows of a:
  * the dot4 GEMV with scaleInt32's expressions (and the residual added last) in its store.
  */
-function dot4GemvScaledKernel(M: number): Kernel {
+function dot4GemvScaledKernel(M: number, t: GemvTuning, chunks: boolean): Kernel {
   return {
-    key: `int8gemv-scaled:dot4:${M}`,
+    key: `int8gemv-scaled:dot4:${M}:${gemvKey(t, chunks)}`,
     bindings: ['uniform', 'read', 'read', 'read', 'read', 'read', 'read', 'write'],
     code: () => `
 struct P { M: u32, N: u32, KW: u32, hasBias: u32, hasRes: u32, rOff: u32, yOff: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> A: array<u32>;
-@group(0) @binding(2) var<storage, read> B: array<u32>;
+@group(0) @binding(1) var<storage, read> A: array<${codeArray(chunks)}>;
+@group(0) @binding(2) var<storage, read> B: array<${codeArray(chunks)}>;
 @group(0) @binding(3) var<storage, read> RS: array<f32>;
 @group(0) @binding(4) var<storage, read> CS: array<f32>;
 @group(0) @binding(5) var<storage, read> Bias: array<f32>;
@@ -400,7 +443,7 @@ struct P { M: u32, N: u32, KW: u32, hasBias: u32, hasRes: u32, rOff: u32, yOff: 
 ${gemvMain(
   'i32',
   M,
-  dot4GemvLoop(M),
+  dot4GemvLoop(M, t, chunks),
   `var y = ${scaledSum(`red[c * ${GEMV_LANES * M}u + lane]`, 'RS[lane]', 'CS[n]')};
     if (p.hasBias != 0u) { y += Bias[n]; }
     if (p.hasRes != 0u) { y = y + R[p.rOff + lane * p.N + n]; }
@@ -442,7 +485,7 @@ export function int8GemvScaled(
     .u(yw.off);
   const optional = (s: Storage | undefined) => (s ? ctx.whole(s, 'int8 linear').binding : ctx.dummy());
   ctx.dispatch(
-    dot4GemvScaledKernel(M),
+    dot4GemvScaledKernel(M, ctx.gemv, int8Chunks(ctx.gemv, K / 4, [0, 0])),
     params,
     [...ins.map((w) => w!.binding), optional(bias), rw ? rw.binding : ctx.dummy(), yw.binding],
     grid2(Math.ceil(N / GEMV_COLS)),
@@ -539,7 +582,13 @@ export class Int8Gemm {
       .u(M)
       .u(N)
       .u(K / 4);
-    this.ctx.dispatch(dot4GemvKernel(M), params, bindings, grid2(Math.ceil(N / GEMV_COLS)));
+    const chunks = int8Chunks(this.ctx.gemv, K / 4, [0, 0]);
+    this.ctx.dispatch(
+      dot4GemvKernel(M, this.ctx.gemv, chunks),
+      params,
+      bindings,
+      grid2(Math.ceil(N / GEMV_COLS)),
+    );
     return out;
   }
 

@@ -13,8 +13,8 @@
  */
 import { fail } from '../../errors.ts';
 import type { DType } from '../tensor.ts';
-import { type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
-import { arrayType, FLAT_WG, loadFn } from './wgsl.ts';
+import { type GemvTuning, type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
+import { arrayType, chunkArrayType, chunkLoadFns, FLAT_WG, loadFn } from './wgsl.ts';
 
 export interface GemmTile {
   /** outputs per thread along M and N (tile = 16 * tm x 16 * tn) */
@@ -115,28 +115,33 @@ function linearBindings(pk: PackedLayout | undefined, residual: boolean): Kernel
   ];
 }
 
-/** The declarations both linear kernels share (their Params are filled by `linear`). */
+/**
+ * The declarations both linear kernels share (their Params are filled by `linear`). `chunks` (GEMV
+ * only): x and dense weights are bound four values an element (chunkArrayType) with ldX4 / ldW4.
+ */
 function linearHeader(
   dx: DType,
   dw: DType,
   db: DType,
   pk: PackedLayout | undefined,
   residual: boolean,
+  chunks = false,
 ): string {
   const resBinding = linearBindings(pk, false).length;
+  const wChunks = chunks && !pk;
   return `
 struct P { M: u32, N: u32, K: u32, xOff: u32, wOff: u32, yOff: u32, ldy: u32, n0: u32, bOff: u32, hasBias: u32, rOff: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> X: array<${arrayType(dx)}>;
-@group(0) @binding(2) var<storage, read> W: array<${arrayType(dw)}>;
+@group(0) @binding(1) var<storage, read> X: array<${chunks ? chunkArrayType(dx) : arrayType(dx)}>;
+@group(0) @binding(2) var<storage, read> W: array<${wChunks ? chunkArrayType(dw) : arrayType(dw)}>;
 @group(0) @binding(3) var<storage, read> B: array<${arrayType(db)}>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
 ${pk ? '@group(0) @binding(5) var<storage, read> S: array<f32>;\n@group(0) @binding(6) var<storage, read> Z: array<f32>;' : ''}
 ${pk?.groupOf ? '@group(0) @binding(7) var<storage, read> GI: array<i32>;' : ''}
 ${residual ? `@group(0) @binding(${resBinding}) var<storage, read> R: array<f32>;` : ''}
 ${pk ? levelTable(pk) : ''}
-${loadFn('ldX', 'X', dx)}
-${pk ? packedLoadFn(pk) : loadFn('ldW', 'W', dw)}
+${chunks ? chunkLoadFns('ldX', 'X', dx) : loadFn('ldX', 'X', dx)}
+${pk ? packedLoadFn(pk) : wChunks ? chunkLoadFns('ldW', 'W', dw) : loadFn('ldW', 'W', dw)}
 ${loadFn('ldB', 'B', db)}`;
 }
 
@@ -157,9 +162,26 @@ export const GEMV_MAX_M = 4;
 /** threads sharing one output column's dot products, and output columns per workgroup */
 export const GEMV_LANES = 32;
 export const GEMV_COLS = 8;
-/** consecutive k a thread takes per step (dense weights; packed ones: GEMV_WORDS words) */
+/** consecutive k a thread takes per step where x and the weights are read one value at a time */
 const GEMV_KV = 8;
-const GEMV_WORDS = 4;
+
+/**
+ * Whether a GEMV reads x in chunks of four: an f32 x, K and every element offset multiples of 4, and
+ * dense weights (`dw`; undefined for packed codes) of a dtype chunkArrayType binds.
+ */
+export function gemvChunks(t: GemvTuning, dx: DType, K: number, offsets: number[], dw?: DType): boolean {
+  return (
+    t.chunks &&
+    dx === 'f32' &&
+    K % 4 === 0 &&
+    offsets.every((o) => o % 4 === 0) &&
+    (dw === undefined || chunkArrayType(dw) !== undefined)
+  );
+}
+
+/** Unrolled steps for M rows: fewer as M grows, so the loaded x chunks stay in registers. */
+const unrollFor = (t: GemvTuning, M: number) => Math.max(1, Math.floor(t.unroll / M));
+const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
 /**
  * The entry point of a matrix-vector kernel: thread (c, lane) accumulates `acc[m]` for output column n
@@ -209,7 +231,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 /** The names a GEMV loop reads one weight through, and where its sums go in acc. */
 export interface GemvWeight {
-  /** dense: the load function; packed: the code, scale and zero arrays */
+  /** dense: the load function (chunks: and `${ld}4`); packed: the code, scale and zero arrays */
   ld: string;
   W: string;
   S: string;
@@ -224,9 +246,21 @@ const ONE_WEIGHT: GemvWeight = { ld: 'ldW', W: 'W', S: 'S', Z: 'Z', off: 'p.wOff
 
 /** WGSL of x[m, k] in a GEMV loop: ldX over x's window. */
 export type XAt = (m: string, k: string) => string;
+/** WGSL of the vec4 x[m, 4q .. 4q + 3] in a chunked GEMV loop: ldX4 over x's window. */
+export type XChunk = (m: string, q: string) => string;
+/** How a GEMV loop reads x: a value at a time, or (chunked) four. */
+export type XRead = { at: XAt } | { chunk: XChunk };
 const X_PLAIN: XAt = (m, k) => `ldX(p.xOff + ${m} * p.K + ${k})`;
+const X_CHUNK: XChunk = (m, q) => `ldX4(p.xOff / 4u + ${m} * (p.K / 4u) + ${q})`;
+/** x read plainly, in chunks or not */
+export const plainX = (chunks: boolean): XRead => (chunks ? { chunk: X_CHUNK } : { at: X_PLAIN });
 
-export function gemvDenseLoop(M: number, wt: GemvWeight = ONE_WEIGHT, xAt = X_PLAIN): string {
+/** The loop of one dense weight: chunked where x is, else a value at a time. */
+export function gemvDenseLoop(M: number, t: GemvTuning, wt: GemvWeight, x: XRead): string {
+  return 'chunk' in x ? gemvChunkLoop(M, t, wt, x.chunk) : gemvScalarLoop(M, wt, x.at);
+}
+
+function gemvScalarLoop(M: number, wt: GemvWeight, xAt: XAt): string {
   return `
     let wRow = ${wt.off} + n * p.K;
     for (var k0 = lane * ${GEMV_KV}u; k0 < p.K; k0 += ${GEMV_LANES * GEMV_KV}u) {
@@ -241,49 +275,106 @@ export function gemvDenseLoop(M: number, wt: GemvWeight = ONE_WEIGHT, xAt = X_PL
 }
 
 /**
+ * Lane l sums chunks l, l + LANES, ... of four values: a subgroup's loads of x and of the weight each
+ * cover consecutive bytes (scalar loads 32 bytes apart made every load touch eight cache lines). A
+ * step loads `unroll` chunks of the weight and of x first (clamped in range), then multiplies those in
+ * range, in chunk order.
+ */
+function gemvChunkLoop(M: number, t: GemvTuning, wt: GemvWeight, x4: XChunk): string {
+  const L = GEMV_LANES;
+  const steps = range(unrollFor(t, M));
+  const inRange = (j: number) => `q0 + ${j * L}u < K4`;
+  const loads = steps.map(
+    (j) => `let q${j} = ${j === 0 ? 'q0' : `select(q0, q0 + ${j * L}u, ${inRange(j)})`};
+      let w${j} = ${wt.ld}4(wq + q${j});
+      ${range(M)
+        .map((m) => `let x${j}_${m} = ${x4(`${m}u`, `q${j}`)};`)
+        .join(' ')}`,
+  );
+  const products = steps.map((j) => {
+    const fmas = range(M)
+      .flatMap((m) => ['x', 'y', 'z', 'w'].map((c) => `acc[${wt.acc + m}] += w${j}.${c} * x${j}_${m}.${c};`))
+      .join(' ');
+    return j === 0 ? fmas : `if (${inRange(j)}) { ${fmas} }`;
+  });
+  return `
+    let wq = (${wt.off} + n * p.K) / 4u;
+    let K4 = p.K / 4u;
+    for (var q0 = lane; q0 < K4; q0 += ${L * steps.length}u) {
+      ${loads.join('\n      ')}
+      ${products.join('\n      ')}
+    }`;
+}
+
+/**
  * Packed codes, a word at a time: one load, one scale/zero lookup per word (groups are whole words
  * unless a g_idx maps each column), shifts instead of ldW's per-element divisions. Lanes take
- * consecutive words, so a subgroup's weight loads and its x loads each cover few cache lines.
+ * consecutive words, so a subgroup's weight loads cover consecutive bytes; chunked, its x loads do
+ * too. A step loads `unroll` words (and their x) before it multiplies; the sums are the same
+ * chunked or not, for any unroll.
  */
 export function gemvPackedLoop(
   pk: PackedLayout,
   M: number,
+  t: GemvTuning,
   wt: GemvWeight = ONE_WEIGHT,
-  xAt = X_PLAIN,
+  x: XRead = { at: X_PLAIN },
 ): string {
   const per = 32 / pk.codeBits;
+  const L = GEMV_LANES;
+  const steps = range(unrollFor(t, M));
   const wordGroups = !pk.groupOf && pk.group % per === 0;
   const group = (k: string) =>
     `n * (p.K / ${pk.group}u) + ${pk.groupOf ? `u32(GI[${k}])` : `${k} / ${pk.group}u`}`;
+  const inRange = (j: number) => `w0 + ${j * L}u < words`;
+  const loads = steps.map(
+    (j) => `let kw${j} = ${j === 0 ? 'w0' : `select(w0, w0 + ${j * L}u, ${inRange(j)})`};
+      let word${j} = bitcast<u32>(${wt.W}[wRow + kw${j}]);${
+        'chunk' in x
+          ? range(M)
+              .flatMap((m) =>
+                range(per / 4).map(
+                  (c) => `\n      let x${j}_${m}_${c} = ${x.chunk(`${m}u`, `kw${j} * ${per / 4}u + ${c}u`)};`,
+                ),
+              )
+              .join('')
+          : ''
+      }`,
+  );
+  const xValue = (j: number, m: number, e: number) =>
+    'chunk' in x ? `x${j}_${m}_${e >> 2}[${e & 3}]` : x.at(`${m}u`, `k${j} + ${e}u`);
+  const scaleZero = (k: string) => `let g = ${group(k)};
+        let s = ${wt.S}[g];
+        let z = ${wt.Z}[g];`;
+  const products = steps.map((j) => {
+    const elements = range(per).map(
+      (e) => `{${
+        wordGroups
+          ? ''
+          : `
+        ${scaleZero(`k${j} + ${e}u`)}`
+      }
+        let w = (${codeValue(pk, `(word${j} >> ${e * pk.codeBits}u) & ${(1 << pk.codeBits) - 1}u`)} - z) * s;
+        ${range(M)
+          .map((m) => `acc[${wt.acc + m}] += w * ${xValue(j, m, e)};`)
+          .join(' ')}
+      }`,
+    );
+    const body = `let k${j} = kw${j} * ${per}u;${
+      wordGroups
+        ? `
+        ${scaleZero(`k${j}`)}`
+        : ''
+    }
+      ${elements.join('\n      ')}`;
+    return j === 0 ? `{ ${body} }` : `if (${inRange(j)}) { ${body} }`;
+  });
   return `
     let words = p.K / ${per}u;
     let wRow = ${wt.off} / ${per}u + n * words;
-    for (var w0 = lane; w0 < words; w0 += ${GEMV_LANES * GEMV_WORDS}u) {
-      for (var j = 0u; j < ${GEMV_WORDS}u; j++) {
-        let kw = w0 + j * ${GEMV_LANES}u;
-        if (kw >= words) { break; }
-        let word = bitcast<u32>(${wt.W}[wRow + kw]);
-        let k0 = kw * ${per}u;${
-          wordGroups
-            ? `
-        let g = ${group('k0')};
-        let s = ${wt.S}[g];
-        let z = ${wt.Z}[g];`
-            : ''
-        }
-        for (var e = 0u; e < ${per}u; e++) {
-          let k = k0 + e;${
-            wordGroups
-              ? ''
-              : `
-          let g = ${group('k')};
-          let s = ${wt.S}[g];
-          let z = ${wt.Z}[g];`
-          }
-          let w = (${codeValue(pk, `(word >> (e * ${pk.codeBits}u)) & ${(1 << pk.codeBits) - 1}u`)} - z) * s;
-          for (var m = 0u; m < ${M}u; m++) { acc[${wt.acc}u + m] += w * ${xAt('m', 'k')}; }
-        }
-      }
+    for (var w0 = lane; w0 < words; w0 += ${L * steps.length}u) {
+      ${loads.join('\n      ')}
+      ${products.join('\n      ')}
     }`;
 }
 
@@ -299,21 +390,27 @@ function gemvKernel(
   M: number,
   pk: PackedLayout | undefined,
   residual: boolean,
+  t: GemvTuning,
+  chunks: boolean,
 ): Kernel {
   const L = GEMV_LANES;
+  const wt = ONE_WEIGHT;
   return {
-    key: `gemv:${dx}:${weightKey(dw, pk)}:${db}:${M}${residual ? ':res' : ''}`,
+    key: `gemv:${dx}:${weightKey(dw, pk)}:${db}:${M}${residual ? ':res' : ''}:${gemvKey(t, chunks)}`,
     bindings: linearBindings(pk, residual),
-    code: () => `${linearHeader(dx, dw, db, pk, residual)}
+    code: () => `${linearHeader(dx, dw, db, pk, residual, chunks)}
 ${gemvMain(
   'f32',
   M,
-  pk ? gemvPackedLoop(pk, M) : gemvDenseLoop(M),
+  pk ? gemvPackedLoop(pk, M, t, wt, plainX(chunks)) : gemvDenseLoop(M, t, wt, plainX(chunks)),
   `var v = red[c * ${L * M}u + lane];
     ${storeY(residual, 'lane * p.ldy + p.n0 + n')}`,
 )}`,
   };
 }
+
+/** The part of a GEMV kernel's key its reading sets. */
+export const gemvKey = (t: GemvTuning, chunks: boolean) => `${chunks ? 'c' : 's'}${t.unroll}`;
 
 function gemmKernel(
   dx: DType,
@@ -427,9 +524,9 @@ export function linear(
   if (residual && (residual.rows !== M || residual.cols !== N))
     fail(`linear: a ${residual.rows}x${residual.cols} residual for a ${M}x${N} output`);
   const res = residual !== undefined;
-  const kernel = (rows: number) =>
+  const kernel = (rows: number, chunks: boolean) =>
     gemv
-      ? gemvKernel(x.dtype, w.dtype, db, rows, packed, res)
+      ? gemvKernel(x.dtype, w.dtype, db, rows, packed, res, ctx.gemv, chunks)
       : gemmKernel(x.dtype, w.dtype, db, tile, packed, res);
   const BM = 16 * tile.tm;
   const BN = 16 * tile.tn;
@@ -464,8 +561,11 @@ export function linear(
         .u(bias ? 1 : 0)
         .u(wr ? wr.off : 0);
       const grid = gemv ? grid2(Math.ceil(ws.n / GEMV_COLS)) : [Math.ceil(ws.n / BN), Math.ceil(xs.n / BM)];
+      const chunks =
+        gemv &&
+        gemvChunks(ctx.gemv, x.dtype, K, packed ? [wx.off] : [wx.off, ww.off], packed ? undefined : w.dtype);
       ctx.dispatch(
-        kernel(xs.n),
+        kernel(xs.n, chunks),
         params,
         [
           wx.binding,

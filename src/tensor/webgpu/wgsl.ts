@@ -37,6 +37,35 @@ export function loadFn(name: string, arr: string, dtype: DType): string {
   }
 }
 
+/**
+ * Storage element type binding `dtype` in chunks of four values (f32: vec4<f32>; 16-bit: vec2<u32>),
+ * or undefined for dtypes the GEMV reads one value at a time.
+ */
+export function chunkArrayType(dtype: DType): string | undefined {
+  if (dtype === 'f32') return 'vec4<f32>';
+  if (dtype === 'bf16' || dtype === 'f16') return 'vec2<u32>';
+  return undefined;
+}
+
+/**
+ * Over an array bound with chunkArrayType: `fn name4(q: u32) -> vec4<f32>` (values 4q..4q+3) and
+ * `fn name(i: u32) -> f32` (value i), the same values loadFn reads from the scalar binding.
+ */
+export function chunkLoadFns(name: string, arr: string, dtype: DType): string {
+  const widen = (pair: string) =>
+    dtype === 'f16'
+      ? `unpack2x16float(${pair})`
+      : `vec2<f32>(bitcast<f32>(${pair} << 16u), bitcast<f32>(${pair} & 0xffff0000u))`;
+  if (dtype === 'f32')
+    return `fn ${name}4(q: u32) -> vec4<f32> { return ${arr}[q]; }
+fn ${name}(i: u32) -> f32 { return ${arr}[i >> 2u][i & 3u]; }`;
+  return `fn ${name}4(q: u32) -> vec4<f32> {
+  let v = ${arr}[q];
+  return vec4<f32>(${widen('v.x')}, ${widen('v.y')});
+}
+fn ${name}(i: u32) -> f32 { return ${name}4(i >> 2u)[i & 3u]; }`;
+}
+
 /** Linear workgroup index for grids split over x and y by grid2(). */
 export const FLAT_WG = 'fn flatWg(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.y * nwg.x + wid.x; }';
 
