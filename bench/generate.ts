@@ -375,6 +375,7 @@ function publishReport(files: string): void {
     const unfused = best.get(unfusedName);
     const [ids, unfusedIds] = [idsOf(model), idsOf(unfusedName)];
     const scalar = best.get(`${model}${SCALAR_GEMV}`);
+    const scalarIds = idsOf(`${model}${SCALAR_GEMV}`);
     const measured = {
       model: name,
       'llmq decode tokens/s': r.decodeTokensPerSecond,
@@ -388,6 +389,7 @@ function publishReport(files: string): void {
       ...(unfused ? { 'vs unfused': r.decodeTokensPerSecond / unfused.decodeTokensPerSecond } : {}),
       ...(ids && unfusedIds ? { 'greedy ids = unfused': sameIds(ids, unfusedIds) } : {}),
       ...(scalar ? { 'vs scalar GEMV loads': r.decodeTokensPerSecond / scalar.decodeTokensPerSecond } : {}),
+      ...(ids && scalarIds ? { 'greedy ids = scalar GEMV loads': sameIds(ids, scalarIds) } : {}),
     };
     rows.push(
       device
@@ -413,7 +415,7 @@ function publishReport(files: string): void {
       : ` llmq's greedy ids on llama-small equal PyTorch fp32's for the first ${same} of 256 tokens.`;
   const notes = `Greedy decoding, 128-token prompt, ${tokensMade} new tokens, one sequence. ${pytorch}${greedy} The 8B model has random weights, one layer's tensors shared by all 32 layers (same work and weight traffic per token). llmq rows: the better of two runs. Both sides move a lot between calls, PyTorch's more (HF generate is host-bound: its llama-small fp32 gave 89 and 140 tokens/s, its 8B bf16 9.2, 14.0 and 17.5 in different calls), so compare within one section.
 
-What limits llmq. A decode step runs one token through every layer's kernels, each encoded from JavaScript, so the host's cost per dispatch sets the pace for small models. Decode records the same dispatches every token and reuses their bind groups and uniform parameters; the fused ops (rows without "(unfused)") cut the dispatches a layer: q/k/v + RoPE and gate/up + SiLU each one GEMV kernel, the residual adds in the o/down GEMV's store (15 -> 7 a layer for 16-bit and packed weights; 5 with the RMSNorm in the GEMVs, rows "(RMSNorm in the GEMVs)", where every workgroup recomputes its rows' RMS); W8A8 norms and quantizes each shared input once in one kernel and runs its int8 GEMVs with the scales in their store (43 -> 9 a layer). "(unfused)" rows hide the fused backend ops only: W8A8 there still quantizes q/k/v's and gate/up's input once, in one kernel. The 8B bf16's weight traffic (16 GB a token, ~5 ms at an H100's 3.35 TB/s) would allow ~200 tokens/s. W4 moves 4x fewer weight bytes than bf16; its packed GEMV decodes the codes on the ALUs, and its lanes read consecutive code words (coalesced loads).`;
+What limits llmq. A decode step runs one token through every layer's kernels, each encoded from JavaScript, so the host's cost per dispatch sets the pace for small models. Decode records the same dispatches every token and reuses their bind groups and uniform parameters; the fused ops (rows without "(unfused)") cut the dispatches a layer: q/k/v + RoPE and gate/up + SiLU each one GEMV kernel, the residual adds in the o/down GEMV's store (15 -> 7 a layer for 16-bit and packed weights; 5 with the RMSNorm in the GEMVs, rows "(RMSNorm in the GEMVs)", where every workgroup recomputes its rows' RMS); W8A8 norms and quantizes each shared input once in one kernel and runs its int8 GEMVs with the scales in their store (43 -> 9 a layer). "(unfused)" rows hide the fused backend ops only: W8A8 there still quantizes q/k/v's and gate/up's input once, in one kernel. The 8B bf16's weight traffic (16 GB a token, ~5 ms at an H100's 3.35 TB/s) would allow ~200 tokens/s. W4 moves 4x fewer weight bytes than bf16; its packed GEMV decodes the codes on the ALUs. The GEMVs read x and dense weights four values a load (vec4), consecutive lanes on consecutive chunks, and packed or int8 weights a word (int8: four words) a lane; rows "(scalar GEMV loads)" run the earlier loops, whose lanes each took eight consecutive values one load at a time, so that every load of a subgroup touched eight cache lines.`;
   publish(
     `Generation (decode) on ${gpu} through WebGPU`,
     device
