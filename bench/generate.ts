@@ -26,7 +26,7 @@ import { KvCache } from '../src/runtime/kv-cache.ts';
 import { Sampler } from '../src/runtime/sampling.ts';
 import { createBackend, type DeviceName } from '../src/tensor/index.ts';
 import { type Backend, FUSED_OPS, type Tensor } from '../src/tensor/tensor.ts';
-import { WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
+import { envFlags, WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
 import { DEFAULT_GEMV } from '../src/tensor/webgpu/context.ts';
 import { publish, type Row, table } from './report.ts';
 import { synthLlama3 } from './synth-model.ts';
@@ -50,6 +50,8 @@ const { values } = parseArgs({
     gpu: { type: 'string', default: 'the GPU' },
     /** --report: the command that produced the results, for the report's Command line */
     ran: { type: 'string' },
+    /** WebGPU: after each 8B row, N more tokens with every dispatch timed (GPU time per kernel) */
+    profile: { type: 'string', default: '0' },
     /** every row also with the GEMV's scalar loops (before vec4 chunks; WebGPU) */
     'gemv-baseline': { type: 'boolean', default: false },
     /** runs every row twice, first without reusing bind groups and uniforms (the baseline) */
@@ -78,7 +80,13 @@ const reuseModes = values['compare-reuse'] ? [false, true] : [true];
 for (const reuse of reuseModes) {
   const backend =
     values.device === 'webgpu'
-      ? await WebGpuBackend.create({ reuseBindGroups: reuse })
+      ? await WebGpuBackend.create({
+          reuseBindGroups: reuse,
+          // Dawn rounds timestamps unless told not to
+          ...(values.profile !== '0'
+            ? { flags: [...envFlags(), 'disable-dawn-features=timestamp_quantization'] }
+            : {}),
+        })
       : await createBackend(values.device as DeviceName);
   const variant = reuse ? '' : NO_REUSE;
   if (values.model && !skip.has('small')) await smallRate(backend, variant);
@@ -229,7 +237,7 @@ function useFlatW4A4(b: Backend, model: LlamaModel, shared: boolean): void {
 }
 
 async function decodeRate(model: LlamaModel, variant: string): Promise<void> {
-  const cache = new KvCache(model, promptLen + newTokens + 1);
+  const cache = new KvCache(model, promptLen + newTokens + 1 + Number(values.profile));
   const prompt = Int32Array.from({ length: promptLen }, (_, i) => (i * 7919) % 128000);
   const greedy = new Sampler({}, model.config.vocabSize);
   let encodeMs = 0;
@@ -259,6 +267,7 @@ async function decodeRate(model: LlamaModel, variant: string): Promise<void> {
   const t2 = performance.now();
   const dispatches = (dispatchesRecorded(model.backend) - recorded) / newTokens;
   const decodeEncodeMs = encodeMs / newTokens;
+  const kernels = await profileDecode(model.backend, Number(values.profile), () => read(Int32Array.of(next)));
   cache.dispose();
   report({
     what: 'generate',
@@ -272,7 +281,22 @@ async function decodeRate(model: LlamaModel, variant: string): Promise<void> {
     encodeMsPerToken: decodeEncodeMs,
     decodeMsPerToken: (t2 - t1) / newTokens,
     ids,
+    kernels,
   });
+}
+
+/** GPU time a token per kernel key over `tokens` more decode steps (timestamp queries), or undefined. */
+async function profileDecode(b: Backend, tokens: number, step: () => Promise<number>) {
+  if (tokens <= 0 || !(b instanceof WebGpuBackend) || !b.ctx.features.has('timestamp-query'))
+    return undefined;
+  b.ctx.startProfile();
+  for (let i = 0; i < tokens; i++) await step();
+  const times = await b.ctx.stopProfile();
+  return times.map((t) => ({
+    key: t.key,
+    perToken: t.dispatches / tokens,
+    usPerToken: (t.ms * 1000) / tokens,
+  }));
 }
 
 /** 'yes', or the token where two greedy id sequences part. */

@@ -141,6 +141,26 @@ test('GEMV: chunked and scalar loops match the CPU; chunked sums do not depend o
   }
 });
 
+test('a kernel profile counts every dispatch by kernel key and leaves the results alone', {
+  skip: skip || (!gpu!.ctx.features.has('timestamp-query') && 'no timestamp-query'),
+}, async () => {
+  const r = rng(13);
+  const [, xg] = onBoth(r.normal(2 * 64), [2, 64]);
+  const [, wg] = onBoth(r.normal(96 * 64), [96, 64], 'bf16');
+  const [, ng] = onBoth(r.normal(64), [64], 'bf16');
+  const want = await gpu!.read(gpu!.linear(gpu!.rmsnorm(xg, ng, 1e-5), wg));
+  gpu!.ctx.startProfile();
+  const got: Tensor[] = [];
+  // more dispatches than one submit holds (64): the queries of every submit are read
+  for (let i = 0; i < 50; i++) got.push(gpu!.linear(gpu!.rmsnorm(xg, ng, 1e-5), wg));
+  const times = await gpu!.ctx.stopProfile();
+  for (const y of got) assert.deepEqual(await gpu!.read(y), want);
+  const counts = Object.fromEntries(times.map((t) => [t.key.split(':')[0], t.dispatches]));
+  assert.deepEqual(counts, { gemv: 50, rmsnorm: 50 });
+  for (const t of times) assert.ok(t.ms > 0 && t.ms < 1e4, `${t.key}: ${t.ms} ms`);
+  assert.deepEqual(await gpu!.ctx.stopProfile(), [], 'a second stop has nothing');
+});
+
 test('embedding gathers f32 and bf16 rows, across windows', { skip }, async () => {
   const r = rng(3);
   const ids = Int32Array.from([0, 5, 99, 5, 63, 1, 98]);

@@ -12,6 +12,7 @@
 import { fail } from '../../errors.ts';
 import type { DType } from '../tensor.ts';
 import { BindGroupCache, UniformCache } from './bind-cache.ts';
+import { KernelProfiler, type KernelTime } from './profile.ts';
 
 export const ELEM_BYTES: Record<DType, number> = { f32: 4, i32: 4, f16: 2, bf16: 2, i8: 1, u8: 1 };
 
@@ -583,10 +584,19 @@ export class GpuContext {
         entries: all.map((resource, binding) => ({ binding, resource })),
       });
     const group = this.bindGroups ? this.bindGroups.get(k.key, all, create) : create();
+    if (this.profiler) {
+      if (this.profiler.full) this.flush();
+      this.pass?.end();
+      this.pass = this.enc().beginComputePass({ timestampWrites: this.profiler.writes(k.key) });
+    }
     this.pass ??= this.enc().beginComputePass();
     this.pass.setPipeline(pipeline);
     this.pass.setBindGroup(0, group, offsets);
     this.pass.dispatchWorkgroups(x, y, z);
+    if (this.profiler) {
+      this.pass.end();
+      this.pass = undefined;
+    }
     this.recorded++;
     if (++this.dispatches >= this.perSubmit) this.flush();
   }
@@ -604,6 +614,7 @@ export class GpuContext {
     if (!this.encoder && this.uniforms.empty && this.hostArena.empty) return;
     this.pass?.end();
     this.pass = undefined;
+    if (this.encoder) this.profiler?.resolve(this.encoder);
     this.uniforms.unmap();
     this.hostArena.unmap();
     const cmd = this.encoder?.finish();
@@ -639,6 +650,26 @@ export class GpuContext {
     staging.destroy();
     await this.checkError();
     return out;
+  }
+
+  private profiler: KernelProfiler | undefined;
+
+  /** Times every dispatch from now on (one pass each) until stopProfile; needs 'timestamp-query'. */
+  startProfile(): void {
+    if (!this.features.has('timestamp-query'))
+      fail('WebGPU profile: the device has no timestamp-query feature');
+    this.profiler ??= new KernelProfiler(this.device, this.perSubmit);
+  }
+
+  /** Stops timing; GPU time per kernel key, most first. */
+  async stopProfile(): Promise<KernelTime[]> {
+    const profiler = this.profiler;
+    if (!profiler) return [];
+    this.flush();
+    this.profiler = undefined;
+    const times = await profiler.stop();
+    await this.checkError();
+    return times;
   }
 
   /** Resolves when all submitted work has finished. */
