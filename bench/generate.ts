@@ -52,6 +52,8 @@ const { values } = parseArgs({
     ran: { type: 'string' },
     /** WebGPU: after each 8B row, N more tokens with every dispatch timed (GPU time per kernel) */
     profile: { type: 'string', default: '0' },
+    /** WebGPU: the GEMVs' lanes add through subgroups (where the device has subgroups of 32) */
+    'gemv-subgroups': { type: 'boolean', default: false },
     /** every row also with the GEMV's scalar loops (before vec4 chunks; WebGPU) */
     'gemv-baseline': { type: 'boolean', default: false },
     /** runs every row twice, first without reusing bind groups and uniforms (the baseline) */
@@ -82,6 +84,7 @@ for (const reuse of reuseModes) {
     values.device === 'webgpu'
       ? await WebGpuBackend.create({
           reuseBindGroups: reuse,
+          gemv: { ...DEFAULT_GEMV, subgroups: values['gemv-subgroups'] },
           // Dawn rounds timestamps unless told not to
           ...(values.profile !== '0'
             ? { flags: [...envFlags(), 'disable-dawn-features=timestamp_quantization'] }
@@ -89,6 +92,7 @@ for (const reuse of reuseModes) {
         })
       : await createBackend(values.device as DeviceName);
   const variant = reuse ? '' : NO_REUSE;
+  if (backend instanceof WebGpuBackend) report({ what: 'gemv tuning', ...backend.ctx.gemv });
   if (values.model && !skip.has('small')) await smallRate(backend, variant);
   if (!skip.has('8b')) await synthRates(backend, variant);
   if (backend instanceof WebGpuBackend) {
@@ -322,9 +326,10 @@ async function withAndWithoutFusions(
 ): Promise<void> {
   const b = backend as Backend & Record<string, unknown>;
   if (values['gemv-baseline'] && b instanceof WebGpuBackend) {
-    b.ctx.gemv = { ...DEFAULT_GEMV, chunks: false };
+    const tuning = b.ctx.gemv;
+    b.ctx.gemv = { ...tuning, chunks: false };
     await run(`${variant}${SCALAR_GEMV}`);
-    b.ctx.gemv = DEFAULT_GEMV;
+    b.ctx.gemv = tuning;
   }
   if (values.fusions === 'both' || values.fusions === 'all') {
     const own = Object.fromEntries(FUSED_OPS.map((n) => [n, b[n]]));

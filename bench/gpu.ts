@@ -290,13 +290,25 @@ function gemvCases(
   ];
 }
 
+/** max |a - b| over max |b| */
+function maxDiff(a: Float32Array, b: Float32Array): number {
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < b.length; i++) {
+    diff = Math.max(diff, Math.abs(a[i] - b[i]));
+    scale = Math.max(scale, Math.abs(b[i]));
+  }
+  return diff / scale;
+}
+
 if (!skip.has('gemv')) {
   const tunings: [string, GemvTuning][] = [
-    ['scalar loops', { chunks: false, unroll: 4 }],
-    ['chunks, unroll 1', { chunks: true, unroll: 1 }],
-    ['chunks, unroll 2', { chunks: true, unroll: 2 }],
-    ['chunks, unroll 4', { chunks: true, unroll: 4 }],
-    ['chunks, unroll 8', { chunks: true, unroll: 8 }],
+    ['scalar loops', { chunks: false, unroll: 4, subgroups: false }],
+    ['chunks, unroll 1', { chunks: true, unroll: 1, subgroups: false }],
+    ['chunks, unroll 2', { chunks: true, unroll: 2, subgroups: false }],
+    ['chunks, unroll 4', { chunks: true, unroll: 4, subgroups: false }],
+    ['chunks, unroll 8', { chunks: true, unroll: 8, subgroups: false }],
+    ['chunks, unroll 4, subgroup sums', { chunks: true, unroll: 4, subgroups: true }],
   ];
   const shapes: [string, number, number][] = [
     ['q/o_proj', 4096, 4096],
@@ -306,9 +318,16 @@ if (!skip.has('gemv')) {
   ];
   for (const [label, N, K] of shapes) {
     const cases = gemvCases(N, K);
-    for (const c of cases)
+    for (const c of cases) {
+      let first: Float32Array | undefined;
       for (const [name, tuning] of tunings) {
         gpu.ctx.gemv = tuning;
+        if (tuning.subgroups && !gpu.ctx.gemv.subgroups) continue;
+        // every tuning computes the same products: its outputs against the first tuning's
+        const y = c.run();
+        const got = await gpu.read(y);
+        y.dispose();
+        first ??= got;
         const s = await timeIt(c.run, 20);
         report({
           what: 'gemv',
@@ -319,8 +338,10 @@ if (!skip.has('gemv')) {
           tuning: name,
           us: s * 1e6,
           gbPerSecond: c.bytes / s / 1e9,
+          maxRelDiff: maxDiff(got, first),
         });
       }
+    }
     for (const c of cases) c.free();
   }
   gpu.ctx.gemv = DEFAULT_GEMV;

@@ -23,6 +23,7 @@ import {
   type GemvWeight,
   gemvChunks,
   gemvDenseLoop,
+  gemvEnable,
   gemvKey,
   gemvMain,
   gemvPackedLoop,
@@ -192,7 +193,7 @@ function gemvGateUpKernel(r: Reading, M: number): Kernel {
       'write',
       ...bindingsOf(readingCount(r, 2) + (r.norm ? 1 : 0), 'read'),
     ],
-    code: () => `
+    code: () => `${gemvEnable(r.tuning)}
 struct P { M: u32, N: u32, K: u32, xOff: u32, gOff: u32, uOff: u32, yOff: u32, nOff: u32, eps: f32, zero: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 ${xDecls(r)}
@@ -211,6 +212,7 @@ ${gemvMain(
   2 * M,
   undefined,
   normPrologue(r, M),
+  r.tuning.subgroups,
 )}`,
   };
 }
@@ -369,7 +371,7 @@ function qkvRopeCode(r: Reading, M: number): string {
         YV[at + p.half] = b;
       } else if (t == 0u) ${rotated(weights[0], 'YQ', 'p.pq', 'p.yQOff')} else ${rotated(weights[1], 'YK', 'p.pk', 'p.yKOff')}
     }`;
-  return `
+  return `${gemvEnable(r.tuning)}
 struct P { K: u32, xOff: u32, wQOff: u32, wKOff: u32, wVOff: u32, pq: u32, pk: u32, pv: u32, half: u32,
   first: u32, yQOff: u32, yKOff: u32, yVOff: u32, nOff: u32, eps: f32, zero: u32 }
 @group(0) @binding(0) var<uniform> p: P;
@@ -388,6 +390,7 @@ ${gemvMain(
   M,
   { decl: column, active: 't < 3u' },
   normPrologue(r, M),
+  r.tuning.subgroups,
 )}`;
 }
 
