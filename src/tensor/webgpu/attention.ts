@@ -6,7 +6,7 @@
 import { fail } from '../../errors.ts';
 import type { AttentionShape, CachedAttentionShape, DType } from '../tensor.ts';
 import { type GpuContext, type Kernel, Params, type Storage } from './context.ts';
-import { arrayType, loadFn } from './wgsl.ts';
+import { arrayType, chunkArrayType, chunkLoadFns, loadFn } from './wgsl.ts';
 
 const BQ = 64;
 
@@ -139,26 +139,56 @@ const CH = 16;
 /**
  * Attention against a KV cache: a workgroup per (query, head); its threads split the visible keys,
  * each keeping its own running max / sum / accumulator, merged through shared memory at the end.
- * One query per workgroup suits decoding (one query over thousands of keys).
+ * One query per workgroup suits decoding (one query over thousands of keys). With `chunks` (head_dim
+ * and the offsets multiples of 4) a thread reads its key and value rows four values a load; the sums
+ * are the same, in the same order.
  */
-function cachedAttentionKernel(dq: DType, dk: DType, dv: DType, headDim: number): Kernel {
+function cachedAttentionKernel(dq: DType, dk: DType, dv: DType, headDim: number, chunks: boolean): Kernel {
   const DH = headDim;
+  const D4 = DH / 4;
+  const kvLoads = chunks
+    ? `${chunkLoadFns('ldK', 'K', dk)}\n${chunkLoadFns('ldV', 'V', dv)}`
+    : `${loadFn('ldK', 'K', dk)}\n${loadFn('ldV', 'V', dv)}`;
+  const keyStep = chunks
+    ? `let o4 = o / 4u;
+    var dot = 0.0;
+    for (var i = 0u; i < ${D4}u; i++) {
+      let kk = ldK4(p.kOff / 4u + o4 + i);
+      dot += qs[4u * i] * kk.x;
+      dot += qs[4u * i + 1u] * kk.y;
+      dot += qs[4u * i + 2u] * kk.z;
+      dot += qs[4u * i + 3u] * kk.w;
+    }
+    let s = dot * p.scale;
+    let mNew = max(m, s);
+    let corr = exp(m - mNew);
+    let e = exp(s - mNew);
+    l = l * corr + e;
+    for (var i = 0u; i < ${D4}u; i++) { acc[i] = acc[i] * corr + e * ldV4(p.vOff / 4u + o4 + i); }`
+    : `var dot = 0.0;
+    for (var d = 0u; d < ${DH}u; d++) { dot += qs[d] * ldK(p.kOff + o + d); }
+    let s = dot * p.scale;
+    let mNew = max(m, s);
+    let corr = exp(m - mNew);
+    let e = exp(s - mNew);
+    l = l * corr + e;
+    for (var d = 0u; d < ${DH}u; d++) { acc[d] = acc[d] * corr + e * ldV(p.vOff + o + d); }`;
+  const accAt = (d: string) => (chunks ? `acc[${d} / 4u][${d} % 4u]` : `acc[${d}]`);
   return {
-    key: `attentionCached:${dq}:${dk}:${dv}:${DH}`,
+    key: `attentionCached:${dq}:${dk}:${dv}:${DH}${chunks ? ':c' : ''}`,
     bindings: ['uniform', 'read', 'read', 'read', 'write'],
     code: () => `
 struct P { past: u32, H: u32, Hkv: u32, qOff: u32, kOff: u32, vOff: u32, oOff: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> Q: array<${arrayType(dq)}>;
-@group(0) @binding(2) var<storage, read> K: array<${arrayType(dk)}>;
-@group(0) @binding(3) var<storage, read> V: array<${arrayType(dv)}>;
+@group(0) @binding(2) var<storage, read> K: array<${chunks ? chunkArrayType(dk) : arrayType(dk)}>;
+@group(0) @binding(3) var<storage, read> V: array<${chunks ? chunkArrayType(dv) : arrayType(dv)}>;
 @group(0) @binding(4) var<storage, read_write> O: array<f32>;
 var<workgroup> qs: array<f32, ${DH}>;
 var<workgroup> red: array<f32, ${WG}>;
 var<workgroup> part: array<f32, ${WG * CH}>;
 ${loadFn('ldQ', 'Q', dq)}
-${loadFn('ldK', 'K', dk)}
-${loadFn('ldV', 'V', dv)}
+${kvLoads}
 fn reduceMax(lid: u32) -> f32 {
   for (var w = ${WG / 2}u; w > 0u; w = w >> 1u) {
     workgroupBarrier();
@@ -189,20 +219,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   workgroupBarrier();
   let visible = p.past + qi + 1u;
   let kvStride = p.Hkv * ${DH}u;
-  var acc: array<f32, ${DH}>;
-  for (var d = 0u; d < ${DH}u; d++) { acc[d] = 0.0; }
+  var acc: array<${chunks ? `vec4<f32>, ${D4}` : `f32, ${DH}`}>;
   var m = -3.0e38;
   var l = 0.0;
   for (var j = lid; j < visible; j += ${WG}u) {
     let o = j * kvStride + kvh * ${DH}u;
-    var dot = 0.0;
-    for (var d = 0u; d < ${DH}u; d++) { dot += qs[d] * ldK(p.kOff + o + d); }
-    let s = dot * p.scale;
-    let mNew = max(m, s);
-    let corr = exp(m - mNew);
-    let e = exp(s - mNew);
-    l = l * corr + e;
-    for (var d = 0u; d < ${DH}u; d++) { acc[d] = acc[d] * corr + e * ldV(p.vOff + o + d); }
+    ${keyStep}
     m = mNew;
   }
   red[lid] = m;
@@ -213,7 +235,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let oRow = p.oOff + (qi * p.H + h) * ${DH}u;
   for (var c0 = 0u; c0 < ${DH}u; c0 += ${CH}u) {
     for (var d = 0u; d < ${CH}u; d++) {
-      part[lid * ${CH}u + d] = select(0.0, acc[min(c0 + d, ${DH - 1}u)] * f, c0 + d < ${DH}u);
+      let at = min(c0 + d, ${DH - 1}u);
+      part[lid * ${CH}u + d] = select(0.0, ${accAt('at')} * f, c0 + d < ${DH}u);
     }
     workgroupBarrier();
     if (lid < ${CH}u && c0 + lid < ${DH}u) {
@@ -247,7 +270,14 @@ export function attentionCached(
     .u(wv.off)
     .u(wo.off)
     .f(1 / Math.sqrt(DH));
-  const kernel = cachedAttentionKernel(q.dtype, k.dtype, v.dtype, DH);
+  const chunks =
+    ctx.gemv.chunks &&
+    DH % 4 === 0 &&
+    wk.off % 4 === 0 &&
+    wv.off % 4 === 0 &&
+    chunkArrayType(k.dtype) !== undefined &&
+    chunkArrayType(v.dtype) !== undefined;
+  const kernel = cachedAttentionKernel(q.dtype, k.dtype, v.dtype, DH, chunks);
   ctx.dispatch(kernel, params, [wq.binding, wk.binding, wv.binding, wo.binding], [queries, H]);
   return out;
 }

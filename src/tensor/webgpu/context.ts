@@ -37,7 +37,8 @@ export interface ContextOptions {
 export interface GemvTuning {
   /**
    * read x (f32) and dense f32/16-bit weights four values a load, consecutive lanes on consecutive
-   * chunks, where K and the offsets are multiples of 4 (the default); off: the scalar loops
+   * chunks, where K and the offsets are multiples of 4 (the default); off: the scalar loops. Also
+   * the cached (decode) attention's key and value rows, whose sums it does not change.
    */
   chunks: boolean;
   /** chunks (packed weights: words) a lane loads before it multiplies them; the sums do not depend on it */
