@@ -52,8 +52,6 @@ const { values } = parseArgs({
     ran: { type: 'string' },
     /** WebGPU: after each 8B row, N more tokens with every dispatch timed (GPU time per kernel) */
     profile: { type: 'string', default: '0' },
-    /** WebGPU: the GEMVs' lanes add through subgroups (where the device has subgroups of 32) */
-    'gemv-subgroups': { type: 'boolean', default: false },
     /** every row also with the GEMV's scalar loops (before vec4 chunks; WebGPU) */
     'gemv-baseline': { type: 'boolean', default: false },
     /** runs every row twice, first without reusing bind groups and uniforms (the baseline) */
@@ -84,7 +82,6 @@ for (const reuse of reuseModes) {
     values.device === 'webgpu'
       ? await WebGpuBackend.create({
           reuseBindGroups: reuse,
-          gemv: { ...DEFAULT_GEMV, subgroups: values['gemv-subgroups'] },
           // Dawn rounds timestamps unless told not to
           ...(values.profile !== '0'
             ? { flags: [...envFlags(), 'disable-dawn-features=timestamp_quantization'] }
@@ -303,6 +300,29 @@ async function profileDecode(b: Backend, tokens: number, step: () => Promise<num
   }));
 }
 
+interface KernelShare {
+  key: string;
+  perToken: number;
+  usPerToken: number;
+}
+
+/** A profiled row's GPU time a token and its largest kernels (by the key's first part: the op). */
+function profileColumns(kernels: KernelShare[] | undefined): Record<string, string | number> {
+  if (!kernels) return {};
+  const byOp = new Map<string, number>();
+  for (const k of kernels) {
+    const op = k.key.split(':')[0];
+    byOp.set(op, (byOp.get(op) ?? 0) + k.usPerToken);
+  }
+  const total = [...byOp.values()].reduce((a, b) => a + b, 0);
+  const largest = [...byOp]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 4)
+    .map(([op, us]) => `${op} ${(us / 1000).toFixed(2)}`)
+    .join(', ');
+  return { 'profiled GPU ms a token': total / 1000, 'largest kernels (profiled ms a token)': largest };
+}
+
 /** 'yes', or the token where two greedy id sequences part. */
 function sameIds(a: number[], b: number[]): string {
   const first = a.findIndex((id, i) => id !== b[i]);
@@ -326,10 +346,9 @@ async function withAndWithoutFusions(
 ): Promise<void> {
   const b = backend as Backend & Record<string, unknown>;
   if (values['gemv-baseline'] && b instanceof WebGpuBackend) {
-    const tuning = b.ctx.gemv;
-    b.ctx.gemv = { ...tuning, chunks: false };
+    b.ctx.gemv = { ...DEFAULT_GEMV, chunks: false };
     await run(`${variant}${SCALAR_GEMV}`);
-    b.ctx.gemv = tuning;
+    b.ctx.gemv = DEFAULT_GEMV;
   }
   if (values.fusions === 'both' || values.fusions === 'all') {
     const own = Object.fromEntries(FUSED_OPS.map((n) => [n, b[n]]));
@@ -419,6 +438,7 @@ function publishReport(files: string): void {
       ...(ids && unfusedIds ? { 'greedy ids = unfused': sameIds(ids, unfusedIds) } : {}),
       ...(scalar ? { 'vs scalar GEMV loads': r.decodeTokensPerSecond / scalar.decodeTokensPerSecond } : {}),
       ...(ids && scalarIds ? { 'greedy ids = scalar GEMV loads': sameIds(ids, scalarIds) } : {}),
+      ...profileColumns(r.kernels as KernelShare[] | undefined),
     };
     rows.push(
       device

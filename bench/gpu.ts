@@ -303,12 +303,11 @@ function maxDiff(a: Float32Array, b: Float32Array): number {
 
 if (!skip.has('gemv')) {
   const tunings: [string, GemvTuning][] = [
-    ['scalar loops', { chunks: false, unroll: 4, subgroups: false }],
-    ['chunks, unroll 1', { chunks: true, unroll: 1, subgroups: false }],
-    ['chunks, unroll 2', { chunks: true, unroll: 2, subgroups: false }],
-    ['chunks, unroll 4', { chunks: true, unroll: 4, subgroups: false }],
-    ['chunks, unroll 8', { chunks: true, unroll: 8, subgroups: false }],
-    ['chunks, unroll 4, subgroup sums', { chunks: true, unroll: 4, subgroups: true }],
+    ['scalar loops', { chunks: false, unroll: 4 }],
+    ['chunks, unroll 1', { chunks: true, unroll: 1 }],
+    ['chunks, unroll 2', { chunks: true, unroll: 2 }],
+    ['chunks, unroll 4', { chunks: true, unroll: 4 }],
+    ['chunks, unroll 8', { chunks: true, unroll: 8 }],
   ];
   const shapes: [string, number, number][] = [
     ['q/o_proj', 4096, 4096],
@@ -322,7 +321,6 @@ if (!skip.has('gemv')) {
       let first: Float32Array | undefined;
       for (const [name, tuning] of tunings) {
         gpu.ctx.gemv = tuning;
-        if (tuning.subgroups && !gpu.ctx.gemv.subgroups) continue;
         // every tuning computes the same products: its outputs against the first tuning's
         const y = c.run();
         const got = await gpu.read(y);

@@ -31,7 +31,7 @@ const dot4Big = probe
   ? await WebGpuBackend.create({
       int8: 'dot4',
       dot4Tile: { t: 8, bkw: 8 },
-      gemv: { chunks: false, unroll: 4, subgroups: false },
+      gemv: { chunks: false, unroll: 4 },
     })
   : undefined;
 

@@ -103,9 +103,9 @@ for (const [name, backend] of BACKENDS) {
       if (b instanceof WebGpuBackend && M <= 4) {
         // the packed GEMV adds the same products in the same order however it loads x and the words
         for (const gemv of [
-          { chunks: false, unroll: 4, subgroups: false },
-          { chunks: true, unroll: 1, subgroups: false },
-          { chunks: true, unroll: 3, subgroups: false },
+          { chunks: false, unroll: 4 },
+          { chunks: true, unroll: 1 },
+          { chunks: true, unroll: 3 },
         ]) {
           b.ctx.gemv = gemv;
           assert.deepEqual(

@@ -124,10 +124,10 @@ test('GEMV: chunked and scalar loops match the CPU; chunked sums do not depend o
       const want = cpu.linear(xc, wc);
       const sums: Float32Array[] = [];
       for (const gemv of [
-        { chunks: true, unroll: 4, subgroups: false },
-        { chunks: true, unroll: 1, subgroups: false },
-        { chunks: true, unroll: 2, subgroups: false },
-        { chunks: false, unroll: 4, subgroups: false },
+        { chunks: true, unroll: 4 },
+        { chunks: true, unroll: 1 },
+        { chunks: true, unroll: 2 },
+        { chunks: false, unroll: 4 },
       ]) {
         gpu!.ctx.gemv = gemv;
         const y = gpu!.linear(xg, wg);

@@ -43,10 +43,8 @@ export interface GemvTuning {
   chunks: boolean;
   /** chunks (packed weights: words) a lane loads before it multiplies them; the sums do not depend on it */
   unroll: number;
-  /** the lanes' sums meet through subgroupAdd (where GpuContext.subgroups32 holds; else ignored) */
-  subgroups: boolean;
 }
-export const DEFAULT_GEMV: GemvTuning = { chunks: true, unroll: 4, subgroups: false };
+export const DEFAULT_GEMV: GemvTuning = { chunks: true, unroll: 2 };
 
 const STORAGE_USAGE = 0x80 | 0x04 | 0x08; // STORAGE | COPY_SRC | COPY_DST
 const UNIFORM_USAGE = 0x40; // UNIFORM
@@ -236,12 +234,8 @@ export class GpuContext {
   peakBytes = 0;
   /** dispatches recorded since the context was made (benchmarks count them per token) */
   recorded = 0;
-  private gemvTuning: GemvTuning = DEFAULT_GEMV;
-  /**
-   * The device has subgroups of exactly 32 invocations (its adapter says so), which the GEMVs take to
-   * be one column's 32 consecutive lanes.
-   */
-  readonly subgroups32: boolean;
+  /** how the GEMV kernels read their operands (benchmarks switch it between runs) */
+  gemv: GemvTuning;
 
   constructor(
     readonly device: GPUDevice,
@@ -262,11 +256,6 @@ export class GpuContext {
     this.maxGroups = lim.maxComputeWorkgroupsPerDimension;
     this.poolLimit = opts.poolBytes ?? 1 << 30;
     this.perSubmit = opts.dispatchesPerSubmit ?? 64;
-    const info = adapterInfo as
-      | (GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number })
-      | undefined;
-    this.subgroups32 =
-      features.has('subgroups') && info?.subgroupMinSize === 32 && info.subgroupMaxSize === 32;
     this.gemv = opts.gemv ?? DEFAULT_GEMV;
     if (opts.reuseBindGroups ?? true) {
       this.bindGroups = new BindGroupCache();
@@ -282,15 +271,6 @@ export class GpuContext {
     // dawn.node aborts the process when an uncapturederror listener is installed (lavapipe,
     // webgpu 0.6), so errors are collected by an error scope kept open between host reads.
     this.openScopes();
-  }
-
-  /** How the GEMV kernels read their operands and add their lanes (benchmarks switch it between runs). */
-  get gemv(): GemvTuning {
-    return this.gemvTuning;
-  }
-
-  set gemv(t: GemvTuning) {
-    this.gemvTuning = { ...t, subgroups: t.subgroups && this.subgroups32 };
   }
 
   private dummyBuffer: GPUBuffer | undefined;

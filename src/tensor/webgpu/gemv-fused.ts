@@ -23,7 +23,6 @@ import {
   type GemvWeight,
   gemvChunks,
   gemvDenseLoop,
-  gemvEnable,
   gemvKey,
   gemvMain,
   gemvPackedLoop,
@@ -193,7 +192,7 @@ function gemvGateUpKernel(r: Reading, M: number): Kernel {
       'write',
       ...bindingsOf(readingCount(r, 2) + (r.norm ? 1 : 0), 'read'),
     ],
-    code: () => `${gemvEnable(r.tuning)}
+    code: () => `
 struct P { M: u32, N: u32, K: u32, xOff: u32, gOff: u32, uOff: u32, yOff: u32, nOff: u32, eps: f32, zero: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 ${xDecls(r)}
@@ -212,7 +211,6 @@ ${gemvMain(
   2 * M,
   undefined,
   normPrologue(r, M),
-  r.tuning.subgroups,
 )}`,
   };
 }
@@ -371,7 +369,7 @@ function qkvRopeCode(r: Reading, M: number): string {
         YV[at + p.half] = b;
       } else if (t == 0u) ${rotated(weights[0], 'YQ', 'p.pq', 'p.yQOff')} else ${rotated(weights[1], 'YK', 'p.pk', 'p.yKOff')}
     }`;
-  return `${gemvEnable(r.tuning)}
+  return `
 struct P { K: u32, xOff: u32, wQOff: u32, wKOff: u32, wVOff: u32, pq: u32, pk: u32, pv: u32, half: u32,
   first: u32, yQOff: u32, yKOff: u32, yVOff: u32, nOff: u32, eps: f32, zero: u32 }
 @group(0) @binding(0) var<uniform> p: P;
@@ -390,7 +388,6 @@ ${gemvMain(
   M,
   { decl: column, active: 't < 3u' },
   normPrologue(r, M),
-  r.tuning.subgroups,
 )}`;
 }
 

@@ -17,7 +17,7 @@
 import { fail } from '../../errors.ts';
 import type { GemvTuning, GpuContext, Kernel, Storage } from './context.ts';
 import { grid2, Params } from './context.ts';
-import { GEMV_COLS, GEMV_LANES, GEMV_MAX_M, gemvEnable, gemvKey, gemvMain } from './matmul.ts';
+import { GEMV_COLS, GEMV_LANES, GEMV_MAX_M, gemvKey, gemvMain } from './matmul.ts';
 import { FLAT_WG } from './wgsl.ts';
 
 export type Int8Path = 'subgroup-matrix' | 'dot4';
@@ -341,17 +341,8 @@ function dot4GemvKernel(M: number, t: GemvTuning, chunks: boolean): Kernel {
   return {
     key: `int8gemv:dot4:${M}:${gemvKey(t, chunks)}`,
     bindings: ['uniform', 'read', 'read', 'write'],
-    code: () => `${gemvEnable(t)}${dot4Header(chunks)}
-${gemvMain(
-  'i32',
-  M,
-  dot4GemvLoop(M, t, chunks),
-  `C[lane * p.N + n] = red[c * ${L * M}u + lane];`,
-  M,
-  undefined,
-  '',
-  t.subgroups,
-)}`,
+    code: () => `${dot4Header(chunks)}
+${gemvMain('i32', M, dot4GemvLoop(M, t, chunks), `C[lane * p.N + n] = red[c * ${L * M}u + lane];`)}`,
   };
 }
 
@@ -439,7 +430,7 @@ function dot4GemvScaledKernel(M: number, t: GemvTuning, chunks: boolean): Kernel
   return {
     key: `int8gemv-scaled:dot4:${M}:${gemvKey(t, chunks)}`,
     bindings: ['uniform', 'read', 'read', 'read', 'read', 'read', 'read', 'write'],
-    code: () => `${gemvEnable(t)}
+    code: () => `
 struct P { M: u32, N: u32, KW: u32, hasBias: u32, hasRes: u32, rOff: u32, yOff: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> A: array<${codeArray(chunks)}>;
@@ -457,10 +448,6 @@ ${gemvMain(
     if (p.hasBias != 0u) { y += Bias[n]; }
     if (p.hasRes != 0u) { y = y + R[p.rOff + lane * p.N + n]; }
     Y[p.yOff + lane * p.N + n] = y;`,
-  M,
-  undefined,
-  '',
-  t.subgroups,
 )}`,
   };
 }

@@ -190,8 +190,7 @@ const range = (n: number) => Array.from({ length: n }, (_, i) => i);
  * weights keeps the second's at acc[M + m], red[c * LANES * W + M + lane]). `column` declares n and
  * says whether the thread has one (by default the workgroup's GEMV_COLS consecutive columns below
  * p.N); `prologue` runs before the loop in every thread (uniform control flow: barriers allowed).
- * With `subgroups` (a subgroup is one column's 32 lanes: see GpuContext.subgroups32) the lanes' sums
- * meet through subgroupAdd instead (the kernel starts with gemvEnable). Needs FLAT_WG.
+ * Needs FLAT_WG.
  */
 export function gemvMain(
   acc: 'f32' | 'i32',
@@ -201,23 +200,8 @@ export function gemvMain(
   width = M,
   column = { decl: `let n = flatWg(wid, nwg) * ${GEMV_COLS}u + c;`, active: 'n < p.N' },
   prologue = '',
-  subgroups = false,
 ): string {
   const L = GEMV_LANES;
-  const laneSums = subgroups
-    ? `for (var m = 0u; m < ${width}u; m++) {
-    let s = subgroupAdd(acc[m]);
-    if (lane == 0u) { red[c * ${L * width}u + m] = s; }
-  }`
-    : `for (var m = 0u; m < ${width}u; m++) { red[(c * ${L}u + lane) * ${width}u + m] = acc[m]; }
-  for (var w = ${L / 2}u; w > 0u; w = w >> 1u) {
-    workgroupBarrier();
-    if (lane < w) {
-      for (var m = 0u; m < ${width}u; m++) {
-        red[(c * ${L}u + lane) * ${width}u + m] += red[(c * ${L}u + lane + w) * ${width}u + m];
-      }
-    }
-  }`;
   return `${FLAT_WG}
 var<workgroup> red: array<${acc}, ${GEMV_COLS * L * width}>;
 @compute @workgroup_size(${GEMV_COLS * L})
@@ -229,7 +213,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var acc: array<${acc}, ${width}>;
   if (${column.active}) {${loop}
   }
-  ${laneSums}
+  for (var m = 0u; m < ${width}u; m++) { red[(c * ${L}u + lane) * ${width}u + m] = acc[m]; }
+  for (var w = ${L / 2}u; w > 0u; w = w >> 1u) {
+    workgroupBarrier();
+    if (lane < w) {
+      for (var m = 0u; m < ${width}u; m++) {
+        red[(c * ${L}u + lane) * ${width}u + m] += red[(c * ${L}u + lane + w) * ${width}u + m];
+      }
+    }
+  }
   workgroupBarrier();
   if (lane < ${M}u && ${column.active}) {
     ${store}
@@ -406,27 +398,19 @@ function gemvKernel(
   return {
     key: `gemv:${dx}:${weightKey(dw, pk)}:${db}:${M}${residual ? ':res' : ''}:${gemvKey(t, chunks)}`,
     bindings: linearBindings(pk, residual),
-    code: () => `${gemvEnable(t)}${linearHeader(dx, dw, db, pk, residual, chunks)}
+    code: () => `${linearHeader(dx, dw, db, pk, residual, chunks)}
 ${gemvMain(
   'f32',
   M,
   pk ? gemvPackedLoop(pk, M, t, wt, plainX(chunks)) : gemvDenseLoop(M, t, wt, plainX(chunks)),
   `var v = red[c * ${L * M}u + lane];
     ${storeY(residual, 'lane * p.ldy + p.n0 + n')}`,
-  M,
-  undefined,
-  '',
-  t.subgroups,
 )}`,
   };
 }
 
 /** The part of a GEMV kernel's key its reading sets. */
-export const gemvKey = (t: GemvTuning, chunks: boolean) =>
-  `${chunks ? 'c' : 's'}${t.unroll}${t.subgroups ? 'sg' : ''}`;
-
-/** The directive a GEMV kernel's code starts with where its lanes add through subgroups. */
-export const gemvEnable = (t: GemvTuning) => (t.subgroups ? 'enable subgroups;\n' : '');
+export const gemvKey = (t: GemvTuning, chunks: boolean) => `${chunks ? 'c' : 's'}${t.unroll}`;
 
 function gemmKernel(
   dx: DType,
