@@ -269,6 +269,20 @@ test('WebGPU fused RMSNorm: qkvRope / gateUp with a norm and rmsnormQuantizeRows
         assert.deepEqual(await b.read(got.scales), await b.read(sep.scales), `${dtype} scales M ${M}`);
       }
     }
+    // rows of many words: each row normed and coded by several workgroups (the last one partial)
+    const KL = 2200;
+    const normL = {
+      weight: upload(
+        r.normal(KL, 0.3).map((v) => 1 + v),
+        [KL],
+      ),
+      eps,
+    };
+    const hL = b.upload(r.normal(2 * KL, 4), [2, KL], 'f32');
+    const gotL = b.rmsnormQuantizeRowsInt8(hL, normL)!;
+    const sepL = b.quantizeRowsInt8(b.rmsnorm(hL, normL.weight, eps));
+    assert.deepEqual(await b.read(gotL.codes), await b.read(sepL.codes), `${dtype} codes K ${KL}`);
+    assert.deepEqual(await b.read(gotL.scales), await b.read(sepL.scales), `${dtype} scales K ${KL}`);
     // a device with WebGPU's default 8 storage buffers a stage: q/k/v with its norm needs 9, so declines
     const ctx = b.ctx as unknown as { maxStorageBuffers: number };
     const limit = ctx.maxStorageBuffers;

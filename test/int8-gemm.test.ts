@@ -132,26 +132,31 @@ for (const [name, backend] of [
     skip: backend ? false : 'no WebGPU adapter',
   }, async () => {
     const b = backend!;
-    const [M, K] = [37, 132];
-    const x = rng(7).normal(M * K, 2);
-    x[5] = 0.5 * 2 ** -20; // tiny
-    for (let k = 0; k < K; k++) x[3 * K + k] = 0; // an all-zero row
-    const t = b.upload(x, [M, K], 'f32');
-    for (const spec of [undefined, { ...parseFormat('int4-row-sym'), clip: 0.9 } as IntSpec]) {
-      const { codes, scales } = b.quantizeRowsInt8(t, spec);
-      assert.equal(codes.dtype, 'i8');
-      const q = await b.read(codes);
-      const s = await b.read(scales);
-      const fq = await b.read(b.fakeQuant(t, spec ?? INT8_ROW));
-      const lim = spec ? 8 : 128;
-      let clamped = 0;
-      for (let m = 0; m < M; m++)
-        for (let k = 0; k < K; k++) {
-          assert.ok(q[m * K + k] >= -lim && q[m * K + k] <= lim - 1);
-          if (q[m * K + k] === -lim || q[m * K + k] === lim - 1) clamped++;
-          assert.equal(Math.fround(q[m * K + k] * s[m]), fq[m * K + k], `[${m}, ${k}]`);
-        }
-      assert.ok(!spec || clamped > M, 'clip 0.9 saturates the largest values of each row');
+    // many rows; and few rows of many words, each row coded by several workgroups (the last partial)
+    for (const [M, K] of [
+      [37, 132],
+      [4, 2200],
+    ]) {
+      const x = rng(7).normal(M * K, 2);
+      x[5] = 0.5 * 2 ** -20; // tiny
+      for (let k = 0; k < K; k++) x[3 * K + k] = 0; // an all-zero row
+      const t = b.upload(x, [M, K], 'f32');
+      for (const spec of [undefined, { ...parseFormat('int4-row-sym'), clip: 0.9 } as IntSpec]) {
+        const { codes, scales } = b.quantizeRowsInt8(t, spec);
+        assert.equal(codes.dtype, 'i8');
+        const q = await b.read(codes);
+        const s = await b.read(scales);
+        const fq = await b.read(b.fakeQuant(t, spec ?? INT8_ROW));
+        const lim = spec ? 8 : 128;
+        let clamped = 0;
+        for (let m = 0; m < M; m++)
+          for (let k = 0; k < K; k++) {
+            assert.ok(q[m * K + k] >= -lim && q[m * K + k] <= lim - 1);
+            if (q[m * K + k] === -lim || q[m * K + k] === lim - 1) clamped++;
+            assert.equal(Math.fround(q[m * K + k] * s[m]), fq[m * K + k], `[${m}, ${k}]`);
+          }
+        assert.ok(!spec || clamped > M, 'clip 0.9 saturates the largest values of each row');
+      }
     }
   });
 
