@@ -133,8 +133,11 @@ export function attention(ctx: GpuContext, q: Storage, k: Storage, v: Storage, s
 }
 
 const WG = 64;
-/** head dimensions summed across the workgroup per step of the final reduction */
-const CH = 16;
+/**
+ * head dimensions summed across the workgroup per step of the final reduction (a thread a dimension
+ * adds the WG partial sums in thread order, so CH sets the steps, not the result; 8 KiB of shared memory)
+ */
+const CH = 32;
 
 /**
  * Attention against a KV cache: a workgroup per (query, head); its threads split the visible keys,
