@@ -313,13 +313,7 @@ function gemvChunkLoop(M: number, t: GemvTuning, wt: GemvWeight, x4: XChunk): st
  * too. A step loads `unroll` words (and their x) before it multiplies; the sums are the same
  * chunked or not, for any unroll.
  */
-export function gemvPackedLoop(
-  pk: PackedLayout,
-  M: number,
-  t: GemvTuning,
-  wt: GemvWeight = ONE_WEIGHT,
-  x: XRead = { at: X_PLAIN },
-): string {
+export function gemvPackedLoop(pk: PackedLayout, M: number, t: GemvTuning, wt: GemvWeight, x: XRead): string {
   const per = 32 / pk.codeBits;
   const L = GEMV_LANES;
   const steps = range(unrollFor(t, M));
