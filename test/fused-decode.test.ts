@@ -269,7 +269,7 @@ test('WebGPU fused RMSNorm: qkvRope / gateUp with a norm and rmsnormQuantizeRows
         assert.deepEqual(await b.read(got.scales), await b.read(sep.scales), `${dtype} scales M ${M}`);
       }
     }
-    // rows of many words: each row normed and coded by several workgroups (the last one partial)
+    // rows of many words: more than one pass of the workgroup over a row, the last one partial
     const KL = 2200;
     const normL = {
       weight: upload(

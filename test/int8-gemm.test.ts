@@ -132,7 +132,7 @@ for (const [name, backend] of [
     skip: backend ? false : 'no WebGPU adapter',
   }, async () => {
     const b = backend!;
-    // many rows; and few rows of many words, each row coded by several workgroups (the last partial)
+    // many rows; and few rows of many words (several passes of the workgroup a row, the last partial)
     for (const [M, K] of [
       [37, 132],
       [4, 2200],

@@ -19,7 +19,6 @@ import type { FormatSpec, IntSpec, MxElement } from '../../formats/spec.ts';
 import { f32Bits } from '../dtype.ts';
 import type { DType } from '../tensor.ts';
 import { type GpuContext, grid2, type Kernel, Params, type Storage, type Window } from './context.ts';
-import { GEMV_MAX_M } from './matmul.ts';
 import { normedValue, RMS_WG, rmsInverse } from './norm.ts';
 import { arrayType, FLAT_WG, loadFn } from './wgsl.ts';
 
@@ -696,12 +695,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 const ROW_WG = RMS_WG;
 
 /**
- * The stats, parameter and codes passes of a per-row plan in one kernel: the row's min/max over its
- * finite values (the stats pass's), params() of it, then its codes and scale. A row is split into
- * p.slices slices of words, a workgroup each: every one of them reduces the whole row (min and max
- * do not depend on the order, the RMS is rmsnorm's own sum) and codes its slice, so a decode step's
- * one row is coded by many workgroups instead of one. With `norm` (the norm weight's dtype) x is an
- * RMSNorm's input and each row is normalized first, as rmsnorm computes it.
+ * The stats, parameter and codes passes of a per-row plan in one kernel, a workgroup a row: the
+ * row's min/max over its finite values (the stats pass's), params() of it, then its codes and scale.
+ * With `norm` (the norm weight's dtype) x is an RMSNorm's input and each row is normalized first,
+ * as rmsnorm computes it.
  */
 function int8RowKernel(dtype: DType, bits: number, plan: Plan, norm: DType | undefined): Kernel {
   // bits of the value at column j of the row
@@ -713,7 +710,7 @@ function int8RowKernel(dtype: DType, bits: number, plan: Plan, norm: DType | und
     key: `int8-row:${dtype}:${bits}:${plan.key}${norm ? `:norm-${norm}` : ''}`,
     bindings: ['uniform', 'read', 'write', 'write', ...(norm ? (['read'] as const) : [])],
     code: () => `
-struct P { rows: u32, cols: u32, xOff: u32, oOff: u32, sOff: u32, nOff: u32, eps: f32, slices: u32, sliceWords: u32 }
+struct P { rows: u32, cols: u32, xOff: u32, oOff: u32, sOff: u32, nOff: u32, eps: f32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> X: array<u32>;
 @group(0) @binding(2) var<storage, read_write> O: array<u32>;
@@ -736,10 +733,8 @@ var<workgroup> nred: array<f32, ${ROW_WG}>;`
 @compute @workgroup_size(${ROW_WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-  let id = flatWg(wid, nwg);
-  let row = id / p.slices;
+  let row = flatWg(wid, nwg);
   if (row >= p.rows) { return; }
-  let slice = id % p.slices;
   let base = p.xOff + row * p.cols;
   ${norm ? rmsInverse('nred', 'base', 'p.cols') : ''}
   let lane = lid;
@@ -749,24 +744,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   ${minMaxTree(ROW_WG)}
   let scale = fv(params(vec2<f32>(rmin[0], rmax[0]), vec2<f32>(0.0, 0.0)).x);
   let colWords = p.cols / 4u;
-  let end = min(colWords, (slice + 1u) * p.sliceWords);
-  for (var w = slice * p.sliceWords + lid; w < end; w += ${ROW_WG}u) {
+  for (var w = lid; w < colWords; w += ${ROW_WG}u) {
     var packed = 0u;
     for (var e = 0u; e < 4u; e++) { packed |= code(${value('w * 4u + e')}, scale) << (8u * e); }
     O[p.oOff + row * colWords + w] = packed;
   }
-  if (lid == 0u && slice == 0u) { S[p.sOff + row] = scale; }
+  if (lid == 0u) { S[p.sOff + row] = scale; }
 }`,
   };
-}
-
-/**
- * Workgroups a row of `words` code words is split over: a word a thread for a few rows (decoding,
- * where one workgroup per row would leave the GPU idle); one per row for many (prefill already fills
- * the GPU, and each slice reads its whole row again).
- */
-function rowSlices(rows: number, words: number): number {
-  return rows <= GEMV_MAX_M ? Math.max(1, Math.ceil(words / ROW_WG)) : 1;
 }
 
 /** An RMSNorm a row quantizer applies first: its weight and eps. */
@@ -791,7 +776,6 @@ function quantizeRowsInt8Fused(
   const nw = norm ? ctx.wholeIfFits(norm.weight) : undefined;
   if (!xw || !ow || !sw || (norm && !nw)) return false;
   if (plan.global || plan.segLen !== x.cols || plan.paramLen !== x.cols) return false;
-  const slices = rowSlices(x.rows, x.cols / 4);
   ctx.dispatch(
     int8RowKernel(x.dtype, spec.bits, plan, norm?.weight.dtype),
     new Params()
@@ -801,11 +785,9 @@ function quantizeRowsInt8Fused(
       .u(ow.off / 4)
       .u(sw.off)
       .u(nw?.off ?? 0)
-      .f(norm?.eps ?? 0)
-      .u(slices)
-      .u(Math.ceil(x.cols / 4 / slices)),
+      .f(norm?.eps ?? 0),
     [xw.binding, ow.binding, sw.binding, ...(nw ? [nw.binding] : [])],
-    grid2(x.rows * slices),
+    grid2(x.rows),
   );
   return true;
 }
