@@ -152,8 +152,10 @@ function cachedAttentionKernel(dq: DType, dk: DType, dv: DType, headDim: number,
   const kvLoads = chunks
     ? `${chunkLoadFns('ldK', 'K', dk)}\n${chunkLoadFns('ldV', 'V', dv)}`
     : `${loadFn('ldK', 'K', dk)}\n${loadFn('ldV', 'V', dv)}`;
-  const keyStep = chunks
-    ? `let o4 = o / 4u;
+  // the key's score, the running max / sum update, then the value into the accumulator
+  const [dotLoop, valueLoop] = chunks
+    ? [
+        `let o4 = o / 4u;
     var dot = 0.0;
     for (var i = 0u; i < ${D4}u; i++) {
       let kk = ldK4(p.kOff / 4u + o4 + i);
@@ -161,21 +163,21 @@ function cachedAttentionKernel(dq: DType, dk: DType, dv: DType, headDim: number,
       dot += qs[4u * i + 1u] * kk.y;
       dot += qs[4u * i + 2u] * kk.z;
       dot += qs[4u * i + 3u] * kk.w;
-    }
+    }`,
+        `for (var i = 0u; i < ${D4}u; i++) { acc[i] = acc[i] * corr + e * ldV4(p.vOff / 4u + o4 + i); }`,
+      ]
+    : [
+        `var dot = 0.0;
+    for (var d = 0u; d < ${DH}u; d++) { dot += qs[d] * ldK(p.kOff + o + d); }`,
+        `for (var d = 0u; d < ${DH}u; d++) { acc[d] = acc[d] * corr + e * ldV(p.vOff + o + d); }`,
+      ];
+  const keyStep = `${dotLoop}
     let s = dot * p.scale;
     let mNew = max(m, s);
     let corr = exp(m - mNew);
     let e = exp(s - mNew);
     l = l * corr + e;
-    for (var i = 0u; i < ${D4}u; i++) { acc[i] = acc[i] * corr + e * ldV4(p.vOff / 4u + o4 + i); }`
-    : `var dot = 0.0;
-    for (var d = 0u; d < ${DH}u; d++) { dot += qs[d] * ldK(p.kOff + o + d); }
-    let s = dot * p.scale;
-    let mNew = max(m, s);
-    let corr = exp(m - mNew);
-    let e = exp(s - mNew);
-    l = l * corr + e;
-    for (var d = 0u; d < ${DH}u; d++) { acc[d] = acc[d] * corr + e * ldV(p.vOff + o + d); }`;
+    ${valueLoop}`;
   const accAt = (d: string) => (chunks ? `acc[${d} / 4u][${d} % 4u]` : `acc[${d}]`);
   return {
     key: `attentionCached:${dq}:${dk}:${dv}:${DH}${chunks ? ':c' : ''}`,

@@ -15,7 +15,7 @@ import { fail } from '../../errors.ts';
 import type { DType, RopeTable } from '../tensor.ts';
 import { type GemvTuning, type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
 import { ropeTableBuffer, SILU_MUL } from './elementwise.ts';
-import { dot4GemvLoop, int8Chunks, scaledSum } from './int8.ts';
+import { codeArray, dot4GemvLoop, int8Chunks, scaledSum } from './int8.ts';
 import {
   GEMV_COLS,
   GEMV_LANES,
@@ -75,15 +75,15 @@ function xRead(r: Reading): XRead {
 
 /** x's binding and its load functions (ldX, and ldX4 where chunked). */
 function xDecls(r: Reading): string {
-  const type = r.chunks ? (isInt8(r) ? 'vec4<u32>' : chunkArrayType(r.dx)) : arrayType(r.dx);
+  const type = isInt8(r) ? codeArray(r.chunks) : r.chunks ? chunkArrayType(r.dx) : arrayType(r.dx);
   const fns = isInt8(r) ? '' : r.chunks ? chunkLoadFns('ldX', 'X', r.dx) : loadFn('ldX', 'X', r.dx);
   return `@group(0) @binding(1) var<storage, read> X: array<${type}>;\n${fns}`;
 }
 
 /** The array type a weight is bound as. */
 function weightArray(r: Reading): string {
-  if (!r.chunks || r.pk) return arrayType(r.dw);
-  return isInt8(r) ? 'vec4<u32>' : chunkArrayType(r.dw)!;
+  if (isInt8(r)) return codeArray(r.chunks);
+  return r.chunks && !r.pk ? chunkArrayType(r.dw)! : arrayType(r.dw);
 }
 
 /** Declarations for normalizing x: the norm weight at binding `binding`, the RMS scratch arrays. */

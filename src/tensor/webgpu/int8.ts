@@ -17,7 +17,7 @@
 import { fail } from '../../errors.ts';
 import type { GemvTuning, GpuContext, Kernel, Storage } from './context.ts';
 import { grid2, Params } from './context.ts';
-import { GEMV_COLS, GEMV_LANES, GEMV_MAX_M, gemvKey, gemvMain } from './matmul.ts';
+import { GEMV_COLS, GEMV_LANES, GEMV_MAX_M, gemvKey, gemvMain, laneLoop, unrollFor } from './matmul.ts';
 import { FLAT_WG } from './wgsl.ts';
 
 export type Int8Path = 'subgroup-matrix' | 'dot4';
@@ -371,7 +371,7 @@ export function int8Chunks(t: GemvTuning, KW: number, wordOffsets: number[]): bo
 }
 
 /** The array type a dot4 GEMV binds its codes as. */
-const codeArray = (chunks: boolean) => (chunks ? 'vec4<u32>' : 'u32');
+export const codeArray = (chunks: boolean) => (chunks ? 'vec4<u32>' : 'u32');
 
 /**
  * The per-lane loop of the dot4 GEMV. Chunked: lane l takes vec4 words l, l + LANES, ... (a
@@ -395,31 +395,22 @@ export function dot4GemvLoop(
         for (var m = 0u; m < ${M}u; m++) { acc[${o.acc}u + m] += dot4I8Packed(${o.A}[${o.aOff} + m * ${o.K} + kw], b); }
       }
     }`;
-  const L = GEMV_LANES;
-  const steps = Array.from({ length: Math.max(1, Math.floor(t.unroll / M)) }, (_, j) => j);
   const rows = Array.from({ length: M }, (_, m) => m);
-  const inRange = (j: number) => `q0 + ${j * L}u < K4`;
-  const loads = steps.map(
-    (j) => `let q${j} = ${j === 0 ? 'q0' : `select(q0, q0 + ${j * L}u, ${inRange(j)})`};
-      let b${j} = ${o.B}[bRow + q${j}];
-      ${rows.map((m) => `let a${j}_${m} = ${o.A}[(${o.aOff} + ${m}u * ${o.K}) / 4u + q${j}];`).join(' ')}`,
-  );
-  const products = steps.map((j) => {
-    const dots = rows
-      .map(
-        (m) =>
-          `acc[${o.acc + m}] += ${['x', 'y', 'z', 'w'].map((c) => `dot4I8Packed(a${j}_${m}.${c}, b${j}.${c})`).join(' + ')};`,
-      )
-      .join(' ');
-    return j === 0 ? dots : `if (${inRange(j)}) { ${dots} }`;
-  });
   return `
     let bRow = (${o.bOff} + n * ${o.K}) / 4u;
-    let K4 = ${o.K} / 4u;
-    for (var q0 = lane; q0 < K4; q0 += ${L * steps.length}u) {
-      ${loads.join('\n      ')}
-      ${products.join('\n      ')}
-    }`;
+    let K4 = ${o.K} / 4u;${laneLoop(
+      'K4',
+      unrollFor(t, M),
+      (j, q) => `let b${j} = ${o.B}[bRow + ${q}];
+      ${rows.map((m) => `let a${j}_${m} = ${o.A}[(${o.aOff} + ${m}u * ${o.K}) / 4u + ${q}];`).join(' ')}`,
+      (j) =>
+        rows
+          .map(
+            (m) =>
+              `acc[${o.acc + m}] += ${['x', 'y', 'z', 'w'].map((c) => `dot4I8Packed(a${j}_${m}.${c}, b${j}.${c})`).join(' + ')};`,
+          )
+          .join(' '),
+    )}`;
 }
 
 /**

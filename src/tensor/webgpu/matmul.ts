@@ -180,7 +180,7 @@ export function gemvChunks(t: GemvTuning, dx: DType, K: number, offsets: number[
 }
 
 /** Unrolled steps for M rows: fewer as M grows, so the loaded x chunks stay in registers. */
-const unrollFor = (t: GemvTuning, M: number) => Math.max(1, Math.floor(t.unroll / M));
+export const unrollFor = (t: GemvTuning, M: number) => Math.max(1, Math.floor(t.unroll / M));
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
 /**
@@ -275,72 +275,86 @@ function gemvScalarLoop(M: number, wt: GemvWeight, xAt: XAt): string {
 }
 
 /**
- * Lane l sums chunks l, l + LANES, ... of four values: a subgroup's loads of x and of the weight each
- * cover consecutive bytes (scalar loads 32 bytes apart made every load touch eight cache lines). A
- * step loads `unroll` chunks of the weight and of x first (clamped in range), then multiplies those in
- * range, in chunk order.
+ * WGSL of a GEMV lane's loop over `count` items (chunks of four values, or code words): lane l takes
+ * items l, l + LANES, ...; a step of `steps` items runs `load(j, item)` for each (the item index
+ * clamped in range, so every load is valid), then `use(j)` for those in range, in item order, so the
+ * sums do not depend on `steps`. Loads first keeps `steps` of them in flight.
+ */
+export function laneLoop(
+  count: string,
+  steps: number,
+  load: (j: number, item: string) => string,
+  use: (j: number) => string,
+): string {
+  const L = GEMV_LANES;
+  const js = range(steps);
+  const inRange = (j: number) => `i0 + ${j * L}u < ${count}`;
+  const loads = js.map(
+    (j) => `let i${j} = ${j === 0 ? 'i0' : `select(i0, i0 + ${j * L}u, ${inRange(j)})`};
+      ${load(j, `i${j}`)}`,
+  );
+  const uses = js.map((j) => (j === 0 ? `{ ${use(j)} }` : `if (${inRange(j)}) { ${use(j)} }`));
+  return `
+    for (var i0 = lane; i0 < ${count}; i0 += ${L * steps}u) {
+      ${loads.join('\n      ')}
+      ${uses.join('\n      ')}
+    }`;
+}
+
+/**
+ * Lane l sums chunks l, l + LANES, ... of four values (laneLoop): a subgroup's loads of x and of the
+ * weight each cover consecutive bytes (scalar loads 32 bytes apart made every load touch eight cache
+ * lines).
  */
 function gemvChunkLoop(M: number, t: GemvTuning, wt: GemvWeight, x4: XChunk): string {
-  const L = GEMV_LANES;
-  const steps = range(unrollFor(t, M));
-  const inRange = (j: number) => `q0 + ${j * L}u < K4`;
-  const loads = steps.map(
-    (j) => `let q${j} = ${j === 0 ? 'q0' : `select(q0, q0 + ${j * L}u, ${inRange(j)})`};
-      let w${j} = ${wt.ld}4(wq + q${j});
-      ${range(M)
-        .map((m) => `let x${j}_${m} = ${x4(`${m}u`, `q${j}`)};`)
-        .join(' ')}`,
-  );
-  const products = steps.map((j) => {
-    const fmas = range(M)
-      .flatMap((m) => ['x', 'y', 'z', 'w'].map((c) => `acc[${wt.acc + m}] += w${j}.${c} * x${j}_${m}.${c};`))
-      .join(' ');
-    return j === 0 ? fmas : `if (${inRange(j)}) { ${fmas} }`;
-  });
   return `
     let wq = (${wt.off} + n * p.K) / 4u;
-    let K4 = p.K / 4u;
-    for (var q0 = lane; q0 < K4; q0 += ${L * steps.length}u) {
-      ${loads.join('\n      ')}
-      ${products.join('\n      ')}
-    }`;
+    let K4 = p.K / 4u;${laneLoop(
+      'K4',
+      unrollFor(t, M),
+      (j, q) => `let w${j} = ${wt.ld}4(wq + ${q});
+      ${range(M)
+        .map((m) => `let x${j}_${m} = ${x4(`${m}u`, q)};`)
+        .join(' ')}`,
+      (j) =>
+        range(M)
+          .flatMap((m) =>
+            ['x', 'y', 'z', 'w'].map((c) => `acc[${wt.acc + m}] += w${j}.${c} * x${j}_${m}.${c};`),
+          )
+          .join(' '),
+    )}`;
 }
 
 /**
  * Packed codes, a word at a time: one load, one scale/zero lookup per word (groups are whole words
  * unless a g_idx maps each column), shifts instead of ldW's per-element divisions. Lanes take
- * consecutive words, so a subgroup's weight loads cover consecutive bytes; chunked, its x loads do
- * too. A step loads `unroll` words (and their x) before it multiplies; the sums are the same
- * chunked or not, for any unroll.
+ * consecutive words (laneLoop), so a subgroup's weight loads cover consecutive bytes; chunked, its x
+ * loads do too. The sums are the same chunked or not, for any unroll.
  */
 export function gemvPackedLoop(pk: PackedLayout, M: number, t: GemvTuning, wt: GemvWeight, x: XRead): string {
   const per = 32 / pk.codeBits;
-  const L = GEMV_LANES;
-  const steps = range(unrollFor(t, M));
   const wordGroups = !pk.groupOf && pk.group % per === 0;
   const group = (k: string) =>
     `n * (p.K / ${pk.group}u) + ${pk.groupOf ? `u32(GI[${k}])` : `${k} / ${pk.group}u`}`;
-  const inRange = (j: number) => `w0 + ${j * L}u < words`;
-  const loads = steps.map(
-    (j) => `let kw${j} = ${j === 0 ? 'w0' : `select(w0, w0 + ${j * L}u, ${inRange(j)})`};
-      let word${j} = bitcast<u32>(${wt.W}[wRow + kw${j}]);${
+  const load = (j: number, kw: string) =>
+    `let word${j} = bitcast<u32>(${wt.W}[wRow + ${kw}]);
+      let k${j} = ${kw} * ${per}u;${
         'chunk' in x
           ? range(M)
               .flatMap((m) =>
                 range(per / 4).map(
-                  (c) => `\n      let x${j}_${m}_${c} = ${x.chunk(`${m}u`, `kw${j} * ${per / 4}u + ${c}u`)};`,
+                  (c) => `\n      let x${j}_${m}_${c} = ${x.chunk(`${m}u`, `${kw} * ${per / 4}u + ${c}u`)};`,
                 ),
               )
               .join('')
           : ''
-      }`,
-  );
+      }`;
   const xValue = (j: number, m: number, e: number) =>
     'chunk' in x ? `x${j}_${m}_${e >> 2}[${e & 3}]` : x.at(`${m}u`, `k${j} + ${e}u`);
   const scaleZero = (k: string) => `let g = ${group(k)};
         let s = ${wt.S}[g];
         let z = ${wt.Z}[g];`;
-  const products = steps.map((j) => {
+  const use = (j: number) => {
     const elements = range(per).map(
       (e) => `{${
         wordGroups
@@ -354,22 +368,12 @@ export function gemvPackedLoop(pk: PackedLayout, M: number, t: GemvTuning, wt: G
           .join(' ')}
       }`,
     );
-    const body = `let k${j} = kw${j} * ${per}u;${
-      wordGroups
-        ? `
-        ${scaleZero(`k${j}`)}`
-        : ''
-    }
+    return `${wordGroups ? scaleZero(`k${j}`) : ''}
       ${elements.join('\n      ')}`;
-    return j === 0 ? `{ ${body} }` : `if (${inRange(j)}) { ${body} }`;
-  });
+  };
   return `
     let words = p.K / ${per}u;
-    let wRow = ${wt.off} / ${per}u + n * words;
-    for (var w0 = lane; w0 < words; w0 += ${L * steps.length}u) {
-      ${loads.join('\n      ')}
-      ${products.join('\n      ')}
-    }`;
+    let wRow = ${wt.off} / ${per}u + n * words;${laneLoop('words', unrollFor(t, M), load, use)}`;
 }
 
 /**
