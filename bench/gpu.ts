@@ -4,13 +4,15 @@
  *    GEMM tile configuration, TFLOP/s;
  *  - decode GEMVs (one row of x) on Llama-3-8B shapes, bf16 / W4 g128 / int8 weights, per GEMV
  *    tuning (chunked vec4 loads or the scalar loops, unroll): weight bytes read a second;
+ *  - decode row ops (one row: RMSNorm, the int8 activation quantizer, FlatQuant's Kronecker transform;
+ *    and the per-token fake quantizer of a 2048-token prefill): GPU microseconds a dispatch, profiled;
  *  - int8 x int8 -> int32 GEMM 4096^3 and Llama-3-8B shapes (TOPS), subgroup-matrix tiles and dot4,
  *    each checked exactly against the CPU on a small shape first;
  *  - llama-small WikiText-2 perplexity wall time (windows of 2048) from pre-tokenized ids;
  *  - synthetic Llama-3-8B prefill of 2048 tokens (random bf16 weights, one layer's weights shared by
  *    all 32 layers: same work and memory traffic per layer, 2 GB of uploads instead of 16 GB).
  *
- *   node --import tsx bench/gpu.ts [--model DIR] [--tokens FILE.i32] [--out FILE.json] [--skip gemm,gemv,int8,ppl,8b] [--ppl-batch 1,2,4]
+ *   node --import tsx bench/gpu.ts [--model DIR] [--tokens FILE.i32] [--out FILE.json] [--skip gemm,gemv,rows,int8,ppl,8b] [--ppl-batch 1,2,4]
  * Prints JSON lines and writes them all to --out.
  */
 import fs from 'node:fs';
@@ -343,6 +345,48 @@ if (!skip.has('gemv')) {
     for (const c of cases) c.free();
   }
   gpu.ctx.gemv = DEFAULT_GEMV;
+}
+
+/** Profiled GPU microseconds a dispatch of `run` (each call's dispatches summed), per kernel key. */
+async function profiledUs(run: () => Tensor[], reps = 50): Promise<{ key: string; us: number }[]> {
+  for (let i = 0; i < 3; i++) for (const t of run()) t.dispose();
+  await gpu.sync();
+  gpu.ctx.startProfile();
+  for (let i = 0; i < reps; i++) for (const t of run()) t.dispose();
+  const times = await gpu.ctx.stopProfile();
+  return times.map((t) => ({ key: t.key, us: (t.ms * 1000) / reps }));
+}
+
+if (!skip.has('rows')) {
+  const int8Row = { kind: 'int', bits: 8, symmetric: true, granularity: 'row' } as const;
+  const w4a4Row = { ...int8Row, bits: 4, clip: 0.9 } as const;
+  const factor = (n: number) => randomTensor(n, n, 'f32');
+  const x64 = randomTensor(1, 64, 'f32');
+  const x4096 = randomTensor(1, 4096, 'f32');
+  const x14336 = randomTensor(1, 14336, 'f32');
+  const prefill = randomTensor(2048, 4096, 'f32');
+  const norm = { weight: randomTensor(1, 4096, 'bf16'), eps: 1e-5 };
+  const kron = (x: Tensor, n1: number, n2: number) => {
+    const [l, r] = [factor(n1), factor(n2)];
+    return () => [gpu.kron(x, l, r)];
+  };
+  const rows = (r: { codes: Tensor; scales: Tensor } | undefined) => (r ? [r.codes, r.scales] : []);
+  const ops: [string, () => Tensor[]][] = [
+    ['floor: add of 64 values', () => [gpu.add(x64, x64)]],
+    ['rmsnorm 4096', () => [gpu.rmsnorm(x4096, norm.weight, norm.eps)]],
+    ['quantizeRowsInt8 4096', () => rows(gpu.quantizeRowsInt8(x4096, int8Row))],
+    ['quantizeRowsInt8 14336', () => rows(gpu.quantizeRowsInt8(x14336, int8Row))],
+    ['quantizeRowsInt8 W4A4 clip 4096', () => rows(gpu.quantizeRowsInt8(x4096, w4a4Row))],
+    ['rmsnorm + quantizeRowsInt8 4096', () => rows(gpu.rmsnormQuantizeRowsInt8(x4096, norm, int8Row))],
+    ['kron 4096 (64 x 64)', kron(x4096, 64, 64)],
+    ['kron 4096 (32 x 128)', kron(x4096, 32, 128)],
+    ['kron 14336 (112 x 128)', kron(x14336, 112, 128)],
+    ['fakeQuant INT8 per token, 2048 x 4096', () => [gpu.fakeQuant(prefill, int8Row)]],
+  ];
+  for (const [op, run] of ops) {
+    const kernels = await profiledUs(run);
+    report({ what: 'rowop', op, us: kernels.reduce((a, k) => a + k.us, 0), kernels });
+  }
 }
 
 if (!skip.has('ppl') && values.model && values.tokens) {
