@@ -22,7 +22,7 @@ import { LINEARS } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import type { DType, PackedWeight, Tensor } from '../src/tensor/tensor.ts';
-import { WebGpuBackend, WebGpuTensor } from '../src/tensor/webgpu/backend.ts';
+import { envFlags, WebGpuBackend, WebGpuTensor } from '../src/tensor/webgpu/backend.ts';
 import { DEFAULT_GEMV, type GemvTuning } from '../src/tensor/webgpu/context.ts';
 import { Int8Gemm, type SubgroupMatrixTile } from '../src/tensor/webgpu/int8.ts';
 import type { GemmTile } from '../src/tensor/webgpu/matmul.ts';
@@ -46,7 +46,10 @@ function report(r: Record<string, unknown>): void {
   if (values.out) fs.writeFileSync(values.out, `${JSON.stringify(results, null, 1)}\n`);
 }
 
-const gpu = await WebGpuBackend.create();
+// unquantized timestamps for the profiled row ops
+const gpu = await WebGpuBackend.create({
+  flags: [...envFlags(), 'disable-dawn-features=timestamp_quantization'],
+});
 report({
   what: 'device',
   adapter: gpu.describe(),
