@@ -17,6 +17,7 @@ import { openCheckpoint } from '../src/io/safetensors.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
 import '../src/quant/methods.ts';
+import type { IntSpec } from '../src/formats/spec.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
 import { resolveRecipe } from '../src/quant/recipe.ts';
 import { KvCache } from '../src/runtime/kv-cache.ts';
@@ -24,8 +25,9 @@ import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { bf16ToF32, f32ToBf16, f32ToF16 } from '../src/tensor/dtype.ts';
 import { createBackend } from '../src/tensor/index.ts';
 import type { Backend, DType, HostArray, Tensor } from '../src/tensor/tensor.ts';
-import { openDevice, WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
+import { openDevice, WebGpuBackend, WebGpuTensor } from '../src/tensor/webgpu/backend.ts';
 import { DEFAULT_GEMV } from '../src/tensor/webgpu/context.ts';
+import { COMMON } from '../src/tensor/webgpu/quant.ts';
 import { assertSameWeights, MODELS, randomCalibration, rng, WIKITEXT, wholeLayerGptq } from './helpers.ts';
 
 const cpu = new CpuBackend();
@@ -204,19 +206,26 @@ test('kron (x -> x (L ⊗ R), FlatQuant) matches the CPU, within and across row 
   skip,
 }, async () => {
   const r = rng(12);
-  // n2 = 12 leaves a partial block of columns; n1 = 70 is more than a workgroup's threads
+  // 6 x 16: blocks of 10 columns, the last partial; 70: 128 threads a workgroup, 58 idle; 300: more
+  // rows of T than threads; 32 x 128: the o_proj shape of FlatQuant (heads x head_dim)
   for (const [M, n1, n2] of [
     [37, 6, 16],
     [5, 70, 12],
+    [3, 300, 5],
+    [2, 32, 128],
   ]) {
     const [xc, xg, xt] = onBoth(r.normal(M * n1 * n2), [M, n1 * n2]);
     const [lc, lg, lt] = onBoth(r.normal(n1 * n1), [n1, n1]);
     const [rc, rg, rt] = onBoth(r.normal(n2 * n2), [n2, n2]);
     const want = cpu.kron(xc, lc, rc);
     await expectClose(gpu!.kron(xg, lg, rg), want, 1e-6, `kron ${n1}x${n2}`);
-    // the small-binding device holds the 70x70 factor in no binding, so windows run on the first only
-    if (n1 < 70) await expectClose(tiny!.kron(xt, lt, rt), want, 1e-6, `kron ${n1}x${n2} windows`);
+    // the small-binding device holds factors of up to 1 KiB: windows run on the first shape only
+    if (Math.max(n1, n2) ** 2 * 4 < 4096)
+      await expectClose(tiny!.kron(xt, lt, rt), want, 1e-6, `kron ${n1}x${n2} windows`);
   }
+  const big = gpu!.upload(new Float32Array(4097 * 4097), [4097, 4097], 'f32');
+  const one = gpu!.upload(new Float32Array(4097), [1, 4097], 'f32');
+  assert.throws(() => gpu!.kron(one, big, gpu!.upload(new Float32Array(1), [1, 1], 'f32')), /4097 rows/);
 });
 
 test('causal GQA attention matches the CPU (head_dim 64 and 128, batch 2)', { skip }, async () => {
@@ -404,6 +413,86 @@ test('fakeQuant is bit-exact against src/formats for every format kind', { skip 
       `${name} 3-D`,
     );
   assert.throws(() => gpu!.fakeQuant(xg, parseFormat('int4-g100')), /does not divide/);
+});
+
+/** f32 values next to x: `steps` ulp up (negative: down), through the bit pattern. */
+function ulpStep(x: number, steps: number): number {
+  const f = new Float32Array([x]);
+  const u = new Int32Array(f.buffer);
+  u[0] += x < 0 ? -steps : steps;
+  return f[0];
+}
+
+/** Values next to ties: each row's largest value sets scale ~ amax / 127, the others are (k + 0.5) scale and 1-4 ulp either side. */
+function nearTies(rows: number, cols: number): { x: Float32Array; scales: Float32Array } {
+  const x = new Float32Array(rows * cols);
+  const scales = new Float32Array(rows);
+  const r = rng(31);
+  for (let m = 0; m < rows; m++) {
+    const amax = Math.fround(2 ** (r.uniform() * 20 - 10) * (1 + r.uniform()));
+    scales[m] = Math.fround(amax / 127);
+    x[m * cols] = amax;
+    for (let j = 1; j < cols; j++) {
+      const tie = Math.fround((Math.floor(r.uniform() * 250) - 125 + 0.5) * scales[m]);
+      x[m * cols + j] = ulpStep(tie, (j % 9) - 4);
+    }
+  }
+  return { x, scales };
+}
+
+const rneDivProbe = {
+  key: 'test:rneDivFrom',
+  bindings: ['read', 'read', 'write'],
+  code: () => `
+@group(0) @binding(0) var<storage, read> X: array<u32>;
+@group(0) @binding(1) var<storage, read> S: array<f32>;
+@group(0) @binding(2) var<storage, read_write> O: array<f32>;
+${COMMON}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+  let i = id.x;
+  if (i >= arrayLength(&X)) { return; }
+  let b = S[i / (arrayLength(&X) / arrayLength(&S))];
+  let exact = divRn(X[i], b);
+  // the hardware quotient as a division within 2.5 ulp may give it: the exact one moved -2..2 ulp
+  for (var d = 0u; d < 5u; d++) { O[i * 5u + d] = rneDivFrom(fv(exact + d - 2u), X[i], b); }
+}`,
+} as const;
+
+test('rneDivFrom: quotients 2 ulp off the exact one round as the exact one, on and next to .5 ties', {
+  skip,
+}, async () => {
+  const [rows, cols] = [8, 512];
+  const { x, scales } = nearTies(rows, cols);
+  const ctx = gpu!.ctx;
+  const xs = ctx.uploadStorage(rows, cols, 'f32', new Uint8Array(x.buffer));
+  const ss = ctx.uploadStorage(rows, 1, 'f32', new Uint8Array(scales.buffer));
+  const out = ctx.allocStorage(rows * cols, 5, 'f32');
+  const w = [xs, ss, out].map((st) => ctx.whole(st, 'probe').binding);
+  ctx.dispatch(rneDivProbe, undefined, w, [Math.ceil((rows * cols) / 64)]);
+  const got = await gpu!.read(new WebGpuTensor(gpu!, [rows * cols, 5], 'f32', out));
+  for (let i = 0; i < rows * cols; i++) {
+    const t = Math.fround(x[i] / scales[Math.floor(i / cols)]);
+    const f = Math.floor(t);
+    const want = t - f > 0.5 || (t - f === 0.5 && f % 2 !== 0) ? f + 1 : f;
+    for (let d = 0; d < 5; d++)
+      assert.equal(got[i * 5 + d], want, `x[${i}] = ${x[i]}, quotient moved ${d - 2} ulp`);
+  }
+  [xs, ss].forEach((st) => ctx.releaseStorage(st));
+});
+
+test('INT codes where x / scale sits on or a few ulp from a .5 tie equal the CPU', { skip }, async () => {
+  const [rows, cols] = [16, 1024];
+  const [xc, xg] = onBoth(nearTies(rows, cols).x, [rows, cols]);
+  for (const name of ['int8-row-sym', 'int4-row', 'int8-g128-sym-clip0.9']) {
+    const spec = parseFormat(name);
+    sameBits(await gpu!.read(gpu!.fakeQuant(xg, spec)), await cpu.read(cpu.fakeQuant(xc, spec)), name);
+  }
+  const int8 = parseFormat('int8-row-sym') as IntSpec;
+  const got = gpu!.quantizeRowsInt8(xg, int8);
+  const want = cpu.quantizeRowsInt8(xc, int8);
+  assert.deepEqual(await gpu!.read(got.codes), await cpu.read(want.codes));
+  assert.deepEqual(await gpu!.read(got.scales), await cpu.read(want.scales));
 });
 
 test('llama-tiny perplexity on 2 windows of 512 is within 0.01% of the CPU backend', { skip }, async () => {

@@ -66,7 +66,7 @@ function readingKey(r: Reading): string {
 function xRead(r: Reading): XRead {
   if (!r.norm) return plainX(r.chunks);
   const at: XAt = (m, k) =>
-    `bitcast<f32>(bitcast<u32>(${normedValue('ldN', `p.nOff + ${k}`, `ldX(p.xOff + ${m} * p.K + ${k})`, `ninv[${m}]`)}) ^ p.zero)`;
+    `bitcast<f32>(bitcast<u32>(${normedValue(`ldN(p.nOff + ${k})`, `ldX(p.xOff + ${m} * p.K + ${k})`, `ninv[${m}]`)}) ^ p.zero)`;
   if (!r.chunks) return { at };
   return {
     chunk: (m, q) => `vec4<f32>(${[0, 1, 2, 3].map((c) => at(m, `4u * (${q}) + ${c}u`)).join(', ')})`,

@@ -14,7 +14,7 @@
 import { fail } from '../../errors.ts';
 import type { DType } from '../tensor.ts';
 import { type GemvTuning, type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
-import { arrayType, chunkArrayType, chunkLoadFns, FLAT_WG, loadFn } from './wgsl.ts';
+import { arrayType, chunkArrayType, chunkLoadFns, FLAT_WG, loadFn, stridedLoop } from './wgsl.ts';
 
 export interface GemmTile {
   /** outputs per thread along M and N (tile = 16 * tm x 16 * tn) */
@@ -274,31 +274,14 @@ function gemvScalarLoop(M: number, wt: GemvWeight, xAt: XAt): string {
     }`;
 }
 
-/**
- * WGSL of a GEMV lane's loop over `count` items (chunks of four values, or code words): lane l takes
- * items l, l + LANES, ...; a step of `steps` items runs `load(j, item)` for each (the item index
- * clamped in range, so every load is valid), then `use(j)` for those in range, in item order, so the
- * sums do not depend on `steps`. Loads first keeps `steps` of them in flight.
- */
+/** WGSL of a GEMV lane's loop over `count` items (chunks of four values, or code words): stridedLoop over GEMV_LANES lanes. */
 export function laneLoop(
   count: string,
   steps: number,
   load: (j: number, item: string) => string,
   use: (j: number) => string,
 ): string {
-  const L = GEMV_LANES;
-  const js = range(steps);
-  const inRange = (j: number) => `i0 + ${j * L}u < ${count}`;
-  const loads = js.map(
-    (j) => `let i${j} = ${j === 0 ? 'i0' : `select(i0, i0 + ${j * L}u, ${inRange(j)})`};
-      ${load(j, `i${j}`)}`,
-  );
-  const uses = js.map((j) => (j === 0 ? `{ ${use(j)} }` : `if (${inRange(j)}) { ${use(j)} }`));
-  return `
-    for (var i0 = lane; i0 < ${count}; i0 += ${L * steps}u) {
-      ${loads.join('\n      ')}
-      ${uses.join('\n      ')}
-    }`;
+  return stridedLoop({ count, lane: 'lane', lanes: GEMV_LANES, steps, load, use });
 }
 
 /**

@@ -2,7 +2,7 @@
 import { fail } from '../../errors.ts';
 import type { DType } from '../tensor.ts';
 import { type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
-import { arrayType, FLAT_WG, loadFn } from './wgsl.ts';
+import { arrayType, FLAT_WG, loadFn, stridedLoop } from './wgsl.ts';
 
 const WG = 256;
 
@@ -15,25 +15,29 @@ const TREE = (op: string, arr = 'red') => `
 
 /** Threads of a workgroup that computes one row's RMS: every kernel that fuses it sums in this order. */
 export const RMS_WG = WG;
+/** Values a thread of a row kernel loads before using them (one row is latency-bound, not bandwidth-bound). */
+export const ROW_STEPS = 4;
 
 /**
  * WGSL, in uniform control flow of a RMS_WG-thread workgroup (thread `lid`): `let inv` = 1 / rms of
  * the d values ldX(base + i) (+ eps), summed through the workgroup array `arr` (array<f32, RMS_WG>).
  */
 export function rmsInverse(arr: string, base: string, d: string): string {
-  return `var ss = 0.0;
-  for (var i = lid; i < ${d}; i += ${WG}u) {
-    let v = ldX(${base} + i);
-    ss += v * v;
-  }
+  return `var ss = 0.0;${stridedLoop({
+    count: d,
+    lane: 'lid',
+    lanes: WG,
+    steps: ROW_STEPS,
+    load: (j, i) => `let v${j} = ldX(${base} + ${i});`,
+    use: (j) => `ss += v${j} * v${j};`,
+  })}
   ${arr}[lid] = ss;
   workgroupBarrier();${TREE(`${arr}[lid] + ${arr}[lid + s]`, arr)}
   let inv = 1.0 / sqrt(${arr}[0] / f32(${d}) + p.eps);`;
 }
 
-/** WGSL of the normed value: norm weight (ldN) at `k` times (the value `x` times inv), rmsnorm's expression. */
-export const normedValue = (ldN: string, k: string, x: string, inv: string) =>
-  `${ldN}(${k}) * (${x} * ${inv})`;
+/** WGSL of the normed value: the norm weight `w` times (the value `x` times inv), rmsnorm's expression. */
+export const normedValue = (w: string, x: string, inv: string) => `${w} * (${x} * ${inv})`;
 
 function rmsnormKernel(dx: DType, dw: DType): Kernel {
   return {
@@ -57,9 +61,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let base = p.xOff + row * p.d;
   ${rmsInverse('red', 'base', 'p.d')}
   let ob = p.oOff + row * p.d;
-  for (var i = lid; i < p.d; i += ${WG}u) {
-    O[ob + i] = ${normedValue('ldW', 'p.wOff + i', 'ldX(base + i)', 'inv')};
-  }
+${stridedLoop({
+  count: 'p.d',
+  lane: 'lid',
+  lanes: WG,
+  steps: ROW_STEPS,
+  load: (j, i) => `let x${j} = ldX(base + ${i});
+      let w${j} = ldW(p.wOff + ${i});`,
+  use: (j) => `O[ob + i${j}] = ${normedValue(`w${j}`, `x${j}`, 'inv')};`,
+})}
 }`,
   };
 }

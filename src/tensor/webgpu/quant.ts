@@ -19,8 +19,8 @@ import type { FormatSpec, IntSpec, MxElement } from '../../formats/spec.ts';
 import { f32Bits } from '../dtype.ts';
 import type { DType } from '../tensor.ts';
 import { type GpuContext, grid2, type Kernel, Params, type Storage, type Window } from './context.ts';
-import { normedValue, RMS_WG, rmsInverse } from './norm.ts';
-import { arrayType, FLAT_WG, loadFn } from './wgsl.ts';
+import { normedValue, RMS_WG, ROW_STEPS, rmsInverse } from './norm.ts';
+import { arrayType, FLAT_WG, loadFn, stridedLoop } from './wgsl.ts';
 
 const WG = 64;
 const EW_WG = 256;
@@ -120,6 +120,20 @@ fn divRn(ab: u32, b: f32) -> u32 {
   return packRounded(sign, mant, e);
 }
 fn divF(a: f32, b: f32) -> f32 { return bitcast<f32>(divRn(bitcast<u32>(a), b)); }
+/**
+ * rne(a / b correctly rounded) for finite a (bits) and b > 0 normal, given q, the hardware quotient
+ * (within 2.5 ulp of a / b: WGSL's bound). rne only steps at half-integers, so unless one lies within
+ * 8 ulp of q, q rounds as the exact quotient does; otherwise (rare) the exact divRn decides.
+ */
+fn rneDivFrom(q: f32, ab: u32, b: f32) -> f32 {
+  let toHalf = abs(q - floor(q) - 0.5);
+  // zero, subnormal and huge quotients, and huge divisors, take the exact path
+  if (abs(q) >= 1.1754943508222875e-38 && b < 8.5e37 && toHalf > abs(q) * 9.5367431640625e-7) {
+    return rne(q);
+  }
+  return rne(fv(divRn(ab, b)));
+}
+fn rneDiv(ab: u32, b: f32) -> f32 { return rneDivFrom(fv(ab) / b, ab, b); }
 /**
  * correctly rounded a * b (bits) for b > 0 normal, in integer arithmetic so that no compiler can
  * fuse or reassociate it with a neighbouring constant multiply; subnormal results flush to zero
@@ -278,7 +292,7 @@ fn quant(xb: u32, p: vec2<u32>) -> u32 {
   if (isInf(xb)) {
     q = select(${qhi}.0, ${qlo}.0, (xb >> 31u) == 1u);
   } else {
-    q = clamp(rne(fv(divRn(xb, scale))) + z, ${qlo}.0, ${qhi}.0);
+    q = clamp(rneDiv(xb, scale) + z, ${qlo}.0, ${qhi}.0);
   }
   return fbits((q - z) * scale);
 }`,
@@ -421,14 +435,16 @@ function lanesFor(segLen: number): number {
 }
 
 /** WGSL: min / max (mn, mx) over the finite values of bits(i), i = lane, lane + lanes, ... < n. */
+/** WGSL: mn / mx updated by the value of bits `b` when it is finite. */
+const finiteMinMax = (b: string) => `if ((${b} & 0x7f800000u) != 0x7f800000u) {
+        mn = min(mn, bitcast<f32>(${b}));
+        mx = max(mx, bitcast<f32>(${b}));
+      }`;
+
 function finiteMinMaxLoop(bits: (i: string) => string, n: string, lanes: number): string {
   return `for (var i = lane; i < ${n}; i += ${lanes}u) {
       let b = ${bits('i')};
-      if ((b & 0x7f800000u) != 0x7f800000u) {
-        let v = bitcast<f32>(b);
-        mn = min(mn, v);
-        mx = max(mx, v);
-      }
+      ${finiteMinMax('b')}
     }`;
 }
 
@@ -656,7 +672,7 @@ function int8CodeFn(bits: number): string {
   return `fn code(xb: u32, scale: f32) -> u32 {
   var q = 0.0;
   if (isInf(xb)) { q = select(${qmax}.0, ${qmin}.0, (xb >> 31u) == 1u); }
-  else if (!isNan(xb)) { q = clamp(rne(fv(divRn(xb, scale))), ${qmin}.0, ${qmax}.0); }
+  else if (!isNan(xb)) { q = clamp(rneDiv(xb, scale), ${qmin}.0, ${qmax}.0); }
   return u32(i32(q)) & 0xffu;
 }`;
 }
@@ -693,6 +709,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 const ROW_WG = RMS_WG;
+/** A row kernel's loop over `count` items: thread lid takes lid, lid + ROW_WG, ..., ROW_STEPS loads at a time. */
+const rowLoop = (count: string) => ({ count, lane: 'lid', lanes: ROW_WG, steps: ROW_STEPS });
+const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
 /**
  * The stats, parameter and codes passes of a per-row plan in one kernel, a workgroup a row: the
@@ -704,7 +723,7 @@ function int8RowKernel(dtype: DType, bits: number, plan: Plan, norm: DType | und
   // bits of the value at column j of the row
   const value = (j: string) =>
     norm
-      ? `bitcast<u32>(${normedValue('ldN', `p.nOff + ${j}`, `ldX(base + ${j})`, 'inv')})`
+      ? `bitcast<u32>(${normedValue(`ldN(p.nOff + ${j})`, `ldX(base + ${j})`, 'inv')})`
       : `ldBits(base + ${j})`;
   return {
     key: `int8-row:${dtype}:${bits}:${plan.key}${norm ? `:norm-${norm}` : ''}`,
@@ -739,16 +758,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   ${norm ? rmsInverse('nred', 'base', 'p.cols') : ''}
   let lane = lid;
   var mn = 3.4028234663852886e38;
-  var mx = -3.4028234663852886e38;
-  ${finiteMinMaxLoop(value, 'p.cols', ROW_WG)}
+  var mx = -3.4028234663852886e38;${stridedLoop({
+    ...rowLoop('p.cols'),
+    load: (j, i) => `let b${j} = ${value(i)};`,
+    use: (j) => finiteMinMax(`b${j}`),
+  })}
   ${minMaxTree(ROW_WG)}
   let scale = fv(params(vec2<f32>(rmin[0], rmax[0]), vec2<f32>(0.0, 0.0)).x);
-  let colWords = p.cols / 4u;
-  for (var w = lid; w < colWords; w += ${ROW_WG}u) {
-    var packed = 0u;
-    for (var e = 0u; e < 4u; e++) { packed |= code(${value('w * 4u + e')}, scale) << (8u * e); }
-    O[p.oOff + row * colWords + w] = packed;
-  }
+  let colWords = p.cols / 4u;${stridedLoop({
+    ...rowLoop('colWords'),
+    load: (j, w) =>
+      range(4)
+        .map((e) => `let b${j}_${e} = ${value(`${w} * 4u + ${e}u`)};`)
+        .join('\n      '),
+    use: (j) =>
+      `O[p.oOff + row * colWords + i${j}] = ${range(4)
+        .map((e) => `(code(b${j}_${e}, scale) << ${8 * e}u)`)
+        .join(' | ')};`,
+  })}
   if (lid == 0u) { S[p.sOff + row] = scale; }
 }`,
   };

@@ -71,3 +71,31 @@ export const FLAT_WG = 'fn flatWg(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { retur
 
 /** A large negative stand-in for -inf that keeps exp() at exactly 0 without NaNs. */
 export const NEG_BIG = '-3.0e38';
+
+/**
+ * WGSL of a strided loop: thread `lane` of `lanes` takes items lane, lane + lanes, ... below `count`.
+ * A step of `steps` items runs `load(j, item)` for each (the item index clamped in range, so every load
+ * is valid), then `use(j)` for those in range, in item order: sums do not depend on `steps`, and a
+ * step's loads are in flight together (a loop of one load a step waits a memory latency each).
+ */
+export function stridedLoop(o: {
+  count: string;
+  lane: string;
+  lanes: number;
+  steps: number;
+  load: (j: number, item: string) => string;
+  use: (j: number) => string;
+}): string {
+  const js = Array.from({ length: o.steps }, (_, j) => j);
+  const inRange = (j: number) => `i0 + ${j * o.lanes}u < ${o.count}`;
+  const loads = js.map(
+    (j) => `let i${j} = ${j === 0 ? 'i0' : `select(i0, i0 + ${j * o.lanes}u, ${inRange(j)})`};
+      ${o.load(j, `i${j}`)}`,
+  );
+  const uses = js.map((j) => (j === 0 ? `{ ${o.use(j)} }` : `if (${inRange(j)}) { ${o.use(j)} }`));
+  return `
+    for (var i0 = ${o.lane}; i0 < ${o.count}; i0 += ${o.lanes * o.steps}u) {
+      ${loads.join('\n      ')}
+      ${uses.join('\n      ')}
+    }`;
+}
