@@ -14,6 +14,7 @@ import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { int8Linear, useInt8Matmuls } from '../src/model/int8.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
+import { f32ToBf16 } from '../src/tensor/dtype.ts';
 import type { Backend } from '../src/tensor/tensor.ts';
 import { openDevice, WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
 import '../src/quant/methods.ts';
@@ -140,8 +141,13 @@ for (const [name, backend] of [
       const x = rng(7).normal(M * K, 2);
       x[5] = 0.5 * 2 ** -20; // tiny
       for (let k = 0; k < K; k++) x[3 * K + k] = 0; // an all-zero row
-      const t = b.upload(x, [M, K], 'f32');
-      for (const spec of [undefined, { ...parseFormat('int4-row-sym'), clip: 0.9 } as IntSpec]) {
+      // f32 rows (WebGPU: loaded four values a vec4) and bf16 rows (loaded one value at a time)
+      const bf16 = b.upload(f32ToBf16(x), [M, K], 'bf16');
+      for (const [t, spec] of [
+        [b.upload(x, [M, K], 'f32'), undefined],
+        [b.upload(x, [M, K], 'f32'), { ...parseFormat('int4-row-sym'), clip: 0.9 } as IntSpec],
+        [bf16, undefined],
+      ] as const) {
         const { codes, scales } = b.quantizeRowsInt8(t, spec);
         assert.equal(codes.dtype, 'i8');
         const q = await b.read(codes);

@@ -441,13 +441,6 @@ const finiteMinMax = (b: string) => `if ((${b} & 0x7f800000u) != 0x7f800000u) {
         mx = max(mx, bitcast<f32>(${b}));
       }`;
 
-function finiteMinMaxLoop(bits: (i: string) => string, n: string, lanes: number): string {
-  return `for (var i = lane; i < ${n}; i += ${lanes}u) {
-      let b = ${bits('i')};
-      ${finiteMinMax('b')}
-    }`;
-}
-
 /** WGSL: each group of `lanes` threads' mn / mx met in rmin / rmax; the group's first thread holds them. */
 function minMaxTree(lanes: number): string {
   return `rmin[lid] = mn;
@@ -484,7 +477,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var mx = -3.4028234663852886e38;
   if (seg < p.nSeg) {
     let base = p.xOff + seg * p.len;
-    ${finiteMinMaxLoop((i) => `ldBits(base + ${i})`, 'p.len', lanes)}
+    ${stridedLoop({
+      count: 'p.len',
+      lane: 'lane',
+      lanes,
+      steps: ROW_STEPS,
+      load: (j, i) => `let b${j} = ldBits(base + ${i});`,
+      use: (j) => finiteMinMax(`b${j}`),
+    })}
   }
   ${minMaxTree(lanes)}
   if (lane == 0u && seg < p.nSeg) {
@@ -717,28 +717,59 @@ const range = (n: number) => Array.from({ length: n }, (_, i) => i);
  * The stats, parameter and codes passes of a per-row plan in one kernel, a workgroup a row: the
  * row's min/max over its finite values (the stats pass's), params() of it, then its codes and scale.
  * With `norm` (the norm weight's dtype) x is an RMSNorm's input and each row is normalized first,
- * as rmsnorm computes it.
+ * as rmsnorm computes it. Both passes take four values a load (a vec4 where x is f32 at an aligned
+ * offset, `vec4x`): a decode row is one workgroup, so the bytes each load brings set its speed.
  */
-function int8RowKernel(dtype: DType, bits: number, plan: Plan, norm: DType | undefined): Kernel {
-  // bits of the value at column j of the row
-  const value = (j: string) =>
+function int8RowKernel(
+  dtype: DType,
+  bits: number,
+  plan: Plan,
+  norm: DType | undefined,
+  vec4x: boolean,
+): Kernel {
+  const bitsOf = (i: string) =>
     norm
-      ? `bitcast<u32>(${normedValue(`ldN(p.nOff + ${j})`, `ldX(base + ${j})`, 'inv')})`
-      : `ldBits(base + ${j})`;
+      ? `bitcast<u32>(${normedValue(`ldN(p.nOff + ${i})`, `ldX(base + ${i})`, 'inv')})`
+      : `ldBits(base + ${i})`;
+  // the bits of columns 4c..4c+3 of the row
+  const chunk = vec4x
+    ? `fn chunk(base: u32, c: u32${norm ? ', inv: f32' : ''}) -> vec4<u32> {
+  let v = X4[base / 4u + c];${
+    norm
+      ? `
+  let k = p.nOff + 4u * c;
+  return vec4<u32>(${range(4)
+    .map((e) => `bitcast<u32>(${normedValue(`ldN(k + ${e}u)`, `bitcast<f32>(v[${e}])`, 'inv')})`)
+    .join(', ')});`
+      : `
+  return v;`
+  }
+}`
+    : `fn chunk(base: u32, c: u32${norm ? ', inv: f32' : ''}) -> vec4<u32> {
+  return vec4<u32>(${range(4)
+    .map((e) => bitsOf(`4u * c + ${e}u`))
+    .join(', ')});
+}`;
+  const chunkCall = (c: string) => `chunk(base, ${c}${norm ? ', inv' : ''})`;
   return {
-    key: `int8-row:${dtype}:${bits}:${plan.key}${norm ? `:norm-${norm}` : ''}`,
+    key: `int8-row:${dtype}:${bits}:${plan.key}${norm ? `:norm-${norm}` : ''}${vec4x ? ':vec4' : ''}`,
     bindings: ['uniform', 'read', 'write', 'write', ...(norm ? (['read'] as const) : [])],
     code: () => `
 struct P { rows: u32, cols: u32, xOff: u32, oOff: u32, sOff: u32, nOff: u32, eps: f32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> X: array<u32>;
+${
+  vec4x
+    ? `@group(0) @binding(1) var<storage, read> X4: array<vec4<u32>>;
+fn ldBits(i: u32) -> u32 { return X4[i / 4u][i % 4u]; }`
+    : `@group(0) @binding(1) var<storage, read> X: array<u32>;
+${loadBitsFn(dtype)}`
+}
 @group(0) @binding(2) var<storage, read_write> O: array<u32>;
 @group(0) @binding(3) var<storage, read_write> S: array<f32>;
 var<workgroup> rmin: array<f32, ${ROW_WG}>;
 var<workgroup> rmax: array<f32, ${ROW_WG}>;
 ${COMMON}
 ${plan.wgsl}
-${loadBitsFn(dtype)}
 ${FLAT_WG}
 ${int8CodeFn(bits)}
 ${
@@ -749,6 +780,7 @@ fn ldX(i: u32) -> f32 { return bitcast<f32>(ldBits(i)); }
 var<workgroup> nred: array<f32, ${ROW_WG}>;`
     : ''
 }
+${chunk}
 @compute @workgroup_size(${ROW_WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -758,22 +790,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   ${norm ? rmsInverse('nred', 'base', 'p.cols') : ''}
   let lane = lid;
   var mn = 3.4028234663852886e38;
-  var mx = -3.4028234663852886e38;${stridedLoop({
-    ...rowLoop('p.cols'),
-    load: (j, i) => `let b${j} = ${value(i)};`,
-    use: (j) => finiteMinMax(`b${j}`),
-  })}
-  ${minMaxTree(ROW_WG)}
-  let scale = fv(params(vec2<f32>(rmin[0], rmax[0]), vec2<f32>(0.0, 0.0)).x);
+  var mx = -3.4028234663852886e38;
   let colWords = p.cols / 4u;${stridedLoop({
     ...rowLoop('colWords'),
-    load: (j, w) =>
+    load: (j, c) => `let b${j} = ${chunkCall(c)};`,
+    use: (j) =>
       range(4)
-        .map((e) => `let b${j}_${e} = ${value(`${w} * 4u + ${e}u`)};`)
+        .map((e) => finiteMinMax(`b${j}[${e}]`))
         .join('\n      '),
+  })}
+  ${minMaxTree(ROW_WG)}
+  let scale = fv(params(vec2<f32>(rmin[0], rmax[0]), vec2<f32>(0.0, 0.0)).x);${stridedLoop({
+    ...rowLoop('colWords'),
+    load: (j, c) => `let b${j} = ${chunkCall(c)};`,
     use: (j) =>
       `O[p.oOff + row * colWords + i${j}] = ${range(4)
-        .map((e) => `(code(b${j}_${e}, scale) << ${8 * e}u)`)
+        .map((e) => `(code(b${j}[${e}], scale) << ${8 * e}u)`)
         .join(' | ')};`,
   })}
   if (lid == 0u) { S[p.sOff + row] = scale; }
@@ -804,7 +836,7 @@ function quantizeRowsInt8Fused(
   if (!xw || !ow || !sw || (norm && !nw)) return false;
   if (plan.global || plan.segLen !== x.cols || plan.paramLen !== x.cols) return false;
   ctx.dispatch(
-    int8RowKernel(x.dtype, spec.bits, plan, norm?.weight.dtype),
+    int8RowKernel(x.dtype, spec.bits, plan, norm?.weight.dtype, x.dtype === 'f32' && xw.off % 4 === 0),
     new Params()
       .u(x.rows)
       .u(x.cols)
