@@ -25,6 +25,12 @@ export interface ContextOptions {
   poolBytes?: number;
   /** dispatches recorded before the encoder is submitted (default 64) */
   dispatchesPerSubmit?: number;
+  /**
+   * dispatches in the first submit after the host waited for the GPU (a read): later submits double
+   * up to dispatchesPerSubmit, so the GPU starts on a decode step while the host still records it
+   * (default: dispatchesPerSubmit, no ramp)
+   */
+  firstSubmit?: number;
   /** reuse bind groups and uniform parameters across dispatches (default true; off only to measure) */
   reuseBindGroups?: boolean;
   /** 64 KiB pages of reused uniform parameters (default 32) */
@@ -212,6 +218,9 @@ export class GpuContext {
   readonly maxGroups: number;
   private readonly poolLimit: number;
   private readonly perSubmit: number;
+  private readonly firstSubmit: number;
+  /** dispatches the current submit takes */
+  private submitAt: number;
 
   private readonly free = new Map<number, GPUBuffer[]>();
   private pooledBytes = 0;
@@ -256,6 +265,8 @@ export class GpuContext {
     this.maxGroups = lim.maxComputeWorkgroupsPerDimension;
     this.poolLimit = opts.poolBytes ?? 1 << 30;
     this.perSubmit = opts.dispatchesPerSubmit ?? 64;
+    this.firstSubmit = Math.min(opts.firstSubmit ?? this.perSubmit, this.perSubmit);
+    this.submitAt = this.firstSubmit;
     this.gemv = opts.gemv ?? DEFAULT_GEMV;
     if (opts.reuseBindGroups ?? true) {
       this.bindGroups = new BindGroupCache();
@@ -599,7 +610,7 @@ export class GpuContext {
       this.pass = undefined;
     }
     this.recorded++;
-    if (++this.dispatches >= this.perSubmit) this.flush();
+    if (++this.dispatches >= this.submitAt) this.flush();
   }
 
   /** Records a buffer-to-buffer copy (sizes and offsets multiples of 4). */
@@ -624,6 +635,7 @@ export class GpuContext {
     this.uniforms.destroy();
     this.hostArena.destroy();
     this.dispatches = 0;
+    this.submitAt = Math.min(2 * this.submitAt, this.perSubmit);
     this.uniformCache?.submitted();
   }
 
@@ -641,6 +653,7 @@ export class GpuContext {
     this.flush();
     try {
       await staging.mapAsync(1 /* READ */);
+      this.submitAt = this.firstSubmit;
     } catch (e) {
       await this.checkError();
       throw new Error(`WebGPU: reading back failed: ${(e as Error).message}`);
@@ -677,6 +690,7 @@ export class GpuContext {
   async sync(): Promise<void> {
     this.flush();
     await this.device.queue.onSubmittedWorkDone();
+    this.submitAt = this.firstSubmit;
     await this.checkError();
   }
 }
