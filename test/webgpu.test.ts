@@ -548,34 +548,40 @@ test('forward passes (activation-quantized too) and decode steps free what they 
   assert.equal(gpu!.ctx.liveBytes, quantized, 'forward with quantized inputs');
 });
 
-test('reused uniforms and bind groups: a recycled page or the arena fallback never changes results', {
+test('reused uniforms and bind groups: a recycled page, the arena fallback or a submit ramp never changes results', {
   skip,
 }, async () => {
-  // one page of 256 parameter slots, filled many times over, in submits of 64 dispatches
-  const small = await WebGpuBackend.create({ uniformPages: 1 });
-  try {
-    const table = ropeTable({
-      headDim: 64,
-      maxPositionEmbeddings: 4096,
-      rope: { type: 'default', theta: 10000 },
-    });
-    const data = rng(9).normal(2 * 128, 1);
-    const xc = cpu.upload(data, [2, 128], 'f32');
-    const xg = small.upload(data, [2, 128], 'f32');
-    const rope = (b: Backend, x: Tensor, first: number) =>
-      b.rope(x, Int32Array.of(first, first + 1), 64, table);
-    const outs = Array.from({ length: 700 }, (_, i) => ({ got: rope(small, xg, i), want: rope(cpu, xc, i) }));
-    for (const [i, o] of outs.entries()) await expectClose(o.got, o.want, 1e-6, `rope at ${i}`);
-    // the same parameters and (pooled) buffers again: cached bind groups
-    const hits = small.ctx.bindGroups?.hits ?? 0;
-    for (let i = 0; i < 20; i++) {
-      const got = rope(small, xg, i % 2);
-      await expectClose(got, rope(cpu, xc, i % 2), 1e-6, `repeat ${i}`);
-      got.dispose();
+  // one page of 256 parameter slots, filled many times over, in submits of 64 dispatches; then in
+  // submits that start at one dispatch after each read and double up to 16
+  for (const opts of [{ uniformPages: 1 }, { uniformPages: 1, firstSubmit: 1, dispatchesPerSubmit: 16 }]) {
+    const small = await WebGpuBackend.create(opts);
+    try {
+      const table = ropeTable({
+        headDim: 64,
+        maxPositionEmbeddings: 4096,
+        rope: { type: 'default', theta: 10000 },
+      });
+      const data = rng(9).normal(2 * 128, 1);
+      const xc = cpu.upload(data, [2, 128], 'f32');
+      const xg = small.upload(data, [2, 128], 'f32');
+      const rope = (b: Backend, x: Tensor, first: number) =>
+        b.rope(x, Int32Array.of(first, first + 1), 64, table);
+      const outs = Array.from({ length: 700 }, (_, i) => ({
+        got: rope(small, xg, i),
+        want: rope(cpu, xc, i),
+      }));
+      for (const [i, o] of outs.entries()) await expectClose(o.got, o.want, 1e-6, `rope at ${i}`);
+      // the same parameters and (pooled) buffers again: cached bind groups
+      const hits = small.ctx.bindGroups?.hits ?? 0;
+      for (let i = 0; i < 20; i++) {
+        const got = rope(small, xg, i % 2);
+        await expectClose(got, rope(cpu, xc, i % 2), 1e-6, `repeat ${i}`);
+        got.dispose();
+      }
+      assert.ok((small.ctx.bindGroups?.hits ?? 0) >= hits + 18, 'repeated dispatches reuse their bind group');
+    } finally {
+      small.destroy();
     }
-    assert.ok((small.ctx.bindGroups?.hits ?? 0) >= hits + 18, 'repeated dispatches reuse their bind group');
-  } finally {
-    small.destroy();
   }
 });
 
