@@ -390,6 +390,42 @@ if (!skip.has('rows')) {
     const kernels = await profiledUs(run);
     report({ what: 'rowop', op, us: kernels.reduce((a, k) => a + k.us, 0), kernels });
   }
+  report({ what: 'rowop exactness', ...(await int8RowsExact()) });
+}
+
+/**
+ * The int8 row quantizer and the INT fake quantizer on this GPU against the CPU, bit for bit, on rows
+ * whose values sit on and a few ulp from .5 ties of x / scale (where the hardware quotient, within
+ * 2.5 ulp, must give way to the exact division).
+ */
+async function int8RowsExact(): Promise<{ values: number; codesDiffer: number; fakeQuantDiffer: number }> {
+  const cpu = new CpuBackend();
+  const [rows, cols] = [64, 4096];
+  const x = new Float32Array(rows * cols);
+  const u = new Int32Array(x.buffer);
+  for (let m = 0; m < rows; m++) {
+    const amax = Math.fround(2 ** (Math.random() * 20 - 10) * (1 + Math.random()));
+    const scale = Math.fround(amax / 127);
+    x[m * cols] = amax;
+    for (let j = 1; j < cols; j++) {
+      const i = m * cols + j;
+      x[i] = Math.fround((Math.floor(Math.random() * 250) - 125 + 0.5) * scale);
+      u[i] += (j % 9) - 4; // 0-4 ulp either side of the tie
+    }
+  }
+  const spec = { kind: 'int', bits: 8, symmetric: true, granularity: 'row' } as const;
+  const [xg, xc] = [gpu.upload(x, [rows, cols], 'f32'), cpu.upload(x, [rows, cols], 'f32')];
+  const differ = (a: Float32Array, b: Float32Array) =>
+    a.reduce((n, v, i) => n + (Object.is(v, b[i]) ? 0 : 1), 0);
+  const codesDiffer = differ(
+    await gpu.read(gpu.quantizeRowsInt8(xg, spec).codes),
+    await cpu.read(cpu.quantizeRowsInt8(xc, spec).codes),
+  );
+  const fakeQuantDiffer = differ(
+    await gpu.read(gpu.fakeQuant(xg, spec)),
+    await cpu.read(cpu.fakeQuant(xc, spec)),
+  );
+  return { values: rows * cols, codesDiffer, fakeQuantDiffer };
 }
 
 if (!skip.has('ppl') && values.model && values.tokens) {
