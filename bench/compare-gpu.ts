@@ -51,7 +51,8 @@ function results(prefix: string, tag: string): Result[] {
 
 function rowOps(): Row[] {
   const byOp = new Map<string, Row>();
-  for (const tag of tags)
+  const rowTags = tags.filter((tag) => results('rows', tag).length > 0);
+  for (const tag of rowTags)
     for (const r of results('rows', tag).filter((r) => r.what === 'rowop')) {
       const op = r.op as string;
       const row = byOp.get(op) ?? { 'row op (one row unless said)': op };
@@ -61,8 +62,8 @@ function rowOps(): Row[] {
       byOp.set(op, row);
     }
   for (const row of byOp.values())
-    for (const tag of tags.slice(1))
-      row[`${tag} / ${tags[0]}`] = (row[`${tag} us`] as number) / (row[`${tags[0]} us`] as number);
+    for (const tag of rowTags.slice(1))
+      row[`${tag} / ${rowTags[0]}`] = (row[`${tag} us`] as number) / (row[`${rowTags[0]} us`] as number);
   return [...byOp.values()];
 }
 
