@@ -7,7 +7,9 @@
  *
  * Exactness: the CPU rounds every quotient x / scale to f32 after an f64 division, which equals a
  * correctly rounded f32 division; WGSL division is only accurate to 2.5 ulp, so `divRn` divides the
- * 24-bit significands by shift-and-subtract. Everything else is an f32 add/mul (correctly rounded in
+ * 24-bit significands by shift-and-subtract. INT codes only need the quotient's nearest integer, so
+ * `rneDiv` takes it from the hardware quotient unless that lies within 8 ulp of a half-integer, and
+ * calls `divRn` then (same codes, a fraction of the work). Everything else is an f32 add/mul (correctly rounded in
  * WGSL), a power-of-two scaling (exact) or integer work on the bit patterns. Values are read and
  * written as bits so NaN payloads, -0 and non-finite inputs never pass through float ops a compiler
  * may assume finite. Not covered: f32 subnormals (inputs, scales or quotients below 2^-126), which
