@@ -135,6 +135,8 @@ export function gridOf(spec: GridSpec): Readonly<Grid> {
 }
 
 /** iq*_find_best_neighbour: the candidate nearest to x / scale by weighted distance; its levels into L. */
+const scaledLevel = new Float64Array(256);
+
 function bestNeighbour(
   spec: LatticeSpec,
   g: Grid,
@@ -147,13 +149,15 @@ function bestNeighbour(
 ): number {
   const { levels: lv, list } = g;
   const n = spec.group;
+  // scale * (2l + 1) for every level, rounded once: the same values the loop would compute per candidate
+  for (let l = 0; l <= spec.maxLevel; l++) scaledLevel[l] = fr(scale * (2 * l + 1));
   let best = Number.POSITIVE_INFINITY;
   let pick = -1;
   for (let c = g.start[key]; c < g.start[key + 1]; c++) {
     const p = n * list[c];
     let d2 = 0;
     for (let i = 0; i < n; i++) {
-      const diff = fr(fr(scale * (2 * lv[p + i] + 1)) - xval[at + i]);
+      const diff = fr(scaledLevel[lv[p + i]] - xval[at + i]);
       d2 = fr(d2 + fr(fr(waux[at + i] * diff) * diff));
     }
     if (d2 < best) {
