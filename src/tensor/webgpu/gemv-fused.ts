@@ -35,7 +35,7 @@ import {
   type XRead,
 } from './matmul.ts';
 import { normedValue, RMS_WG, rmsInverse } from './norm.ts';
-import { arrayType, chunkArrayType, chunkLoadFns, loadFn } from './wgsl.ts';
+import { arrayType, chunkArrayType, chunkLoadFns, loadFn, range } from './wgsl.ts';
 
 /** How a fused kernel reads x and its weights: x's and the weights' dtypes, and packed weights' layout. */
 interface Reading {
@@ -69,7 +69,10 @@ function xRead(r: Reading): XRead {
     `bitcast<f32>(bitcast<u32>(${normedValue(`ldN(p.nOff + ${k})`, `ldX(p.xOff + ${m} * p.K + ${k})`, `ninv[${m}]`)}) ^ p.zero)`;
   if (!r.chunks) return { at };
   return {
-    chunk: (m, q) => `vec4<f32>(${[0, 1, 2, 3].map((c) => at(m, `4u * (${q}) + ${c}u`)).join(', ')})`,
+    chunk: (m, q) =>
+      `vec4<f32>(${range(4)
+        .map((c) => at(m, `4u * (${q}) + ${c}u`))
+        .join(', ')})`,
   };
 }
 

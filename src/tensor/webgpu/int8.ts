@@ -18,7 +18,7 @@ import { fail } from '../../errors.ts';
 import type { GemvTuning, GpuContext, Kernel, Storage } from './context.ts';
 import { grid2, Params } from './context.ts';
 import { GEMV_COLS, GEMV_LANES, GEMV_MAX_M, gemvKey, gemvMain, laneLoop, unrollFor } from './matmul.ts';
-import { FLAT_WG } from './wgsl.ts';
+import { FLAT_WG, range } from './wgsl.ts';
 
 export type Int8Path = 'subgroup-matrix' | 'dot4';
 
@@ -395,7 +395,7 @@ export function dot4GemvLoop(
         for (var m = 0u; m < ${M}u; m++) { acc[${o.acc}u + m] += dot4I8Packed(${o.A}[${o.aOff} + m * ${o.K} + kw], b); }
       }
     }`;
-  const rows = Array.from({ length: M }, (_, m) => m);
+  const rows = range(M);
   return `
     let bRow = (${o.bOff} + n * ${o.K}) / 4u;
     let K4 = ${o.K} / 4u;${laneLoop(

@@ -14,7 +14,7 @@
 import { fail } from '../../errors.ts';
 import type { DType } from '../tensor.ts';
 import { type GemvTuning, type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
-import { arrayType, chunkArrayType, chunkLoadFns, FLAT_WG, loadFn, stridedLoop } from './wgsl.ts';
+import { arrayType, chunkArrayType, chunkLoadFns, FLAT_WG, loadFn, range, stridedLoop } from './wgsl.ts';
 
 export interface GemmTile {
   /** outputs per thread along M and N (tile = 16 * tm x 16 * tn) */
@@ -181,7 +181,6 @@ export function gemvChunks(t: GemvTuning, dx: DType, K: number, offsets: number[
 
 /** Unrolled steps for M rows: fewer as M grows, so the loaded x chunks stay in registers. */
 export const unrollFor = (t: GemvTuning, M: number) => Math.max(1, Math.floor(t.unroll / M));
-const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
 /**
  * The entry point of a matrix-vector kernel: thread (c, lane) accumulates `acc[m]` for output column n

@@ -22,7 +22,7 @@ import { f32Bits } from '../dtype.ts';
 import type { DType } from '../tensor.ts';
 import { type GpuContext, grid2, type Kernel, Params, type Storage, type Window } from './context.ts';
 import { normedValue, RMS_WG, ROW_STEPS, rmsInverse } from './norm.ts';
-import { arrayType, FLAT_WG, loadFn, stridedLoop } from './wgsl.ts';
+import { arrayType, FLAT_WG, loadFn, range, stridedLoop } from './wgsl.ts';
 
 const WG = 64;
 const EW_WG = 256;
@@ -713,7 +713,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 const ROW_WG = RMS_WG;
 /** A row kernel's loop over `count` items: thread lid takes lid, lid + ROW_WG, ..., ROW_STEPS loads at a time. */
 const rowLoop = (count: string) => ({ count, lane: 'lid', lanes: ROW_WG, steps: ROW_STEPS });
-const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
 /**
  * The stats, parameter and codes passes of a per-row plan in one kernel, a workgroup a row: the

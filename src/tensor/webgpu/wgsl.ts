@@ -66,6 +66,9 @@ fn ${name}(i: u32) -> f32 { return ${arr}[i >> 2u][i & 3u]; }`;
 fn ${name}(i: u32) -> f32 { return ${name}4(i >> 2u)[i & 3u]; }`;
 }
 
+/** 0, 1, ..., n - 1: the indices code generators unroll over. */
+export const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+
 /** Linear workgroup index for grids split over x and y by grid2(). */
 export const FLAT_WG = 'fn flatWg(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.y * nwg.x + wid.x; }';
 
@@ -86,7 +89,7 @@ export function stridedLoop(o: {
   load: (j: number, item: string) => string;
   use: (j: number) => string;
 }): string {
-  const js = Array.from({ length: o.steps }, (_, j) => j);
+  const js = range(o.steps);
   const inRange = (j: number) => `i0 + ${j * o.lanes}u < ${o.count}`;
   const loads = js.map(
     (j) => `let i${j} = ${j === 0 ? 'i0' : `select(i0, i0 + ${j * o.lanes}u, ${inRange(j)})`};
