@@ -26,6 +26,7 @@ import { envFlags, WebGpuBackend, WebGpuTensor } from '../src/tensor/webgpu/back
 import { DEFAULT_GEMV, type GemvTuning } from '../src/tensor/webgpu/context.ts';
 import { Int8Gemm, type SubgroupMatrixTile } from '../src/tensor/webgpu/int8.ts';
 import type { GemmTile } from '../src/tensor/webgpu/matmul.ts';
+import { maxRelErr, nearTies } from '../test/helpers.ts';
 import { synthLlama3 } from './synth-model.ts';
 
 const { values } = parseArgs({
@@ -295,17 +296,6 @@ function gemvCases(
   ];
 }
 
-/** max |a - b| over max |b| */
-function maxDiff(a: Float32Array, b: Float32Array): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < b.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i] - b[i]));
-    scale = Math.max(scale, Math.abs(b[i]));
-  }
-  return diff / scale;
-}
-
 if (!skip.has('gemv')) {
   const tunings: [string, GemvTuning][] = [
     ['scalar loops', { chunks: false, unroll: 4 }],
@@ -341,7 +331,7 @@ if (!skip.has('gemv')) {
           tuning: name,
           us: s * 1e6,
           gbPerSecond: c.bytes / s / 1e9,
-          maxRelDiff: maxDiff(got, first),
+          maxRelDiff: maxRelErr(got, first),
         });
       }
     }
@@ -401,18 +391,7 @@ if (!skip.has('rows')) {
 async function int8RowsExact(): Promise<{ values: number; codesDiffer: number; fakeQuantDiffer: number }> {
   const cpu = new CpuBackend();
   const [rows, cols] = [64, 4096];
-  const x = new Float32Array(rows * cols);
-  const u = new Int32Array(x.buffer);
-  for (let m = 0; m < rows; m++) {
-    const amax = Math.fround(2 ** (Math.random() * 20 - 10) * (1 + Math.random()));
-    const scale = Math.fround(amax / 127);
-    x[m * cols] = amax;
-    for (let j = 1; j < cols; j++) {
-      const i = m * cols + j;
-      x[i] = Math.fround((Math.floor(Math.random() * 250) - 125 + 0.5) * scale);
-      u[i] += (j % 9) - 4; // 0-4 ulp either side of the tie
-    }
-  }
+  const { x } = nearTies(rows, cols);
   const spec = { kind: 'int', bits: 8, symmetric: true, granularity: 'row' } as const;
   const [xg, xc] = [gpu.upload(x, [rows, cols], 'f32'), cpu.upload(x, [rows, cols], 'f32')];
   const differ = (a: Float32Array, b: Float32Array) =>

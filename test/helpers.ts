@@ -39,6 +39,31 @@ export function rng(seed: number) {
   return { uniform, normal };
 }
 
+/** f32 values next to x: `steps` ulp up (negative: down), through the bit pattern. */
+function ulpStep(x: number, steps: number): number {
+  const f = new Float32Array([x]);
+  const u = new Int32Array(f.buffer);
+  u[0] += x < 0 ? -steps : steps;
+  return f[0];
+}
+
+/** Values next to ties: each row's largest value sets scale ~ amax / 127, the others are (k + 0.5) scale and 1-4 ulp either side. */
+export function nearTies(rows: number, cols: number, seed = 31): { x: Float32Array; scales: Float32Array } {
+  const x = new Float32Array(rows * cols);
+  const scales = new Float32Array(rows);
+  const r = rng(seed);
+  for (let m = 0; m < rows; m++) {
+    const amax = Math.fround(2 ** (r.uniform() * 20 - 10) * (1 + r.uniform()));
+    scales[m] = Math.fround(amax / 127);
+    x[m * cols] = amax;
+    for (let j = 1; j < cols; j++) {
+      const tie = Math.fround((Math.floor(r.uniform() * 250) - 125 + 0.5) * scales[m]);
+      x[m * cols + j] = ulpStep(tie, (j % 9) - 4);
+    }
+  }
+  return { x, scales };
+}
+
 /** max |a - b| over max |b| */
 export function maxRelErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let num = 0;

@@ -28,7 +28,15 @@ import type { Backend, DType, HostArray, Tensor } from '../src/tensor/tensor.ts'
 import { openDevice, WebGpuBackend, WebGpuTensor } from '../src/tensor/webgpu/backend.ts';
 import { DEFAULT_GEMV } from '../src/tensor/webgpu/context.ts';
 import { COMMON } from '../src/tensor/webgpu/quant.ts';
-import { assertSameWeights, MODELS, randomCalibration, rng, WIKITEXT, wholeLayerGptq } from './helpers.ts';
+import {
+  assertSameWeights,
+  MODELS,
+  nearTies,
+  randomCalibration,
+  rng,
+  WIKITEXT,
+  wholeLayerGptq,
+} from './helpers.ts';
 
 const cpu = new CpuBackend();
 const probe = await openDevice();
@@ -414,31 +422,6 @@ test('fakeQuant is bit-exact against src/formats for every format kind', { skip 
     );
   assert.throws(() => gpu!.fakeQuant(xg, parseFormat('int4-g100')), /does not divide/);
 });
-
-/** f32 values next to x: `steps` ulp up (negative: down), through the bit pattern. */
-function ulpStep(x: number, steps: number): number {
-  const f = new Float32Array([x]);
-  const u = new Int32Array(f.buffer);
-  u[0] += x < 0 ? -steps : steps;
-  return f[0];
-}
-
-/** Values next to ties: each row's largest value sets scale ~ amax / 127, the others are (k + 0.5) scale and 1-4 ulp either side. */
-function nearTies(rows: number, cols: number): { x: Float32Array; scales: Float32Array } {
-  const x = new Float32Array(rows * cols);
-  const scales = new Float32Array(rows);
-  const r = rng(31);
-  for (let m = 0; m < rows; m++) {
-    const amax = Math.fround(2 ** (r.uniform() * 20 - 10) * (1 + r.uniform()));
-    scales[m] = Math.fround(amax / 127);
-    x[m * cols] = amax;
-    for (let j = 1; j < cols; j++) {
-      const tie = Math.fround((Math.floor(r.uniform() * 250) - 125 + 0.5) * scales[m]);
-      x[m * cols + j] = ulpStep(tie, (j % 9) - 4);
-    }
-  }
-  return { x, scales };
-}
 
 const rneDivProbe = {
   key: 'test:rneDivFrom',
