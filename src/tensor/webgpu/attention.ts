@@ -6,7 +6,7 @@
 import { fail } from '../../errors.ts';
 import type { AttentionShape, CachedAttentionShape, DType } from '../tensor.ts';
 import { type GpuContext, type Kernel, Params, type Storage } from './context.ts';
-import { arrayType, chunkArrayType, chunkLoadFns, loadFn } from './wgsl.ts';
+import { arrayType, chunkArrayType, chunkLoadFns, chunksFit, loadFn } from './wgsl.ts';
 
 const BQ = 64;
 
@@ -275,13 +275,7 @@ export function attentionCached(
     .u(wv.off)
     .u(wo.off)
     .f(1 / Math.sqrt(DH));
-  const chunks =
-    ctx.gemv.chunks &&
-    DH % 4 === 0 &&
-    wk.off % 4 === 0 &&
-    wv.off % 4 === 0 &&
-    chunkArrayType(k.dtype) !== undefined &&
-    chunkArrayType(v.dtype) !== undefined;
+  const chunks = ctx.gemv.chunks && chunksFit(DH, [wk.off, wv.off], [k.dtype, v.dtype]);
   const kernel = cachedAttentionKernel(q.dtype, k.dtype, v.dtype, DH, chunks);
   ctx.dispatch(kernel, params, [wq.binding, wk.binding, wv.binding, wo.binding], [queries, H]);
   return out;

@@ -18,7 +18,7 @@ import { fail } from '../../errors.ts';
 import type { GemvTuning, GpuContext, Kernel, Storage } from './context.ts';
 import { grid2, Params } from './context.ts';
 import { GEMV_COLS, GEMV_LANES, GEMV_MAX_M, gemvKey, gemvMain, laneLoop, unrollFor } from './matmul.ts';
-import { FLAT_WG, range } from './wgsl.ts';
+import { chunksFit, FLAT_WG, range } from './wgsl.ts';
 
 export type Int8Path = 'subgroup-matrix' | 'dot4';
 
@@ -367,7 +367,7 @@ const PLAIN_DOT4: Dot4Operands = { A: 'A', B: 'B', K: 'p.KW', aOff: '0u', bOff: 
 
 /** Whether a dot4 GEMV reads its codes a vec4<u32> (16 int8) a load: K and the offsets (in words) multiples of 4. */
 export function int8Chunks(t: GemvTuning, KW: number, wordOffsets: number[]): boolean {
-  return t.chunks && KW % 4 === 0 && wordOffsets.every((o) => o % 4 === 0);
+  return t.chunks && chunksFit(KW, wordOffsets, []);
 }
 
 /** The array type a dot4 GEMV binds its codes as. */

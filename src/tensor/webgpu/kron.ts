@@ -22,8 +22,14 @@ function kronShape(n1: number): { wg: number; cols: number } {
   return { wg, cols: Math.max(1, Math.floor(wg / n1)) };
 }
 
-function kronKernel(dx: DType, dl: DType, dr: DType, n1: number, n2: number): Kernel {
-  const { wg, cols } = kronShape(n1);
+function kronKernel(
+  dx: DType,
+  dl: DType,
+  dr: DType,
+  n1: number,
+  n2: number,
+  { wg, cols }: { wg: number; cols: number },
+): Kernel {
   const n = n1 * n2;
   const blocks = Math.ceil(n2 / cols);
   const items = n1 * cols;
@@ -78,12 +84,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 export function kron(ctx: GpuContext, x: Storage, left: Storage, right: Storage): Storage {
   const n1 = left.rows;
   const n2 = right.rows;
-  if (n1 * kronShape(n1).cols > T_MAX)
+  const shape = kronShape(n1);
+  if (n1 * shape.cols > T_MAX)
     fail(`kron: a left factor of ${n1} rows is more than a WebGPU workgroup holds (at most ${T_MAX})`);
   const out = ctx.allocStorage(x.rows, x.cols, 'f32');
-  const k = kronKernel(x.dtype, left.dtype, right.dtype, n1, n2);
+  const k = kronKernel(x.dtype, left.dtype, right.dtype, n1, n2, shape);
   const [lw, rw] = [ctx.whole(left, 'kron'), ctx.whole(right, 'kron')];
-  const blocks = Math.ceil(n2 / kronShape(n1).cols);
+  const blocks = Math.ceil(n2 / shape.cols);
   for (const seg of ctx.segments(
     x.rows,
     [x, out].map((t) => ({ s: t, row0: 0 })),

@@ -14,7 +14,16 @@
 import { fail } from '../../errors.ts';
 import type { DType } from '../tensor.ts';
 import { type GemvTuning, type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
-import { arrayType, chunkArrayType, chunkLoadFns, FLAT_WG, loadFn, range, stridedLoop } from './wgsl.ts';
+import {
+  arrayType,
+  chunkArrayType,
+  chunkLoadFns,
+  chunksFit,
+  FLAT_WG,
+  loadFn,
+  range,
+  stridedLoop,
+} from './wgsl.ts';
 
 export interface GemmTile {
   /** outputs per thread along M and N (tile = 16 * tm x 16 * tn) */
@@ -170,13 +179,7 @@ const GEMV_KV = 8;
  * dense weights (`dw`; undefined for packed codes) of a dtype chunkArrayType binds.
  */
 export function gemvChunks(t: GemvTuning, dx: DType, K: number, offsets: number[], dw?: DType): boolean {
-  return (
-    t.chunks &&
-    dx === 'f32' &&
-    K % 4 === 0 &&
-    offsets.every((o) => o % 4 === 0) &&
-    (dw === undefined || chunkArrayType(dw) !== undefined)
-  );
+  return t.chunks && dx === 'f32' && chunksFit(K, offsets, dw === undefined ? [] : [dw]);
 }
 
 /** Unrolled steps for M rows: fewer as M grows, so the loaded x chunks stay in registers. */

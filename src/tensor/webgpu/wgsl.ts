@@ -47,6 +47,13 @@ export function chunkArrayType(dtype: DType): string | undefined {
   return undefined;
 }
 
+/** Whether arrays of `dtypes` can be read four values a load: K and every element offset multiples of 4, each dtype one chunkArrayType binds. */
+export function chunksFit(K: number, offsets: number[], dtypes: DType[]): boolean {
+  return (
+    K % 4 === 0 && offsets.every((o) => o % 4 === 0) && dtypes.every((d) => chunkArrayType(d) !== undefined)
+  );
+}
+
 /**
  * Over an array bound with chunkArrayType: `fn name4(q: u32) -> vec4<f32>` (values 4q..4q+3) and
  * `fn name(i: u32) -> f32` (value i), the same values loadFn reads from the scalar binding.
