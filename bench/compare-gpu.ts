@@ -9,7 +9,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { publish, type Row, table } from './report.ts';
+import { type KernelShare, largestKernels, publish, type Row, table } from './report.ts';
 
 const { values } = parseArgs({
   options: {
@@ -30,13 +30,12 @@ const dir = values.dir;
 const tags = values.tags.split(',');
 
 type Result = Record<string, unknown> & { what: string };
-type Kernel = { key: string; usPerToken: number };
 type Generate = Result & {
   model: string;
   decodeTokensPerSecond: number;
   encodeMsPerToken: number;
   ids: number[];
-  kernels?: Kernel[];
+  kernels?: KernelShare[];
 };
 
 /** Every result of the files `<prefix>-<tag>-*.json` (or `<prefix>-<tag>.json`). */
@@ -81,18 +80,6 @@ function exactness(): string {
     .join('; ');
 }
 
-/** GPU ms a token summed by op (the kernel key's first part), largest first. */
-function largest(kernels: Kernel[] = []): string {
-  const byOp = new Map<string, number>();
-  for (const k of kernels)
-    byOp.set(k.key.split(':')[0], (byOp.get(k.key.split(':')[0]) ?? 0) + k.usPerToken / 1000);
-  return [...byOp]
-    .sort((a, b) => b[1] - a[1])
-    .slice(0, 4)
-    .map(([op, ms]) => `${op} ${ms.toFixed(2)}`)
-    .join(', ');
-}
-
 function decodeRows(): Row[] {
   const best = new Map<string, Generate>();
   const firstIds = new Map<string, number[]>();
@@ -122,7 +109,7 @@ function decodeRows(): Row[] {
     });
     const ids = tags.map((t) => JSON.stringify(firstIds.get(`${t}\u0000${model}`)));
     row['same greedy ids'] = ids.every((x) => x === ids[0]) ? 'yes' : 'no';
-    row[`largest kernels, ${tags.at(-1)} (profiled ms a token)`] = largest(rs.at(-1)!.kernels);
+    row[`largest kernels, ${tags.at(-1)} (profiled ms a token)`] = largestKernels(rs.at(-1)!.kernels ?? []);
     return [row];
   });
 }

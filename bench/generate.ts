@@ -30,7 +30,7 @@ import { createBackend, type DeviceName } from '../src/tensor/index.ts';
 import { type Backend, FUSED_OPS, type Tensor } from '../src/tensor/tensor.ts';
 import { envFlags, WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
 import { DEFAULT_GEMV } from '../src/tensor/webgpu/context.ts';
-import { publish, type Row, table } from './report.ts';
+import { type KernelShare, largestKernels, publish, type Row, table } from './report.ts';
 import { synthLlama3 } from './synth-model.ts';
 
 const { values } = parseArgs({
@@ -305,27 +305,14 @@ async function profileDecode(b: Backend, tokens: number, step: () => Promise<num
   }));
 }
 
-interface KernelShare {
-  key: string;
-  perToken: number;
-  usPerToken: number;
-}
-
 /** A profiled row's GPU time a token and its largest kernels (by the key's first part: the op). */
 function profileColumns(kernels: KernelShare[] | undefined): Record<string, string | number> {
   if (!kernels) return {};
-  const byOp = new Map<string, number>();
-  for (const k of kernels) {
-    const op = k.key.split(':')[0];
-    byOp.set(op, (byOp.get(op) ?? 0) + k.usPerToken);
-  }
-  const total = [...byOp.values()].reduce((a, b) => a + b, 0);
-  const largest = [...byOp]
-    .sort((a, b) => b[1] - a[1])
-    .slice(0, 4)
-    .map(([op, us]) => `${op} ${(us / 1000).toFixed(2)}`)
-    .join(', ');
-  return { 'profiled GPU ms a token': total / 1000, 'largest kernels (profiled ms a token)': largest };
+  const total = kernels.reduce((a, k) => a + k.usPerToken, 0);
+  return {
+    'profiled GPU ms a token': total / 1000,
+    'largest kernels (profiled ms a token)': largestKernels(kernels),
+  };
 }
 
 /** 'yes', or the token where two greedy id sequences part. */

@@ -43,3 +43,23 @@ export function publish(title: string, command: string, body: string, notes = ''
   if (!process.argv.includes('--no-write'))
     fs.appendFileSync(new URL('../BENCHMARKS.md', import.meta.url), section);
 }
+
+/** A profiled kernel's GPU time a decode token (bench/generate.ts --profile). */
+export interface KernelShare {
+  key: string;
+  usPerToken: number;
+}
+
+/** The four ops (a kernel key's first part) with the most GPU time a token: "op ms, ...". */
+export function largestKernels(kernels: readonly KernelShare[]): string {
+  const byOp = new Map<string, number>();
+  for (const k of kernels) {
+    const op = k.key.split(':')[0];
+    byOp.set(op, (byOp.get(op) ?? 0) + k.usPerToken);
+  }
+  return [...byOp]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 4)
+    .map(([op, us]) => `${op} ${(us / 1000).toFixed(2)}`)
+    .join(', ');
+}
