@@ -10,7 +10,7 @@
  * then measures PyTorch in the same call; back here, --report renders both as a table in BENCHMARKS.md.
  *   node --import tsx bench/generate.ts --model DIR --device webgpu [--prompt 128] [--new 256] [--skip 8b] [--out F]
  *     [--fusions both|all] [--gemv-baseline] [--profile N]   (WebGPU variants; GPU time per kernel)
- *     [--first-submit N]   (dispatches in a decode step's first submit)
+ *     [--first-submit N]   (dispatches in a decode step's first submit) [--attention-keys N]
  *   node --import tsx bench/generate.ts --report llmq.json,torch.json [--no-write]
  *   node --import tsx bench/generate.ts --report llmq.json --gpu NAME   (no PyTorch run: ratios to llmq's bf16)
  */
@@ -56,6 +56,8 @@ const { values } = parseArgs({
     profile: { type: 'string', default: '0' },
     /** dispatches in a decode step's first submit (later ones double up to 64); default 64: no ramp */
     'first-submit': { type: 'string' },
+    /** keys a decode attention workgroup takes (WebGPU; default the context's, 64) */
+    'attention-keys': { type: 'string' },
     /** every row also with the GEMV's scalar loops (before vec4 chunks; WebGPU) */
     'gemv-baseline': { type: 'boolean', default: false },
     /** runs every row twice, first without reusing bind groups and uniforms (the baseline) */
@@ -87,6 +89,7 @@ for (const reuse of reuseModes) {
       ? await WebGpuBackend.create({
           reuseBindGroups: reuse,
           ...(values['first-submit'] ? { firstSubmit: Number(values['first-submit']) } : {}),
+          ...(values['attention-keys'] ? { attentionKeys: Number(values['attention-keys']) } : {}),
           // Dawn rounds timestamps unless told not to
           ...(values.profile !== '0'
             ? { flags: [...envFlags(), 'disable-dawn-features=timestamp_quantization'] }

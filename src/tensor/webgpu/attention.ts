@@ -5,8 +5,17 @@
  */
 import { fail } from '../../errors.ts';
 import type { AttentionShape, CachedAttentionShape, DType } from '../tensor.ts';
-import { type GpuContext, type Kernel, Params, type Storage } from './context.ts';
-import { arrayType, chunkArrayType, chunkLoadFns, chunksFit, loadFn } from './wgsl.ts';
+import { type GpuContext, type Kernel, Params, type Storage, wholeBuffer } from './context.ts';
+import {
+  arrayType,
+  chunkArrayType,
+  chunkLoadFns,
+  chunksFit,
+  loadFn,
+  NEG_BIG,
+  range,
+  stridedLoop,
+} from './wgsl.ts';
 
 const BQ = 64;
 
@@ -132,124 +141,219 @@ export function attention(ctx: GpuContext, q: Storage, k: Storage, v: Storage, s
   return out;
 }
 
-const WG = 64;
-/**
- * head dimensions summed across the workgroup per step of the final reduction (a thread a dimension
- * adds the WG partial sums in thread order, so CH sets the steps, not the result; 8 KiB of shared memory)
- */
-const CH = 32;
+/** Threads of a decode attention workgroup. */
+const SPLIT_WG = 256;
+/** Query heads a workgroup takes at most: they share each key and value row it loads. */
+const MAX_HEADS = 8;
+/** Threads of the kernel merging the splits. */
+const MERGE_WG = 64;
+
+/** The compile-time shape of one cached-attention kernel. */
+interface SplitShape {
+  headDim: number;
+  /** query heads per KV head */
+  group: number;
+  /** of those, heads a workgroup takes (a divisor of group) */
+  heads: number;
+  /** keys a workgroup takes (a power of two) */
+  keys: number;
+  /** K and V rows read four values a load */
+  chunks: boolean;
+  /** one split: the workgroup writes the normalized output instead of a partial */
+  final: boolean;
+}
+
+/** The largest divisor of `group` that is at most MAX_HEADS and keeps the queries within 4 KiB. */
+function headsPerWorkgroup(group: number, headDim: number): number {
+  let best = 1;
+  for (let g = 1; g <= Math.min(group, MAX_HEADS); g++) if (group % g === 0 && g * headDim <= 1024) best = g;
+  return best;
+}
+
+/** The largest power of two at most `n` (n >= 1). */
+const floorPow2 = (n: number) => 2 ** Math.floor(Math.log2(n));
 
 /**
- * Attention against a KV cache: a workgroup per (query, head); its threads split the visible keys,
- * each keeping its own running max / sum / accumulator, merged through shared memory at the end.
- * One query per workgroup suits decoding (one query over thousands of keys). With `chunks` (head_dim
- * and the offsets multiples of 4) a thread reads its key and value rows four values a load; the sums
- * are the same, in the same order.
+ * Attention against a KV cache, split over the keys (flash decoding): a workgroup takes `keys`
+ * consecutive keys of one query and `heads` query heads of one KV head, so each key and value row
+ * is read once for all of them. Its threads first score every (head, key) pair into shared memory
+ * and reduce each head's max and exp-sum by trees; then groups of threads take every KG-th key,
+ * one lane per value unit (four dimensions with `chunks`), and the groups' sums are added in group
+ * order. With one split the workgroup writes the output; otherwise its (max, sum, unnormalized
+ * output) and attentionMerge combines the splits.
  */
-function cachedAttentionKernel(dq: DType, dk: DType, dv: DType, headDim: number, chunks: boolean): Kernel {
-  const DH = headDim;
-  const D4 = DH / 4;
+function splitAttentionKernel(dq: DType, dk: DType, dv: DType, t: SplitShape): Kernel {
+  const { headDim: DH, heads: GW, keys: CK, chunks } = t;
+  // a lane sums `width` dimensions: four where they divide the head, read in one load with chunks
+  const width = DH % 4 === 0 ? 4 : 1;
+  const units = DH / width;
+  const lanes = Math.min(units, SPLIT_WG);
+  const upt = Math.ceil(units / lanes);
+  const KG = Math.floor(SPLIT_WG / lanes);
+  const U = width === 4 ? 'vec4<f32>' : 'f32';
   const kvLoads = chunks
     ? `${chunkLoadFns('ldK', 'K', dk)}\n${chunkLoadFns('ldV', 'V', dv)}`
     : `${loadFn('ldK', 'K', dk)}\n${loadFn('ldV', 'V', dv)}`;
-  // the key's score, the running max / sum update, then the value into the accumulator
-  const [dotLoop, valueLoop] = chunks
-    ? [
-        `let o4 = o / 4u;
-    var dot = 0.0;
-    for (var i = 0u; i < ${D4}u; i++) {
-      let kk = ldK4(p.kOff / 4u + o4 + i);
-      dot += qs[4u * i] * kk.x;
-      dot += qs[4u * i + 1u] * kk.y;
-      dot += qs[4u * i + 2u] * kk.z;
-      dot += qs[4u * i + 3u] * kk.w;
+  const dot = chunks
+    ? `for (var c = 0u; c < ${units}u; c++) {
+        let kk = ldK4((p.kOff + o) / 4u + c);
+        let qq = g * ${DH}u + 4u * c;
+        dot += qs[qq] * kk.x;
+        dot += qs[qq + 1u] * kk.y;
+        dot += qs[qq + 2u] * kk.z;
+        dot += qs[qq + 3u] * kk.w;
+      }`
+    : `for (var d = 0u; d < ${DH}u; d++) { dot += qs[g * ${DH}u + d] * ldK(p.kOff + o + d); }`;
+  const unitAt = (u: number) => `lane + ${u * lanes}u`;
+  const valueAt = (row: string, u: number) => {
+    const unit = `min(${unitAt(u)}, ${units - 1}u)`;
+    if (chunks) return `ldV4((p.vOff + ${row}) / 4u + ${unit})`;
+    if (width === 1) return `ldV(p.vOff + ${row} + ${unit})`;
+    return `vec4<f32>(${range(4)
+      .map((c) => `ldV(p.vOff + ${row} + 4u * ${unit} + ${c}u)`)
+      .join(', ')})`;
+  };
+  const valueLoop = stridedLoop({
+    count: 'n',
+    lane: 'kg',
+    lanes: KG,
+    steps: 4,
+    load: (j, item) =>
+      `let row${j} = (key0 + ${item}) * kvStride + kvh * ${DH}u;
+      ${range(upt)
+        .map((u) => `let v${j}_${u} = ${valueAt(`row${j}`, u)};`)
+        .join('\n      ')}`,
+    use: (j) =>
+      range(upt)
+        .map(
+          (u) =>
+            `if (${unitAt(u)} < ${units}u) { for (var g = 0u; g < ${GW}u; g++) { acc[g * ${upt}u + ${u}u] += sc[g * ${CK}u + i${j}] * v${j}_${u}; } }`,
+        )
+        .join('\n      '),
+  });
+  const write = (sum: string, u: number) => {
+    const unit = unitAt(u);
+    const dims =
+      width === 4 ? range(4).map((c) => [`4u * (${unit}) + ${c}u`, `${sum}[${c}]`]) : [[unit, sum]];
+    return t.final
+      ? dims.map(([d, v]) => `O[oRow + ${d}] = ${v} / stat[g].y;`).join('\n        ')
+      : dims.map(([d, v]) => `PA[pRow * ${DH}u + ${d}] = ${v};`).join('\n        ');
+  };
+  const merge = range(upt)
+    .map(
+      (u) => `
+    workgroupBarrier();
+    if (kg < ${KG}u) { part[kg * ${lanes}u + lane] = acc[g * ${upt}u + ${u}u]; }
+    workgroupBarrier();
+    if (lid < ${lanes}u && ${unitAt(u)} < ${units}u) {
+      var sum = part[lane];
+      for (var t = 1u; t < ${KG}u; t++) { sum += part[t * ${lanes}u + lane]; }
+      ${write('sum', u)}
     }`,
-        `for (var i = 0u; i < ${D4}u; i++) { acc[i] = acc[i] * corr + e * ldV4(p.vOff / 4u + o4 + i); }`,
-      ]
-    : [
-        `var dot = 0.0;
-    for (var d = 0u; d < ${DH}u; d++) { dot += qs[d] * ldK(p.kOff + o + d); }`,
-        `for (var d = 0u; d < ${DH}u; d++) { acc[d] = acc[d] * corr + e * ldV(p.vOff + o + d); }`,
-      ];
-  const keyStep = `${dotLoop}
-    let s = dot * p.scale;
-    let mNew = max(m, s);
-    let corr = exp(m - mNew);
-    let e = exp(s - mNew);
-    l = l * corr + e;
-    ${valueLoop}`;
-  const accAt = (d: string) => (chunks ? `acc[${d} / 4u][${d} % 4u]` : `acc[${d}]`);
+    )
+    .join('');
+  const tree = (op: (a: string, b: string) => string) => `
+  for (var w = ${CK / 2}u; w > 0u; w = w >> 1u) {
+    workgroupBarrier();
+    for (var i = lid; i < ${GW}u * w; i += ${SPLIT_WG}u) {
+      let a = (i / w) * ${CK}u + i % w;
+      red[a] = ${op('red[a]', 'red[a + w]')};
+    }
+  }
+  workgroupBarrier();`;
   return {
-    key: `attentionCached:${dq}:${dk}:${dv}:${DH}${chunks ? ':c' : ''}`,
-    bindings: ['uniform', 'read', 'read', 'read', 'write'],
+    key: `attentionSplit:${dq}:${dk}:${dv}:${DH}:${t.group}:${GW}:${CK}${chunks ? ':c' : ''}${t.final ? ':final' : ''}`,
+    bindings: ['uniform', 'read', 'read', 'read', 'write', ...(t.final ? [] : (['write'] as const))],
     code: () => `
-struct P { past: u32, H: u32, Hkv: u32, qOff: u32, kOff: u32, vOff: u32, oOff: u32, scale: f32 }
+struct P { past: u32, H: u32, Hkv: u32, qOff: u32, kOff: u32, vOff: u32, oOff: u32, scale: f32, splits: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> Q: array<${arrayType(dq)}>;
 @group(0) @binding(2) var<storage, read> K: array<${chunks ? chunkArrayType(dk) : arrayType(dk)}>;
 @group(0) @binding(3) var<storage, read> V: array<${chunks ? chunkArrayType(dv) : arrayType(dv)}>;
-@group(0) @binding(4) var<storage, read_write> O: array<f32>;
-var<workgroup> qs: array<f32, ${DH}>;
-var<workgroup> red: array<f32, ${WG}>;
-var<workgroup> part: array<f32, ${WG * CH}>;
+${
+  t.final
+    ? '@group(0) @binding(4) var<storage, read_write> O: array<f32>;'
+    : `@group(0) @binding(4) var<storage, read_write> PA: array<f32>;
+@group(0) @binding(5) var<storage, read_write> PML: array<vec2<f32>>;`
+}
+var<workgroup> qs: array<f32, ${GW * DH}>;
+var<workgroup> sc: array<f32, ${GW * CK}>;
+var<workgroup> red: array<f32, ${GW * CK}>;
+var<workgroup> part: array<${U}, ${KG * lanes}>;
+var<workgroup> stat: array<vec2<f32>, ${GW}>;
 ${loadFn('ldQ', 'Q', dq)}
 ${kvLoads}
-fn reduceMax(lid: u32) -> f32 {
-  for (var w = ${WG / 2}u; w > 0u; w = w >> 1u) {
-    workgroupBarrier();
-    if (lid < w) { red[lid] = max(red[lid], red[lid + w]); }
-  }
-  workgroupBarrier();
-  let r = red[0];
-  workgroupBarrier();
-  return r;
-}
-fn reduceSum(lid: u32) -> f32 {
-  for (var w = ${WG / 2}u; w > 0u; w = w >> 1u) {
-    workgroupBarrier();
-    if (lid < w) { red[lid] = red[lid] + red[lid + w]; }
-  }
-  workgroupBarrier();
-  let r = red[0];
-  workgroupBarrier();
-  return r;
-}
-@compute @workgroup_size(${WG})
+@compute @workgroup_size(${SPLIT_WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let qi = wid.x;
-  let h = wid.y;
-  let kvh = h / (p.H / p.Hkv);
-  let qRow = p.qOff + (qi * p.H + h) * ${DH}u;
-  for (var d = lid; d < ${DH}u; d += ${WG}u) { qs[d] = ldQ(qRow + d); }
-  workgroupBarrier();
-  let visible = p.past + qi + 1u;
+  let s = wid.x;
+  let kvh = wid.y / ${t.group / GW}u;
+  let h0 = kvh * ${t.group}u + (wid.y % ${t.group / GW}u) * ${GW}u;
+  let qi = wid.z;
+  for (var i = lid; i < ${GW * DH}u; i += ${SPLIT_WG}u) { qs[i] = ldQ(p.qOff + (qi * p.H + h0) * ${DH}u + i); }
+  let key0 = s * ${CK}u;
+  let n = min(${CK}u, max(p.past + qi + 1u, key0) - key0);
   let kvStride = p.Hkv * ${DH}u;
-  var acc: array<${chunks ? `vec4<f32>, ${D4}` : `f32, ${DH}`}>;
-  var m = -3.0e38;
-  var l = 0.0;
-  for (var j = lid; j < visible; j += ${WG}u) {
-    let o = j * kvStride + kvh * ${DH}u;
-    ${keyStep}
-    m = mNew;
+  workgroupBarrier();
+  for (var i = lid; i < ${GW * CK}u; i += ${SPLIT_WG}u) {
+    let g = i / ${CK}u;
+    let j = i % ${CK}u;
+    var score = ${NEG_BIG};
+    if (j < n) {
+      let o = (key0 + j) * kvStride + kvh * ${DH}u;
+      var dot = 0.0;
+      ${dot}
+      score = dot * p.scale;
+    }
+    sc[i] = score;
+    red[i] = score;
   }
-  red[lid] = m;
-  let mAll = reduceMax(lid);
-  let f = exp(m - mAll);
-  red[lid] = l * f;
-  let lAll = reduceSum(lid);
-  let oRow = p.oOff + (qi * p.H + h) * ${DH}u;
-  for (var c0 = 0u; c0 < ${DH}u; c0 += ${CH}u) {
-    for (var d = 0u; d < ${CH}u; d++) {
-      let at = min(c0 + d, ${DH - 1}u);
-      part[lid * ${CH}u + d] = select(0.0, ${accAt('at')} * f, c0 + d < ${DH}u);
-    }
-    workgroupBarrier();
-    if (lid < ${CH}u && c0 + lid < ${DH}u) {
-      var sum = 0.0;
-      for (var t = 0u; t < ${WG}u; t++) { sum += part[t * ${CH}u + lid]; }
-      O[oRow + c0 + lid] = sum / lAll;
-    }
-    workgroupBarrier();
+  ${tree((a, b) => `max(${a}, ${b})`)}
+  if (lid < ${GW}u) { stat[lid].x = red[lid * ${CK}u]; }
+  workgroupBarrier();
+  for (var i = lid; i < ${GW * CK}u; i += ${SPLIT_WG}u) {
+    let e = select(0.0, exp(sc[i] - stat[i / ${CK}u].x), i % ${CK}u < n);
+    sc[i] = e;
+    red[i] = e;
+  }
+  ${tree((a, b) => `${a} + ${b}`)}
+  if (lid < ${GW}u) { stat[lid].y = red[lid * ${CK}u]; }
+  let lane = lid % ${lanes}u;
+  let kg = lid / ${lanes}u;
+  var acc: array<${U}, ${GW * upt}>;
+  if (kg < ${KG}u) {${valueLoop}
+  }
+  for (var g = 0u; g < ${GW}u; g++) {
+    let oRow = p.oOff + (qi * p.H + h0 + g) * ${DH}u;
+    let pRow = (qi * p.H + h0 + g) * p.splits + s;${merge}
+  }
+  ${t.final ? '' : `if (lid < ${GW}u) { PML[(qi * p.H + h0 + lid) * p.splits + s] = stat[lid]; }`}
+}`,
+  };
+}
+
+/** Combines the splits' (max, sum, unnormalized output) of each (query, head) into its output row. */
+function mergeKernel(headDim: number): Kernel {
+  return {
+    key: `attentionMerge:${headDim}`,
+    bindings: ['uniform', 'read', 'read', 'write'],
+    code: () => `
+struct P { H: u32, splits: u32, oOff: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> PA: array<f32>;
+@group(0) @binding(2) var<storage, read> PML: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+@compute @workgroup_size(${MERGE_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let row = wid.y * p.H + wid.x;
+  let base = row * p.splits;
+  var m = ${NEG_BIG};
+  for (var s = 0u; s < p.splits; s++) { m = max(m, PML[base + s].x); }
+  var l = 0.0;
+  for (var s = 0u; s < p.splits; s++) { l += PML[base + s].y * exp(PML[base + s].x - m); }
+  for (var d = lid; d < ${headDim}u; d += ${MERGE_WG}u) {
+    var a = 0.0;
+    for (var s = 0u; s < p.splits; s++) { a += PA[(base + s) * ${headDim}u + d] * exp(PML[base + s].x - m); }
+    O[p.oOff + row * ${headDim}u + d] = a / l;
   }
 }`,
   };
@@ -266,6 +370,13 @@ export function attentionCached(
   const out = ctx.allocStorage(queries, H * DH, 'f32');
   if (queries === 0) return out;
   const [wq, wk, wv, wo] = [q, k, v, out].map((t) => ctx.whole(t, 'attentionCached'));
+  const group = H / Hkv;
+  const heads = headsPerWorkgroup(group, DH);
+  const keys = Math.min(floorPow2(ctx.attentionKeys), floorPow2(1024 / heads));
+  const splits = Math.ceil((s.past + queries) / keys);
+  const chunks = ctx.gemv.chunks && chunksFit(DH, [wk.off, wv.off], [k.dtype, v.dtype]);
+  const shape: SplitShape = { headDim: DH, group, heads, keys, chunks, final: splits === 1 };
+  if (DH > 1024) fail(`attentionCached: head_dim ${DH} is larger than the 1024 the WebGPU kernel holds`);
   const params = new Params()
     .u(s.past)
     .u(H)
@@ -274,9 +385,20 @@ export function attentionCached(
     .u(wk.off)
     .u(wv.off)
     .u(wo.off)
-    .f(1 / Math.sqrt(DH));
-  const chunks = ctx.gemv.chunks && chunksFit(DH, [wk.off, wv.off], [k.dtype, v.dtype]);
-  const kernel = cachedAttentionKernel(q.dtype, k.dtype, v.dtype, DH, chunks);
-  ctx.dispatch(kernel, params, [wq.binding, wk.binding, wv.binding, wo.binding], [queries, H]);
+    .f(1 / Math.sqrt(DH))
+    .u(splits);
+  const grid = [splits, Hkv * (group / heads), queries];
+  const kernel = splitAttentionKernel(q.dtype, k.dtype, v.dtype, shape);
+  if (shape.final) {
+    ctx.dispatch(kernel, params, [wq.binding, wk.binding, wv.binding, wo.binding], grid);
+    return out;
+  }
+  const [paBytes, mlBytes] = [queries * H * splits * DH * 4, queries * H * splits * 8];
+  const [partial, stats] = [ctx.alloc(paBytes), ctx.alloc(mlBytes)];
+  const [wp, ws] = [wholeBuffer(partial, paBytes), wholeBuffer(stats, mlBytes)];
+  ctx.dispatch(kernel, params, [wq.binding, wk.binding, wv.binding, wp, ws], grid);
+  ctx.dispatch(mergeKernel(DH), new Params().u(H).u(splits).u(wo.off), [wp, ws, wo.binding], [H, queries]);
+  ctx.release(partial);
+  ctx.release(stats);
   return out;
 }

@@ -37,6 +37,8 @@ export interface ContextOptions {
   uniformPages?: number;
   /** how the GEMV kernels read their operands (default DEFAULT_GEMV) */
   gemv?: GemvTuning;
+  /** keys a decode attention workgroup takes, rounded down to a power of two (default 64) */
+  attentionKeys?: number;
 }
 
 /** How the matrix-vector kernels read their operands (decoding; see matmul.ts's GEMV loops). */
@@ -245,6 +247,8 @@ export class GpuContext {
   recorded = 0;
   /** how the GEMV kernels read their operands (benchmarks switch it between runs) */
   gemv: GemvTuning;
+  /** keys a decode attention workgroup takes (ContextOptions.attentionKeys) */
+  attentionKeys: number;
 
   constructor(
     readonly device: GPUDevice,
@@ -268,6 +272,8 @@ export class GpuContext {
     this.firstSubmit = Math.min(opts.firstSubmit ?? this.perSubmit, this.perSubmit);
     this.submitAt = this.firstSubmit;
     this.gemv = opts.gemv ?? DEFAULT_GEMV;
+    this.attentionKeys = opts.attentionKeys ?? 64;
+    if (!(this.attentionKeys >= 1)) fail(`WebGPU: attentionKeys ${this.attentionKeys} must be at least 1`);
     if (opts.reuseBindGroups ?? true) {
       this.bindGroups = new BindGroupCache();
       this.uniformCache = new UniformCache(device, this.uniformAlign, opts.uniformPages ?? 32);
@@ -696,6 +702,11 @@ export class GpuContext {
 }
 
 /** Splits `count` workgroups into a 2-D grid within the per-dimension limit. */
+/** A binding of the first `bytes` of a raw buffer, rounded up to 8 bytes. */
+export function wholeBuffer(buf: GPUBuffer, bytes: number): GPUBufferBinding {
+  return { buffer: buf, offset: 0, size: Math.max(8, Math.ceil(bytes / 8) * 8) };
+}
+
 export function grid2(count: number, max = 65535): [number, number] {
   if (count <= max) return [Math.max(count, 0), 1];
   const y = Math.ceil(count / max);

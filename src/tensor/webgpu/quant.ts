@@ -20,7 +20,15 @@ import { E2M1, E2M3, E3M2, E4M3, E5M2, type MiniFloat } from '../../formats/mini
 import type { FormatSpec, IntSpec, MxElement } from '../../formats/spec.ts';
 import { f32Bits } from '../dtype.ts';
 import type { DType } from '../tensor.ts';
-import { type GpuContext, grid2, type Kernel, Params, type Storage, type Window } from './context.ts';
+import {
+  type GpuContext,
+  grid2,
+  type Kernel,
+  Params,
+  type Storage,
+  type Window,
+  wholeBuffer,
+} from './context.ts';
 import { normedValue, RMS_WG, ROW_STEPS, rmsInverse } from './norm.ts';
 import { arrayType, FLAT_WG, loadFn, range, stridedLoop } from './wgsl.ts';
 
@@ -601,10 +609,6 @@ function walk(ctx: GpuContext, x: Storage, out: Storage, segLen: number): Walk[]
     .map((seg) => ({ base: seg.r0 * cols, n: seg.n * cols, x: seg.w[0], o: seg.w[1] }));
 }
 
-function whole(buf: GPUBuffer, bytes: number): GPUBufferBinding {
-  return { buffer: buf, offset: 0, size: Math.max(8, Math.ceil(bytes / 8) * 8) };
-}
-
 /**
  * The stats, global and parameter passes: one vec2<u32> of parameters per `plan.paramLen` values
  * (one for the tensor when 0), in a pooled buffer the caller releases.
@@ -629,19 +633,24 @@ function quantParams(
         .u(plan.segLen)
         .u(w.x.off)
         .u(w.base / plan.segLen),
-      [w.x.binding, whole(stats, nSeg * 8)],
+      [w.x.binding, wholeBuffer(stats, nSeg * 8)],
       grid2(Math.ceil(n / (WG / lanes))),
     );
   }
   const glob = ctx.alloc(8);
   if (plan.global)
-    ctx.dispatch(globalKernel, new Params().u(nSeg), [whole(stats, nSeg * 8), whole(glob, 8)], [1]);
+    ctx.dispatch(
+      globalKernel,
+      new Params().u(nSeg),
+      [wholeBuffer(stats, nSeg * 8), wholeBuffer(glob, 8)],
+      [1],
+    );
   const nParams = plan.paramLen === 0 ? 1 : total / plan.paramLen;
   const params = ctx.alloc(nParams * 8);
   ctx.dispatch(
     paramsKernel(plan),
     new Params().u(nParams),
-    [whole(stats, nSeg * 8), whole(glob, 8), whole(params, nParams * 8)],
+    [wholeBuffer(stats, nSeg * 8), wholeBuffer(glob, 8), wholeBuffer(params, nParams * 8)],
     grid2(Math.ceil(nParams / EW_WG)),
   );
   ctx.release(stats);
@@ -660,7 +669,7 @@ export function fakeQuant(ctx: GpuContext, x: Storage, lastDim: number, spec: Fo
     ctx.dispatch(
       qk,
       new Params().u(w.n).u(w.x.off).u(w.o.off).u(w.base).u(plan.paramLen),
-      [w.x.binding, whole(params.buffer, params.bytes), w.o.binding],
+      [w.x.binding, wholeBuffer(params.buffer, params.bytes), w.o.binding],
       grid2(Math.ceil(w.n / EW_WG)),
     );
   }
@@ -881,7 +890,7 @@ export function quantizeRowsInt8(
         .u(w.x.off)
         .u(w.base / cols)
         .u(w.o.off / 4),
-      [w.x.binding, whole(params.buffer, params.bytes), w.o.binding, sw.binding],
+      [w.x.binding, wholeBuffer(params.buffer, params.bytes), w.o.binding, sw.binding],
       grid2(Math.ceil(words / EW_WG)),
     );
   }
