@@ -174,6 +174,24 @@ function headsPerWorkgroup(group: number, headDim: number): number {
 const floorPow2 = (n: number) => 2 ** Math.floor(Math.log2(n));
 
 /**
+ * How the threads sum the values: a lane takes `width` dimensions (four where they divide the head,
+ * read in one load with chunks), `lanes` of them cover the head's `units` (`upt` units a lane), and
+ * `groups` groups of lanes take every groups-th key.
+ */
+function valueLanes(headDim: number) {
+  const width = headDim % 4 === 0 ? 4 : 1;
+  const units = headDim / width;
+  const lanes = Math.min(units, SPLIT_WG);
+  return { width, units, lanes, upt: Math.ceil(units / lanes), groups: Math.floor(SPLIT_WG / lanes) };
+}
+
+/** Shared memory of a split kernel: queries, scores and their reduction, the lanes' sums, the stats. */
+function sharedBytes(t: Pick<SplitShape, 'headDim' | 'heads' | 'keys'>): number {
+  const { width, lanes, groups } = valueLanes(t.headDim);
+  return 4 * t.heads * t.headDim + 8 * t.heads * t.keys + 4 * width * lanes * groups + 8 * t.heads;
+}
+
+/**
  * Attention against a KV cache, split over the keys (flash decoding): a workgroup takes `keys`
  * consecutive keys of one query and `heads` query heads of one KV head, so each key and value row
  * is read once for all of them. Its threads first score every (head, key) pair into shared memory
@@ -184,12 +202,7 @@ const floorPow2 = (n: number) => 2 ** Math.floor(Math.log2(n));
  */
 function splitAttentionKernel(dq: DType, dk: DType, dv: DType, t: SplitShape): Kernel {
   const { headDim: DH, heads: GW, keys: CK, chunks } = t;
-  // a lane sums `width` dimensions: four where they divide the head, read in one load with chunks
-  const width = DH % 4 === 0 ? 4 : 1;
-  const units = DH / width;
-  const lanes = Math.min(units, SPLIT_WG);
-  const upt = Math.ceil(units / lanes);
-  const KG = Math.floor(SPLIT_WG / lanes);
+  const { width, units, lanes, upt, groups: KG } = valueLanes(DH);
   const U = width === 4 ? 'vec4<f32>' : 'f32';
   const kvLoads = chunks
     ? `${chunkLoadFns('ldK', 'K', dk)}\n${chunkLoadFns('ldV', 'V', dv)}`
@@ -372,11 +385,15 @@ export function attentionCached(
   const [wq, wk, wv, wo] = [q, k, v, out].map((t) => ctx.whole(t, 'attentionCached'));
   const group = H / Hkv;
   const heads = headsPerWorkgroup(group, DH);
-  const keys = Math.min(floorPow2(ctx.attentionKeys), floorPow2(1024 / heads));
+  let keys = Math.min(floorPow2(ctx.attentionKeys), floorPow2(1024 / heads));
+  while (keys > 1 && sharedBytes({ headDim: DH, heads, keys }) > ctx.maxWorkgroupStorage) keys /= 2;
+  if (sharedBytes({ headDim: DH, heads, keys }) > ctx.maxWorkgroupStorage)
+    fail(
+      `attentionCached: head_dim ${DH} needs more workgroup memory than this device's ${ctx.maxWorkgroupStorage} bytes`,
+    );
   const splits = Math.ceil((s.past + queries) / keys);
   const chunks = ctx.gemv.chunks && chunksFit(DH, [wk.off, wv.off], [k.dtype, v.dtype]);
   const shape: SplitShape = { headDim: DH, group, heads, keys, chunks, final: splits === 1 };
-  if (DH > 1024) fail(`attentionCached: head_dim ${DH} is larger than the 1024 the WebGPU kernel holds`);
   const params = new Params()
     .u(s.past)
     .u(H)

@@ -444,7 +444,6 @@ function lanesFor(segLen: number): number {
   return t;
 }
 
-/** WGSL: min / max (mn, mx) over the finite values of bits(i), i = lane, lane + lanes, ... < n. */
 /** WGSL: mn / mx updated by the value of bits `b` when it is finite. */
 const finiteMinMax = (b: string) => `if ((${b} & 0x7f800000u) != 0x7f800000u) {
         mn = min(mn, bitcast<f32>(${b}));
