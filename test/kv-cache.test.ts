@@ -64,8 +64,9 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
 for (const [name, b] of backends) {
   test(`attentionCached equals the definition (${name})`, { skip: !b && 'no WebGPU adapter' }, async () => {
     const r = rng(7);
-    // on WebGPU: one split of 64 keys, several (merged), splits a query does not reach, heads
-    // that do not fit one workgroup, a head size not a multiple of 4; splits of 8 and 256 keys
+    // on WebGPU: one chunk of 64 keys, several splits (merged), splits a query does not reach, heads
+    // that do not fit one workgroup, a head size not a multiple of 4, splits of several chunks (64
+    // queries) and one split of several (128); chunks of 8 and 256 keys
     for (const [queries, past, H, Hkv, Dh, capacity] of [
       [1, 0, 4, 2, 16, 8],
       [1, 200, 6, 2, 64, 256],
@@ -74,6 +75,8 @@ for (const [name, b] of backends) {
       [4, 126, 8, 2, 128, 140],
       [1, 100, 16, 1, 128, 128],
       [2, 70, 2, 1, 6, 80],
+      [64, 300, 4, 2, 16, 400],
+      [128, 100, 4, 2, 16, 300],
     ]) {
       const q = r.normal(queries * H * Dh);
       const k = r.normal(capacity * Hkv * Dh, 2);

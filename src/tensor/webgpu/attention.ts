@@ -145,6 +145,8 @@ export function attention(ctx: GpuContext, q: Storage, k: Storage, v: Storage, s
 const SPLIT_WG = 256;
 /** Query heads a workgroup takes at most: they share each key and value row it loads. */
 const MAX_HEADS = 8;
+/** Workgroups a decode attention aims for: (query, KV head) pairs times splits of the keys. */
+const SPLIT_TARGET = 256;
 /** Threads of the kernel merging the splits. */
 const MERGE_WG = 64;
 
@@ -192,13 +194,14 @@ function sharedBytes(t: Pick<SplitShape, 'headDim' | 'heads' | 'keys'>): number 
 }
 
 /**
- * Attention against a KV cache, split over the keys (flash decoding): a workgroup takes `keys`
- * consecutive keys of one query and `heads` query heads of one KV head, so each key and value row
- * is read once for all of them. Its threads first score every (head, key) pair into shared memory
- * and reduce each head's max and exp-sum by trees; then groups of threads take every KG-th key,
- * one lane per value unit (four dimensions with `chunks`), and the groups' sums are added in group
- * order. With one split the workgroup writes the output; otherwise its (max, sum, unnormalized
- * output) and attentionMerge combines the splits.
+ * Attention against a KV cache, split over the keys (flash decoding): a workgroup takes a run of
+ * chunks of `keys` consecutive keys of one query, for `heads` query heads of one KV head, so each key
+ * and value row is read once for all of them. Per chunk its threads score every (head, key) pair into
+ * shared memory and reduce each head's max and exp-sum by trees (rescaling what earlier chunks
+ * summed, online softmax); then groups of threads take every KG-th key, a lane per value unit (four
+ * dimensions where they divide the head), and at the end the groups' sums are added in group order.
+ * With one split the workgroup writes the output; otherwise its (max, sum, unnormalized output) and
+ * mergeKernel combines the splits. The splits are as many as fill SPLIT_TARGET workgroups.
  */
 function splitAttentionKernel(dq: DType, dk: DType, dv: DType, t: SplitShape): Kernel {
   const { headDim: DH, heads: GW, keys: CK, chunks } = t;
@@ -240,7 +243,9 @@ function splitAttentionKernel(dq: DType, dk: DType, dv: DType, t: SplitShape): K
       range(upt)
         .map(
           (u) =>
-            `if (${unitAt(u)} < ${units}u) { for (var g = 0u; g < ${GW}u; g++) { acc[g * ${upt}u + ${u}u] += sc[g * ${CK}u + i${j}] * v${j}_${u}; } }`,
+            `if (${unitAt(u)} < ${units}u) { ${range(GW)
+              .map((g) => `acc[${g * upt + u}] += sc[${g * CK}u + i${j}] * v${j}_${u};`)
+              .join(' ')} }`,
         )
         .join('\n      '),
   });
@@ -278,7 +283,7 @@ function splitAttentionKernel(dq: DType, dk: DType, dv: DType, t: SplitShape): K
     key: `attentionSplit:${dq}:${dk}:${dv}:${DH}:${t.group}:${GW}:${CK}${chunks ? ':c' : ''}${t.final ? ':final' : ''}`,
     bindings: ['uniform', 'read', 'read', 'read', 'write', ...(t.final ? [] : (['write'] as const))],
     code: () => `
-struct P { past: u32, H: u32, Hkv: u32, qOff: u32, kOff: u32, vOff: u32, oOff: u32, scale: f32, splits: u32 }
+struct P { past: u32, H: u32, Hkv: u32, qOff: u32, kOff: u32, vOff: u32, oOff: u32, scale: f32, splits: u32, chunks: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> Q: array<${arrayType(dq)}>;
 @group(0) @binding(2) var<storage, read> K: array<${chunks ? chunkArrayType(dk) : arrayType(dk)}>;
@@ -294,6 +299,7 @@ var<workgroup> sc: array<f32, ${GW * CK}>;
 var<workgroup> red: array<f32, ${GW * CK}>;
 var<workgroup> part: array<${U}, ${KG * lanes}>;
 var<workgroup> stat: array<vec2<f32>, ${GW}>;
+var<workgroup> corr: array<f32, ${GW}>;
 ${loadFn('ldQ', 'Q', dq)}
 ${kvLoads}
 @compute @workgroup_size(${SPLIT_WG})
@@ -303,37 +309,49 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let h0 = kvh * ${t.group}u + (wid.y % ${t.group / GW}u) * ${GW}u;
   let qi = wid.z;
   for (var i = lid; i < ${GW * DH}u; i += ${SPLIT_WG}u) { qs[i] = ldQ(p.qOff + (qi * p.H + h0) * ${DH}u + i); }
-  let key0 = s * ${CK}u;
-  let n = min(${CK}u, max(p.past + qi + 1u, key0) - key0);
+  if (lid < ${GW}u) { stat[lid] = vec2<f32>(${NEG_BIG}, 0.0); }
+  let visible = p.past + qi + 1u;
   let kvStride = p.Hkv * ${DH}u;
-  workgroupBarrier();
-  for (var i = lid; i < ${GW * CK}u; i += ${SPLIT_WG}u) {
-    let g = i / ${CK}u;
-    let j = i % ${CK}u;
-    var score = ${NEG_BIG};
-    if (j < n) {
-      let o = (key0 + j) * kvStride + kvh * ${DH}u;
-      var dot = 0.0;
-      ${dot}
-      score = dot * p.scale;
-    }
-    sc[i] = score;
-    red[i] = score;
-  }
-  ${tree((a, b) => `max(${a}, ${b})`)}
-  if (lid < ${GW}u) { stat[lid].x = red[lid * ${CK}u]; }
-  workgroupBarrier();
-  for (var i = lid; i < ${GW * CK}u; i += ${SPLIT_WG}u) {
-    let e = select(0.0, exp(sc[i] - stat[i / ${CK}u].x), i % ${CK}u < n);
-    sc[i] = e;
-    red[i] = e;
-  }
-  ${tree((a, b) => `${a} + ${b}`)}
-  if (lid < ${GW}u) { stat[lid].y = red[lid * ${CK}u]; }
   let lane = lid % ${lanes}u;
   let kg = lid / ${lanes}u;
   var acc: array<${U}, ${GW * upt}>;
-  if (kg < ${KG}u) {${valueLoop}
+  let cEnd = min((s + 1u) * p.chunks, (visible + ${CK - 1}u) / ${CK}u);
+  for (var c = s * p.chunks; c < cEnd; c++) {
+    let key0 = c * ${CK}u;
+    let n = min(${CK}u, visible - key0);
+    workgroupBarrier();
+    for (var i = lid; i < ${GW * CK}u; i += ${SPLIT_WG}u) {
+      let g = i / ${CK}u;
+      let j = i % ${CK}u;
+      var score = ${NEG_BIG};
+      if (j < n) {
+        let o = (key0 + j) * kvStride + kvh * ${DH}u;
+        var dot = 0.0;
+        ${dot}
+        score = dot * p.scale;
+      }
+      sc[i] = score;
+      red[i] = score;
+    }
+    ${tree((a, b) => `max(${a}, ${b})`)}
+    if (lid < ${GW}u) {
+      let m = max(stat[lid].x, red[lid * ${CK}u]);
+      corr[lid] = exp(stat[lid].x - m);
+      stat[lid].x = m;
+    }
+    workgroupBarrier();
+    for (var i = lid; i < ${GW * CK}u; i += ${SPLIT_WG}u) {
+      let e = select(0.0, exp(sc[i] - stat[i / ${CK}u].x), i % ${CK}u < n);
+      sc[i] = e;
+      red[i] = e;
+    }
+    ${tree((a, b) => `${a} + ${b}`)}
+    if (lid < ${GW}u) { stat[lid].y = stat[lid].y * corr[lid] + red[lid * ${CK}u]; }
+    ${range(GW * upt)
+      .map((a) => `acc[${a}] = acc[${a}] * corr[${Math.floor(a / upt)}];`)
+      .join('\n    ')}
+    if (kg < ${KG}u) {${valueLoop}
+    }
   }
   for (var g = 0u; g < ${GW}u; g++) {
     let oRow = p.oOff + (qi * p.H + h0 + g) * ${DH}u;
@@ -391,7 +409,11 @@ export function attentionCached(
     fail(
       `attentionCached: head_dim ${DH} needs more workgroup memory than this device's ${ctx.maxWorkgroupStorage} bytes`,
     );
-  const splits = Math.ceil((s.past + queries) / keys);
+  // enough workgroups to fill the GPU, each taking whole chunks of `keys` keys
+  const nChunks = Math.ceil((s.past + queries) / keys);
+  const rowGroups = queries * Hkv * (group / heads);
+  const perSplit = Math.ceil(nChunks / Math.min(nChunks, Math.max(1, Math.ceil(SPLIT_TARGET / rowGroups))));
+  const splits = Math.ceil(nChunks / perSplit);
   const chunks = ctx.gemv.chunks && chunksFit(DH, [wk.off, wv.off], [k.dtype, v.dtype]);
   const shape: SplitShape = { headDim: DH, group, heads, keys, chunks, final: splits === 1 };
   const params = new Params()
@@ -403,7 +425,8 @@ export function attentionCached(
     .u(wv.off)
     .u(wo.off)
     .f(1 / Math.sqrt(DH))
-    .u(splits);
+    .u(splits)
+    .u(perSplit);
   const grid = [splits, Hkv * (group / heads), queries];
   const kernel = splitAttentionKernel(q.dtype, k.dtype, v.dtype, shape);
   if (shape.final) {
