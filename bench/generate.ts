@@ -56,7 +56,7 @@ const { values } = parseArgs({
     profile: { type: 'string', default: '0' },
     /** dispatches in a decode step's first submit (later ones double up to 64); default 64: no ramp */
     'first-submit': { type: 'string' },
-    /** keys a decode attention workgroup takes (WebGPU; default the context's, 64) */
+    /** keys a decode attention workgroup scores at once (WebGPU; default the context's, 64) */
     'attention-keys': { type: 'string' },
     /** every row also with the GEMV's scalar loops (before vec4 chunks; WebGPU) */
     'gemv-baseline': { type: 'boolean', default: false },

@@ -386,7 +386,7 @@ if (!skip.has('rows')) {
 
 /**
  * One decode step's cached attention at Llama-3-8B's shapes (32 query heads, 8 KV heads, head_dim
- * 128, f32 cache) after 256, 2048 and 8192 keys, for several keys a workgroup (ContextOptions.attentionKeys).
+ * 128, f32 cache) after 256, 2048 and 8192 keys, for several chunk sizes (ContextOptions.attentionKeys).
  */
 async function decodeAttentionRows(): Promise<void> {
   const [H, Hkv, Dh] = [32, 8, 128];
@@ -394,10 +394,10 @@ async function decodeAttentionRows(): Promise<void> {
   for (const keys of [256, 2048, 8192]) {
     const [k, v] = [randomTensor(keys, Hkv * Dh, 'f32'), randomTensor(keys, Hkv * Dh, 'f32')];
     const shape = { queries: 1, past: keys - 1, numHeads: H, numKvHeads: Hkv, headDim: Dh };
-    for (const perWorkgroup of [16, 32, 64, 128, 256]) {
-      gpu.ctx.attentionKeys = perWorkgroup;
+    for (const chunk of [16, 32, 64, 128, 256]) {
+      gpu.ctx.attentionKeys = chunk;
       const kernels = await profiledUs(() => [gpu.attentionCached(q, k, v, shape)]);
-      const op = `attentionCached 8B, ${keys} keys, ${perWorkgroup} keys a workgroup`;
+      const op = `attentionCached 8B, ${keys} keys, chunks of ${chunk}`;
       report({ what: 'rowop', op, us: kernels.reduce((a, k) => a + k.us, 0), kernels });
     }
     k.dispose();

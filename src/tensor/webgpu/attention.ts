@@ -157,7 +157,7 @@ interface SplitShape {
   group: number;
   /** of those, heads a workgroup takes (a divisor of group) */
   heads: number;
-  /** keys a workgroup takes (a power of two) */
+  /** keys a workgroup scores at once, a chunk (a power of two) */
   keys: number;
   /** K and V rows read four values a load */
   chunks: boolean;

@@ -37,7 +37,7 @@ export interface ContextOptions {
   uniformPages?: number;
   /** how the GEMV kernels read their operands (default DEFAULT_GEMV) */
   gemv?: GemvTuning;
-  /** keys a decode attention workgroup takes, rounded down to a power of two (default 64) */
+  /** keys a decode attention workgroup scores at once, rounded down to a power of two (default 64) */
   attentionKeys?: number;
 }
 
@@ -247,7 +247,7 @@ export class GpuContext {
   recorded = 0;
   /** how the GEMV kernels read their operands (benchmarks switch it between runs) */
   gemv: GemvTuning;
-  /** keys a decode attention workgroup takes (ContextOptions.attentionKeys) */
+  /** keys a decode attention workgroup scores at once (ContextOptions.attentionKeys) */
   attentionKeys: number;
 
   constructor(
