@@ -17,22 +17,17 @@ const TREE = (op: string, arr = 'red') => `
 export const RMS_WG = WG;
 /** Values a thread of a row kernel loads before using them (one row is latency-bound, not bandwidth-bound). */
 export const ROW_STEPS = 4;
-/**
- * Loads a thread of a row kernel issues at once for rows of `items` loads: all of its share, up to 16,
- * so a decode row takes one round trip to memory (the order of each thread's sums does not change).
- */
-export const rowSteps = (items: number) => Math.min(16, Math.max(ROW_STEPS, Math.ceil(items / WG)));
 
 /**
  * WGSL, in uniform control flow of a RMS_WG-thread workgroup (thread `lid`): `let inv` = 1 / rms of
  * the d values ldX(base + i) (+ eps), summed through the workgroup array `arr` (array<f32, RMS_WG>).
  */
-export function rmsInverse(arr: string, base: string, d: string, steps = ROW_STEPS): string {
+export function rmsInverse(arr: string, base: string, d: string): string {
   return `var ss = 0.0;${stridedLoop({
     count: d,
     lane: 'lid',
     lanes: WG,
-    steps,
+    steps: ROW_STEPS,
     load: (j, i) => `let v${j} = ldX(${base} + ${i});`,
     use: (j) => `ss += v${j} * v${j};`,
   })}
@@ -44,9 +39,9 @@ export function rmsInverse(arr: string, base: string, d: string, steps = ROW_STE
 /** WGSL of the normed value: the norm weight `w` times (the value `x` times inv), rmsnorm's expression. */
 export const normedValue = (w: string, x: string, inv: string) => `${w} * (${x} * ${inv})`;
 
-function rmsnormKernel(dx: DType, dw: DType, steps: number): Kernel {
+function rmsnormKernel(dx: DType, dw: DType): Kernel {
   return {
-    key: `rmsnorm:${dx}:${dw}:${steps}`,
+    key: `rmsnorm:${dx}:${dw}`,
     bindings: ['uniform', 'read', 'read', 'write'],
     code: () => `
 struct P { rows: u32, d: u32, xOff: u32, wOff: u32, oOff: u32, eps: f32 }
@@ -64,13 +59,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let row = flatWg(wid, nwg);
   if (row >= p.rows) { return; }
   let base = p.xOff + row * p.d;
-  ${rmsInverse('red', 'base', 'p.d', steps)}
+  ${rmsInverse('red', 'base', 'p.d')}
   let ob = p.oOff + row * p.d;
 ${stridedLoop({
   count: 'p.d',
   lane: 'lid',
   lanes: WG,
-  steps,
+  steps: ROW_STEPS,
   load: (j, i) => `let x${j} = ldX(base + ${i});
       let w${j} = ldW(p.wOff + ${i});`,
   use: (j) => `O[ob + i${j}] = ${normedValue(`w${j}`, `x${j}`, 'inv')};`,
@@ -84,7 +79,7 @@ export function rmsnorm(ctx: GpuContext, x: Storage, w: Storage, eps: number): S
   if (w.rows * w.cols !== D) fail(`rmsnorm: weight of ${w.rows * w.cols} values for rows of ${D}`);
   const out = ctx.allocStorage(x.rows, D, 'f32');
   const ww = ctx.whole(w, 'rmsnorm weight');
-  const k = rmsnormKernel(x.dtype, w.dtype, rowSteps(D));
+  const k = rmsnormKernel(x.dtype, w.dtype);
   for (const seg of ctx.segments(
     x.rows,
     [x, out].map((s) => ({ s, row0: 0 })),

@@ -29,7 +29,7 @@ import {
   type Window,
   wholeBuffer,
 } from './context.ts';
-import { normedValue, RMS_WG, ROW_STEPS, rmsInverse, rowSteps } from './norm.ts';
+import { normedValue, RMS_WG, ROW_STEPS, rmsInverse } from './norm.ts';
 import { arrayType, FLAT_WG, loadFn, range, stridedLoop } from './wgsl.ts';
 
 const WG = 64;
@@ -719,8 +719,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 const ROW_WG = RMS_WG;
-/** A row kernel's loop over `count` items: thread lid takes lid, lid + ROW_WG, ..., `steps` loads at a time. */
-const rowLoop = (count: string, steps: number) => ({ count, lane: 'lid', lanes: ROW_WG, steps });
+/** A row kernel's loop over `count` items: thread lid takes lid, lid + ROW_WG, ..., ROW_STEPS loads at a time. */
+const rowLoop = (count: string) => ({ count, lane: 'lid', lanes: ROW_WG, steps: ROW_STEPS });
 
 /**
  * The stats, parameter and codes passes of a per-row plan in one kernel, a workgroup a row: the
@@ -735,9 +735,7 @@ function int8RowKernel(
   plan: Plan,
   norm: DType | undefined,
   vec4x: boolean,
-  cols: number,
 ): Kernel {
-  const steps = rowSteps(cols / 4);
   const bitsOf = (i: string) =>
     norm
       ? `bitcast<u32>(${normedValue(`ldN(p.nOff + ${i})`, `ldX(base + ${i})`, 'inv')})`
@@ -763,7 +761,7 @@ function int8RowKernel(
 }`;
   const chunkCall = (c: string) => `chunk(base, ${c}${norm ? ', inv' : ''})`;
   return {
-    key: `int8-row:${dtype}:${bits}:${plan.key}${norm ? `:norm-${norm}` : ''}${vec4x ? ':vec4' : ''}:${steps}`,
+    key: `int8-row:${dtype}:${bits}:${plan.key}${norm ? `:norm-${norm}` : ''}${vec4x ? ':vec4' : ''}`,
     bindings: ['uniform', 'read', 'write', 'write', ...(norm ? (['read'] as const) : [])],
     code: () => `
 struct P { rows: u32, cols: u32, xOff: u32, oOff: u32, sOff: u32, nOff: u32, eps: f32 }
@@ -798,12 +796,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let row = flatWg(wid, nwg);
   if (row >= p.rows) { return; }
   let base = p.xOff + row * p.cols;
-  ${norm ? rmsInverse('nred', 'base', 'p.cols', rowSteps(cols)) : ''}
+  ${norm ? rmsInverse('nred', 'base', 'p.cols') : ''}
   let lane = lid;
   var mn = 3.4028234663852886e38;
   var mx = -3.4028234663852886e38;
   let colWords = p.cols / 4u;${stridedLoop({
-    ...rowLoop('colWords', steps),
+    ...rowLoop('colWords'),
     load: (j, c) => `let b${j} = ${chunkCall(c)};`,
     use: (j) =>
       range(4)
@@ -812,7 +810,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   })}
   ${minMaxTree(ROW_WG)}
   let scale = fv(params(vec2<f32>(rmin[0], rmax[0]), vec2<f32>(0.0, 0.0)).x);${stridedLoop({
-    ...rowLoop('colWords', steps),
+    ...rowLoop('colWords'),
     load: (j, c) => `let b${j} = ${chunkCall(c)};`,
     use: (j) =>
       `O[p.oOff + row * colWords + i${j}] = ${range(4)
@@ -847,14 +845,7 @@ function quantizeRowsInt8Fused(
   if (!xw || !ow || !sw || (norm && !nw)) return false;
   if (plan.global || plan.segLen !== x.cols || plan.paramLen !== x.cols) return false;
   ctx.dispatch(
-    int8RowKernel(
-      x.dtype,
-      spec.bits,
-      plan,
-      norm?.weight.dtype,
-      x.dtype === 'f32' && xw.off % 4 === 0,
-      x.cols,
-    ),
+    int8RowKernel(x.dtype, spec.bits, plan, norm?.weight.dtype, x.dtype === 'f32' && xw.off % 4 === 0),
     new Params()
       .u(x.rows)
       .u(x.cols)
