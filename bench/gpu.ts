@@ -23,7 +23,7 @@ import { loadLlama } from '../src/model/llama-dir.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import type { DType, PackedWeight, Tensor } from '../src/tensor/tensor.ts';
 import { envFlags, WebGpuBackend, WebGpuTensor } from '../src/tensor/webgpu/backend.ts';
-import { DEFAULT_GEMV, type GemvTuning } from '../src/tensor/webgpu/context.ts';
+import { DEFAULT_ATTENTION_KEYS, DEFAULT_GEMV, type GemvTuning } from '../src/tensor/webgpu/context.ts';
 import { Int8Gemm, type SubgroupMatrixTile } from '../src/tensor/webgpu/int8.ts';
 import type { GemmTile } from '../src/tensor/webgpu/matmul.ts';
 import { maxRelErr, nearTies } from '../test/helpers.ts';
@@ -403,7 +403,7 @@ async function decodeAttentionRows(): Promise<void> {
     k.dispose();
     v.dispose();
   }
-  gpu.ctx.attentionKeys = 64;
+  gpu.ctx.attentionKeys = DEFAULT_ATTENTION_KEYS;
   q.dispose();
 }
 

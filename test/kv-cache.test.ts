@@ -9,7 +9,7 @@ import { KvCache } from '../src/runtime/kv-cache.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import type { Backend } from '../src/tensor/tensor.ts';
 import { openDevice, WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
-import { DEFAULT_GEMV } from '../src/tensor/webgpu/context.ts';
+import { DEFAULT_ATTENTION_KEYS, DEFAULT_GEMV } from '../src/tensor/webgpu/context.ts';
 import { MODELS, rng } from './helpers.ts';
 
 const cpu = new CpuBackend();
@@ -101,7 +101,7 @@ for (const [name, b] of backends) {
         for (const keys of [8, 256]) {
           b.ctx.attentionKeys = keys;
           const other = await b.read(run());
-          b.ctx.attentionKeys = 64;
+          b.ctx.attentionKeys = DEFAULT_ATTENTION_KEYS;
           assert.ok(
             maxAbsDiff(other, want) < 2e-5,
             `${maxAbsDiff(other, want)} with ${keys} keys a workgroup`,

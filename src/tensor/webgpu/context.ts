@@ -37,7 +37,7 @@ export interface ContextOptions {
   uniformPages?: number;
   /** how the GEMV kernels read their operands (default DEFAULT_GEMV) */
   gemv?: GemvTuning;
-  /** keys a decode attention workgroup scores at once, rounded down to a power of two (default 64) */
+  /** keys a decode attention workgroup scores at once, rounded down to a power of two (default DEFAULT_ATTENTION_KEYS) */
   attentionKeys?: number;
 }
 
@@ -53,6 +53,8 @@ export interface GemvTuning {
   unroll: number;
 }
 export const DEFAULT_GEMV: GemvTuning = { chunks: true, unroll: 2 };
+/** Keys a decode attention workgroup scores at once unless ContextOptions.attentionKeys says otherwise. */
+export const DEFAULT_ATTENTION_KEYS = 64;
 
 const STORAGE_USAGE = 0x80 | 0x04 | 0x08; // STORAGE | COPY_SRC | COPY_DST
 const UNIFORM_USAGE = 0x40; // UNIFORM
@@ -272,7 +274,7 @@ export class GpuContext {
     this.firstSubmit = Math.min(opts.firstSubmit ?? this.perSubmit, this.perSubmit);
     this.submitAt = this.firstSubmit;
     this.gemv = opts.gemv ?? DEFAULT_GEMV;
-    this.attentionKeys = opts.attentionKeys ?? 64;
+    this.attentionKeys = opts.attentionKeys ?? DEFAULT_ATTENTION_KEYS;
     if (!(this.attentionKeys >= 1)) fail(`WebGPU: attentionKeys ${this.attentionKeys} must be at least 1`);
     if (opts.reuseBindGroups ?? true) {
       this.bindGroups = new BindGroupCache();
@@ -701,12 +703,12 @@ export class GpuContext {
   }
 }
 
-/** Splits `count` workgroups into a 2-D grid within the per-dimension limit. */
 /** A binding of the first `bytes` of a raw buffer, rounded up to 8 bytes. */
 export function wholeBuffer(buf: GPUBuffer, bytes: number): GPUBufferBinding {
   return { buffer: buf, offset: 0, size: Math.max(8, Math.ceil(bytes / 8) * 8) };
 }
 
+/** Splits `count` workgroups into a 2-D grid within the per-dimension limit. */
 export function grid2(count: number, max = 65535): [number, number] {
   if (count <= max) return [Math.max(count, 0), 1];
   const y = Math.ceil(count / max);
