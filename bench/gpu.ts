@@ -340,14 +340,15 @@ if (!skip.has('gemv')) {
   gpu.ctx.gemv = DEFAULT_GEMV;
 }
 
-/** Profiled GPU microseconds a dispatch of `run` (each call's dispatches summed), per kernel key. */
-async function profiledUs(run: () => Tensor[], reps = 50): Promise<{ key: string; us: number }[]> {
+/** Reports `op`: profiled GPU microseconds a call of `run`, its dispatches summed and per kernel key. */
+async function reportRowOp(op: string, run: () => Tensor[], reps = 50): Promise<void> {
   for (let i = 0; i < 3; i++) for (const t of run()) t.dispose();
   await gpu.sync();
   gpu.ctx.startProfile();
   for (let i = 0; i < reps; i++) for (const t of run()) t.dispose();
   const times = await gpu.ctx.stopProfile();
-  return times.map((t) => ({ key: t.key, us: (t.ms * 1000) / reps }));
+  const kernels = times.map((t) => ({ key: t.key, us: (t.ms * 1000) / reps }));
+  report({ what: 'rowop', op, us: kernels.reduce((a, k) => a + k.us, 0), kernels });
 }
 
 if (!skip.has('rows')) {
@@ -376,10 +377,7 @@ if (!skip.has('rows')) {
     ['kron 14336 (112 x 128)', kron(x14336, 112, 128)],
     ['fakeQuant INT8 per token, 2048 x 4096', () => [gpu.fakeQuant(prefill, int8Row)]],
   ];
-  for (const [op, run] of ops) {
-    const kernels = await profiledUs(run);
-    report({ what: 'rowop', op, us: kernels.reduce((a, k) => a + k.us, 0), kernels });
-  }
+  for (const [op, run] of ops) await reportRowOp(op, run);
   await decodeAttentionRows();
   report({ what: 'rowop exactness', ...(await int8RowsExact()) });
 }
@@ -396,9 +394,9 @@ async function decodeAttentionRows(): Promise<void> {
     const shape = { queries: 1, past: keys - 1, numHeads: H, numKvHeads: Hkv, headDim: Dh };
     for (const chunk of [16, 32, 64, 128, 256]) {
       gpu.ctx.attentionKeys = chunk;
-      const kernels = await profiledUs(() => [gpu.attentionCached(q, k, v, shape)]);
-      const op = `attentionCached 8B, ${keys} keys, chunks of ${chunk}`;
-      report({ what: 'rowop', op, us: kernels.reduce((a, k) => a + k.us, 0), kernels });
+      await reportRowOp(`attentionCached 8B, ${keys} keys, chunks of ${chunk}`, () => [
+        gpu.attentionCached(q, k, v, shape),
+      ]);
     }
     k.dispose();
     v.dispose();

@@ -134,9 +134,10 @@ export function gridOf(spec: GridSpec): Readonly<Grid> {
   return g;
 }
 
-/** iq*_find_best_neighbour: the candidate nearest to x / scale by weighted distance; its levels into L. */
+/** bestNeighbour's scale * (2l + 1) per level l, filled per call (levels are below 256) */
 const scaledLevel = new Float64Array(256);
 
+/** iq*_find_best_neighbour: the candidate nearest to x / scale by weighted distance; its levels into L. */
 function bestNeighbour(
   spec: LatticeSpec,
   g: Grid,

@@ -147,6 +147,8 @@ const SPLIT_WG = 256;
 const MAX_HEADS = 8;
 /** Workgroups a decode attention aims for: (query, KV head) pairs times splits of the keys. */
 const SPLIT_TARGET = 256;
+/** f32 values in each of the split kernel's per-head arrays at most (4 KiB): queries, scores. */
+const HEAD_ARRAY = 1024;
 /** Threads of the kernel merging the splits. */
 const MERGE_WG = 64;
 
@@ -165,10 +167,11 @@ interface SplitShape {
   final: boolean;
 }
 
-/** The largest divisor of `group` that is at most MAX_HEADS and keeps the queries within 4 KiB. */
+/** The largest divisor of `group` that is at most MAX_HEADS and keeps the queries within HEAD_ARRAY. */
 function headsPerWorkgroup(group: number, headDim: number): number {
   let best = 1;
-  for (let g = 1; g <= Math.min(group, MAX_HEADS); g++) if (group % g === 0 && g * headDim <= 1024) best = g;
+  for (let g = 1; g <= Math.min(group, MAX_HEADS); g++)
+    if (group % g === 0 && g * headDim <= HEAD_ARRAY) best = g;
   return best;
 }
 
@@ -403,7 +406,7 @@ export function attentionCached(
   const [wq, wk, wv, wo] = [q, k, v, out].map((t) => ctx.whole(t, 'attentionCached'));
   const group = H / Hkv;
   const heads = headsPerWorkgroup(group, DH);
-  let keys = Math.min(floorPow2(ctx.attentionKeys), floorPow2(1024 / heads));
+  let keys = Math.min(floorPow2(ctx.attentionKeys), floorPow2(HEAD_ARRAY / heads));
   while (keys > 1 && sharedBytes({ headDim: DH, heads, keys }) > ctx.maxWorkgroupStorage) keys /= 2;
   if (sharedBytes({ headDim: DH, heads, keys }) > ctx.maxWorkgroupStorage)
     fail(

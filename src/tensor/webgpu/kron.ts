@@ -16,10 +16,20 @@ import { arrayType, FLAT_WG, loadFn } from './wgsl.ts';
 /** f32 values of T a workgroup may hold (16 KiB, WebGPU's guaranteed workgroup storage). */
 const T_MAX = 4096;
 
-/** Threads of a workgroup (a power of two covering n1, 64-256) and the columns it takes. */
-function kronShape(n1: number): { wg: number; cols: number } {
+interface KronShape {
+  /** threads of a workgroup */
+  wg: number;
+  /** columns of T (and of the output) a workgroup takes */
+  cols: number;
+  /** workgroups a row: blocks of `cols` columns covering n2 */
+  blocks: number;
+}
+
+/** Threads of a workgroup (a power of two covering n1, 64-256), the columns it takes, the blocks a row. */
+function kronShape(n1: number, n2: number): KronShape {
   const wg = Math.min(256, Math.max(64, 2 ** Math.ceil(Math.log2(n1))));
-  return { wg, cols: Math.max(1, Math.floor(wg / n1)) };
+  const cols = Math.max(1, Math.floor(wg / n1));
+  return { wg, cols, blocks: Math.ceil(n2 / cols) };
 }
 
 function kronKernel(
@@ -28,10 +38,9 @@ function kronKernel(
   dr: DType,
   n1: number,
   n2: number,
-  { wg, cols }: { wg: number; cols: number },
+  { wg, cols, blocks }: KronShape,
 ): Kernel {
   const n = n1 * n2;
-  const blocks = Math.ceil(n2 / cols);
   const items = n1 * cols;
   return {
     key: `kron:${dx}:${dl}:${dr}:${n1}x${n2}`,
@@ -84,13 +93,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 export function kron(ctx: GpuContext, x: Storage, left: Storage, right: Storage): Storage {
   const n1 = left.rows;
   const n2 = right.rows;
-  const shape = kronShape(n1);
+  const shape = kronShape(n1, n2);
   if (n1 * shape.cols > T_MAX)
     fail(`kron: a left factor of ${n1} rows is more than a WebGPU workgroup holds (at most ${T_MAX})`);
   const out = ctx.allocStorage(x.rows, x.cols, 'f32');
   const k = kronKernel(x.dtype, left.dtype, right.dtype, n1, n2, shape);
   const [lw, rw] = [ctx.whole(left, 'kron'), ctx.whole(right, 'kron')];
-  const blocks = Math.ceil(n2 / shape.cols);
   for (const seg of ctx.segments(
     x.rows,
     [x, out].map((t) => ({ s: t, row0: 0 })),
@@ -100,7 +108,7 @@ export function kron(ctx: GpuContext, x: Storage, left: Storage, right: Storage)
       k,
       new Params().u(seg.n).u(wx.off).u(lw.off).u(rw.off).u(wo.off),
       [wx.binding, lw.binding, rw.binding, wo.binding],
-      grid2(seg.n * blocks),
+      grid2(seg.n * shape.blocks),
     );
   }
   return out;

@@ -759,7 +759,8 @@ function int8RowKernel(
     .map((e) => bitsOf(`4u * c + ${e}u`))
     .join(', ')});
 }`;
-  const chunkCall = (c: string) => `chunk(base, ${c}${norm ? ', inv' : ''})`;
+  // both passes load each thread's chunks the same way
+  const loadChunk = (j: number, c: string) => `let b${j} = chunk(base, ${c}${norm ? ', inv' : ''});`;
   return {
     key: `int8-row:${dtype}:${bits}:${plan.key}${norm ? `:norm-${norm}` : ''}${vec4x ? ':vec4' : ''}`,
     bindings: ['uniform', 'read', 'write', 'write', ...(norm ? (['read'] as const) : [])],
@@ -802,7 +803,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var mx = -3.4028234663852886e38;
   let colWords = p.cols / 4u;${stridedLoop({
     ...rowLoop('colWords'),
-    load: (j, c) => `let b${j} = ${chunkCall(c)};`,
+    load: loadChunk,
     use: (j) =>
       range(4)
         .map((e) => finiteMinMax(`b${j}[${e}]`))
@@ -811,7 +812,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   ${minMaxTree(ROW_WG)}
   let scale = fv(params(vec2<f32>(rmin[0], rmax[0]), vec2<f32>(0.0, 0.0)).x);${stridedLoop({
     ...rowLoop('colWords'),
-    load: (j, c) => `let b${j} = ${chunkCall(c)};`,
+    load: loadChunk,
     use: (j) =>
       `O[p.oOff + row * colWords + i${j}] = ${range(4)
         .map((e) => `(code(b${j}[${e}], scale) << ${8 * e}u)`)
