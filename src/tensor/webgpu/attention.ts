@@ -207,6 +207,16 @@ function sharedBytes(t: Pick<SplitShape, 'headDim' | 'heads' | 'keys'>): number 
  * mergeKernel combines the splits. The splits are as many as fill SPLIT_TARGET workgroups.
  */
 function splitAttentionKernel(dq: DType, dk: DType, dv: DType, t: SplitShape): Kernel {
+  const { headDim: DH, heads: GW, keys: CK, chunks, final } = t;
+  return {
+    key: `attentionSplit:${dq}:${dk}:${dv}:${DH}:${t.group}:${GW}:${CK}${chunks ? ':c' : ''}${final ? ':final' : ''}`,
+    bindings: ['uniform', 'read', 'read', 'read', 'write', ...(final ? [] : (['write'] as const))],
+    code: () => splitAttentionCode(dq, dk, dv, t),
+  };
+}
+
+/** splitAttentionKernel's WGSL (built only when the pipeline is compiled: a decode step asks for the kernel every layer). */
+function splitAttentionCode(dq: DType, dk: DType, dv: DType, t: SplitShape): string {
   const { headDim: DH, heads: GW, keys: CK, chunks } = t;
   const { width, units, lanes, upt, groups: KG } = valueLanes(DH);
   const U = width === 4 ? 'vec4<f32>' : 'f32';
@@ -282,10 +292,7 @@ function splitAttentionKernel(dq: DType, dk: DType, dv: DType, t: SplitShape): K
     }
   }
   workgroupBarrier();`;
-  return {
-    key: `attentionSplit:${dq}:${dk}:${dv}:${DH}:${t.group}:${GW}:${CK}${chunks ? ':c' : ''}${t.final ? ':final' : ''}`,
-    bindings: ['uniform', 'read', 'read', 'read', 'write', ...(t.final ? [] : (['write'] as const))],
-    code: () => `
+  return `
 struct P { past: u32, H: u32, Hkv: u32, qOff: u32, kOff: u32, vOff: u32, oOff: u32, scale: f32, splits: u32, chunks: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> Q: array<${arrayType(dq)}>;
@@ -361,8 +368,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let pRow = (qi * p.H + h0 + g) * p.splits + s;${merge}
   }
   ${t.final ? '' : `if (lid < ${GW}u) { PML[(qi * p.H + h0 + lid) * p.splits + s] = stat[lid]; }`}
-}`,
-  };
+}`;
 }
 
 /** Combines the splits' (max, sum, unnormalized output) of each (query, head) into its output row. */

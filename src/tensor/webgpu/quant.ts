@@ -422,7 +422,21 @@ fn quant(xb: u32, p: vec2<u32>) -> u32 {
   };
 }
 
+/**
+ * Plans by spec object and row length: a decode step quantizes the same linears' inputs every token
+ * and a plan's WGSL takes longer to build than the dispatch to record (specs are not mutated).
+ */
+const plans = new WeakMap<FormatSpec, Map<number, Plan>>();
+
 function planFor(spec: FormatSpec, cols: number): Plan {
+  let byCols = plans.get(spec);
+  if (!byCols) plans.set(spec, (byCols = new Map()));
+  let plan = byCols.get(cols);
+  if (!plan) byCols.set(cols, (plan = newPlan(spec, cols)));
+  return plan;
+}
+
+function newPlan(spec: FormatSpec, cols: number): Plan {
   switch (spec.kind) {
     case 'int':
       return intPlan(spec, cols);
@@ -740,9 +754,10 @@ function int8RowKernel(
     norm
       ? `bitcast<u32>(${normedValue(`ldN(p.nOff + ${i})`, `ldX(base + ${i})`, 'inv')})`
       : `ldBits(base + ${i})`;
-  // the bits of columns 4c..4c+3 of the row
-  const chunk = vec4x
-    ? `fn chunk(base: u32, c: u32${norm ? ', inv: f32' : ''}) -> vec4<u32> {
+  // the bits of columns 4c..4c+3 of the row (built only when the kernel is compiled)
+  const chunk = () =>
+    vec4x
+      ? `fn chunk(base: u32, c: u32${norm ? ', inv: f32' : ''}) -> vec4<u32> {
   let v = X4[base / 4u + c];${
     norm
       ? `
@@ -754,7 +769,7 @@ function int8RowKernel(
   return v;`
   }
 }`
-    : `fn chunk(base: u32, c: u32${norm ? ', inv: f32' : ''}) -> vec4<u32> {
+      : `fn chunk(base: u32, c: u32${norm ? ', inv: f32' : ''}) -> vec4<u32> {
   return vec4<u32>(${range(4)
     .map((e) => bitsOf(`4u * c + ${e}u`))
     .join(', ')});
@@ -790,7 +805,7 @@ fn ldX(i: u32) -> f32 { return bitcast<f32>(ldBits(i)); }
 var<workgroup> nred: array<f32, ${ROW_WG}>;`
     : ''
 }
-${chunk}
+${chunk()}
 @compute @workgroup_size(${ROW_WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
