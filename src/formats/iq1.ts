@@ -302,6 +302,9 @@ function bestSplitM(x: Float32Array, at: number, w: Float32Array, order: number[
   return fit.found && { ...fit.found, scale: fit.scale };
 }
 
+/** bestNeighbour's weighted distance of value i of the group to level l, at 3 i + l (filled per call) */
+const levelTerms = new Float64Array(24);
+
 /** iq1_find_best_neighbour2: the candidate of an off-grid group nearest by weighted distance; its levels into L. */
 function bestNeighbour(
   key: number,
@@ -314,15 +317,19 @@ function bestNeighbour(
   L: Uint8Array,
 ) {
   const g = gridOf(IQ1_GRID);
+  // each value's weighted squared distance to each of the 3 levels, rounded as C rounds it per candidate
+  for (let i = 0; i < 8; i++)
+    for (let l = 0; l < 3; l++) {
+      const diff = fr(fr(scale * q[l]) - x[at + 8 * k + i]);
+      levelTerms[3 * i + l] = fr(fr(w[8 * k + i] * diff) * diff);
+    }
   let best = FLT_MAX;
   let pick = -1;
   for (let c = g.start[key]; c < g.start[key + 1]; c++) {
     const p = 8 * g.list[c];
     let d2 = 0;
-    for (let i = 0; i < 8; i++) {
-      const diff = fr(fr(scale * q[g.levels[p + i]]) - x[at + 8 * k + i]);
-      d2 = fr(d2 + fr(fr(w[8 * k + i] * diff) * diff));
-    }
+    // the terms are >= 0: once the running sum reaches best, this candidate loses
+    for (let i = 0; i < 8 && d2 < best; i++) d2 = fr(d2 + levelTerms[3 * i + g.levels[p + i]]);
     if (d2 < best) {
       best = d2;
       pick = g.list[c];

@@ -134,8 +134,15 @@ export function gridOf(spec: GridSpec): Readonly<Grid> {
   return g;
 }
 
-/** bestNeighbour's scale * (2l + 1) per level l, filled per call (levels are below 256) */
-const scaledLevel = new Float64Array(256);
+/** bestNeighbour's scale * (2l + 1) per level l, and value i's weighted distance to level l at 16 i + l (filled per call) */
+const scaledLevel = new Float64Array(16);
+const levelTerms = new Float64Array(8 * 16);
+
+/** The weighted squared distance waux (scaledLevel[l] - x)^2 in float32, as llama.cpp rounds it. */
+function levelTerm(l: number, x: number, waux: number): number {
+  const diff = fr(scaledLevel[l] - x);
+  return fr(fr(waux * diff) * diff);
+}
 
 /** iq*_find_best_neighbour: the candidate nearest to x / scale by weighted distance; its levels into L. */
 function bestNeighbour(
@@ -150,16 +157,23 @@ function bestNeighbour(
 ): number {
   const { levels: lv, list } = g;
   const n = spec.group;
-  // scale * (2l + 1) for every level, rounded once: the same values the loop would compute per candidate
+  const [first, end] = [g.start[key], g.start[key + 1]];
   for (let l = 0; l <= spec.maxLevel; l++) scaledLevel[l] = fr(scale * (2 * l + 1));
+  // every value's term at every level, rounded as the candidate loop would: worth it where the
+  // candidates outnumber the levels (IQ2's 3 levels, less often IQ3's 8)
+  const table = end - first > spec.maxLevel + 1;
+  for (let i = 0; i < n && table; i++)
+    for (let l = 0; l <= spec.maxLevel; l++)
+      levelTerms[16 * i + l] = levelTerm(l, xval[at + i], waux[at + i]);
   let best = Number.POSITIVE_INFINITY;
   let pick = -1;
-  for (let c = g.start[key]; c < g.start[key + 1]; c++) {
+  for (let c = first; c < end; c++) {
     const p = n * list[c];
     let d2 = 0;
-    for (let i = 0; i < n; i++) {
-      const diff = fr(scaledLevel[lv[p + i]] - xval[at + i]);
-      d2 = fr(d2 + fr(fr(waux[at + i] * diff) * diff));
+    // the terms are >= 0, so the running sum only grows: once it reaches best this candidate loses
+    for (let i = 0; i < n && d2 < best; i++) {
+      const l = lv[p + i];
+      d2 = fr(d2 + (table ? levelTerms[16 * i + l] : levelTerm(l, xval[at + i], waux[at + i])));
     }
     if (d2 < best) {
       best = d2;
