@@ -3,7 +3,7 @@
  * profile of bench/gpu.ts (files rows-<tag>-*.json) and the 8B-shaped decode of bench/generate.ts
  * (files gen-<tag>-*.json), each build's best run a row, ratios against the first tag.
  *
- *   node --import tsx bench/compare-gpu.ts --dir <fetched files> --tags base,new --gpu NAME \
+ *   node --import ./src/loader.mjs bench/compare-gpu.ts --dir <fetched files> --tags base,new --gpu NAME \
  *     --builds "base = 586474b, new = 69b55fc" --ran "<the device command>" [--notes FILE] [--no-write]
  */
 import fs from 'node:fs';

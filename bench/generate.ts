@@ -8,11 +8,11 @@
  *    the int8 GEMM: decode tokens/s after a prompt.
  * Prints JSON lines; --out writes them as one JSON array. On the GPU machine, bench/generate_torch.py
  * then measures PyTorch in the same call; back here, --report renders both as a table in BENCHMARKS.md.
- *   node --import tsx bench/generate.ts --model DIR --device webgpu [--prompt 128] [--new 256] [--skip 8b] [--out F]
+ *   node --import ./src/loader.mjs bench/generate.ts --model DIR --device webgpu [--prompt 128] [--new 256] [--skip 8b] [--out F]
  *     [--fusions both|all] [--gemv-baseline] [--profile N]   (WebGPU variants; GPU time per kernel)
  *     [--first-submit N]   (dispatches in a decode step's first submit) [--attention-keys N]
- *   node --import tsx bench/generate.ts --report llmq.json,torch.json [--no-write]
- *   node --import tsx bench/generate.ts --report llmq.json --gpu NAME   (no PyTorch run: ratios to llmq's bf16)
+ *   node --import ./src/loader.mjs bench/generate.ts --report llmq.json,torch.json [--no-write]
+ *   node --import ./src/loader.mjs bench/generate.ts --report llmq.json --gpu NAME   (no PyTorch run: ratios to llmq's bf16)
  */
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';

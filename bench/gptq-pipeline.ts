@@ -4,7 +4,7 @@
  * through only the part of the layer that feeds its group; propagation through the quantized layer),
  * the factorization (Cholesky + triangular inverse, once per group of linears sharing an input), the
  * column loop and the lazy block updates.
- *   node --import tsx bench/gptq-pipeline.ts [--model ../shared/models/llama-small] [--samples 32]
+ *   node --import ./src/loader.mjs bench/gptq-pipeline.ts [--model ../shared/models/llama-small] [--samples 32]
  *     [--seqlen 512] [--recipe gptq-w4g128] [--layers N] [--no-write]
  * --layers N quantizes only the first N decoder layers (each layer's work is the same).
  */
@@ -79,7 +79,7 @@ console.log(table(rows));
 if (!values['no-write'])
   publish(
     `GPTQ per layer in the pipeline, CPU backend (${values.recipe}, calibration ${samples} x ${seqLen})`,
-    `node --import tsx bench/gptq-pipeline.ts --model ${values.model} --samples ${samples} --seqlen ${seqLen} --recipe ${values.recipe}${values.layers ? ` --layers ${values.layers}` : ''}`,
+    `node --import ./src/loader.mjs bench/gptq-pipeline.ts --model ${values.model} --samples ${samples} --seqlen ${seqLen} --recipe ${values.recipe}${values.layers ? ` --layers ${values.layers}` : ''}`,
     table(rows),
     'Seconds per decoder layer from the pipeline\'s own phase timers. "hessian passes": per true-sequential ' +
       'group (q/k/v, o, gate/up, down), the part of the layer that feeds it (input norm; attention, kept ' +

@@ -2,8 +2,8 @@
  * GPTQ on the CPU: time of gptq() per weight shape (out x in), split into the Hessian inverse
  * (Cholesky + triangular inverse), the column loop (quantize + in-block updates) and the lazy block
  * updates (one f64 matmul per block), plus HessianAccumulator.add throughput.
- *   node --import tsx bench/gptq.ts            (appends to BENCHMARKS.md; --no-write to only print)
- *   node --import tsx bench/gptq.ts --quick    (skips the 4096 x 4096 layer)
+ *   node --import ./src/loader.mjs bench/gptq.ts            (appends to BENCHMARKS.md; --no-write to only print)
+ *   node --import ./src/loader.mjs bench/gptq.ts --quick    (skips the 4096 x 4096 layer)
  */
 import { parseFormat } from '../src/formats/index.ts';
 import { type GptqOptions, type GptqResult, gptq } from '../src/quant/gptq.ts';
@@ -100,7 +100,7 @@ for (const c of CASES) {
 
 publish(
   'GPTQ on the CPU (float64, one thread)',
-  `node --import tsx bench/gptq.ts${quick ? ' --quick' : ''}`,
+  `node --import ./src/loader.mjs bench/gptq.ts${quick ? ' --quick' : ''}`,
   `${table(rows)}\n\nHessianAccumulator.add (sum of x x^T in float64, upper triangle):\n\n${table(hessianRows)}`,
   'Best of 3 runs (one for 4096x4096), blocks of 128 columns. "inverse" = dead columns, ordering, damping, ' +
     'blocked Cholesky and triangular inverse (2/3 n^3 flops); "column loop" = quantizing each column and ' +

@@ -12,7 +12,7 @@
  *  - synthetic Llama-3-8B prefill of 2048 tokens (random bf16 weights, one layer's weights shared by
  *    all 32 layers: same work and memory traffic per layer, 2 GB of uploads instead of 16 GB).
  *
- *   node --import tsx bench/gpu.ts [--model DIR] [--tokens FILE.i32] [--out FILE.json] [--skip gemm,gemv,rows,int8,ppl,8b] [--ppl-batch 1,2,4]
+ *   node --import ./src/loader.mjs bench/gpu.ts [--model DIR] [--tokens FILE.i32] [--out FILE.json] [--skip gemm,gemv,rows,int8,ppl,8b] [--ppl-batch 1,2,4]
  * Prints JSON lines and writes them all to --out.
  */
 import fs from 'node:fs';

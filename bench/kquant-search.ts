@@ -1,11 +1,11 @@
 /**
  * llama.cpp K-quant, IQ4, IQ3 and IQ2 round trips: the exact host quantizer (formats/kquants.ts, iq4.ts, iq3.ts,
  * iq2.ts) on one
- * thread and on the worker threads (formats/block-workers.ts; only where they run: the tsx CLI, not the
+ * thread and on the worker threads (formats/block-workers.ts; only where they run: the CLI from source, not the
  * GPU bundle), against the WebGPU search kernel AWQ ranks candidates with (webgpu/quant-kquant.ts,
  * quant-iq4.ts, quant-lattice.ts), on a
  * Llama-3-8B-sized weight, with how many values come out identical and the round-trip error of each.
- *   node --import tsx bench/kquant-search.ts [--rows 4096 --cols 4096] [--no-write]
+ *   node --import ./src/loader.mjs bench/kquant-search.ts [--rows 4096 --cols 4096] [--no-write]
  */
 import os from 'node:os';
 import { parseArgs } from 'node:util';
@@ -86,7 +86,7 @@ for (const type of [
   });
 }
 const adapter = gpu.describe();
-const cmd = `node --import tsx bench/kquant-search.ts --rows ${rows} --cols ${cols}`;
+const cmd = `node --import ./src/loader.mjs bench/kquant-search.ts --rows ${rows} --cols ${cols}`;
 publish(
   `K-quant, IQ4, IQ3 and IQ2 search round trips: host vs WebGPU, ${rows} x ${cols}`,
   cmd,

@@ -3,7 +3,7 @@
  * file: mean NLL per token over the first windows of an evaluation text, llmq's token ids fed to both.
  * node-llama-cpp is not a dependency of llmq; install it anywhere (`npm install node-llama-cpp@3`) and
  * pass its package folder:
- *   node --import tsx bench/llama-cpp-check.ts --node-llama-cpp <dir>/node_modules/node-llama-cpp \
+ *   node --import ./src/loader.mjs bench/llama-cpp-check.ts --node-llama-cpp <dir>/node_modules/node-llama-cpp \
  *     --tokenizer <hf-model-dir> --eval wiki.test.raw [--seqlen 256] [--windows 4] a.gguf b.gguf ...
  * Prints one row per file: llama.cpp's mean NLL, llmq's, and the largest gap in one window.
  */

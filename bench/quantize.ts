@@ -1,7 +1,7 @@
 /**
  * CPU wall time of `llmq quantize` on llama-small and how it splits by phase:
  * RTN W4 g128 (quantize + save) and AWQ W4 g128 (capture, search, clip, propagate).
- *   node --import tsx bench/quantize.ts [--samples N] [--no-write]
+ *   node --import ./src/loader.mjs bench/quantize.ts [--samples N] [--no-write]
  * AWQ's default calibration is 128 x 512; on a 2-core CPU that takes hours, so the bench uses
  * --samples (default 16) x 512 and reports seconds per 1k calibration tokens to extrapolate.
  */
@@ -69,7 +69,7 @@ fs.rmSync(out, { recursive: true });
 
 publish(
   'Quantization wall time on CPU (llama-small)',
-  `node --import tsx bench/quantize.ts --samples ${samples}`,
+  `node --import ./src/loader.mjs bench/quantize.ts --samples ${samples}`,
   `${table(rows)}\n\nLoad average at the end: ${os.loadavg()[0].toFixed(1)}.`,
   'AWQ time is the scale search (20 ratios x 4 groups, each a forward of the inspected block over all calibration ' +
     `tokens): it scales linearly with calibration tokens, so 128 x 512 costs ${128 / samples}x the row above. On the H100 through WebGPU ` +

@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { wasmMatmul } from '../src/tensor/cpu/wasm.ts';
-import { rng } from './helpers.ts';
+import { LOADER, rng } from './helpers.ts';
 
 const cpu = new CpuBackend();
 /** This file runs again in a child process with the multiply-and-add module (see the last test). */
@@ -99,5 +99,8 @@ test('wasm linear without a bias and with bf16 and f16 weights', async () => {
 test('the multiply-and-add module (LLMQ_WASM_FMA=0) passes the same tests', { skip: FALLBACK_RUN }, () => {
   const env: NodeJS.ProcessEnv = { ...process.env, LLMQ_WASM_FMA: '0' };
   delete env.NODE_TEST_CONTEXT;
-  execFileSync(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url)], { env, stdio: 'pipe' });
+  execFileSync(process.execPath, ['--import', LOADER, fileURLToPath(import.meta.url)], {
+    env,
+    stdio: 'pipe',
+  });
 });

@@ -43,7 +43,7 @@ import { resolveRecipe } from '../src/quant/recipe.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { f32ToF16 } from '../src/tensor/dtype.ts';
 import type { Tensor } from '../src/tensor/tensor.ts';
-import { LLAMA3_PRE_TOKENIZER, MODELS, randomGgmlBlocks, WIKITEXT } from './helpers.ts';
+import { LLAMA3_PRE_TOKENIZER, LOADER, MODELS, randomGgmlBlocks, WIKITEXT } from './helpers.ts';
 
 const SOURCE = `${MODELS}llama-tiny`;
 const WIKI = WIKITEXT;
@@ -383,7 +383,7 @@ test('refusals: other architectures, undequantizable tensors, unknown tokenizers
 
   // the CLI: the unknown tokenizer is refused without --tokenizer, and evaluated with it
   const cli = (args: string[]) =>
-    spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { encoding: 'utf8' });
+    spawnSync(process.execPath, ['--import', LOADER, 'src/cli/main.ts', ...args], { encoding: 'utf8' });
   const common = ['--ppl', WIKI, '--seqlen', '64', '--max-windows', '1', '--json'];
   const refused = cli(['eval', spm, ...common]);
   assert.equal(refused.status, 2, refused.stderr);
@@ -425,7 +425,7 @@ test('a Llama-3-style tokenizer (llama-bpe pre-tokenizer) round-trips through GG
 test('llmq inspect model.gguf: config, tensor types by parameter count, tokenizer', () => {
   const r = spawnSync(
     process.execPath,
-    ['--import', 'tsx', 'src/cli/main.ts', 'inspect', files.q4_0, '--json'],
+    ['--import', LOADER, 'src/cli/main.ts', 'inspect', files.q4_0, '--json'],
     {
       encoding: 'utf8',
     },

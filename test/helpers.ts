@@ -267,3 +267,6 @@ export function ggufTypesIn(file: string, names: string[]): string[] {
   const g = readGguf(file);
   return names.map((n) => ggmlTypeName(g.tensors.find((t) => t.name === `${n}.weight`)?.type ?? -1));
 }
+
+/** The module hooks that run llmq's TypeScript (src/loader.mjs), for tests that start node themselves. */
+export const LOADER = new URL('../src/loader.mjs', import.meta.url).href;

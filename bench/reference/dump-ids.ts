@@ -1,6 +1,6 @@
 /**
  * Writes the token ids llmq calibrates and evaluates on, for the PyTorch ports in this folder:
- *   node --import tsx bench/reference/dump-ids.ts --model <dir> --calib brown.txt --eval wiki.test.raw \
+ *   node --import ./src/loader.mjs bench/reference/dump-ids.ts --model <dir> --calib brown.txt --eval wiki.test.raw \
  *     --out <dir> [--samples 128] [--calib-seqlen 2048] [--seed 0] [--sampler pool|gptq] [--windows 16] [--seqlen 512]
  * Out: calib.bin (samples x calib-seqlen int32), eval.bin (windows x seqlen int32), meta.json.
  */
