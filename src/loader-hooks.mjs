@@ -10,6 +10,8 @@ const options = {
   sourcemap: 'inline',
   // tsconfig.json's target ES2022 gives class fields define semantics; say so, as tsc would
   tsconfigRaw: { compilerOptions: { useDefineForClassFields: true } },
+  // bench/loader.ts's baseline: tsx's transform, which keeps every function's name through a helper
+  keepNames: process.env.LLMQ_KEEP_NAMES === '1',
 };
 
 export async function load(url, context, next) {
