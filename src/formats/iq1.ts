@@ -222,21 +222,29 @@ function sortedOrder(x: Float32Array, at: number, n: number): number[] {
   return Array.from({ length: n }, (_, i) => i).sort((a, b) => x[at + a] - x[at + b]);
 }
 
-/** Tries a fit; keeps it when sumqx^2 / sumq2 beats the best so far (C's comparison, float32). */
-class BestFit<T> {
+/** The best fit so far: sumqx^2 / sumq2 compared as C compares it, in float32. */
+class BestFit {
   score = -FLT_MAX;
   scale = 0;
-  found: T | undefined;
-  offer(sumqx: number, sumq2: number, what: T): void {
-    if (sumq2 > 0 && fr(sumqx * sumqx) > fr(this.score * sumq2)) {
-      this.scale = fr(sumqx / sumq2);
-      this.score = fr(this.scale * sumqx);
-      this.found = what;
-    }
+  /** whether the fit beats the best so far (it becomes the best) */
+  better(sumqx: number, sumq2: number): boolean {
+    if (!(sumq2 > 0 && fr(sumqx * sumqx) > fr(this.score * sumq2))) return false;
+    this.scale = fr(sumqx / sumq2);
+    this.score = fr(this.scale * sumqx);
+    return true;
   }
 }
 
 type Split = { i1: number; i2: number };
+
+/** sum over the three runs [0, i1), [i1, i2), [i2, n) of prefix sums s of the run's sum times q (squared: times q^2). */
+function runSums(s: Float32Array, q: Shifted, i1: number, i2: number, square: boolean): number {
+  const n = s.length - 1;
+  const term = (v: number, qi: number) => (square ? fr(fr(v * qi) * qi) : fr(v * qi));
+  const a = term(fr(s[i1] - s[0]), q[0]);
+  const b = term(fr(s[i2] - s[i1]), q[1]);
+  return fr(fr(a + b) + term(fr(s[n] - s[i2]), q[2]));
+}
 
 /** IQ1_S: the best split of the 32 sorted values into levels 0 / 1 / 2, both groups shifted alike. */
 function bestSplitS(x: Float32Array, at: number, w: Float32Array, order: number[]) {
@@ -246,18 +254,14 @@ function bestSplitS(x: Float32Array, at: number, w: Float32Array, order: number[
     sumx[j + 1] = fr(sumx[j] + fr(w[i] * x[at + i]));
     sumw[j + 1] = fr(sumw[j] + w[i]);
   });
-  const fit = new BestFit<Split & { down: boolean }>();
-  const sums = (s: Float32Array, q: readonly number[], i1: number, i2: number, square: boolean) => {
-    const term = (v: number, qi: number) => (square ? fr(fr(v * qi) * qi) : fr(v * qi));
-    const a = term(fr(s[i1] - s[0]), q[0]);
-    const b = term(fr(s[i2] - s[i1]), q[1]);
-    return fr(fr(a + b) + term(fr(s[SUB] - s[i2]), q[2]));
-  };
+  const fit = new BestFit();
+  let found: (Split & { down: boolean }) | undefined;
   for (let i1 = 0; i1 <= SUB; i1++)
     for (let i2 = i1; i2 <= SUB; i2++)
       for (const q of [UP, DOWN])
-        fit.offer(sums(sumx, q, i1, i2, false), sums(sumw, q, i1, i2, true), { i1, i2, down: q === DOWN });
-  return fit.found && { ...fit.found, scale: fit.scale };
+        if (fit.better(runSums(sumx, q, i1, i2, false), runSums(sumw, q, i1, i2, true)))
+          found = { i1, i2, down: q === DOWN };
+  return found && { ...found, scale: fit.scale };
 }
 
 /**
@@ -274,32 +278,39 @@ function bestSplitM(x: Float32Array, at: number, w: Float32Array, order: number[
     pw[h][j + 1] = fr(pw[h][j] + w[i]);
     pw[1 - h][j + 1] = pw[1 - h][j];
   });
-  const c = (q: Shifted) => ({
-    top: q[2],
-    c1: fr(fr(q[0] * q[0]) - fr(q[1] * q[1])),
-    c2: fr(fr(q[1] * q[1]) - fr(q[2] * q[2])),
-  });
-  const consts = [c(UP), c(DOWN)];
-  const fit = new BestFit<Split & { down: [boolean, boolean] }>();
+  // per shift d (0 up, 1 down): v2, v0^2 - v1^2, v1^2 - v2^2
+  const [top, c1, c2] = [0, 1, 2].map((j) =>
+    Float64Array.from([UP, DOWN], (q) =>
+      j === 0
+        ? q[2]
+        : j === 1
+          ? fr(fr(q[0] * q[0]) - fr(q[1] * q[1]))
+          : fr(fr(q[1] * q[1]) - fr(q[2] * q[2])),
+    ),
+  );
+  // sum w x q and sum w q^2 of half h with shift d, at 2 h + d
+  const qx = new Float64Array(4);
+  const q2 = new Float64Array(4);
+  const fit = new BestFit();
+  let found: (Split & { down: [boolean, boolean] }) | undefined;
   for (let i1 = 0; i1 <= M_SUB; i1++)
     for (let i2 = i1; i2 <= M_SUB; i2++) {
-      // [half][0 up, 1 down]
-      const qx = [0, 1].map((h) => {
+      for (let h = 0; h < 2; h++) {
         const sx = fr(px[h][i1] + px[h][i2]);
-        return consts.map(({ top }) => fr(fr(px[h][M_SUB] * top) - sx));
-      });
-      const q2 = [0, 1].map((h) =>
-        consts.map(({ top, c1, c2 }) =>
-          fr(fr(fr(fr(pw[h][M_SUB] * top) * top) + fr(pw[h][i1] * c1)) + fr(pw[h][i2] * c2)),
-        ),
-      );
+        for (let d = 0; d < 2; d++) {
+          qx[2 * h + d] = fr(fr(px[h][M_SUB] * top[d]) - sx);
+          q2[2 * h + d] = fr(
+            fr(fr(fr(pw[h][M_SUB] * top[d]) * top[d]) + fr(pw[h][i1] * c1[d])) + fr(pw[h][i2] * c2[d]),
+          );
+        }
+      }
       for (let k = 0; k < 4; k++) {
         const [d0, d1] = [k >> 1, k & 1];
-        const down: [boolean, boolean] = [d0 === 1, d1 === 1];
-        fit.offer(fr(qx[0][d0] + qx[1][d1]), fr(q2[0][d0] + q2[1][d1]), { i1, i2, down });
+        if (fit.better(fr(qx[d0] + qx[2 + d1]), fr(q2[d0] + q2[2 + d1])))
+          found = { i1, i2, down: [d0 === 1, d1 === 1] };
       }
     }
-  return fit.found && { ...fit.found, scale: fit.scale };
+  return found && { ...found, scale: fit.scale };
 }
 
 /** bestNeighbour's weighted distance of value i of the group to level l, at 3 i + l (filled per call) */
