@@ -88,14 +88,23 @@ const levelOf = (spec: GridSpec, key: number, i: number) =>
 
 /** The points at the `distances` smallest squared distances (units of 2l + 1), nearest first, by index on ties. */
 function neighboursOf(spec: GridSpec, key: number, levels: Uint8Array): number[] {
-  const size = spec.points.length;
-  const d2 = new Int32Array(size);
-  for (let j = 0; j < size; j++)
-    for (let i = 0; i < spec.group; i++)
-      d2[j] += (2 * (levels[spec.group * j + i] - levelOf(spec, key, i))) ** 2;
-  const nearest = [...new Set(d2)].sort((a, b) => a - b).slice(0, spec.distances);
+  const { group: n, points } = spec;
+  const keyLevels = Int32Array.from({ length: n }, (_, i) => levelOf(spec, key, i));
+  const d2 = new Int32Array(points.length);
+  const top = (1 << spec.levelBits) - 1;
+  const present = new Uint8Array(n * (2 * top) ** 2 + 1);
+  for (let j = 0; j < points.length; j++) {
+    let d = 0;
+    for (let i = 0; i < n; i++) d += (2 * (levels[n * j + i] - keyLevels[i])) ** 2;
+    d2[j] = d;
+    present[d] = 1;
+  }
   const out: number[] = [];
-  for (const d of nearest) for (let j = 0; j < size; j++) if (d2[j] === d) out.push(j);
+  for (let d = 0, taken = 0; d < present.length && taken < spec.distances; d++) {
+    if (!present[d]) continue;
+    taken++;
+    for (let j = 0; j < points.length; j++) if (d2[j] === d) out.push(j);
+  }
   return out;
 }
 
