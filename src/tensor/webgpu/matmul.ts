@@ -403,6 +403,22 @@ function gemmKernel(
   pk: PackedLayout | undefined,
   residual: boolean,
 ): Kernel {
+  return {
+    key: `gemm:${dx}:${weightKey(dw, pk)}:${db}:${t.tm}x${t.tn}x${t.bk}${t.prefetch ? ':prefetch' : ''}${residual ? ':res' : ''}`,
+    bindings: linearBindings(pk, residual),
+    code: () => gemmCode(dx, dw, db, t, pk, residual),
+  };
+}
+
+/** gemmKernel's WGSL, built when the pipeline is compiled (a prefill asks for the kernel every linear). */
+function gemmCode(
+  dx: DType,
+  dw: DType,
+  db: DType,
+  t: GemmTile,
+  pk: PackedLayout | undefined,
+  residual: boolean,
+): string {
   const BM = 16 * t.tm;
   const BN = 16 * t.tn;
   const { bk: BK } = t;
@@ -445,10 +461,7 @@ function gemmKernel(
     workgroupBarrier();${product('0u')}
     workgroupBarrier();
   }`;
-  return {
-    key: `gemm:${dx}:${weightKey(dw, pk)}:${db}:${t.tm}x${t.tn}x${t.bk}${t.prefetch ? ':prefetch' : ''}${residual ? ':res' : ''}`,
-    bindings: linearBindings(pk, residual),
-    code: () => `${linearHeader(dx, dw, db, pk, residual)}
+  return `${linearHeader(dx, dw, db, pk, residual)}
 // k-major tiles: As[stage][kk][row], Bs[stage][kk][col], four consecutive rows/cols per vec4
 var<workgroup> As: array<vec4<f32>, ${(stages * BK * BM) / 4}>;
 var<workgroup> Bs: array<vec4<f32>, ${(stages * BK * BN) / 4}>;
@@ -469,8 +482,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
       ${storeY(residual, 'm * p.ldy + p.n0 + n')}
     }
   }
-}`,
-  };
+}`;
 }
 
 /** Packed weight storages for `linear` (see PackedWeight in tensor.ts). */
