@@ -411,14 +411,8 @@ function gemmKernel(
 }
 
 /** gemmKernel's WGSL, built when the pipeline is compiled (a prefill asks for the kernel every linear). */
-function gemmCode(
-  dx: DType,
-  dw: DType,
-  db: DType,
-  t: GemmTile,
-  pk: PackedLayout | undefined,
-  residual: boolean,
-): string {
+function gemmCode(...args: Parameters<typeof gemmKernel>): string {
+  const [dx, dw, db, t, pk, residual] = args;
   const BM = 16 * t.tm;
   const BN = 16 * t.tn;
   const { bk: BK } = t;
