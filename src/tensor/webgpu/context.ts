@@ -141,25 +141,26 @@ export interface Kernel {
 export class Params {
   private readonly words: number[] = [];
   private readonly kinds: ('u' | 'i' | 'f')[] = [];
+  /** the words as text, built as they are added: the uniform cache looks every dispatch's parameters up */
+  private text = '';
   u(x: number): this {
-    this.words.push(x >>> 0);
-    this.kinds.push('u');
-    return this;
+    return this.push('u', x >>> 0);
   }
   i(x: number): this {
-    this.words.push(x | 0);
-    this.kinds.push('i');
-    return this;
+    return this.push('i', x | 0);
   }
   f(x: number): this {
-    this.words.push(x);
-    this.kinds.push('f');
+    return this.push('f', x);
+  }
+  private push(kind: 'u' | 'i' | 'f', w: number): this {
+    this.words.push(w);
+    this.kinds.push(kind);
+    this.text += `${kind}${Object.is(w, -0) ? '-0' : w}`;
     return this;
   }
   /** identifies the bytes writeTo writes (-0 apart from 0) */
   key(): string {
-    const words = this.words.map((w) => (Object.is(w, -0) ? '-0' : String(w)));
-    return `${this.kinds.join('')}:${words.join(',')}`;
+    return this.text;
   }
   get byteLength(): number {
     return Math.max(16, Math.ceil((this.words.length * 4) / 16) * 16);
