@@ -31,7 +31,7 @@ import { type Backend, FUSED_OPS, type Tensor } from '../src/tensor/tensor.ts';
 import { envFlags, WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
 import { DEFAULT_GEMV } from '../src/tensor/webgpu/context.ts';
 import { type KernelShare, largestKernels, publish, type Row, table } from './report.ts';
-import { synthLlama3 } from './synth-model.ts';
+import { dropCodes, randomWords, synthLlama3, useInt8 } from './synth-model.ts';
 
 const { values } = parseArgs({
   options: {
@@ -143,16 +143,6 @@ async function smallRuns(engine: ModelEngine, prompt: Int32Array, variant: strin
   }
 }
 
-function randomWords(n: number, seed: number): Int32Array {
-  const out = new Int32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s | 0;
-  }
-  return out;
-}
-
 /**
  * Random 4-bit codes decoded in the GEMM: W4 g128 asymmetric ((q - 8) 0.004), or with `levels` IQ4
  * (levels[q] 0.0002, a scale per 32).
@@ -172,35 +162,6 @@ function usePacked4(b: Backend, lin: Linear, levels?: Int8Array): void {
     group,
     ...(levels ? { levels } : {}),
   };
-}
-
-/**
- * Frees a linear's codes before new ones replace them (a dropped WebGPU buffer is destroyed when the
- * garbage collector takes it, which need not wait for the commands using it to be submitted).
- */
-function dropCodes(lin: Linear): void {
-  for (const t of [
-    lin.packed?.codes,
-    lin.packed?.scales,
-    lin.packed?.zeros,
-    lin.int8?.codes,
-    lin.int8?.scales,
-  ])
-    t?.dispose();
-  lin.packed = undefined;
-  lin.int8 = undefined;
-}
-
-/** W8A8: INT8 per-channel weights (random codes), INT8 per-token activations. */
-function useInt8(b: Backend, lin: Linear): void {
-  dropCodes(lin);
-  const [rows, cols] = lin.weight.shape;
-  const codes = new Int8Array(randomWords((rows * cols) / 4, rows * 3 + cols).buffer);
-  lin.int8 = {
-    codes: b.upload(codes, [rows, cols], 'i8'),
-    scales: b.upload(new Float32Array(rows).fill(0.0005), [rows], 'f32'),
-  };
-  lin.inputQuant = { spec: { kind: 'int', bits: 8, symmetric: true, granularity: 'row' } };
 }
 
 /**

@@ -11,11 +11,12 @@
 import { execFileSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import { fakeQuantRows, parseFormat } from '../src/formats/index.ts';
-import { LINEARS, type LlamaModel } from '../src/model/llama.ts';
+import { LINEARS } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
 import { KvCache } from '../src/runtime/kv-cache.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { publish, type Row, table } from './report.ts';
+import { useInt8 } from './synth-model.ts';
 
 const { values } = parseArgs({
   options: {
@@ -68,7 +69,7 @@ async function encodeMs(int8: boolean): Promise<number> {
   const b = await WebGpuBackend.create().catch(() => undefined);
   if (!b) return -1;
   const model = loadLlama(MODEL, b);
-  if (int8) useInt8(model);
+  if (int8) for (const layer of model.layers) for (const n of LINEARS) useInt8(b, layer.linears[n]);
   const cache = new KvCache(model, 64);
   const step = (id: number) => {
     cache.reserve(1);
@@ -89,22 +90,6 @@ async function encodeMs(int8: boolean): Promise<number> {
     if (i % 40 === 39) cache.truncate(8);
   }
   return (performance.now() - t) / tokens;
-}
-
-/** W8A8 on the int8 path: random int8 codes, per-token INT8 activations. */
-function useInt8(model: LlamaModel): void {
-  const b = model.backend;
-  for (const layer of model.layers)
-    for (const n of LINEARS) {
-      const lin = layer.linears[n];
-      const [rows, cols] = lin.weight.shape;
-      const codes = Int8Array.from({ length: rows * cols }, (_, i) => ((i * 7) % 11) - 5);
-      lin.int8 = {
-        codes: b.upload(codes, [rows, cols], 'i8'),
-        scales: b.upload(new Float32Array(rows).fill(0.01), [rows], 'f32'),
-      };
-      lin.inputQuant = { spec: { kind: 'int', bits: 8, symmetric: true, granularity: 'row' } };
-    }
 }
 
 function childMs(workload: string, keepNames: boolean): number {

@@ -39,3 +39,43 @@ export function synthLlama3(b: Backend, layers?: number): LlamaModel {
     'synthetic',
   );
 }
+
+/** n pseudo-random 32-bit words (an LCG from `seed`): codes for synthetic weights. */
+export function randomWords(n: number, seed: number): Int32Array {
+  const out = new Int32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s | 0;
+  }
+  return out;
+}
+
+/**
+ * Frees a linear's codes before new ones replace them (a dropped WebGPU buffer is destroyed when the
+ * garbage collector takes it, which need not wait for the commands using it to be submitted).
+ */
+export function dropCodes(lin: Linear): void {
+  for (const t of [
+    lin.packed?.codes,
+    lin.packed?.scales,
+    lin.packed?.zeros,
+    lin.int8?.codes,
+    lin.int8?.scales,
+  ])
+    t?.dispose();
+  lin.packed = undefined;
+  lin.int8 = undefined;
+}
+
+/** W8A8: INT8 per-channel weights (random codes), INT8 per-token activations. */
+export function useInt8(b: Backend, lin: Linear): void {
+  dropCodes(lin);
+  const [rows, cols] = lin.weight.shape;
+  const codes = new Int8Array(randomWords((rows * cols) / 4, rows * 3 + cols).buffer);
+  lin.int8 = {
+    codes: b.upload(codes, [rows, cols], 'i8'),
+    scales: b.upload(new Float32Array(rows).fill(0.0005), [rows], 'f32'),
+  };
+  lin.inputQuant = { spec: { kind: 'int', bits: 8, symmetric: true, granularity: 'row' } };
+}
