@@ -10,7 +10,7 @@
  * then measures PyTorch in the same call; back here, --report renders both as a table in BENCHMARKS.md.
  *   node --import ./src/loader.mjs bench/generate.ts --model DIR --device webgpu [--prompt 128] [--new 256] [--skip 8b] [--out F]
  *     [--fusions both|all] [--gemv-baseline] [--profile N]   (WebGPU variants; GPU time per kernel)
- *     [--first-submit N]   (dispatches in a decode step's first submit) [--attention-keys N]
+ *     [--first-submit N]   (dispatches in a decode step's first submit) [--attention-keys N] [--attention-workgroups N]
  *   node --import ./src/loader.mjs bench/generate.ts --report llmq.json,torch.json [--no-write]
  *   node --import ./src/loader.mjs bench/generate.ts --report llmq.json --gpu NAME   (no PyTorch run: ratios to llmq's bf16)
  */
@@ -58,6 +58,7 @@ const { values } = parseArgs({
     'first-submit': { type: 'string' },
     /** keys a decode attention workgroup scores at once (WebGPU; default the context's, 64) */
     'attention-keys': { type: 'string' },
+    'attention-workgroups': { type: 'string' },
     /** every row also with the GEMV's scalar loops (before vec4 chunks; WebGPU) */
     'gemv-baseline': { type: 'boolean', default: false },
     /** runs every row twice, first without reusing bind groups and uniforms (the baseline) */
@@ -90,6 +91,9 @@ for (const reuse of reuseModes) {
           reuseBindGroups: reuse,
           ...(values['first-submit'] ? { firstSubmit: Number(values['first-submit']) } : {}),
           ...(values['attention-keys'] ? { attentionKeys: Number(values['attention-keys']) } : {}),
+          ...(values['attention-workgroups']
+            ? { attentionWorkgroups: Number(values['attention-workgroups']) }
+            : {}),
           // Dawn rounds timestamps unless told not to
           ...(values.profile !== '0'
             ? { flags: [...envFlags(), 'disable-dawn-features=timestamp_quantization'] }

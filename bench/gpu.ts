@@ -23,7 +23,12 @@ import { loadLlama } from '../src/model/llama-dir.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import type { DType, PackedWeight, Tensor } from '../src/tensor/tensor.ts';
 import { envFlags, WebGpuBackend, WebGpuTensor } from '../src/tensor/webgpu/backend.ts';
-import { DEFAULT_ATTENTION_KEYS, DEFAULT_GEMV, type GemvTuning } from '../src/tensor/webgpu/context.ts';
+import {
+  DEFAULT_ATTENTION_KEYS,
+  DEFAULT_ATTENTION_WORKGROUPS,
+  DEFAULT_GEMV,
+  type GemvTuning,
+} from '../src/tensor/webgpu/context.ts';
 import { Int8Gemm, type SubgroupMatrixTile } from '../src/tensor/webgpu/int8.ts';
 import type { GemmTile } from '../src/tensor/webgpu/matmul.ts';
 import { maxRelErr, nearTies } from '../test/helpers.ts';
@@ -384,7 +389,8 @@ if (!skip.has('rows')) {
 
 /**
  * One decode step's cached attention at Llama-3-8B's shapes (32 query heads, 8 KV heads, head_dim
- * 128, f32 cache) after 256, 2048 and 8192 keys, for several chunk sizes (ContextOptions.attentionKeys).
+ * 128, f32 cache) after 256, 2048 and 8192 keys, for several chunk sizes (ContextOptions.attentionKeys)
+ * and, at the default chunk, fewer workgroups aimed for (attentionWorkgroups; 1: never split).
  */
 async function decodeAttentionRows(): Promise<void> {
   const [H, Hkv, Dh] = [32, 8, 128];
@@ -398,6 +404,14 @@ async function decodeAttentionRows(): Promise<void> {
         gpu.attentionCached(q, k, v, shape),
       ]);
     }
+    gpu.ctx.attentionKeys = DEFAULT_ATTENTION_KEYS;
+    for (const workgroups of [1, 64]) {
+      gpu.ctx.attentionWorkgroups = workgroups;
+      await reportRowOp(`attentionCached 8B, ${keys} keys, ${workgroups} workgroups aimed for`, () => [
+        gpu.attentionCached(q, k, v, shape),
+      ]);
+    }
+    gpu.ctx.attentionWorkgroups = DEFAULT_ATTENTION_WORKGROUPS;
     k.dispose();
     v.dispose();
   }

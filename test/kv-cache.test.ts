@@ -9,7 +9,11 @@ import { KvCache } from '../src/runtime/kv-cache.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import type { Backend } from '../src/tensor/tensor.ts';
 import { openDevice, WebGpuBackend } from '../src/tensor/webgpu/backend.ts';
-import { DEFAULT_ATTENTION_KEYS, DEFAULT_GEMV } from '../src/tensor/webgpu/context.ts';
+import {
+  DEFAULT_ATTENTION_KEYS,
+  DEFAULT_ATTENTION_WORKGROUPS,
+  DEFAULT_GEMV,
+} from '../src/tensor/webgpu/context.ts';
 import { MODELS, rng } from './helpers.ts';
 
 const cpu = new CpuBackend();
@@ -107,6 +111,11 @@ for (const [name, b] of backends) {
             `${maxAbsDiff(other, want)} with ${keys} keys a workgroup`,
           );
         }
+        // one workgroup per (query, head group): every key in one split, no merge
+        b.ctx.attentionWorkgroups = 1;
+        const unsplit = await b.read(run());
+        b.ctx.attentionWorkgroups = DEFAULT_ATTENTION_WORKGROUPS;
+        assert.ok(maxAbsDiff(unsplit, want) < 2e-5, `${maxAbsDiff(unsplit, want)} unsplit`);
       }
     }
   });

@@ -145,8 +145,6 @@ export function attention(ctx: GpuContext, q: Storage, k: Storage, v: Storage, s
 const SPLIT_WG = 256;
 /** Query heads a workgroup takes at most: they share each key and value row it loads. */
 const MAX_HEADS = 8;
-/** Workgroups a decode attention aims for: (query, KV head) pairs times splits of the keys. */
-const SPLIT_TARGET = 256;
 /** f32 values in each of the split kernel's per-head arrays at most (4 KiB): queries, scores. */
 const HEAD_ARRAY = 1024;
 /** Threads of the kernel merging the splits. */
@@ -204,7 +202,7 @@ function sharedBytes(t: Pick<SplitShape, 'headDim' | 'heads' | 'keys'>): number 
  * summed, online softmax); then groups of threads take every KG-th key, a lane per value unit (four
  * dimensions where they divide the head), and at the end the groups' sums are added in group order.
  * With one split the workgroup writes the output; otherwise its (max, sum, unnormalized output) and
- * mergeKernel combines the splits. The splits are as many as fill SPLIT_TARGET workgroups.
+ * mergeKernel combines the splits. The splits are as many as fill ctx.attentionWorkgroups workgroups.
  */
 function splitAttentionKernel(dq: DType, dk: DType, dv: DType, t: SplitShape): Kernel {
   const { headDim: DH, heads: GW, keys: CK, chunks, final } = t;
@@ -421,7 +419,9 @@ export function attentionCached(
   // enough workgroups to fill the GPU, each taking whole chunks of `keys` keys
   const nChunks = Math.ceil((s.past + queries) / keys);
   const rowGroups = queries * Hkv * (group / heads);
-  const perSplit = Math.ceil(nChunks / Math.min(nChunks, Math.max(1, Math.ceil(SPLIT_TARGET / rowGroups))));
+  const perSplit = Math.ceil(
+    nChunks / Math.min(nChunks, Math.max(1, Math.ceil(ctx.attentionWorkgroups / rowGroups))),
+  );
   const splits = Math.ceil(nChunks / perSplit);
   const chunks = ctx.gemv.chunks && chunksFit(DH, [wk.off, wv.off], [k.dtype, v.dtype]);
   const shape: SplitShape = { headDim: DH, group, heads, keys, chunks, final: splits === 1 };

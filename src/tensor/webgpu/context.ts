@@ -39,6 +39,8 @@ export interface ContextOptions {
   gemv?: GemvTuning;
   /** keys a decode attention workgroup scores at once, rounded down to a power of two (default DEFAULT_ATTENTION_KEYS) */
   attentionKeys?: number;
+  /** workgroups a decode attention aims for, splitting the keys to get them; 1: never split (default DEFAULT_ATTENTION_WORKGROUPS) */
+  attentionWorkgroups?: number;
 }
 
 /** How the matrix-vector kernels read their operands (decoding; see matmul.ts's GEMV loops). */
@@ -55,6 +57,8 @@ export interface GemvTuning {
 export const DEFAULT_GEMV: GemvTuning = { chunks: true, unroll: 2 };
 /** Keys a decode attention workgroup scores at once unless ContextOptions.attentionKeys says otherwise. */
 export const DEFAULT_ATTENTION_KEYS = 64;
+/** Workgroups a decode attention aims for unless ContextOptions.attentionWorkgroups says otherwise. */
+export const DEFAULT_ATTENTION_WORKGROUPS = 256;
 
 const STORAGE_USAGE = 0x80 | 0x04 | 0x08; // STORAGE | COPY_SRC | COPY_DST
 const UNIFORM_USAGE = 0x40; // UNIFORM
@@ -252,6 +256,8 @@ export class GpuContext {
   gemv: GemvTuning;
   /** keys a decode attention workgroup scores at once (ContextOptions.attentionKeys) */
   attentionKeys: number;
+  /** workgroups a decode attention aims for (ContextOptions.attentionWorkgroups) */
+  attentionWorkgroups: number;
 
   constructor(
     readonly device: GPUDevice,
@@ -277,6 +283,9 @@ export class GpuContext {
     this.gemv = opts.gemv ?? DEFAULT_GEMV;
     this.attentionKeys = opts.attentionKeys ?? DEFAULT_ATTENTION_KEYS;
     if (!(this.attentionKeys >= 1)) fail(`WebGPU: attentionKeys ${this.attentionKeys} must be at least 1`);
+    this.attentionWorkgroups = opts.attentionWorkgroups ?? DEFAULT_ATTENTION_WORKGROUPS;
+    if (!(this.attentionWorkgroups >= 1))
+      fail(`WebGPU: attentionWorkgroups ${this.attentionWorkgroups} must be at least 1`);
     if (opts.reuseBindGroups ?? true) {
       this.bindGroups = new BindGroupCache();
       this.uniformCache = new UniformCache(device, this.uniformAlign, opts.uniformPages ?? 32);
