@@ -35,20 +35,36 @@ async function unfused<T>(b: WebGpuBackend, f: () => Promise<T>): Promise<T> {
   }
 }
 
-/** Logits of a prompt of 3 then 1, 1 and 2 tokens through the KV cache, and the dispatches they took. */
-async function decode(model: LlamaModel): Promise<{ logits: Float32Array[]; dispatches: number }> {
+/**
+ * Logits of a prompt of 3 then 1, 1 and 2 tokens through the KV cache, the dispatches they took and
+ * the buffer copies they recorded.
+ */
+async function decode(
+  model: LlamaModel,
+): Promise<{ logits: Float32Array[]; dispatches: number; copies: number }> {
   const b = model.backend as WebGpuBackend;
   const cache = new KvCache(model, 32);
   const start = b.ctx.recorded;
+  let copies = 0;
+  const ctx = b.ctx as unknown as { copy: (...a: unknown[]) => void };
+  const copy = ctx.copy;
+  ctx.copy = (...a) => {
+    copies++;
+    copy.apply(b.ctx, a);
+  };
   const logits: Float32Array[] = [];
-  for (const ids of [[1, 50, 300], [7], [900], [12, 44]]) {
-    cache.reserve(ids.length);
-    const out = model.forwardCached(Int32Array.from(ids), cache);
-    logits.push(await b.read(out));
-    out.dispose();
+  try {
+    for (const ids of [[1, 50, 300], [7], [900], [12, 44]]) {
+      cache.reserve(ids.length);
+      const out = model.forwardCached(Int32Array.from(ids), cache);
+      logits.push(await b.read(out));
+      out.dispose();
+    }
+  } finally {
+    ctx.copy = copy;
   }
   cache.dispose();
-  return { logits, dispatches: b.ctx.recorded - start };
+  return { logits, dispatches: b.ctx.recorded - start, copies };
 }
 
 test('WebGPU decoding with the fused q/k/v + RoPE, gate/up + SiLU (with or without their RMSNorm) and residual stores equals the separate ops bit for bit (bf16, W4 g64, IQ4_XS codes)', {
@@ -73,6 +89,10 @@ test('WebGPU decoding with the fused q/k/v + RoPE, gate/up + SiLU (with or witho
     assert.equal(want.dispatches, 4 * (15 * layers + 3), format);
     assert.equal(got.dispatches, 4 * (7 * layers + 3), format);
     assert.equal(normed.dispatches, 4 * (5 * layers + 3), format);
+    // the separate ops copy k and v into the cache at every layer of every step; the fused q/k/v op
+    // stores them there itself once something is cached (the three steps after the prompt)
+    assert.equal(want.copies - got.copies, 3 * 2 * layers, format);
+    assert.equal(normed.copies, got.copies, format);
     model.dispose();
   }
 });
@@ -93,6 +113,8 @@ test('WebGPU W8A8 decoding: int8 GEMVs with the scales and residual in their sto
   // 9 a layer (43 with norms, a three-pass quantizer, GEMV and scale pass a linear and the adds) plus
   // embedding, final norm and head
   assert.equal(got.dispatches, 4 * (9 * layers + 3), `${got.dispatches} dispatches in 4 steps`);
+  // k and v stored into the cache by the int8 q/k/v op after the prompt
+  assert.equal(want.copies - got.copies, 3 * 2 * layers);
   model.dispose();
 });
 

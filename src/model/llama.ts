@@ -9,7 +9,7 @@ import type { FormatSpec } from '../formats/spec.ts';
 import type { ModelConfig } from '../io/config.ts';
 import { ropeTable } from '../io/rope.ts';
 import type { Checkpoint } from '../io/safetensors-format.ts';
-import type { Backend, DType, PackedWeight, RmsNorm, RopeTable, Tensor } from '../tensor/tensor.ts';
+import type { Backend, DType, KvRows, PackedWeight, RmsNorm, RopeTable, Tensor } from '../tensor/tensor.ts';
 import {
   canShareInt8Input,
   disposeRows,
@@ -133,6 +133,10 @@ export interface AttentionCache {
   readonly past: number;
   /** stores layer `layer`'s new k/v rows at rows past.. and returns that layer's whole k/v caches */
   append(layer: number, k: Tensor, v: Tensor): { k: Tensor; v: Tensor };
+  /** layer `layer`'s k/v caches and the row its new rows go to (past), for an op that writes them there */
+  target(layer: number): KvRows;
+  /** as append, for new rows an op already wrote into target(layer) */
+  written(layer: number): { k: Tensor; v: Tensor };
 }
 
 export interface BatchShape {
@@ -298,19 +302,23 @@ export class LlamaModel {
     const { numHeads, numKvHeads, headDim } = this.config;
     const input = x instanceof NormedInput ? x : new NormedInput(b, x);
     const pos = cache ? positionsFrom(cache.past, shape.seqLen) : this.positions(shape);
-    const [q, rawK, rawV] =
-      (!hooks?.linearInput && this.fusedQkv(layer, input, pos)) || this.qkv(layer, input, pos, hooks);
-    const k = this.kvQuantized(rawK);
-    const v = this.kvQuantized(rawV);
-    const heads = { numHeads, numKvHeads, headDim };
     const past = cache?.past ?? 0;
-    const cached = cache?.append(layer, k, v);
+    // decoding: the fused q/k/v op may store k and v in the cache itself (no copy)
+    const into = cache && past > 0 && !this.kvQuant ? cache.target(layer) : undefined;
+    const [q, rawK, rawV] =
+      (!hooks?.linearInput && this.fusedQkv(layer, input, pos, into)) ||
+      this.qkv(layer, input, pos, hooks, into);
+    const written = into !== undefined && rawK === into.k;
+    const k = written ? rawK : this.kvQuantized(rawK);
+    const v = written ? rawV : this.kvQuantized(rawV);
+    const heads = { numHeads, numKvHeads, headDim };
+    const cached = cache && (written ? cache.written(layer) : cache.append(layer, k, v));
     // with nothing cached before, the new rows attend only to themselves: the batched kernel does it
     const att =
       cached && past > 0
         ? b.attentionCached(q, cached.k, cached.v, { queries: shape.seqLen, past, ...heads })
         : b.attention(q, k, v, { ...shape, ...heads });
-    for (const t of [q, k, v]) t.dispose();
+    for (const t of written ? [q] : [q, k, v]) t.dispose();
     return att;
   }
 
@@ -320,6 +328,7 @@ export class LlamaModel {
     input: NormedInput,
     pos: Int32Array,
     hooks?: ForwardHooks,
+    into?: KvRows,
   ): [Tensor, Tensor, Tensor] {
     const names: LinearName[] = ['q_proj', 'k_proj', 'v_proj'];
     const int8 = this.sharedInt8(layer, names, input, hooks);
@@ -332,6 +341,7 @@ export class LlamaModel {
             pos[0],
             headDim,
             this.rope,
+            into,
           )
         : undefined;
     const out =
@@ -391,7 +401,12 @@ export class LlamaModel {
   }
 
   /** qkv in one backend op, where the backend has one, the linears are plain and positions consecutive. */
-  private fusedQkv(layer: number, input: NormedInput, pos: Int32Array): [Tensor, Tensor, Tensor] | undefined {
+  private fusedQkv(
+    layer: number,
+    input: NormedInput,
+    pos: Int32Array,
+    into?: KvRows,
+  ): [Tensor, Tensor, Tensor] | undefined {
     const { q_proj: q, k_proj: k, v_proj: v } = this.layers[layer].linears;
     const op = this.backend.qkvRope?.bind(this.backend);
     if (!op || ![q, k, v].every(plainLinear) || !consecutive(pos)) return undefined;
@@ -403,8 +418,8 @@ export class LlamaModel {
     const { headDim } = this.config;
     // with the norm inside the op where the backend takes it, else on the normed tensor
     return (
-      (input.norm && op(input.h, weights, pos[0], headDim, this.rope, input.norm)) ||
-      op(input.tensor(), weights, pos[0], headDim, this.rope)
+      (input.norm && op(input.h, weights, pos[0], headDim, this.rope, input.norm, into)) ||
+      op(input.tensor(), weights, pos[0], headDim, this.rope, undefined, into)
     );
   }
 

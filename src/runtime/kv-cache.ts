@@ -6,7 +6,7 @@
  */
 import { fail } from '../errors.ts';
 import type { AttentionCache, LlamaModel } from '../model/llama.ts';
-import type { Backend, Tensor } from '../tensor/tensor.ts';
+import type { Backend, KvRows, Tensor } from '../tensor/tensor.ts';
 
 const FIRST_CAPACITY = 256;
 
@@ -48,6 +48,14 @@ export class KvCache implements AttentionCache {
     if (k.shape[0] !== this.pending) fail(`KV cache: ${k.shape[0]} new rows, ${this.pending} reserved`);
     this.backend.writeRows(this.keys[layer], k, this.past);
     this.backend.writeRows(this.values[layer], v, this.past);
+    return this.written(layer);
+  }
+
+  target(layer: number): KvRows {
+    return { k: this.keys[layer], v: this.values[layer], row: this.past };
+  }
+
+  written(layer: number): { k: Tensor; v: Tensor } {
     if (layer === this.layers - 1) {
       this.past += this.pending;
       this.pending = 0;

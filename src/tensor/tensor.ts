@@ -76,6 +76,13 @@ export interface IntRows {
  * The optional Backend ops that fuse several others (decoding); a backend without them, or one that
  * answers undefined, runs the separate ops with the same results.
  */
+/** A KV cache layer's key and value tensors and the row new positions go to (qkvRope's `into`). */
+export interface KvRows {
+  k: Tensor;
+  v: Tensor;
+  row: number;
+}
+
 export const FUSED_OPS = [
   'qkvRope',
   'gateUp',
@@ -140,7 +147,8 @@ export interface Backend {
   /**
    * [rope(linear(x, wq)), rope(linear(x, wk)), linear(x, wv)] at positions first, first + 1, ... in
    * one op where the backend can (optional; undefined where it does not apply). With `norm`, of
-   * rmsnorm(x) instead.
+   * rmsnorm(x) instead. With `into`, k and v may be written straight into into.k / into.v from row
+   * into.row on: then those two tensors themselves are returned as k and v.
    */
   qkvRope?(
     x: Tensor,
@@ -149,6 +157,7 @@ export interface Backend {
     headDim: number,
     table: RopeTable,
     norm?: RmsNorm,
+    into?: KvRows,
   ): [Tensor, Tensor, Tensor] | undefined;
   /**
    * quantizeRowsInt8(rmsnorm(x, norm.weight, norm.eps), spec) in one op where the backend can
@@ -164,6 +173,7 @@ export interface Backend {
     first: number,
     headDim: number,
     table: RopeTable,
+    into?: KvRows,
   ): [Tensor, Tensor, Tensor] | undefined;
   /** c[M,N] = a[M,K] b[N,K]^T for i8 a and b, exact, as i32 (K a multiple of 4). */
   matmulInt8(a: Tensor, b: Tensor): Tensor;

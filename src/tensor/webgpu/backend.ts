@@ -19,6 +19,7 @@ import {
   type DType,
   type HostArray,
   type IntRows,
+  type KvRows,
   numel,
   type PackedWeight,
   type RmsNorm,
@@ -30,7 +31,7 @@ import {
 import { attention, attentionCached } from './attention.ts';
 import { type ContextOptions, ELEM_BYTES, GpuContext, layoutOf, type Storage } from './context.ts';
 import { binary, copyRows, rope, scaleColumns, scaleRows, toF32 } from './elementwise.ts';
-import { type FusedInput, type GemvOperand, gateUp, qkvRope } from './gemv-fused.ts';
+import { type FusedInput, type GemvOperand, gateUp, type KvTarget, qkvRope } from './gemv-fused.ts';
 import {
   type Dot4Tile,
   Int8Gemm,
@@ -298,6 +299,7 @@ export class WebGpuBackend implements Backend {
     headDim: number,
     table: RopeTable,
     norm?: RmsNorm,
+    into?: KvRows,
   ): [Tensor, Tensor, Tensor] | undefined {
     if (norm && !this.normInGemv) return undefined;
     const ops = weights.map((w) => this.gemvOperand(x, w, 'qkvRope')) as [
@@ -305,8 +307,9 @@ export class WebGpuBackend implements Backend {
       GemvOperand,
       GemvOperand,
     ];
-    const outs = qkvRope(this.ctx, this.fusedInput(x, norm, 'qkvRope'), ops, first, headDim, table);
-    return outs?.map((o) => this.wrap(o, [x.shape[0], o.cols])) as [Tensor, Tensor, Tensor] | undefined;
+    const input = this.fusedInput(x, norm, 'qkvRope');
+    const outs = qkvRope(this.ctx, input, ops, first, headDim, table, this.kvTarget(into));
+    return this.qkvTensors(outs, x.shape[0], into);
   }
 
   qkvRopeInt8(
@@ -315,10 +318,35 @@ export class WebGpuBackend implements Backend {
     first: number,
     headDim: number,
     table: RopeTable,
+    into?: KvRows,
   ): [Tensor, Tensor, Tensor] | undefined {
     const ops = weights.map((w) => this.int8Operand(w, 'qkvRope')) as [GemvOperand, GemvOperand, GemvOperand];
-    const outs = qkvRope(this.ctx, this.int8Input(x, 'qkvRope'), ops, first, headDim, table);
-    return outs?.map((o) => this.wrap(o, [x.codes.shape[0], o.cols])) as [Tensor, Tensor, Tensor] | undefined;
+    const outs = qkvRope(
+      this.ctx,
+      this.int8Input(x, 'qkvRope'),
+      ops,
+      first,
+      headDim,
+      table,
+      this.kvTarget(into),
+    );
+    return this.qkvTensors(outs, x.codes.shape[0], into);
+  }
+
+  private kvTarget(into: KvRows | undefined): KvTarget | undefined {
+    return into && { k: this.st(into.k, 'qkvRope'), v: this.st(into.v, 'qkvRope'), row: into.row };
+  }
+
+  /** qkvRope's outputs as tensors: k and v are into's own tensors where the op wrote them there. */
+  private qkvTensors(
+    outs: [Storage, Storage, Storage] | undefined,
+    rows: number,
+    into: KvRows | undefined,
+  ): [Tensor, Tensor, Tensor] | undefined {
+    if (!outs) return undefined;
+    const q = this.wrap(outs[0], [rows, outs[0].cols]);
+    if (into) return [q, into.k, into.v];
+    return [q, this.wrap(outs[1], [rows, outs[1].cols]), this.wrap(outs[2], [rows, outs[2].cols])];
   }
 
   private fusedInput(x: Tensor, norm: RmsNorm | undefined, op: string): FusedInput {

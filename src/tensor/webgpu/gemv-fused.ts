@@ -13,7 +13,15 @@
  */
 import { fail } from '../../errors.ts';
 import type { DType, RopeTable } from '../tensor.ts';
-import { type GemvTuning, type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
+import {
+  type GemvTuning,
+  type GpuContext,
+  grid2,
+  type Kernel,
+  Params,
+  type Storage,
+  type Window,
+} from './context.ts';
 import { ropeTableBuffer, SILU_MUL } from './elementwise.ts';
 import { codeArray, dot4GemvLoop, int8Chunks, scaledSum } from './int8.ts';
 import {
@@ -394,11 +402,42 @@ ${gemvMain(
 )}`;
 }
 
+/** Tensors k and v go into from row `row` on (a KV cache) instead of new storage. */
+export interface KvTarget {
+  k: Storage;
+  v: Storage;
+  row: number;
+}
+
+/**
+ * Where qkvRope stores q, k and v: new storage, or k and v at rows `into.row`.. of the cache
+ * tensors; undefined where those do not fit one binding or lack the room.
+ */
+function qkvOutputs(ctx: GpuContext, M: number, rows: number[], into?: KvTarget) {
+  const fresh = (n: number) => {
+    const o = ctx.allocStorage(M, n, 'f32');
+    return { o, w: ctx.whole(o, 'qkvRope') };
+  };
+  if (!into) {
+    const outs = rows.map(fresh);
+    return { outs: outs.map((x) => x.o), windows: outs.map((x) => x.w) };
+  }
+  const kv = [into.k, into.v];
+  const windows = kv.map((t) => ctx.wholeIfFits(t));
+  const room = kv.every((t, i) => t.dtype === 'f32' && t.cols === rows[i + 1] && into.row + M <= t.rows);
+  if (!room || !windows[0] || !windows[1]) return undefined;
+  const q = fresh(rows[0]);
+  const at = (w: Window, i: number) => ({ ...w, off: w.off + into.row * rows[i + 1] });
+  return { outs: [q.o, ...kv], windows: [q.w, at(windows[0], 0), at(windows[1], 1)] };
+}
+
 /**
  * q, k, v projections of a few rows of x at consecutive positions first.. with RoPE on q and k, in
- * one dispatch: equal to linear x3 and rope x2 (int8: the scaled int8 products). Undefined where it
- * does not apply (more rows, weights of different layouts or with a g_idx, a tensor larger than one
- * binding, fewer storage bindings than the kernel needs).
+ * one dispatch: equal to linear x3 and rope x2 (int8: the scaled int8 products). With `into`, k and
+ * v are stored straight into those tensors from row into.row on (a KV cache: no copy, no
+ * intermediate) and returned as they are. Undefined where it does not apply (more rows, weights of
+ * different layouts or with a g_idx, a tensor larger than one binding, fewer storage bindings than
+ * the kernel needs).
  */
 export function qkvRope(
   ctx: GpuContext,
@@ -407,6 +446,7 @@ export function qkvRope(
   first: number,
   headDim: number,
   table: RopeTable,
+  into?: KvTarget,
 ): [Storage, Storage, Storage] | undefined {
   const M = input.x.rows;
   const half = headDim / 2;
@@ -417,8 +457,9 @@ export function qkvRope(
   if (rows.some((n) => n % headDim !== 0)) return undefined;
   const cs = ropeTableBuffer(ctx, table, first + M - 1);
   if (cs.buffer.size > ctx.maxBindingBytes) return undefined;
-  const outs = rows.map((n) => ctx.allocStorage(M, n, 'f32')) as [Storage, Storage, Storage];
-  const ow = outs.map((o) => ctx.whole(o, 'qkvRope'));
+  const out = qkvOutputs(ctx, M, rows, into);
+  if (!out) return undefined;
+  const ow = out.windows;
   const pairs = rows.map((n) => n / 2);
   const params = new Params().u(f.K);
   for (const off of f.offsets) params.u(off);
@@ -436,5 +477,5 @@ export function qkvRope(
     ],
     grid2(Math.ceil((pairs[0] + pairs[1] + pairs[2]) / (GEMV_COLS / 2))),
   );
-  return outs;
+  return out.outs as [Storage, Storage, Storage];
 }
