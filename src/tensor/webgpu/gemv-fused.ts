@@ -188,6 +188,19 @@ export interface GemvOperand {
 
 const bindingsOf = (n: number, kind: 'read' | 'write') => Array.from({ length: n }, () => kind);
 
+type KernelMaker = (r: Reading, M: number) => Kernel;
+const kernels = new Map<KernelMaker, Map<string, Kernel>>();
+
+/** make(r, M), built once per reading and row count: a decode step asks for each kernel every layer. */
+function kernelFor(make: KernelMaker, r: Reading, M: number): Kernel {
+  let made = kernels.get(make);
+  if (!made) kernels.set(make, (made = new Map()));
+  const key = `${readingKey(r)}:${M}`;
+  let k = made.get(key);
+  if (!k) made.set(key, (k = make(r, M)));
+  return k;
+}
+
 /** silu(x gate^T) * (x up^T) for a few rows of x in one kernel: two weights of one layout, no bias. */
 function gemvGateUpKernel(r: Reading, M: number): Kernel {
   const gate: GemvWeight = { ld: 'ldG', W: 'G', S: 'SG', Z: 'ZG', off: 'p.gOff', acc: 0 };
@@ -307,7 +320,7 @@ export function gateUp(
   const yw = ctx.whole(y, 'gateUp');
   const [xOff, gOff, uOff] = f.offsets;
   ctx.dispatch(
-    gemvGateUpKernel(f.reading, M),
+    kernelFor(gemvGateUpKernel, f.reading, M),
     f.normParams(new Params().u(M).u(N).u(f.K).u(xOff).u(gOff).u(uOff).u(yw.off)),
     [...f.bindings, yw.binding, ...readingBindings(ctx, input, [gate, up], 'gateUp'), ...f.normBindings],
     grid2(Math.ceil(N / GEMV_COLS)),
@@ -466,7 +479,7 @@ export function qkvRope(
   params.u(pairs[0]).u(pairs[1]).u(pairs[2]).u(half).u(first).u(ow[0].off).u(ow[1].off).u(ow[2].off);
   f.normParams(params);
   ctx.dispatch(
-    gemvQkvRopeKernel(f.reading, M),
+    kernelFor(gemvQkvRopeKernel, f.reading, M),
     params,
     [
       ...f.bindings,

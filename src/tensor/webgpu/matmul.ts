@@ -160,10 +160,16 @@ function storeY(residual: boolean, at: string): string {
       Y[p.yOff + ${at}] = v;`;
 }
 
+const packedKeys = new WeakMap<PackedLayout, string>();
+
 export function weightKey(dw: DType, pk?: PackedLayout): string {
-  return pk
-    ? `packed${pk.codeBits}g${pk.group}${pk.groupOf ? 'i' : ''}${pk.levels ? `lv${pk.levels.join('_')}` : ''}`
-    : dw;
+  if (!pk) return dw;
+  let key = packedKeys.get(pk);
+  if (key === undefined) {
+    key = `packed${pk.codeBits}g${pk.group}${pk.groupOf ? 'i' : ''}${pk.levels ? `lv${pk.levels.join('_')}` : ''}`;
+    packedKeys.set(pk, key);
+  }
+  return key;
 }
 
 /** Rows of x up to which `linear` runs the matrix-vector kernel (decoding: one token at a time). */
@@ -376,10 +382,23 @@ function gemvKernel(
   t: GemvTuning,
   chunks: boolean,
 ): Kernel {
+  const key = `gemv:${dx}:${weightKey(dw, pk)}:${db}:${M}${residual ? ':res' : ''}:${gemvKey(t, chunks)}`;
+  let k = gemvKernels.get(key);
+  if (!k) gemvKernels.set(key, (k = gemvKernelOf(key, dx, dw, db, M, pk, residual, t, chunks)));
+  return k;
+}
+
+/** GEMV kernels by key: `linear` asks for one at every decode dispatch. */
+const gemvKernels = new Map<string, Kernel>();
+
+function gemvKernelOf(
+  key: string,
+  ...[dx, dw, db, M, pk, residual, t, chunks]: Parameters<typeof gemvKernel>
+): Kernel {
   const L = GEMV_LANES;
   const wt = ONE_WEIGHT;
   return {
-    key: `gemv:${dx}:${weightKey(dw, pk)}:${db}:${M}${residual ? ':res' : ''}:${gemvKey(t, chunks)}`,
+    key,
     bindings: linearBindings(pk, residual),
     code: () => `${linearHeader(dx, dw, db, pk, residual, chunks)}
 ${gemvMain(
