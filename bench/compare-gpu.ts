@@ -80,6 +80,15 @@ function exactness(): string {
     .join('; ');
 }
 
+/** What the decode rows ran: prompt and new tokens as the results record them. */
+function decodeCommand(): string {
+  const runs = tags.flatMap((t) => results('gen', t)).filter((r) => r.what === 'generate') as Generate[];
+  const [prompt, made] = (['promptTokens', 'newTokens'] as const).map((k) =>
+    [...new Set(runs.map((r) => r[k]))].join(' / '),
+  );
+  return `Decode (\`bench/generate.ts --skip small --prompt ${prompt} --new ${made} --profile N\`): greedy, ${prompt}-token prompt, ${made} new tokens; each build's better run.`;
+}
+
 function decodeRows(): Row[] {
   const best = new Map<string, Generate>();
   const firstIds = new Map<string, number[]>();
@@ -124,9 +133,7 @@ const body = [
   exactness()
     ? `Exactness on this GPU (values at and 0-4 ulp from .5 ties of x / scale): ${exactness()}.`
     : '',
-  decode.length
-    ? `Decode (\`bench/generate.ts --skip small --new 128 --profile 8\`): greedy, 128-token prompt, 128 new tokens; each build's better run.\n\n${table(decode)}`
-    : '',
+  decode.length ? `${decodeCommand()}\n\n${table(decode)}` : '',
 ]
   .filter((s) => s)
   .join('\n\n');
