@@ -72,10 +72,6 @@ export interface IntRows {
   scales: Tensor;
 }
 
-/**
- * The optional Backend ops that fuse several others (decoding); a backend without them, or one that
- * answers undefined, runs the separate ops with the same results.
- */
 /** A KV cache layer's key and value tensors and the row new positions go to (qkvRope's `into`). */
 export interface KvRows {
   k: Tensor;
@@ -83,6 +79,10 @@ export interface KvRows {
   row: number;
 }
 
+/**
+ * The optional Backend ops that fuse several others (decoding); a backend without them, or one that
+ * answers undefined, runs the separate ops with the same results.
+ */
 export const FUSED_OPS = [
   'qkvRope',
   'gateUp',

@@ -160,16 +160,17 @@ function storeY(residual: boolean, at: string): string {
       Y[p.yOff + ${at}] = v;`;
 }
 
-const packedKeys = new WeakMap<PackedLayout, string>();
+/** IQ4 level grids' key text, by grid (a packed layout is rebuilt per call; its levels are not). */
+const levelKeys = new WeakMap<Int8Array, string>();
 
 export function weightKey(dw: DType, pk?: PackedLayout): string {
   if (!pk) return dw;
-  let key = packedKeys.get(pk);
-  if (key === undefined) {
-    key = `packed${pk.codeBits}g${pk.group}${pk.groupOf ? 'i' : ''}${pk.levels ? `lv${pk.levels.join('_')}` : ''}`;
-    packedKeys.set(pk, key);
+  let levels = pk.levels ? levelKeys.get(pk.levels) : '';
+  if (levels === undefined) {
+    levels = `lv${pk.levels!.join('_')}`;
+    levelKeys.set(pk.levels!, levels);
   }
-  return key;
+  return `packed${pk.codeBits}g${pk.group}${pk.groupOf ? 'i' : ''}${levels}`;
 }
 
 /** Rows of x up to which `linear` runs the matrix-vector kernel (decoding: one token at a time). */
