@@ -125,6 +125,33 @@ test('WebGPU picks the same greedy tokens as the CPU (llama-tiny)', {
   }
 });
 
+test('WebGPU warmUp compiles what a request runs (no pipeline made during it) and changes no token (llama-tiny)', {
+  skip: !probe && 'no WebGPU adapter',
+}, async () => {
+  const gpu = await WebGpuBackend.create();
+  const engine = engineFor(TINY, gpu);
+  const prompt = engine.encode('The history of the city begins with a small settlement by the river');
+  assert.ok(prompt.length > 4);
+  await engine.warmUp();
+  let made = 0;
+  const device = gpu.device as unknown as { createComputePipeline: (d: unknown) => unknown };
+  const create = device.createComputePipeline;
+  device.createComputePipeline = (d) => {
+    made++;
+    return create.call(gpu.device, d);
+  };
+  // 200 tokens: past the first chunk of keys, where decode attention splits
+  const warmed = await engine.generate(prompt, { maxTokens: 200 });
+  device.createComputePipeline = create;
+  assert.equal(made, 0);
+  const cold = await engineFor(TINY, gpu).generate(prompt, { maxTokens: 200 });
+  assert.deepEqual(warmed.tokens, cold.tokens);
+  // the CPU backend compiles nothing: warmUp leaves it alone
+  const cpuEngine = engineFor(TINY);
+  await cpuEngine.warmUp();
+  assert.deepEqual((await cpuEngine.generate(prompt, { maxTokens: 8 })).tokens, cold.tokens.slice(0, 8));
+});
+
 test('llmq generate --json and llmq chat on piped input', async () => {
   const { stdout } = await run('./bin/llmq', [
     'generate',

@@ -25,6 +25,9 @@ export async function chatCommand(argv: string[]): Promise<void> {
   const dir = onePositional('chat', positionals, 'model directory or .gguf file');
   const sampling = samplingFlags({ 'max-tokens': '512', ...values });
   const engine = await openEngine('chat', dir, values, false);
+  // kernels compile while the user types; the first reply waits for it
+  const warm = engine.warmUp();
+  warm.catch(() => undefined);
   const tty = Boolean(process.stdin.isTTY);
   const start = (): ChatMessage[] => (values.system ? [{ role: 'system', content: values.system }] : []);
   let messages = start();
@@ -36,6 +39,7 @@ export async function chatCommand(argv: string[]): Promise<void> {
     if (text === '/reset') messages = start();
     else if (text) {
       messages.push({ role: 'user', content: text });
+      await warm;
       const result = await engine.generate(engine.encodeChat(messages), sampling, (d) =>
         process.stdout.write(d),
       );

@@ -25,6 +25,8 @@ export async function serveCommand(argv: string[]): Promise<void> {
   const apiKey = values['api-key'] ?? process.env.LLMQ_API_KEY;
   if (apiKey === '') fail('--api-key must not be empty');
   const engine = await openEngine('serve', dir, values, false);
+  // compiled before the first request rather than during it
+  await engine.warmUp();
   const server = createServer(engine, {
     apiKey,
     maxQueue: optionalIntFlag('max-queue', values['max-queue'], 0),

@@ -23,6 +23,11 @@ export interface EngineOptions {
   eosIds?: readonly number[];
 }
 
+/** warmUp's first prompt: more rows than the matrix-vector kernels take, so the GEMMs compile */
+const WARM_PROMPT = 8;
+/** keys warmUp's second decode step attends to: more than one chunk (64, the default) of decode attention, so it splits */
+const WARM_CONTEXT = 72;
+
 export class ModelEngine implements Engine {
   readonly modelName: string;
   readonly contextLength: number;
@@ -107,6 +112,29 @@ export class ModelEngine implements Engine {
 
   dispose(): void {
     this.cache.dispose();
+    this.cachedIds = [];
+  }
+
+  /**
+   * Compiles, where the backend compiles kernels on first use (WebGPU), what a request will run: a
+   * prompt, a decode step with the keys in one chunk and one with them split (attention's kernels
+   * differ), then forgets those tokens. Prompts of 2-4 tokens (a matrix-vector kernel per row count)
+   * still compile on first use.
+   */
+  async warmUp(): Promise<void> {
+    if (!this.model.backend.compilesKernels || this.contextLength < 4) return;
+    const id = this.model.config.bosTokenId ?? 0;
+    const first = Math.min(WARM_PROMPT, this.contextLength - 3);
+    this.cache.truncate(0);
+    this.cachedIds = [];
+    await this.run(new Int32Array(first).fill(id));
+    await this.step(id);
+    const rest = Math.min(WARM_CONTEXT, this.contextLength - 1) - this.cachedIds.length;
+    if (rest > WARM_PROMPT) {
+      await this.run(new Int32Array(rest).fill(id));
+      await this.step(id);
+    }
+    this.cache.truncate(0);
     this.cachedIds = [];
   }
 

@@ -159,6 +159,7 @@ export async function webgpuAvailable(): Promise<boolean> {
 
 export class WebGpuBackend implements Backend {
   readonly name = 'webgpu' as const;
+  readonly compilesKernels = true;
   readonly ctx: GpuContext;
   /** tile shape of the linear kernel (benchmarks try several) */
   gemmTile: GemmTile;
