@@ -141,6 +141,18 @@ export interface Kernel {
   bindings: readonly BindingKind[];
 }
 
+const builtKernels = new Map<string, Kernel>();
+
+/**
+ * The kernel of `key`, made once: decoding asks for its kernels at every dispatch, and a key names
+ * one kernel (the pipeline cache relies on it too).
+ */
+export function kernelOnce(key: string, make: (key: string) => Kernel): Kernel {
+  let k = builtKernels.get(key);
+  if (!k) builtKernels.set(key, (k = make(key)));
+  return k;
+}
+
 /** Builder for a uniform struct of 4-byte scalar fields, in declaration order. */
 export class Params {
   private readonly words: number[] = [];

@@ -18,6 +18,7 @@ import {
   type GpuContext,
   grid2,
   type Kernel,
+  kernelOnce,
   Params,
   type Storage,
   type Window,
@@ -188,26 +189,13 @@ export interface GemvOperand {
 
 const bindingsOf = (n: number, kind: 'read' | 'write') => Array.from({ length: n }, () => kind);
 
-type KernelMaker = (r: Reading, M: number) => Kernel;
-const kernels = new Map<KernelMaker, Map<string, Kernel>>();
-
-/** make(r, M), built once per reading and row count: a decode step asks for each kernel every layer. */
-function kernelFor(make: KernelMaker, r: Reading, M: number): Kernel {
-  let made = kernels.get(make);
-  if (!made) kernels.set(make, (made = new Map()));
-  const key = `${readingKey(r)}:${M}`;
-  let k = made.get(key);
-  if (!k) made.set(key, (k = make(r, M)));
-  return k;
-}
-
 /** silu(x gate^T) * (x up^T) for a few rows of x in one kernel: two weights of one layout, no bias. */
 function gemvGateUpKernel(r: Reading, M: number): Kernel {
   const gate: GemvWeight = { ld: 'ldG', W: 'G', S: 'SG', Z: 'ZG', off: 'p.gOff', acc: 0 };
   const up: GemvWeight = { ld: 'ldU', W: 'U', S: 'SU', Z: 'ZU', off: 'p.uOff', acc: M };
   const red = (i: string) => `red[c * ${GEMV_LANES * 2 * M}u + ${i}]`;
-  return {
-    key: `gemv-gate-up:${readingKey(r)}:${M}`,
+  return kernelOnce(`gemv-gate-up:${readingKey(r)}:${M}`, (key) => ({
+    key,
     bindings: [
       'uniform',
       'read',
@@ -236,7 +224,7 @@ ${gemvMain(
   undefined,
   normPrologue(r, M),
 )}`,
-  };
+  }));
 }
 
 /** Weights one fused kernel can read alike: one dtype, or packed with one layout and no g_idx, or int8. */
@@ -320,7 +308,7 @@ export function gateUp(
   const yw = ctx.whole(y, 'gateUp');
   const [xOff, gOff, uOff] = f.offsets;
   ctx.dispatch(
-    kernelFor(gemvGateUpKernel, f.reading, M),
+    gemvGateUpKernel(f.reading, M),
     f.normParams(new Params().u(M).u(N).u(f.K).u(xOff).u(gOff).u(uOff).u(yw.off)),
     [...f.bindings, yw.binding, ...readingBindings(ctx, input, [gate, up], 'gateUp'), ...f.normBindings],
     grid2(Math.ceil(N / GEMV_COLS)),
@@ -334,8 +322,8 @@ export function gateUp(
  * (c < 4) or the one head_dim / 2 after it; the store rotates each pair as the rope kernel does.
  */
 function gemvQkvRopeKernel(r: Reading, M: number): Kernel {
-  return {
-    key: `gemv-qkv-rope:${readingKey(r)}:${M}`,
+  return kernelOnce(`gemv-qkv-rope:${readingKey(r)}:${M}`, (key) => ({
+    key,
     bindings: [
       'uniform',
       ...bindingsOf(5, 'read'),
@@ -343,7 +331,7 @@ function gemvQkvRopeKernel(r: Reading, M: number): Kernel {
       ...bindingsOf(readingCount(r, 3) + (r.norm ? 1 : 0), 'read'),
     ],
     code: () => qkvRopeCode(r, M),
-  };
+  }));
 }
 
 function qkvRopeCode(r: Reading, M: number): string {
@@ -479,7 +467,7 @@ export function qkvRope(
   params.u(pairs[0]).u(pairs[1]).u(pairs[2]).u(half).u(first).u(ow[0].off).u(ow[1].off).u(ow[2].off);
   f.normParams(params);
   ctx.dispatch(
-    kernelFor(gemvQkvRopeKernel, f.reading, M),
+    gemvQkvRopeKernel(f.reading, M),
     params,
     [
       ...f.bindings,

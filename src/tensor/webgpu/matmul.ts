@@ -13,7 +13,15 @@
  */
 import { fail } from '../../errors.ts';
 import type { DType } from '../tensor.ts';
-import { type GemvTuning, type GpuContext, grid2, type Kernel, Params, type Storage } from './context.ts';
+import {
+  type GemvTuning,
+  type GpuContext,
+  grid2,
+  type Kernel,
+  kernelOnce,
+  Params,
+  type Storage,
+} from './context.ts';
 import {
   arrayType,
   chunkArrayType,
@@ -383,25 +391,14 @@ function gemvKernel(
   t: GemvTuning,
   chunks: boolean,
 ): Kernel {
-  const key = `gemv:${dx}:${weightKey(dw, pk)}:${db}:${M}${residual ? ':res' : ''}:${gemvKey(t, chunks)}`;
-  let k = gemvKernels.get(key);
-  if (!k) gemvKernels.set(key, (k = gemvKernelOf(key, dx, dw, db, M, pk, residual, t, chunks)));
-  return k;
-}
-
-/** GEMV kernels by key: `linear` asks for one at every decode dispatch. */
-const gemvKernels = new Map<string, Kernel>();
-
-function gemvKernelOf(
-  key: string,
-  ...[dx, dw, db, M, pk, residual, t, chunks]: Parameters<typeof gemvKernel>
-): Kernel {
   const L = GEMV_LANES;
   const wt = ONE_WEIGHT;
-  return {
-    key,
-    bindings: linearBindings(pk, residual),
-    code: () => `${linearHeader(dx, dw, db, pk, residual, chunks)}
+  return kernelOnce(
+    `gemv:${dx}:${weightKey(dw, pk)}:${db}:${M}${residual ? ':res' : ''}:${gemvKey(t, chunks)}`,
+    (key) => ({
+      key,
+      bindings: linearBindings(pk, residual),
+      code: () => `${linearHeader(dx, dw, db, pk, residual, chunks)}
 ${gemvMain(
   'f32',
   M,
@@ -409,7 +406,8 @@ ${gemvMain(
   `var v = red[c * ${L * M}u + lane];
     ${storeY(residual, 'lane * p.ldy + p.n0 + n')}`,
 )}`,
-  };
+    }),
+  );
 }
 
 /** The part of a GEMV kernel's key its reading sets. */
