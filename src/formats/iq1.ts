@@ -203,6 +203,10 @@ export const IQ1_GRID: Readonly<GridSpec> = {
 const UP = [-0.875, 0.125, 1.125] as const;
 const DOWN = [-1.125, -0.125, 0.875] as const;
 type Shifted = typeof UP | typeof DOWN;
+/** IQ1_M's split search, per shift (0 up, 1 down): v2, v0^2 - v1^2 and v1^2 - v2^2, in float32 */
+const TOP = Float64Array.from([UP, DOWN], (q) => q[2]);
+const C1 = Float64Array.from([UP, DOWN], (q) => fr(fr(q[0] * q[0]) - fr(q[1] * q[1])));
+const C2 = Float64Array.from([UP, DOWN], (q) => fr(fr(q[1] * q[1]) - fr(q[2] * q[2])));
 
 /**
  * Codes 0..5: level l with the shift up (l) or down (l + 3); values 8 (l - 1 +- 0.125), so the
@@ -278,16 +282,6 @@ function bestSplitM(x: Float32Array, at: number, w: Float32Array, order: number[
     pw[h][j + 1] = fr(pw[h][j] + w[i]);
     pw[1 - h][j + 1] = pw[1 - h][j];
   });
-  // per shift d (0 up, 1 down): v2, v0^2 - v1^2, v1^2 - v2^2
-  const [top, c1, c2] = [0, 1, 2].map((j) =>
-    Float64Array.from([UP, DOWN], (q) =>
-      j === 0
-        ? q[2]
-        : j === 1
-          ? fr(fr(q[0] * q[0]) - fr(q[1] * q[1]))
-          : fr(fr(q[1] * q[1]) - fr(q[2] * q[2])),
-    ),
-  );
   // sum w x q and sum w q^2 of half h with shift d, at 2 h + d
   const qx = new Float64Array(4);
   const q2 = new Float64Array(4);
@@ -298,9 +292,9 @@ function bestSplitM(x: Float32Array, at: number, w: Float32Array, order: number[
       for (let h = 0; h < 2; h++) {
         const sx = fr(px[h][i1] + px[h][i2]);
         for (let d = 0; d < 2; d++) {
-          qx[2 * h + d] = fr(fr(px[h][M_SUB] * top[d]) - sx);
+          qx[2 * h + d] = fr(fr(px[h][M_SUB] * TOP[d]) - sx);
           q2[2 * h + d] = fr(
-            fr(fr(fr(pw[h][M_SUB] * top[d]) * top[d]) + fr(pw[h][i1] * c1[d])) + fr(pw[h][i2] * c2[d]),
+            fr(fr(fr(pw[h][M_SUB] * TOP[d]) * TOP[d]) + fr(pw[h][i1] * C1[d])) + fr(pw[h][i2] * C2[d]),
           );
         }
       }
