@@ -118,15 +118,14 @@ export class ModelEngine implements Engine {
   /**
    * Compiles, where the backend compiles kernels on first use (WebGPU), what a request will run: a
    * prompt, a decode step with the keys in one chunk and one with them split (attention's kernels
-   * differ), then forgets those tokens. Prompts of 2-4 tokens (a matrix-vector kernel per row count)
-   * still compile on first use.
+   * differ), then forgets those tokens (and anything cached before). Prompts of 2-4 tokens (a
+   * matrix-vector kernel per row count) still compile on first use.
    */
   async warmUp(): Promise<void> {
     if (!this.model.backend.compilesKernels || this.contextLength < 4) return;
     const id = this.model.config.bosTokenId ?? 0;
     const first = Math.min(WARM_PROMPT, this.contextLength - 3);
-    this.cache.truncate(0);
-    this.cachedIds = [];
+    this.forget();
     await this.run(new Int32Array(first).fill(id));
     await this.step(id);
     const rest = Math.min(WARM_CONTEXT, this.contextLength - 1) - this.cachedIds.length;
@@ -134,6 +133,11 @@ export class ModelEngine implements Engine {
       await this.run(new Int32Array(rest).fill(id));
       await this.step(id);
     }
+    this.forget();
+  }
+
+  /** Empties the cache (its buffers stay for the next request). */
+  private forget(): void {
     this.cache.truncate(0);
     this.cachedIds = [];
   }
