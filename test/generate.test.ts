@@ -125,14 +125,8 @@ test('WebGPU picks the same greedy tokens as the CPU (llama-tiny)', {
   }
 });
 
-test('WebGPU warmUp compiles what a request runs (no pipeline made during it) and changes no token (llama-tiny)', {
-  skip: !probe && 'no WebGPU adapter',
-}, async () => {
-  const gpu = await WebGpuBackend.create();
-  const engine = engineFor(TINY, gpu);
-  const prompt = engine.encode('The history of the city begins with a small settlement by the river');
-  assert.ok(prompt.length > 4);
-  await engine.warmUp();
+/** Pipelines the device creates while `run` runs. */
+async function pipelinesMade(gpu: WebGpuBackend, run: () => Promise<unknown>): Promise<number> {
   let made = 0;
   const device = gpu.device as unknown as { createComputePipeline: (d: unknown) => unknown };
   const create = device.createComputePipeline;
@@ -140,16 +134,41 @@ test('WebGPU warmUp compiles what a request runs (no pipeline made during it) an
     made++;
     return create.call(gpu.device, d);
   };
-  // 200 tokens: past the first chunk of keys, where decode attention splits
-  const warmed = await engine.generate(prompt, { maxTokens: 200 });
-  device.createComputePipeline = create;
-  assert.equal(made, 0);
-  const cold = await engineFor(TINY, gpu).generate(prompt, { maxTokens: 200 });
-  assert.deepEqual(warmed.tokens, cold.tokens);
+  try {
+    await run();
+  } finally {
+    device.createComputePipeline = create;
+  }
+  return made;
+}
+
+test('WebGPU warmUp compiles what a request runs (no pipeline made during it) and changes no token (llama-tiny)', {
+  skip: !probe && 'no WebGPU adapter',
+}, async () => {
+  const prompt = engineFor(TINY).encode(
+    'The history of the city begins with a small settlement by the river',
+  );
+  assert.ok(prompt.length > 4);
+  let cold: number[] = [];
+  // the default chunk of decode attention's keys (64) and a larger one: warmUp splits either
+  for (const attentionKeys of [undefined, 128]) {
+    const gpu = await WebGpuBackend.create({ attentionKeys });
+    cold = (await engineFor(TINY, gpu).generate(prompt, { maxTokens: 140 })).tokens;
+    const fresh = await WebGpuBackend.create({ attentionKeys });
+    const engine = engineFor(TINY, fresh);
+    await engine.warmUp();
+    let warmed: number[] = [];
+    // past the first chunk of keys (prompt + 140 > 128), where decode attention splits
+    const made = await pipelinesMade(fresh, async () => {
+      warmed = (await engine.generate(prompt, { maxTokens: 140 })).tokens;
+    });
+    assert.equal(made, 0, `attentionKeys ${attentionKeys}`);
+    assert.deepEqual(warmed, cold);
+  }
   // the CPU backend compiles nothing: warmUp leaves it alone
   const cpuEngine = engineFor(TINY);
   await cpuEngine.warmUp();
-  assert.deepEqual((await cpuEngine.generate(prompt, { maxTokens: 8 })).tokens, cold.tokens.slice(0, 8));
+  assert.deepEqual((await cpuEngine.generate(prompt, { maxTokens: 8 })).tokens, cold.slice(0, 8));
 });
 
 test('llmq generate --json and llmq chat on piped input', async () => {

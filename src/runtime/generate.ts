@@ -25,8 +25,6 @@ export interface EngineOptions {
 
 /** warmUp's first prompt: more rows than the matrix-vector kernels take, so the GEMMs compile */
 const WARM_PROMPT = 8;
-/** keys warmUp's second decode step attends to: more than one chunk (64, the default) of decode attention, so it splits */
-const WARM_CONTEXT = 72;
 
 export class ModelEngine implements Engine {
   readonly modelName: string;
@@ -122,13 +120,14 @@ export class ModelEngine implements Engine {
    * matrix-vector kernel per row count) still compile on first use.
    */
   async warmUp(): Promise<void> {
-    if (!this.model.backend.compilesKernels || this.contextLength < 4) return;
+    const keys = this.model.backend.warmUpKeys;
+    if (keys === undefined || this.contextLength < 4) return;
     const id = this.model.config.bosTokenId ?? 0;
     const first = Math.min(WARM_PROMPT, this.contextLength - 3);
     this.forget();
     await this.run(new Int32Array(first).fill(id));
     await this.step(id);
-    const rest = Math.min(WARM_CONTEXT, this.contextLength - 1) - this.cachedIds.length;
+    const rest = Math.min(keys, this.contextLength - 1) - this.cachedIds.length;
     if (rest > WARM_PROMPT) {
       await this.run(new Int32Array(rest).fill(id));
       await this.step(id);

@@ -118,8 +118,11 @@ export interface PackedWeight {
 
 export interface Backend {
   readonly name: 'cpu' | 'webgpu';
-  /** kernels are compiled on their first use (a warm-up run moves that cost out of the first request) */
-  readonly compilesKernels?: boolean;
+  /**
+   * Where kernels are compiled on their first use (a warm-up run moves that cost out of the first
+   * request): the cached keys past which a decode step has run every kind of kernel it will run.
+   */
+  readonly warmUpKeys?: number;
 
   /** Copies host data to the device. bf16/f16 data is given as raw Uint16Array bits. */
   upload(data: HostArray, shape: readonly number[], dtype: DType): Tensor;

@@ -159,8 +159,11 @@ export async function webgpuAvailable(): Promise<boolean> {
 
 export class WebGpuBackend implements Backend {
   readonly name = 'webgpu' as const;
-  readonly compilesKernels = true;
   readonly ctx: GpuContext;
+  /** more than one chunk of decode attention's keys: it splits them (its other kernels) */
+  get warmUpKeys(): number {
+    return this.ctx.attentionKeys + 8;
+  }
   /** tile shape of the linear kernel (benchmarks try several) */
   gemmTile: GemmTile;
   /** the int8 GEMM and the kernel it picked */
