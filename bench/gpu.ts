@@ -12,7 +12,7 @@
  *  - synthetic Llama-3-8B prefill of 2048 tokens (random bf16 weights, one layer's weights shared by
  *    all 32 layers: same work and memory traffic per layer, 2 GB of uploads instead of 16 GB).
  *
- *   node --import ./src/loader.mjs bench/gpu.ts [--model DIR] [--tokens FILE.i32] [--out FILE.json] [--skip gemm,gemv,rows,int8,ppl,8b] [--ppl-batch 1,2,4]
+ *   node --import ./src/loader.mjs bench/gpu.ts [--model DIR] [--tokens FILE.i32] [--out FILE.json] [--skip gemm,gemm-small,gemv,rows,int8,ppl,8b] [--ppl-batch 1,2,4]
  * Prints JSON lines and writes them all to --out.
  */
 import fs from 'node:fs';
@@ -141,6 +141,26 @@ if (!skip.has('gemm')) {
   ];
   for (const [label, N, K] of shapes) await gemm(2048, N, K, 'bf16', best, `llama-3-8b ${label}`);
   gpu.gemmTile = best;
+}
+
+// short prompts: a 128 x 128 tile leaves most of the GPU idle at M = 128 (q_proj: 32 workgroups)
+if (!skip.has('gemm-small')) {
+  const tiles: GemmTile[] = [
+    { tm: 8, tn: 8, bk: 8, prefetch: true },
+    { tm: 4, tn: 8, bk: 16, prefetch: true },
+    { tm: 4, tn: 4, bk: 16, prefetch: true },
+    { tm: 4, tn: 4, bk: 8, prefetch: true },
+  ];
+  const shapes: [string, number, number][] = [
+    ['q/o_proj', 4096, 4096],
+    ['gate/up_proj', 14336, 4096],
+    ['down_proj', 4096, 14336],
+  ];
+  const tile = gpu.gemmTile;
+  for (const M of [128, 512])
+    for (const [label, N, K] of shapes)
+      for (const t of tiles) await gemm(M, N, K, 'bf16', t, `llama-3-8b ${label} M ${M}`);
+  gpu.gemmTile = tile;
 }
 
 function randomInt8(rows: number, cols: number): Tensor {
