@@ -161,7 +161,8 @@ function usePacked4(b: Backend, lin: Linear, levels?: Int8Array): void {
   lin.packed = {
     codes: b.upload(randomWords((rows * cols) / 8, rows + cols), [rows, cols / 8], 'i32'),
     scales: b.upload(new Float32Array(groups).fill(levels ? 0.0002 : 0.004), [groups], 'f32'),
-    zeros: b.upload(new Float32Array(groups).fill(levels ? 0 : 8), [groups], 'f32'),
+    // IQ4's zero point is 0 in every group: one number, as a loaded IQ4 model has it
+    zeros: levels ? 0 : b.upload(new Float32Array(groups).fill(8), [groups], 'f32'),
     rows,
     cols,
     codeBits: 4,

@@ -293,10 +293,11 @@ function gemvCases(
   const x = randomTensor(1, K, 'f32');
   const w = randomTensor(N, K, 'bf16');
   const groups = (N * K) / 128;
+  const zeros = gpu.upload(new Float32Array(groups).fill(8), [groups], 'f32');
   const packed: PackedWeight = {
     codes: gpu.upload(randomCodeWords((N * K) / 8), [N, K / 8], 'i32'),
     scales: gpu.upload(new Float32Array(groups).fill(0.004), [groups], 'f32'),
-    zeros: gpu.upload(new Float32Array(groups).fill(8), [groups], 'f32'),
+    zeros,
     rows: N,
     cols: K,
     codeBits: 4,
@@ -310,7 +311,7 @@ function gemvCases(
       kind: 'W4 g128',
       bytes: (N * K) / 2 + 8 * groups,
       run: () => gpu.linearPacked(x, packed),
-      free: () => [packed.codes, packed.scales, packed.zeros, x].forEach((t) => t.dispose()),
+      free: () => [packed.codes, packed.scales, zeros, x].forEach((t) => t.dispose()),
     },
     {
       kind: 'int8 (dot4)',

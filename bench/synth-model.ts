@@ -59,7 +59,7 @@ export function dropCodes(lin: Linear): void {
   for (const t of [
     lin.packed?.codes,
     lin.packed?.scales,
-    lin.packed?.zeros,
+    typeof lin.packed?.zeros === 'number' ? undefined : lin.packed?.zeros,
     lin.int8?.codes,
     lin.int8?.scales,
   ])

@@ -43,11 +43,12 @@ const BACKENDS: [string, Backend | undefined][] = [
 for (const [name, backend] of BACKENDS) {
   const skip = backend ? false : 'no WebGPU adapter';
 
-  test(`${name} linearPacked equals linear over the decoded weights (4/3/8-bit, group/row, g_idx, q4_0/q8_0, IQ4, IQ3, IQ2_S, bias)`, {
+  test(`${name} linearPacked equals linear over the decoded weights (4/3/8-bit, group/row, g_idx, q4_0/q8_0, IQ4, IQ3, IQ2_S, bias; zeros per group or one)`, {
     skip,
   }, async () => {
     const b = backend!;
     const model = { backend: b } as LlamaModel;
+    const zeroKinds = new Set<string>();
     for (const [format, M, N, K, actOrder] of [
       ['int4-g32', 5, 24, 64, false],
       ['int3-g64', 17, 40, 128, false],
@@ -98,6 +99,10 @@ for (const [name, backend] of BACKENDS) {
       assert.equal(usePackedWeights(fakeModel, false), 1, format);
       const packed = fakeModel.layers[0].linears.q_proj.packed!;
       assert.equal(packed.codeBits, enc.bits <= 4 ? 4 : 8);
+      // one zero point for all groups (symmetric INT, Q4_0 / Q8_0, the IQ grids): no zeros array
+      const asymmetric = spec.kind === 'int' && !spec.symmetric;
+      if (!asymmetric) assert.equal(typeof packed.zeros, 'number', format);
+      zeroKinds.add(typeof packed.zeros);
       const want = await b.read(b.linear(x, lin.weight, bias));
       const got = await b.read(b.linearPacked(x, packed, bias));
       if (b instanceof WebGpuBackend && M <= 4) {
@@ -124,6 +129,7 @@ for (const [name, backend] of BACKENDS) {
       }
       assert.ok(worst <= 1e-6 * scale, `${format}: max error ${worst} (max |y| ${scale})`);
     }
+    assert.deepEqual([...zeroKinds].sort(), ['number', 'object']);
   });
 }
 

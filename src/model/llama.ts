@@ -662,7 +662,7 @@ function disposeLayer(layer: DecoderLayer): void {
       lin.int8?.scales,
       lin.packed?.codes,
       lin.packed?.scales,
-      lin.packed?.zeros,
+      typeof lin.packed?.zeros === 'number' ? undefined : lin.packed?.zeros,
       lin.inputQuant?.transform?.left,
       lin.inputQuant?.transform?.right,
     ])

@@ -102,8 +102,11 @@ export interface PackedWeight {
   codes: Tensor;
   /** f32 [rows * cols / group] */
   scales: Tensor;
-  /** f32 [rows * cols / group] (symmetric formats: the code offset 2^(bits - 1)) */
-  zeros: Tensor;
+  /**
+   * f32 [rows * cols / group], or one number where every group has the same zero point (symmetric
+   * INT: 2^(bits - 1); Q4_0 / Q8_0: their code offset; IQ grids: 0), so the device holds no array of it
+   */
+  zeros: Tensor | number;
   rows: number;
   cols: number;
   /** bits per stored code: 4 (formats of 2-4 bits) or 8 */

@@ -172,7 +172,8 @@ export class CpuBackend implements Backend {
     const data = (w.codes as CpuTensor).data;
     const words = new Uint32Array(data.buffer, data.byteOffset, data.length);
     const scales = this.f32(w.scales);
-    const zeros = this.f32(w.zeros);
+    const zeros = typeof w.zeros === 'number' ? undefined : this.f32(w.zeros);
+    const zero = typeof w.zeros === 'number' ? w.zeros : 0;
     const per = 32 / codeBits;
     const mask = (1 << codeBits) - 1;
     const groupOf = w.groupOf ? this.f32(w.groupOf) : undefined;
@@ -182,7 +183,7 @@ export class CpuBackend implements Backend {
         const i = n * cols + k;
         const code = (words[Math.floor(i / per)] >>> ((i % per) * codeBits)) & mask;
         const g = n * (cols / group) + (groupOf ? groupOf[k] : Math.floor(k / group));
-        values[i] = Math.fround(((w.levels ? w.levels[code] : code) - zeros[g]) * scales[g]);
+        values[i] = Math.fround(((w.levels ? w.levels[code] : code) - (zeros ? zeros[g] : zero)) * scales[g]);
       }
     const weight = this.fromF32(values, [rows, cols]);
     const y = this.linear(x, weight, bias);

@@ -38,6 +38,7 @@ import {
   levelTable,
   type PackedLayout,
   type PackedStorages,
+  packedArrays,
   plainX,
   weightKey,
   type XAt,
@@ -148,7 +149,7 @@ function readingDecls(r: Reading, wts: GemvWeight[], first: number): string {
   if (isInt8(r)) return scaleArrays(['RS', ...wts.map((w) => w.S)], first);
   if (r.pk)
     return `${scaleArrays(
-      wts.flatMap((w) => [w.S, w.Z]),
+      wts.flatMap((w) => (r.pk?.zero === undefined ? [w.S, w.Z] : [w.S])),
       first,
     )}\n${levelTable(r.pk)}`;
   return wts.map((w) => (r.chunks ? chunkLoadFns : loadFn)(w.ld, w.W, r.dw)).join('\n');
@@ -158,11 +159,13 @@ function readingDecls(r: Reading, wts: GemvWeight[], first: number): string {
 function readingBindings(ctx: GpuContext, x: FusedInput, ops: GemvOperand[], op: string): GPUBufferBinding[] {
   const bind = (s: Storage) => ctx.whole(s, op).binding;
   if (x.rowScales) return [x.rowScales, ...ops.map((o) => o.colScales!)].map(bind);
-  return ops.flatMap((o) => (o.packed ? [o.packed.scales, o.packed.zeros].map(bind) : []));
+  return ops.flatMap((o) =>
+    o.packed ? [o.packed.scales, o.packed.zeros].filter((s) => s !== undefined).map(bind) : [],
+  );
 }
 
 function readingCount(r: Reading, weights: number): number {
-  return isInt8(r) ? 1 + weights : r.pk ? 2 * weights : 0;
+  return isInt8(r) ? 1 + weights : r.pk ? packedArrays(r.pk) * weights : 0;
 }
 
 /** Binding declarations of packed scale/zero arrays, from binding `first` on. */
@@ -235,6 +238,7 @@ function sameLayout(a: GemvOperand, b: GemvOperand): boolean {
   return (
     p.codeBits === q.codeBits &&
     p.group === q.group &&
+    p.zero === q.zero &&
     !p.groupOf &&
     !q.groupOf &&
     (p.levels === q.levels || (p.levels ?? []).join() === (q.levels ?? []).join())

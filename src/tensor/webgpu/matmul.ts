@@ -28,6 +28,7 @@ import {
   chunkLoadFns,
   chunksFit,
   FLAT_WG,
+  f32Literal,
   loadFn,
   range,
   stridedLoop,
@@ -80,6 +81,18 @@ export interface PackedLayout {
   groupOf: boolean;
   /** IQ4's non-linear grid: codes index these levels (levels[code] - zero) * scale */
   levels?: Int8Array;
+  /** every group's zero point, where they are all the same (no zeros array is bound) */
+  zero?: number;
+}
+
+/** A group's zero point: the layout's one value, or the zeros array `Z` at group `g`. */
+export function zeroOf(pk: PackedLayout, Z: string, g: string): string {
+  return pk.zero === undefined ? `${Z}[${g}]` : f32Literal(pk.zero);
+}
+
+/** Storage arrays a packed weight binds after its codes: scales, zeros unless one value, g_idx. */
+export function packedArrays(pk: PackedLayout): number {
+  return 1 + (pk.zero === undefined ? 1 : 0) + (pk.groupOf ? 1 : 0);
 }
 
 /**
@@ -111,7 +124,7 @@ function packedLoadFn(pk: PackedLayout): string {
   let code = (bitcast<u32>(W[i / ${per}u]) >> ((i % ${per}u) * ${pk.codeBits}u)) & ${(1 << pk.codeBits) - 1}u;
   let k = i - n * p.K;
   let g = n * (p.K / ${pk.group}u) + ${pk.groupOf ? 'u32(GI[k])' : `k / ${pk.group}u`};
-  return (${codeValue(pk, 'code')} - Z[g]) * S[g];
+  return (${codeValue(pk, 'code')} - ${zeroOf(pk, 'Z', 'g')}) * S[g];
 }`;
 }
 
@@ -126,8 +139,7 @@ function linearBindings(pk: PackedLayout | undefined, residual: boolean): Kernel
     'read',
     'read',
     'write',
-    ...(pk ? (['read', 'read'] as const) : []),
-    ...(pk?.groupOf ? (['read'] as const) : []),
+    ...(pk ? Array.from({ length: packedArrays(pk) }, () => 'read' as const) : []),
     ...(residual ? (['read'] as const) : []),
   ];
 }
@@ -153,13 +165,24 @@ struct P { M: u32, N: u32, K: u32, xOff: u32, wOff: u32, yOff: u32, ldy: u32, n0
 @group(0) @binding(2) var<storage, read> W: array<${wChunks ? chunkArrayType(dw) : arrayType(dw)}>;
 @group(0) @binding(3) var<storage, read> B: array<${arrayType(db)}>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
-${pk ? '@group(0) @binding(5) var<storage, read> S: array<f32>;\n@group(0) @binding(6) var<storage, read> Z: array<f32>;' : ''}
-${pk?.groupOf ? '@group(0) @binding(7) var<storage, read> GI: array<i32>;' : ''}
+${pk ? packedDecls(pk) : ''}
 ${residual ? `@group(0) @binding(${resBinding}) var<storage, read> R: array<f32>;` : ''}
 ${pk ? levelTable(pk) : ''}
 ${chunks ? chunkLoadFns('ldX', 'X', dx) : loadFn('ldX', 'X', dx)}
 ${pk ? packedLoadFn(pk) : wChunks ? chunkLoadFns('ldW', 'W', dw) : loadFn('ldW', 'W', dw)}
 ${loadFn('ldB', 'B', db)}`;
+}
+
+/** Packed weights' scales (S), zeros (Z, unless one value) and g_idx (GI) from binding 5 on. */
+function packedDecls(pk: PackedLayout): string {
+  const arrays = [
+    ['S', 'f32'],
+    ...(pk.zero === undefined ? [['Z', 'f32']] : []),
+    ...(pk.groupOf ? [['GI', 'i32']] : []),
+  ];
+  return arrays
+    .map(([name, t], i) => `@group(0) @binding(${5 + i}) var<storage, read> ${name}: array<${t}>;`)
+    .join('\n');
 }
 
 /** Stores v, plus the bias and the residual where there are, at `at` (an index within y's window). */
@@ -178,7 +201,7 @@ export function weightKey(dw: DType, pk?: PackedLayout): string {
     levels = `lv${pk.levels!.join('_')}`;
     levelKeys.set(pk.levels!, levels);
   }
-  return `packed${pk.codeBits}g${pk.group}${pk.groupOf ? 'i' : ''}${levels}`;
+  return `packed${pk.codeBits}g${pk.group}${pk.groupOf ? 'i' : ''}${levels}${pk.zero === undefined ? '' : `z${pk.zero}`}`;
 }
 
 /** Rows of x up to which `linear` runs the matrix-vector kernel (decoding: one token at a time). */
@@ -353,7 +376,7 @@ export function gemvPackedLoop(pk: PackedLayout, M: number, t: GemvTuning, wt: G
     'chunk' in x ? `x${j}_${m}_${e >> 2}[${e & 3}]` : x.at(`${m}u`, `k${j} + ${e}u`);
   const scaleZero = (k: string) => `let g = ${group(k)};
         let s = ${wt.S}[g];
-        let z = ${wt.Z}[g];`;
+        let z = ${zeroOf(pk, wt.Z, 'g')};`;
   const use = (j: number) => {
     const elements = range(per).map(
       (e) => `{${
@@ -500,7 +523,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
 /** Packed weight storages for `linear` (see PackedWeight in tensor.ts). */
 export interface PackedStorages extends PackedLayout {
   scales: Storage;
-  zeros: Storage;
+  /** absent where every group's zero point is `zero` */
+  zeros?: Storage;
   groupIndex?: Storage;
   rows: number;
 }
@@ -547,9 +571,9 @@ export function linear(
         'linear',
       );
   const extra = packed
-    ? [packed.scales, packed.zeros, ...(packed.groupIndex ? [packed.groupIndex] : [])].map(
-        (s) => ctx.whole(s, 'packed linear').binding,
-      )
+    ? [packed.scales, packed.zeros, packed.groupIndex]
+        .filter((s) => s !== undefined)
+        .map((s) => ctx.whole(s, 'packed linear').binding)
     : [];
   for (const xs of ctx.segments(M, xParts, 1, 'linear')) {
     const [wx, wy, wr] = xs.w;

@@ -109,3 +109,9 @@ export function stridedLoop(o: {
       ${uses.join('\n      ')}
     }`;
 }
+
+/** A float32 constant in WGSL, bit-exact (its bits reinterpreted). */
+export function f32Literal(v: number): string {
+  const bits = new Uint32Array(new Float32Array([v]).buffer)[0];
+  return `bitcast<f32>(${bits}u)`;
+}
