@@ -67,10 +67,11 @@ async function decode(
   return { logits, dispatches: b.ctx.recorded - start, copies };
 }
 
-test('WebGPU decoding with the fused q/k/v + RoPE, gate/up + SiLU (with or without their RMSNorm) and residual stores equals the separate ops bit for bit (bf16, W4 g64, IQ4_XS codes)', {
+test('WebGPU decoding with the fused q/k/v + RoPE, gate/up + SiLU (with or without their RMSNorm) and residual stores equals the separate ops bit for bit (bf16, W4 g64, IQ4_XS, Q4_0 codes)', {
   skip,
 }, async () => {
-  for (const format of ['bf16', 'int4-g64', 'iq4_xs']) {
+  // Q4_0: one zero point (8) and f16 scales; IQ4_XS: a level grid and zero 0; W4 g64: zeros per group
+  for (const format of ['bf16', 'int4-g64', 'iq4_xs', 'q4_0']) {
     const model = loadLlama(`${MODELS}llama-tiny`, gpu!);
     if (format !== 'bf16') {
       await quantizeModel(model, { ...resolveRecipe('rtn-w4g128'), weights: parseFormat(format) }, undefined);

@@ -43,7 +43,7 @@ const BACKENDS: [string, Backend | undefined][] = [
 for (const [name, backend] of BACKENDS) {
   const skip = backend ? false : 'no WebGPU adapter';
 
-  test(`${name} linearPacked equals linear over the decoded weights (4/3/8-bit, group/row, g_idx, q4_0/q8_0, IQ4, IQ3, IQ2_S, bias; zeros per group or one)`, {
+  test(`${name} linearPacked equals linear over the decoded weights (4/3/8-bit, group/row, g_idx, q4_0/q8_0, IQ4, IQ3, IQ2_S, bias; zeros per group or one, f16 scales)`, {
     skip,
   }, async () => {
     const b = backend!;
@@ -67,6 +67,9 @@ for (const [name, backend] of BACKENDS) {
       ['q4_0', 5, 24, 64, false],
       ['q8_0', 3, 16, 96, false],
       ['q4_0', 1, 40, 128, false],
+      // an odd number of f16 scales (9): the last u32 holds one
+      ['q4_0', 2, 3, 96, false],
+      ['q8_0', 5, 3, 96, false],
       // IQ4: levels[code] * d on the non-linear grid, GEMM and GEMV
       ['iq4_nl', 5, 24, 64, false],
       ['iq4_xs', 1, 16, 256, false],
@@ -103,6 +106,8 @@ for (const [name, backend] of BACKENDS) {
       const asymmetric = spec.kind === 'int' && !spec.symmetric;
       if (!asymmetric) assert.equal(typeof packed.zeros, 'number', format);
       zeroKinds.add(typeof packed.zeros);
+      // f16 holds Q4_0's, Q8_0's and IQ4_NL's scales (their fp16 d) exactly: stored so
+      assert.equal(packed.scales.dtype, ['q4_0', 'q8_0', 'iq4_nl'].includes(format) ? 'f16' : 'f32', format);
       const want = await b.read(b.linear(x, lin.weight, bias));
       const got = await b.read(b.linearPacked(x, packed, bias));
       if (b instanceof WebGpuBackend && M <= 4) {

@@ -13,12 +13,14 @@
  * with a scale per 32 / 16 / 16; IQ1_S / IQ1_M: 1.56 / 1.75, a code per weight for its level and its group's shift).
  * Where every group has the same zero point (symmetric INT, Q4_0 / Q8_0, IQ4 and the IQ grids) it is one
  * number compiled into the kernel, not an f32 a group: a 32-value group then costs 4 bits a weight of codes
- * plus 1 of scale (was 2 with its zero), a 128-value group 4.25.
+ * plus 1 of scale (was 2 with its zero), a 128-value group 4.25. Scales that f16 holds exactly (the fp16 d
+ * of Q4_0, Q8_0, IQ4_NL) are stored as f16: those three then take their file's size, 4.5 / 8.5 / 4.5 bits.
  */
 import { fail } from '../errors.ts';
 import { type GgmlGroupCodes, ggmlCodeOffset } from '../formats/ggml.ts';
 import { isBlockFormat, unpackEncodedBlocks } from '../formats/ggml-codes.ts';
 import { type Encoded, packCodes } from '../formats/index.ts';
+import { f16ToF32, numberToF16Bits } from '../tensor/dtype.ts';
 import type { Backend, PackedWeight, Tensor } from '../tensor/tensor.ts';
 import { LINEARS, type Linear, type LlamaModel } from './llama.ts';
 
@@ -127,7 +129,7 @@ function upload(
       [w.rows, (w.cols * codeBits) / 32],
       'i32',
     ),
-    scales: b.upload(w.scales, [groups], 'f32'),
+    scales: uploadScales(b, w.scales),
     zeros: sameValue(w.zeros) ?? b.upload(w.zeros, [groups], 'f32'),
     rows: w.rows,
     cols: w.cols,
@@ -136,6 +138,14 @@ function upload(
     ...(gIdx ? { groupOf: b.upload(gIdx, [gIdx.length], 'i32') } : {}),
     ...(w.levels ? { levels: w.levels } : {}),
   };
+}
+
+/** Scales as f16 where f16 holds every one exactly (llama.cpp's fp16 d: Q4_0, Q8_0, IQ4_NL), else f32. */
+function uploadScales(b: Backend, scales: Float32Array): Tensor {
+  const bits = Uint16Array.from(scales, numberToF16Bits);
+  return f16ToF32(bits).every((v, i) => Object.is(v, scales[i]))
+    ? b.upload(bits, [scales.length], 'f16')
+    : b.upload(scales, [scales.length], 'f32');
 }
 
 /** The value every element of `v` holds, or undefined where they differ. */

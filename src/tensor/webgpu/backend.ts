@@ -402,6 +402,7 @@ export class WebGpuBackend implements Backend {
         scales: this.st(w.scales, op),
         zeros: typeof w.zeros === 'number' ? undefined : this.st(w.zeros, op),
         zero: typeof w.zeros === 'number' ? w.zeros : undefined,
+        scalesF16: w.scales.dtype === 'f16',
         groupOf: w.groupOf !== undefined,
         groupIndex: w.groupOf ? this.st(w.groupOf, op) : undefined,
         levels: w.levels,

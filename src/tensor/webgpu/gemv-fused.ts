@@ -40,6 +40,7 @@ import {
   type PackedStorages,
   packedArrays,
   plainX,
+  scaleArrayType,
   weightKey,
   type XAt,
   type XRead,
@@ -146,12 +147,19 @@ function outValue(r: Reading, sum: string, wt: GemvWeight, col: string): string 
 
 /** Declarations after the fixed bindings, from binding `first` on: scale arrays and functions. */
 function readingDecls(r: Reading, wts: GemvWeight[], first: number): string {
-  if (isInt8(r)) return scaleArrays(['RS', ...wts.map((w) => w.S)], first);
-  if (r.pk)
-    return `${scaleArrays(
-      wts.flatMap((w) => (r.pk?.zero === undefined ? [w.S, w.Z] : [w.S])),
+  if (isInt8(r))
+    return scaleArrays(
+      ['RS', ...wts.map((w) => w.S)].map((a) => [a, 'f32']),
       first,
-    )}\n${levelTable(r.pk)}`;
+    );
+  const pk = r.pk;
+  if (pk) {
+    const arrays = wts.flatMap((w): [string, string][] => [
+      [w.S, scaleArrayType(pk)],
+      ...(pk.zero === undefined ? [[w.Z, 'f32'] as [string, string]] : []),
+    ]);
+    return `${scaleArrays(arrays, first)}\n${levelTable(pk)}`;
+  }
   return wts.map((w) => (r.chunks ? chunkLoadFns : loadFn)(w.ld, w.W, r.dw)).join('\n');
 }
 
@@ -168,10 +176,10 @@ function readingCount(r: Reading, weights: number): number {
   return isInt8(r) ? 1 + weights : r.pk ? packedArrays(r.pk) * weights : 0;
 }
 
-/** Binding declarations of packed scale/zero arrays, from binding `first` on. */
-function scaleArrays(names: string[], first: number): string {
-  return names
-    .map((a, i) => `@group(0) @binding(${first + i}) var<storage, read> ${a}: array<f32>;`)
+/** Binding declarations of scale/zero arrays ([name, element type]), from binding `first` on. */
+function scaleArrays(arrays: string[][], first: number): string {
+  return arrays
+    .map(([a, t], i) => `@group(0) @binding(${first + i}) var<storage, read> ${a}: array<${t}>;`)
     .join('\n');
 }
 
@@ -239,6 +247,7 @@ function sameLayout(a: GemvOperand, b: GemvOperand): boolean {
     p.codeBits === q.codeBits &&
     p.group === q.group &&
     p.zero === q.zero &&
+    p.scalesF16 === q.scalesF16 &&
     !p.groupOf &&
     !q.groupOf &&
     (p.levels === q.levels || (p.levels ?? []).join() === (q.levels ?? []).join())

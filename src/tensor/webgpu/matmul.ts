@@ -83,7 +83,17 @@ export interface PackedLayout {
   levels?: Int8Array;
   /** every group's zero point, where they are all the same (no zeros array is bound) */
   zero?: number;
+  /** the scales are f16, two to a u32 (where f16 holds every one exactly: Q4_0, Q8_0, IQ4_NL's d) */
+  scalesF16?: boolean;
 }
+
+/** A group's scale: the scales array `S` (f32, or f16 pairs) at group `g`. */
+export function scaleOf(pk: PackedLayout, S: string, g: string): string {
+  return pk.scalesF16 ? `unpack2x16float(${S}[(${g}) >> 1u])[(${g}) & 1u]` : `${S}[${g}]`;
+}
+
+/** The WGSL element type of packed scale arrays. */
+export const scaleArrayType = (pk: PackedLayout) => (pk.scalesF16 ? 'u32' : 'f32');
 
 /** A group's zero point: the layout's one value, or the zeros array `Z` at group `g`. */
 export function zeroOf(pk: PackedLayout, Z: string, g: string): string {
@@ -124,7 +134,7 @@ function packedLoadFn(pk: PackedLayout): string {
   let code = (bitcast<u32>(W[i / ${per}u]) >> ((i % ${per}u) * ${pk.codeBits}u)) & ${(1 << pk.codeBits) - 1}u;
   let k = i - n * p.K;
   let g = n * (p.K / ${pk.group}u) + ${pk.groupOf ? 'u32(GI[k])' : `k / ${pk.group}u`};
-  return (${codeValue(pk, 'code')} - ${zeroOf(pk, 'Z', 'g')}) * S[g];
+  return (${codeValue(pk, 'code')} - ${zeroOf(pk, 'Z', 'g')}) * ${scaleOf(pk, 'S', 'g')};
 }`;
 }
 
@@ -176,7 +186,7 @@ ${loadFn('ldB', 'B', db)}`;
 /** Packed weights' scales (S), zeros (Z, unless one value) and g_idx (GI) from binding 5 on. */
 function packedDecls(pk: PackedLayout): string {
   const arrays = [
-    ['S', 'f32'],
+    ['S', scaleArrayType(pk)],
     ...(pk.zero === undefined ? [['Z', 'f32']] : []),
     ...(pk.groupOf ? [['GI', 'i32']] : []),
   ];
@@ -201,7 +211,7 @@ export function weightKey(dw: DType, pk?: PackedLayout): string {
     levels = `lv${pk.levels!.join('_')}`;
     levelKeys.set(pk.levels!, levels);
   }
-  return `packed${pk.codeBits}g${pk.group}${pk.groupOf ? 'i' : ''}${levels}${pk.zero === undefined ? '' : `z${pk.zero}`}`;
+  return `packed${pk.codeBits}g${pk.group}${pk.groupOf ? 'i' : ''}${levels}${pk.zero === undefined ? '' : `z${pk.zero}`}${pk.scalesF16 ? 's16' : ''}`;
 }
 
 /** Rows of x up to which `linear` runs the matrix-vector kernel (decoding: one token at a time). */
@@ -375,7 +385,7 @@ export function gemvPackedLoop(pk: PackedLayout, M: number, t: GemvTuning, wt: G
   const xValue = (j: number, m: number, e: number) =>
     'chunk' in x ? `x${j}_${m}_${e >> 2}[${e & 3}]` : x.at(`${m}u`, `k${j} + ${e}u`);
   const scaleZero = (k: string) => `let g = ${group(k)};
-        let s = ${wt.S}[g];
+        let s = ${scaleOf(pk, wt.S, 'g')};
         let z = ${zeroOf(pk, wt.Z, 'g')};`;
   const use = (j: number) => {
     const elements = range(per).map(
