@@ -100,7 +100,7 @@ export const FUSED_OPS = [
 export interface PackedWeight {
   /** i32 tensor [rows, cols * codeBits / 32]: code k of a row sits at bits (k % per) * codeBits of word k / per */
   codes: Tensor;
-  /** f32 [rows * cols / group] */
+  /** [rows * cols / group]: f32, or f16 where f16 holds every scale exactly (llama.cpp's fp16 d) */
   scales: Tensor;
   /**
    * f32 [rows * cols / group], or one number where every group has the same zero point (symmetric
