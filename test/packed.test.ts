@@ -25,7 +25,7 @@ import { dequantizeGptq } from '../src/quant/gptq.ts';
 import { quantizeModel } from '../src/quant/pipeline.ts';
 import { defineRecipe, resolveRecipe } from '../src/quant/recipe.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
-import type { Backend } from '../src/tensor/tensor.ts';
+import type { Backend, PackedWeight } from '../src/tensor/tensor.ts';
 import { openDevice, WebGpuBackend, WebGpuTensor } from '../src/tensor/webgpu/backend.ts';
 import { DEFAULT_GEMV } from '../src/tensor/webgpu/context.ts';
 import { MODELS, randomGgmlBlocks, rng, testManifest, WIKITEXT } from './helpers.ts';
@@ -39,6 +39,15 @@ const BACKENDS: [string, Backend | undefined][] = [
   ['CPU', new CpuBackend()],
   ['WebGPU', gpu],
 ];
+
+/** Bits a packed weight holds: its codes, scales and zeros arrays. */
+function deviceBits(p: PackedWeight): number {
+  const bits: Record<string, number> = { f32: 32, i32: 32, f16: 16 };
+  let n = 0;
+  for (const t of [p.codes, p.scales, p.zeros])
+    if (typeof t !== 'number') n += t.shape.reduce((a, d) => a * d, 1) * bits[t.dtype];
+  return n;
+}
 
 for (const [name, backend] of BACKENDS) {
   const skip = backend ? false : 'no WebGPU adapter';
@@ -106,8 +115,10 @@ for (const [name, backend] of BACKENDS) {
       const asymmetric = spec.kind === 'int' && !spec.symmetric;
       if (!asymmetric) assert.equal(typeof packed.zeros, 'number', format);
       zeroKinds.add(typeof packed.zeros);
-      // f16 holds Q4_0's, Q8_0's and IQ4_NL's scales (their fp16 d) exactly: stored so
-      assert.equal(packed.scales.dtype, ['q4_0', 'q8_0', 'iq4_nl'].includes(format) ? 'f16' : 'f32', format);
+      // f16 holds Q4_0's, Q8_0's and IQ4_NL's scales (their fp16 d) exactly: stored so, at their file's size
+      const native = { q4_0: 4.5, q8_0: 8.5, iq4_nl: 4.5 }[format];
+      assert.equal(packed.scales.dtype, native ? 'f16' : 'f32', format);
+      if (native) assert.equal(deviceBits(packed) / (N * K), native, format);
       const want = await b.read(b.linear(x, lin.weight, bias));
       const got = await b.read(b.linearPacked(x, packed, bias));
       if (b instanceof WebGpuBackend && M <= 4) {
