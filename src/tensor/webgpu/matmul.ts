@@ -517,17 +517,29 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
   let nb = wid.x * ${BN}u;
   var acc: array<vec4<f32>, ${t.tm * VN}>;
   ${loads.decl}${loop}
-  for (var i = 0u; i < ${t.tm}u; i++) {
-    let m = m0 + l.y * ${t.tm}u + i;
-    if (m >= p.M) { continue; }
-    for (var j = 0u; j < ${t.tn}u; j++) {
-      let n = nb + l.x * ${t.tn}u + j;
-      if (n >= p.N) { continue; }
-      var v = acc[i * ${VN}u + j / 4u][j % 4u];
-      ${storeY(residual, 'm * p.ldy + p.n0 + n')}
-    }
-  }
+  ${gemmStores(t, residual)}
 }`;
+}
+
+/**
+ * The GEMM's stores of its tm x tn outputs, unrolled so that every acc index is a constant: with a loop's
+ * run-time indices a compiler may move the whole accumulator array to (slow) local memory.
+ */
+function gemmStores(t: GemmTile, residual: boolean): string {
+  const rows = range(t.tm).map((i) => {
+    const cols = range(t.tn).map(
+      (j) => `{ let n = nb + l.x * ${t.tn}u + ${j}u;
+      if (n < p.N) {
+      var v = acc[${i * (t.tn / 4) + (j >> 2)}].${'xyzw'[j & 3]};
+      ${storeY(residual, 'm * p.ldy + p.n0 + n')}
+    } }`,
+    );
+    return `{ let m = m0 + l.y * ${t.tm}u + ${i}u;
+  if (m < p.M) {
+    ${cols.join('\n    ')}
+  } }`;
+  });
+  return rows.join('\n  ');
 }
 
 /** Packed weight storages for `linear` (see PackedWeight in tensor.ts). */
