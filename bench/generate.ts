@@ -1,6 +1,7 @@
 /**
  * Generation speed: prompt (prefill) and token-by-token (decode) throughput of the runtime.
- *  - llama-small: greedy continuation of a WikiText prompt through ModelEngine (the ids are printed, so
+ *  - --model (an HF dir, an llmq checkpoint or a GGUF file; stored integer weights run from codes, as in
+ *    llmq generate): greedy continuation of a prompt through ModelEngine (the ids are printed, so
  *    bench/generate_torch.py can check that PyTorch picks the same tokens);
  *  - synthetic Llama-3-8B (random weights, one layer's tensors shared by all 32 layers: the same work
  *    and weight traffic per token) with bf16 weights, W4 g128 codes decoded in the GEMM, IQ4 codes
@@ -18,10 +19,12 @@
  */
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
+import { openModel } from '../src/cli/open-model.ts';
 import { IQ4_LEVELS } from '../src/formats/iq4.ts';
+import { loadGgufTokenizer } from '../src/io/gguf-load.ts';
+import { isGgufPath } from '../src/io/gguf-model.ts';
 import { loadTokenizer } from '../src/io/tokenizer.ts';
 import { LINEARS, type Linear, type LlamaModel } from '../src/model/llama.ts';
-import { loadLlama } from '../src/model/llama-dir.ts';
 import { kroneckerSizes } from '../src/quant/flatquant-train.ts';
 import { loadChatTemplate } from '../src/runtime/chat-template-file.ts';
 import { eosIdsOf } from '../src/runtime/eos.ts';
@@ -115,8 +118,14 @@ for (const reuse of reuseModes) {
 
 async function smallRate(backend: Backend, variant: string): Promise<void> {
   const dir = values.model as string;
-  const model = loadLlama(dir, backend);
-  const tokenizer = loadTokenizer(dir);
+  // an HF dir, an llmq checkpoint or a GGUF file, its stored integer weights run from codes (as llmq generate)
+  const tokenizer = isGgufPath(dir) ? loadGgufTokenizer(dir) : loadTokenizer(dir);
+  const { model } = await openModel(
+    dir,
+    { int8: 'auto', packed: 'auto' },
+    { backend, tokenizer, recipe: undefined },
+    true,
+  );
   const engine = new ModelEngine(model, tokenizer, {
     modelName: 'small',
     template: loadChatTemplate(dir),
