@@ -164,6 +164,8 @@ test('WebGPU warmUp compiles what a request runs (no pipeline made during it) an
     });
     assert.equal(made, 0, `attentionKeys ${attentionKeys}`);
     assert.deepEqual(warmed, cold);
+    gpu.destroy();
+    fresh.destroy();
   }
   // the CPU backend compiles nothing: warmUp leaves it alone
   const cpuEngine = engineFor(TINY);
