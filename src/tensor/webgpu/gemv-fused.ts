@@ -40,7 +40,7 @@ import {
   type PackedStorages,
   packedArrays,
   plainX,
-  scaleArrayType,
+  storageDecls,
   weightKey,
   type XAt,
   type XRead,
@@ -148,18 +148,16 @@ function outValue(r: Reading, sum: string, wt: GemvWeight, col: string): string 
 /** Declarations after the fixed bindings, from binding `first` on: scale arrays and functions. */
 function readingDecls(r: Reading, wts: GemvWeight[], first: number): string {
   if (isInt8(r))
-    return scaleArrays(
+    return storageDecls(
       ['RS', ...wts.map((w) => w.S)].map((a) => [a, 'f32']),
       first,
     );
   const pk = r.pk;
-  if (pk) {
-    const arrays = wts.flatMap((w): [string, string][] => [
-      [w.S, scaleArrayType(pk)],
-      ...(pk.zero === undefined ? [[w.Z, 'f32'] as [string, string]] : []),
-    ]);
-    return `${scaleArrays(arrays, first)}\n${levelTable(pk)}`;
-  }
+  if (pk)
+    return `${storageDecls(
+      wts.flatMap((w) => packedArrays(pk, w)),
+      first,
+    )}\n${levelTable(pk)}`;
   return wts.map((w) => (r.chunks ? chunkLoadFns : loadFn)(w.ld, w.W, r.dw)).join('\n');
 }
 
@@ -173,14 +171,7 @@ function readingBindings(ctx: GpuContext, x: FusedInput, ops: GemvOperand[], op:
 }
 
 function readingCount(r: Reading, weights: number): number {
-  return isInt8(r) ? 1 + weights : r.pk ? packedArrays(r.pk) * weights : 0;
-}
-
-/** Binding declarations of scale/zero arrays ([name, element type]), from binding `first` on. */
-function scaleArrays(arrays: string[][], first: number): string {
-  return arrays
-    .map(([a, t], i) => `@group(0) @binding(${first + i}) var<storage, read> ${a}: array<${t}>;`)
-    .join('\n');
+  return isInt8(r) ? 1 + weights : r.pk ? packedArrays(r.pk).length * weights : 0;
 }
 
 /** The input of a fused kernel: x, or (int8) x's codes and one scale a row. */

@@ -92,17 +92,34 @@ export function scaleOf(pk: PackedLayout, S: string, g: string): string {
   return pk.scalesF16 ? `unpack2x16float(${S}[(${g}) >> 1u])[(${g}) & 1u]` : `${S}[${g}]`;
 }
 
-/** The WGSL element type of packed scale arrays. */
-export const scaleArrayType = (pk: PackedLayout) => (pk.scalesF16 ? 'u32' : 'f32');
-
 /** A group's zero point: the layout's one value, or the zeros array `Z` at group `g`. */
 export function zeroOf(pk: PackedLayout, Z: string, g: string): string {
   return pk.zero === undefined ? `${Z}[${g}]` : f32Literal(pk.zero);
 }
 
-/** Storage arrays a packed weight binds after its codes: scales, zeros unless one value, g_idx. */
-export function packedArrays(pk: PackedLayout): number {
-  return 1 + (pk.zero === undefined ? 1 : 0) + (pk.groupOf ? 1 : 0);
+/** WGSL names a packed weight's arrays are declared under. */
+export interface PackedNames {
+  S: string;
+  Z: string;
+}
+
+/**
+ * The arrays a packed weight binds after its codes, in binding order, as [name, WGSL element type]:
+ * scales (f32, or f16 pairs in u32), zeros unless one value, g_idx (GI).
+ */
+export function packedArrays(pk: PackedLayout, names: PackedNames = { S: 'S', Z: 'Z' }): string[][] {
+  return [
+    [names.S, pk.scalesF16 ? 'u32' : 'f32'],
+    ...(pk.zero === undefined ? [[names.Z, 'f32']] : []),
+    ...(pk.groupOf ? [['GI', 'i32']] : []),
+  ];
+}
+
+/** Read-only storage declarations of `arrays` ([name, WGSL element type]) from binding `first` on. */
+export function storageDecls(arrays: string[][], first: number): string {
+  return arrays
+    .map(([name, t], i) => `@group(0) @binding(${first + i}) var<storage, read> ${name}: array<${t}>;`)
+    .join('\n');
 }
 
 /**
@@ -149,7 +166,7 @@ function linearBindings(pk: PackedLayout | undefined, residual: boolean): Kernel
     'read',
     'read',
     'write',
-    ...(pk ? Array.from({ length: packedArrays(pk) }, () => 'read' as const) : []),
+    ...(pk ? packedArrays(pk).map(() => 'read' as const) : []),
     ...(residual ? (['read'] as const) : []),
   ];
 }
@@ -175,24 +192,12 @@ struct P { M: u32, N: u32, K: u32, xOff: u32, wOff: u32, yOff: u32, ldy: u32, n0
 @group(0) @binding(2) var<storage, read> W: array<${wChunks ? chunkArrayType(dw) : arrayType(dw)}>;
 @group(0) @binding(3) var<storage, read> B: array<${arrayType(db)}>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
-${pk ? packedDecls(pk) : ''}
+${pk ? storageDecls(packedArrays(pk), 5) : ''}
 ${residual ? `@group(0) @binding(${resBinding}) var<storage, read> R: array<f32>;` : ''}
 ${pk ? levelTable(pk) : ''}
 ${chunks ? chunkLoadFns('ldX', 'X', dx) : loadFn('ldX', 'X', dx)}
 ${pk ? packedLoadFn(pk) : wChunks ? chunkLoadFns('ldW', 'W', dw) : loadFn('ldW', 'W', dw)}
 ${loadFn('ldB', 'B', db)}`;
-}
-
-/** Packed weights' scales (S), zeros (Z, unless one value) and g_idx (GI) from binding 5 on. */
-function packedDecls(pk: PackedLayout): string {
-  const arrays = [
-    ['S', scaleArrayType(pk)],
-    ...(pk.zero === undefined ? [['Z', 'f32']] : []),
-    ...(pk.groupOf ? [['GI', 'i32']] : []),
-  ];
-  return arrays
-    .map(([name, t], i) => `@group(0) @binding(${5 + i}) var<storage, read> ${name}: array<${t}>;`)
-    .join('\n');
 }
 
 /** Stores v, plus the bias and the residual where there are, at `at` (an index within y's window). */
