@@ -663,6 +663,7 @@ function disposeLayer(layer: DecoderLayer): void {
       lin.packed?.codes,
       lin.packed?.scales,
       typeof lin.packed?.zeros === 'number' ? undefined : lin.packed?.zeros,
+      lin.packed?.groupOf,
       lin.inputQuant?.transform?.left,
       lin.inputQuant?.transform?.right,
     ])
