@@ -21,7 +21,7 @@ import { perplexity } from '../src/eval/perplexity.ts';
 import { LINEARS } from '../src/model/llama.ts';
 import { loadLlama } from '../src/model/llama-dir.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
-import type { DType, PackedWeight, Tensor } from '../src/tensor/tensor.ts';
+import { type DType, type PackedWeight, packedTensors, type Tensor } from '../src/tensor/tensor.ts';
 import { envFlags, WebGpuBackend, WebGpuTensor } from '../src/tensor/webgpu/backend.ts';
 import {
   DEFAULT_ATTENTION_KEYS,
@@ -293,11 +293,10 @@ function gemvCases(
   const x = randomTensor(1, K, 'f32');
   const w = randomTensor(N, K, 'bf16');
   const groups = (N * K) / 128;
-  const zeros = gpu.upload(new Float32Array(groups).fill(8), [groups], 'f32');
   const packed: PackedWeight = {
     codes: gpu.upload(randomCodeWords((N * K) / 8), [N, K / 8], 'i32'),
     scales: gpu.upload(new Float32Array(groups).fill(0.004), [groups], 'f32'),
-    zeros,
+    zeros: gpu.upload(new Float32Array(groups).fill(8), [groups], 'f32'),
     rows: N,
     cols: K,
     codeBits: 4,
@@ -311,7 +310,7 @@ function gemvCases(
       kind: 'W4 g128',
       bytes: (N * K) / 2 + 8 * groups,
       run: () => gpu.linearPacked(x, packed),
-      free: () => [packed.codes, packed.scales, zeros, x].forEach((t) => t.dispose()),
+      free: () => [...packedTensors(packed), x].forEach((t) => t.dispose()),
     },
     {
       kind: 'int8 (dot4)',

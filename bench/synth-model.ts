@@ -9,7 +9,7 @@ import {
   LlamaModel,
   linearTensorName,
 } from '../src/model/llama.ts';
-import type { Backend, Tensor } from '../src/tensor/tensor.ts';
+import { type Backend, packedTensors, type Tensor } from '../src/tensor/tensor.ts';
 
 /**
  * Llama-3-8B with random bf16 weights; every layer uses the same weight tensors (the same work and
@@ -56,14 +56,7 @@ export function randomWords(n: number, seed: number): Int32Array {
  * garbage collector takes it, which need not wait for the commands using it to be submitted).
  */
 export function dropCodes(lin: Linear): void {
-  for (const t of [
-    lin.packed?.codes,
-    lin.packed?.scales,
-    typeof lin.packed?.zeros === 'number' ? undefined : lin.packed?.zeros,
-    lin.int8?.codes,
-    lin.int8?.scales,
-  ])
-    t?.dispose();
+  for (const t of [...packedTensors(lin.packed), lin.int8?.codes, lin.int8?.scales]) t?.dispose();
   lin.packed = undefined;
   lin.int8 = undefined;
 }

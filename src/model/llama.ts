@@ -9,7 +9,16 @@ import type { FormatSpec } from '../formats/spec.ts';
 import type { ModelConfig } from '../io/config.ts';
 import { ropeTable } from '../io/rope.ts';
 import type { Checkpoint } from '../io/safetensors-format.ts';
-import type { Backend, DType, KvRows, PackedWeight, RmsNorm, RopeTable, Tensor } from '../tensor/tensor.ts';
+import {
+  type Backend,
+  type DType,
+  type KvRows,
+  type PackedWeight,
+  packedTensors,
+  type RmsNorm,
+  type RopeTable,
+  type Tensor,
+} from '../tensor/tensor.ts';
 import {
   canShareInt8Input,
   disposeRows,
@@ -660,10 +669,7 @@ function disposeLayer(layer: DecoderLayer): void {
     for (const extra of [
       lin.int8?.codes,
       lin.int8?.scales,
-      lin.packed?.codes,
-      lin.packed?.scales,
-      typeof lin.packed?.zeros === 'number' ? undefined : lin.packed?.zeros,
-      lin.packed?.groupOf,
+      ...packedTensors(lin.packed),
       lin.inputQuant?.transform?.left,
       lin.inputQuant?.transform?.right,
     ])

@@ -119,6 +119,17 @@ export interface PackedWeight {
   levels?: Int8Array;
 }
 
+/** The device tensors a packed weight holds: codes, scales, zeros where they are an array, g_idx. */
+export function packedTensors(p: PackedWeight | undefined): Tensor[] {
+  if (!p) return [];
+  return [
+    p.codes,
+    p.scales,
+    ...(typeof p.zeros === 'number' ? [] : [p.zeros]),
+    ...(p.groupOf ? [p.groupOf] : []),
+  ];
+}
+
 export interface Backend {
   readonly name: 'cpu' | 'webgpu';
   /**
