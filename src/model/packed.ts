@@ -9,7 +9,8 @@
  * dequantized values, since the GEMM evaluates (q - z) d with z = -m / d. IQ4_NL / IQ4_XS, whose codes
  * index a non-linear grid, decode levels[q] d: exactly their dequantized values; IQ3_XXS / IQ3_S the same
  * with a 4-bit code per weight (level and sign) on 16 signed levels and a scale per 32 (IQ2_XXS / IQ2_XS /
- * IQ2_S: 32 / 16 / 16; IQ1_S / IQ1_M: a code per weight for its level and its group's shift). Where every group has the same zero point (symmetric INT, Q4_0 / Q8_0, IQ4 and the IQ grids) it is one
+ * IQ2_S: 32 / 16 / 16; IQ1_S / IQ1_M: a code per weight for its level and its group's shift).
+ * Where every group has the same zero point (symmetric INT, Q4_0 / Q8_0, IQ4 and the IQ grids) it is one
  * number compiled into the kernel, not an f32 a group: a 32-value group then costs 4 bits a weight of codes
  * plus 1 of scale (was 2 with its zero), a 128-value group 4.25. Scales that f16 holds exactly (the fp16 d
  * of Q4_0, Q8_0, IQ4_NL) are stored as f16: those three then take their file's size, 4.5 / 8.5 / 4.5 bits.
